@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine:
+#   make run    set up (no torch needed) and open tunescope on the bundled demo runs
+#   make test   set up with the dev and train extras, then lint and run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch; installed before the [train] extra so that pip never
+# resolves a bare "torch" requirement to a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+RUNS   ?= fixtures/runs
+
+.PHONY: run test lint fixtures bench clean setup setup-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.core: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,train]"
+	@touch $@ $(VENV)/.core
+
+setup: $(VENV)/.core
+setup-dev: $(VENV)/.dev
+
+run: $(VENV)/.core
+	$(BIN)/tunescope tui $(RUNS)
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -n 2 -q
+
+fixtures: $(VENV)/.dev
+	$(BIN)/python -m tunescope.train.fixtures $(RUNS)
+
+bench: $(VENV)/.dev
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

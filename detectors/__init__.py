@@ -1,0 +1,1 @@
+"""Detectors: one module per detector, the registry, fix suggestions and report formats."""

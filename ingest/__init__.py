@@ -1,0 +1,1 @@
+"""Discovering runs, reading every log format, and the store (Parquet segments + DuckDB)."""

@@ -1,0 +1,417 @@
+"""The cache of ingested rows: immutable Parquet segments plus a manifest.
+
+Layout of a cache directory (``RUNS/.tunescope/`` when writable, else the user
+cache dir, or ``--cache-dir``)::
+
+    manifest.json            sources (offsets, generations, problems) and segments
+    ingest.lock              serialises concurrent ingesters; readers take no lock
+    segments/seg-N-steps.parquet, seg-N-metrics.parquet, seg-N-events.parquet
+    findings-N.parquet       the latest findings of ``tunescope analyze``
+
+Every file is written to a temporary name and renamed into place, so a segment
+exists whole or not at all, and a reader that loaded the manifest sees a
+consistent set. A source whose file shrank or was replaced gets a new
+generation; rows of older generations stop counting at once and their
+segments are deleted later, once no reader can still be opening them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tunescope.ingest.discover import READERS, Source, discover
+from tunescope.ingest.rows import Problem, Reader, ReadResult, fetch_arrow
+
+from tunescope.errors import InputError, StoreError
+
+MANIFEST_VERSION = 1
+MAX_SEGMENTS = 24  # past this many ingest passes, merge the segments into one
+TRASH_GRACE_S = 120.0  # superseded segment files are deleted after this long
+MAX_PROBLEMS_PER_SOURCE = 200
+BATCH = 256  # sources handed to one read_batch call
+TABLES = ("steps", "metrics", "events")
+
+
+def default_cache_dir(root: Path) -> Path:
+    """``ROOT/.tunescope`` when the root is writable, else a per-root folder in
+    the user cache dir."""
+    local = root / ".tunescope"
+    if local.is_dir() and os.access(local, os.W_OK):
+        return local
+    if not local.exists() and os.access(root, os.W_OK):
+        return local
+    import platformdirs
+
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return Path(platformdirs.user_cache_dir("tunescope")) / f"{root.resolve().name}-{digest}"
+
+
+@dataclass
+class IngestReport:
+    """What one ingest pass did."""
+
+    root: Path
+    runs: int = 0
+    sources: int = 0
+    changed: int = 0
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+    problems: list[Problem] = field(default_factory=list)
+    new_problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def skipped(self) -> int:
+        return len(self.problems)
+
+
+class Cache:
+    """One runs root's cache directory."""
+
+    def __init__(self, root: Path, cache_dir: Path | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.exists():
+            raise InputError(
+                f"{self.root}: no such directory; pass the folder that holds your runs"
+            )
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: not a directory; pass the folder that holds your runs")
+        self.dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
+        self.segments_dir = self.dir / "segments"
+        self.manifest_path = self.dir / "manifest.json"
+
+    # ---- manifest ------------------------------------------------------------
+
+    def load_manifest(self) -> dict[str, Any]:
+        try:
+            with open(self.manifest_path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except FileNotFoundError:
+            return _new_manifest(self.root)
+        except (OSError, ValueError):
+            # A damaged manifest only costs a re-read: the logs are the truth.
+            print(f"tunescope: {self.manifest_path} is unreadable; re-ingesting", file=sys.stderr)
+            return _new_manifest(self.root)
+        if manifest.get("version") != MANIFEST_VERSION:
+            return _new_manifest(self.root)
+        return manifest
+
+    def _save_manifest(self, manifest: dict[str, Any]) -> None:
+        tmp = self.manifest_path.with_name(f"manifest.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f)
+        os.replace(tmp, self.manifest_path)
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 600.0) -> Iterator[None]:
+        from filelock import FileLock, Timeout
+
+        self._ensure_dirs()
+        lock = FileLock(str(self.dir / "ingest.lock"))
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise StoreError(
+                f"another tunescope process has held {self.dir / 'ingest.lock'} for "
+                f"{timeout:.0f}s; wait for it, or remove the lock file if it crashed"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _ensure_dirs(self) -> None:
+        try:
+            self.segments_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the cache directory {self.dir}: {e.strerror or e}; "
+                "pass --cache-dir to put it elsewhere"
+            ) from None
+
+    def write_parquet(self, table: pa.Table, name: str) -> str:
+        path = self.segments_dir / name
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+        return name
+
+    # ---- ingest ----------------------------------------------------------------
+
+    def ingest(
+        self,
+        readers: list[Reader] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> IngestReport:
+        """Read what is new under the root and record it as segments."""
+        started = time.perf_counter()
+        report = IngestReport(self.root)
+        with self.lock():
+            manifest = self.load_manifest()
+            sources, dir_problems = discover(self.root, readers or READERS)
+            report.sources = len(sources)
+            report.runs = len({s.run_id for s in sources})
+            known: dict[str, Any] = manifest["sources"]
+            live_keys = {s.key for s in sources}
+            for key in [k for k in known if k not in live_keys]:
+                del known[key]  # the file is gone: its rows go with it
+
+            changed = [s for s in sources if _changed(s, known.get(s.key))]
+            report.changed = len(changed)
+            results = self._read_all(changed, known, report, progress)
+            seg = manifest["next_seg"]
+            manifest["next_seg"] = seg + 1
+            parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+            srcs: dict[str, set[tuple[int, int]]] = {t: set() for t in TABLES}
+            for source, result in results:
+                entry = known.get(source.key)
+                if entry is None or result.replace:
+                    entry = _new_entry(manifest, source, entry)
+                    known[source.key] = entry
+                st = _stat(source.path)
+                entry.update(
+                    size=st[0] if st else None,
+                    mtime_ns=st[1] if st else None,
+                    inode=st[2] if st else None,
+                    state=result.state,
+                    format=source.reader.format,
+                    run_id=source.run_id,
+                    run_dir=str(source.run_dir),
+                )
+                if result.problems:
+                    probs = entry["problems"] + [p.to_dict() for p in result.problems]
+                    entry["problems"] = probs[:MAX_PROBLEMS_PER_SOURCE]
+                    entry["problem_count"] = entry.get("problem_count", 0) + len(result.problems)
+                    report.new_problems.extend(result.problems)
+                tagged = _tag(result, source.run_id, entry["src"], entry["gen"], seg)
+                for t in TABLES:
+                    if tagged[t].num_rows:
+                        parts[t].append(tagged[t])
+                        srcs[t].add((entry["src"], entry["gen"]))
+                        report.rows[t] += tagged[t].num_rows
+            new_segments = []
+            for t in TABLES:
+                if parts[t]:
+                    table = pa.concat_tables(parts[t])
+                    name = self.write_parquet(table, f"seg-{seg:08d}-{t}.parquet")
+                    pairs = [list(p) for p in sorted(srcs[t])]
+                    new_segments.append(
+                        {"file": name, "table": t, "rows": table.num_rows, "srcs": pairs}
+                    )
+            manifest["segments"].extend(new_segments)
+            self._retire(manifest)
+            if len(manifest["segments"]) > MAX_SEGMENTS:
+                self._merge(manifest)
+            self._empty_trash(manifest)
+            manifest["updated"] = time.time()
+            self._save_manifest(manifest)
+        report.problems = dir_problems + [
+            Problem(p["path"], p["line"], p["reason"])
+            for e in manifest["sources"].values()
+            for p in e["problems"]
+        ]
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _read_all(
+        self,
+        changed: list[Source],
+        known: dict[str, Any],
+        report: IngestReport,
+        progress: Callable[[str], None] | None,
+    ) -> list[tuple[Source, ReadResult]]:
+        out: list[tuple[Source, ReadResult]] = []
+        by_reader: dict[int, list[Source]] = {}
+        for s in changed:
+            by_reader.setdefault(id(s.reader), []).append(s)
+        done = 0
+        for group in by_reader.values():
+            reader = group[0].reader
+            for i in range(0, len(group), BATCH):
+                batch = group[i : i + BATCH]
+                items = [(s.path, (known.get(s.key) or {}).get("state")) for s in batch]
+                for s, result in zip(batch, _read_batch(reader, items), strict=True):
+                    out.append((s, result))
+                done += len(batch)
+                if progress is not None:
+                    progress(f"read {done}/{len(changed)} changed files")
+        return out
+
+    def _retire(self, manifest: dict[str, Any]) -> None:
+        """Move segments with no live rows to the trash."""
+        live = {(e["src"], e["gen"]) for e in manifest["sources"].values()}
+        keep = []
+        for seg in manifest["segments"]:
+            srcs = seg.get("srcs")
+            if srcs is None:
+                srcs = seg["srcs"] = _segment_srcs(self.segments_dir / seg["file"])
+            if any(tuple(s) in live for s in srcs):
+                keep.append(seg)
+            else:
+                manifest["trash"].append({"file": seg["file"], "since": time.time()})
+        manifest["segments"] = keep
+
+    def _merge(self, manifest: dict[str, Any]) -> None:
+        """Rewrite all live rows of each table into one segment."""
+        import duckdb
+
+        live = pa.table(
+            {
+                "src": [e["src"] for e in manifest["sources"].values()],
+                "gen": [e["gen"] for e in manifest["sources"].values()],
+            },
+            schema=pa.schema([("src", pa.int64()), ("gen", pa.int64())]),
+        )
+        seg = manifest["next_seg"]
+        manifest["next_seg"] = seg + 1
+        con = duckdb.connect()
+        con.register("live", live)
+        merged = []
+        for t in TABLES:
+            files = [
+                str(self.segments_dir / s["file"]) for s in manifest["segments"] if s["table"] == t
+            ]
+            if not files:
+                continue
+            table = fetch_arrow(
+                con,
+                "SELECT * FROM read_parquet(?) SEMI JOIN live USING (src, gen) ORDER BY seg, seq",
+                [files],
+            )
+            name = self.write_parquet(table, f"seg-{seg:08d}-{t}.parquet")
+            merged.append({"file": name, "table": t, "rows": table.num_rows})
+        con.close()
+        now = time.time()
+        manifest["trash"].extend({"file": s["file"], "since": now} for s in manifest["segments"])
+        manifest["segments"] = merged
+        for s in merged:
+            s["srcs"] = _segment_srcs(self.segments_dir / s["file"])
+
+    def _empty_trash(self, manifest: dict[str, Any]) -> None:
+        now = time.time()
+        keep = []
+        for item in manifest["trash"]:
+            if now - item["since"] < TRASH_GRACE_S:
+                keep.append(item)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                (self.segments_dir / item["file"]).unlink()
+        manifest["trash"] = keep
+
+    # ---- findings --------------------------------------------------------------
+
+    def save_findings(self, table: pa.Table, run_ids: list[str]) -> None:
+        """Replace the stored findings of ``run_ids`` with ``table``."""
+        with self.lock():
+            manifest = self.load_manifest()
+            old = manifest.get("findings")
+            if old:
+                try:
+                    prev = pq.read_table(self.segments_dir / old)
+                except (OSError, pa.ArrowException):
+                    prev = None
+                if prev is not None and prev.num_rows:
+                    import pyarrow.compute as pc
+
+                    mask = pc.invert(pc.is_in(prev.column("run_id"), pa.array(run_ids)))
+                    table = pa.concat_tables([prev.filter(mask).cast(table.schema), table])
+                manifest["trash"].append({"file": old, "since": time.time()})
+            seg = manifest["next_seg"]
+            manifest["next_seg"] = seg + 1
+            manifest["findings"] = self.write_parquet(table, f"findings-{seg:08d}.parquet")
+            self._save_manifest(manifest)
+
+
+def _new_manifest(root: Path) -> dict[str, Any]:
+    return {
+        "version": MANIFEST_VERSION,
+        "root": str(root.resolve()),
+        "next_seg": 1,
+        "next_src": 1,
+        "sources": {},
+        "segments": [],
+        "trash": [],
+        "findings": None,
+    }
+
+
+def _new_entry(manifest: dict[str, Any], source: Source, old: dict | None) -> dict[str, Any]:
+    if old is not None:  # same source, re-read: a new generation supersedes the old rows
+        return {**old, "gen": old["gen"] + 1, "problems": [], "problem_count": 0}
+    src = manifest["next_src"]
+    manifest["next_src"] = src + 1
+    return {"src": src, "gen": 1, "problems": [], "problem_count": 0}
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _changed(source: Source, entry: dict[str, Any] | None) -> bool:
+    if entry is None:
+        return True
+    st = _stat(source.path)
+    if st is None:
+        return False
+    return (entry.get("size"), entry.get("mtime_ns"), entry.get("inode")) != st
+
+
+def _read_batch(reader: Reader, items: list[tuple[Path, Any]]) -> list[ReadResult]:
+    """Call the reader; a file that cannot be read becomes a problem, never a crash."""
+    batch = getattr(reader, "read_batch", None)
+    if batch is not None:
+        try:
+            return batch(items)
+        except Exception:
+            pass
+    return [_read_one(reader, path, state) for path, state in items]
+
+
+def _read_one(reader: Reader, path: Path, state: Any) -> ReadResult:
+    from tunescope.ingest.rows import empty_result
+
+    try:
+        return reader.read(path, state)
+    except OSError as e:
+        problem = Problem(str(path), None, f"cannot read file: {e.strerror or e}")
+    except Exception as e:
+        problem = Problem(str(path), None, f"cannot read as {reader.format}: {e}")
+    return empty_result(state or {}, [problem])
+
+
+def _tag(result: ReadResult, run_id: str, src: int, gen: int, seg: int) -> dict[str, pa.Table]:
+    """Add the bookkeeping columns the store needs to every row."""
+    out = {}
+    for t, table in zip(TABLES, (result.steps, result.metrics, result.events), strict=True):
+        n = table.num_rows
+        table = table.add_column(0, "run_id", pa.array([run_id] * n, pa.string()))
+        table = table.append_column("src", pa.array([src] * n, pa.int64()))
+        table = table.append_column("gen", pa.array([gen] * n, pa.int64()))
+        table = table.append_column("seg", pa.array([seg] * n, pa.int64()))
+        out[t] = table
+    return out
+
+
+def _segment_srcs(path: Path) -> list[list[int]]:
+    try:
+        table = pq.read_table(path, columns=["src", "gen"])
+    except (OSError, pa.ArrowException):
+        return []
+    pairs = {
+        (s, g) for s, g in zip(table["src"].to_pylist(), table["gen"].to_pylist(), strict=True)
+    }
+    return [list(p) for p in sorted(pairs)]

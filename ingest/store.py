@@ -1,0 +1,371 @@
+"""The store: an in-memory DuckDB per process over the cached segments.
+
+Views (the SQL surface users learn; the names are stable):
+
+- ``runs``     one row per run: status, progress, model, LoRA settings, config
+- ``steps``    one row per run, rank and step; canonical metrics as columns;
+               after a resume the newest write of a step wins
+- ``metrics``  long form: every numeric field that is not canonical
+- ``events``   run_start, eval, checkpoint, resume, run_end (payload as JSON)
+- ``findings`` what the detectors found (written by ``tunescope analyze``)
+
+The segments are loaded into memory once per :meth:`Store.refresh`, so queries
+never touch the user's logs and never wait on a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from tunescope.ingest.cache import Cache, IngestReport
+from tunescope.ingest.rows import EVENT_SCHEMA, METRIC_SCHEMA, STEP_SCHEMA, fetch_arrow
+
+from tunescope.errors import QueryError, StoreError, UsageError
+from tunescope.schema import METRIC_NAMES
+
+VIEWS = ("runs", "steps", "metrics", "events", "findings")
+
+FINDINGS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string()),
+        pa.field("rank", pa.int32()),
+        pa.field("detector", pa.string()),
+        pa.field("name", pa.string()),
+        pa.field("severity", pa.string()),
+        pa.field("step_start", pa.int64()),
+        pa.field("step_end", pa.int64()),
+        pa.field("message", pa.string()),
+        pa.field("suggestion", pa.string()),
+        pa.field("evidence", pa.string()),
+    ]
+)
+
+# Statement types a user's SQL may contain: nothing that writes, attaches,
+# copies, installs or changes settings.
+_READ_ONLY = {"SELECT", "EXPLAIN", "PRAGMA"}
+_READ_ONLY_PRAGMAS = ("show_tables", "table_info", "show", "database_size", "version")
+
+_BOOK = ("src", "gen", "seg", "seq")
+
+
+def _with_bookkeeping(schema: pa.Schema) -> pa.Schema:
+    fields = [pa.field("run_id", pa.string()), *schema]
+    fields += [pa.field(n, pa.int64()) for n in ("src", "gen", "seg")]
+    return pa.schema(fields)
+
+
+_EMPTY = {
+    "steps": _with_bookkeeping(STEP_SCHEMA),
+    "metrics": _with_bookkeeping(METRIC_SCHEMA),
+    "events": _with_bookkeeping(EVENT_SCHEMA),
+}
+
+
+class Store:
+    """Runs under one root, queryable with SQL.
+
+    ``Store(root)`` loads what is already ingested; ``Store.open(root)`` ingests
+    first. ``ingest()`` reads what is new and refreshes the views.
+    """
+
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
+        self.root = Path(root)
+        self.cache = Cache(self.root, Path(cache_dir) if cache_dir else None)
+        self.con = duckdb.connect(":memory:")
+        self._lock = threading.Lock()
+        self.loaded_at = 0.0
+        self.refresh()
+
+    @classmethod
+    def open(
+        cls,
+        root: str | Path,
+        cache_dir: str | Path | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Store:
+        store = cls.__new__(cls)
+        store.root = Path(root)
+        store.cache = Cache(store.root, Path(cache_dir) if cache_dir else None)
+        store.con = duckdb.connect(":memory:")
+        store._lock = threading.Lock()
+        store.loaded_at = 0.0
+        store.last_report = store.cache.ingest(progress=progress)
+        store.refresh()
+        return store
+
+    last_report: IngestReport | None = None
+
+    def ingest(self, progress: Callable[[str], None] | None = None) -> IngestReport:
+        """Read what is new under the root, then refresh the views."""
+        self.last_report = self.cache.ingest(progress=progress)
+        self.refresh()
+        return self.last_report
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for one thread (DuckDB connections are not shared across threads)."""
+        return self.con.cursor()
+
+    def close(self) -> None:
+        self.con.close()
+
+    # ---- loading ---------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Reload the segments listed in the manifest into the in-memory tables."""
+        manifest = self.cache.load_manifest()
+        seg_dir = self.cache.segments_dir
+        live = pa.table(
+            {
+                "src": pa.array([e["src"] for e in manifest["sources"].values()], pa.int64()),
+                "gen": pa.array([e["gen"] for e in manifest["sources"].values()], pa.int64()),
+                "run_id": pa.array(
+                    [e.get("run_id") for e in manifest["sources"].values()], pa.string()
+                ),
+                "format": pa.array(
+                    [e.get("format") for e in manifest["sources"].values()], pa.string()
+                ),
+                "run_dir": pa.array(
+                    [e.get("run_dir") for e in manifest["sources"].values()], pa.string()
+                ),
+                "modified": pa.array(
+                    [(e.get("mtime_ns") or 0) / 1e9 for e in manifest["sources"].values()],
+                    pa.float64(),
+                ),
+            }
+        )
+        files = {t: [] for t in _EMPTY}
+        for seg in manifest["segments"]:
+            files[seg["table"]].append(str(seg_dir / seg["file"]))
+        findings_file = manifest.get("findings")
+        with self._lock:
+            con = self.con
+            try:
+                con.execute("BEGIN TRANSACTION")
+                con.register("_live_arrow", live)
+                con.execute("CREATE OR REPLACE TABLE _live AS SELECT * FROM _live_arrow")
+                con.unregister("_live_arrow")
+                for t, paths in files.items():
+                    self._load_table(t, paths)
+                self._load_findings(seg_dir / findings_file if findings_file else None)
+                self._build_runs()
+                self._create_views()
+                con.execute("COMMIT")
+            except duckdb.Error as e:
+                con.execute("ROLLBACK")
+                raise StoreError(
+                    f"the cache in {self.cache.dir} is damaged ({e}); delete it and run "
+                    "the command again to re-ingest"
+                ) from None
+        self.loaded_at = time.time()
+
+    def _load_table(self, name: str, paths: list[str]) -> None:
+        con = self.con
+        if not paths:
+            con.register("_empty", _EMPTY[name].empty_table())
+            con.execute(f"CREATE OR REPLACE TABLE _{name}_all AS SELECT * FROM _empty")
+            con.unregister("_empty")
+        else:
+            con.execute(
+                f"CREATE OR REPLACE TABLE _{name}_all AS SELECT * FROM read_parquet(?) "
+                "SEMI JOIN _live USING (src, gen)",
+                [paths],
+            )
+        keys = {
+            "steps": "run_id, rank, step",
+            "metrics": "run_id, rank, step, name",
+            "events": "run_id, rank, step, kind, payload",
+        }[name]
+        con.execute(
+            f"CREATE OR REPLACE TABLE _{name} AS SELECT * FROM _{name}_all "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY seg DESC, seq DESC) = 1 "
+            "ORDER BY run_id, rank, step, seg, seq"
+        )
+        con.execute(f"DROP TABLE _{name}_all")
+
+    def _load_findings(self, path: Path | None) -> None:
+        con = self.con
+        if path is not None and path.exists():
+            con.execute(
+                "CREATE OR REPLACE TABLE _findings AS SELECT * FROM read_parquet(?)", [str(path)]
+            )
+        else:
+            con.register("_empty", FINDINGS_SCHEMA.empty_table())
+            con.execute("CREATE OR REPLACE TABLE _findings AS SELECT * FROM _empty")
+            con.unregister("_empty")
+
+    def _build_runs(self) -> None:
+        self.con.execute(_RUNS_SQL)
+
+    def _create_views(self) -> None:
+        metric_cols = ", ".join(METRIC_NAMES)
+        con = self.con
+        con.execute(
+            "CREATE OR REPLACE VIEW steps AS SELECT run_id, rank, step, ts, "
+            f"{metric_cols}, sample_ids FROM _steps"
+        )
+        con.execute(
+            "CREATE OR REPLACE VIEW metrics AS SELECT run_id, rank, step, ts, name, value "
+            "FROM _metrics"
+        )
+        con.execute(
+            "CREATE OR REPLACE VIEW events AS SELECT run_id, rank, step, ts, kind, "
+            "payload::JSON AS payload FROM _events"
+        )
+        con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM _runs")
+        con.execute(
+            "CREATE OR REPLACE VIEW findings AS SELECT run_id, rank, detector, name, severity, "
+            "step_start, step_end, message, suggestion, evidence::JSON AS evidence FROM _findings"
+        )
+
+    # ---- querying --------------------------------------------------------------
+
+    def query(self, sql: str, con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
+        """Run a user's read-only SQL; returns the last statement's result.
+
+        Raises :class:`QueryError` with DuckDB's message for a bad statement,
+        and :class:`UsageError` for anything that would write.
+        """
+        statements = check_read_only(sql)
+        cur = con or self.cursor()
+        try:
+            for stmt in statements[:-1]:
+                cur.execute(stmt)
+            return fetch_arrow(cur, statements[-1].query)
+        except duckdb.Error as e:
+            raise QueryError(str(e).strip()) from None
+
+    def export(self, path: str | Path, overwrite: bool = False) -> None:
+        """Write every view as a table into a new DuckDB database file."""
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise UsageError(f"{path} exists; pass --force to replace it")
+            path.unlink()
+        cur = self.cursor()
+        try:
+            cur.execute("ATTACH ? AS export_db", [str(path)])
+            for view in VIEWS:
+                cur.execute(f"CREATE TABLE export_db.{view} AS SELECT * FROM {view}")
+            cur.execute("DETACH export_db")
+        except duckdb.Error as e:
+            raise StoreError(f"cannot write {path}: {e}") from None
+
+    def save_findings(self, rows: list[dict[str, Any]], run_ids: list[str]) -> None:
+        """Store findings (dicts with the ``findings`` view's columns) for ``run_ids``,
+        replacing what was stored for those runs, and refresh the view."""
+        cols: dict[str, list[Any]] = {f.name: [] for f in FINDINGS_SCHEMA}
+        for row in rows:
+            for name in cols:
+                cols[name].append(row.get(name))
+        table = pa.table(cols, schema=FINDINGS_SCHEMA)
+        self.cache.save_findings(table, run_ids)
+        self.refresh()
+
+    def run_ids(self) -> list[str]:
+        return [
+            r[0]
+            for r in self.cursor().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()
+        ]
+
+
+def check_read_only(sql: str) -> list[Any]:
+    """The statements of ``sql``; refuses SQL that could modify the store, the
+    logs or anything else."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise QueryError(str(e).strip()) from None
+    if not statements:
+        raise UsageError("no SQL statement given")
+    for stmt in statements:
+        kind = stmt.type.name if hasattr(stmt.type, "name") else str(stmt.type)
+        kind = kind.replace("StatementType.", "").replace("_STATEMENT", "")
+        if kind not in _READ_ONLY:
+            raise UsageError(
+                f"only read-only SQL is allowed here (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN); "
+                f"got {kind.lower()}: {stmt.query.strip()[:60]!r}"
+            )
+        if kind == "PRAGMA" and not stmt.query.strip().lower().startswith(
+            tuple(f"pragma {p}" for p in _READ_ONLY_PRAGMAS)
+        ):
+            raise UsageError(f"this PRAGMA is not allowed here: {stmt.query.strip()[:60]!r}")
+    return statements
+
+
+_RUNS_SQL = """
+CREATE OR REPLACE TABLE _runs AS
+WITH src AS (
+    SELECT run_id, min(run_dir) AS path,
+           string_agg(DISTINCT format, ',' ORDER BY format) AS format,
+           max(modified) AS modified
+    FROM _live GROUP BY run_id
+),
+st AS (
+    SELECT run_id, count(DISTINCT step) AS steps_logged, max(step) AS last_step,
+           min(ts) AS first_ts, max(ts) AS last_ts, count(DISTINCT rank) AS ranks,
+           median(step_time_s) AS med_step_time,
+           arg_max(loss, step) FILTER (WHERE loss IS NOT NULL) AS last_loss,
+           arg_max(lr, step) FILTER (WHERE lr IS NOT NULL) AS last_lr
+    FROM _steps GROUP BY run_id
+),
+life AS (
+    SELECT run_id, rank, kind, payload::JSON AS p, ts,
+           row_number() OVER (PARTITION BY run_id, rank, src ORDER BY seg DESC, seq DESC) AS k
+    FROM _events WHERE kind IN ('run_start', 'resume', 'run_end')
+),
+last_life AS (
+    SELECT run_id,
+           bool_and(kind = 'run_end') AS all_ended,
+           max(CASE p->>'status' WHEN 'failed' THEN 3 WHEN 'interrupted' THEN 2
+                                 WHEN 'completed' THEN 1 ELSE 0 END)
+               FILTER (WHERE kind = 'run_end') AS worst,
+           max(ts) FILTER (WHERE kind = 'run_end') AS end_ts
+    FROM life WHERE k = 1 GROUP BY run_id
+),
+start AS (
+    SELECT run_id, arg_min(payload::JSON, seg * 4294967296 + seq) AS p, min(ts) AS ts
+    FROM _events WHERE kind = 'run_start' GROUP BY run_id
+),
+ids AS (
+    SELECT run_id FROM src UNION SELECT run_id FROM st UNION SELECT run_id FROM start
+)
+SELECT
+    ids.run_id,
+    coalesce(start.p->>'run', regexp_extract(ids.run_id, '[^/]+$')) AS name,
+    src.path,
+    src.format,
+    CASE
+        WHEN last_life.all_ended AND last_life.worst = 3 THEN 'failed'
+        WHEN last_life.all_ended AND last_life.worst = 2 THEN 'interrupted'
+        WHEN last_life.all_ended THEN 'completed'
+        WHEN epoch(now()) - greatest(coalesce(st.last_ts, 0), coalesce(src.modified, 0))
+             < greatest(120, 30 * coalesce(st.med_step_time, 0)) THEN 'running'
+        ELSE 'interrupted'
+    END AS status,
+    to_timestamp(coalesce(start.ts, st.first_ts)) AS started_at,
+    to_timestamp(CASE WHEN last_life.all_ended THEN coalesce(last_life.end_ts, st.last_ts) END)
+        AS ended_at,
+    coalesce(TRY_CAST(start.p->>'world_size' AS INTEGER), st.ranks::INTEGER) AS world_size,
+    coalesce(st.steps_logged, 0) AS steps_logged,
+    TRY_CAST(start.p->>'total_steps' AS BIGINT) AS total_steps,
+    start.p->>'model' AS model,
+    start.p->>'finetuning_type' AS finetuning_type,
+    TRY_CAST(start.p->>'lora_r' AS INTEGER) AS lora_r,
+    coalesce(start.p->'config', start.p) AS config,
+    st.last_step,
+    st.last_loss,
+    st.last_lr,
+    to_timestamp(st.last_ts) AS last_at
+FROM ids
+LEFT JOIN src USING (run_id)
+LEFT JOIN st USING (run_id)
+LEFT JOIN start USING (run_id)
+LEFT JOIN last_life USING (run_id)
+ORDER BY ids.run_id
+"""

@@ -1,0 +1,54 @@
+"""Reading only the new, complete lines of a growing file.
+
+A line-oriented source remembers the byte offset after its last complete line
+and how many lines came before it. A partial last line (a run still being
+written, or a process killed mid-write) is left for the next read, never
+half-read. A file that shrank, or was replaced by another file, is read again
+from the start and its earlier rows are superseded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Chunk:
+    """New complete lines of a file: ``data`` starts at byte ``start`` and line
+    ``first_line`` (1-based) and ends just after a newline."""
+
+    data: bytes
+    start: int
+    end: int
+    first_line: int
+    restarted: bool  # True when the file was re-read from the start
+    partial_tail: int  # bytes after the last newline, left for next time
+    inode: int
+
+    @property
+    def state(self) -> dict[str, Any]:
+        lines = self.first_line - 1 + self.data.count(b"\n")
+        return {"offset": self.end, "line": lines, "inode": self.inode}
+
+
+def read_new_lines(path: Path, state: dict[str, Any] | None) -> Chunk:
+    """The bytes of ``path`` after ``state['offset']`` up to the last newline.
+
+    ``state`` also carries ``inode`` and ``size``: a different inode, or a size
+    below the remembered offset, means the file was replaced or truncated.
+    """
+    st = os.stat(path)
+    offset = int(state.get("offset", 0)) if state else 0
+    line = int(state.get("line", 0)) if state else 0
+    restarted = False
+    if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
+        offset, line, restarted = 0, 0, True
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    cut = data.rfind(b"\n") + 1
+    tail = len(data) - cut
+    return Chunk(data[:cut], offset, offset + cut, line + 1, restarted, tail, st.st_ino)

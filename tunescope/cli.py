@@ -1,0 +1,360 @@
+"""The ``tunescope`` command.
+
+stdout is data, stderr is diagnostics. Exit codes are :class:`ExitCode`.
+Heavy modules (torch, textual, scipy) are imported inside the commands that
+need them, so ``tunescope --help`` and ``tunescope analyze`` start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunescope import __version__
+from tunescope.errors import ExitCode, TunescopeError, UsageError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from tunescope.ingest.cache import IngestReport
+    from tunescope.ingest.store import Store
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return ExitCode.USAGE
+    try:
+        return int(args.handler(args))
+    except TunescopeError as e:
+        error(str(e))
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        error("interrupted")
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our stdout went away (e.g. `| head`): not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.OK
+
+
+def error(message: str) -> None:
+    print(f"tunescope: error: {message}", file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    print(f"tunescope: {message}", file=sys.stderr)
+
+
+# ---- parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunescope",
+        description=(
+            "Find out why a fine-tuning run went wrong: ingest training logs into "
+            "DuckDB, detect spikes, divergence, dead adapters, stragglers and memory "
+            "growth, and suggest fixes."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"tunescope {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def _runs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", metavar="RUNS", help="directory holding runs (at any depth)")
+    _cache_arg(p)
+
+
+def _cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where ingested segments live (default: RUNS/.tunescope, else the user cache dir)",
+    )
+
+
+def _add_ingest(sub: Any) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="read new log lines into the cache and say what was read",
+        description="Read every log under RUNS (only what is new since last time) "
+        "and print what was read and what was skipped.",
+    )
+    _runs_arg(p)
+    p.add_argument("--strict", action="store_true", help="exit 2 if any line or file was skipped")
+    p.set_defaults(handler=cmd_ingest)
+
+
+def _add_query(sub: Any) -> None:
+    p = sub.add_parser(
+        "query",
+        help="run read-only SQL over the runs",
+        description="Ingest RUNS, then run SQL against the views runs, steps, metrics, "
+        "events and findings.",
+        epilog='example: tunescope query runs/ "SELECT run_id, max(loss) FROM steps GROUP BY 1"',
+    )
+    _runs_arg(p)
+    p.add_argument("sql", metavar="SQL", help="one or more read-only SQL statements")
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "json", "parquet"),
+        help="output format (default: table on a terminal, csv otherwise)",
+    )
+    p.add_argument("--output", "-o", metavar="FILE", help="write the result to FILE")
+    p.set_defaults(handler=cmd_query)
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write all views into a self-contained DuckDB file",
+        description="Ingest RUNS and write runs, steps, metrics, events and findings as "
+        "tables of a new DuckDB database.",
+    )
+    _runs_arg(p)
+    p.add_argument("--duckdb", metavar="FILE", required=True, help="database file to write")
+    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    p.set_defaults(handler=cmd_export)
+
+
+def _add_schema(sub: Any) -> None:
+    p = sub.add_parser(
+        "schema",
+        help="print the event schema",
+        description="Print the event schema (v1): a field table, or JSON Schema with --json.",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON Schema document")
+    p.set_defaults(handler=cmd_schema)
+
+
+COMMANDS: list[Callable[[Any], None]] = [_add_ingest, _add_query, _add_export, _add_schema]
+
+
+# ---- helpers -----------------------------------------------------------------------
+
+
+def open_store(args: argparse.Namespace, quiet: bool = False) -> Store:
+    """Ingest ``args.runs`` and return the store, with progress on stderr and a
+    note about skipped lines."""
+    from tunescope.ingest.store import Store
+
+    progress = _progress_printer() if not quiet else None
+    store = Store.open(args.runs, args.cache_dir, progress=progress)
+    if progress is not None:
+        progress.done()  # type: ignore[attr-defined]
+    report = store.last_report
+    if report is not None and report.problems and not quiet:
+        warn(
+            f"{report.skipped} line(s) or file(s) skipped; "
+            f"`tunescope ingest {args.runs}` lists them"
+        )
+    return store
+
+
+class _Progress:
+    """Overwrites one stderr line; silent unless stderr is a terminal and the work is large."""
+
+    def __init__(self) -> None:
+        self.active = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, message: str) -> None:
+        if self.active:
+            self.shown = True
+            sys.stderr.write(f"\r\x1b[2K{message}")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+
+def _progress_printer() -> _Progress:
+    return _Progress()
+
+
+# ---- commands ----------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tunescope.ingest.store import Store
+
+    progress = _progress_printer()
+    store = Store.open(args.runs, args.cache_dir, progress=progress)
+    progress.done()
+    report = store.last_report
+    assert report is not None
+    print(ingest_summary(report, store))
+    for p in report.problems:
+        print(f"  skipped {p}", file=sys.stderr)
+    if report.problems:
+        warn(f"{report.skipped} line(s) or file(s) skipped (good lines around them were kept)")
+        if args.strict:
+            return ExitCode.USAGE
+    return ExitCode.OK
+
+
+def ingest_summary(report: IngestReport, store: Store) -> str:
+    cur = store.cursor()
+    runs, steps, metrics, events = cur.execute(
+        "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM steps), "
+        "(SELECT count(*) FROM metrics), (SELECT count(*) FROM events)"
+    ).fetchone()
+    by_status = cur.execute(
+        "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status"
+    ).fetchall()
+    status = ", ".join(f"{n} {s}" for s, n in by_status) or "none"
+    new = report.rows
+    lines = [
+        f"{report.root}: {runs} run(s) ({status}) from {report.sources} file(s)",
+        f"  read now:  {report.changed} changed file(s), {new['steps']:,} step rows, "
+        f"{new['metrics']:,} metric points, {new['events']:,} events in {report.seconds:.2f}s",
+        f"  in store:  {steps:,} step rows, {metrics:,} metric points, {events:,} events",
+        f"  skipped:   {report.skipped} line(s) or file(s)",
+        f"  cache:     {store.cache.dir}",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    fmt = args.format or ("table" if sys.stdout.isatty() and not args.output else "csv")
+    if fmt == "parquet" and not args.output:
+        raise UsageError("--format parquet needs --output FILE")
+    from tunescope.ingest.store import check_read_only
+
+    check_read_only(args.sql)  # refuse writes before spending time on ingest
+    store = open_store(args)
+    table = store.query(args.sql)
+    write_table(table, fmt, args.output)
+    return ExitCode.OK
+
+
+def write_table(table: pa.Table, fmt: str, output: str | None) -> None:
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, output)
+        return
+    if fmt == "csv":
+        text = _csv(table)
+    elif fmt == "json":
+        text = json.dumps(_records(table), indent=1, default=str) + "\n"
+    else:
+        text = format_table(table)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def _records(table: pa.Table) -> list[dict[str, Any]]:
+    from tunescope.findings import jsonable
+
+    return [jsonable(row) for row in table.to_pylist()]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _csv(table: pa.Table) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(table.column_names)
+    for row in table.to_pylist():
+        w.writerow([_cell(v) for v in row.values()])
+    return buf.getvalue()
+
+
+def format_table(table: pa.Table, max_width: int = 40) -> str:
+    """A plain text table for a terminal."""
+    names = table.column_names
+    if not names:
+        return "(no result)\n"
+    rows = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
+    rows = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r] for r in rows]
+    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    import pyarrow.types as pt
+
+    numeric = [
+        pt.is_integer(f.type) or pt.is_floating(f.type) or pt.is_decimal(f.type)
+        for f in table.schema
+    ]
+
+    def line(cells: list[str]) -> str:
+        out = []
+        for c, w, num in zip(cells, widths, numeric, strict=True):
+            out.append(c.rjust(w) if num else c.ljust(w))
+        return "  ".join(out).rstrip()
+
+    parts = [line(names), "  ".join("─" * w for w in widths)]
+    parts += [line(r) for r in rows]
+    parts.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(parts) + "\n"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    store.export(args.duckdb, overwrite=args.force)
+    n = store.cursor().execute("SELECT count(*) FROM runs").fetchone()[0]
+    print(f"wrote {args.duckdb}: {n} run(s); tables runs, steps, metrics, events, findings")
+    return ExitCode.OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from tunescope import schema
+
+    if args.json:
+        print(json.dumps(schema.json_schema(), indent=2))
+        return ExitCode.OK
+    print(
+        f"tunescope event schema v{schema.SCHEMA_VERSION}: one JSON object per line, "
+        "RUN/events/rank-N.jsonl"
+    )
+    sections = [
+        ("every event", schema.ENVELOPE),
+        ("step: canonical metrics", schema.METRICS + schema.STEP_EXTRAS),
+        ("run_start", schema.RUN_START_FIELDS),
+        ("resume", schema.RESUME_FIELDS),
+        ("checkpoint", schema.CHECKPOINT_FIELDS),
+        ("run_end", schema.RUN_END_FIELDS),
+    ]
+    for title, fields in sections:
+        print(f"\n{title}:")
+        for f in fields:
+            unit = f" [{f.unit}]" if f.unit else ""
+            print(f"  {f.name:<26} {f.type:<8} {f.doc}{unit}")
+    print("\nAny other numeric field is kept as an extra metric (the metrics view).")
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,176 @@
+"""Decoding and validating event lines, shared by the writer and by ingest.
+
+This is the one place that knows how a line of ``rank-N.jsonl`` maps to the
+schema: which fields are envelope, which canonical metrics, which extras.
+It imports neither torch nor duckdb.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tunescope.schema import ENVELOPE_NAMES, KINDS, METRIC_NAMES, SCHEMA_VERSION
+
+_METRICS = frozenset(METRIC_NAMES)
+_ENVELOPE = frozenset(ENVELOPE_NAMES)
+_NOT_PAYLOAD = frozenset(("v", "kind", "rank", "step", "ts"))
+
+
+class LineError(ValueError):
+    """A line that cannot be used; the message is the reason, for a user."""
+
+
+@dataclass
+class Event:
+    """One validated event. ``metrics`` holds canonical numeric fields,
+    ``extras`` other numeric fields, ``other`` the remaining (non-numeric) ones."""
+
+    kind: str
+    rank: int | None
+    step: int | None
+    ts: float | None
+    run: str | None
+    metrics: dict[str, float]
+    extras: dict[str, float]
+    other: dict[str, Any]
+    problems: list[str]
+    raw: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        """The event's own fields as written (without v, kind, rank, step, ts),
+        for the ``events`` view; keeps ``run`` and the original value types."""
+        return {k: v for k, v in self.raw.items() if k not in _NOT_PAYLOAD}
+
+
+def _const(token: str) -> float:
+    return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[token]
+
+
+def loads(raw: bytes | str) -> Any:
+    """``json.loads`` that accepts NaN/Infinity and rejects bad UTF-8 with a reason."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise LineError(f"not UTF-8 text (byte {e.start})") from None
+    try:
+        return json.loads(raw, parse_constant=_const)
+    except json.JSONDecodeError as e:
+        raise LineError(f"malformed JSON: {e.msg} at column {e.colno}") from None
+    except RecursionError:
+        raise LineError("malformed JSON: nested too deeply") from None
+
+
+def as_number(value: Any, strings: bool = False) -> float | None:
+    """A JSON value as a float: numbers and booleans (and, with ``strings``,
+    numeric text such as "2.5" or "NaN"); ``None`` for anything else."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    if strings and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
+def parse_event(obj: Any) -> Event:
+    """Validate one decoded line. Envelope problems raise :class:`LineError`;
+    a bad metric value is dropped and noted in ``problems`` (the rest is kept)."""
+    if not isinstance(obj, dict):
+        raise LineError(f"expected a JSON object, got {type(obj).__name__}")
+    v = obj.get("v", SCHEMA_VERSION)
+    if as_int(v) is None or as_int(v) > SCHEMA_VERSION:
+        raise LineError(f"unsupported schema version {v!r} (this tunescope reads v1)")
+    kind = obj.get("kind")
+    if not isinstance(kind, str):
+        raise LineError("missing 'kind'")
+    if kind not in KINDS:
+        raise LineError(f"unknown kind {kind!r}")
+    step = obj.get("step")
+    step_i = as_int(step) if step is not None else None
+    if step is not None and (step_i is None or step_i < 0):
+        raise LineError(f"'step' must be a non-negative integer, got {step!r}")
+    if kind in ("step", "eval") and step_i is None:
+        raise LineError(f"a {kind} event needs 'step'")
+    rank = obj.get("rank")
+    rank_i = as_int(rank) if rank is not None else None
+    if rank is not None and (rank_i is None or rank_i < 0):
+        raise LineError(f"'rank' must be a non-negative integer, got {rank!r}")
+    ts = obj.get("ts")
+    ts_f = as_number(ts) if ts is not None else None
+    problems: list[str] = []
+    if ts is not None and (ts_f is None or not math.isfinite(ts_f)):
+        problems.append(f"'ts' must be a finite number, got {ts!r}; ignored")
+        ts_f = None
+    run = obj.get("run")
+    if run is not None and not isinstance(run, str):
+        run = str(run)
+
+    metrics: dict[str, float] = {}
+    extras: dict[str, float] = {}
+    other: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in _ENVELOPE:
+            continue
+        if key in _METRICS:
+            if value is None:
+                continue
+            num = as_number(value, strings=True)
+            if num is None:
+                problems.append(f"'{key}' must be a number, got {_short(value)}; ignored")
+                continue
+            metrics[key] = num
+            continue
+        num = as_number(value)
+        if num is not None:
+            extras[key] = num
+        elif value is not None:
+            other[key] = value
+    return Event(kind, rank_i, step_i, ts_f, run, metrics, extras, other, problems, obj)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, allow_nan=True) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def dumps(event: dict[str, Any]) -> str:
+    """One event as a JSON line body (no newline). NaN and ±Inf are written as
+    ``NaN``/``Infinity``; numpy scalars and other ``.item()`` values are unwrapped."""
+    try:
+        return json.dumps(event, allow_nan=True, separators=(",", ":"))
+    except TypeError:
+        return json.dumps(_plain(event), allow_nan=True, separators=(",", ":"))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            pass
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
