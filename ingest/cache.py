@@ -30,10 +30,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tunescope.ingest.discover import READERS, Source, discover
-from tunescope.ingest.rows import Problem, Reader, ReadResult, fetch_arrow
 
 from tunescope.errors import InputError, StoreError
+from tunescope.ingest.discover import READERS, Source, discover
+from tunescope.ingest.rows import Problem, Reader, ReadResult, fetch_arrow
 
 MANIFEST_VERSION = 1
 MAX_SEGMENTS = 24  # past this many ingest passes, merge the segments into one

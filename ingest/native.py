@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+from tunescope.eventlog import LineError, loads, parse_event
 from tunescope.ingest.rows import (
     EVENT_SCHEMA,
     METRIC_SCHEMA,
@@ -31,8 +33,6 @@ from tunescope.ingest.rows import (
     fetch_arrow,
 )
 from tunescope.ingest.tail import Chunk, read_new_lines
-
-from tunescope.eventlog import LineError, loads, parse_event
 from tunescope.schema import ENVELOPE_NAMES, KINDS, METRIC_NAMES, SCHEMA_VERSION
 
 RANK_JSONL = re.compile(r"^rank-(\d+)\.jsonl$")

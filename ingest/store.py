@@ -23,10 +23,10 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from tunescope.ingest.cache import Cache, IngestReport
-from tunescope.ingest.rows import EVENT_SCHEMA, METRIC_SCHEMA, STEP_SCHEMA, fetch_arrow
 
 from tunescope.errors import QueryError, StoreError, UsageError
+from tunescope.ingest.cache import Cache, IngestReport
+from tunescope.ingest.rows import EVENT_SCHEMA, METRIC_SCHEMA, STEP_SCHEMA, fetch_arrow
 from tunescope.schema import METRIC_NAMES
 
 VIEWS = ("runs", "steps", "metrics", "events", "findings")

@@ -1,0 +1,113 @@
+"""What every detector module provides, and the context it runs in.
+
+A detector is one module (``detectors/loss_spike.py``) with:
+
+- ``ID``: its id, e.g. ``"TS101"``; ``NAME``: a short name, e.g. ``"loss-spike"``;
+- a module docstring in fixed sections: what it flags, why it matters, an
+  example, the suggestion, its options (``tunescope explain TS101`` prints it);
+- ``Options``: a dataclass of typed thresholds with defaults and a docstring
+  under each field; configurable per detector in ``[tool.tunescope.TS101]`` of
+  ``pyproject.toml`` or ``[TS101]`` of ``tunescope.toml``;
+- ``run(ctx: Context, opts: Options) -> list[Finding]``: scores computed
+  vectorised per run and rank (polars or DuckDB SQL), thresholds applied after.
+
+The registry (``detectors/registry.py``) is a plain list of these modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from tunescope.findings import Finding
+    from tunescope.ingest.store import Store
+
+
+class DetectorModule(Protocol):
+    ID: str
+    NAME: str
+    Options: type
+
+    def run(self, ctx: Context, opts: Any) -> list[Finding]: ...
+
+
+@dataclass
+class Context:
+    """Read access to the store for detectors, with the common frames loaded
+    once and shared between detectors.
+
+    ``run_ids`` limits the runs analysed (None: all runs in the store).
+    """
+
+    store: Store
+    run_ids: list[str] | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
+        """Run SQL on a fresh cursor and return a polars DataFrame."""
+        import polars as pl
+
+        from tunescope.ingest.rows import fetch_arrow
+
+        return pl.from_arrow(fetch_arrow(self.store.cursor(), query, params))  # type: ignore[return-value]
+
+    def _where_runs(self) -> str:
+        if self.run_ids is None:
+            return ""
+        quoted = ", ".join("'" + r.replace("'", "''") + "'" for r in self.run_ids)
+        return f" WHERE run_id IN ({quoted})"
+
+    def runs(self) -> pl.DataFrame:
+        """The ``runs`` view (one row per run)."""
+        if "runs" not in self._cache:
+            self._cache["runs"] = self.sql(f"SELECT * FROM runs{self._where_runs()}")
+        return self._cache["runs"]
+
+    def steps(self) -> pl.DataFrame:
+        """The ``steps`` view, sorted by run_id, rank, step."""
+        if "steps" not in self._cache:
+            self._cache["steps"] = self.sql(
+                f"SELECT * FROM steps{self._where_runs()} ORDER BY run_id, rank, step"
+            )
+        return self._cache["steps"]
+
+    def metrics(self, names: list[str]) -> pl.DataFrame:
+        """Rows of the ``metrics`` view for the given metric names."""
+        key = "metrics:" + ",".join(sorted(names))
+        if key not in self._cache:
+            where = self._where_runs()
+            quoted = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
+            cond = f"name IN ({quoted})"
+            where = f"{where} AND {cond}" if where else f" WHERE {cond}"
+            self._cache[key] = self.sql(f"SELECT * FROM metrics{where} ORDER BY run_id, rank, step")
+        return self._cache[key]
+
+    def events(self, kinds: list[str] | None = None) -> pl.DataFrame:
+        """Rows of the ``events`` view (payload as JSON text), optionally by kind."""
+        key = "events:" + ",".join(sorted(kinds or []))
+        if key not in self._cache:
+            where = self._where_runs()
+            if kinds:
+                quoted = ", ".join(f"'{k}'" for k in kinds)
+                cond = f"kind IN ({quoted})"
+                where = f"{where} AND {cond}" if where else f" WHERE {cond}"
+            self._cache[key] = self.sql(
+                "SELECT run_id, rank, step, ts, kind, payload::VARCHAR AS payload "
+                f"FROM events{where} ORDER BY run_id, rank, step"
+            )
+        return self._cache[key]
+
+    def run_start(self, run_id: str) -> dict[str, Any]:
+        """The first ``run_start`` payload of a run (config, LoRA settings,
+        ``logging_steps`` and ``per_rank`` for foreign formats), or {}."""
+        import json
+
+        if "run_start" not in self._cache:
+            starts: dict[str, dict[str, Any]] = {}
+            for row in self.events(["run_start"]).iter_rows(named=True):
+                starts.setdefault(row["run_id"], json.loads(row["payload"]))
+            self._cache["run_start"] = starts
+        return self._cache["run_start"].get(run_id, {})
