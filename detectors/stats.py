@@ -1,0 +1,112 @@
+"""Statistics shared by detectors: trend tests, robust baselines, incidents.
+
+All functions take numpy arrays and are vectorised; detectors call them per
+run and rank on the columns of the ``steps`` frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
+
+
+@dataclass(frozen=True)
+class Trend:
+    """Mann-Kendall / Theil-Sen trend of ``y`` against ``x``.
+
+    ``slope`` is the Theil-Sen slope (units of y per unit of x), ``lo`` and
+    ``hi`` its confidence bounds, ``tau`` and ``p`` Kendall's tau and its
+    p-value (two-sided), ``n`` the number of points used.
+    """
+
+    tau: float
+    p: float
+    slope: float
+    lo: float
+    hi: float
+    n: int
+
+
+def trend(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int = 400) -> Trend:
+    """Trend test on finite points, subsampled evenly to ``max_points``
+    (Theil-Sen is O(n^2)). ``alpha`` is the confidence of ``lo``/``hi``."""
+    from scipy import stats
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    if n < 3:
+        return Trend(0.0, 1.0, 0.0, 0.0, 0.0, n)
+    if n > max_points:
+        idx = np.linspace(0, n - 1, max_points).round().astype(int)
+        x, y = x[idx], y[idx]
+    if np.all(y == y[0]):
+        return Trend(0.0, 1.0, 0.0, 0.0, 0.0, len(x))
+    tau, p = stats.kendalltau(x, y)
+    slope, _, lo, hi = stats.theilslopes(y, x, alpha=alpha)
+    tau = 0.0 if not np.isfinite(tau) else float(tau)
+    p = 1.0 if not np.isfinite(p) else float(p)
+    return Trend(tau, p, float(slope), float(lo), float(hi), len(x))
+
+
+def rolling_median_mad(
+    values: np.ndarray, window: int, exclude: np.ndarray | None = None, min_points: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median and scaled MAD of the previous ``window`` points for each point
+    (the current point excluded). Points flagged in ``exclude`` do not enter
+    later baselines. Returns NaN where fewer than ``min_points`` are available.
+
+    This is a sequential reference implementation for short series (it is
+    O(n * window)); vectorised detectors may use polars' rolling functions.
+    """
+    v = np.asarray(values, dtype=float)
+    n = len(v)
+    med = np.full(n, np.nan)
+    mad = np.full(n, np.nan)
+    keep = np.isfinite(v) if exclude is None else (np.isfinite(v) & ~exclude)
+    hist: list[float] = []
+    for i in range(n):
+        if len(hist) >= min_points:
+            h = np.asarray(hist[-window:])
+            m = np.median(h)
+            med[i] = m
+            mad[i] = MAD_SCALE * np.median(np.abs(h - m))
+        if keep[i]:
+            hist.append(v[i])
+    return med, mad
+
+
+def incidents(mask: np.ndarray, gap: int = 0) -> list[tuple[int, int]]:
+    """Index ranges ``(first, last)`` of consecutive True values in ``mask``;
+    runs separated by at most ``gap`` False values are merged into one."""
+    idx = np.flatnonzero(np.asarray(mask, dtype=bool))
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
+    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
+    ends = np.concatenate((idx[breaks], [idx[-1]]))
+    return [(int(s), int(e)) for s, e in zip(starts, ends, strict=True)]
+
+
+def warmup_mask(lr: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
+    """True while the learning rate is still rising: each point up to the last
+    step at which ``lr`` was above its previous value (allowing float noise).
+    A later rise (a re-warmup after a resume, a cyclic schedule) is also marked."""
+    lr = np.asarray(lr, dtype=float)
+    n = len(lr)
+    out = np.zeros(n, dtype=bool)
+    if n < 2:
+        return out
+    prev = np.concatenate(([np.nan], lr[:-1]))
+    rising = np.isfinite(lr) & np.isfinite(prev) & (lr > prev * (1 + rel_tol) + 1e-30)
+    out[rising] = True
+    # The first point of a warmup (before the first rise) also belongs to it.
+    first = np.flatnonzero(rising)
+    if len(first) and first[0] > 0:
+        out[first[0] - 1] = True
+    return out
