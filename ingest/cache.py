@@ -166,7 +166,10 @@ class Cache:
             for key in [k for k in known if k not in live_keys]:
                 del known[key]  # the file is gone: its rows go with it
 
-            changed = [s for s in sources if _changed(s, known.get(s.key))]
+            # Stat before reading: bytes appended while we read make the next
+            # pass see a changed file (a stat after the read would hide them).
+            stats = {s.key: _stat(s.path) for s in sources}
+            changed = [s for s in sources if _changed(stats[s.key], known.get(s.key))]
             report.changed = len(changed)
             results = self._read_all(changed, known, report, progress)
             seg = manifest["next_seg"]
@@ -178,7 +181,7 @@ class Cache:
                 if entry is None or result.replace:
                     entry = _new_entry(manifest, source, entry)
                     known[source.key] = entry
-                st = _stat(source.path)
+                st = stats[source.key]
                 entry.update(
                     size=st[0] if st else None,
                     mtime_ns=st[1] if st else None,
@@ -361,10 +364,9 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def _changed(source: Source, entry: dict[str, Any] | None) -> bool:
+def _changed(st: tuple[int, int, int] | None, entry: dict[str, Any] | None) -> bool:
     if entry is None:
         return True
-    st = _stat(source.path)
     if st is None:
         return False
     return (entry.get("size"), entry.get("mtime_ns"), entry.get("inode")) != st

@@ -99,14 +99,16 @@ class EventWriter:
         event.update(fields)
         event.setdefault("ts", time.time())
         if kind == "step":
-            if self.dropped > self._dropped_reported:
-                event["dropped_events"] = self.dropped
-                self._dropped_reported = self.dropped
+            pending = self.dropped
+            if pending > self._dropped_reported:
+                event["dropped_events"] = pending
             if self.block_when_full:
                 self._queue.put(event)
+                self._dropped_reported = pending
                 return
             try:
                 self._queue.put_nowait(event)
+                self._dropped_reported = pending
             except queue.Full:
                 self.dropped += 1
                 if not self._warned:

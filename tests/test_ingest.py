@@ -1,0 +1,316 @@
+"""Writer -> ingest -> store: what is written is what the views return."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tunescope.ingest import native
+from tunescope.ingest.store import Store
+from tunescope.schema import METRIC_NAMES
+from tunescope.train.events import EventWriter
+
+finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=64)
+metric_values = st.dictionaries(st.sampled_from(METRIC_NAMES), finite_or_not, max_size=6)
+extra_values = st.dictionaries(
+    st.sampled_from(["grad_norm_lora_A", "grad_norm_lora_B", "reward", "z"]),
+    finite_or_not,
+    max_size=2,
+)
+step_event = st.tuples(st.integers(0, 2), st.integers(0, 40), metric_values, extra_values)
+
+
+def same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def write_and_ingest(tmp_path, events):
+    run = tmp_path / "runs" / "r1"
+    writers = {}
+    expected_steps: dict[tuple[int, int], dict] = {}
+    expected_metrics: dict[tuple[int, int, str], float] = {}
+    for rank, step, metrics, extras in events:
+        w = writers.setdefault(rank, EventWriter(run, rank=rank))
+        w.step(step=step, **metrics, **extras)
+        expected_steps[(rank, step)] = metrics  # the newest write of a step wins
+        for name, value in extras.items():
+            expected_metrics[(rank, step, name)] = value
+    for w in writers.values():
+        w.close()
+    store = Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache")
+    return store, expected_steps, expected_metrics
+
+
+def check_round_trip(tmp_path, events):
+    store, expected_steps, expected_metrics = write_and_ingest(tmp_path, events)
+    cols = ", ".join(METRIC_NAMES)
+    rows = store.cursor().execute(f"SELECT rank, step, {cols} FROM steps").fetchall()
+    got = {(r[0], r[1]): dict(zip(METRIC_NAMES, r[2:], strict=True)) for r in rows}
+    assert set(got) == set(expected_steps)
+    for key, metrics in expected_steps.items():
+        for name in METRIC_NAMES:
+            assert same(got[key][name], metrics.get(name)), (key, name)
+    rows = store.cursor().execute("SELECT rank, step, name, value FROM metrics").fetchall()
+    got_m = {(r[0], r[1], r[2]): r[3] for r in rows}
+    assert set(got_m) == set(expected_metrics)
+    for key, value in expected_metrics.items():
+        assert same(got_m[key], value), key
+    assert not store.last_report.problems
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(step_event, min_size=1, max_size=60))
+def test_round_trip_exact_path(tmp_path_factory, events):
+    check_round_trip(tmp_path_factory.mktemp("rt"), events)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(step_event, min_size=1, max_size=60))
+def test_round_trip_fast_path(tmp_path_factory, monkeypatch_module, events):
+    check_round_trip(tmp_path_factory.mktemp("rt"), events)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    mp.setattr(native, "FAST_PATH_MIN_BYTES", 0)  # send every chunk through DuckDB
+    yield mp
+    mp.undo()
+
+
+def test_fast_and_exact_paths_agree_on_a_large_file(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "big"
+    with EventWriter(run) as w:
+        w.run_start(model="m", lora_r=8)
+        for s in range(1, 4001):
+            loss = math.nan if s == 77 else 3.0 / math.sqrt(s)
+            w.step(
+                step=s,
+                loss=loss,
+                lr=1e-4,
+                grad_norm=math.inf if s == 99 else 1.0,
+                tokens=512,
+                grad_norm_lora_B=0.1,
+                sample_ids=[s],
+            )
+            if s % 1000 == 0:
+                w.eval(step=s, eval_loss=1.0)
+        w.run_end("completed")
+    assert (run / "events" / "rank-0.jsonl").stat().st_size > native.FAST_PATH_MIN_BYTES
+    fast = Store.open(tmp_path / "runs", cache_dir=tmp_path / "c1")
+    monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 1 << 60)
+    exact = Store.open(tmp_path / "runs", cache_dir=tmp_path / "c2")
+    for view in ("steps", "metrics", "events", "runs"):
+        order = "ORDER BY ALL" if view != "runs" else ""
+        cols = "* EXCLUDE (started_at, ended_at, last_at)" if view == "runs" else "*"
+        a = fast.cursor().execute(f"SELECT {cols} FROM {view} {order}").fetchall()
+        b = exact.cursor().execute(f"SELECT {cols} FROM {view} {order}").fetchall()
+        assert len(a) == len(b) > 0
+        assert repr(a) == repr(b), view  # repr: NaN == NaN
+    assert fast.cursor().execute("SELECT count(*) FROM steps WHERE isnan(loss)").fetchone() == (1,)
+
+
+def test_resume_relogged_steps_newest_wins(tmp_path):
+    run = tmp_path / "runs" / "r"
+    with EventWriter(run) as w:
+        for s in range(1, 11):
+            w.step(step=s, loss=10.0 + s)
+    with EventWriter(run) as w:  # resumed from a checkpoint at step 6
+        w.resume(step=6, checkpoint="ckpt-6")
+        for s in range(7, 13):
+            w.step(step=s, loss=1.0 + s)
+    store = Store.open(tmp_path / "runs")
+    rows = dict(store.cursor().execute("SELECT step, loss FROM steps").fetchall())
+    assert len(rows) == 12
+    assert rows[6] == 16.0 and rows[7] == 8.0 and rows[12] == 13.0
+    kinds = [k for (k,) in store.cursor().execute("SELECT kind FROM events").fetchall()]
+    assert kinds == ["resume"]
+
+
+def test_torn_last_line_is_left_for_the_next_ingest(tmp_path):
+    path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"v":1,"kind":"step","step":1,"loss":2.0}\n{"v":1,"kind":"step","ste')
+    store = Store.open(tmp_path / "runs")
+    assert store.cursor().execute("SELECT step FROM steps").fetchall() == [(1,)]
+    assert not store.last_report.problems  # a line still being written is not an error
+    with open(path, "ab") as f:
+        f.write(b'p":2,"loss":1.5}\n')
+    store.ingest()
+    assert store.cursor().execute("SELECT step, loss FROM steps ORDER BY step").fetchall() == [
+        (1, 2.0),
+        (2, 1.5),
+    ]
+    assert store.last_report.rows["steps"] == 1
+
+
+def test_reingest_unchanged_reads_nothing(tmp_path):
+    with EventWriter(tmp_path / "runs" / "a") as w:
+        for s in range(1, 6):
+            w.step(step=s, loss=1.0)
+    store = Store.open(tmp_path / "runs")
+    again = store.ingest()
+    assert again.changed == 0 and sum(again.rows.values()) == 0
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (5,)
+
+
+def test_shrunk_or_replaced_file_supersedes_old_rows(tmp_path):
+    path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
+    with EventWriter(tmp_path / "runs" / "r") as w:
+        for s in range(1, 21):
+            w.step(step=s, loss=float(s))
+    store = Store.open(tmp_path / "runs")
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (20,)
+    path.write_text('{"v":1,"kind":"step","step":1,"loss":0.5}\n')  # shrank: a new run
+    store.ingest()
+    assert store.cursor().execute("SELECT step, loss FROM steps").fetchall() == [(1, 0.5)]
+    tmp = path.with_suffix(".new")
+    tmp.write_text(
+        '{"v":1,"kind":"step","step":1,"loss":0.25}\n{"v":1,"kind":"step","step":2,"loss":0.2}\n'
+    )
+    os.replace(tmp, path)  # replaced by another file (new inode)
+    store.ingest()
+    assert store.cursor().execute("SELECT step, loss FROM steps ORDER BY step").fetchall() == [
+        (1, 0.25),
+        (2, 0.2),
+    ]
+
+
+def test_deleted_run_disappears(tmp_path):
+    for name in ("a", "b"):
+        with EventWriter(tmp_path / "runs" / name) as w:
+            w.step(step=1, loss=1.0)
+    store = Store.open(tmp_path / "runs")
+    assert store.run_ids() == ["a", "b"]
+    for p in (tmp_path / "runs" / "b" / "events").iterdir():
+        p.unlink()
+    store.ingest()
+    assert store.run_ids() == ["a"]
+
+
+def test_runs_at_any_depth_and_run_ids(tmp_path):
+    for rel in ("x", "team/exp1/run-3", "team/exp2/deep/er/run"):
+        with EventWriter(tmp_path / "runs" / rel) as w:
+            w.step(step=1, loss=1.0)
+    store = Store.open(tmp_path / "runs")
+    assert store.run_ids() == ["team/exp1/run-3", "team/exp2/deep/er/run", "x"]
+
+
+def test_many_ingest_passes_merge_segments(tmp_path):
+    from tunescope.ingest import cache
+
+    run = tmp_path / "runs" / "r"
+    w = EventWriter(run)
+    store = Store.open(tmp_path / "runs")
+    for s in range(1, cache.MAX_SEGMENTS + 6):
+        w.step(step=s, loss=1.0 / s)
+        w.flush()
+        store.ingest()
+    w.close()
+    manifest = store.cache.load_manifest()
+    assert len(manifest["segments"]) <= cache.MAX_SEGMENTS
+    assert store.cursor().execute("SELECT count(*), max(step) FROM steps").fetchone() == (
+        cache.MAX_SEGMENTS + 5,
+        cache.MAX_SEGMENTS + 5,
+    )
+
+
+def test_run_status_and_summary_columns(tmp_path):
+    with EventWriter(tmp_path / "runs" / "done") as w:
+        w.run_start(model="tiny", finetuning_type="lora", lora_r=8, total_steps=2, world_size=1)
+        w.step(step=1, loss=2.0, lr=1e-4)
+        w.step(step=2, loss=1.5, lr=5e-5)
+        w.run_end("completed")
+    with EventWriter(tmp_path / "runs" / "failed") as w:
+        w.step(step=1, loss=2.0)
+        w.run_end("failed", error="CUDA out of memory")
+    with EventWriter(tmp_path / "runs" / "live") as w:
+        w.step(step=1, loss=2.0)
+    store = Store.open(tmp_path / "runs")
+    rows = {r["run_id"]: r for r in store.query("SELECT * FROM runs").to_pylist()}
+    assert rows["done"]["status"] == "completed"
+    assert rows["done"]["model"] == "tiny" and rows["done"]["lora_r"] == 8
+    assert rows["done"]["steps_logged"] == 2 and rows["done"]["total_steps"] == 2
+    assert rows["done"]["last_loss"] == 1.5 and rows["done"]["last_lr"] == 5e-5
+    assert rows["failed"]["status"] == "failed"
+    assert rows["live"]["status"] == "running"  # written just now, no run_end
+
+
+APPENDER = textwrap.dedent(
+    """
+    import sys, time
+    path, n = sys.argv[1], int(sys.argv[2])
+    with open(path, "ab", buffering=0) as f:
+        for s in range(1, n + 1):
+            line = ('{"v":1,"kind":"step","step":%d,"loss":%r}\\n' % (s, 1.0 / s)).encode()
+            cut = len(line) // 2
+            f.write(line[:cut])  # a reader may see half a line here
+            time.sleep(0.0005)
+            f.write(line[cut:])
+    """
+)
+
+
+def test_ingest_while_another_process_appends(tmp_path):
+    path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.touch()
+    n = 3000
+    proc = subprocess.Popen([sys.executable, "-c", APPENDER, str(path), str(n)])
+    store = Store.open(tmp_path / "runs")
+    passes = 1
+    while proc.poll() is None:
+        store.ingest()
+        passes += 1
+        assert not store.last_report.problems
+    store.ingest()
+    assert proc.returncode == 0
+    assert passes > 2
+    rows = store.cursor().execute("SELECT count(*), count(DISTINCT step), max(step) FROM steps")
+    assert rows.fetchone() == (n, n, n)  # exactly once, no half lines
+
+
+INGESTER = textwrap.dedent(
+    """
+    import sys
+    from tunescope.ingest.store import Store
+    s = Store.open(sys.argv[1])
+    print(s.cursor().execute("SELECT count(*) FROM steps").fetchone()[0])
+    """
+)
+
+
+def test_two_concurrent_ingesters(tmp_path):
+    for r in range(6):
+        with EventWriter(tmp_path / "runs" / f"run{r}") as w:
+            for s in range(1, 301):
+                w.step(step=s, loss=1.0)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", INGESTER, str(tmp_path / "runs")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs == ["1800", "1800"]
+    store = Store(tmp_path / "runs")
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (1800,)
+    # The second ingester found everything ingested: one steps segment, no duplicates.
+    tables = [s["table"] for s in store.cache.load_manifest()["segments"]]
+    assert tables.count("steps") == 1
