@@ -1,0 +1,161 @@
+"""Bad input never crashes ingest and never costs good rows; problems name file and line."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from tunescope.ingest import native
+from tunescope.ingest.store import Store
+
+GOOD_1 = b'{"v":1,"kind":"step","step":1,"loss":2.0,"lr":0.001}\n'
+GOOD_3 = b'{"v":1,"kind":"step","step":3,"loss":NaN,"grad_norm":Infinity}\n'
+
+
+def ingest_bytes(tmp_path, body: bytes, fast: bool = False, monkeypatch=None):
+    path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    if fast:
+        monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 0)
+    store = Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache")
+    return store, path
+
+
+BAD_LINES = [
+    (b'{"v":1,"kind":"step","step":2,,"loss":1}\n', "malformed JSON"),
+    (b'{"v":1,"kind":"wobble","step":2}\n', "unknown kind 'wobble'"),
+    (b'{"v":1,"kind":"step","step":"two","loss":1.0}\n', "'step' must be a non-negative integer"),
+    (b'{"v":1,"kind":"step","step":-4,"loss":1.0}\n', "'step' must be a non-negative integer"),
+    (b'{"v":1,"kind":"step","loss":1.0}\n', "a step event needs 'step'"),
+    (b'{"v":9,"kind":"step","step":2}\n', "unsupported schema version"),
+    (b"[1,2,3]\n", "expected a JSON object"),
+    (b'{"v":1,"kind":"step","step":2,"loss":\xff\xfe}\n', "not UTF-8"),
+    (b"\x00\x01\x02 binary garbage \x9c\n", "not UTF-8"),
+    (b'{"v":1,"kind":"step","step":2,"rank":"zero"}\n', "'rank' must be a non-negative integer"),
+]
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["exact", "fast"])
+@pytest.mark.parametrize(("bad", "reason"), BAD_LINES, ids=[r for _, r in BAD_LINES])
+def test_bad_line_is_reported_with_file_and_line_and_neighbours_kept(
+    tmp_path, monkeypatch, bad, reason, fast
+):
+    store, path = ingest_bytes(tmp_path, GOOD_1 + bad + GOOD_3, fast, monkeypatch)
+    problems = store.last_report.problems
+    assert len(problems) == 1, problems
+    (p,) = problems
+    assert p.path == str(path) and p.line == 2
+    assert reason in p.reason
+    assert str(p).startswith(f"{path}:2: ")
+    rows = store.cursor().execute("SELECT step, loss, grad_norm FROM steps ORDER BY step")
+    got = rows.fetchall()
+    assert [r[0] for r in got] == [1, 3]
+    assert got[0][1] == 2.0 and math.isnan(got[1][1]) and math.isinf(got[1][2])
+
+
+def test_bad_field_is_dropped_but_the_rest_of_the_line_kept(tmp_path):
+    store, _ = ingest_bytes(
+        tmp_path, b'{"v":1,"kind":"step","step":5,"loss":[1],"lr":0.5,"ts":"soon"}\n'
+    )
+    assert store.cursor().execute("SELECT step, loss, lr, ts FROM steps").fetchall() == [
+        (5, None, 0.5, None)
+    ]
+    reasons = sorted(p.reason for p in store.last_report.problems)
+    assert len(reasons) == 2
+    assert "'loss' must be a number" in reasons[0] and "'ts' must be a finite" in reasons[1]
+
+
+def test_problems_are_reported_again_on_the_next_ingest(tmp_path):
+    store, _ = ingest_bytes(tmp_path, GOOD_1 + b"not json\n" + GOOD_3)
+    again = store.ingest()
+    assert again.changed == 0
+    assert [p.line for p in again.problems] == [2]
+    assert again.new_problems == []
+
+
+def test_blank_lines_and_crlf_are_tolerated(tmp_path, monkeypatch):
+    store, _ = ingest_bytes(
+        tmp_path,
+        GOOD_1 + b"\n  \n" + GOOD_3.replace(b"\n", b"\r\n"),
+        fast=True,
+        monkeypatch=monkeypatch,
+    )
+    assert store.last_report.problems == []
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (2,)
+
+
+def test_empty_file_and_empty_runs_dir(tmp_path):
+    store, _ = ingest_bytes(tmp_path, b"")  # a run that has only just started
+    assert store.last_report.problems == []
+    assert store.cursor().execute("SELECT run_id, steps_logged, status FROM runs").fetchall() == [
+        ("r", 0, "running")
+    ]
+    (tmp_path / "empty").mkdir()
+    store = Store.open(tmp_path / "empty")
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (0,)
+
+
+def test_missing_runs_dir_is_a_clear_input_error(tmp_path):
+    from tunescope.errors import InputError
+
+    with pytest.raises(InputError, match="no such directory"):
+        Store.open(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="not a directory"):
+        Store.open(tmp_path / "file")
+
+
+def test_unreadable_directory_is_reported_not_raised(tmp_path, monkeypatch):
+    good = tmp_path / "runs" / "good" / "events"
+    good.mkdir(parents=True)
+    (good / "rank-0.jsonl").write_bytes(GOOD_1)
+    locked = tmp_path / "runs" / "locked"
+    locked.mkdir()
+    if os.geteuid() != 0:
+        locked.chmod(0)
+    else:
+        # Root reads any directory, so stand in for the kernel's refusal.
+        real = os.scandir
+
+        def scandir(path):
+            if os.fspath(path) == str(locked):
+                raise PermissionError(13, "Permission denied")
+            return real(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        store = Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache")
+    finally:
+        locked.chmod(0o755)
+    (p,) = store.last_report.problems
+    assert p.path == str(locked) and "cannot read directory" in p.reason
+    assert store.run_ids() == ["good"]
+
+
+def test_unwritable_cache_dir_is_a_clear_store_error(tmp_path):
+    from tunescope.errors import StoreError
+
+    (tmp_path / "runs").mkdir()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache folder should go")
+    with pytest.raises(StoreError, match="cannot create the cache directory"):
+        Store.open(tmp_path / "runs", cache_dir=blocker / "cache")
+
+
+def test_damaged_manifest_is_rebuilt_from_the_logs(tmp_path, capsys):
+    store, _ = ingest_bytes(tmp_path, GOOD_1 + GOOD_3)
+    (tmp_path / "cache" / "manifest.json").write_text("{ not json")
+    store = Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache")
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (2,)
+    assert "unreadable; re-ingesting" in capsys.readouterr().err
+
+
+def test_user_log_files_are_never_modified(tmp_path):
+    body = GOOD_1 + b"garbage\n" + GOOD_3 + b'{"v":1,"kind":"st'
+    _, path = ingest_bytes(tmp_path, body)
+    before = path.stat()
+    assert path.read_bytes() == body
+    assert (before.st_size, before.st_mtime_ns) == (path.stat().st_size, path.stat().st_mtime_ns)
