@@ -13,7 +13,6 @@ Two paths read the same bytes to the same rows:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -165,21 +164,11 @@ def _read_parquet(path: Path, state: dict[str, Any] | None) -> ReadResult:
 
 
 # ---- fast path ---------------------------------------------------------------
-
-_NUMERIC_JSON = ("BIGINT", "UBIGINT", "DOUBLE", "BOOLEAN")
-
-
-def _transform_spec() -> str:
-    spec: dict[str, str] = {
-        "v": "DOUBLE",
-        "kind": "VARCHAR",
-        "rank": "DOUBLE",
-        "step": "DOUBLE",
-        "ts": "DOUBLE",
-        "sample_ids": "JSON",
-    }
-    spec.update({name: "DOUBLE" for name in METRIC_NAMES})
-    return json.dumps(spec)
+#
+# One JSON parse per line does the work: json_transform pulls every field out as
+# raw JSON text, and TRY_CAST turns the text into numbers. A field whose text is
+# present but not a number (a string, a list, a boolean) marks its chunk for the
+# exact path, which then names the line.
 
 
 def _read_fast(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
@@ -202,9 +191,18 @@ def _read_fast(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
         try:
             return _fast_query(con, files, out)
         except duckdb.Error:
-            return out  # e.g. bytes that are not UTF-8: the exact path will say where
+            # A malformed line or bytes that are not UTF-8 fail the whole query:
+            # bisect so that only the bad file goes to the exact path.
+            if len(batch) == 1:
+                return out
         finally:
             con.close()
+    half = len(batch) // 2
+    return {**_read_fast(batch[:half]), **_read_fast(batch[half:])}
+
+
+def _num(raw: str) -> str:
+    return f"TRY_CAST({raw} AS DOUBLE)"
 
 
 def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) -> dict:
@@ -217,87 +215,80 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
         }
     )
     con.register("meta", meta)
+    # Pass 1: every key that occurs, so that no field is ever dropped.
+    all_keys = [
+        k
+        for (k,) in con.execute(
+            "SELECT DISTINCT unnest(json_keys(json)) FROM read_ndjson_objects(?, "
+            "ignore_errors=true, maximum_object_size=67108864)",
+            [list(files)],
+        ).fetchall()
+    ]
+    if len({k.lower() for k in all_keys}) != len(all_keys) or "kind" not in all_keys:
+        return out  # keys equal but for case (SQL names ignore case): exact path
+    keys = [k for k in all_keys if k not in _KNOWN]
+    fields = ["kind", "v", "rank", "step", "ts", *METRIC_NAMES, "sample_ids", *keys]
+    columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in fields) + "}"
+    # Pass 2: every field as text; numbers come from TRY_CAST below. Malformed
+    # JSON raises here, which sends the batch to the exact path.
     con.execute(
-        "CREATE TEMP TABLE raw AS SELECT filename AS f, json AS j, "
-        "row_number() OVER () AS g "
-        "FROM read_ndjson_objects(?, filename=true, ignore_errors=true, "
+        "CREATE TEMP TABLE raw AS SELECT *, row_number() OVER () AS g FROM read_json(?, "
+        f"format='newline_delimited', columns={columns}, filename='_f', "
         "maximum_object_size=67108864)",
         [list(files)],
     )
     con.execute(
-        "CREATE TEMP TABLE t AS SELECT f, g - min(g) OVER (PARTITION BY f) + 1 AS ord, j, "
-        f"json_transform(j, '{_transform_spec()}') AS r FROM raw"
+        "CREATE TEMP TABLE t AS SELECT raw.*, _f AS f, g - g0 + 1 AS ord, file_rank, line0 "
+        "FROM raw "
+        "JOIN (SELECT _f, min(g) AS g0 FROM raw GROUP BY _f) USING (_f) "
+        "JOIN meta ON meta.f = raw._f"
     )
-    keys = [
-        k
-        for (k,) in con.execute("SELECT DISTINCT unnest(json_keys(j)) FROM t").fetchall()
-        if k not in _KNOWN
-    ]
     kinds = ", ".join(f"'{k}'" for k in sorted(KINDS))
-    type_checks = " OR ".join(
-        f"(r.{name} IS NULL AND json_type(j, '$.{name}') <> 'NULL')" for name in METRIC_NAMES
+    not_numbers = " OR ".join(
+        f"({_ident(k)} IS NOT NULL AND {_num(_ident(k))} IS NULL)" for k in (*METRIC_NAMES, *keys)
     )
-    extra_checks = "".join(
-        f" OR (r.kind = 'step' AND json_type(j, {_path(k)}) NOT IN "
-        f"('NULL', {', '.join(repr(t) for t in _NUMERIC_JSON)}))"
-        for k in keys
-    )
+    integer = "({x} IS NULL OR {x} < 0 OR {x} <> floor({x}))"
+    v = _num("v")
     bad = con.execute(
         f"""
-        SELECT DISTINCT f FROM t WHERE j IS NULL
-          OR r.kind IS NULL OR r.kind NOT IN ({kinds})
-          OR (r.v IS NOT NULL AND (r.v > {SCHEMA_VERSION} OR r.v <> floor(r.v)))
-          OR (json_type(j, '$.step') <> 'NULL' AND (r.step IS NULL OR r.step < 0 OR r.step <> floor(r.step)))
-          OR (r.kind IN ('step', 'eval') AND r.step IS NULL)
-          OR (json_type(j, '$.rank') <> 'NULL' AND (r.rank IS NULL OR r.rank < 0 OR r.rank <> floor(r.rank)))
-          OR (json_type(j, '$.ts') <> 'NULL' AND (r.ts IS NULL OR NOT isfinite(r.ts)))
-          OR {type_checks}{extra_checks}
+        SELECT DISTINCT f FROM t WHERE kind IS NULL OR kind NOT IN ({kinds})
+          OR (v IS NOT NULL AND ({v} IS NULL OR {v} > {SCHEMA_VERSION} OR {v} <> floor({v})))
+          OR (step IS NOT NULL AND {integer.format(x=_num("step"))})
+          OR (kind IN ('step', 'eval') AND step IS NULL)
+          OR ("rank" IS NOT NULL AND {integer.format(x=_num(_ident("rank")))})
+          OR (ts IS NOT NULL AND NOT coalesce(isfinite({_num("ts")}), false))
+          OR (kind = 'step' AND ({not_numbers}))
         UNION
         SELECT f FROM meta LEFT JOIN (SELECT f, count(*) AS n FROM t GROUP BY f) USING (f)
           WHERE n IS NULL OR n <> expected
         """
     ).fetchall()
-    bad_files = {f for (f,) in bad}
-
-    metric_cols = ", ".join(f"r.{name} AS {name}" for name in METRIC_NAMES)
-    base = (
-        "FROM t JOIN meta USING (f) WHERE f NOT IN (SELECT unnest(?::VARCHAR[])) "
-        "AND r.kind = 'step'"
-    )
+    bad_files = [f for (f,) in bad]
+    if bad_files:
+        con.execute("DELETE FROM t WHERE f IN (SELECT unnest(?::VARCHAR[]))", [bad_files])
+    rank_num = _num(_ident("rank"))
+    rank = f"CAST(coalesce({rank_num}, file_rank) AS INTEGER)"
+    common = f"{rank} AS rank, CAST({_num('step')} AS BIGINT) AS step, {_num('ts')} AS ts"
+    metric_cols = ", ".join(f"{_num(n)} AS {n}" for n in METRIC_NAMES)
     steps = fetch_arrow(
         con,
-        f"""SELECT f, CAST(coalesce(r.rank, file_rank) AS INTEGER) AS rank,
-                   CAST(r.step AS BIGINT) AS step, r.ts AS ts, {metric_cols},
-                   CAST(r.sample_ids AS VARCHAR) AS sample_ids, line0 + ord AS seq {base}""",
-        [list(bad_files)],
+        f"SELECT f, {common}, {metric_cols}, sample_ids, line0 + ord AS seq "
+        "FROM t WHERE kind = 'step' ORDER BY f, seq",
     )
-    metric_parts = [
-        f"""SELECT f, CAST(coalesce(r.rank, file_rank) AS INTEGER) AS rank,
-                   CAST(r.step AS BIGINT) AS step, r.ts AS ts, {_sql_str(k)} AS name,
-                   CAST(j->{_path(k)} AS DOUBLE) AS value, line0 + ord AS seq {base}
-                   AND json_type(j, {_path(k)}) IN ({", ".join(repr(t) for t in _NUMERIC_JSON)})"""
-        for k in keys
-    ]
-    metrics = (
-        fetch_arrow(con, " UNION ALL ".join(metric_parts), [list(bad_files)] * len(keys))
-        if keys
-        else None
-    )
-    others = con.execute(
-        "SELECT f, ord, line0, file_rank, j FROM t JOIN meta USING (f) "
-        "WHERE f NOT IN (SELECT unnest(?::VARCHAR[])) AND r.kind <> 'step'",
-        [list(bad_files)],
-    ).fetchall()
-
+    metrics = _fetch_extras(con, keys, common) if keys else None
+    others = con.execute("SELECT f, ord, line0, file_rank FROM t WHERE kind <> 'step'").fetchall()
     by_file_other: dict[str, RowBuilder] = {}
-    for f, ord_, line0, rank0, j in others:
-        ev = parse_event(loads(j))
-        add_event(by_file_other.setdefault(f, RowBuilder()), ev, rank0, line0 + ord_)
+    if others:
+        lines = _lines_of(files, others)
+        for f, ord_, line0, rank0 in others:
+            ev = parse_event(loads(lines[(f, ord_)]))
+            add_event(by_file_other.setdefault(f, RowBuilder()), ev, rank0, line0 + ord_)
 
     step_parts = _split(steps, STEP_SCHEMA)
     metric_split = _split(metrics, METRIC_SCHEMA) if metrics is not None else {}
+    bad_set = set(bad_files)
     for name, (i, _, chunk) in files.items():
-        if name in bad_files:
+        if name in bad_set:
             continue
         _, ev_metrics, ev_events = (by_file_other.get(name) or RowBuilder()).tables()
         s = step_parts.get(name, STEP_SCHEMA.empty_table())
@@ -312,22 +303,47 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
     return out
 
 
+def _fetch_extras(con: Any, keys: list[str], common: str) -> pa.Table:
+    """Extra numeric fields of step lines, in long form (one row per value)."""
+    parts = [
+        f"SELECT f, {common}, {_sql_str(k)} AS name, {_num(_ident(k))} AS value, "
+        f"line0 + ord AS seq FROM t WHERE kind = 'step' AND {_ident(k)} IS NOT NULL"
+        for k in keys
+    ]
+    return fetch_arrow(con, " UNION ALL ".join(parts) + " ORDER BY f, seq")
+
+
+def _lines_of(files: dict[str, tuple[int, Path, Chunk]], wanted: list[tuple]) -> dict:
+    """The raw text of a few lines (non-step events), looked up by file and ordinal."""
+    need: dict[str, set[int]] = {}
+    for f, ord_, *_ in wanted:
+        need.setdefault(f, set()).add(ord_)
+    found: dict[tuple[str, int], bytes] = {}
+    for f, ords in need.items():
+        chunk = files[f][2]
+        for n, raw in enumerate(chunk.data.split(b"\n"), start=1):
+            if n in ords:
+                found[(f, n)] = raw
+    return found
+
+
 def _split(table: pa.Table, schema: pa.Schema) -> dict[str, pa.Table]:
-    """Split a table with a leading ``f`` column into one table per file."""
+    """Split a table whose leading ``f`` column is sorted into one table per file."""
     if table.num_rows == 0:
         return {}
     import pyarrow.compute as pc
 
-    parts: dict[str, pa.Table] = {}
-    fcol = table.column("f")
     body = table.drop_columns(["f"]).cast(schema)
-    for name in pc.unique(fcol).to_pylist():
-        parts[name] = body.filter(pc.equal(fcol, name))
+    parts: dict[str, pa.Table] = {}
+    start = 0
+    for item in pc.value_counts(table.column("f")).to_pylist():  # in order of appearance
+        parts[item["values"]] = body.slice(start, item["counts"])
+        start += item["counts"]
     return parts
 
 
-def _path(key: str) -> str:
-    return _sql_str("$." + json.dumps(key))
+def _ident(key: str) -> str:
+    return '"' + key.replace('"', '""') + '"'
 
 
 def _sql_str(text: str) -> str:

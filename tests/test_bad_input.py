@@ -159,3 +159,14 @@ def test_user_log_files_are_never_modified(tmp_path):
     before = path.stat()
     assert path.read_bytes() == body
     assert (before.st_size, before.st_mtime_ns) == (path.stat().st_size, path.stat().st_mtime_ns)
+
+
+def test_one_bad_file_does_not_push_its_batch_off_the_fast_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 0)
+    batch = []
+    for i in range(5):
+        path = tmp_path / f"r{i}" / "events" / "rank-0.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(GOOD_1 + (b"{broken\n" if i == 3 else b"") + GOOD_3)
+        batch.append((i, path, native.read_new_lines(path, None)))
+    assert sorted(native._read_fast(batch)) == [0, 1, 2, 4]
