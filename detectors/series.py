@@ -252,25 +252,44 @@ def spikes(
     idx = np.flatnonzero(cand)
     if len(idx) == 0:
         return SpikeScan(hit, zs, base)
-    # neighbours of candidates are scored too (the two-consecutive rule)
-    idx = np.unique(np.concatenate([idx, np.minimum(idx + 1, m - 1)]))
-    idx = idx[idx >= min_points]
-    excluded = np.zeros(m, dtype=bool)
+    excluded = np.zeros(m, dtype=bool)  # kept out of later baselines
+    flagged = np.zeros(m, dtype=bool)  # z >= z_double and big enough
     zc = np.full(m, np.nan)
     mc = np.full(m, np.nan)
-    for i in idx:
+    ci = 0  # next candidate
+    i = -1
+    follow = 0  # consecutive flagged points just scored: score the next point too
+    while True:
+        if follow:
+            i += 1
+        else:
+            while ci < len(idx) and idx[ci] <= i:
+                ci += 1
+            if ci == len(idx):
+                break
+            i = int(idx[ci])
+        if i >= m:
+            break
         lo = max(0, i - 3 * window)
         hist = c[lo:i][~excluded[lo:i]][-window:]
         if len(hist) < min_points:
+            follow = 0
             continue
         q25, q50, q75 = np.percentile(hist, [25, 50, 75])
         sigma = max((q75 - q25) / IQR_TO_SIGMA, sigma_floor)
         z = (c[i] - q50) / sigma
         zc[i], mc[i] = z, q50
         if z >= z_double and big_enough(c[i], q50):
-            excluded[i] = True
-    strong = excluded & (zc >= z_single)
-    pair = excluded & (zc >= z_double)
+            excluded[i] = flagged[i] = True
+            follow += 1
+            if follow >= window:
+                # high for a whole window: the new level enters the baseline (one incident)
+                excluded[i - follow + 1 : i + 1] = False
+                follow = 0
+        else:
+            follow = 0
+    strong = flagged & (zc >= z_single)
+    pair = flagged.copy()
     double = pair.copy()
     double[1:] &= pair[:-1]
     both = double.copy()
