@@ -143,7 +143,59 @@ def _add_schema(sub: Any) -> None:
     p.set_defaults(handler=cmd_schema)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_ingest, _add_query, _add_export, _add_schema]
+def _add_analyze(sub: Any) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="run the detectors over runs and report findings (a CI gate)",
+        description="Ingest RUNS, run the detectors, store the findings (the findings view) "
+        "and report them. Exit 0: nothing at or above --fail-on; 1: findings at or above "
+        "it; 2: usage, configuration or input error.",
+        epilog="example: tunescope analyze runs/ --fail-on warning --format github",
+    )
+    p.add_argument("runs", metavar="RUNS", nargs="+", help="directories holding runs")
+    p.add_argument(
+        "--fail-on",
+        choices=("error", "warning", "never"),
+        help="lowest severity that makes the exit code 1 (default: error, or the config's)",
+    )
+    p.add_argument("--select", metavar="IDS", help="comma-separated detector ids or prefixes")
+    p.add_argument("--ignore", metavar="IDS", help="comma-separated detector ids or prefixes")
+    p.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
+    p.add_argument(
+        "--format",
+        choices=("text", "json", "github", "junit"),
+        default="text",
+        help="report format (default: text)",
+    )
+    p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a tunescope.toml or pyproject.toml (default: found by walking up from RUNS)",
+    )
+    _cache_arg(p)
+    p.set_defaults(handler=cmd_analyze)
+
+
+def _add_explain(sub: Any) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="print a detector's documentation and options",
+        description="Print what a detector flags, why it matters, an example, the fix and "
+        "its options. Without an id, list the detectors.",
+    )
+    p.add_argument("detector", metavar="TSxxx", nargs="?", help="detector id, e.g. TS101")
+    p.set_defaults(handler=cmd_explain)
+
+
+COMMANDS: list[Callable[[Any], None]] = [
+    _add_ingest,
+    _add_query,
+    _add_export,
+    _add_schema,
+    _add_analyze,
+    _add_explain,
+]
 
 
 # ---- helpers -----------------------------------------------------------------------
@@ -353,6 +405,73 @@ def cmd_schema(args: argparse.Namespace) -> int:
             unit = f" [{f.unit}]" if f.unit else ""
             print(f"  {f.name:<26} {f.type:<8} {f.doc}{unit}")
     print("\nAny other numeric field is kept as an extra metric (the metrics view).")
+    return ExitCode.OK
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from tunescope.config import load_config
+    from tunescope.detectors.engine import (
+        analyze,
+        fails,
+        finding_rows,
+        run_summaries,
+        select_detectors,
+    )
+    from tunescope.detectors.report import render
+    from tunescope.errors import InputError
+
+    roots = [Path(r) for r in args.runs]
+    for root in roots:
+        if not root.is_dir():
+            raise InputError(f"{root}: not a directory (RUNS must be directories holding runs)")
+    cfg = load_config(args.config, starts=roots)
+    select_detectors(args.select, args.ignore, cfg)  # bad ids fail before any ingest
+    fail_on = args.fail_on or cfg.fail_on or "error"
+    findings: list[Any] = []
+    runs: list[dict[str, Any]] = []
+    for i, root in enumerate(roots):
+        cache = args.cache_dir
+        if cache and len(roots) > 1:
+            cache = str(Path(cache) / f"{i}-{root.resolve().name}")
+        store = open_store(argparse.Namespace(runs=str(root), cache_dir=cache))
+        ids = store.run_ids()
+        if not ids:
+            warn(f"{root}: no runs found")
+            continue
+        found = analyze(store, select=args.select, ignore=args.ignore, config=cfg)
+        store.save_findings(finding_rows(found), ids)
+        runs.extend(run_summaries(store, found))
+        findings.extend(found)
+        store.close()
+    if not runs:
+        raise InputError(
+            f"no runs found under {', '.join(map(str, roots))} "
+            "(`tunescope ingest` lists what was read and skipped)"
+        )
+    text = render(args.format, findings, runs)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
+    else:
+        sys.stdout.write(text)
+    if args.exit_zero:
+        return ExitCode.OK
+    return ExitCode.FINDINGS if fails(findings, fail_on) else ExitCode.OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from tunescope.detectors.engine import all_detectors, get_detector
+    from tunescope.detectors.explain import explain_text
+
+    if not args.detector:
+        for d in all_detectors():
+            summary = (d.__doc__ or "").strip().splitlines()[0]
+            print(summary)
+        print("\n`tunescope explain TSxxx` prints one detector's documentation.")
+        return ExitCode.OK
+    print(explain_text(get_detector(args.detector)), end="")
     return ExitCode.OK
 
 

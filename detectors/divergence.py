@@ -1,0 +1,335 @@
+"""TS102 divergence: the loss rises for good (not warmup noise).
+
+What it flags:
+    Hard rules, in any phase and at any run length (a 10-point run counts):
+    a non-finite loss that persists; a loss risen to >= 3x its first logged
+    level that never comes back below 2x; a loss frozen at one value above 5
+    for >= 5 points (outputs collapsed towards uniform: ln of the vocabulary
+    size); a loss spike that does not come back (from TS101's scan). After
+    warmup (the logged learning rate has stopped rising, or past the
+    configured ``warmup_steps``), a trend test on log-loss at several window
+    sizes, down to the whole post-warmup run when it is short: Kendall's tau
+    > 0 with p < 1e-3, the 99% Theil-Sen lower bound above 0, and a rise of at
+    least 5% over the window. One finding per run, at the earliest detection.
+
+Why it matters:
+    A diverged run only burns compute from there on; the earlier it is
+    stopped and rewound, the less is lost. This is what ``tunescope analyze``
+    fails CI on by default (severity error).
+
+    Not divergence: noise and bumps while the learning rate is still rising,
+    the drop and jump at epoch boundaries, a learning-rate re-warmup after a
+    resume, flattening in the decay phase, spikes that recover (TS101).
+
+Example:
+    ``loss rose 31% over steps 1800-2050 after warmup (tau=0.52, p=3e-12)
+    and ends at 2.9, 1.4x its post-warmup minimum.``
+
+Suggestion:
+    Rewind to a checkpoint ~100 steps before the onset, lower the learning
+    rate 2-10x, clip gradients at 1.0; diverging during warmup: lengthen the
+    warmup or lower the peak learning rate.
+
+Options:
+    See ``Options``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tunescope.detectors.base import Context
+from tunescope.detectors.series import Series, fmt, run_series
+from tunescope.detectors.stats import trend, warmup_mask
+from tunescope.findings import Finding, Severity
+
+ID = "TS102"
+NAME = "divergence"
+
+
+@dataclass
+class Options:
+    windows: list[int] = field(default_factory=lambda: [20, 50, 200, 1000])
+    """Trend-test window sizes in logged points (post-warmup only)."""
+    min_points: int = 8
+    """Shortest post-warmup stretch tested as a whole when it is below the smallest window."""
+    p_value: float = 1e-3
+    """Kendall-tau p-value needed for a rising trend."""
+    min_rise: float = 0.05
+    """The Theil-Sen rise over the window must be at least this fraction (5%)."""
+    rise_factor: float = 3.0
+    """Hard rule: loss at this multiple of its first logged level..."""
+    stay_factor: float = 2.0
+    """...that never comes back below this multiple."""
+    frozen_level: float = 5.0
+    """Hard rule: a loss frozen above this value (near ln of a vocabulary size)..."""
+    frozen_points: int = 5
+    """...for at least this many consecutive points."""
+    nonfinite_points: int = 2
+    """Hard rule: a non-finite loss for this many consecutive points (or until the log ends)."""
+    no_lr_warmup_fraction: float = 0.05
+    """Without a logged learning rate or warmup_steps, this fraction of the run is warmup."""
+
+    def __post_init__(self) -> None:
+        if not self.windows or min(self.windows) < 5:
+            raise ValueError("windows must be a non-empty list of sizes >= 5")
+        if not 0 < self.p_value < 1 or self.min_rise <= 0:
+            raise ValueError("p_value must be in (0, 1) and min_rise > 0")
+        if self.stay_factor > self.rise_factor:
+            raise ValueError("stay_factor must be <= rise_factor")
+
+
+@dataclass
+class Hit:
+    rule: str
+    onset: int  # step where it began
+    detected: int  # step at which the evidence was complete
+    message: str
+    evidence: dict[str, Any]
+    in_warmup: bool = False
+
+
+def warmup_of(s: Series, opts: Options) -> np.ndarray:
+    """True for points inside a warmup (lr still rising, or before the
+    configured warmup_steps, or the first few percent without a logged lr)."""
+    n = len(s.step)
+    lr = s.lr
+    mask = np.zeros(n, dtype=bool)
+    if np.isfinite(lr).sum() >= 2:
+        mask |= warmup_mask(np.where(np.isfinite(lr), lr, np.nan))
+        # the first point before a rise starting at index 0 is marked by warmup_mask
+    ws = s.start.get("warmup_steps")
+    if ws is None and isinstance(s.start.get("config"), dict):
+        ws = s.start["config"].get("warmup_steps")
+    if isinstance(ws, int | float) and ws > 0:
+        mask |= s.step <= ws
+    if not np.isfinite(lr).any() and not (isinstance(ws, int | float) and ws > 0):
+        total = s.start.get("total_steps") or (int(s.step[-1]) if n else 0)
+        mask |= s.step <= max(opts.no_lr_warmup_fraction * total, 0)
+    return mask
+
+
+def _hard_rules(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
+    hits: list[Hit] = []
+    loss, step = s.loss, s.step
+    n = len(loss)
+    bad = ~np.isfinite(loss)
+    if bad.any():
+        for i in np.flatnonzero(bad):
+            run_end = i + opts.nonfinite_points
+            if bad[i:run_end].all() and (run_end <= n or bad[i:].all()):
+                persists = bool(bad[i:].all())
+                hits.append(
+                    Hit(
+                        "nonfinite",
+                        int(step[i]),
+                        int(step[min(run_end, n) - 1]),
+                        f"loss became {fmt(float(loss[i]))} at step {step[i]} and "
+                        + (
+                            "stayed non-finite to the end of the log"
+                            if persists
+                            else f"stayed non-finite for {int(bad[i:].argmin() or n - i)} points"
+                        ),
+                        {"first_nonfinite_step": int(step[i]), "persists": persists},
+                        bool(warm[i]),
+                    )
+                )
+                break
+    fin = np.isfinite(loss)
+    pos = fin & (loss > 0)
+    if pos.sum() >= 3 and (loss[fin] > 0).all():
+        first = float(np.median(loss[pos][:3]))
+        vals = np.where(fin, loss, np.inf)
+        suffix_min = np.minimum.accumulate(vals[::-1])[::-1]
+        cand = np.flatnonzero(
+            fin & (loss >= opts.rise_factor * first) & (suffix_min >= opts.stay_factor * first)
+        )
+        for i in cand:
+            if fin[i:].sum() >= 2:
+                later = np.flatnonzero(fin[i + 1 :])
+                det = i + 1 + int(later[0])
+                hits.append(
+                    Hit(
+                        "rise",
+                        int(step[i]),
+                        int(step[det]),
+                        f"loss rose to {fmt(float(loss[i]))} at step {step[i]}, "
+                        f"{fmt(loss[i] / first)}x its first logged level ({fmt(first)}), and "
+                        f"never came back below {opts.stay_factor:g}x",
+                        {
+                            "first_loss": first,
+                            "loss": float(loss[i]),
+                            "ratio": float(loss[i] / first),
+                        },
+                        bool(warm[i]),
+                    )
+                )
+                break
+    if n >= opts.frozen_points:
+        same = np.zeros(n, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            same[1:] = fin[1:] & fin[:-1] & (np.abs(np.diff(loss)) <= 1e-6 * np.abs(loss[1:]))
+        high = fin & (loss > opts.frozen_level)
+        k = 0
+        for i in range(1, n):
+            k = k + 1 if (same[i] and high[i]) else 0
+            if k + 1 >= opts.frozen_points:
+                a = i - k
+                hits.append(
+                    Hit(
+                        "frozen",
+                        int(step[a]),
+                        int(step[i]),
+                        f"loss frozen at {fmt(float(loss[i]))} for {k + 1} points from step "
+                        f"{step[a]}: the model outputs a near-uniform distribution "
+                        f"(ln of a 32k vocabulary is 10.4)",
+                        {"value": float(loss[i]), "points": k + 1},
+                        bool(warm[a]),
+                    )
+                )
+                break
+    return hits
+
+
+def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
+    loss, step = s.loss, s.step
+    fin = np.isfinite(loss)
+    if not (fin.any() and (loss[fin] > 0).all()):
+        return []
+    ok = fin & ~warm
+    # contiguous post-warmup stretches (a re-warmup splits the run)
+    idx = np.flatnonzero(~warm)
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    segs = np.split(idx, breaks + 1)
+    need = np.log1p(opts.min_rise)
+    best: Hit | None = None
+    import polars as pl
+
+    for seg in segs:
+        seg = seg[ok[seg]]
+        m = len(seg)
+        if m < opts.min_points:
+            continue
+        y = np.log(loss[seg])
+        x = step[seg].astype(float)
+        sizes = sorted({w for w in opts.windows if w <= m} or {m})
+        for w in sizes:
+            q = max(w // 4, 1)
+            rm = pl.Series(y).rolling_median(q, min_samples=1).to_numpy()
+            ends = np.arange(w - 1, m)
+            late = rm[ends]
+            early = rm[ends - w + q]
+            cand = ends[(late - early) >= need * 0.5]
+            stride = max(w // 10, 1)
+            last_tested = -(10**9)
+            for e in cand:
+                if e - last_tested < stride and e != cand[-1]:
+                    continue
+                last_tested = e
+                lo = e - w + 1
+                t = trend(x[lo : e + 1], y[lo : e + 1], alpha=0.99)
+                span = x[e] - x[lo]
+                if t.tau > 0 and t.p < opts.p_value and t.lo > 0 and t.slope * span >= need:
+                    det = int(step[seg[e]])
+                    if best is not None and det >= best.detected:
+                        break
+                    onset_i = lo + int(np.argmin(y[lo : e + 1]))
+                    post_min = float(np.exp(y[: e + 1].min()))
+                    rise = float(np.expm1(t.slope * span))
+                    best = Hit(
+                        "trend",
+                        int(step[seg[onset_i]]),
+                        det,
+                        f"loss rose {rise * 100:.0f}% over steps {int(x[lo])}-{det} after "
+                        f"warmup (Kendall tau={t.tau:.2f}, p={t.p:.1g}, Theil-Sen lower bound "
+                        f"> 0) to {fmt(float(loss[seg[e]]))}, "
+                        f"{fmt(float(loss[seg[e]]) / post_min)}x its post-warmup minimum",
+                        {
+                            "window_points": int(w),
+                            "tau": t.tau,
+                            "p": t.p,
+                            "slope_per_step": t.slope,
+                            "rise": rise,
+                            "window": [int(x[lo]), det],
+                        },
+                    )
+                    break
+    return [best] if best else []
+
+
+def _spike_hits(ctx: Context, s: Series) -> list[Hit]:
+    from tunescope.detectors import loss_spike
+
+    hits = []
+    for inc in loss_spike.scan_all(ctx):
+        if inc.series.run != s.run or inc.recovered is not False:
+            continue
+        r = inc.series
+        a = int(r.step[inc.a])
+        peak = float(r.loss[inc.peak])
+        rank = "" if r.rank is None else f" on rank {r.rank}"
+        hits.append(
+            Hit(
+                "unrecovered-spike",
+                a,
+                a + loss_spike.Options().recover_steps,
+                f"loss spiked to {fmt(peak / inc.base)}x its running median ({fmt(peak)} vs "
+                f"{fmt(inc.base)}) at step {a}{rank} and did not come back within "
+                f"{loss_spike.Options().recover_steps} steps",
+                {"baseline_loss": inc.base, "peak_loss": peak, "rank": r.rank},
+            )
+        )
+    return hits
+
+
+def run(ctx: Context, opts: Options) -> list[Finding]:
+    out = []
+    for s in run_series(ctx):
+        if len(s.step) < 2:
+            continue
+        warm = warmup_of(s, opts)
+        hits = _hard_rules(s, opts, warm) + _trend_hits(s, opts, warm) + _spike_hits(ctx, s)
+        if not hits:
+            continue
+        first = min(hits, key=lambda h: (h.detected, h.onset))
+        rules = sorted({h.rule for h in hits})
+        ev = dict(first.evidence)
+        ev.update(
+            {
+                "rule": first.rule,
+                "rules": rules,
+                "detected_at": first.detected,
+                "in_warmup": first.in_warmup,
+                "last_loss": float(s.loss[-1]),
+            }
+        )
+        if first.in_warmup:
+            sug = (
+                "Diverged during warmup: lengthen the warmup or lower the peak learning rate; "
+                "clip gradients at 1.0."
+            )
+        else:
+            sug = (
+                "Rewind to a checkpoint about 100 steps before the onset, lower the learning "
+                "rate 2-10x and clip gradients at 1.0; check loss scaling if using fp16."
+            )
+        out.append(
+            Finding(
+                s.run,
+                ID,
+                NAME,
+                Severity.ERROR,
+                first.onset,
+                int(s.step[-1]),
+                first.message + ".",
+                sug,
+                rank=None,
+                evidence=ev,
+            )
+        )
+    return out

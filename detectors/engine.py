@@ -1,0 +1,194 @@
+"""Running detectors over a store: selection, options, errors, summaries.
+
+The CLI (``tunescope analyze``), the TUI and ``tunescope watch`` all call
+:func:`analyze` the same way::
+
+    findings = analyze(store, select=["TS1"], ignore=["TS103"], config=cfg)
+    store.save_findings(finding_rows(findings), run_ids)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from tunescope.config import Config, build_options, check_detector_ids
+from tunescope.detectors.base import Context
+from tunescope.errors import TunescopeError, UsageError
+from tunescope.findings import Finding, Severity, jsonable
+
+if TYPE_CHECKING:
+    from tunescope.ingest.store import Store
+
+
+class DetectorError(TunescopeError):
+    """A detector raised: reported with its id, never skipped silently."""
+
+
+def all_detectors() -> list[ModuleType]:
+    from tunescope.detectors.registry import DETECTORS
+
+    return list(DETECTORS)
+
+
+def detector_ids() -> list[str]:
+    return [d.ID for d in all_detectors()]
+
+
+def get_detector(detector_id: str) -> ModuleType:
+    """The detector module with this id (case-insensitive); UsageError listing the ids."""
+    want = detector_id.strip().upper()
+    for d in all_detectors():
+        if want == d.ID:
+            return d
+    raise UsageError(f"unknown detector {detector_id!r}; known: {', '.join(detector_ids())}")
+
+
+def _split(ids: Iterable[str] | str | None) -> list[str] | None:
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        ids = ids.split(",")
+    return [i.strip().upper() for i in ids if i.strip()]
+
+
+def select_detectors(
+    select: Iterable[str] | str | None = None,
+    ignore: Iterable[str] | str | None = None,
+    config: Config | None = None,
+) -> list[ModuleType]:
+    """Detectors chosen by ids or id prefixes (``TS1`` = every TS1xx), as a
+    linter selects rules. ``select`` replaces the config's; ``ignore`` adds to it."""
+    detectors = all_detectors()
+    known = [d.ID for d in detectors]
+    cfg = config or Config()
+    sel = _split(select)
+    ign = _split(ignore) or []
+    for label, entries in (("--select", sel or []), ("--ignore", ign)):
+        for e in entries:
+            if not any(k.startswith(e) for k in known):
+                raise UsageError(f"{label}: {e!r} matches no detector; known: {', '.join(known)}")
+    if sel is None:
+        sel = cfg.select
+    ign = [*cfg.ignore, *ign]
+    chosen = []
+    for d in detectors:
+        if sel is not None and not any(d.ID.startswith(s) for s in sel):
+            continue
+        if any(d.ID.startswith(i) for i in ign):
+            continue
+        chosen.append(d)
+    return chosen
+
+
+def analyze(
+    store: Store,
+    *,
+    select: Iterable[str] | str | None = None,
+    ignore: Iterable[str] | str | None = None,
+    config: Config | None = None,
+    run_ids: Sequence[str] | None = None,
+) -> list[Finding]:
+    """Run the selected detectors over the runs of ``store`` (all of them,
+    or ``run_ids``) and return their findings, sorted by run, step and detector.
+
+    A detector that raises is a :class:`DetectorError` naming the detector.
+    """
+    cfg = config or Config()
+    check_detector_ids(cfg, detector_ids())
+    chosen = select_detectors(select, ignore, cfg)
+    ctx = Context(store, list(run_ids) if run_ids is not None else None)
+    findings: list[Finding] = []
+    for det in chosen:
+        opts = build_options(cfg, det.ID, det.Options)
+        try:
+            found = det.run(ctx, opts)
+        except TunescopeError:
+            raise
+        except Exception as e:
+            raise DetectorError(
+                f"detector {det.ID} ({det.NAME}) failed: {type(e).__name__}: {e}. "
+                f"Skip it with --ignore {det.ID} and report this as a bug."
+            ) from e
+        findings.extend(found)
+    return sort_findings(findings)
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    def key(f: Finding) -> tuple[Any, ...]:
+        return (
+            f.run,
+            f.step_start if f.step_start is not None else -1,
+            -f.severity.level,
+            f.detector,
+            -1 if f.rank is None else f.rank,
+        )
+
+    return sorted(findings, key=key)
+
+
+def finding_rows(findings: Iterable[Finding]) -> list[dict[str, Any]]:
+    """Rows for ``store.save_findings`` (the ``findings`` view's columns)."""
+    rows = []
+    for f in findings:
+        rows.append(
+            {
+                "run_id": f.run,
+                "rank": f.rank,
+                "detector": f.detector,
+                "name": f.name,
+                "severity": f.severity.value,
+                "step_start": f.step_start,
+                "step_end": f.step_end,
+                "message": f.message,
+                "suggestion": f.suggestion,
+                "evidence": json.dumps(jsonable(f.evidence), sort_keys=True),
+            }
+        )
+    return rows
+
+
+def worst(findings: Iterable[Finding]) -> Severity | None:
+    level = None
+    for f in findings:
+        if level is None or f.severity.level > level.level:
+            level = f.severity
+    return level
+
+
+def fails(findings: Iterable[Finding], fail_on: str) -> bool:
+    """True when a finding is at or above ``fail_on`` (error, warning, never)."""
+    if fail_on == "never":
+        return False
+    threshold = Severity.parse(fail_on).level
+    return any(f.severity.level >= threshold for f in findings)
+
+
+def run_summaries(store: Store, findings: list[Finding], run_ids: Sequence[str] | None = None):
+    """One dict per run: id, name, format, status, steps, last step and loss,
+    and its finding counts by severity (the ``runs`` part of the JSON report)."""
+    ctx = Context(store, list(run_ids) if run_ids is not None else None)
+    runs = ctx.runs()
+    out = []
+    for r in runs.sort("run_id").iter_rows(named=True):
+        mine = [f for f in findings if f.run == r["run_id"]]
+        counts = {s.value: sum(1 for f in mine if f.severity is s) for s in Severity}
+        w = worst(mine)
+        out.append(
+            {
+                "run": r["run_id"],
+                "name": r.get("name"),
+                "format": r.get("format"),
+                "status": r.get("status"),
+                "world_size": r.get("world_size"),
+                "steps_logged": r.get("steps_logged"),
+                "last_step": r.get("last_step"),
+                "total_steps": r.get("total_steps"),
+                "last_loss": jsonable(r.get("last_loss")),
+                "findings": counts,
+                "worst": w.value if w else None,
+            }
+        )
+    return out

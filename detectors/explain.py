@@ -1,0 +1,54 @@
+"""``tunescope explain TSxxx``: a detector's docstring and its options table."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import itertools
+import textwrap
+from types import ModuleType
+
+
+def option_docs(options_cls: type) -> dict[str, str]:
+    """The docstring written under each field of an ``Options`` dataclass."""
+    try:
+        source = textwrap.dedent(inspect.getsource(options_cls))
+    except (OSError, TypeError):
+        return {}
+    tree = ast.parse(source)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _default(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return repr(f.default_factory())
+    return "(required)"
+
+
+def explain_text(det: ModuleType) -> str:
+    doc = inspect.cleandoc(det.__doc__ or f"{det.ID} {det.NAME}")
+    lines = [
+        doc,
+        "",
+        f"Options ([tool.tunescope.{det.ID}] in pyproject.toml, [{det.ID}] in tunescope.toml):",
+    ]
+    docs = option_docs(det.Options)
+    for f in dataclasses.fields(det.Options):
+        lines.append(f"  {f.name.replace('_', '-')} = {_default(f)}")
+        if f.name in docs:
+            lines.extend("      " + w for w in textwrap.wrap(docs[f.name], 74))
+    return "\n".join(lines) + "\n"

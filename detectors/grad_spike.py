@@ -1,0 +1,217 @@
+"""TS105 grad-norm explosion: the gradient norm jumps by an order of magnitude.
+
+What it flags:
+    A grad norm far above the robust baseline of the previous ~100 points
+    (log space, z >= 6, or z >= 4 on two consecutive points) that is also at
+    least 10x the run's median grad norm. A grad-norm spike followed within
+    20 steps by a loss spike is reported once, by TS101, as one incident.
+    Transient (back under 2x the baseline within 50 steps): warning; a norm
+    that stays high: error. Grad norms that are all 0 (not measured) are
+    ignored; NaN/Inf belong to TS001.
+
+Why it matters:
+    Exploding gradients come before loss spikes and divergence: the update
+    that follows a 30x gradient moves the weights far from where the
+    optimizer's statistics were collected.
+
+Example:
+    ``grad_norm rose to 41.2 (38x its running median, 12x the run's median)
+    at step 620; back under 2x the baseline by step 624.``
+
+Suggestion:
+    Clip gradients (max_norm 1.0) or use adaptive clipping; lower the learning
+    rate; lower Adam's beta2 (0.999 -> 0.95); inspect the batch.
+
+Options:
+    See ``Options``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tunescope.detectors.base import Context
+from tunescope.detectors.series import Series, fmt, merge_ranks, rank_series, samples_note, spikes
+from tunescope.detectors.stats import incidents
+from tunescope.findings import Finding, Severity
+
+ID = "TS105"
+NAME = "grad-norm-explosion"
+
+
+@dataclass
+class Options:
+    window: int = 100
+    """Points in the rolling baseline (previous points, current excluded)."""
+    min_points: int = 5
+    """No verdict before this many earlier grad norms."""
+    z: float = 6.0
+    """Robust z-score (log space) that flags a single point."""
+    z_consecutive: float = 4.0
+    """Robust z-score that flags two consecutive points."""
+    min_ratio: float = 10.0
+    """The grad norm must be at least this many times the run's median."""
+    sigma_floor: float = 0.05
+    """Floor of the baseline's spread in log units."""
+    recover_steps: int = 50
+    """A spike must return under ``recover_factor`` x the baseline within this many steps."""
+    recover_factor: float = 2.0
+    """Back when below this multiple of the baseline."""
+    gap: int = 3
+    """Spiking points separated by at most this many points are one incident."""
+    linked_loss_steps: int = 20
+    """A loss spike within this many steps after the grad spike makes it TS101's incident."""
+
+    def __post_init__(self) -> None:
+        if self.window < 5 or self.min_points < 2 or self.min_ratio <= 0:
+            raise ValueError("window must be >= 5, min_points >= 2, min_ratio > 0")
+
+
+@dataclass
+class GradIncident:
+    series: Series
+    a: int
+    b: int
+    peak: int
+    base: float
+    median: float
+    z: float
+    recovered: bool | None
+    recover_step: int | None
+
+
+def _scan(s: Series, opts: Options) -> list[GradIncident]:
+    gn = s.grad_norm
+    logged = s.gn_logged if s.gn_logged is not None else ~np.isnan(gn)
+    ok = logged & np.isfinite(gn) & (gn > 0)
+    if ok.sum() <= opts.min_points:
+        return []
+    med = float(np.median(gn[ok]))
+    y = np.where(ok, np.log(np.where(ok, gn, 1.0)), np.nan)
+    need = np.log(opts.min_ratio * med)
+
+    def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
+        return v >= need
+
+    sc = spikes(
+        y,
+        window=opts.window,
+        min_points=opts.min_points,
+        z_single=opts.z,
+        z_double=opts.z_consecutive,
+        sigma_floor=opts.sigma_floor,
+        big_enough=big,
+    )
+    out = []
+    for a, b in incidents(sc.hit, gap=opts.gap):
+        seg = np.arange(a, b + 1)
+        seg = seg[np.isfinite(sc.z[seg])]
+        peak = int(seg[np.argmax(y[seg])]) if len(seg) else a
+        base = float(np.exp(sc.base[a]))
+        end = int(s.step[b])
+        after = np.flatnonzero(ok & (s.step > end) & (s.step <= end + opts.recover_steps))
+        back = after[gn[after] <= opts.recover_factor * base]
+        later = np.flatnonzero(ok & (s.step > end + opts.recover_steps))
+        if len(back):
+            rec, rstep = True, int(s.step[back[0]])
+        elif len(after) or len(later):
+            rec, rstep = False, None
+        else:
+            rec, rstep = None, None
+        out.append(GradIncident(s, a, b, peak, base, med, float(sc.z[peak]), rec, rstep))
+    return out
+
+
+def scan_all(ctx: Context, opts: Options | None = None) -> list[GradIncident]:
+    key = "TS105:incidents"
+    if opts is None or opts == Options():
+        if key not in ctx._cache:
+            ctx._cache[key] = [i for s in rank_series(ctx) for i in _scan(s, Options())]
+        return ctx._cache[key]
+    return [i for s in rank_series(ctx) for i in _scan(s, opts)]
+
+
+def grad_before(ctx: Context, s: Series, step: int, within: int) -> dict[str, Any] | None:
+    """The grad-norm spike of the same run and rank whose peak lies in
+    ``[step - within, step]``, if any (for TS101's message)."""
+    for g in scan_all(ctx):
+        if g.series.run != s.run or g.series.rank != s.rank:
+            continue
+        gstep = int(g.series.step[g.peak])
+        if step - within <= gstep <= step:
+            value = float(g.series.grad_norm[g.peak])
+            return {"step": gstep, "value": value, "ratio": value / g.median, "z": g.z}
+    return None
+
+
+def run(ctx: Context, opts: Options) -> list[Finding]:
+    from tunescope.detectors import loss_spike
+
+    loss_peaks: dict[tuple[str, int | None], list[int]] = {}
+    for inc in loss_spike.scan_all(ctx):
+        key = (inc.series.run, inc.series.rank)
+        loss_peaks.setdefault(key, []).append(int(inc.series.step[inc.a]))
+    out = []
+    for g in scan_all(ctx, opts):
+        s = g.series
+        gstep = int(s.step[g.peak])
+        linked = [
+            p
+            for p in loss_peaks.get((s.run, s.rank), [])
+            if gstep <= p <= gstep + opts.linked_loss_steps
+        ]
+        if linked:
+            continue  # one incident with the loss spike: TS101 reports it
+        value = float(s.grad_norm[g.peak])
+        ids = s.samples_at(g.peak)
+        ev = {
+            "peak_step": gstep,
+            "grad_norm": value,
+            "baseline": g.base,
+            "run_median": g.median,
+            "ratio_to_baseline": value / g.base,
+            "ratio_to_median": value / g.median,
+            "z": g.z,
+            "recovered": g.recovered,
+            "recovered_at": g.recover_step,
+        }
+        if ids:
+            ev["sample_ids"] = ids
+        head = (
+            f"grad_norm rose to {fmt(value)} ({fmt(value / g.base)}x its running median, "
+            f"{fmt(value / g.median)}x the run's median, z={g.z:.1f}) at step {gstep}"
+        )
+        if g.recovered:
+            tail, sev = (
+                f"; back under {opts.recover_factor:g}x the baseline by step {g.recover_step}.",
+                Severity.WARNING,
+            )
+        elif g.recovered is None:
+            tail, sev = "; the log ends right after.", Severity.WARNING
+        else:
+            tail, sev = (
+                f"; still above {opts.recover_factor:g}x the baseline {opts.recover_steps} steps later.",
+                Severity.ERROR,
+            )
+        sug = (
+            "Clip gradients at max_norm 1.0 (or use adaptive clipping); lower the learning "
+            "rate; lower Adam's beta2 to 0.95; inspect the batch at that step."
+        )
+        out.append(
+            Finding(
+                s.run,
+                ID,
+                NAME,
+                sev,
+                int(s.step[g.a]),
+                int(s.step[g.b]),
+                head + tail + samples_note(ids),
+                sug,
+                rank=s.rank,
+                evidence=ev,
+            )
+        )
+    return merge_ranks(out)

@@ -1,0 +1,149 @@
+"""TS001 non-finite: NaN or Inf in the loss or the gradient norm.
+
+What it flags:
+    A loss or grad_norm that is NaN or +/-Inf, and the masking signature of
+    trainers that hide a NaN (a loss of exactly 0 while grad_norm is 0 or NaN,
+    after a non-zero loss). Checked from the first step, warmup included.
+
+Why it matters:
+    Once the weights hold a NaN, every later step is wasted: the run is dead
+    even if it keeps logging. HF-style trainers replace a NaN loss by the
+    running average when they log (``logging_nan_inf_filter``), so the grad
+    norm is often the only place the NaN shows.
+
+Example:
+    ``loss`` is NaN from step 412 on: error at step 412. A single Inf
+    grad_norm at step 90 with finite losses around it is an fp16 overflow that
+    the loss scaler skipped: a warning that says so.
+
+Suggestion:
+    Restart from the last good checkpoint with a lower learning rate or
+    gradient clipping (max_norm 1.0); use bf16 instead of fp16; check the
+    batch named in the finding (empty labels, all positions masked, bad
+    inputs); disable the NaN filter of the trainer's logging to see it.
+
+Options:
+    See ``Options`` below: ``max_transient_points``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunescope.detectors.base import Context
+from tunescope.detectors.series import merge_ranks, rank_series, samples_note
+from tunescope.detectors.stats import incidents
+from tunescope.findings import Finding, Severity
+
+ID = "TS001"
+NAME = "non-finite"
+
+
+@dataclass
+class Options:
+    max_transient_points: int = 1
+    """A non-finite grad norm lasting at most this many logged points, with a
+    finite loss and a finite grad norm right after, is a warning (a skipped
+    fp16 overflow step) rather than an error."""
+    gap: int = 2
+    """Bad points separated by at most this many good points are one incident."""
+
+    def __post_init__(self) -> None:
+        if self.max_transient_points < 0 or self.gap < 0:
+            raise ValueError("max_transient_points and gap must be >= 0")
+
+
+def run(ctx: Context, opts: Options) -> list[Finding]:
+    out: list[Finding] = []
+    for s in rank_series(ctx):
+        loss, gn = s.loss, s.grad_norm
+        bad_loss = ~np.isfinite(loss)
+        gn_logged = s.gn_logged if s.gn_logged is not None else ~np.isnan(gn)
+        bad_gn = gn_logged & ~np.isfinite(gn)
+        # masking signature: loss exactly 0 after a non-zero loss, grad norm 0 or NaN,
+        # when grad norms are otherwise measured (not a constant 0)
+        measured = np.nanmax(np.abs(np.where(np.isfinite(gn), gn, 0.0)), initial=0.0) > 0
+        seen_nonzero = np.maximum.accumulate(np.isfinite(loss) & (loss != 0))
+        masked = (
+            (loss == 0)
+            & np.concatenate(([False], seen_nonzero[:-1]))
+            & measured
+            & ((gn == 0) | (np.isnan(gn) & gn_logged))
+        )
+        bad = bad_loss | bad_gn | masked
+        if not bad.any():
+            continue
+        for a, b in incidents(bad, gap=opts.gap):
+            seg = slice(a, b + 1)
+            kinds = []
+            if bad_loss[seg].any():
+                kinds.append("loss")
+            if bad_gn[seg].any():
+                kinds.append("grad_norm")
+            if masked[seg].any():
+                kinds.append("masked loss (0 with grad_norm 0/NaN)")
+            n_bad = int(bad[seg].sum())
+            after_ok = (
+                b + 1 < len(loss)
+                and bool(np.isfinite(loss[b + 1]))
+                and (not gn_logged[b + 1] or bool(np.isfinite(gn[b + 1])))
+            )
+            transient = kinds == ["grad_norm"] and n_bad <= opts.max_transient_points and after_ok
+            first = a
+            step0, step1 = int(s.step[a]), int(s.step[b])
+            value = loss[first] if bad_loss[first] else gn[first]
+            what = "loss" if bad_loss[first] else ("grad_norm" if bad_gn[first] else "loss")
+            ids = s.samples_at(first)
+            ev = {
+                "first_step": step0,
+                "points": n_bad,
+                "signals": kinds,
+                "value": float(value),
+                "recovered": bool(after_ok),
+                "last_finite_loss": _last_finite(loss, first),
+            }
+            if ids:
+                ev["sample_ids"] = ids
+            if transient:
+                msg = (
+                    f"grad_norm was {_v(gn[first])} at step {step0} and finite again at the "
+                    f"next logged step (loss stayed finite): most likely an fp16 overflow "
+                    f"that the loss scaler skipped.{samples_note(ids)}"
+                )
+                sev = Severity.WARNING
+                sug = (
+                    "Harmless if rare. If it repeats, switch to bf16 or lower the learning "
+                    "rate; check the batch named here."
+                )
+            else:
+                persists = b == len(loss) - 1
+                tail = " and never recovered" if persists else f" ({n_bad} bad points)"
+                msg = (
+                    f"{what} became {_v(value)} at step {step0}{tail}; "
+                    f"signals: {', '.join(kinds)}.{samples_note(ids)}"
+                )
+                sev = Severity.ERROR
+                sug = (
+                    "Restart from the last checkpoint before this step with a lower learning "
+                    "rate and gradient clipping (max_norm 1.0); prefer bf16 to fp16; inspect "
+                    "the batch for empty or fully masked labels."
+                )
+            out.append(
+                Finding(s.run, ID, NAME, sev, step0, step1, msg, sug, rank=s.rank, evidence=ev)
+            )
+    return merge_ranks(out)
+
+
+def _last_finite(v: np.ndarray, i: int) -> float | None:
+    prev = v[:i][np.isfinite(v[:i])]
+    return float(prev[-1]) if len(prev) else None
+
+
+def _v(x: float) -> str:
+    if np.isnan(x):
+        return "NaN"
+    if np.isinf(x):
+        return "Inf" if x > 0 else "-Inf"
+    return f"{x:.3g}"

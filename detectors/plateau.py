@@ -1,0 +1,164 @@
+"""TS103 plateau: the loss is not moving, or is degenerate (exactly 0).
+
+What it flags:
+    "No learning": over a whole run of at least 20 logged points the loss
+    never moved: its Theil-Sen change from start to end is under 2%, its
+    first and last points agree within 2%, and its spread is tiny, while the
+    learning rate is above 0 (or a learning rate of 0 throughout, named as
+    such) and gradients are non-trivial. "Degenerate": a loss of exactly 0 for
+    at least 10 consecutive points (not for RL-style objectives whose loss
+    is 0 by construction).
+
+Why it matters:
+    A fine-tune whose loss never moves is not training: a learning rate too
+    low for LoRA, an optimizer that is not stepping, a scheduler stuck at 0,
+    or data that does not match the labels. A loss of exactly 0 means every
+    label is masked or the data was memorised.
+
+    Not a plateau: a loss that fell first and flattened later (continued
+    pre-training, the end of a schedule).
+
+Example:
+    ``loss stayed at 2.31 (change -0.4% over 400 steps, spread 0.6%) with
+    lr 2e-06 > 0: the model is not learning.``
+
+Suggestion:
+    Raise the learning rate (LoRA typically needs about 10x the full
+    fine-tuning rate); check the optimizer holds the trainable parameters and
+    the scheduler does not sit at 0; check that labels are not all masked
+    (-100) and match the inputs.
+
+Options:
+    See ``Options``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunescope.detectors.base import Context
+from tunescope.detectors.series import fmt, run_series
+from tunescope.detectors.stats import incidents, trend
+from tunescope.findings import Finding, Severity
+
+ID = "TS103"
+NAME = "plateau"
+
+
+@dataclass
+class Options:
+    min_points: int = 20
+    """Logged points needed before a run can be called flat."""
+    max_change: float = 0.02
+    """Largest Theil-Sen change over the run (fraction) that still counts as flat."""
+    max_spread: float = 0.03
+    """Largest robust spread of log-loss (IQR-sigma) that counts as flat."""
+    zero_points: int = 10
+    """Consecutive points of a loss of exactly 0 that make it degenerate."""
+
+    def __post_init__(self) -> None:
+        if self.min_points < 5 or self.zero_points < 2:
+            raise ValueError("min_points must be >= 5 and zero_points >= 2")
+
+
+def _rl_runs(ctx: Context) -> set[str]:
+    """Runs whose metrics look like an RL/preference objective (rewards, KL)."""
+    df = ctx.sql(
+        "SELECT DISTINCT run_id FROM metrics WHERE name ILIKE '%reward%' "
+        "OR name ILIKE '%kl%' OR name ILIKE '%chosen%'"
+    )
+    return set(df.get_column("run_id").to_list()) if df.height else set()
+
+
+def run(ctx: Context, opts: Options) -> list[Finding]:
+    out = []
+    rl = None
+    for s in run_series(ctx):
+        loss, step = s.loss, s.step
+        fin = np.isfinite(loss)
+        zero = fin & (loss == 0)
+        zinc = [(a, b) for a, b in incidents(zero) if b - a + 1 >= opts.zero_points]
+        if zinc:
+            if rl is None:
+                rl = _rl_runs(ctx)
+            if s.run not in rl and not (loss[fin] < 0).any():
+                a, b = zinc[0]
+                out.append(
+                    Finding(
+                        s.run,
+                        ID,
+                        NAME,
+                        Severity.WARNING,
+                        int(step[a]),
+                        int(step[b]),
+                        f"loss is exactly 0 for {b - a + 1} points (steps {step[a]}-{step[b]}): "
+                        "every label is masked, or the model memorised a tiny data set.",
+                        "Check that labels are not all -100 (prompt masking, truncation cutting "
+                        "off every response); add data or stop earlier if it memorised.",
+                        rank=None,
+                        evidence={"kind": "degenerate", "points": int(b - a + 1)},
+                    )
+                )
+                continue
+        pos = fin & (loss > 0)
+        if pos.sum() < opts.min_points or not (loss[fin] > 0).all():
+            continue
+        y = np.log(loss[pos])
+        x = step[pos].astype(float)
+        k = max(3, len(y) // 10)
+        first, last = np.median(y[:k]), np.median(y[-k:])
+        if abs(last - first) > np.log1p(opts.max_change):
+            continue
+        q25, q75 = np.percentile(y, [25, 75])
+        spread = (q75 - q25) / 1.349
+        if spread > opts.max_spread:
+            continue
+        t = trend(x, y)
+        change = float(np.expm1(t.slope * (x[-1] - x[0])))
+        if abs(change) > opts.max_change:
+            continue
+        gn = s.grad_norm
+        gfin = gn[np.isfinite(gn)]
+        if len(gfin) and (gfin == 0).all():
+            continue  # zero gradients: the adapter detector's case, not a plateau
+        lr = s.lr[np.isfinite(s.lr)]
+        lr_med = float(np.median(lr)) if len(lr) else None
+        if lr_med is not None and lr_med <= 0:
+            why = "the learning rate is 0 throughout: the scheduler or optimizer never steps"
+            sug = (
+                "Fix the learning-rate schedule (a warmup from 0 that never rises, a scheduler "
+                "built before the optimizer); check the optimizer holds the trainable parameters."
+            )
+        else:
+            lr_txt = f" with lr {fmt(lr_med)}" if lr_med is not None else ""
+            why = f"the model is not learning{lr_txt}"
+            sug = (
+                "Raise the learning rate (LoRA typically needs ~10x the full fine-tuning rate); "
+                "check the optimizer steps and holds the trainable parameters; check the labels "
+                "match the inputs and are not mostly masked."
+            )
+        out.append(
+            Finding(
+                s.run,
+                ID,
+                NAME,
+                Severity.WARNING,
+                int(x[0]),
+                int(x[-1]),
+                f"loss stayed at {fmt(float(np.exp(np.median(y))))} over {len(y)} points "
+                f"(change {change * 100:+.1f}% from step {int(x[0])} to {int(x[-1])}, "
+                f"spread {spread * 100:.1f}%): {why}.",
+                sug,
+                rank=None,
+                evidence={
+                    "kind": "no-learning",
+                    "change": change,
+                    "spread": float(spread),
+                    "points": len(y),
+                    "lr_median": lr_med,
+                },
+            )
+        )
+    return out

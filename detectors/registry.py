@@ -1,0 +1,33 @@
+"""The detectors ``tunescope analyze`` runs: a plain list of detector modules.
+
+Adding a detector: write ``detectors/my_detector.py`` (``ID``, ``NAME``,
+``Options``, ``run``; see ``detectors/base.py``), import it here and append it.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from tunescope.detectors import (
+    divergence,
+    grad_spike,
+    loss_spike,
+    nonfinite,
+    overfit,
+    plateau,
+    resume_jump,
+)
+
+DETECTORS: list[ModuleType] = [
+    nonfinite,  # TS001
+    loss_spike,  # TS101
+    divergence,  # TS102
+    plateau,  # TS103
+    overfit,  # TS104
+    grad_spike,  # TS105
+    resume_jump,  # TS106
+    # adapter_grads,  # TS201 (detect-b)
+    # straggler,  # TS301 (detect-b)
+    # throughput,  # TS302 (detect-b)
+    # memory_growth,  # TS401 (detect-b)
+]

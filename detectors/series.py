@@ -1,0 +1,362 @@
+"""Per-run and per-rank series shared by the loss-side detectors.
+
+``rank_series(ctx)`` gives one :class:`Series` per run and rank (rows without a
+loss, such as eval-only rows, dropped; NaN/Inf kept: they are signal),
+``run_series(ctx)`` one per run with the loss averaged over ranks. Both are
+computed once per :class:`Context` and shared. ``spikes`` is the shared spike
+scan of TS101 (loss) and TS105 (grad norm).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tunescope.detectors.base import Context
+from tunescope.findings import Finding
+
+IQR_TO_SIGMA = 1.349  # interquartile range of a normal distribution, in sigmas
+
+
+@dataclass
+class Series:
+    """One loss series: a run and a rank (None: all ranks averaged, or a
+    format without per-rank data)."""
+
+    run: str
+    rank: int | None
+    step: np.ndarray
+    loss: np.ndarray
+    lr: np.ndarray
+    grad_norm: np.ndarray
+    epoch: np.ndarray
+    sample_ids: list[Any] | None = None
+    logging_steps: int = 1
+    per_rank: bool = True
+    start: dict[str, Any] = field(default_factory=dict)
+    gn_logged: np.ndarray | None = None
+    """True where grad_norm was written (NaN there is a real NaN)."""
+
+    def samples_at(self, i: int) -> list[Any] | None:
+        if self.sample_ids is None or i < 0 or i >= len(self.sample_ids):
+            return None
+        raw = self.sample_ids[i]
+        if raw is None:
+            return None
+        try:
+            ids = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            return None
+        return ids if isinstance(ids, list) else [ids]
+
+
+def _logging_steps(start: dict[str, Any]) -> int:
+    try:
+        n = int(start.get("logging_steps") or 1)
+    except (TypeError, ValueError):
+        n = 1
+    return max(n, 1)
+
+
+def _dedup_last(step: np.ndarray) -> np.ndarray:
+    """Indices keeping the last row of each step (rows are sorted by step)."""
+    if len(step) < 2:
+        return np.arange(len(step))
+    last = np.ones(len(step), dtype=bool)
+    last[:-1] = step[1:] != step[:-1]
+    return np.flatnonzero(last)
+
+
+def _col(df: Any, name: str) -> np.ndarray:
+    if name not in df.columns:
+        return np.full(df.height, np.nan)
+    return df.get_column(name).cast(float).to_numpy()
+
+
+def rank_series(ctx: Context) -> list[Series]:
+    """One series per (run, rank) with a logged loss, cached on the context."""
+    if "series:rank" in ctx._cache:
+        return ctx._cache["series:rank"]
+    import polars as pl
+
+    steps = ctx.steps()
+    out: list[Series] = []
+    if steps.height:
+        df = steps.filter(pl.col("loss").is_not_null())
+        for (run, rank), g in df.group_by(["run_id", "rank"], maintain_order=True):
+            g = g.sort("step")
+            start = ctx.run_start(run)
+            step = g.get_column("step").to_numpy().astype(np.int64)
+            keep = _dedup_last(step)
+            ids = g.get_column("sample_ids") if "sample_ids" in g.columns else None
+            has_ids = ids is not None and ids.null_count() < len(ids)
+            per_rank = start.get("per_rank", True) is not False
+            out.append(
+                Series(
+                    run=run,
+                    rank=int(rank) if per_rank else None,
+                    step=step[keep],
+                    loss=_col(g, "loss")[keep],
+                    lr=_col(g, "lr")[keep],
+                    grad_norm=_col(g, "grad_norm")[keep],
+                    epoch=_col(g, "epoch")[keep],
+                    sample_ids=[ids[int(i)] for i in keep] if has_ids else None,
+                    logging_steps=_logging_steps(start),
+                    per_rank=per_rank,
+                    start=start,
+                    gn_logged=g.get_column("grad_norm").is_not_null().to_numpy()[keep],
+                )
+            )
+    ctx._cache["series:rank"] = out
+    return out
+
+
+def run_series(ctx: Context) -> list[Series]:
+    """One series per run: loss and grad norm averaged over ranks per step
+    (a NaN on any rank stays NaN), lr and epoch from the first rank."""
+    if "series:run" in ctx._cache:
+        return ctx._cache["series:run"]
+    by_run: dict[str, list[Series]] = {}
+    for s in rank_series(ctx):
+        by_run.setdefault(s.run, []).append(s)
+    out = []
+    for run, parts in by_run.items():
+        if len(parts) == 1:
+            p = parts[0]
+            out.append(
+                Series(
+                    run,
+                    None,
+                    p.step,
+                    p.loss,
+                    p.lr,
+                    p.grad_norm,
+                    p.epoch,
+                    p.sample_ids,
+                    p.logging_steps,
+                    p.per_rank,
+                    p.start,
+                )
+            )
+            continue
+        steps = np.unique(np.concatenate([p.step for p in parts]))
+        n = len(steps)
+        acc = {k: np.zeros(n) for k in ("loss", "grad_norm")}
+        cnt = {k: np.zeros(n) for k in acc}
+        lr = np.full(n, np.nan)
+        epoch = np.full(n, np.nan)
+        for p in parts:
+            idx = np.searchsorted(steps, p.step)
+            for k in acc:
+                acc[k][idx] += getattr(p, k)  # a NaN on any rank stays NaN
+                cnt[k][idx] += 1
+            fill = np.isnan(lr[idx])
+            lr[idx[fill]] = p.lr[fill]
+            efill = np.isnan(epoch[idx])
+            epoch[idx[efill]] = p.epoch[efill]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss = acc["loss"] / cnt["loss"]
+            gn = acc["grad_norm"] / cnt["grad_norm"]
+        p0 = parts[0]
+        out.append(
+            Series(
+                run, None, steps, loss, lr, gn, epoch, None, p0.logging_steps, p0.per_rank, p0.start
+            )
+        )
+    ctx._cache["series:run"] = out
+    return out
+
+
+def early_level(y: np.ndarray, n: int = 10) -> float:
+    """Median of the first ``n`` finite values: the run's own early scale."""
+    v = y[np.isfinite(y)][:n]
+    return float(np.median(v)) if len(v) else float("nan")
+
+
+@dataclass
+class SpikeScan:
+    """Scores of a spike scan over one series (indices into the series)."""
+
+    hit: np.ndarray  # bool per point
+    z: np.ndarray  # robust z against the recent baseline (NaN: not scored)
+    base: np.ndarray  # baseline (median of the previous window), in the scan's space
+
+
+def _block_screen(c: np.ndarray, window: int, block: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """Cheap approximate baseline (median, sigma) per point from the medians
+    and IQRs of the preceding complete blocks; NaN for the first block."""
+    m = len(c)
+    nb = m // block
+    med = np.full(m, np.nan)
+    sig = np.full(m, np.nan)
+    if nb == 0:
+        return med, sig
+    blocks = c[: nb * block].reshape(nb, block)
+    q = np.percentile(blocks, [25, 50, 75], axis=1)
+    bmed, biqr = q[1], q[2] - q[0]
+    k = max(window // block, 1)
+    # baseline for block b from blocks b-k..b-1 (rolling over block stats)
+    cs_med = np.full(nb + 1, np.nan)
+    cs_sig = np.full(nb + 1, np.nan)
+    for b in range(1, min(k, nb) + 1):
+        cs_med[b] = np.median(bmed[:b])
+        cs_sig[b] = np.median(biqr[:b]) / IQR_TO_SIGMA
+    if nb > k:
+        win = np.lib.stride_tricks.sliding_window_view
+        cs_med[k + 1 :] = np.median(win(bmed, k)[1:], axis=1)
+        cs_sig[k + 1 :] = np.median(win(biqr, k)[1:], axis=1) / IQR_TO_SIGMA
+    bidx = np.minimum(np.arange(m) // block, nb)
+    med = cs_med[bidx]
+    sig = cs_sig[bidx]
+    return med, sig
+
+
+def spikes(
+    y: np.ndarray,
+    *,
+    window: int,
+    min_points: int,
+    z_single: float,
+    z_double: float,
+    sigma_floor: float,
+    big_enough: Any,
+) -> SpikeScan:
+    """Upward spikes of ``y`` (already in the scan's space, e.g. log loss).
+
+    Each finite point is scored against the median and IQR-sigma of the
+    previous ``window`` finite points that were not themselves spiking (the
+    current point excluded; sigma floored at ``sigma_floor``); a point is a
+    hit when ``big_enough(value, baseline)`` holds and ``z >= z_single``, or
+    ``z >= z_double`` on two consecutive points. No verdicts before
+    ``min_points`` earlier points. A cheap block baseline screens the points
+    first; the exact baseline is computed only for the candidates.
+    """
+    n = len(y)
+    hit = np.zeros(n, dtype=bool)
+    zs = np.full(n, np.nan)
+    base = np.full(n, np.nan)
+    ok = np.flatnonzero(np.isfinite(y))
+    c = y[ok]
+    m = len(c)
+    if m <= min_points:
+        return SpikeScan(hit, zs, base)
+    bmed, bsig = _block_screen(c, window)
+    bsig = np.maximum(np.nan_to_num(bsig, nan=sigma_floor), sigma_floor)
+    zscreen = (c - bmed) / bsig
+    loose = z_double / 2
+    cand = np.isnan(bmed) | ((zscreen >= loose) & big_enough(c, bmed - bsig * loose))
+    cand[:min_points] = False
+    idx = np.flatnonzero(cand)
+    if len(idx) == 0:
+        return SpikeScan(hit, zs, base)
+    excluded = np.zeros(m, dtype=bool)  # kept out of later baselines
+    flagged = np.zeros(m, dtype=bool)  # z >= z_double and big enough
+    zc = np.full(m, np.nan)
+    mc = np.full(m, np.nan)
+    ci = 0  # next candidate
+    i = -1
+    follow = 0  # consecutive flagged points just scored: score the next point too
+    while True:
+        if follow:
+            i += 1
+        else:
+            while ci < len(idx) and idx[ci] <= i:
+                ci += 1
+            if ci == len(idx):
+                break
+            i = int(idx[ci])
+        if i >= m:
+            break
+        lo = max(0, i - 3 * window)
+        hist = c[lo:i][~excluded[lo:i]][-window:]
+        if len(hist) < min_points:
+            follow = 0
+            continue
+        q25, q50, q75 = np.percentile(hist, [25, 50, 75])
+        sigma = max((q75 - q25) / IQR_TO_SIGMA, sigma_floor)
+        z = (c[i] - q50) / sigma
+        zc[i], mc[i] = z, q50
+        if z >= z_double and big_enough(c[i], q50):
+            excluded[i] = flagged[i] = True
+            follow += 1
+            if follow >= window:
+                # high for a whole window: the new level enters the baseline (one incident)
+                excluded[i - follow + 1 : i + 1] = False
+                follow = 0
+        else:
+            follow = 0
+    strong = flagged & (zc >= z_single)
+    pair = flagged.copy()
+    double = pair.copy()
+    double[1:] &= pair[:-1]
+    both = double.copy()
+    both[:-1] |= double[1:]
+    hc = strong | both
+    # a level shift: once spiking for a whole window, it is the new level (still one incident)
+    hit[ok] = hc
+    zs[ok] = zc
+    base[ok] = mc
+    return SpikeScan(hit, zs, base)
+
+
+def incidents_by_index(mask: np.ndarray, gap: int = 3) -> list[tuple[int, int]]:
+    from tunescope.detectors.stats import incidents
+
+    return incidents(mask, gap=gap)
+
+
+def merge_ranks(findings: list[Finding]) -> list[Finding]:
+    """Findings of one detector in one run that start at the same step on
+    several ranks become one finding for all ranks (rank None)."""
+    groups: dict[tuple[str, str, int | None], list[Finding]] = {}
+    for f in findings:
+        groups.setdefault((f.run, f.detector, f.step_start), []).append(f)
+    out = []
+    for group in groups.values():
+        if len(group) == 1 or any(f.rank is None for f in group):
+            out.extend(group)
+            continue
+        first = max(group, key=lambda f: f.severity.level)
+        ranks = sorted(f.rank for f in group if f.rank is not None)
+        ev = dict(first.evidence)
+        ev["ranks"] = ranks
+        out.append(
+            Finding(
+                run=first.run,
+                detector=first.detector,
+                name=first.name,
+                severity=first.severity,
+                step_start=first.step_start,
+                step_end=max((f.step_end or 0) for f in group),
+                message=f"on {len(ranks)} ranks ({_ranks(ranks)}): {first.message}",
+                suggestion=first.suggestion,
+                rank=None,
+                evidence=ev,
+            )
+        )
+    return out
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ", ".join(str(r) for r in ranks[:8]) + (", ..." if len(ranks) > 8 else "")
+
+
+def fmt(x: float) -> str:
+    """A number for a message: 3 significant digits, no exponent for usual sizes."""
+    if not np.isfinite(x):
+        return "NaN" if np.isnan(x) else ("Inf" if x > 0 else "-Inf")
+    a = abs(x)
+    if a != 0 and (a < 1e-3 or a >= 1e5):
+        return f"{x:.2e}"
+    return f"{x:.3g}"
+
+
+def samples_note(ids: list[Any] | None, limit: int = 8) -> str:
+    if not ids:
+        return ""
+    shown = ", ".join(str(i) for i in ids[:limit])
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return f" Samples in that batch: {shown}{more}."

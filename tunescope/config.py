@@ -1,0 +1,204 @@
+"""Configuration: per-detector options, ``select``, ``ignore`` and ``fail-on``.
+
+Read from ``[tool.tunescope]`` of a ``pyproject.toml`` or from the top level of
+a ``tunescope.toml`` (same keys), found by walking up from the runs directory
+(then from the working directory), or from an explicit ``--config FILE``::
+
+    [tool.tunescope]
+    select = ["TS0", "TS1"]       # ids or id prefixes; default: all detectors
+    ignore = ["TS103"]
+    fail-on = "warning"           # error (default), warning or never
+
+    [tool.tunescope.TS101]        # options of one detector (tunescope explain TS101)
+    z = 8.0
+
+Unknown keys and values of the wrong type are a :class:`ConfigError` that
+names the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunescope.errors import ConfigError
+
+FAIL_ON = ("error", "warning", "never")
+_TOP_KEYS = {"select", "ignore", "fail-on"}
+
+
+@dataclass
+class Config:
+    """What a configuration file says (everything optional)."""
+
+    path: Path | None = None
+    """The file it came from (None: defaults)."""
+    select: list[str] | None = None
+    ignore: list[str] = field(default_factory=list)
+    fail_on: str | None = None
+    detectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Raw option tables per detector id."""
+
+    def where(self, key: str) -> str:
+        return f"{self.path}: {key}" if self.path else key
+
+
+def _toml_load(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def _section(path: Path) -> dict[str, Any] | None:
+    """The tunescope table of ``path`` (None: a pyproject.toml without one)."""
+    data = _toml_load(path)
+    if path.name == "pyproject.toml":
+        tool = data.get("tool", {})
+        return tool.get("tunescope") if isinstance(tool, dict) else None
+    return data
+
+
+def find_config(starts: Iterable[Path]) -> Path | None:
+    """The first ``tunescope.toml``, or ``pyproject.toml`` with a
+    ``[tool.tunescope]`` table, walking up from each start directory in turn."""
+    for start in starts:
+        d = start.resolve()
+        if d.is_file():
+            d = d.parent
+        for folder in (d, *d.parents):
+            own = folder / "tunescope.toml"
+            if own.is_file():
+                return own
+            py = folder / "pyproject.toml"
+            if py.is_file() and _section(py) is not None:
+                return py
+    return None
+
+
+def load_config(explicit: str | Path | None = None, starts: Iterable[Path] = ()) -> Config:
+    """Read ``explicit`` (it must exist) or the file found from ``starts``;
+    defaults when there is none."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+    else:
+        found = find_config([*starts, Path.cwd()])
+        if found is None:
+            return Config()
+        path = found
+    table = _section(path)
+    if table is None:
+        raise ConfigError(f"{path}: no [tool.tunescope] table")
+    return parse_config(table, path)
+
+
+def parse_config(table: dict[str, Any], path: Path | None = None) -> Config:
+    cfg = Config(path=path)
+    for key, value in table.items():
+        if key in ("select", "ignore"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{cfg.where(key)}: expected a list of detector ids")
+            ids = [v.strip().upper() for v in value]
+            if key == "select":
+                cfg.select = ids
+            else:
+                cfg.ignore = ids
+        elif key == "fail-on":
+            if value not in FAIL_ON:
+                raise ConfigError(f"{cfg.where(key)}: expected one of {', '.join(FAIL_ON)}")
+            cfg.fail_on = value
+        elif isinstance(value, dict) and key.upper().startswith("TS"):
+            cfg.detectors[key.upper()] = value
+        else:
+            known = ", ".join(sorted(_TOP_KEYS))
+            raise ConfigError(
+                f"{cfg.where(key)}: unknown key (expected {known}, or a detector table like TS101)"
+            )
+    return cfg
+
+
+def check_detector_ids(cfg: Config, ids: Iterable[str]) -> None:
+    """Every detector table and select/ignore entry must name a known detector."""
+    known = sorted(ids)
+    for did in cfg.detectors:
+        if did not in known:
+            raise ConfigError(f"{cfg.where(did)}: unknown detector id (known: {', '.join(known)})")
+    for key, entries in (("select", cfg.select or []), ("ignore", cfg.ignore)):
+        for e in entries:
+            if not any(k.startswith(e) for k in known):
+                raise ConfigError(
+                    f"{cfg.where(key)}: {e!r} matches no detector (known: {', '.join(known)})"
+                )
+
+
+def build_options(cfg: Config, detector_id: str, options_cls: type) -> Any:
+    """The ``Options`` of one detector with the configured overrides applied
+    and type-checked."""
+    raw = cfg.detectors.get(detector_id, {})
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    hints = typing.get_type_hints(options_cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(
+                f"{cfg.where(f'{detector_id}.{key}')}: unknown option (options: {known})"
+            )
+        kwargs[name] = _coerce(value, hints[name], cfg.where(f"{detector_id}.{key}"))
+    try:
+        return options_cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{cfg.where(detector_id)}: {e}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if origin in (list, tuple) and args:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        items = [_coerce(v, args[0], where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: unexpected value {value!r}")
+    return value
