@@ -155,7 +155,7 @@ def fmt(value: float | None, digits: int = 3) -> str:
     if value is None or not np.isfinite(value):
         return str(value)
     a = abs(value)
-    if a != 0 and (a < 1e-3 or a >= 1e7):
+    if a != 0 and (a < 1e-3 or a >= 1e13):
         return f"{value:.{digits - 1}e}"
     if a >= 1000:
         return f"{value:,.0f}"

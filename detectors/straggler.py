@@ -369,8 +369,8 @@ def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Findi
     worst = float(score.min())
     med = float(np.median(score))
     wsize = int(rows["wsize"].max())
-    d_comp = float(np.nanmean(rows["d_comp"].fill_null(np.nan).to_numpy()))
-    d_data = float(np.nanmean(rows["d_data"].fill_null(np.nan).to_numpy()))
+    d_comp = _mean(rows["d_comp"].fill_null(np.nan).to_numpy())
+    d_data = _mean(rows["d_data"].fill_null(np.nan).to_numpy())
     parts = bool(rows["parts"].any())
     s0, s1 = int(rows["s0"].min()), int(rows["s1"].max())
     sev: Severity = inc["severity"]
@@ -422,3 +422,8 @@ def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Findi
         "signal": "compute_time_s+data_time_s" if parts else "step_time_s",
     }
     return Finding(run_id, ID, NAME, sev, s0, s1, msg + see(ID), sugg, rank=rank, evidence=ev)
+
+
+def _mean(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else float("nan")
