@@ -110,3 +110,56 @@ def warmup_mask(lr: np.ndarray, rel_tol: float = 1e-6) -> np.ndarray:
     if len(first) and first[0] > 0:
         out[first[0] - 1] = True
     return out
+
+
+@dataclass(frozen=True)
+class Trends:
+    """Mann-Kendall / Theil-Sen trends of many equal-length windows at once
+    (arrays with one value per window; fields as in :class:`Trend`)."""
+
+    tau: np.ndarray
+    p: np.ndarray
+    slope: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n: int
+
+
+def trend_windows(x: np.ndarray, y: np.ndarray, alpha: float = 0.99) -> Trends:
+    """Vectorised trend test over the rows of ``x`` and ``y`` (shape
+    ``(windows, n)``, finite values, ``x`` increasing along each row).
+
+    Kendall's tau and the Mann-Kendall p-value (normal approximation with
+    continuity correction, no tie correction, so slightly conservative), the
+    Theil-Sen slope and its ``alpha`` confidence bounds (Sen 1968, the same
+    construction as ``scipy.stats.theilslopes``). O(windows * n^2) memory:
+    keep ``n`` at a few hundred at most.
+    """
+    from scipy.special import ndtr, ndtri
+
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    y = np.atleast_2d(np.asarray(y, dtype=float))
+    w, n = y.shape
+    if n < 3 or w == 0:
+        z = np.zeros(w)
+        return Trends(z, np.ones(w), z, z, z, n)
+    i, j = np.triu_indices(n, k=1)
+    dx = x[:, j] - x[:, i]
+    dy = y[:, j] - y[:, i]
+    s = np.sign(dx * dy).sum(axis=1)
+    npairs = len(i)
+    var = n * (n - 1) * (2 * n + 5) / 18.0
+    zs = (s - np.sign(s)) / np.sqrt(var)
+    p = 2.0 * ndtr(-np.abs(zs))
+    tau = s / npairs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slopes = np.where(dx > 0, dy / dx, np.nan)
+    # Pairs with equal x (none when x is strictly increasing) sort last as NaN.
+    zcrit = ndtri(0.5 + alpha / 2.0)
+    sigma = np.sqrt(var)
+    k_lo = int(max(round((npairs - zcrit * sigma) / 2.0) - 1, 0))
+    k_hi = int(min(round((npairs + zcrit * sigma) / 2.0), npairs - 1))
+    k_mid = sorted({(npairs - 1) // 2, npairs // 2})
+    part = np.partition(slopes, sorted({k_lo, k_hi, *k_mid}), axis=1)
+    slope = part[:, k_mid].mean(axis=1)
+    return Trends(tau, p, slope, part[:, k_lo], part[:, k_hi], n)

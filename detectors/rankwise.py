@@ -1,0 +1,178 @@
+"""Helpers shared by the per-rank systems detectors (TS201, TS301, TS302, TS401):
+steps to leave out (eval and checkpoint work), one finding for an incident seen
+on every rank, and number formatting for messages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tunescope.findings import Finding, Severity
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from tunescope.detectors.base import Context
+
+
+def see(detector_id: str) -> str:
+    """The tail every message ends with."""
+    return f" See `tunescope explain {detector_id}`."
+
+
+def special_steps(ctx: Context, after: int = 1) -> dict[str, np.ndarray]:
+    """Per run, the sorted steps at which any rank evaluated or checkpointed,
+    plus the ``after`` steps that follow each (whose timings and memory can
+    still carry that work, depending on where the trainer logs it)."""
+    key = f"rankwise:special:{after}"
+    if key in ctx._cache:
+        return ctx._cache[key]
+    ev = ctx.events(["eval", "checkpoint"])
+    out: dict[str, np.ndarray] = {}
+    if ev.height:
+        for run_id, grp in ev.group_by("run_id"):
+            base = grp["step"].drop_nulls().unique().to_numpy()
+            parts = [base + k for k in range(after + 1)]
+            out[str(run_id[0] if isinstance(run_id, tuple) else run_id)] = np.unique(
+                np.concatenate(parts)
+            )
+    ctx._cache[key] = out
+    return out
+
+
+def first_event_step(ctx: Context, kind: str) -> dict[str, int]:
+    """Per run, the first step of an event of ``kind`` (any rank)."""
+    key = f"rankwise:first:{kind}"
+    if key in ctx._cache:
+        return ctx._cache[key]
+    ev = ctx.events([kind])
+    out: dict[str, int] = {}
+    if ev.height:
+        import polars as pl
+
+        agg = ev.drop_nulls("step").group_by("run_id").agg(pl.col("step").min().alias("first"))
+        out = {r: int(s) for r, s in agg.iter_rows()}
+    ctx._cache[key] = out
+    return out
+
+
+def run_ended(ctx: Context) -> dict[tuple[str, int], str]:
+    """(run, rank) -> status of its last ``run_end`` event."""
+    key = "rankwise:ended"
+    if key in ctx._cache:
+        return ctx._cache[key]
+    out: dict[tuple[str, int], str] = {}
+    for row in ctx.events(["run_end"]).iter_rows(named=True):
+        try:
+            status = json.loads(row["payload"]).get("status", "")
+        except (TypeError, ValueError):
+            status = ""
+        out[(row["run_id"], int(row["rank"]))] = str(status)
+    ctx._cache[key] = out
+    return out
+
+
+def ranks_of(steps: pl.DataFrame) -> dict[str, list[int]]:
+    """Run -> the ranks that logged steps."""
+    out: dict[str, list[int]] = {}
+    if steps.height == 0:
+        return out
+    pairs = steps.select("run_id", "rank").unique().sort("run_id", "rank")
+    for run_id, rank in pairs.iter_rows():
+        out.setdefault(run_id, []).append(int(rank))
+    return out
+
+
+def collapse_ranks(findings: list[Finding], ranks: dict[str, list[int]]) -> list[Finding]:
+    """One finding per incident: when every rank of a run (two or more) has
+    a finding of the same kind (``evidence['kind']``) over overlapping steps,
+    they become one run-wide finding (rank None) on the first rank's numbers,
+    with the per-rank step ranges in evidence."""
+    groups: dict[tuple[str, str, str], list[Finding]] = {}
+    rest: list[Finding] = []
+    for f in findings:
+        if f.rank is None:
+            rest.append(f)
+            continue
+        groups.setdefault((f.run, f.detector, str(f.evidence.get("kind", ""))), []).append(f)
+    out = list(rest)
+    for (run, _, _), group in groups.items():
+        run_ranks = ranks.get(run, [])
+        by_rank: dict[int, list[Finding]] = {}
+        for f in group:
+            by_rank.setdefault(int(f.rank), []).append(f)  # type: ignore[arg-type]
+        if len(run_ranks) < 2 or set(by_rank) != set(run_ranks):
+            out.extend(group)
+            continue
+        used: set[int] = set()
+        first = by_rank[run_ranks[0]]
+        for f in first:
+            lo, hi = f.step_start or 0, f.step_end or 0
+            matched = [f]
+            for r in run_ranks[1:]:
+                hit = next(
+                    (
+                        g
+                        for g in by_rank[r]
+                        if id(g) not in used
+                        and (g.step_start or 0) <= hi + 1
+                        and (g.step_end or 0) >= lo - 1
+                    ),
+                    None,
+                )
+                if hit is None:
+                    break
+                matched.append(hit)
+            if len(matched) != len(run_ranks):
+                continue
+            used.update(id(g) for g in matched)
+            worst = max(matched, key=lambda g: g.severity.level)
+            starts = [g.step_start for g in matched if g.step_start is not None]
+            ends = [g.step_end for g in matched if g.step_end is not None]
+            ev = dict(worst.evidence)
+            ev["ranks"] = {str(g.rank): [g.step_start, g.step_end] for g in matched}
+            msg = worst.message.replace(f"rank {worst.rank} ", "every rank ", 1)
+            out.append(
+                replace(
+                    worst,
+                    rank=None,
+                    message=msg,
+                    step_start=min(starts) if starts else None,
+                    step_end=max(ends) if ends else None,
+                    evidence=ev,
+                )
+            )
+        out.extend(g for g in group if id(g) not in used)
+    return out
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A number for a message: 3 significant digits, thousands separated."""
+    if value is None or not np.isfinite(value):
+        return str(value)
+    a = abs(value)
+    if a != 0 and (a < 1e-3 or a >= 1e13):
+        return f"{value:.{digits - 1}e}"
+    if a >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def severity(level: str) -> Severity:
+    return Severity(level)
+
+
+def payload_number(payload: dict[str, Any], *names: str) -> float | None:
+    """The first of ``names`` in a run_start payload (or its ``config``) that is a number."""
+    for src in (payload, payload.get("config") if isinstance(payload.get("config"), dict) else {}):
+        for n in names:
+            v = src.get(n)  # type: ignore[union-attr]
+            if isinstance(v, bool):
+                continue
+            if isinstance(v, int | float) and np.isfinite(v):
+                return float(v)
+    return None
