@@ -7,12 +7,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunescope.ingest.hf_state import HFStateReader
+from tunescope.ingest.llamafactory import LlamaFactoryReader
 from tunescope.ingest.native import NativeReader
 from tunescope.ingest.rows import Problem, Reader
+from tunescope.ingest.swift import SwiftReader
 
 # The readers, in the order they are asked. A plain list: adding a format means
 # writing a module with a reader object and adding it here.
-READERS: list[Reader] = [NativeReader()]
+READERS: list[Reader] = [
+    NativeReader(),
+    HFStateReader(),
+    LlamaFactoryReader(),
+    SwiftReader(),
+]
 
 # Directories never descended into.
 SKIP_DIRS = frozenset({".tunescope", ".git", "__pycache__", "node_modules", ".venv"})
