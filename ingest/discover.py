@@ -12,6 +12,7 @@ from tunescope.ingest.llamafactory import LlamaFactoryReader
 from tunescope.ingest.native import NativeReader
 from tunescope.ingest.rows import Problem, Reader
 from tunescope.ingest.swift import SwiftReader
+from tunescope.ingest.tensorboard import TensorBoardReader
 
 # The readers, in the order they are asked. A plain list: adding a format means
 # writing a module with a reader object and adding it here.
@@ -20,6 +21,7 @@ READERS: list[Reader] = [
     HFStateReader(),
     LlamaFactoryReader(),
     SwiftReader(),
+    TensorBoardReader(),
 ]
 
 # Directories never descended into.

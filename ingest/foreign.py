@@ -14,7 +14,11 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
+import pyarrow as pa
+
 from tunescope.eventlog import LineError, as_number, loads
+from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA
+from tunescope.schema import METRIC_NAMES
 
 __all__ = ["LineError", "loads"]
 
@@ -177,3 +181,35 @@ def logging_steps_from_hf(value: Any, max_steps: Any) -> int | None:
         total = as_int(max_steps)
         return max(1, math.ceil(ls * total)) if total else None
     return int(ls)
+
+
+def step_table(rows: list[tuple[int, float | None, dict[str, float]]]) -> pa.Table:
+    """Step rows ``(step, ts, canonical metrics)`` of rank 0 as a table, for
+    readers with many rows (columns built directly, not row by row)."""
+    n = len(rows)
+    cols: dict[str, Any] = {
+        "rank": pa.array([0] * n, pa.int32()),
+        "step": pa.array([r[0] for r in rows], pa.int64()),
+        "ts": pa.array([r[1] for r in rows], pa.float64()),
+    }
+    for name in METRIC_NAMES:
+        cols[name] = pa.array([r[2].get(name) for r in rows], pa.float64())
+    cols["sample_ids"] = pa.nulls(n, pa.string())
+    cols["seq"] = pa.array(range(1, n + 1), pa.int64())
+    return pa.table(cols, schema=STEP_SCHEMA)
+
+
+def metric_table(rows: list[tuple[int, float | None, str, float]], seq0: int = 0) -> pa.Table:
+    """Metric rows ``(step, ts, name, value)`` of rank 0 as a table."""
+    n = len(rows)
+    return pa.table(
+        {
+            "rank": pa.array([0] * n, pa.int32()),
+            "step": pa.array([r[0] for r in rows], pa.int64()),
+            "ts": pa.array([r[1] for r in rows], pa.float64()),
+            "name": pa.array([r[2] for r in rows], pa.string()),
+            "value": pa.array([r[3] for r in rows], pa.float64()),
+            "seq": pa.array(range(seq0 + 1, seq0 + n + 1), pa.int64()),
+        },
+        schema=METRIC_SCHEMA,
+    )
