@@ -48,7 +48,9 @@ LF_LOG = "trainer_log.jsonl"
 SWIFT_LOG = "logging.jsonl"
 
 TRAIN_KEYS = ("loss", "grad_norm", "learning_rate")
-FINAL_KEYS = ("train_runtime",)
+# The end-of-training summary. (Training rows also carry ``train_runtime`` when
+# input tokens are counted, so that key alone does not mark the summary.)
+FINAL_KEYS = ("train_loss", "train_steps_per_second", "train_samples_per_second")
 _NOT_TRAIN_METRICS = ("step", "num_input_tokens_seen")
 
 
@@ -214,7 +216,7 @@ def classify(path: Path, state: State) -> tuple[list[Entry], list[Problem]]:
                 )
             )
             continue
-        if any(k in raw for k in FINAL_KEYS):
+        if any(k in raw for k in FINAL_KEYS) and "loss" not in raw:
             _, extras = split_fields(raw, skip=("step", "epoch"))
             entries.append(Entry("final", step, line, {}, extras, raw))
             continue

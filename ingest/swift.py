@@ -44,6 +44,12 @@ _RECENT = 16  # (kind, step) keys remembered to drop lines written twice
 _SNIFF = (b'"global_step', b'"iteration"', b'"log_history"', b'"memory(GiB)"', b'"train_speed(')
 
 
+def _is_summary(obj: dict[str, Any]) -> bool:
+    """The Trainer's end-of-training log (not a training row with runtime fields)."""
+    keys = ("train_loss", "train_steps_per_second", "train_samples_per_second")
+    return "loss" not in obj and any(k in obj for k in keys)
+
+
 def _step_of(obj: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
     for key in STEP_KEYS:
         if key in obj:
@@ -117,7 +123,7 @@ class SwiftReader:
             if of and not total:
                 total = of
             evals = {k: v for k, v in obj.items() if is_eval_key(k)}
-            kind = "eval" if evals else "final" if "train_runtime" in obj else "train"
+            kind = "eval" if evals else "final" if _is_summary(obj) else "train"
             ident = [kind, step]
             if ident in recent:
                 continue  # the same line written again by another process

@@ -317,17 +317,9 @@ CANONICAL_TAGS = {
     "epoch": "epoch",
     "train/epoch": "epoch",
 }
-# The Trainer's end-of-training summary, logged under train/.
-FINAL_TAGS = frozenset(
-    f"train/{k}"
-    for k in (
-        "train_runtime",
-        "train_loss",
-        "train_samples_per_second",
-        "train_steps_per_second",
-        "total_flos",
-    )
-)
+# Tags only the Trainer's end-of-training summary writes (train/train_runtime
+# is also written with every log when input tokens are counted).
+FINAL_TAGS = frozenset(("train/train_loss", "train/train_steps_per_second"))
 
 
 def metric_name(tag: str) -> tuple[str, bool]:
