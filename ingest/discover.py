@@ -14,6 +14,7 @@ from tunescope.ingest.native import NativeReader
 from tunescope.ingest.rows import Problem, Reader
 from tunescope.ingest.swift import SwiftReader
 from tunescope.ingest.tensorboard import TensorBoardReader
+from tunescope.ingest.wandb_offline import WandbOfflineReader
 
 # The readers, in the order they are asked. A plain list: adding a format means
 # writing a module with a reader object and adding it here.
@@ -25,6 +26,7 @@ READERS: list[Reader] = [
     TensorBoardReader(),
     MLflowFileReader(),
     MLflowDBReader(),
+    WandbOfflineReader(),
 ]
 
 # Directories never descended into.
