@@ -242,10 +242,15 @@ class Cache:
             reader = group[0].reader
             for i in range(0, len(group), BATCH):
                 batch = group[i : i + BATCH]
+                for s in [s for s in batch if s.part is not None]:  # runs inside one file
+                    state = (known.get(s.key) or {}).get("state")
+                    out.append((s, _read_part(reader, s.path, s.part, state)))
+                batch = [s for s in batch if s.part is None]
                 items = [(s.path, (known.get(s.key) or {}).get("state")) for s in batch]
-                for s, result in zip(batch, _read_batch(reader, items), strict=True):
-                    out.append((s, result))
-                done += len(batch)
+                if items:
+                    for s, result in zip(batch, _read_batch(reader, items), strict=True):
+                        out.append((s, result))
+                done += len(group[i : i + BATCH])
                 if progress is not None:
                     progress(f"read {done}/{len(changed)} changed files")
         return out
@@ -392,6 +397,17 @@ def _read_one(reader: Reader, path: Path, state: Any) -> ReadResult:
         problem = Problem(str(path), None, f"cannot read file: {e.strerror or e}")
     except Exception as e:
         problem = Problem(str(path), None, f"cannot read as {reader.format}: {e}")
+    return empty_result(state or {}, [problem])
+
+
+def _read_part(reader: Reader, path: Path, part: str, state: Any) -> ReadResult:
+    """One run of a file that holds several; a failure becomes a problem."""
+    from tunescope.ingest.rows import empty_result
+
+    try:
+        return reader.read_part(path, part, state)  # type: ignore[attr-defined]
+    except Exception as e:
+        problem = Problem(str(path), None, f"cannot read run {part} as {reader.format}: {e}")
     return empty_result(state or {}, [problem])
 
 

@@ -7,12 +7,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunescope.ingest.hf_state import HFStateReader
+from tunescope.ingest.llamafactory import LlamaFactoryReader
+from tunescope.ingest.mlflow_store import MLflowDBReader, MLflowFileReader
 from tunescope.ingest.native import NativeReader
 from tunescope.ingest.rows import Problem, Reader
+from tunescope.ingest.swift import SwiftReader
+from tunescope.ingest.tensorboard import TensorBoardReader
+from tunescope.ingest.wandb_offline import WandbOfflineReader
 
 # The readers, in the order they are asked. A plain list: adding a format means
 # writing a module with a reader object and adding it here.
-READERS: list[Reader] = [NativeReader()]
+READERS: list[Reader] = [
+    NativeReader(),
+    HFStateReader(),
+    LlamaFactoryReader(),
+    SwiftReader(),
+    TensorBoardReader(),
+    MLflowFileReader(),
+    MLflowDBReader(),
+    WandbOfflineReader(),
+]
 
 # Directories never descended into.
 SKIP_DIRS = frozenset({".tunescope", ".git", "__pycache__", "node_modules", ".venv"})
@@ -26,10 +41,11 @@ class Source:
     run_dir: Path
     run_id: str
     reader: Reader
+    part: str | None = None  # one run inside a file that holds several (mlflow.db)
 
     @property
     def key(self) -> str:
-        return str(self.path)
+        return str(self.path) if self.part is None else f"{self.path}#{self.part}"
 
 
 def run_id_for(root: Path, run_dir: Path) -> str:
@@ -85,8 +101,20 @@ def discover(
                 except OSError:
                     hit = False
                 if hit:
-                    run_dir = reader.run_dir(path)
-                    sources.append(Source(path, run_dir, run_id_for(root, run_dir), reader))
+                    parts = getattr(reader, "parts", None)
+                    if parts is None:
+                        run_dir = reader.run_dir(path)
+                        sources.append(Source(path, run_dir, run_id_for(root, run_dir), reader))
+                        break
+                    # A file with several runs: one source per run, read with read_part.
+                    try:
+                        found = parts(path)
+                    except Exception as e:
+                        problems.append(Problem(str(path), None, f"cannot list runs: {e}"))
+                        found = []
+                    for part, run_dir in found:
+                        rid = run_id_for(root, run_dir)
+                        sources.append(Source(path, run_dir, rid, reader, part))
                     break
         stack.extend(reversed(subdirs))
     return sources, problems

@@ -1,0 +1,215 @@
+"""Shared pieces of the readers for logs written by other tools.
+
+Field names differ between tools; the mapping to the canonical step metrics
+lives here so that every reader names things the same way. What is not
+canonical stays a metric under the name the tool wrote.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+
+from tunescope.eventlog import LineError, as_number, loads
+from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA
+from tunescope.schema import METRIC_NAMES
+
+__all__ = ["LineError", "loads"]
+
+MIB_PER_GIB = 1024.0
+
+# Field name -> (canonical metric, scale). Names are matched exactly.
+CANONICAL: dict[str, tuple[str, float]] = {
+    "loss": ("loss", 1.0),
+    "train/loss": ("loss", 1.0),
+    "lr": ("lr", 1.0),
+    "learning_rate": ("lr", 1.0),
+    "train/learning_rate": ("lr", 1.0),
+    "train/lr": ("lr", 1.0),
+    "grad_norm": ("grad_norm", 1.0),
+    "train/grad_norm": ("grad_norm", 1.0),
+    "epoch": ("epoch", 1.0),
+    "train/epoch": ("epoch", 1.0),
+    "memory(GiB)": ("mem_peak_mb", MIB_PER_GIB),
+    "vram_allocated": ("mem_allocated_mb", MIB_PER_GIB),
+    "vram_reserved": ("mem_reserved_mb", MIB_PER_GIB),
+}
+
+# Prefixes of evaluation / prediction fields.
+EVAL_PREFIXES = ("eval_", "eval/", "test_", "predict_")
+
+_HMS = re.compile(r"^\s*(?:(\d+)\s+days?,\s*)?(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)\s*$")
+_UNITS = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)\b")
+_UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def number(value: Any) -> float | None:
+    """A numeric JSON value, or numeric text ("2.5", "NaN", "12.5%"), as a float."""
+    if isinstance(value, str):
+        text = value.strip().rstrip("%")
+        if not text:
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return as_number(value)
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from "H:MM:SS", "N days, H:MM:SS", "1m 30s", "10h 30m 51s" or a number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    m = _HMS.match(value)
+    if m:
+        days, h, mi, s = m.groups()
+        return int(days or 0) * 86400.0 + int(h) * 3600.0 + int(mi) * 60.0 + float(s)
+    parts = _UNITS.findall(value)
+    if parts and _UNITS.sub("", value).strip() == "":
+        return sum(float(n) * _UNIT_S[u] for n, u in parts)
+    return None
+
+
+def parse_fraction(value: Any) -> tuple[int | None, int | None]:
+    """ "N/M" -> (N, M); an integer -> (N, None)."""
+    if isinstance(value, str) and "/" in value:
+        a, _, b = value.partition("/")
+        try:
+            return int(a.strip()), int(b.strip())
+        except ValueError:
+            return None, None
+    n = as_int(value)
+    return n, None
+
+
+def as_int(value: Any) -> int | None:
+    """A non-negative integral number (or integral text) as int, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and math.isfinite(value) and value == int(value) and value >= 0:
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return as_int(int(value.strip()))
+        except ValueError:
+            return None
+    return None
+
+
+def split_fields(
+    record: dict[str, Any], skip: Iterable[str] = ()
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(canonical metrics, other numeric fields) of one record. Non-numeric
+    fields and the names in ``skip`` are left out."""
+    skip = set(skip)
+    canon: dict[str, float] = {}
+    extras: dict[str, float] = {}
+    for key, raw in record.items():
+        if key in skip:
+            continue
+        value = number(raw)
+        if value is None:
+            continue
+        target = CANONICAL.get(key)
+        if target is not None:
+            name, scale = target
+            if name not in canon:
+                canon[name] = value * scale
+        else:
+            extras[key] = value
+    return canon, extras
+
+
+def is_eval_key(key: str) -> bool:
+    return key.startswith(EVAL_PREFIXES)
+
+
+def infer_logging_steps(steps: Iterable[int]) -> int | None:
+    """How many optimizer steps one logged row covers: the most common gap
+    between consecutive logged steps (a first row logged at step 1 and the
+    last row at the end of training do not disturb it)."""
+    ordered = sorted(set(steps))
+    gaps = [b - a for a, b in itertools.pairwise(ordered) if b > a]
+    if not gaps:
+        return ordered[0] if len(ordered) == 1 and ordered[0] > 0 else None
+    try:
+        return int(statistics.mode(gaps))
+    except statistics.StatisticsError:  # pragma: no cover - mode never fails on 3.8+
+        return int(statistics.median(gaps))
+
+
+class Deltas:
+    """Per-step rates from cumulative counters (elapsed seconds, tokens seen):
+    the difference to the previous logged row, divided by the steps between.
+    The previous row lives in the reader's state between reads."""
+
+    def __init__(self, state: dict[str, Any] | None) -> None:
+        self.prev: dict[str, list[float]] = dict((state or {}).get("prev", {}))
+
+    def rate(self, name: str, step: int, total: float | None) -> float | None:
+        if total is None or not math.isfinite(total):
+            return None
+        prev = self.prev.get(name)
+        self.prev[name] = [step, total]
+        if prev is None:
+            return None
+        p_step, p_total = prev
+        if step <= p_step or total < p_total:
+            return None
+        return (total - p_total) / (step - p_step)
+
+    def dump(self) -> dict[str, list[float]]:
+        return self.prev
+
+
+def logging_steps_from_hf(value: Any, max_steps: Any) -> int | None:
+    """``TrainerState.logging_steps``: an int, or a ratio of the total steps when below 1."""
+    ls = number(value)
+    if ls is None or not math.isfinite(ls) or ls <= 0:
+        return None
+    if ls < 1:
+        total = as_int(max_steps)
+        return max(1, math.ceil(ls * total)) if total else None
+    return int(ls)
+
+
+def step_table(rows: list[tuple[int, float | None, dict[str, float]]]) -> pa.Table:
+    """Step rows ``(step, ts, canonical metrics)`` of rank 0 as a table, for
+    readers with many rows (columns built directly, not row by row)."""
+    n = len(rows)
+    cols: dict[str, Any] = {
+        "rank": pa.array([0] * n, pa.int32()),
+        "step": pa.array([r[0] for r in rows], pa.int64()),
+        "ts": pa.array([r[1] for r in rows], pa.float64()),
+    }
+    for name in METRIC_NAMES:
+        cols[name] = pa.array([r[2].get(name) for r in rows], pa.float64())
+    cols["sample_ids"] = pa.nulls(n, pa.string())
+    cols["seq"] = pa.array(range(1, n + 1), pa.int64())
+    return pa.table(cols, schema=STEP_SCHEMA)
+
+
+def metric_table(rows: list[tuple[int, float | None, str, float]], seq0: int = 0) -> pa.Table:
+    """Metric rows ``(step, ts, name, value)`` of rank 0 as a table."""
+    n = len(rows)
+    return pa.table(
+        {
+            "rank": pa.array([0] * n, pa.int32()),
+            "step": pa.array([r[0] for r in rows], pa.int64()),
+            "ts": pa.array([r[1] for r in rows], pa.float64()),
+            "name": pa.array([r[2] for r in rows], pa.string()),
+            "value": pa.array([r[3] for r in rows], pa.float64()),
+            "seq": pa.array(range(seq0 + 1, seq0 + n + 1), pa.int64()),
+        },
+        schema=METRIC_SCHEMA,
+    )

@@ -1,0 +1,253 @@
+"""Reader for LLaMA-Factory's ``trainer_log.jsonl``.
+
+Two schemas, told apart per file by the first usable row:
+
+- classic (the default trainer): ``current_steps``, ``total_steps``, ``loss``,
+  ``lr`` or ``learning_rate``, ``epoch``, ``percentage``, ``elapsed_time``
+  ("H:MM:SS" or "N days, H:MM:SS"), ``remaining_time``, ``throughput``,
+  ``total_tokens``, ``eval_*`` rows, and rows with progress only (evaluation
+  progress, and the final summary written when training ends);
+- v1 (``USE_V1=1``): ``step``, ``loss``, ``grad_norm``, ``learning_rate``,
+  ``epoch``, ``total_steps`` plus preference-optimisation metrics.
+
+The classic log has no gradient norm; the run's ``trainer_state.json`` (the
+output dir's, or its longest checkpoint copy) has it, and is joined by step.
+Both files then belong to one run: the step rows are the same whichever file
+is read last (see :mod:`tunescope.ingest.hf_state`), and the events come from
+this reader only. The log grows while training: only new lines are read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunescope.ingest import hf_state
+from tunescope.ingest.foreign import (
+    Deltas,
+    LineError,
+    as_int,
+    infer_logging_steps,
+    is_eval_key,
+    loads,
+    number,
+    parse_duration,
+    split_fields,
+)
+from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
+from tunescope.ingest.tail import read_new_lines
+
+NAME = "trainer_log.jsonl"
+_TRAIN_MARKERS = ("loss", "grad_norm", "lr", "learning_rate", "reward")
+_SKIP = (
+    "current_steps",
+    "total_steps",
+    "step",
+    "percentage",
+    "elapsed_time",
+    "remaining_time",
+    "total_tokens",
+)
+
+
+class Row:
+    """One line, interpreted."""
+
+    __slots__ = ("canon", "extras", "kind", "step", "total")
+
+    def __init__(self, kind: str, step: int, total: int | None, canon=None, extras=None) -> None:
+        self.kind = kind  # "train" | "eval" | "progress"
+        self.step = step
+        self.total = total
+        self.canon = canon or {}
+        self.extras = extras or {}
+
+
+class Parser:
+    """Line interpretation with the little state that crosses lines: the
+    schema, and the previous cumulative counters for per-step rates."""
+
+    def __init__(self, state: dict[str, Any] | None) -> None:
+        state = state or {}
+        self.schema: str | None = state.get("schema")
+        self.deltas = Deltas(state)
+
+    def dump(self) -> dict[str, Any]:
+        return {"schema": self.schema, "prev": self.deltas.dump()}
+
+    def row(self, obj: Any) -> Row:
+        if not isinstance(obj, dict):
+            raise LineError(f"expected a JSON object, got {type(obj).__name__}")
+        if self.schema is None:
+            if "current_steps" in obj:
+                self.schema = "classic"
+            elif "step" in obj:
+                self.schema = "v1"
+            else:
+                raise LineError("no current_steps or step field")
+        key = "current_steps" if self.schema == "classic" else "step"
+        step = as_int(obj.get(key))
+        if step is None:
+            raise LineError(f"{key} is not a step number: {obj.get(key)!r}")
+        total = as_int(obj.get("total_steps"))
+        evals = {k: v for k, v in obj.items() if is_eval_key(k)}
+        if evals:
+            _, extras = split_fields(evals)
+            return Row("eval", step, total, extras=extras)
+        if not any(k in obj for k in _TRAIN_MARKERS):
+            return Row("progress", step, total)
+        canon, extras = split_fields(obj, skip=_SKIP)
+        elapsed = parse_duration(obj.get("elapsed_time"))
+        if elapsed is not None:
+            extras["elapsed_s"] = elapsed
+            per_step = self.deltas.rate("elapsed", step, elapsed)
+            if per_step is not None:
+                canon["step_time_s"] = per_step
+        seen = number(obj.get("total_tokens"))
+        if seen is not None:
+            extras["total_tokens"] = seen
+            tokens = self.deltas.rate("tokens", step, seen) if seen > 0 else None
+            if tokens is not None:
+                canon["tokens"] = tokens
+        return Row("train", step, total, canon, extras)
+
+
+def hf_train_rows(run_dir: Path) -> tuple[Path | None, hf_state.State | None, dict[int, Any]]:
+    """The run's longest ``trainer_state.json`` and its training rows by step."""
+    path = hf_state.primary(run_dir)
+    if path is None:
+        return None, None, {}
+    parsed = hf_state.load_state(path)
+    if parsed is None:
+        return path, None, {}
+    entries, _ = hf_state.classify(path, parsed)
+    return path, parsed, {e.step: e for e in entries if e.kind == "train"}
+
+
+_CACHE: dict[str, tuple[tuple[int, int], dict[int, tuple[dict, dict]]]] = {}
+
+
+def load_log(path: Path) -> dict[int, tuple[dict[str, float], dict[str, float]]]:
+    """Training rows of a whole log by step, (canonical, extras), as the
+    incremental reader derives them; cached by size and modification time."""
+    try:
+        st = path.stat()
+        sig = (st.st_size, st.st_mtime_ns)
+        hit = _CACHE.get(str(path))
+        if hit and hit[0] == sig:
+            return hit[1]
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    parser = Parser(None)
+    out: dict[int, tuple[dict, dict]] = {}
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            row = parser.row(loads(raw))
+        except LineError:
+            continue
+        if row.kind == "train":
+            out[row.step] = (row.canon, row.extras)
+    if len(_CACHE) > 64:
+        _CACHE.clear()
+    _CACHE[str(path)] = (sig, out)
+    return out
+
+
+class LlamaFactoryReader:
+    """LLaMA-Factory ``trainer_log.jsonl`` (classic and v1 schemas)."""
+
+    format = "llamafactory"
+
+    def detect(self, path: Path) -> bool:
+        return path.name == NAME
+
+    def run_dir(self, path: Path) -> Path:
+        return path.parent
+
+    def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
+        chunk = read_new_lines(path, state)
+        old = {} if (state is None or chunk.restarted) else state
+        parser = Parser(old)
+        started = bool(old.get("started"))
+        ended = bool(old.get("ended"))
+        train_total = old.get("train_total")
+        last_train = old.get("last_train")
+        first_steps: list[int] = list(old.get("first_steps", []))
+
+        hf_path, hf_parsed, hf_rows = hf_train_rows(path.parent)
+        rows = RowBuilder()
+        problems: list[Problem] = []
+        lineno = chunk.first_line - 1
+        new_train: list[int] = []
+        for raw in chunk.data.split(b"\n")[:-1]:
+            lineno += 1
+            if not raw.strip():
+                continue
+            try:
+                row = parser.row(loads(raw))
+            except LineError as e:
+                problems.append(Problem(str(path), lineno, str(e)))
+                continue
+            if row.kind == "train":
+                if train_total is None and row.total:
+                    train_total = row.total
+                hf = hf_rows.get(row.step)
+                canon = {**hf.canon, **row.canon} if hf else row.canon
+                extras = {**hf.extras, **row.extras} if hf else row.extras
+                rows.step(0, row.step, None, canon, seq=lineno)
+                for name, value in extras.items():
+                    rows.metric(0, row.step, None, name, value, seq=lineno)
+                last_train = row.step
+                new_train.append(row.step)
+            elif row.kind == "eval":
+                for name, value in row.extras.items():
+                    rows.metric(0, row.step, None, name, value, seq=lineno)
+                rows.event(0, row.step, None, "eval", row.extras, seq=lineno)
+            elif (
+                not ended
+                and last_train is not None
+                and train_total is not None
+                and row.total == train_total
+                and row.step >= last_train
+            ):
+                # The summary logged when training ends carries no loss.
+                rows.event(0, row.step, None, "run_end", {"status": "completed"}, seq=lineno)
+                ended = True
+
+        if not started:
+            first_steps = (first_steps + new_train)[:32]
+            ls = None
+            if hf_parsed is not None:
+                ls = hf_state.logging_steps_from_hf(
+                    hf_parsed.top.get("logging_steps"), hf_parsed.top.get("max_steps")
+                )
+            if ls is None and (len(first_steps) >= 2 or (first_steps and ended)):
+                ls = infer_logging_steps(first_steps)
+            if ls is not None:
+                payload: dict[str, Any] = {
+                    "format": self.format,
+                    "schema": parser.schema,
+                    "source": str(path),
+                    "logging_steps": ls,
+                    "per_rank": False,
+                    "loss_averaging": "mean over logging_steps optimizer steps and all ranks",
+                }
+                if train_total:
+                    payload["total_steps"] = train_total
+                if hf_path is not None:
+                    payload["joined_with"] = str(hf_path)
+                rows.event(0, None, None, "run_start", payload, seq=0)
+                started = True
+        new_state = {
+            **chunk.state,
+            **parser.dump(),
+            "started": started,
+            "ended": ended,
+            "train_total": train_total,
+            "last_train": last_train,
+            "first_steps": first_steps if not started else [],
+        }
+        return rows.result(new_state, problems, replace=chunk.restarted)

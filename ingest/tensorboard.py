@@ -1,0 +1,492 @@
+"""Reader for TensorBoard event files (``events.out.tfevents.*``), without
+TensorFlow or the ``tensorboard`` package.
+
+An event file is a sequence of TFRecords::
+
+    uint64 length | uint32 masked_crc32c(length) | length bytes: Event | uint32 masked_crc32c(data)
+
+and each ``Event`` is a protobuf message. Only the subset that carries
+scalars is decoded: ``Event{1: wall_time, 2: step, 5: Summary{1: Value{1: tag,
+2: simple_value, 8: TensorProto, 9: SummaryMetadata}}}``. PyTorch and
+tensorboardX write ``simple_value``; TF2's ``tf.summary.scalar`` writes a scalar
+tensor (``float_val``, ``double_val``, ``int_val``, ``int64_val`` or
+``tensor_content``). Every point is kept. The Trainer's ``args`` text summary
+(a JSON string tensor) gives ``logging_steps`` and ``max_steps``.
+
+Files are append-only: a read continues at the byte after the last whole
+record; a record cut short at the end is left for the next read. CRCs are
+not checked by default (it is pure Python and slow); :func:`iter_records`
+can check them, and a length that does not fit is checked before the file is
+given up on, with the byte offset in the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tunescope.ingest.foreign import infer_logging_steps, metric_table, step_table
+from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
+
+PREFIX = "events.out.tfevents."
+MAX_RECORD = 256 * 1024 * 1024
+
+# ---- CRC-32C (Castagnoli), pure Python ----------------------------------------
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc32c(data: bytes, crc: int = 0) -> int:
+    table = _CRC_TABLE
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+# ---- TFRecord framing -----------------------------------------------------------
+
+_HEADER = struct.Struct("<QI")
+_U32 = struct.Struct("<I")
+
+
+class Corrupt(ValueError):
+    """Framing that cannot be followed, at a byte offset."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(reason)
+        self.offset = offset
+
+
+def iter_records(
+    data: bytes, start: int = 0, verify: bool = False
+) -> Iterator[tuple[int, int, bytes | None]]:
+    """``(offset, end, payload)`` of each whole record from ``start``. A
+    record whose data CRC fails (``verify``) yields ``payload=None``. Stops at
+    a record cut short; raises :class:`Corrupt` when the framing is broken."""
+    n = len(data)
+    pos = start
+    unpack = _HEADER.unpack_from
+    while pos + 12 <= n:
+        length, len_crc = unpack(data, pos)
+        end = pos + 12 + length + 4
+        if verify or length > MAX_RECORD or end > n:
+            if masked_crc32c(data[pos : pos + 8]) != len_crc:
+                raise Corrupt(pos, "record length fails its CRC: the file is damaged here")
+            if end > n:
+                return  # cut short: a writer is still at it
+        body = data[pos + 12 : pos + 12 + length]
+        if verify and masked_crc32c(body) != _U32.unpack_from(data, end - 4)[0]:
+            yield pos, end, None
+        else:
+            yield pos, end, body
+        pos = end
+
+
+# ---- protobuf subset --------------------------------------------------------------
+
+_F32 = struct.Struct("<f")
+_F64 = struct.Struct("<d")
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _skip(buf: bytes, pos: int, wire: int) -> int:
+    if wire == 0:
+        _, pos = _varint(buf, pos)
+        return pos
+    if wire == 1:
+        return pos + 8
+    if wire == 2:
+        ln, pos = _varint(buf, pos)
+        return pos + ln
+    if wire == 5:
+        return pos + 4
+    raise ValueError(f"unsupported wire type {wire}")
+
+
+# DataType enum values of numeric scalars and how tensor_content packs them.
+_CONTENT = {1: ("<f", 4), 2: ("<d", 8), 3: ("<i", 4), 9: ("<q", 8), 19: ("<e", 2)}
+
+
+def _tensor(buf: bytes, pos: int, end: int) -> tuple[float | None, str | None]:
+    """A scalar TensorProto's value, or its first string (for text summaries)."""
+    dtype = 0
+    content = b""
+    values: list[float] = []
+    text = None
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if field == 1 and wire == 0:
+            dtype, pos = _varint(buf, pos)
+        elif field == 4 and wire == 2:
+            ln, pos = _varint(buf, pos)
+            content = buf[pos : pos + ln]
+            pos += ln
+        elif field == 5 and wire == 2:  # packed float_val
+            ln, pos = _varint(buf, pos)
+            values.extend(v for (v,) in struct.iter_unpack("<f", buf[pos : pos + ln]))
+            pos += ln
+        elif field == 5 and wire == 5:
+            values.append(_F32.unpack_from(buf, pos)[0])
+            pos += 4
+        elif field == 6 and wire == 2:  # packed double_val
+            ln, pos = _varint(buf, pos)
+            values.extend(v for (v,) in struct.iter_unpack("<d", buf[pos : pos + ln]))
+            pos += ln
+        elif field == 6 and wire == 1:
+            values.append(_F64.unpack_from(buf, pos)[0])
+            pos += 8
+        elif field in (7, 10) and wire == 2:  # packed int_val / int64_val
+            ln, pos = _varint(buf, pos)
+            stop = pos + ln
+            while pos < stop:
+                v, pos = _varint(buf, pos)
+                values.append(float(v - (1 << 64) if v >= 1 << 63 else v))
+        elif field in (7, 10) and wire == 0:
+            v, pos = _varint(buf, pos)
+            values.append(float(v - (1 << 64) if v >= 1 << 63 else v))
+        elif field == 8 and wire == 2:  # string_val
+            ln, pos = _varint(buf, pos)
+            if text is None:
+                text = buf[pos : pos + ln].decode("utf-8", errors="replace")
+            pos += ln
+        else:
+            pos = _skip(buf, pos, wire)
+    if values:
+        return (values[0] if len(values) == 1 else None), text
+    if content and dtype in _CONTENT:
+        fmt, size = _CONTENT[dtype]
+        if len(content) == size:
+            return float(struct.unpack(fmt, content)[0]), text
+    return None, text
+
+
+def _plugin(buf: bytes, pos: int, end: int) -> str:
+    """SummaryMetadata{1: PluginData{1: plugin_name}}."""
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        if key == 0x0A:
+            ln, pos = _varint(buf, pos)
+            stop = pos + ln
+            while pos < stop:
+                k2, pos = _varint(buf, pos)
+                if k2 == 0x0A:
+                    ln2, pos = _varint(buf, pos)
+                    return buf[pos : pos + ln2].decode("utf-8", errors="replace")
+                pos = _skip(buf, pos, k2 & 7)
+            return ""
+        pos = _skip(buf, pos, key & 7)
+    return ""
+
+
+def parse_event(buf: bytes) -> tuple[float | None, int, list[tuple[str, float | None, Any]]]:
+    """(wall_time, step, values) of one Event. Each value is ``(tag, number,
+    extra)`` where ``extra`` is a plugin name or a text (for non-scalars)."""
+    wall = None
+    step = 0
+    values: list[tuple[str, float | None, Any]] = []
+    pos = 0
+    n = len(buf)
+    while pos < n:
+        key = buf[pos]
+        pos += 1
+        if key == 0x09:  # wall_time
+            wall = _F64.unpack_from(buf, pos)[0]
+            pos += 8
+        elif key == 0x10:  # step
+            step, pos = _varint(buf, pos)
+            if step >= 1 << 63:
+                step -= 1 << 64
+        elif key == 0x2A:  # summary
+            ln, pos = _varint(buf, pos)
+            end = pos + ln
+            while pos < end:
+                k, pos = _varint(buf, pos)
+                if k != 0x0A:
+                    pos = _skip(buf, pos, k & 7)
+                    continue
+                vl, pos = _varint(buf, pos)
+                values.append(_value(buf, pos, pos + vl))
+                pos += vl
+        else:
+            if key >= 0x80:
+                key, pos = _varint(buf, pos - 1)
+            pos = _skip(buf, pos, key & 7)
+    return wall, step, values
+
+
+def _value(buf: bytes, pos: int, end: int) -> tuple[str, float | None, Any]:
+    tag = ""
+    value = None
+    extra: Any = None
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        if key == 0x0A:  # tag
+            ln, pos = _varint(buf, pos)
+            tag = buf[pos : pos + ln].decode("utf-8", errors="replace")
+            pos += ln
+        elif key == 0x15:  # simple_value
+            value = _F32.unpack_from(buf, pos)[0]
+            pos += 4
+        elif key == 0x42:  # tensor
+            ln, pos = _varint(buf, pos)
+            value, text = _tensor(buf, pos, pos + ln)
+            if text is not None:
+                extra = ("text", text)
+            pos += ln
+        elif key == 0x4A:  # metadata
+            ln, pos = _varint(buf, pos)
+            name = _plugin(buf, pos, pos + ln)
+            if name and extra is None:
+                extra = name
+            pos += ln
+        else:
+            if key >= 0x80:
+                key, pos = _varint(buf, pos - 1)
+            pos = _skip(buf, pos, key & 7)
+    return tag, value, extra
+
+
+def read_scalars(path: str | Path, verify: bool = False) -> list[tuple[str, int, float, float]]:
+    """Every scalar point of a file as ``(tag, step, wall_time, value)``, in
+    file order; for tools and the benchmark."""
+    data = Path(path).read_bytes()
+    out = []
+    skip: set[str] = set()
+    for _, _, body in iter_records(data, 0, verify):
+        if body is None:
+            continue
+        wall, step, values = parse_event(body)
+        for tag, value, extra in values:
+            if isinstance(extra, str) and extra not in ("scalars", ""):
+                skip.add(tag)
+            if value is not None and tag not in skip:
+                out.append((tag, step, wall, value))
+    return out
+
+
+# ---- mapping ----------------------------------------------------------------------
+
+CANONICAL_TAGS = {
+    "loss": "loss",
+    "train/loss": "loss",
+    "train_loss": "loss",
+    "Loss/train": "loss",
+    "loss/train": "loss",
+    "lr": "lr",
+    "learning_rate": "lr",
+    "train/learning_rate": "lr",
+    "train/lr": "lr",
+    "grad_norm": "grad_norm",
+    "train/grad_norm": "grad_norm",
+    "epoch": "epoch",
+    "train/epoch": "epoch",
+}
+# Tags only the Trainer's end-of-training summary writes (train/train_runtime
+# is also written with every log when input tokens are counted).
+FINAL_TAGS = frozenset(("train/train_loss", "train/train_steps_per_second"))
+
+
+def metric_name(tag: str) -> tuple[str, bool]:
+    """(name, canonical) for a tag: canonical metric, ``eval_X`` for
+    ``eval/X``, else the tag itself."""
+    name = CANONICAL_TAGS.get(tag)
+    if name is not None:
+        return name, True
+    if tag.startswith("lr-"):  # Lightning's LearningRateMonitor
+        return "lr", True
+    if tag.startswith("eval/"):
+        return "eval_" + tag[5:], False
+    return tag, False
+
+
+# ---- reader ------------------------------------------------------------------------
+
+
+class TensorBoardReader:
+    """TensorBoard event files: scalar summaries."""
+
+    format = "tensorboard"
+
+    def __init__(self, verify_crc: bool = False) -> None:
+        self.verify_crc = verify_crc
+
+    def detect(self, path: Path) -> bool:
+        return path.name.startswith(PREFIX)
+
+    def run_dir(self, path: Path) -> Path:
+        return path.parent
+
+    def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
+        st = os.stat(path)
+        state = dict(state or {})
+        restarted = False
+        offset = int(state.get("offset", 0))
+        if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
+            state, offset, restarted = {}, 0, True
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        record = int(state.get("record", 0))
+        skip = set(state.get("skip", []))
+        pending = state.get("pending")  # the last step's canonical values, re-emitted
+        args: dict[str, Any] = dict(state.get("args", {}))
+        problems: list[Problem] = []
+        steps: dict[int, list[Any]] = {}  # step -> [ts, canon]
+        if pending:
+            steps[int(pending[0])] = [pending[1], dict(pending[2])]
+        metric_rows: list[tuple[int, float | None, str, float]] = []
+        ended_at: int | None = None
+        consumed = 0
+        try:
+            for pos, end, body in iter_records(data, 0, self.verify_crc):
+                consumed = end
+                record += 1
+                if body is None:
+                    problems.append(
+                        Problem(
+                            str(path),
+                            None,
+                            f"record {record} at byte {offset + pos}: CRC mismatch; skipped",
+                        )
+                    )
+                    continue
+                try:
+                    wall, step, values = parse_event(body)
+                except (ValueError, IndexError, struct.error) as e:
+                    problems.append(
+                        Problem(
+                            str(path),
+                            None,
+                            f"record {record} at byte {offset + pos}: undecodable event ({e}); skipped",
+                        )
+                    )
+                    continue
+                for tag, value, extra in values:
+                    if isinstance(extra, tuple):
+                        if tag in ("args/text_summary", "args") and not args:
+                            args = _hf_args(extra[1])
+                        continue
+                    if isinstance(extra, str) and extra not in ("scalars", ""):
+                        skip.add(tag)
+                    if value is None or tag in skip or step < 0:
+                        continue
+                    name, canonical = metric_name(tag)
+                    if canonical:
+                        slot = steps.get(step)
+                        if slot is None:
+                            slot = steps[step] = [wall, {}]
+                        slot[1][name] = value
+                    else:
+                        metric_rows.append((step, wall, name, value))
+                        if tag in FINAL_TAGS:
+                            ended_at = step
+        except Corrupt as e:
+            problems.append(
+                Problem(
+                    str(path),
+                    None,
+                    f"byte {offset + e.offset}: {e}; the rest of the file is not read",
+                )
+            )
+            consumed = len(data)  # nothing after the damage can be framed
+        rows = RowBuilder()
+        if ended_at is not None and not state.get("ended"):
+            rows.event(0, ended_at, None, "run_end", {"status": "completed"})
+            state["ended"] = True
+        first = list(state.get("first_steps", []))
+        if not state.get("started"):
+            first = sorted(set(first) | {s for s, (_, c) in steps.items() if "loss" in c})[:32]
+            ls = args.get("logging_steps")
+            if ls is None and (len(first) >= 3 or (first and state.get("ended"))):
+                ls = infer_logging_steps(first)
+            if ls is not None:
+                payload: dict[str, Any] = {
+                    "format": self.format,
+                    "logging_steps": ls,
+                    "per_rank": False,
+                }
+                if args.get("max_steps"):
+                    payload["total_steps"] = args["max_steps"]
+                if args.get("model"):
+                    payload["model"] = args["model"]
+                rows.event(0, None, None, "run_start", payload)
+                state["started"] = True
+        last = max(steps) if steps else None
+        new_state = {
+            **state,
+            "offset": offset + consumed,
+            "inode": st.st_ino,
+            "record": record,
+            "skip": sorted(skip),
+            "args": args,
+            "first_steps": [] if state.get("started") else first,
+            "pending": [last, steps[last][0], steps[last][1]] if last is not None else None,
+        }
+        _, _, events = rows.tables()
+        step_rows = [(s, ts, canon) for s, (ts, canon) in sorted(steps.items())]
+        return ReadResult(
+            step_table(step_rows),
+            metric_table(metric_rows),
+            events,
+            new_state,
+            problems,
+            replace=restarted,
+        )
+
+
+def _hf_args(text: str) -> dict[str, Any]:
+    """``logging_steps``, ``max_steps`` and the model from the Trainer's args text."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    out: dict[str, Any] = {}
+    ls = obj.get("logging_steps")
+    if isinstance(ls, int | float) and not isinstance(ls, bool) and ls >= 1:
+        out["logging_steps"] = int(ls)
+    ms = obj.get("max_steps")
+    if isinstance(ms, int) and not isinstance(ms, bool) and ms > 0:
+        out["max_steps"] = ms
+    for key in ("model_name_or_path", "_name_or_path", "run_name"):
+        if isinstance(obj.get(key), str) and key != "run_name":
+            out["model"] = obj[key]
+            break
+    return out
