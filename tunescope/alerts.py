@@ -742,7 +742,7 @@ class AlertSender:
             self.outbox = outbox
         else:
             self.outbox = Outbox(outbox)
-        self._log_fn = log if log is not None else _stderr_log
+        self._log_fn = log if log is not None else stderr_log
         self._stats_lock = threading.Lock()
         self.stats = {"sent": 0, "rejected": 0, "outboxed": 0, "retries": 0}
         self._closed = False
@@ -924,7 +924,8 @@ class AlertSender:
 _print_lock = threading.Lock()
 
 
-def _stderr_log(message: str) -> None:
+def stderr_log(message: str) -> None:
+    """Print one ``tunescope: ...`` line on stderr (whole lines, from any thread)."""
     with _print_lock:
         print(f"tunescope: {message}", file=sys.stderr, flush=True)
 
