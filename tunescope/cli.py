@@ -218,6 +218,12 @@ def _add_watch(sub: Any) -> None:
         metavar="SEC",
         help="on stop, time allowed for queued alerts before they go to the outbox (10)",
     )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="detector thresholds: a tunescope.toml or pyproject.toml "
+        "(default: found by walking up from RUNS)",
+    )
     p.add_argument("--once", action="store_true", help="poll once, deliver, and exit")
     p.add_argument(
         "--analyzer",

@@ -451,6 +451,7 @@ def cmd_watch(args: Any) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     analyze = load_analyzer(args.analyzer)
+    config = _load_config(args.config, args.runs)
     secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV, "")
     store = open_store(args)
     cache_dir = Path(store.cache.dir)
@@ -475,6 +476,7 @@ def cmd_watch(args: Any) -> int:
             include_finished=args.include_finished,
             select=_split(args.select),
             ignore=_split(args.ignore),
+            config=config,
         )
         names = ", ".join(ep.label for ep in sender.endpoints)
         signed = "signed" if sender.secret else "unsigned"
@@ -517,3 +519,17 @@ def _split(values: list[str] | None) -> list[str] | None:
         return None
     out = [v.strip() for item in values for v in item.split(",") if v.strip()]
     return out or None
+
+
+def _load_config(explicit: str | None, runs: str) -> Any:
+    """The detectors' configuration, found as ``tunescope analyze`` finds it
+    (``--config``, else ``tunescope.toml``/``pyproject.toml`` walking up from RUNS)."""
+    try:
+        from tunescope.config import load_config
+    except ModuleNotFoundError as e:
+        if e.name != "tunescope.config":
+            raise
+        if explicit:
+            raise UsageError("--config needs the detector engine's configuration support") from None
+        return None
+    return load_config(explicit, starts=[Path(runs)])
