@@ -186,6 +186,100 @@ def _add_explain(sub: Any) -> None:
     )
     p.add_argument("detector", metavar="TSxxx", nargs="?", help="detector id, e.g. TS101")
     p.set_defaults(handler=cmd_explain)
+def _add_watch(sub: Any) -> None:
+    p = sub.add_parser(
+        "watch",
+        help="follow runs live and send new findings to webhooks",
+        description="Follow the runs under RUNS as they train: ingest what is new every "
+        "--interval seconds, run the detectors on the runs that changed, and send each new "
+        "finding once to every --webhook (Slack, Feishu/Lark, DingTalk or signed JSON). "
+        "What was sent is remembered in the cache dir, so a restart does not send it again; "
+        "undeliverable alerts are kept in an outbox and retried. Ctrl-C stops.",
+        epilog="example: tunescope watch runs/ --webhook https://hooks.slack.com/services/T/B/X",
+    )
+    _runs_arg(p)
+    p.add_argument(
+        "--webhook",
+        metavar="URL",
+        action="append",
+        required=True,
+        help="where alerts go (repeat for several endpoints); never printed",
+    )
+    p.add_argument(
+        "--format",
+        choices=("auto", "slack", "feishu", "dingtalk", "json"),
+        default="auto",
+        help="payload format (default: auto, from the URL's host; json when unknown)",
+    )
+    p.add_argument(
+        "--secret",
+        metavar="S",
+        help="signing secret (default: $TUNESCOPE_WEBHOOK_SECRET); prefer the variable, "
+        "since arguments are visible to other users",
+    )
+    p.add_argument(
+        "--interval", type=float, default=2.0, metavar="SEC", help="seconds between polls (2)"
+    )
+    p.add_argument(
+        "--min-severity",
+        default="warning",
+        choices=("info", "warning", "error"),
+        help="send findings at this severity and above (warning)",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=float,
+        default=300.0,
+        metavar="SEC",
+        help="at most one alert per run and detector in this many seconds; "
+        "escalations are never held (300)",
+    )
+    p.add_argument("--select", action="append", metavar="IDS", help="only these detectors")
+    p.add_argument("--ignore", action="append", metavar="IDS", help="skip these detectors")
+    p.add_argument(
+        "--include-finished",
+        action="store_true",
+        help="also alert on runs that had ended before the watch began",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SEC", help="HTTP timeout per attempt (10)"
+    )
+    p.add_argument(
+        "--retries", type=int, default=3, help="retries on 5xx/429/connection errors (3)"
+    )
+    p.add_argument(
+        "--backoff",
+        type=float,
+        default=1.0,
+        metavar="SEC",
+        help="first retry delay, doubled each retry, with jitter (1)",
+    )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=10.0,
+        metavar="SEC",
+        help="on stop, time allowed for queued alerts before they go to the outbox (10)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="detector thresholds: a tunescope.toml or pyproject.toml "
+        "(default: found by walking up from RUNS)",
+    )
+    p.add_argument("--once", action="store_true", help="poll once, deliver, and exit")
+    p.add_argument(
+        "--analyzer",
+        metavar="MODULE:FUNCTION",
+        help="use this analysis function instead of the built-in detectors",
+    )
+    p.set_defaults(handler=_run_watch)
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    from tunescope.watch import cmd_watch
+
+    return cmd_watch(args)
 
 
 COMMANDS: list[Callable[[Any], None]] = [
@@ -195,6 +289,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     _add_schema,
     _add_analyze,
     _add_explain,
+    _add_watch,
 ]
 
 

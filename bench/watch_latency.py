@@ -1,0 +1,244 @@
+"""Alert latency of ``tunescope watch``: from a step line written to a rank file to
+the webhook request arriving at a local HTTP server.
+
+A run keeps "training" (an EventWriter appends a finite step every 50 ms) while
+the real ``tunescope watch --interval 1`` console script follows it. Each trial
+writes one NaN loss step (a new incident) and times how long the alert takes to
+reach ``http.server`` on 127.0.0.1. Printed: median and p90 over the trials,
+and the ratio to a baseline measured in the same run: half the poll interval
+(the average wait for the next poll) plus one poll's own work (ingest + the
+analysis), timed in-process on the same runs.
+
+    python bench/watch_latency.py [--trials 15] [--interval 1] [--analyzer auto|engine|sql]
+
+``--analyzer sql`` uses :func:`nan_findings` below (one SQL query);
+``engine`` the real detectors; ``auto`` the engine when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def nan_findings(store, *, select=None, ignore=None, config=None, run_ids=None):
+    """Findings for stretches of non-finite loss (the bench's own analysis)."""
+    from tunescope.findings import Finding, Severity
+
+    rows = (
+        store.cursor()
+        .execute(
+            """
+        WITH bad AS (
+            SELECT run_id, rank, step,
+                   step - row_number() OVER (PARTITION BY run_id, rank ORDER BY step) AS g
+            FROM steps WHERE (isnan(loss) OR isinf(loss)) AND list_contains(?, run_id)
+        )
+        SELECT run_id, rank, min(step), max(step) FROM bad GROUP BY run_id, rank, g
+        """,
+            [list(run_ids or [])],
+        )
+        .fetchall()
+    )
+    return [
+        Finding(run, "NAN", "non-finite loss", Severity.ERROR, a, b, f"NaN loss at {a}", "", rank)
+        for run, rank, a, b in rows
+    ]
+
+
+class Arrivals:
+    def __init__(self) -> None:
+        self.times: list[tuple[float, dict]] = []
+        self.cond = threading.Condition()
+
+    def add(self, body: dict) -> None:
+        with self.cond:
+            self.times.append((time.time(), body))
+            self.cond.notify_all()
+
+    def wait(self, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.times) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+
+def serve(arrivals: Arrivals) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            arrivals.add(json.loads(body))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
+    return server
+
+
+def pick_analyzer(choice: str) -> str:
+    if choice == "sql":
+        return "watch_latency:nan_findings"
+    try:
+        import tunescope.detectors.engine  # noqa: F401
+    except ModuleNotFoundError:
+        if choice == "engine":
+            sys.exit("the detector engine (tunescope.detectors.engine) is not installed")
+        return "watch_latency:nan_findings"
+    return "tunescope.detectors.engine:analyze"
+
+
+def poll_cost(runs: Path, cache: Path, analyzer: str, n: int = 5) -> float:
+    """Median seconds of one poll's work (ingest + analysis), in-process."""
+    sys.path.insert(0, str(HERE))
+    from tunescope.ingest.store import Store
+    from tunescope.watch import load_analyzer
+
+    analyze = load_analyzer(analyzer)
+    store = Store(runs, cache)
+    store.ingest()
+    ids = store.run_ids()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        store.ingest()
+        analyze(store, run_ids=ids)
+        times.append(time.perf_counter() - t0)
+    store.close()
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, default=15)
+    ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--analyzer", choices=("auto", "engine", "sql"), default="auto")
+    ap.add_argument("--timeout", type=float, default=20.0, help="seconds to wait per alert")
+    args = ap.parse_args()
+
+    from tunescope.train.events import EventWriter
+
+    analyzer = pick_analyzer(args.analyzer)
+    arrivals = Arrivals()
+    server = serve(arrivals)
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    tmp = Path(tempfile.mkdtemp(prefix="tunescope-watch-bench-"))
+    runs = tmp / "runs"
+    writer = EventWriter(runs / "live", rank=0)
+    writer.run_start(model="bench", total_steps=100_000)
+    step = 0
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def train() -> None:  # a finite step every 50 ms, as a run in progress
+        nonlocal step
+        while not stop.is_set():
+            with lock:
+                step += 1
+                writer.step(step=step, loss=2.0 + 0.01 * random.random(), lr=1e-4)
+            stop.wait(0.05)
+
+    with lock:
+        for _ in range(200):
+            step += 1
+            writer.step(step=step, loss=2.0, lr=1e-4)
+        writer.flush()
+    trainer = threading.Thread(target=train, daemon=True)
+    trainer.start()
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
+    script = Path(sys.executable).parent / "tunescope"
+    cmd = [sys.executable, str(script)] if script.exists() else [sys.executable, "-m", "tunescope"]
+    cmd += [
+        "watch", str(runs), "--webhook", url, "--interval", str(args.interval),
+        "--rate-limit", "0", "--analyzer", analyzer, "--format", "json",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    ready = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "watching" in line:
+                ready.set()
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    latencies: list[float] = []
+    missed = 0
+    try:
+        if not ready.wait(60):
+            print("the watcher did not start", file=sys.stderr)
+            return 1
+        time.sleep(3 * args.interval)  # past the first polls
+        for trial in range(args.trials):
+            time.sleep(random.uniform(0.2, 1.2))  # land at a random phase of the poll
+            with lock:
+                step += 1
+                writer.step(step=step, loss=float("nan"), lr=1e-4)
+                writer.flush()
+                t0 = time.time()  # the NaN line is in the rank file
+                step += 1
+                writer.step(step=step, loss=2.0, lr=1e-4)  # the incident is one step long
+            if arrivals.wait(trial + 1 - missed, args.timeout):
+                latencies.append(arrivals.times[-1][0] - t0)
+            else:
+                missed += 1
+                print(f"trial {trial + 1}: no alert within {args.timeout:.0f}s", file=sys.stderr)
+    finally:
+        stop.set()
+        trainer.join()
+        proc.send_signal(2)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        writer.close()
+        server.shutdown()
+
+    baseline = args.interval / 2 + poll_cost(runs, tmp / "bench-cache", analyzer)
+    if not latencies:
+        print("no alert arrived", file=sys.stderr)
+        return 1
+    latencies.sort()
+    med = statistics.median(latencies)
+    p90 = statistics.quantiles(latencies, n=10)[-1] if len(latencies) > 1 else latencies[0]
+    print(
+        f"watch latency, line written -> webhook received (--interval {args.interval:g}, "
+        f"analyzer {analyzer}, {len(latencies)} trials, {missed} missed)"
+    )
+    print(
+        f"  median {med:.2f}s   p90 {p90:.2f}s   min {latencies[0]:.2f}s   max {latencies[-1]:.2f}s"
+    )
+    print(f"  baseline (interval/2 + one poll's ingest+analysis, same run): {baseline:.2f}s")
+    print(
+        f"  median / baseline: {med / baseline:.2f}x   target: median < 3s -> "
+        f"{'met' if med < 3 else 'NOT met'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,376 @@
+"""Alert payloads, signing and delivery, against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import time
+
+import pytest
+from webhook_receiver import Receiver, closed_port_url
+
+from tunescope.alerts import (
+    Alert,
+    AlertSender,
+    Outbox,
+    RetryPolicy,
+    TrainingAlerts,
+    detect_format,
+    redact_url,
+    verify_json_signature,
+)
+from tunescope.findings import Finding, Severity
+
+SECRET = "s3cr3t-value-do-not-print"
+FAST = RetryPolicy(timeout=2.0, retries=2, backoff=0.05, max_backoff=0.1)
+
+
+def finding(**kw) -> Finding:
+    base = dict(
+        run="qwen-lora",
+        rank=0,
+        detector="TS101",
+        name="loss spike",
+        severity=Severity.ERROR,
+        step_start=120,
+        step_end=131,
+        message="loss rose 7.3x its running median at step 120",
+        suggestion="lower the learning rate or clip gradients at 1.0",
+        evidence={"ratio": 7.3, "loss": float("nan")},
+    )
+    base.update(kw)
+    return Finding(**base)
+
+
+SUMMARY = {"status": "running", "last_step": 140, "total_steps": 1000, "last_loss": 2.5}
+
+
+class LogLines(list):
+    def __call__(self, message: str) -> None:
+        self.append(message)
+
+
+def send_one(url, fmt, secret="", **kw):
+    log = LogLines()
+    sender = AlertSender([url], format=fmt, secret=secret, policy=FAST, log=log, **kw)
+    sender.send(Alert(finding(), run=SUMMARY))
+    return sender, log
+
+
+def test_slack_payload_shape():
+    with Receiver() as rx:
+        sender, _ = send_one(rx.url, "slack")
+        (req,) = rx.wait_for(1)
+        sender.close()
+    body = req.json()
+    assert body["text"].startswith("[ERROR] loss spike in run qwen-lora rank 0")
+    kinds = [b["type"] for b in body["blocks"]]
+    assert kinds == ["header", "section", "section", "context"]
+    assert body["blocks"][0]["text"]["type"] == "plain_text"
+    assert "7.3x" in body["blocks"][1]["text"]["text"]
+    assert "clip gradients" in body["blocks"][2]["text"]["text"]
+    assert "step 140/1000" in body["blocks"][3]["elements"][0]["text"]
+    assert req.headers["Content-Type"].startswith("application/json")
+
+
+def test_feishu_payload_and_signature():
+    before = int(time.time())
+    with Receiver(reply=b'{"code":0,"msg":"success"}') as rx:
+        sender, _ = send_one(rx.url, "feishu", secret=SECRET)
+        (req,) = rx.wait_for(1)
+        sender.close()
+    body = req.json()
+    assert body["msg_type"] == "post"
+    post = body["content"]["post"]["en_us"]
+    assert post["title"].startswith("[ERROR] loss spike")
+    assert all(cell["tag"] == "text" for row in post["content"] for cell in row)
+    # Recompute the signature as Feishu does: key = timestamp + "\n" + secret, empty message.
+    ts = int(body["timestamp"])
+    assert before <= ts <= int(time.time())
+    key = f"{ts}\n{SECRET}".encode()
+    expected = base64.b64encode(hmac.new(key, b"", hashlib.sha256).digest()).decode()
+    assert body["sign"] == expected
+    assert sender.stats["sent"] == 1
+
+
+def test_dingtalk_payload_and_signature():
+    with Receiver(reply=b'{"errcode":0,"errmsg":"ok"}') as rx:
+        url = rx.url + "?access_token=tok123"
+        sender, _ = send_one(url, "dingtalk", secret=SECRET)
+        (req,) = rx.wait_for(1)
+        sender.close()
+    body = req.json()
+    assert body["msgtype"] == "markdown"
+    assert body["markdown"]["title"].startswith("[ERROR] loss spike")
+    assert "**Suggestion:**" in body["markdown"]["text"]
+    assert req.query["access_token"] == "tok123"
+    ts_ms = req.query["timestamp"]
+    assert abs(int(ts_ms) / 1000 - time.time()) < 30
+    # parse_qsl already URL-decoded the sign: compare with the raw base64.
+    msg = f"{ts_ms}\n{SECRET}".encode()
+    expected = base64.b64encode(hmac.new(SECRET.encode(), msg, hashlib.sha256).digest()).decode()
+    assert req.query["sign"] == expected
+
+
+def test_json_payload_and_signature():
+    with Receiver() as rx:
+        sender, _ = send_one(rx.url, "json", secret=SECRET)
+        (req,) = rx.wait_for(1)
+        sender.close()
+    body = req.json()
+    assert body["event"] == "finding.new"
+    assert body["finding"]["detector"] == "TS101"
+    assert body["finding"]["evidence"]["loss"] == "NaN"  # NaN survives as a string
+    assert body["run"]["last_step"] == 140
+    ts = req.headers["X-Tunescope-Timestamp"]
+    mac = hmac.new(SECRET.encode(), ts.encode() + b"." + req.body, hashlib.sha256)
+    assert req.headers["X-Tunescope-Signature"] == "sha256=" + mac.hexdigest()
+    assert req.headers["X-Tunescope-Delivery"] == body["id"]
+    assert verify_json_signature(SECRET, req.body, ts, req.headers["X-Tunescope-Signature"])
+    assert not verify_json_signature("wrong", req.body, ts, req.headers["X-Tunescope-Signature"])
+    tampered = req.body.replace(b"TS101", b"TS102")
+    assert not verify_json_signature(SECRET, tampered, ts, req.headers["X-Tunescope-Signature"])
+    stale = str(int(ts) - 3600)
+    sig = (
+        "sha256="
+        + hmac.new(SECRET.encode(), stale.encode() + b"." + req.body, "sha256").hexdigest()
+    )
+    assert not verify_json_signature(SECRET, req.body, stale, sig)
+
+
+def test_unsigned_json_has_no_signature_header():
+    with Receiver() as rx:
+        sender, _ = send_one(rx.url, "json", secret="")
+        (req,) = rx.wait_for(1)
+        sender.close()
+    assert "X-Tunescope-Signature" not in req.headers
+
+
+def test_500_then_success_is_retried_once_and_delivered_once(tmp_path):
+    with Receiver(statuses=[500]) as rx:
+        sender, log = send_one(rx.url, "json", outbox=tmp_path / "outbox.jsonl")
+        assert sender.flush(10)
+        time.sleep(0.1)  # nothing more should arrive
+        sender.close()
+        assert len(rx.requests) == 2
+        assert rx.answered == [500, 200]
+        first, second = rx.requests
+        # The same alert, with the same delivery id, re-sent.
+        assert first.headers["X-Tunescope-Delivery"] == second.headers["X-Tunescope-Delivery"]
+    assert sender.stats == {"sent": 1, "rejected": 0, "outboxed": 0, "retries": 1}
+    assert any("HTTP 500" in line and "retry 1/2" in line for line in log)
+    assert not (tmp_path / "outbox.jsonl").exists()
+
+
+def test_4xx_is_reported_and_not_retried(tmp_path):
+    with Receiver(statuses=[403], reply=b"invalid token") as rx:
+        sender, log = send_one(rx.url, "slack", outbox=tmp_path / "outbox.jsonl")
+        assert sender.flush(10)
+        sender.close()
+        assert len(rx.requests) == 1
+    assert sender.stats["rejected"] == 1 and sender.stats["sent"] == 0
+    assert any("rejected" in line and "HTTP 403 invalid token" in line for line in log)
+    assert not (tmp_path / "outbox.jsonl").exists()
+
+
+def test_feishu_refusal_in_a_200_answer_is_reported():
+    reply = b'{"code":19021,"msg":"sign match fail or timestamp is not within one hour"}'
+    with Receiver(reply=reply) as rx:
+        sender, log = send_one(rx.url, "feishu", secret="wrong")
+        assert sender.flush(10)
+        sender.close()
+        assert len(rx.requests) == 1
+    assert sender.stats["rejected"] == 1
+    assert any("code 19021" in line for line in log)
+
+
+@pytest.mark.parametrize("dead", ["closed-port", "sleeps-past-timeout"])
+def test_dead_endpoint_does_not_block_a_second_endpoint(tmp_path, dead):
+    slow = Receiver(delay=3.0)
+    with slow, Receiver() as good:
+        bad_url = closed_port_url() if dead == "closed-port" else slow.url
+        policy = RetryPolicy(timeout=0.5, retries=3, backoff=0.5, max_backoff=1.0)
+        log = LogLines()
+        sender = AlertSender(
+            [bad_url, good.url],
+            format="json",
+            policy=policy,
+            log=log,
+            outbox=tmp_path / "outbox.jsonl",
+        )
+        t0 = time.monotonic()
+        for i in range(3):
+            sender.send(finding(step_start=100 + i, step_end=100 + i))
+        got = good.wait_for(3, timeout=5)
+        elapsed = time.monotonic() - t0
+        assert len(got) == 3
+        assert elapsed < 1.5, f"the good endpoint waited {elapsed:.2f}s on the dead one"
+        assert sender.pending() > 0  # the dead endpoint is still trying
+        t1 = time.monotonic()
+        left = sender.close(timeout=0.5)
+        assert time.monotonic() - t1 < 3.0
+    assert left == 3
+    entries = Outbox(tmp_path / "outbox.jsonl").entries()
+    assert len(entries) == 3
+    assert {e["endpoint"] for e in entries} == {sender.endpoints[0].id}
+
+
+def test_outbox_is_written_without_urls_and_redelivered(tmp_path):
+    box = tmp_path / "outbox.jsonl"
+    url_token = "T000/B000/XXXXSECRETPATH"
+    with Receiver(statuses=[503, 503]) as rx:
+        url = f"{rx.url}/{url_token}"
+        policy = RetryPolicy(timeout=1.0, retries=1, backoff=0.01)
+        log = LogLines()
+        sender = AlertSender(
+            [url], format="json", secret=SECRET, policy=policy, outbox=box, log=log
+        )
+        sender.send(Alert(finding(), run=SUMMARY))
+        assert sender.flush(10)
+        sender.close()
+        assert len(rx.requests) == 2
+        text = box.read_text()
+        assert url_token not in text and SECRET not in text and "127.0.0.1" not in text
+        (entry,) = [json.loads(x) for x in text.splitlines()]
+        assert entry["endpoint"] == sender.endpoints[0].id
+        assert "HTTP 503" in entry["error"]
+
+        # A later sender for the same URL picks it up and delivers it.
+        log2 = LogLines()
+        again = AlertSender(
+            [url], format="json", secret=SECRET, policy=policy, outbox=box, log=log2
+        )
+        assert again.retry_outbox() == 1
+        assert again.flush(10)
+        again.close()
+        assert len(rx.requests) == 3
+        delivered = rx.requests[-1].json()
+        assert delivered["finding"]["step_start"] == 120
+        assert delivered["id"] == rx.requests[0].json()["id"]
+    assert not box.exists() or box.read_text() == ""
+    for line in [*log, *log2]:
+        assert SECRET not in line and url_token not in line
+
+
+def test_outbox_keeps_other_endpoints_entries(tmp_path):
+    box = Outbox(tmp_path / "o.jsonl")
+    box.append(
+        [
+            {"endpoint": "a", "failed_at": time.time(), "item": {"payload": {"x": 1}}},
+            {"endpoint": "b", "failed_at": time.time(), "item": {"payload": {"x": 2}}},
+            {"endpoint": "a", "failed_at": time.time() - 10 * 86400, "item": {"payload": {}}},
+        ]
+    )
+    taken, dropped = box.take({"a"})
+    assert [e["item"]["payload"]["x"] for e in taken] == [1]
+    assert dropped == 1
+    assert [e["endpoint"] for e in box.entries()] == ["b"]
+
+
+def test_send_never_blocks_on_a_slow_endpoint():
+    with Receiver(delay=2.0) as rx:
+        sender = AlertSender([rx.url], format="json", policy=FAST, log=LogLines())
+        t0 = time.perf_counter()
+        for i in range(50):
+            sender.send(finding(step_start=i))
+        assert time.perf_counter() - t0 < 0.1
+        sender.close(timeout=0.1)
+
+
+def test_secret_and_url_never_logged():
+    with Receiver(statuses=[500, 500, 500, 500]) as rx:
+        url = rx.url + "?access_token=tok-very-private"
+        sender, log = send_one(url, "dingtalk", secret=SECRET)
+        assert sender.flush(10)
+        sender.close()
+    assert log, "expected progress lines"
+    for line in log:
+        assert SECRET not in line
+        assert "tok-very-private" not in line
+    assert "endpoint 1 (http://127.0.0.1:" in log[0]
+    assert SECRET not in repr(sender.endpoints[0])
+    assert "tok-very-private" not in repr(sender.endpoints[0])
+
+
+def test_secret_from_environment(monkeypatch):
+    monkeypatch.setenv("TUNESCOPE_WEBHOOK_SECRET", SECRET)
+    with Receiver() as rx:
+        sender = AlertSender([rx.url], format="json", policy=FAST, log=LogLines())
+        sender.send(finding())
+        (req,) = rx.wait_for(1)
+        sender.close()
+    ts = req.headers["X-Tunescope-Timestamp"]
+    assert verify_json_signature(SECRET, req.body, ts, req.headers["X-Tunescope-Signature"])
+
+
+def test_format_detection_and_redaction():
+    assert detect_format("https://hooks.slack.com/services/T/B/X") == "slack"
+    assert detect_format("https://open.feishu.cn/open-apis/bot/v2/hook/abc") == "feishu"
+    assert detect_format("https://open.larksuite.com/open-apis/bot/v2/hook/abc") == "feishu"
+    assert detect_format("https://oapi.dingtalk.com/robot/send?access_token=x") == "dingtalk"
+    assert detect_format("https://example.com/hook") == "json"
+    assert redact_url("https://hooks.slack.com/services/T/B/X") == "https://hooks.slack.com/…"
+    assert redact_url("http://user:pw@10.0.0.1:8080/x?t=1") == "http://10.0.0.1:8080/…"
+    with pytest.raises(ValueError, match="http:// or https://"):
+        AlertSender(["ftp://example.com/x"])
+
+
+def test_alert_round_trips_through_dict():
+    a = Alert(finding(), reason="updated", run=SUMMARY, folded=2)
+    b = Alert.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert b.id == a.id and b.reason == "updated" and b.folded == 2
+    assert b.finding.severity is Severity.ERROR and b.finding.key == a.finding.key
+
+
+# ---- the trainer side ----------------------------------------------------------------
+
+
+def test_training_alerts_nan_fires_once_and_is_delivered():
+    with Receiver() as rx:
+        sender = AlertSender([rx.url], format="json", policy=FAST, log=LogLines())
+        checks = TrainingAlerts(sender, total_steps=100)
+        fired = [checks.on_step("r", 0, s, loss=2.0, grad_norm=1.0) for s in range(1, 5)]
+        fired.append(checks.on_step("r", 0, 5, loss=float("nan"), grad_norm=float("inf")))
+        fired += [checks.on_step("r", 0, s, loss=float("nan")) for s in range(6, 10)]
+        # Another rank is its own incident.
+        fired.append(checks.on_step("r", 1, 9, loss=2.0, grad_norm=float("nan")))
+        got = rx.wait_for(2)
+        sender.close()
+    sent = [f for f in fired if f is not None]
+    assert [(f.rank, f.detector, f.step_start) for f in sent] == [
+        (0, "live-nonfinite", 5),
+        (1, "live-nonfinite", 9),
+    ]
+    assert "loss = NaN and grad_norm = Inf at step 5" in sent[0].message
+    assert len(got) == 2
+    assert {r.json()["finding"]["rank"] for r in got} == {0, 1}
+
+
+def test_training_alerts_divergence_rule():
+    checks = TrainingAlerts(None, warmup_steps=10, patience=5)
+    out = []
+    # First value 1.0; a 4x excursion during warmup is ignored.
+    losses = [1.0] + [4.0] * 8 + [1.0] * 5
+    # After warmup: a 3.5x rise that recovers below 2x after 3 steps: no alert.
+    losses += [3.5] * 3 + [1.5] * 3
+    # Then a sustained rise: 3x at one step, staying above 2x for 5 steps: one alert.
+    losses += [3.2, 2.5, 2.6, 2.8, 2.9, 3.0, 3.1]
+    for step, loss in enumerate(losses, 1):
+        out.append(checks.on_step("r", 0, step, loss=loss))
+    fired = [(i + 1, f) for i, f in enumerate(out) if f is not None]
+    assert len(fired) == 1
+    step, f = fired[0]
+    start = len([1.0] + [4.0] * 8 + [1.0] * 5 + [3.5] * 3 + [1.5] * 3) + 1
+    assert f.detector == "live-divergence" and f.step_start == start
+    assert step == start + 4 and f.step_end == step
+    assert math.isclose(f.evidence["peak_loss"], 3.2)
+
+
+def test_training_alerts_validates_options():
+    with pytest.raises(ValueError):
+        TrainingAlerts(None, rise=2.0, recover=2.0)
+    with pytest.raises(ValueError):
+        TrainingAlerts(None, patience=0)

@@ -1,0 +1,535 @@
+"""``tunescope watch``: follow runs as they train and send each new finding once.
+
+Every ``interval`` seconds the watcher ingests what is new under the runs root
+(``store.ingest()``), works out which runs changed (rows, events or status),
+runs the detectors on those runs only, and hands the findings that are new to
+an :class:`~tunescope.alerts.AlertSender` (which never blocks it).
+
+Deduplication, persisted in ``watch-state.json`` in the store's cache dir
+(written atomically, so a restarted watcher does not send again):
+
+- an incident is identified by ``Finding.key``: run, rank, detector and the step
+  where it started;
+- a known incident is sent again as ``updated`` when it grows (its last step
+  moves on) and as ``escalated`` when its severity rises;
+- a rate limit per run and detector (``rate_limit`` seconds, default 300):
+  inside the window, new incidents of the same detector and run are folded into
+  the next alert ("3 more incidents since the last alert") and updates wait for
+  the window to end. Escalations are never held back.
+
+Runs that had already ended before the watcher's state was created are a
+baseline: their findings are recorded, not sent (``include_finished`` sends
+them). A run that ends, or appears, while the watcher runs is alerted as usual,
+and so is one that ended while a known watcher was stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunescope.alerts import Alert, stderr_log
+from tunescope.errors import StoreError, TunescopeError, UsageError
+from tunescope.findings import Finding, Severity
+
+if TYPE_CHECKING:
+    from tunescope.alerts import AlertSender
+    from tunescope.ingest.store import Store
+
+STATE_NAME = "watch-state.json"
+LOCK_NAME = "watch.lock"
+STATE_VERSION = 1
+ENGINE = "tunescope.detectors.engine"
+
+Analyze = Callable[..., list[Finding]]
+Log = Callable[[str], None]
+
+
+# ---- persisted state -----------------------------------------------------------------
+
+
+class WatchState:
+    """What has been announced: incidents, rate-limit gates and runs seen."""
+
+    def __init__(self, path: str | os.PathLike[str], log: Log | None = None) -> None:
+        self.path = Path(path)
+        self.created = time.time()
+        self.incidents: dict[str, dict[str, Any]] = {}
+        self.gates: dict[str, dict[str, Any]] = {}
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.existed = False
+        self._load(log or stderr_log)
+
+    def _load(self, log: Log) -> None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            # Starting over would send every known incident again; refuse instead.
+            raise StoreError(
+                f"{self.path} is unreadable ({e}); delete it to start the watch afresh "
+                "(known incidents will be sent again)"
+            ) from None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            log(f"{self.path} has an unknown layout; starting a fresh watch state")
+            return
+        self.existed = True
+        self.created = float(data.get("created", self.created))
+        self.incidents = dict(data.get("incidents") or {})
+        self.gates = dict(data.get("gates") or {})
+        self.runs = dict(data.get("runs") or {})
+
+    def save(self) -> None:
+        data = {
+            "version": STATE_VERSION,
+            "created": self.created,
+            "saved": time.time(),
+            "runs": self.runs,
+            "gates": self.gates,
+            "incidents": self.incidents,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self.existed = True
+
+
+def incident_key(f: Finding) -> str:
+    return json.dumps(list(f.key))
+
+
+def gate_key(f: Finding) -> str:
+    return json.dumps([f.run, f.detector])
+
+
+# ---- the watcher ---------------------------------------------------------------------
+
+
+class Watcher:
+    """Follows the runs of ``store`` and sends alerts through ``sender``.
+
+    Args:
+        store: the runs (:class:`~tunescope.ingest.store.Store`).
+        sender: where alerts go (None: decide and record only).
+        analyze: ``analyze(store, *, select, ignore, config, run_ids) -> list[Finding]``;
+            the detector engine by default.
+        state_path: the dedup state (default ``CACHE_DIR/watch-state.json``).
+        interval: seconds between polls.
+        min_severity: findings below it are ignored.
+        rate_limit: seconds between two alerts for the same run and detector.
+        include_finished: also send findings of runs that ended before the
+            watch state was created.
+        outbox_retry_s: how often undelivered alerts are retried.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        sender: AlertSender | None,
+        *,
+        analyze: Analyze | None = None,
+        state_path: str | os.PathLike[str] | None = None,
+        interval: float = 2.0,
+        min_severity: Severity | str = Severity.WARNING,
+        rate_limit: float = 300.0,
+        include_finished: bool = False,
+        select: list[str] | None = None,
+        ignore: list[str] | None = None,
+        config: Any = None,
+        outbox_retry_s: float = 60.0,
+        log: Log | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if interval <= 0:
+            raise UsageError(f"--interval must be > 0 seconds, got {interval}")
+        if rate_limit < 0:
+            raise UsageError(f"--rate-limit must be >= 0 seconds, got {rate_limit}")
+        self.store = store
+        self.sender = sender
+        self.analyze = analyze or load_analyzer(None)
+        self.interval = interval
+        if isinstance(min_severity, str):
+            try:
+                min_severity = Severity.parse(min_severity)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+        self.min_severity = min_severity
+        self.rate_limit = rate_limit
+        self.include_finished = include_finished
+        self.select = select
+        self.ignore = ignore
+        self.config = config
+        self.outbox_retry_s = outbox_retry_s
+        self.log = log if log is not None else stderr_log
+        self.clock = clock
+        path = Path(state_path) if state_path else Path(store.cache.dir) / STATE_NAME
+        self.state = WatchState(path, self.log)
+        self.polls = 0
+        self.queued = 0
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}
+
+    # ---- one pass --------------------------------------------------------------
+
+    def poll(self) -> list[Alert]:
+        """Ingest, detect on the runs that changed, and queue what is new."""
+        self.store.ingest()
+        first = self.polls == 0
+        self.polls += 1
+        current = self._fingerprint()
+        changed = sorted(r for r, fp in current.items() if self._fingerprints.get(r) != fp)
+        self._fingerprints = current
+        if not changed:
+            return []
+        findings = self.analyze(
+            self.store,
+            select=self.select,
+            ignore=self.ignore,
+            config=self.config,
+            run_ids=changed,
+        )
+        wanted = set(changed)
+        findings = [f for f in findings if f.run in wanted]
+        summaries = self._summaries(changed)
+        baseline = self._baseline_runs(changed, summaries, first)
+        alerts = self._decide(findings, summaries, baseline)
+        for alert in alerts:
+            self.log(f"alert: {alert.describe()}: {alert.finding.message}")
+            if self.sender is not None:
+                self.sender.send(alert)
+        self.queued += len(alerts)
+        self.state.save()
+        return alerts
+
+    def run(self, stop: threading.Event, *, once: bool = False) -> None:
+        """Poll every ``interval`` seconds until ``stop`` is set (or once).
+
+        An error in the first poll is raised; later ones are reported and the
+        watch goes on (a bad line or a detector bug must not end a long watch).
+        """
+        if self.sender is not None:
+            self.sender.retry_outbox()
+        next_outbox = time.monotonic() + self.outbox_retry_s
+        failures = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.poll()
+                failures = 0
+            except Exception as e:
+                if self.polls <= 1 and failures == 0 and isinstance(e, TunescopeError):
+                    raise
+                failures += 1
+                self.log(f"poll failed ({type(e).__name__}: {e}); trying again")
+            if once:
+                return
+            if self.sender is not None and time.monotonic() >= next_outbox:
+                self.sender.retry_outbox()
+                next_outbox = time.monotonic() + self.outbox_retry_s
+            # Back off when polls keep failing, up to 30 intervals.
+            wait = self.interval * min(30, 2 ** max(0, failures - 1)) if failures else self.interval
+            stop.wait(max(0.0, wait - (time.monotonic() - started)))
+
+    # ---- store queries ---------------------------------------------------------
+
+    def _fingerprint(self) -> dict[str, tuple[Any, ...]]:
+        rows = (
+            self.store.cursor()
+            .execute(
+                """
+            SELECT r.run_id, r.status, r.steps_logged, r.last_step,
+                   coalesce(s.n, 0), coalesce(e.n, 0), coalesce(m.n, 0)
+            FROM runs r
+            LEFT JOIN (SELECT run_id, count(*) AS n FROM steps GROUP BY run_id) s USING (run_id)
+            LEFT JOIN (SELECT run_id, count(*) AS n FROM events GROUP BY run_id) e USING (run_id)
+            LEFT JOIN (SELECT run_id, count(*) AS n FROM metrics GROUP BY run_id) m USING (run_id)
+            """
+            )
+            .fetchall()
+        )
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def _summaries(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+        cur = self.store.cursor()
+        cur.execute(
+            """
+            SELECT run_id, name, status, last_step, total_steps, last_loss, last_lr, model,
+                   finetuning_type, world_size,
+                   epoch(coalesce(ended_at, last_at, started_at)) AS active_at
+            FROM runs WHERE list_contains(?, run_id)
+            """,
+            [run_ids],
+        )
+        cols = [d[0] for d in cur.description]
+        return {row[0]: dict(zip(cols, row, strict=True)) for row in cur.fetchall()}
+
+    # ---- decisions -------------------------------------------------------------
+
+    def _baseline_runs(
+        self, changed: list[str], summaries: dict[str, dict[str, Any]], first: bool
+    ) -> set[str]:
+        """Runs seen for the first time that had ended before the state existed."""
+        out = set()
+        now = self.clock()
+        for run_id in changed:
+            if run_id in self.state.runs:
+                continue
+            s = summaries.get(run_id, {})
+            active_at = s.get("active_at")
+            ended = s.get("status") not in (None, "running")
+            # No timestamps at all: only what exists at the first poll is old.
+            old = first if active_at is None else float(active_at) < self.state.created - 1.0
+            is_baseline = ended and old and not self.include_finished
+            self.state.runs[run_id] = {"first_seen": now, "baseline": is_baseline}
+            if is_baseline:
+                out.add(run_id)
+        return out
+
+    def _decide(
+        self,
+        findings: list[Finding],
+        summaries: dict[str, dict[str, Any]],
+        baseline: set[str],
+    ) -> list[Alert]:
+        now = self.clock()
+        findings = [f for f in findings if f.severity.level >= self.min_severity.level]
+        findings.sort(key=lambda f: (-f.severity.level, f.run, f.detector, f.step_start or 0))
+        alerts: list[Alert] = []
+        baselined: dict[str, int] = {}
+        for f in findings:
+            key = incident_key(f)
+            rec = self.state.incidents.get(key)
+            if f.run in baseline:
+                if rec is None:
+                    self.state.incidents[key] = _record(f, now, sent=False)
+                    baselined[f.run] = baselined.get(f.run, 0) + 1
+                continue
+            if rec is None:
+                reason = "new"
+            elif f.severity.level > Severity.parse(rec["severity"]).level:
+                reason = "escalated"
+            elif _grew(f, rec):
+                reason = "updated"
+            else:
+                continue
+            gate = self.state.gates.setdefault(gate_key(f), {"last_sent": None, "folded": 0})
+            last = gate["last_sent"]
+            limited = last is not None and now - float(last) < self.rate_limit
+            if limited and reason != "escalated":
+                wait = self.rate_limit - (now - float(last))
+                if reason == "new":
+                    self.state.incidents[key] = _record(f, now, sent=False)
+                    gate["folded"] += 1
+                    self.log(
+                        f"held: new {f.severity.value} {f.detector} incident in {f.run} "
+                        f"({_steps(f)}) folded into the next alert for this run and detector "
+                        f"(rate limit, {wait:.0f}s left)"
+                    )
+                elif not rec.get("held"):
+                    rec["held"] = True
+                    self.log(
+                        f"held: {f.detector} incident in {f.run} ({_steps(f)}) is still "
+                        f"firing; update in {wait:.0f}s (rate limit)"
+                    )
+                continue
+            alert = Alert(f, reason=reason, run=_summary(summaries.get(f.run)), created=now)
+            alert.folded = gate["folded"]
+            gate["last_sent"] = now
+            gate["folded"] = 0
+            self.state.incidents[key] = _record(f, now, sent=True)
+            alerts.append(alert)
+        if baselined:
+            n = sum(baselined.values())
+            self.log(
+                f"baseline: {n} finding(s) in {len(baselined)} run(s) that ended before "
+                "this watch began were not sent (--include-finished sends them)"
+            )
+        return alerts
+
+
+def _record(f: Finding, now: float, sent: bool) -> dict[str, Any]:
+    return {"severity": f.severity.value, "step_end": f.step_end, "sent": sent, "at": now}
+
+
+def _grew(f: Finding, rec: dict[str, Any]) -> bool:
+    if f.step_end is None:
+        return False
+    old = rec.get("step_end")
+    return old is None or f.step_end > old
+
+
+def _steps(f: Finding) -> str:
+    if f.step_start is None:
+        return "no step"
+    if f.step_end is None or f.step_end == f.step_start:
+        return f"step {f.step_start}"
+    return f"steps {f.step_start}-{f.step_end}"
+
+
+def _summary(row: dict[str, Any] | None) -> dict[str, Any]:
+    if not row:
+        return {}
+    return {k: v for k, v in row.items() if k not in ("active_at", "run_id") and v is not None}
+
+
+# ---- helpers for the CLI -------------------------------------------------------------
+
+
+def load_analyzer(spec: str | None) -> Analyze:
+    """The detector engine's ``analyze``, or ``MODULE:FUNCTION`` when given."""
+    if spec is None:
+        try:
+            module = importlib.import_module(ENGINE)
+        except ModuleNotFoundError as e:
+            if e.name not in (ENGINE, "tunescope.detectors"):
+                raise
+            raise UsageError(
+                f"the detector engine ({ENGINE}) is not part of this installation; "
+                "install a tunescope build with detectors, or pass --analyzer MODULE:FUNCTION"
+            ) from None
+        return module.analyze
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise UsageError(f"--analyzer must be MODULE:FUNCTION, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UsageError(f"--analyzer {spec}: cannot import {module_name} ({e})") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise UsageError(f"--analyzer {spec}: {module_name} has no function {func_name}")
+    return func
+
+
+@contextlib.contextmanager
+def watch_lock(cache_dir: str | os.PathLike[str], root: str | os.PathLike[str]) -> Any:
+    """One watcher per cache dir: a second one would send every alert twice."""
+    from filelock import FileLock, Timeout
+
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(Path(cache_dir) / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(
+            f"another `tunescope watch` is already following {root} "
+            f"(it holds {Path(cache_dir) / LOCK_NAME}); stop it first"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# ---- the command ---------------------------------------------------------------------
+
+
+def cmd_watch(args: Any) -> int:
+    """``tunescope watch``: see ``tunescope watch --help``."""
+    import signal
+
+    from tunescope.alerts import OUTBOX_NAME, SECRET_ENV, AlertSender, RetryPolicy
+    from tunescope.cli import open_store
+    from tunescope.errors import ExitCode
+
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be > 0 seconds, got {args.interval}")
+    try:
+        min_severity = Severity.parse(args.min_severity)
+        policy = RetryPolicy(timeout=args.timeout, retries=args.retries, backoff=args.backoff)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    analyze = load_analyzer(args.analyzer)
+    config = _load_config(args.config, args.runs)
+    secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV, "")
+    store = open_store(args)
+    cache_dir = Path(store.cache.dir)
+    with watch_lock(cache_dir, args.runs):
+        try:
+            sender = AlertSender(
+                args.webhook,
+                format=args.format,
+                secret=secret,
+                policy=policy,
+                outbox=cache_dir / OUTBOX_NAME,
+            )
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        watcher = Watcher(
+            store,
+            sender,
+            analyze=analyze,
+            interval=args.interval,
+            min_severity=min_severity,
+            rate_limit=args.rate_limit,
+            include_finished=args.include_finished,
+            select=_split(args.select),
+            ignore=_split(args.ignore),
+            config=config,
+        )
+        names = ", ".join(ep.label for ep in sender.endpoints)
+        signed = "signed" if sender.secret else "unsigned"
+        stderr_log(
+            f"watching {args.runs} every {args.interval:g}s; {signed} alerts at "
+            f"{min_severity.value} and above go to {names}; Ctrl-C stops"
+        )
+        stop = threading.Event()
+        signals = [signal.SIGINT, signal.SIGTERM]
+        previous = {s: signal.getsignal(s) for s in signals}
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if stop.is_set():  # a second Ctrl-C: stop without waiting for deliveries
+                raise KeyboardInterrupt
+            stop.set()
+            stderr_log(f"stopping ({signal.Signals(signum).name}); delivering queued alerts")
+
+        for s in signals:
+            signal.signal(s, on_signal)
+        try:
+            watcher.run(stop, once=args.once)
+        finally:
+            try:
+                left = sender.close(timeout=args.drain)
+                watcher.state.save()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+        st = sender.stats
+        where = f"; {left} kept in {cache_dir / OUTBOX_NAME} for the next start" if left else ""
+        stderr_log(
+            f"stopped: {watcher.queued} alert(s) raised, {st['sent']} delivered, "
+            f"{st['rejected']} rejected{where}"
+        )
+    return ExitCode.OK
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return out or None
+
+
+def _load_config(explicit: str | None, runs: str) -> Any:
+    """The detectors' configuration, found as ``tunescope analyze`` finds it
+    (``--config``, else ``tunescope.toml``/``pyproject.toml`` walking up from RUNS)."""
+    try:
+        from tunescope.config import load_config
+    except ModuleNotFoundError as e:
+        if e.name != "tunescope.config":
+            raise
+        if explicit:
+            raise UsageError("--config needs the detector engine's configuration support") from None
+        return None
+    return load_config(explicit, starts=[Path(runs)])
