@@ -143,7 +143,38 @@ def _add_schema(sub: Any) -> None:
     p.set_defaults(handler=cmd_schema)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_ingest, _add_query, _add_export, _add_schema]
+def _add_tui(sub: Any) -> None:
+    p = sub.add_parser(
+        "tui",
+        help="explore runs, curves, findings and fixes in the terminal",
+        description="Ingest RUNS and open the terminal UI: the runs list, each run's curves "
+        "and findings with their suggestions, per-rank times, comparisons and SQL. Runs "
+        "that are still being written update on their own.",
+    )
+    _runs_arg(p)
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds between live ingests of new log lines (default: 2)",
+    )
+    p.add_argument("--no-live", action="store_true", help="do not watch for new log lines")
+    p.add_argument(
+        "--no-analyze",
+        action="store_true",
+        help="show the stored findings only; do not run the detectors",
+    )
+    p.set_defaults(handler=cmd_tui)
+
+
+COMMANDS: list[Callable[[Any], None]] = [
+    _add_ingest,
+    _add_query,
+    _add_export,
+    _add_schema,
+    _add_tui,
+]
 
 
 # ---- helpers -----------------------------------------------------------------------
@@ -358,3 +389,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be positive, got {args.interval}")
+    store = open_store(args)
+    from tunescope.tui.app import TunescopeApp
+
+    TunescopeApp(
+        store, live=not args.no_live, interval=args.interval, analyze=not args.no_analyze
+    ).run()
+    return ExitCode.OK
