@@ -280,6 +280,29 @@ def _run_watch(args: argparse.Namespace) -> int:
     from tunescope.watch import cmd_watch
 
     return cmd_watch(args)
+def _add_tui(sub: Any) -> None:
+    p = sub.add_parser(
+        "tui",
+        help="explore runs, curves, findings and fixes in the terminal",
+        description="Ingest RUNS and open the terminal UI: the runs list, each run's curves "
+        "and findings with their suggestions, per-rank times, comparisons and SQL. Runs "
+        "that are still being written update on their own.",
+    )
+    _runs_arg(p)
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds between live ingests of new log lines (default: 2)",
+    )
+    p.add_argument("--no-live", action="store_true", help="do not watch for new log lines")
+    p.add_argument(
+        "--no-analyze",
+        action="store_true",
+        help="show the stored findings only; do not run the detectors",
+    )
+    p.set_defaults(handler=cmd_tui)
 
 
 COMMANDS: list[Callable[[Any], None]] = [
@@ -290,6 +313,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     _add_analyze,
     _add_explain,
     _add_watch,
+    _add_tui,
 ]
 
 
@@ -572,3 +596,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be positive, got {args.interval}")
+    store = open_store(args)
+    from tunescope.tui.app import TunescopeApp
+
+    TunescopeApp(
+        store, live=not args.no_live, interval=args.interval, analyze=not args.no_analyze
+    ).run()
+    return ExitCode.OK

@@ -1,0 +1,205 @@
+"""``TunescopeApp``: the Textual front end over a :class:`~tunescope.ingest.store.Store`.
+
+The app receives its store (tests hand it one built from fixtures). It owns
+only what is app-wide: the live ingest and analysis worker, the global keys
+and the forwarding of :class:`StoreChanged` to the screens. Each screen owns
+its own queries, workers and handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.worker import Worker
+
+from tunescope.tui.error_modal import report_worker_error
+from tunescope.tui.messages import AnalyzeFailed, StoreChanged
+from tunescope.tui.runs_screen import RunsScreen
+
+if TYPE_CHECKING:
+    from tunescope.findings import Finding
+    from tunescope.ingest.store import Store
+
+REFRESH_EVERY_S = 30.0  # re-derive statuses (running -> interrupted) even when no file changed
+
+
+def load_analyze() -> Callable[..., list[Finding]] | None:
+    """The detector engine's ``analyze``, or None when this build has no engine."""
+    try:
+        from tunescope.detectors.engine import analyze
+    except ModuleNotFoundError as e:
+        if e.name in ("tunescope.detectors.engine", "tunescope.detectors"):
+            return None
+        raise
+    return analyze
+
+
+def finding_rows(findings: list[Finding]) -> list[dict[str, Any]]:
+    """Findings as rows of the ``findings`` view, ready for ``store.save_findings``."""
+    rows = []
+    for f in findings:
+        d = f.to_dict()
+        rows.append(
+            {
+                "run_id": f.run,
+                "rank": f.rank,
+                "detector": f.detector,
+                "name": f.name,
+                "severity": d["severity"],
+                "step_start": f.step_start,
+                "step_end": f.step_end,
+                "message": f.message,
+                "suggestion": f.suggestion,
+                "evidence": json.dumps(d["evidence"]),
+            }
+        )
+    return rows
+
+
+class TunescopeApp(App[None]):
+    """Runs, curves, findings and SQL over one store.
+
+    Args:
+        store: the store to show (already ingested).
+        live: ingest new log lines every ``interval`` seconds in a worker.
+        analyze: run the detectors on start and on runs that changed, when the
+            detector engine is installed; otherwise show the stored findings.
+        clock: the timer used for query durations (tests pin it).
+    """
+
+    CSS_PATH = "tunescope.tcss"
+    TITLE = "tunescope"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Help"),
+        Binding("s", "sql", "SQL"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        live: bool = True,
+        interval: float = 2.0,
+        analyze: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.live = live
+        self.interval = interval
+        self.clock = clock
+        self.analyze_fn = load_analyze() if analyze else None
+        self.analysis_note = (
+            ""
+            if self.analyze_fn or not analyze
+            else "detector engine not installed: stored findings only"
+        )
+        self._updating = False
+        self._refreshed_at = time.monotonic()
+        self.ingests = 0
+
+    def get_default_screen(self) -> Screen:
+        return RunsScreen()
+
+    def on_mount(self) -> None:
+        if self.analysis_note:
+            self.notify(self.analysis_note, severity="warning", timeout=4)
+        if self.analyze_fn is not None:
+            self._start_update(initial=True)
+        if self.live:
+            self.set_interval(self.interval, self._tick)
+
+    # ---- live ingest and analysis ----------------------------------------------
+
+    def _tick(self) -> None:
+        if not self._updating:
+            self._start_update(initial=False)
+
+    def _start_update(self, initial: bool) -> None:
+        self._updating = True
+        self.update_store(initial)
+
+    @work(thread=True, exclusive=True, group="live", exit_on_error=False,
+          description="live ingest")  # fmt: skip
+    def update_store(self, initial: bool) -> None:
+        try:
+            store = self.store
+            changed: list[str] = []
+            if not initial:
+                before = self._snapshot()
+                report = store.cache.ingest()
+                store.last_report = report
+                now = time.monotonic()
+                if report.changed or now - self._refreshed_at > REFRESH_EVERY_S:
+                    store.refresh()
+                    self._refreshed_at = now
+                after = self._snapshot()
+                changed = sorted(
+                    k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
+                )
+                self.ingests += 1
+                if changed:
+                    self.post_message(StoreChanged(changed))
+            if self.analyze_fn is not None and (initial or changed):
+                run_ids = None if initial else changed
+                try:
+                    found = self.analyze_fn(store, run_ids=run_ids)
+                except Exception as e:  # a detector bug must not stop live ingest
+                    self.post_message(AnalyzeFailed(f"{type(e).__name__}: {e}"))
+                    return
+                ids = store.run_ids() if run_ids is None else run_ids
+                store.save_findings(finding_rows(found), ids)
+                self.post_message(StoreChanged(ids, findings_only=True))
+        finally:
+            self._updating = False
+
+    def _snapshot(self) -> dict[str, tuple[Any, ...]]:
+        cur = self.store.cursor()
+        try:
+            rows = cur.execute(
+                "SELECT run_id, status, steps_logged, last_step, epoch(last_at) FROM runs"
+            ).fetchall()
+        finally:
+            cur.close()
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def on_store_changed(self, message: StoreChanged) -> None:
+        for screen in self.screen_stack:
+            screen.post_message(StoreChanged(message.run_ids, message.findings_only))
+
+    def on_analyze_failed(self, message: AnalyzeFailed) -> None:
+        self.notify(f"detectors failed: {message.error}", severity="error", timeout=8)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        report_worker_error(self, event)
+
+    # ---- global actions ----------------------------------------------------------
+
+    def action_help(self) -> None:
+        from tunescope.tui.help_screen import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_sql(self) -> None:
+        from tunescope.tui.sql_screen import SqlScreen
+
+        if not isinstance(self.screen, SqlScreen):
+            self.push_screen(SqlScreen())
+
+
+def run_app(root: str | Path, cache_dir: str | Path | None = None, **kwargs: Any) -> None:
+    """Ingest ``root`` and open the app on it (what ``tunescope tui`` does)."""
+    from tunescope.ingest.store import Store
+
+    TunescopeApp(Store.open(root, cache_dir), **kwargs).run()

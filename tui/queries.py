@@ -1,0 +1,313 @@
+"""The SQL the screens run, as plain functions of a cursor.
+
+Each function takes a DuckDB cursor (one per worker thread) and returns plain
+Python values or :class:`~tunescope.tui.plot.Series`; none touches a widget,
+so the benchmark and the tests call them directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tunescope.schema import METRIC_NAMES
+from tunescope.tui.plot import PALETTE, Series, bucket_series
+
+SEVERITIES = ("error", "warning", "info")
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+# Sort keys of the runs table: label -> ORDER BY expression.
+SORTS = {
+    "name": "name",
+    "status": "status",
+    "findings": "n_error DESC, n_warning DESC, n_info DESC",
+    "steps": "last_step DESC NULLS LAST",
+    "loss": "last_loss NULLS LAST",
+}
+
+RUNS_LIMIT = 5000  # rows sent to the runs table at most; filtering narrows further
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    text: str = ""
+    status: str | None = None
+    findings_only: bool = False
+    sort: str = "name"
+    descending: bool = False
+
+
+def runs_page(cur: Any, flt: RunFilter) -> tuple[list[dict[str, Any]], int, int]:
+    """Runs matching ``flt`` with their findings counts, the match count and the total."""
+    order = SORTS.get(flt.sort, "name")
+    if flt.descending:
+        order = ", ".join(
+            p.replace(" DESC", " ASC") if " DESC" in p else p + " DESC" for p in order.split(", ")
+        )
+    sql = f"""
+        WITH f AS (
+            SELECT run_id,
+                   count(*) FILTER (WHERE severity = 'error') AS n_error,
+                   count(*) FILTER (WHERE severity = 'warning') AS n_warning,
+                   count(*) FILTER (WHERE severity = 'info') AS n_info
+            FROM findings GROUP BY run_id
+        ),
+        r AS (
+            SELECT runs.run_id, name, status, steps_logged, total_steps, last_step, last_loss,
+                   last_lr, world_size, coalesce(n_error, 0) AS n_error,
+                   coalesce(n_warning, 0) AS n_warning, coalesce(n_info, 0) AS n_info
+            FROM runs LEFT JOIN f USING (run_id)
+        ),
+        m AS (
+            SELECT * FROM r
+            WHERE ($text = '' OR name ILIKE '%' || $text || '%' OR run_id ILIKE '%' || $text || '%')
+              AND ($status IS NULL OR status = $status)
+              AND (NOT $only OR n_error + n_warning + n_info > 0)
+        )
+        SELECT *, (SELECT count(*) FROM m) AS matched, (SELECT count(*) FROM r) AS total
+        FROM m ORDER BY {order}, run_id LIMIT {RUNS_LIMIT}
+    """
+    params = {"text": flt.text.strip(), "status": flt.status, "only": flt.findings_only}
+    rel = cur.execute(sql, params)
+    names = [d[0] for d in rel.description]
+    rows = [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
+    if rows:
+        return rows, rows[0]["matched"], rows[0]["total"]
+    total = cur.execute("SELECT count(*) FROM runs").fetchall()[0][0]
+    return [], 0, total
+
+
+def run_summary(cur: Any, run_id: str) -> tuple[dict[str, Any] | None, Any, tuple[int, int] | None]:
+    rel = cur.execute(
+        "SELECT * EXCLUDE (started_at, ended_at, last_at), started_at::VARCHAR AS started_at, "
+        "ended_at::VARCHAR AS ended_at FROM runs WHERE run_id = ?",
+        [run_id],
+    )
+    names = [d[0] for d in rel.description]
+    rows = rel.fetchall()
+    row = rows[0] if rows else None
+    if row is None:
+        return None, None, None
+    rec = dict(zip(names, row, strict=True))
+    config = rec.get("config")
+    if isinstance(config, str):
+        with contextlib.suppress(ValueError):
+            config = json.loads(config)
+    lo, hi = cur.execute(
+        "SELECT min(step), max(step) FROM steps WHERE run_id = ?", [run_id]
+    ).fetchall()[0]
+    extent = (int(lo), int(hi)) if lo is not None else None
+    return rec, config, extent
+
+
+def run_findings(cur: Any, run_id: str) -> list[dict[str, Any]]:
+    rel = cur.execute(
+        """
+        SELECT detector, name, severity, rank, step_start, step_end, message, suggestion,
+               evidence::VARCHAR AS evidence
+        FROM findings WHERE run_id = ?
+        ORDER BY CASE severity WHEN 'error' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END,
+                 step_start NULLS LAST, detector
+        """,
+        [run_id],
+    )
+    names = [d[0] for d in rel.description]
+    return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
+
+
+# ---- curves --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    """One plot of the run screen: which columns, averaged over ranks or per rank."""
+
+    id: str
+    title: str
+    columns: tuple[tuple[str, str], ...]  # (series label, SQL expression over steps)
+    per_rank: bool = False
+    smoothable: bool = False
+    log_default: bool = False
+
+
+RUN_PLOTS: tuple[PlotSpec, ...] = (
+    PlotSpec("loss", "loss", (("loss", "loss"),), smoothable=True),
+    PlotSpec("lr", "learning rate", (("lr", "lr"),)),
+    PlotSpec(
+        "grad",
+        "grad norm",
+        (
+            ("adapter", "grad_norm_adapter"),
+            ("backbone", "grad_norm_backbone"),
+            ("total", "grad_norm"),
+        ),
+    ),
+    PlotSpec("mem", "memory MiB per rank", (("mem", "mem_allocated_mb"),), per_rank=True),
+    PlotSpec(
+        "time",
+        "compute s per rank",
+        (("time", "coalesce(compute_time_s, step_time_s)"),),
+        per_rank=True,
+    ),
+)
+
+
+def spec_source(spec: PlotSpec) -> str:
+    """A long table (series, step, v) for one run (``$1``) and one plot."""
+    parts = []
+    for label, expr in spec.columns:
+        if spec.per_rank:
+            parts.append(
+                f"SELECT 'rank ' || rank AS series, step, ({expr}) AS v FROM steps "
+                f"WHERE run_id = $1 AND ({expr}) IS NOT NULL"
+            )
+        else:
+            parts.append(
+                f"SELECT '{label}' AS series, step, avg({expr}) AS v FROM steps "
+                f"WHERE run_id = $1 AND ({expr}) IS NOT NULL GROUP BY step"
+            )
+    return " UNION ALL ".join(parts)
+
+
+def smooth_window(x_range: tuple[float, float]) -> int:
+    """Steps in the rolling mean when smoothing is on: about 1/60 of the view."""
+    return max(3, int((x_range[1] - x_range[0]) / 60))
+
+
+def plot_series(
+    cur: Any,
+    run_id: str,
+    spec: PlotSpec,
+    x_range: tuple[float, float],
+    buckets: int,
+    smooth: bool = False,
+) -> list[Series]:
+    window = smooth_window(x_range) if smooth and spec.smoothable else 1
+    found = bucket_series(
+        cur, spec_source(spec), [run_id], x_range=x_range, buckets=buckets, smooth=window
+    )
+    order = [label for label, _ in spec.columns]
+
+    def key(label: str) -> tuple[int, int, str]:
+        if label.startswith("rank "):
+            return (0, int(label[5:]), label)
+        return (1, order.index(label) if label in order else 99, label)
+
+    out = []
+    for i, label in enumerate(sorted(found, key=key)):
+        s = found[label]
+        s.colour = PALETTE[i % len(PALETTE)]
+        out.append(s)
+    return out
+
+
+def metric_source(metric: str) -> tuple[str, bool]:
+    """A long table (series=run_id, step, v) for ``metric`` over the runs ``$1``
+    (a list), averaged over ranks; canonical metrics come from ``steps``, others
+    from ``metrics``. Returns the SQL and whether the metric is known."""
+    if metric in METRIC_NAMES:
+        return (
+            f"SELECT run_id AS series, step, avg({metric}) AS v FROM steps "
+            f"WHERE list_contains($1, run_id) AND {metric} IS NOT NULL GROUP BY run_id, step",
+            True,
+        )
+    return (
+        "SELECT run_id AS series, step, avg(value) AS v FROM metrics "
+        f"WHERE list_contains($1, run_id) AND name = {_sql_str(metric)} GROUP BY run_id, step",
+        False,
+    )
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def compare_series(
+    cur: Any,
+    run_ids: list[str],
+    metric: str,
+    buckets: int,
+    smooth: bool = False,
+) -> tuple[list[Series], tuple[float, float] | None]:
+    if not run_ids:
+        return [], None
+    lo, hi = cur.execute(
+        "SELECT min(step), max(step) FROM steps WHERE list_contains($1, run_id)", [run_ids]
+    ).fetchall()[0]
+    if metric not in METRIC_NAMES:
+        mlo, mhi = cur.execute(
+            "SELECT min(step), max(step) FROM metrics WHERE list_contains($1, run_id) "
+            "AND name = $2",
+            [run_ids, metric],
+        ).fetchall()[0]
+        lo, hi = mlo, mhi
+    if lo is None:
+        return [], None
+    x_range = (float(lo), float(max(hi, lo + 1)))
+    src, _ = metric_source(metric)
+    window = smooth_window(x_range) if smooth else 1
+    found = bucket_series(cur, src, [run_ids], x_range=x_range, buckets=buckets, smooth=window)
+    out = []
+    for i, rid in enumerate(run_ids):
+        if rid in found:
+            s = found[rid]
+            s.colour = PALETTE[i % len(PALETTE)]
+            out.append(s)
+    return out, x_range
+
+
+def metric_names(cur: Any) -> list[str]:
+    extra = [
+        r[0] for r in cur.execute("SELECT DISTINCT name FROM metrics ORDER BY name").fetchall()
+    ]
+    return [*METRIC_NAMES, *[n for n in extra if n not in METRIC_NAMES]]
+
+
+def run_choices(cur: Any) -> list[tuple[str, str]]:
+    rows = cur.execute(
+        f"SELECT run_id, name, status FROM runs ORDER BY run_id LIMIT {RUNS_LIMIT}"
+    ).fetchall()
+    return [
+        (rid, f"{name} ({status})" if name == rid else f"{rid} ({status})")
+        for rid, name, status in rows
+    ]
+
+
+# ---- per-rank grid -------------------------------------------------------------------
+
+
+def rank_grid(
+    cur: Any, run_id: str, windows: int
+) -> tuple[list[int], list[tuple[int, int]], list[list[float | None]], str]:
+    """Mean compute time (else step time) per rank and step window."""
+    has_compute = cur.execute(
+        "SELECT count(compute_time_s) > 0 FROM steps WHERE run_id = ?", [run_id]
+    ).fetchall()[0][0]
+    col = "compute_time_s" if has_compute else "step_time_s"
+    lo, hi = cur.execute(
+        f"SELECT min(step), max(step) FROM steps WHERE run_id = ? AND {col} IS NOT NULL",
+        [run_id],
+    ).fetchall()[0]
+    if lo is None:
+        return [], [], [], col
+    windows = max(1, min(windows, int(hi - lo + 1)))
+    span = (hi - lo + 1) / windows
+    rows = cur.execute(
+        f"""
+        SELECT rank, least(floor((step - $2) / $3), $4 - 1)::INTEGER AS w,
+               avg({col}) FILTER (WHERE isfinite({col})) AS t
+        FROM steps WHERE run_id = $1 AND {col} IS NOT NULL
+        GROUP BY ALL ORDER BY rank, w
+        """,
+        [run_id, lo, span, windows],
+    ).fetchall()
+    ranks = sorted({r for r, _, _ in rows})
+    index = {r: i for i, r in enumerate(ranks)}
+    grid: list[list[float | None]] = [[None] * windows for _ in ranks]
+    for r, w, t in rows:
+        grid[index[r]][w] = None if t is None or not math.isfinite(t) else float(t)
+    bounds = [(int(lo + i * span), int(lo + (i + 1) * span) - 1) for i in range(windows)]
+    return ranks, bounds, grid, col

@@ -1,0 +1,236 @@
+"""The runs list: one row per run, filtered and sorted in SQL."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.worker import get_current_worker
+
+from tunescope.tui.error_modal import WorkerScreen
+from tunescope.tui.messages import RunsLoaded, StoreChanged
+from tunescope.tui.queries import SORTS, STATUSES, RunFilter, runs_page
+
+STATUS_STYLE = {
+    "running": "bold #4ea1ff",
+    "completed": "#3ccf91",
+    "failed": "bold #ff4d4d",
+    "interrupted": "#ffb000",
+}
+COLUMNS = ("", "run", "status", "steps", "loss", "lr", "ranks", "findings")
+
+
+def fmt_value(v: Any, spec: str = ".4g") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return format(v, spec)
+
+
+def findings_cell(n_error: int, n_warning: int, n_info: int) -> Text:
+    text = Text()
+    for n, sev, style in (
+        (n_error, "E", "bold #ff4d4d"),
+        (n_warning, "W", "#ffb000"),
+        (n_info, "I", "#4ea1ff"),
+    ):
+        if n:
+            if text:
+                text.append(" ")
+            text.append(f"{n}{sev}", style=style)
+    return text if text else Text("–", style="dim")
+
+
+def steps_cell(row: dict[str, Any]) -> str:
+    done = row["last_step"]
+    total = row["total_steps"]
+    if done is None:
+        return "–"
+    return f"{done}/{total}" if total else str(done)
+
+
+class RunsScreen(WorkerScreen):
+    """Every run under the root; Enter opens one, Space marks runs to compare."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "open_run", "Open", show=True),
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare"),
+        Binding("slash", "focus_filter", "Filter"),
+        Binding("f", "cycle_status", "Status"),
+        Binding("x", "toggle_findings", "Findings"),
+        Binding("o", "cycle_sort", "Sort"),
+        Binding("O", "reverse_sort", "Reverse", show=False),
+        Binding("escape", "clear_filter", "Clear", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="runs-screen")
+        self.filter = RunFilter()
+        self.marked: list[str] = []
+        self.rows: list[dict[str, Any]] = []
+        self.loaded = False
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="runs-bar"):
+            yield Input(placeholder="filter by name  ( / )", id="runs-filter")
+            yield Static("", id="runs-state")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        for name in COLUMNS:
+            table.add_column(name, key=name or "mark")
+        table.focus()
+        self.load()
+
+    # ---- data -----------------------------------------------------------------
+
+    @work(
+        thread=True, exclusive=True, group="runs", exit_on_error=False, description="loading runs"
+    )
+    def load(self) -> None:
+        flt = self.filter
+        cur = self.app.store.cursor()
+        try:
+            rows, matched, total = runs_page(cur, flt)
+        finally:
+            cur.close()
+        if not get_current_worker().is_cancelled:
+            self.post_message(RunsLoaded(rows, matched, total))
+
+    def on_runs_loaded(self, message: RunsLoaded) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        keep = None
+        if table.row_count and 0 <= table.cursor_row < len(self.rows):
+            keep = self.rows[table.cursor_row]["run_id"]
+        self.rows = message.rows
+        table.clear()
+        table.add_rows(self._cells(r) for r in message.rows)
+        if keep is not None:
+            for i, r in enumerate(message.rows):
+                if r["run_id"] == keep:
+                    table.move_cursor(row=i, animate=False)
+                    break
+        self.loaded = True
+        self._show_state(message.matched, message.total)
+
+    def _cells(self, r: dict[str, Any]) -> list[Any]:
+        status = r["status"] or "?"
+        return [
+            Text("●", style="bold #b48cff") if r["run_id"] in self.marked else "",
+            r["name"] if r["name"] == r["run_id"] else r["run_id"],
+            Text(status, style=STATUS_STYLE.get(status, "")),
+            steps_cell(r),
+            fmt_value(r["last_loss"]),
+            fmt_value(r["last_lr"], ".2e"),
+            fmt_value(r["world_size"], "d"),
+            findings_cell(r["n_error"], r["n_warning"], r["n_info"]),
+        ]
+
+    def _show_state(self, matched: int, total: int) -> None:
+        f = self.filter
+        parts = [f"{matched} of {total} runs" if matched != total else f"{total} runs"]
+        if f.status:
+            parts.append(f"status={f.status}")
+        if f.findings_only:
+            parts.append("with findings")
+        parts.append(f"sort={f.sort}{' ↓' if f.descending else ''}")
+        if self.marked:
+            parts.append(f"{len(self.marked)} marked")
+        self.query_one("#runs-state", Static).update(" · ".join(parts))
+        self.app.sub_title = f"{total} runs"
+
+    def on_store_changed(self, message: StoreChanged) -> None:
+        self.load()
+
+    def _set_filter(self, **changes: Any) -> None:
+        self.filter = RunFilter(**{**self.filter.__dict__, **changes})
+        self.load()
+
+    # ---- actions --------------------------------------------------------------
+
+    def current_run(self) -> str | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not self.rows or not (0 <= table.cursor_row < len(self.rows)):
+            return None
+        return self.rows[table.cursor_row]["run_id"]
+
+    @on(DataTable.RowSelected, "#runs-table")
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_run()
+
+    def action_open_run(self) -> None:
+        run_id = self.current_run()
+        if run_id is not None:
+            from tunescope.tui.run_screen import RunScreen
+
+            self.app.push_screen(RunScreen(run_id))
+
+    def action_mark(self) -> None:
+        run_id = self.current_run()
+        if run_id is None:
+            return
+        if run_id in self.marked:
+            self.marked.remove(run_id)
+        else:
+            self.marked.append(run_id)
+        table = self.query_one("#runs-table", DataTable)
+        row = table.cursor_row
+        table.update_cell_at(
+            (row, 0), Text("●", style="bold #b48cff") if run_id in self.marked else ""
+        )
+        if row + 1 < table.row_count:
+            table.move_cursor(row=row + 1, animate=False)
+        self.load()
+
+    def action_compare(self) -> None:
+        from tunescope.tui.compare_screen import CompareScreen
+
+        chosen = list(self.marked)
+        if len(chosen) < 2:
+            current = self.current_run()
+            if current and current not in chosen:
+                chosen.append(current)
+        self.app.push_screen(CompareScreen(chosen))
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#runs-filter", Input).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        if box.value:
+            box.value = ""
+        self.query_one("#runs-table", DataTable).focus()
+
+    @on(Input.Changed, "#runs-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self._set_filter(text=event.value)
+
+    @on(Input.Submitted, "#runs-filter")
+    def _filter_submitted(self) -> None:
+        self.query_one("#runs-table", DataTable).focus()
+
+    def action_cycle_status(self) -> None:
+        options = [None, *STATUSES]
+        nxt = options[(options.index(self.filter.status) + 1) % len(options)]
+        self._set_filter(status=nxt)
+
+    def action_toggle_findings(self) -> None:
+        self._set_filter(findings_only=not self.filter.findings_only)
+
+    def action_cycle_sort(self) -> None:
+        keys = list(SORTS)
+        self._set_filter(sort=keys[(keys.index(self.filter.sort) + 1) % len(keys)])
+
+    def action_reverse_sort(self) -> None:
+        self._set_filter(descending=not self.filter.descending)
