@@ -1,0 +1,472 @@
+"""``TunescopeCallback``: truthful per-rank, per-step event logs from a transformers ``Trainer``.
+
+    trainer = Trainer(..., callbacks=[TunescopeCallback("runs/my-run")])
+
+Every rank writes ``runs/my-run/events/rank-N.jsonl`` through :class:`EventWriter`.
+Per optimizer step it records what this rank saw, not what the Trainer logs:
+
+- ``loss``: this rank's token-weighted loss over the step's micro-batches, read
+  from the model's output by a forward hook. Never averaged over logging steps
+  or ranks and never NaN-filtered (the Trainer's ``logging_nan_inf_filter``
+  hides NaN; a NaN here is the signal).
+- ``grad_norm``, ``grad_norm_adapter``, ``grad_norm_backbone``,
+  ``grad_norm_lora_A``, ``grad_norm_lora_B``: L2 norms before clipping and
+  before the optimizer step. The Trainer clips before calling any callback, so
+  the callback takes clipping over (same math: scale every gradient by
+  ``min(1, max_norm / (norm + 1e-6))``) and sets ``args.max_grad_norm = 0``.
+  All norms, the loss and the token count are stacked on the device and read
+  with one ``.tolist()``: one host-device sync per step.
+- ``lr`` actually used by the optimizer step (after any scheduler or fault).
+- memory: CUDA allocated / reserved / peak (and ``num_alloc_retries``) on GPU,
+  process RSS as ``mem_allocated_mb`` on CPU.
+- ``step_time_s`` (previous step's end to this step's end, minus logging and
+  checkpoint work done in between), ``data_time_s`` (waiting for the batch),
+  ``compute_time_s`` (step start until the last gradient of this rank is ready:
+  the time before this rank waits on the others in the gradient all-reduce,
+  which is what exposes a straggler), ``tokens``, ``epoch``;
+- ``sample_ids`` when the collator puts a ``sample_ids`` list in the batch (the
+  callback removes it before the model's forward).
+
+Events: ``run_start`` (resolved config, model, LoRA settings, parameter counts,
+adapted modules, world size, devices, host, total and warmup steps, faults),
+``eval``, ``checkpoint``, ``resume`` and ``run_end``.
+
+Per-step work is in :meth:`TunescopeCallback.on_step_end` -> :meth:`_record_step`;
+``on_step_record(step, record)`` is the single hook subclasses or later
+features (alerting) can extend.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from tunescope.train.events import EventWriter
+
+_MB = 1024 * 1024
+
+
+def _param_group(name: str) -> str:
+    """'A', 'B' or 'other' for LoRA A/B matrices, 'backbone' for the rest."""
+    if "lora_A" in name or "lora_embedding_A" in name:
+        return "A"
+    if "lora_B" in name or "lora_embedding_B" in name:
+        return "B"
+    if "lora_" in name:
+        return "other"
+    return "backbone"
+
+
+def count_expected_adapted(model: Any, targets: Any) -> int | None:
+    """Modules that LoRA ``targets`` should match: Linear-like modules of the base
+    model by name suffix (or regex), or every Linear but the output head for
+    ``all-linear``. Compared with ``adapted_modules`` it shows targets that
+    silently matched nothing."""
+    if targets is None:
+        return None
+    import re
+
+    names = []
+    for name, mod in model.named_modules():
+        if "lora_" in name:
+            continue
+        if name.endswith(".base_layer"):
+            name = name[: -len(".base_layer")]
+        elif hasattr(mod, "base_layer"):
+            continue  # the adapter wrapper; its base_layer is counted
+        is_linear = isinstance(mod, torch.nn.Linear) or type(mod).__name__ in (
+            "Linear4bit",
+            "Linear8bitLt",
+        )
+        if is_linear:
+            names.append(name)
+    if isinstance(targets, str):
+        if targets == "all-linear":
+            return sum(1 for n in names if not n.endswith(("lm_head", "score")))
+        return sum(1 for n in names if re.fullmatch(targets, n))
+    wanted = set(targets)
+    return sum(1 for n in names if n.rsplit(".", 1)[-1] in wanted or n in wanted)
+
+
+def describe_model(model: Any) -> dict[str, Any]:
+    """Model name, fine-tuning type, LoRA settings and parameter counts."""
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel()
+        if hasattr(p, "quant_state"):  # bitsandbytes 4-bit packs two values per byte
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    cfg = getattr(model, "config", None)
+    name = getattr(cfg, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
+    out: dict[str, Any] = {
+        "model": name or type(model).__name__,
+        "trainable_params": trainable,
+        "total_params": total,
+    }
+    peft_cfg = getattr(model, "peft_config", None)
+    if peft_cfg:
+        pc = next(iter(peft_cfg.values()))
+        targets = pc.target_modules
+        if isinstance(targets, set):
+            targets = sorted(targets)
+        adapted = sum(1 for n, m in model.named_modules() if n.endswith("lora_A"))
+        out.update(
+            finetuning_type="lora",
+            lora_r=getattr(pc, "r", None),
+            lora_alpha=getattr(pc, "lora_alpha", None),
+            lora_dropout=getattr(pc, "lora_dropout", None),
+            target_modules=targets,
+            adapted_modules=adapted,
+            expected_adapted_modules=count_expected_adapted(model, targets),
+        )
+        if getattr(pc, "use_rslora", False):
+            out["use_rslora"] = True
+    else:
+        out["finetuning_type"] = "full" if trainable == total else "freeze"
+    return out
+
+
+class TunescopeCallback(TrainerCallback):
+    """Writes this rank's events for a transformers ``Trainer`` run.
+
+    Args:
+        run_dir: the run directory (events go to ``run_dir/events/rank-N.jsonl``).
+        run: run name in each event (default: the directory name).
+        config: the resolved configuration to put in ``run_start`` (default:
+            the Trainer's arguments).
+        faults: faults injected on purpose, recorded in ``run_start``.
+        take_over_clipping: clip gradients in the callback so that logged norms
+            are pre-clip (see the module docstring). Turned off automatically
+            for DeepSpeed and FSDP, where the Trainer must clip.
+        extra_run_start: more fields for ``run_start``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        run: str | None = None,
+        *,
+        config: dict[str, Any] | None = None,
+        faults: list[dict[str, Any]] | None = None,
+        take_over_clipping: bool = True,
+        extra_run_start: dict[str, Any] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run = run
+        self.config = config
+        self.faults = list(faults or [])
+        self.take_over_clipping = take_over_clipping
+        self.extra_run_start = dict(extra_run_start or {})
+        self.writer: EventWriter | None = None
+        self.rank = 0
+        self.max_grad_norm = 0.0
+        self.ended = False
+        self._hooks: list[Any] = []
+        self._groups: dict[str, list[torch.Tensor]] = {}
+        self._optimizer: Any = None
+        self._device = torch.device("cpu")
+        self._cuda = False
+        self._proc: Any = None
+        self._error: str | None = None
+        self._reset_step()
+        self._t_mark = time.perf_counter()
+
+    # ---- per-step state --------------------------------------------------------
+
+    def _reset_step(self) -> None:
+        self._loss_sum: torch.Tensor | None = None  # sum of token losses (on device)
+        self._loss_n: torch.Tensor | None = None  # tokens that carry a label
+        self._tokens: torch.Tensor | None = None
+        self._sample_ids: list[Any] = []
+        self._t_begin = 0.0
+        self._t_grad = 0.0
+        self._data_time = 0.0
+        self._norms: torch.Tensor | None = None
+        self._lr: float | None = None
+
+    # ---- hooks on the model ------------------------------------------------------
+
+    def _pre_forward(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if "sample_ids" not in kwargs:
+            return None
+        kwargs = dict(kwargs)
+        ids = kwargs.pop("sample_ids")
+        if module.training:
+            self._sample_ids.extend(ids.tolist() if hasattr(ids, "tolist") else ids)
+        return args, kwargs
+
+    def _post_forward(self, module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        if not module.training or not torch.is_grad_enabled():
+            return
+        loss = output.get("loss") if isinstance(output, dict) else getattr(output, "loss", None)
+        if loss is None and isinstance(output, tuple | list) and output:
+            loss = output[0] if torch.is_tensor(output[0]) and output[0].ndim == 0 else None
+        if loss is None:
+            return
+        loss = loss.detach().float()
+        labels = kwargs.get("labels")
+        n_items = kwargs.get("num_items_in_batch")
+        if labels is not None and torch.is_tensor(labels):
+            n_local = (labels[..., 1:] != -100).sum().float()
+        else:
+            n_local = torch.ones((), device=loss.device)
+        # The model's loss is sum / num_items_in_batch when the Trainer passes it,
+        # else the mean over this micro-batch: either way we get the token sum.
+        weight = n_items if n_items is not None else n_local
+        if torch.is_tensor(weight):
+            weight = weight.to(loss.device).float()
+        s = loss * weight
+        n_local = n_local.to(loss.device)
+        self._loss_sum = s if self._loss_sum is None else self._loss_sum + s
+        self._loss_n = n_local if self._loss_n is None else self._loss_n + n_local
+        mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids")
+        tok = None
+        if torch.is_tensor(mask):
+            tok = mask.sum()
+        elif torch.is_tensor(ids):
+            tok = torch.tensor(ids.numel(), device=ids.device)
+        if tok is not None:
+            tok = tok.to(loss.device).float()
+            self._tokens = tok if self._tokens is None else self._tokens + tok
+
+    def _grad_ready(self, _param: Any) -> None:
+        self._t_grad = time.perf_counter()
+
+    # ---- Trainer events ------------------------------------------------------------
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any):
+        self.rank = int(getattr(args, "process_index", 0) or 0)
+        self._optimizer = kw.get("optimizer")
+        resumed = state.global_step > 0
+        path = self.run_dir / "events" / f"rank-{self.rank}.jsonl"
+        had_log = path.exists() and path.stat().st_size > 0
+        self.writer = EventWriter(self.run_dir, self.run, rank=self.rank)
+        self._install(args, model)
+        self._cuda = self._device.type == "cuda"
+        if not self._cuda:
+            import psutil
+
+            self._proc = psutil.Process()
+        if not (resumed and had_log):
+            self.writer.run_start(**self._run_start_fields(args, state, model))
+        if resumed:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.writer.resume(state.global_step, str(ckpt if ckpt.exists() else "unknown"))
+        atexit.register(self._atexit)
+        self._chain_excepthook()
+        self._t_mark = time.perf_counter()
+
+    def _install(self, args: Any, model: Any) -> None:
+        deepspeed_or_fsdp = bool(getattr(args, "deepspeed", None)) or bool(
+            getattr(args, "fsdp", None)
+        )
+        if self.take_over_clipping and not deepspeed_or_fsdp and args.max_grad_norm:
+            self.max_grad_norm = float(args.max_grad_norm)
+            args.max_grad_norm = 0.0  # we clip in on_pre_optimizer_step, after measuring
+        if model is None:
+            return
+        self._hooks.append(model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
+        self._hooks.append(model.register_forward_hook(self._post_forward, with_kwargs=True))
+        groups: dict[str, list[torch.Tensor]] = {"A": [], "B": [], "other": [], "backbone": []}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                groups[_param_group(name)].append(p)
+                # Cheap host-side timestamp when this gradient is final on this rank;
+                # the last one marks the end of this rank's backward compute.
+                self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
+                self._device = p.device
+        self._groups = groups
+
+    def _run_start_fields(self, args: Any, state: Any, model: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = describe_model(model) if model is not None else {}
+        if self.config is not None:
+            config = self.config
+        else:
+            config = {
+                k: v
+                for k, v in args.to_dict().items()
+                if isinstance(v, str | int | float | bool | type(None))
+            }
+        if self.max_grad_norm:
+            config = {**config, "max_grad_norm": self.max_grad_norm}
+        max_steps = int(state.max_steps or 0)
+        world = int(getattr(args, "world_size", 1) or 1)
+        if self._device.type == "cuda":
+            dev = torch.cuda.get_device_name(self._device)
+        else:
+            dev = str(self._device)
+        fields.update(
+            config=config,
+            world_size=world,
+            devices=[dev],
+            host=socket.gethostname(),
+            total_steps=max_steps,
+            warmup_steps=int(args.get_warmup_steps(max_steps)) if max_steps else 0,
+            logging_steps=1,
+            per_rank=True,
+            faults=self.faults,
+        )
+        fields.update(self.extra_run_start)
+        return fields
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any):
+        now = time.perf_counter()
+        self._data_time = now - self._t_mark  # the Trainer fetched this step's batches
+        self._t_begin = now
+        self._t_grad = 0.0
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats(self._device)
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
+        """Measure the gradients (and clip them) before the optimizer sees them."""
+        t_ready = self._t_grad or time.perf_counter()
+        self._compute_time = t_ready - self._t_begin
+        sq: dict[str, torch.Tensor] = {}
+        for key, params in self._groups.items():
+            grads = [p.grad for p in params if p.grad is not None]
+            if not grads:
+                continue
+            by_dev: dict[Any, list[torch.Tensor]] = {}
+            for g in grads:
+                by_dev.setdefault(g.device, []).append(g)
+            parts = [
+                torch.stack(torch._foreach_norm(gs)).float().square().sum().to(self._device)
+                for gs in by_dev.values()
+            ]
+            sq[key] = torch.stack(parts).sum()
+        zero = torch.zeros((), device=self._device)
+        a, b = sq.get("A", zero), sq.get("B", zero)
+        adapter = a + b + sq.get("other", zero)
+        backbone = sq.get("backbone", zero)
+        total = (adapter + backbone).sqrt()
+        if self.max_grad_norm:
+            # The same rule as torch.nn.utils.clip_grad_norm_, without a sync.
+            coef = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
+            grads = [p.grad for ps in self._groups.values() for p in ps if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, coef.to(grads[0].device))
+        loss_sum = self._loss_sum if self._loss_sum is not None else zero + math.nan
+        loss_n = self._loss_n if self._loss_n is not None else zero + 1
+        tokens = self._tokens if self._tokens is not None else zero - 1
+        self._norms = torch.stack(
+            [total, adapter.sqrt(), backbone.sqrt(), a.sqrt(), b.sqrt(), loss_sum / loss_n, tokens]
+        )
+        self._have = {k for k in sq}
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
+        opt = self._optimizer or kw.get("optimizer")
+        if opt is not None:
+            self._lr = float(opt.param_groups[0]["lr"])  # the rate this step used
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any):
+        record = self._record_step(state)
+        if record is not None:
+            self.on_step_record(state.global_step, record)
+        self._reset_step()
+        self._t_mark = time.perf_counter()
+
+    def _record_step(self, state: Any) -> dict[str, Any] | None:
+        if self.writer is None:
+            return None
+        now = time.perf_counter()
+        rec: dict[str, Any] = {}
+        if self._norms is not None:
+            total, adapter, backbone, a, b, loss, tokens = self._norms.tolist()  # the one sync
+            rec["loss"] = loss
+            if self._lr is not None:
+                rec["lr"] = self._lr
+            rec["grad_norm"] = total
+            if self._have & {"A", "B", "other"}:
+                rec["grad_norm_adapter"] = adapter
+                rec["grad_norm_backbone"] = backbone
+                rec["grad_norm_lora_A"] = a
+                rec["grad_norm_lora_B"] = b
+            else:
+                rec["grad_norm_backbone"] = backbone
+            if tokens >= 0:
+                rec["tokens"] = int(tokens)
+        elif self._lr is not None:
+            rec["lr"] = self._lr
+        if self._cuda:
+            dev = self._device
+            rec["mem_allocated_mb"] = torch.cuda.memory_allocated(dev) / _MB
+            rec["mem_reserved_mb"] = torch.cuda.memory_reserved(dev) / _MB
+            rec["mem_peak_mb"] = torch.cuda.max_memory_allocated(dev) / _MB
+            rec["num_alloc_retries"] = torch.cuda.memory_stats(dev).get("num_alloc_retries", 0)
+        elif self._proc is not None:
+            rec["mem_allocated_mb"] = self._proc.memory_info().rss / _MB
+        rec["step_time_s"] = now - self._t_mark
+        rec["data_time_s"] = self._data_time
+        rec["compute_time_s"] = getattr(self, "_compute_time", now - self._t_begin)
+        if state.epoch is not None:
+            rec["epoch"] = float(state.epoch)
+        if self._sample_ids:
+            rec["sample_ids"] = self._sample_ids
+        self.writer.step(step=state.global_step, **rec)
+        return rec
+
+    def on_step_record(self, step: int, record: dict[str, Any]) -> None:
+        """Called with each step's record after it is queued for writing; a
+        place for per-step extensions (alerts). Does nothing by default."""
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any):
+        if self.writer is not None and metrics:
+            vals = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+            self.writer.eval(state.global_step, **vals)
+        self._t_mark = time.perf_counter()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any):
+        if self.writer is not None:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.writer.checkpoint(state.global_step, str(ckpt))
+            self.writer.compact()
+        self._t_mark = time.perf_counter()
+
+    def on_log(self, args: Any, state: Any, control: Any, **kw: Any):
+        self._t_mark = time.perf_counter()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any):
+        done = state.max_steps and state.global_step >= state.max_steps
+        self.finish("completed" if done or not state.max_steps else "interrupted")
+
+    # ---- ending ----------------------------------------------------------------------
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Write ``run_end`` and close the log (once). The bundled trainer calls
+        this with ``failed`` and the error text when training raises."""
+        if self.ended or self.writer is None:
+            return
+        self.ended = True
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self.writer.run_end(status, error)
+        self.writer.close()
+
+    def _atexit(self) -> None:
+        if not self.ended and self.writer is not None:
+            self.finish("failed" if self._error else "interrupted", self._error)
+
+    def _chain_excepthook(self) -> None:
+        previous = sys.excepthook
+
+        def hook(tp: type[BaseException], value: BaseException, tb: Any) -> None:
+            if threading.current_thread() is threading.main_thread():
+                if not issubclass(tp, KeyboardInterrupt):
+                    self._error = f"{tp.__name__}: {value}"
+            previous(tp, value, tb)
+
+        sys.excepthook = hook
