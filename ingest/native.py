@@ -224,7 +224,12 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
             [list(files)],
         ).fetchall()
     ]
-    if len({k.lower() for k in all_keys}) != len(all_keys) or "kind" not in all_keys:
+    lowered = {k.lower() for k in all_keys}
+    if (
+        len(lowered) != len(all_keys)
+        or "kind" not in all_keys
+        or any(k.startswith("#") for k in all_keys)
+    ):
         return out  # keys equal but for case (SQL names ignore case): exact path
     keys = [k for k in all_keys if k not in _KNOWN]
     fields = ["kind", "v", "rank", "step", "ts", *METRIC_NAMES, "sample_ids", *keys]
@@ -237,45 +242,62 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
         "maximum_object_size=67108864)",
         [list(files)],
     )
-    con.execute(
-        "CREATE TEMP TABLE t AS SELECT raw.*, _f AS f, g - g0 + 1 AS ord, file_rank, line0 "
-        "FROM raw "
-        "JOIN (SELECT _f, min(g) AS g0 FROM raw GROUP BY _f) USING (_f) "
-        "JOIN meta ON meta.f = raw._f"
+    # Each field is cast once; ``bad`` marks lines the exact path must judge.
+    numeric = [*METRIC_NAMES, *keys]
+    casts = ", ".join(
+        f"{_num(_ident(k))} AS {_ident('#' + k)}" for k in ("v", "rank", "step", "ts")
     )
+    casts += ", " + ", ".join(f"{_num(_ident(k))} AS {_ident('#' + k)}" for k in numeric)
     kinds = ", ".join(f"'{k}'" for k in sorted(KINDS))
-    not_numbers = " OR ".join(
-        f"({_ident(k)} IS NOT NULL AND {_num(_ident(k))} IS NULL)" for k in (*METRIC_NAMES, *keys)
-    )
     integer = "({x} IS NULL OR {x} < 0 OR {x} <> floor({x}))"
-    v = _num("v")
-    bad = con.execute(
-        f"""
-        SELECT DISTINCT f FROM t WHERE kind IS NULL OR kind NOT IN ({kinds})
+    not_numbers = " OR ".join(
+        f"({_ident(k)} IS NOT NULL AND {_ident('#' + k)} IS NULL)" for k in numeric
+    )
+    v, step, rank, ts = (_ident("#" + k) for k in ("v", "step", "rank", "ts"))
+    bad = f"""kind IS NULL OR kind NOT IN ({kinds})
           OR (v IS NOT NULL AND ({v} IS NULL OR {v} > {SCHEMA_VERSION} OR {v} <> floor({v})))
-          OR (step IS NOT NULL AND {integer.format(x=_num("step"))})
+          OR (step IS NOT NULL AND {integer.format(x=step)})
           OR (kind IN ('step', 'eval') AND step IS NULL)
-          OR ("rank" IS NOT NULL AND {integer.format(x=_num(_ident("rank")))})
-          OR (ts IS NOT NULL AND NOT coalesce(isfinite({_num("ts")}), false))
-          OR (kind = 'step' AND ({not_numbers}))
-        UNION
-        SELECT f FROM meta LEFT JOIN (SELECT f, count(*) AS n FROM t GROUP BY f) USING (f)
-          WHERE n IS NULL OR n <> expected
-        """
-    ).fetchall()
-    bad_files = [f for (f,) in bad]
+          OR ("rank" IS NOT NULL AND {integer.format(x=rank)})
+          OR (ts IS NOT NULL AND NOT coalesce(isfinite({ts}), false))
+          OR (kind = 'step' AND ({not_numbers}))"""
+    outs = ", ".join(f"{_ident('#' + k)} AS {_ident(k)}" for k in numeric)
+    con.execute(
+        f"""CREATE TEMP TABLE t AS
+        WITH c AS (SELECT *, {casts} FROM raw)
+        SELECT c._f AS f, g - g0 + 1 AS ord, line0, meta.file_rank, kind,
+               CAST(coalesce({rank}, meta.file_rank) AS INTEGER) AS "#r",
+               CAST({step} AS BIGINT) AS "#s", {ts} AS "#t", sample_ids, {outs},
+               ({bad}) AS "#bad"
+        FROM c JOIN (SELECT _f, min(g) AS g0 FROM raw GROUP BY _f) USING (_f)
+        JOIN meta ON meta.f = c._f"""
+    )
+    bad_files = [
+        f
+        for (f,) in con.execute(
+            """SELECT DISTINCT f FROM t WHERE "#bad"
+            UNION
+            SELECT f FROM meta LEFT JOIN (SELECT f, count(*) AS n FROM t GROUP BY f) USING (f)
+            WHERE n IS NULL OR n <> expected"""
+        ).fetchall()
+    ]
     if bad_files:
         con.execute("DELETE FROM t WHERE f IN (SELECT unnest(?::VARCHAR[]))", [bad_files])
-    rank_num = _num(_ident("rank"))
-    rank = f"CAST(coalesce({rank_num}, file_rank) AS INTEGER)"
-    common = f"{rank} AS rank, CAST({_num('step')} AS BIGINT) AS step, {_num('ts')} AS ts"
-    metric_cols = ", ".join(f"{_num(n)} AS {n}" for n in METRIC_NAMES)
+    common = '"#r" AS rank, "#s" AS step, "#t" AS ts'
     steps = fetch_arrow(
         con,
-        f"SELECT f, {common}, {metric_cols}, sample_ids, line0 + ord AS seq "
+        f"SELECT f, {common}, {', '.join(METRIC_NAMES)}, sample_ids, line0 + ord AS seq "
         "FROM t WHERE kind = 'step' ORDER BY f, seq",
     )
-    metrics = _fetch_extras(con, keys, common) if keys else None
+    metrics = None
+    if keys:
+        metrics = fetch_arrow(
+            con,
+            f"SELECT f, rank, step, ts, name, value, seq FROM (UNPIVOT (SELECT f, {common}, "
+            f"line0 + ord AS seq, {', '.join(_ident(k) for k in keys)} FROM t "
+            f"WHERE kind = 'step') ON {', '.join(_ident(k) for k in keys)} "
+            "INTO NAME name VALUE value) ORDER BY f, seq",
+        )
     others = con.execute("SELECT f, ord, line0, file_rank FROM t WHERE kind <> 'step'").fetchall()
     by_file_other: dict[str, RowBuilder] = {}
     if others:
@@ -301,16 +323,6 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
             replace=chunk.restarted,
         )
     return out
-
-
-def _fetch_extras(con: Any, keys: list[str], common: str) -> pa.Table:
-    """Extra numeric fields of step lines, in long form (one row per value)."""
-    parts = [
-        f"SELECT f, {common}, {_sql_str(k)} AS name, {_num(_ident(k))} AS value, "
-        f"line0 + ord AS seq FROM t WHERE kind = 'step' AND {_ident(k)} IS NOT NULL"
-        for k in keys
-    ]
-    return fetch_arrow(con, " UNION ALL ".join(parts) + " ORDER BY f, seq")
 
 
 def _lines_of(files: dict[str, tuple[int, Path, Chunk]], wanted: list[tuple]) -> dict:
