@@ -271,6 +271,22 @@ async def test_runs_screen_lists_status_progress_and_findings(runs: tuple[Path, 
         await settle(pilot, lambda: len(run_names(app)) == 4)
 
 
+async def test_runs_table_pages_through_queries(
+    runs: tuple[Path, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, store = runs
+    monkeypatch.setattr(RunsScreen, "page_size", 2)
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        screen = app.screen
+        assert len(screen.rows) == 2 and screen.matched == 4  # one page in the widget
+        assert "2 loaded" in str(screen.query_one("#runs-state", Static).content)
+        await pilot.press("down")  # near the end: the next page is fetched
+        await settle(pilot, lambda: len(screen.rows) == 4)
+        assert run_names(app) == ["diverged-lr", "healthy", "live", "straggler"]
+
+
 async def test_click_opens_a_run(runs: tuple[Path, Store]) -> None:
     _, store = runs
     app = make_app(store)

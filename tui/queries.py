@@ -28,7 +28,8 @@ SORTS = {
     "loss": "last_loss NULLS LAST",
 }
 
-RUNS_LIMIT = 5000  # rows sent to the runs table at most; filtering narrows further
+RUNS_PAGE = 200  # rows fetched into the runs table at a time (more as the cursor nears the end)
+RUNS_LIMIT = 5000  # runs offered by the compare screen's list at most
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,11 @@ class RunFilter:
     descending: bool = False
 
 
-def runs_page(cur: Any, flt: RunFilter) -> tuple[list[dict[str, Any]], int, int]:
-    """Runs matching ``flt`` with their findings counts, the match count and the total."""
+def runs_page(
+    cur: Any, flt: RunFilter, offset: int = 0, limit: int = RUNS_PAGE
+) -> tuple[list[dict[str, Any]], int, int]:
+    """One page of the runs matching ``flt`` with their findings counts, the
+    match count and the total."""
     order = SORTS.get(flt.sort, "name")
     if flt.descending:
         order = ", ".join(
@@ -68,7 +72,7 @@ def runs_page(cur: Any, flt: RunFilter) -> tuple[list[dict[str, Any]], int, int]
               AND (NOT $only OR n_error + n_warning + n_info > 0)
         )
         SELECT *, (SELECT count(*) FROM m) AS matched, (SELECT count(*) FROM r) AS total
-        FROM m ORDER BY {order}, run_id LIMIT {RUNS_LIMIT}
+        FROM m ORDER BY {order}, run_id LIMIT {int(limit)} OFFSET {int(offset)}
     """
     params = {"text": flt.text.strip(), "status": flt.status, "only": flt.findings_only}
     rel = cur.execute(sql, params)
@@ -76,8 +80,12 @@ def runs_page(cur: Any, flt: RunFilter) -> tuple[list[dict[str, Any]], int, int]
     rows = [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
     if rows:
         return rows, rows[0]["matched"], rows[0]["total"]
-    total = cur.execute("SELECT count(*) FROM runs").fetchall()[0][0]
-    return [], 0, total
+    matched, total = cur.execute(
+        sql.split("SELECT *, (SELECT")[0]
+        + "SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM r)",
+        params,
+    ).fetchall()[0]
+    return [], matched, total
 
 
 def run_summary(cur: Any, run_id: str) -> tuple[dict[str, Any] | None, Any, tuple[int, int] | None]:
