@@ -34,6 +34,9 @@ from tunescope.tui.sql_screen import SqlScreen
 pytestmark = pytest.mark.anyio
 
 T0 = 1_760_000_000.0
+# The live run's clock runs far ahead, so that it reads as "running" however long
+# the suite takes (a run without run_end is running while its last event is recent).
+T_LIVE = 4_000_000_000.0
 STEPS = 200
 DIVERGE_AT = 120
 SPIKE_STEP = 77
@@ -94,12 +97,13 @@ def write_run(
     spike: bool = False,
     end: str | None = "completed",
     lr: float = 3e-4,
+    t0: float = T0,
 ) -> None:
     for rank in range(ranks):
         with EventWriter(root / name, rank=rank) as w:
             if rank == 0:
                 w.run_start(
-                    ts=T0,
+                    ts=t0,
                     model="tiny-llama-test",
                     finetuning_type="lora",
                     lora_r=8,
@@ -110,9 +114,11 @@ def write_run(
                     config={"lr": lr, "batch_size": 8, "lora_r": 8, "seed": 1},
                 )
             for s in range(1, steps + 1):
-                write_step(w, s, rank, diverge=diverge, slow_rank=slow_rank, spike=spike, lr=lr)
+                write_step(
+                    w, s, rank, diverge=diverge, slow_rank=slow_rank, spike=spike, lr=lr, t0=t0
+                )
             if end:
-                w.run_end(end, ts=T0 + steps + 1, error="loss is NaN" if end == "failed" else None)
+                w.run_end(end, ts=t0 + steps + 1, error="loss is NaN" if end == "failed" else None)
 
 
 def write_step(
@@ -124,6 +130,7 @@ def write_step(
     slow_rank: int | None = None,
     spike: bool = False,
     lr: float = 3e-4,
+    t0: float = T0,
 ) -> None:
     loss = _loss(s) + 0.01 * rank
     if diverge and s >= DIVERGE_AT:
@@ -135,7 +142,7 @@ def write_step(
     compute = 0.30 * (1.8 if rank == slow_rank else 1.0)
     w.step(
         step=s,
-        ts=T0 + s,
+        ts=t0 + s,
         loss=loss,
         lr=lr * min(1.0, s / 20),
         grad_norm=1.1,
@@ -155,7 +162,7 @@ def build_runs(root: Path) -> Store:
     write_run(root, "diverged-lr", ranks=2, diverge=True, end="failed")
     write_run(root, "healthy", spike=True, lr=1e-4)
     write_run(root, "straggler", ranks=4, slow_rank=2)
-    write_run(root, "live", steps=50, end=None)
+    write_run(root, "live", steps=50, end=None, t0=T_LIVE)
     store = Store.open(root)
     store.save_findings([TS102, TS101], ["diverged-lr"])
     store.save_findings([TS104], ["straggler"])

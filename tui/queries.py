@@ -100,7 +100,13 @@ def run_summary(cur: Any, run_id: str) -> tuple[dict[str, Any] | None, Any, tupl
     if row is None:
         return None, None, None
     rec = dict(zip(names, row, strict=True))
-    config = rec.get("config")
+    # The whole run_start payload (model, LoRA settings, world size, config...).
+    start = cur.execute(
+        "SELECT payload::VARCHAR FROM events WHERE run_id = ? AND kind = 'run_start' "
+        "ORDER BY rank, ts LIMIT 1",
+        [run_id],
+    ).fetchall()
+    config = start[0][0] if start else rec.get("config")
     if isinstance(config, str):
         with contextlib.suppress(ValueError):
             config = json.loads(config)
