@@ -202,7 +202,6 @@ async def settle(pilot: Pilot, until: Any = None, timeout: float = 10.0) -> None
     app = pilot.app
     deadline = time.monotonic() + timeout
     while True:
-        await app.workers.wait_for_complete()
         await pilot.pause()
         busy = any(w.is_running for w in app.workers if w.group != "live")
         if not busy and (until is None or until()):
@@ -210,7 +209,7 @@ async def settle(pilot: Pilot, until: Any = None, timeout: float = 10.0) -> None
             return
         if time.monotonic() > deadline:
             raise AssertionError("the app did not settle in time")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
 
 
 def table_rows(app: TunescopeApp) -> list[list[str]]:
@@ -603,6 +602,9 @@ async def test_worker_errors_open_one_modal(runs: tuple[Path, Store]) -> None:
         await settle(pilot, lambda: isinstance(app.screen, ErrorModal))
         message = str(app.screen.query_one("#error-message", Static).content)
         assert "findings" in message
+        app.screen_stack[0].load()  # the same failure again: still one modal
+        await settle(pilot)
+        assert len(app.screen_stack) == 2
         await pilot.press("escape")
         await settle(pilot, lambda: isinstance(app.screen, RunsScreen))
 
