@@ -303,6 +303,17 @@ async def test_click_opens_a_run(runs: tuple[Path, Store]) -> None:
         await pilot.click("#runs-table", offset=(5, 1 + target))  # a second click selects
         await settle(pilot, lambda: isinstance(app.screen, RunScreen))
         assert app.screen.run_id == "healthy"
+        await pilot.press("escape")
+        await settle(pilot, lambda: isinstance(app.screen, RunsScreen))
+        # A click on a column header sorts by it; a second click reverses.
+        table = app.screen.query_one("#runs-table", DataTable)
+        x = sum(c.get_render_width(table) for c in table.ordered_columns[:4]) + 2
+        await pilot.click("#runs-table", offset=(x, 0))  # the "loss" header
+        await settle(pilot, lambda: app.screen.filter.sort == "loss")
+        assert run_names(app)[0] in ("healthy", "straggler")  # lowest last loss first
+        assert run_names(app)[-1] == "diverged-lr"  # NaN sorts last
+        await pilot.click("#runs-table", offset=(x, 0))
+        await settle(pilot, lambda: app.screen.filter.descending)
 
 
 # ---- run screen -------------------------------------------------------------------------

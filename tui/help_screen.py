@@ -30,6 +30,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("f", "cycle the status filter: running, completed, failed, interrupted, all"),
             ("x", "only runs with findings"),
             ("o / O", "cycle the sort (name, status, findings, steps, loss) / reverse it"),
+            ("header", "click a column header to sort by it; click again to reverse"),
             ("space", "mark a run for comparison"),
             ("c", "compare the marked runs"),
         ),

@@ -19,14 +19,23 @@ from tunescope.tui.plot import PALETTE, Series, bucket_series
 SEVERITIES = ("error", "warning", "info")
 STATUSES = ("running", "completed", "failed", "interrupted")
 
-# Sort keys of the runs table: label -> ORDER BY expression.
-SORTS = {
-    "name": "name",
-    "status": "status",
-    "findings": "n_error DESC, n_warning DESC, n_info DESC",
-    "steps": "last_step DESC NULLS LAST",
-    "loss": "last_loss NULLS LAST",
+# Sort keys of the runs table: label -> (column, descending by default?) pairs.
+SORTS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "name": (("name", False),),
+    "status": (("status", False),),
+    "findings": (("n_error", True), ("n_warning", True), ("n_info", True)),
+    "steps": (("last_step", True),),
+    "loss": (("last_loss", False),),
 }
+
+
+def order_by(sort: str, reverse: bool) -> str:
+    """ORDER BY terms for a sort key; missing values always go last."""
+    terms = []
+    for col, desc in SORTS.get(sort, SORTS["name"]):
+        terms.append(f"{col} {'DESC' if desc != reverse else 'ASC'} NULLS LAST")
+    return ", ".join(terms)
+
 
 RUNS_PAGE = 200  # rows fetched into the runs table at a time (more as the cursor nears the end)
 RUNS_LIMIT = 5000  # runs offered by the compare screen's list at most
@@ -46,11 +55,7 @@ def runs_page(
 ) -> tuple[list[dict[str, Any]], int, int]:
     """One page of the runs matching ``flt`` with their findings counts, the
     match count and the total."""
-    order = SORTS.get(flt.sort, "name")
-    if flt.descending:
-        order = ", ".join(
-            p.replace(" DESC", " ASC") if " DESC" in p else p + " DESC" for p in order.split(", ")
-        )
+    order = order_by(flt.sort, flt.descending)
     sql = f"""
         WITH f AS (
             SELECT run_id,

@@ -24,6 +24,14 @@ STATUS_STYLE = {
     "interrupted": "#ffb000",
 }
 COLUMNS = ("", "run", "status", "steps", "loss", "lr", "ranks", "findings")
+# Clicking a column header sorts by it (again: reverses).
+HEADER_SORTS = {
+    "run": "name",
+    "status": "status",
+    "steps": "steps",
+    "loss": "loss",
+    "findings": "findings",
+}
 
 
 def fmt_value(v: Any, spec: str = ".4g") -> str:
@@ -197,6 +205,16 @@ class RunsScreen(WorkerScreen):
         if not self.rows or not (0 <= table.cursor_row < len(self.rows)):
             return None
         return self.rows[table.cursor_row]["run_id"]
+
+    @on(DataTable.HeaderSelected, "#runs-table")
+    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
+        sort = HEADER_SORTS.get(str(event.column_key.value))
+        if sort is None:
+            return
+        if sort == self.filter.sort:
+            self._set_filter(descending=not self.filter.descending)
+        else:
+            self._set_filter(sort=sort, descending=False)
 
     @on(DataTable.RowSelected, "#runs-table")
     def _row_selected(self, event: DataTable.RowSelected) -> None:
