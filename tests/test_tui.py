@@ -627,10 +627,16 @@ async def test_help_screen_lists_keys(runs: tuple[Path, Store]) -> None:
         await settle(pilot, lambda: app.screen.loaded)
         await pilot.press("question_mark")
         await pilot.pause()
-        from tunescope.tui.help_screen import HelpScreen
+        from tunescope.tui.help_screen import HelpScreen, help_plain
 
         assert isinstance(app.screen, HelpScreen)
-        shown = app.screen.query_one("#help-text", Static).content.plain
+        shown = help_plain()
+        # Every key of every screen's bindings is documented.
+        for screen_cls in (RunsScreen, RunScreen, SqlScreen, CompareScreen):
+            for b in screen_cls.BINDINGS:
+                key = {"question_mark": "?", "slash": "/", "right_square_bracket": "]",
+                       "left_square_bracket": "["}.get(b.key, b.key)  # fmt: skip
+                assert key in shown, (screen_cls.__name__, b.key)
         for line in ("n / p", "next / previous finding", "] / [", "unzoom", "straggler"):
             assert line in shown
         await pilot.press("escape")

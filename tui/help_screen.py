@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -72,16 +74,26 @@ NOTES = (
 )
 
 
-def help_text() -> Text:
-    text = Text()
-    text.append("tunescope keys\n", style="bold")
+def help_plain() -> str:
+    """The help as plain text (what the screen shows, without styles)."""
+    lines = ["tunescope keys"]
     for section, keys in KEYS:
-        text.append(f"\n{section}\n", style="bold underline")
+        lines += ["", section, *(f"  {k:<8} {d}" for k, d in keys)]
+    return "\n".join([*lines, "", NOTES])
+
+
+def help_renderable() -> Group:
+    parts: list[object] = [Text("tunescope keys", style="bold")]
+    for section, keys in KEYS:
+        parts.append(Text(f"\n{section}", style="bold underline"))
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold #4ea1ff", no_wrap=True, min_width=10)
+        grid.add_column(ratio=1)
         for key, does in keys:
-            text.append(f"  {key:<8}", style="bold #4ea1ff")
-            text.append(f" {does}\n")
-    text.append("\n" + NOTES + "\n", style="dim")
-    return text
+            grid.add_row(f"  {key}", does)
+        parts.append(grid)
+    parts.append(Text("\n" + NOTES, style="dim"))
+    return Group(*parts)
 
 
 class HelpScreen(ModalScreen[None]):
@@ -89,4 +101,4 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box"):
-            yield Static(help_text(), id="help-text")
+            yield Static(help_renderable(), id="help-text")
