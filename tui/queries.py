@@ -37,7 +37,7 @@ def order_by(sort: str, reverse: bool) -> str:
     return ", ".join(terms)
 
 
-RUNS_PAGE = 200  # rows fetched into the runs table at a time (more as the cursor nears the end)
+RUNS_PAGE = 100  # rows fetched into the runs table at a time (more as the cursor nears the end)
 RUNS_LIMIT = 5000  # runs offered by the compare screen's list at most
 
 
@@ -142,19 +142,24 @@ def run_findings(cur: Any, run_id: str) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class PlotSpec:
-    """One plot of the run screen: which columns, averaged over ranks or per rank."""
+    """One plot of the run screen: which columns, and how ranks are combined.
+
+    ``ranks`` is ``mean`` (average over ranks at each step: the loss),
+    ``first`` (the lowest rank only: values that all ranks share after the
+    all-reduce, such as the learning rate and the clipped grad norm; one scan,
+    no per-step grouping) or ``each`` (one series per rank).
+    """
 
     id: str
     title: str
     columns: tuple[tuple[str, str], ...]  # (series label, SQL expression over steps)
-    per_rank: bool = False
+    ranks: str = "mean"
     smoothable: bool = False
-    log_default: bool = False
 
 
 RUN_PLOTS: tuple[PlotSpec, ...] = (
     PlotSpec("loss", "loss", (("loss", "loss"),), smoothable=True),
-    PlotSpec("lr", "learning rate", (("lr", "lr"),)),
+    PlotSpec("lr", "learning rate", (("lr", "lr"),), ranks="first"),
     PlotSpec(
         "grad",
         "grad norm",
@@ -163,30 +168,44 @@ RUN_PLOTS: tuple[PlotSpec, ...] = (
             ("backbone", "grad_norm_backbone"),
             ("total", "grad_norm"),
         ),
+        ranks="first",
     ),
-    PlotSpec("mem", "memory MiB per rank", (("mem", "mem_allocated_mb"),), per_rank=True),
+    PlotSpec("mem", "memory MiB per rank", (("mem", "mem_allocated_mb"),), ranks="each"),
     PlotSpec(
         "time",
         "compute s per rank",
         (("time", "coalesce(compute_time_s, step_time_s)"),),
-        per_rank=True,
+        ranks="each",
     ),
 )
 
 
-def spec_source(spec: PlotSpec) -> str:
-    """A long table (series, step, v) for one run (``$1``) and one plot."""
+def spec_source(spec: PlotSpec, steps: tuple[float, float] | None = None) -> str:
+    """A long table (series, step, v) for one run (``$1``) and one plot,
+    reading only ``steps`` (inclusive) when given."""
+    where = "run_id = $1"
+    if steps is not None:
+        where += f" AND step BETWEEN {float(steps[0])!r} AND {float(steps[1])!r}"
+    if spec.ranks == "first":
+        where += " AND rank = (SELECT min(rank) FROM steps WHERE run_id = $1)"
+        cols = ", ".join(f'({expr})::DOUBLE AS "{label}"' for label, expr in spec.columns)
+        names = ", ".join(f'"{label}"' for label, _ in spec.columns)
+        # UNPIVOT drops NULLs: a column the run never logged yields no series.
+        return (
+            f"UNPIVOT (SELECT step, {cols} FROM steps WHERE {where}) "
+            f"ON {names} INTO NAME series VALUE v"
+        )
     parts = []
     for label, expr in spec.columns:
-        if spec.per_rank:
+        if spec.ranks == "each":
             parts.append(
                 f"SELECT 'rank ' || rank AS series, step, ({expr}) AS v FROM steps "
-                f"WHERE run_id = $1 AND ({expr}) IS NOT NULL"
+                f"WHERE {where} AND ({expr}) IS NOT NULL"
             )
         else:
             parts.append(
                 f"SELECT '{label}' AS series, step, avg({expr}) AS v FROM steps "
-                f"WHERE run_id = $1 AND ({expr}) IS NOT NULL GROUP BY step"
+                f"WHERE {where} AND ({expr}) IS NOT NULL GROUP BY step"
             )
     return " UNION ALL ".join(parts)
 
@@ -205,9 +224,8 @@ def plot_series(
     smooth: bool = False,
 ) -> list[Series]:
     window = smooth_window(x_range) if smooth and spec.smoothable else 1
-    found = bucket_series(
-        cur, spec_source(spec), [run_id], x_range=x_range, buckets=buckets, smooth=window
-    )
+    source = spec_source(spec, (x_range[0] - window, x_range[1]))
+    found = bucket_series(cur, source, [run_id], x_range=x_range, buckets=buckets, smooth=window)
     order = [label for label, _ in spec.columns]
 
     def key(label: str) -> tuple[int, int, str]:
