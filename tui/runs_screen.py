@@ -189,7 +189,7 @@ class RunsScreen(WorkerScreen):
         if self.marked:
             parts.append(f"{len(self.marked)} marked")
         self.query_one("#runs-state", Static).update(" · ".join(parts))
-        self.app.sub_title = f"{total} runs"
+        self.app.sub_title = f"{total} run{'' if total == 1 else 's'}"
 
     def on_store_changed(self, message: StoreChanged) -> None:
         self.reload()
