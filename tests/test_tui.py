@@ -117,6 +117,8 @@ def write_run(
                 write_step(
                     w, s, rank, diverge=diverge, slow_rank=slow_rank, spike=spike, lr=lr, t0=t0
                 )
+                if rank == 0 and s % 50 == 0:  # eval metrics land in the metrics view
+                    w.eval(step=s, ts=t0 + s, eval_loss=_loss(s) + 0.1)
             if end:
                 w.run_end(end, ts=t0 + steps + 1, error="loss is NaN" if end == "failed" else None)
 
@@ -204,6 +206,11 @@ async def settle(pilot: Pilot, until: Any = None, timeout: float = 10.0) -> None
     while True:
         await pilot.pause()
         busy = any(w.is_running for w in app.workers if w.group != "live")
+        # A DataTable measures new rows when idle: wait for it, or a screenshot
+        # taken under load shows columns still at their header widths.
+        busy = busy or any(
+            t._require_update_dimensions or t._updated_cells for t in app.screen.query(DataTable)
+        )
         if not busy and (until is None or until()):
             await pilot.pause()
             return
@@ -481,6 +488,11 @@ async def test_compare_overlays_runs_and_metrics(runs: tuple[Path, Store]) -> No
         await settle(pilot, lambda: plot.title == "lr" and len(plot.series) == 2)
         assert np.nanmax(plot.series[1].hi) == pytest.approx(1e-4)
         assert np.nanmax(plot.series[0].hi) == pytest.approx(3e-4)
+
+        select.value = "eval_loss"  # not a canonical metric: read from the metrics view
+        await settle(pilot, lambda: plot.title == "eval_loss" and len(plot.series) == 2)
+        assert [len(s) for s in plot.series] == [STEPS // 50, STEPS // 50]
+        assert plot.series[1].hi[0] == pytest.approx(_loss(50) + 0.1)
 
         # Tick a third run in the list.
         runs_list = screen.query_one("#compare-runs")

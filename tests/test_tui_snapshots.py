@@ -122,6 +122,7 @@ def test_help_screen(snap_compare, snap_root: Path) -> None:
     async def run_before(pilot: Pilot) -> None:
         await runs_loaded(pilot)
         await pilot.press("question_mark")
+        await settle(pilot)
 
     store = Store(snap_root)
     assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
