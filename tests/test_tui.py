@@ -615,6 +615,28 @@ async def test_analysis_runs_when_the_engine_exists(tmp_path: Path) -> None:
         assert n >= 1
 
 
+async def test_a_failing_detector_is_reported_and_the_findings_stay(
+    runs: tuple[Path, Store],
+) -> None:
+    _, store = runs
+    app = make_app(store)
+    calls: list[dict[str, Any]] = []
+
+    def failing(store: Store, **kw: Any) -> list[Finding]:
+        calls.append(kw)
+        raise ValueError("threshold must be positive")
+
+    app.analyze_fn = failing  # as if the engine were installed: runs on mount
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        await settle(pilot, lambda: not app._updating and len(app._notifications) > 0)
+        assert calls == [{"run_ids": None, "config": None}]
+        note = next(iter(app._notifications))
+        assert "detectors failed" in note.message and "threshold must be positive" in note.message
+        assert not isinstance(app.screen, ErrorModal)
+        assert {r[1]: r[7] for r in table_rows(app)}["diverged-lr"] == "1E 1W"
+
+
 async def test_worker_errors_open_one_modal(runs: tuple[Path, Store]) -> None:
     _, store = runs
     app = make_app(store)
