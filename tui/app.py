@@ -72,6 +72,8 @@ class TunescopeApp(App[None]):
         live: ingest new log lines every ``interval`` seconds in a worker.
         analyze: run the detectors on start and on runs that changed, when the
             detector engine is installed; otherwise show the stored findings.
+        detector_config: the detectors' configuration (thresholds, select,
+            ignore), passed to ``analyze`` as ``config``; None: their defaults.
         clock: the timer used for query durations (tests pin it).
     """
 
@@ -91,6 +93,7 @@ class TunescopeApp(App[None]):
         live: bool = True,
         interval: float = 2.0,
         analyze: bool = True,
+        detector_config: Any = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__()
@@ -99,6 +102,7 @@ class TunescopeApp(App[None]):
         self.interval = interval
         self.clock = clock
         self.analyze_fn = load_analyze() if analyze else None
+        self.detector_config = detector_config
         self.analysis_note = (
             ""
             if self.analyze_fn or not analyze
@@ -153,7 +157,7 @@ class TunescopeApp(App[None]):
             if self.analyze_fn is not None and (initial or changed):
                 run_ids = None if initial else changed
                 try:
-                    found = self.analyze_fn(store, run_ids=run_ids)
+                    found = self.analyze_fn(store, run_ids=run_ids, config=self.detector_config)
                 except Exception as e:  # a detector bug must not stop live ingest
                     self.post_message(AnalyzeFailed(f"{type(e).__name__}: {e}"))
                     return

@@ -66,4 +66,8 @@ def report_worker_error(node: Screen | object, event: Worker.StateChanged) -> No
     if app is None:
         return
     what = worker.description or worker.name or "a background task"
-    app.push_screen(ErrorModal(f"Failed: {what}", describe(worker.error)))
+    message = describe(worker.error)
+    top = app.screen
+    if isinstance(top, ErrorModal) and top.message == message:
+        return  # the same failure again (e.g. each live ingest): one modal is enough
+    app.push_screen(ErrorModal(f"Failed: {what}", message))

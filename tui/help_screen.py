@@ -4,49 +4,101 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Markdown
+from textual.widgets import Static
 
-HELP = """\
-# tunescope keys
+KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "Everywhere",
+        (
+            ("?", "this help"),
+            ("s", "SQL over the runs"),
+            ("escape", "back"),
+            ("q", "quit"),
+            ("mouse", "click rows, tabs, findings and buttons; the wheel scrolls"),
+        ),
+    ),
+    (
+        "Runs",
+        (
+            ("enter", "open the run (or click it)"),
+            ("/", "filter by name; escape clears"),
+            ("f", "cycle the status filter: running, completed, failed, interrupted, all"),
+            ("x", "only runs with findings"),
+            ("o / O", "cycle the sort (name, status, findings, steps, loss) / reverse it"),
+            ("header", "click a column header to sort by it; click again to reverse"),
+            ("space", "mark a run for comparison"),
+            ("c", "compare the marked runs"),
+        ),
+    ),
+    (
+        "Run",
+        (
+            ("1 2 3", "curves, per-rank times, config"),
+            ("n / p", "next / previous finding: its suggestion, curves zoomed to its steps"),
+            ("enter", "on a finding: zoom the curves to its step range"),
+            ("z", "unzoom"),
+            ("m", "smoothing (rolling mean) on the loss"),
+            ("l", "log scale on the loss"),
+        ),
+    ),
+    (
+        "Compare",
+        (
+            ("space", "tick or untick a run in the list (or click it)"),
+            ("metric", "choose it in the box above the plot"),
+            ("m / l", "smoothing / log scale"),
+        ),
+    ),
+    (
+        "SQL",
+        (
+            ("enter", "run the SQL (views: runs, steps, metrics, events, findings)"),
+            ("] / [", "next / previous page of the result (or the buttons)"),
+            ("ctrl+l", "back to the SQL box"),
+        ),
+    ),
+)
 
-**Everywhere**: `?` this help · `s` SQL · `q` quit · `escape` back.
-The mouse works too: click rows, tabs, findings and buttons; scroll with the wheel.
+NOTES = (
+    "On the curves, a finding's step range is tinted and marked ▲━━ under the axis; "
+    "× marks NaN or Inf values. The Ranks tab colours each rank's compute time against "
+    "the other ranks' median in the same step window: a straggler is the row that stays "
+    "orange or red. SQL is read-only: nothing can be written."
+)
 
-## Runs
-- `enter` or a click: open the run
-- `/`: filter by name (`escape` clears)
-- `f`: cycle the status filter (running, completed, failed, interrupted, all)
-- `x`: only runs with findings
-- `o` / `O`: cycle the sort (name, status, findings, steps, loss) / reverse it
-- `space`: mark a run; `c`: compare the marked runs
 
-## Run
-- `1` `2` `3`: curves, per-rank times, config
-- `n` / `p`: next / previous finding: its suggestion, and the curves zoomed to its steps
-- `enter` on a finding: zoom the curves to its step range; `z` unzooms
-- `m`: smoothing (rolling mean) on the loss; `l`: log scale on the loss
+def help_plain() -> str:
+    """The help as plain text (what the screen shows, without styles)."""
+    lines = ["tunescope keys"]
+    for section, keys in KEYS:
+        lines += ["", section, *(f"  {k:<8} {d}" for k, d in keys)]
+    return "\n".join([*lines, "", NOTES])
 
-Finding ranges are tinted on every curve and marked `▲━━` under it; `×` marks NaN or Inf.
-The Ranks tab colours each rank's compute time against the other ranks' median in the
-same step window: a straggler is the row that stays orange or red.
 
-## Compare
-Tick runs on the left (`space` or a click) and choose the metric above the plot;
-`m` smooths, `l` switches to a log scale.
-
-## SQL
-Type SQL and press `enter`; `]` / `[` (or the buttons) page the result; `ctrl+l` edits the SQL.
-Views: `runs`, `steps`, `metrics`, `events`, `findings`. Read-only: nothing can be written.
-"""
+def help_renderable() -> Group:
+    parts: list[object] = [Text("tunescope keys", style="bold")]
+    for section, keys in KEYS:
+        parts.append(Text(f"\n{section}", style="bold underline"))
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="bold #4ea1ff", no_wrap=True, min_width=10)
+        grid.add_column(ratio=1)
+        for key, does in keys:
+            grid.add_row(f"  {key}", does)
+        parts.append(grid)
+    parts.append(Text("\n" + NOTES, style="dim"))
+    return Group(*parts)
 
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,question_mark,q", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="help-box"), VerticalScroll():
-            yield Markdown(HELP, id="help-text")
+        with VerticalScroll(id="help-box"):
+            yield Static(help_renderable(), id="help-text")

@@ -38,6 +38,8 @@ class RunsLoaded(Message, bubble=False):
     rows: list[dict[str, Any]]
     matched: int
     total: int
+    offset: int = 0
+    filter: Any = None
 
 
 @dataclass

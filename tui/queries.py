@@ -19,16 +19,26 @@ from tunescope.tui.plot import PALETTE, Series, bucket_series
 SEVERITIES = ("error", "warning", "info")
 STATUSES = ("running", "completed", "failed", "interrupted")
 
-# Sort keys of the runs table: label -> ORDER BY expression.
-SORTS = {
-    "name": "name",
-    "status": "status",
-    "findings": "n_error DESC, n_warning DESC, n_info DESC",
-    "steps": "last_step DESC NULLS LAST",
-    "loss": "last_loss NULLS LAST",
+# Sort keys of the runs table: label -> (column, descending by default?) pairs.
+SORTS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "name": (("name", False),),
+    "status": (("status", False),),
+    "findings": (("n_error", True), ("n_warning", True), ("n_info", True)),
+    "steps": (("last_step", True),),
+    "loss": (("last_loss", False),),
 }
 
-RUNS_LIMIT = 5000  # rows sent to the runs table at most; filtering narrows further
+
+def order_by(sort: str, reverse: bool) -> str:
+    """ORDER BY terms for a sort key; missing values always go last."""
+    terms = []
+    for col, desc in SORTS.get(sort, SORTS["name"]):
+        terms.append(f"{col} {'DESC' if desc != reverse else 'ASC'} NULLS LAST")
+    return ", ".join(terms)
+
+
+RUNS_PAGE = 100  # rows fetched into the runs table at a time (more as the cursor nears the end)
+RUNS_LIMIT = 5000  # runs offered by the compare screen's list at most
 
 
 @dataclass(frozen=True)
@@ -40,13 +50,12 @@ class RunFilter:
     descending: bool = False
 
 
-def runs_page(cur: Any, flt: RunFilter) -> tuple[list[dict[str, Any]], int, int]:
-    """Runs matching ``flt`` with their findings counts, the match count and the total."""
-    order = SORTS.get(flt.sort, "name")
-    if flt.descending:
-        order = ", ".join(
-            p.replace(" DESC", " ASC") if " DESC" in p else p + " DESC" for p in order.split(", ")
-        )
+def runs_page(
+    cur: Any, flt: RunFilter, offset: int = 0, limit: int = RUNS_PAGE
+) -> tuple[list[dict[str, Any]], int, int]:
+    """One page of the runs matching ``flt`` with their findings counts, the
+    match count and the total."""
+    order = order_by(flt.sort, flt.descending)
     sql = f"""
         WITH f AS (
             SELECT run_id,
@@ -68,7 +77,7 @@ def runs_page(cur: Any, flt: RunFilter) -> tuple[list[dict[str, Any]], int, int]
               AND (NOT $only OR n_error + n_warning + n_info > 0)
         )
         SELECT *, (SELECT count(*) FROM m) AS matched, (SELECT count(*) FROM r) AS total
-        FROM m ORDER BY {order}, run_id LIMIT {RUNS_LIMIT}
+        FROM m ORDER BY {order}, run_id LIMIT {int(limit)} OFFSET {int(offset)}
     """
     params = {"text": flt.text.strip(), "status": flt.status, "only": flt.findings_only}
     rel = cur.execute(sql, params)
@@ -76,8 +85,12 @@ def runs_page(cur: Any, flt: RunFilter) -> tuple[list[dict[str, Any]], int, int]
     rows = [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
     if rows:
         return rows, rows[0]["matched"], rows[0]["total"]
-    total = cur.execute("SELECT count(*) FROM runs").fetchall()[0][0]
-    return [], 0, total
+    matched, total = cur.execute(
+        sql.split("SELECT *, (SELECT")[0]
+        + "SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM r)",
+        params,
+    ).fetchall()[0]
+    return [], matched, total
 
 
 def run_summary(cur: Any, run_id: str) -> tuple[dict[str, Any] | None, Any, tuple[int, int] | None]:
@@ -92,7 +105,13 @@ def run_summary(cur: Any, run_id: str) -> tuple[dict[str, Any] | None, Any, tupl
     if row is None:
         return None, None, None
     rec = dict(zip(names, row, strict=True))
-    config = rec.get("config")
+    # The whole run_start payload (model, LoRA settings, world size, config...).
+    start = cur.execute(
+        "SELECT payload::VARCHAR FROM events WHERE run_id = ? AND kind = 'run_start' "
+        "ORDER BY rank, ts LIMIT 1",
+        [run_id],
+    ).fetchall()
+    config = start[0][0] if start else rec.get("config")
     if isinstance(config, str):
         with contextlib.suppress(ValueError):
             config = json.loads(config)
@@ -123,19 +142,24 @@ def run_findings(cur: Any, run_id: str) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class PlotSpec:
-    """One plot of the run screen: which columns, averaged over ranks or per rank."""
+    """One plot of the run screen: which columns, and how ranks are combined.
+
+    ``ranks`` is ``mean`` (average over ranks at each step: the loss),
+    ``first`` (the lowest rank only: values that all ranks share after the
+    all-reduce, such as the learning rate and the clipped grad norm; one scan,
+    no per-step grouping) or ``each`` (one series per rank).
+    """
 
     id: str
     title: str
     columns: tuple[tuple[str, str], ...]  # (series label, SQL expression over steps)
-    per_rank: bool = False
+    ranks: str = "mean"
     smoothable: bool = False
-    log_default: bool = False
 
 
 RUN_PLOTS: tuple[PlotSpec, ...] = (
     PlotSpec("loss", "loss", (("loss", "loss"),), smoothable=True),
-    PlotSpec("lr", "learning rate", (("lr", "lr"),)),
+    PlotSpec("lr", "learning rate", (("lr", "lr"),), ranks="first"),
     PlotSpec(
         "grad",
         "grad norm",
@@ -144,30 +168,44 @@ RUN_PLOTS: tuple[PlotSpec, ...] = (
             ("backbone", "grad_norm_backbone"),
             ("total", "grad_norm"),
         ),
+        ranks="first",
     ),
-    PlotSpec("mem", "memory MiB per rank", (("mem", "mem_allocated_mb"),), per_rank=True),
+    PlotSpec("mem", "memory MiB per rank", (("mem", "mem_allocated_mb"),), ranks="each"),
     PlotSpec(
         "time",
         "compute s per rank",
         (("time", "coalesce(compute_time_s, step_time_s)"),),
-        per_rank=True,
+        ranks="each",
     ),
 )
 
 
-def spec_source(spec: PlotSpec) -> str:
-    """A long table (series, step, v) for one run (``$1``) and one plot."""
+def spec_source(spec: PlotSpec, steps: tuple[float, float] | None = None) -> str:
+    """A long table (series, step, v) for one run (``$1``) and one plot,
+    reading only ``steps`` (inclusive) when given."""
+    where = "run_id = $1"
+    if steps is not None:
+        where += f" AND step BETWEEN {float(steps[0])!r} AND {float(steps[1])!r}"
+    if spec.ranks == "first":
+        where += " AND rank = (SELECT min(rank) FROM steps WHERE run_id = $1)"
+        cols = ", ".join(f'({expr})::DOUBLE AS "{label}"' for label, expr in spec.columns)
+        names = ", ".join(f'"{label}"' for label, _ in spec.columns)
+        # UNPIVOT drops NULLs: a column the run never logged yields no series.
+        return (
+            f"UNPIVOT (SELECT step, {cols} FROM steps WHERE {where}) "
+            f"ON {names} INTO NAME series VALUE v"
+        )
     parts = []
     for label, expr in spec.columns:
-        if spec.per_rank:
+        if spec.ranks == "each":
             parts.append(
                 f"SELECT 'rank ' || rank AS series, step, ({expr}) AS v FROM steps "
-                f"WHERE run_id = $1 AND ({expr}) IS NOT NULL"
+                f"WHERE {where} AND ({expr}) IS NOT NULL"
             )
         else:
             parts.append(
                 f"SELECT '{label}' AS series, step, avg({expr}) AS v FROM steps "
-                f"WHERE run_id = $1 AND ({expr}) IS NOT NULL GROUP BY step"
+                f"WHERE {where} AND ({expr}) IS NOT NULL GROUP BY step"
             )
     return " UNION ALL ".join(parts)
 
@@ -186,9 +224,8 @@ def plot_series(
     smooth: bool = False,
 ) -> list[Series]:
     window = smooth_window(x_range) if smooth and spec.smoothable else 1
-    found = bucket_series(
-        cur, spec_source(spec), [run_id], x_range=x_range, buckets=buckets, smooth=window
-    )
+    source = spec_source(spec, (x_range[0] - window, x_range[1]))
+    found = bucket_series(cur, source, [run_id], x_range=x_range, buckets=buckets, smooth=window)
     order = [label for label, _ in spec.columns]
 
     def key(label: str) -> tuple[int, int, str]:

@@ -15,7 +15,7 @@ from textual.worker import get_current_worker
 
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import RunsLoaded, StoreChanged
-from tunescope.tui.queries import SORTS, STATUSES, RunFilter, runs_page
+from tunescope.tui.queries import RUNS_PAGE, SORTS, STATUSES, RunFilter, runs_page
 
 STATUS_STYLE = {
     "running": "bold #4ea1ff",
@@ -24,6 +24,14 @@ STATUS_STYLE = {
     "interrupted": "#ffb000",
 }
 COLUMNS = ("", "run", "status", "steps", "loss", "lr", "ranks", "findings")
+# Clicking a column header sorts by it (again: reverses).
+HEADER_SORTS = {
+    "run": "name",
+    "status": "status",
+    "steps": "steps",
+    "loss": "loss",
+    "findings": "findings",
+}
 
 
 def fmt_value(v: Any, spec: str = ".4g") -> str:
@@ -71,12 +79,17 @@ class RunsScreen(WorkerScreen):
         Binding("escape", "clear_filter", "Clear", show=False),
     ]
 
+    page_size = RUNS_PAGE  # rows per query; the next page loads near the end
+
     def __init__(self) -> None:
         super().__init__(id="runs-screen")
         self.filter = RunFilter()
         self.marked: list[str] = []
         self.rows: list[dict[str, Any]] = []
+        self.matched = 0
+        self._total = 0
         self.loaded = False
+        self._paging = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -95,25 +108,42 @@ class RunsScreen(WorkerScreen):
 
     # ---- data -----------------------------------------------------------------
 
-    @work(
-        thread=True, exclusive=True, group="runs", exit_on_error=False, description="loading runs"
-    )
-    def load(self) -> None:
+    @work(thread=True, exclusive=True, group="runs", exit_on_error=False,
+          description="loading runs")  # fmt: skip
+    def load(self, offset: int = 0, limit: int | None = None) -> None:
         flt = self.filter
+        limit = limit or self.page_size
         cur = self.app.store.cursor()
         try:
-            rows, matched, total = runs_page(cur, flt)
+            rows, matched, total = runs_page(cur, flt, offset, limit)
         finally:
             cur.close()
         if not get_current_worker().is_cancelled:
-            self.post_message(RunsLoaded(rows, matched, total))
+            self.post_message(RunsLoaded(rows, matched, total, offset, flt))
+
+    def reload(self) -> None:
+        """Load the first page again, as many rows as are shown (after a change)."""
+        self._paging = False
+        self.load(0, max(self.page_size, len(self.rows)))
 
     def on_runs_loaded(self, message: RunsLoaded) -> None:
+        if message.filter != self.filter:
+            return  # a page of an older filter
         table = self.query_one("#runs-table", DataTable)
+        self.matched = message.matched
+        if message.offset:
+            self._paging = False
+            if message.offset != len(self.rows):
+                return
+            self.rows.extend(message.rows)
+            table.add_rows(self._cells(r) for r in message.rows)
+            self._total = message.total
+            self._show_state(message.matched, message.total)
+            return
         keep = None
         if table.row_count and 0 <= table.cursor_row < len(self.rows):
             keep = self.rows[table.cursor_row]["run_id"]
-        self.rows = message.rows
+        self.rows = list(message.rows)
         table.clear()
         table.add_rows(self._cells(r) for r in message.rows)
         if keep is not None:
@@ -122,7 +152,16 @@ class RunsScreen(WorkerScreen):
                     table.move_cursor(row=i, animate=False)
                     break
         self.loaded = True
+        self._total = message.total
         self._show_state(message.matched, message.total)
+
+    @on(DataTable.RowHighlighted, "#runs-table")
+    def _maybe_next_page(self, event: DataTable.RowHighlighted) -> None:
+        """Fetch the next page when the cursor comes near the last loaded row."""
+        near_end = event.cursor_row >= len(self.rows) - min(20, self.page_size // 2)
+        if near_end and len(self.rows) < self.matched and not self._paging:
+            self._paging = True
+            self.load(len(self.rows))
 
     def _cells(self, r: dict[str, Any]) -> list[Any]:
         status = r["status"] or "?"
@@ -140,6 +179,8 @@ class RunsScreen(WorkerScreen):
     def _show_state(self, matched: int, total: int) -> None:
         f = self.filter
         parts = [f"{matched} of {total} runs" if matched != total else f"{total} runs"]
+        if len(self.rows) < matched:
+            parts.append(f"{len(self.rows)} loaded")
         if f.status:
             parts.append(f"status={f.status}")
         if f.findings_only:
@@ -148,10 +189,10 @@ class RunsScreen(WorkerScreen):
         if self.marked:
             parts.append(f"{len(self.marked)} marked")
         self.query_one("#runs-state", Static).update(" · ".join(parts))
-        self.app.sub_title = f"{total} runs"
+        self.app.sub_title = f"{total} run{'' if total == 1 else 's'}"
 
     def on_store_changed(self, message: StoreChanged) -> None:
-        self.load()
+        self.reload()
 
     def _set_filter(self, **changes: Any) -> None:
         self.filter = RunFilter(**{**self.filter.__dict__, **changes})
@@ -164,6 +205,16 @@ class RunsScreen(WorkerScreen):
         if not self.rows or not (0 <= table.cursor_row < len(self.rows)):
             return None
         return self.rows[table.cursor_row]["run_id"]
+
+    @on(DataTable.HeaderSelected, "#runs-table")
+    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
+        sort = HEADER_SORTS.get(str(event.column_key.value))
+        if sort is None:
+            return
+        if sort == self.filter.sort:
+            self._set_filter(descending=not self.filter.descending)
+        else:
+            self._set_filter(sort=sort, descending=False)
 
     @on(DataTable.RowSelected, "#runs-table")
     def _row_selected(self, event: DataTable.RowSelected) -> None:
@@ -191,7 +242,7 @@ class RunsScreen(WorkerScreen):
         )
         if row + 1 < table.row_count:
             table.move_cursor(row=row + 1, animate=False)
-        self.load()
+        self._show_state(self.matched, self._total)
 
     def action_compare(self) -> None:
         from tunescope.tui.compare_screen import CompareScreen

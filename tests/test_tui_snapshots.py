@@ -1,0 +1,128 @@
+"""Snapshot tests (pytest-textual-snapshot): each screen at 100x30 over fixed data.
+
+Determinism: the runs are written with fixed timestamps, no screen shows wall
+clock time (the SQL timer is pinned with ``clock``), cursor blink is off, live
+ingest and analysis are off. Update with ``pytest --snapshot-update`` after
+checking the new SVGs by eye.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_tui import build_runs, make_app, settle
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input
+
+from tunescope.ingest.store import Store
+from tunescope.tui.plot import Plot
+
+SIZE = (100, 30)
+
+
+@pytest.fixture(scope="module")
+def snap_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tui-snap") / "runs"
+    build_runs(root).close()
+    return root
+
+
+def no_blink(pilot: Pilot) -> None:
+    for box in pilot.app.screen.query(Input):
+        box.cursor_blink = False
+
+
+async def runs_loaded(pilot: Pilot) -> None:
+    await settle(pilot, lambda: pilot.app.screen.loaded)
+    no_blink(pilot)
+
+
+async def open_diverged(pilot: Pilot) -> None:
+    app = pilot.app
+    await settle(pilot, lambda: app.screen.loaded)
+    names = [r["run_id"] for r in app.screen.rows]
+    app.screen.query_one("#runs-table", DataTable).move_cursor(row=names.index("diverged-lr"))
+    await pilot.press("enter")
+    await settle(pilot, lambda: getattr(app.screen, "extent", None) is not None)
+    await settle(pilot, lambda: all(p.loaded for p in app.screen.query(Plot)))
+    await settle(pilot, lambda: len(app.screen.findings) == 2)
+
+
+def test_runs_screen(snap_compare, snap_root: Path) -> None:
+    store = Store(snap_root)
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=runs_loaded)
+
+
+def test_run_screen_zoomed_to_divergence(snap_compare, snap_root: Path) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        await open_diverged(pilot)
+        await pilot.press("n")  # select the TS102 finding and zoom to it
+        await settle(pilot, lambda: pilot.app.screen.zoom is not None)
+        screen = pilot.app.screen
+        await settle(pilot, lambda: screen.query_one("#plot-loss", Plot).x_range == screen.zoom)
+
+    store = Store(snap_root)
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
+
+
+def test_run_screen_ranks_tab(snap_compare, snap_root: Path) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        app = pilot.app
+        await settle(pilot, lambda: app.screen.loaded)
+        names = [r["run_id"] for r in app.screen.rows]
+        app.screen.query_one("#runs-table", DataTable).move_cursor(row=names.index("straggler"))
+        await pilot.press("enter")
+        await settle(pilot, lambda: getattr(app.screen, "extent", None) is not None)
+        await pilot.press("2")
+        grid = app.screen.query_one("#rank-grid")
+        await settle(pilot, lambda: grid.slowest is not None)
+
+    store = Store(snap_root)
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
+
+
+def test_compare_screen(snap_compare, snap_root: Path) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        app = pilot.app
+        await settle(pilot, lambda: app.screen.loaded)
+        names = [r["run_id"] for r in app.screen.rows]
+        table = app.screen.query_one("#runs-table", DataTable)
+        for name in ("diverged-lr", "healthy", "straggler"):
+            table.move_cursor(row=names.index(name))
+            await pilot.press("space")
+        await pilot.press("c")
+        await settle(pilot, lambda: hasattr(app.screen, "metric"))
+        plot = app.screen.query_one("#compare-plot", Plot)
+        await settle(pilot, lambda: len(plot.series) == 3)
+
+    store = Store(snap_root)
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
+
+
+def test_sql_screen(snap_compare, snap_root: Path) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        app = pilot.app
+        await settle(pilot, lambda: app.screen.loaded)
+        await pilot.press("s")
+        await settle(pilot, lambda: hasattr(app.screen, "result"))
+        no_blink(pilot)
+        app.screen.query_one("#sql-input", Input).value = (
+            "SELECT run_id, detector, severity, step_start, suggestion FROM findings "
+            "ORDER BY run_id, step_start"
+        )
+        await pilot.press("enter")
+        await settle(pilot, lambda: app.screen.result is not None)
+
+    store = Store(snap_root)
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
+
+
+def test_help_screen(snap_compare, snap_root: Path) -> None:
+    async def run_before(pilot: Pilot) -> None:
+        await runs_loaded(pilot)
+        await pilot.press("question_mark")
+        await settle(pilot)
+
+    store = Store(snap_root)
+    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
