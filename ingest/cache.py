@@ -196,6 +196,7 @@ class Cache:
                     entry["problems"] = probs[:MAX_PROBLEMS_PER_SOURCE]
                     entry["problem_count"] = entry.get("problem_count", 0) + len(result.problems)
                     report.new_problems.extend(result.problems)
+                _note_overlap(entry, result)
                 tagged = _tag(result, source.run_id, entry["src"], entry["gen"], seg)
                 for t in TABLES:
                     if tagged[t].num_rows:
@@ -355,10 +356,35 @@ def _new_manifest(root: Path) -> dict[str, Any]:
 
 def _new_entry(manifest: dict[str, Any], source: Source, old: dict | None) -> dict[str, Any]:
     if old is not None:  # same source, re-read: a new generation supersedes the old rows
-        return {**old, "gen": old["gen"] + 1, "problems": [], "problem_count": 0}
+        fresh = {**old, "gen": old["gen"] + 1, "problems": [], "problem_count": 0}
+        fresh.pop("max_step", None)
+        fresh.pop("overlap", None)
+        return fresh
     src = manifest["next_src"]
     manifest["next_src"] = src + 1
     return {"src": src, "gen": 1, "problems": [], "problem_count": 0}
+
+
+def _note_overlap(entry: dict[str, Any], result: ReadResult) -> None:
+    """Remember per rank the last step this source wrote, and whether it ever
+    wrote a step again (a resume re-logging steps, a re-read copy): only runs
+    with such overlaps need the store's newest-write-wins pass."""
+    steps = result.steps
+    if steps.num_rows == 0:
+        return
+    import pyarrow.compute as pc
+
+    last: dict[str, int] = entry.setdefault("max_step", {})
+    keys = steps.select(["rank", "step"]).drop_null()
+    if keys.group_by(["rank", "step"]).aggregate([]).num_rows != keys.num_rows:
+        entry["overlap"] = True
+    for row in keys.group_by("rank").aggregate([("step", "min"), ("step", "max")]).to_pylist():
+        rank = str(row["rank"])
+        if rank in last and row["step_min"] <= last[rank]:
+            entry["overlap"] = True
+        last[rank] = max(last.get(rank, row["step_max"]), row["step_max"])
+    if pc.sum(pc.is_null(steps.column("step"))).as_py():
+        entry["overlap"] = True
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:

@@ -150,8 +150,9 @@ class Store:
                 con.register("_live_arrow", live)
                 con.execute("CREATE OR REPLACE TABLE _live AS SELECT * FROM _live_arrow")
                 con.unregister("_live_arrow")
+                overlapping = _overlapping_runs(manifest)
                 for t, paths in files.items():
-                    self._load_table(t, paths)
+                    self._load_table(t, paths, overlapping)
                 self._load_findings(seg_dir / findings_file if findings_file else None)
                 self._build_runs()
                 self._create_views()
@@ -164,29 +165,33 @@ class Store:
                 ) from None
         self.loaded_at = time.time()
 
-    def _load_table(self, name: str, paths: list[str]) -> None:
+    def _load_table(self, name: str, paths: list[str], overlapping: list[str]) -> None:
+        """Load one table's live rows. Only runs in ``overlapping`` (a step
+        written twice) pay for the newest-write-wins pass."""
         con = self.con
         if not paths:
             con.register("_empty", _EMPTY[name].empty_table())
-            con.execute(f"CREATE OR REPLACE TABLE _{name}_all AS SELECT * FROM _empty")
+            con.execute(f"CREATE OR REPLACE TABLE _{name} AS SELECT * FROM _empty")
             con.unregister("_empty")
-        else:
-            con.execute(
-                f"CREATE OR REPLACE TABLE _{name}_all AS SELECT * FROM read_parquet(?) "
-                "SEMI JOIN _live USING (src, gen)",
-                [paths],
-            )
+            return
+        source = "read_parquet(?) SEMI JOIN _live USING (src, gen)"
+        if not overlapping:
+            con.execute(f"CREATE OR REPLACE TABLE _{name} AS SELECT * FROM {source}", [paths])
+            return
         keys = {
             "steps": "run_id, rank, step",
             "metrics": "run_id, rank, step, name",
             "events": "run_id, rank, step, kind, payload",
         }[name]
         con.execute(
-            f"CREATE OR REPLACE TABLE _{name} AS SELECT * FROM _{name}_all "
-            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY seg DESC, seq DESC) = 1 "
-            "ORDER BY run_id, rank, step, seg, seq"
+            f"CREATE OR REPLACE TABLE _{name} AS "
+            f"WITH rows AS (SELECT * FROM {source}) "
+            "SELECT * FROM rows WHERE run_id NOT IN (SELECT unnest(?::VARCHAR[])) "
+            "UNION ALL "
+            "SELECT * FROM rows WHERE run_id IN (SELECT unnest(?::VARCHAR[])) "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY seg DESC, seq DESC) = 1",
+            [paths, overlapping, overlapping],
         )
-        con.execute(f"DROP TABLE _{name}_all")
 
     def _load_findings(self, path: Path | None) -> None:
         con = self.con
@@ -272,6 +277,22 @@ class Store:
             r[0]
             for r in self.cursor().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()
         ]
+
+
+def _overlapping_runs(manifest: dict[str, Any]) -> list[str]:
+    """Runs where some (rank, step) may have been written more than once: a
+    source that re-wrote a step, or two sources writing the same rank."""
+    out: set[str] = set()
+    ranks_seen: dict[str, set[str]] = {}
+    for entry in manifest["sources"].values():
+        run = entry.get("run_id")
+        if run is None:
+            continue
+        ranks = set(entry.get("max_step", {}))
+        if entry.get("overlap") or ranks & ranks_seen.get(run, set()):
+            out.add(run)
+        ranks_seen.setdefault(run, set()).update(ranks)
+    return sorted(out)
 
 
 def check_read_only(sql: str) -> list[Any]:
