@@ -41,7 +41,7 @@ fixtures: $(VENV)/.dev
 	$(BIN)/python -m tunescope.train.fixtures $(RUNS)
 
 bench: $(VENV)/.dev
-	$(BIN)/python bench/ingest.py
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

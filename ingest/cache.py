@@ -69,6 +69,7 @@ class IngestReport:
     problems: list[Problem] = field(default_factory=list)
     new_problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
+    modified: bool = False  # the cached rows changed (new, replaced or removed rows)
 
     @property
     def skipped(self) -> int:
@@ -104,6 +105,18 @@ class Cache:
             return _new_manifest(self.root)
         if manifest.get("version") != MANIFEST_VERSION:
             return _new_manifest(self.root)
+        root = str(self.root.resolve())
+        if manifest.get("root") != root:
+            if self.dir.resolve().parent != Path(root):
+                # A cache dir shared with another runs root: start over rather
+                # than mix two roots' rows.
+                print(
+                    f"tunescope: {self.dir} held the cache of {manifest.get('root')}; "
+                    f"re-ingesting {root}",
+                    file=sys.stderr,
+                )
+                return _new_manifest(self.root)
+            manifest["root"] = root  # the runs folder moved with its cache inside it
         return manifest
 
     def _save_manifest(self, manifest: dict[str, Any]) -> None:
@@ -165,6 +178,7 @@ class Cache:
             live_keys = {s.key for s in sources}
             for key in [k for k in known if k not in live_keys]:
                 del known[key]  # the file is gone: its rows go with it
+                report.modified = True
 
             # Stat before reading: bytes appended while we read make the next
             # pass see a changed file (a stat after the read would hide them).
@@ -181,6 +195,7 @@ class Cache:
                 if entry is None or result.replace:
                     entry = _new_entry(manifest, source, entry)
                     known[source.key] = entry
+                    report.modified = True
                 st = stats[source.key]
                 entry.update(
                     size=st[0] if st else None,
@@ -197,6 +212,8 @@ class Cache:
                     entry["problem_count"] = entry.get("problem_count", 0) + len(result.problems)
                     report.new_problems.extend(result.problems)
                 _note_overlap(entry, result)
+                if result.replace or result.rows or result.problems:
+                    report.modified = True
                 tagged = _tag(result, source.run_id, entry["src"], entry["gen"], seg)
                 for t in TABLES:
                     if tagged[t].num_rows:
@@ -271,7 +288,11 @@ class Cache:
         manifest["segments"] = keep
 
     def _merge(self, manifest: dict[str, Any]) -> None:
-        """Rewrite all live rows of each table into one segment."""
+        """Rewrite the live rows of many small segments into one per table.
+
+        Tiered: when one segment already holds most rows (a long history), only
+        the small recent ones are merged, so a live run does not rewrite its
+        whole cache every few passes."""
         import duckdb
 
         live = pa.table(
@@ -285,26 +306,40 @@ class Cache:
         manifest["next_seg"] = seg + 1
         con = duckdb.connect()
         con.register("live", live)
-        merged = []
+        keep, merged, retired = [], [], []
         for t in TABLES:
-            files = [
-                str(self.segments_dir / s["file"]) for s in manifest["segments"] if s["table"] == t
-            ]
-            if not files:
+            segs = [s for s in manifest["segments"] if s["table"] == t]
+            if len(segs) < 2:
+                keep.extend(segs)
                 continue
+            big = max(segs, key=lambda s: s["rows"])
+            if big["rows"] >= 4 * (sum(s["rows"] for s in segs) - big["rows"]):
+                keep.append(big)
+                segs = [s for s in segs if s is not big]
+            files = [str(self.segments_dir / s["file"]) for s in segs]
             table = fetch_arrow(
                 con,
                 "SELECT * FROM read_parquet(?) SEMI JOIN live USING (src, gen) ORDER BY seg, seq",
                 [files],
             )
             name = self.write_parquet(table, f"seg-{seg:08d}-{t}.parquet")
-            merged.append({"file": name, "table": t, "rows": table.num_rows})
+            pairs = {
+                (s, g)
+                for s, g in zip(table["src"].to_pylist(), table["gen"].to_pylist(), strict=True)
+            }
+            merged.append(
+                {
+                    "file": name,
+                    "table": t,
+                    "rows": table.num_rows,
+                    "srcs": [list(p) for p in sorted(pairs)],
+                }
+            )
+            retired.extend(segs)
         con.close()
         now = time.time()
-        manifest["trash"].extend({"file": s["file"], "since": now} for s in manifest["segments"])
-        manifest["segments"] = merged
-        for s in merged:
-            s["srcs"] = _segment_srcs(self.segments_dir / s["file"])
+        manifest["trash"].extend({"file": s["file"], "since": now} for s in retired)
+        manifest["segments"] = keep + merged
 
     def _empty_trash(self, manifest: dict[str, Any]) -> None:
         now = time.time()

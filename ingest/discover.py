@@ -42,10 +42,13 @@ class Source:
     run_id: str
     reader: Reader
     part: str | None = None  # one run inside a file that holds several (mlflow.db)
+    rel: str = ""  # the path relative to the runs root
 
     @property
     def key(self) -> str:
-        return str(self.path) if self.part is None else f"{self.path}#{self.part}"
+        """Identity in the cache: the same however the runs root is spelled."""
+        base = self.rel or str(self.path)
+        return base if self.part is None else f"{base}#{self.part}"
 
 
 def run_id_for(root: Path, run_dir: Path) -> str:
@@ -95,6 +98,7 @@ def discover(
             except OSError:
                 continue
             path = Path(entry.path)
+            rel = Path(os.path.relpath(path, root)).as_posix()
             for reader in readers:
                 try:
                     hit = reader.detect(path)
@@ -104,7 +108,8 @@ def discover(
                     parts = getattr(reader, "parts", None)
                     if parts is None:
                         run_dir = reader.run_dir(path)
-                        sources.append(Source(path, run_dir, run_id_for(root, run_dir), reader))
+                        rid = run_id_for(root, run_dir)
+                        sources.append(Source(path, run_dir, rid, reader, rel=rel))
                         break
                     # A file with several runs: one source per run, read with read_part.
                     try:
@@ -114,7 +119,7 @@ def discover(
                         found = []
                     for part, run_dir in found:
                         rid = run_id_for(root, run_dir)
-                        sources.append(Source(path, run_dir, rid, reader, part))
+                        sources.append(Source(path, run_dir, rid, reader, part, rel))
                     break
         stack.extend(reversed(subdirs))
     return sources, problems

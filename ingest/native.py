@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from tunescope.eventlog import LineError, loads, parse_event
+from tunescope.eventlog import INT64_MAX, RANK_MAX, TS_MAX, LineError, loads, parse_event
 from tunescope.ingest.rows import (
     EVENT_SCHEMA,
     METRIC_SCHEMA,
@@ -110,7 +110,11 @@ def _read_exact(path: Path, chunk: Chunk) -> ReadResult:
             problems.append(Problem(str(path), lineno, str(e)))
             continue
         problems.extend(Problem(str(path), lineno, p) for p in ev.problems)
-        add_event(rows, ev, rank0, lineno)
+        try:
+            add_event(rows, ev, rank0, lineno)
+        except (ValueError, TypeError, OverflowError, pa.ArrowException) as e:
+            # A value no column can hold: this line only, never the whole file.
+            problems.append(Problem(str(path), lineno, f"value out of range: {e}"))
     return rows.result(chunk.state, problems, replace=chunk.restarted)
 
 
@@ -146,6 +150,10 @@ def _read_parquet(path: Path, state: dict[str, Any] | None) -> ReadResult:
         return rows.result(new_state, [Problem(str(path), None, f"unreadable Parquet: {e}")])
     rank0 = file_rank(path)
     problems: list[Problem] = []
+    # Rows of a later copy must win over an earlier one (a resume re-logs steps):
+    # order them by where they were in the JSONL.
+    meta = table.schema.metadata or {}
+    base = int(meta.get(b"tunescope.byte_start", b"0") or 0)
     for i, rec in enumerate(table.to_pylist(), start=1):
         extra = rec.pop("extra", None)
         obj = {k: v for k, v in rec.items() if v is not None}
@@ -159,16 +167,17 @@ def _read_parquet(path: Path, state: dict[str, Any] | None) -> ReadResult:
         except LineError as e:
             problems.append(Problem(str(path), i, f"row {i}: {e}"))
             continue
-        add_event(rows, ev, rank0, i)
+        add_event(rows, ev, rank0, base + i)
     return rows.result(new_state, problems, replace=True)
 
 
 # ---- fast path ---------------------------------------------------------------
 #
-# One JSON parse per line does the work: json_transform pulls every field out as
-# raw JSON text, and TRY_CAST turns the text into numbers. A field whose text is
-# present but not a number (a string, a list, a boolean) marks its chunk for the
-# exact path, which then names the line.
+# Two passes over the bytes: one finds every key, one reads every field as raw
+# JSON text; TRY_CAST turns the text into numbers. A field whose text is present
+# but not a JSON number (a string, a list, a boolean), or anything else the exact
+# path would report, marks its chunk for the exact path, which then names the line.
+# Internal columns start with "#", which no key may (such keys go the exact way).
 
 
 def _read_fast(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
@@ -205,13 +214,19 @@ def _num(raw: str) -> str:
     return f"TRY_CAST({raw} AS DOUBLE)"
 
 
+def _is_number(col: str) -> str:
+    """SQL: the raw JSON text in ``col`` is a JSON number (not a string, boolean,
+    list or object, which DuckDB's casts would otherwise accept)."""
+    return f"(left(CAST({col} AS VARCHAR), 1) NOT IN ('\"', 't', 'f', '[', '{{') AND {_num(col)} IS NOT NULL)"
+
+
 def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) -> dict:
     meta = pa.table(
         {
-            "f": list(files),
-            "file_rank": [file_rank(p) for _, p, _ in files.values()],
-            "line0": [c.first_line - 1 for _, _, c in files.values()],
-            "expected": [c.data.count(b"\n") for _, _, c in files.values()],
+            "#f": list(files),
+            "#file_rank": [file_rank(p) for _, p, _ in files.values()],
+            "#line0": [c.first_line - 1 for _, _, c in files.values()],
+            "#expected": [c.data.count(b"\n") for _, _, c in files.values()],
         }
     )
     con.register("meta", meta)
@@ -226,79 +241,85 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
     ]
     lowered = {k.lower() for k in all_keys}
     if (
-        len(lowered) != len(all_keys)
+        len(lowered) != len(all_keys)  # keys equal but for case (SQL names ignore case)
         or "kind" not in all_keys
         or any(k.startswith("#") for k in all_keys)
     ):
-        return out  # keys equal but for case (SQL names ignore case): exact path
+        return out
     keys = [k for k in all_keys if k not in _KNOWN]
-    fields = ["kind", "v", "rank", "step", "ts", *METRIC_NAMES, "sample_ids", *keys]
-    columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in fields) + "}"
-    # Pass 2: every field as text; numbers come from TRY_CAST below. Malformed
-    # JSON raises here, which sends the batch to the exact path.
+    fields = ["v", "rank", "step", "ts", *METRIC_NAMES, "sample_ids", *keys]
+    columns = "{'kind': 'VARCHAR', " + ", ".join(f"{_sql_str(k)}: 'JSON'" for k in fields) + "}"
+    # Pass 2: every field as raw JSON text. Malformed JSON raises here, which
+    # sends the batch to the exact path (bisected by the caller).
     con.execute(
-        "CREATE TEMP TABLE raw AS SELECT *, row_number() OVER () AS g FROM read_json(?, "
-        f"format='newline_delimited', columns={columns}, filename='_f', "
+        'CREATE TEMP TABLE raw AS SELECT *, row_number() OVER () AS "#g" FROM read_json(?, '
+        f"format='newline_delimited', columns={columns}, filename='#f', "
         "maximum_object_size=67108864)",
         [list(files)],
     )
-    # Each field is cast once; ``bad`` marks lines the exact path must judge.
     numeric = [*METRIC_NAMES, *keys]
-    casts = ", ".join(
-        f"{_num(_ident(k))} AS {_ident('#' + k)}" for k in ("v", "rank", "step", "ts")
-    )
-    casts += ", " + ", ".join(f"{_num(_ident(k))} AS {_ident('#' + k)}" for k in numeric)
     kinds = ", ".join(f"'{k}'" for k in sorted(KINDS))
-    integer = "({x} IS NULL OR {x} < 0 OR {x} <> floor({x}))"
-    not_numbers = " OR ".join(
-        f"({_ident(k)} IS NOT NULL AND {_ident('#' + k)} IS NULL)" for k in numeric
-    )
-    v, step, rank, ts = (_ident("#" + k) for k in ("v", "step", "rank", "ts"))
+    q = _ident
+    rank, ts = (_num(q(k)) for k in ("rank", "ts"))
+    integer = "(NOT {ok} OR {x} < 0 OR {x} <> floor({x}) OR {x} > {limit})"
+
+    def whole(name: str, limit: int) -> str:
+        return integer.format(ok=_is_number(q(name)), x=_num(q(name)), limit=limit)
+
+    not_numbers = " OR ".join(f"({q(k)} IS NOT NULL AND NOT {_is_number(q(k))})" for k in numeric)
     bad = f"""kind IS NULL OR kind NOT IN ({kinds})
-          OR (v IS NOT NULL AND ({v} IS NULL OR {v} > {SCHEMA_VERSION} OR {v} <> floor({v})))
-          OR (step IS NOT NULL AND {integer.format(x=step)})
+          OR (v IS NOT NULL AND {whole("v", SCHEMA_VERSION)})
+          OR (step IS NOT NULL AND ({whole("step", INT64_MAX)} OR TRY_CAST(step AS BIGINT) IS NULL))
           OR (kind IN ('step', 'eval') AND step IS NULL)
-          OR ("rank" IS NOT NULL AND {integer.format(x=rank)})
-          OR (ts IS NOT NULL AND NOT coalesce(isfinite({ts}), false))
+          OR ("rank" IS NOT NULL AND {whole("rank", RANK_MAX)})
+          OR (ts IS NOT NULL AND (NOT {_is_number("ts")} OR NOT coalesce({ts} >= 0 AND {ts} < {TS_MAX:.0f}, false)))
           OR (kind = 'step' AND ({not_numbers}))"""
-    outs = ", ".join(f"{_ident('#' + k)} AS {_ident(k)}" for k in numeric)
+    outs = ", ".join(f"{_num(q(k))} AS {q(k)}" for k in numeric)
     con.execute(
         f"""CREATE TEMP TABLE t AS
-        WITH c AS (SELECT *, {casts} FROM raw)
-        SELECT c._f AS f, g - g0 + 1 AS ord, line0, meta.file_rank, kind,
-               CAST(coalesce({rank}, meta.file_rank) AS INTEGER) AS "#r",
-               CAST({step} AS BIGINT) AS "#s", {ts} AS "#t", sample_ids, {outs},
+        SELECT raw."#f", raw."#g" - g0."#g0" + 1 AS "#ord", meta."#line0", meta."#file_rank",
+               kind,
+               CAST(coalesce({rank}, meta."#file_rank") AS INTEGER) AS "#r",
+               TRY_CAST(step AS BIGINT) AS "#s", {ts} AS "#t",
+               CAST(sample_ids AS VARCHAR) AS sample_ids, {outs},
                ({bad}) AS "#bad"
-        FROM c JOIN (SELECT _f, min(g) AS g0 FROM raw GROUP BY _f) USING (_f)
-        JOIN meta ON meta.f = c._f"""
+        FROM raw JOIN (SELECT "#f", min("#g") AS "#g0" FROM raw GROUP BY "#f") AS g0
+               ON g0."#f" = raw."#f"
+        JOIN meta ON meta."#f" = raw."#f"
+        """
     )
     bad_files = [
         f
         for (f,) in con.execute(
-            """SELECT DISTINCT f FROM t WHERE "#bad"
+            """SELECT DISTINCT "#f" FROM t WHERE "#bad"
             UNION
-            SELECT f FROM meta LEFT JOIN (SELECT f, count(*) AS n FROM t GROUP BY f) USING (f)
-            WHERE n IS NULL OR n <> expected"""
+            SELECT meta."#f" FROM meta
+            LEFT JOIN (SELECT "#f", count(*) AS n FROM t GROUP BY "#f") AS c ON c."#f" = meta."#f"
+            WHERE n IS NULL OR n <> "#expected"
+            """
         ).fetchall()
     ]
     if bad_files:
-        con.execute("DELETE FROM t WHERE f IN (SELECT unnest(?::VARCHAR[]))", [bad_files])
-    common = '"#r" AS rank, "#s" AS step, "#t" AS ts'
+        con.execute('DELETE FROM t WHERE "#f" IN (SELECT unnest(?::VARCHAR[]))', [bad_files])
+    common = '"#r" AS rank, "#s" AS step, "#t" AS ts, "#line0" + "#ord" AS seq'
     steps = fetch_arrow(
         con,
-        f"SELECT f, {common}, {', '.join(METRIC_NAMES)}, sample_ids, line0 + ord AS seq "
+        f'SELECT "#f" AS f, {common}, {", ".join(METRIC_NAMES)}, sample_ids '
         "FROM t WHERE kind = 'step' ORDER BY f, seq",
     )
+    steps = steps.select(["f", *STEP_SCHEMA.names])
     metrics = None
     if keys:
+        cols = ", ".join(q(k) for k in keys)
         metrics = fetch_arrow(
             con,
-            f"SELECT f, rank, step, ts, name, value, seq FROM (UNPIVOT (SELECT f, {common}, "
-            f"line0 + ord AS seq, {', '.join(_ident(k) for k in keys)} FROM t "
-            f"WHERE kind = 'step') ON {', '.join(_ident(k) for k in keys)} "
-            "INTO NAME name VALUE value) ORDER BY f, seq",
+            "SELECT f, rank, step, ts, name, value, seq FROM (UNPIVOT "
+            f"(SELECT \"#f\" AS f, {common}, {cols} FROM t WHERE kind = 'step') "
+            f"ON {cols} INTO NAME name VALUE value) ORDER BY f, seq",
         )
-    others = con.execute("SELECT f, ord, line0, file_rank FROM t WHERE kind <> 'step'").fetchall()
+    others = con.execute(
+        """SELECT "#f", "#ord", "#line0", "#file_rank" FROM t WHERE kind <> 'step'"""
+    ).fetchall()
     by_file_other: dict[str, RowBuilder] = {}
     if others:
         lines = _lines_of(files, others)
@@ -326,16 +347,24 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
 
 
 def _lines_of(files: dict[str, tuple[int, Path, Chunk]], wanted: list[tuple]) -> dict:
-    """The raw text of a few lines (non-step events), looked up by file and ordinal."""
+    """The raw text of a few lines (non-step events), looked up by file and
+    ordinal, splitting from whichever end of the chunk is nearer."""
     need: dict[str, set[int]] = {}
     for f, ord_, *_ in wanted:
         need.setdefault(f, set()).add(ord_)
     found: dict[tuple[str, int], bytes] = {}
     for f, ords in need.items():
-        chunk = files[f][2]
-        for n, raw in enumerate(chunk.data.split(b"\n"), start=1):
-            if n in ords:
-                found[(f, n)] = raw
+        data = files[f][2].data
+        total = data.count(b"\n")  # every chunk ends with a newline
+        head = [n for n in ords if n <= total // 2]
+        tail = [n for n in ords if n > total // 2]
+        if head:
+            lines = data.split(b"\n", max(head))
+            found.update(((f, n), lines[n - 1]) for n in head)
+        if tail:
+            back = total - min(tail) + 1  # lines needed from the end
+            lines = data[:-1].rsplit(b"\n", back)
+            found.update(((f, n), lines[len(lines) - 1 - (total - n)]) for n in tail)
     return found
 
 

@@ -137,7 +137,7 @@ class RowBuilder:
         s["ts"].append(ts)
         for name in METRIC_NAMES:
             s[name].append(metrics.get(name))
-        s["sample_ids"].append(None if sample_ids is None else json.dumps(sample_ids))
+        s["sample_ids"].append(None if sample_ids is None else payload_json(sample_ids))
         s["seq"].append(self.next_seq() if seq is None else seq)
 
     def metric(

@@ -15,6 +15,7 @@ never touch the user's logs and never wait on a lock.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -102,9 +103,11 @@ class Store:
     last_report: IngestReport | None = None
 
     def ingest(self, progress: Callable[[str], None] | None = None) -> IngestReport:
-        """Read what is new under the root, then refresh the views."""
+        """Read what is new under the root, then refresh the views (only when
+        something changed: a poll that finds nothing new costs a stat per file)."""
         self.last_report = self.cache.ingest(progress=progress)
-        self.refresh()
+        if self.last_report.modified or not self.loaded_at:
+            self.refresh()
         return self.last_report
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -239,15 +242,23 @@ class Store:
         statements = check_read_only(sql)
         cur = con or self.cursor()
         try:
-            for stmt in statements[:-1]:
-                cur.execute(stmt)
-            return fetch_arrow(cur, statements[-1].query)
+            # A transaction that is always rolled back: even a statement that
+            # slipped past the check could not change the store.
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                for stmt in statements[:-1]:
+                    fetch_arrow(cur, stmt.query)
+                return fetch_arrow(cur, statements[-1].query)
+            finally:
+                cur.execute("ROLLBACK")
         except duckdb.Error as e:
             raise QueryError(str(e).strip()) from None
 
     def export(self, path: str | Path, overwrite: bool = False) -> None:
         """Write every view as a table into a new DuckDB database file."""
         path = Path(path)
+        if path.is_dir():
+            raise UsageError(f"{path} is a directory; name a database file to write")
         if path.exists():
             if not overwrite:
                 raise UsageError(f"{path} exists; pass --force to replace it")
@@ -270,7 +281,9 @@ class Store:
                 cols[name].append(row.get(name))
         table = pa.table(cols, schema=FINDINGS_SCHEMA)
         self.cache.save_findings(table, run_ids)
-        self.refresh()
+        findings_file = self.cache.load_manifest().get("findings")
+        with self._lock:
+            self._load_findings(self.cache.segments_dir / findings_file if findings_file else None)
 
     def run_ids(self) -> list[str]:
         return [
@@ -295,6 +308,14 @@ def _overlapping_runs(manifest: dict[str, Any]) -> list[str]:
     return sorted(out)
 
 
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?(\([^)]*\)\s*)?", re.IGNORECASE)
+
+
+def _kind(stmt: Any) -> str:
+    kind = stmt.type.name if hasattr(stmt.type, "name") else str(stmt.type)
+    return kind.replace("StatementType.", "").replace("_STATEMENT", "")
+
+
 def check_read_only(sql: str) -> list[Any]:
     """The statements of ``sql``; refuses SQL that could modify the store, the
     logs or anything else."""
@@ -305,8 +326,13 @@ def check_read_only(sql: str) -> list[Any]:
     if not statements:
         raise UsageError("no SQL statement given")
     for stmt in statements:
-        kind = stmt.type.name if hasattr(stmt.type, "name") else str(stmt.type)
-        kind = kind.replace("StatementType.", "").replace("_STATEMENT", "")
+        kind = _kind(stmt)
+        if kind == "EXPLAIN":
+            # EXPLAIN ANALYZE runs its statement: judge the statement itself.
+            inner = _EXPLAIN_PREFIX.sub("", stmt.query, count=1)
+            if inner.strip() and inner != stmt.query:
+                check_read_only(inner)
+                continue
         if kind not in _READ_ONLY:
             raise UsageError(
                 f"only read-only SQL is allowed here (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN); "

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+FINGERPRINT = 64  # bytes before the offset that must not have changed
+
 
 @dataclass
 class Chunk:
@@ -27,11 +29,15 @@ class Chunk:
     restarted: bool  # True when the file was re-read from the start
     partial_tail: int  # bytes after the last newline, left for next time
     inode: int
+    prefix: bytes = b""  # the bytes just before ``start`` (for the fingerprint)
 
     @property
     def state(self) -> dict[str, Any]:
         lines = self.first_line - 1 + self.data.count(b"\n")
-        return {"offset": self.end, "line": lines, "inode": self.inode}
+        tail = self.data[-FINGERPRINT:] if len(self.data) >= FINGERPRINT else None
+        if tail is None:
+            tail = self.prefix[-(FINGERPRINT - len(self.data)) :] + self.data
+        return {"offset": self.end, "line": lines, "inode": self.inode, "fp": tail.hex()}
 
 
 def read_new_lines(path: Path, state: dict[str, Any] | None) -> Chunk:
@@ -47,8 +53,17 @@ def read_new_lines(path: Path, state: dict[str, Any] | None) -> Chunk:
     if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
         offset, line, restarted = 0, 0, True
     with open(path, "rb") as f:
+        prefix = b""
+        if offset:
+            # The bytes before the offset must be those we read last time: a file
+            # truncated and rewritten in place (same inode, now longer) is not.
+            back = min(offset, FINGERPRINT)
+            f.seek(offset - back)
+            prefix = f.read(back)
+            if state and state.get("fp") not in (None, prefix[-FINGERPRINT:].hex()):
+                offset, line, restarted, prefix = 0, 0, True, b""
         f.seek(offset)
         data = f.read()
     cut = data.rfind(b"\n") + 1
     tail = len(data) - cut
-    return Chunk(data[:cut], offset, offset + cut, line + 1, restarted, tail, st.st_ino)
+    return Chunk(data[:cut], offset, offset + cut, line + 1, restarted, tail, st.st_ino, prefix)

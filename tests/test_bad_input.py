@@ -170,3 +170,99 @@ def test_one_bad_file_does_not_push_its_batch_off_the_fast_path(tmp_path, monkey
         path.write_bytes(GOOD_1 + (b"{broken\n" if i == 3 else b"") + GOOD_3)
         batch.append((i, path, native.read_new_lines(path, None)))
     assert sorted(native._read_fast(batch)) == [0, 1, 2, 4]
+
+
+# Lines each path must judge the same way, whatever the chunk size.
+TRICKY = {
+    "ns_timestamp": b'{"v":1,"kind":"step","step":2,"loss":1.0,"ts":1732280000000000000}\n',
+    "negative_ts": b'{"v":1,"kind":"step","step":2,"loss":1.0,"ts":-1e15}\n',
+    "huge_step": b'{"v":1,"kind":"step","step":100000000000000000000,"loss":1.0}\n',
+    "huge_rank": b'{"v":1,"kind":"step","step":2,"rank":4294967296,"loss":1.0}\n',
+    "huge_metric": b'{"v":1,"kind":"step","step":2,"loss":1' + b"0" * 400 + b"}\n",
+    "very_long_int": b'{"v":1,"kind":"step","step":2,"loss":' + b"9" * 5000 + b"}\n",
+    "string_rank": b'{"v":1,"kind":"step","step":2,"rank":"1","loss":1.0}\n',
+    "string_step": b'{"v":1,"kind":"step","step":"2","loss":1.0}\n',
+    "string_ts": b'{"v":1,"kind":"step","step":2,"ts":"1700000000","loss":1.0}\n',
+    "numeric_string_metric": b'{"v":1,"kind":"step","step":2,"loss":"2.5"}\n',
+    "numeric_string_extra": b'{"v":1,"kind":"step","step":2,"loss":1.0,"note":"5"}\n',
+    "bool_extra": b'{"v":1,"kind":"step","step":2,"loss":1.0,"flag":true}\n',
+    "sample_ids_spaced": b'{"v":1,"kind":"step","step":2,"loss":1.0,"sample_ids":[1, 2, 3]}\n',
+    "sample_ids_string": b'{"v":1,"kind":"step","step":2,"loss":1.0,"sample_ids":"abc"}\n',
+    "key_named_ord": b'{"v":1,"kind":"step","step":2,"loss":1.0,"ord":100.0,"g":7,"f":3}\n',
+    "fractional_step": b'{"v":1,"kind":"step","step":2.5,"loss":1.0}\n',
+    "integral_float_step": b'{"v":1,"kind":"step","step":2.0,"loss":1.0}\n',
+    "big_exact_step": b'{"v":1,"kind":"step","step":9007199254740993,"loss":1.0}\n',
+}
+
+
+def _views(store):
+    cur = store.cursor()
+    out = {}
+    for view in ("steps", "metrics", "events"):
+        out[view] = repr(cur.execute(f"SELECT * EXCLUDE (ts) FROM {view} ORDER BY ALL").fetchall())
+    out["ts"] = repr(cur.execute("SELECT step, ts FROM steps ORDER BY ALL").fetchall())
+    out["step_ids"] = [r[0] for r in cur.execute("SELECT step FROM steps ORDER BY 1").fetchall()]
+    out["problems"] = sorted((p.line, p.reason) for p in store.last_report.problems)
+    return out
+
+
+@pytest.mark.parametrize("name", list(TRICKY))
+def test_fast_and_exact_paths_judge_tricky_lines_alike(tmp_path, monkeypatch, name):
+    body = GOOD_1 + TRICKY[name] + GOOD_3
+    path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body)
+    monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 1 << 60)
+    exact = _views(Store.open(tmp_path / "runs", cache_dir=tmp_path / "c1"))
+    monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 0)
+    fast = _views(Store.open(tmp_path / "runs", cache_dir=tmp_path / "c2"))
+    assert fast == exact
+    # Neither path loses the good lines around it.
+    assert 1 in exact["step_ids"] and 3 in exact["step_ids"]
+
+
+def test_out_of_range_values_cost_only_their_line_and_later_lines_still_arrive(tmp_path):
+    store, path = ingest_bytes(tmp_path, GOOD_1 + TRICKY["huge_step"] + GOOD_3)
+    assert [p.line for p in store.last_report.problems] == [2]
+    with open(path, "ab") as f:
+        f.write(b'{"v":1,"kind":"step","step":4,"loss":0.5}\n')
+    store.ingest()
+    steps = [r[0] for r in store.cursor().execute("SELECT step FROM steps ORDER BY 1").fetchall()]
+    assert steps == [1, 3, 4]
+
+
+def test_nanosecond_timestamps_do_not_break_the_runs_view(tmp_path):
+    store, _ = ingest_bytes(tmp_path, GOOD_1 + TRICKY["ns_timestamp"])
+    (p,) = store.last_report.problems
+    assert "seconds since the epoch" in p.reason and p.line == 2
+    assert store.cursor().execute("SELECT count(*) FROM runs").fetchone() == (1,)
+    assert store.cursor().execute("SELECT step, ts FROM steps ORDER BY step").fetchall() == [
+        (1, None),
+        (2, None),
+    ]
+
+
+def test_file_rewritten_in_place_is_read_again(tmp_path):
+    path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(
+        b"".join(b'{"v":1,"kind":"step","step":%d,"loss":1.0}\n' % s for s in range(1, 6))
+    )
+    store = Store.open(tmp_path / "runs")
+    inode = path.stat().st_ino
+    with open(path, "w") as f:  # same inode, longer content: a new run in the same file
+        for s in range(1, 9):
+            f.write(f'{{"v":1,"kind":"step","step":{s},"loss":0.25,"lr":0.001}}\n')
+    assert path.stat().st_ino == inode
+    store.ingest()
+    assert store.last_report.problems == []
+    rows = store.cursor().execute("SELECT step, loss FROM steps ORDER BY step").fetchall()
+    assert rows == [(s, 0.25) for s in range(1, 9)]
+
+
+def test_the_same_root_spelled_two_ways_is_not_read_twice(tmp_path, monkeypatch):
+    ingest_bytes(tmp_path, GOOD_1 + GOOD_3)
+    monkeypatch.chdir(tmp_path)
+    again = Store.open("runs", cache_dir=tmp_path / "cache").last_report
+    assert again.changed == 0
+    assert Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache").last_report.changed == 0

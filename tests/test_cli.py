@@ -95,12 +95,48 @@ def test_query_is_read_only(runs):
         "SELECT 1; DELETE FROM _steps",
         "INSTALL httpfs",
         "SET threads = 1",
+        "EXPLAIN ANALYZE COPY (SELECT 42) TO 'pwned.csv'",
+        "EXPLAIN ANALYZE DROP VIEW steps",
+        "explain analyse (format json) DELETE FROM _steps",
     ):
         out = run("query", str(runs), sql)
         assert out.returncode == 2, sql
         assert "read-only" in out.stderr or "not allowed" in out.stderr
     check = run("query", str(runs), "SELECT count(*) FROM steps")
     assert check.stdout.splitlines()[1] == "40"
+    assert not (runs.parent / "pwned.csv").exists()
+    explained = run("query", str(runs), "EXPLAIN SELECT count(*) FROM steps")
+    assert explained.returncode == 0, explained.stderr
+
+
+def test_store_is_unchanged_after_a_users_query(runs):
+    from tunescope.ingest.store import Store
+
+    store = Store.open(runs)
+    store.query("SELECT * FROM steps; SELECT count(*) FROM steps")
+    # A statement that slipped past the check would still be rolled back.
+    cur = store.cursor()
+    cur.execute("BEGIN TRANSACTION")
+    cur.execute("DELETE FROM _steps")
+    cur.execute("ROLLBACK")
+    assert store.query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": 40}]
+
+
+def test_csv_keeps_full_precision_and_bad_output_paths_are_errors(runs, tmp_path):
+    out = run("query", str(runs), "SELECT 1743848592.123::DOUBLE AS ts, 1e-12::DOUBLE AS tiny")
+    assert out.stdout.splitlines()[1] == "1743848592.123,1e-12"
+    bad = run("query", str(runs), "SELECT 1", "-o", str(tmp_path / "no" / "such" / "x.csv"))
+    assert bad.returncode == 2 and "cannot write" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run("export", str(runs), "--duckdb", str(tmp_path), "--force")
+    assert bad.returncode == 2 and "is a directory" in bad.stderr
+
+
+def test_python_dash_m_entry_points():
+    for mod in ("tunescope", "tunescope.cli"):
+        out = subprocess.run(
+            [sys.executable, "-m", mod, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0 and "usage: tunescope" in out.stdout, out.stderr
 
 
 def test_query_sql_error_prints_duckdbs_message(runs):

@@ -145,3 +145,12 @@ def test_invalid_arguments_and_use_after_close(tmp_path):
     w.close()
     with pytest.raises(RuntimeError, match="closed"):
         w.step(step=1, loss=1.0)
+
+
+def test_containers_are_copied_when_queued(tmp_path):
+    ids = [1, 2]
+    with EventWriter(tmp_path / "r") as w:
+        w.step(step=1, loss=1.0, sample_ids=ids)
+        ids.append(3)  # the caller reuses its list before the writer thread runs
+    (event,) = lines(tmp_path / "r" / "events" / "rank-0.jsonl")
+    assert event["sample_ids"] == [1, 2]

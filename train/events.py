@@ -96,7 +96,10 @@ class EventWriter:
             raise RuntimeError(f"EventWriter for {self.path} is closed")
         event: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": kind, "run": self.run}
         event["rank"] = self.rank
-        event.update(fields)
+        # Serialised later on the writer thread: copy containers the caller may reuse.
+        event.update(
+            {k: (v.copy() if isinstance(v, list | dict) else v) for k, v in fields.items()}
+        )
         event.setdefault("ts", time.time())
         if kind == "step":
             pending = self.dropped

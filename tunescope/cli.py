@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunescope import __version__
-from tunescope.errors import ExitCode, TunescopeError, UsageError
+from tunescope.errors import ExitCode, InputError, TunescopeError, UsageError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -186,6 +186,8 @@ def _add_explain(sub: Any) -> None:
     )
     p.add_argument("detector", metavar="TSxxx", nargs="?", help="detector id, e.g. TS101")
     p.set_defaults(handler=cmd_explain)
+
+
 def _add_watch(sub: Any) -> None:
     p = sub.add_parser(
         "watch",
@@ -280,6 +282,8 @@ def _run_watch(args: argparse.Namespace) -> int:
     from tunescope.watch import cmd_watch
 
     return cmd_watch(args)
+
+
 def _add_tui(sub: Any) -> None:
     p = sub.add_parser(
         "tui",
@@ -419,9 +423,13 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def write_table(table: pa.Table, fmt: str, output: str | None) -> None:
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(table, output)
+        try:
+            pq.write_table(table, output)
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"{output}: cannot write: {e}") from None
         return
     if fmt == "csv":
         text = _csv(table)
@@ -430,7 +438,10 @@ def write_table(table: pa.Table, fmt: str, output: str | None) -> None:
     else:
         text = format_table(table)
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"{output}: cannot write: {e.strerror or e}") from None
     else:
         sys.stdout.write(text)
 
@@ -441,7 +452,8 @@ def _records(table: pa.Table) -> list[dict[str, Any]]:
     return [jsonable(row) for row in table.to_pylist()]
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, exact: bool = False) -> str:
+    """A value as text: full precision for files (``exact``), short on a terminal."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -449,7 +461,7 @@ def _cell(value: Any) -> str:
             return "NaN"
         if math.isinf(value):
             return "Infinity" if value > 0 else "-Infinity"
-        return f"{value:.6g}"
+        return repr(value) if exact else f"{value:.6g}"
     return str(value)
 
 
@@ -461,7 +473,7 @@ def _csv(table: pa.Table) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(table.column_names)
     for row in table.to_pylist():
-        w.writerow([_cell(v) for v in row.values()])
+        w.writerow([_cell(v, exact=True) for v in row.values()])
     return buf.getvalue()
 
 
@@ -594,10 +606,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def cmd_tui(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError(f"--interval must be positive, got {args.interval}")
@@ -608,3 +616,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
         store, live=not args.no_live, interval=args.interval, analyze=not args.no_analyze
     ).run()
     return ExitCode.OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,6 +62,15 @@ def loads(raw: bytes | str) -> Any:
         raise LineError(f"malformed JSON: {e.msg} at column {e.colno}") from None
     except RecursionError:
         raise LineError("malformed JSON: nested too deeply") from None
+    except ValueError:  # an integer literal longer than Python converts: a float then
+        try:
+            return json.loads(raw, parse_constant=_const, parse_int=_long_int)
+        except ValueError as e:
+            raise LineError(f"malformed JSON: {e}") from None
+
+
+def _long_int(text: str) -> int | float:
+    return int(text) if len(text) < 4000 else float(text)
 
 
 def as_number(value: Any, strings: bool = False) -> float | None:
@@ -69,8 +78,13 @@ def as_number(value: Any, strings: bool = False) -> float | None:
     numeric text such as "2.5" or "NaN"); ``None`` for anything else."""
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, int | float):
-        return float(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range is infinite
+            return math.inf if value > 0 else -math.inf
     if strings and isinstance(value, str):
         try:
             return float(value)
@@ -79,13 +93,21 @@ def as_number(value: Any, strings: bool = False) -> float | None:
     return None
 
 
-def as_int(value: Any) -> int | None:
+INT64_MAX = 2**63 - 1
+RANK_MAX = 2**31 - 1
+# Plausible wall-clock times in seconds since the epoch (1970 to year 5138);
+# anything else is usually milli- or nanoseconds.
+TS_MAX = 1e11
+
+
+def as_int(value: Any, limit: int = INT64_MAX) -> int | None:
+    """A JSON value as a non-negative-or-not integer within ``limit``; None otherwise."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and -limit <= value <= limit:
+        return value
     return None
 
 
@@ -109,14 +131,20 @@ def parse_event(obj: Any) -> Event:
     if kind in ("step", "eval") and step_i is None:
         raise LineError(f"a {kind} event needs 'step'")
     rank = obj.get("rank")
-    rank_i = as_int(rank) if rank is not None else None
+    rank_i = as_int(rank, RANK_MAX) if rank is not None else None
     if rank is not None and (rank_i is None or rank_i < 0):
         raise LineError(f"'rank' must be a non-negative integer, got {rank!r}")
     ts = obj.get("ts")
     ts_f = as_number(ts) if ts is not None else None
     problems: list[str] = []
     if ts is not None and (ts_f is None or not math.isfinite(ts_f)):
-        problems.append(f"'ts' must be a finite number, got {ts!r}; ignored")
+        problems.append(f"'ts' must be a finite number, got {_short(ts)}; ignored")
+        ts_f = None
+    elif ts_f is not None and not 0 <= ts_f < TS_MAX:
+        problems.append(
+            f"'ts' must be seconds since the epoch, got {_short(ts)} "
+            "(milli- or nanoseconds?); ignored"
+        )
         ts_f = None
     run = obj.get("run")
     if run is not None and not isinstance(run, str):
