@@ -155,7 +155,7 @@ class Cache:
     def write_parquet(self, table: pa.Table, name: str) -> str:
         path = self.segments_dir / name
         tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", compression_level=1)
         os.replace(tmp, path)
         return name
 
@@ -410,6 +410,17 @@ def _note_overlap(entry: dict[str, Any], result: ReadResult) -> None:
     import pyarrow.compute as pc
 
     last: dict[str, int] = entry.setdefault("max_step", {})
+    ranks = steps.column("rank")
+    if pc.min_max(ranks)["min"] == pc.min_max(ranks)["max"] and steps.num_rows > 1:
+        # One rank (every native file): steps strictly rising means no re-write.
+        import numpy as np
+
+        step = steps.column("step").to_numpy(zero_copy_only=False)
+        rank = str(ranks[0].as_py())
+        if np.isnan(step.astype(float)).any() or (np.diff(step) <= 0).any() or (rank in last and step[0] <= last[rank]):
+            entry["overlap"] = True
+        last[rank] = int(max(last.get(rank, step[-1]), step.max()))
+        return
     keys = steps.select(["rank", "step"]).drop_null()
     if keys.group_by(["rank", "step"]).aggregate([]).num_rows != keys.num_rows:
         entry["overlap"] = True
@@ -477,10 +488,9 @@ def _tag(result: ReadResult, run_id: str, src: int, gen: int, seg: int) -> dict[
     out = {}
     for t, table in zip(TABLES, (result.steps, result.metrics, result.events), strict=True):
         n = table.num_rows
-        table = table.add_column(0, "run_id", pa.array([run_id] * n, pa.string()))
-        table = table.append_column("src", pa.array([src] * n, pa.int64()))
-        table = table.append_column("gen", pa.array([gen] * n, pa.int64()))
-        table = table.append_column("seg", pa.array([seg] * n, pa.int64()))
+        table = table.add_column(0, "run_id", pa.repeat(pa.scalar(run_id, pa.string()), n))
+        for name, value in (("src", src), ("gen", gen), ("seg", seg)):
+            table = table.append_column(name, pa.repeat(pa.scalar(value, pa.int64()), n))
         out[t] = table
     return out
 

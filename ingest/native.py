@@ -214,12 +214,6 @@ def _num(raw: str) -> str:
     return f"TRY_CAST({raw} AS DOUBLE)"
 
 
-def _is_number(col: str) -> str:
-    """SQL: the raw JSON text in ``col`` is a JSON number (not a string, boolean,
-    list or object, which DuckDB's casts would otherwise accept)."""
-    return f"(left(CAST({col} AS VARCHAR), 1) NOT IN ('\"', 't', 'f', '[', '{{') AND {_num(col)} IS NOT NULL)"
-
-
 def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) -> dict:
     meta = pa.table(
         {
@@ -260,32 +254,41 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
     numeric = [*METRIC_NAMES, *keys]
     kinds = ", ".join(f"'{k}'" for k in sorted(KINDS))
     q = _ident
-    rank, ts = (_num(q(k)) for k in ("rank", "ts"))
-    integer = "(NOT {ok} OR {x} < 0 OR {x} <> floor({x}) OR {x} > {limit})"
 
-    def whole(name: str, limit: int) -> str:
-        return integer.format(ok=_is_number(q(name)), x=_num(q(name)), limit=limit)
+    # Each field is cast once (in ``c``); a field is a JSON number when its cast
+    # worked and its text is not a string or boolean that DuckDB would cast too.
+    def n(k: str) -> str:
+        return q("#n:" + k)
 
-    not_numbers = " OR ".join(f"({q(k)} IS NOT NULL AND NOT {_is_number(q(k))})" for k in numeric)
+    def is_number(k: str) -> str:
+        return f"({n(k)} IS NOT NULL AND left(CAST({q(k)} AS VARCHAR), 1) NOT IN ('\"', 't', 'f'))"
+
+    def whole(k: str, limit: int) -> str:
+        return f"(NOT {is_number(k)} OR {n(k)} < 0 OR {n(k)} <> floor({n(k)}) OR {n(k)} > {limit})"
+
+    envelope = ("v", "rank", "step", "ts")
+    casts = ", ".join(f"{_num(q(k))} AS {n(k)}" for k in (*envelope, *numeric))
+    not_numbers = " OR ".join(f"({q(k)} IS NOT NULL AND NOT {is_number(k)})" for k in numeric)
     bad = f"""kind IS NULL OR kind NOT IN ({kinds})
           OR (v IS NOT NULL AND {whole("v", SCHEMA_VERSION)})
           OR (step IS NOT NULL AND ({whole("step", INT64_MAX)} OR TRY_CAST(step AS BIGINT) IS NULL))
           OR (kind IN ('step', 'eval') AND step IS NULL)
           OR ("rank" IS NOT NULL AND {whole("rank", RANK_MAX)})
-          OR (ts IS NOT NULL AND (NOT {_is_number("ts")} OR NOT coalesce({ts} >= 0 AND {ts} < {TS_MAX:.0f}, false)))
+          OR (ts IS NOT NULL AND (NOT {is_number("ts")} OR NOT coalesce({n("ts")} >= 0 AND {n("ts")} < {TS_MAX:.0f}, false)))
           OR (kind = 'step' AND ({not_numbers}))"""
-    outs = ", ".join(f"{_num(q(k))} AS {q(k)}" for k in numeric)
+    outs = ", ".join(f"{n(k)} AS {q(k)}" for k in numeric)
     con.execute(
         f"""CREATE TEMP TABLE t AS
-        SELECT raw."#f", raw."#g" - g0."#g0" + 1 AS "#ord", meta."#line0", meta."#file_rank",
+        WITH c AS (SELECT *, {casts} FROM raw)
+        SELECT c."#f", c."#g" - g0."#g0" + 1 AS "#ord", meta."#line0", meta."#file_rank",
                kind,
-               CAST(coalesce({rank}, meta."#file_rank") AS INTEGER) AS "#r",
-               TRY_CAST(step AS BIGINT) AS "#s", {ts} AS "#t",
+               CAST(coalesce({n("rank")}, meta."#file_rank") AS INTEGER) AS "#r",
+               TRY_CAST(step AS BIGINT) AS "#s", {n("ts")} AS "#t",
                CAST(sample_ids AS VARCHAR) AS sample_ids, {outs},
                ({bad}) AS "#bad"
-        FROM raw JOIN (SELECT "#f", min("#g") AS "#g0" FROM raw GROUP BY "#f") AS g0
-               ON g0."#f" = raw."#f"
-        JOIN meta ON meta."#f" = raw."#f"
+        FROM c JOIN (SELECT "#f", min("#g") AS "#g0" FROM raw GROUP BY "#f") AS g0
+               ON g0."#f" = c."#f"
+        JOIN meta ON meta."#f" = c."#f"
         """
     )
     bad_files = [
