@@ -213,3 +213,24 @@ def metric_table(rows: list[tuple[int, float | None, str, float]], seq0: int = 0
         },
         schema=METRIC_SCHEMA,
     )
+
+
+def add_step_times(
+    step_rows: list[tuple[int, float | None, dict[str, float]]], known: list[list[float]]
+) -> list[list[float]]:
+    """Set ``step_time_s`` on rows that have a wall-clock time: the time since
+    the previous logged step divided by the steps between (so it includes
+    whatever ran in between, evaluation too). ``known`` holds ``[step, ts]``
+    of the last rows of earlier reads; the return value is the new ``known``."""
+    times = {int(s): float(t) for s, t in known}
+    for step, ts, canon in step_rows:
+        if ts is None or not math.isfinite(ts):
+            continue
+        earlier = [s for s in times if s < step]
+        if earlier:
+            prev = max(earlier)
+            dt = ts - times[prev]
+            if dt >= 0:
+                canon.setdefault("step_time_s", dt / (step - prev))
+        times[step] = ts
+    return [[s, times[s]] for s in sorted(times)[-2:]]

@@ -273,10 +273,14 @@ def test_tensorboard_fixture_matches_event_accumulator(tmp_path):
     theirs = sorted((t, e.step, e.value) for t in acc.Tags()["scalars"] for e in acc.Scalars(t))
     ours = sorted((t, s, v) for t, s, _, v in read_scalars(path, verify=True))
     assert ours == theirs and len(ours) > 30
-    store = open_store(FIX / "hf-trainer", tmp_path)
+    # The event file alone (training before its first checkpoint) is a run.
+    out = tmp_path / "out"
+    shutil.copytree(path.parent, out / "runs" / "tb")
+    store = open_store(out, tmp_path)
     tb = "runs/tb"
     assert one(store, f"SELECT count(*) FROM steps WHERE run_id = '{tb}'") == 6
-    hf_loss = rows(store, "SELECT step, loss FROM steps WHERE run_id = 'hf-trainer' ORDER BY step")
+    hf = HFStateReader().read(FIX / "hf-trainer" / "trainer_state.json", None)
+    hf_loss = list(zip(hf.steps["step"].to_pylist(), hf.steps["loss"].to_pylist(), strict=True))
     tb_loss = rows(store, f"SELECT step, loss FROM steps WHERE run_id = '{tb}' ORDER BY step")
     assert [s for s, _ in hf_loss] == [s for s, _ in tb_loss]
     for (_, a), (_, b) in zip(hf_loss, tb_loss, strict=True):
@@ -285,14 +289,23 @@ def test_tensorboard_fixture_matches_event_accumulator(tmp_path):
     assert start["logging_steps"] == 2 and start["total_steps"] == 12  # from the args text
     assert rows(
         store, f"SELECT step FROM metrics WHERE run_id = '{tb}' AND name = 'eval_loss'"
-    ) == [(6,), (12,)]
-    assert (
-        one(
-            store,
-            f"SELECT payload->>'status' FROM events WHERE run_id = '{tb}' AND kind = 'run_end'",
+    ) == [
+        (6,),
+        (12,),
+    ]
+    end = f"SELECT payload->>'status' FROM events WHERE run_id = '{tb}' AND kind = 'run_end'"
+    assert one(store, end) == "completed"
+    times = [
+        t
+        for (t,) in rows(
+            store, f"SELECT step_time_s FROM steps WHERE run_id = '{tb}' ORDER BY step"
         )
-        == "completed"
-    )
+    ]
+    assert times[0] is None and all(t is not None and t >= 0 for t in times[1:])
+    # Once the output dir has its trainer_state.json, that is the run: not two runs.
+    shutil.copy(FIX / "hf-trainer" / "trainer_state.json", out)
+    store.ingest()
+    assert rows(store, "SELECT run_id, format FROM runs") == [("out", "hf_trainer_state")]
 
 
 def test_mlflow_file_store(tmp_path):
@@ -337,9 +350,8 @@ def test_fixture_files_each_claimed_by_one_reader():
         "hf-nan/checkpoint-10/trainer_state.json",
         "hf-trainer/trainer_state.json",
     ]
-    assert len(formats["tensorboard"]) == 1
+    assert "tensorboard" not in formats  # the Trainer's copy under runs/ is the same run
     assert len(formats["mlflow"]) == 4  # two runs in the file store, two in mlflow.db
-    assert all(p.endswith("meta.yaml") and p.count("/") == 3 for p in formats["mlflow"][:0])
     # no reader claims the experiment-level meta.yaml, the generator script or checkpoint copies
     claimed = {s.path for s in sources}
     for path in FIX.rglob("*"):
@@ -351,8 +363,10 @@ def test_fixture_files_each_claimed_by_one_reader():
 
 def test_detectors_do_not_steal_each_others_files(tmp_path):
     """Every reader's detect on every other format's file says no."""
+    tb = next((FIX / "hf-trainer" / "runs" / "tb").glob("events.out.tfevents.*"))
+    shutil.copy(tb, tmp_path)
     files = {
-        "tensorboard": next((FIX / "hf-trainer" / "runs" / "tb").glob("events.out.tfevents.*")),
+        "tensorboard": tmp_path / tb.name,
         "hf_trainer_state": FIX / "hf-trainer" / "trainer_state.json",
         "mlflow": FIX / "mlflow-db" / "mlflow.db",
     }
