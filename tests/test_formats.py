@@ -26,6 +26,11 @@ needs_real = pytest.mark.skipif(
 )
 
 
+def real(name: str) -> Path:
+    """A real log's run dir: shared/real-logs when present, else the copy in fixtures."""
+    return REAL / name if (REAL / name).is_dir() else FIX / "real" / name
+
+
 def open_store(root: Path, tmp_path: Path) -> Store:
     return Store.open(root, cache_dir=tmp_path / "cache")
 
@@ -119,9 +124,8 @@ def test_mistral_state_and_log_describe_the_same_run(tmp_path):
     )
 
 
-@needs_real
 def test_nsllm_day_long_elapsed_times(tmp_path):
-    store = open_store(REAL / "nsllm-qwen-fullft", tmp_path)
+    store = open_store(real("nsllm-qwen-fullft"), tmp_path)
     assert one(store, "SELECT count(*) FROM steps") == 435
     assert one(store, "SELECT status FROM runs") == "completed"
     elapsed = one(store, "SELECT max(value) FROM metrics WHERE name = 'elapsed_s'")
@@ -131,9 +135,8 @@ def test_nsllm_day_long_elapsed_times(tmp_path):
     assert one(store, "SELECT median(step_time_s) FROM steps") == pytest.approx(393.6, rel=0.01)
 
 
-@needs_real
 def test_llamafactory_stopped_early_has_no_end(tmp_path):
-    store = open_store(REAL / "llamafactory-pref-stopped-early", tmp_path)
+    store = open_store(real("llamafactory-pref-stopped-early"), tmp_path)
     assert one(store, "SELECT count(*) FROM steps") == 202
     assert one(store, "SELECT count(*) FROM events WHERE kind = 'run_end'") == 0
     assert one(store, "SELECT count(*) FROM metrics WHERE name = 'accuracy'") == 202
@@ -163,9 +166,8 @@ def test_swift_lines_written_twice_are_read_once(tmp_path):
     assert one(store, "SELECT count(step_time_s) FROM steps") == 2342
 
 
-@needs_real
 def test_wandb_offline_history(tmp_path):
-    store = open_store(REAL / "alpaca-llama7b-fsdp-wandb", tmp_path)
+    store = open_store(real("alpaca-llama7b-fsdp-wandb"), tmp_path)
     assert one(store, "SELECT count(*) FROM steps") == 39
     assert one(store, "SELECT loss FROM steps WHERE step = 1") == pytest.approx(1.5021)
     assert one(store, "SELECT lr FROM steps WHERE step = 1") == pytest.approx(5.405405405405406e-07)
@@ -349,7 +351,13 @@ def test_fixture_files_each_claimed_by_one_reader():
     assert formats["hf_trainer_state"] == [
         "hf-nan/checkpoint-10/trainer_state.json",
         "hf-trainer/trainer_state.json",
+        "real/nsllm-qwen-fullft/trainer_state.json",
     ]
+    assert formats["llamafactory"] == [
+        "real/llamafactory-pref-stopped-early/trainer_log.jsonl",
+        "real/nsllm-qwen-fullft/trainer_log.jsonl",
+    ]
+    assert formats["wandb"] == ["real/alpaca-llama7b-fsdp-wandb/run-5hx57wy1.wandb"]
     assert "tensorboard" not in formats  # the Trainer's copy under runs/ is the same run
     assert len(formats["mlflow"]) == 4  # two runs in the file store, two in mlflow.db
     # no reader claims the experiment-level meta.yaml, the generator script or checkpoint copies
