@@ -470,3 +470,126 @@ def test_mlflow_metric_line_variants_and_bad_lines(tmp_path):
     assert loss[0] == 1.5 and loss[1] == 2.0 and loss[3] == 1.0 and math.isnan(loss[4])
     (problem,) = r.problems
     assert problem.line == 4 and problem.path.endswith("metrics/loss")
+
+
+# ---- W&B records built by hand (what the real file does not show) ------------------
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(num: int, payload: bytes | int) -> bytes:
+    if isinstance(payload, int):
+        return _varint(num << 3) + _varint(payload)
+    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _item(key: str | tuple[str, ...], value: str) -> bytes:
+    keys = (
+        _field(1, key.encode())
+        if isinstance(key, str)
+        else b"".join(_field(2, k.encode()) for k in key)
+    )
+    return keys + _field(16, value.encode())
+
+
+def _history(items: dict) -> bytes:
+    return _field(2, b"".join(_field(1, _item(k, v)) for k, v in items.items()))
+
+
+def _wandb_file(records: list[bytes]) -> bytes:
+    """LevelDB-log framing as W&B writes it (zlib CRC-32 of type + data)."""
+    import struct
+    import zlib
+
+    out = bytearray(b":W&B" + struct.pack("<HB", 0xBEE1, 0))
+    for rec in records:
+        first = True
+        while True:
+            left = 32768 - len(out) % 32768
+            if left < 7:
+                out += b"\x00" * left
+                continue
+            n = min(len(rec), left - 7)
+            last = n == len(rec)
+            typ = (1 if last else 2) if first else (4 if last else 3)
+            crc = zlib.crc32(bytes((typ,)) + rec[:n])
+            out += struct.pack("<IHB", crc, n, typ) + rec[:n]
+            rec = rec[n:]
+            first = False
+            if last:
+                break
+    return bytes(out)
+
+
+def test_wandb_nan_nested_keys_long_records_and_exit(tmp_path):
+    config = _field(
+        5,
+        b"".join(
+            _field(1, _item(k, v))
+            for k, v in {"logging_steps": '{"value": 2}', "max_steps": "6"}.items()
+        ),
+    )
+    run = _field(17, _field(1, b"abc123") + _field(3, b"proj") + _field(8, b"my-run"))
+    rows = [
+        _history(
+            {"_step": "0", "train/global_step": "2", "train/loss": "2.0", "_timestamp": "100.0"}
+        ),
+        _history(
+            {
+                "_step": "1",
+                "train/global_step": "4",
+                "train/loss": "NaN",
+                "train/grad_norm": "Infinity",
+                "_timestamp": "104.0",
+            }
+        ),
+        _history(
+            {
+                "_step": "2",
+                "train/global_step": "4",
+                "eval/loss": "1.5",
+                "train/epoch": "0.5",
+                "_timestamp": "105.0",
+            }
+        ),
+        # a record longer than a block: split into FIRST / MIDDLE / LAST chunks
+        _history(
+            {
+                "_step": "3",
+                "train/global_step": "6",
+                "train/loss": "1.0",
+                ("gpu", "stats"): "7.5",
+                "big": json.dumps("x" * 70000),
+                "_timestamp": "110.0",
+            }
+        ),
+        _field(18, _field(1, 1)),  # exit code 1
+    ]
+    path = tmp_path / "run-abc123.wandb"
+    path.write_bytes(_wandb_file([config, run, *rows]))
+    assert WandbOfflineReader().detect(path)
+    r = WandbOfflineReader().read(path, None)
+    assert r.problems == []
+    assert col(r, "step") == [2, 4, 6]
+    loss = col(r, "loss")
+    assert loss[0] == 2.0 and math.isnan(loss[1]) and loss[2] == 1.0
+    assert col(r, "grad_norm")[1] == math.inf
+    assert col(r, "epoch")[1] == 0.5  # the eval row's epoch joins the step's row
+    assert col(r, "step_time_s") == [None, 2.0, 3.0]
+    assert metric_values(r, "eval_loss") == [1.5]
+    assert metric_values(r, "gpu.stats") == [7.5]
+    (start,) = events(r, "run_start")
+    assert start[1]["logging_steps"] == 2 and start[1]["total_steps"] == 6
+    assert start[1]["run"] == "my-run" and start[1]["project"] == "proj"
+    assert events(r, "run_end") == [(6, {"status": "failed", "exit_code": 1})]
