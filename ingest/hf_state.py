@@ -113,6 +113,7 @@ class State:
         self.history: list[tuple[int, Any]] = []
         self.problems: list[Problem] = []
         self.complete = True
+        self.classified: tuple[list[Any], list[Problem]] | None = None
 
 
 def parse_state(path: Path, text: str) -> State:
@@ -200,6 +201,13 @@ class Entry:
 
 
 def classify(path: Path, state: State) -> tuple[list[Entry], list[Problem]]:
+    """The history's rows, classified (computed once per parsed file)."""
+    if state.classified is None:
+        state.classified = _classify(path, state)
+    return state.classified
+
+
+def _classify(path: Path, state: State) -> tuple[list[Entry], list[Problem]]:
     entries: list[Entry] = []
     problems: list[Problem] = []
     deltas = Deltas(None)
