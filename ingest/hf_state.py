@@ -331,6 +331,7 @@ class HFStateReader:
                 else:
                     for name, value in e.extras.items():
                         rows.metric(0, e.step, None, name, value)
+            _checkpoints(rows, out)
             return rows.result(sig, problems, replace=True)
 
         rows.event(0, None, None, "run_start", run_start_payload(path, parsed, entries))
@@ -343,9 +344,13 @@ class HFStateReader:
                 rows.event(0, e.step, None, "eval", e.extras)
             elif e.kind == "final":
                 rows.event(0, e.step, None, "run_end", {"status": "completed", **e.extras})
-        for ckpt in sorted(candidates(out)):
-            m = CHECKPOINT_DIR.match(ckpt.parent.name)
-            if m and ckpt.parent.parent == out:
-                step = int(m.group(1))
-                rows.event(0, step, None, "checkpoint", {"path": str(ckpt.parent)})
+        _checkpoints(rows, out)
         return rows.result(sig, problems, replace=True)
+
+
+def _checkpoints(rows: RowBuilder, out: Path) -> None:
+    """A ``checkpoint`` event for each ``checkpoint-N/`` that holds a state file."""
+    for ckpt in sorted(candidates(out)):
+        m = CHECKPOINT_DIR.match(ckpt.parent.name)
+        if m and ckpt.parent.parent == out:
+            rows.event(0, int(m.group(1)), None, "checkpoint", {"path": str(ckpt.parent)})
