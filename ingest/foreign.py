@@ -220,17 +220,24 @@ def add_step_times(
 ) -> list[list[float]]:
     """Set ``step_time_s`` on rows that have a wall-clock time: the time since
     the previous logged step divided by the steps between (so it includes
-    whatever ran in between, evaluation too). ``known`` holds ``[step, ts]``
-    of the last rows of earlier reads; the return value is the new ``known``."""
-    times = {int(s): float(t) for s, t in known}
+    whatever ran in between, evaluation too). ``step_rows`` are in step order;
+    ``known`` holds ``[step, ts]`` of the last rows of earlier reads; the
+    return value is the new ``known``."""
+    earlier = sorted((int(s), float(t)) for s, t in known)
+    k = 0
+    prev: tuple[int, float] | None = None
+    tail: dict[int, float] = dict(earlier)
     for step, ts, canon in step_rows:
+        while k < len(earlier) and earlier[k][0] < step:
+            prev = earlier[k] if prev is None or earlier[k][0] > prev[0] else prev
+            k += 1
         if ts is None or not math.isfinite(ts):
             continue
-        earlier = [s for s in times if s < step]
-        if earlier:
-            prev = max(earlier)
-            dt = ts - times[prev]
+        if prev is not None and prev[0] < step:
+            dt = ts - prev[1]
             if dt >= 0:
-                canon.setdefault("step_time_s", dt / (step - prev))
-        times[step] = ts
-    return [[s, times[s]] for s in sorted(times)[-2:]]
+                canon.setdefault("step_time_s", dt / (step - prev[0]))
+        prev = (step, ts)
+        tail[step] = ts
+    last = sorted(tail)[-2:]
+    return [[s, tail[s]] for s in last]
