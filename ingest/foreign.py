@@ -51,7 +51,12 @@ _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 def number(value: Any) -> float | None:
     """A numeric JSON value, or numeric text ("2.5", "NaN", "12.5%"), as a float."""
-    if isinstance(value, str):
+    t = type(value)
+    if t is float:
+        return value
+    if t is int or t is bool:
+        return float(value)
+    if t is str:
         text = value.strip().rstrip("%")
         if not text:
             return None
@@ -114,17 +119,18 @@ def split_fields(
     skip = set(skip)
     canon: dict[str, float] = {}
     extras: dict[str, float] = {}
+    mapping = CANONICAL
     for key, raw in record.items():
         if key in skip:
             continue
-        value = number(raw)
+        value = raw if type(raw) is float else number(raw)
         if value is None:
             continue
-        target = CANONICAL.get(key)
+        target = mapping.get(key)
         if target is not None:
             name, scale = target
             if name not in canon:
-                canon[name] = value * scale
+                canon[name] = value * scale if scale != 1.0 else value
         else:
             extras[key] = value
     return canon, extras
