@@ -218,7 +218,8 @@ class MLflowFileReader:
         }
         points: list[tuple] = []
         metrics_dir = run / "metrics"
-        for root, _, files in os.walk(metrics_dir):
+        for root, dirs, files in os.walk(metrics_dir):
+            dirs.sort()  # a stable order: names that map to one metric resolve the same way
             for f in sorted(files):
                 p = Path(root) / f
                 points.extend(parse_metric_file(p, p.relative_to(metrics_dir).as_posix(), problems))

@@ -458,6 +458,7 @@ def test_mlflow_metric_line_variants_and_bad_lines(tmp_path):
     )
     run = tmp_path / "mlruns" / "1" / src.name
     shutil.copytree(src, run)
+    shutil.rmtree(run / "metrics" / "train")  # train/loss would also be the loss
     (run / "metrics" / "loss").write_text(
         "1795337984275 2.0 1\n"  # 3 fields
         "1795337984276 1.5\n"  # 2 fields: step 0
