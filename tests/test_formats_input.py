@@ -453,9 +453,9 @@ def test_wandb_not_a_wandb_file(tmp_path):
 def test_mlflow_metric_line_variants_and_bad_lines(tmp_path):
     src = next(
         p.parent
-        for p in (FIX / "mlruns").rglob("meta.yaml")
-        if (p.parent / "metrics").is_dir() and (p.parent / "params").is_dir()
-    )
+        for p in (FIX / "mlruns").rglob("mlflow.runName")
+        if p.read_text().strip() == "qwen-lora-r16"
+    ).parent
     run = tmp_path / "mlruns" / "1" / src.name
     shutil.copytree(src, run)
     shutil.rmtree(run / "metrics" / "train")  # train/loss would also be the loss
