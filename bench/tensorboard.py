@@ -90,6 +90,9 @@ def same(a: list, b: list) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", type=int, default=300_000)
+    ap.add_argument(
+        "--baseline-repeat", type=int, default=1, help="EventAccumulator runs (best of)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -98,12 +101,18 @@ def main() -> None:
         print(
             f"wrote {args.points:,} points ({size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f}s"
         )
-        t_base, theirs = best(baseline, path)
         t_ours, mine = best(ours_points, path)
+        print(
+            f"tunescope read_scalars:                    {t_ours:.2f}s, {len(mine):,} points",
+            flush=True,
+        )
         t_rows, nsteps = best(ours_rows, path)
+        print(
+            f"tunescope reader (points -> Arrow rows):   {t_rows:.2f}s, {nsteps:,} step rows",
+            flush=True,
+        )
+        t_base, theirs = best(baseline, path, repeat=args.baseline_repeat)
         print(f"EventAccumulator (size_guidance scalars=0): {t_base:.2f}s, {len(theirs):,} points")
-        print(f"tunescope read_scalars:                    {t_ours:.2f}s, {len(mine):,} points")
-        print(f"tunescope reader (points -> Arrow rows):   {t_rows:.2f}s, {nsteps:,} step rows")
         print(f"speed-up, points:      {t_base / t_ours:.1f}x (target >= 3x)")
         print(f"speed-up, reader rows: {t_base / t_rows:.1f}x")
         print(f"same points: {same(theirs, mine)}")

@@ -51,7 +51,12 @@ _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 def number(value: Any) -> float | None:
     """A numeric JSON value, or numeric text ("2.5", "NaN", "12.5%"), as a float."""
-    if isinstance(value, str):
+    t = type(value)
+    if t is float:
+        return value
+    if t is int or t is bool:
+        return float(value)
+    if t is str:
         text = value.strip().rstrip("%")
         if not text:
             return None
@@ -114,17 +119,18 @@ def split_fields(
     skip = set(skip)
     canon: dict[str, float] = {}
     extras: dict[str, float] = {}
+    mapping = CANONICAL
     for key, raw in record.items():
         if key in skip:
             continue
-        value = number(raw)
+        value = raw if type(raw) is float else number(raw)
         if value is None:
             continue
-        target = CANONICAL.get(key)
+        target = mapping.get(key)
         if target is not None:
             name, scale = target
             if name not in canon:
-                canon[name] = value * scale
+                canon[name] = value * scale if scale != 1.0 else value
         else:
             extras[key] = value
     return canon, extras
@@ -213,3 +219,31 @@ def metric_table(rows: list[tuple[int, float | None, str, float]], seq0: int = 0
         },
         schema=METRIC_SCHEMA,
     )
+
+
+def add_step_times(
+    step_rows: list[tuple[int, float | None, dict[str, float]]], known: list[list[float]]
+) -> list[list[float]]:
+    """Set ``step_time_s`` on rows that have a wall-clock time: the time since
+    the previous logged step divided by the steps between (so it includes
+    whatever ran in between, evaluation too). ``step_rows`` are in step order;
+    ``known`` holds ``[step, ts]`` of the last rows of earlier reads; the
+    return value is the new ``known``."""
+    earlier = sorted((int(s), float(t)) for s, t in known)
+    k = 0
+    prev: tuple[int, float] | None = None
+    tail: dict[int, float] = dict(earlier)
+    for step, ts, canon in step_rows:
+        while k < len(earlier) and earlier[k][0] < step:
+            prev = earlier[k] if prev is None or earlier[k][0] > prev[0] else prev
+            k += 1
+        if ts is None or not math.isfinite(ts):
+            continue
+        if prev is not None and prev[0] < step:
+            dt = ts - prev[1]
+            if dt >= 0:
+                canon.setdefault("step_time_s", dt / (step - prev[0]))
+        prev = (step, ts)
+        tail[step] = ts
+    last = sorted(tail)[-2:]
+    return [[s, tail[s]] for s in last]

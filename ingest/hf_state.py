@@ -110,9 +110,22 @@ class State:
 
     def __init__(self) -> None:
         self.top: dict[str, Any] = {}
-        self.history: list[tuple[int, Any]] = []
+        self.history: list[tuple[int | None, Any]] = []
         self.problems: list[Problem] = []
         self.complete = True
+        self.classified: tuple[list[Any], list[Problem]] | None = None
+        self.text = ""
+        self.start = 0
+        self._lines: list[int] | None = None
+
+    def line(self, i: int) -> int | None:
+        """The line history entry ``i`` starts on."""
+        got = self.history[i][0]
+        if got is not None:
+            return got
+        if self._lines is None:
+            self._lines = [line for line, _ in _walk(self.text, self.start)]
+        return self._lines[i] if i < len(self._lines) else None
 
 
 def parse_state(path: Path, text: str) -> State:
@@ -142,8 +155,18 @@ def parse_state(path: Path, text: str) -> State:
     if isinstance(top, dict) and not isinstance(top.get("log_history"), list):
         out.problems.append(Problem(str(path), None, "log_history is not a list"))
         return out
-    # Walk the array with raw_decode so that each entry knows its line.
-    pos = m.end()
+    if isinstance(top, dict):
+        # Lines are found only if a problem needs one (see State.line).
+        out.history = [(None, entry) for entry in top["log_history"]]
+        out.text, out.start = text, m.end()
+        return out
+    out.history = list(_walk(text, m.end()))
+    return out
+
+
+def _walk(text: str, pos: int):
+    """``(line, entry)`` of each whole entry of the array starting at ``pos``,
+    up to the end or the first damage."""
     line = text.count("\n", 0, pos) + 1
     last = pos
     n = len(text)
@@ -151,16 +174,15 @@ def parse_state(path: Path, text: str) -> State:
         while pos < n and text[pos] in " \t\r\n,":
             pos += 1
         if pos >= n or text[pos] == "]":
-            break
+            return
         line += text.count("\n", last, pos)
         last = pos
         try:
             entry, end = _DECODER.raw_decode(text, pos)
         except (json.JSONDecodeError, RecursionError):
-            break  # the damage was reported above
-        out.history.append((line, entry))
+            return  # the damage was reported by the caller
+        yield line, entry
         pos = end
-    return out
 
 
 _CACHE: dict[str, tuple[tuple[int, int], State]] = {}
@@ -188,42 +210,51 @@ def load_state(path: Path) -> State | None:
 class Entry:
     """One classified ``log_history`` row."""
 
-    __slots__ = ("canon", "extras", "kind", "line", "raw", "step")
+    __slots__ = ("canon", "extras", "index", "kind", "raw", "step")
 
-    def __init__(self, kind: str, step: int, line: int, canon, extras, raw) -> None:
+    def __init__(self, kind: str, step: int, index: int, canon, extras, raw) -> None:
         self.kind = kind  # "train" | "eval" | "final" | "other"
         self.step = step
-        self.line = line
+        self.index = index  # position in log_history
         self.canon = canon
         self.extras = extras
         self.raw = raw
 
 
 def classify(path: Path, state: State) -> tuple[list[Entry], list[Problem]]:
+    """The history's rows, classified (computed once per parsed file)."""
+    if state.classified is None:
+        state.classified = _classify(path, state)
+    return state.classified
+
+
+def _classify(path: Path, state: State) -> tuple[list[Entry], list[Problem]]:
     entries: list[Entry] = []
     problems: list[Problem] = []
     deltas = Deltas(None)
-    for i, (line, raw) in enumerate(state.history):
+    for i, (_, raw) in enumerate(state.history):
         where = f"log_history[{i}]"
         if not isinstance(raw, dict):
-            problems.append(Problem(str(path), line, f"{where} is not an object; skipped"))
+            problems.append(Problem(str(path), state.line(i), f"{where} is not an object; skipped"))
             continue
         step = as_int(raw.get("step"))
         if step is None:
             problems.append(
                 Problem(
-                    str(path), line, f"{where} has no valid step ({raw.get('step')!r}); skipped"
+                    str(path),
+                    state.line(i),
+                    f"{where} has no valid step ({raw.get('step')!r}); skipped",
                 )
             )
             continue
         if any(k in raw for k in FINAL_KEYS) and "loss" not in raw:
             _, extras = split_fields(raw, skip=("step", "epoch"))
-            entries.append(Entry("final", step, line, {}, extras, raw))
+            entries.append(Entry("final", step, i, {}, extras, raw))
             continue
         evals = {k: v for k, v in raw.items() if is_eval_key(k)}
         if evals:
             _, extras = split_fields(evals)
-            entries.append(Entry("eval", step, line, {}, extras, raw))
+            entries.append(Entry("eval", step, i, {}, extras, raw))
             raw = {k: v for k, v in raw.items() if k not in evals}
             if not any(k in raw for k in TRAIN_KEYS):
                 continue
@@ -240,7 +271,7 @@ def classify(path: Path, state: State) -> tuple[list[Entry], list[Problem]]:
             canon.pop("epoch", None)
             if not extras:
                 continue
-        entries.append(Entry(kind, step, line, canon, extras, raw))
+        entries.append(Entry(kind, step, i, canon, extras, raw))
     return entries, problems
 
 
@@ -323,6 +354,7 @@ class HFStateReader:
                 else:
                     for name, value in e.extras.items():
                         rows.metric(0, e.step, None, name, value)
+            _checkpoints(rows, out)
             return rows.result(sig, problems, replace=True)
 
         rows.event(0, None, None, "run_start", run_start_payload(path, parsed, entries))
@@ -335,9 +367,13 @@ class HFStateReader:
                 rows.event(0, e.step, None, "eval", e.extras)
             elif e.kind == "final":
                 rows.event(0, e.step, None, "run_end", {"status": "completed", **e.extras})
-        for ckpt in sorted(candidates(out)):
-            m = CHECKPOINT_DIR.match(ckpt.parent.name)
-            if m and ckpt.parent.parent == out:
-                step = int(m.group(1))
-                rows.event(0, step, None, "checkpoint", {"path": str(ckpt.parent)})
+        _checkpoints(rows, out)
         return rows.result(sig, problems, replace=True)
+
+
+def _checkpoints(rows: RowBuilder, out: Path) -> None:
+    """A ``checkpoint`` event for each ``checkpoint-N/`` that holds a state file."""
+    for ckpt in sorted(candidates(out)):
+        m = CHECKPOINT_DIR.match(ckpt.parent.name)
+        if m and ckpt.parent.parent == out:
+            rows.event(0, int(m.group(1)), None, "checkpoint", {"path": str(ckpt.parent)})

@@ -27,6 +27,7 @@ from typing import Any
 
 from tunescope.ingest.foreign import (
     CANONICAL,
+    add_step_times,
     infer_logging_steps,
     metric_table,
     step_table,
@@ -110,6 +111,7 @@ def build_rows(
         rows.event(0, last, end / 1000 if end else None, "run_end", {"status": status})
     _, _, events = rows.tables()
     step_rows = [(s, ts, c) for s, (ts, c) in sorted(steps.items())]
+    add_step_times(step_rows, [])
     return step_table(step_rows), metric_table(metrics), events
 
 
@@ -216,7 +218,8 @@ class MLflowFileReader:
         }
         points: list[tuple] = []
         metrics_dir = run / "metrics"
-        for root, _, files in os.walk(metrics_dir):
+        for root, dirs, files in os.walk(metrics_dir):
+            dirs.sort()  # a stable order: names that map to one metric resolve the same way
             for f in sorted(files):
                 p = Path(root) / f
                 points.extend(parse_metric_file(p, p.relative_to(metrics_dir).as_posix(), problems))

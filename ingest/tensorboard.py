@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.foreign import infer_logging_steps, metric_table, step_table
+from tunescope.ingest.foreign import add_step_times, infer_logging_steps, metric_table, step_table
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
 PREFIX = "events.out.tfevents."
@@ -347,7 +347,9 @@ class TensorBoardReader:
         self.verify_crc = verify_crc
 
     def detect(self, path: Path) -> bool:
-        return path.name.startswith(PREFIX)
+        if not path.name.startswith(PREFIX):
+            return False
+        return not _has_trainer_log(path)
 
     def run_dir(self, path: Path) -> Path:
         return path.parent
@@ -460,6 +462,7 @@ class TensorBoardReader:
         }
         _, _, events = rows.tables()
         step_rows = [(s, ts, canon) for s, (ts, canon) in sorted(steps.items())]
+        new_state["times"] = add_step_times(step_rows, state.get("times", []))
         return ReadResult(
             step_table(step_rows),
             metric_table(metric_rows),
@@ -468,6 +471,23 @@ class TensorBoardReader:
             problems,
             replace=restarted,
         )
+
+
+def _has_trainer_log(path: Path) -> bool:
+    """An event file in the Trainer's default place, ``OUT/runs/NAME/``, of an
+    output dir whose own log (``trainer_state.json``, LLaMA-Factory's or
+    ms-swift's) is read: the same run, so the event file is left out rather
+    than counted as a second run. It is read while no such log exists yet."""
+    if path.parent.parent.name != "runs":
+        return False
+    from tunescope.ingest import hf_state
+
+    out = path.parent.parent.parent
+    return (
+        (out / hf_state.LF_LOG).is_file()
+        or (out / hf_state.SWIFT_LOG).is_file()
+        or hf_state.primary(out) is not None
+    )
 
 
 def _hf_args(text: str) -> dict[str, Any]:

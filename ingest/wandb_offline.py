@@ -31,7 +31,13 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.foreign import infer_logging_steps, metric_table, number, step_table
+from tunescope.ingest.foreign import (
+    add_step_times,
+    infer_logging_steps,
+    metric_table,
+    number,
+    step_table,
+)
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 from tunescope.ingest.tensorboard import _skip, _varint, crc32c, metric_name
 
@@ -263,6 +269,7 @@ class WandbOfflineReader:
             "pending": [last, steps[last][0], steps[last][1]] if last is not None else None,
             "last_step": last if last is not None else state.get("last_step"),
         }
+        new_state["times"] = add_step_times(step_rows, state.get("times", []))
         return ReadResult(
             step_table(step_rows),
             metric_table(metric_rows),
