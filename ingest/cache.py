@@ -402,35 +402,30 @@ def _new_entry(manifest: dict[str, Any], source: Source, old: dict | None) -> di
 
 def _note_overlap(entry: dict[str, Any], result: ReadResult) -> None:
     """Remember per rank the last step this source wrote, and whether it ever
-    wrote a step again (a resume re-logging steps, a re-read copy): only runs
-    with such overlaps need the store's newest-write-wins pass."""
-    steps = result.steps
-    if steps.num_rows == 0:
-        return
-    import pyarrow.compute as pc
-
+    wrote a (rank, step) or (rank, step, metric) again: a resume re-logging
+    steps, a summary row repeating a step, a re-read copy. Only runs with such
+    overlaps pay for the store's newest-write-wins pass."""
     last: dict[str, int] = entry.setdefault("max_step", {})
-    ranks = steps.column("rank")
-    if pc.min_max(ranks)["min"] == pc.min_max(ranks)["max"] and steps.num_rows > 1:
-        # One rank (every native file): steps strictly rising means no re-write.
-        import numpy as np
-
-        step = steps.column("step").to_numpy(zero_copy_only=False)
-        rank = str(ranks[0].as_py())
-        if np.isnan(step.astype(float)).any() or (np.diff(step) <= 0).any() or (rank in last and step[0] <= last[rank]):
+    seen: dict[str, tuple[int, int]] = {}
+    for table, keys in (
+        (result.steps, ["rank", "step"]),
+        (result.metrics, ["rank", "step", "name"]),
+    ):
+        if table.num_rows == 0:
+            continue
+        if table.column("step").null_count:
             entry["overlap"] = True
-        last[rank] = int(max(last.get(rank, step[-1]), step.max()))
-        return
-    keys = steps.select(["rank", "step"]).drop_null()
-    if keys.group_by(["rank", "step"]).aggregate([]).num_rows != keys.num_rows:
-        entry["overlap"] = True
-    for row in keys.group_by("rank").aggregate([("step", "min"), ("step", "max")]).to_pylist():
-        rank = str(row["rank"])
-        if rank in last and row["step_min"] <= last[rank]:
+        keyed = table.select(keys).drop_null()
+        if keyed.group_by(keys).aggregate([]).num_rows != keyed.num_rows:
             entry["overlap"] = True
-        last[rank] = max(last.get(rank, row["step_max"]), row["step_max"])
-    if pc.sum(pc.is_null(steps.column("step"))).as_py():
-        entry["overlap"] = True
+        for row in keyed.group_by("rank").aggregate([("step", "min"), ("step", "max")]).to_pylist():
+            rank = str(row["rank"])
+            lo, hi = seen.get(rank, (row["step_min"], row["step_max"]))
+            seen[rank] = (min(lo, row["step_min"]), max(hi, row["step_max"]))
+    for rank, (lo, hi) in seen.items():
+        if rank in last and lo <= last[rank]:
+            entry["overlap"] = True
+        last[rank] = max(last.get(rank, hi), hi)
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:

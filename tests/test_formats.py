@@ -211,7 +211,8 @@ def test_hf_trainer_output_dir_is_one_run(tmp_path):
         (12,),
     ]
     assert rows(
-        store, f"SELECT step FROM metrics WHERE run_id = '{hf}' AND name = 'eval_loss'"
+        store,
+        f"SELECT step FROM metrics WHERE run_id = '{hf}' AND name = 'eval_loss' ORDER BY step",
     ) == [(6,), (12,)]
     assert one(store, f"SELECT count(*) FROM events WHERE run_id = '{hf}' AND kind = 'eval'") == 2
     end = rows(
@@ -290,7 +291,8 @@ def test_tensorboard_fixture_matches_event_accumulator(tmp_path):
     start = run_start(store, tb)
     assert start["logging_steps"] == 2 and start["total_steps"] == 12  # from the args text
     assert rows(
-        store, f"SELECT step FROM metrics WHERE run_id = '{tb}' AND name = 'eval_loss'"
+        store,
+        f"SELECT step FROM metrics WHERE run_id = '{tb}' AND name = 'eval_loss' ORDER BY step",
     ) == [
         (6,),
         (12,),
