@@ -9,8 +9,10 @@ What it flags:
     warmup (the logged learning rate has stopped rising, or past the
     configured ``warmup_steps``), a trend test on log-loss at several window
     sizes, down to the whole post-warmup run when it is short: Kendall's tau
-    > 0 with p < 1e-3, the 99% Theil-Sen lower bound above 0, and a rise of at
-    least 5% over the window. One finding per run, at the earliest detection.
+    > 0 with p < 1e-3 (divided by the number of independent windows), confirmed
+    by the window a few points later, and a rise over the window of at least 5% even at the
+    99% Theil-Sen lower bound of the slope (many windows are tested, so the
+    effect size is required with confidence, not only its sign). One finding per run, at the earliest detection.
 
 Why it matters:
     A diverged run only burns compute from there on; the earlier it is
@@ -59,7 +61,8 @@ class Options:
     p_value: float = 1e-3
     """Kendall-tau p-value needed for a rising trend."""
     min_rise: float = 0.05
-    """The Theil-Sen rise over the window must be at least this fraction (5%)."""
+    """The rise over the window at the 99% Theil-Sen lower bound must be at least
+    this fraction (5%)."""
     rise_factor: float = 3.0
     """Hard rule: loss at this multiple of its first logged level..."""
     stay_factor: float = 2.0
@@ -194,6 +197,30 @@ def _hard_rules(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     return hits
 
 
+def _screen(x: np.ndarray, y: np.ndarray, w: int, need: float) -> np.ndarray:
+    """Window ends (indices) worth a full trend test: the least-squares rise
+    over the window is at least half the needed rise with a t-statistic above
+    2.5. O(n) with cumulative sums; the Kendall/Theil-Sen test runs only there."""
+    m = len(y)
+    if m < w:
+        return np.array([], dtype=int)
+    xc = x - x[0]
+    cs = [np.concatenate(([0.0], np.cumsum(v))) for v in (xc, y, xc * xc, xc * y, y * y)]
+    ends = np.arange(w - 1, m)
+    sx, sy, sxx, sxy, syy = (c[ends + 1] - c[ends + 1 - w] for c in cs)
+    vx = sxx - sx * sx / w
+    vxy = sxy - sx * sy / w
+    vy = syy - sy * sy / w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = vxy / vx
+        resid = np.maximum(vy - slope * vxy, 0.0) / max(w - 2, 1)
+        se = np.sqrt(resid / vx)
+        t = slope / se
+    span = x[ends] - x[ends - w + 1]
+    ok = (slope * span >= need * 0.5) & ((t >= 2.5) | ~np.isfinite(t) & (slope > 0))
+    return ends[ok]
+
+
 def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     loss, step = s.loss, s.step
     fin = np.isfinite(loss)
@@ -208,8 +235,6 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     segs = np.split(idx, breaks + 1)
     need = np.log1p(opts.min_rise)
     best: Hit | None = None
-    import polars as pl
-
     for seg in segs:
         seg = seg[ok[seg]]
         m = len(seg)
@@ -219,12 +244,7 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
         x = step[seg].astype(float)
         sizes = sorted({w for w in opts.windows if w <= m} or {m})
         for w in sizes:
-            q = max(w // 4, 1)
-            rm = pl.Series(y).rolling_median(q, min_samples=1).to_numpy()
-            ends = np.arange(w - 1, m)
-            late = rm[ends]
-            early = rm[ends - w + q]
-            cand = ends[(late - early) >= need * 0.5]
+            cand = _screen(x, y, w, need)
             stride = max(w // 10, 1)
             last_tested = -(10**9)
             for e in cand:
@@ -234,7 +254,18 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
                 lo = e - w + 1
                 t = trend(x[lo : e + 1], y[lo : e + 1], alpha=0.99)
                 span = x[e] - x[lo]
-                if t.tau > 0 and t.p < opts.p_value and t.lo > 0 and t.slope * span >= need:
+                p_max = opts.p_value * min(1.0, w / m)  # about m/w independent windows
+                if t.tau > 0 and t.p < p_max and t.lo * span >= need:
+                    # confirmed by the window a few points later (noise does not persist)
+                    e2 = min(e + max(stride, 2), m - 1)
+                    if e2 > e:
+                        t2 = trend(x[e2 - w + 1 : e2 + 1], y[e2 - w + 1 : e2 + 1], alpha=0.99)
+                        span2 = x[e2] - x[e2 - w + 1]
+                        if not (t2.tau > 0 and t2.p < p_max and t2.lo * span2 >= need):
+                            continue
+                        e = e2
+                        lo = e - w + 1
+                        t, span = t2, span2
                     det = int(step[seg[e]])
                     if best is not None and det >= best.detected:
                         break
@@ -246,8 +277,8 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
                         int(step[seg[onset_i]]),
                         det,
                         f"loss rose {rise * 100:.0f}% over steps {int(x[lo])}-{det} after "
-                        f"warmup (Kendall tau={t.tau:.2f}, p={t.p:.1g}, Theil-Sen lower bound "
-                        f"> 0) to {fmt(float(loss[seg[e]]))}, "
+                        f"warmup (Kendall tau={t.tau:.2f}, p={t.p:.1g}; at least "
+                        f"{np.expm1(t.lo * span) * 100:.0f}% at 99% confidence) to {fmt(float(loss[seg[e]]))}, "
                         f"{fmt(float(loss[seg[e]]) / post_min)}x its post-warmup minimum",
                         {
                             "window_points": int(w),

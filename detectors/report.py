@@ -80,8 +80,9 @@ def text(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
         lines.append(_run_line(run))
         for f in by_run.get(name, []):
             lines.append(f"  {f.severity.value.upper():<7} {f.detector} {f.name} ({_where(f)})")
-            lines.append(f"          {f.message}")
-            lines.append(f"          fix: {f.suggestion}")
+            pad = "\n" + " " * 10
+            lines.append(" " * 10 + f.message.replace("\n", pad))
+            lines.append(" " * 10 + "fix: " + f.suggestion.replace("\n", pad))
             lines.append(f"          more: tunescope explain {f.detector}")
     total = len(findings)
     counts = {s: sum(f.severity is s for f in findings) for s in Severity}

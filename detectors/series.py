@@ -275,7 +275,7 @@ def spikes(
         if len(hist) < min_points:
             follow = 0
             continue
-        q25, q50, q75 = np.percentile(hist, [25, 50, 75])
+        q25, q50, q75 = quartiles(hist)
         sigma = max((q75 - q25) / IQR_TO_SIGMA, sigma_floor)
         z = (c[i] - q50) / sigma
         zc[i], mc[i] = z, q50
@@ -300,6 +300,20 @@ def spikes(
     zs[ok] = zc
     base[ok] = mc
     return SpikeScan(hit, zs, base)
+
+
+def quartiles(h: np.ndarray) -> tuple[float, float, float]:
+    """25th, 50th and 75th percentiles (linear interpolation, like
+    ``np.percentile``) of a short array, without numpy's per-call overhead."""
+    v = np.sort(h)
+    n = len(v) - 1
+    out = []
+    for q in (0.25, 0.5, 0.75):
+        pos = n * q
+        lo = int(pos)
+        hi = min(lo + 1, n)
+        out.append(float(v[lo] + (v[hi] - v[lo]) * (pos - lo)))
+    return out[0], out[1], out[2]
 
 
 def incidents_by_index(mask: np.ndarray, gap: int = 3) -> list[tuple[int, int]]:
