@@ -45,7 +45,8 @@ import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import Series, fmt, run_series
-from tunescope.detectors.stats import trend, warmup_mask
+from tunescope.detectors.stats import trend_np as trend
+from tunescope.detectors.stats import warmup_mask
 from tunescope.findings import Finding, Severity
 
 ID = "TS102"

@@ -40,7 +40,8 @@ import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import fmt, run_series
-from tunescope.detectors.stats import incidents, trend
+from tunescope.detectors.stats import incidents
+from tunescope.detectors.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
 
 ID = "TS103"
