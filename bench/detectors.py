@@ -76,7 +76,11 @@ def _curve(rng: np.random.Generator, n: int, kind: str) -> dict[str, Any]:
     if kind == "memorised":
         loss = 0.001 + (start - 0.001) * np.exp(-(t - 1) / (0.05 * n))
         noise = 0.2
-    loss = loss * np.exp(rng.normal(0, noise, n))
+    if kind == "heavy-tail":
+        # heavy-tailed batch noise (Student t, 4 dof), short of spike size (1.3x)
+        loss = loss * np.exp(np.clip(0.02 * rng.standard_t(4, n), -0.26, 0.26))
+    else:
+        loss = loss * np.exp(rng.normal(0, noise, n))
     gn = float(rng.uniform(0.3, 3)) * np.exp(rng.normal(0, rng.uniform(0.1, 0.35), n))
     if kind == "warmup-bump":
         warm = int(0.5 * n)
@@ -110,6 +114,8 @@ def corpus(seeds: int) -> list[dict[str, Any]]:
         "warmup-bump",
         "grad-unmeasured",
         "hf-averaged",
+        "heavy-tail",
+        "multirank",
     ]
     faults = [
         "nan",
@@ -120,14 +126,23 @@ def corpus(seeds: int) -> list[dict[str, Any]]:
         "plateau",
         "overfit",
         "resume-jump",
+        "spike-small",
+        "divergence-slow",
+        "nan-hf",
+        "nan-rank",
+        "spike-hf",
     ]
     for seed in range(seeds):
         for kind in clean_kinds:
             rng = np.random.default_rng(zlib.crc32(f"{seed}-{kind}".encode()))
             n = int(rng.choice([60, 300, 1000, 2500]))
-            c = _curve(rng, n, "plain" if kind in ("hf-averaged", "plain2") else kind)
+            plain = kind in ("hf-averaged", "plain2", "multirank")
+            c = _curve(rng, n, "plain" if plain else kind)
             log_every = 10 if kind == "hf-averaged" else 1
-            runs.append(_spec(f"clean-{kind}-{seed}", c, n, [], log_every=log_every))
+            spec = _spec(f"clean-{kind}-{seed}", c, n, [], log_every=log_every)
+            if kind == "multirank":
+                spec["ranks"] = [c] + [_rank_copy(c, rng) for _ in range(3)]
+            runs.append(spec)
         for kind in faults:
             rng = np.random.default_rng(zlib.crc32(f"{seed}-{kind}-fault".encode()))
             n = int(rng.choice([300, 1000, 2000]))
@@ -144,6 +159,17 @@ def _spec(name, c, n, labels, events=(), log_every=1):
         "labels": labels,
         "events": list(events),
         "log_every": log_every,
+        "ranks": [c],
+    }
+
+
+def _rank_copy(c: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    """Another rank of the same run: same curve, its own batch noise."""
+    n = len(c["loss"])
+    return {
+        **c,
+        "loss": c["loss"] * np.exp(rng.normal(0, 0.03, n)),
+        "grad_norm": c["grad_norm"] * np.exp(rng.normal(0, 0.1, n)),
     }
 
 
@@ -191,6 +217,41 @@ def _inject(name, c, n, kind, rng):
             {"kind": "resume", "step": at, "checkpoint": f"checkpoint-{at}", "from_step": at}
         )
         lab = [_label("TS106", at, at + 10, "optimizer state not restored")]
+    elif kind == "spike-small":
+        loss[at - 1] *= float(rng.uniform(1.5, 2.0))
+        lab = [_label("TS101", at, at, "a 1.5-2x bad batch")]
+    elif kind == "divergence-slow":
+        rate = float(rng.uniform(0.001, 0.002))
+        loss[at - 1 :] *= np.exp(rate * np.arange(n - at + 1))
+        lab = [_label("TS102", at, n, f"slow exponential rise {rate:.4f}/step")]
+    elif kind == "nan-hf":
+        # HF's logging_nan_inf_filter keeps the logged loss finite; grad_norm shows NaN
+        gn[at - 1 :] = np.nan
+        at_logged = int(np.ceil(at / 10) * 10)
+        spec = _spec(
+            name, c, n, [_label("TS001", at, n, "NaN hidden by the loss filter")], log_every=10
+        )
+        spec["labels"][0]["first_step"] = at_logged
+        return spec
+    elif kind == "spike-hf":
+        loss[at - 1] *= float(rng.uniform(6, 12))
+        at_logged = int(np.ceil(at / 10) * 10)
+        return _spec(
+            name, c, n, [_label("TS101", at_logged, at_logged, "diluted spike")], log_every=10
+        )
+    elif kind == "nan-rank":
+        ranks = [c] + [_rank_copy(c, rng) for _ in range(3)]
+        bad = {
+            **ranks[2],
+            "loss": ranks[2]["loss"].copy(),
+            "grad_norm": ranks[2]["grad_norm"].copy(),
+        }
+        bad["loss"][at - 1 :] = np.nan
+        bad["grad_norm"][at - 1 :] = np.nan
+        ranks[2] = bad
+        spec = _spec(name, c, n, [{**_label("TS001", at, n, "NaN on rank 2"), "rank": 2}])
+        spec["ranks"] = ranks
+        return spec
     else:
         raise ValueError(kind)
     return _spec(name, c, n, lab, events)
@@ -201,58 +262,69 @@ def write_corpus(runs: list[dict[str, Any]], root: Path) -> dict[str, Any]:
     for r in runs:
         d = root / r["name"] / "events"
         d.mkdir(parents=True)
-        c, n, every = r["c"], r["n"], r["log_every"]
-        lines = []
-        start = {
-            "v": 1,
-            "kind": "run_start",
-            "run": r["name"],
-            "rank": 0,
-            "ts": 1.7e9,
-            "total_steps": n,
-            "world_size": 1,
-        }
-        if c["warmup"]:
-            start["warmup_steps"] = c["warmup"]
-        if every > 1:
-            start.update({"logging_steps": every, "per_rank": False})
-        lines.append(json.dumps(start))
-        ev_at: dict[int, list[dict[str, Any]]] = {}
-        for e in r["events"]:
-            ev_at.setdefault(int(e["step"]), []).append(e)
-        for s in range(1, n + 1):
-            if s % every == 0 or s == n:
-                sl = slice(max(0, s - every), s)
-                row = {
-                    "v": 1,
-                    "kind": "step",
-                    "run": r["name"],
-                    "rank": 0,
-                    "step": s,
-                    "ts": 1.7e9 + s,
-                    "loss": float(np.mean(c["loss"][sl])),
-                    "lr": float(c["lr"][s - 1]),
-                    "grad_norm": float(c["grad_norm"][s - 1]),
-                }
-                lines.append(json.dumps(row))
-            for e in ev_at.get(s, []):
-                lines.append(
-                    json.dumps({"v": 1, "run": r["name"], "rank": 0, "ts": 1.7e9 + s + 0.5, **e})
+        n, every = r["n"], r["log_every"]
+        for rank, c in enumerate(r["ranks"]):
+            lines = []
+            start = {
+                "v": 1,
+                "kind": "run_start",
+                "run": r["name"],
+                "rank": rank,
+                "ts": 1.7e9,
+                "total_steps": n,
+                "world_size": len(r["ranks"]),
+            }
+            if c["warmup"]:
+                start["warmup_steps"] = c["warmup"]
+            if every > 1:
+                start.update({"logging_steps": every, "per_rank": False})
+            lines.append(json.dumps(start))
+            ev_at: dict[int, list[dict[str, Any]]] = {}
+            for e in r["events"]:
+                ev_at.setdefault(int(e["step"]), []).append(e)
+            for s in range(1, n + 1):
+                if s % every == 0 or s == n:
+                    sl = slice(max(0, s - every), s)
+                    window = c["loss"][sl]
+                    finite = window[np.isfinite(window)]
+                    # averaged over the logging interval, NaN-filtered when averaged (HF-style)
+                    loss = (
+                        float(np.mean(window))
+                        if every == 1 or not len(finite)
+                        else float(np.mean(finite))
+                    )
+                    row = {
+                        "v": 1,
+                        "kind": "step",
+                        "run": r["name"],
+                        "rank": rank,
+                        "step": s,
+                        "ts": 1.7e9 + s,
+                        "loss": loss,
+                        "lr": float(c["lr"][s - 1]),
+                        "grad_norm": float(c["grad_norm"][s - 1]),
+                    }
+                    lines.append(json.dumps(row))
+                for e in ev_at.get(s, []):
+                    lines.append(
+                        json.dumps(
+                            {"v": 1, "run": r["name"], "rank": rank, "ts": 1.7e9 + s + 0.5, **e}
+                        )
+                    )
+            lines.append(
+                json.dumps(
+                    {
+                        "v": 1,
+                        "kind": "run_end",
+                        "run": r["name"],
+                        "rank": rank,
+                        "step": n,
+                        "ts": 1.7e9 + n + 1,
+                        "status": "completed",
+                    }
                 )
-        lines.append(
-            json.dumps(
-                {
-                    "v": 1,
-                    "kind": "run_end",
-                    "run": r["name"],
-                    "rank": 0,
-                    "step": n,
-                    "ts": 1.7e9 + n + 1,
-                    "status": "completed",
-                }
             )
-        )
-        (d / "rank-0.jsonl").write_text("\n".join(lines) + "\n")
+            (d / f"rank-{rank}.jsonl").write_text("\n".join(lines) + "\n")
         labels["runs"][r["name"]] = {"healthy": not r["labels"], "faults": r["labels"]}
     return labels
 
@@ -268,6 +340,7 @@ def score(
         if f.severity.value in ("warning", "error"):
             by_run.setdefault(f.run, []).append(f)
     rows = []
+    missed: list[str] = []
     clean_steps = sum(steps.get(r, 0) for r, lab in labels["runs"].items() if lab["healthy"])
     clean_alarms = [
         f for r, lab in labels["runs"].items() if lab["healthy"] for f in by_run.get(r, [])
@@ -282,6 +355,8 @@ def score(
         delays, hits = [], 0
         for r, fl in faults:
             match = [f for f in by_run.get(r, []) if f.detector == det and _overlap(f, fl)]
+            if not match:
+                missed.append(f"{r}: {det} at {fl['first_step']} ({fl['note']})")
             if match:
                 hits += 1
                 first = min(match, key=_detected)
@@ -311,6 +386,7 @@ def score(
         "clean_steps": clean_steps,
         "clean_alarms": len(clean_alarms),
         "per_10k": 1e4 * len(clean_alarms) / clean_steps if clean_steps else None,
+        "missed": missed,
         "examples": [
             f"{f.run}: {f.detector} {f.severity.value} @ {f.step_start}: {f.message}"
             for f in clean_alarms[:5]
@@ -362,6 +438,8 @@ def print_table(title: str, rows: list[dict[str, Any]], summary: dict[str, Any])
     )
     for ex in summary["examples"]:
         print(f"  clean-run alarm: {ex}")
+    for ex in summary["missed"][:8]:
+        print(f"  missed: {ex}")
 
 
 def analyse_root(root: Path, cache: Path) -> tuple[list[Any], dict[str, int], float]:

@@ -2,10 +2,10 @@
 
 What it flags:
     A logged loss far above the robust baseline of the previous ~100 points
-    (median and IQR of log-loss, the current point and earlier spikes
-    excluded): z >= 6, or z >= 4 on two consecutive points, and at the same
-    time large against the run's own scale (the excess over the baseline is
-    at least 5% of the run's early loss level). One finding per incident;
+    (median of the last 10 log-losses, noise from the MAD of its point-to-point differences,
+    the current point and earlier spikes excluded): z >= 6, or z >= 4 on two consecutive points, at least 1.3x the
+    baseline, and at the same time large against the run's own scale (the
+    excess over the baseline is at least 10% of the run's early loss level). One finding per incident;
     consecutive spiking points are one incident. A spike that is back within
     5% of the baseline within 50 steps is a warning; one that never comes back
     is reported by TS102 (divergence) instead.
@@ -57,14 +57,21 @@ NAME = "loss-spike"
 @dataclass
 class Options:
     window: int = 100
-    """Points in the rolling baseline (previous points, current excluded)."""
+    """Previous points (current excluded) whose point-to-point noise scales the z-score."""
+    level_points: int = 10
+    """Previous points whose median is the baseline level (short: a falling
+    curve makes a long median stale)."""
     min_points: int = 5
     """No verdict before this many earlier finite points."""
     z: float = 6.0
     """Robust z-score (log space) that flags a single point."""
     z_consecutive: float = 4.0
     """Robust z-score that flags two consecutive points."""
-    min_excess: float = 0.05
+    min_ratio: float = 1.3
+    """The loss must be at least this multiple of the baseline (batch-to-batch
+    noise below it is never a spike); diluted by ``logging_steps`` when the log
+    averages the loss."""
+    min_excess: float = 0.1
     """The excess over the baseline must be at least this fraction of the
     run's early loss level (median of its first 10 points)."""
     sigma_floor: float = 0.02
@@ -113,9 +120,10 @@ def scan(s: Series, opts: Options) -> list[Incident]:
     if positive:
         y = np.where(fin, np.log(np.where(fin & (loss > 0), loss, 1.0)), np.nan)
         need = opts.min_excess * abs(early) / dilution
+        need_log = np.log1p((opts.min_ratio - 1) / dilution)
 
         def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
-            return np.exp(v) - np.exp(base) >= need
+            return (np.exp(v) - np.exp(base) >= need) & (v - base >= need_log)
 
         floor, z1, z2 = opts.sigma_floor, opts.z, opts.z_consecutive
     else:
@@ -133,6 +141,7 @@ def scan(s: Series, opts: Options) -> list[Incident]:
     sc = spikes(
         y,
         window=opts.window,
+        level_points=opts.level_points,
         min_points=opts.min_points,
         z_single=z1,
         z_double=z2,

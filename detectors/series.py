@@ -19,6 +19,7 @@ from tunescope.detectors.base import Context
 from tunescope.findings import Finding
 
 IQR_TO_SIGMA = 1.349  # interquartile range of a normal distribution, in sigmas
+DIFF_TO_SIGMA = 1.4826 / np.sqrt(2)  # median |x_t - x_(t-1)| of iid noise -> its sigma
 
 
 @dataclass
@@ -205,7 +206,10 @@ def _block_screen(c: np.ndarray, window: int, block: int = 25) -> tuple[np.ndarr
     hi = np.minimum(lo + 1, block - 1)
     frac = pos - lo
     q = sb[:, lo] + (sb[:, hi] - sb[:, lo]) * frac  # (nb, 3): like np.percentile
-    bmed, biqr = q[:, 1], q[:, 2] - q[:, 0]
+    bmed = q[:, 1]
+    dd = np.abs(np.diff(c[: nb * block], prepend=c[0])).reshape(nb, block)
+    # sigma from point-to-point differences, in IQR units so the code below is shared
+    biqr = np.median(dd, axis=1) * DIFF_TO_SIGMA * IQR_TO_SIGMA
     k = max(window // block, 1)
     # baseline for block b from blocks b-k..b-1 (rolling medians over block stats)
     cs_med = np.full(nb + 1, np.nan)
@@ -216,10 +220,9 @@ def _block_screen(c: np.ndarray, window: int, block: int = 25) -> tuple[np.ndarr
     if nb > k:
         win = np.lib.stride_tricks.sliding_window_view
         mid = [(k - 1) // 2, k // 2]
-        wm = np.sort(win(bmed, k)[1:], axis=1)
         wi = np.sort(win(biqr, k)[1:], axis=1)
-        cs_med[k + 1 :] = (wm[:, mid[0]] + wm[:, mid[1]]) / 2
         cs_sig[k + 1 :] = (wi[:, mid[0]] + wi[:, mid[1]]) / 2 / IQR_TO_SIGMA
+    cs_med[1:] = bmed  # level: the previous block's median (a long median lags a falling curve)
     bidx = np.minimum(np.arange(m) // block, nb)
     med = cs_med[bidx]
     sig = cs_sig[bidx]
@@ -235,11 +238,14 @@ def spikes(
     z_double: float,
     sigma_floor: float,
     big_enough: Any,
+    level_points: int = 20,
 ) -> SpikeScan:
     """Upward spikes of ``y`` (already in the scan's space, e.g. log loss).
 
-    Each finite point is scored against the median and IQR-sigma of the
-    previous ``window`` finite points that were not themselves spiking (the
+    Each finite point is scored against the median of the previous
+    ``level_points`` finite points (a short window: a falling curve makes a
+    long median stale) and the noise of the previous ``window`` points (the
+    MAD of point-to-point differences, which a trend does not inflate) that were not themselves spiking (the
     current point excluded; sigma floored at ``sigma_floor``); a point is a
     hit when ``big_enough(value, baseline)`` holds and ``z >= z_single``, or
     ``z >= z_double`` on two consecutive points. No verdicts before
@@ -287,8 +293,12 @@ def spikes(
         if len(hist) < min_points:
             follow = 0
             continue
-        q25, q50, q75 = quartiles(hist)
-        sigma = max((q75 - q25) / IQR_TO_SIGMA, sigma_floor)
+        q50 = float(np.median(hist[-level_points:]))
+        # noise from point-to-point differences: robust to the curve's own trend
+        # (a falling loss inflates a window's IQR); widened for short histories
+        d = np.abs(np.diff(hist))
+        sigma = DIFF_TO_SIGMA * float(np.median(d)) * (1 + 4 / len(hist)) if len(d) else 0.0
+        sigma = max(sigma, sigma_floor)
         z = (c[i] - q50) / sigma
         zc[i], mc[i] = z, q50
         if z >= z_double and big_enough(c[i], q50):
