@@ -49,6 +49,9 @@ class Options:
     fp16 overflow step) rather than an error."""
     gap: int = 2
     """Bad points separated by at most this many good points are one incident."""
+    degenerate_points: int = 10
+    """A loss of 0 with a grad norm of 0 for this many points is left to TS103
+    (degenerate loss) instead of being read as a masked NaN."""
 
     def __post_init__(self) -> None:
         if self.max_transient_points < 0 or self.gap < 0:
@@ -72,6 +75,10 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             & measured
             & ((gn == 0) | (np.isnan(gn) & gn_logged))
         )
+        # a long stretch of loss 0 with grad norm 0 is a degenerate loss (TS103), not a mask
+        for a, b in incidents(masked & (gn == 0)):
+            if b - a + 1 >= opts.degenerate_points:
+                masked[a : b + 1] = False
         bad = bad_loss | bad_gn | masked
         if not bad.any():
             continue

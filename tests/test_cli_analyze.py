@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from detector_cases import write_case
 
 TUNESCOPE = str(Path(sys.executable).parent / "tunescope")
+pytestmark = pytest.mark.slow  # ~25 processes, each ingesting and analysing
 
 CURVE = {
     "loss": {"start": 2.7, "end": 1.2, "tau": 150, "noise": 0.03},
