@@ -9,10 +9,11 @@ What it flags:
     warmup (the logged learning rate has stopped rising, or past the
     configured ``warmup_steps``), a trend test on log-loss at several window
     sizes, down to the whole post-warmup run when it is short: Kendall's tau
-    > 0 with p < 1e-3 (divided by the number of independent windows), confirmed
-    by the window a few points later, and a rise over the window of at least 5% even at the
-    99% Theil-Sen lower bound of the slope (many windows are tested, so the
-    effect size is required with confidence, not only its sign). One finding per run, at the earliest detection.
+    > 0 with p < 1e-3 (divided by the number of independent windows),
+    confirmed by the window a few points later, and a rise over the window of
+    at least 5% even at the 99% Theil-Sen lower bound of the slope (many
+    windows are tested, so the size of the rise must be certain, not only its
+    sign). One finding per run, at the earliest detection.
 
 Why it matters:
     A diverged run only burns compute from there on; the earlier it is
@@ -33,7 +34,8 @@ Suggestion:
     warmup or lower the peak learning rate.
 
 Options:
-    See ``Options``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations

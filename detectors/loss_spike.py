@@ -26,9 +26,10 @@ Suggestion:
     lower the peak learning rate; switch fp16 to bf16.
 
 Options:
-    See ``Options``. When the log averages the loss over ``logging_steps``
-    (HF-style formats), the excess needed is divided by that number and the
-    message says the spike was diluted.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file. When the log averages the loss over
+    ``logging_steps`` (HF-style formats), the ratio and excess needed are divided
+    by that number and the message says the spike was diluted.
 """
 
 from __future__ import annotations

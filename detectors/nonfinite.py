@@ -23,7 +23,8 @@ Suggestion:
     inputs); disable the NaN filter of the trainer's logging to see it.
 
 Options:
-    See ``Options`` below: ``max_transient_points``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ Suggestion:
     (-100) and match the inputs.
 
 Options:
-    See ``Options``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations

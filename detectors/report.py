@@ -8,7 +8,8 @@ Formats:
 
     {"version": 1,
      "findings": [{"run", "rank" (null: all ranks), "detector", "name", "severity",
-                   "step_start", "step_end", "message", "suggestion", "evidence"}],
+                   "step_start", "step_end", "message", "suggestion", "evidence",
+                   "explain" (the command that prints the detector's documentation)}],
      "runs": [{"run", "name", "format", "status", "world_size", "steps_logged",
                "last_step", "total_steps", "last_loss",
                "findings": {"info", "warning", "error"}, "worst"}]}
@@ -116,6 +117,7 @@ def _finding_dict(f: Finding) -> dict[str, Any]:
         "message": d["message"],
         "suggestion": d["suggestion"],
         "evidence": d["evidence"],
+        "explain": f"tunescope explain {f.detector}",
     }
 
 

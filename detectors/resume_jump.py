@@ -25,7 +25,8 @@ Suggestion:
     the data sampler position.
 
 Options:
-    See ``Options``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations

@@ -131,8 +131,10 @@ def test_json_contract():
         "message",
         "suggestion",
         "evidence",
+        "explain",
     ]
     assert all(list(f) == keys for f in doc["findings"])
+    assert doc["findings"][1]["explain"] == "tunescope explain TS101"
     assert doc["findings"][0]["rank"] is None and doc["findings"][1]["rank"] == 1
     assert doc["findings"][0]["evidence"]["last_loss"] == "NaN"  # strict JSON, no NaN token
     assert [r["run"] for r in doc["runs"]] == ["clean-run", "llama-full", "qwen-lora-r8"]
