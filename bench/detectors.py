@@ -381,7 +381,17 @@ def score(
                 "clean_alarms": sum(1 for f in clean_alarms if f.detector == det),
             }
         )
+    scen: dict[str, list[Any]] = {}
+    for r, lab in labels["runs"].items():
+        for fl in lab["faults"]:
+            kind = r.rsplit("-", 1)[0]
+            match = [
+                f for f in by_run.get(r, []) if f.detector == fl["detector"] and _overlap(f, fl)
+            ]
+            d = max(0, _detected(min(match, key=_detected)) - fl["first_step"]) if match else None
+            scen.setdefault(f"{kind} ({fl['detector']})", []).append(d)
     summary = {
+        "scenarios": scen,
         "clean_runs": sum(lab["healthy"] for lab in labels["runs"].values()),
         "clean_steps": clean_steps,
         "clean_alarms": len(clean_alarms),
@@ -438,6 +448,11 @@ def print_table(title: str, rows: list[dict[str, Any]], summary: dict[str, Any])
     )
     for ex in summary["examples"]:
         print(f"  clean-run alarm: {ex}")
+    print("per fault scenario: recall, detection delay median / max (steps)")
+    for name, ds in sorted(summary["scenarios"].items()):
+        got = [d for d in ds if d is not None]
+        delay = f"{np.median(got):g} / {max(got)}" if got else "-"
+        print(f"  {name}: {len(got)}/{len(ds)}, delay {delay}")
     for ex in summary["missed"][:8]:
         print(f"  missed: {ex}")
 
@@ -685,11 +700,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/detectors.py")
     p.add_argument("--quick", action="store_true", help="smaller corpus and speed run")
     p.add_argument("--seeds", type=int, help="seeds per scenario in the generated corpus")
-    p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--no-speed", action="store_true", help="skip the speed run")
+    p.add_argument("--speed-only", action="store_true", help="only the speed run")
     a = p.parse_args(argv)
     from tunescope.detectors.registry import DETECTORS
 
     ids = [d.ID for d in DETECTORS]
+    if a.speed_only:
+        speed(500_000 if a.quick else 2_000_000)
+        return 0
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         fixtures = REPO / "fixtures" / "runs"

@@ -47,8 +47,8 @@ import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import Series, fmt, run_series
+from tunescope.detectors.stats import incidents, warmup_mask
 from tunescope.detectors.stats import trend_np as trend
-from tunescope.detectors.stats import warmup_mask
 from tunescope.findings import Finding, Severity
 
 ID = "TS102"
@@ -179,20 +179,20 @@ def _hard_rules(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
         with np.errstate(invalid="ignore"):
             same[1:] = fin[1:] & fin[:-1] & (np.abs(np.diff(loss)) <= 1e-6 * np.abs(loss[1:]))
         high = fin & (loss > opts.frozen_level)
-        k = 0
-        for i in range(1, n):
-            k = k + 1 if (same[i] and high[i]) else 0
-            if k + 1 >= opts.frozen_points:
-                a = i - k
+        # a stretch of k+1 equal points has k "same" flags after its first point
+        for a1, b in incidents(same & high):
+            if b - a1 + 2 >= opts.frozen_points:
+                a = a1 - 1
+                i = a + opts.frozen_points - 1
                 hits.append(
                     Hit(
                         "frozen",
                         int(step[a]),
                         int(step[i]),
-                        f"loss frozen at {fmt(float(loss[i]))} for {k + 1} points from step "
+                        f"loss frozen at {fmt(float(loss[i]))} for {b - a + 1} points from step "
                         f"{step[a]}: the model outputs a near-uniform distribution "
                         f"(ln of a 32k vocabulary is 10.4)",
-                        {"value": float(loss[i]), "points": k + 1},
+                        {"value": float(loss[i]), "points": int(b - a + 1)},
                         bool(warm[a]),
                     )
                 )
@@ -258,13 +258,18 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
                 t = trend(x[lo : e + 1], y[lo : e + 1], alpha=0.99)
                 span = x[e] - x[lo]
                 p_max = opts.p_value * min(1.0, w / m)  # about m/w independent windows
-                if t.tau > 0 and t.p < p_max and t.lo * span >= need:
+                if t.tau > 0 and t.p < p_max and t.lo * span >= need / 2 and t.slope * span >= need:
                     # confirmed by the window a few points later (noise does not persist)
                     e2 = min(e + max(stride, 2), m - 1)
                     if e2 > e:
                         t2 = trend(x[e2 - w + 1 : e2 + 1], y[e2 - w + 1 : e2 + 1], alpha=0.99)
                         span2 = x[e2] - x[e2 - w + 1]
-                        if not (t2.tau > 0 and t2.p < p_max and t2.lo * span2 >= need):
+                        if not (
+                            t2.tau > 0
+                            and t2.p < p_max
+                            and t2.lo * span2 >= need / 2
+                            and t2.slope * span2 >= need
+                        ):
                             continue
                         e = e2
                         lo = e - w + 1

@@ -328,11 +328,11 @@ def spikes(
         if len(hist) < min_points:
             follow = 0
             continue
-        q50 = float(np.median(hist[-level_points:]))
+        q50 = _median(hist[-level_points:])
         # noise from point-to-point differences: robust to the curve's own trend
         # (a falling loss inflates a window's IQR); widened for short histories
         d = np.abs(np.diff(hist))
-        sigma = DIFF_TO_SIGMA * float(np.median(d)) * (1 + 4 / len(hist)) if len(d) else 0.0
+        sigma = DIFF_TO_SIGMA * _median(d) * (1 + 4 / len(hist)) if len(d) else 0.0
         sigma = max(sigma, sigma_floor)
         z = (c[i] - q50) / sigma
         zc[i], mc[i] = z, q50
@@ -357,6 +357,13 @@ def spikes(
     zs[ok] = zc
     base[ok] = mc
     return SpikeScan(hit, zs, base)
+
+
+def _median(v: np.ndarray) -> float:
+    """Median of a short array (np.median's per-call overhead dominates here)."""
+    v = np.sort(v)
+    n = len(v)
+    return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
 
 
 def quartiles(h: np.ndarray) -> tuple[float, float, float]:
