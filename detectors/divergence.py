@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.base import Context
+from tunescope.detectors.resume_jump import resumes
 from tunescope.detectors.series import Series, fmt, run_series
 from tunescope.detectors.stats import incidents, warmup_mask
 from tunescope.detectors.stats import trend_np as trend
@@ -224,7 +225,9 @@ def _screen(x: np.ndarray, y: np.ndarray, w: int, need: float) -> np.ndarray:
     return ends[ok]
 
 
-def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
+def _trend_hits(
+    s: Series, opts: Options, warm: np.ndarray, resumed: list[int] | None = None
+) -> list[Hit]:
     loss, step = s.loss, s.step
     fin = np.isfinite(loss)
     if not (fin.any() and (loss[fin] > 0).all()):
@@ -234,8 +237,12 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     idx = np.flatnonzero(~warm)
     if len(idx) == 0:
         return []
-    breaks = np.flatnonzero(np.diff(idx) > 1)
-    segs = np.split(idx, breaks + 1)
+    # a resume also splits it: the restored state is a new start (TS106 judges the jump)
+    cut = np.zeros(len(idx), dtype=bool)
+    cut[1:] = np.diff(idx) > 1
+    for at in resumed or []:
+        cut[1:] |= (step[idx[:-1]] <= at) & (step[idx[1:]] > at)
+    segs = np.split(idx, np.flatnonzero(cut))
     need = np.log1p(opts.min_rise)
     best: Hit | None = None
     for seg in segs:
@@ -301,7 +308,7 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     return [best] if best else []
 
 
-def _spike_hits(ctx: Context, s: Series) -> list[Hit]:
+def _spike_hits(ctx: Context, s: Series, resumed: list[int]) -> list[Hit]:
     from tunescope.detectors import loss_spike
 
     hits = []
@@ -310,6 +317,8 @@ def _spike_hits(ctx: Context, s: Series) -> list[Hit]:
             continue
         r = inc.series
         a = int(r.step[inc.a])
+        if any(at < a <= at + 5 * r.logging_steps for at in resumed):
+            continue  # a jump right after a resume: TS106's finding
         peak = float(r.loss[inc.peak])
         rank = "" if r.rank is None else f" on rank {r.rank}"
         hits.append(
@@ -318,8 +327,7 @@ def _spike_hits(ctx: Context, s: Series) -> list[Hit]:
                 a,
                 a + loss_spike.Options().recover_steps,
                 f"loss spiked to {fmt(peak / inc.base)}x its running median ({fmt(peak)} vs "
-                f"{fmt(inc.base)}) at step {a}{rank} and did not come back within "
-                f"{loss_spike.Options().recover_steps} steps",
+                f"{fmt(inc.base)}) at step {a}{rank} and never came back",
                 {"baseline_loss": inc.base, "peak_loss": peak, "rank": r.rank},
             )
         )
@@ -332,7 +340,12 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         if len(s.step) < 2:
             continue
         warm = warmup_of(s, opts)
-        hits = _hard_rules(s, opts, warm) + _trend_hits(s, opts, warm) + _spike_hits(ctx, s)
+        resumed = [at for at, _ in resumes(ctx).get(s.run, [])]
+        hits = (
+            _hard_rules(s, opts, warm)
+            + _trend_hits(s, opts, warm, resumed)
+            + _spike_hits(ctx, s, resumed)
+        )
         if not hits:
             continue
         first = min(hits, key=lambda h: (h.detected, h.onset))

@@ -7,8 +7,9 @@ What it flags:
     baseline, and at the same time large against the run's own scale (the
     excess over the baseline is at least 10% of the run's early loss level). One finding per incident;
     consecutive spiking points are one incident. A spike that is back within
-    5% of the baseline within 50 steps is a warning; one that never comes back
-    is reported by TS102 (divergence) instead.
+    5% of the baseline within 50 steps is a warning (one back later too, as a
+    slow recovery); one that never comes back is reported by TS102
+    (divergence) instead.
 
 Why it matters:
     A spike is a bad batch meeting a fragile optimizer state, or a learning
@@ -79,7 +80,9 @@ class Options:
     """Floor of the baseline's spread in log units (2%): flat curves are not
     noise-free."""
     recover_steps: int = 50
-    """A spike must return within this many steps to count as transient."""
+    """A spike back within this many steps (at least 3 logging intervals) is
+    transient; one back later is reported as a slow recovery; one never back
+    is a divergence (TS102)."""
     recover_within: float = 0.05
     """Back when within this fraction of the pre-spike baseline."""
     gap: int = 3
@@ -104,9 +107,10 @@ class Incident:
     peak: int
     base: float  # baseline loss (linear units)
     z: float
-    recovered: bool | None  # None: the log ends before we can tell
+    recovered: bool | None  # False: never back (TS102); None: the log ends too soon
     recover_step: int | None
     space: str
+    slow: bool = False  # back, but only after the recovery horizon
 
 
 def scan(s: Series, opts: Options) -> list[Incident]:
@@ -162,16 +166,18 @@ def scan(s: Series, opts: Options) -> list[Incident]:
             base * (1 + opts.recover_within) if positive else base + opts.recover_within * abs(base)
         )
         end_step = int(s.step[b])
-        after = np.flatnonzero((s.step > end_step) & (s.step <= end_step + opts.recover_steps))
-        later = np.flatnonzero(s.step > end_step + opts.recover_steps)
+        horizon = max(opts.recover_steps, 3 * s.logging_steps)
+        after = np.flatnonzero(s.step > end_step)
         back = after[np.isfinite(loss[after]) & (loss[after] <= limit)]
-        long = end_step - int(s.step[a]) > opts.recover_steps
-        if len(back) and not long:
+        long = end_step - int(s.step[a]) > horizon
+        slow = False
+        if len(back):
             recovered, rstep = True, int(s.step[back[0]])
-        elif long or len(later) or (len(after) and not len(back)):
-            recovered, rstep = False, None
+            slow = long or rstep - end_step > horizon
+        elif long or (len(after) and int(s.step[after[-1]]) - end_step >= horizon):
+            recovered, rstep = False, None  # never came back: divergence (TS102)
         else:
-            recovered, rstep = None, None
+            recovered, rstep = None, None  # the log ends too soon to tell
         out.append(
             Incident(
                 s,
@@ -183,6 +189,7 @@ def scan(s: Series, opts: Options) -> list[Incident]:
                 recovered,
                 rstep,
                 "log" if positive else "linear",
+                slow,
             )
         )
     return out
@@ -222,6 +229,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             "points": inc.b - inc.a + 1,
             "recovered": inc.recovered,
             "recovered_at": inc.recover_step,
+            "slow_recovery": inc.slow,
             "logging_steps": s.logging_steps,
             "space": inc.space,
         }
@@ -239,7 +247,12 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 f"loss rose to {fmt(peak_loss)} from a running median of {fmt(inc.base)} "
                 f"(z={inc.z:.1f}) at step {pstep}"
             )
-        if inc.recovered:
+        if inc.recovered and inc.slow:
+            tail = (
+                f"; it stayed high for {inc.recover_step - step0} steps and was back within 5% "
+                f"only by step {inc.recover_step}."
+            )
+        elif inc.recovered:
             tail = f"; back within 5% by step {inc.recover_step}."
         else:
             tail = "; the log ends before a recovery could be seen."

@@ -85,8 +85,11 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         if zinc:
             if rl is None:
                 rl = _rl_runs(ctx)
-            if s.run not in rl and not (loss[fin] < 0).any():
-                a, b = zinc[0]
+            a, b = zinc[0]
+            # loss 0 with a NaN grad norm is a masked NaN (TS001), not a degenerate loss
+            gseg = s.grad_norm[a : b + 1]
+            masked_nan = bool(np.isfinite(s.grad_norm).any() and np.isnan(gseg).all())
+            if s.run not in rl and not (loss[fin] < 0).any() and not masked_nan:
                 out.append(
                     Finding(
                         s.run,
