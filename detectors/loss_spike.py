@@ -1,15 +1,16 @@
 """TS101 loss spike: the loss jumps far above its recent level and comes back.
 
 What it flags:
-    A logged loss far above the robust baseline of the previous ~100 points
-    (median of the last 10 log-losses, noise from the MAD of its point-to-point differences,
-    the current point and earlier spikes excluded): z >= 6, or z >= 4 on two consecutive points, at least 1.3x the
-    baseline, and at the same time large against the run's own scale (the
-    excess over the baseline is at least 10% of the run's early loss level). One finding per incident;
-    consecutive spiking points are one incident. A spike that is back within
-    5% of the baseline within 50 steps is a warning (one back later too, as a
-    slow recovery); one that never comes back is reported by TS102
-    (divergence) instead.
+    A logged loss far above its recent baseline: the median of the previous
+    10 log-losses, with the noise taken from the MAD of the point-to-point
+    differences over the previous ~100 points (the current point and earlier
+    spikes excluded). It must reach z >= 6, or z >= 4 on two consecutive
+    points, be at least 1.3x the baseline, and be large against the run's own
+    scale (the excess is at least 10% of the run's early loss level). One
+    finding per incident: consecutive spiking points are one incident. A
+    spike back within 5% of the baseline within 50 steps is a warning (one
+    back later too, as a slow recovery); one that never comes back is
+    reported by TS102 (divergence) instead.
 
 Why it matters:
     A spike is a bad batch meeting a fragile optimizer state, or a learning
