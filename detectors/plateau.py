@@ -41,7 +41,7 @@ import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import fmt, run_series
-from tunescope.detectors.stats import incidents
+from tunescope.detectors.stats import incidents, warmup_mask
 from tunescope.detectors.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
 
@@ -110,6 +110,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         pos = fin & (loss > 0)
         if pos.sum() < opts.min_points or not (loss[fin] > 0).all():
             continue
+        lr_all = s.lr
+        if np.isfinite(lr_all).sum() >= 2 and warmup_mask(lr_all)[np.isfinite(lr_all)][-1]:
+            continue  # still warming up at the last point: too early to call it flat
         y = np.log(loss[pos])
         x = step[pos].astype(float)
         k = max(3, len(y) // 10)
