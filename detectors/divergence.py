@@ -47,7 +47,13 @@ import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.resume_jump import resumes
-from tunescope.detectors.series import Series, fmt, run_series
+from tunescope.detectors.series import (
+    Series,
+    epoch_boundaries,
+    fmt,
+    near_boundary,
+    run_series,
+)
 from tunescope.detectors.stats import incidents, warmup_mask
 from tunescope.detectors.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
@@ -240,7 +246,8 @@ def _trend_hits(
     # a resume also splits it: the restored state is a new start (TS106 judges the jump)
     cut = np.zeros(len(idx), dtype=bool)
     cut[1:] = np.diff(idx) > 1
-    for at in resumed or []:
+    # ...and so does a new epoch: the loss drops or jumps there by design
+    for at in [*(resumed or []), *(int(b) - 1 for b in epoch_boundaries(s))]:
         cut[1:] |= (step[idx[:-1]] <= at) & (step[idx[1:]] > at)
     segs = np.split(idx, np.flatnonzero(cut))
     need = np.log1p(opts.min_rise)
@@ -319,6 +326,8 @@ def _spike_hits(ctx: Context, s: Series, resumed: list[int]) -> list[Hit]:
         a = int(r.step[inc.a])
         if any(at < a <= at + 5 * r.logging_steps for at in resumed):
             continue  # a jump right after a resume: TS106's finding
+        if near_boundary(r, inc.a, epoch_boundaries(r)) is not None:
+            continue  # a level change at a new epoch (TS101 notes it)
         peak = float(r.loss[inc.peak])
         rank = "" if r.rank is None else f" on rank {r.rank}"
         hits.append(

@@ -44,8 +44,10 @@ from tunescope.detectors.base import Context
 from tunescope.detectors.series import (
     Series,
     early_level,
+    epoch_boundaries,
     fmt,
     merge_ranks,
+    near_boundary,
     rank_series,
     samples_note,
     spikes,
@@ -212,9 +214,10 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
 
     out = []
     for inc in scan_all(ctx, opts):
-        if inc.recovered is False:
-            continue  # unrecovered: divergence (TS102)
         s = inc.series
+        boundary = near_boundary(s, inc.a, epoch_boundaries(s))
+        if inc.recovered is False and boundary is None:
+            continue  # unrecovered: divergence (TS102)
         peak_loss = float(s.loss[inc.peak])
         ratio = peak_loss / inc.base if inc.base > 0 else float("inf")
         step0, step1, pstep = int(s.step[inc.a]), int(s.step[inc.b]), int(s.step[inc.peak])
@@ -268,6 +271,15 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 f" The loss is averaged over {s.logging_steps} steps, so one step's loss "
                 f"was up to {s.logging_steps}x further above the baseline."
             )
+        sev = Severity.WARNING
+        if boundary is not None:
+            # a new epoch reorders the data: a jump there is expected, not an alarm
+            sev = Severity.INFO
+            ev["epoch_boundary"] = boundary
+            if inc.recovered is False:
+                tail = f"; the loss level changed at the epoch boundary (step {boundary})."
+            else:
+                note += f" It came at the start of a new epoch (step {boundary})."
         msg = head + tail + note + samples_note(ids)
         sug = (
             "Inspect or skip the batch at that step; clip gradients at max_norm 1.0; if spikes "
@@ -275,7 +287,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         )
         out.append(
             Finding(
-                s.run, ID, NAME, Severity.WARNING, step0, step1, msg, sug, rank=s.rank, evidence=ev
+                s.run, ID, NAME, sev, step0, step1, msg, sug, rank=s.rank, evidence=ev
             )
         )
     return merge_ranks(out)

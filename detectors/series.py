@@ -211,6 +211,28 @@ def run_series(ctx: Context) -> list[Series]:
     return out
 
 
+def epoch_boundaries(s: Series) -> np.ndarray:
+    """Steps at which a new whole epoch starts (the logged ``epoch`` crosses an
+    integer); empty when epochs are not logged."""
+    ep = s.epoch
+    ok = np.isfinite(ep)
+    if ok.sum() < 2:
+        return np.array([], dtype=np.int64)
+    e = np.floor(ep[ok] + 1e-6)
+    st = s.step[ok]
+    return st[1:][e[1:] > e[:-1]]
+
+
+def near_boundary(s: Series, i: int, bounds: np.ndarray, points: int = 3) -> int | None:
+    """The epoch boundary at or up to ``points`` logged points before index
+    ``i``, if any."""
+    if not len(bounds):
+        return None
+    lo = int(s.step[max(0, i - points)])
+    hit = bounds[(bounds >= lo) & (bounds <= int(s.step[i]))]
+    return int(hit[-1]) if len(hit) else None
+
+
 def early_level(y: np.ndarray, n: int = 10) -> float:
     """Median of the first ``n`` finite values: the run's own early scale."""
     v = y[np.isfinite(y)][:n]
