@@ -91,15 +91,18 @@ def _curve(rng: np.random.Generator, n: int, kind: str) -> dict[str, Any]:
         loss[(t > 0.4 * n) & (t <= warm)] *= np.exp(
             rng.normal(0, 0.08, int(np.sum((t > 0.4 * n) & (t <= warm))))
         )
+    epochs = 3 if kind == "epochs" else 1
     if kind == "epochs":
-        for k in (1, 2):
-            loss[int(k * n / 3) :] *= float(rng.uniform(0.7, 0.9))
+        # a drop at the first epoch boundary, a jump (data ordered by length) at the second
+        a, b = int(n / 3), int(2 * n / 3)
+        loss[a:] *= float(rng.uniform(0.7, 0.9))
+        loss[b:] *= 1 + float(rng.uniform(0.2, 0.4)) * np.exp(-np.arange(n - b) / (0.1 * n))
     if kind == "memorised":
         for at in rng.integers(int(0.6 * n), n, 3):
             loss[at] *= float(rng.uniform(20, 60))
     if kind == "grad-unmeasured":
         gn = np.zeros(n)
-    return {"loss": loss, "lr": lr, "grad_norm": gn, "warmup": warm}
+    return {"loss": loss, "lr": lr, "grad_norm": gn, "warmup": warm, "epoch": t / n * epochs}
 
 
 def corpus(seeds: int) -> list[dict[str, Any]]:
@@ -303,6 +306,7 @@ def write_corpus(runs: list[dict[str, Any]], root: Path) -> dict[str, Any]:
                         "loss": loss,
                         "lr": float(c["lr"][s - 1]),
                         "grad_norm": float(c["grad_norm"][s - 1]),
+                        "epoch": float(c["epoch"][s - 1]),
                     }
                     lines.append(json.dumps(row))
                 for e in ev_at.get(s, []):

@@ -285,9 +285,5 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             "Inspect or skip the batch at that step; clip gradients at max_norm 1.0; if spikes "
             "repeat, lower the peak learning rate or use bf16 instead of fp16."
         )
-        out.append(
-            Finding(
-                s.run, ID, NAME, sev, step0, step1, msg, sug, rank=s.rank, evidence=ev
-            )
-        )
+        out.append(Finding(s.run, ID, NAME, sev, step0, step1, msg, sug, rank=s.rank, evidence=ev))
     return merge_ranks(out)
