@@ -388,26 +388,6 @@ def _median(v: np.ndarray) -> float:
     return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
 
 
-def quartiles(h: np.ndarray) -> tuple[float, float, float]:
-    """25th, 50th and 75th percentiles (linear interpolation, like
-    ``np.percentile``) of a short array, without numpy's per-call overhead."""
-    v = np.sort(h)
-    n = len(v) - 1
-    out = []
-    for q in (0.25, 0.5, 0.75):
-        pos = n * q
-        lo = int(pos)
-        hi = min(lo + 1, n)
-        out.append(float(v[lo] + (v[hi] - v[lo]) * (pos - lo)))
-    return out[0], out[1], out[2]
-
-
-def incidents_by_index(mask: np.ndarray, gap: int = 3) -> list[tuple[int, int]]:
-    from tunescope.detectors.stats import incidents
-
-    return incidents(mask, gap=gap)
-
-
 def merge_ranks(findings: list[Finding]) -> list[Finding]:
     """Findings of one detector in one run that start at the same step on
     several ranks become one finding for all ranks (rank None)."""

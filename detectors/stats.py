@@ -159,7 +159,7 @@ def trend_np(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int 
     slope = float(np.median(slopes))
     conf = alpha if alpha > 0.5 else 1 - alpha
     z = NormalDist().inv_cdf((1 - conf) / 2)
-    sigma = math.sqrt((n * (n - 1) * (2 * n + 5) - vx) / 18.0)
+    sigma = math.sqrt(max(n * (n - 1) * (2 * n + 5) - vx - vy, 0.0) / 18.0)
     ru = min(round((nt - z * sigma) / 2.0), nt - 1)
     rl = max(round((nt + z * sigma) / 2.0) - 1, 0)
     return Trend(float(tau), float(p), slope, float(slopes[rl]), float(slopes[ru]), n)
