@@ -60,6 +60,7 @@ from tunescope.findings import Finding, Severity
 
 ID = "TS102"
 NAME = "divergence"
+SUPERSEDES = ("TS101", "TS105")  # spikes inside a divergence are the same incident
 
 
 @dataclass

@@ -40,6 +40,7 @@ from tunescope.findings import Finding, Severity
 
 ID = "TS001"
 NAME = "non-finite"
+SUPERSEDES = ("TS102",)  # a loss gone NaN for good is reported once, as non-finite
 
 
 @dataclass

@@ -304,7 +304,8 @@ def spikes(
     Each finite point is scored against the median of the previous
     ``level_points`` finite points (a short window: a falling curve makes a
     long median stale) and the noise of the previous ``window`` points (the
-    MAD of point-to-point differences, which a trend does not inflate) that were not themselves spiking (the
+    MAD of point-to-point differences around their median, which a steady
+    trend does not inflate) that were not themselves spiking (the
     current point excluded; sigma floored at ``sigma_floor``); a point is a
     hit when ``big_enough(value, baseline)`` holds and ``z >= z_single``, or
     ``z >= z_double`` on two consecutive points. No verdicts before
@@ -355,7 +356,8 @@ def spikes(
         q50 = _median(hist[-level_points:])
         # noise from point-to-point differences: robust to the curve's own trend
         # (a falling loss inflates a window's IQR); widened for short histories
-        d = np.abs(np.diff(hist))
+        d = np.diff(hist)
+        d = np.abs(d - _median(d)) if len(d) else d  # centred: a steady trend is not noise
         sigma = DIFF_TO_SIGMA * _median(d) * (1 + 4 / len(hist)) if len(d) else 0.0
         sigma = max(sigma, sigma_floor)
         z = (c[i] - q50) / sigma
