@@ -103,7 +103,6 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             first = a
             step0, step1 = int(s.step[a]), int(s.step[b])
             value = loss[first] if bad_loss[first] else gn[first]
-            what = "loss" if bad_loss[first] else ("grad_norm" if bad_gn[first] else "loss")
             ids = s.samples_at(first)
             ev = {
                 "first_step": step0,
@@ -128,11 +127,24 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 )
             else:
                 persists = b == len(loss) - 1
-                tail = " and never recovered" if persists else f" ({n_bad} bad points)"
-                msg = (
-                    f"{what} became {_v(value)} at step {step0}{tail}; "
-                    f"signals: {', '.join(kinds)}.{samples_note(ids)}"
+                parts = []
+                for label, mask, vals in (
+                    ("loss", bad_loss, loss),
+                    ("grad_norm", bad_gn, gn),
+                    ("loss logged as 0 with grad_norm 0/NaN (a masked NaN)", masked, loss),
+                ):
+                    hits = np.flatnonzero(mask[seg])
+                    if len(hits):
+                        k = a + int(hits[0])
+                        shown = "" if label.startswith("loss logged") else f" {_v(vals[k])}"
+                        parts.append((k, f"{label}{shown} from step {int(s.step[k])}"))
+                tail = (
+                    "never finite again to the end of the log"
+                    if persists
+                    else f"{n_bad} bad points up to step {step1}"
                 )
+                text = "; ".join(p for _, p in sorted(parts))
+                msg = f"{text}: {tail}.{samples_note(ids)}"
                 sev = Severity.ERROR
                 sug = (
                     "Restart from the last checkpoint before this step with a lower learning "
