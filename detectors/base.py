@@ -11,6 +11,10 @@ A detector is one module (``detectors/loss_spike.py``) with:
 - ``run(ctx: Context, opts: Options) -> list[Finding]``: scores computed
   vectorised per run and rank (polars or DuckDB SQL), thresholds applied after.
 
+Optionally, ``SUPERSEDES``: a tuple of detector ids whose findings this
+detector's findings cover (the same incident seen twice, e.g. a spike inside a
+divergence); the engine then keeps only the covering finding.
+
 The registry (``detectors/registry.py``) is a plain list of these modules.
 """
 

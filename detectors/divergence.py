@@ -9,8 +9,11 @@ What it flags:
     warmup (the logged learning rate has stopped rising, or past the
     configured ``warmup_steps``), a trend test on log-loss at several window
     sizes, down to the whole post-warmup run when it is short: Kendall's tau
-    > 0 with p < 1e-3, the 99% Theil-Sen lower bound above 0, and a rise of at
-    least 5% over the window. One finding per run, at the earliest detection.
+    > 0 with p < 1e-3 (divided by the number of independent windows),
+    confirmed by the window a few points later, and a rise over the window of
+    at least 5% even at the 99% Theil-Sen lower bound of the slope (many
+    windows are tested, so the size of the rise must be certain, not only its
+    sign). One finding per run, at the earliest detection.
 
 Why it matters:
     A diverged run only burns compute from there on; the earlier it is
@@ -31,7 +34,8 @@ Suggestion:
     warmup or lower the peak learning rate.
 
 Options:
-    See ``Options``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations
@@ -42,12 +46,21 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import Series, fmt, run_series
-from tunescope.detectors.stats import trend, warmup_mask
+from tunescope.detectors.resume_jump import resumes
+from tunescope.detectors.series import (
+    Series,
+    epoch_boundaries,
+    fmt,
+    near_boundary,
+    run_series,
+)
+from tunescope.detectors.stats import incidents, warmup_mask
+from tunescope.detectors.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
 
 ID = "TS102"
 NAME = "divergence"
+SUPERSEDES = ("TS101", "TS105")  # spikes inside a divergence are the same incident
 
 
 @dataclass
@@ -59,7 +72,8 @@ class Options:
     p_value: float = 1e-3
     """Kendall-tau p-value needed for a rising trend."""
     min_rise: float = 0.05
-    """The Theil-Sen rise over the window must be at least this fraction (5%)."""
+    """The rise over the window at the 99% Theil-Sen lower bound must be at least
+    this fraction (5%)."""
     rise_factor: float = 3.0
     """Hard rule: loss at this multiple of its first logged level..."""
     stay_factor: float = 2.0
@@ -173,20 +187,20 @@ def _hard_rules(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
         with np.errstate(invalid="ignore"):
             same[1:] = fin[1:] & fin[:-1] & (np.abs(np.diff(loss)) <= 1e-6 * np.abs(loss[1:]))
         high = fin & (loss > opts.frozen_level)
-        k = 0
-        for i in range(1, n):
-            k = k + 1 if (same[i] and high[i]) else 0
-            if k + 1 >= opts.frozen_points:
-                a = i - k
+        # a stretch of k+1 equal points has k "same" flags after its first point
+        for a1, b in incidents(same & high):
+            if b - a1 + 2 >= opts.frozen_points:
+                a = a1 - 1
+                i = a + opts.frozen_points - 1
                 hits.append(
                     Hit(
                         "frozen",
                         int(step[a]),
                         int(step[i]),
-                        f"loss frozen at {fmt(float(loss[i]))} for {k + 1} points from step "
+                        f"loss frozen at {fmt(float(loss[i]))} for {b - a + 1} points from step "
                         f"{step[a]}: the model outputs a near-uniform distribution "
                         f"(ln of a 32k vocabulary is 10.4)",
-                        {"value": float(loss[i]), "points": k + 1},
+                        {"value": float(loss[i]), "points": int(b - a + 1)},
                         bool(warm[a]),
                     )
                 )
@@ -194,7 +208,33 @@ def _hard_rules(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     return hits
 
 
-def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
+def _screen(x: np.ndarray, y: np.ndarray, w: int, need: float) -> np.ndarray:
+    """Window ends (indices) worth a full trend test: the least-squares rise
+    over the window is at least half the needed rise with a t-statistic above
+    2.5. O(n) with cumulative sums; the Kendall/Theil-Sen test runs only there."""
+    m = len(y)
+    if m < w:
+        return np.array([], dtype=int)
+    xc = x - x[0]
+    cs = [np.concatenate(([0.0], np.cumsum(v))) for v in (xc, y, xc * xc, xc * y, y * y)]
+    ends = np.arange(w - 1, m)
+    sx, sy, sxx, sxy, syy = (c[ends + 1] - c[ends + 1 - w] for c in cs)
+    vx = sxx - sx * sx / w
+    vxy = sxy - sx * sy / w
+    vy = syy - sy * sy / w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = vxy / vx
+        resid = np.maximum(vy - slope * vxy, 0.0) / max(w - 2, 1)
+        se = np.sqrt(resid / vx)
+        t = slope / se
+    span = x[ends] - x[ends - w + 1]
+    ok = (slope * span >= need * 0.5) & ((t >= 2.5) | ~np.isfinite(t) & (slope > 0))
+    return ends[ok]
+
+
+def _trend_hits(
+    s: Series, opts: Options, warm: np.ndarray, resumed: list[int] | None = None
+) -> list[Hit]:
     loss, step = s.loss, s.step
     fin = np.isfinite(loss)
     if not (fin.any() and (loss[fin] > 0).all()):
@@ -204,12 +244,15 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     idx = np.flatnonzero(~warm)
     if len(idx) == 0:
         return []
-    breaks = np.flatnonzero(np.diff(idx) > 1)
-    segs = np.split(idx, breaks + 1)
+    # a resume also splits it: the restored state is a new start (TS106 judges the jump)
+    cut = np.zeros(len(idx), dtype=bool)
+    cut[1:] = np.diff(idx) > 1
+    # ...and so does a new epoch: the loss drops or jumps there by design
+    for at in [*(resumed or []), *(int(b) - 1 for b in epoch_boundaries(s))]:
+        cut[1:] |= (step[idx[:-1]] <= at) & (step[idx[1:]] > at)
+    segs = np.split(idx, np.flatnonzero(cut))
     need = np.log1p(opts.min_rise)
     best: Hit | None = None
-    import polars as pl
-
     for seg in segs:
         seg = seg[ok[seg]]
         m = len(seg)
@@ -219,12 +262,7 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
         x = step[seg].astype(float)
         sizes = sorted({w for w in opts.windows if w <= m} or {m})
         for w in sizes:
-            q = max(w // 4, 1)
-            rm = pl.Series(y).rolling_median(q, min_samples=1).to_numpy()
-            ends = np.arange(w - 1, m)
-            late = rm[ends]
-            early = rm[ends - w + q]
-            cand = ends[(late - early) >= need * 0.5]
+            cand = _screen(x, y, w, need)
             stride = max(w // 10, 1)
             last_tested = -(10**9)
             for e in cand:
@@ -234,7 +272,23 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
                 lo = e - w + 1
                 t = trend(x[lo : e + 1], y[lo : e + 1], alpha=0.99)
                 span = x[e] - x[lo]
-                if t.tau > 0 and t.p < opts.p_value and t.lo > 0 and t.slope * span >= need:
+                p_max = opts.p_value * min(1.0, w / m)  # about m/w independent windows
+                if t.tau > 0 and t.p < p_max and t.lo * span >= need / 2 and t.slope * span >= need:
+                    # confirmed by the window a few points later (noise does not persist)
+                    e2 = min(e + max(stride, 2), m - 1)
+                    if e2 > e:
+                        t2 = trend(x[e2 - w + 1 : e2 + 1], y[e2 - w + 1 : e2 + 1], alpha=0.99)
+                        span2 = x[e2] - x[e2 - w + 1]
+                        if not (
+                            t2.tau > 0
+                            and t2.p < p_max
+                            and t2.lo * span2 >= need / 2
+                            and t2.slope * span2 >= need
+                        ):
+                            continue
+                        e = e2
+                        lo = e - w + 1
+                        t, span = t2, span2
                     det = int(step[seg[e]])
                     if best is not None and det >= best.detected:
                         break
@@ -246,8 +300,8 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
                         int(step[seg[onset_i]]),
                         det,
                         f"loss rose {rise * 100:.0f}% over steps {int(x[lo])}-{det} after "
-                        f"warmup (Kendall tau={t.tau:.2f}, p={t.p:.1g}, Theil-Sen lower bound "
-                        f"> 0) to {fmt(float(loss[seg[e]]))}, "
+                        f"warmup (Kendall tau={t.tau:.2f}, p={t.p:.1g}; at least "
+                        f"{np.expm1(t.lo * span) * 100:.0f}% at 99% confidence) to {fmt(float(loss[seg[e]]))}, "
                         f"{fmt(float(loss[seg[e]]) / post_min)}x its post-warmup minimum",
                         {
                             "window_points": int(w),
@@ -262,7 +316,7 @@ def _trend_hits(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     return [best] if best else []
 
 
-def _spike_hits(ctx: Context, s: Series) -> list[Hit]:
+def _spike_hits(ctx: Context, s: Series, resumed: list[int]) -> list[Hit]:
     from tunescope.detectors import loss_spike
 
     hits = []
@@ -271,6 +325,10 @@ def _spike_hits(ctx: Context, s: Series) -> list[Hit]:
             continue
         r = inc.series
         a = int(r.step[inc.a])
+        if any(at < a <= at + 5 * r.logging_steps for at in resumed):
+            continue  # a jump right after a resume: TS106's finding
+        if near_boundary(r, inc.a, epoch_boundaries(r)) is not None:
+            continue  # a level change at a new epoch (TS101 notes it)
         peak = float(r.loss[inc.peak])
         rank = "" if r.rank is None else f" on rank {r.rank}"
         hits.append(
@@ -279,8 +337,7 @@ def _spike_hits(ctx: Context, s: Series) -> list[Hit]:
                 a,
                 a + loss_spike.Options().recover_steps,
                 f"loss spiked to {fmt(peak / inc.base)}x its running median ({fmt(peak)} vs "
-                f"{fmt(inc.base)}) at step {a}{rank} and did not come back within "
-                f"{loss_spike.Options().recover_steps} steps",
+                f"{fmt(inc.base)}) at step {a}{rank} and never came back",
                 {"baseline_loss": inc.base, "peak_loss": peak, "rank": r.rank},
             )
         )
@@ -293,7 +350,12 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         if len(s.step) < 2:
             continue
         warm = warmup_of(s, opts)
-        hits = _hard_rules(s, opts, warm) + _trend_hits(s, opts, warm) + _spike_hits(ctx, s)
+        resumed = [at for at, _ in resumes(ctx).get(s.run, [])]
+        hits = (
+            _hard_rules(s, opts, warm)
+            + _trend_hits(s, opts, warm, resumed)
+            + _spike_hits(ctx, s, resumed)
+        )
         if not hits:
             continue
         first = min(hits, key=lambda h: (h.detected, h.onset))

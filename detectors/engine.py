@@ -113,7 +113,34 @@ def analyze(
                 f"Skip it with --ignore {det.ID} and report this as a bug."
             ) from e
         findings.extend(found)
-    return sort_findings(findings)
+    return sort_findings(merge_incidents(findings, chosen))
+
+
+def merge_incidents(findings: list[Finding], detectors: list[ModuleType]) -> list[Finding]:
+    """One finding per incident across detectors: a detector's optional
+    ``SUPERSEDES`` tuple names detectors whose findings its own findings cover.
+    A finding is dropped when a finding of a detector that supersedes it, in the
+    same run (and rank, or run-wide), at least as severe, covers its start step."""
+    covers: dict[str, tuple[str, ...]] = {
+        d.ID: tuple(getattr(d, "SUPERSEDES", ())) for d in detectors
+    }
+    keep = []
+    for g in findings:
+        dropped = False
+        for f in findings:
+            if f is g or g.detector not in covers.get(f.detector, ()):
+                continue
+            if f.run != g.run or (f.rank is not None and g.rank is not None and f.rank != g.rank):
+                continue
+            if f.severity.level < g.severity.level or f.step_start is None:
+                continue
+            end = f.step_end if f.step_end is not None else f.step_start
+            if g.step_start is not None and f.step_start <= g.step_start <= end:
+                dropped = True
+                break
+        if not dropped:
+            keep.append(g)
+    return keep
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:

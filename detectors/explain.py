@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import json
 import textwrap
 from types import ModuleType
 
@@ -32,11 +33,14 @@ def option_docs(options_cls: type) -> dict[str, str]:
 
 
 def _default(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    """The default as TOML would write it."""
     if f.default is not dataclasses.MISSING:
-        return repr(f.default)
-    if f.default_factory is not dataclasses.MISSING:
-        return repr(f.default_factory())
-    return "(required)"
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "(required)"
+    return json.dumps(value)
 
 
 def explain_text(det: ModuleType) -> str:

@@ -23,7 +23,8 @@ Suggestion:
     rate; lower Adam's beta2 (0.999 -> 0.95); inspect the batch.
 
 Options:
-    See ``Options``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ NAME = "grad-norm-explosion"
 @dataclass
 class Options:
     window: int = 100
-    """Points in the rolling baseline (previous points, current excluded)."""
+    """Previous points (current excluded) whose point-to-point noise scales the z-score."""
+    level_points: int = 20
+    """Previous points whose median is the baseline level."""
     min_points: int = 5
     """No verdict before this many earlier grad norms."""
     z: float = 6.0
@@ -99,6 +102,7 @@ def _scan(s: Series, opts: Options) -> list[GradIncident]:
     sc = spikes(
         y,
         window=opts.window,
+        level_points=opts.level_points,
         min_points=opts.min_points,
         z_single=opts.z,
         z_double=opts.z_consecutive,

@@ -1,14 +1,16 @@
 """TS101 loss spike: the loss jumps far above its recent level and comes back.
 
 What it flags:
-    A logged loss far above the robust baseline of the previous ~100 points
-    (median and IQR of log-loss, the current point and earlier spikes
-    excluded): z >= 6, or z >= 4 on two consecutive points, and at the same
-    time large against the run's own scale (the excess over the baseline is
-    at least 5% of the run's early loss level). One finding per incident;
-    consecutive spiking points are one incident. A spike that is back within
-    5% of the baseline within 50 steps is a warning; one that never comes back
-    is reported by TS102 (divergence) instead.
+    A logged loss far above its recent baseline: the median of the previous
+    10 log-losses, with the noise taken from the MAD of the point-to-point
+    differences over the previous ~100 points (the current point and earlier
+    spikes excluded). It must reach z >= 6, or z >= 4 on two consecutive
+    points, be at least 1.3x the baseline, and be large against the run's own
+    scale (the excess is at least 10% of the run's early loss level). One
+    finding per incident: consecutive spiking points are one incident. A
+    spike back within 5% of the baseline within 50 steps is a warning (one
+    back later too, as a slow recovery); one that never comes back is
+    reported by TS102 (divergence) instead.
 
 Why it matters:
     A spike is a bad batch meeting a fragile optimizer state, or a learning
@@ -26,9 +28,10 @@ Suggestion:
     lower the peak learning rate; switch fp16 to bf16.
 
 Options:
-    See ``Options``. When the log averages the loss over ``logging_steps``
-    (HF-style formats), the excess needed is divided by that number and the
-    message says the spike was diluted.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file. When the log averages the loss over
+    ``logging_steps`` (HF-style formats), the ratio and excess needed are divided
+    by that number and the message says the spike was diluted.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ from tunescope.detectors.base import Context
 from tunescope.detectors.series import (
     Series,
     early_level,
+    epoch_boundaries,
     fmt,
     merge_ranks,
+    near_boundary,
     rank_series,
     samples_note,
     spikes,
@@ -57,21 +62,30 @@ NAME = "loss-spike"
 @dataclass
 class Options:
     window: int = 100
-    """Points in the rolling baseline (previous points, current excluded)."""
+    """Previous points (current excluded) whose point-to-point noise scales the z-score."""
+    level_points: int = 10
+    """Previous points whose median is the baseline level (short: a falling
+    curve makes a long median stale)."""
     min_points: int = 5
     """No verdict before this many earlier finite points."""
     z: float = 6.0
     """Robust z-score (log space) that flags a single point."""
     z_consecutive: float = 4.0
     """Robust z-score that flags two consecutive points."""
-    min_excess: float = 0.05
+    min_ratio: float = 1.3
+    """The loss must be at least this multiple of the baseline (batch-to-batch
+    noise below it is never a spike); diluted by ``logging_steps`` when the log
+    averages the loss."""
+    min_excess: float = 0.1
     """The excess over the baseline must be at least this fraction of the
     run's early loss level (median of its first 10 points)."""
     sigma_floor: float = 0.02
     """Floor of the baseline's spread in log units (2%): flat curves are not
     noise-free."""
     recover_steps: int = 50
-    """A spike must return within this many steps to count as transient."""
+    """A spike back within this many steps (at least 3 logging intervals) is
+    transient; one back later is reported as a slow recovery; one never back
+    is a divergence (TS102)."""
     recover_within: float = 0.05
     """Back when within this fraction of the pre-spike baseline."""
     gap: int = 3
@@ -96,9 +110,10 @@ class Incident:
     peak: int
     base: float  # baseline loss (linear units)
     z: float
-    recovered: bool | None  # None: the log ends before we can tell
+    recovered: bool | None  # False: never back (TS102); None: the log ends too soon
     recover_step: int | None
     space: str
+    slow: bool = False  # back, but only after the recovery horizon
 
 
 def scan(s: Series, opts: Options) -> list[Incident]:
@@ -113,9 +128,10 @@ def scan(s: Series, opts: Options) -> list[Incident]:
     if positive:
         y = np.where(fin, np.log(np.where(fin & (loss > 0), loss, 1.0)), np.nan)
         need = opts.min_excess * abs(early) / dilution
+        need_log = np.log1p((opts.min_ratio - 1) / dilution)
 
         def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
-            return np.exp(v) - np.exp(base) >= need
+            return (np.exp(v) - np.exp(base) >= need) & (v - base >= need_log)
 
         floor, z1, z2 = opts.sigma_floor, opts.z, opts.z_consecutive
     else:
@@ -133,6 +149,7 @@ def scan(s: Series, opts: Options) -> list[Incident]:
     sc = spikes(
         y,
         window=opts.window,
+        level_points=opts.level_points,
         min_points=opts.min_points,
         z_single=z1,
         z_double=z2,
@@ -152,16 +169,18 @@ def scan(s: Series, opts: Options) -> list[Incident]:
             base * (1 + opts.recover_within) if positive else base + opts.recover_within * abs(base)
         )
         end_step = int(s.step[b])
-        after = np.flatnonzero((s.step > end_step) & (s.step <= end_step + opts.recover_steps))
-        later = np.flatnonzero(s.step > end_step + opts.recover_steps)
+        horizon = max(opts.recover_steps, 3 * s.logging_steps)
+        after = np.flatnonzero(s.step > end_step)
         back = after[np.isfinite(loss[after]) & (loss[after] <= limit)]
-        long = end_step - int(s.step[a]) > opts.recover_steps
-        if len(back) and not long:
+        long = end_step - int(s.step[a]) > horizon
+        slow = False
+        if len(back):
             recovered, rstep = True, int(s.step[back[0]])
-        elif long or len(later) or (len(after) and not len(back)):
-            recovered, rstep = False, None
+            slow = long or rstep - end_step > horizon
+        elif long or (len(after) and int(s.step[after[-1]]) - end_step >= horizon):
+            recovered, rstep = False, None  # never came back: divergence (TS102)
         else:
-            recovered, rstep = None, None
+            recovered, rstep = None, None  # the log ends too soon to tell
         out.append(
             Incident(
                 s,
@@ -173,6 +192,7 @@ def scan(s: Series, opts: Options) -> list[Incident]:
                 recovered,
                 rstep,
                 "log" if positive else "linear",
+                slow,
             )
         )
     return out
@@ -194,9 +214,10 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
 
     out = []
     for inc in scan_all(ctx, opts):
-        if inc.recovered is False:
-            continue  # unrecovered: divergence (TS102)
         s = inc.series
+        boundary = near_boundary(s, inc.a, epoch_boundaries(s))
+        if inc.recovered is False and boundary is None:
+            continue  # unrecovered: divergence (TS102)
         peak_loss = float(s.loss[inc.peak])
         ratio = peak_loss / inc.base if inc.base > 0 else float("inf")
         step0, step1, pstep = int(s.step[inc.a]), int(s.step[inc.b]), int(s.step[inc.peak])
@@ -212,6 +233,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             "points": inc.b - inc.a + 1,
             "recovered": inc.recovered,
             "recovered_at": inc.recover_step,
+            "slow_recovery": inc.slow,
             "logging_steps": s.logging_steps,
             "space": inc.space,
         }
@@ -229,7 +251,12 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 f"loss rose to {fmt(peak_loss)} from a running median of {fmt(inc.base)} "
                 f"(z={inc.z:.1f}) at step {pstep}"
             )
-        if inc.recovered:
+        if inc.recovered and inc.slow:
+            tail = (
+                f"; it stayed high for {inc.recover_step - step0} steps and was back within 5% "
+                f"only by step {inc.recover_step}."
+            )
+        elif inc.recovered:
             tail = f"; back within 5% by step {inc.recover_step}."
         else:
             tail = "; the log ends before a recovery could be seen."
@@ -244,14 +271,19 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 f" The loss is averaged over {s.logging_steps} steps, so one step's loss "
                 f"was up to {s.logging_steps}x further above the baseline."
             )
+        sev = Severity.WARNING
+        if boundary is not None:
+            # a new epoch reorders the data: a jump there is expected, not an alarm
+            sev = Severity.INFO
+            ev["epoch_boundary"] = boundary
+            if inc.recovered is False:
+                tail = f"; the loss level changed at the epoch boundary (step {boundary})."
+            else:
+                note += f" It came at the start of a new epoch (step {boundary})."
         msg = head + tail + note + samples_note(ids)
         sug = (
             "Inspect or skip the batch at that step; clip gradients at max_norm 1.0; if spikes "
             "repeat, lower the peak learning rate or use bf16 instead of fp16."
         )
-        out.append(
-            Finding(
-                s.run, ID, NAME, Severity.WARNING, step0, step1, msg, sug, rank=s.rank, evidence=ev
-            )
-        )
+        out.append(Finding(s.run, ID, NAME, sev, step0, step1, msg, sug, rank=s.rank, evidence=ev))
     return merge_ranks(out)

@@ -23,7 +23,8 @@ Suggestion:
     inputs); disable the NaN filter of the trainer's logging to see it.
 
 Options:
-    See ``Options`` below: ``max_transient_points``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tunescope.findings import Finding, Severity
 
 ID = "TS001"
 NAME = "non-finite"
+SUPERSEDES = ("TS102",)  # a loss gone NaN for good is reported once, as non-finite
 
 
 @dataclass
@@ -49,6 +51,9 @@ class Options:
     fp16 overflow step) rather than an error."""
     gap: int = 2
     """Bad points separated by at most this many good points are one incident."""
+    degenerate_points: int = 10
+    """A loss of 0 with a grad norm of 0 for this many points is left to TS103
+    (degenerate loss) instead of being read as a masked NaN."""
 
     def __post_init__(self) -> None:
         if self.max_transient_points < 0 or self.gap < 0:
@@ -72,6 +77,10 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             & measured
             & ((gn == 0) | (np.isnan(gn) & gn_logged))
         )
+        # a long stretch of loss 0 with grad norm 0 is a degenerate loss (TS103), not a mask
+        for a, b in incidents(masked & (gn == 0)):
+            if b - a + 1 >= opts.degenerate_points:
+                masked[a : b + 1] = False
         bad = bad_loss | bad_gn | masked
         if not bad.any():
             continue
@@ -94,7 +103,6 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             first = a
             step0, step1 = int(s.step[a]), int(s.step[b])
             value = loss[first] if bad_loss[first] else gn[first]
-            what = "loss" if bad_loss[first] else ("grad_norm" if bad_gn[first] else "loss")
             ids = s.samples_at(first)
             ev = {
                 "first_step": step0,
@@ -119,11 +127,24 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 )
             else:
                 persists = b == len(loss) - 1
-                tail = " and never recovered" if persists else f" ({n_bad} bad points)"
-                msg = (
-                    f"{what} became {_v(value)} at step {step0}{tail}; "
-                    f"signals: {', '.join(kinds)}.{samples_note(ids)}"
+                parts = []
+                for label, mask, vals in (
+                    ("loss", bad_loss, loss),
+                    ("grad_norm", bad_gn, gn),
+                    ("loss logged as 0 with grad_norm 0/NaN (a masked NaN)", masked, loss),
+                ):
+                    hits = np.flatnonzero(mask[seg])
+                    if len(hits):
+                        k = a + int(hits[0])
+                        shown = "" if label.startswith("loss logged") else f" {_v(vals[k])}"
+                        parts.append((k, f"{label}{shown} from step {int(s.step[k])}"))
+                tail = (
+                    "never finite again to the end of the log"
+                    if persists
+                    else f"{n_bad} bad points up to step {step1}"
                 )
+                text = "; ".join(p for _, p in sorted(parts))
+                msg = f"{text}: {tail}.{samples_note(ids)}"
                 sev = Severity.ERROR
                 sug = (
                     "Restart from the last checkpoint before this step with a lower learning "

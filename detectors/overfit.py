@@ -24,7 +24,8 @@ Suggestion:
     accumulation steps (or let the trainer do it) and check the loss reduction.
 
 Options:
-    See ``Options``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations

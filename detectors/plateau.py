@@ -29,7 +29,8 @@ Suggestion:
     (-100) and match the inputs.
 
 Options:
-    See ``Options``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import fmt, run_series
-from tunescope.detectors.stats import incidents, trend
+from tunescope.detectors.stats import incidents, warmup_mask
+from tunescope.detectors.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
 
 ID = "TS103"
@@ -83,8 +85,11 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         if zinc:
             if rl is None:
                 rl = _rl_runs(ctx)
-            if s.run not in rl and not (loss[fin] < 0).any():
-                a, b = zinc[0]
+            a, b = zinc[0]
+            # loss 0 with a NaN grad norm is a masked NaN (TS001), not a degenerate loss
+            gseg = s.grad_norm[a : b + 1]
+            masked_nan = bool(np.isfinite(s.grad_norm).any() and np.isnan(gseg).all())
+            if s.run not in rl and not (loss[fin] < 0).any() and not masked_nan:
                 out.append(
                     Finding(
                         s.run,
@@ -105,6 +110,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         pos = fin & (loss > 0)
         if pos.sum() < opts.min_points or not (loss[fin] > 0).all():
             continue
+        lr_all = s.lr
+        if np.isfinite(lr_all).sum() >= 2 and warmup_mask(lr_all)[np.isfinite(lr_all)][-1]:
+            continue  # still warming up at the last point: too early to call it flat
         y = np.log(loss[pos])
         x = step[pos].astype(float)
         k = max(3, len(y) // 10)

@@ -8,7 +8,8 @@ Formats:
 
     {"version": 1,
      "findings": [{"run", "rank" (null: all ranks), "detector", "name", "severity",
-                   "step_start", "step_end", "message", "suggestion", "evidence"}],
+                   "step_start", "step_end", "message", "suggestion", "evidence",
+                   "explain" (the command that prints the detector's documentation)}],
      "runs": [{"run", "name", "format", "status", "world_size", "steps_logged",
                "last_step", "total_steps", "last_loss",
                "findings": {"info", "warning", "error"}, "worst"}]}
@@ -80,8 +81,9 @@ def text(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
         lines.append(_run_line(run))
         for f in by_run.get(name, []):
             lines.append(f"  {f.severity.value.upper():<7} {f.detector} {f.name} ({_where(f)})")
-            lines.append(f"          {f.message}")
-            lines.append(f"          fix: {f.suggestion}")
+            pad = "\n" + " " * 10
+            lines.append(" " * 10 + f.message.replace("\n", pad))
+            lines.append(" " * 10 + "fix: " + f.suggestion.replace("\n", pad))
             lines.append(f"          more: tunescope explain {f.detector}")
     total = len(findings)
     counts = {s: sum(f.severity is s for f in findings) for s in Severity}
@@ -115,6 +117,7 @@ def _finding_dict(f: Finding) -> dict[str, Any]:
         "message": d["message"],
         "suggestion": d["suggestion"],
         "evidence": d["evidence"],
+        "explain": f"tunescope explain {f.detector}",
     }
 
 

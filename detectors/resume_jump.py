@@ -25,7 +25,8 @@ Suggestion:
     the data sampler position.
 
 Options:
-    See ``Options``.
+    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
+    in the configuration file.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Options:
             raise ValueError("pre_points >= 3, post_points >= 1, min_jump > 0")
 
 
-def _resumes(ctx: Context) -> dict[str, list[tuple[int, str]]]:
+def resumes(ctx: Context) -> dict[str, list[tuple[int, str]]]:
+    """Per run: (step resumed from, checkpoint) of each resume event."""
     out: dict[str, list[tuple[int, str]]] = {}
     for row in ctx.events(["resume"]).iter_rows(named=True):
         try:
@@ -79,12 +81,12 @@ def _resumes(ctx: Context) -> dict[str, list[tuple[int, str]]]:
 
 
 def run(ctx: Context, opts: Options) -> list[Finding]:
-    resumes = _resumes(ctx)
-    if not resumes:
+    found = resumes(ctx)
+    if not found:
         return []
     out = []
     for s in run_series(ctx):
-        for at, ckpt in sorted(resumes.get(s.run, [])):
+        for at, ckpt in sorted(found.get(s.run, [])):
             fin = np.isfinite(s.loss) & (s.loss > 0)
             pre = np.flatnonzero(fin & (s.step <= at))[-opts.pre_points :]
             post = np.flatnonzero(fin & (s.step > at))[: opts.post_points]

@@ -19,6 +19,7 @@ from tunescope.detectors.base import Context
 from tunescope.findings import Finding
 
 IQR_TO_SIGMA = 1.349  # interquartile range of a normal distribution, in sigmas
+DIFF_TO_SIGMA = 1.4826 / np.sqrt(2)  # median |x_t - x_(t-1)| of iid noise -> its sigma
 
 
 @dataclass
@@ -80,36 +81,71 @@ def rank_series(ctx: Context) -> list[Series]:
     """One series per (run, rank) with a logged loss, cached on the context."""
     if "series:rank" in ctx._cache:
         return ctx._cache["series:rank"]
-    import polars as pl
-
-    steps = ctx.steps()
+    where = ctx._where_runs()
+    where = f"{where} AND loss IS NOT NULL" if where else " WHERE loss IS NOT NULL"
+    # only the columns needed, unsorted (sorting 2M rows in SQL costs seconds);
+    # grouped and sorted with one numpy argsort when not already in order
+    with_ids = ctx.sql("SELECT count(sample_ids) AS n FROM steps" + where).item() > 0
+    df = ctx.sql(
+        "SELECT run_id, rank, step, loss, lr, grad_norm, epoch"
+        + (", sample_ids" if with_ids else "")
+        + " FROM steps"
+        + where
+    )
     out: list[Series] = []
-    if steps.height:
-        df = steps.filter(pl.col("loss").is_not_null())
-        for (run, rank), g in df.group_by(["run_id", "rank"], maintain_order=True):
-            g = g.sort("step")
+    n = df.height
+    if n:
+        import polars as pl
+
+        codes = df.get_column("run_id").cast(pl.Categorical).to_physical().to_numpy()
+        key = (
+            (codes.astype(np.int64) << 48)
+            | (df.get_column("rank").to_numpy().astype(np.int64) << 32)
+            | df.get_column("step").to_numpy().astype(np.int64)
+        )
+        if len(key) > 1 and (np.diff(key) < 0).any():
+            order = np.argsort(key, kind="stable")
+            df = df[order]
+            key = key[order]
+        run_col = df.get_column("run_id")
+        rank_np = df.get_column("rank").to_numpy()
+        group = key >> 32
+        change = np.ones(n, dtype=bool)
+        change[1:] = group[1:] != group[:-1]
+        starts = np.flatnonzero(change)
+        ends = np.append(starts[1:], n)
+        step_all = df.get_column("step").to_numpy().astype(np.int64)
+        cols = {k: _col(df, k) for k in ("loss", "lr", "grad_norm", "epoch")}
+        gn_logged = df.get_column("grad_norm").is_not_null().to_numpy()
+        ids = df.get_column("sample_ids") if with_ids else None
+        runs = run_col.to_list() if len(starts) > 1000 else None
+        for a, b in zip(starts, ends, strict=True):
+            a, b = int(a), int(b)
+            run = runs[a] if runs is not None else run_col[a]
+            rank = int(rank_np[a])
             start = ctx.run_start(run)
-            step = g.get_column("step").to_numpy().astype(np.int64)
-            keep = _dedup_last(step)
-            ids = g.get_column("sample_ids") if "sample_ids" in g.columns else None
-            has_ids = ids is not None and ids.null_count() < len(ids)
+            step = step_all[a:b]
+            keep = a + _dedup_last(step)
+            gids = ids.gather(pl.Series(keep)) if ids is not None else None
+            has_ids = gids is not None and gids.null_count() < len(gids)
             per_rank = start.get("per_rank", True) is not False
             out.append(
                 Series(
                     run=run,
-                    rank=int(rank) if per_rank else None,
-                    step=step[keep],
-                    loss=_col(g, "loss")[keep],
-                    lr=_col(g, "lr")[keep],
-                    grad_norm=_col(g, "grad_norm")[keep],
-                    epoch=_col(g, "epoch")[keep],
-                    sample_ids=[ids[int(i)] for i in keep] if has_ids else None,
+                    rank=rank if per_rank else None,
+                    step=step_all[keep],
+                    loss=cols["loss"][keep],
+                    lr=cols["lr"][keep],
+                    grad_norm=cols["grad_norm"][keep],
+                    epoch=cols["epoch"][keep],
+                    sample_ids=gids.to_list() if has_ids else None,
                     logging_steps=_logging_steps(start),
                     per_rank=per_rank,
                     start=start,
-                    gn_logged=g.get_column("grad_norm").is_not_null().to_numpy()[keep],
+                    gn_logged=gn_logged[keep],
                 )
             )
+    out.sort(key=lambda s: (s.run, -1 if s.rank is None else s.rank))
     ctx._cache["series:rank"] = out
     return out
 
@@ -124,8 +160,8 @@ def run_series(ctx: Context) -> list[Series]:
         by_run.setdefault(s.run, []).append(s)
     out = []
     for run, parts in by_run.items():
+        p = parts[0]
         if len(parts) == 1:
-            p = parts[0]
             out.append(
                 Series(
                     run,
@@ -139,35 +175,62 @@ def run_series(ctx: Context) -> list[Series]:
                     p.logging_steps,
                     p.per_rank,
                     p.start,
+                    p.gn_logged,
                 )
             )
             continue
-        steps = np.unique(np.concatenate([p.step for p in parts]))
-        n = len(steps)
-        acc = {k: np.zeros(n) for k in ("loss", "grad_norm")}
-        cnt = {k: np.zeros(n) for k in acc}
-        lr = np.full(n, np.nan)
-        epoch = np.full(n, np.nan)
-        for p in parts:
-            idx = np.searchsorted(steps, p.step)
-            for k in acc:
-                acc[k][idx] += getattr(p, k)  # a NaN on any rank stays NaN
-                cnt[k][idx] += 1
-            fill = np.isnan(lr[idx])
-            lr[idx[fill]] = p.lr[fill]
-            efill = np.isnan(epoch[idx])
-            epoch[idx[efill]] = p.epoch[efill]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            loss = acc["loss"] / cnt["loss"]
-            gn = acc["grad_norm"] / cnt["grad_norm"]
-        p0 = parts[0]
+        if all(len(q.step) == len(p.step) and np.array_equal(q.step, p.step) for q in parts):
+            steps = p.step  # the usual case: every rank logged the same steps
+            loss = np.mean([q.loss for q in parts], axis=0)  # a NaN on any rank stays NaN
+            gn = np.mean([q.grad_norm for q in parts], axis=0)
+            lr, epoch = p.lr, p.epoch
+        else:
+            steps = np.unique(np.concatenate([q.step for q in parts]))
+            m = len(steps)
+            acc = {k: np.zeros(m) for k in ("loss", "grad_norm")}
+            cnt = np.zeros(m)
+            lr = np.full(m, np.nan)
+            epoch = np.full(m, np.nan)
+            for q in parts:
+                idx = np.searchsorted(steps, q.step)
+                acc["loss"][idx] += q.loss
+                acc["grad_norm"][idx] += q.grad_norm
+                cnt[idx] += 1
+                fill = np.isnan(lr[idx])
+                lr[idx[fill]] = q.lr[fill]
+                efill = np.isnan(epoch[idx])
+                epoch[idx[efill]] = q.epoch[efill]
+            loss = acc["loss"] / cnt
+            gn = acc["grad_norm"] / cnt
         out.append(
             Series(
-                run, None, steps, loss, lr, gn, epoch, None, p0.logging_steps, p0.per_rank, p0.start
+                run, None, steps, loss, lr, gn, epoch, None, p.logging_steps, p.per_rank, p.start
             )
         )
     ctx._cache["series:run"] = out
     return out
+
+
+def epoch_boundaries(s: Series) -> np.ndarray:
+    """Steps at which a new whole epoch starts (the logged ``epoch`` crosses an
+    integer); empty when epochs are not logged."""
+    ep = s.epoch
+    ok = np.isfinite(ep)
+    if ok.sum() < 2:
+        return np.array([], dtype=np.int64)
+    e = np.floor(ep[ok] + 1e-6)
+    st = s.step[ok]
+    return st[1:][e[1:] > e[:-1]]
+
+
+def near_boundary(s: Series, i: int, bounds: np.ndarray, points: int = 3) -> int | None:
+    """The epoch boundary at or up to ``points`` logged points before index
+    ``i``, if any."""
+    if not len(bounds):
+        return None
+    lo = int(s.step[max(0, i - points)])
+    hit = bounds[(bounds >= lo) & (bounds <= int(s.step[i]))]
+    return int(hit[-1]) if len(hit) else None
 
 
 def early_level(y: np.ndarray, n: int = 10) -> float:
@@ -194,11 +257,20 @@ def _block_screen(c: np.ndarray, window: int, block: int = 25) -> tuple[np.ndarr
     sig = np.full(m, np.nan)
     if nb == 0:
         return med, sig
-    blocks = c[: nb * block].reshape(nb, block)
-    q = np.percentile(blocks, [25, 50, 75], axis=1)
-    bmed, biqr = q[1], q[2] - q[0]
+    sb = np.sort(c[: nb * block].reshape(nb, block), axis=1)
+    pos = (block - 1) * np.array([0.25, 0.5, 0.75])
+    lo = pos.astype(int)
+    hi = np.minimum(lo + 1, block - 1)
+    frac = pos - lo
+    q = sb[:, lo] + (sb[:, hi] - sb[:, lo]) * frac  # (nb, 3): like np.percentile
+    bmed = q[:, 1]
+    dd = np.abs(np.diff(c[: nb * block], prepend=c[0])).reshape(nb, block)
+    # sigma from point-to-point differences, in IQR units so the code below is shared
+    sd = np.sort(dd, axis=1)  # sorting small rows beats np.median's partition here
+    dmed = (sd[:, (block - 1) // 2] + sd[:, block // 2]) / 2
+    biqr = dmed * DIFF_TO_SIGMA * IQR_TO_SIGMA
     k = max(window // block, 1)
-    # baseline for block b from blocks b-k..b-1 (rolling over block stats)
+    # baseline for block b from blocks b-k..b-1 (rolling medians over block stats)
     cs_med = np.full(nb + 1, np.nan)
     cs_sig = np.full(nb + 1, np.nan)
     for b in range(1, min(k, nb) + 1):
@@ -206,8 +278,10 @@ def _block_screen(c: np.ndarray, window: int, block: int = 25) -> tuple[np.ndarr
         cs_sig[b] = np.median(biqr[:b]) / IQR_TO_SIGMA
     if nb > k:
         win = np.lib.stride_tricks.sliding_window_view
-        cs_med[k + 1 :] = np.median(win(bmed, k)[1:], axis=1)
-        cs_sig[k + 1 :] = np.median(win(biqr, k)[1:], axis=1) / IQR_TO_SIGMA
+        mid = [(k - 1) // 2, k // 2]
+        wi = np.sort(win(biqr, k)[1:], axis=1)
+        cs_sig[k + 1 :] = (wi[:, mid[0]] + wi[:, mid[1]]) / 2 / IQR_TO_SIGMA
+    cs_med[1:] = bmed  # level: the previous block's median (a long median lags a falling curve)
     bidx = np.minimum(np.arange(m) // block, nb)
     med = cs_med[bidx]
     sig = cs_sig[bidx]
@@ -223,11 +297,15 @@ def spikes(
     z_double: float,
     sigma_floor: float,
     big_enough: Any,
+    level_points: int = 20,
 ) -> SpikeScan:
     """Upward spikes of ``y`` (already in the scan's space, e.g. log loss).
 
-    Each finite point is scored against the median and IQR-sigma of the
-    previous ``window`` finite points that were not themselves spiking (the
+    Each finite point is scored against the median of the previous
+    ``level_points`` finite points (a short window: a falling curve makes a
+    long median stale) and the noise of the previous ``window`` points (the
+    MAD of point-to-point differences around their median, which a steady
+    trend does not inflate) that were not themselves spiking (the
     current point excluded; sigma floored at ``sigma_floor``); a point is a
     hit when ``big_enough(value, baseline)`` holds and ``z >= z_single``, or
     ``z >= z_double`` on two consecutive points. No verdicts before
@@ -246,8 +324,8 @@ def spikes(
     bmed, bsig = _block_screen(c, window)
     bsig = np.maximum(np.nan_to_num(bsig, nan=sigma_floor), sigma_floor)
     zscreen = (c - bmed) / bsig
-    loose = z_double / 2
-    cand = np.isnan(bmed) | ((zscreen >= loose) & big_enough(c, bmed - bsig * loose))
+    # the block baseline lags the exact one by up to one block: screen a little lower
+    cand = np.isnan(bmed) | ((zscreen >= 0.75 * z_double) & big_enough(c, bmed - bsig))
     cand[:min_points] = False
     idx = np.flatnonzero(cand)
     if len(idx) == 0:
@@ -275,8 +353,13 @@ def spikes(
         if len(hist) < min_points:
             follow = 0
             continue
-        q25, q50, q75 = np.percentile(hist, [25, 50, 75])
-        sigma = max((q75 - q25) / IQR_TO_SIGMA, sigma_floor)
+        q50 = _median(hist[-level_points:])
+        # noise from point-to-point differences: robust to the curve's own trend
+        # (a falling loss inflates a window's IQR); widened for short histories
+        d = np.diff(hist)
+        d = np.abs(d - _median(d)) if len(d) else d  # centred: a steady trend is not noise
+        sigma = DIFF_TO_SIGMA * _median(d) * (1 + 4 / len(hist)) if len(d) else 0.0
+        sigma = max(sigma, sigma_floor)
         z = (c[i] - q50) / sigma
         zc[i], mc[i] = z, q50
         if z >= z_double and big_enough(c[i], q50):
@@ -302,10 +385,11 @@ def spikes(
     return SpikeScan(hit, zs, base)
 
 
-def incidents_by_index(mask: np.ndarray, gap: int = 3) -> list[tuple[int, int]]:
-    from tunescope.detectors.stats import incidents
-
-    return incidents(mask, gap=gap)
+def _median(v: np.ndarray) -> float:
+    """Median of a short array (np.median's per-call overhead dominates here)."""
+    v = np.sort(v)
+    n = len(v)
+    return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
 
 
 def merge_ranks(findings: list[Finding]) -> list[Finding]:

@@ -567,7 +567,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         store = open_store(argparse.Namespace(runs=str(root), cache_dir=cache))
         ids = store.run_ids()
         if not ids:
-            warn(f"{root}: no runs found")
+            if len(roots) > 1:
+                warn(f"{root}: no runs found")
             continue
         found = analyze(store, select=args.select, ignore=args.ignore, config=cfg)
         store.save_findings(finding_rows(found), ids)
