@@ -163,6 +163,8 @@ def trend_windows(x: np.ndarray, y: np.ndarray, alpha: float = 0.99) -> Trends:
     part = np.partition(slopes, sorted({k_lo, k_hi, *k_mid}), axis=1)
     slope = part[:, k_mid].mean(axis=1)
     return Trends(tau, p, slope, part[:, k_lo], part[:, k_hi], n)
+
+
 def trend_np(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int = 400) -> Trend:
     """:func:`trend` in numpy only (no scipy import, which costs a noticeable
     part of a second at startup): Kendall's tau-b with the normal-approximation
