@@ -63,7 +63,8 @@ from tunescope.detectors.rankwise import (
     collapse_ranks,
     first_event_step,
     fmt,
-    ranks_of,
+    rank_slices,
+    ranks_from_slices,
     run_ended,
     see,
     special_steps,
@@ -245,9 +246,19 @@ def rising_windows(
         if idx[-1] != view_y.shape[0] - 1:
             idx = np.append(idx, view_y.shape[0] - 1)
         wx, wy = view_x[idx], view_y[idx]
+        # Cheap screen first (least-squares growth over the window); the rank
+        # tests run only on windows that could pass the growth threshold.
+        xm, ym = wx.mean(axis=1, keepdims=True), wy.mean(axis=1)
+        xc = wx - xm
+        ols = (xc * (wy - ym[:, None])).sum(axis=1) / np.maximum((xc * xc).sum(axis=1), 1e-12)
+        span = wx[:, -1] - wx[:, 0]
+        need = np.maximum(opts.min_growth * np.abs(ym), opts.min_growth_mb)
+        cand = np.flatnonzero(ols * span > 0.5 * need)
+        if len(cand) == 0:
+            continue
+        wx, wy, span, need = wx[cand], wy[cand], span[cand], need[cand]
         t = stats.trend_windows(wx, wy, alpha=opts.confidence)
         level = np.median(wy, axis=1)
-        span = wx[:, -1] - wx[:, 0]
         growth = t.slope * span
         need = np.maximum(opts.min_growth * np.abs(level), opts.min_growth_mb)
         ok = (t.tau > 0) & (t.p < opts.p_value) & (t.lo > 0) & (growth > need)
@@ -292,8 +303,11 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     first_ckpt = first_event_step(ctx, "checkpoint")
     ended = run_ended(ctx)
     runs = {r["run_id"]: r for r in ctx.runs().iter_rows(named=True)}
+    arrays = {c: df[c].to_numpy().astype(float) for c in cols[2:]}
+    slices = rank_slices(df)
     findings: list[Finding] = []
-    for (run_id, rank), part in df.partition_by(["run_id", "rank"], as_dict=True).items():
+    for run_id, rank, a, b in slices:
+        part = {c: v[a:b] for c, v in arrays.items()}
         findings.extend(
             _judge_rank(
                 ctx,
@@ -308,7 +322,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 runs.get(str(run_id), {}),
             )
         )
-    return collapse_ranks(findings, ranks_of(df))
+    return collapse_ranks(findings, ranks_from_slices(slices))
 
 
 def _judge_rank(
@@ -316,15 +330,15 @@ def _judge_rank(
     opts: Options,
     run_id: str,
     rank: int,
-    part: Any,
+    part: dict[str, np.ndarray],
     special: np.ndarray | None,
     first_eval: int | None,
     first_ckpt: int | None,
     ended: dict[tuple[str, int], str],
     run_row: dict[str, Any],
 ) -> list[Finding]:
-    steps_all = part["step"].to_numpy()
-    alloc_all = part["mem_allocated_mb"].to_numpy().astype(float)
+    steps_all = part["step"]
+    alloc_all = part["mem_allocated_mb"]
     first = int(steps_all.min())
     # Start after the one-time allocations: optimizer state, first eval, first
     # checkpoint (when waiting for them still leaves enough points).
@@ -393,7 +407,7 @@ def _judge_rank(
 
 def _forecast(
     opts: Options,
-    part: Any,
+    part: dict[str, np.ndarray],
     steps_all: np.ndarray,
     s0: int,
     s1: int,
@@ -405,9 +419,9 @@ def _forecast(
 ) -> tuple[Severity, dict[str, Any] | None]:
     if cap is None:
         return Severity.WARNING, None
-    peak = part["mem_peak_mb"].to_numpy().astype(float)
-    alloc = part["mem_allocated_mb"].to_numpy().astype(float)
-    ts = part["ts"].to_numpy().astype(float)
+    peak = part["mem_peak_mb"]
+    alloc = part["mem_allocated_mb"]
+    ts = part["ts"]
     has_peak = np.isfinite(peak).sum() >= max(10, len(peak) // 2)
     series = peak if has_peak else alloc
     fin = np.isfinite(series)
@@ -482,15 +496,15 @@ def _forecast_text(
 
 def _fragmentation(
     opts: Options,
-    part: Any,
+    part: dict[str, np.ndarray],
     steps_all: np.ndarray,
     keep: np.ndarray,
     cap: float | None,
     rank: int,
     run_id: str,
 ) -> Finding | None:
-    res = part["mem_reserved_mb"].to_numpy().astype(float)
-    alloc = part["mem_allocated_mb"].to_numpy().astype(float)
+    res = part["mem_reserved_mb"]
+    alloc = part["mem_allocated_mb"]
     ok = keep & np.isfinite(res) & np.isfinite(alloc)
     if ok.sum() < opts.min_points:
         return None

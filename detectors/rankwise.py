@@ -176,3 +176,27 @@ def payload_number(payload: dict[str, Any], *names: str) -> float | None:
             if isinstance(v, int | float) and np.isfinite(v):
                 return float(v)
     return None
+
+
+def rank_slices(df: pl.DataFrame) -> list[tuple[str, int, int, int]]:
+    """(run, rank, start, end) row ranges of each run and rank in a frame
+    sorted by run_id, rank (as ``Context.steps()`` is): per-rank work then
+    slices numpy columns instead of copying partitions."""
+    import polars as pl
+
+    if df.height == 0:
+        return []
+    idx = (
+        df.select("run_id", "rank")
+        .with_row_index("i")
+        .group_by("run_id", "rank", maintain_order=True)
+        .agg(pl.col("i").first().alias("a"), pl.len().alias("n"))
+    )
+    return [(str(r), int(k), int(a), int(a) + int(n)) for r, k, a, n in idx.iter_rows()]
+
+
+def ranks_from_slices(slices: list[tuple[str, int, int, int]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for run, rank, _, _ in slices:
+        out.setdefault(run, []).append(rank)
+    return out

@@ -298,16 +298,26 @@ def _stragglers(ctx: Context, opts: Options, df: pl.DataFrame) -> list[Finding]:
                 bounds = [a, *breaks, b + 1]
                 for lo, hi in itertools.pairwise(bounds):
                     seg = np.arange(lo, hi)
-                    hard = max(
-                        (e - s + 1 for s, e in _runs(score[seg] < opts.error_score)), default=0
-                    )
-                    if hard >= opts.error_windows:
-                        sev = Severity.ERROR
+                    hard = [
+                        s + opts.error_windows - 1
+                        for s, e in _runs(score[seg] < opts.error_score)
+                        if e - s + 1 >= opts.error_windows
+                    ]
+                    if hard:
+                        sev, at = Severity.ERROR, hard[0]
                     elif len(seg) >= opts.warn_windows:
-                        sev = Severity.WARNING
+                        sev, at = Severity.WARNING, opts.warn_windows - 1
                     else:
                         continue
-                    incidents.append({"rank": int(rank), "rows": r[lo:hi], "severity": sev})
+                    rows = r[lo:hi]
+                    incidents.append(
+                        {
+                            "rank": int(rank),
+                            "rows": rows,
+                            "severity": sev,
+                            "detected_at": int(rows["s1"][at]),
+                        }
+                    )
         if _rotating(g, opts):
             out.append(_rotation_finding(run_id, g, opts))
             continue
@@ -420,6 +430,7 @@ def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Findi
         "compute_deficit_s": d_comp,
         "data_deficit_s": d_data,
         "signal": "compute_time_s+data_time_s" if parts else "step_time_s",
+        "detected_at_step": inc["detected_at"],
     }
     return Finding(run_id, ID, NAME, sev, s0, s1, msg + see(ID), sugg, rank=rank, evidence=ev)
 
