@@ -332,13 +332,17 @@ def speed_corpus(root: Path, rows: int) -> int:
 
 
 def speed(rows: int, workdir: Path, repeat: int) -> None:
-    root = workdir / "speed"
+    root = workdir / f"speed-{rows}"
     t0 = time.perf_counter()
-    total = speed_corpus(root, rows)
+    reuse = (workdir / f"cache-s-{rows}").exists()
+    if not reuse:
+        speed_corpus(root, rows)
     t1 = time.perf_counter()
-    store = Store.open(root, cache_dir=workdir / "cache-s")
+    store = Store.open(root, cache_dir=workdir / f"cache-s-{rows}")
     t2 = time.perf_counter()
-    print(f"\nspeed corpus: {total:,} step rows; write {t1 - t0:.1f} s, ingest {t2 - t1:.1f} s")
+    total = store.cursor().execute("SELECT count(*) FROM steps").fetchone()[0]
+    how = "reused" if reuse else f"write {t1 - t0:.1f} s, ingest {t2 - t1:.1f} s"
+    print(f"\nspeed corpus: {total:,} step rows ({how})")
     cur = store.cursor()
     base = []
     for _ in range(repeat):
@@ -382,13 +386,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--workdir", type=Path, help="keep the speed corpus and its cache here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         if not args.skip_quality:
             quality(args.seeds, work)
         if not args.skip_speed:
-            speed(args.rows, work, args.repeat)
+            speed(args.rows, args.workdir or work, args.repeat)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tunescope.detectors import stats
-from tunescope.detectors.rankwise import collapse_ranks, fmt, payload_number, rank_slices, see
+from tunescope.detectors.rankwise import (
+    collapse_ranks,
+    fmt,
+    payload_number,
+    rank_slices,
+    see,
+    steps_slices,
+)
 from tunescope.findings import Finding, Severity
 
 if TYPE_CHECKING:
@@ -132,18 +139,8 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     )
     if df.height == 0:
         return findings
-    # Per run and rank (same order as the sorted frame): where its rows are,
-    # and whether the adapter / total norms were logged at all (null, not NaN).
-    spans = (
-        df.with_row_index("i")
-        .group_by("run_id", "rank", maintain_order=True)
-        .agg(
-            pl.col("i").first().alias("a"),
-            pl.len().alias("n"),
-            pl.col("grad_norm_adapter").is_not_null().sum().alias("n_adapter"),
-            pl.col("grad_norm").is_not_null().sum().alias("n_total"),
-        )
-    )
+    # Whether the adapter / total norms were logged at all (null, not NaN).
+    logged = {c: df[c].is_not_null().to_numpy() for c in ("grad_norm", "grad_norm_adapter")}
     cols = {
         c: df[c].to_numpy().astype(float) for c in ("loss", "lr", "grad_norm", "grad_norm_adapter")
     }
@@ -154,8 +151,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     }
     per_rank: list[Finding] = []
     ranks: dict[str, list[int]] = {}
-    for run_id, rank, a, n, n_adapter, n_total in spans.iter_rows():
-        run_id, rank, b = str(run_id), int(rank), int(a) + int(n)
+    for run_id, rank, a, b in steps_slices(ctx):
+        n_adapter = bool(logged["grad_norm_adapter"][a:b].any())
+        n_total = bool(logged["grad_norm"][a:b].any())
         ranks.setdefault(run_id, []).append(rank)
         steps = step_c[a:b]
         la = _aligned(per_name[LORA_A].get((run_id, rank)), steps)

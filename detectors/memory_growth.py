@@ -63,11 +63,11 @@ from tunescope.detectors.rankwise import (
     collapse_ranks,
     first_event_step,
     fmt,
-    rank_slices,
     ranks_from_slices,
     run_ended,
     see,
     special_steps,
+    steps_slices,
 )
 from tunescope.findings import Finding, Severity
 
@@ -292,11 +292,10 @@ def _merge(windows: list[dict[str, float]]) -> list[list[dict[str, float]]]:
 
 
 def run(ctx: Context, opts: Options) -> list[Finding]:
-    import polars as pl
 
     cols = ["run_id", "rank", "step", "ts", "mem_allocated_mb", "mem_reserved_mb", "mem_peak_mb"]
-    df = ctx.steps().select(cols).filter(pl.col("mem_allocated_mb").is_not_null())
-    if df.height == 0:
+    df = ctx.steps().select(cols)
+    if df.height == 0 or df["mem_allocated_mb"].null_count() == df.height:
         return []
     special = special_steps(ctx)
     first_eval = first_event_step(ctx, "eval")
@@ -304,7 +303,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     ended = run_ended(ctx)
     runs = {r["run_id"]: r for r in ctx.runs().iter_rows(named=True)}
     arrays = {c: df[c].to_numpy().astype(float) for c in cols[2:]}
-    slices = rank_slices(df)
+    slices = steps_slices(ctx)
     findings: list[Finding] = []
     for run_id, rank, a, b in slices:
         part = {c: v[a:b] for c, v in arrays.items()}

@@ -200,3 +200,11 @@ def ranks_from_slices(slices: list[tuple[str, int, int, int]]) -> dict[str, list
     for run, rank, _, _ in slices:
         out.setdefault(run, []).append(rank)
     return out
+
+
+def steps_slices(ctx: Context) -> list[tuple[str, int, int, int]]:
+    """:func:`rank_slices` of ``ctx.steps()``, computed once per context."""
+    key = "rankwise:steps_slices"
+    if key not in ctx._cache:
+        ctx._cache[key] = rank_slices(ctx.steps())
+    return ctx._cache[key]

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors.rankwise import fmt, run_ended, see, special_steps
+from tunescope.detectors.rankwise import fmt, run_ended, see, special_steps, steps_slices
 from tunescope.findings import Finding, Severity
 
 if TYPE_CHECKING:
@@ -98,7 +98,6 @@ class Options:
 
 
 def run(ctx: Context, opts: Options) -> list[Finding]:
-    import polars as pl
 
     cols = ["run_id", "rank", "step", "ts", "compute_time_s", "data_time_s", "step_time_s"]
     df = ctx.steps().select(cols)
@@ -123,9 +122,8 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         measurable.append(run_id)
     if not measurable:
         return findings
-    df = df.filter(pl.col("run_id").is_in(measurable))
-    findings.extend(_hangs(ctx, opts, df))
-    findings.extend(_stragglers(ctx, opts, df))
+    findings.extend(_hangs(ctx, opts, df, set(measurable)))
+    findings.extend(_stragglers(ctx, opts, df, set(measurable)))
     return findings
 
 
@@ -144,19 +142,24 @@ def _unmeasurable(run_id: str, payload: dict[str, Any], world: int | None, ranks
     return Finding(run_id, ID, NAME, Severity.INFO, None, None, msg + see(ID), sugg, evidence=ev)
 
 
-def _hangs(ctx: Context, opts: Options, df: pl.DataFrame) -> list[Finding]:
+def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
     import polars as pl
 
+    # Per rank: last step and time, and the typical step time (median logged
+    # step time, else the mean interval); then the run's view of each rank.
     last = (
-        df.sort("run_id", "rank", "step")
-        .group_by("run_id", "rank")
+        df.group_by("run_id", "rank")
         .agg(
             pl.col("step").max().alias("last_step"),
             pl.col("ts").max().alias("last_ts"),
-            ((pl.col("ts").diff() / pl.col("step").diff()).filter(pl.col("step").diff() > 0))
-            .median()
-            .alias("dt"),
+            pl.col("step_time_s").median().alias("st"),
+            (
+                (pl.col("ts").max() - pl.col("ts").min())
+                / (pl.col("step").max() - pl.col("step").min())
+            ).alias("span_dt"),
         )
+        .filter(pl.col("run_id").is_in(list(runs)))
+        .with_columns(pl.coalesce("st", "span_dt").alias("dt"))
         .with_columns(
             pl.col("last_step").max().over("run_id").alias("max_step"),
             pl.col("last_ts").max().over("run_id").alias("max_ts"),
@@ -213,21 +216,44 @@ def _hangs(ctx: Context, opts: Options, df: pl.DataFrame) -> list[Finding]:
     return out
 
 
-def window_scores(ctx: Context, opts: Options, df: pl.DataFrame) -> pl.DataFrame:
+def window_scores(
+    ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str] | None = None
+) -> pl.DataFrame:
     """Per run, window and rank: medians of the rank's own time, compute and
     data time, and the score (fastest rank's median / this rank's median)."""
     import polars as pl
 
+    # Window index per row, computed per run on numpy slices of the sorted
+    # frame: ~``window`` logged points per window, fewer for short runs.
     special = special_steps(ctx)
-    if special:
-        excl = pl.DataFrame(
-            {
-                "run_id": [r for r, s in special.items() for _ in s],
-                "step": np.concatenate(list(special.values())).astype(np.int64),
-            },
-            schema={"run_id": pl.String, "step": pl.Int64},
+    step = df["step"].to_numpy()
+    keep = np.ones(df.height, dtype=bool)
+    win = np.zeros(df.height, dtype=np.int64)
+    wsize = np.zeros(df.height, dtype=np.int64)
+    by_run: dict[str, list[tuple[int, int]]] = {}
+    for run_id, _, a, b in steps_slices(ctx):
+        by_run.setdefault(run_id, []).append((a, b))
+    for run_id, parts in by_run.items():
+        if runs is not None and run_id not in runs:
+            for a, b in parts:
+                keep[a:b] = False
+            continue
+        lo = min(int(step[a]) for a, _ in parts)
+        hi = max(int(step[b - 1]) for _, b in parts)
+        pts = max(b - a for a, b in parts)
+        interval = max(1.0, (hi - lo + 1) / pts)  # steps per logged point
+        w = (
+            opts.window
+            if pts >= opts.warn_windows * opts.window
+            else max(opts.min_window, pts // opts.warn_windows)
         )
-        df = df.join(excl, on=["run_id", "step"], how="anti")
+        sp = special.get(run_id)
+        for a, b in parts:
+            win[a:b] = ((step[a:b] - lo) / interval) // w
+            wsize[a:b] = w
+            if sp is not None and len(sp):
+                keep[a:b] &= ~np.isin(step[a:b], sp)
+    df = df.with_columns(pl.Series("win", win), pl.Series("wsize", wsize)).filter(pl.Series(keep))
     has_parts = pl.col("compute_time_s").is_not_null() | pl.col("data_time_s").is_not_null()
     own = (
         pl.when(has_parts)
@@ -239,16 +265,6 @@ def window_scores(ctx: Context, opts: Options, df: pl.DataFrame) -> pl.DataFrame
     )
     if df.height == 0:
         return pl.DataFrame()
-    df = df.with_columns(pl.col("step").rank("dense").over("run_id").alias("pt"))
-    n_pts = pl.col("pt").max().over("run_id")
-    w = (
-        pl.when(n_pts >= opts.warn_windows * opts.window)
-        .then(pl.lit(opts.window))
-        .otherwise(pl.max_horizontal(pl.lit(opts.min_window), n_pts // opts.warn_windows))
-    )
-    df = df.with_columns(w.alias("wsize")).with_columns(
-        ((pl.col("pt") - 1) // pl.col("wsize")).alias("win")
-    )
     agg = (
         df.group_by("run_id", "win", "rank")
         .agg(
@@ -280,8 +296,8 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return incidents(mask)
 
 
-def _stragglers(ctx: Context, opts: Options, df: pl.DataFrame) -> list[Finding]:
-    agg = window_scores(ctx, opts, df)
+def _stragglers(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
+    agg = window_scores(ctx, opts, df, runs)
     if agg.height == 0:
         return []
     out: list[Finding] = []

@@ -45,10 +45,10 @@ from tunescope.detectors import stats
 from tunescope.detectors.rankwise import (
     collapse_ranks,
     fmt,
-    rank_slices,
     ranks_from_slices,
     see,
     special_steps,
+    steps_slices,
 )
 from tunescope.findings import Finding, Severity
 
@@ -116,7 +116,7 @@ def _rolling_median(x: np.ndarray, k: int, min_k: int) -> np.ndarray:
 def run(ctx: Context, opts: Options) -> list[Finding]:
     cols = ["run_id", "rank", "step", "ts", "step_time_s", "tokens"]
     df = ctx.steps().select(cols)
-    slices = rank_slices(df)
+    slices = steps_slices(ctx)
     if not slices:
         return []
     special = special_steps(ctx)
