@@ -145,14 +145,14 @@ def _unmeasurable(run_id: str, payload: dict[str, Any], world: int | None, ranks
 def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
     import polars as pl
 
-    # Per rank: last step and time, and the typical step time (median logged
+    # Per rank: last step and time, and the typical step time (mean logged
     # step time, else the mean interval); then the run's view of each rank.
     last = (
         df.group_by("run_id", "rank")
         .agg(
             pl.col("step").max().alias("last_step"),
             pl.col("ts").max().alias("last_ts"),
-            pl.col("step_time_s").median().alias("st"),
+            pl.col("step_time_s").mean().alias("st"),
             (
                 (pl.col("ts").max() - pl.col("ts").min())
                 / (pl.col("step").max() - pl.col("step").min())
@@ -265,12 +265,11 @@ def window_scores(
     )
     if df.height == 0:
         return pl.DataFrame()
+    keys = ["run_id", "win", "rank"]
     agg = (
-        df.group_by("run_id", "win", "rank")
+        df.group_by(keys)
         .agg(
             pl.col("own").median().alias("own"),
-            pl.col("compute_time_s").median().alias("compute"),
-            pl.col("data_time_s").median().alias("data"),
             pl.col("parts").any().alias("parts"),
             pl.len().alias("n"),
             pl.col("step").min().alias("s0"),
@@ -280,8 +279,21 @@ def window_scores(
         .filter(pl.col("n") >= pl.max_horizontal(pl.lit(5), pl.col("wsize") // 4))
         .with_columns(pl.col("rank").count().over("run_id", "win").alias("nranks"))
         .filter(pl.col("nranks") >= 2)
+        .with_columns((pl.col("own").min().over("run_id", "win") / pl.col("own")).alias("score"))
+    )
+    # Compute and data medians (for the attribution) only where a rank is slow.
+    slow = agg.filter(pl.col("score") < opts.warn_score)["run_id"].unique().to_list()
+    split = (
+        df.filter(pl.col("run_id").is_in(slow))
+        .group_by(keys)
+        .agg(
+            pl.col("compute_time_s").median().alias("compute"),
+            pl.col("data_time_s").median().alias("data"),
+        )
+    )
+    agg = (
+        agg.join(split, on=keys, how="left")
         .with_columns(
-            (pl.col("own").min().over("run_id", "win") / pl.col("own")).alias("score"),
             (pl.col("compute") - pl.col("compute").min().over("run_id", "win")).alias("d_comp"),
             (pl.col("data") - pl.col("data").min().over("run_id", "win")).alias("d_data"),
         )
