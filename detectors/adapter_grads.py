@@ -161,12 +161,15 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         payload = ctx.run_start(run_id)
         if n_adapter:
             g, source = cols["grad_norm_adapter"][a:b], "grad_norm_adapter"
+            is_logged = logged["grad_norm_adapter"][a:b]
         elif la is not None or lb is not None:
             g = np.sqrt(np.nan_to_num(la) ** 2 + np.nan_to_num(lb) ** 2)  # type: ignore[arg-type]
             g[np.isnan(la if la is not None else lb)] = np.nan  # type: ignore[index]
             source = "lora_A/B"
+            is_logged = ~np.isnan(g)
         elif _is_adapter_run(payload) and n_total:
             g, source = cols["grad_norm"][a:b], "grad_norm"
+            is_logged = logged["grad_norm"][a:b]
         else:
             continue
         data = {
@@ -176,6 +179,14 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             LORA_A: la,
             LORA_B: lb,
         }
+        # A norm logged only every few steps (by design) is judged on the steps
+        # that carry it: its absence elsewhere is not a missing gradient.
+        training = ~np.isnan(data["loss"]) | ~np.isnan(data["lr"])
+        if training.any() and is_logged[training].mean() < 0.9:
+            data = {k: (v[is_logged] if v is not None else None) for k, v in data.items()}
+            g = g[is_logged]
+            if len(g) == 0:
+                continue
         per_rank.extend(_judge(opts, run_id, rank, data, g, source, payload, la is not None))
     findings.extend(collapse_ranks(per_rank, ranks))
     return findings

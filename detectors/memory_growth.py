@@ -298,6 +298,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     if df.height == 0 or df["mem_allocated_mb"].null_count() == df.height:
         return []
     special = special_steps(ctx)
+    resumed = special_steps(ctx, after=opts.skip_steps, kinds=("resume",))
     first_eval = first_event_step(ctx, "eval")
     first_ckpt = first_event_step(ctx, "checkpoint")
     ended = run_ended(ctx)
@@ -314,7 +315,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 str(run_id),
                 int(rank),
                 part,
-                special.get(str(run_id)),
+                _union(special.get(str(run_id)), resumed.get(str(run_id))),
                 first_eval.get(str(run_id)),
                 first_ckpt.get(str(run_id)),
                 ended,
@@ -554,3 +555,9 @@ def _fragmentation(
         rank=rank,
         evidence=ev,
     )
+
+
+def _union(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return np.union1d(a, b)

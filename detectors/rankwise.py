@@ -6,6 +6,7 @@ on every rank, and number formatting for messages.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +25,17 @@ def see(detector_id: str) -> str:
     return f" See `tunescope explain {detector_id}`."
 
 
-def special_steps(ctx: Context, after: int = 1) -> dict[str, np.ndarray]:
-    """Per run, the sorted steps at which any rank evaluated or checkpointed,
-    plus the ``after`` steps that follow each (whose timings and memory can
-    still carry that work, depending on where the trainer logs it)."""
-    key = f"rankwise:special:{after}"
+def special_steps(
+    ctx: Context, after: int = 1, kinds: tuple[str, ...] = ("eval", "checkpoint")
+) -> dict[str, np.ndarray]:
+    """Per run, the sorted steps at which any rank evaluated or checkpointed
+    (or other event ``kinds``), plus the ``after`` steps that follow each
+    (whose timings and memory can still carry that work, depending on where
+    the trainer logs it)."""
+    key = f"rankwise:special:{after}:{','.join(kinds)}"
     if key in ctx._cache:
         return ctx._cache[key]
-    ev = ctx.events(["eval", "checkpoint"])
+    ev = ctx.events(list(kinds))
     out: dict[str, np.ndarray] = {}
     if ev.height:
         for run_id, grp in ev.group_by("run_id"):
@@ -135,7 +139,7 @@ def collapse_ranks(findings: list[Finding], ranks: dict[str, list[int]]) -> list
             ends = [g.step_end for g in matched if g.step_end is not None]
             ev = dict(worst.evidence)
             ev["ranks"] = {str(g.rank): [g.step_start, g.step_end] for g in matched}
-            msg = worst.message.replace(f"rank {worst.rank} ", "every rank ", 1)
+            msg = re.sub(r"^rank \d+\b", "every rank", worst.message)
             out.append(
                 replace(
                     worst,

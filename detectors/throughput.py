@@ -120,6 +120,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     if not slices:
         return []
     special = special_steps(ctx)
+    resumed = special_steps(ctx, after=opts.skip_steps, kinds=("resume",))
     step_c = df["step"].to_numpy()
     ts_c = df["ts"].to_numpy().astype(float)
     st_c = df["step_time_s"].to_numpy().astype(float)
@@ -129,9 +130,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         steps = step_c[a:b]
         rate, unit = rates(steps, ts_c[a:b], st_c[a:b], tok_c[a:b])
         keep = np.isfinite(rate) & (rate > 0)
-        sp = special.get(run_id)
-        if sp is not None and len(sp):
-            keep &= ~np.isin(steps, sp)
+        for sp in (special.get(run_id), resumed.get(run_id)):
+            if sp is not None and len(sp):
+                keep &= ~np.isin(steps, sp)
         idx = np.flatnonzero(keep)[opts.skip_steps :]
         if len(idx) < opts.min_run_points:
             continue

@@ -36,7 +36,8 @@ Metric specs inside ``generate: steps`` (any metric name, extras included):
   (times f while (s - phase) mod P < K); ``every: {n: N, by: f}`` or
   ``{n: N, add: x}`` (at multiples of N); ``scale: {from: S, to: E, by: f}``;
   ``set: {from: S, to: E, value: v}`` (overwrite; v may be null or "nan");
-  ``cummax: true`` (a running maximum, like a peak that never resets).
+  ``cummax: true`` (a running maximum, like a peak that never resets);
+  ``log_every: k`` (the metric is only logged at multiples of k).
   A list of modifiers of one kind is applied in turn.
 - ``every: k`` on the block logs every k-th step only; ``t0`` and ``dt`` (a
   metric spec, default ``step_time_s`` or 1.0 s) set the timestamps.
@@ -164,6 +165,8 @@ def _missing_mask(spec: Any, steps: np.ndarray) -> np.ndarray:
     if isinstance(spec, dict):
         for a, b in spec.get("_missing", []):
             m |= (steps >= a) & (steps <= b)
+        if spec.get("log_every"):
+            m |= (steps % int(spec["log_every"])) != 0
     return m
 
 
