@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import tempfile
 import time
@@ -58,7 +59,12 @@ def block(n: int, seed: int, **over: Any) -> dict[str, Any]:
         "lr": {"warmup": max(5, n // 20), "peak": 2e-4, "final": 2e-5},
         "grad_norm_adapter": {"value": 0.7, "noise": 0.3, "positive": True},
         "grad_norm_backbone": 0.0,
-        "grad_norm_lora_A": {"value": 0.3, "noise": 0.3, "positive": True, "set": {"to": 1, "value": 0}},
+        "grad_norm_lora_A": {
+            "value": 0.3,
+            "noise": 0.3,
+            "positive": True,
+            "set": {"to": 1, "value": 0},
+        },
         "grad_norm_lora_B": {"value": 0.6, "noise": 0.3, "positive": True},
         "compute_time_s": {"value": 0.30, "noise": 0.06, "positive": True},
         "data_time_s": {"value": 0.01, "noise": 0.4, "positive": True},
@@ -110,57 +116,154 @@ def scenarios(seed: int) -> list[tuple[str, dict[str, Any], dict[str, Any] | Non
     add("clean-2rank-evals", {"0,1": [start(2, n), block(n, seed), *evals(n, 100)]}, None)
     n = n_steps()
     r0 = block(n, seed, compute_time_s={"value": 0.3, "noise": 0.06, "every": {"n": 100, "by": 4}})
-    add("clean-rank0-eval-work", {0: [start(2, n), r0, *evals(n, 100)], 1: [start(2, n), block(n, seed)]}, None)
+    add(
+        "clean-rank0-eval-work",
+        {0: [start(2, n), r0, *evals(n, 100)], 1: [start(2, n), block(n, seed)]},
+        None,
+    )
     n = n_steps()
-    noisy = block(n, seed, compute_time_s={"value": 0.3, "noise": 0.12, "positive": True},
-                  data_time_s={"value": 0.02, "noise": 0.8, "positive": True},
-                  mem_allocated_mb={"value": 20000, "abs_noise": 60, "ar": 0.9})
+    noisy = block(
+        n,
+        seed,
+        compute_time_s={"value": 0.3, "noise": 0.12, "positive": True},
+        data_time_s={"value": 0.02, "noise": 0.8, "positive": True},
+        mem_allocated_mb={"value": 20000, "abs_noise": 60, "ar": 0.9},
+    )
     add("clean-4rank-noisy", {"0-3": [start(4, n), noisy]}, None)
     n = n_steps()
-    plateau = block(n, seed, mem_reserved_mb={"value": 22000, "ramp": {"from": 1, "per_step": 15},
-                                               "set": {"from": 300, "value": 26500}})
+    plateau = block(
+        n,
+        seed,
+        mem_reserved_mb={
+            "value": 22000,
+            "ramp": {"from": 1, "per_step": 15},
+            "set": {"from": 300, "value": 26500},
+        },
+    )
     add("clean-reserved-plateau", {"0,1": [start(2, n, device_memory_mb=81920), plateau]}, None)
     n = n_steps()
     cm = block(n, seed, mem_peak_mb={"value": 23000, "abs_noise": 600, "cummax": True})
     add("clean-peak-running-max", {0: [start(1, n, device_memory_mb=40960), cm]}, None)
     n = n_steps()
-    shift = block(n, seed, mem_allocated_mb={"value": 20000, "abs_noise": 40, "ar": 0.5,
-                                              "step_up": [{"at": int(rng.integers(200, n - 100)), "add": float(rng.uniform(300, 1500))}]})
+    shift = block(
+        n,
+        seed,
+        mem_allocated_mb={
+            "value": 20000,
+            "abs_noise": 40,
+            "ar": 0.5,
+            "step_up": [
+                {"at": int(rng.integers(200, n - 100)), "add": float(rng.uniform(300, 1500))}
+            ],
+        },
+    )
     add("clean-level-shift", {"0,1": [start(2, n), shift, *evals(n, 250)]}, None)
     n = n_steps(800, 2500)
     rot = [
-        block(n, seed, compute_time_s={"value": 0.3, "noise": 0.06, "periodic": {"period": 200, "width": 100, "phase": 1 + 100 * r, "by": 1.25}})
+        block(
+            n,
+            seed,
+            compute_time_s={
+                "value": 0.3,
+                "noise": 0.06,
+                "periodic": {"period": 200, "width": 100, "phase": 1 + 100 * r, "by": 1.25},
+            },
+        )
         for r in range(2)
     ]
     add("clean-rotating", {0: [start(2, n), rot[0]], 1: [start(2, n), rot[1]]}, None)
     n = n_steps()
-    nm = {"generate": "steps", "from": 10, "to": 10 * (n // 10), "every": 10, "seed": seed,
-          "loss": {"start": 2.2, "end": 1.2, "noise": 0.02}, "lr": {"warmup": 100, "peak": 1e-4},
-          "grad_norm": 0.0, "dt": {"value": 4.0, "noise": 0.05}}
-    add("clean-not-measured", {0: [{"kind": "run_start", "format": "foreign", "finetuning_type": "lora", "per_rank": False, "world_size": 1, "logging_steps": 10}, nm]}, None)
+    nm = {
+        "generate": "steps",
+        "from": 10,
+        "to": 10 * (n // 10),
+        "every": 10,
+        "seed": seed,
+        "loss": {"start": 2.2, "end": 1.2, "noise": 0.02},
+        "lr": {"warmup": 100, "peak": 1e-4},
+        "grad_norm": 0.0,
+        "dt": {"value": 4.0, "noise": 0.05},
+    }
+    add(
+        "clean-not-measured",
+        {
+            0: [
+                {
+                    "kind": "run_start",
+                    "format": "foreign",
+                    "finetuning_type": "lora",
+                    "per_rank": False,
+                    "world_size": 1,
+                    "logging_steps": 10,
+                },
+                nm,
+            ]
+        },
+        None,
+    )
     n = int(rng.integers(100, 250))
     add("clean-short", {"0,1": [start(2, n), block(n, seed)]}, None)
     n = n_steps()
-    lr0 = block(n, seed, lr={"warmup": 50, "peak": 2e-4, "set": {"to": 5, "value": 0}},
-                grad_norm_lora_A={"value": 0.3, "noise": 0.3, "positive": True, "set": {"to": 6, "value": 0}})
+    lr0 = block(
+        n,
+        seed,
+        lr={"warmup": 50, "peak": 2e-4, "set": {"to": 5, "value": 0}},
+        grad_norm_lora_A={
+            "value": 0.3,
+            "noise": 0.3,
+            "positive": True,
+            "set": {"to": 6, "value": 0},
+        },
+    )
     add("clean-lr0-start", {0: [start(1, n), lr0]}, None)
 
     # faults
     n = n_steps(800, 2500)
     k = int(rng.integers(100, n // 2))
-    dead = block(n, seed, grad_norm_adapter={"value": 0.7, "noise": 0.3, "positive": True, "set": {"from": k, "value": 0}},
-                 grad_norm_lora_A={"value": 0.3, "noise": 0.3, "positive": True, "set": [{"to": 1, "value": 0}, {"from": k, "value": 0}]},
-                 grad_norm_lora_B={"value": 0.6, "noise": 0.3, "positive": True, "set": {"from": k, "value": 0}},
-                 lr={"warmup": 50, "peak": 2e-4, "final": 2e-5})
+    dead = block(
+        n,
+        seed,
+        grad_norm_adapter={
+            "value": 0.7,
+            "noise": 0.3,
+            "positive": True,
+            "set": {"from": k, "value": 0},
+        },
+        grad_norm_lora_A={
+            "value": 0.3,
+            "noise": 0.3,
+            "positive": True,
+            "set": [{"to": 1, "value": 0}, {"from": k, "value": 0}],
+        },
+        grad_norm_lora_B={
+            "value": 0.6,
+            "noise": 0.3,
+            "positive": True,
+            "set": {"from": k, "value": 0},
+        },
+        lr={"warmup": 50, "peak": 2e-4, "final": 2e-5},
+    )
     add("ts201-dead", {"0,1": [start(2, n), dead]}, {"detector": "TS201", "onset": k, "rank": None})
     n = n_steps(800, 2500)
     k = int(rng.integers(200, n // 2))
-    van = block(n, seed, grad_norm_adapter={"value": 0.7, "noise": 0.3, "positive": True,
-                                            "scale": {"from": k, "by": float(10 ** rng.uniform(-5, -3.3))}})
+    van = block(
+        n,
+        seed,
+        grad_norm_adapter={
+            "value": 0.7,
+            "noise": 0.3,
+            "positive": True,
+            "scale": {"from": k, "by": float(10 ** rng.uniform(-5, -3.3))},
+        },
+    )
     add("ts201-vanishing", {0: [start(1, n), van]}, {"detector": "TS201", "onset": k, "rank": 0})
     n = n_steps(200, 800)
     bfrozen = block(n, seed, grad_norm_lora_A=0.0)
-    add("ts201-b-not-updated", {0: [start(1, n), bfrozen]}, {"detector": "TS201", "onset": 2, "rank": 0})
+    add(
+        "ts201-b-not-updated",
+        {0: [start(1, n), bfrozen]},
+        {"detector": "TS201", "onset": 2, "rank": 0},
+    )
 
     n = n_steps(800, 2500)
     k = int(rng.integers(100, n // 2))
@@ -179,7 +282,19 @@ def scenarios(seed: int) -> list[tuple[str, dict[str, Any], dict[str, Any] | Non
     extra = float(rng.uniform(0.05, 0.2))
     ranks = {
         0: [start(2, n), block(n, seed)],
-        1: [start(2, n), block(n, seed, data_time_s={"value": 0.01, "noise": 0.4, "positive": True, "step_up": {"at": k, "add": extra}})],
+        1: [
+            start(2, n),
+            block(
+                n,
+                seed,
+                data_time_s={
+                    "value": 0.01,
+                    "noise": 0.4,
+                    "positive": True,
+                    "step_up": {"at": k, "add": extra},
+                },
+            ),
+        ],
     }
     add("ts301-data", ranks, {"detector": "TS301", "onset": k, "rank": 1})
     n = n_steps(400, 2000)
@@ -191,20 +306,51 @@ def scenarios(seed: int) -> list[tuple[str, dict[str, Any], dict[str, Any] | Non
     k = int(rng.integers(100, n // 2))
     slope = float(rng.uniform(0.5, 8.0))
     cap = {"device_memory_mb": 81920} if rng.random() < 0.5 else {}
-    leak = block(n, seed, mem_allocated_mb={"value": 20000, "abs_noise": 40, "ar": 0.5, "ramp": {"from": k, "per_step": slope}},
-                 mem_peak_mb={"value": 23000, "abs_noise": 150, "ramp": {"from": k, "per_step": slope}},
-                 mem_reserved_mb={"value": 24000, "ramp": {"from": k, "per_step": slope}})
-    add("ts401-leak", {"0,1": [start(2, n, **cap), leak, *evals(n, 200)]}, {"detector": "TS401", "onset": k, "rank": None})
+    leak = block(
+        n,
+        seed,
+        mem_allocated_mb={
+            "value": 20000,
+            "abs_noise": 40,
+            "ar": 0.5,
+            "ramp": {"from": k, "per_step": slope},
+        },
+        mem_peak_mb={"value": 23000, "abs_noise": 150, "ramp": {"from": k, "per_step": slope}},
+        mem_reserved_mb={"value": 24000, "ramp": {"from": k, "per_step": slope}},
+    )
+    add(
+        "ts401-leak",
+        {"0,1": [start(2, n, **cap), leak, *evals(n, 200)]},
+        {"detector": "TS401", "onset": k, "rank": None},
+    )
     n = n_steps(800, 2000)
     k = int(rng.integers(100, n // 2))
-    frag = block(n, seed, mem_reserved_mb={"value": 30000, "abs_noise": 30, "ramp": {"from": k, "per_step": float(rng.uniform(5, 20))}})
-    add("ts401-fragmentation", {0: [start(1, n), frag]}, {"detector": "TS401", "onset": k, "rank": 0})
+    frag = block(
+        n,
+        seed,
+        mem_reserved_mb={
+            "value": 30000,
+            "abs_noise": 30,
+            "ramp": {"from": k, "per_step": float(rng.uniform(5, 20))},
+        },
+    )
+    add(
+        "ts401-fragmentation",
+        {0: [start(1, n), frag]},
+        {"detector": "TS401", "onset": k, "rank": 0},
+    )
 
     n = n_steps(800, 2500)
     k = int(rng.integers(100, n - 200))
     factor = float(rng.uniform(1.3, 2.0))
-    drop = block(n, seed, step_time_s={"value": 0.36, "noise": 0.04, "scale": {"from": k, "by": factor}})
-    add("ts302-drop", {"0,1": [start(2, n), drop, *evals(n, 100)]}, {"detector": "TS302", "onset": k, "rank": None})
+    drop = block(
+        n, seed, step_time_s={"value": 0.36, "noise": 0.04, "scale": {"from": k, "by": factor}}
+    )
+    add(
+        "ts302-drop",
+        {"0,1": [start(2, n), drop, *evals(n, 100)]},
+        {"detector": "TS302", "onset": k, "rank": None},
+    )
     return out
 
 
@@ -228,7 +374,7 @@ def quality(seeds: int, workdir: Path) -> None:
     steps = ctx.steps()
     rows_by_run = dict(steps.group_by("run_id").len().iter_rows())
     findings = []
-    for det, modname in MODULES.items():
+    for modname in MODULES.values():
         mod = importlib.import_module(modname)
         findings.extend(mod.run(ctx, mod.Options()))
     t3 = time.perf_counter()
@@ -238,16 +384,22 @@ def quality(seeds: int, workdir: Path) -> None:
     )
     clean_rows = sum(rows_by_run.get(r, 0) for r, lab in labels.items() if lab is None)
     print()
-    print("| detector | fault runs | recall | precision | delay median / p90 (steps) | false alarms per 10k clean steps |")
+    print(
+        "| detector | fault runs | recall | precision | delay median / p90 (steps) | false alarms per 10k clean steps |"
+    )
     print("|---|---|---|---|---|---|")
     for det in MODULES:
         faults = [r for r, lab in labels.items() if lab and lab["detector"] == det]
-        fs = [f for f in findings if f.detector == det and f.severity.level >= Severity.WARNING.level]
+        fs = [
+            f for f in findings if f.detector == det and f.severity.level >= Severity.WARNING.level
+        ]
         tp_runs, delays, fp, tp = set(), [], 0, 0
         for f in fs:
             lab = labels.get(f.run)
-            ok = lab is not None and lab["detector"] == det and (
-                lab["rank"] is None or f.rank is None or f.rank == lab["rank"]
+            ok = (
+                lab is not None
+                and lab["detector"] == det
+                and (lab["rank"] is None or f.rank is None or f.rank == lab["rank"])
             )
             if ok:
                 tp += 1
@@ -275,7 +427,9 @@ def quality(seeds: int, workdir: Path) -> None:
             if r not in tp_runs:
                 print(f"    missed: {r} {labels[r]}", file=sys.stderr)
     infos = [f for f in findings if f.severity is Severity.INFO]
-    print(f"\ninfo findings: {len(infos)} (e.g. rotating slowest rank, not measured, no per-rank data)")
+    print(
+        f"\ninfo findings: {len(infos)} (e.g. rotating slowest rank, not measured, no per-rank data)"
+    )
     print(f"clean step rows: {clean_rows:,}")
     store.close()
 
@@ -320,9 +474,22 @@ def speed_corpus(root: Path, rows: int) -> int:
                 }
             )
             start = (
-                '{"v":1,"kind":"run_start","run":"speed-%d","rank":%d,"step":0,"ts":1.75e9,'
-                '"world_size":8,"finetuning_type":"lora","trainable_params":8000000,'
-                '"device_memory_mb":81920,"total_steps":%d}\n' % (r, k, n)
+                json.dumps(
+                    {
+                        "v": 1,
+                        "kind": "run_start",
+                        "run": f"speed-{r}",
+                        "rank": k,
+                        "step": 0,
+                        "ts": 1.75e9,
+                        "world_size": 8,
+                        "finetuning_type": "lora",
+                        "trainable_params": 8_000_000,
+                        "device_memory_mb": 81920,
+                        "total_steps": n,
+                    }
+                )
+                + "\n"
             )
             path = d / f"rank-{k}.jsonl"
             path.write_text(start)
@@ -375,7 +542,9 @@ def speed(rows: int, workdir: Path, repeat: int) -> None:
     print("|---|---|---|---|")
     for part, sec in best.items():
         print(f"| {part} | {sec:.3f} | {total / sec / 1e6:.1f} M | {sec / baseline:.1f} |")
-    print(f"| all four with loading | {all_t:.3f} | {total / all_t / 1e6:.1f} M | {all_t / baseline:.1f} |")
+    print(
+        f"| all four with loading | {all_t:.3f} | {total / all_t / 1e6:.1f} M | {all_t / baseline:.1f} |"
+    )
     store.close()
 
 
