@@ -104,9 +104,16 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     findings: list[Finding] = []
     run_ids = ctx.runs()["run_id"].to_list()
     ranks_by_run: dict[str, list[int]] = {r: [] for r in run_ids}
+    timed: dict[str, bool] = {}
     if df.height:
-        for r, k in df.select("run_id", "rank").unique().sort("run_id", "rank").iter_rows():
-            ranks_by_run.setdefault(r, []).append(int(k))
+        any_time = (
+            df["compute_time_s"].is_not_null()
+            | df["data_time_s"].is_not_null()
+            | df["step_time_s"].is_not_null()
+        ).to_numpy()
+        for r, k, a, b in steps_slices(ctx):
+            ranks_by_run.setdefault(r, []).append(k)
+            timed[r] = timed.get(r, False) or bool(any_time[a:b].any())
     measurable: list[str] = []
     for run_id in run_ids:
         payload = ctx.run_start(run_id)
@@ -119,7 +126,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             if world is None or world > 1:
                 findings.append(_unmeasurable(run_id, payload, world, len(ranks)))
             continue
-        measurable.append(run_id)
+        if not timed.get(run_id):
+            findings.append(_unmeasurable(run_id, payload, world, len(ranks), timings=False))
+        measurable.append(run_id)  # hangs are still judged from steps and timestamps
     if not measurable:
         return findings
     findings.extend(_hangs(ctx, opts, df, set(measurable)))
@@ -127,9 +136,13 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     return findings
 
 
-def _unmeasurable(run_id: str, payload: dict[str, Any], world: int | None, ranks: int) -> Finding:
+def _unmeasurable(
+    run_id: str, payload: dict[str, Any], world: int | None, ranks: int, timings: bool = True
+) -> Finding:
     fmt_name = payload.get("format") or "this log"
-    if payload.get("per_rank") is False:
+    if not timings:
+        why = f"the {ranks} ranks log no compute_time_s, data_time_s or step_time_s"
+    elif payload.get("per_rank") is False:
         why = f"{fmt_name} has no per-rank data (one row for all ranks)"
     else:
         why = f"only {ranks} rank logged" + (f" of {world}" if world else " (world size unknown)")
