@@ -388,6 +388,7 @@ def quality(seeds: int, workdir: Path) -> None:
         "| detector | fault runs | recall | precision | delay median / p90 (steps) | false alarms per 10k clean steps |"
     )
     print("|---|---|---|---|---|---|")
+    oom_frac: dict[str, list[float]] = {}
     for det in MODULES:
         faults = [r for r, lab in labels.items() if lab and lab["detector"] == det]
         fs = [
@@ -407,6 +408,8 @@ def quality(seeds: int, workdir: Path) -> None:
                     at = f.evidence.get("detected_at_step", f.step_start)
                     if at is not None:
                         delays.append(int(at) - int(lab["onset"]))
+                        if lab.get("tto"):
+                            oom_frac.setdefault(det, []).append(delays[-1] / lab["tto"])
                 tp_runs.add(f.run)
             else:
                 fp += 1
@@ -419,6 +422,12 @@ def quality(seeds: int, workdir: Path) -> None:
             f"{np.nanmedian(d):.0f} / {np.nanpercentile(d, 90):.0f} | "
             f"{1e4 * clean_fa / max(clean_rows, 1):.2f} |"
         )
+        if oom_frac.get(det):
+            fr = np.array(oom_frac[det])
+            print(
+                f"|  | leak delay as a share of the time to OOM (80 GiB): median "
+                f"{100 * np.median(fr):.1f}%, max {100 * fr.max():.1f}% |  |  |  |  |"
+            )
         for f in fs:
             lab = labels.get(f.run)
             if lab is None or lab["detector"] != det:
