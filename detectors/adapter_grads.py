@@ -142,7 +142,8 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     # Whether the adapter / total norms were logged at all (null, not NaN).
     logged = {c: df[c].is_not_null().to_numpy() for c in ("grad_norm", "grad_norm_adapter")}
     cols = {
-        c: df[c].to_numpy().astype(float) for c in ("loss", "lr", "grad_norm", "grad_norm_adapter")
+        c: df[c].to_numpy().astype(float, copy=False)
+        for c in ("loss", "lr", "grad_norm", "grad_norm_adapter")
     }
     step_c = df["step"].to_numpy()
     lora = ctx.metrics([LORA_A, LORA_B])
@@ -197,7 +198,7 @@ def _series_by_rank(m: pl.DataFrame) -> dict[tuple[str, int], tuple[np.ndarray, 
     out: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     if m.height == 0:
         return out
-    st, val = m["step"].to_numpy(), m["value"].to_numpy().astype(float)
+    st, val = m["step"].to_numpy(), m["value"].to_numpy().astype(float, copy=False)
     for run_id, rank, a, b in rank_slices(m):
         out[(run_id, rank)] = (st[a:b], val[a:b])
     return out

@@ -303,7 +303,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     first_ckpt = first_event_step(ctx, "checkpoint")
     ended = run_ended(ctx)
     runs = {r["run_id"]: r for r in ctx.runs().iter_rows(named=True)}
-    arrays = {c: df[c].to_numpy().astype(float) for c in cols[2:]}
+    arrays = {c: df[c].to_numpy().astype(float, copy=False) for c in cols[2:]}
     slices = steps_slices(ctx)
     findings: list[Finding] = []
     for run_id, rank, a, b in slices:

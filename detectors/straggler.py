@@ -160,8 +160,8 @@ def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> lis
     # Per rank: last step and time, and the typical step time (mean logged
     # step time, else the mean interval); then the run's view of each rank.
     step = df["step"].to_numpy()
-    ts = df["ts"].to_numpy().astype(float)
-    st = df["step_time_s"].to_numpy().astype(float)
+    ts = df["ts"].to_numpy().astype(float, copy=False)
+    st = df["step_time_s"].to_numpy().astype(float, copy=False)
     per: list[dict[str, Any]] = []
     for run_id, rank, a, b in steps_slices(ctx):
         if run_id not in runs:
@@ -261,13 +261,14 @@ def window_scores(
     # per rank, window medians with numpy on slices of the sorted frame.
     special = special_steps(ctx)
     step = df["step"].to_numpy()
-    comp = df["compute_time_s"].to_numpy().astype(float)
-    data = df["data_time_s"].to_numpy().astype(float)
-    parts_mask = ~np.isnan(comp) | ~np.isnan(data)
+    comp = df["compute_time_s"].to_numpy().astype(float, copy=False)
+    data = df["data_time_s"].to_numpy().astype(float, copy=False)
+    c_nan, d_nan = np.isnan(comp), np.isnan(data)
+    parts_mask = ~c_nan | ~d_nan
     own = np.where(
         parts_mask,
-        np.nan_to_num(comp) + np.nan_to_num(data),
-        df["step_time_s"].to_numpy().astype(float),
+        np.where(c_nan, 0.0, comp) + np.where(d_nan, 0.0, data),
+        df["step_time_s"].to_numpy().astype(float, copy=False),
     )
     by_run: dict[str, list[tuple[int, int, int]]] = {}
     for run_id, rank, a, b in steps_slices(ctx):

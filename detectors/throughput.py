@@ -129,9 +129,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     special = special_steps(ctx)
     resumed = special_steps(ctx, after=opts.skip_steps, kinds=("resume",))
     step_c = df["step"].to_numpy()
-    ts_c = df["ts"].to_numpy().astype(float)
-    st_c = df["step_time_s"].to_numpy().astype(float)
-    tok_c = df["tokens"].to_numpy().astype(float)
+    ts_c = df["ts"].to_numpy().astype(float, copy=False)
+    st_c = df["step_time_s"].to_numpy().astype(float, copy=False)
+    tok_c = df["tokens"].to_numpy().astype(float, copy=False)
     out: list[Finding] = []
     for run_id, rank, a, b in slices:
         steps = step_c[a:b]
