@@ -382,12 +382,14 @@ def _judge_rank(
             "cpu_rss": cpu,
         }
         sev, forecast = _forecast(opts, part, steps_all, s0, s1, best, cap, run_id, rank, ended)
-        sev, tail = _forecast_text(sev, forecast, cap, run_row, ev)
-        pct = 100.0 * best["growth"] / max(abs(best["level"]), 1e-9)
+        sev, tail = _forecast_text(sev, forecast, cap, run_row, ev, cpu)
+        rise = best["slope"] * (s1 - s0)
+        base = float(np.median(alloc[span][: max(5, int(span.sum()) // 10)])) if span.any() else 0
+        ev["rise_mb"] = rise
         msg = (
-            f"rank {rank}: the {what} grew {fmt(best['slope'])} MiB/step over steps "
-            f"{s0:,}-{s1:,} ({fmt(best['growth'])} MiB in a {best['window']}-point window, "
-            f"{pct:.1f}% of its {fmt(best['level'])} MiB level; Kendall p={best['p']:.1e}). " + tail
+            f"rank {rank}: the {what} grew {fmt(best['slope'])} MiB/step from step {s0:,} to "
+            f"{s1:,} (about {fmt(rise)} MiB on top of {fmt(base)} MiB; Kendall p="
+            f"{best['p']:.1e} on a {best['window']}-point window). " + tail
         )
         sugg = (
             "Look for tensors kept alive across steps: log scalars with .item() or .detach() "
@@ -460,9 +462,15 @@ def _forecast_text(
     cap: float | None,
     run_row: dict[str, Any],
     ev: dict[str, Any],
+    cpu: bool = False,
 ) -> tuple[Severity, str]:
     if fc is None:
         ev["forecast"] = None
+        if cpu:
+            return sev, (
+                "The host's memory size is not in run_start (device_memory_mb), so there is "
+                "no out-of-memory forecast."
+            )
         return sev, (
             "The device capacity is unknown (no device_memory_mb in run_start), so there "
             "is no out-of-memory forecast."
