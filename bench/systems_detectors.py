@@ -321,7 +321,8 @@ def scenarios(seed: int) -> list[tuple[str, dict[str, Any], dict[str, Any] | Non
     add(
         "ts401-leak",
         {"0,1": [start(2, n, **cap), leak, *evals(n, 200)]},
-        {"detector": "TS401", "onset": k, "rank": None},
+        # time to OOM on an 80 GiB device from the onset, for the delay target
+        {"detector": "TS401", "onset": k, "rank": None, "tto": (81920 - 23000) / slope},
     )
     n = n_steps(800, 2000)
     k = int(rng.integers(100, n // 2))
