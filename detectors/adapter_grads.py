@@ -58,6 +58,7 @@ from tunescope.detectors.rankwise import (
     rank_slices,
     see,
     steps_slices,
+    trend1,
 )
 from tunescope.findings import Finding, Severity
 
@@ -345,7 +346,7 @@ def _loss_fell(steps: np.ndarray, loss: np.ndarray, opts: Options) -> tuple[bool
     l0, l1 = _ends(loss)
     if ok.sum() < 5:
         return False, l0, l1
-    t = stats.trend(steps[ok], loss[ok])
+    t = trend1(steps[ok], loss[ok])
     span = float(steps[ok][-1] - steps[ok][0])
     drop = -t.slope * span / max(abs(l0), 1e-12)
     return bool(t.p < 0.01 and t.slope < 0 and drop >= opts.loss_fall), l0, l1

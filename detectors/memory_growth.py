@@ -68,6 +68,7 @@ from tunescope.detectors.rankwise import (
     see,
     special_steps,
     steps_slices,
+    trend1,
 )
 from tunescope.findings import Finding, Severity
 
@@ -433,7 +434,7 @@ def _forecast(
     sel = fin & (steps_all >= s0) & (steps_all <= s1)
     slope = best["slope"]
     if has_peak and not cumulative and sel.sum() >= 10:
-        t = stats.trend(steps_all[sel], series[sel], alpha=opts.confidence)
+        t = trend1(steps_all[sel], series[sel], alpha=opts.confidence)
         if t.slope > 0:
             slope = t.slope
     current = float(np.nanmax(series[fin][-50:])) if fin.any() else float("nan")

@@ -212,3 +212,22 @@ def steps_slices(ctx: Context) -> list[tuple[str, int, int, int]]:
     if key not in ctx._cache:
         ctx._cache[key] = rank_slices(ctx.steps())
     return ctx._cache[key]
+
+
+def trend1(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int = 200) -> Any:
+    """Trend test of one series with :func:`stats.trend_windows` (numpy only:
+    importing scipy.stats costs more than the whole analysis of a run).
+    Finite points only, evenly subsampled to ``max_points``."""
+    from tunescope.detectors import stats
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) > max_points:
+        idx = np.linspace(0, len(x) - 1, max_points).round().astype(int)
+        x, y = x[idx], y[idx]
+    t = stats.trend_windows(x[None, :], y[None, :], alpha=alpha)
+    return stats.Trend(
+        float(t.tau[0]), float(t.p[0]), float(t.slope[0]), float(t.lo[0]), float(t.hi[0]), t.n
+    )
