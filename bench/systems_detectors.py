@@ -217,6 +217,46 @@ def scenarios(seed: int) -> list[tuple[str, dict[str, Any], dict[str, Any] | Non
     )
     add("clean-lr0-start", {0: [start(1, n), lr0]}, None)
 
+    n = n_steps(1500, 4000)
+    dyn = block(
+        n,
+        seed,
+        step_time_s={"value": 0.36, "noise": 0.15, "spikes": {"prob": 0.01, "by": 6}},
+        compute_time_s={
+            "value": 0.3,
+            "noise": 0.15,
+            "positive": True,
+            "spikes": {"prob": 0.01, "by": 4},
+        },
+        tokens={"value": 8192, "noise": 0.3, "positive": True},
+        mem_allocated_mb={"value": 20000, "abs_noise": 400, "ar": 0.9},
+        mem_peak_mb={"value": 30000, "abs_noise": 2500},
+        mem_reserved_mb={
+            "value": 26000,
+            "ramp": {"from": 1, "per_step": 10},
+            "set": {"from": 500, "value": 31000},
+        },
+    )
+    add(
+        "clean-dynamic-shapes",
+        {"0-3": [start(4, n, device_memory_mb=81920), dyn, *evals(n, 250)]},
+        None,
+    )
+    n = n_steps(2000, 4000)
+    k = int(rng.integers(50, 300))
+    creep = block(
+        n,
+        seed,
+        mem_allocated_mb={
+            "value": 20000,
+            "abs_noise": 40,
+            "ar": 0.5,
+            "ramp": {"from": k, "per_step": 2},
+            "set": {"from": k + 500, "value": 21000},
+        },
+    )
+    add("clean-creep-plateau", {"0,1": [start(2, n), creep]}, None)
+
     # faults
     n = n_steps(800, 2500)
     k = int(rng.integers(100, n // 2))

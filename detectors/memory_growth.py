@@ -382,6 +382,14 @@ def _judge_rank(
             "detected_at_step": detected_at,
             "cpu_rss": cpu,
         }
+        # A floor that rose and then levelled off is not a leak: the last part
+        # of the run has a slope confidently far below the rise's.
+        tail_n = max(opts.min_points, n // 5)
+        if steps[n - tail_n] > s0 + (s1 - s0) // 4:
+            tt = trend1(steps[n - tail_n :], alloc[n - tail_n :], alpha=opts.confidence)
+            if tt.hi < 0.25 * best["slope"]:
+                out.append(_plateaued(run_id, rank, what, s0, steps, alloc, tail_n, tt, best, ev))
+                continue
         sev, forecast = _forecast(opts, part, steps_all, s0, s1, best, cap, run_id, rank, ended)
         sev, tail = _forecast_text(sev, forecast, cap, run_row, ev, cpu)
         rise = best["slope"] * (s1 - s0)
@@ -406,6 +414,55 @@ def _judge_rank(
     if frag is not None:
         out.append(frag)
     return out
+
+
+def _plateaued(
+    run_id: str,
+    rank: int,
+    what: str,
+    s0: int,
+    steps: np.ndarray,
+    alloc: np.ndarray,
+    tail_n: int,
+    tt: Any,
+    best: dict[str, float],
+    ev: dict[str, Any],
+) -> Finding:
+    t0 = int(steps[-tail_n])
+    before = float(np.median(alloc[steps <= s0][-20:])) if (steps <= s0).any() else float(alloc[0])
+    after = float(np.median(alloc[-tail_n:]))
+    ev.update(
+        {
+            "kind": "growth_plateaued",
+            "flat_from_step": t0,
+            "tail_slope_mb_per_step": tt.slope,
+            "tail_slope_upper_bound": tt.hi,
+            "level_before_mb": before,
+            "level_after_mb": after,
+        }
+    )
+    msg = (
+        f"rank {rank}: the {what} rose from about {fmt(before)} to {fmt(after)} MiB after "
+        f"step {s0:,} (up to {fmt(best['slope'])} MiB/step) and then levelled off: flat over "
+        f"the last {tail_n} logged steps (from step {t0:,}, slope at most {fmt(tt.hi)} "
+        "MiB/step). Not a leak; memory settled at a higher level."
+    )
+    sugg = (
+        "Nothing to fix if the new level leaves headroom; a one-time growth is usually a "
+        "cache, compiled kernels for new shapes or optimizer state."
+    )
+    return Finding(
+        run_id,
+        ID,
+        NAME,
+        Severity.INFO,
+        s0,
+        int(steps[-1]),
+        msg + see(ID),
+        sugg,
+        rank=rank,
+        evidence=ev,
+    )
 
 
 def _forecast(

@@ -34,7 +34,8 @@ Metric specs inside ``generate: steps`` (any metric name, extras included):
   growth after S) or ``ramp: {from: S, rate: r}`` (times (1+r)^(s-S));
   ``step_up: {at: S, add: x}``; ``periodic: {period: P, width: K, phase: 0, by: f}``
   (times f while (s - phase) mod P < K); ``every: {n: N, by: f}`` or
-  ``{n: N, add: x}`` (at multiples of N); ``scale: {from: S, to: E, by: f}``;
+  ``{n: N, add: x}`` (at multiples of N); ``spikes: {prob: p, by: f}`` (random
+  outliers); ``scale: {from: S, to: E, by: f}``;
   ``set: {from: S, to: E, value: v}`` (overwrite; v may be null or "nan");
   ``cummax: true`` (a running maximum, like a peak that never resets);
   ``log_every: k`` (the metric is only logged at multiples of k).
@@ -144,6 +145,9 @@ def series(spec: Any, steps: np.ndarray, rng: np.random.Generator) -> np.ndarray
     for e in listed("every"):
         hit = (s % float(e["n"])) == 0
         y = np.where(hit, y * float(e.get("by", 1)) + float(e.get("add", 0)), y)
+    for k in listed("spikes"):  # random outliers: GC pauses, slow batches
+        hit = rng.random(n) < float(k.get("prob", 0.01))
+        y = np.where(hit, y * float(k.get("by", 1)) + float(k.get("add", 0)), y)
     for c in listed("scale"):
         m = (s >= float(c.get("from", lo))) & (s <= float(c.get("to", hi)))
         y = np.where(m, y * float(c["by"]), y)
