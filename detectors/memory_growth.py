@@ -262,7 +262,8 @@ def rising_windows(
         level = np.median(wy, axis=1)
         growth = t.slope * span
         need = np.maximum(opts.min_growth * np.abs(level), opts.min_growth_mb)
-        ok = (t.tau > 0) & (t.p < opts.p_value) & (t.lo > 0) & (growth > need)
+        p = _autocorrelated_p(wx, wy, t.tau, ols[cand])
+        ok = (t.tau > 0) & (p < opts.p_value) & (t.lo > 0) & (growth > need)
         if ok.any():
             ok &= _spread_ok(wy, opts.max_jump_share) & _line_beats_step(wx, wy)
         for k in np.flatnonzero(ok):
@@ -272,7 +273,7 @@ def rising_windows(
                     "end": float(wx[k, -1]),
                     "slope": float(t.slope[k]),
                     "lo": float(t.lo[k]),
-                    "p": float(t.p[k]),
+                    "p": float(p[k]),
                     "tau": float(t.tau[k]),
                     "level": float(level[k]),
                     "growth": float(growth[k]),
@@ -280,6 +281,28 @@ def rising_windows(
                 }
             )
     return out
+
+
+def _autocorrelated_p(
+    wx: np.ndarray, wy: np.ndarray, tau: np.ndarray, slope: np.ndarray
+) -> np.ndarray:
+    """Mann-Kendall p-values with the variance inflated for lag-1
+    autocorrelation of the residuals, (1 + r) / (1 - r): memory series are
+    autocorrelated and the plain test then sees trends in wandering noise."""
+    import math
+
+    m = wy.shape[1]
+    resid = (
+        wy - wy.mean(axis=1, keepdims=True) - slope[:, None] * (wx - wx.mean(axis=1, keepdims=True))
+    )
+    den = (resid * resid).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(den > 0, (resid[:, 1:] * resid[:, :-1]).sum(axis=1) / den, 0.0)
+    r = np.clip(r, 0.0, 0.95)
+    var = m * (m - 1) * (2 * m + 5) / 18.0 * (1 + r) / (1 - r)
+    s = tau * m * (m - 1) / 2
+    z = (np.abs(s) - 1) / np.sqrt(var)
+    return np.array([math.erfc(max(v, 0.0) / math.sqrt(2.0)) for v in z])
 
 
 def _merge(windows: list[dict[str, float]]) -> list[list[dict[str, float]]]:
@@ -363,6 +386,10 @@ def _judge_rank(
     out: list[Finding] = []
 
     for group in _merge(rising_windows(steps, alloc, opts, scales)):
+        # One window alone is not enough (wandering noise); a leak shows in the
+        # overlapping windows around it. A short run has one whole-run window.
+        if len(group) < 2 and group[0]["window"] < n:
+            continue
         best = max(group, key=lambda d: d["growth"] / max(d["level"], 1.0))
         s0, s1 = int(min(d["start"] for d in group)), int(max(d["end"] for d in group))
         span = (steps >= s0) & (steps <= s1)

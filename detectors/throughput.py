@@ -71,6 +71,9 @@ class Options:
     """First logged steps left out (compilation, warm-up)."""
     min_run_points: int = 40
     """Fewest logged steps (after exclusions) for a verdict."""
+    noise_z: float = 4.0
+    """The fall of the level must also exceed this many standard errors of
+    the medians (noisy rates, e.g. variable tokens per step, need more)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.drop < 1:
@@ -159,7 +162,19 @@ def _judge(
     # The reference is the best level of a 4x longer median: less noise than
     # the current level, so its running maximum barely drifts up.
     ref = np.fmax.accumulate(_rolling_median(blocks, 4 * lb, 2 * lb))
-    low = np.isfinite(level) & np.isfinite(ref) & (level < (1 - opts.drop) * ref)
+    # The drop must also stand out of the noise of the medians: rate noise
+    # from point-to-point differences (robust to the drop itself).
+    lr = np.log(raw)
+    sigma = 1.4826 * float(np.median(np.abs(np.diff(lr)))) / np.sqrt(2.0)
+    se = 1.2533 * sigma * np.sqrt(1.0 / w + 1.0 / (4 * w))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.log(ref) - np.log(level)
+    low = (
+        np.isfinite(level)
+        & np.isfinite(ref)
+        & (level < (1 - opts.drop) * ref)
+        & (gap > opts.noise_z * se)
+    )
     need = max(3, min(opts.min_points, w // 2))
     out: list[Finding] = []
     for ba, bb in stats.incidents(low, gap=1):
@@ -178,6 +193,8 @@ def _judge(
         before = float(ref[ba])
         after = float(np.median(raw[i0 : b_end + 1]))
         ratio = after / before
+        if ratio > 1 - opts.drop / 2:
+            continue  # the rate itself did not fall: a dip of the medians only
         until = "until the end of the log" if ended else f"until step {int(steps[b_end]):,}"
         msg = (
             f"rank {rank}: throughput fell to {ratio:.2f}x its earlier level: "
@@ -191,6 +208,7 @@ def _judge(
         )
         ev = {
             "kind": "drop",
+            "noise_sigma_log": sigma,
             "unit": unit,
             "before": before,
             "after": after,
