@@ -7,9 +7,11 @@ What it flags
     per step, when logged) over ``ts`` differences, which also works for
     formats that log every N steps. Eval and checkpoint steps (and the step
     after each) and the first few steps (compilation, cache warm-up) are
-    left out. The level is a trailing median over 50 logged steps; the
-    reference is the best level reached so far. A warning when the level
-    stays below 0.8x the reference for at least 25 more steps (shorter
+    left out. The level is a trailing median over about 50 logged steps
+    (a median of 10-step block medians); the reference is the best level of a
+    4x longer median reached so far. A warning when the level stays below
+    0.8x the reference, by more than 4 standard errors of those medians
+    (noisy rates need a clearer fall), for at least 25 more steps (shorter
     windows for short runs). One finding per drop; a drop on every rank
     (the usual case: synchronous ranks wait for each other) is one
     run-wide finding. The step range starts at the estimated onset; the
