@@ -26,9 +26,9 @@ Why it matters
     mistakes that are invisible without looking at the gradients.
 
 Example
-    ``adapter gradients are dead on every rank: grad_norm_adapter was 0 on
-    all 200 logged steps from step 1 to 200 with lr up to 2.0e-04, and the
-    loss did not fall (2.31 -> 2.30).``
+    ``every rank: adapter gradients are dead: grad_norm_adapter was 0 or
+    missing on 199 consecutive logged steps (199 zero, 0 missing or NaN) from
+    step 1 to 199 with lr up to 2.00e-04; loss 2.31 -> 2.3.``
 
 Suggestion
     Load adapters with ``PeftModel.from_pretrained(..., is_trainable=True)``;

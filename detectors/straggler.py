@@ -29,10 +29,10 @@ Why it matters
     times out.
 
 Example
-    ``rank 3 is a straggler: its own time per step is 1.52x the fastest
-    rank's (score 0.66, threshold 0.75) in 4 windows of 100 steps, steps
-    200-599; the extra time is in compute (+0.160 s/step), not data loading
-    (+0.001 s/step).``
+    ``rank 2 is a straggler: its own time per step is 1.50x the fastest
+    rank's (median score 0.67, lowest 0.67, threshold 0.75) in 4 windows of
+    100 steps, steps 201-600; the extra time is in compute (+0.15 s/step),
+    not data loading (+1.19e-04 s/step).``
 
 Suggestion
     Compute: check that rank's GPU clocks, power and temperature
