@@ -9,7 +9,7 @@ What it flags
     after each) and the first few steps (compilation, cache warm-up) are
     left out. The level is a trailing median over about 50 logged steps
     (a median of 10-step block medians); the reference is the best level of a
-    4x longer median reached so far. A warning when the level stays below
+    8x longer median reached so far. A warning when the level stays below
     0.8x the reference, by more than 4 standard errors of those medians
     (noisy rates need a clearer fall), for at least 25 more steps (shorter
     windows for short runs). One finding per drop; a drop on every rank
@@ -161,14 +161,15 @@ def _judge(
     blocks = _block_medians(raw, bs)
     lb = max(1, w // bs)
     level = _rolling_median(blocks, lb, lb)
-    # The reference is the best level of a 4x longer median: less noise than
+    # The reference is the best level of an 8x longer median: less noise than
     # the current level, so its running maximum barely drifts up.
-    ref = np.fmax.accumulate(_rolling_median(blocks, 4 * lb, 2 * lb))
+    ref = np.fmax.accumulate(_rolling_median(blocks, 8 * lb, 4 * lb))
     # The drop must also stand out of the noise of the medians: rate noise
     # from point-to-point differences (robust to the drop itself).
-    lr = np.log(raw)
+    lr = np.log(np.maximum(raw, 1e-300))
     sigma = 1.4826 * float(np.median(np.abs(np.diff(lr)))) / np.sqrt(2.0)
-    se = 1.2533 * sigma * np.sqrt(1.0 / w + 1.0 / (4 * w))
+    # 1.5: a median of block medians is noisier than the median of the points
+    se = 1.5 * sigma * np.sqrt(1.0 / w + 1.0 / (8 * w))
     with np.errstate(divide="ignore", invalid="ignore"):
         gap = np.log(ref) - np.log(level)
     low = (
