@@ -10,7 +10,7 @@ What it flags
     left out. The level is a trailing median over about 50 logged steps
     (a median of 10-step block medians); the reference is the best level of a
     8x longer median reached so far. A warning when the level stays below
-    0.8x the reference, by more than 4 standard errors of those medians
+    0.8x the reference, by more than 5 standard errors of those medians
     (noisy rates need a clearer fall), for at least 25 more steps (shorter
     windows for short runs). One finding per drop; a drop on every rank
     (the usual case: synchronous ranks wait for each other) is one
@@ -73,7 +73,7 @@ class Options:
     """First logged steps left out (compilation, warm-up)."""
     min_run_points: int = 40
     """Fewest logged steps (after exclusions) for a verdict."""
-    noise_z: float = 4.0
+    noise_z: float = 5.0
     """The fall of the level must also exceed this many standard errors of
     the medians (noisy rates, e.g. variable tokens per step, need more)."""
 
