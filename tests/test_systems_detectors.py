@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def run_case(case: dict, tmp_path: Path) -> list:
             assert f.name == mod.NAME
             assert f.message.endswith(f"See `tunescope explain {det_id}`.")
             assert f.suggestion
+            json.dumps(f.to_dict(), allow_nan=False)  # evidence is plain JSON
             findings.append(f)
     store.close()
     return findings
