@@ -26,9 +26,9 @@ Why it matters
     mistakes that are invisible without looking at the gradients.
 
 Example
-    ``adapter gradients are dead on every rank: grad_norm_adapter was 0 on
-    all 200 logged steps from step 1 to 200 with lr up to 2.0e-04, and the
-    loss did not fall (2.31 -> 2.30).``
+    ``every rank: adapter gradients are dead: grad_norm_adapter was 0 or
+    missing on 199 consecutive logged steps (199 zero, 0 missing or NaN) from
+    step 1 to 199 with lr up to 2.00e-04; loss 2.31 -> 2.3.``
 
 Suggestion
     Load adapters with ``PeftModel.from_pretrained(..., is_trainable=True)``;
@@ -51,7 +51,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tunescope.detectors import stats
-from tunescope.detectors.rankwise import collapse_ranks, fmt, payload_number, ranks_of, see
+from tunescope.detectors.rankwise import (
+    collapse_ranks,
+    fmt,
+    payload_number,
+    rank_slices,
+    see,
+    steps_slices,
+    trend1,
+)
 from tunescope.findings import Finding, Severity
 
 if TYPE_CHECKING:
@@ -125,66 +133,96 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     import polars as pl
 
     findings: list[Finding] = []
-    run_ids = ctx.runs()["run_id"].to_list()
-    for run_id in run_ids:
+    for run_id in ctx.runs()["run_id"].to_list():
         findings.extend(_wiring(run_id, ctx.run_start(run_id)))
-    steps = ctx.steps().select(
+    df = ctx.steps().select(
         "run_id", "rank", "step", "loss", "lr", "grad_norm", "grad_norm_adapter"
     )
-    lora = ctx.metrics([LORA_A, LORA_B])
-    if lora.height:
-        wide = lora.pivot(on="name", index=["run_id", "rank", "step"], values="value")
-        for c in (LORA_A, LORA_B):
-            if c not in wide.columns:
-                wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(c))
-        steps = steps.join(
-            wide.select("run_id", "rank", "step", LORA_A, LORA_B),
-            on=["run_id", "rank", "step"],
-            how="left",
-        )
-    else:
-        steps = steps.with_columns(
-            pl.lit(None, dtype=pl.Float64).alias(LORA_A),
-            pl.lit(None, dtype=pl.Float64).alias(LORA_B),
-        )
-    if steps.height == 0:
+    if df.height == 0:
         return findings
-    # The adapter norm per row, vectorised: the logged column, else A and B.
-    lora_ab = (pl.col(LORA_A).fill_null(0.0) ** 2 + pl.col(LORA_B).fill_null(0.0) ** 2).sqrt()
-    has_ab = pl.col(LORA_A).is_not_null() | pl.col(LORA_B).is_not_null()
-    steps = steps.with_columns(
-        pl.when(pl.col("grad_norm_adapter").is_not_null())
-        .then(pl.col("grad_norm_adapter"))
-        .when(has_ab)
-        .then(lora_ab)
-        .otherwise(None)
-        .alias("g_adapter"),
-        pl.col("lr").forward_fill().over("run_id", "rank").alias("lr_ff"),
-    )
-    counts = steps.group_by("run_id", "rank").agg(
-        pl.col("g_adapter").is_not_null().sum().alias("n_adapter"),
-        pl.col(LORA_A).is_not_null().sum().alias("n_a"),
-    )
-    count_map = {(r, k): (a, b) for r, k, a, b in counts.iter_rows()}
+    # Whether the adapter / total norms were logged at all (null, not NaN).
+    logged = {c: df[c].is_not_null().to_numpy() for c in ("grad_norm", "grad_norm_adapter")}
+    cols = {
+        c: df[c].to_numpy().astype(float, copy=False)
+        for c in ("loss", "lr", "grad_norm", "grad_norm_adapter")
+    }
+    step_c = df["step"].to_numpy()
+    lora = ctx.metrics([LORA_A, LORA_B])
+    per_name = {
+        name: _series_by_rank(lora.filter(pl.col("name") == name)) for name in (LORA_A, LORA_B)
+    }
     per_rank: list[Finding] = []
-    for (run_id, rank), part in steps.partition_by(["run_id", "rank"], as_dict=True).items():
-        payload = ctx.run_start(str(run_id))
-        n_adapter, n_a = count_map[(run_id, rank)]
+    ranks: dict[str, list[int]] = {}
+    for run_id, rank, a, b in steps_slices(ctx):
+        n_adapter = bool(logged["grad_norm_adapter"][a:b].any())
+        n_total = bool(logged["grad_norm"][a:b].any())
+        ranks.setdefault(run_id, []).append(rank)
+        steps = step_c[a:b]
+        la = _aligned(per_name[LORA_A].get((run_id, rank)), steps)
+        lb = _aligned(per_name[LORA_B].get((run_id, rank)), steps)
+        payload = ctx.run_start(run_id)
         if n_adapter:
-            g = part["g_adapter"].to_numpy().astype(float)
-            source = (
-                "grad_norm_adapter"
-                if part["grad_norm_adapter"].null_count() < part.height
-                else "lora_A/B"
-            )
-        elif _is_adapter_run(payload) and part["grad_norm"].null_count() < part.height:
-            g = part["grad_norm"].to_numpy().astype(float)
-            source = "grad_norm"
+            g, source = cols["grad_norm_adapter"][a:b], "grad_norm_adapter"
+            is_logged = logged["grad_norm_adapter"][a:b]
+        elif la is not None or lb is not None:
+            g = np.sqrt(np.nan_to_num(la) ** 2 + np.nan_to_num(lb) ** 2)  # type: ignore[arg-type]
+            g[np.isnan(la if la is not None else lb)] = np.nan  # type: ignore[index]
+            source = "lora_A/B"
+            is_logged = ~np.isnan(g)
+        elif _is_adapter_run(payload) and n_total:
+            g, source = cols["grad_norm"][a:b], "grad_norm"
+            is_logged = logged["grad_norm"][a:b]
         else:
             continue
-        per_rank.extend(_judge(opts, str(run_id), int(rank), part, g, source, payload, n_a > 0))
-    findings.extend(collapse_ranks(per_rank, ranks_of(steps)))
+        data = {
+            "step": steps,
+            "lr": _ffill(cols["lr"][a:b]),
+            "loss": cols["loss"][a:b],
+            LORA_A: la,
+            LORA_B: lb,
+        }
+        # A norm logged only every few steps (by design) is judged on the steps
+        # that carry it: its absence elsewhere is not a missing gradient.
+        training = ~np.isnan(data["loss"]) | ~np.isnan(data["lr"])
+        if training.any() and is_logged[training].mean() < 0.9:
+            data = {k: (v[is_logged] if v is not None else None) for k, v in data.items()}
+            g = g[is_logged]
+            if len(g) == 0:
+                continue
+        per_rank.extend(_judge(opts, run_id, rank, data, g, source, payload, la is not None))
+    findings.extend(collapse_ranks(per_rank, ranks))
     return findings
+
+
+def _series_by_rank(m: pl.DataFrame) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """(run, rank) -> (steps, values) of one metric (frame sorted by run, rank, step)."""
+    out: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    if m.height == 0:
+        return out
+    st, val = m["step"].to_numpy(), m["value"].to_numpy().astype(float, copy=False)
+    for run_id, rank, a, b in rank_slices(m):
+        out[(run_id, rank)] = (st[a:b], val[a:b])
+    return out
+
+
+def _aligned(sv: tuple[np.ndarray, np.ndarray] | None, steps: np.ndarray) -> np.ndarray | None:
+    """A metric's values at ``steps`` (NaN where it was not logged)."""
+    if sv is None:
+        return None
+    ms, mv = sv
+    idx = np.clip(np.searchsorted(ms, steps), 0, len(ms) - 1)
+    hit = ms[idx] == steps
+    return np.where(hit, mv[idx], np.nan)
+
+
+def _ffill(x: np.ndarray) -> np.ndarray:
+    ok = ~np.isnan(x)
+    if ok.all() or not ok.any():
+        return x
+    idx = np.maximum.accumulate(np.where(ok, np.arange(len(x)), 0))
+    out = x[idx]
+    out[: np.argmax(ok)] = np.nan
+    return out
 
 
 def _wiring(run_id: str, payload: dict[str, Any]) -> list[Finding]:
@@ -227,15 +265,15 @@ def _judge(
     opts: Options,
     run_id: str,
     rank: int,
-    part: pl.DataFrame,
+    part: dict[str, Any],
     g: np.ndarray,
     source: str,
     payload: dict[str, Any],
     has_a: bool,
 ) -> list[Finding]:
-    steps = part["step"].to_numpy()
-    lr = part["lr_ff"].to_numpy().astype(float)
-    loss = part["loss"].to_numpy().astype(float)
+    steps = part["step"]
+    lr = part["lr"]
+    loss = part["loss"]
     n = len(steps)
     active = np.ones(n, dtype=bool) if np.all(np.isnan(lr)) else (np.nan_to_num(lr) > 0)
     training_row = ~np.isnan(loss) | ~np.isnan(lr)
@@ -271,6 +309,7 @@ def _judge(
             "zero_points": nz,
             "missing_or_nan_points": nn,
             "max_lr": float(np.nanmax(lr[seg])) if np.isfinite(lr[seg]).any() else None,
+            "detected_at_step": int(steps[a + need - 1]),
         }
         out.append(
             Finding(
@@ -307,7 +346,7 @@ def _loss_fell(steps: np.ndarray, loss: np.ndarray, opts: Options) -> tuple[bool
     l0, l1 = _ends(loss)
     if ok.sum() < 5:
         return False, l0, l1
-    t = stats.trend(steps[ok], loss[ok])
+    t = trend1(steps[ok], loss[ok])
     span = float(steps[ok][-1] - steps[ok][0])
     drop = -t.slope * span / max(abs(l0), 1e-12)
     return bool(t.p < 0.01 and t.slope < 0 and drop >= opts.loss_fall), l0, l1
@@ -394,6 +433,7 @@ def _vanishing(
             "trainable_params": p,
             "rms": gm / np.sqrt(p) if p else None,
             "points": b - a + 1,
+            "detected_at_step": int(steps[a + need - 1]),
         }
         out.append(
             Finding(
@@ -416,12 +456,12 @@ def _lora_a_zero(
     opts: Options,
     run_id: str,
     rank: int,
-    part: pl.DataFrame,
+    part: dict[str, Any],
     steps: np.ndarray,
     lr: np.ndarray,
 ) -> Finding | None:
-    a = part[LORA_A].to_numpy().astype(float)
-    b = part[LORA_B].to_numpy().astype(float)
+    a = part[LORA_A]
+    b = part[LORA_B] if part[LORA_B] is not None else np.full(len(a), np.nan)
     upd = np.flatnonzero(np.nan_to_num(lr) > 0) if not np.all(np.isnan(lr)) else np.arange(len(lr))
     if len(upd) == 0:
         return None
@@ -452,6 +492,7 @@ def _lora_a_zero(
         "first_update_step": s_first,
         "recovered": recovered,
         "lora_b_median": float(np.nanmedian(b[rows])),
+        "detected_at_step": int(steps[rows[opts.lora_a_min_points - 1]]),
     }
     return Finding(
         run_id, ID, NAME, Severity.ERROR, s0, s1, msg + see(ID), SUGG_B, rank=rank, evidence=ev

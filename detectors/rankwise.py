@@ -6,6 +6,7 @@ on every rank, and number formatting for messages.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +25,17 @@ def see(detector_id: str) -> str:
     return f" See `tunescope explain {detector_id}`."
 
 
-def special_steps(ctx: Context, after: int = 1) -> dict[str, np.ndarray]:
-    """Per run, the sorted steps at which any rank evaluated or checkpointed,
-    plus the ``after`` steps that follow each (whose timings and memory can
-    still carry that work, depending on where the trainer logs it)."""
-    key = f"rankwise:special:{after}"
+def special_steps(
+    ctx: Context, after: int = 1, kinds: tuple[str, ...] = ("eval", "checkpoint")
+) -> dict[str, np.ndarray]:
+    """Per run, the sorted steps at which any rank evaluated or checkpointed
+    (or other event ``kinds``), plus the ``after`` steps that follow each
+    (whose timings and memory can still carry that work, depending on where
+    the trainer logs it)."""
+    key = f"rankwise:special:{after}:{','.join(kinds)}"
     if key in ctx._cache:
         return ctx._cache[key]
-    ev = ctx.events(["eval", "checkpoint"])
+    ev = ctx.events(list(kinds))
     out: dict[str, np.ndarray] = {}
     if ev.height:
         for run_id, grp in ev.group_by("run_id"):
@@ -135,7 +139,7 @@ def collapse_ranks(findings: list[Finding], ranks: dict[str, list[int]]) -> list
             ends = [g.step_end for g in matched if g.step_end is not None]
             ev = dict(worst.evidence)
             ev["ranks"] = {str(g.rank): [g.step_start, g.step_end] for g in matched}
-            msg = worst.message.replace(f"rank {worst.rank} ", "every rank ", 1)
+            msg = re.sub(r"^rank \d+\b", "every rank", worst.message)
             out.append(
                 replace(
                     worst,
@@ -176,3 +180,54 @@ def payload_number(payload: dict[str, Any], *names: str) -> float | None:
             if isinstance(v, int | float) and np.isfinite(v):
                 return float(v)
     return None
+
+
+def rank_slices(df: pl.DataFrame) -> list[tuple[str, int, int, int]]:
+    """(run, rank, start, end) row ranges of each run and rank in a frame
+    sorted by run_id, rank (as ``Context.steps()`` is): per-rank work then
+    slices numpy columns instead of copying partitions."""
+    import polars as pl
+
+    if df.height == 0:
+        return []
+    idx = (
+        df.select("run_id", "rank")
+        .with_row_index("i")
+        .group_by("run_id", "rank", maintain_order=True)
+        .agg(pl.col("i").first().alias("a"), pl.len().alias("n"))
+    )
+    return [(str(r), int(k), int(a), int(a) + int(n)) for r, k, a, n in idx.iter_rows()]
+
+
+def ranks_from_slices(slices: list[tuple[str, int, int, int]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for run, rank, _, _ in slices:
+        out.setdefault(run, []).append(rank)
+    return out
+
+
+def steps_slices(ctx: Context) -> list[tuple[str, int, int, int]]:
+    """:func:`rank_slices` of ``ctx.steps()``, computed once per context."""
+    key = "rankwise:steps_slices"
+    if key not in ctx._cache:
+        ctx._cache[key] = rank_slices(ctx.steps())
+    return ctx._cache[key]
+
+
+def trend1(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int = 200) -> Any:
+    """Trend test of one series with :func:`stats.trend_windows` (numpy only:
+    importing scipy.stats costs more than the whole analysis of a run).
+    Finite points only, evenly subsampled to ``max_points``."""
+    from tunescope.detectors import stats
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) > max_points:
+        idx = np.linspace(0, len(x) - 1, max_points).round().astype(int)
+        x, y = x[idx], y[idx]
+    t = stats.trend_windows(x[None, :], y[None, :], alpha=alpha)
+    return stats.Trend(
+        float(t.tau[0]), float(t.p[0]), float(t.slope[0]), float(t.lo[0]), float(t.hi[0]), t.n
+    )

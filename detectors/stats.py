@@ -135,7 +135,8 @@ def trend_windows(x: np.ndarray, y: np.ndarray, alpha: float = 0.99) -> Trends:
     construction as ``scipy.stats.theilslopes``). O(windows * n^2) memory:
     keep ``n`` at a few hundred at most.
     """
-    from scipy.special import ndtr, ndtri
+    import math
+    from statistics import NormalDist
 
     x = np.atleast_2d(np.asarray(x, dtype=float))
     y = np.atleast_2d(np.asarray(y, dtype=float))
@@ -150,12 +151,12 @@ def trend_windows(x: np.ndarray, y: np.ndarray, alpha: float = 0.99) -> Trends:
     npairs = len(i)
     var = n * (n - 1) * (2 * n + 5) / 18.0
     zs = (s - np.sign(s)) / np.sqrt(var)
-    p = 2.0 * ndtr(-np.abs(zs))
+    p = np.array([math.erfc(abs(v) / math.sqrt(2.0)) for v in zs], dtype=float)
     tau = s / npairs
     with np.errstate(divide="ignore", invalid="ignore"):
         slopes = np.where(dx > 0, dy / dx, np.nan)
     # Pairs with equal x (none when x is strictly increasing) sort last as NaN.
-    zcrit = ndtri(0.5 + alpha / 2.0)
+    zcrit = NormalDist().inv_cdf(0.5 + alpha / 2.0)
     sigma = np.sqrt(var)
     k_lo = int(max(round((npairs - zcrit * sigma) / 2.0) - 1, 0))
     k_hi = int(min(round((npairs + zcrit * sigma) / 2.0), npairs - 1))

@@ -29,10 +29,10 @@ Why it matters
     times out.
 
 Example
-    ``rank 3 is a straggler: its own time per step is 1.52x the fastest
-    rank's (score 0.66, threshold 0.75) in 4 windows of 100 steps, steps
-    200-599; the extra time is in compute (+0.160 s/step), not data loading
-    (+0.001 s/step).``
+    ``rank 2 is a straggler: its own time per step is 1.50x the fastest
+    rank's (median score 0.67, lowest 0.67, threshold 0.75) in 4 windows of
+    100 steps, steps 201-600; the extra time is in compute (+0.15 s/step),
+    not data loading (+1.19e-04 s/step).``
 
 Suggestion
     Compute: check that rank's GPU clocks, power and temperature
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors.rankwise import fmt, run_ended, see, special_steps
+from tunescope.detectors.rankwise import fmt, run_ended, see, special_steps, steps_slices
 from tunescope.findings import Finding, Severity
 
 if TYPE_CHECKING:
@@ -98,16 +98,22 @@ class Options:
 
 
 def run(ctx: Context, opts: Options) -> list[Finding]:
-    import polars as pl
 
     cols = ["run_id", "rank", "step", "ts", "compute_time_s", "data_time_s", "step_time_s"]
     df = ctx.steps().select(cols)
     findings: list[Finding] = []
     run_ids = ctx.runs()["run_id"].to_list()
     ranks_by_run: dict[str, list[int]] = {r: [] for r in run_ids}
+    timed: dict[str, bool] = {}
     if df.height:
-        for r, k in df.select("run_id", "rank").unique().sort("run_id", "rank").iter_rows():
-            ranks_by_run.setdefault(r, []).append(int(k))
+        any_time = (
+            df["compute_time_s"].is_not_null()
+            | df["data_time_s"].is_not_null()
+            | df["step_time_s"].is_not_null()
+        ).to_numpy()
+        for r, k, a, b in steps_slices(ctx):
+            ranks_by_run.setdefault(r, []).append(k)
+            timed[r] = timed.get(r, False) or bool(any_time[a:b].any())
     measurable: list[str] = []
     for run_id in run_ids:
         payload = ctx.run_start(run_id)
@@ -120,18 +126,23 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             if world is None or world > 1:
                 findings.append(_unmeasurable(run_id, payload, world, len(ranks)))
             continue
-        measurable.append(run_id)
+        if not timed.get(run_id):
+            findings.append(_unmeasurable(run_id, payload, world, len(ranks), timings=False))
+        measurable.append(run_id)  # hangs are still judged from steps and timestamps
     if not measurable:
         return findings
-    df = df.filter(pl.col("run_id").is_in(measurable))
-    findings.extend(_hangs(ctx, opts, df))
-    findings.extend(_stragglers(ctx, opts, df))
+    findings.extend(_hangs(ctx, opts, df, set(measurable)))
+    findings.extend(_stragglers(ctx, opts, df, set(measurable)))
     return findings
 
 
-def _unmeasurable(run_id: str, payload: dict[str, Any], world: int | None, ranks: int) -> Finding:
+def _unmeasurable(
+    run_id: str, payload: dict[str, Any], world: int | None, ranks: int, timings: bool = True
+) -> Finding:
     fmt_name = payload.get("format") or "this log"
-    if payload.get("per_rank") is False:
+    if not timings:
+        why = f"the {ranks} ranks log no compute_time_s, data_time_s or step_time_s"
+    elif payload.get("per_rank") is False:
         why = f"{fmt_name} has no per-rank data (one row for all ranks)"
     else:
         why = f"only {ranks} rank logged" + (f" of {world}" if world else " (world size unknown)")
@@ -144,32 +155,58 @@ def _unmeasurable(run_id: str, payload: dict[str, Any], world: int | None, ranks
     return Finding(run_id, ID, NAME, Severity.INFO, None, None, msg + see(ID), sugg, evidence=ev)
 
 
-def _hangs(ctx: Context, opts: Options, df: pl.DataFrame) -> list[Finding]:
-    import polars as pl
+def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
 
-    last = (
-        df.sort("run_id", "rank", "step")
-        .group_by("run_id", "rank")
-        .agg(
-            pl.col("step").max().alias("last_step"),
-            pl.col("ts").max().alias("last_ts"),
-            ((pl.col("ts").diff() / pl.col("step").diff()).filter(pl.col("step").diff() > 0))
-            .median()
-            .alias("dt"),
+    # Per rank: last step and time, and the typical step time (mean logged
+    # step time, else the mean interval); then the run's view of each rank.
+    step = df["step"].to_numpy()
+    ts = df["ts"].to_numpy().astype(float, copy=False)
+    st = df["step_time_s"].to_numpy().astype(float, copy=False)
+    per: list[dict[str, Any]] = []
+    for run_id, rank, a, b in steps_slices(ctx):
+        if run_id not in runs:
+            continue
+        t, s_ = ts[a:b], step[a:b]
+        fin = np.isfinite(t)
+        if not fin.any():
+            continue
+        sts = st[a:b][np.isfinite(st[a:b])]
+        span = float(s_[-1] - s_[0])
+        dt = (
+            float(sts.mean())
+            if len(sts)
+            else (float(t[fin][-1] - t[fin][0]) / span if span else 0.0)
         )
-        .with_columns(
-            pl.col("last_step").max().over("run_id").alias("max_step"),
-            pl.col("last_ts").max().over("run_id").alias("max_ts"),
-            pl.col("dt").median().over("run_id").alias("run_dt"),
+        per.append(
+            {
+                "run_id": run_id,
+                "rank": rank,
+                "last_step": int(s_[-1]),
+                "last_ts": float(t[fin].max()),
+                "dt": dt,
+            }
         )
-        .with_columns(
-            (pl.col("max_step") - pl.col("last_step")).alias("lag"),
-            (pl.col("max_ts") - pl.col("last_ts")).alias("silent_s"),
-        )
-    )
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for row in per:
+        by_run.setdefault(row["run_id"], []).append(row)
+    rows_out: list[dict[str, Any]] = []
+    for group in by_run.values():
+        max_step = max(r["last_step"] for r in group)
+        max_ts = max(r["last_ts"] for r in group)
+        run_dt = float(np.median([r["dt"] for r in group]))
+        for r in group:
+            rows_out.append(
+                {
+                    **r,
+                    "max_step": max_step,
+                    "lag": max_step - r["last_step"],
+                    "silent_s": max_ts - r["last_ts"],
+                    "run_dt": run_dt,
+                }
+            )
     ended = run_ended(ctx)
     out: list[Finding] = []
-    for row in last.iter_rows(named=True):
+    for row in rows_out:
         lag, silent, dt = row["lag"], row["silent_s"], row["run_dt"]
         if ended.get((row["run_id"], int(row["rank"]))) == "completed":
             continue
@@ -213,59 +250,102 @@ def _hangs(ctx: Context, opts: Options, df: pl.DataFrame) -> list[Finding]:
     return out
 
 
-def window_scores(ctx: Context, opts: Options, df: pl.DataFrame) -> pl.DataFrame:
+def window_scores(
+    ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str] | None = None
+) -> pl.DataFrame:
     """Per run, window and rank: medians of the rank's own time, compute and
     data time, and the score (fastest rank's median / this rank's median)."""
     import polars as pl
 
+    # Per run: ~``window`` logged points per window (fewer for short runs);
+    # per rank, window medians with numpy on slices of the sorted frame.
     special = special_steps(ctx)
-    if special:
-        excl = pl.DataFrame(
-            {
-                "run_id": [r for r, s in special.items() for _ in s],
-                "step": np.concatenate(list(special.values())).astype(np.int64),
-            },
-            schema={"run_id": pl.String, "step": pl.Int64},
+    step = df["step"].to_numpy()
+    comp = df["compute_time_s"].to_numpy().astype(float, copy=False)
+    data = df["data_time_s"].to_numpy().astype(float, copy=False)
+    c_nan, d_nan = np.isnan(comp), np.isnan(data)
+    parts_mask = ~c_nan | ~d_nan
+    own = np.where(
+        parts_mask,
+        np.where(c_nan, 0.0, comp) + np.where(d_nan, 0.0, data),
+        df["step_time_s"].to_numpy().astype(float, copy=False),
+    )
+    by_run: dict[str, list[tuple[int, int, int]]] = {}
+    for run_id, rank, a, b in steps_slices(ctx):
+        if runs is None or run_id in runs:
+            by_run.setdefault(run_id, []).append((rank, a, b))
+    cols: dict[str, list[Any]] = {
+        k: [] for k in ("run_id", "rank", "win", "own", "n", "s0", "s1", "parts", "wsize")
+    }
+    rows_of: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    for run_id, parts in by_run.items():
+        lo = min(int(step[a]) for _, a, _ in parts)
+        hi = max(int(step[b - 1]) for _, _, b in parts)
+        pts = max(b - a for _, a, b in parts)
+        interval = max(1.0, (hi - lo + 1) / pts)  # steps per logged point
+        w = (
+            opts.window
+            if pts >= opts.warn_windows * opts.window
+            else max(opts.min_window, pts // opts.warn_windows)
         )
-        df = df.join(excl, on=["run_id", "step"], how="anti")
-    has_parts = pl.col("compute_time_s").is_not_null() | pl.col("data_time_s").is_not_null()
-    own = (
-        pl.when(has_parts)
-        .then(pl.col("compute_time_s").fill_null(0.0) + pl.col("data_time_s").fill_null(0.0))
-        .otherwise(pl.col("step_time_s"))
-    )
-    df = df.with_columns(own.alias("own"), has_parts.alias("parts")).filter(
-        pl.col("own").is_not_null() & pl.col("own").is_finite()
-    )
-    if df.height == 0:
+        sp = special.get(run_id)
+        for rank, a, b in parts:
+            idx = np.arange(a, b)
+            keep = np.isfinite(own[a:b])
+            if sp is not None and len(sp):
+                keep &= ~np.isin(step[a:b], sp)
+            idx = idx[keep]
+            if len(idx) == 0:
+                continue
+            win = ((step[idx] - lo) / interval // w).astype(np.int64)
+            wins, first, med, counts = _window_medians(own[idx], win)
+            rows_of[(run_id, rank)] = (idx, win)
+            cols["run_id"].extend([run_id] * len(wins))
+            cols["rank"].extend([rank] * len(wins))
+            cols["win"].append(wins)
+            cols["own"].append(med)
+            cols["n"].append(counts)
+            cols["s0"].append(step[idx][first])
+            cols["s1"].append(step[idx][first + counts - 1])
+            cols["parts"].append(np.logical_or.reduceat(parts_mask[idx], first))
+            cols["wsize"].append(np.full(len(wins), w))
+    if not cols["run_id"]:
         return pl.DataFrame()
-    df = df.with_columns(pl.col("step").rank("dense").over("run_id").alias("pt"))
-    n_pts = pl.col("pt").max().over("run_id")
-    w = (
-        pl.when(n_pts >= opts.warn_windows * opts.window)
-        .then(pl.lit(opts.window))
-        .otherwise(pl.max_horizontal(pl.lit(opts.min_window), n_pts // opts.warn_windows))
-    )
-    df = df.with_columns(w.alias("wsize")).with_columns(
-        ((pl.col("pt") - 1) // pl.col("wsize")).alias("win")
-    )
+    frame = {k: (v if k in ("run_id", "rank") else np.concatenate(v)) for k, v in cols.items()}
     agg = (
-        df.group_by("run_id", "win", "rank")
-        .agg(
-            pl.col("own").median().alias("own"),
-            pl.col("compute_time_s").median().alias("compute"),
-            pl.col("data_time_s").median().alias("data"),
-            pl.col("parts").any().alias("parts"),
-            pl.len().alias("n"),
-            pl.col("step").min().alias("s0"),
-            pl.col("step").max().alias("s1"),
-            pl.col("wsize").first().alias("wsize"),
-        )
+        pl.DataFrame(frame)
         .filter(pl.col("n") >= pl.max_horizontal(pl.lit(5), pl.col("wsize") // 4))
         .with_columns(pl.col("rank").count().over("run_id", "win").alias("nranks"))
         .filter(pl.col("nranks") >= 2)
+        .with_columns((pl.col("own").min().over("run_id", "win") / pl.col("own")).alias("score"))
+    )
+    # Compute and data medians (for the attribution) only where a rank is slow.
+    slow = set(agg.filter(pl.col("score") < opts.warn_score)["run_id"].unique().to_list())
+    split: dict[str, list[Any]] = {k: [] for k in ("run_id", "rank", "win", "compute", "data")}
+    for (run_id, rank), (idx, win) in rows_of.items():
+        if run_id not in slow:
+            continue
+        wins, _, c_med, _ = _window_medians(comp[idx], win)
+        _, _, d_med, _ = _window_medians(data[idx], win)
+        split["run_id"].extend([run_id] * len(wins))
+        split["rank"].extend([rank] * len(wins))
+        split["win"].extend(wins.tolist())
+        split["compute"].extend(c_med.tolist())
+        split["data"].extend(d_med.tolist())
+    split_df = pl.DataFrame(
+        split,
+        schema={
+            "run_id": pl.String,
+            "rank": agg.schema["rank"],
+            "win": pl.Int64,
+            "compute": pl.Float64,
+            "data": pl.Float64,
+        },
+    )
+    keys = ["run_id", "win", "rank"]
+    agg = (
+        agg.join(split_df, on=keys, how="left")
         .with_columns(
-            (pl.col("own").min().over("run_id", "win") / pl.col("own")).alias("score"),
             (pl.col("compute") - pl.col("compute").min().over("run_id", "win")).alias("d_comp"),
             (pl.col("data") - pl.col("data").min().over("run_id", "win")).alias("d_data"),
         )
@@ -280,8 +360,8 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return incidents(mask)
 
 
-def _stragglers(ctx: Context, opts: Options, df: pl.DataFrame) -> list[Finding]:
-    agg = window_scores(ctx, opts, df)
+def _stragglers(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
+    agg = window_scores(ctx, opts, df, runs)
     if agg.height == 0:
         return []
     out: list[Finding] = []
@@ -298,16 +378,26 @@ def _stragglers(ctx: Context, opts: Options, df: pl.DataFrame) -> list[Finding]:
                 bounds = [a, *breaks, b + 1]
                 for lo, hi in itertools.pairwise(bounds):
                     seg = np.arange(lo, hi)
-                    hard = max(
-                        (e - s + 1 for s, e in _runs(score[seg] < opts.error_score)), default=0
-                    )
-                    if hard >= opts.error_windows:
-                        sev = Severity.ERROR
+                    hard = [
+                        s + opts.error_windows - 1
+                        for s, e in _runs(score[seg] < opts.error_score)
+                        if e - s + 1 >= opts.error_windows
+                    ]
+                    if hard:
+                        sev, at = Severity.ERROR, hard[0]
                     elif len(seg) >= opts.warn_windows:
-                        sev = Severity.WARNING
+                        sev, at = Severity.WARNING, opts.warn_windows - 1
                     else:
                         continue
-                    incidents.append({"rank": int(rank), "rows": r[lo:hi], "severity": sev})
+                    rows = r[lo:hi]
+                    incidents.append(
+                        {
+                            "rank": int(rank),
+                            "rows": rows,
+                            "severity": sev,
+                            "detected_at": int(rows["s1"][at]),
+                        }
+                    )
         if _rotating(g, opts):
             out.append(_rotation_finding(run_id, g, opts))
             continue
@@ -420,6 +510,7 @@ def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Findi
         "compute_deficit_s": d_comp,
         "data_deficit_s": d_data,
         "signal": "compute_time_s+data_time_s" if parts else "step_time_s",
+        "detected_at_step": inc["detected_at"],
     }
     return Finding(run_id, ID, NAME, sev, s0, s1, msg + see(ID), sugg, rank=rank, evidence=ev)
 
@@ -427,3 +518,23 @@ def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Findi
 def _mean(x: np.ndarray) -> float:
     x = x[np.isfinite(x)]
     return float(x.mean()) if len(x) else float("nan")
+
+
+def _window_medians(
+    values: np.ndarray, win: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Medians of ``values`` per run of equal ``win`` (non-decreasing), NaN
+    ignored: windows, first index, medians (NaN if empty), counts. Vectorised:
+    one padded 2-D sort instead of a group-by."""
+    wins, first, counts = np.unique(win, return_index=True, return_counts=True)
+    v = np.where(np.isnan(values), np.inf, values)
+    pad = np.full((len(wins), int(counts.max())), np.inf)
+    rows = np.repeat(np.arange(len(wins)), counts)
+    pad[rows, np.arange(len(v)) - np.repeat(first, counts)] = v
+    pad.sort(axis=1)
+    valid = np.isfinite(pad).sum(axis=1)
+    r = np.arange(len(wins))
+    lo = pad[r, np.maximum(valid - 1, 0) // 2]
+    hi = np.where(valid > 0, pad[r, np.minimum(valid // 2, pad.shape[1] - 1)], np.nan)
+    med = np.where(valid > 0, (lo + hi) / 2, np.nan)
+    return wins, first, med, counts

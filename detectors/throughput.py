@@ -7,9 +7,11 @@ What it flags
     per step, when logged) over ``ts`` differences, which also works for
     formats that log every N steps. Eval and checkpoint steps (and the step
     after each) and the first few steps (compilation, cache warm-up) are
-    left out. The level is a trailing median over 50 logged steps; the
-    reference is the best level reached so far. A warning when the level
-    stays below 0.8x the reference for at least 25 more steps (shorter
+    left out. The level is a trailing median over about 50 logged steps
+    (a median of 10-step block medians); the reference is the best level of a
+    8x longer median reached so far. A warning when the level stays below
+    0.8x the reference, by more than 5 standard errors of those medians
+    (noisy rates need a clearer fall), for at least 25 more steps (shorter
     windows for short runs). One finding per drop; a drop on every rank
     (the usual case: synchronous ranks wait for each other) is one
     run-wide finding. The step range starts at the estimated onset; the
@@ -22,8 +24,8 @@ Why it matters
     retry) is usually fixable once noticed.
 
 Example
-    ``throughput fell to 0.62x its earlier level on every rank: 14,200 ->
-    8,800 tokens/s (median) from step 3,200 until the end of the log.``
+    ``every rank: throughput fell to 0.61x its earlier level: 20,813 ->
+    12,791 tokens/s (median) from step 602 until the end of the log.``
 
 Suggestion
     Check TS301 (a straggler slows every rank) and TS401 (allocator
@@ -37,17 +39,22 @@ Options
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tunescope.detectors import stats
-from tunescope.detectors.rankwise import collapse_ranks, fmt, ranks_of, see, special_steps
+from tunescope.detectors.rankwise import (
+    collapse_ranks,
+    fmt,
+    ranks_from_slices,
+    see,
+    special_steps,
+    steps_slices,
+)
 from tunescope.findings import Finding, Severity
 
 if TYPE_CHECKING:
-    import polars as pl
-
     from tunescope.detectors.base import Context
 
 ID = "TS302"
@@ -66,6 +73,9 @@ class Options:
     """First logged steps left out (compilation, warm-up)."""
     min_run_points: int = 40
     """Fewest logged steps (after exclusions) for a verdict."""
+    noise_z: float = 5.0
+    """The fall of the level must also exceed this many standard errors of
+    the medians (noisy rates, e.g. variable tokens per step, need more)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.drop < 1:
@@ -74,101 +84,120 @@ class Options:
             raise ValueError("need window >= 3, min_points >= 1, min_run_points >= 10")
 
 
-def rates(ctx: Context, opts: Options) -> pl.DataFrame:
-    """Per run, rank and step: the throughput (``rate``, in ``unit``), its
-    trailing-median ``level`` and the best earlier level ``ref``."""
-    import polars as pl
+def rates(
+    steps: np.ndarray, ts: np.ndarray, st: np.ndarray, tok: np.ndarray
+) -> tuple[np.ndarray, str]:
+    """Throughput per logged step and its unit, from the best columns logged."""
+    has_tok, has_st = bool(np.isfinite(tok).any()), bool(np.isfinite(st).any())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if has_st:
+            r = tok / st if has_tok else 1.0 / st
+        else:
+            d_step = np.diff(steps, prepend=np.nan)
+            d_ts = np.diff(ts, prepend=np.nan)
+            r = (tok if has_tok else 1.0) * d_step / d_ts
+    return r, ("tokens/s" if has_tok else "steps/s")
 
-    df = ctx.steps().select("run_id", "rank", "step", "ts", "step_time_s", "tokens")
-    special = special_steps(ctx)
-    if special:
-        excl = pl.DataFrame(
-            {
-                "run_id": [r for r, s in special.items() for _ in s],
-                "step": np.concatenate(list(special.values())).astype(np.int64),
-            },
-            schema={"run_id": pl.String, "step": pl.Int64},
-        )
-    by = ["run_id", "rank"]
-    d_step = pl.col("step").diff().over(by)
-    d_ts = pl.col("ts").diff().over(by)
-    has_tok = pl.col("tokens").is_not_null().any().over(by)
-    has_st = pl.col("step_time_s").is_not_null().any().over(by)
-    rate = (
-        pl.when(has_st & has_tok)
-        .then(pl.col("tokens") / pl.col("step_time_s"))
-        .when(has_st)
-        .then(1.0 / pl.col("step_time_s"))
-        .when(has_tok)
-        .then(pl.col("tokens") * d_step / d_ts)
-        .otherwise(d_step / d_ts)
-    )
-    unit = pl.when(has_tok).then(pl.lit("tokens/s")).otherwise(pl.lit("steps/s"))
-    df = df.sort(*by, "step").with_columns(rate.alias("rate"), unit.alias("unit"))
-    if special:
-        df = df.join(excl, on=["run_id", "step"], how="anti")
-    df = df.filter(pl.col("rate").is_finite() & (pl.col("rate") > 0))
-    df = df.filter(pl.int_range(pl.len()).over(by) >= opts.skip_steps)
-    n = pl.len().over(by)
-    w = pl.min_horizontal(pl.lit(opts.window), pl.max_horizontal(pl.lit(10), n // 8))
-    df = df.with_columns(w.alias("w"))
-    # rolling windows need a literal size: compute per distinct size (one or two)
-    parts = []
-    for (size,), part in df.partition_by(["w"], as_dict=True).items():
-        size = int(size)
-        # The reference is the best level of a 4x longer median: less noise
-        # than the current level, so its running maximum barely drifts up.
-        part = part.with_columns(
-            pl.col("rate").rolling_median(size, min_samples=size).over(by).alias("level"),
-            pl.col("rate")
-            .rolling_median(4 * size, min_samples=2 * size)
-            .cum_max()
-            .over(by)
-            .alias("ref"),
-        )
-        parts.append(part)
-    if not parts:
-        return df
-    return pl.concat(parts).sort(*by, "step")
+
+def _block_medians(x: np.ndarray, bs: int) -> np.ndarray:
+    """Medians of consecutive blocks of ``bs`` points (the last may be shorter)."""
+    nb = len(x) // bs
+    out = _row_median(x[: nb * bs].reshape(nb, bs)) if nb else np.empty(0)
+    if len(x) - nb * bs:
+        out = np.append(out, np.median(x[nb * bs :]))
+    return out
+
+
+def _row_median(a: np.ndarray) -> np.ndarray:
+    """Median of each row (a sort is faster than np.median for short rows)."""
+    srt = np.sort(a, axis=1)
+    m = a.shape[1]
+    return (srt[:, (m - 1) // 2] + srt[:, m // 2]) / 2
+
+
+def _rolling_median(x: np.ndarray, k: int, min_k: int) -> np.ndarray:
+    """Trailing median over ``k`` values (NaN before ``min_k`` are available)."""
+    out = np.full(len(x), np.nan)
+    if len(x) >= k:
+        out[k - 1 :] = _row_median(np.lib.stride_tricks.sliding_window_view(x, k))
+    for i in range(min_k - 1, min(k - 1, len(x))):
+        out[i] = np.median(x[: i + 1])
+    return out
 
 
 def run(ctx: Context, opts: Options) -> list[Finding]:
-    df = rates(ctx, opts)
-    if df.height == 0 or "level" not in df.columns:
+    cols = ["run_id", "rank", "step", "ts", "step_time_s", "tokens"]
+    df = ctx.steps().select(cols)
+    slices = steps_slices(ctx)
+    if not slices:
         return []
+    special = special_steps(ctx)
+    resumed = special_steps(ctx, after=opts.skip_steps, kinds=("resume",))
+    step_c = df["step"].to_numpy()
+    ts_c = df["ts"].to_numpy().astype(float, copy=False)
+    st_c = df["step_time_s"].to_numpy().astype(float, copy=False)
+    tok_c = df["tokens"].to_numpy().astype(float, copy=False)
     out: list[Finding] = []
-    for (run_id, rank), part in df.partition_by(["run_id", "rank"], as_dict=True).items():
-        if part.height < opts.min_run_points:
+    for run_id, rank, a, b in slices:
+        steps = step_c[a:b]
+        rate, unit = rates(steps, ts_c[a:b], st_c[a:b], tok_c[a:b])
+        keep = np.isfinite(rate) & (rate > 0)
+        for sp in (special.get(run_id), resumed.get(run_id)):
+            if sp is not None and len(sp):
+                keep &= ~np.isin(steps, sp)
+        idx = np.flatnonzero(keep)[opts.skip_steps :]
+        if len(idx) < opts.min_run_points:
             continue
-        out.extend(_judge(opts, str(run_id), int(rank), part))
-    return collapse_ranks(out, ranks_of(df))
+        out.extend(_judge(opts, run_id, rank, steps[idx], rate[idx], unit))
+    return collapse_ranks(out, ranks_from_slices(slices))
 
 
-def _judge(opts: Options, run_id: str, rank: int, part: Any) -> list[Finding]:
-    steps = part["step"].to_numpy()
-    raw = part["rate"].to_numpy()
-    level = part["level"].to_numpy()
-    ref = part["ref"].to_numpy()
-    w = int(part["w"][0])
+def _judge(
+    opts: Options, run_id: str, rank: int, steps: np.ndarray, raw: np.ndarray, unit: str
+) -> list[Finding]:
+    n = len(raw)
+    w = min(opts.window, max(10, n // 8))
+    bs = max(1, w // 5)  # medians of blocks, then medians of those: far cheaper than per point
+    blocks = _block_medians(raw, bs)
+    lb = max(1, w // bs)
+    level = _rolling_median(blocks, lb, lb)
+    # The reference is the best level of an 8x longer median: less noise than
+    # the current level, so its running maximum barely drifts up.
+    ref = np.fmax.accumulate(_rolling_median(blocks, 8 * lb, 4 * lb))
+    # The drop must also stand out of the noise of the medians: rate noise
+    # from point-to-point differences (robust to the drop itself).
+    lr = np.log(np.maximum(raw, 1e-300))
+    sigma = 1.4826 * float(np.median(np.abs(np.diff(lr)))) / np.sqrt(2.0)
+    # 1.5: a median of block medians is noisier than the median of the points
+    se = 1.5 * sigma * np.sqrt(1.0 / w + 1.0 / (8 * w))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.log(ref) - np.log(level)
+    low = (
+        np.isfinite(level)
+        & np.isfinite(ref)
+        & (level < (1 - opts.drop) * ref)
+        & (gap > opts.noise_z * se)
+    )
     need = max(3, min(opts.min_points, w // 2))
-    unit = str(part["unit"][0])
-    low = np.isfinite(level) & (level < (1 - opts.drop) * ref)
     out: list[Finding] = []
-    for a, b in stats.incidents(low, gap=max(1, w // 10)):
-        if b - a + 1 < need:
+    for ba, bb in stats.incidents(low, gap=1):
+        if (bb - ba + 1) * bs < need:
             continue
+        a, b = ba * bs, min(n - 1, (bb + 1) * bs - 1)
         # Onset: the trailing median crosses about half a window after the
         # rate itself; the best single level shift around it dates the drop.
         lo_i = max(0, a - 2 * w)
         i0 = lo_i + _break(np.log(raw[lo_i : min(b, a + w) + 1]))
         b_end = b
-        if b < len(steps) - 1:  # recovered: date the return the same way
+        ended = b >= n - 1
+        if not ended:  # recovered: date the return the same way
             lo_j = max(i0 + 1, b - 2 * w)
             b_end = max(i0, lo_j + _break(np.log(raw[lo_j : b + 1])) - 1)
-        before = float(ref[a])
-        after = float(np.median(raw[a : b + 1]))
+        before = float(ref[ba])
+        after = float(np.median(raw[i0 : b_end + 1]))
         ratio = after / before
-        ended = b == len(steps) - 1
+        if ratio > 1 - 0.9 * opts.drop or b_end - i0 + 1 < need:
+            continue  # the rate itself did not fall for long: a dip of the medians only
         until = "until the end of the log" if ended else f"until step {int(steps[b_end]):,}"
         msg = (
             f"rank {rank}: throughput fell to {ratio:.2f}x its earlier level: "
@@ -182,6 +211,7 @@ def _judge(opts: Options, run_id: str, rank: int, part: Any) -> list[Finding]:
         )
         ev = {
             "kind": "drop",
+            "noise_sigma_log": sigma,
             "unit": unit,
             "before": before,
             "after": after,

@@ -1,6 +1,6 @@
 """Detector cases as data: expand a YAML case into event logs, and check findings.
 
-A case file (``tests/cases/ts401_leak.yaml``)::
+A case file (``tests/cases/systems/ts401_leak.yaml``)::
 
     description: one line
     runs:                          # run dir name -> ranks -> events
@@ -34,9 +34,11 @@ Metric specs inside ``generate: steps`` (any metric name, extras included):
   growth after S) or ``ramp: {from: S, rate: r}`` (times (1+r)^(s-S));
   ``step_up: {at: S, add: x}``; ``periodic: {period: P, width: K, phase: 0, by: f}``
   (times f while (s - phase) mod P < K); ``every: {n: N, by: f}`` or
-  ``{n: N, add: x}`` (at multiples of N); ``scale: {from: S, to: E, by: f}``;
+  ``{n: N, add: x}`` (at multiples of N); ``spikes: {prob: p, by: f}`` (random
+  outliers); ``scale: {from: S, to: E, by: f}``;
   ``set: {from: S, to: E, value: v}`` (overwrite; v may be null or "nan");
-  ``cummax: true`` (a running maximum, like a peak that never resets).
+  ``cummax: true`` (a running maximum, like a peak that never resets);
+  ``log_every: k`` (the metric is only logged at multiples of k).
   A list of modifiers of one kind is applied in turn.
 - ``every: k`` on the block logs every k-th step only; ``t0`` and ``dt`` (a
   metric spec, default ``step_time_s`` or 1.0 s) set the timestamps.
@@ -143,6 +145,9 @@ def series(spec: Any, steps: np.ndarray, rng: np.random.Generator) -> np.ndarray
     for e in listed("every"):
         hit = (s % float(e["n"])) == 0
         y = np.where(hit, y * float(e.get("by", 1)) + float(e.get("add", 0)), y)
+    for k in listed("spikes"):  # random outliers: GC pauses, slow batches
+        hit = rng.random(n) < float(k.get("prob", 0.01))
+        y = np.where(hit, y * float(k.get("by", 1)) + float(k.get("add", 0)), y)
     for c in listed("scale"):
         m = (s >= float(c.get("from", lo))) & (s <= float(c.get("to", hi)))
         y = np.where(m, y * float(c["by"]), y)
@@ -164,14 +169,19 @@ def _missing_mask(spec: Any, steps: np.ndarray) -> np.ndarray:
     if isinstance(spec, dict):
         for a, b in spec.get("_missing", []):
             m |= (steps >= a) & (steps <= b)
+        if spec.get("log_every"):
+            m |= (steps % int(spec["log_every"])) != 0
     return m
 
 
 _BLOCK_KEYS = {"generate", "from", "to", "seed", "every", "t0", "dt", "kind"}
 
 
-def expand_rank(items: list[dict[str, Any]], rank: int) -> list[dict[str, Any]]:
-    """The events of one rank, in order, each a dict with ``kind`` and fields."""
+def expand_rank(
+    items: list[dict[str, Any]], rank: int, blocks: bool = False
+) -> list[dict[str, Any]]:
+    """The events of one rank, in order, each a dict with ``kind`` and fields
+    (``blocks``: a step block stays one ``{"kind": "_block", ...}`` item of arrays)."""
     out: list[dict[str, Any]] = []
     ts = T0
     for item in items:
@@ -204,6 +214,17 @@ def expand_rank(items: list[dict[str, Any]], rank: int) -> list[dict[str, Any]]:
                 ts = float(item["t0"])
             stamps = ts + np.cumsum(dt)
             ts = float(stamps[-1]) if len(stamps) else ts
+            if blocks:
+                out.append(
+                    {
+                        "kind": "_block",
+                        "step": steps,
+                        "ts": stamps,
+                        "cols": cols,
+                        "missing": missing,
+                    }
+                )
+                continue
             for i, st in enumerate(steps):
                 ev: dict[str, Any] = {"kind": "step", "step": int(st), "ts": float(stamps[i])}
                 for name, y in cols.items():
@@ -235,14 +256,16 @@ def _ts_at(events: list[dict[str, Any]], step: Any, default: float) -> float:
     return max(prior, default=default)
 
 
-def expand_case(case: dict[str, Any]) -> dict[str, dict[int, list[dict[str, Any]]]]:
+def expand_case(
+    case: dict[str, Any], blocks: bool = False
+) -> dict[str, dict[int, list[dict[str, Any]]]]:
     """run name -> rank -> events."""
     out: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for run, spec in case["runs"].items():
         ranks: dict[int, list[dict[str, Any]]] = {}
         for key, items in spec["ranks"].items():
             for r in rank_keys(key):
-                ranks[r] = expand_rank(items, r)
+                ranks[r] = expand_rank(items, r, blocks)
         out[str(run)] = ranks
     return out
 
@@ -253,22 +276,58 @@ def write_case(case: dict[str, Any], root: Path, fast: bool = False) -> None:
     from tunescope.eventlog import dumps
     from tunescope.train.events import EventWriter
 
-    for run, ranks in expand_case(case).items():
+    for run, ranks in expand_case(case, blocks=fast).items():
         for rank, events in ranks.items():
             if fast:
                 d = root / run / "events"
                 d.mkdir(parents=True, exist_ok=True)
-                with open(d / f"rank-{rank}.jsonl", "w") as f:
+                with open(d / f"rank-{rank}.jsonl", "wb") as f:
                     for ev in events:
+                        if ev["kind"] == "_block":
+                            _write_block(f, ev, run, rank)
+                            continue
                         line = {"v": 1, "kind": ev["kind"], "run": run, "rank": rank}
                         line.update({k: v for k, v in ev.items() if k != "kind"})
-                        f.write(dumps(line) + "\n")
+                        f.write((dumps(line) + "\n").encode())
                 continue
             w = EventWriter(root / run, run=run, rank=rank)
             for ev in events:
                 fields = {k: v for k, v in ev.items() if k != "kind"}
                 w.emit(ev["kind"], **fields)
             w.close()
+
+
+def _write_block(f: Any, block: dict[str, Any], run: str, rank: int) -> None:
+    """Step events of one block as JSON lines, written by polars (NaN or Inf
+    values, which JSON writers disagree on, go through ``dumps`` instead)."""
+    import polars as pl
+
+    from tunescope.eventlog import dumps
+
+    cols = block["cols"]
+    finite = all(np.isfinite(y[~block["missing"][k]]).all() for k, y in cols.items())
+    n = len(block["step"])
+    if not finite:
+        for i in range(n):
+            line = {"v": 1, "kind": "step", "run": run, "rank": rank}
+            line.update({"step": int(block["step"][i]), "ts": float(block["ts"][i])})
+            for k, y in cols.items():
+                if not block["missing"][k][i]:
+                    line[k] = float(y[i])
+            f.write((dumps(line) + "\n").encode())
+        return
+    data: dict[str, Any] = {
+        "v": np.ones(n, dtype=np.int64),
+        "kind": ["step"] * n,
+        "run": [run] * n,
+        "rank": np.full(n, rank, dtype=np.int64),
+        "step": block["step"].astype(np.int64),
+        "ts": block["ts"],
+    }
+    df = pl.DataFrame(data)
+    for k, y in cols.items():
+        df = df.with_columns(pl.Series(k, np.where(block["missing"][k], np.nan, y)).fill_nan(None))
+    df.write_ndjson(f)
 
 
 # ---- expectations ------------------------------------------------------------

@@ -1,16 +1,17 @@
 """The systems detectors (TS201 adapter gradients, TS301 stragglers, TS302
-throughput, TS401 memory growth) on the YAML cases in ``tests/cases/``.
+throughput, TS401 memory growth) on the YAML cases in ``tests/cases/systems/``.
 
 Each case is written as real event logs with ``EventWriter``, ingested into a
-real store, and every one of the four detectors runs on it, so a case also
-checks that the other three stay quiet. The shared harness
-(``tests/test_detector_cases.py``) runs the same files through the engine.
+real store, and every one of the four detectors runs on it (with the case's
+``config`` overrides), so a case also checks that the other three stay quiet.
+The case format and its generator are documented in ``tests/casegen.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from casegen import check, write_case
 from tunescope.detectors.base import Context
 from tunescope.ingest.store import Store
 
-CASES = Path(__file__).parent / "cases"
+CASES = Path(__file__).parent / "cases" / "systems"
 MODULES = {
     "TS201": "tunescope.detectors.adapter_grads",
     "TS301": "tunescope.detectors.straggler",
@@ -47,6 +48,7 @@ def run_case(case: dict, tmp_path: Path) -> list:
             assert f.name == mod.NAME
             assert f.message.endswith(f"See `tunescope explain {det_id}`.")
             assert f.suggestion
+            json.dumps(f.to_dict(), allow_nan=False)  # evidence is plain JSON
             findings.append(f)
     store.close()
     return findings
