@@ -9,13 +9,17 @@ from __future__ import annotations
 from types import ModuleType
 
 from tunescope.detectors import (
+    adapter_grads,
     divergence,
     grad_spike,
     loss_spike,
+    memory_growth,
     nonfinite,
     overfit,
     plateau,
     resume_jump,
+    straggler,
+    throughput,
 )
 
 DETECTORS: list[ModuleType] = [
@@ -26,8 +30,8 @@ DETECTORS: list[ModuleType] = [
     overfit,  # TS104
     grad_spike,  # TS105
     resume_jump,  # TS106
-    # adapter_grads,  # TS201 (detect-b)
-    # straggler,  # TS301 (detect-b)
-    # throughput,  # TS302 (detect-b)
-    # memory_growth,  # TS401 (detect-b)
+    adapter_grads,  # TS201
+    straggler,  # TS301
+    throughput,  # TS302
+    memory_growth,  # TS401
 ]
