@@ -464,9 +464,9 @@ class TunescopeCallback(TrainerCallback):
         previous = sys.excepthook
 
         def hook(tp: type[BaseException], value: BaseException, tb: Any) -> None:
-            if threading.current_thread() is threading.main_thread():
-                if not issubclass(tp, KeyboardInterrupt):
-                    self._error = f"{tp.__name__}: {value}"
+            main = threading.current_thread() is threading.main_thread()
+            if main and not issubclass(tp, KeyboardInterrupt):
+                self._error = f"{tp.__name__}: {value}"
             previous(tp, value, tb)
 
         sys.excepthook = hook
