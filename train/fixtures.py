@@ -58,14 +58,16 @@ def label(detector: str, first: int, last: int, note: str, rank: int | None = No
 
 
 SPECS: list[Spec] = [
-    Spec("healthy-lora-s0", sets=["seed=0", "lr=1e-2"]),
+    Spec("healthy-lora-s0", sets=["seed=0", "lr=3e-3"]),
     Spec("healthy-lora-s1", sets=["seed=1", "lr=5e-3"]),
     Spec("healthy-full-s2", config="full.yaml", sets=["seed=2", "lr=3e-3"]),
     Spec(
         "fault-lr-spike",
-        sets=["seed=3"],
-        inject=["lr_spike@120:30"],
-        labels=[label("TS102", 120, STEPS, "lr x30 from step 120: the loss diverges")],
+        sets=["seed=3", "schedule=constant"],
+        inject=["lr_spike@120:60"],
+        labels=[
+            label("TS102", 120, STEPS, "lr x60 from step 120: the loss diverges and stays high")
+        ],
     ),
     Spec(
         "fault-bad-batch",
@@ -101,7 +103,7 @@ SPECS: list[Spec] = [
     Spec(
         "warmup-noise",
         sets=["seed=8", "warmup_steps=40"],
-        inject=["warmup_noise:4"],
+        inject=["warmup_noise:3"],
     ),
     Spec(
         "fault-straggler-2rank",

@@ -1,0 +1,186 @@
+"""What TunescopeCallback costs a training step, measured against a baseline in the same run.
+
+    python bench/train_overhead.py [--steps 60] [--repeats 5]
+
+Two variants of the same tiny-model run (seeded, CPU, one thread), interleaved:
+
+- baseline: transformers' Trainer with ``report_to=[]`` and ``logging_steps=1``;
+- callback: the same plus ``TunescopeCallback``.
+
+It prints the per-step wall time of each (median over repeats), the overhead
+ratio, the callback's own time per step (time inside its methods and hooks,
+which does not depend on machine noise), and the EventWriter's cost per event
+(on the caller, and end to end including the background write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_trainer(out: Path, steps: int, callbacks: list) -> object:
+    from transformers import Trainer, TrainingArguments
+    from transformers.utils import logging as hf_logging
+
+    from tunescope.train.data import ByteTokenizer, Collator, SFTDataset, read_records, tiny_llama
+    from tunescope.train.trainer import DEFAULT_DATA
+
+    hf_logging.set_verbosity_error()
+    model = tiny_llama(seed=0)
+    fmt, recs = read_records(DEFAULT_DATA, "auto")
+    tok = ByteTokenizer()
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        max_grad_norm=1.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=SFTDataset(recs, fmt, tok, 128),
+        data_collator=Collator(tok.pad_token_id),
+        callbacks=callbacks,
+    )
+
+
+def timed_callback_class() -> type:
+    """TunescopeCallback that adds up the time spent in its own code."""
+    from tunescope.train.callback import TunescopeCallback
+
+    names = [
+        "on_step_begin",
+        "on_pre_optimizer_step",
+        "on_optimizer_step",
+        "on_step_end",
+        "_pre_forward",
+        "_post_forward",
+        "_grad_ready",
+    ]
+
+    def wrap(name: str):
+        inner = getattr(TunescopeCallback, name)
+
+        def method(self, *a, **kw):
+            t = time.perf_counter()
+            try:
+                return inner(self, *a, **kw)
+            finally:
+                self.self_time += time.perf_counter() - t
+
+        return method
+
+    return type("TimedCallback", (TunescopeCallback,), {n: wrap(n) for n in names})
+
+
+def run_once(variant: str, steps: int, tmp: Path, i: int) -> tuple[float, float]:
+    """(seconds per step, callback self-seconds per step)."""
+    callbacks = []
+    cb = None
+    if variant == "callback":
+        cb = timed_callback_class()(tmp / f"run-{i}")
+        cb.self_time = 0.0
+        callbacks.append(cb)
+    trainer = make_trainer(tmp / f"out-{i}", steps, callbacks)
+    t = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t
+    return wall / steps, (cb.self_time / steps if cb else 0.0)
+
+
+def writer_cost(n: int, tmp: Path) -> tuple[float, float]:
+    """(caller seconds per event, end-to-end seconds per event) for step events."""
+    from tunescope.train.events import EventWriter
+
+    rec = {
+        "loss": 2.31,
+        "lr": 1e-4,
+        "grad_norm": 0.9,
+        "grad_norm_adapter": 0.8,
+        "grad_norm_backbone": 0.1,
+        "grad_norm_lora_A": 0.3,
+        "grad_norm_lora_B": 0.7,
+        "mem_allocated_mb": 460.0,
+        "step_time_s": 0.08,
+        "data_time_s": 0.001,
+        "compute_time_s": 0.07,
+        "tokens": 700,
+        "epoch": 0.5,
+        "sample_ids": [1, 2, 3, 4, 5, 6, 7, 8],
+    }
+    w = EventWriter(tmp / "writer", rank=0, block_when_full=True)
+    t0 = time.perf_counter()
+    caller = 0.0
+    for i in range(n):
+        t = time.perf_counter()
+        w.step(step=i + 1, **rec)
+        caller += time.perf_counter() - t
+    w.flush()
+    total = time.perf_counter() - t0
+    w.close()
+    return caller / n, total / n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--events", type=int, default=20000)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        run_once("baseline", 3, tmp, -1)  # warm-up: imports, allocator, caches
+        results: dict[str, list[float]] = {"baseline": [], "callback": []}
+        self_times: list[float] = []
+        for r in range(a.repeats):
+            order = ("baseline", "callback") if r % 2 == 0 else ("callback", "baseline")
+            for variant in order:
+                per_step, self_t = run_once(variant, a.steps, tmp, len(self_times) + r * 2)
+                results[variant].append(per_step)
+                if variant == "callback":
+                    self_times.append(self_t)
+        caller, end_to_end = writer_cost(a.events, tmp)
+
+    base = statistics.median(results["baseline"])
+    ours = statistics.median(results["callback"])
+    self_t = statistics.median(self_times)
+    pairs = [c / b - 1 for b, c in zip(results["baseline"], results["callback"], strict=True)]
+    print(f"tiny-llama, CPU, 1 thread, {a.steps} steps x {a.repeats} interleaved repeats")
+    print(f"  baseline (Trainer, logging_steps=1): {base * 1e3:8.2f} ms/step (median)")
+    print(f"  with TunescopeCallback:              {ours * 1e3:8.2f} ms/step (median)")
+    print(f"  overhead, medians:                   {100 * (ours / base - 1):+7.2f} %")
+    print(
+        f"  overhead, paired repeats:            {100 * statistics.median(pairs):+7.2f} % "
+        f"(min {100 * min(pairs):+.2f}, max {100 * max(pairs):+.2f})"
+    )
+    print(
+        f"  callback's own time:                 {self_t * 1e3:8.3f} ms/step "
+        f"= {100 * self_t / base:.2f} % of a step"
+    )
+    print(f"EventWriter, {a.events} step events:")
+    print(f"  caller side:                         {caller * 1e6:8.1f} us/event")
+    print(f"  end to end (queued, encoded, written, flushed): {end_to_end * 1e6:.1f} us/event")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
