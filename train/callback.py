@@ -180,6 +180,7 @@ class TunescopeCallback(TrainerCallback):
         self._cuda = False
         self._proc: Any = None
         self._error: str | None = None
+        self._exit_hooks = False
         self._reset_step()
         self._t_mark = time.perf_counter()
 
@@ -194,6 +195,8 @@ class TunescopeCallback(TrainerCallback):
         self._t_grad = 0.0
         self._data_time = 0.0
         self._norms: torch.Tensor | None = None
+        self._have: set[str] = set()
+        self._compute_time: float | None = None
         self._lr: float | None = None
 
     # ---- hooks on the model ------------------------------------------------------
@@ -265,8 +268,10 @@ class TunescopeCallback(TrainerCallback):
         if resumed:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.writer.resume(state.global_step, str(ckpt if ckpt.exists() else "unknown"))
-        atexit.register(self._atexit)
-        self._chain_excepthook()
+        if not self._exit_hooks:
+            self._exit_hooks = True
+            atexit.register(self._atexit)
+            self._chain_excepthook()
         self._t_mark = time.perf_counter()
 
     def _install(self, args: Any, model: Any) -> None:
@@ -364,7 +369,7 @@ class TunescopeCallback(TrainerCallback):
         self._norms = torch.stack(
             [total, adapter.sqrt(), backbone.sqrt(), a.sqrt(), b.sqrt(), loss_sum / loss_n, tokens]
         )
-        self._have = {k for k in sq}
+        self._have = set(sq)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
         opt = self._optimizer or kw.get("optimizer")
@@ -410,7 +415,9 @@ class TunescopeCallback(TrainerCallback):
             rec["mem_allocated_mb"] = self._proc.memory_info().rss / _MB
         rec["step_time_s"] = now - self._t_mark
         rec["data_time_s"] = self._data_time
-        rec["compute_time_s"] = getattr(self, "_compute_time", now - self._t_begin)
+        rec["compute_time_s"] = (
+            self._compute_time if self._compute_time is not None else now - self._t_begin
+        )
         if state.epoch is not None:
             rec["epoch"] = float(state.epoch)
         if self._sample_ids:

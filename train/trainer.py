@@ -181,7 +181,8 @@ def _coerce(name: str, tp: Any, raw: Any, where: str) -> Any:
         is_null = raw is None or (isinstance(raw, str) and raw.lower() in ("null", "none", "~"))
         if is_null and type(None) in args:
             return None
-        for a in args:
+        listy = isinstance(raw, list) or (isinstance(raw, str) and raw.startswith("["))
+        for a in sorted(args, key=lambda a: typing.get_origin(a) is not list if listy else 0):
             if a is type(None):
                 continue
             try:
