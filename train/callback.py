@@ -181,6 +181,9 @@ class TunescopeCallback(TrainerCallback):
         self._proc: Any = None
         self._error: str | None = None
         self._exit_hooks = False
+        self.first: dict[str, Any] | None = None  # the first and the latest step record
+        self.last: dict[str, Any] | None = None
+        self.last_step = 0
         self._reset_step()
         self._t_mark = time.perf_counter()
 
@@ -423,6 +426,10 @@ class TunescopeCallback(TrainerCallback):
         if self._sample_ids:
             rec["sample_ids"] = self._sample_ids
         self.writer.step(step=state.global_step, **rec)
+        if self.first is None:
+            self.first = rec
+        self.last = rec
+        self.last_step = state.global_step
         return rec
 
     def on_step_record(self, step: int, record: dict[str, Any]) -> None:

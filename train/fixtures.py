@@ -155,6 +155,7 @@ def run_one(spec: Spec, root: Path) -> None:
             raise SystemExit(f"fixture run {spec.name} failed with exit code {rc}")
     for ckpt in out.glob("checkpoint-*"):
         shutil.rmtree(ckpt)
+    (out / "config.json").unlink(missing_ok=True)  # the config is in run_start
     print(f"{spec.name}: {time.time() - t0:.0f}s", file=sys.stderr)
 
 

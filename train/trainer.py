@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -414,6 +415,7 @@ def train(cfg: TrainConfig) -> int:
     from tunescope.train.callback import TunescopeCallback
     from tunescope.train.data import Collator, SFTDataset, read_records, split
 
+    t_start = time.monotonic()
     rank, _local, world = _dist()
     if cfg.cpu_threads and not torch.cuda.is_available():
         torch.set_num_threads(cfg.cpu_threads)
@@ -516,10 +518,25 @@ def train(cfg: TrainConfig) -> int:
         raise
     if rank == 0:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        _summary(cfg, ts_cb, time.monotonic() - t_start, world)
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _summary(cfg: TrainConfig, cb: Any, seconds: float, world: int) -> None:
+    """One line on stderr: what was trained and where the log is."""
+    first, last = cb.first or {}, cb.last or {}
+    loss = ""
+    if "loss" in first and "loss" in last:
+        loss = f", loss {first['loss']:.3f} -> {last['loss']:.3f}"
+    ranks = f" x {world} ranks" if world > 1 else ""
+    print(
+        f"tunescope: trained {cfg.model} ({cfg.method}) for {cb.last_step} steps{ranks}{loss} "
+        f"in {seconds:.0f}s; log: {Path(cfg.output_dir) / 'events'}/",
+        file=sys.stderr,
+    )
 
 
 def _stop_callback(step: int) -> Any:
