@@ -53,13 +53,17 @@ def make_trainer(out: Path, steps: int, callbacks: list) -> object:
         disable_tqdm=True,
         remove_unused_columns=False,
     )
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=SFTDataset(recs, fmt, tok, 128),
         data_collator=Collator(tok.pad_token_id),
         callbacks=callbacks,
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the same in both variants: keep stdout clean
+    return trainer
 
 
 def timed_callback_class() -> type:
