@@ -84,19 +84,23 @@ def timed_callback_class() -> type:
         inner = getattr(TunescopeCallback, name)
 
         def method(self, *a, **kw):
-            t = time.perf_counter()
+            t = time.thread_time()  # CPU time of this thread: not inflated by other processes
             try:
                 return inner(self, *a, **kw)
             finally:
-                self.self_time += time.perf_counter() - t
+                self.self_time += time.thread_time() - t
 
         return method
 
     return type("TimedCallback", (TunescopeCallback,), {n: wrap(n) for n in names})
 
 
-def run_once(variant: str, steps: int, tmp: Path, i: int) -> tuple[float, float]:
-    """(seconds per step, callback self-seconds per step)."""
+def run_once(variant: str, steps: int, tmp: Path, i: int) -> tuple[float, float, float]:
+    """(wall seconds per step, process CPU seconds per step, callback CPU seconds per step).
+
+    Process CPU time counts every thread of this process (the writer thread too)
+    and not the other processes on the machine, so it stays meaningful on a busy
+    machine where wall time is mostly noise."""
     callbacks = []
     cb = None
     if variant == "callback":
@@ -104,14 +108,15 @@ def run_once(variant: str, steps: int, tmp: Path, i: int) -> tuple[float, float]
         cb.self_time = 0.0
         callbacks.append(cb)
     trainer = make_trainer(tmp / f"out-{i}", steps, callbacks)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     trainer.train()
-    wall = time.perf_counter() - t
-    return wall / steps, (cb.self_time / steps if cb else 0.0)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return wall / steps, cpu / steps, (cb.self_time / steps if cb else 0.0)
 
 
-def writer_cost(n: int, tmp: Path) -> tuple[float, float]:
-    """(caller seconds per event, end-to-end seconds per event) for step events."""
+def writer_cost(n: int, tmp: Path) -> tuple[float, float, float]:
+    """Per step event: (caller-thread CPU s, end-to-end wall s, end-to-end process CPU s);
+    end to end = queued, encoded, written and flushed by the writer thread."""
     from tunescope.train.events import EventWriter
 
     rec = {
@@ -131,16 +136,16 @@ def writer_cost(n: int, tmp: Path) -> tuple[float, float]:
         "sample_ids": [1, 2, 3, 4, 5, 6, 7, 8],
     }
     w = EventWriter(tmp / "writer", rank=0, block_when_full=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     caller = 0.0
     for i in range(n):
-        t = time.perf_counter()
+        t = time.thread_time()
         w.step(step=i + 1, **rec)
-        caller += time.perf_counter() - t
+        caller += time.thread_time() - t
     w.flush()
-    total = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     w.close()
-    return caller / n, total / n
+    return caller / n, wall / n, cpu / n
 
 
 def main() -> int:
@@ -153,36 +158,41 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         run_once("baseline", 3, tmp, -1)  # warm-up: imports, allocator, caches
-        results: dict[str, list[float]] = {"baseline": [], "callback": []}
+        wall: dict[str, list[float]] = {"baseline": [], "callback": []}
+        cpu: dict[str, list[float]] = {"baseline": [], "callback": []}
         self_times: list[float] = []
         for r in range(a.repeats):
             order = ("baseline", "callback") if r % 2 == 0 else ("callback", "baseline")
-            for variant in order:
-                per_step, self_t = run_once(variant, a.steps, tmp, len(self_times) + r * 2)
-                results[variant].append(per_step)
+            for j, variant in enumerate(order):
+                w, c, self_t = run_once(variant, a.steps, tmp, 2 * r + j)
+                wall[variant].append(w)
+                cpu[variant].append(c)
                 if variant == "callback":
                     self_times.append(self_t)
-        caller, end_to_end = writer_cost(a.events, tmp)
+        caller, e2e_wall, e2e_cpu = writer_cost(a.events, tmp)
 
-    base = statistics.median(results["baseline"])
-    ours = statistics.median(results["callback"])
+    def ratio(d: dict[str, list[float]]) -> tuple[float, float, float, float]:
+        base, ours = statistics.median(d["baseline"]), statistics.median(d["callback"])
+        pairs = [o / b - 1 for b, o in zip(d["baseline"], d["callback"], strict=True)]
+        return base, ours, 100 * (ours / base - 1), 100 * statistics.median(pairs)
+
     self_t = statistics.median(self_times)
-    pairs = [c / b - 1 for b, c in zip(results["baseline"], results["callback"], strict=True)]
     print(f"tiny-llama, CPU, 1 thread, {a.steps} steps x {a.repeats} interleaved repeats")
-    print(f"  baseline (Trainer, logging_steps=1): {base * 1e3:8.2f} ms/step (median)")
-    print(f"  with TunescopeCallback:              {ours * 1e3:8.2f} ms/step (median)")
-    print(f"  overhead, medians:                   {100 * (ours / base - 1):+7.2f} %")
+    print("                         baseline   +callback   overhead (medians / paired)")
+    for label, d in (("wall ms/step", wall), ("process CPU ms/step", cpu)):
+        base, ours, over, paired = ratio(d)
+        print(
+            f"  {label:<22} {base * 1e3:8.2f}   {ours * 1e3:8.2f}   {over:+6.2f} % / {paired:+6.2f} %"
+        )
+    base_cpu = statistics.median(cpu["baseline"])
     print(
-        f"  overhead, paired repeats:            {100 * statistics.median(pairs):+7.2f} % "
-        f"(min {100 * min(pairs):+.2f}, max {100 * max(pairs):+.2f})"
-    )
-    print(
-        f"  callback's own time:                 {self_t * 1e3:8.3f} ms/step "
-        f"= {100 * self_t / base:.2f} % of a step"
+        f"  callback's own CPU time: {self_t * 1e3:.3f} ms/step "
+        f"= {100 * self_t / base_cpu:.2f} % of a step's CPU time"
     )
     print(f"EventWriter, {a.events} step events:")
-    print(f"  caller side:                         {caller * 1e6:8.1f} us/event")
-    print(f"  end to end (queued, encoded, written, flushed): {end_to_end * 1e6:.1f} us/event")
+    print(f"  caller thread CPU:       {caller * 1e6:8.1f} us/event")
+    print(f"  end to end, process CPU: {e2e_cpu * 1e6:8.1f} us/event (both threads)")
+    print(f"  end to end, wall:        {e2e_wall * 1e6:8.1f} us/event")
     return 0
 
 

@@ -77,7 +77,7 @@ def test_leak_raises_the_memory_floor(run_a):
 
 def test_warmup_noise_multiplies_lr_only_during_warmup(run_b):
     lr = by_step(run_b, "lr")
-    base = 1e-2
+    base = events(run_b)[0]["config"]["lr"]
     for s in range(2, 6):  # the scheduler's warmup: base * (s - 1) / 5
         assert lr[s] == pytest.approx(4 * base * (s - 1) / 5, rel=1e-6)
     assert lr[6] == pytest.approx(base, rel=1e-6)
