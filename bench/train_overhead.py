@@ -75,6 +75,7 @@ def timed_callback_class() -> type:
         "on_pre_optimizer_step",
         "on_optimizer_step",
         "on_step_end",
+        "on_log",
         "_pre_forward",
         "_post_forward",
         "_grad_ready",
@@ -95,23 +96,43 @@ def timed_callback_class() -> type:
     return type("TimedCallback", (TunescopeCallback,), {n: wrap(n) for n in names})
 
 
+def probe_class() -> type:
+    """Clocks at the end of step WARM and of the last step: the steady-state
+    per-step cost, without the one-time work at the start and the end of a run
+    (for the callback: opening the log, run_start, the final Parquet copy)."""
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def __init__(self, warm: int) -> None:
+            self.warm = warm
+            self.marks: list[tuple[float, float]] = []
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step in (self.warm, state.max_steps):
+                self.marks.append((time.perf_counter(), time.process_time()))
+
+    return Probe
+
+
 def run_once(variant: str, steps: int, tmp: Path, i: int) -> tuple[float, float, float]:
-    """(wall seconds per step, process CPU seconds per step, callback CPU seconds per step).
+    """Steady-state (wall s/step, process CPU s/step, callback CPU s/step).
 
     Process CPU time counts every thread of this process (the writer thread too)
     and not the other processes on the machine, so it stays meaningful on a busy
     machine where wall time is mostly noise."""
-    callbacks = []
+    warm = 5
+    probe = probe_class()(warm)
+    callbacks: list = [probe]
     cb = None
     if variant == "callback":
         cb = timed_callback_class()(tmp / f"run-{i}")
         cb.self_time = 0.0
         callbacks.append(cb)
     trainer = make_trainer(tmp / f"out-{i}", steps, callbacks)
-    t, c = time.perf_counter(), time.process_time()
     trainer.train()
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
-    return wall / steps, cpu / steps, (cb.self_time / steps if cb else 0.0)
+    (w0, c0), (w1, c1) = probe.marks
+    n = steps - warm
+    return (w1 - w0) / n, (c1 - c0) / n, (cb.self_time / steps if cb else 0.0)
 
 
 def writer_cost(n: int, tmp: Path) -> tuple[float, float, float]:
@@ -157,7 +178,7 @@ def main() -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        run_once("baseline", 3, tmp, -1)  # warm-up: imports, allocator, caches
+        run_once("callback", 8, tmp, -1)  # warm-up: imports, allocator, caches
         wall: dict[str, list[float]] = {"baseline": [], "callback": []}
         cpu: dict[str, list[float]] = {"baseline": [], "callback": []}
         self_times: list[float] = []

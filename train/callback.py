@@ -315,10 +315,13 @@ class TunescopeCallback(TrainerCallback):
             if p.requires_grad:
                 self._params.append(p)
                 self._kinds.append(_KIND_NAMES.index(_param_group(name)))
-                # Cheap host-side timestamp when this gradient is final on this rank;
-                # the last one marks the end of this rank's backward compute.
-                self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
                 self._device = p.device
+        # A host-side timestamp when a gradient is final on this rank. Backward runs
+        # in reverse model order, so the first trainable parameters are among the
+        # last to get theirs: the latest stamp marks the end of this rank's
+        # backward compute (before any wait in the all-reduce). A few hooks suffice.
+        for p in self._params[:4]:
+            self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
 
     def _run_start_fields(self, args: Any, state: Any, model: Any) -> dict[str, Any]:
         fields: dict[str, Any] = describe_model(model) if model is not None else {}

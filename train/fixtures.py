@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tunescope.train.fixtures")
     p.add_argument("root", nargs="?", default=str(REPO / "fixtures" / "runs"))
     p.add_argument("--only", action="append", help="regenerate only these runs")
-    p.add_argument("--jobs", type=int, default=1, help="runs to train at the same time")
+    p.add_argument("--jobs", type=int, default=2, help="runs to train at the same time")
     a = p.parse_args(argv)
     root = Path(a.root)
     root.mkdir(parents=True, exist_ok=True)
