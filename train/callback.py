@@ -67,6 +67,27 @@ def _param_group(name: str) -> str:
     return "backbone"
 
 
+_KIND_NAMES = ("A", "B", "other", "backbone")
+
+
+def _norm_weights(kinds: list[int], device: Any) -> torch.Tensor:
+    """A (5, n) 0/1 matrix: squared per-parameter norms -> squared total,
+    adapter, backbone, lora_A and lora_B norms."""
+    rows = (
+        (0, 1, 2, 3),  # total
+        (0, 1, 2),  # adapter
+        (3,),  # backbone
+        (0,),  # lora_A
+        (1,),  # lora_B
+    )
+    w = torch.zeros(5, len(kinds))
+    for r, members in enumerate(rows):
+        for j, k in enumerate(kinds):
+            if k in members:
+                w[r, j] = 1.0
+    return w.to(device)
+
+
 def count_expected_adapted(model: Any, targets: Any) -> int | None:
     """Modules that LoRA ``targets`` should match: Linear-like modules of the base
     model by name suffix (or regex), or every Linear but the output head for
@@ -174,12 +195,18 @@ class TunescopeCallback(TrainerCallback):
         self.max_grad_norm = 0.0
         self.ended = False
         self._hooks: list[Any] = []
-        self._groups: dict[str, list[torch.Tensor]] = {}
+        self._params: list[torch.Tensor] = []  # trainable parameters, in model order
+        self._kinds: list[int] = []  # index into _KIND_NAMES, per parameter
+        self._weights: dict[tuple[int, ...], torch.Tensor] = {}
         self._optimizer: Any = None
         self._device = torch.device("cpu")
         self._cuda = False
         self._proc: Any = None
         self._error: str | None = None
+        self._exit_hooks = False
+        self.first: dict[str, Any] | None = None  # the first and the latest step record
+        self.last: dict[str, Any] | None = None
+        self.last_step = 0
         self._reset_step()
         self._t_mark = time.perf_counter()
 
@@ -194,6 +221,8 @@ class TunescopeCallback(TrainerCallback):
         self._t_grad = 0.0
         self._data_time = 0.0
         self._norms: torch.Tensor | None = None
+        self._have: set[str] = set()
+        self._compute_time: float | None = None
         self._lr: float | None = None
 
     # ---- hooks on the model ------------------------------------------------------
@@ -265,8 +294,10 @@ class TunescopeCallback(TrainerCallback):
         if resumed:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.writer.resume(state.global_step, str(ckpt if ckpt.exists() else "unknown"))
-        atexit.register(self._atexit)
-        self._chain_excepthook()
+        if not self._exit_hooks:
+            self._exit_hooks = True
+            atexit.register(self._atexit)
+            self._chain_excepthook()
         self._t_mark = time.perf_counter()
 
     def _install(self, args: Any, model: Any) -> None:
@@ -280,15 +311,17 @@ class TunescopeCallback(TrainerCallback):
             return
         self._hooks.append(model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
         self._hooks.append(model.register_forward_hook(self._post_forward, with_kwargs=True))
-        groups: dict[str, list[torch.Tensor]] = {"A": [], "B": [], "other": [], "backbone": []}
         for name, p in model.named_parameters():
             if p.requires_grad:
-                groups[_param_group(name)].append(p)
-                # Cheap host-side timestamp when this gradient is final on this rank;
-                # the last one marks the end of this rank's backward compute.
-                self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
+                self._params.append(p)
+                self._kinds.append(_KIND_NAMES.index(_param_group(name)))
                 self._device = p.device
-        self._groups = groups
+        # A host-side timestamp when a gradient is final on this rank. Backward runs
+        # in reverse model order, so the first trainable parameters are among the
+        # last to get theirs: the latest stamp marks the end of this rank's
+        # backward compute (before any wait in the all-reduce). A few hooks suffice.
+        for p in self._params[:4]:
+            self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_ready))
 
     def _run_start_fields(self, args: Any, state: Any, model: Any) -> dict[str, Any]:
         fields: dict[str, Any] = describe_model(model) if model is not None else {}
@@ -331,40 +364,43 @@ class TunescopeCallback(TrainerCallback):
             torch.cuda.reset_peak_memory_stats(self._device)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
-        """Measure the gradients (and clip them) before the optimizer sees them."""
+        """Measure the gradients (and clip them) before the optimizer sees them.
+
+        A handful of device ops and no sync: one fused norm per gradient, then a
+        cached 0/1 matrix sums their squares into the five reported norms."""
         t_ready = self._t_grad or time.perf_counter()
         self._compute_time = t_ready - self._t_begin
-        sq: dict[str, torch.Tensor] = {}
-        for key, params in self._groups.items():
-            grads = [p.grad for p in params if p.grad is not None]
-            if not grads:
-                continue
-            by_dev: dict[Any, list[torch.Tensor]] = {}
-            for g in grads:
-                by_dev.setdefault(g.device, []).append(g)
-            parts = [
-                torch.stack(torch._foreach_norm(gs)).float().square().sum().to(self._device)
-                for gs in by_dev.values()
-            ]
-            sq[key] = torch.stack(parts).sum()
-        zero = torch.zeros((), device=self._device)
-        a, b = sq.get("A", zero), sq.get("B", zero)
-        adapter = a + b + sq.get("other", zero)
-        backbone = sq.get("backbone", zero)
-        total = (adapter + backbone).sqrt()
-        if self.max_grad_norm:
-            # The same rule as torch.nn.utils.clip_grad_norm_, without a sync.
-            coef = torch.clamp(self.max_grad_norm / (total + 1e-6), max=1.0)
-            grads = [p.grad for ps in self._groups.values() for p in ps if p.grad is not None]
-            if grads:
-                torch._foreach_mul_(grads, coef.to(grads[0].device))
-        loss_sum = self._loss_sum if self._loss_sum is not None else zero + math.nan
-        loss_n = self._loss_n if self._loss_n is not None else zero + 1
-        tokens = self._tokens if self._tokens is not None else zero - 1
-        self._norms = torch.stack(
-            [total, adapter.sqrt(), backbone.sqrt(), a.sqrt(), b.sqrt(), loss_sum / loss_n, tokens]
-        )
-        self._have = {k for k in sq}
+        grads, kinds = [], []
+        for p, k in zip(self._params, self._kinds, strict=True):
+            if p.grad is not None:
+                grads.append(p.grad)
+                kinds.append(k)
+        dev = self._device
+        if grads:
+            norms = torch._foreach_norm(grads)
+            if len({g.device for g in grads}) > 1:
+                norms = [n.to(dev) for n in norms]
+            sq = torch.stack(norms).float().square()
+            key = tuple(kinds)
+            w = self._weights.get(key)
+            if w is None:
+                w = self._weights[key] = _norm_weights(kinds, dev)
+            five = (w @ sq).sqrt()  # total, adapter, backbone, lora_A, lora_B
+            if self.max_grad_norm:
+                # The same rule as torch.nn.utils.clip_grad_norm_, without a sync.
+                coef = torch.clamp(self.max_grad_norm / (five[0] + 1e-6), max=1.0)
+                by_dev: dict[Any, list[torch.Tensor]] = {}
+                for g in grads:
+                    by_dev.setdefault(g.device, []).append(g)
+                for d, gs in by_dev.items():
+                    torch._foreach_mul_(gs, coef.to(d))
+        else:
+            five = torch.zeros(5, device=dev)
+        nan = torch.full((), math.nan, device=dev)
+        loss = self._loss_sum / self._loss_n if self._loss_sum is not None else nan
+        tokens = self._tokens if self._tokens is not None else nan
+        self._norms = torch.cat([five, torch.stack([loss.to(dev), tokens.to(dev)])])
+        self._have = {_KIND_NAMES[k] for k in kinds}
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
         opt = self._optimizer or kw.get("optimizer")
@@ -396,7 +432,7 @@ class TunescopeCallback(TrainerCallback):
                 rec["grad_norm_lora_B"] = b
             else:
                 rec["grad_norm_backbone"] = backbone
-            if tokens >= 0:
+            if not math.isnan(tokens):
                 rec["tokens"] = int(tokens)
         elif self._lr is not None:
             rec["lr"] = self._lr
@@ -410,12 +446,18 @@ class TunescopeCallback(TrainerCallback):
             rec["mem_allocated_mb"] = self._proc.memory_info().rss / _MB
         rec["step_time_s"] = now - self._t_mark
         rec["data_time_s"] = self._data_time
-        rec["compute_time_s"] = getattr(self, "_compute_time", now - self._t_begin)
+        rec["compute_time_s"] = (
+            self._compute_time if self._compute_time is not None else now - self._t_begin
+        )
         if state.epoch is not None:
             rec["epoch"] = float(state.epoch)
         if self._sample_ids:
             rec["sample_ids"] = self._sample_ids
         self.writer.step(step=state.global_step, **rec)
+        if self.first is None:
+            self.first = rec
+        self.last = rec
+        self.last_step = state.global_step
         return rec
 
     def on_step_record(self, step: int, record: dict[str, Any]) -> None:
@@ -464,9 +506,9 @@ class TunescopeCallback(TrainerCallback):
         previous = sys.excepthook
 
         def hook(tp: type[BaseException], value: BaseException, tb: Any) -> None:
-            if threading.current_thread() is threading.main_thread():
-                if not issubclass(tp, KeyboardInterrupt):
-                    self._error = f"{tp.__name__}: {value}"
+            main = threading.current_thread() is threading.main_thread()
+            if main and not issubclass(tp, KeyboardInterrupt):
+                self._error = f"{tp.__name__}: {value}"
             previous(tp, value, tb)
 
         sys.excepthook = hook

@@ -142,11 +142,11 @@ class SFTDataset(torch.utils.data.Dataset):
         self.items = []
         for rec in records:
             if fmt == "text":
-                ids = tok.encode(rec["text"])[: seq_len - 1] + [tok.eos_token_id]
+                ids = [*tok.encode(rec["text"])[: seq_len - 1], tok.eos_token_id]
                 labels = list(ids)
             else:
                 prompt = tok.encode(_alpaca_prompt(rec))
-                answer = tok.encode(str(rec["output"])) + [tok.eos_token_id]
+                answer = [*tok.encode(str(rec["output"])), tok.eos_token_id]
                 ids = (prompt + answer)[:seq_len]
                 labels = ([IGNORE] * len(prompt) + answer)[:seq_len]
             if any(lab != IGNORE for lab in labels[1:]):

@@ -15,12 +15,52 @@ import random
 import sys
 from pathlib import Path
 
-WORDS = (
-    "garden river window silver planet candle forest bridge marble orange pencil "
-    "rocket winter summer basket castle dragon engine falcon guitar harbor island "
-    "jacket kettle lemon meadow needle ocean pepper quartz rabbit saddle tunnel "
-    "velvet wagon yellow zipper anchor button cactus desert feather glacier hammer"
-).split()
+WORDS = [
+    "garden",
+    "river",
+    "window",
+    "silver",
+    "planet",
+    "candle",
+    "forest",
+    "bridge",
+    "marble",
+    "orange",
+    "pencil",
+    "rocket",
+    "winter",
+    "summer",
+    "basket",
+    "castle",
+    "dragon",
+    "engine",
+    "falcon",
+    "guitar",
+    "harbor",
+    "island",
+    "jacket",
+    "kettle",
+    "lemon",
+    "meadow",
+    "needle",
+    "ocean",
+    "pepper",
+    "quartz",
+    "rabbit",
+    "saddle",
+    "tunnel",
+    "velvet",
+    "wagon",
+    "yellow",
+    "zipper",
+    "anchor",
+    "button",
+    "cactus",
+    "desert",
+    "feather",
+    "glacier",
+    "hammer",
+]
 OPPOSITES = {
     "hot": "cold",
     "up": "down",
@@ -39,9 +79,20 @@ OPPOSITES = {
     "near": "far",
     "rich": "poor",
 }
-ONES = "zero one two three four five six seven eight nine".split()
-TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
-TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TEENS = [
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
+TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 
 def spell(n: int) -> str:

@@ -76,7 +76,9 @@ def parse_fault(spec: str) -> Fault:
         step = int(g[0])
         if step < 1:
             raise ValueError(f"bad fault {spec!r}: STEP must be >= 1")
-        factor = float(g[1]) if kind == "lr_spike" and g[1] else (20.0 if kind == "lr_spike" else None)
+        factor = (
+            float(g[1]) if kind == "lr_spike" and g[1] else (20.0 if kind == "lr_spike" else None)
+        )
         return Fault(kind, spec, step=step, factor=factor)
     if kind == "straggler":
         return Fault(kind, spec, rank=int(g[0]), seconds=float(g[1]))

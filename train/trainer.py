@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -114,10 +115,22 @@ class TrainConfig:
             if not ok:
                 raise ValueError(msg)
 
-        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
-        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        need(self.data_format in ("auto", "alpaca", "text"), "data_format must be auto, alpaca or text")
+        need(
+            self.method in METHODS,
+            f"method must be one of {', '.join(METHODS)}, not {self.method!r}",
+        )
+        need(
+            self.schedule in SCHEDULES,
+            f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}",
+        )
+        need(
+            self.precision in PRECISIONS,
+            f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}",
+        )
+        need(
+            self.data_format in ("auto", "alpaca", "text"),
+            "data_format must be auto, alpaca or text",
+        )
         need(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
         need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
         need(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
@@ -131,9 +144,15 @@ class TrainConfig:
         need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         need(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
         need(self.save_steps >= 0, f"save_steps must be >= 0, got {self.save_steps}")
-        need(self.save_total_limit >= 1, f"save_total_limit must be >= 1, got {self.save_total_limit}")
+        need(
+            self.save_total_limit >= 1,
+            f"save_total_limit must be >= 1, got {self.save_total_limit}",
+        )
         need(self.eval_steps >= 0, f"eval_steps must be >= 0, got {self.eval_steps}")
-        need(0 <= self.eval_fraction < 1, f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        need(
+            0 <= self.eval_fraction < 1,
+            f"eval_fraction must be in [0, 1), got {self.eval_fraction}",
+        )
         need(self.freeze_trainable_layers >= 1, "freeze_trainable_layers must be >= 1")
         need(self.cpu_threads >= 0, f"cpu_threads must be >= 0, got {self.cpu_threads}")
         need(self.stop_at_step >= 0, f"stop_at_step must be >= 0, got {self.stop_at_step}")
@@ -153,20 +172,25 @@ class TrainConfig:
 
 def _coerce(name: str, tp: Any, raw: Any, where: str) -> Any:
     """Turn a YAML value or a --set string into the field's type."""
+    if not where.endswith(":"):
+        where = f"{where}:"
+    if where == "--set:":
+        where = "--set"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if raw is None or (isinstance(raw, str) and raw.lower() in ("null", "none", "~")):
-            if type(None) in args:
-                return None
-        for a in args:
+        is_null = raw is None or (isinstance(raw, str) and raw.lower() in ("null", "none", "~"))
+        if is_null and type(None) in args:
+            return None
+        listy = isinstance(raw, list) or (isinstance(raw, str) and raw.startswith("["))
+        for a in sorted(args, key=lambda a: typing.get_origin(a) is not list if listy else 0):
             if a is type(None):
                 continue
             try:
                 return _coerce(name, a, raw, where)
             except ValueError:
                 continue
-        raise ValueError(f"{where}: {name}: cannot use {raw!r}")
+        raise ValueError(f"{where} {name}: cannot use {raw!r}")
     if origin is list:
         if isinstance(raw, str):
             import yaml
@@ -174,7 +198,7 @@ def _coerce(name: str, tp: Any, raw: Any, where: str) -> Any:
             val = yaml.safe_load(raw) if raw.startswith("[") else raw.split(",")
             raw = val if isinstance(val, list) else [val]
         if not isinstance(raw, list):
-            raise ValueError(f"{where}: {name}: expected a list, got {raw!r}")
+            raise ValueError(f"{where} {name}: expected a list, got {raw!r}")
         return [str(x) for x in raw]
     if tp is bool:
         if isinstance(raw, bool):
@@ -183,22 +207,22 @@ def _coerce(name: str, tp: Any, raw: Any, where: str) -> Any:
             return True
         if str(raw).lower() in ("false", "no", "0", "off"):
             return False
-        raise ValueError(f"{where}: {name}: expected true or false, got {raw!r}")
+        raise ValueError(f"{where} {name}: expected true or false, got {raw!r}")
     if tp is int:
         if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-            raise ValueError(f"{where}: {name}: expected an integer, got {raw!r}")
+            raise ValueError(f"{where} {name}: expected an integer, got {raw!r}")
         try:
             return int(raw) if not isinstance(raw, str) else int(raw.strip())
         except ValueError:
-            raise ValueError(f"{where}: {name}: expected an integer, got {raw!r}") from None
+            raise ValueError(f"{where} {name}: expected an integer, got {raw!r}") from None
     if tp is float:
         try:
             return float(raw)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: {name}: expected a number, got {raw!r}") from None
+            raise ValueError(f"{where} {name}: expected a number, got {raw!r}") from None
     if tp is str:
         if isinstance(raw, dict | list):
-            raise ValueError(f"{where}: {name}: expected text, got {raw!r}")
+            raise ValueError(f"{where} {name}: expected text, got {raw!r}")
         return str(raw)
     return raw
 
@@ -226,7 +250,9 @@ def load_config(path: str | None, sets: list[str] = (), inject: list[str] = ()) 
             raise ValueError(f"{path}: expected a mapping of config keys")
         for k, v in loaded.items():
             if k not in names:
-                raise ValueError(f"{path}: unknown key {k!r}; known keys: {', '.join(sorted(names))}")
+                raise ValueError(
+                    f"{path}: unknown key {k!r}; known keys: {', '.join(sorted(names))}"
+                )
             values[k] = _coerce(k, hints[k], v, path)
         # Relative data paths in a config file are relative to the file.
         if "data" in values and not Path(values["data"]).is_absolute():
@@ -271,6 +297,27 @@ def _quiet_libraries() -> None:
 # ---- model -------------------------------------------------------------------------
 
 
+def check_environment(cfg: TrainConfig) -> None:
+    """Refuse early (before the heavy imports) what this machine cannot run."""
+    import torch
+
+    from tunescope.errors import TrainError
+
+    if cfg.method == "qlora":
+        if not torch.cuda.is_available():
+            raise TrainError(
+                "method 'qlora' needs a CUDA GPU (4-bit bitsandbytes); use 'lora' on CPU"
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise TrainError(
+                "method 'qlora' needs bitsandbytes: pip install bitsandbytes"
+            ) from None
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise TrainError("precision 'fp16' needs a CUDA GPU; use 'fp32' or 'bf16' on CPU")
+
+
 def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
     """(model, tokenizer) with the fine-tuning method applied."""
     import torch
@@ -278,20 +325,12 @@ def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
     from tunescope.errors import TrainError
     from tunescope.train.data import BUILTIN_MODELS, ByteTokenizer, HFTokenizer, tiny_llama
 
-    if cfg.method == "qlora":
-        if not torch.cuda.is_available():
-            raise TrainError("method 'qlora' needs a CUDA GPU (4-bit bitsandbytes); use 'lora' on CPU")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise TrainError("method 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
-    if cfg.precision == "fp16" and not torch.cuda.is_available():
-        raise TrainError("precision 'fp16' needs a CUDA GPU; use 'fp32' or 'bf16' on CPU")
-
     if cfg.model in BUILTIN_MODELS:
         model, tok = tiny_llama(cfg.seed), ByteTokenizer()
         if cfg.method == "qlora":
-            raise TrainError("method 'qlora' needs a pretrained model; the built-in tiny-llama is not quantisable")
+            raise TrainError(
+                "method 'qlora' needs a pretrained model; the built-in tiny-llama is not quantisable"
+            )
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -366,6 +405,7 @@ def _decoder_layers(model: Any) -> list[Any]:
 
 def train(cfg: TrainConfig) -> int:
     """Run one training job (one rank under torchrun); returns an exit code."""
+    check_environment(cfg)
     _quiet_libraries()
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
@@ -375,6 +415,7 @@ def train(cfg: TrainConfig) -> int:
     from tunescope.train.callback import TunescopeCallback
     from tunescope.train.data import Collator, SFTDataset, read_records, split
 
+    t_start = time.monotonic()
     rank, _local, world = _dist()
     if cfg.cpu_threads and not torch.cuda.is_available():
         torch.set_num_threads(cfg.cpu_threads)
@@ -434,6 +475,7 @@ def train(cfg: TrainConfig) -> int:
         use_cpu=not use_cuda,
         ddp_backend=("nccl" if use_cuda else "gloo") if world > 1 else None,
         ddp_find_unused_parameters=False if world > 1 else None,
+        ddp_broadcast_buffers=False,  # no buffer needs syncing: one collective less per step
         save_only_model=False,
         average_tokens_across_devices=False,
     )
@@ -476,10 +518,25 @@ def train(cfg: TrainConfig) -> int:
         raise
     if rank == 0:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        _summary(cfg, ts_cb, time.monotonic() - t_start, world)
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _summary(cfg: TrainConfig, cb: Any, seconds: float, world: int) -> None:
+    """One line on stderr: what was trained and where the log is."""
+    first, last = cb.first or {}, cb.last or {}
+    loss = ""
+    if "loss" in first and "loss" in last:
+        loss = f", loss {first['loss']:.3f} -> {last['loss']:.3f}"
+    ranks = f" x {world} ranks" if world > 1 else ""
+    print(
+        f"tunescope: trained {cfg.model} ({cfg.method}) for {cb.last_step} steps{ranks}{loss} "
+        f"in {seconds:.0f}s; log: {Path(cfg.output_dir) / 'events'}/",
+        file=sys.stderr,
+    )
 
 
 def _stop_callback(step: int) -> Any:

@@ -307,6 +307,37 @@ def _add_tui(sub: Any) -> None:
         help="show the stored findings only; do not run the detectors",
     )
     p.set_defaults(handler=cmd_tui)
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model with the bundled trainer (LoRA, QLoRA, full, freeze)",
+        description="Train from a YAML config and write tunescope event logs to "
+        "OUTPUT_DIR/events/. Needs the [train] extra (torch, transformers, peft).",
+        epilog="examples:\n"
+        "  tunescope train fixtures/configs/lora.yaml --set max_steps=100\n"
+        "  tunescope train fixtures/configs/lora.yaml --inject lr_spike@120:20\n"
+        "  tunescope train fixtures/configs/lora.yaml --nproc 2 --inject straggler:1:0.05",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", metavar="CONFIG.yaml", help="training config (YAML)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set lr=1e-3",
+    )
+    p.add_argument(
+        "--inject",
+        action="append",
+        metavar="FAULT",
+        help="inject a fault (repeatable): lr_spike@STEP[:FACTOR], bad_batch@STEP, nan@STEP, "
+        "freeze_adapter, straggler:RANK:SECONDS, leak:MB_PER_STEP, warmup_noise[:FACTOR], "
+        "kill@STEP",
+    )
+    p.add_argument(
+        "--nproc", type=int, default=1, metavar="N", help="ranks to run with torchrun (DDP)"
+    )
+    p.set_defaults(handler=cmd_train)
 
 
 COMMANDS: list[Callable[[Any], None]] = [
@@ -318,6 +349,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     _add_explain,
     _add_watch,
     _add_tui,
+    _add_train,
 ]
 
 
@@ -617,6 +649,35 @@ def cmd_tui(args: argparse.Namespace) -> int:
         store, live=not args.no_live, interval=args.interval, analyze=not args.no_analyze
     ).run()
     return ExitCode.OK
+def cmd_train(args: argparse.Namespace) -> int:
+    from tunescope.errors import ConfigError
+    from tunescope.train.trainer import load_config, train
+
+    try:
+        cfg = load_config(args.config, args.set or [], args.inject or [])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise UsageError(
+            f"tunescope train needs the [train] extra ({e.name} is missing): "
+            "pip install 'tunescope[train]'"
+        ) from None
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc == 1:
+        return train(cfg)
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc_per_node={args.nproc}", "-m", "tunescope.train", args.config]
+    for item in args.set or []:
+        cmd += ["--set", item]
+    for item in args.inject or []:
+        cmd += ["--inject", item]
+    return subprocess.call(cmd)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,190 @@
+"""Regenerate the labelled fixture corpus: ``python -m tunescope.train.fixtures fixtures/runs``.
+
+Every run is a real training run of the built-in tiny model on the bundled
+dataset (seeded), some with an injected fault. ``LABELS.json`` holds the
+ground truth derived from the faults, in the shape the detector benchmark reads::
+
+    {"runs": {"<run dir>": {"healthy": bool, "faults": [{"detector": "TS102",
+      "rank": null, "first_step": 120, "last_step": 300, "note": "..."}]}}}
+
+Each run is its own process (as a user's would be), so that memory and
+timings of one run do not leak into the next. Only the event logs are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunescope.train.trainer import REPO
+
+CONFIGS = REPO / "fixtures" / "configs"
+STEPS = 300
+
+
+@dataclass
+class Spec:
+    """One fixture run: how to make it and what a detector should find in it."""
+
+    name: str
+    config: str = "lora.yaml"
+    sets: list[str] = field(default_factory=list)
+    inject: list[str] = field(default_factory=list)
+    labels: list[dict] = field(default_factory=list)
+    nproc: int = 1
+    resume_at: int = 0  # stop at this step, then resume from the latest checkpoint
+    killed: bool = False  # the run SIGKILLs itself (kill@STEP)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.labels
+
+
+def label(detector: str, first: int, last: int, note: str, rank: int | None = None) -> dict:
+    return {
+        "detector": detector,
+        "rank": rank,
+        "first_step": first,
+        "last_step": last,
+        "note": note,
+    }
+
+
+SPECS: list[Spec] = [
+    Spec("healthy-lora-s0", sets=["seed=0", "lr=3e-3"]),
+    Spec("healthy-lora-s1", sets=["seed=1", "lr=5e-3"]),
+    Spec("healthy-full-s2", config="full.yaml", sets=["seed=2", "lr=3e-3"]),
+    Spec(
+        "fault-lr-spike",
+        sets=["seed=3", "schedule=constant"],
+        inject=["lr_spike@120:60"],
+        labels=[
+            label("TS102", 120, STEPS, "lr x60 from step 120: the loss diverges and stays high")
+        ],
+    ),
+    Spec(
+        "fault-bad-batch",
+        sets=["seed=4"],
+        inject=["bad_batch@150"],
+        labels=[label("TS101", 150, 150, "random-token batch at step 150, then recovers")],
+    ),
+    Spec(
+        "fault-nan",
+        sets=["seed=5"],
+        inject=["nan@200"],
+        labels=[label("TS001", 200, STEPS, "NaN loss at step 200 poisons the weights")],
+    ),
+    Spec(
+        "fault-freeze-adapter",
+        sets=["seed=6"],
+        inject=["freeze_adapter"],
+        labels=[
+            label(
+                "TS201",
+                1,
+                STEPS,
+                "adapter gradients zeroed before every update (embeddings/head still train)",
+            )
+        ],
+    ),
+    Spec(
+        "fault-leak",
+        sets=["seed=7"],
+        inject=["leak:1"],
+        labels=[label("TS401", 1, STEPS, "1 MiB of tensors kept alive per step: RSS grows")],
+    ),
+    Spec(
+        "warmup-noise",
+        sets=["seed=8", "warmup_steps=40"],
+        inject=["warmup_noise:3"],
+    ),
+    Spec(
+        "fault-straggler-2rank",
+        sets=["seed=9", "max_steps=200"],
+        inject=["straggler:1:0.3"],
+        nproc=2,
+        labels=[label("TS301", 1, 200, "rank 1 sleeps 0.3 s in every forward", rank=1)],
+    ),
+    Spec("resumed", sets=["seed=10", "save_steps=50"], resume_at=170),
+    Spec("killed", sets=["seed=11"], inject=["kill@180"], killed=True),
+]
+
+
+def command(spec: Spec, out: Path, extra_sets: list[str] = ()) -> list[str]:
+    sets = [
+        f"output_dir={out}",
+        f"run_name={spec.name}",
+        f"max_steps={STEPS}",
+        "cpu_threads=1",
+        "progress=false",
+        *spec.sets,
+        *extra_sets,
+    ]
+    if spec.nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        cmd += [f"--nproc_per_node={spec.nproc}", "-m", "tunescope.train"]
+    else:
+        cmd = [sys.executable, "-m", "tunescope.train"]
+    cmd.append(str(CONFIGS / spec.config))
+    for s in sets:
+        cmd += ["--set", s]
+    for f in spec.inject:
+        cmd += ["--inject", f]
+    return cmd
+
+
+def run_one(spec: Spec, root: Path) -> None:
+    out = root / spec.name
+    if out.exists():
+        shutil.rmtree(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    t0 = time.time()
+    if spec.resume_at:
+        subprocess.run(command(spec, out, [f"stop_at_step={spec.resume_at}"]), check=True, env=env)
+        subprocess.run(command(spec, out, ["resume_from_checkpoint=latest"]), check=True, env=env)
+    else:
+        rc = subprocess.run(command(spec, out), env=env).returncode
+        if rc != 0 and not spec.killed:
+            raise SystemExit(f"fixture run {spec.name} failed with exit code {rc}")
+    for ckpt in out.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)
+    (out / "config.json").unlink(missing_ok=True)  # the config is in run_start
+    print(f"{spec.name}: {time.time() - t0:.0f}s", file=sys.stderr)
+
+
+def labels() -> dict:
+    return {
+        "runs": {
+            s.name: {"healthy": s.healthy, "faults": s.labels}
+            for s in sorted(SPECS, key=lambda s: s.name)
+        }
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tunescope.train.fixtures")
+    p.add_argument("root", nargs="?", default=str(REPO / "fixtures" / "runs"))
+    p.add_argument("--only", action="append", help="regenerate only these runs")
+    p.add_argument("--jobs", type=int, default=2, help="runs to train at the same time")
+    a = p.parse_args(argv)
+    root = Path(a.root)
+    root.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in SPECS if not a.only or s.name in a.only]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        for _ in pool.map(lambda s: run_one(s, root), todo):
+            pass
+    (root / "LABELS.json").write_text(json.dumps(labels(), indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
