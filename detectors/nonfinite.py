@@ -40,7 +40,7 @@ from tunescope.findings import Finding, Severity
 
 ID = "TS001"
 NAME = "non-finite"
-SUPERSEDES = ("TS102",)  # a loss gone NaN for good is reported once, as non-finite
+SUPERSEDES = ("TS102", "TS201")  # a loss or adapter norm gone NaN is one incident: non-finite
 
 
 @dataclass
