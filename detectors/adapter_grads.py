@@ -2,7 +2,7 @@
 receiving gradients, receiving vanishing ones, or whose B matrix is never
 updated.
 
-What it flags
+What it flags:
     Wiring, from ``run_start``: zero trainable parameters (error); fewer
     adapted modules than the targets should have matched (warning; error
     when none matched). Dead: the adapter gradient norm (``grad_norm_adapter``;
@@ -20,17 +20,17 @@ What it flags
     first while the loss falls was never measured (some formats print 0): an
     info finding, not a dead adapter.
 
-Why it matters
+Why it matters:
     A LoRA run with a frozen or disconnected adapter trains nothing while
     the loss curve may look merely slow; the usual causes are one-line
     mistakes that are invisible without looking at the gradients.
 
-Example
+Example:
     ``every rank: adapter gradients are dead: grad_norm_adapter was 0 or
     missing on 199 consecutive logged steps (199 zero, 0 missing or NaN) from
     step 1 to 199 with lr up to 2.00e-04; loss 2.31 -> 2.3.``
 
-Suggestion
+Suggestion:
     Load adapters with ``PeftModel.from_pretrained(..., is_trainable=True)``;
     with gradient checkpointing call ``model.enable_input_require_grads()`` or
     pass ``gradient_checkpointing_kwargs={"use_reentrant": False}``; check that
@@ -39,7 +39,7 @@ Suggestion
     rsLoRA (``use_rslora=True``) and a LoRA learning rate about 10x the full
     fine-tuning one; build the optimizer after wrapping the model.
 
-Options
+Options:
     See the ``Options`` fields below (``[tool.tunescope.TS201]``).
 """
 

@@ -2,7 +2,7 @@
 an out-of-memory forecast; reserved memory far above allocated and rising
 (fragmentation).
 
-What it flags
+What it flags:
     Per run and rank, the step-boundary floor of ``mem_allocated_mb`` (the
     minimum over short blocks of steps, so eval spikes, variable sequence
     lengths and gradient-accumulation sawtooth do not count) rising steadily
@@ -33,19 +33,19 @@ What it flags
     allocator keeps what it reserved, by design), a peak statistic that only
     rises by definition, one-time step-ups.
 
-Why it matters
+Why it matters:
     A leak (a loss kept with its graph, metric lists of tensors, caches that
     never clear) ends in an out-of-memory crash hours into a run; catching
     the slope early saves the run and says how long is left.
 
-Example
+Example:
     ``every rank: the allocated-memory floor grew 7.9 MiB/step from step 300
     to 1,500 (about 9,475 MiB on top of 19,999 MiB; Kendall p=8.5e-30 on a
     1480-point window). At this rate the peak reaches the 81,920 MiB device
     in about 5,566 steps (1.4 h), before the planned end (8,500 steps
     left).``
 
-Suggestion
+Suggestion:
     Log scalars with ``.item()``/``.detach()`` (never accumulate a loss
     tensor), clear lists of tensors, then take a memory snapshot
     (``torch.cuda.memory._record_memory_history()`` and
@@ -53,13 +53,13 @@ Suggestion
     fragmentation: ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``, or
     pad batches to a few bucketed lengths.
 
-Options
+Options:
     See the ``Options`` fields below (``[tool.tunescope.TS401]``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,7 +90,7 @@ class Options:
     skip_steps: int = 20
     """Logged steps after the first optimizer step left out (lazy optimizer
     state, allocator warm-up)."""
-    windows: tuple[int, ...] = (200, 1000, 4000)
+    windows: list[int] = field(default_factory=lambda: [200, 1000, 4000])
     """Window sizes of the trend test, in logged points; the whole run is
     also tested when it is shorter than the largest."""
     min_points: int = 50

@@ -1,7 +1,7 @@
 """TS301 straggler: one rank persistently slower than the others, or a rank
 that stopped while the others went on (hung).
 
-What it flags
+What it flags:
     Per run and window of about 100 logged steps, the median of each rank's
     own time per step: ``compute_time_s`` plus ``data_time_s`` (the time
     before it waits on the others; whole ``step_time_s`` only when neither is
@@ -22,19 +22,19 @@ What it flags
     stragglers cannot be measured (only when the run has or may have more
     than one rank).
 
-Why it matters
+Why it matters:
     In synchronous data parallelism every rank waits for the slowest at each
     all-reduce: one throttled GPU, a busy host or a slow dataloader sets the
     pace for the whole job, and a hung rank stalls it until the collective
     times out.
 
-Example
+Example:
     ``rank 2 is a straggler: its own time per step is 1.50x the fastest
     rank's (median score 0.67, lowest 0.67, threshold 0.75) in 4 windows of
     100 steps, steps 201-600; the extra time is in compute (+0.15 s/step),
     not data loading (+1.19e-04 s/step).``
 
-Suggestion
+Suggestion:
     Compute: check that rank's GPU clocks, power and temperature
     (``nvidia-smi -q -d CLOCK,PERFORMANCE``), CPU affinity and other
     processes on the host; replace or cordon the node. Data: more dataloader
@@ -42,7 +42,7 @@ Suggestion
     packing or length-bucketed, token-balanced sampling. Hung: NCCL
     timeouts and ``NCCL_DEBUG=INFO``, the process and NIC on that host.
 
-Options
+Options:
     See the ``Options`` fields below (``[tool.tunescope.TS301]``).
 """
 

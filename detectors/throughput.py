@@ -1,7 +1,7 @@
 """TS302 throughput-drop: a sustained fall in tokens/s or steps/s against the
 run's own earlier level.
 
-What it flags
+What it flags:
     Per run and rank, the rate of progress: ``tokens / step_time_s``
     (tokens/s), else ``1 / step_time_s`` (steps/s), else steps (times tokens
     per step, when logged) over ``ts`` differences, which also works for
@@ -17,22 +17,22 @@ What it flags
     run-wide finding. The step range starts at the estimated onset; the
     evidence holds the step at which the drop was confirmed.
 
-Why it matters
+Why it matters:
     A run that slows down by a third costs a third more GPU hours and can
     miss its time budget; the cause (a throttling GPU, a slow rank, a
     filling disk, data that got longer, a leak that makes the allocator
     retry) is usually fixable once noticed.
 
-Example
+Example:
     ``every rank: throughput fell to 0.61x its earlier level: 20,813 ->
     12,791 tokens/s (median) from step 602 until the end of the log.``
 
-Suggestion
+Suggestion:
     Check TS301 (a straggler slows every rank) and TS401 (allocator
     retries); look at GPU clocks and temperature, other jobs on the hosts,
     the storage the data loader reads, and whether batches got longer.
 
-Options
+Options:
     See the ``Options`` fields below (``[tool.tunescope.TS302]``).
 """
 
