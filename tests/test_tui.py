@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Input, OptionList, Select, Static
 from tunescope.findings import Finding, Severity
 from tunescope.ingest.store import Store
 from tunescope.train.events import EventWriter
-from tunescope.tui.app import TunescopeApp, finding_rows, load_analyze
+from tunescope.tui.app import TunescopeApp, load_analyze
 from tunescope.tui.compare_screen import CompareScreen
 from tunescope.tui.error_modal import ErrorModal
 from tunescope.tui.plot import Plot, bucket_series
@@ -571,6 +571,7 @@ async def test_running_run_updates_when_lines_are_appended(tmp_path: Path) -> No
 
 
 def test_finding_rows_round_trip_through_the_store(tmp_path: Path) -> None:
+    finding_rows = pytest.importorskip("tunescope.detectors.engine").finding_rows
     write_run(tmp_path, "healthy", steps=SPIKE_STEP, spike=True)
     store = Store.open(tmp_path)
     finding = Finding(
@@ -613,6 +614,44 @@ async def test_analysis_runs_when_the_engine_exists(tmp_path: Path) -> None:
             .fetchall()[0][0]
         )
         assert n >= 1
+
+
+async def test_live_analysis_stores_findings_as_the_engine_does(tmp_path: Path) -> None:
+    """The TUI saves the detectors' findings with the engine's own ``finding_rows``:
+    evidence made JSON-safe (numpy scalars, NaN) with its keys sorted."""
+    engine = pytest.importorskip("tunescope.detectors.engine")
+    store = build_runs(tmp_path / "runs")  # its own copy: the analysis replaces findings
+    app = make_app(store)
+    found = [
+        Finding(
+            run="diverged-lr",
+            detector="TS999",
+            name="probe",
+            severity=Severity.WARNING,
+            step_start=5,
+            step_end=9,
+            message="probe finding",
+            suggestion="none",
+            rank=1,
+            evidence={"zeta": np.int64(3), "alpha": np.float64(2.5), "mid": float("nan")},
+        )
+    ]
+    app.analyze_fn = lambda store, **kw: found  # as if the engine found exactly this
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        await app.workers.wait_for_complete()
+        await settle(pilot, lambda: not app._updating)
+        rows = (
+            store.cursor()
+            .execute(
+                "SELECT detector, rank, step_start, step_end, CAST(evidence AS VARCHAR) "
+                "FROM findings WHERE run_id = 'diverged-lr'"
+            )
+            .fetchall()
+        )
+    expected = engine.finding_rows(found)[0]["evidence"]
+    assert expected == '{"alpha": 2.5, "mid": "NaN", "zeta": 3}'
+    assert rows == [("TS999", 1, 5, 9, expected)]
 
 
 async def test_a_failing_detector_is_reported_and_the_findings_stay(

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from tunescope import __version__
-from tunescope.findings import Finding, Severity, jsonable
+from tunescope.findings import Finding, Severity, jsonable, step_range
 
 FORMATS = ("slack", "feishu", "dingtalk", "json")
 SECRET_ENV = "TUNESCOPE_WEBHOOK_SECRET"
@@ -107,7 +107,7 @@ class Alert:
         """A short line for logs: ``new TS101 alert for run-a (rank 0, steps 120-131)``."""
         f = self.finding
         where = f.run if f.rank is None else f"{f.run} rank {f.rank}"
-        steps = steps_text(f)
+        steps = step_range(f)
         return f"{self.reason} {f.severity.value} {f.detector} alert for {where}" + (
             f" ({steps})" if steps else ""
         )
@@ -146,14 +146,6 @@ class Alert:
         )
 
 
-def steps_text(f: Finding) -> str:
-    if f.step_start is None:
-        return ""
-    if f.step_end is None or f.step_end == f.step_start:
-        return f"step {f.step_start}"
-    return f"steps {f.step_start}-{f.step_end}"
-
-
 def headline(alert: Alert) -> str:
     f = alert.finding
     prefix = {"updated": "still firing: ", "escalated": "escalated: "}.get(alert.reason, "")
@@ -187,7 +179,8 @@ def run_line(run: dict[str, Any]) -> str:
 
 def _detail_lines(alert: Alert) -> list[str]:
     f = alert.finding
-    lines = [f"detector {f.detector}" + (f" · {steps_text(f)}" if steps_text(f) else "")]
+    steps = step_range(f)
+    lines = [f"detector {f.detector}" + (f" · {steps}" if steps else "")]
     summary = run_line(alert.run)
     if summary:
         lines.append(f"run: {summary}")
