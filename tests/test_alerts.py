@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import math
+import threading
 import time
 import urllib.parse
 
@@ -464,3 +465,23 @@ def test_log_scrubs_url_parts_quoted_by_an_error():
     for s in (PATH_TOKEN, "PATHTOKEN8c1f", ACCESS_TOKEN, SECRET):
         assert s not in text
     assert "endpoint 1 (http://127.0.0.1:9/…, json)" in log[2]
+
+
+def test_hurry_cuts_the_drain_short_and_journals_everything(tmp_path):
+    """``hurry()`` (the watch's second Ctrl-C) ends ``close()`` at once; the alert in
+    flight and those queued behind it all land in the outbox."""
+    with Receiver(delay=30.0) as rx:
+        box = tmp_path / "outbox.jsonl"
+        policy = RetryPolicy(timeout=25.0, retries=0)
+        sender = AlertSender([rx.url], format="json", policy=policy, log=LogLines(), outbox=box)
+        for i in range(3):
+            sender.send(finding(step_start=10 + i, step_end=10 + i))
+        assert len(rx.wait_for(1, timeout=10)) == 1
+        threading.Timer(0.3, sender.hurry).start()
+        t0 = time.monotonic()
+        left = sender.close(timeout=20)
+        elapsed = time.monotonic() - t0
+    assert elapsed < 3, f"close() waited {elapsed:.1f}s after hurry()"
+    assert left == 3
+    steps = sorted(e["item"]["alert"]["finding"]["step_start"] for e in Outbox(box).entries())
+    assert steps == [10, 11, 12]

@@ -795,6 +795,7 @@ class AlertSender:
         self._stats_lock = threading.Lock()
         self.stats = {"sent": 0, "rejected": 0, "outboxed": 0, "retries": 0}
         self._closed = False
+        self._hurry = threading.Event()
         self._workers = [_Worker(self, ep, queue_size) for ep in self.endpoints]
 
     # ---- public ----------------------------------------------------------------
@@ -858,12 +859,23 @@ class AlertSender:
         for w in self._workers:
             w.queue.put(_STOP)
         deadline = time.monotonic() + max(0.0, timeout)
-        for w in self._workers:
-            w.thread.join(max(0.0, deadline - time.monotonic()))
+        interrupted: BaseException | None = None
+        try:
+            for w in self._workers:
+                # Short slices, so that hurry() (a second Ctrl-C) ends the wait at once.
+                while w.thread.is_alive() and not self._hurry.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    w.thread.join(min(left, 0.05))
+        except KeyboardInterrupt as e:
+            # Interrupted while draining: still journal what is left, then re-raise.
+            interrupted = e
         for w in self._workers:
             w.abort.set()  # cut backoff waits short; queued items go to the outbox
+        grace = time.monotonic() + (0.2 if self._hurry.is_set() or interrupted else 0.5)
         for w in self._workers:
-            w.thread.join(0.5)
+            w.thread.join(max(0.0, grace - time.monotonic()))
         for w in self._workers:
             if not w.thread.is_alive():
                 continue
@@ -879,7 +891,15 @@ class AlertSender:
                 if item is not _STOP:
                     left.append(item)
             self._to_outbox(w.endpoint, left, "still sending at shutdown")
+        if interrupted is not None:
+            raise interrupted
         return self.stats["outboxed"] - before
+
+    def hurry(self) -> None:
+        """Stop waiting for deliveries: a ``close()`` under way (or the next one)
+        writes what is queued or in flight to the outbox at once. Safe to call
+        from a signal handler."""
+        self._hurry.set()
 
     def __enter__(self) -> AlertSender:
         return self

@@ -481,11 +481,23 @@ def cmd_watch(args: Any) -> int:
         signals = [signal.SIGINT, signal.SIGTERM]
         previous = {s: signal.getsignal(s) for s in signals}
 
+        presses = [0]
+
         def on_signal(signum: int, frame: Any) -> None:
-            if stop.is_set():  # a second Ctrl-C: stop without waiting for deliveries
-                raise KeyboardInterrupt
-            stop.set()
-            stderr_log(f"stopping ({signal.Signals(signum).name}); delivering queued alerts")
+            # No KeyboardInterrupt here: it would cut the drain short and lose the
+            # queued alerts that the state already records as sent.
+            presses[0] += 1
+            name = signal.Signals(signum).name
+            if presses[0] == 1:
+                stop.set()
+                stderr_log(
+                    f"stopping ({name}); delivering queued alerts for up to {args.drain:g}s "
+                    "(again: stop now and keep them in the outbox)"
+                )
+            elif presses[0] == 2:
+                # A second Ctrl-C: stop without waiting; what is undelivered is journaled.
+                sender.hurry()
+                stderr_log(f"stopping now ({name}); undelivered alerts go to the outbox")
 
         for s in signals:
             signal.signal(s, on_signal)
