@@ -7,7 +7,9 @@ import hashlib
 import hmac
 import json
 import math
+import threading
 import time
+import urllib.parse
 
 import pytest
 from webhook_receiver import Receiver, closed_port_url
@@ -374,3 +376,112 @@ def test_training_alerts_validates_options():
         TrainingAlerts(None, rise=2.0, recover=2.0)
     with pytest.raises(ValueError):
         TrainingAlerts(None, patience=0)
+
+
+# ---- secrets stay out of logs on every failure path ----------------------------------
+
+PATH_TOKEN = "B000/PATHTOKEN8c1f"
+ACCESS_TOKEN = "ACCESSTOKEN987aa"
+
+
+def secret_parts(rx) -> set[str]:
+    """Everything secret about the requests ``rx`` saw: the URL's tokens, the
+    signing secret, and each request's DingTalk signature (raw and URL-encoded)."""
+    parts = {PATH_TOKEN, "PATHTOKEN8c1f", ACCESS_TOKEN, SECRET}
+    for req in rx.requests:
+        sign = req.query.get("sign")
+        if sign:
+            parts |= {sign, urllib.parse.quote_plus(sign), urllib.parse.quote(sign, safe="")}
+    return parts
+
+
+@pytest.mark.parametrize("failure", ["refused", "4xx", "5xx", "timeout"])
+def test_no_secret_in_logs_or_stderr_when_delivery_fails(tmp_path, capsys, failure):
+    delay = 1.0 if failure == "timeout" else 0.0
+    statuses = {"4xx": [404], "5xx": [502, 502, 502], "timeout": [200, 200, 200]}.get(failure)
+    with Receiver(statuses=statuses, echo=True, delay=delay) as rx:
+        base = closed_port_url() if failure == "refused" else rx.url
+        url = f"{base}/{PATH_TOKEN}?access_token={ACCESS_TOKEN}"
+        log = LogLines()
+        policy = RetryPolicy(timeout=0.3, retries=1, backoff=0.01)
+        sender = AlertSender(
+            [url], format="dingtalk", secret=SECRET, policy=policy, log=log,
+            outbox=tmp_path / "outbox.jsonl",
+        )  # fmt: skip
+        sender.send(Alert(finding(), run=SUMMARY))
+        assert sender.flush(10)
+        sender.close(timeout=1)
+        # The same failure through the default logger, which prints on stderr.
+        printing = AlertSender([url], format="dingtalk", secret=SECRET, policy=policy)
+        printing.send(Alert(finding(), run=SUMMARY))
+        assert printing.flush(10)
+        printing.close(timeout=1)
+        secrets = secret_parts(rx)
+    err = capsys.readouterr().err
+    assert log and err
+    if failure != "refused":
+        assert rx.requests, "the receiver saw no request"
+        assert any(r.query.get("sign") for r in rx.requests)
+    if failure in ("4xx", "5xx"):
+        # The server quoted the signed URL back: the log shows that, scrubbed.
+        assert any("no such hook: <redacted>" in line for line in log), log
+    text = "\n".join(log) + "\n" + err
+    if (tmp_path / "outbox.jsonl").exists():
+        text += (tmp_path / "outbox.jsonl").read_text()
+    for s in secrets:
+        assert s not in text, f"{s!r} leaked into {text!r}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/services/T000/B000/SECRETTOKEN x",
+        "http://127.0.0.1:9/services/T000/B000/SECRETTOKEN\r",
+        "http://127.0.0.1:9/services/T000/B000/SECRETTOKEN\n",
+        "http://127.0.0.1:9/robot/send?access_token=SECRETTOKEN\t",
+        " http://127.0.0.1:9/services/SECRETTOKEN",
+        "127.0.0.1:9/services/SECRETTOKEN",
+        "SECRETTOKEN/services/x",
+    ],
+)
+def test_bad_url_is_refused_without_echoing_it(url):
+    with pytest.raises(ValueError) as info:
+        AlertSender([url], log=LogLines())
+    message = str(info.value)
+    assert "SECRETTOKEN" not in message and "services" not in message
+    assert "whitespace or control characters" in message or "http:// or https://" in message
+
+
+def test_log_scrubs_url_parts_quoted_by_an_error():
+    """Error texts from urllib quote the URL's path or query, not the whole URL."""
+    log = LogLines()
+    url = f"http://127.0.0.1:9/services/{PATH_TOKEN}?access_token={ACCESS_TOKEN}&x=1"
+    sender = AlertSender([url], format="json", secret=SECRET, log=log)
+    sender._log(f"connection failed: bad request line '/services/{PATH_TOKEN}?access_token'")
+    sender._log(f"server said: token {ACCESS_TOKEN} unknown; secret {SECRET}")
+    sender._log(f"see {url}")
+    sender.close(timeout=0)
+    text = "\n".join(log)
+    for s in (PATH_TOKEN, "PATHTOKEN8c1f", ACCESS_TOKEN, SECRET):
+        assert s not in text
+    assert "endpoint 1 (http://127.0.0.1:9/…, json)" in log[2]
+
+
+def test_hurry_cuts_the_drain_short_and_journals_everything(tmp_path):
+    """``hurry()`` (the watch's second Ctrl-C) ends ``close()`` at once; the alert in
+    flight and those queued behind it all land in the outbox."""
+    with Receiver(delay=30.0) as rx:
+        box = tmp_path / "outbox.jsonl"
+        policy = RetryPolicy(timeout=25.0, retries=0)
+        sender = AlertSender([rx.url], format="json", policy=policy, log=LogLines(), outbox=box)
+        for i in range(3):
+            sender.send(finding(step_start=10 + i, step_end=10 + i))
+        assert len(rx.wait_for(1, timeout=10)) == 1
+        threading.Timer(0.3, sender.hurry).start()
+        t0 = time.monotonic()
+        left = sender.close(timeout=20)
+        elapsed = time.monotonic() - t0
+    assert elapsed < 3, f"close() waited {elapsed:.1f}s after hurry()"
+    assert left == 3
+    steps = sorted(e["item"]["alert"]["finding"]["step_start"] for e in Outbox(box).entries())
+    assert steps == [10, 11, 12]

@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Input, OptionList, Select, Static
 from tunescope.findings import Finding, Severity
 from tunescope.ingest.store import Store
 from tunescope.train.events import EventWriter
-from tunescope.tui.app import TunescopeApp, finding_rows, load_analyze
+from tunescope.tui.app import TunescopeApp, load_analyze
 from tunescope.tui.compare_screen import CompareScreen
 from tunescope.tui.error_modal import ErrorModal
 from tunescope.tui.plot import Plot, bucket_series
@@ -514,17 +514,28 @@ async def test_sql_screen_runs_pages_and_refuses_writes(runs: tuple[Path, Store]
         await pilot.press("enter")
         await settle(pilot, lambda: screen.result is not None)
         total = 3 * STEPS + 50
-        assert screen.result.num_rows == total
+        assert screen.paged and screen.more
+        assert screen.fetched_rows == 101  # one page (and one row to know more follow)
         assert table.row_count == 100  # one page in the widget, never the whole result
         assert [str(c) for c in table.get_row_at(0)] == ["diverged-lr", "1", f"{_loss(1):.6g}"]
+        page_text = screen.query_one("#sql-page", Static)
+        assert "rows 1–100 · page 1 · ] next" in str(page_text.content)
         table.focus()
         await pilot.press("right_square_bracket")
-        await pilot.pause()
-        assert screen.page == 1 and str(table.get_row_at(0)[1]) == "101"
+        await settle(pilot, lambda: screen.page == 1)
+        assert str(table.get_row_at(0)[1]) == "101"
+        for k in range(2, 7):  # on to the last page: the total is known there
+            await pilot.press("right_square_bracket")
+            await settle(pilot, lambda k=k: screen.page == k)
+        assert not screen.more and table.row_count == total - 600
+        assert f"rows 601–650 of {total} · page 7/7" in str(page_text.content)
+        await pilot.press("right_square_bracket")  # past the end: nothing happens
+        await settle(pilot)
+        assert screen.page == 6
         await pilot.click("#sql-prev")
-        await pilot.pause()
-        assert screen.page == 0
-        assert "rows 1–100 of 650" in str(screen.query_one("#sql-page", Static).content)
+        await settle(pilot, lambda: screen.page == 5)
+        assert [str(c) for c in table.get_row_at(0)[:2]] == ["straggler", "51"]  # row 501
+        assert screen.fetched_rows == 6 * 101 + 50 + 101  # pages 1-6, 7 (50 rows), 6 again
 
         box = screen.query_one("#sql-input", Input)
         box.focus()
@@ -540,6 +551,54 @@ async def test_sql_screen_runs_pages_and_refuses_writes(runs: tuple[Path, Store]
         await settle(pilot, lambda: "read-only" in screen.error)
         n = store.cursor().execute("SELECT count(*) FROM findings").fetchall()[0][0]
         assert n == 3
+
+
+async def test_sql_screen_fetches_one_page_of_a_big_table(tmp_path: Path) -> None:
+    """``SELECT * FROM steps`` over more than 10,000 rows fetches one page, not all."""
+    big = 12_000
+    with EventWriter(tmp_path / "big", rank=0) as w:
+        for s in range(1, big + 1):
+            w.step(step=s, loss=1.0 + 1.0 / s, lr=1e-4)
+            if s % 1000 == 0:
+                w.flush()  # the writer drops step events when its queue is full
+    store = Store.open(tmp_path)
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchall()[0][0] == big
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        await pilot.press("s")
+        await settle(pilot, lambda: isinstance(app.screen, SqlScreen))
+        screen = app.screen
+        table = screen.query_one("#sql-table", DataTable)
+        screen.query_one("#sql-input", Input).value = "SELECT * FROM steps ORDER BY step;"
+        await pilot.press("enter")
+        await settle(pilot, lambda: screen.result is not None)
+        assert screen.fetched_rows == 101
+        assert screen.result.num_rows == 100 and table.row_count == 100
+        assert "more than 100 rows" in str(screen.query_one("#sql-status", Static).content)
+        table.focus()
+        await pilot.press("right_square_bracket")
+        await settle(pilot, lambda: screen.page == 1)
+        assert screen.fetched_rows == 202
+        step_col = screen.result.column_names.index("step")
+        assert str(table.get_row_at(0)[step_col]) == "101"
+
+        # EXPLAIN and several statements run as they are (their results are small).
+        box = screen.query_one("#sql-input", Input)
+        box.focus()
+        box.value = "SELECT 1 AS a; SELECT count(*) AS n FROM steps"
+        await pilot.press("enter")
+        await settle(pilot, lambda: not screen.paged and screen.result.column_names == ["n"])
+        assert screen.result.to_pylist() == [{"n": big}] and screen.fetched_rows == 1
+        box.value = "EXPLAIN SELECT * FROM steps"
+        await pilot.press("enter")
+        await settle(
+            pilot, lambda: not screen.paged and "explain_key" in screen.result.column_names
+        )
+        box.value = "SELECT 1 AS a -- a trailing comment"
+        await pilot.press("enter")
+        await settle(pilot, lambda: screen.result.column_names == ["a"])
+        assert screen.result.to_pylist() == [{"a": 1}]
 
 
 # ---- live ingest, analysis and errors ----------------------------------------------------
@@ -571,6 +630,7 @@ async def test_running_run_updates_when_lines_are_appended(tmp_path: Path) -> No
 
 
 def test_finding_rows_round_trip_through_the_store(tmp_path: Path) -> None:
+    finding_rows = pytest.importorskip("tunescope.detectors.engine").finding_rows
     write_run(tmp_path, "healthy", steps=SPIKE_STEP, spike=True)
     store = Store.open(tmp_path)
     finding = Finding(
@@ -613,6 +673,44 @@ async def test_analysis_runs_when_the_engine_exists(tmp_path: Path) -> None:
             .fetchall()[0][0]
         )
         assert n >= 1
+
+
+async def test_live_analysis_stores_findings_as_the_engine_does(tmp_path: Path) -> None:
+    """The TUI saves the detectors' findings with the engine's own ``finding_rows``:
+    evidence made JSON-safe (numpy scalars, NaN) with its keys sorted."""
+    engine = pytest.importorskip("tunescope.detectors.engine")
+    store = build_runs(tmp_path / "runs")  # its own copy: the analysis replaces findings
+    app = make_app(store)
+    found = [
+        Finding(
+            run="diverged-lr",
+            detector="TS999",
+            name="probe",
+            severity=Severity.WARNING,
+            step_start=5,
+            step_end=9,
+            message="probe finding",
+            suggestion="none",
+            rank=1,
+            evidence={"zeta": np.int64(3), "alpha": np.float64(2.5), "mid": float("nan")},
+        )
+    ]
+    app.analyze_fn = lambda store, **kw: found  # as if the engine found exactly this
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        await app.workers.wait_for_complete()
+        await settle(pilot, lambda: not app._updating)
+        rows = (
+            store.cursor()
+            .execute(
+                "SELECT detector, rank, step_start, step_end, CAST(evidence AS VARCHAR) "
+                "FROM findings WHERE run_id = 'diverged-lr'"
+            )
+            .fetchall()
+        )
+    expected = engine.finding_rows(found)[0]["evidence"]
+    assert expected == '{"alpha": 2.5, "mid": "NaN", "zeta": 3}'
+    assert rows == [("TS999", 1, 5, 9, expected)]
 
 
 async def test_a_failing_detector_is_reported_and_the_findings_stay(

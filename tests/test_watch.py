@@ -351,3 +351,77 @@ def test_poll_thread_safety_smoke(runs):
         t.start()
         t.join(30)
         assert len(box[0]) == 1
+
+
+@pytest.mark.slow
+def test_cli_second_sigint_keeps_undelivered_alerts_in_the_outbox(runs):
+    """Two Ctrl-C in a row while the endpoint stalls: the watcher stops at once,
+    and every alert the state records as sent is in the outbox for the next start."""
+    writers = [EventWriter(runs / name) for name in ("a", "b", "c")]
+    with Receiver(delay=60.0) as rx:  # takes each request and never answers in time
+        for w in writers:
+            write(w, {1: 2.0})
+        proc = subprocess.Popen(
+            watch_args(
+                runs,
+                rx.url + "/tok-in-path",
+                "--interval",
+                "0.3",
+                "--timeout",
+                "50",
+                "--drain",
+                "40",
+                "--rate-limit",
+                "0",
+            ),
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for w in writers:
+                write(w, {2: NAN})
+            assert len(rx.wait_for(1, timeout=30)) == 1, "no alert reached the endpoint"
+            time.sleep(0.5)  # the other two alerts wait in the queue behind the stalled one
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+            assert out == ""
+            elapsed = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            for w in writers:
+                w.close()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert elapsed < 10, f"the second Ctrl-C took {elapsed:.1f}s to stop the watch"
+    assert "stopping now (SIGINT)" in err
+    assert "stopped: 3 alert(s) raised, 0 delivered, 0 rejected; 3 kept in" in err, err
+    assert "tok-in-path" not in err
+    state = json.loads((runs / ".tunescope" / STATE_NAME).read_text())
+    sent = {json.loads(k)[0] for k, v in state["incidents"].items() if v["sent"]}
+    assert sent == {"a", "b", "c"}
+    outbox = runs / ".tunescope" / "alerts-outbox.jsonl"
+    entries = [json.loads(line) for line in outbox.read_text().splitlines()]
+    assert sorted(e["item"]["alert"]["finding"]["run"] for e in entries) == ["a", "b", "c"]
+    assert rx.url not in outbox.read_text()
+
+
+def test_cli_bad_webhook_url_is_refused_without_printing_it(runs):
+    for url in ("http://127.0.0.1:9/services/T000/B000/SECRETTOKEN x",
+                "http://127.0.0.1:9/services/T000/B000/SECRETTOKEN\r"):  # fmt: skip
+        proc = subprocess.run(
+            watch_args(runs, url, "--once"),
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "whitespace or control characters" in proc.stderr
+        assert "SECRETTOKEN" not in proc.stderr + proc.stdout
+        assert "Traceback" not in proc.stderr

@@ -3,7 +3,8 @@
 ``Receiver`` runs ``http.server.ThreadingHTTPServer`` on an ephemeral port in a
 thread, records every POST (path, query, headers, body, arrival time) and
 answers as scripted: a list of statuses consumed one per request (then 200),
-an optional delay before answering, and an optional body.
+an optional delay before answering, and an optional body (``echo=True``: the
+request's path and query, as a server quoting the URL in its error would).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ class Receiver:
         statuses: list[int] | None = None,
         delay: float = 0.0,
         reply: bytes = b'{"ok": true}',
+        echo: bool = False,
     ) -> None:
         self.statuses = list(statuses or [])
         self.delay = delay
         self.reply = reply
+        self.echo = echo
         self.requests: list[Received] = []
         self.answered: list[int] = []
         self._cond = threading.Condition()
@@ -57,12 +60,13 @@ class Receiver:
                     receiver._cond.notify_all()
                 if receiver.delay:
                     time.sleep(receiver.delay)
+                reply = f"no such hook: {self.path}".encode() if receiver.echo else receiver.reply
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(receiver.reply)))
+                    self.send_header("Content-Length", str(len(reply)))
                     self.end_headers()
-                    self.wfile.write(receiver.reply)
+                    self.wfile.write(reply)
                 except OSError:
                     return  # the client gave up (timeout): nothing to answer
                 with receiver._cond:

@@ -8,7 +8,6 @@ its own queries, workers and handlers.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,28 +39,6 @@ def load_analyze() -> Callable[..., list[Finding]] | None:
             return None
         raise
     return analyze
-
-
-def finding_rows(findings: list[Finding]) -> list[dict[str, Any]]:
-    """Findings as rows of the ``findings`` view, ready for ``store.save_findings``."""
-    rows = []
-    for f in findings:
-        d = f.to_dict()
-        rows.append(
-            {
-                "run_id": f.run,
-                "rank": f.rank,
-                "detector": f.detector,
-                "name": f.name,
-                "severity": d["severity"],
-                "step_start": f.step_start,
-                "step_end": f.step_end,
-                "message": f.message,
-                "suggestion": f.suggestion,
-                "evidence": json.dumps(d["evidence"]),
-            }
-        )
-    return rows
 
 
 class TunescopeApp(App[None]):
@@ -161,6 +138,10 @@ class TunescopeApp(App[None]):
                 except Exception as e:  # a detector bug must not stop live ingest
                     self.post_message(AnalyzeFailed(f"{type(e).__name__}: {e}"))
                     return
+                # The engine is installed (analyze_fn came from it): use its rows,
+                # so the TUI stores findings exactly as `tunescope analyze` does.
+                from tunescope.detectors.engine import finding_rows
+
                 ids = store.run_ids() if run_ids is None else run_ids
                 store.save_findings(finding_rows(found), ids)
                 self.post_message(StoreChanged(ids, findings_only=True))

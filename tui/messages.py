@@ -91,10 +91,17 @@ class RunChoicesLoaded(Message, bubble=False):
 
 @dataclass
 class QueryDone(Message, bubble=False):
-    """A user's SQL ran: the whole Arrow result (paged into the table)."""
+    """A user's SQL ran. ``paged``: ``table`` is page ``page`` of the result
+    (``more``: another page follows); otherwise it is the whole result (EXPLAIN,
+    PRAGMA, several statements), paged into the table on screen."""
 
     table: pa.Table
     seconds: float
+    paged: bool = False
+    page: int = 0
+    more: bool = False
+    new_query: bool = True
+    sql: str = ""
 
 
 @dataclass

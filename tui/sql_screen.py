@@ -1,9 +1,17 @@
-"""Read-only SQL over the store's views, results paged into a table."""
+"""Read-only SQL over the store's views, results paged into a table.
+
+A single SELECT is fetched one page at a time (the query wrapped as
+``SELECT * FROM (...) LIMIT .. OFFSET ..``, run again for each page), so that
+``SELECT * FROM metrics`` on a big store never loads every row; the total is
+shown once the last page is reached. EXPLAIN, PRAGMA and several statements
+run as they are and their (small) result is paged on screen.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import duckdb
 import pyarrow as pa
 from rich.text import Text
 from textual import on, work
@@ -14,6 +22,8 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from tunescope.errors import TunescopeError
+from tunescope.ingest.rows import fetch_arrow
+from tunescope.ingest.store import check_read_only
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import QueryDone, QueryFailed
 from tunescope.tui.runs_screen import fmt_value
@@ -31,6 +41,12 @@ def cell(value: object) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
+def _is_select(stmt: Any) -> bool:
+    """A SELECT-like statement (SELECT, WITH, VALUES, FROM, DESCRIBE, SHOW, SUMMARIZE)."""
+    kind = getattr(stmt.type, "name", str(stmt.type))
+    return kind.replace("StatementType.", "").replace("_STATEMENT", "") == "SELECT"
+
+
 class SqlScreen(WorkerScreen):
     """Type SQL, press Enter; ] and [ page through the result."""
 
@@ -45,9 +61,15 @@ class SqlScreen(WorkerScreen):
         super().__init__(classes="sql-screen")
         self.initial_sql = sql
         self.result: pa.Table | None = None
+        """The page on screen (paged), or the whole result (EXPLAIN, PRAGMA, ...)."""
+        self.sql = ""
+        self.paged = False
+        self.more = False
         self.page = 0
         self.seconds = 0.0
         self.error = ""
+        self.fetched_rows = 0
+        """Rows the worker fetched from DuckDB for the current query (all pages so far)."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -75,33 +97,66 @@ class SqlScreen(WorkerScreen):
         sql = event.value.strip()
         if sql:
             self.query_one("#sql-status", Static).update(Text("running…", style="dim"))
-            self.run_sql(sql)
+            self.run_sql(sql, 0, new_query=True)
 
     @work(thread=True, exclusive=True, group="sql", exit_on_error=False, description="running SQL")
-    def run_sql(self, sql: str) -> None:
-        cur = self.app.store.cursor()
+    def run_sql(self, sql: str, page: int, new_query: bool = False) -> None:
+        store = self.app.store
         clock = self.app.clock
         t0 = clock()
+        cur = store.cursor()
         try:
-            table = self.app.store.query(sql, con=cur)
+            done = self._fetch(store, cur, sql, page, new_query)
         except TunescopeError as e:  # the user's mistake: shown inline, not as a modal
             if not get_current_worker().is_cancelled:
                 self.post_message(QueryFailed(str(e)))
             return
         finally:
             cur.close()
+        done.seconds = clock() - t0
         if not get_current_worker().is_cancelled:
-            self.post_message(QueryDone(table, clock() - t0))
+            self.post_message(done)
+
+    def _fetch(self, store: Any, cur: Any, sql: str, page: int, new_query: bool) -> QueryDone:
+        """One page of a single SELECT (``SELECT * FROM (sql) LIMIT .. OFFSET ..``,
+        one row more than a page to know whether another follows); the whole
+        result for anything else. Read-only: checked, and rolled back."""
+        statements = check_read_only(sql)
+        if len(statements) == 1 and _is_select(statements[0]):
+            query = statements[0].query.strip().rstrip(";").strip()
+            paged = f"SELECT * FROM (\n{query}\n) LIMIT {PAGE + 1} OFFSET {page * PAGE}"
+            try:
+                check_read_only(paged)  # the wrapping cannot make it write, checked anyway
+                cur.execute("BEGIN TRANSACTION")
+                try:
+                    table = fetch_arrow(cur, paged)
+                finally:
+                    cur.execute("ROLLBACK")
+            except (duckdb.Error, TunescopeError):
+                pass  # not wrappable (a trailing comment, ...): run it as it is, below
+            else:
+                self.fetched_rows = table.num_rows + (0 if new_query else self.fetched_rows)
+                more = table.num_rows > PAGE
+                return QueryDone(
+                    table.slice(0, PAGE), 0.0, True, page, more, new_query=new_query, sql=sql
+                )
+        table = store.query(sql, con=cur)
+        self.fetched_rows = table.num_rows
+        return QueryDone(table, 0.0, new_query=True, sql=sql)
 
     def on_query_done(self, message: QueryDone) -> None:
         self.result = message.table
         self.seconds = message.seconds
         self.error = ""
-        self.page = 0
+        self.paged = message.paged
+        self.more = message.more
+        self.page = message.page
         table = self.query_one("#sql-table", DataTable)
-        table.clear(columns=True)
-        for name in message.table.column_names:
-            table.add_column(name, key=name)
+        if message.new_query:
+            self.sql = message.sql
+            table.clear(columns=True)
+            for name in message.table.column_names:
+                table.add_column(name, key=name)
         self._show_page()
 
     def on_query_failed(self, message: QueryFailed) -> None:
@@ -114,25 +169,43 @@ class SqlScreen(WorkerScreen):
         result = self.result
         if result is None:
             return
-        pages = max(1, -(-result.num_rows // PAGE))
-        self.page = max(0, min(self.page, pages - 1))
-        start = self.page * PAGE
-        chunk = result.slice(start, PAGE)
+        if self.paged:
+            chunk = result
+            start = self.page * PAGE
+            n = None if self.more else start + chunk.num_rows
+            pages = None if self.more else self.page + 1
+        else:
+            n = result.num_rows
+            pages = max(1, -(-n // PAGE))
+            self.page = max(0, min(self.page, pages - 1))
+            start = self.page * PAGE
+            chunk = result.slice(start, PAGE)
         table = self.query_one("#sql-table", DataTable)
         table.clear()
         table.add_rows([cell(v) for v in row.values()] for row in chunk.to_pylist())
-        n = result.num_rows
-        self.query_one("#sql-status", Static).update(
-            Text(
-                f"{n:,} row{'s' if n != 1 else ''} in {self.seconds * 1000:.0f} ms", style="#3ccf91"
-            )
-        )
-        shown = f"rows {start + 1:,}–{start + chunk.num_rows:,} of {n:,}" if n else "no rows"
-        self.query_one("#sql-page", Static).update(f" {shown} · page {self.page + 1}/{pages} ")
+        ms = f"in {self.seconds * 1000:.0f} ms"
+        if n is None:
+            status = f"more than {start + chunk.num_rows:,} rows (page {self.page + 1}) {ms}"
+        else:
+            status = f"{n:,} row{'s' if n != 1 else ''} {ms}"
+        self.query_one("#sql-status", Static).update(Text(status, style="#3ccf91"))
+        if n is None:
+            shown = f"rows {start + 1:,}–{start + chunk.num_rows:,} · page {self.page + 1} · ] next"
+        else:
+            rows = f"rows {start + 1:,}–{start + chunk.num_rows:,} of {n:,}" if n else "no rows"
+            shown = f"{rows} · page {self.page + 1}/{pages}"
+        self.query_one("#sql-page", Static).update(f" {shown} ")
 
     def action_page(self, delta: int) -> None:
-        self.page += delta
-        self._show_page()
+        if not self.paged:
+            self.page += delta
+            self._show_page()
+            return
+        page = self.page + delta
+        if page < 0 or (delta > 0 and not self.more) or not self.sql:
+            return
+        self.query_one("#sql-status", Static).update(Text(f"loading page {page + 1}…", style="dim"))
+        self.run_sql(self.sql, page)
 
     @on(Button.Pressed, "#sql-prev")
     def _prev(self) -> None:

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from tunescope import __version__
-from tunescope.findings import Finding, Severity, jsonable
+from tunescope.findings import Finding, Severity, jsonable, step_range
 
 FORMATS = ("slack", "feishu", "dingtalk", "json")
 SECRET_ENV = "TUNESCOPE_WEBHOOK_SECRET"
@@ -107,7 +107,7 @@ class Alert:
         """A short line for logs: ``new TS101 alert for run-a (rank 0, steps 120-131)``."""
         f = self.finding
         where = f.run if f.rank is None else f"{f.run} rank {f.rank}"
-        steps = steps_text(f)
+        steps = step_range(f)
         return f"{self.reason} {f.severity.value} {f.detector} alert for {where}" + (
             f" ({steps})" if steps else ""
         )
@@ -146,14 +146,6 @@ class Alert:
         )
 
 
-def steps_text(f: Finding) -> str:
-    if f.step_start is None:
-        return ""
-    if f.step_end is None or f.step_end == f.step_start:
-        return f"step {f.step_start}"
-    return f"steps {f.step_start}-{f.step_end}"
-
-
 def headline(alert: Alert) -> str:
     f = alert.finding
     prefix = {"updated": "still firing: ", "escalated": "escalated: "}.get(alert.reason, "")
@@ -187,7 +179,8 @@ def run_line(run: dict[str, Any]) -> str:
 
 def _detail_lines(alert: Alert) -> list[str]:
     f = alert.finding
-    lines = [f"detector {f.detector}" + (f" · {steps_text(f)}" if steps_text(f) else "")]
+    steps = step_range(f)
+    lines = [f"detector {f.detector}" + (f" · {steps}" if steps else "")]
     summary = run_line(alert.run)
     if summary:
         lines.append(f"run: {summary}")
@@ -340,13 +333,66 @@ def detect_format(url: str) -> str:
 
 
 def check_url(url: str) -> None:
+    """Refuse what cannot be a webhook URL, without ever echoing its path or query
+    (they hold tokens): only the scheme and a character position are named."""
+    bad = next((i for i, c in enumerate(url) if c.isspace() or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(
+            f"a webhook URL must not contain whitespace or control characters (found one "
+            f"at character {bad + 1} of {len(url)}: a stray space, tab or line ending "
+            "copied with the URL?)"
+        )
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        # Do not echo the URL: it may hold a token.
-        raise ValueError(
-            f"a webhook must be an http:// or https:// URL with a host "
-            f"(got one starting with {url[:8]!r})"
-        )
+        scheme = f"{parts.scheme}://" if parts.scheme and parts.netloc else "no scheme"
+        raise ValueError(f"a webhook must be an http:// or https:// URL with a host (got {scheme})")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that may hold a token, longest first, as they may appear
+    in text: the URL, its path and query (raw and decoded), each query value, each
+    long path segment and the userinfo."""
+    parts = urllib.parse.urlsplit(url)
+    found = {url, url.rstrip("/")}
+    path, query = parts.path, parts.query
+    if path.strip("/"):
+        found.add(path)
+        found.add(urllib.parse.unquote(path))
+        for segment in path.split("/"):
+            if len(segment) >= 6:
+                found.add(segment)
+                found.add(urllib.parse.unquote(segment))
+    if query:
+        found.add(query)
+        found.add("?" + query)
+        found.add(path + "?" + query)
+        # Values shorter than 5 characters cannot hold a credential worth the name,
+        # and scrubbing them would garble ordinary words of the message.
+        for _, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+            if len(value) >= 5:
+                found.add(value)
+                found.add(urllib.parse.quote_plus(value))
+                found.add(urllib.parse.quote(value, safe=""))
+        for raw in query.split("&"):
+            value = raw.partition("=")[2]
+            if len(value) >= 5:
+                found.add(value)
+    if parts.fragment:
+        found.add(parts.fragment)
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        found.add(userinfo)
+        found.update(p for p in userinfo.split(":") if len(p) >= 3)
+    found |= {f.strip() for f in found} | {repr(f)[1:-1] for f in found}
+    found.discard("")
+    return sorted(found, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Iterable[str], replacement: str = "<redacted>") -> str:
+    """``text`` with every one of ``secrets`` replaced (longest first)."""
+    for s in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(s, replacement)
+    return text
 
 
 def redact_url(url: str) -> str:
@@ -659,6 +705,8 @@ class _Worker:
         self.lock = threading.Lock()
         self.current: Alert | dict[str, Any] | None = None
         self.abandoned = False
+        self.signed_secrets: list[str] = []
+        """The parts of the last prepared (signed) URL, scrubbed from logs."""
         self.thread = threading.Thread(
             target=self._loop, name=f"tunescope-alerts-{endpoint.label}", daemon=True
         )
@@ -730,6 +778,7 @@ class AlertSender:
         self.endpoints: list[Endpoint] = []
         for i, u in enumerate(urls, 1):
             if isinstance(u, Endpoint):
+                check_url(u.url)
                 self.endpoints.append(u)
                 continue
             check_url(u)
@@ -746,6 +795,7 @@ class AlertSender:
         self._stats_lock = threading.Lock()
         self.stats = {"sent": 0, "rejected": 0, "outboxed": 0, "retries": 0}
         self._closed = False
+        self._hurry = threading.Event()
         self._workers = [_Worker(self, ep, queue_size) for ep in self.endpoints]
 
     # ---- public ----------------------------------------------------------------
@@ -809,12 +859,23 @@ class AlertSender:
         for w in self._workers:
             w.queue.put(_STOP)
         deadline = time.monotonic() + max(0.0, timeout)
-        for w in self._workers:
-            w.thread.join(max(0.0, deadline - time.monotonic()))
+        interrupted: BaseException | None = None
+        try:
+            for w in self._workers:
+                # Short slices, so that hurry() (a second Ctrl-C) ends the wait at once.
+                while w.thread.is_alive() and not self._hurry.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    w.thread.join(min(left, 0.05))
+        except KeyboardInterrupt as e:
+            # Interrupted while draining: still journal what is left, then re-raise.
+            interrupted = e
         for w in self._workers:
             w.abort.set()  # cut backoff waits short; queued items go to the outbox
+        grace = time.monotonic() + (0.2 if self._hurry.is_set() or interrupted else 0.5)
         for w in self._workers:
-            w.thread.join(0.5)
+            w.thread.join(max(0.0, grace - time.monotonic()))
         for w in self._workers:
             if not w.thread.is_alive():
                 continue
@@ -830,7 +891,15 @@ class AlertSender:
                 if item is not _STOP:
                     left.append(item)
             self._to_outbox(w.endpoint, left, "still sending at shutdown")
+        if interrupted is not None:
+            raise interrupted
         return self.stats["outboxed"] - before
+
+    def hurry(self) -> None:
+        """Stop waiting for deliveries: a ``close()`` under way (or the next one)
+        writes what is queued or in flight to the outbox at once. Safe to call
+        from a signal handler."""
+        self._hurry.set()
 
     def __enter__(self) -> AlertSender:
         return self
@@ -841,11 +910,23 @@ class AlertSender:
     # ---- internals -------------------------------------------------------------
 
     def _log(self, message: str) -> None:
+        self._log_fn(self._scrub(message))
+
+    def _scrub(self, message: str) -> str:
+        """``message`` with every URL, URL part, signature and secret scrubbed
+        (error texts from urllib or a server's answer may quote them)."""
         for ep in self.endpoints:
             message = message.replace(ep.url, ep.label)
+        secrets: set[str] = set()
+        for w in getattr(self, "_workers", []):
+            secrets.update(w.signed_secrets)
+        for ep in self.endpoints:
+            secrets.update(url_secrets(ep.url))
+            if ep.secret:
+                secrets.add(ep.secret)
         if self.secret:
-            message = message.replace(self.secret, "***")
-        self._log_fn(message)
+            secrets.add(self.secret)
+        return scrub(message, secrets)
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:
@@ -870,8 +951,14 @@ class AlertSender:
                 f"({_describe(item)})"
             )
 
+        def make_request() -> HttpRequest:
+            req = prepare(ep, payload, delivery_id=delivery_id, event=event)
+            if req.url != ep.url:  # signed (DingTalk): the signature is in the URL
+                worker.signed_secrets = url_secrets(req.url)
+            return req
+
         return deliver(
-            lambda: prepare(ep, payload, delivery_id=delivery_id, event=event),
+            make_request,
             self.policy,
             fmt=ep.format,
             abort=worker.abort,
@@ -904,6 +991,7 @@ class AlertSender:
             self._log(f"could not deliver {len(items)} alert(s) to {ep.label}: {why}; dropped")
             return
         now = time.time()
+        why = self._scrub(why)
         entries = [
             {"endpoint": ep.id, "failed_at": now, "error": why, "item": _item_to_dict(i)}
             for i in items

@@ -83,3 +83,17 @@ def jsonable(value: Any) -> Any:
 
 def findings_json(findings: list[Finding]) -> str:
     return json.dumps([f.to_dict() for f in findings], indent=2)
+
+
+def step_range(finding: Finding | dict[str, Any], none: str = "") -> str:
+    """``step 120`` or ``steps 120-131`` for a finding (or its dict, as in JSON
+    or a ``findings`` row); ``none`` when it has no step (a whole-run finding)."""
+    if isinstance(finding, dict):
+        start, end = finding.get("step_start"), finding.get("step_end")
+    else:
+        start, end = finding.step_start, finding.step_end
+    if start is None:
+        return none
+    if end is None or end == start:
+        return f"step {start}"
+    return f"steps {start}-{end}"

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunescope.alerts import Alert, stderr_log
 from tunescope.errors import StoreError, TunescopeError, UsageError
-from tunescope.findings import Finding, Severity
+from tunescope.findings import Finding, Severity, step_range
 
 if TYPE_CHECKING:
     from tunescope.alerts import AlertSender
@@ -328,18 +328,19 @@ class Watcher:
             limited = last is not None and now - float(last) < self.rate_limit
             if limited and reason != "escalated":
                 wait = self.rate_limit - (now - float(last))
+                steps = step_range(f, "no step")
                 if reason == "new":
                     self.state.incidents[key] = _record(f, now, sent=False)
                     gate["folded"] += 1
                     self.log(
                         f"held: new {f.severity.value} {f.detector} incident in {f.run} "
-                        f"({_steps(f)}) folded into the next alert for this run and detector "
+                        f"({steps}) folded into the next alert for this run and detector "
                         f"(rate limit, {wait:.0f}s left)"
                     )
                 elif not rec.get("held"):
                     rec["held"] = True
                     self.log(
-                        f"held: {f.detector} incident in {f.run} ({_steps(f)}) is still "
+                        f"held: {f.detector} incident in {f.run} ({steps}) is still "
                         f"firing; update in {wait:.0f}s (rate limit)"
                     )
                 continue
@@ -367,14 +368,6 @@ def _grew(f: Finding, rec: dict[str, Any]) -> bool:
         return False
     old = rec.get("step_end")
     return old is None or f.step_end > old
-
-
-def _steps(f: Finding) -> str:
-    if f.step_start is None:
-        return "no step"
-    if f.step_end is None or f.step_end == f.step_start:
-        return f"step {f.step_start}"
-    return f"steps {f.step_start}-{f.step_end}"
 
 
 def _summary(row: dict[str, Any] | None) -> dict[str, Any]:
@@ -488,11 +481,23 @@ def cmd_watch(args: Any) -> int:
         signals = [signal.SIGINT, signal.SIGTERM]
         previous = {s: signal.getsignal(s) for s in signals}
 
+        presses = [0]
+
         def on_signal(signum: int, frame: Any) -> None:
-            if stop.is_set():  # a second Ctrl-C: stop without waiting for deliveries
-                raise KeyboardInterrupt
-            stop.set()
-            stderr_log(f"stopping ({signal.Signals(signum).name}); delivering queued alerts")
+            # No KeyboardInterrupt here: it would cut the drain short and lose the
+            # queued alerts that the state already records as sent.
+            presses[0] += 1
+            name = signal.Signals(signum).name
+            if presses[0] == 1:
+                stop.set()
+                stderr_log(
+                    f"stopping ({name}); delivering queued alerts for up to {args.drain:g}s "
+                    "(again: stop now and keep them in the outbox)"
+                )
+            elif presses[0] == 2:
+                # A second Ctrl-C: stop without waiting; what is undelivered is journaled.
+                sender.hurry()
+                stderr_log(f"stopping now ({name}); undelivered alerts go to the outbox")
 
         for s in signals:
             signal.signal(s, on_signal)
