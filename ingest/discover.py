@@ -122,4 +122,9 @@ def discover(
                         sources.append(Source(path, run_dir, rid, reader, part, rel))
                     break
         stack.extend(reversed(subdirs))
+    # A run that writes tunescope's own logs is read from them alone: the
+    # trainer_state.json or TensorBoard files beside them describe the same
+    # steps, averaged and with less detail.
+    native = {s.run_dir for s in sources if s.reader.format == "tunescope"}
+    sources = [s for s in sources if s.reader.format == "tunescope" or s.run_dir not in native]
     return sources, problems

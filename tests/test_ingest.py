@@ -318,3 +318,23 @@ def test_two_concurrent_ingesters(tmp_path):
     # The second ingester found everything ingested: one steps segment, no duplicates.
     tables = [s["table"] for s in store.cache.load_manifest()["segments"]]
     assert tables.count("steps") == 1
+
+
+def test_native_logs_win_over_foreign_files_in_the_same_run(tmp_path):
+    run = tmp_path / "runs" / "r"
+    with EventWriter(run) as w:
+        w.run_start(total_steps=2)
+        w.step(step=1, loss=2.0)
+        w.step(step=2, loss=1.0)
+        w.run_end("completed")
+    ckpt = run / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text(
+        '{"global_step": 2, "logging_steps": 1, "max_steps": 2, "log_history": '
+        '[{"step": 1, "loss": 9.0}, {"step": 2, "loss": 9.0}]}'
+    )
+    store = Store.open(tmp_path / "runs")
+    assert store.query("SELECT format, status FROM runs").to_pylist() == [
+        {"format": "tunescope", "status": "completed"}
+    ]
+    assert store.cursor().execute("SELECT max(loss) FROM steps").fetchone() == (2.0,)
