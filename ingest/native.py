@@ -40,6 +40,8 @@ RANK_PARQUET = re.compile(r"^rank-(\d+)-(\d+)\.parquet$")
 # Chunks smaller than this are parsed in Python: DuckDB's per-query cost is
 # larger than the parse.
 FAST_PATH_MIN_BYTES = 256 * 1024
+# Bytes of JSON handed to one DuckDB query.
+FAST_PATH_QUERY_BYTES = 64 * 1024 * 1024
 
 _KNOWN = frozenset((*ENVELOPE_NAMES, *METRIC_NAMES, "sample_ids"))
 
@@ -81,10 +83,19 @@ class NativeReader:
                 fast.append((i, path, chunk))
             else:
                 results[i] = _read_exact(path, chunk)
-        if fast:
-            done = _read_fast(fast)
-            for i, path, chunk in fast:
-                results[i] = done.get(i) or _read_exact(path, chunk)
+        done: dict[int, ReadResult] = {}
+        group: list[tuple[int, Path, Chunk]] = []
+        size = 0
+        for item in fast:
+            group.append(item)
+            size += len(item[2].data)
+            if size >= FAST_PATH_QUERY_BYTES:  # bounded queries: memory stays flat
+                done.update(_read_fast(group))
+                group, size = [], 0
+        if group:
+            done.update(_read_fast(group))
+        for i, path, chunk in fast:
+            results[i] = done.get(i) or _read_exact(path, chunk)
         return [r for r in results if r is not None]
 
 
