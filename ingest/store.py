@@ -391,7 +391,9 @@ SELECT
         WHEN last_life.all_ended AND last_life.worst = 3 THEN 'failed'
         WHEN last_life.all_ended AND last_life.worst = 2 THEN 'interrupted'
         WHEN last_life.all_ended THEN 'completed'
-        WHEN epoch(now()) - greatest(coalesce(st.last_ts, 0), coalesce(src.modified, 0))
+        -- the log's own clock when it has one (a copied or cloned file is new
+        -- on disk but not a live run), else the files' modification time
+        WHEN epoch(now()) - coalesce(st.last_ts, src.modified, 0)
              < greatest(120, 30 * coalesce(st.med_step_time, 0)) THEN 'running'
         ELSE 'interrupted'
     END AS status,

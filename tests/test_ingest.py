@@ -338,3 +338,13 @@ def test_native_logs_win_over_foreign_files_in_the_same_run(tmp_path):
         {"format": "tunescope", "status": "completed"}
     ]
     assert store.cursor().execute("SELECT max(loss) FROM steps").fetchone() == (2.0,)
+
+
+def test_a_copied_log_of_a_dead_run_is_interrupted_not_running(tmp_path):
+    import shutil
+
+    with EventWriter(tmp_path / "old" / "r") as w:
+        w.step(step=1, ts=1.7e9, loss=2.0)  # written long ago, never ended
+    shutil.copytree(tmp_path / "old", tmp_path / "runs")  # fresh mtimes on disk
+    store = Store.open(tmp_path / "runs")
+    assert store.query("SELECT status FROM runs").to_pylist() == [{"status": "interrupted"}]
