@@ -183,8 +183,17 @@ class TunescopeCallback(TrainerCallback):
         faults: list[dict[str, Any]] | None = None,
         take_over_clipping: bool = True,
         extra_run_start: dict[str, Any] | None = None,
+        webhook: str | list[str] | None = None,
+        webhook_format: str = "auto",
+        webhook_secret: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        # Alerts from the training process itself (rank 0): NaN/Inf and a
+        # sustained loss rise, sent on a background thread, never blocking a step.
+        self.webhook = webhook
+        self.webhook_format = webhook_format
+        self.webhook_secret = webhook_secret
+        self.alerts: Any = None
         self.run = run
         self.config = config
         self.faults = list(faults or [])
@@ -289,8 +298,10 @@ class TunescopeCallback(TrainerCallback):
             import psutil
 
             self._proc = psutil.Process()
+        fields = self._run_start_fields(args, state, model)
         if not (resumed and had_log):
-            self.writer.run_start(**self._run_start_fields(args, state, model))
+            self.writer.run_start(**fields)
+        self._start_alerts(fields)
         if resumed:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.writer.resume(state.global_step, str(ckpt if ckpt.exists() else "unknown"))
@@ -462,7 +473,30 @@ class TunescopeCallback(TrainerCallback):
 
     def on_step_record(self, step: int, record: dict[str, Any]) -> None:
         """Called with each step's record after it is queued for writing; a
-        place for per-step extensions (alerts). Does nothing by default."""
+        place for per-step extensions. Feeds the live alert checks."""
+        if self.alerts is not None:
+            run = self.writer.run if self.writer is not None else str(self.run)
+            self.alerts.on_step(
+                run, self.rank, step, record.get("loss"), record.get("grad_norm"), record.get("lr")
+            )
+
+    def _start_alerts(self, fields: dict[str, Any]) -> None:
+        if not self.webhook or self.rank != 0 or self.alerts is not None:
+            return
+        from tunescope.alerts import AlertSender, TrainingAlerts
+
+        sender = AlertSender(
+            self.webhook,
+            self.webhook_format,
+            self.webhook_secret,
+            outbox=self.run_dir / ".tunescope" / "alerts-outbox.jsonl",
+        )
+        self.alerts = TrainingAlerts(
+            sender,
+            warmup_steps=int(fields.get("warmup_steps") or 0),
+            total_steps=fields.get("total_steps") or None,
+            model=fields.get("model"),
+        )
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any):
         if self.writer is not None and metrics:
@@ -497,6 +531,8 @@ class TunescopeCallback(TrainerCallback):
         self._hooks.clear()
         self.writer.run_end(status, error)
         self.writer.close()
+        if self.alerts is not None and self.alerts.sender is not None:
+            self.alerts.sender.close(timeout=5)
 
     def _atexit(self) -> None:
         if not self.ended and self.writer is not None:

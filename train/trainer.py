@@ -109,6 +109,11 @@ class TrainConfig:
     """Show a progress bar on rank 0 when stderr is a terminal."""
     inject: list[str] = field(default_factory=list)
     """Faults to inject (see tunescope.train.faults), e.g. ['lr_spike@120:20']."""
+    webhook: str | None = None
+    """Webhook URL for alerts sent from the training process itself (rank 0):
+    the first NaN/Inf and a sustained loss rise. Slack, Feishu/Lark and DingTalk
+    URLs are recognised, anything else gets signed JSON
+    (secret: TUNESCOPE_WEBHOOK_SECRET)."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -167,7 +172,14 @@ class TrainConfig:
             parse_fault(spec)  # ValueError names the accepted forms
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as recorded in logs and checkpoints (a webhook URL holds a
+        token: only its scheme and host are recorded)."""
+        d = dataclasses.asdict(self)
+        if d.get("webhook"):
+            from tunescope.alerts import redact_url
+
+            d["webhook"] = redact_url(d["webhook"])
+        return d
 
 
 def _coerce(name: str, tp: Any, raw: Any, where: str) -> Any:
@@ -489,6 +501,7 @@ def train(cfg: TrainConfig) -> int:
         cfg.run_name,
         config=cfg.to_dict(),
         faults=[f.to_json() for f in faults],
+        webhook=cfg.webhook,
     )
     callbacks: list[Any] = []
     if faults:
