@@ -21,7 +21,7 @@ from textual.widgets import DataTable, Input, OptionList, Select, Static
 from tunescope.findings import Finding, Severity
 from tunescope.ingest.store import Store
 from tunescope.train.events import EventWriter
-from tunescope.tui.app import TunescopeApp, load_analyze
+from tunescope.tui.app import TunescopeApp
 from tunescope.tui.compare_screen import CompareScreen
 from tunescope.tui.error_modal import ErrorModal
 from tunescope.tui.plot import Plot, bucket_series
@@ -659,11 +659,7 @@ def test_finding_rows_round_trip_through_the_store(tmp_path: Path) -> None:
 
 async def test_analysis_runs_when_the_engine_exists(tmp_path: Path) -> None:
     store = build_runs(tmp_path / "runs")  # its own copy: the analysis replaces findings
-    analyze = load_analyze()
     app = make_app(store, analyze=True)
-    if analyze is None:
-        assert "engine not installed" in app.analysis_note
-        return
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot, lambda: app.screen.loaded)
         await app.workers.wait_for_complete()

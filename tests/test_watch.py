@@ -322,24 +322,6 @@ def test_cli_usage_errors(runs):
     assert "http:// or https://" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_cli_without_the_engine_exits_2(runs):
-    try:
-        load_analyzer(None)
-    except UsageError:
-        pass
-    else:
-        pytest.skip("the detector engine is installed")
-    proc = subprocess.run(
-        [*tunescope_cmd(), "watch", str(runs), "--webhook", "http://127.0.0.1:9/x"],
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2
-    assert "detector engine" in proc.stderr and "Traceback" not in proc.stderr
-
-
 def test_poll_thread_safety_smoke(runs):
     """Polling on a worker thread (as an embedding app would) works: the store
     gives each thread its own cursor."""

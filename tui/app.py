@@ -30,14 +30,11 @@ if TYPE_CHECKING:
 REFRESH_EVERY_S = 30.0  # re-derive statuses (running -> interrupted) even when no file changed
 
 
-def load_analyze() -> Callable[..., list[Finding]] | None:
-    """The detector engine's ``analyze``, or None when this build has no engine."""
-    try:
-        from tunescope.detectors.engine import analyze
-    except ModuleNotFoundError as e:
-        if e.name in ("tunescope.detectors.engine", "tunescope.detectors"):
-            return None
-        raise
+def load_analyze() -> Callable[..., list[Finding]]:
+    """The detector engine's ``analyze`` (imported when first needed: it pulls
+    in numpy and polars)."""
+    from tunescope.detectors.engine import analyze
+
     return analyze
 
 
@@ -80,11 +77,6 @@ class TunescopeApp(App[None]):
         self.clock = clock
         self.analyze_fn = load_analyze() if analyze else None
         self.detector_config = detector_config
-        self.analysis_note = (
-            ""
-            if self.analyze_fn or not analyze
-            else "detector engine not installed: stored findings only"
-        )
         self._updating = False
         self._refreshed_at = time.monotonic()
         self.ingests = 0
@@ -93,8 +85,6 @@ class TunescopeApp(App[None]):
         return RunsScreen()
 
     def on_mount(self) -> None:
-        if self.analysis_note:
-            self.notify(self.analysis_note, severity="warning", timeout=4)
         if self.analyze_fn is not None:
             self._start_update(initial=True)
         if self.live:

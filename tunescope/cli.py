@@ -307,6 +307,8 @@ def _add_tui(sub: Any) -> None:
         help="show the stored findings only; do not run the detectors",
     )
     p.set_defaults(handler=cmd_tui)
+
+
 def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
@@ -649,6 +651,8 @@ def cmd_tui(args: argparse.Namespace) -> int:
         store, live=not args.no_live, interval=args.interval, analyze=not args.no_analyze
     ).run()
     return ExitCode.OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tunescope.errors import ConfigError
     from tunescope.train.trainer import load_config, train

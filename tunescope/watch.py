@@ -382,16 +382,7 @@ def _summary(row: dict[str, Any] | None) -> dict[str, Any]:
 def load_analyzer(spec: str | None) -> Analyze:
     """The detector engine's ``analyze``, or ``MODULE:FUNCTION`` when given."""
     if spec is None:
-        try:
-            module = importlib.import_module(ENGINE)
-        except ModuleNotFoundError as e:
-            if e.name not in (ENGINE, "tunescope.detectors"):
-                raise
-            raise UsageError(
-                f"the detector engine ({ENGINE}) is not part of this installation; "
-                "install a tunescope build with detectors, or pass --analyzer MODULE:FUNCTION"
-            ) from None
-        return module.analyze
+        return importlib.import_module(ENGINE).analyze
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
         raise UsageError(f"--analyzer must be MODULE:FUNCTION, got {spec!r}")
