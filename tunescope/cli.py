@@ -644,11 +644,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_tui(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise UsageError(f"--interval must be positive, got {args.interval}")
+    from tunescope.config import load_config
+
+    cfg = load_config(None, starts=[Path(args.runs)])  # the same thresholds as analyze
     store = open_store(args)
     from tunescope.tui.app import TunescopeApp
 
     TunescopeApp(
-        store, live=not args.no_live, interval=args.interval, analyze=not args.no_analyze
+        store,
+        live=not args.no_live,
+        interval=args.interval,
+        analyze=not args.no_analyze,
+        detector_config=cfg,
     ).run()
     return ExitCode.OK
 
