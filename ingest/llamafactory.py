@@ -34,7 +34,7 @@ from tunescope.ingest.foreign import (
     parse_duration,
     split_fields,
 )
-from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
+from tunescope.ingest.rows import Problem, ReadResult, RowBuilder, decoded_lines
 from tunescope.ingest.tail import read_new_lines
 
 NAME = "trainer_log.jsonl"
@@ -180,17 +180,8 @@ class LlamaFactoryReader:
         hf_path, hf_parsed, hf_rows = hf_train_rows(path.parent)
         rows = RowBuilder()
         problems: list[Problem] = []
-        lineno = chunk.first_line - 1
         new_train: list[int] = []
-        for raw in chunk.data.split(b"\n")[:-1]:
-            lineno += 1
-            if not raw.strip():
-                continue
-            try:
-                row = parser.row(loads(raw))
-            except LineError as e:
-                problems.append(Problem(str(path), lineno, str(e)))
-                continue
+        for lineno, row in decoded_lines(path, chunk, problems, parser.row):
             if row.kind == "train":
                 if train_total is None and row.total:
                     train_total = row.total
