@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from tunescope.eventlog import LineError, as_number, loads
-from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA
+from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA, Problem, ReadResult
 from tunescope.schema import METRIC_NAMES
 
 __all__ = ["LineError", "loads"]
@@ -247,3 +247,27 @@ def add_step_times(
         tail[step] = ts
     last = sorted(tail)[-2:]
     return [[s, tail[s]] for s in last]
+
+
+def scalar_result(
+    steps: dict[int, list[Any]],
+    metric_rows: list[tuple[int, float | None, str, float]],
+    events: pa.Table,
+    state: dict[str, Any],
+    new_state: dict[str, Any],
+    problems: list[Problem],
+    restarted: bool,
+) -> ReadResult:
+    """The result of a scalar-log reader (TensorBoard, W&B): ``steps`` maps a
+    step to ``[ts, canonical metrics]``; ``step_time_s`` is derived with the
+    step times remembered in ``state`` (stored in ``new_state['times']``)."""
+    step_rows = [(s, ts, canon) for s, (ts, canon) in sorted(steps.items())]
+    new_state["times"] = add_step_times(step_rows, state.get("times", []))
+    return ReadResult(
+        step_table(step_rows),
+        metric_table(metric_rows),
+        events,
+        new_state,
+        problems,
+        replace=restarted,
+    )
