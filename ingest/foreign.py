@@ -11,8 +11,9 @@ import itertools
 import math
 import re
 import statistics
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -271,3 +272,28 @@ def scalar_result(
         problems,
         replace=restarted,
     )
+
+
+T = TypeVar("T")
+
+
+def cached_parse(
+    cache: dict[str, tuple[tuple[int, int], Any]], path: Path, parse: Callable[[bytes], T]
+) -> T | None:
+    """``parse`` of the file's bytes, kept in ``cache`` by size and modification
+    time (at most 64 files; it is emptied when it holds more); None when the
+    file cannot be read."""
+    try:
+        st = path.stat()
+        sig = (st.st_size, st.st_mtime_ns)
+        hit = cache.get(str(path))
+        if hit and hit[0] == sig:
+            return hit[1]
+        data = path.read_bytes()
+    except OSError:
+        return None
+    value = parse(data)
+    if len(cache) > 64:
+        cache.clear()
+    cache[str(path)] = (sig, value)
+    return value

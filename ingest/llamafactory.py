@@ -27,6 +27,7 @@ from tunescope.ingest.foreign import (
     Deltas,
     LineError,
     as_int,
+    cached_parse,
     infer_logging_steps,
     is_eval_key,
     loads,
@@ -130,15 +131,11 @@ _CACHE: dict[str, tuple[tuple[int, int], dict[int, tuple[dict, dict]]]] = {}
 def load_log(path: Path) -> dict[int, tuple[dict[str, float], dict[str, float]]]:
     """Training rows of a whole log by step, (canonical, extras), as the
     incremental reader derives them; cached by size and modification time."""
-    try:
-        st = path.stat()
-        sig = (st.st_size, st.st_mtime_ns)
-        hit = _CACHE.get(str(path))
-        if hit and hit[0] == sig:
-            return hit[1]
-        data = path.read_bytes()
-    except OSError:
-        return {}
+    out = cached_parse(_CACHE, path, _parse_log)
+    return {} if out is None else out
+
+
+def _parse_log(data: bytes) -> dict[int, tuple[dict[str, float], dict[str, float]]]:
     parser = Parser(None)
     out: dict[int, tuple[dict, dict]] = {}
     for raw in data.split(b"\n"):
@@ -150,9 +147,6 @@ def load_log(path: Path) -> dict[int, tuple[dict[str, float], dict[str, float]]]
             continue
         if row.kind == "train":
             out[row.step] = (row.canon, row.extras)
-    if len(_CACHE) > 64:
-        _CACHE.clear()
-    _CACHE[str(path)] = (sig, out)
     return out
 
 
