@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 import statistics
 from collections.abc import Callable, Iterable
@@ -297,3 +298,17 @@ def cached_parse(
         cache.clear()
     cache[str(path)] = (sig, value)
     return value
+
+
+def resume_state(
+    st: os.stat_result, state: dict[str, Any] | None, start: int
+) -> tuple[dict[str, Any], int, bool]:
+    """(state, offset, restarted) for a binary log read incrementally: a copy
+    of the saved ``state`` and its ``offset`` (``start`` at first); an empty
+    state, ``start`` and True when the file was replaced (another inode) or
+    truncated below the saved offset."""
+    state = dict(state or {})
+    offset = int(state.get("offset", start))
+    if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
+        return {}, start, True
+    return state, offset, False

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.foreign import infer_logging_steps, scalar_result
+from tunescope.ingest.foreign import infer_logging_steps, resume_state, scalar_result
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
 PREFIX = "events.out.tfevents."
@@ -378,11 +378,7 @@ class TensorBoardReader:
 
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
         st = os.stat(path)
-        state = dict(state or {})
-        restarted = False
-        offset = int(state.get("offset", 0))
-        if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
-            state, offset, restarted = {}, 0, True
+        state, offset, restarted = resume_state(st, state, 0)
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read()

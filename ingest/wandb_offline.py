@@ -34,6 +34,7 @@ from typing import Any
 from tunescope.ingest.foreign import (
     infer_logging_steps,
     number,
+    resume_state,
     scalar_result,
 )
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
@@ -177,11 +178,7 @@ class WandbOfflineReader:
 
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
         st = os.stat(path)
-        state = dict(state or {})
-        restarted = False
-        offset = int(state.get("offset", FILE_HEADER))
-        if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
-            state, offset, restarted = {}, FILE_HEADER, True
+        state, offset, restarted = resume_state(st, state, FILE_HEADER)
         with open(path, "rb") as f:
             data = f.read()
         problems: list[Problem] = []
