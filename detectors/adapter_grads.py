@@ -53,10 +53,10 @@ import numpy as np
 from tunescope.detectors import stats
 from tunescope.detectors.rankwise import (
     collapse_ranks,
+    finding,
     fmt,
     payload_number,
     rank_slices,
-    see,
     steps_slices,
     trend1,
 )
@@ -238,9 +238,7 @@ def _wiring(run_id: str, payload: dict[str, Any]) -> list[Finding]:
             "applied to a PeftModel freezes it); check with model.print_trainable_parameters()."
         )
         ev = {"kind": "no_trainable_params", "trainable_params": 0, "total_params": total}
-        out.append(
-            Finding(run_id, ID, NAME, Severity.ERROR, None, None, msg + see(ID), sugg, evidence=ev)
-        )
+        out.append(finding(run_id, ID, NAME, Severity.ERROR, None, None, msg, sugg, evidence=ev))
     adapted = payload_number(payload, "adapted_modules")
     expected = payload_number(payload, "expected_adapted_modules")
     if adapted is not None and expected is not None and expected > 0 and adapted < expected:
@@ -257,7 +255,7 @@ def _wiring(run_id: str, payload: dict[str, Any]) -> list[Finding]:
             "target matches at all."
         )
         ev = {"kind": "targets", "adapted_modules": adapted, "expected_adapted_modules": expected}
-        out.append(Finding(run_id, ID, NAME, sev, None, None, msg + see(ID), sugg, evidence=ev))
+        out.append(finding(run_id, ID, NAME, sev, None, None, msg, sugg, evidence=ev))
     return out
 
 
@@ -312,14 +310,14 @@ def _judge(
             "detected_at_step": int(steps[a + need - 1]),
         }
         out.append(
-            Finding(
+            finding(
                 run_id,
                 ID,
                 NAME,
                 Severity.ERROR,
                 int(steps[a]),
                 int(steps[b]),
-                msg + see(ID),
+                msg,
                 SUGG_DEAD,
                 rank=rank,
                 evidence=ev,
@@ -365,14 +363,14 @@ def _not_measured(
         "max_grad_norm > 0), or log grad_norm_adapter with the bundled trainer."
     )
     ev = {"kind": "not_measured", "series": source, "loss_start": l0, "loss_end": l1}
-    return Finding(
+    return finding(
         run_id,
         ID,
         NAME,
         Severity.INFO,
         int(steps[0]),
         int(steps[-1]),
-        msg + see(ID),
+        msg,
         sugg,
         rank=rank,
         evidence=ev,
@@ -436,14 +434,14 @@ def _vanishing(
             "detected_at_step": int(steps[a + need - 1]),
         }
         out.append(
-            Finding(
+            finding(
                 run_id,
                 ID,
                 NAME,
                 Severity.WARNING,
                 int(steps[a]),
                 int(steps[b]),
-                msg + see(ID),
+                msg,
                 SUGG_VANISH,
                 rank=rank,
                 evidence=ev,
@@ -494,6 +492,4 @@ def _lora_a_zero(
         "lora_b_median": float(np.nanmedian(b[rows])),
         "detected_at_step": int(steps[rows[opts.lora_a_min_points - 1]]),
     }
-    return Finding(
-        run_id, ID, NAME, Severity.ERROR, s0, s1, msg + see(ID), SUGG_B, rank=rank, evidence=ev
-    )
+    return finding(run_id, ID, NAME, Severity.ERROR, s0, s1, msg, SUGG_B, rank=rank, evidence=ev)

@@ -67,11 +67,11 @@ import numpy as np
 from tunescope.detectors import stats
 from tunescope.detectors.rankwise import (
     collapse_ranks,
+    finding,
     first_event_step,
     fmt,
     ranks_from_slices,
     run_ended,
-    see,
     special_steps,
     steps_slices,
     trend1,
@@ -439,9 +439,7 @@ def _judge_rank(
             "a memory snapshot (torch.cuda.memory._record_memory_history(), _dump_snapshot()) "
             "to find the allocation that grows."
         )
-        out.append(
-            Finding(run_id, ID, NAME, sev, s0, s1, msg + see(ID), sugg, rank=rank, evidence=ev)
-        )
+        out.append(finding(run_id, ID, NAME, sev, s0, s1, msg, sugg, rank=rank, evidence=ev))
 
     frag = _fragmentation(opts, part, steps_all, keep, cap, rank, run_id)
     if frag is not None:
@@ -484,17 +482,8 @@ def _plateaued(
         "Nothing to fix if the new level leaves headroom; a one-time growth is usually a "
         "cache, compiled kernels for new shapes or optimizer state."
     )
-    return Finding(
-        run_id,
-        ID,
-        NAME,
-        Severity.INFO,
-        s0,
-        int(steps[-1]),
-        msg + see(ID),
-        sugg,
-        rank=rank,
-        evidence=ev,
+    return finding(
+        run_id, ID, NAME, Severity.INFO, s0, int(steps[-1]), msg, sugg, rank=rank, evidence=ev
     )
 
 
@@ -642,14 +631,14 @@ def _fragmentation(
         "Set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (or max_split_size_mb), "
         "and pad batches to a few bucketed sequence lengths."
     )
-    return Finding(
+    return finding(
         run_id,
         ID,
         NAME,
         Severity.WARNING,
         int(w["start"]),
         int(w["end"]),
-        msg + see(ID),
+        msg,
         sugg,
         rank=rank,
         evidence=ev,

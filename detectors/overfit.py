@@ -30,13 +30,12 @@ Options:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import fmt, run_series
+from tunescope.detectors.series import event_payload, fmt, run_series
 from tunescope.findings import Finding, Severity
 
 ID = "TS104"
@@ -68,9 +67,8 @@ def eval_losses(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for row in ev.iter_rows(named=True):
         if row["step"] is None:
             continue
-        try:
-            payload = json.loads(row["payload"])
-        except (TypeError, ValueError):
+        payload = event_payload(row["payload"])
+        if payload is None:
             continue
         for k in EVAL_KEYS:
             v = payload.get(k)

@@ -25,6 +25,34 @@ def see(detector_id: str) -> str:
     return f" See `tunescope explain {detector_id}`."
 
 
+def finding(
+    run_id: str,
+    detector_id: str,
+    name: str,
+    sev: Severity,
+    step_start: int | None,
+    step_end: int | None,
+    message: str,
+    suggestion: str,
+    rank: int | None = None,
+    evidence: dict[str, Any] | None = None,
+) -> Finding:
+    """A :class:`Finding` whose message ends with :func:`see` (the tail every
+    systems detector's message carries)."""
+    return Finding(
+        run_id,
+        detector_id,
+        name,
+        sev,
+        step_start,
+        step_end,
+        message + see(detector_id),
+        suggestion,
+        rank=rank,
+        evidence={} if evidence is None else evidence,
+    )
+
+
 def special_steps(
     ctx: Context, after: int = 1, kinds: tuple[str, ...] = ("eval", "checkpoint")
 ) -> dict[str, np.ndarray]:

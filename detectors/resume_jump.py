@@ -31,13 +31,12 @@ Options:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import IQR_TO_SIGMA, early_level, fmt, run_series
+from tunescope.detectors.series import IQR_TO_SIGMA, early_level, event_payload, fmt, run_series
 from tunescope.findings import Finding, Severity
 
 ID = "TS106"
@@ -68,10 +67,7 @@ def resumes(ctx: Context) -> dict[str, list[tuple[int, str]]]:
     """Per run: (step resumed from, checkpoint) of each resume event."""
     out: dict[str, list[tuple[int, str]]] = {}
     for row in ctx.events(["resume"]).iter_rows(named=True):
-        try:
-            payload = json.loads(row["payload"]) if row["payload"] else {}
-        except ValueError:
-            payload = {}
+        payload = event_payload(row["payload"]) or {}
         step = payload.get("from_step", row["step"])
         if isinstance(step, int | float):
             item = (int(step), str(payload.get("checkpoint", "")))

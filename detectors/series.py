@@ -444,3 +444,13 @@ def samples_note(ids: list[Any] | None, limit: int = 8) -> str:
     shown = ", ".join(str(i) for i in ids[:limit])
     more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
     return f" Samples in that batch: {shown}{more}."
+
+
+def event_payload(text: str | None) -> Any:
+    """An event's JSON payload decoded; None when it is empty or not JSON."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

@@ -35,18 +35,9 @@ def trend(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int = 4
     (Theil-Sen is O(n^2)). ``alpha`` is the confidence of ``lo``/``hi``."""
     from scipy import stats
 
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = len(x)
-    if n < 3:
-        return Trend(0.0, 1.0, 0.0, 0.0, 0.0, n)
-    if n > max_points:
-        idx = np.linspace(0, n - 1, max_points).round().astype(int)
-        x, y = x[idx], y[idx]
-    if np.all(y == y[0]):
-        return Trend(0.0, 1.0, 0.0, 0.0, 0.0, len(x))
+    x, y, flat = _trend_points(x, y, max_points)
+    if flat is not None:
+        return flat
     tau, p = stats.kendalltau(x, y)
     slope, _, lo, hi = stats.theilslopes(y, x, alpha=alpha)
     tau = 0.0 if not np.isfinite(tau) else float(tau)
@@ -175,19 +166,10 @@ def trend_np(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int 
     import math
     from statistics import NormalDist
 
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
+    x, y, flat = _trend_points(x, y, max_points)
+    if flat is not None:
+        return flat
     n = len(x)
-    if n < 3:
-        return Trend(0.0, 1.0, 0.0, 0.0, 0.0, n)
-    if n > max_points:
-        idx = np.linspace(0, n - 1, max_points).round().astype(int)
-        x, y = x[idx], y[idx]
-        n = len(x)
-    if np.all(y == y[0]):
-        return Trend(0.0, 1.0, 0.0, 0.0, 0.0, n)
     i, j = np.triu_indices(n, k=1)
     dx = x[j] - x[i]
     dy = y[j] - y[i]
@@ -217,3 +199,24 @@ def trend_np(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int 
     ru = min(round((nt - z * sigma) / 2.0), nt - 1)
     rl = max(round((nt + z * sigma) / 2.0) - 1, 0)
     return Trend(float(tau), float(p), slope, float(slopes[rl]), float(slopes[ru]), n)
+
+
+def _trend_points(
+    x: np.ndarray, y: np.ndarray, max_points: int
+) -> tuple[np.ndarray, np.ndarray, Trend | None]:
+    """The points :func:`trend` and :func:`trend_np` test: the finite pairs,
+    subsampled evenly to ``max_points``; with the no-trend answer instead when
+    fewer than 3 are left or ``y`` is constant (else None)."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    if n < 3:
+        return x, y, Trend(0.0, 1.0, 0.0, 0.0, 0.0, n)
+    if n > max_points:
+        idx = np.linspace(0, n - 1, max_points).round().astype(int)
+        x, y = x[idx], y[idx]
+    if np.all(y == y[0]):
+        return x, y, Trend(0.0, 1.0, 0.0, 0.0, 0.0, len(x))
+    return x, y, None

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors.rankwise import fmt, run_ended, see, special_steps, steps_slices
+from tunescope.detectors.rankwise import finding, fmt, run_ended, special_steps, steps_slices
 from tunescope.findings import Finding, Severity
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ def _unmeasurable(
         "rank, or the bundled trainer) to measure stragglers and hangs."
     )
     ev = {"kind": "unmeasurable", "world_size": world, "ranks_logged": ranks}
-    return Finding(run_id, ID, NAME, Severity.INFO, None, None, msg + see(ID), sugg, evidence=ev)
+    return finding(run_id, ID, NAME, Severity.INFO, None, None, msg, sugg, evidence=ev)
 
 
 def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
@@ -234,14 +234,14 @@ def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> lis
             "host, and restart from the last checkpoint."
         )
         out.append(
-            Finding(
+            finding(
                 row["run_id"],
                 ID,
                 NAME,
                 Severity.ERROR,
                 int(row["last_step"]) + 1,
                 int(row["max_step"]),
-                msg + see(ID),
+                msg,
                 sugg,
                 rank=rank,
                 evidence=ev,
@@ -449,7 +449,7 @@ def _rotation_finding(run_id: str, g: pl.DataFrame, opts: Options) -> Finding:
         "Balance the work per rank: sequence packing, length-bucketed or token-balanced "
         "sampling, or a fixed padded length."
     )
-    return Finding(run_id, ID, NAME, Severity.INFO, s0, s1, msg + see(ID), sugg, evidence=ev)
+    return finding(run_id, ID, NAME, Severity.INFO, s0, s1, msg, sugg, evidence=ev)
 
 
 def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Finding:
@@ -512,7 +512,7 @@ def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Findi
         "signal": "compute_time_s+data_time_s" if parts else "step_time_s",
         "detected_at_step": inc["detected_at"],
     }
-    return Finding(run_id, ID, NAME, sev, s0, s1, msg + see(ID), sugg, rank=rank, evidence=ev)
+    return finding(run_id, ID, NAME, sev, s0, s1, msg, sugg, rank=rank, evidence=ev)
 
 
 def _mean(x: np.ndarray) -> float:

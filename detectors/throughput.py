@@ -46,9 +46,9 @@ import numpy as np
 from tunescope.detectors import stats
 from tunescope.detectors.rankwise import (
     collapse_ranks,
+    finding,
     fmt,
     ranks_from_slices,
-    see,
     special_steps,
     steps_slices,
 )
@@ -221,14 +221,14 @@ def _judge(
             "recovered": not ended,
         }
         out.append(
-            Finding(
+            finding(
                 run_id,
                 ID,
                 NAME,
                 Severity.WARNING,
                 int(steps[i0]),
                 int(steps[b_end]),
-                msg + see(ID),
+                msg,
                 sugg,
                 rank=rank,
                 evidence=ev,

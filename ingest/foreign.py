@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 import statistics
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 from tunescope.eventlog import LineError, as_number, loads
-from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA
+from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA, Problem, ReadResult
 from tunescope.schema import METRIC_NAMES
 
 __all__ = ["LineError", "loads"]
@@ -247,3 +249,66 @@ def add_step_times(
         tail[step] = ts
     last = sorted(tail)[-2:]
     return [[s, tail[s]] for s in last]
+
+
+def scalar_result(
+    steps: dict[int, list[Any]],
+    metric_rows: list[tuple[int, float | None, str, float]],
+    events: pa.Table,
+    state: dict[str, Any],
+    new_state: dict[str, Any],
+    problems: list[Problem],
+    restarted: bool,
+) -> ReadResult:
+    """The result of a scalar-log reader (TensorBoard, W&B): ``steps`` maps a
+    step to ``[ts, canonical metrics]``; ``step_time_s`` is derived with the
+    step times remembered in ``state`` (stored in ``new_state['times']``)."""
+    step_rows = [(s, ts, canon) for s, (ts, canon) in sorted(steps.items())]
+    new_state["times"] = add_step_times(step_rows, state.get("times", []))
+    return ReadResult(
+        step_table(step_rows),
+        metric_table(metric_rows),
+        events,
+        new_state,
+        problems,
+        replace=restarted,
+    )
+
+
+T = TypeVar("T")
+
+
+def cached_parse(
+    cache: dict[str, tuple[tuple[int, int], Any]], path: Path, parse: Callable[[bytes], T]
+) -> T | None:
+    """``parse`` of the file's bytes, kept in ``cache`` by size and modification
+    time (at most 64 files; it is emptied when it holds more); None when the
+    file cannot be read."""
+    try:
+        st = path.stat()
+        sig = (st.st_size, st.st_mtime_ns)
+        hit = cache.get(str(path))
+        if hit and hit[0] == sig:
+            return hit[1]
+        data = path.read_bytes()
+    except OSError:
+        return None
+    value = parse(data)
+    if len(cache) > 64:
+        cache.clear()
+    cache[str(path)] = (sig, value)
+    return value
+
+
+def resume_state(
+    st: os.stat_result, state: dict[str, Any] | None, start: int
+) -> tuple[dict[str, Any], int, bool]:
+    """(state, offset, restarted) for a binary log read incrementally: a copy
+    of the saved ``state`` and its ``offset`` (``start`` at first); an empty
+    state, ``start`` and True when the file was replaced (another inode) or
+    truncated below the saved offset."""
+    state = dict(state or {})
+    offset = int(state.get("offset", start))
+    if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
+        return {}, start, True
+    return state, offset, False

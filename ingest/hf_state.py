@@ -34,6 +34,7 @@ from typing import Any
 from tunescope.ingest.foreign import (
     Deltas,
     as_int,
+    cached_parse,
     infer_logging_steps,
     is_eval_key,
     logging_steps_from_hf,
@@ -191,20 +192,9 @@ _CACHE: dict[str, tuple[tuple[int, int], State]] = {}
 def load_state(path: Path) -> State | None:
     """Parsed file, cached by size and modification time (the LLaMA-Factory
     reader joins with it on every read of its growing log)."""
-    try:
-        st = path.stat()
-        sig = (st.st_size, st.st_mtime_ns)
-        hit = _CACHE.get(str(path))
-        if hit and hit[0] == sig:
-            return hit[1]
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    state = parse_state(path, text)
-    if len(_CACHE) > 64:
-        _CACHE.clear()
-    _CACHE[str(path)] = (sig, state)
-    return state
+    return cached_parse(
+        _CACHE, path, lambda data: parse_state(path, data.decode("utf-8", errors="replace"))
+    )
 
 
 class Entry:

@@ -27,6 +27,7 @@ from tunescope.ingest.foreign import (
     Deltas,
     LineError,
     as_int,
+    cached_parse,
     infer_logging_steps,
     is_eval_key,
     loads,
@@ -34,7 +35,7 @@ from tunescope.ingest.foreign import (
     parse_duration,
     split_fields,
 )
-from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
+from tunescope.ingest.rows import Problem, ReadResult, RowBuilder, decoded_lines
 from tunescope.ingest.tail import read_new_lines
 
 NAME = "trainer_log.jsonl"
@@ -130,15 +131,11 @@ _CACHE: dict[str, tuple[tuple[int, int], dict[int, tuple[dict, dict]]]] = {}
 def load_log(path: Path) -> dict[int, tuple[dict[str, float], dict[str, float]]]:
     """Training rows of a whole log by step, (canonical, extras), as the
     incremental reader derives them; cached by size and modification time."""
-    try:
-        st = path.stat()
-        sig = (st.st_size, st.st_mtime_ns)
-        hit = _CACHE.get(str(path))
-        if hit and hit[0] == sig:
-            return hit[1]
-        data = path.read_bytes()
-    except OSError:
-        return {}
+    out = cached_parse(_CACHE, path, _parse_log)
+    return {} if out is None else out
+
+
+def _parse_log(data: bytes) -> dict[int, tuple[dict[str, float], dict[str, float]]]:
     parser = Parser(None)
     out: dict[int, tuple[dict, dict]] = {}
     for raw in data.split(b"\n"):
@@ -150,9 +147,6 @@ def load_log(path: Path) -> dict[int, tuple[dict[str, float], dict[str, float]]]
             continue
         if row.kind == "train":
             out[row.step] = (row.canon, row.extras)
-    if len(_CACHE) > 64:
-        _CACHE.clear()
-    _CACHE[str(path)] = (sig, out)
     return out
 
 
@@ -180,17 +174,8 @@ class LlamaFactoryReader:
         hf_path, hf_parsed, hf_rows = hf_train_rows(path.parent)
         rows = RowBuilder()
         problems: list[Problem] = []
-        lineno = chunk.first_line - 1
         new_train: list[int] = []
-        for raw in chunk.data.split(b"\n")[:-1]:
-            lineno += 1
-            if not raw.strip():
-                continue
-            try:
-                row = parser.row(loads(raw))
-            except LineError as e:
-                problems.append(Problem(str(path), lineno, str(e)))
-                continue
+        for lineno, row in decoded_lines(path, chunk, problems, parser.row):
             if row.kind == "train":
                 if train_total is None and row.total:
                     train_total = row.total

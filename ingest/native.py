@@ -29,6 +29,7 @@ from tunescope.ingest.rows import (
     Problem,
     ReadResult,
     RowBuilder,
+    decoded_lines,
     fetch_arrow,
 )
 from tunescope.ingest.tail import Chunk, read_new_lines
@@ -110,16 +111,7 @@ def _read_exact(path: Path, chunk: Chunk) -> ReadResult:
     rank0 = file_rank(path)
     rows = RowBuilder()
     problems: list[Problem] = []
-    lineno = chunk.first_line - 1
-    for raw in chunk.data.split(b"\n")[:-1]:
-        lineno += 1
-        if not raw.strip():
-            continue
-        try:
-            ev = parse_event(loads(raw))
-        except LineError as e:
-            problems.append(Problem(str(path), lineno, str(e)))
-            continue
+    for lineno, ev in decoded_lines(path, chunk, problems, parse_event):
         problems.extend(Problem(str(path), lineno, p) for p in ev.problems)
         try:
             add_event(rows, ev, rank0, lineno)

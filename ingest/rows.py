@@ -10,14 +10,18 @@ Parquet segments; the store turns the segments into the SQL views.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
+from tunescope.eventlog import LineError, loads
 from tunescope.schema import METRIC_NAMES
+
+if TYPE_CHECKING:
+    from tunescope.ingest.tail import Chunk
 
 # Columns a reader produces (without run_id, src, gen, seg: the ingester adds them).
 STEP_SCHEMA = pa.schema(
@@ -205,3 +209,25 @@ def fetch_arrow(con: Any, sql: str, params: Any = None) -> pa.Table:
     rel = con.sql(sql, params=params)
     method = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
     return method()
+
+
+def decoded_lines(
+    path: Path,
+    chunk: Chunk,
+    problems: list[Problem],
+    convert: Callable[[Any], Any] | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of ``chunk``: the line's
+    JSON, passed through ``convert`` when given. A line that ``loads`` or
+    ``convert`` rejects (``LineError``) is added to ``problems`` and skipped."""
+    lineno = chunk.first_line - 1
+    for raw in chunk.data.split(b"\n")[:-1]:
+        lineno += 1
+        if not raw.strip():
+            continue
+        try:
+            value = loads(raw) if convert is None else convert(loads(raw))
+        except LineError as e:
+            problems.append(Problem(str(path), lineno, str(e)))
+            continue
+        yield lineno, value

@@ -17,17 +17,15 @@ from typing import Any
 
 from tunescope.ingest.foreign import (
     Deltas,
-    LineError,
     as_int,
     infer_logging_steps,
     is_eval_key,
-    loads,
     number,
     parse_duration,
     parse_fraction,
     split_fields,
 )
-from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
+from tunescope.ingest.rows import Problem, ReadResult, RowBuilder, decoded_lines
 from tunescope.ingest.tail import read_new_lines
 
 NAME = "logging.jsonl"
@@ -85,16 +83,7 @@ class SwiftReader:
         first_steps: list[int] = list(old.get("first_steps", []))
         rows = RowBuilder()
         problems: list[Problem] = []
-        lineno = chunk.first_line - 1
-        for raw in chunk.data.split(b"\n")[:-1]:
-            lineno += 1
-            if not raw.strip():
-                continue
-            try:
-                obj = loads(raw)
-            except LineError as e:
-                problems.append(Problem(str(path), lineno, str(e)))
-                continue
+        for lineno, obj in decoded_lines(path, chunk, problems):
             if not isinstance(obj, dict):
                 problems.append(
                     Problem(str(path), lineno, f"expected a JSON object, got {type(obj).__name__}")

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.foreign import add_step_times, infer_logging_steps, metric_table, step_table
+from tunescope.ingest.foreign import infer_logging_steps, resume_state, scalar_result
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
 PREFIX = "events.out.tfevents."
@@ -335,6 +335,28 @@ def metric_name(tag: str) -> tuple[str, bool]:
     return tag, False
 
 
+def add_scalar(
+    steps: dict[int, list[Any]],
+    metric_rows: list[tuple[int, float | None, str, float]],
+    step: int,
+    ts: float | None,
+    tag: str,
+    value: float,
+) -> bool:
+    """Route one scalar by :func:`metric_name`: a canonical metric into
+    ``steps[step]`` (``[ts, metrics]``, the first ``ts`` kept), any other into
+    ``metric_rows``. True when it was canonical."""
+    name, canonical = metric_name(tag)
+    if canonical:
+        slot = steps.get(step)
+        if slot is None:
+            slot = steps[step] = [ts, {}]
+        slot[1][name] = value
+    else:
+        metric_rows.append((step, ts, name, value))
+    return canonical
+
+
 # ---- reader ------------------------------------------------------------------------
 
 
@@ -356,11 +378,7 @@ class TensorBoardReader:
 
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
         st = os.stat(path)
-        state = dict(state or {})
-        restarted = False
-        offset = int(state.get("offset", 0))
-        if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
-            state, offset, restarted = {}, 0, True
+        state, offset, restarted = resume_state(st, state, 0)
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read()
@@ -408,16 +426,9 @@ class TensorBoardReader:
                         skip.add(tag)
                     if value is None or tag in skip or step < 0:
                         continue
-                    name, canonical = metric_name(tag)
-                    if canonical:
-                        slot = steps.get(step)
-                        if slot is None:
-                            slot = steps[step] = [wall, {}]
-                        slot[1][name] = value
-                    else:
-                        metric_rows.append((step, wall, name, value))
-                        if tag in FINAL_TAGS:
-                            ended_at = step
+                    canonical = add_scalar(steps, metric_rows, step, wall, tag, value)
+                    if not canonical and tag in FINAL_TAGS:
+                        ended_at = step
         except Corrupt as e:
             problems.append(
                 Problem(
@@ -461,16 +472,7 @@ class TensorBoardReader:
             "pending": [last, steps[last][0], steps[last][1]] if last is not None else None,
         }
         _, _, events = rows.tables()
-        step_rows = [(s, ts, canon) for s, (ts, canon) in sorted(steps.items())]
-        new_state["times"] = add_step_times(step_rows, state.get("times", []))
-        return ReadResult(
-            step_table(step_rows),
-            metric_table(metric_rows),
-            events,
-            new_state,
-            problems,
-            replace=restarted,
-        )
+        return scalar_result(steps, metric_rows, events, state, new_state, problems, restarted)
 
 
 def _has_trainer_log(path: Path) -> bool:

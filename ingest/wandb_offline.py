@@ -32,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.ingest.foreign import (
-    add_step_times,
     infer_logging_steps,
-    metric_table,
     number,
-    step_table,
+    resume_state,
+    scalar_result,
 )
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
-from tunescope.ingest.tensorboard import _skip, _varint, crc32c, metric_name
+from tunescope.ingest.tensorboard import _skip, _varint, add_scalar, crc32c
 
 MAGIC = b":W&B"
 FILE_HEADER = 7
@@ -179,11 +178,7 @@ class WandbOfflineReader:
 
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
         st = os.stat(path)
-        state = dict(state or {})
-        restarted = False
-        offset = int(state.get("offset", FILE_HEADER))
-        if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
-            state, offset, restarted = {}, FILE_HEADER, True
+        state, offset, restarted = resume_state(st, state, FILE_HEADER)
         with open(path, "rb") as f:
             data = f.read()
         problems: list[Problem] = []
@@ -256,7 +251,6 @@ class WandbOfflineReader:
                 rows.event(0, None, run.get("start"), "run_start", payload)
                 state["started"] = True
         _, _, events = rows.tables()
-        step_rows = [(s, ts, c) for s, (ts, c) in sorted(steps.items())]
         last = max(steps) if steps else None
         new_state = {
             **state,
@@ -269,15 +263,7 @@ class WandbOfflineReader:
             "pending": [last, steps[last][0], steps[last][1]] if last is not None else None,
             "last_step": last if last is not None else state.get("last_step"),
         }
-        new_state["times"] = add_step_times(step_rows, state.get("times", []))
-        return ReadResult(
-            step_table(step_rows),
-            metric_table(metric_rows),
-            events,
-            new_state,
-            problems,
-            replace=restarted,
-        )
+        return scalar_result(steps, metric_rows, events, state, new_state, problems, restarted)
 
     @staticmethod
     def _history(buf: bytes, steps: dict, metric_rows: list) -> None:
@@ -299,14 +285,7 @@ class WandbOfflineReader:
             v = number(value) if not isinstance(value, str) else None
             if v is None:
                 continue
-            name, canonical = metric_name(key)
-            if canonical:
-                slot = steps.get(step)
-                if slot is None:
-                    slot = steps[step] = [ts, {}]
-                slot[1][name] = v
-            else:
-                metric_rows.append((step, ts, name, v))
+            add_scalar(steps, metric_rows, step, ts, key, v)
 
 
 def _config(buf: bytes) -> dict[str, Any]:
