@@ -244,17 +244,25 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
     ):
         return out
     keys = [k for k in all_keys if k not in _KNOWN]
-    fields = ["v", "rank", "step", "ts", *METRIC_NAMES, "sample_ids", *keys]
-    columns = "{'kind': 'VARCHAR', " + ", ".join(f"{_sql_str(k)}: 'JSON'" for k in fields) + "}"
-    # Pass 2: every field as raw JSON text. Malformed JSON raises here, which
-    # sends the batch to the exact path (bisected by the caller).
+    fields = ["v", "rank", "step", "ts", "sample_ids", *keys]
+    columns = (
+        "{'kind': 'VARCHAR', "
+        + ", ".join(f"{_sql_str(k)}: 'DOUBLE'" for k in METRIC_NAMES)
+        + ", "
+        + ", ".join(f"{_sql_str(k)}: 'JSON'" for k in fields)
+        + "}"
+    )
+    # Pass 2: canonical metrics straight to DOUBLE (numbers, numeric text and
+    # booleans convert as the exact path converts them; anything else raises),
+    # every other field as raw JSON text. Malformed JSON or a metric that is no
+    # number raises here, which sends the batch to the exact path (bisected).
     con.execute(
         'CREATE TEMP TABLE raw AS SELECT *, row_number() OVER () AS "#g" FROM read_json(?, '
         f"format='newline_delimited', columns={columns}, filename='#f', "
         "maximum_object_size=67108864)",
         [list(files)],
     )
-    numeric = [*METRIC_NAMES, *keys]
+    numeric = keys  # extras: numbers only; canonical metrics are DOUBLE already
     kinds = ", ".join(f"'{k}'" for k in sorted(KINDS))
     q = _ident
 
@@ -271,7 +279,9 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
 
     envelope = ("v", "rank", "step", "ts")
     casts = ", ".join(f"{_num(q(k))} AS {n(k)}" for k in (*envelope, *numeric))
-    not_numbers = " OR ".join(f"({q(k)} IS NOT NULL AND NOT {is_number(k)})" for k in numeric)
+    not_numbers = (
+        " OR ".join(f"({q(k)} IS NOT NULL AND NOT {is_number(k)})" for k in numeric) or "false"
+    )
     bad = f"""kind IS NULL OR kind NOT IN ({kinds})
           OR (v IS NOT NULL AND {whole("v", SCHEMA_VERSION)})
           OR (step IS NOT NULL AND ({whole("step", INT64_MAX)} OR TRY_CAST(step AS BIGINT) IS NULL))
@@ -279,7 +289,7 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
           OR ("rank" IS NOT NULL AND {whole("rank", RANK_MAX)})
           OR (ts IS NOT NULL AND (NOT {is_number("ts")} OR NOT coalesce({n("ts")} >= 0 AND {n("ts")} < {TS_MAX:.0f}, false)))
           OR (kind = 'step' AND ({not_numbers}))"""
-    outs = ", ".join(f"{n(k)} AS {q(k)}" for k in numeric)
+    outs = ", ".join([*METRIC_NAMES, *(f"{n(k)} AS {q(k)}" for k in numeric)])
     con.execute(
         f"""CREATE TEMP TABLE t AS
         WITH c AS (SELECT *, {casts} FROM raw)
