@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,6 +34,28 @@ def all_modules() -> list[str]:
 @pytest.mark.slow
 def test_wheel_installs_into_a_fresh_venv_and_imports_every_module(tmp_path):
     dist = tmp_path / "dist"
+    # Build from a clean copy of the sources: a stale build/ folder in the
+    # checkout must not be able to smuggle deleted modules into the wheel.
+    src = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".tunescope",
+            "fixtures",
+            "bench",
+            "tests",
+            ".pytest_cache",
+            ".ruff_cache",
+            ".hypothesis",
+        ),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -44,7 +67,7 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_every_module(tmp_path):
             "-q",
             "-w",
             str(dist),
-            str(ROOT),
+            str(src),
         ],
         check=True,
         capture_output=True,
