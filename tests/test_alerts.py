@@ -374,3 +374,27 @@ def test_training_alerts_validates_options():
         TrainingAlerts(None, rise=2.0, recover=2.0)
     with pytest.raises(ValueError):
         TrainingAlerts(None, patience=0)
+
+
+def test_training_alerts_for_webhook_costs_microseconds_per_step(tmp_path):
+    """The trainer-side path with a dead endpoint: steps never wait on it, and
+    the undeliverable alert lands in the outbox at close."""
+    box = tmp_path / "run" / ".tunescope" / "alerts-outbox.jsonl"
+    checks = TrainingAlerts.for_webhook(
+        closed_port_url(),
+        format="json",
+        secret="",
+        outbox=box,
+        policy=RetryPolicy(timeout=0.5, retries=5, backoff=0.2),
+        warmup_steps=5,
+    )
+    checks.sender._log_fn = LogLines()
+    t0 = time.perf_counter()
+    for step in range(1, 2001):
+        loss = float("nan") if step == 1000 else 2.0
+        checks.on_step("run", 0, step, loss=loss, grad_norm=1.0, lr=1e-4)
+    per_step = (time.perf_counter() - t0) / 2000
+    assert per_step < 2e-4, f"{per_step * 1e6:.0f} us per step"
+    assert checks.close(timeout=0.2) == 1
+    (entry,) = Outbox(box).entries()
+    assert entry["item"]["alert"]["finding"]["step_start"] == 1000

@@ -244,7 +244,8 @@ def watch_args(runs, url, *extra):
 
 
 @pytest.mark.slow
-def test_cli_watch_sends_and_stops_cleanly_on_sigint(runs):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_watch_sends_and_stops_cleanly_on_a_signal(runs, sig):
     secret = "cli-secret-never-printed"
     with Receiver() as rx, EventWriter(runs / "a") as w:
         write(w, {1: 2.0})
@@ -260,14 +261,14 @@ def test_cli_watch_sends_and_stops_cleanly_on_sigint(runs):
             got = rx.wait_for(1, timeout=30)
             assert len(got) == 1, "no alert arrived"
             time.sleep(0.3)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             out, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    assert "stopping (SIGINT)" in err and "stopped: 1 alert(s) raised, 1 delivered" in err
+    assert f"stopping ({sig.name})" in err and "stopped: 1 alert(s) raised, 1 delivered" in err
     assert secret not in err and "tok-in-path" not in err
     assert out == ""
     body = got[0].json()

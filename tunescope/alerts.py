@@ -974,6 +974,26 @@ class TrainingAlerts:
         self._streak: dict[tuple[str, int], tuple[int, float]] = {}
         self._fired: set[tuple[str, int, str]] = set()
 
+    @classmethod
+    def for_webhook(
+        cls,
+        urls: str | Sequence[str],
+        *,
+        format: str = "auto",
+        secret: str | None = None,
+        outbox: str | os.PathLike[str] | None = None,
+        policy: RetryPolicy | None = None,
+        **rules: Any,
+    ) -> TrainingAlerts:
+        """Checks that send to ``urls`` (an :class:`AlertSender` of their own);
+        ``rules`` are this class's keyword options (``warmup_steps``, ...)."""
+        sender = AlertSender(urls, format=format, secret=secret, outbox=outbox, policy=policy)
+        return cls(sender, **rules)
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Deliver what is queued (up to ``timeout`` s); returns how many were not."""
+        return self.sender.close(timeout) if self.sender is not None else 0
+
     def on_step(
         self,
         run: str,
