@@ -207,7 +207,8 @@ class Watcher:
         for alert in alerts:
             self.log(f"alert: {alert.describe()}: {alert.finding.message}")
             if self.sender is not None:
-                self.sender.send(alert)
+                # Journaled before the state says "sent": a crash re-sends, never loses.
+                self.sender.send(alert, durable=True)
         self.queued += len(alerts)
         self.state.save()
         return alerts
@@ -500,8 +501,9 @@ def cmd_watch(args: Any) -> int:
             watcher.run(stop, once=args.once)
         finally:
             try:
-                left = sender.close(timeout=args.drain)
+                sender.close(timeout=args.drain)
                 watcher.state.save()
+                left = sender.undelivered()
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
