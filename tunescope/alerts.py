@@ -3,8 +3,8 @@
 Four payload formats (``--format``; ``auto`` picks one from the webhook's host):
 
 - ``slack``: an incoming-webhook message, ``text`` (the notification line) plus
-  ``blocks`` (header, message, suggestion, run context). Many chat tools
-  (Mattermost, Rocket.Chat, Discord's ``/slack`` endpoint) accept it too.
+  ``blocks`` (header, message, suggestion, run context). Other tools with
+  Slack-compatible incoming webhooks show at least the ``text``.
 - ``feishu``: a Feishu/Lark custom bot ``post`` message. With a secret, the body
   carries ``timestamp`` (seconds) and ``sign`` = base64(HMAC-SHA256 with the key
   ``timestamp + "\\n" + secret`` over an empty message), as the bot's
@@ -28,7 +28,10 @@ so a slow or dead endpoint never delays detection or the other endpoints.
 Each request has a timeout; 5xx answers, 429 and connection errors are retried
 with exponential backoff and jitter; other 4xx answers (and Feishu/DingTalk
 "code"/"errcode" refusals) are reported and not retried. What cannot be
-delivered goes to an outbox file (JSONL) and is retried later.
+delivered stays in an outbox file (JSONL, :class:`Outbox`) and is retried
+later; the watcher also journals each alert there before it counts as sent,
+so a watcher killed mid-delivery sends it again on its next start (delivery
+is at least once).
 
 The trainer side uses the same sender: :class:`TrainingAlerts` watches the
 loss and gradient norm of each step in the training process itself and sends
