@@ -355,6 +355,8 @@ def test_format_detection_and_redaction():
     assert redact_url("http://user:pw@10.0.0.1:8080/x?t=1") == "http://10.0.0.1:8080/…"
     with pytest.raises(ValueError, match="http:// or https://"):
         AlertSender(["ftp://example.com/x"])
+    with pytest.raises(ValueError, match="webhook 2 is the same URL"):
+        AlertSender(["https://example.com/x", "https://example.com/x"])
 
 
 def test_alert_round_trips_through_dict():

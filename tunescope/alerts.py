@@ -801,6 +801,10 @@ class AlertSender:
             self.endpoints.append(Endpoint(u, fmt, self.secret, label))
         if not self.endpoints:
             raise ValueError("no webhook URL given")
+        ids = [ep.id for ep in self.endpoints]
+        for i, ep_id in enumerate(ids):
+            if ep_id in ids[:i]:
+                raise ValueError(f"webhook {i + 1} is the same URL as an earlier one")
         if isinstance(outbox, Outbox) or outbox is None:
             self.outbox = outbox
         else:
