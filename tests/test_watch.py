@@ -130,8 +130,10 @@ def test_restarted_watcher_does_not_send_again(runs):
         assert (runs / ".tunescope" / STATE_NAME).exists()
 
         sender2 = AlertSender([rx.url], format="slack", policy=FAST, log=LogLines())
-        second = make_watcher(runs, sender2, rate_limit=0)  # as a new process would
+        log = LogLines()
+        second = make_watcher(runs, sender2, log=log, rate_limit=0)  # as a new process would
         assert second.poll() == []
+        assert any("skipped 1 finding(s) already sent" in line for line in log)
         write(w, {4: NAN})  # a new incident is still sent
         (a,) = second.poll()
         assert a.finding.step_start == 4

@@ -203,7 +203,7 @@ class Watcher:
         findings = [f for f in findings if f.run in wanted]
         summaries = self._summaries(changed)
         baseline = self._baseline_runs(changed, summaries, first)
-        alerts = self._decide(findings, summaries, baseline)
+        alerts = self._decide(findings, summaries, baseline, first)
         for alert in alerts:
             self.log(f"alert: {alert.describe()}: {alert.finding.message}")
             if self.sender is not None:
@@ -302,8 +302,10 @@ class Watcher:
         findings: list[Finding],
         summaries: dict[str, dict[str, Any]],
         baseline: set[str],
+        first: bool = False,
     ) -> list[Alert]:
         now = self.clock()
+        known = 0
         findings = [f for f in findings if f.severity.level >= self.min_severity.level]
         findings.sort(key=lambda f: (-f.severity.level, f.run, f.detector, f.step_start or 0))
         alerts: list[Alert] = []
@@ -323,6 +325,7 @@ class Watcher:
             elif _grew(f, rec):
                 reason = "updated"
             else:
+                known += rec.get("sent", False)
                 continue
             gate = self.state.gates.setdefault(gate_key(f), {"last_sent": None, "folded": 0})
             last = gate["last_sent"]
@@ -350,6 +353,11 @@ class Watcher:
             gate["folded"] = 0
             self.state.incidents[key] = _record(f, now, sent=True)
             alerts.append(alert)
+        if first and known:
+            self.log(
+                f"skipped {known} finding(s) already sent by an earlier watch "
+                f"(remembered in {self.state.path})"
+            )
         if baselined:
             n = sum(baselined.values())
             self.log(
