@@ -494,7 +494,10 @@ def cmd_watch(args: Any) -> int:
             f"{min_severity.value} and above go to {names}; Ctrl-C stops"
         )
         stop = threading.Event()
-        signals = [signal.SIGINT, signal.SIGTERM]
+        # Handlers can only be set from the main thread (an embedding app may call
+        # this from another: there, Ctrl-C is the app's business).
+        main = threading.current_thread() is threading.main_thread()
+        signals = [signal.SIGINT, signal.SIGTERM] if main else []
         previous = {s: signal.getsignal(s) for s in signals}
 
         def on_signal(signum: int, frame: Any) -> None:
