@@ -355,3 +355,31 @@ def test_poll_thread_safety_smoke(runs):
         t.start()
         t.join(30)
         assert len(box[0]) == 1
+
+
+def test_a_failed_analysis_is_retried_on_the_next_poll(runs):
+    calls = []
+
+    def flaky(store, **kw):
+        calls.append(kw["run_ids"])
+        if len(calls) == 1:
+            raise RuntimeError("detector bug")
+        return nan_analyze(store, **kw)
+
+    log = LogLines()
+    with EventWriter(runs / "a") as w:
+        write(w, {1: 2.0, 2: NAN})
+        store = Store(runs, runs / ".tunescope")
+        watcher = Watcher(store, None, analyze=flaky, log=log, interval=0.01)
+        stop = threading.Event()
+        # The first poll's error is not a TunescopeError: reported, and the watch goes on.
+        t = threading.Thread(target=watcher.run, args=(stop,))
+        t.start()
+        deadline = time.monotonic() + 20
+        while watcher.queued == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        t.join(20)
+    assert watcher.queued == 1
+    assert calls[0] == calls[1] == ["a"]
+    assert any("poll failed (RuntimeError: detector bug)" in line for line in log)

@@ -189,8 +189,8 @@ class Watcher:
         self.polls += 1
         current = self._fingerprint()
         changed = sorted(r for r, fp in current.items() if self._fingerprints.get(r) != fp)
-        self._fingerprints = current
         if not changed:
+            self._fingerprints = current
             return []
         findings = self.analyze(
             self.store,
@@ -211,6 +211,8 @@ class Watcher:
                 self.sender.send(alert, durable=True)
         self.queued += len(alerts)
         self.state.save()
+        # Only now: a poll that failed above looks at the same runs again next time.
+        self._fingerprints = current
         return alerts
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
