@@ -76,6 +76,13 @@ def test_slack_payload_shape():
     assert req.headers["Content-Type"].startswith("application/json")
 
 
+def test_slack_text_is_escaped():
+    from tunescope.alerts import slack_payload
+
+    body = slack_payload(Alert(finding(message="loss <b>7x</b> & rising")))
+    assert body["blocks"][1]["text"]["text"] == "loss &lt;b&gt;7x&lt;/b&gt; &amp; rising"
+
+
 def test_feishu_payload_and_signature():
     before = int(time.time())
     with Receiver(reply=b'{"code":0,"msg":"success"}') as rx:

@@ -383,3 +383,23 @@ def test_a_failed_analysis_is_retried_on_the_next_poll(runs):
     assert watcher.queued == 1
     assert calls[0] == calls[1] == ["a"]
     assert any("poll failed (RuntimeError: detector bug)" in line for line in log)
+
+
+def test_outbox_is_retried_periodically_while_watching(runs):
+    with Receiver(statuses=[503]) as rx, EventWriter(runs / "a") as w:
+        write(w, {1: 2.0, 2: NAN})
+        box = runs / ".tunescope" / "alerts-outbox.jsonl"
+        sender = AlertSender(
+            [rx.url], format="json", policy=RetryPolicy(retries=0), outbox=box, log=LogLines()
+        )
+        watcher = make_watcher(runs, sender, interval=0.05, outbox_retry_s=0.2)
+        stop = threading.Event()
+        t = threading.Thread(target=watcher.run, args=(stop,))
+        t.start()
+        got = rx.wait_for(2, timeout=20)
+        stop.set()
+        t.join(20)
+        sender.close()
+    assert rx.answered == [503, 200]
+    assert got[0].json()["id"] == got[1].json()["id"]
+    assert not box.exists()
