@@ -68,15 +68,24 @@ class Arrivals:
             self.times.append((time.time(), body))
             self.cond.notify_all()
 
-    def wait(self, n: int, timeout: float) -> bool:
+    def wait_for_step(self, step: int, since: float, timeout: float) -> float | None:
+        """Arrival time of the first alert after ``since`` whose finding covers ``step``."""
         deadline = time.monotonic() + timeout
+        seen = 0
         with self.cond:
-            while len(self.times) < n:
+            while True:
+                for at, body in self.times[seen:]:
+                    f = body.get("finding") or {}
+                    start, end = f.get("step_start"), f.get("step_end")
+                    if at < since or start is None:
+                        continue
+                    if start <= step <= (end if end is not None else start):
+                        return at
+                seen = len(self.times)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return False
+                    return None
                 self.cond.wait(left)
-        return True
 
 
 def serve(arrivals: Arrivals) -> ThreadingHTTPServer:
@@ -197,13 +206,15 @@ def main() -> int:
             time.sleep(random.uniform(0.2, 1.2))  # land at a random phase of the poll
             with lock:
                 step += 1
+                nan_step = step
                 writer.step(step=step, loss=float("nan"), lr=1e-4)
                 writer.flush()
                 t0 = time.time()  # the NaN line is in the rank file
                 step += 1
                 writer.step(step=step, loss=2.0, lr=1e-4)  # the incident is one step long
-            if arrivals.wait(trial + 1 - missed, args.timeout):
-                latencies.append(arrivals.times[-1][0] - t0)
+            at = arrivals.wait_for_step(nan_step, t0, args.timeout)
+            if at is not None:
+                latencies.append(at - t0)
             else:
                 missed += 1
                 print(f"trial {trial + 1}: no alert within {args.timeout:.0f}s", file=sys.stderr)

@@ -483,16 +483,13 @@ class TunescopeCallback(TrainerCallback):
     def _start_alerts(self, fields: dict[str, Any]) -> None:
         if not self.webhook or self.rank != 0 or self.alerts is not None:
             return
-        from tunescope.alerts import AlertSender, TrainingAlerts
+        from tunescope.alerts import TrainingAlerts
 
-        sender = AlertSender(
+        self.alerts = TrainingAlerts.for_webhook(
             self.webhook,
-            self.webhook_format,
-            self.webhook_secret,
+            format=self.webhook_format,
+            secret=self.webhook_secret,
             outbox=self.run_dir / ".tunescope" / "alerts-outbox.jsonl",
-        )
-        self.alerts = TrainingAlerts(
-            sender,
             warmup_steps=int(fields.get("warmup_steps") or 0),
             total_steps=fields.get("total_steps") or None,
             model=fields.get("model"),
@@ -531,8 +528,8 @@ class TunescopeCallback(TrainerCallback):
         self._hooks.clear()
         self.writer.run_end(status, error)
         self.writer.close()
-        if self.alerts is not None and self.alerts.sender is not None:
-            self.alerts.sender.close(timeout=5)
+        if self.alerts is not None:
+            self.alerts.close(timeout=5)
 
     def _atexit(self) -> None:
         if not self.ended and self.writer is not None:

@@ -3,8 +3,8 @@
 Four payload formats (``--format``; ``auto`` picks one from the webhook's host):
 
 - ``slack``: an incoming-webhook message, ``text`` (the notification line) plus
-  ``blocks`` (header, message, suggestion, run context). Many chat tools
-  (Mattermost, Rocket.Chat, Discord's ``/slack`` endpoint) accept it too.
+  ``blocks`` (header, message, suggestion, run context). Other tools with
+  Slack-compatible incoming webhooks show at least the ``text``.
 - ``feishu``: a Feishu/Lark custom bot ``post`` message. With a secret, the body
   carries ``timestamp`` (seconds) and ``sign`` = base64(HMAC-SHA256 with the key
   ``timestamp + "\\n" + secret`` over an empty message), as the bot's
@@ -28,7 +28,10 @@ so a slow or dead endpoint never delays detection or the other endpoints.
 Each request has a timeout; 5xx answers, 429 and connection errors are retried
 with exponential backoff and jitter; other 4xx answers (and Feishu/DingTalk
 "code"/"errcode" refusals) are reported and not retried. What cannot be
-delivered goes to an outbox file (JSONL) and is retried later.
+delivered stays in an outbox file (JSONL, :class:`Outbox`) and is retried
+later; the watcher also journals each alert there before it counts as sent,
+so a watcher killed mid-delivery sends it again on its next start (delivery
+is at least once).
 
 The trainer side uses the same sender: :class:`TrainingAlerts` watches the
 loss and gradient norm of each step in the training process itself and sends
@@ -57,6 +60,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -610,8 +614,18 @@ def deliver(
 
 
 class Outbox:
-    """Alerts that could not be delivered, one JSON object per line, per endpoint
-    id (never the URL). Safe across threads and processes (a file lock)."""
+    """Alerts not delivered yet, one JSON object per line: ``oid`` (the entry's
+    id), ``endpoint`` (an id derived from the URL, never the URL itself),
+    ``queued_at``, ``failed_at`` and ``error`` (after a failed attempt) and
+    ``item`` (the alert). Safe across threads and processes (a file lock);
+    appends are fsynced, rewrites go through a temporary file and a rename.
+
+    It serves as a journal: ``AlertSender.send(item, durable=True)`` records
+    the alert before queueing it and removes it once delivered (or refused), so
+    a watcher killed mid-delivery sends it on its next start. Alerts that fail
+    for a reason worth retrying (5xx, connection errors, a stop) stay in it
+    until a later ``retry_outbox()``; entries older than ``max_age_s`` are dropped.
+    """
 
     def __init__(self, path: str | os.PathLike[str], max_age_s: float = 7 * 86400) -> None:
         self.path = Path(path)
@@ -623,16 +637,31 @@ class Outbox:
 
         return FileLock(str(self.path) + ".lock")
 
-    def append(self, entries: Iterable[dict[str, Any]]) -> int:
-        lines = [json.dumps(e, ensure_ascii=False) + "\n" for e in entries]
-        if not lines:
-            return 0
+    def add(
+        self, items: Iterable[tuple[str, Alert | dict[str, Any]]], error: str | None = None
+    ) -> list[str]:
+        """Record ``(endpoint_id, item)`` pairs; returns their entry ids."""
+        now = time.time()
+        entries = []
+        for endpoint_id, item in items:
+            entry = {
+                "oid": uuid.uuid4().hex[:16],
+                "endpoint": endpoint_id,
+                "queued_at": now,
+                "failed_at": now if error else None,
+                "error": error,
+                "item": _item_to_dict(item),
+            }
+            entries.append(entry)
+        if not entries:
+            return []
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps(e, ensure_ascii=False) + "\n" for e in entries]
         with self._lock, self._file_lock(), open(self.path, "a", encoding="utf-8") as f:
             f.writelines(lines)
             f.flush()
             os.fsync(f.fileno())
-        return len(lines)
+        return [e["oid"] for e in entries]
 
     def _read(self) -> list[dict[str, Any]]:
         try:
@@ -645,36 +674,63 @@ class Outbox:
                 entry = json.loads(line)
             except ValueError:
                 continue  # a torn last line from a killed process
-            if isinstance(entry, dict) and "endpoint" in entry and "item" in entry:
+            if isinstance(entry, dict) and {"oid", "endpoint", "item"} <= entry.keys():
                 out.append(entry)
         return out
+
+    def _write(self, entries: list[dict[str, Any]]) -> None:
+        if not entries:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def _update(self, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+        with self._lock, self._file_lock():
+            entries = self._read()
+            new = change(entries)
+            if new is not entries:
+                self._write(new)
 
     def entries(self) -> list[dict[str, Any]]:
         with self._lock, self._file_lock():
             return self._read()
 
-    def take(self, endpoint_ids: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
-        """Remove and return the entries for these endpoints; also drops entries
-        older than ``max_age_s``. Returns (entries, dropped)."""
+    def remove(self, oids: Iterable[str]) -> None:
+        gone = set(oids)
+        if gone and self.path.exists():
+            self._update(lambda es: [e for e in es if e["oid"] not in gone])
+
+    def mark_failed(self, oid: str, error: str) -> None:
+        def change(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            for e in entries:
+                if e["oid"] == oid:
+                    e["failed_at"], e["error"] = time.time(), error
+            return list(entries)
+
+        self._update(change)
+
+    def pending(self, endpoint_ids: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
+        """The entries for these endpoints, oldest first, after dropping the
+        entries (of any endpoint) older than ``max_age_s``. Returns (entries, dropped)."""
         ids = set(endpoint_ids)
         if not self.path.exists():
             return [], 0
         now = time.time()
-        with self._lock, self._file_lock():
-            entries = self._read()
-            fresh = [e for e in entries if now - float(e.get("failed_at", now)) <= self.max_age_s]
-            dropped = len(entries) - len(fresh)
-            taken = [e for e in fresh if e["endpoint"] in ids]
-            keep = [e for e in fresh if e["endpoint"] not in ids]
-            if taken or dropped:
-                if keep:
-                    tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-                    with open(tmp, "w", encoding="utf-8") as f:
-                        f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in keep)
-                    os.replace(tmp, self.path)
-                else:
-                    self.path.unlink(missing_ok=True)
-        return taken, dropped
+        box: dict[str, Any] = {}
+
+        def change(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            fresh = [e for e in entries if now - float(e.get("queued_at") or now) <= self.max_age_s]
+            box["dropped"] = len(entries) - len(fresh)
+            box["mine"] = [e for e in fresh if e["endpoint"] in ids]
+            return fresh if box["dropped"] else entries
+
+        self._update(change)
+        return box["mine"], box["dropped"]
 
 
 # ---- the sender ----------------------------------------------------------------------
@@ -694,6 +750,13 @@ def _describe(item: Alert | dict[str, Any]) -> str:
     return item.describe() if isinstance(item, Alert) else "message"
 
 
+@dataclass
+class _Job:
+    item: Alert | dict[str, Any]
+    oid: str | None = None
+    """The outbox entry that holds this item, when it has one."""
+
+
 class _Worker:
     """The queue and thread of one endpoint."""
 
@@ -703,7 +766,7 @@ class _Worker:
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.abort = threading.Event()
         self.lock = threading.Lock()
-        self.current: Alert | dict[str, Any] | None = None
+        self.current: _Job | None = None
         self.abandoned = False
         self.signed_secrets: list[str] = []
         """The parts of the last prepared (signed) URL, scrubbed from logs."""
@@ -714,24 +777,24 @@ class _Worker:
 
     def _loop(self) -> None:
         while True:
-            item = self.queue.get()
+            job = self.queue.get()
             try:
-                if item is _STOP:
+                if job is _STOP:
                     return
                 if self.abort.is_set():
-                    self.sender._to_outbox(self.endpoint, [item], "stopped before sending")
+                    self.sender._unsent(self.endpoint, [job], "stopped before sending")
                     continue
                 with self.lock:
-                    self.current = item
+                    self.current = job
                 try:
-                    outcome = self.sender._send_one(self, item)
+                    outcome = self.sender._send_one(self, job.item)
                 except Exception as e:  # a bug must not kill the endpoint's thread
                     outcome = Outcome(False, error=f"internal error: {e!r}", retryable=True)
                 with self.lock:
                     self.current = None
                     if self.abandoned:
-                        continue  # close() has already written it to the outbox
-                self.sender._settle(self.endpoint, item, outcome)
+                        continue  # close() has already accounted for it
+                self.sender._settle(self.endpoint, job, outcome)
             finally:
                 self.queue.task_done()
 
@@ -742,7 +805,7 @@ class AlertSender:
     ``send(item)`` puts a :class:`~tunescope.findings.Finding`, an
     :class:`Alert` or a ready payload ``dict`` (sent as is) on each endpoint's
     queue and returns at once. ``close(timeout)`` drains the queues for up to
-    ``timeout`` seconds and writes what is left to the outbox.
+    ``timeout`` seconds and keeps what is left in the outbox.
 
     Args:
         urls: webhook URLs (or :class:`Endpoint` objects).
@@ -751,7 +814,7 @@ class AlertSender:
         secret: signing secret; None reads ``TUNESCOPE_WEBHOOK_SECRET``; ``""``
             disables signing.
         policy: timeouts and retries.
-        outbox: file for undeliverable alerts (None: they are only reported).
+        outbox: file for alerts not delivered yet (None: failures are only reported).
         queue_size: alerts that may wait per endpoint; past it they go to the outbox.
         log: where progress lines go (default: stderr). Never given a secret.
     """
@@ -787,30 +850,48 @@ class AlertSender:
             self.endpoints.append(Endpoint(u, fmt, self.secret, label))
         if not self.endpoints:
             raise ValueError("no webhook URL given")
+        ids = [ep.id for ep in self.endpoints]
+        for i, ep_id in enumerate(ids):
+            if ep_id in ids[:i]:
+                raise ValueError(f"webhook {i + 1} is the same URL as an earlier one")
         if isinstance(outbox, Outbox) or outbox is None:
             self.outbox = outbox
         else:
             self.outbox = Outbox(outbox)
         self._log_fn = log if log is not None else stderr_log
-        self._stats_lock = threading.Lock()
-        self.stats = {"sent": 0, "rejected": 0, "outboxed": 0, "retries": 0}
+        self._lock = threading.Lock()
+        self._inflight: set[str] = set()
+        self.stats = {"sent": 0, "rejected": 0, "kept": 0, "retries": 0}
         self._closed = False
         self._hurry = threading.Event()
         self._workers = [_Worker(self, ep, queue_size) for ep in self.endpoints]
 
     # ---- public ----------------------------------------------------------------
 
-    def send(self, item: Finding | Alert | dict[str, Any]) -> None:
-        """Queue ``item`` for every endpoint; never waits on the network."""
+    def send(self, item: Finding | Alert | dict[str, Any], *, durable: bool = False) -> None:
+        """Queue ``item`` for every endpoint; never waits on the network.
+
+        ``durable``: record it in the outbox first (one fsynced append), so that
+        it is delivered even if this process dies before it is; for callers
+        that can afford a disk write (the watcher), not for a training step.
+        """
         if self._closed:
             raise RuntimeError("AlertSender is closed")
         if isinstance(item, Finding):
             item = Alert(item)
-        for w in self._workers:
+        oids: list[str | None] = [None] * len(self._workers)
+        if durable and self.outbox is not None:
             try:
-                w.queue.put_nowait(item)
+                oids = list(self.outbox.add([(w.endpoint.id, item) for w in self._workers]))
+            except OSError as e:
+                self._log(f"cannot write the outbox {self.outbox.path}: {e.strerror or e}")
+            with self._lock:
+                self._inflight.update(o for o in oids if o)
+        for w, oid in zip(self._workers, oids, strict=True):
+            try:
+                w.queue.put_nowait(_Job(item, oid))
             except queue.Full:
-                self._to_outbox(w.endpoint, [item], "the send queue is full")
+                self._unsent(w.endpoint, [_Job(item, oid)], "the send queue is full")
 
     def pending(self) -> int:
         """Alerts queued or being sent, over all endpoints."""
@@ -825,37 +906,49 @@ class AlertSender:
             time.sleep(0.01)
         return True
 
+    def undelivered(self) -> int:
+        """Alerts for these endpoints waiting in the outbox."""
+        if self.outbox is None:
+            return 0
+        return len(self.outbox.pending([ep.id for ep in self.endpoints])[0])
+
     def retry_outbox(self) -> int:
-        """Queue again what the outbox holds for these endpoints. Returns how many."""
+        """Queue again what the outbox holds for these endpoints (except what is
+        queued already). Returns how many."""
         if self.outbox is None or self._closed:
             return 0
         by_id = {w.endpoint.id: w for w in self._workers}
-        entries, dropped = self.outbox.take(by_id)
+        try:
+            entries, dropped = self.outbox.pending(by_id)
+        except OSError as e:
+            self._log(f"cannot read the outbox {self.outbox.path}: {e.strerror or e}")
+            return 0
         if dropped:
             self._log(f"dropped {dropped} outbox alert(s) older than {self.outbox.max_age_s:.0f}s")
         n = 0
         for e in entries:
-            w = by_id[e["endpoint"]]
+            with self._lock:
+                if e["oid"] in self._inflight:
+                    continue
+                self._inflight.add(e["oid"])
             try:
                 item = _item_from_dict(e["item"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            try:
-                w.queue.put_nowait(item)
+                by_id[e["endpoint"]].queue.put_nowait(_Job(item, e["oid"]))
                 n += 1
-            except queue.Full:
-                self._to_outbox(w.endpoint, [item], "the send queue is full")
+            except (KeyError, TypeError, ValueError, queue.Full):
+                with self._lock:
+                    self._inflight.discard(e["oid"])
         if n:
             self._log(f"retrying {n} alert(s) from the outbox")
         return n
 
     def close(self, timeout: float = 5.0) -> int:
-        """Deliver what is queued for up to ``timeout`` seconds, then write what is
-        left to the outbox. Returns how many alerts were left undelivered."""
+        """Deliver what is queued for up to ``timeout`` seconds, then keep what is
+        left in the outbox. Returns how many alerts were left undelivered."""
         if self._closed:
             return 0
         self._closed = True
-        before = self.stats["outboxed"]
+        before = self.stats["kept"]
         for w in self._workers:
             w.queue.put(_STOP)
         deadline = time.monotonic() + max(0.0, timeout)
@@ -879,21 +972,21 @@ class AlertSender:
         for w in self._workers:
             if not w.thread.is_alive():
                 continue
-            # Stuck in an HTTP request: save its alert and whatever is queued.
+            # Stuck in an HTTP request: keep its alert and whatever is queued.
             with w.lock:
                 w.abandoned = True
                 left = [w.current] if w.current is not None else []
             while True:
                 try:
-                    item = w.queue.get_nowait()
+                    job = w.queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not _STOP:
-                    left.append(item)
-            self._to_outbox(w.endpoint, left, "still sending at shutdown")
+                if job is not _STOP:
+                    left.append(job)
+            self._unsent(w.endpoint, left, "still sending at shutdown")
         if interrupted is not None:
             raise interrupted
-        return self.stats["outboxed"] - before
+        return self.stats["kept"] - before
 
     def hurry(self) -> None:
         """Stop waiting for deliveries: a ``close()`` under way (or the next one)
@@ -929,7 +1022,7 @@ class AlertSender:
         return scrub(message, secrets)
 
     def _count(self, key: str, n: int = 1) -> None:
-        with self._stats_lock:
+        with self._lock:
             self.stats[key] += n
 
     def _send_one(self, worker: _Worker, item: Alert | dict[str, Any]) -> Outcome:
@@ -965,44 +1058,53 @@ class AlertSender:
             on_retry=on_retry,
         )
 
-    def _settle(self, ep: Endpoint, item: Alert | dict[str, Any], outcome: Outcome) -> None:
-        what = _describe(item)
+    def _settle(self, ep: Endpoint, job: _Job, outcome: Outcome) -> None:
+        what = _describe(job.item)
+        if not outcome.ok and outcome.retryable:
+            self._unsent(ep, [job], f"{outcome.error} after {outcome.attempts} attempt(s)")
+            return
         if outcome.ok:
             self._count("sent")
             self._log(
                 f"sent {what} to {ep.label}: HTTP {outcome.status} after "
                 f"{outcome.attempts} attempt(s), {outcome.seconds:.2f}s"
             )
-        elif not outcome.retryable:
+        else:
             self._count("rejected")
             self._log(
                 f"{ep.label} rejected {what}: {outcome.error}; not retried "
                 "(check the webhook URL, --format and the secret)"
             )
-        else:
-            self._to_outbox(ep, [item], f"{outcome.error} after {outcome.attempts} attempt(s)")
+        if job.oid is not None and self.outbox is not None:
+            try:
+                self.outbox.remove([job.oid])
+            except OSError as e:
+                self._log(f"cannot update the outbox {self.outbox.path}: {e.strerror or e}")
+            with self._lock:
+                self._inflight.discard(job.oid)
 
-    def _to_outbox(self, ep: Endpoint, items: list[Any], why: str) -> None:
-        items = [i for i in items if i is not _STOP]
-        if not items:
+    def _unsent(self, ep: Endpoint, jobs: list[_Job], why: str) -> None:
+        """Keep jobs that were not delivered in the outbox for a later retry."""
+        jobs = [j for j in jobs if j is not _STOP]
+        if not jobs:
             return
+        self._count("kept", len(jobs))
+        what = _describe(jobs[0].item) if len(jobs) == 1 else f"{len(jobs)} alerts"
         if self.outbox is None:
-            self._count("outboxed", len(items))
-            self._log(f"could not deliver {len(items)} alert(s) to {ep.label}: {why}; dropped")
+            self._log(f"could not deliver {what} to {ep.label}: {why}; dropped (no outbox)")
             return
-        now = time.time()
         why = self._scrub(why)
-        entries = [
-            {"endpoint": ep.id, "failed_at": now, "error": why, "item": _item_to_dict(i)}
-            for i in items
-        ]
         try:
-            self.outbox.append(entries)
+            for j in jobs:
+                if j.oid is not None:
+                    self.outbox.mark_failed(j.oid, why)
+            self.outbox.add([(ep.id, j.item) for j in jobs if j.oid is None], error=why)
         except OSError as e:
             self._log(f"cannot write the outbox {self.outbox.path}: {e.strerror or e}")
             return
-        self._count("outboxed", len(items))
-        what = _describe(items[0]) if len(items) == 1 else f"{len(items)} alerts"
+        finally:
+            with self._lock:
+                self._inflight.difference_update(j.oid for j in jobs if j.oid)
         self._log(
             f"could not deliver {what} to {ep.label}: {why}; kept in {self.outbox.path} "
             "for a later retry"
@@ -1061,6 +1163,26 @@ class TrainingAlerts:
         self._first: dict[tuple[str, int], float] = {}
         self._streak: dict[tuple[str, int], tuple[int, float]] = {}
         self._fired: set[tuple[str, int, str]] = set()
+
+    @classmethod
+    def for_webhook(
+        cls,
+        urls: str | Sequence[str],
+        *,
+        format: str = "auto",
+        secret: str | None = None,
+        outbox: str | os.PathLike[str] | None = None,
+        policy: RetryPolicy | None = None,
+        **rules: Any,
+    ) -> TrainingAlerts:
+        """Checks that send to ``urls`` (an :class:`AlertSender` of their own);
+        ``rules`` are this class's keyword options (``warmup_steps``, ...)."""
+        sender = AlertSender(urls, format=format, secret=secret, outbox=outbox, policy=policy)
+        return cls(sender, **rules)
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Deliver what is queued (up to ``timeout`` s); returns how many were not."""
+        return self.sender.close(timeout) if self.sender is not None else 0
 
     def on_step(
         self,

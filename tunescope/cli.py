@@ -259,9 +259,9 @@ def _add_watch(sub: Any) -> None:
     p.add_argument(
         "--drain",
         type=float,
-        default=10.0,
+        default=5.0,
         metavar="SEC",
-        help="on stop, time allowed for queued alerts before they go to the outbox (10)",
+        help="on stop, time allowed for queued alerts before they go to the outbox (5)",
     )
     p.add_argument(
         "--config",

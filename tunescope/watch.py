@@ -189,8 +189,8 @@ class Watcher:
         self.polls += 1
         current = self._fingerprint()
         changed = sorted(r for r, fp in current.items() if self._fingerprints.get(r) != fp)
-        self._fingerprints = current
         if not changed:
+            self._fingerprints = current
             return []
         findings = self.analyze(
             self.store,
@@ -203,13 +203,16 @@ class Watcher:
         findings = [f for f in findings if f.run in wanted]
         summaries = self._summaries(changed)
         baseline = self._baseline_runs(changed, summaries, first)
-        alerts = self._decide(findings, summaries, baseline)
+        alerts = self._decide(findings, summaries, baseline, first)
         for alert in alerts:
             self.log(f"alert: {alert.describe()}: {alert.finding.message}")
             if self.sender is not None:
-                self.sender.send(alert)
+                # Journaled before the state says "sent": a crash re-sends, never loses.
+                self.sender.send(alert, durable=True)
         self.queued += len(alerts)
         self.state.save()
+        # Only now: a poll that failed above looks at the same runs again next time.
+        self._fingerprints = current
         return alerts
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
@@ -301,8 +304,10 @@ class Watcher:
         findings: list[Finding],
         summaries: dict[str, dict[str, Any]],
         baseline: set[str],
+        first: bool = False,
     ) -> list[Alert]:
         now = self.clock()
+        known = 0
         findings = [f for f in findings if f.severity.level >= self.min_severity.level]
         findings.sort(key=lambda f: (-f.severity.level, f.run, f.detector, f.step_start or 0))
         alerts: list[Alert] = []
@@ -322,6 +327,7 @@ class Watcher:
             elif _grew(f, rec):
                 reason = "updated"
             else:
+                known += rec.get("sent", False)
                 continue
             gate = self.state.gates.setdefault(gate_key(f), {"last_sent": None, "folded": 0})
             last = gate["last_sent"]
@@ -350,6 +356,11 @@ class Watcher:
             gate["folded"] = 0
             self.state.incidents[key] = _record(f, now, sent=True)
             alerts.append(alert)
+        if first and known:
+            self.log(
+                f"skipped {known} finding(s) already sent by an earlier watch "
+                f"(remembered in {self.state.path})"
+            )
         if baselined:
             n = sum(baselined.values())
             self.log(
@@ -469,7 +480,10 @@ def cmd_watch(args: Any) -> int:
             f"{min_severity.value} and above go to {names}; Ctrl-C stops"
         )
         stop = threading.Event()
-        signals = [signal.SIGINT, signal.SIGTERM]
+        # Handlers can only be set from the main thread (an embedding app may call
+        # this from another: there, Ctrl-C is the app's business).
+        main = threading.current_thread() is threading.main_thread()
+        signals = [signal.SIGINT, signal.SIGTERM] if main else []
         previous = {s: signal.getsignal(s) for s in signals}
 
         presses = [0]
@@ -496,8 +510,9 @@ def cmd_watch(args: Any) -> int:
             watcher.run(stop, once=args.once)
         finally:
             try:
-                left = sender.close(timeout=args.drain)
+                sender.close(timeout=args.drain)
                 watcher.state.save()
+                left = sender.undelivered()
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
