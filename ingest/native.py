@@ -223,7 +223,7 @@ def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) 
             "#f": list(files),
             "#file_rank": [file_rank(p) for _, p, _ in files.values()],
             "#line0": [c.first_line - 1 for _, _, c in files.values()],
-            "#expected": [c.data.count(b"\n") for _, _, c in files.values()],
+            "#expected": [c.lines for _, _, c in files.values()],
         }
     )
     con.register("meta", meta)
@@ -370,8 +370,8 @@ def _lines_of(files: dict[str, tuple[int, Path, Chunk]], wanted: list[tuple]) ->
         need.setdefault(f, set()).add(ord_)
     found: dict[tuple[str, int], bytes] = {}
     for f, ords in need.items():
-        data = files[f][2].data
-        total = data.count(b"\n")  # every chunk ends with a newline
+        chunk = files[f][2]
+        data, total = chunk.data, chunk.lines
         head = [n for n in ords if n <= total // 2]
         tail = [n for n in ords if n > total // 2]
         if head:

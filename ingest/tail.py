@@ -9,6 +9,7 @@ from the start and its earlier rows are superseded.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,14 @@ class Chunk:
     inode: int
     prefix: bytes = b""  # the bytes just before ``start`` (for the fingerprint)
 
+    @functools.cached_property
+    def lines(self) -> int:
+        """How many complete lines ``data`` holds (it always ends with a newline)."""
+        return self.data.count(b"\n")
+
     @property
     def state(self) -> dict[str, Any]:
-        lines = self.first_line - 1 + self.data.count(b"\n")
+        lines = self.first_line - 1 + self.lines
         tail = self.data[-FINGERPRINT:] if len(self.data) >= FINGERPRINT else None
         if tail is None:
             tail = self.prefix[-(FINGERPRINT - len(self.data)) :] + self.data
