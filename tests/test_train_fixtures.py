@@ -90,3 +90,27 @@ def test_warmup_noise_recovers_resume_continues_and_kill_tears():
     raw = (RUNS / "killed" / "events" / "rank-0.jsonl").read_bytes()
     assert not raw.endswith(b"\n")
     assert "run_end" not in raw.decode() and len(series("killed", "loss")) == 179
+
+
+def test_detectors_find_every_labelled_fault_and_nothing_on_healthy_runs(tmp_path):
+    from tunescope.detectors.engine import analyze
+    from tunescope.ingest.store import Store
+
+    data = json.loads((RUNS / "LABELS.json").read_text())
+    found = analyze(Store.open(RUNS, tmp_path / "cache"))
+    alarms = [f for f in found if f.severity.value in ("warning", "error")]
+    for run, entry in data["runs"].items():
+        mine = [f for f in alarms if f.run == run]
+        for fault in entry["faults"]:
+            hits = [
+                f
+                for f in mine
+                if f.detector == fault["detector"]
+                and f.step_start <= fault["last_step"]
+                and (f.step_end or f.step_start) >= fault["first_step"]
+                and fault["rank"] in (None, f.rank)
+            ]
+            assert hits, f"{run}: {fault['detector']} not found ({fault['note']})"
+        labelled = {f["detector"] for f in entry["faults"]}
+        extra = [f"{f.detector}@{f.step_start}" for f in mine if f.detector not in labelled]
+        assert not extra, f"{run}: unlabelled findings {extra}"

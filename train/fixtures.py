@@ -71,7 +71,13 @@ SPECS: list[Spec] = [
                 120,
                 STEPS,
                 "lr x30 from step 120: the loss jumps ~10x and stays ~3x higher",
-            )
+            ),
+            label(
+                "TS302",
+                120,
+                STEPS,
+                "the diverged weights make CPU math slower: ~0.7x throughput from step 120",
+            ),
         ],
     ),
     Spec(
@@ -112,13 +118,13 @@ SPECS: list[Spec] = [
     ),
     Spec(
         "fault-straggler-2rank",
-        sets=["seed=9", "max_steps=200"],
+        sets=["seed=9", "max_steps=200", "lr=3e-3"],
         inject=["straggler:1:0.3"],
         nproc=2,
         labels=[label("TS301", 1, 200, "rank 1 sleeps 0.3 s in every forward", rank=1)],
     ),
     Spec("resumed", sets=["seed=10", "save_steps=50"], resume_at=170),
-    Spec("killed", sets=["seed=11"], inject=["kill@180"], killed=True),
+    Spec("killed", sets=["seed=11", "lr=3e-3"], inject=["kill@180"], killed=True),
 ]
 
 
