@@ -87,14 +87,18 @@ def main() -> None:
     size = sum(Path(f).stat().st_size for f in files)
     rows = args.runs * args.ranks * (args.steps + 2)
 
-    con = duckdb.connect()
-    t = time.perf_counter()
-    con.execute(
-        "CREATE TABLE raw AS SELECT * FROM read_json(?, format='newline_delimited')", [files]
-    )
-    t_raw = time.perf_counter() - t
-    raw_rows = con.execute("SELECT count(*) FROM raw").fetchone()[0]
-    con.close()
+    for f in files:  # both sides read from the page cache, not the disk
+        Path(f).read_bytes()
+    t_raw, raw_rows = math.inf, 0
+    for _ in range(2):  # the better of two runs
+        con = duckdb.connect()
+        t = time.perf_counter()
+        con.execute(
+            "CREATE TABLE raw AS SELECT * FROM read_json(?, format='newline_delimited')", [files]
+        )
+        t_raw = min(t_raw, time.perf_counter() - t)
+        raw_rows = con.execute("SELECT count(*) FROM raw").fetchone()[0]
+        con.close()
 
     cache = OUT / "ingest-cache"
     shutil.rmtree(cache, ignore_errors=True)

@@ -197,7 +197,9 @@ class RowBuilder:
 
 def payload_json(payload: dict[str, Any]) -> str:
     """Event payloads as JSON text; non-finite numbers kept as NaN/Infinity tokens."""
-    return json.dumps(payload, allow_nan=True, default=str, separators=(",", ":"))
+    return json.dumps(
+        payload, allow_nan=True, default=str, separators=(",", ":"), ensure_ascii=False
+    )
 
 
 def empty_result(state: dict[str, Any], problems: Iterable[Problem] = ()) -> ReadResult:
