@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     from tunescope.errors import ConfigError, TunescopeError
 
     p = argparse.ArgumentParser(prog="python -m tunescope.train")
-    add_train_arguments(p, nproc=False)
+    add_train_arguments(p, nproc=False, config_optional=True)
     a = p.parse_args(argv)
     try:
         cfg = load_config(a.config, a.set or [], a.inject or [])
@@ -586,8 +586,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.exit_code)
 
 
-def add_train_arguments(p: Any, nproc: bool = True) -> None:
-    p.add_argument("config", metavar="CONFIG.yaml", nargs="?", help="training config (YAML)")
+def add_train_arguments(p: Any, nproc: bool = True, config_optional: bool = False) -> None:
+    """The arguments of ``tunescope train`` and ``python -m tunescope.train``."""
+    p.add_argument(
+        "config",
+        metavar="CONFIG.yaml",
+        nargs="?" if config_optional else None,
+        help="training config (YAML)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -603,5 +609,5 @@ def add_train_arguments(p: Any, nproc: bool = True) -> None:
     )
     if nproc:
         p.add_argument(
-            "--nproc", type=int, default=1, metavar="N", help="processes (ranks) via torchrun"
+            "--nproc", type=int, default=1, metavar="N", help="ranks to run with torchrun (DDP)"
         )

@@ -321,24 +321,9 @@ def _add_train(sub: Any) -> None:
         "  tunescope train fixtures/configs/lora.yaml --nproc 2 --inject straggler:1:0.05",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", metavar="CONFIG.yaml", help="training config (YAML)")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config key (repeatable), e.g. --set lr=1e-3",
-    )
-    p.add_argument(
-        "--inject",
-        action="append",
-        metavar="FAULT",
-        help="inject a fault (repeatable): lr_spike@STEP[:FACTOR], bad_batch@STEP, nan@STEP, "
-        "freeze_adapter, straggler:RANK:SECONDS, leak:MB_PER_STEP, warmup_noise[:FACTOR], "
-        "kill@STEP",
-    )
-    p.add_argument(
-        "--nproc", type=int, default=1, metavar="N", help="ranks to run with torchrun (DDP)"
-    )
+    from tunescope.train.trainer import add_train_arguments  # torch-free module
+
+    add_train_arguments(p)
     p.set_defaults(handler=cmd_train)
 
 
