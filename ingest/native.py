@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from tunescope.ingest.rows import (
     ReadResult,
     RowBuilder,
     decoded_lines,
+    fetch_arrow,
     payload_json,
 )
 from tunescope.ingest.tail import Chunk, read_new_lines
@@ -161,7 +163,238 @@ def _read_parquet(path: Path, state: dict[str, Any] | None) -> ReadResult:
     return rows.result(new_state, problems, replace=True)
 
 
-# ---- fast path ---------------------------------------------------------------
+# ---- fast path: DuckDB --------------------------------------------------------
+#
+# DuckDB's JSON reader is the quickest parser here, but it converts leniently
+# ("12" or true where a number belongs) and reads only the keys it is told.
+# Both are made exact cheaply:
+#
+# - Every field is typed so that what DuckDB accepts converts as the exact path
+#   converts it: canonical metrics, extras and ts as DOUBLE (booleans become
+#   1.0 there too), v, rank and step as text (a boolean stays "true" and fails
+#   the number check).
+# - The keys come from a few lines sampled over each chunk. A key the sample
+#   missed, a null, or a number written as a string all show in one count: the
+#   quote characters in the chunk must equal what its rows account for (two per
+#   key, two per string value, plus those inside run names and sample ids, and
+#   the raw count of the few other events). A chunk that does not balance goes
+#   to the Arrow path.
+#
+# Line numbers come from row order: each DuckDB connection runs on one thread,
+# so rows arrive file by file and line by line; the files of a batch are shared
+# between connections running in parallel.
+
+_SAMPLE_LINES = 16  # lines sampled for keys in each chunk (plus the first and last)
+_CANONICAL = frozenset(("kind", *METRIC_NAMES))
+_ENVELOPE_KEYS = frozenset(("v", "rank", "step", "ts", "run", "sample_ids"))
+
+
+def _read_duckdb(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(batch), os.cpu_count() or 1, 8)
+    parts: list[list[tuple[int, Path, Chunk]]] = [[] for _ in range(workers)]
+    sizes = [0] * workers
+    for item in sorted(batch, key=lambda it: -len(it[2].data)):  # balance by bytes
+        k = sizes.index(min(sizes))
+        parts[k].append(item)
+        sizes[k] += len(item[2].data)
+    done: dict[int, ReadResult] = {}
+    if workers <= 1:
+        return _duckdb_part(batch)
+    with ThreadPoolExecutor(workers) as pool:  # DuckDB releases the GIL while it reads
+        for result in pool.map(_duckdb_part, parts):
+            done.update(result)
+    return done
+
+
+def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
+    import duckdb
+
+    step_keys: set[str] = set()
+    for _, _, chunk in part:
+        found = _sample_step_keys(chunk)
+        if found is None:
+            return {}  # a sampled line is not a JSON object: the Arrow path decides
+        step_keys |= found
+    extras = sorted(step_keys - _CANONICAL - _ENVELOPE_KEYS)
+    names = [*_CANONICAL, *_ENVELOPE_KEYS, *extras]
+    if len({k.lower() for k in names}) != len(names):
+        return {}  # SQL names ignore case: keys equal but for case go the Arrow way
+    with tempfile.TemporaryDirectory(prefix="tunescope-") as tmp:
+        files = []
+        for i, path, chunk in part:
+            if chunk.start == 0 and chunk.partial_tail == 0:
+                files.append(str(path.resolve()))
+            else:  # only the new lines of a file read before
+                files.append(os.path.join(tmp, f"{i}.jsonl"))
+                with open(files[-1], "wb") as f:
+                    f.write(chunk.data)
+        con = duckdb.connect(config={"threads": 1, "preserve_insertion_order": True})
+        try:
+            table = _duckdb_rows(con, files, extras)
+        except duckdb.Error:
+            return {}  # a malformed line, a text where a number belongs
+        finally:
+            con.close()
+    return _split_rows(table, part, extras)
+
+
+def _sample_step_keys(chunk: Chunk) -> set[str] | None:
+    """The keys of step lines sampled over the chunk (None: one is not an object)."""
+    data = chunk.data
+    starts = {0, data.rfind(b"\n", 0, len(data) - 1) + 1}
+    gap = max(len(data) // _SAMPLE_LINES, 1)
+    for at in range(gap, len(data) - 1, gap):
+        starts.add(data.index(b"\n", at - 1) + 1)
+    keys: set[str] = set()
+    for start in starts:
+        if start >= len(data):
+            continue
+        try:
+            obj = loads(data[start : data.index(b"\n", start)])
+        except LineError:
+            return None
+        if not isinstance(obj, dict):
+            return None
+        if obj.get("kind") == "step":
+            keys.update(obj)
+    return keys
+
+
+def _duckdb_rows(con: Any, files: list[str], extras: list[str]) -> pa.Table:
+    """Every line of the files as one row, in file and line order."""
+    q = _ident
+    doubles = (*METRIC_NAMES, *extras)
+    columns = (
+        "{'kind': 'VARCHAR', 'v': 'VARCHAR', 'rank': 'VARCHAR', 'step': 'VARCHAR', "
+        "'ts': 'DOUBLE', 'run': 'VARCHAR', 'sample_ids': 'JSON'"
+        + "".join(f", {_sql_str(k)}: 'DOUBLE'" for k in doubles)
+        + "}"
+    )
+
+    def num(k: str) -> str:
+        return f"TRY_CAST({q(k)} AS DOUBLE)"
+
+    def not_whole(k: str, lo: int, hi: int) -> str:
+        n = num(k)
+        return f"({q(k)} IS NOT NULL AND ({n} IS NULL OR {n} <> floor({n}) OR {n} < {lo} OR {n} > {hi}))"
+
+    step = f"coalesce(TRY_CAST(step AS BIGINT), TRY_CAST({num('step')} AS BIGINT))"
+    kinds = ", ".join(f"'{k}'" for k in sorted(KINDS))
+    bad = f"""kind IS NULL OR kind NOT IN ({kinds})
+        OR {not_whole("v", -INT64_MAX, SCHEMA_VERSION)}
+        OR {not_whole("step", 0, INT64_MAX)} OR (step IS NOT NULL AND {step} IS NULL)
+        OR (step IS NULL AND kind IN ('step', 'eval'))
+        OR {not_whole("rank", 0, RANK_MAX)}
+        OR NOT coalesce(ts >= 0 AND ts < {TS_MAX:.0f}, ts IS NULL)"""
+    # quote characters the line holds: "kind":"step", two per other key present,
+    # the quotes of the run name and those inside sample_ids
+    keyed = ("v", "rank", "step", "ts", "run", "sample_ids", *doubles)
+    quotes = " + ".join(f"({q(k)} IS NOT NULL)::INTEGER * {2 + k.count(chr(34))}" for k in keyed)
+    texts = (
+        "coalesce(length(run) - length(replace(run, '\"', '')) + 2, 0) + "
+        "coalesce(length(CAST(sample_ids AS VARCHAR)) - "
+        "length(replace(CAST(sample_ids AS VARCHAR), '\"', '')), 0)"
+    )
+    return fetch_arrow(
+        con,
+        f"""SELECT file_index AS "#i", kind = 'step' AS "#step", ({bad}) AS "#bad",
+               4 + {quotes} + {texts} AS "#q",
+               CAST({num("rank")} AS INTEGER) AS "rank", {step} AS step, ts,
+               {", ".join(q(k) for k in doubles)},
+               CAST(sample_ids AS VARCHAR) AS sample_ids
+        FROM read_json(?, format='newline_delimited', columns={columns},
+                       maximum_object_size=67108864)""",
+        [files],
+    )
+
+
+def _split_rows(
+    table: pa.Table, part: list[tuple[int, Path, Chunk]], extras: list[str]
+) -> dict[int, ReadResult]:
+    """Per-file results from a part's rows, for the files that pass every check."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    fi = table.column("#i").to_numpy().astype(np.int64)
+    if len(fi) and not bool((fi[1:] >= fi[:-1]).all()):
+        return {}  # rows out of file order: line numbers cannot be trusted
+    bounds = np.searchsorted(fi, np.arange(len(part) + 1))
+    is_step = pc.fill_null(table.column("#step"), False).to_numpy(zero_copy_only=False)
+    bad = pc.fill_null(table.column("#bad"), True).to_numpy(zero_copy_only=False)
+    quotes = pc.fill_null(table.column("#q"), 0).to_numpy(zero_copy_only=False)
+    first = np.array([chunk.first_line for _, _, chunk in part], dtype=np.int64)
+    seq = first[fi] + np.arange(len(fi)) - bounds[fi]
+    steps_all = table.select(["rank", "step", "ts", *METRIC_NAMES, "sample_ids"])
+    steps_all = steps_all.append_column("seq", pa.array(seq, pa.int64())).cast(STEP_SCHEMA)
+    out: dict[int, ReadResult] = {}
+    for k, (i, path, chunk) in enumerate(part):
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        if hi - lo != chunk.lines or bad[lo:hi].any():
+            continue
+        step_mask = is_step[lo:hi]
+        expected = int(quotes[lo:hi][step_mask].sum())
+        rank0 = file_rank(path)
+        others = RowBuilder()
+        ords = [int(j) + 1 for j in np.flatnonzero(~step_mask)]
+        try:
+            lines = _lines_at(chunk, ords)
+            for j in ords:
+                expected += lines[j].count(b'"')
+                ev = parse_event(loads(lines[j]))
+                if ev.problems:
+                    break
+                add_event(others, ev, rank0, chunk.first_line - 1 + j)
+            else:
+                ev = None
+        except (LineError, ValueError, TypeError, OverflowError, pa.ArrowException):
+            continue
+        if ev is not None or expected != chunk.data.count(b'"'):
+            continue  # a problem to report, or a key the sample missed: not this path
+        mask = pa.array(step_mask)
+        steps = steps_all.slice(lo, hi - lo).filter(mask)
+        rank = pc.fill_null(steps.column("rank"), rank0)
+        steps = steps.set_column(0, "rank", rank)
+        parts = []
+        for name in extras:
+            values = table.column(name).slice(lo, hi - lo).filter(mask)
+            keep = pc.is_valid(values)
+            count = pc.sum(keep).as_py() or 0
+            if count:
+                parts.append(
+                    pa.table(
+                        {
+                            "rank": rank.filter(keep),
+                            "step": steps.column("step").filter(keep),
+                            "ts": steps.column("ts").filter(keep),
+                            "name": pa.repeat(pa.scalar(name, pa.string()), count),
+                            "value": values.filter(keep),
+                            "seq": steps.column("seq").filter(keep),
+                        },
+                        schema=METRIC_SCHEMA,
+                    )
+                )
+        _, ev_metrics, ev_events = others.tables()
+        out[i] = ReadResult(
+            steps=steps,
+            metrics=pa.concat_tables([*parts, ev_metrics]),
+            events=ev_events,
+            state=chunk.state,
+            replace=chunk.restarted,
+        )
+    return out
+
+
+def _ident(key: str) -> str:
+    return '"' + key.replace('"', '""') + '"'
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# ---- fast path: Arrow ---------------------------------------------------------------
 #
 # Arrow's JSON reader parses each clean chunk with an explicit type for every
 # envelope field and canonical metric; it is strict (a string where a number
@@ -189,9 +422,18 @@ _THREADED_BYTES = 32 * 1024 * 1024
 
 
 def _read_fast(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
-    """Parse clean chunks with Arrow's JSON reader, several files at a time.
-    Returns results only for chunks that passed every check; the caller sends
-    the others to the exact path."""
+    """Parse clean chunks: with DuckDB where it can vouch for every line, with
+    Arrow's JSON reader for the rest. Returns results only for chunks that
+    passed every check; the caller sends the others to the exact path."""
+    done = _read_duckdb(batch)
+    rest = [item for item in batch if item[0] not in done]
+    if rest:
+        done.update(_read_arrow(rest))
+    return done
+
+
+def _read_arrow(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
+    """Parse chunks with Arrow's JSON reader, several files at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(item: tuple[int, Path, Chunk]) -> tuple[int, ReadResult | None]:

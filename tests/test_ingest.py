@@ -113,7 +113,8 @@ def test_fast_and_exact_paths_agree_on_a_large_file(tmp_path, monkeypatch):
     assert path.stat().st_size > native.FAST_PATH_MIN_BYTES
     # The chunk really is clean enough for the fast path (no silent fallback).
     chunk = native.read_new_lines(path, None)
-    assert list(native._read_fast([(0, path, chunk)])) == [0]
+    assert list(native._duckdb_part([(0, path, chunk)])) == [0]
+    assert list(native._read_arrow([(0, path, chunk)])) == [0]
     fast = Store.open(tmp_path / "runs", cache_dir=tmp_path / "c1")
     monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 1 << 60)
     exact = Store.open(tmp_path / "runs", cache_dir=tmp_path / "c2")
@@ -384,3 +385,41 @@ def test_overlap_is_noted_exactly_when_a_key_repeats(steps, metrics, overlap):
     again: dict = {"max_step": dict(entry["max_step"])}
     _note_overlap(again, _result(steps, metrics))  # the same rows again: always overlap
     assert again.get("overlap") is True
+
+
+def test_fast_path_numbers_lines_per_file_across_a_batch_and_on_appends(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    paths = []
+    for r in range(3):
+        path = root / f"run-{r}" / "events" / f"rank-{r}.jsonl"
+        path.parent.mkdir(parents=True)
+        lines = [b'{"v":1,"kind":"run_start","run":"run-%d"}\n' % r]
+        lines += [
+            b'{"v":1,"kind":"step","step":%d,"loss":%d.5,"aux":%d}\n' % (s, r, s)
+            for s in range(1, 200)
+        ]
+        path.write_bytes(b"".join(lines))
+        paths.append(path)
+
+    def views(store):
+        cur = store.cursor()
+        return [
+            cur.execute(f"SELECT * EXCLUDE (src, gen, seg) FROM _{v} ORDER BY ALL").fetchall()
+            for v in ("steps", "metrics", "events")
+        ]
+
+    monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 0)
+    fast = Store.open(root, cache_dir=tmp_path / "c1")
+    with open(paths[1], "ab") as f:  # a run still being written: only new lines are read
+        f.write(b'{"v":1,"kind":"eval","step":199,"eval_loss":0.5}\n')
+        f.write(b'{"v":1,"kind":"step","step":200,"loss":9.5,"aux":200}\n')
+    fast.ingest()
+    seqs = (
+        fast.cursor()
+        .execute("SELECT run_id, min(seq), max(seq), count(*) FROM _steps GROUP BY 1 ORDER BY 1")
+        .fetchall()
+    )
+    assert seqs == [("run-0", 2, 200, 199), ("run-1", 2, 202, 200), ("run-2", 2, 200, 199)]
+    monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 1 << 60)
+    exact = Store.open(root, cache_dir=tmp_path / "c2")
+    assert views(fast) == views(exact)
