@@ -190,6 +190,7 @@ class Cache:
             manifest["next_seg"] = seg + 1
             parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
             srcs: dict[str, set[tuple[int, int]]] = {t: set() for t in TABLES}
+            tags: dict[str, list[tuple[str, int, int, int]]] = {t: [] for t in TABLES}
             for source, result in results:
                 entry = known.get(source.key)
                 if entry is None or result.replace:
@@ -214,21 +215,25 @@ class Cache:
                 _note_overlap(entry, result)
                 if result.replace or result.rows or result.problems:
                     report.modified = True
-                tagged = _tag(result, source.run_id, entry["src"], entry["gen"], seg)
-                for t in TABLES:
-                    if tagged[t].num_rows:
-                        parts[t].append(tagged[t])
+                for t, table in zip(
+                    TABLES, (result.steps, result.metrics, result.events), strict=True
+                ):
+                    if table.num_rows:
+                        parts[t].append(table)
+                        tags[t].append((source.run_id, entry["src"], entry["gen"], table.num_rows))
                         srcs[t].add((entry["src"], entry["gen"]))
-                        report.rows[t] += tagged[t].num_rows
-            new_segments = []
-            for t in TABLES:
-                if parts[t]:
-                    table = pa.concat_tables(parts[t])
-                    name = self.write_parquet(table, f"seg-{seg:08d}-{t}.parquet")
-                    pairs = [list(p) for p in sorted(srcs[t])]
-                    new_segments.append(
-                        {"file": name, "table": t, "rows": table.num_rows, "srcs": pairs}
-                    )
+                        report.rows[t] += table.num_rows
+
+            def write(t: str) -> dict[str, Any]:
+                table = _tagged(parts[t], tags[t], seg)
+                name = self.write_parquet(table, f"seg-{seg:08d}-{t}.parquet")
+                pairs = [list(p) for p in sorted(srcs[t])]
+                return {"file": name, "table": t, "rows": table.num_rows, "srcs": pairs}
+
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(TABLES)) as pool:  # Parquet writers release the GIL
+                new_segments = list(pool.map(write, [t for t in TABLES if parts[t]]))
             manifest["segments"].extend(new_segments)
             self._retire(manifest)
             if len(manifest["segments"]) > MAX_SEGMENTS:
@@ -518,16 +523,21 @@ def _read_part(reader: Reader, path: Path, part: str, state: Any) -> ReadResult:
     return empty_result(state or {}, [problem])
 
 
-def _tag(result: ReadResult, run_id: str, src: int, gen: int, seg: int) -> dict[str, pa.Table]:
-    """Add the bookkeeping columns the store needs to every row."""
-    out = {}
-    for t, table in zip(TABLES, (result.steps, result.metrics, result.events), strict=True):
-        n = table.num_rows
-        table = table.add_column(0, "run_id", pa.repeat(pa.scalar(run_id, pa.string()), n))
-        for name, value in (("src", src), ("gen", gen), ("seg", seg)):
-            table = table.append_column(name, pa.repeat(pa.scalar(value, pa.int64()), n))
-        out[t] = table
-    return out
+def _tagged(tables: list[pa.Table], tags: list[tuple[str, int, int, int]], seg: int) -> pa.Table:
+    """The rows of many sources as one table, with the bookkeeping columns the
+    store needs (run_id, src, gen, seg), built once for all of them."""
+    import numpy as np
+
+    table = pa.concat_tables(tables)
+    counts = np.array([n for *_, n in tags], dtype=np.int64)
+    runs = sorted({run for run, *_ in tags})
+    codes = np.repeat(np.array([runs.index(run) for run, *_ in tags], dtype=np.int32), counts)
+    run_id = pa.DictionaryArray.from_arrays(codes, pa.array(runs, pa.string()))
+    table = table.add_column(0, "run_id", run_id.cast(pa.string()))
+    for k, name in ((1, "src"), (2, "gen")):
+        values = np.repeat(np.array([tag[k] for tag in tags], dtype=np.int64), counts)
+        table = table.append_column(name, pa.array(values, pa.int64()))
+    return table.append_column("seg", pa.array(np.full(table.num_rows, seg, np.int64)))
 
 
 def _segment_srcs(path: Path) -> list[list[int]]:

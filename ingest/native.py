@@ -352,29 +352,45 @@ def _split_rows(
             continue
         if ev is not None or expected != chunk.data.count(b'"'):
             continue  # a problem to report, or a key the sample missed: not this path
-        mask = pa.array(step_mask)
-        steps = steps_all.slice(lo, hi - lo).filter(mask)
-        rank = pc.fill_null(steps.column("rank"), rank0)
-        steps = steps.set_column(0, "rank", rank)
+        # step rows: usually all lines but the first (run_start) and the last
+        # (run_end), a zero-copy slice; a filter only when events sit in between
+        head = 0
+        while head < len(ords) and ords[head] == head + 1:
+            head += 1
+        tail = 0
+        while tail < len(ords) - head and ords[-1 - tail] == hi - lo - tail:
+            tail += 1
+        a, b = lo + head, hi - tail
+        if head + tail < len(ords):
+            mask = pa.array(step_mask)
+            steps = steps_all.slice(lo, hi - lo).filter(mask)
+            cols = {name: table.column(name).slice(lo, hi - lo).filter(mask) for name in extras}
+        else:
+            steps = steps_all.slice(a, b - a)
+            cols = {name: table.column(name).slice(a, b - a) for name in extras}
+        rank = steps.column("rank")
+        if rank.null_count:
+            rank = pc.fill_null(rank, rank0)
+            steps = steps.set_column(0, "rank", rank)
         parts = []
-        for name in extras:
-            values = table.column(name).slice(lo, hi - lo).filter(mask)
-            keep = pc.is_valid(values)
-            count = pc.sum(keep).as_py() or 0
-            if count:
-                parts.append(
-                    pa.table(
-                        {
-                            "rank": rank.filter(keep),
-                            "step": steps.column("step").filter(keep),
-                            "ts": steps.column("ts").filter(keep),
-                            "name": pa.repeat(pa.scalar(name, pa.string()), count),
-                            "value": values.filter(keep),
-                            "seq": steps.column("seq").filter(keep),
-                        },
-                        schema=METRIC_SCHEMA,
-                    )
+        for name, values in cols.items():
+            count = len(values) - values.null_count
+            if not count:
+                continue
+            keep = pc.is_valid(values) if values.null_count else None
+            parts.append(
+                pa.table(
+                    {
+                        "rank": _kept(rank, keep),
+                        "step": _kept(steps.column("step"), keep),
+                        "ts": _kept(steps.column("ts"), keep),
+                        "name": pa.repeat(pa.scalar(name, pa.string()), count),
+                        "value": _kept(values, keep),
+                        "seq": _kept(steps.column("seq"), keep),
+                    },
+                    schema=METRIC_SCHEMA,
                 )
+            )
         _, ev_metrics, ev_events = others.tables()
         out[i] = ReadResult(
             steps=steps,
@@ -384,6 +400,10 @@ def _split_rows(
             replace=chunk.restarted,
         )
     return out
+
+
+def _kept(values: Any, keep: Any) -> Any:
+    return values if keep is None else values.filter(keep)
 
 
 def _ident(key: str) -> str:
