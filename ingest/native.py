@@ -273,39 +273,43 @@ def _duckdb_rows(con: Any, files: list[str], extras: list[str]) -> pa.Table:
         + "}"
     )
 
-    def num(k: str) -> str:
-        return f"TRY_CAST({q(k)} AS DOUBLE)"
-
-    def not_whole(k: str, lo: int, hi: int) -> str:
-        n = num(k)
+    def not_whole(k: str, n: str, lo: int, hi: int) -> str:
         return f"({q(k)} IS NOT NULL AND ({n} IS NULL OR {n} <> floor({n}) OR {n} < {lo} OR {n} > {hi}))"
 
-    step = f"coalesce(TRY_CAST(step AS BIGINT), TRY_CAST({num('step')} AS BIGINT))"
+    def quotes_in(text: str, plus: int) -> str:
+        return (
+            f"CASE WHEN {text} IS NULL THEN 0 WHEN contains({text}, '\"') "
+            f"THEN length({text}) - length(replace({text}, '\"', '')) + {plus} ELSE {plus} END"
+        )
+
     kinds = ", ".join(f"'{k}'" for k in sorted(KINDS))
     bad = f"""kind IS NULL OR kind NOT IN ({kinds})
-        OR {not_whole("v", -INT64_MAX, SCHEMA_VERSION)}
-        OR {not_whole("step", 0, INT64_MAX)} OR (step IS NOT NULL AND {step} IS NULL)
+        OR {not_whole("v", '"#v"', -INT64_MAX, SCHEMA_VERSION)}
+        OR {not_whole("step", '"#s"', 0, INT64_MAX)} OR (step IS NOT NULL AND "#sb" IS NULL)
         OR (step IS NULL AND kind IN ('step', 'eval'))
-        OR {not_whole("rank", 0, RANK_MAX)}
+        OR {not_whole("rank", '"#r"', 0, RANK_MAX)}
         OR NOT coalesce(ts >= 0 AND ts < {TS_MAX:.0f}, ts IS NULL)"""
     # quote characters the line holds: "kind":"step", two per other key present,
     # the quotes of the run name and those inside sample_ids
     keyed = ("v", "rank", "step", "ts", "run", "sample_ids", *doubles)
     quotes = " + ".join(f"({q(k)} IS NOT NULL)::INTEGER * {2 + k.count(chr(34))}" for k in keyed)
-    texts = (
-        "coalesce(length(run) - length(replace(run, '\"', '')) + 2, 0) + "
-        "coalesce(length(CAST(sample_ids AS VARCHAR)) - "
-        "length(replace(CAST(sample_ids AS VARCHAR), '\"', '')), 0)"
+    texts = f"{quotes_in('run', 2)} + {quotes_in(q('#ids'), 0)}"
+    # the casts each check needs, computed once per line
+    casts = (
+        '*, TRY_CAST(v AS DOUBLE) AS "#v", TRY_CAST(rank AS DOUBLE) AS "#r", '
+        'TRY_CAST(step AS DOUBLE) AS "#s", TRY_CAST(step AS BIGINT) AS "#sb0", '
+        'CAST(sample_ids AS VARCHAR) AS "#ids"'
     )
     return fetch_arrow(
         con,
-        f"""SELECT file_index AS "#i", kind = 'step' AS "#step", ({bad}) AS "#bad",
+        f"""SELECT "#i", kind = 'step' AS "#step", ({bad}) AS "#bad",
                4 + {quotes} + {texts} AS "#q",
-               CAST({num("rank")} AS INTEGER) AS "rank", {step} AS step, ts,
-               {", ".join(q(k) for k in doubles)},
-               CAST(sample_ids AS VARCHAR) AS sample_ids
-        FROM read_json(?, format='newline_delimited', columns={columns},
-                       maximum_object_size=67108864)""",
+               CAST("#r" AS INTEGER) AS "rank", "#sb" AS step, ts,
+               {", ".join(q(k) for k in doubles)}, "#ids" AS sample_ids
+        FROM (SELECT *, coalesce("#sb0", TRY_CAST("#s" AS BIGINT)) AS "#sb"
+              FROM (SELECT file_index AS "#i", {casts}
+                    FROM read_json(?, format='newline_delimited', columns={columns},
+                                   maximum_object_size=67108864)))""",
         [files],
     )
 
