@@ -415,6 +415,12 @@ def _note_overlap(entry: dict[str, Any], result: ReadResult) -> None:
             continue
         if table.column("step").null_count:
             entry["overlap"] = True
+        span = _one_rank_unique(table, by_name=len(keys) == 3)
+        if span is not None:  # the common case, without a hash group-by
+            rank, lo, hi = span
+            old = seen.get(rank, (lo, hi))
+            seen[rank] = (min(old[0], lo), max(old[1], hi))
+            continue
         keyed = table.select(keys).drop_null()
         if keyed.group_by(keys).aggregate([]).num_rows != keyed.num_rows:
             entry["overlap"] = True
@@ -426,6 +432,40 @@ def _note_overlap(entry: dict[str, Any], result: ReadResult) -> None:
         if rank in last and lo <= last[rank]:
             entry["overlap"] = True
         last[rank] = max(last.get(rank, hi), hi)
+
+
+def _one_rank_unique(table: pa.Table, by_name: bool) -> tuple[str, int, int] | None:
+    """(rank, first step, last step) when every row has the same rank and no
+    (step) or (step, name) key repeats; None otherwise (or when unsure)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    rank, step = table.column("rank"), table.column("step")
+    if rank.null_count or step.null_count:
+        return None
+    bounds = pc.min_max(rank)
+    if bounds["min"].as_py() != bounds["max"].as_py():
+        return None
+    steps = step.to_numpy()
+    rising = steps[1:] > steps[:-1]
+    if not by_name:
+        unique = bool(rising.all())
+    else:
+        names = table.column("name")
+        if names.null_count:
+            return None
+        encoded = pc.dictionary_encode(names).combine_chunks()
+        codes = encoded.indices.to_numpy()
+        change = codes[1:] != codes[:-1]
+        if int(change.sum()) + 1 == len(encoded.dictionary) and bool((rising | change).all()):
+            unique = True  # each name in one block of rising steps
+        else:
+            order = np.lexsort((steps, codes))
+            c, s = codes[order], steps[order]
+            unique = not bool(((c[1:] == c[:-1]) & (s[1:] == s[:-1])).any())
+    if not unique:
+        return None
+    return str(bounds["min"].as_py()), int(steps.min()), int(steps.max())
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:

@@ -3,8 +3,9 @@
 
 Two paths read the same bytes to the same rows:
 
-- a fast path that hands every clean chunk of a batch to DuckDB's JSON reader
-  in one query (this is what makes a first ingest of thousands of files quick);
+- a fast path that parses each clean chunk with Arrow's JSON reader, several
+  files at once, and turns step lines into rows without Python per line (this
+  is what makes a first ingest of thousands of files quick);
 - an exact path in Python, line by line, that names the file and line of every
   problem. A chunk goes to the exact path whenever the fast path sees anything
   unusual in it (a malformed line, a wrong type, an unknown kind, a blank line),
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +23,23 @@ import pyarrow as pa
 
 from tunescope.eventlog import INT64_MAX, RANK_MAX, TS_MAX, LineError, loads, parse_event
 from tunescope.ingest.rows import (
-    EVENT_SCHEMA,
     METRIC_SCHEMA,
     STEP_SCHEMA,
     Problem,
     ReadResult,
     RowBuilder,
     decoded_lines,
-    fetch_arrow,
+    payload_json,
 )
 from tunescope.ingest.tail import Chunk, read_new_lines
-from tunescope.schema import ENVELOPE_NAMES, KINDS, METRIC_NAMES, SCHEMA_VERSION
+from tunescope.schema import KINDS, METRIC_NAMES, SCHEMA_VERSION
 
 RANK_JSONL = re.compile(r"^rank-(\d+)\.jsonl$")
 RANK_PARQUET = re.compile(r"^rank-(\d+)-(\d+)\.parquet$")
 
-# Chunks smaller than this are parsed in Python: DuckDB's per-query cost is
-# larger than the parse.
-FAST_PATH_MIN_BYTES = 256 * 1024
-# Bytes of JSON handed to one DuckDB query.
-FAST_PATH_QUERY_BYTES = 64 * 1024 * 1024
-
-_KNOWN = frozenset((*ENVELOPE_NAMES, *METRIC_NAMES, "sample_ids"))
+# Chunks smaller than this are parsed in Python: the fast path's fixed cost
+# per chunk is larger than the parse.
+FAST_PATH_MIN_BYTES = 64 * 1024
 
 
 def file_rank(path: Path) -> int:
@@ -72,7 +67,7 @@ class NativeReader:
         return self.read_batch([(path, state)])[0]
 
     def read_batch(self, items: list[tuple[Path, dict[str, Any] | None]]) -> list[ReadResult]:
-        """Read many sources at once; clean, large chunks share one DuckDB query."""
+        """Read many sources at once; clean, large chunks are parsed in parallel."""
         results: list[ReadResult | None] = [None] * len(items)
         fast: list[tuple[int, Path, Chunk]] = []
         for i, (path, state) in enumerate(items):
@@ -84,24 +79,16 @@ class NativeReader:
                 fast.append((i, path, chunk))
             else:
                 results[i] = _read_exact(path, chunk)
-        done: dict[int, ReadResult] = {}
-        group: list[tuple[int, Path, Chunk]] = []
-        size = 0
-        for item in fast:
-            group.append(item)
-            size += len(item[2].data)
-            if size >= FAST_PATH_QUERY_BYTES:  # bounded queries: memory stays flat
-                done.update(_read_fast(group))
-                group, size = [], 0
-        if group:
-            done.update(_read_fast(group))
+        done = _read_fast(fast) if fast else {}
         for i, path, chunk in fast:
             results[i] = done.get(i) or _read_exact(path, chunk)
         return [r for r in results if r is not None]
 
 
 def _looks_clean(data: bytes) -> bool:
-    return not data.startswith(b"\n") and b"\n\n" not in data and b"\r" not in data
+    # Blank lines need no scan here: Arrow skips them, so the fast path's row
+    # count falls short of the line count and the chunk goes the exact way.
+    return b"\r" not in data
 
 
 # ---- exact path --------------------------------------------------------------
@@ -176,232 +163,206 @@ def _read_parquet(path: Path, state: dict[str, Any] | None) -> ReadResult:
 
 # ---- fast path ---------------------------------------------------------------
 #
-# Two passes over the bytes: one finds every key, one reads every field as raw
-# JSON text; TRY_CAST turns the text into numbers. A field whose text is present
-# but not a JSON number (a string, a list, a boolean), or anything else the exact
-# path would report, marks its chunk for the exact path, which then names the line.
-# Internal columns start with "#", which no key may (such keys go the exact way).
+# Arrow's JSON reader parses each clean chunk with an explicit type for every
+# envelope field and canonical metric; it is strict (a string where a number
+# belongs, a boolean, a fractional step, a duplicate key: the parse fails), so
+# anything it accepts converts exactly as the exact path would convert it.
+# Every other check (kinds, ranges, extras that are not numbers) is a vectorised
+# test afterwards; a chunk that fails any of them goes to the exact path, which
+# then names the line. Step lines become rows without Python per line; the few
+# other events are parsed from their own text by the exact code.
+
+_ARROW_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("v", pa.int64()),
+        ("rank", pa.int64()),
+        ("step", pa.int64()),
+        ("ts", pa.float64()),
+        *[(name, pa.float64()) for name in METRIC_NAMES],
+    ]
+)
+_NUMERIC = (pa.types.is_integer, pa.types.is_floating)
+# Chunks above this are parsed with Arrow's own threads, in blocks of this size
+# (a line longer than a block sends its chunk to the exact path).
+_THREADED_BYTES = 32 * 1024 * 1024
 
 
 def _read_fast(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
-    """Parse clean chunks with DuckDB. Returns results only for chunks that
-    passed every check; the caller sends the others to the exact path."""
-    import duckdb
+    """Parse clean chunks with Arrow's JSON reader, several files at a time.
+    Returns results only for chunks that passed every check; the caller sends
+    the others to the exact path."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    out: dict[int, ReadResult] = {}
-    with tempfile.TemporaryDirectory(prefix="tunescope-") as tmp:
-        files: dict[str, tuple[int, Path, Chunk]] = {}
-        for i, path, chunk in batch:
-            if chunk.start == 0 and chunk.partial_tail == 0:
-                name = str(path.resolve())
-            else:
-                name = os.path.join(tmp, f"{i}.jsonl")
-                with open(name, "wb") as f:
-                    f.write(chunk.data)
-            files[name] = (i, path, chunk)
-        con = duckdb.connect(config={"preserve_insertion_order": True})
+    def one(item: tuple[int, Path, Chunk]) -> tuple[int, ReadResult | None]:
+        i, path, chunk = item
         try:
-            return _fast_query(con, files, out)
-        except duckdb.Error:
-            # A malformed line or bytes that are not UTF-8 fail the whole query:
-            # bisect so that only the bad file goes to the exact path.
-            if len(batch) == 1:
-                return out
-        finally:
-            con.close()
-    half = len(batch) // 2
-    return {**_read_fast(batch[:half]), **_read_fast(batch[half:])}
+            return i, _fast_chunk(path, chunk)
+        except (pa.ArrowException, LineError, ValueError, TypeError, OverflowError):
+            return i, None
+
+    workers = min(len(batch), os.cpu_count() or 1, 8)
+    if workers <= 1:
+        results = [one(item) for item in batch]
+    else:
+        with ThreadPoolExecutor(workers) as pool:  # Arrow releases the GIL while parsing
+            results = list(pool.map(one, batch))
+    return {i: r for i, r in results if r is not None}
 
 
-def _num(raw: str) -> str:
-    return f"TRY_CAST({raw} AS DOUBLE)"
+def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
 
-
-def _fast_query(con: Any, files: dict[str, tuple[int, Path, Chunk]], out: dict) -> dict:
-    meta = pa.table(
-        {
-            "#f": list(files),
-            "#file_rank": [file_rank(p) for _, p, _ in files.values()],
-            "#line0": [c.first_line - 1 for _, _, c in files.values()],
-            "#expected": [c.lines for _, _, c in files.values()],
-        }
+    data = chunk.data
+    threaded = len(data) > _THREADED_BYTES
+    table = pj.read_json(
+        pa.BufferReader(data),
+        read_options=pj.ReadOptions(
+            use_threads=threaded,
+            block_size=_THREADED_BYTES // 4 if threaded else len(data) + 1,
+        ),
+        parse_options=pj.ParseOptions(
+            explicit_schema=_ARROW_SCHEMA,
+            unexpected_field_behavior="infer",
+            newlines_in_values=False,
+        ),
     )
-    con.register("meta", meta)
-    # Pass 1: every key that occurs, so that no field is ever dropped.
-    all_keys = [
-        k
-        for (k,) in con.execute(
-            "SELECT DISTINCT unnest(json_keys(json)) FROM read_ndjson_objects(?, "
-            "ignore_errors=true, maximum_object_size=67108864)",
-            [list(files)],
-        ).fetchall()
-    ]
-    lowered = {k.lower() for k in all_keys}
-    if (
-        len(lowered) != len(all_keys)  # keys equal but for case (SQL names ignore case)
-        or "kind" not in all_keys
-        or any(k.startswith("#") for k in all_keys)
-    ):
-        return out
-    keys = [k for k in all_keys if k not in _KNOWN]
-    fields = ["v", "rank", "step", "ts", "sample_ids", *keys]
-    columns = (
-        "{'kind': 'VARCHAR', "
-        + ", ".join(f"{_sql_str(k)}: 'DOUBLE'" for k in METRIC_NAMES)
-        + ", "
-        + ", ".join(f"{_sql_str(k)}: 'JSON'" for k in fields)
-        + "}"
-    )
-    # Pass 2: canonical metrics straight to DOUBLE (numbers, numeric text and
-    # booleans convert as the exact path converts them; anything else raises),
-    # every other field as raw JSON text. Malformed JSON or a metric that is no
-    # number raises here, which sends the batch to the exact path (bisected).
-    con.execute(
-        'CREATE TEMP TABLE raw AS SELECT *, row_number() OVER () AS "#g" FROM read_json(?, '
-        f"format='newline_delimited', columns={columns}, filename='#f', "
-        "maximum_object_size=67108864)",
-        [list(files)],
-    )
-    numeric = keys  # extras: numbers only; canonical metrics are DOUBLE already
-    kinds = ", ".join(f"'{k}'" for k in sorted(KINDS))
-    q = _ident
+    n = table.num_rows
+    if n != chunk.lines:
+        return None
+    kind = table.column("kind")
+    if kind.null_count or not pc.all(pc.is_in(kind, value_set=_KINDS)).as_py():
+        return None
+    is_step = pc.equal(kind, "step")
+    col = table.column
+    if not _within(col("v"), -INT64_MAX, SCHEMA_VERSION):
+        return None
+    if not _within(col("rank"), 0, RANK_MAX) or not _within(col("step"), 0, INT64_MAX):
+        return None
+    needs_step = pc.or_(is_step, pc.equal(kind, "eval"))
+    if col("step").null_count and pc.any(pc.and_(needs_step, pc.is_null(col("step")))).as_py():
+        return None
+    ts = col("ts")
+    if ts.null_count < n:
+        # TS_MAX excluded and NaN fails both comparisons: the exact path notes those
+        ok = pc.and_(pc.greater_equal(ts, 0.0), pc.less(ts, TS_MAX))
+        if not pc.all(ok).as_py():
+            return None
 
-    # Each field is cast once (in ``c``); a field is a JSON number when its cast
-    # worked and its text is not a string or boolean that DuckDB would cast too.
-    def n(k: str) -> str:
-        return q("#n:" + k)
-
-    def is_number(k: str) -> str:
-        return f"({n(k)} IS NOT NULL AND left(CAST({q(k)} AS VARCHAR), 1) NOT IN ('\"', 't', 'f'))"
-
-    def whole(k: str, limit: int) -> str:
-        return f"(NOT {is_number(k)} OR {n(k)} < 0 OR {n(k)} <> floor({n(k)}) OR {n(k)} > {limit})"
-
-    envelope = ("v", "rank", "step", "ts")
-    casts = ", ".join(f"{_num(q(k))} AS {n(k)}" for k in (*envelope, *numeric))
-    not_numbers = (
-        " OR ".join(f"({q(k)} IS NOT NULL AND NOT {is_number(k)})" for k in numeric) or "false"
-    )
-    bad = f"""kind IS NULL OR kind NOT IN ({kinds})
-          OR (v IS NOT NULL AND {whole("v", SCHEMA_VERSION)})
-          OR (step IS NOT NULL AND ({whole("step", INT64_MAX)} OR TRY_CAST(step AS BIGINT) IS NULL))
-          OR (kind IN ('step', 'eval') AND step IS NULL)
-          OR ("rank" IS NOT NULL AND {whole("rank", RANK_MAX)})
-          OR (ts IS NOT NULL AND (NOT {is_number("ts")} OR NOT coalesce({n("ts")} >= 0 AND {n("ts")} < {TS_MAX:.0f}, false)))
-          OR (kind = 'step' AND ({not_numbers}))"""
-    outs = ", ".join([*METRIC_NAMES, *(f"{n(k)} AS {q(k)}" for k in numeric)])
-    con.execute(
-        f"""CREATE TEMP TABLE t AS
-        WITH c AS (SELECT *, {casts} FROM raw)
-        SELECT c."#f", c."#g" - g0."#g0" + 1 AS "#ord", meta."#line0", meta."#file_rank",
-               kind,
-               CAST(coalesce({n("rank")}, meta."#file_rank") AS INTEGER) AS "#r",
-               TRY_CAST(step AS BIGINT) AS "#s", {n("ts")} AS "#t",
-               CAST(sample_ids AS VARCHAR) AS sample_ids, {outs},
-               ({bad}) AS "#bad"
-        FROM c JOIN (SELECT "#f", min("#g") AS "#g0" FROM raw GROUP BY "#f") AS g0
-               ON g0."#f" = c."#f"
-        JOIN meta ON meta."#f" = c."#f"
-        """
-    )
-    bad_files = [
-        f
-        for (f,) in con.execute(
-            """SELECT DISTINCT "#f" FROM t WHERE "#bad"
-            UNION
-            SELECT meta."#f" FROM meta
-            LEFT JOIN (SELECT "#f", count(*) AS n FROM t GROUP BY "#f") AS c ON c."#f" = meta."#f"
-            WHERE n IS NULL OR n <> "#expected"
-            """
-        ).fetchall()
-    ]
-    if bad_files:
-        con.execute('DELETE FROM t WHERE "#f" IN (SELECT unnest(?::VARCHAR[]))', [bad_files])
-    common = '"#r" AS rank, "#s" AS step, "#t" AS ts, "#line0" + "#ord" AS seq'
-    steps = fetch_arrow(
-        con,
-        f'SELECT "#f" AS f, {common}, {", ".join(METRIC_NAMES)}, sample_ids '
-        "FROM t WHERE kind = 'step' ORDER BY f, seq",
-    )
-    steps = steps.select(["f", *STEP_SCHEMA.names])
-    metrics = None
-    if keys:
-        cols = ", ".join(q(k) for k in keys)
-        metrics = fetch_arrow(
-            con,
-            "SELECT f, rank, step, ts, name, value, seq FROM (UNPIVOT "
-            f"(SELECT \"#f\" AS f, {common}, {cols} FROM t WHERE kind = 'step') "
-            f"ON {cols} INTO NAME name VALUE value) ORDER BY f, seq",
-        )
-    others = con.execute(
-        """SELECT "#f", "#ord", "#line0", "#file_rank" FROM t WHERE kind <> 'step'"""
-    ).fetchall()
-    by_file_other: dict[str, RowBuilder] = {}
-    if others:
-        lines = _lines_of(files, others)
-        for f, ord_, line0, rank0 in others:
-            ev = parse_event(loads(lines[(f, ord_)]))
-            add_event(by_file_other.setdefault(f, RowBuilder()), ev, rank0, line0 + ord_)
-
-    step_parts = _split(steps, STEP_SCHEMA)
-    metric_split = _split(metrics, METRIC_SCHEMA) if metrics is not None else {}
-    bad_set = set(bad_files)
-    for name, (i, _, chunk) in files.items():
-        if name in bad_set:
+    steps = table.filter(is_step)
+    seq = chunk.first_line + np.flatnonzero(is_step.to_numpy(zero_copy_only=False))
+    seq_arr = pa.array(seq, pa.int64())
+    rank0 = file_rank(path)
+    rank = pc.cast(pc.fill_null(steps.column("rank"), rank0), pa.int32())
+    step, ts = steps.column("step"), steps.column("ts")
+    columns: dict[str, Any] = {"rank": rank, "step": step, "ts": ts}
+    for name in METRIC_NAMES:
+        columns[name] = steps.column(name)
+    extras: list[str] = []
+    sample_ids = pa.nulls(steps.num_rows, pa.string())
+    for field_ in steps.schema:
+        name = field_.name
+        if name in _ARROW_SCHEMA.names or name == "run":
             continue
-        _, ev_metrics, ev_events = (by_file_other.get(name) or RowBuilder()).tables()
-        s = step_parts.get(name, STEP_SCHEMA.empty_table())
-        m = metric_split.get(name, METRIC_SCHEMA.empty_table())
-        out[i] = ReadResult(
-            steps=s,
-            metrics=pa.concat_tables([m, ev_metrics]),
-            events=ev_events.cast(EVENT_SCHEMA),
-            state=chunk.state,
-            replace=chunk.restarted,
+        values = steps.column(name)
+        if values.null_count == steps.num_rows:
+            continue  # only in other events (or null): nothing for the step rows
+        if name == "sample_ids":
+            sample_ids = _ids_json(values)
+        elif any(test(field_.type) for test in _NUMERIC):
+            extras.append(name)
+        else:
+            return None  # text, booleans, lists: the exact path keeps them as an event
+    columns["sample_ids"] = sample_ids
+    columns["seq"] = seq_arr
+    step_table = pa.table(columns).cast(STEP_SCHEMA)
+
+    parts = []
+    for name in extras:
+        values = steps.column(name)
+        keep = pc.is_valid(values)
+        parts.append(
+            pa.table(
+                {
+                    "rank": rank.filter(keep),
+                    "step": step.filter(keep),
+                    "ts": ts.filter(keep),
+                    "name": pa.repeat(pa.scalar(name, pa.string()), pc.sum(keep).as_py() or 0),
+                    "value": pc.cast(values.filter(keep), pa.float64(), safe=False),
+                    "seq": seq_arr.filter(keep),
+                },
+                schema=METRIC_SCHEMA,
+            )
         )
-    return out
+
+    others = RowBuilder()
+    other_idx = np.flatnonzero(~is_step.to_numpy(zero_copy_only=False))
+    if len(other_idx):
+        ords = [int(k) + 1 for k in other_idx]
+        lines = _lines_at(chunk, ords)
+        for k in ords:
+            ev = parse_event(loads(lines[k]))
+            if ev.problems:
+                return None
+            add_event(others, ev, rank0, chunk.first_line - 1 + k)
+    _, ev_metrics, ev_events = others.tables()
+    return ReadResult(
+        steps=step_table,
+        metrics=pa.concat_tables([*parts, ev_metrics]),
+        events=ev_events,
+        state=chunk.state,
+        replace=chunk.restarted,
+    )
 
 
-def _lines_of(files: dict[str, tuple[int, Path, Chunk]], wanted: list[tuple]) -> dict:
-    """The raw text of a few lines (non-step events), looked up by file and
-    ordinal, splitting from whichever end of the chunk is nearer."""
-    need: dict[str, set[int]] = {}
-    for f, ord_, *_ in wanted:
-        need.setdefault(f, set()).add(ord_)
-    found: dict[tuple[str, int], bytes] = {}
-    for f, ords in need.items():
-        chunk = files[f][2]
-        data, total = chunk.data, chunk.lines
-        head = [n for n in ords if n <= total // 2]
-        tail = [n for n in ords if n > total // 2]
-        if head:
-            lines = data.split(b"\n", max(head))
-            found.update(((f, n), lines[n - 1]) for n in head)
-        if tail:
-            back = total - min(tail) + 1  # lines needed from the end
-            lines = data[:-1].rsplit(b"\n", back)
-            found.update(((f, n), lines[len(lines) - 1 - (total - n)]) for n in tail)
-    return found
+_KINDS = pa.array(sorted(KINDS), pa.string())
 
 
-def _split(table: pa.Table, schema: pa.Schema) -> dict[str, pa.Table]:
-    """Split a table whose leading ``f`` column is sorted into one table per file."""
-    if table.num_rows == 0:
-        return {}
+def _within(values: Any, lo: int, hi: int) -> bool:
+    """True when every non-null value lies in [lo, hi]."""
     import pyarrow.compute as pc
 
-    body = table.drop_columns(["f"]).cast(schema)
-    parts: dict[str, pa.Table] = {}
-    start = 0
-    for item in pc.value_counts(table.column("f")).to_pylist():  # in order of appearance
-        parts[item["values"]] = body.slice(start, item["counts"])
-        start += item["counts"]
-    return parts
+    if values.null_count == len(values):
+        return True
+    bounds = pc.min_max(values)
+    return lo <= bounds["min"].as_py() and bounds["max"].as_py() <= hi
 
 
-def _ident(key: str) -> str:
-    return '"' + key.replace('"', '""') + '"'
+def _ids_json(values: Any) -> Any:
+    """``sample_ids`` as the exact path stores them: compact JSON text."""
+    import pyarrow.compute as pc
+
+    t = values.type
+    if (
+        pa.types.is_list(t)
+        and pa.types.is_integer(t.value_type)
+        and pc.list_flatten(values).null_count == 0
+    ):
+        inner = pc.binary_join(pc.cast(values, pa.list_(pa.string())), ",")
+        return pc.binary_join_element_wise("[", inner, "]", "")
+    return pa.array(
+        [None if v is None else payload_json(v) for v in values.to_pylist()], pa.string()
+    )
 
 
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def _lines_at(chunk: Chunk, ords: list[int]) -> dict[int, bytes]:
+    """The raw text of a few lines of a chunk (1-based ordinals), found by
+    walking newlines from whichever end of the chunk is nearer (the usual
+    ones, ``run_start`` and ``run_end``, are the first and the last line)."""
+    data, total = chunk.data, chunk.lines
+    found: dict[int, bytes] = {}
+    pos, line = 0, 1  # pos: where line `line` starts
+    for k in sorted(k for k in ords if k <= total // 2):
+        while line < k:
+            pos = data.index(b"\n", pos) + 1
+            line += 1
+        found[k] = data[pos : data.index(b"\n", pos)]
+    end, line = len(data) - 1, total  # end: the newline that ends line `line`
+    for k in sorted((k for k in ords if k > total // 2), reverse=True):
+        while line > k:
+            end = data.rindex(b"\n", 0, end)
+            line -= 1
+        found[k] = data[data.rfind(b"\n", 0, end) + 1 : end]
+    return found

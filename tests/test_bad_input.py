@@ -192,6 +192,19 @@ TRICKY = {
     "fractional_step": b'{"v":1,"kind":"step","step":2.5,"loss":1.0}\n',
     "integral_float_step": b'{"v":1,"kind":"step","step":2.0,"loss":1.0}\n',
     "big_exact_step": b'{"v":1,"kind":"step","step":9007199254740993,"loss":1.0}\n',
+    "duplicate_key": b'{"v":1,"kind":"step","step":2,"loss":1.0,"loss":4.0}\n',
+    "bool_metric": b'{"v":1,"kind":"step","step":2,"loss":true}\n',
+    "bool_version": b'{"v":true,"kind":"step","step":2,"loss":1.0}\n',
+    "null_extra": b'{"v":1,"kind":"step","step":2,"loss":1.0,"aux":null}\n',
+    "object_extra": b'{"v":1,"kind":"step","step":2,"loss":1.0,"aux":{"a":1}}\n',
+    "numeric_run": b'{"v":1,"kind":"step","run":7,"step":2,"loss":1.0}\n',
+    "empty_key": b'{"v":1,"kind":"step","step":2,"loss":1.0,"":3}\n',
+    "huge_extra": b'{"v":1,"kind":"step","step":2,"loss":1.0,"aux":123456789012345678901234567890}\n',
+    "sample_ids_null_item": b'{"v":1,"kind":"step","step":2,"loss":1.0,"sample_ids":[1,null]}\n',
+    "sample_ids_texts": b'{"v":1,"kind":"step","step":2,"loss":1.0,"sample_ids":["a\\"b","\xc3\xa9"]}\n',
+    "sample_ids_floats": b'{"v":1,"kind":"step","step":2,"loss":1.0,"sample_ids":[0.1,2.0]}\n',
+    "eval_between_steps": b'{"v":1,"kind":"eval","step":2,"eval_loss":0.5,"note":"x"}\n',
+    "extra_changes_type": b'{"v":1,"kind":"step","step":2,"loss":1.0,"grad_norm_lora_A":"n/a"}\n',
 }
 
 
@@ -266,3 +279,26 @@ def test_the_same_root_spelled_two_ways_is_not_read_twice(tmp_path, monkeypatch)
     again = Store.open("runs", cache_dir=tmp_path / "cache").last_report
     assert again.changed == 0
     assert Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache").last_report.changed == 0
+
+
+# Unusual but valid lines the fast path reads itself (no fallback to the exact path).
+FAST_OK = [
+    "sample_ids_spaced",
+    "key_named_ord",
+    "big_exact_step",
+    "null_extra",
+    "numeric_run",
+    "empty_key",
+    "huge_extra",
+    "sample_ids_texts",
+    "sample_ids_floats",
+    "eval_between_steps",
+]
+
+
+@pytest.mark.parametrize("name", FAST_OK)
+def test_fast_path_reads_unusual_valid_lines_itself(tmp_path, name):
+    path = tmp_path / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(GOOD_1 + TRICKY[name] + GOOD_3)
+    assert list(native._read_fast([(0, path, native.read_new_lines(path, None))])) == [0]

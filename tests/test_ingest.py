@@ -86,7 +86,7 @@ def test_round_trip_fast_path(tmp_path_factory, monkeypatch_module, events):
 @pytest.fixture(scope="module")
 def monkeypatch_module():
     mp = pytest.MonkeyPatch()
-    mp.setattr(native, "FAST_PATH_MIN_BYTES", 0)  # send every chunk through DuckDB
+    mp.setattr(native, "FAST_PATH_MIN_BYTES", 0)  # send every chunk through the fast path
     yield mp
     mp.undo()
 
@@ -111,7 +111,7 @@ def test_fast_and_exact_paths_agree_on_a_large_file(tmp_path, monkeypatch):
         w.run_end("completed")
     path = run / "events" / "rank-0.jsonl"
     assert path.stat().st_size > native.FAST_PATH_MIN_BYTES
-    # The chunk really is clean enough for DuckDB (no silent fallback).
+    # The chunk really is clean enough for the fast path (no silent fallback).
     chunk = native.read_new_lines(path, None)
     assert list(native._read_fast([(0, path, chunk)])) == [0]
     fast = Store.open(tmp_path / "runs", cache_dir=tmp_path / "c1")
@@ -348,3 +348,39 @@ def test_a_copied_log_of_a_dead_run_is_interrupted_not_running(tmp_path):
     shutil.copytree(tmp_path / "old", tmp_path / "runs")  # fresh mtimes on disk
     store = Store.open(tmp_path / "runs")
     assert store.query("SELECT status FROM runs").to_pylist() == [{"status": "interrupted"}]
+
+
+def _result(steps=(), metrics=()):
+    from tunescope.ingest.rows import RowBuilder
+
+    rows = RowBuilder()
+    for rank, step in steps:
+        rows.step(rank, step, None, {"loss": 1.0})
+    for rank, step, name in metrics:
+        rows.metric(rank, step, None, name, 1.0)
+    return rows.result({})
+
+
+@pytest.mark.parametrize(
+    ("steps", "metrics", "overlap"),
+    [
+        ([(0, 1), (0, 2), (0, 3)], [], False),
+        ([(0, 1), (0, 3), (0, 2)], [], False),  # out of order but unique
+        ([(0, 1), (0, 2), (0, 2)], [], True),  # a step written twice
+        ([(0, 1), (1, 1), (0, 2)], [], False),  # two ranks
+        ([(0, 1), (1, 1), (1, 1)], [], True),
+        ([], [(0, 1, "a"), (0, 2, "a"), (0, 1, "b"), (0, 2, "b")], False),
+        ([], [(0, 100, "l"), (0, 100, "acc"), (0, 200, "l"), (0, 200, "acc")], False),
+        ([], [(0, 100, "l"), (0, 100, "acc"), (0, 100, "l")], True),
+        ([], [(0, 1, "a"), (0, 2, "a"), (0, 1, "b"), (0, 2, "a")], True),
+    ],
+)
+def test_overlap_is_noted_exactly_when_a_key_repeats(steps, metrics, overlap):
+    from tunescope.ingest.cache import _note_overlap
+
+    entry: dict = {}
+    _note_overlap(entry, _result(steps, metrics))
+    assert entry.get("overlap", False) is overlap
+    again: dict = {"max_step": dict(entry["max_step"])}
+    _note_overlap(again, _result(steps, metrics))  # the same rows again: always overlap
+    assert again.get("overlap") is True
