@@ -324,8 +324,8 @@ def _merge(windows: list[dict[str, float]]) -> list[list[dict[str, float]]]:
 def run(ctx: Context, opts: Options) -> list[Finding]:
 
     cols = ["run_id", "rank", "step", "ts", "mem_allocated_mb", "mem_reserved_mb", "mem_peak_mb"]
-    df = ctx.steps().select(cols)
-    if df.height == 0 or df["mem_allocated_mb"].null_count() == df.height:
+    df = ctx.steps()
+    if df.height == 0 or not ctx.logged("mem_allocated_mb").any():
         return []
     special = special_steps(ctx)
     resumed = special_steps(ctx, after=opts.skip_steps, kinds=("resume",))
@@ -333,7 +333,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     first_ckpt = first_event_step(ctx, "checkpoint")
     ended = run_ended(ctx)
     runs = {r["run_id"]: r for r in ctx.runs().iter_rows(named=True)}
-    arrays = {c: df[c].to_numpy().astype(float, copy=False) for c in cols[2:]}
+    arrays = {c: ctx.column(c) for c in cols[2:]}
     slices = steps_slices(ctx)
     findings: list[Finding] = []
     for run_id, rank, a, b in slices:

@@ -81,51 +81,28 @@ def rank_series(ctx: Context) -> list[Series]:
     """One series per (run, rank) with a logged loss, cached on the context."""
     if "series:rank" in ctx._cache:
         return ctx._cache["series:rank"]
-    where = ctx._where_runs()
-    where = f"{where} AND loss IS NOT NULL" if where else " WHERE loss IS NOT NULL"
-    # only the columns needed, unsorted (sorting 2M rows in SQL costs seconds);
-    # grouped and sorted with one numpy argsort when not already in order
-    with_ids = ctx.sql("SELECT count(sample_ids) AS n FROM steps" + where).item() > 0
-    df = ctx.sql(
-        "SELECT run_id, rank, step, loss, lr, grad_norm, epoch"
-        + (", sample_ids" if with_ids else "")
-        + " FROM steps"
-        + where
-    )
+    from tunescope.detectors.rankwise import steps_slices
+
+    # slices of the shared steps frame (sorted by run, rank, step) and its
+    # numpy columns, converted once per context
+    df = ctx.steps()
     out: list[Series] = []
-    n = df.height
-    if n:
+    if df.height:
         import polars as pl
 
-        codes = df.get_column("run_id").cast(pl.Categorical).to_physical().to_numpy()
-        key = (
-            (codes.astype(np.int64) << 48)
-            | (df.get_column("rank").to_numpy().astype(np.int64) << 32)
-            | df.get_column("step").to_numpy().astype(np.int64)
-        )
-        if len(key) > 1 and (np.diff(key) < 0).any():
-            order = np.argsort(key, kind="stable")
-            df = df[order]
-            key = key[order]
-        run_col = df.get_column("run_id")
-        rank_np = df.get_column("rank").to_numpy()
-        group = key >> 32
-        change = np.ones(n, dtype=bool)
-        change[1:] = group[1:] != group[:-1]
-        starts = np.flatnonzero(change)
-        ends = np.append(starts[1:], n)
-        step_all = df.get_column("step").to_numpy().astype(np.int64)
-        cols = {k: _col(df, k) for k in ("loss", "lr", "grad_norm", "epoch")}
-        gn_logged = df.get_column("grad_norm").is_not_null().to_numpy()
-        ids = df.get_column("sample_ids") if with_ids else None
-        runs = run_col.to_list() if len(starts) > 1000 else None
-        for a, b in zip(starts, ends, strict=True):
-            a, b = int(a), int(b)
-            run = runs[a] if runs is not None else run_col[a]
-            rank = int(rank_np[a])
+        has_loss = ctx.logged("loss")
+        step_all = df.get_column("step").to_numpy().astype(np.int64, copy=False)
+        cols = {k: ctx.column(k) for k in ("loss", "lr", "grad_norm", "epoch")}
+        gn_logged = ctx.logged("grad_norm")
+        ids = None
+        if "sample_ids" in df.columns and df.get_column("sample_ids").null_count() < df.height:
+            ids = df.get_column("sample_ids")
+        for run, rank, a, b in steps_slices(ctx):
+            rows = a + np.flatnonzero(has_loss[a:b])
+            if not len(rows):
+                continue
             start = ctx.run_start(run)
-            step = step_all[a:b]
-            keep = a + _dedup_last(step)
+            keep = rows[_dedup_last(step_all[rows])]
             gids = ids.gather(pl.Series(keep)) if ids is not None else None
             has_ids = gids is not None and gids.null_count() < len(gids)
             per_rank = start.get("per_rank", True) is not False

@@ -107,10 +107,8 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     timed: dict[str, bool] = {}
     if df.height:
         any_time = (
-            df["compute_time_s"].is_not_null()
-            | df["data_time_s"].is_not_null()
-            | df["step_time_s"].is_not_null()
-        ).to_numpy()
+            ctx.logged("compute_time_s") | ctx.logged("data_time_s") | ctx.logged("step_time_s")
+        )
         for r, k, a, b in steps_slices(ctx):
             ranks_by_run.setdefault(r, []).append(k)
             timed[r] = timed.get(r, False) or bool(any_time[a:b].any())
@@ -159,9 +157,9 @@ def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> lis
 
     # Per rank: last step and time, and the typical step time (mean logged
     # step time, else the mean interval); then the run's view of each rank.
-    step = df["step"].to_numpy()
-    ts = df["ts"].to_numpy().astype(float, copy=False)
-    st = df["step_time_s"].to_numpy().astype(float, copy=False)
+    step = ctx.column("step", as_float=False)
+    ts = ctx.column("ts")
+    st = ctx.column("step_time_s")
     per: list[dict[str, Any]] = []
     for run_id, rank, a, b in steps_slices(ctx):
         if run_id not in runs:
@@ -260,15 +258,15 @@ def window_scores(
     # Per run: ~``window`` logged points per window (fewer for short runs);
     # per rank, window medians with numpy on slices of the sorted frame.
     special = special_steps(ctx)
-    step = df["step"].to_numpy()
-    comp = df["compute_time_s"].to_numpy().astype(float, copy=False)
-    data = df["data_time_s"].to_numpy().astype(float, copy=False)
+    step = ctx.column("step", as_float=False)
+    comp = ctx.column("compute_time_s")
+    data = ctx.column("data_time_s")
     c_nan, d_nan = np.isnan(comp), np.isnan(data)
     parts_mask = ~c_nan | ~d_nan
     own = np.where(
         parts_mask,
         np.where(c_nan, 0.0, comp) + np.where(d_nan, 0.0, data),
-        df["step_time_s"].to_numpy().astype(float, copy=False),
+        ctx.column("step_time_s"),
     )
     by_run: dict[str, list[tuple[int, int, int]]] = {}
     for run_id, rank, a, b in steps_slices(ctx):

@@ -126,17 +126,15 @@ def _rolling_median(x: np.ndarray, k: int, min_k: int) -> np.ndarray:
 
 
 def run(ctx: Context, opts: Options) -> list[Finding]:
-    cols = ["run_id", "rank", "step", "ts", "step_time_s", "tokens"]
-    df = ctx.steps().select(cols)
     slices = steps_slices(ctx)
     if not slices:
         return []
     special = special_steps(ctx)
     resumed = special_steps(ctx, after=opts.skip_steps, kinds=("resume",))
-    step_c = df["step"].to_numpy()
-    ts_c = df["ts"].to_numpy().astype(float, copy=False)
-    st_c = df["step_time_s"].to_numpy().astype(float, copy=False)
-    tok_c = df["tokens"].to_numpy().astype(float, copy=False)
+    step_c = ctx.column("step", as_float=False)
+    ts_c = ctx.column("ts")
+    st_c = ctx.column("step_time_s")
+    tok_c = ctx.column("tokens")
     out: list[Finding] = []
     for run_id, rank, a, b in slices:
         steps = step_c[a:b]
