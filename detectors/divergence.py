@@ -65,7 +65,7 @@ SUPERSEDES = ("TS101", "TS105")  # spikes inside a divergence are the same incid
 
 @dataclass
 class Options:
-    windows: list[int] = field(default_factory=lambda: [20, 50, 200, 1000])
+    windows: list[int] = field(default_factory=lambda: [20, 50, 100, 200, 1000])
     """Trend-test window sizes in logged points (post-warmup only)."""
     min_points: int = 8
     """Shortest post-warmup stretch tested as a whole when it is below the smallest window."""
@@ -232,6 +232,40 @@ def _screen(x: np.ndarray, y: np.ndarray, w: int, need: float) -> np.ndarray:
     return ends[ok]
 
 
+def looks_like_step(x: np.ndarray, y: np.ndarray, min_side: int = 10, min_f: float = 100.0) -> bool:
+    """True when a window's rise is one jump to a level that then stays flat
+    or falls (a spike recovering slowly, a level shift), not a trend: two
+    flat levels split at the best change point fit far better than a line
+    (residual sum of squares lower by ``min_f`` times the residual variance), and
+    the points after that change point rise (Theil-Sen) by less than a
+    quarter of the jump between the two levels. O(n) but for one Theil-Sen
+    fit of the later part."""
+    m = len(y)
+    if m < 2 * min_side:
+        return False
+    c1 = np.cumsum(y)
+    c2 = np.cumsum(y * y)
+    k = np.arange(min_side, m - min_side + 1)  # size of the left part
+    left = c2[k - 1] - c1[k - 1] ** 2 / k
+    right = (c2[-1] - c2[k - 1]) - (c1[-1] - c1[k - 1]) ** 2 / (m - k)
+    sse_step = left + right
+    best = int(np.argmin(sse_step))
+    xc = x - x.mean()
+    vx = float(np.dot(xc, xc))
+    yc = y - y.mean()
+    sse_line = float(np.dot(yc, yc)) - (float(np.dot(xc, yc)) ** 2 / vx if vx > 0 else 0.0)
+    # the two levels must fit far better than the line (an F-like ratio; the
+    # change point is searched, so noise alone reaches ~10-20 on a ramp)
+    if sse_line - sse_step[best] < min_f * max(sse_step[best], 1e-12) / (m - 3):
+        return False
+    cut = int(k[best])
+    jump = (c1[-1] - c1[cut - 1]) / (m - cut) - c1[cut - 1] / cut
+    after = trend(x[cut:], y[cut:], alpha=0.99)
+    # a ramp split anywhere keeps rising after the split by about as much as
+    # the jump between the two levels; a step stays flat or falls back
+    return bool(after.slope * (x[-1] - x[cut]) < 0.25 * jump)
+
+
 def _trend_hits(
     s: Series, opts: Options, warm: np.ndarray, resumed: list[int] | None = None
 ) -> list[Hit]:
@@ -289,6 +323,8 @@ def _trend_hits(
                         e = e2
                         lo = e - w + 1
                         t, span = t2, span2
+                    if looks_like_step(x[lo : e + 1], y[lo : e + 1]):
+                        continue  # a jump to a new level, not a rise (TS101 / the hard rules)
                     det = int(step[seg[e]])
                     if best is not None and det >= best.detected:
                         break
