@@ -208,15 +208,23 @@ def _hard_rules(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     return hits
 
 
-def _screen(x: np.ndarray, y: np.ndarray, w: int, need: float) -> np.ndarray:
+def _screen_sums(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """The cumulative sums :func:`_screen` works from (shared by every window size)."""
+    xc = x - x[0]
+    return [np.concatenate(([0.0], np.cumsum(v))) for v in (xc, y, xc * xc, xc * y, y * y)]
+
+
+def _screen(
+    x: np.ndarray, y: np.ndarray, w: int, need: float, cs: list[np.ndarray] | None = None
+) -> np.ndarray:
     """Window ends (indices) worth a full trend test: the least-squares rise
     over the window is at least half the needed rise with a t-statistic above
     2.5. O(n) with cumulative sums; the Kendall/Theil-Sen test runs only there."""
     m = len(y)
     if m < w:
         return np.array([], dtype=int)
-    xc = x - x[0]
-    cs = [np.concatenate(([0.0], np.cumsum(v))) for v in (xc, y, xc * xc, xc * y, y * y)]
+    if cs is None:
+        cs = _screen_sums(x, y)
     ends = np.arange(w - 1, m)
     sx, sy, sxx, sxy, syy = (c[ends + 1] - c[ends + 1 - w] for c in cs)
     vx = sxx - sx * sx / w
@@ -295,8 +303,9 @@ def _trend_hits(
         y = np.log(loss[seg])
         x = step[seg].astype(float)
         sizes = sorted({w for w in opts.windows if w <= m} or {m})
+        sums = _screen_sums(x, y)
         for w in sizes:
-            cand = _screen(x, y, w, need)
+            cand = _screen(x, y, w, need, sums)
             stride = max(w // 10, 1)
             last_tested = -(10**9)
             for e in cand:

@@ -120,8 +120,16 @@ def _rolling_median(x: np.ndarray, k: int, min_k: int) -> np.ndarray:
     out = np.full(len(x), np.nan)
     if len(x) >= k:
         out[k - 1 :] = _row_median(np.lib.stride_tricks.sliding_window_view(x, k))
-    for i in range(min_k - 1, min(k - 1, len(x))):
-        out[i] = np.median(x[: i + 1])
+    head = x[: min(k - 1, len(x))]
+    if len(head) >= min_k and np.isfinite(head).all():
+        # medians of the growing prefixes, from one sort each (np.median's
+        # per-call overhead dominates on a few dozen values)
+        for i in range(min_k - 1, len(head)):
+            srt = np.sort(head[: i + 1])
+            out[i] = (srt[i // 2] + srt[(i + 1) // 2]) / 2
+    else:
+        for i in range(min_k - 1, len(head)):
+            out[i] = np.median(x[: i + 1])
     return out
 
 
