@@ -174,7 +174,11 @@ def _blocks(steps: np.ndarray, y: np.ndarray, b: int) -> tuple[np.ndarray, np.nd
     """Minimum of ``y`` over consecutive blocks of ``b`` points (aligned to the
     end) and the last step of each block."""
     nb = len(y) // b
-    ys = y[len(y) - nb * b :].reshape(nb, b).min(axis=1)
+    rows = y[len(y) - nb * b :].reshape(nb, b)
+    # column by column along the long axis: a reduction over short rows is slow
+    ys = rows[:, 0].copy()
+    for j in range(1, b):
+        np.minimum(ys, rows[:, j], out=ys)
     xs = steps[len(steps) - nb * b :].reshape(nb, b)[:, -1]
     return xs.astype(float), ys
 
@@ -596,9 +600,10 @@ def _fragmentation(
     ok = keep & np.isfinite(res) & np.isfinite(alloc)
     if ok.sum() < opts.min_points:
         return None
-    steps = steps_all[ok].astype(float)[-opts.frag_window :]
-    gap = (res[ok] - alloc[ok])[-opts.frag_window :]
-    reserved = res[ok][-opts.frag_window :]
+    tail = np.flatnonzero(ok)[-opts.frag_window :]  # only the last window is judged
+    steps = steps_all[tail].astype(float)
+    gap = res[tail] - alloc[tail]
+    reserved = res[tail]
     end_gap = float(np.median(gap[-10:]))
     end_res = float(np.median(reserved[-10:]))
     far = end_gap > opts.frag_ratio * end_res or (
@@ -615,7 +620,7 @@ def _fragmentation(
     ev = {
         "kind": "fragmentation",
         "reserved_mb": end_res,
-        "allocated_mb": float(np.median(alloc[ok][-10:])),
+        "allocated_mb": float(np.median(alloc[np.flatnonzero(ok)[-10:]])),
         "gap_mb": end_gap,
         "gap_slope_mb_per_step": w["slope"],
         "p_value": w["p"],

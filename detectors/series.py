@@ -302,7 +302,10 @@ def spikes(
     bsig = np.maximum(np.nan_to_num(bsig, nan=sigma_floor), sigma_floor)
     zscreen = (c - bmed) / bsig
     # the block baseline lags the exact one by up to one block: screen a little lower
-    cand = np.isnan(bmed) | ((zscreen >= 0.75 * z_double) & big_enough(c, bmed - bsig))
+    cand = zscreen >= 0.75 * z_double
+    near = np.flatnonzero(cand)  # big_enough (exp, logs) only where the z screen passes
+    cand[near] = big_enough(c[near], (bmed - bsig)[near])
+    cand |= np.isnan(bmed)
     cand[:min_points] = False
     idx = np.flatnonzero(cand)
     if len(idx) == 0:
