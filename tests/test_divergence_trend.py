@@ -72,3 +72,25 @@ def test_ramps_are_not_steps(noise):
 def test_short_windows_are_never_steps():
     x = np.arange(15, dtype=float)
     assert not looks_like_step(x, np.where(x < 7, 0.0, 1.0))
+
+
+def test_kendall_rises_agrees_with_the_full_trend_test():
+    from tunescope.detectors.divergence import kendall_rises
+    from tunescope.detectors.stats import trend_np
+
+    rng = np.random.default_rng(3)
+    decided = set()
+    for _ in range(400):
+        n = int(rng.choice([5, 20, 50, 450]))
+        x = np.arange(n) * float(rng.choice([1, 10]))
+        y = 0.01 * rng.normal(0, 1) * np.arange(n) + rng.normal(0, 0.05, n)
+        if rng.random() < 0.3:
+            y = np.round(y, 1)  # ties
+        if rng.random() < 0.05:
+            y = np.full(n, 1.0)  # constant
+        p_max = float(10 ** rng.uniform(-8, -1))
+        t = trend_np(x, y, alpha=0.99)
+        want = bool(t.tau > 0 and t.p < p_max)
+        assert kendall_rises(x, y, p_max) is want
+        decided.add(want)
+    assert decided == {True, False}
