@@ -372,6 +372,28 @@ def _median(v: np.ndarray) -> float:
     return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
 
 
+def may_rise_by(y: np.ndarray, lookback: int, need: float, block: int = 25) -> bool:
+    """False only when no finite point of ``y`` exceeds the minimum of the
+    ``lookback`` finite points before it by ``need`` or more: then no point
+    can be that far above any baseline drawn from those points (a median of
+    some of them is never below their minimum), and a spike scan with that
+    size threshold cannot find anything. O(n) over block minima; a lower
+    bound of each point's minimum (the blocks around the range), so it may
+    say True when nothing qualifies, never False when something does."""
+    c = y[np.isfinite(y)]
+    m = len(c)
+    if m < 2:
+        return False
+    nb = -(-m // block)
+    pad = np.full(nb * block, np.inf)
+    pad[:m] = c
+    bmin = pad.reshape(nb, block).min(axis=1)
+    k = lookback // block + 2  # blocks covering [i - lookback, i] for any i
+    padded = np.concatenate((np.full(k - 1, np.inf), bmin))
+    floor = np.lib.stride_tricks.sliding_window_view(padded, k).min(axis=1)  # per block
+    return bool((c - floor[np.arange(m) // block] >= need).any())
+
+
 def merge_ranks(findings: list[Finding]) -> list[Finding]:
     """Findings of one detector in one run that start at the same step on
     several ranks become one finding for all ranks (rank None)."""
