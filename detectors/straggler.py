@@ -262,12 +262,16 @@ def window_scores(
     comp = ctx.column("compute_time_s")
     data = ctx.column("data_time_s")
     c_nan, d_nan = np.isnan(comp), np.isnan(data)
-    parts_mask = ~c_nan | ~d_nan
-    own = np.where(
-        parts_mask,
-        np.where(c_nan, 0.0, comp) + np.where(d_nan, 0.0, data),
-        ctx.column("step_time_s"),
-    )
+    if not c_nan.any() and not d_nan.any():
+        parts_mask = np.ones(len(comp), dtype=bool)  # both parts on every row (the usual case)
+        own = comp + data
+    else:
+        parts_mask = ~c_nan | ~d_nan
+        own = np.where(
+            parts_mask,
+            np.where(c_nan, 0.0, comp) + np.where(d_nan, 0.0, data),
+            ctx.column("step_time_s"),
+        )
     finite = np.isfinite(own)
     by_run: dict[str, list[tuple[int, int, int]]] = {}
     for run_id, rank, a, b in steps_slices(ctx):
@@ -292,12 +296,16 @@ def window_scores(
             keep = finite[a:b]
             if sp is not None and len(sp):
                 keep = keep & ~np.isin(step[a:b], sp)
-            idx = a + np.flatnonzero(keep)
-            if len(idx) == 0:
-                continue
-            st = step[idx]
+            if keep.all():  # slices, not gathers
+                idx = np.arange(a, b)
+                st, vals = step[a:b], own[a:b]
+            else:
+                idx = a + np.flatnonzero(keep)
+                if len(idx) == 0:
+                    continue
+                st, vals = step[idx], own[idx]
             win = ((st - lo) / interval // w).astype(np.int64)
-            wins, first, med, counts = _window_medians(own[idx], win)
+            wins, first, med, counts = _window_medians(vals, win)
             rows_of[(run_id, rank)] = (idx, win)
             cols["run_id"].extend([run_id] * len(wins))
             cols["rank"].extend([rank] * len(wins))

@@ -167,6 +167,12 @@ def _judge(
     blocks = _block_medians(raw, bs)
     lb = max(1, w // bs)
     level = _rolling_median(blocks, lb, lb)
+    # The reference (below) never exceeds the running maximum of the block
+    # medians: when the level never falls below that by the drop, nothing can
+    # be flagged, and the long rolling median is not worth computing.
+    with np.errstate(invalid="ignore"):
+        if not (level < (1 - opts.drop) * np.fmax.accumulate(blocks)).any():
+            return []
     # The reference is the best level of an 8x longer median: less noise than
     # the current level, so its running maximum barely drifts up.
     ref = np.fmax.accumulate(_rolling_median(blocks, 8 * lb, 4 * lb))
