@@ -22,7 +22,8 @@ persists is also a divergence: TS102 on a TS001 label is not a false alarm).
 
 Speed: every registered detector over 2 M step rows (4 runs x 8 ranks x
 62,500 steps) in an in-memory DuckDB, against a baseline measured in the same
-run (loading the steps frame plus one polars rolling median per run and rank).
+run (loading the steps frame sorted in SQL plus one polars rolling median per
+run and rank); best of 3 interleaved runs, each run's time printed.
 """
 
 from __future__ import annotations
