@@ -226,18 +226,24 @@ def _screen(
     if cs is None:
         cs = _screen_sums(x, y)
     ends = np.arange(w - 1, m)
-    sx, sy, sxx, sxy, syy = (c[ends + 1] - c[ends + 1 - w] for c in cs)
+    cx, cy, cxx, cxy, cyy = cs
+    sx, sy, sxx, sxy = (c[w:] - c[:-w] for c in (cx, cy, cxx, cxy))
     vx = sxx - sx * sx / w
     vxy = sxy - sx * sy / w
-    vy = syy - sy * sy / w
+    span = x[w - 1 :] - x[: m - w + 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = vxy / vx
+        # the rise first (most windows fail it); the t-statistic only where it holds
+        rising = np.flatnonzero(slope * span >= need * 0.5)
+        slope, vx, vxy, sy = slope[rising], vx[rising], vxy[rising], sy[rising]
+        e = ends[rising]
+        syy = cyy[e + 1] - cyy[e + 1 - w]
+        vy = syy - sy * sy / w
         resid = np.maximum(vy - slope * vxy, 0.0) / max(w - 2, 1)
         se = np.sqrt(resid / vx)
         t = slope / se
-    span = x[ends] - x[ends - w + 1]
-    ok = (slope * span >= need * 0.5) & ((t >= 2.5) | ~np.isfinite(t) & (slope > 0))
-    return ends[ok]
+    ok = (t >= 2.5) | ~np.isfinite(t) & (slope > 0)
+    return e[ok]
 
 
 def kendall_rises(x: np.ndarray, y: np.ndarray, p_max: float) -> bool:

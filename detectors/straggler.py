@@ -533,7 +533,8 @@ def _window_medians(
     """Medians of ``values`` per run of equal ``win`` (non-decreasing), NaN
     ignored: windows, first index, medians (NaN if empty), counts. Vectorised:
     one padded 2-D sort instead of a group-by."""
-    if len(win) and bool((win[1:] >= win[:-1]).all()):
+    in_order = len(win) > 0 and bool((win[1:] >= win[:-1]).all())
+    if in_order:
         # already in order (the usual case): runs from change points, no sort
         first = np.flatnonzero(np.concatenate(([True], win[1:] != win[:-1])))
         wins = win[first]
@@ -541,9 +542,17 @@ def _window_medians(
     else:
         wins, first, counts = np.unique(win, return_index=True, return_counts=True)
     v = np.where(np.isnan(values), np.inf, values)
-    pad = np.full((len(wins), int(counts.max())), np.inf)
-    rows = np.repeat(np.arange(len(wins)), counts)
-    pad[rows, np.arange(len(v)) - np.repeat(first, counts)] = v
+    nw, width = len(wins), int(counts.max())
+    if in_order and nw > 1 and bool((counts[:-1] == width).all()):
+        # equal windows but maybe the last (the usual case): a reshape, no scatter
+        pad = np.empty((nw, width))
+        pad[:-1] = v[: (nw - 1) * width].reshape(nw - 1, width)
+        pad[-1] = np.inf
+        pad[-1, : counts[-1]] = v[(nw - 1) * width :]
+    else:
+        pad = np.full((nw, width), np.inf)
+        rows = np.repeat(np.arange(nw), counts)
+        pad[rows, np.arange(len(v)) - np.repeat(first, counts)] = v
     pad.sort(axis=1)
     valid = np.isfinite(pad).sum(axis=1)
     r = np.arange(len(wins))
