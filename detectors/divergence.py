@@ -22,7 +22,9 @@ Why it matters:
 
     Not divergence: noise and bumps while the learning rate is still rising,
     the drop and jump at epoch boundaries, a learning-rate re-warmup after a
-    resume, flattening in the decay phase, spikes that recover (TS101).
+    resume, flattening in the decay phase, spikes that recover (TS101), even
+    slowly: a window whose rise is one jump to a level that then stays flat or
+    falls back is not taken for a trend.
 
 Example:
     ``loss rose 31% over steps 1800-2050 after warmup (tau=0.52, p=3e-12)
