@@ -141,12 +141,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     if df.height == 0:
         return findings
     # Whether the adapter / total norms were logged at all (null, not NaN).
-    logged = {c: df[c].is_not_null().to_numpy() for c in ("grad_norm", "grad_norm_adapter")}
-    cols = {
-        c: df[c].to_numpy().astype(float, copy=False)
-        for c in ("loss", "lr", "grad_norm", "grad_norm_adapter")
-    }
-    step_c = df["step"].to_numpy()
+    logged = {c: ctx.logged(c) for c in ("grad_norm", "grad_norm_adapter")}
+    cols = {c: ctx.column(c) for c in ("loss", "lr", "grad_norm", "grad_norm_adapter")}
+    step_c = ctx.column("step", as_float=False)
     lora = ctx.metrics([LORA_A, LORA_B])
     per_name = {
         name: _series_by_rank(lora.filter(pl.col("name") == name)) for name in (LORA_A, LORA_B)

@@ -73,10 +73,45 @@ class Context:
     def steps(self) -> pl.DataFrame:
         """The ``steps`` view, sorted by run_id, rank, step."""
         if "steps" not in self._cache:
-            self._cache["steps"] = self.sql(
-                f"SELECT * FROM steps{self._where_runs()} ORDER BY run_id, rank, step"
-            )
+            # fetched unsorted and sorted here only when out of order: rows are
+            # usually stored in order, and DuckDB's ORDER BY of millions of rows
+            # costs more than fetching them
+            self._cache["steps"] = sort_steps(self.sql(f"SELECT * FROM steps{self._where_runs()}"))
         return self._cache["steps"]
+
+    def column(self, name: str, as_float: bool = True) -> Any:
+        """One column of :meth:`steps` as a numpy array, float (null: NaN)
+        unless ``as_float`` is false, converted once per context and shared
+        (read-only: do not modify)."""
+        key = f"steps:col:{name}:{as_float}"
+        if key not in self._cache:
+            df = self.steps()
+            if name in df.columns:
+                col = df.get_column(name)
+                arr = (col.cast(float) if as_float else col).to_numpy()
+            else:
+                import numpy as np
+
+                arr = np.full(df.height, np.nan)
+            arr.flags.writeable = False
+            self._cache[key] = arr
+        return self._cache[key]
+
+    def logged(self, name: str) -> Any:
+        """Bool numpy array: where column ``name`` of :meth:`steps` is not null
+        (shared, read-only)."""
+        key = "steps:logged:" + name
+        if key not in self._cache:
+            df = self.steps()
+            if name in df.columns:
+                arr = df.get_column(name).is_not_null().to_numpy()
+            else:
+                import numpy as np
+
+                arr = np.zeros(df.height, dtype=bool)
+            arr.flags.writeable = False
+            self._cache[key] = arr
+        return self._cache[key]
 
     def metrics(self, names: list[str]) -> pl.DataFrame:
         """Rows of the ``metrics`` view for the given metric names."""
@@ -115,3 +150,32 @@ class Context:
                 starts.setdefault(row["run_id"], json.loads(row["payload"]))
             self._cache["run_start"] = starts
         return self._cache["run_start"].get(run_id, {})
+
+
+def sort_steps(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` sorted by run_id, rank, step (nulls last, ties in their stored
+    order), as ``ORDER BY run_id, rank, step`` would; returned as is when it
+    is already in that order (checked in a few vectorised passes)."""
+    import numpy as np
+    import polars as pl
+
+    keys = ["run_id", "rank", "step"]
+    if df.height < 2 or not all(k in df.columns for k in keys):
+        return df
+    in_order = all(df.get_column(k).null_count() == 0 for k in keys) and bool(
+        df.get_column("run_id").is_sorted()
+    )
+    if in_order:
+        # within a run, (rank, step) must not go down; where it does, the run
+        # must change there (run_id is sorted, so it then increases)
+        rank = df.get_column("rank").to_numpy()
+        step = df.get_column("step").to_numpy()
+        d_rank, d_step = np.diff(rank), np.diff(step)
+        down = np.flatnonzero((d_rank < 0) | ((d_rank == 0) & (d_step < 0))) + 1
+        if len(down):
+            run = df.get_column("run_id")
+            idx = pl.Series(down)
+            in_order = bool((run.gather(idx) != run.gather(idx - 1)).all())
+    if in_order:
+        return df
+    return df.sort(keys, nulls_last=True, maintain_order=True)

@@ -22,7 +22,9 @@ Why it matters:
 
     Not divergence: noise and bumps while the learning rate is still rising,
     the drop and jump at epoch boundaries, a learning-rate re-warmup after a
-    resume, flattening in the decay phase, spikes that recover (TS101).
+    resume, flattening in the decay phase, spikes that recover (TS101), even
+    slowly: a window whose rise is one jump to a level that then stays flat or
+    falls back is not taken for a trend.
 
 Example:
     ``loss rose 31% over steps 1800-2050 after warmup (tau=0.52, p=3e-12)
@@ -65,7 +67,7 @@ SUPERSEDES = ("TS101", "TS105")  # spikes inside a divergence are the same incid
 
 @dataclass
 class Options:
-    windows: list[int] = field(default_factory=lambda: [20, 50, 200, 1000])
+    windows: list[int] = field(default_factory=lambda: [20, 50, 100, 200, 1000])
     """Trend-test window sizes in logged points (post-warmup only)."""
     min_points: int = 8
     """Shortest post-warmup stretch tested as a whole when it is below the smallest window."""
@@ -208,28 +210,108 @@ def _hard_rules(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
     return hits
 
 
-def _screen(x: np.ndarray, y: np.ndarray, w: int, need: float) -> np.ndarray:
+def _screen_sums(x: np.ndarray, y: np.ndarray) -> list[np.ndarray]:
+    """The cumulative sums :func:`_screen` works from (shared by every window size)."""
+    xc = x - x[0]
+    return [np.concatenate(([0.0], np.cumsum(v))) for v in (xc, y, xc * xc, xc * y, y * y)]
+
+
+def _screen(
+    x: np.ndarray, y: np.ndarray, w: int, need: float, cs: list[np.ndarray] | None = None
+) -> np.ndarray:
     """Window ends (indices) worth a full trend test: the least-squares rise
     over the window is at least half the needed rise with a t-statistic above
     2.5. O(n) with cumulative sums; the Kendall/Theil-Sen test runs only there."""
     m = len(y)
     if m < w:
         return np.array([], dtype=int)
-    xc = x - x[0]
-    cs = [np.concatenate(([0.0], np.cumsum(v))) for v in (xc, y, xc * xc, xc * y, y * y)]
+    if cs is None:
+        cs = _screen_sums(x, y)
     ends = np.arange(w - 1, m)
-    sx, sy, sxx, sxy, syy = (c[ends + 1] - c[ends + 1 - w] for c in cs)
+    cx, cy, cxx, cxy, cyy = cs
+    sx, sy, sxx, sxy = (c[w:] - c[:-w] for c in (cx, cy, cxx, cxy))
     vx = sxx - sx * sx / w
     vxy = sxy - sx * sy / w
-    vy = syy - sy * sy / w
+    span = x[w - 1 :] - x[: m - w + 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = vxy / vx
+        # the rise first (most windows fail it); the t-statistic only where it holds
+        rising = np.flatnonzero(slope * span >= need * 0.5)
+        slope, vx, vxy, sy = slope[rising], vx[rising], vxy[rising], sy[rising]
+        e = ends[rising]
+        syy = cyy[e + 1] - cyy[e + 1 - w]
+        vy = syy - sy * sy / w
         resid = np.maximum(vy - slope * vxy, 0.0) / max(w - 2, 1)
         se = np.sqrt(resid / vx)
         t = slope / se
-    span = x[ends] - x[ends - w + 1]
-    ok = (slope * span >= need * 0.5) & ((t >= 2.5) | ~np.isfinite(t) & (slope > 0))
-    return ends[ok]
+    ok = (t >= 2.5) | ~np.isfinite(t) & (slope > 0)
+    return e[ok]
+
+
+def kendall_rises(x: np.ndarray, y: np.ndarray, p_max: float) -> bool:
+    """``tau > 0 and p < p_max`` of :func:`stats.trend_np` on the same points,
+    computed the same way but without the Theil-Sen slopes (their sort is
+    most of a test's cost, and most screened windows fail here)."""
+    import math
+
+    from tunescope.detectors.stats import _trend_points
+
+    x, y, flat = _trend_points(x, y, 400)
+    if flat is not None:
+        return flat.tau > 0 and flat.p < p_max
+    n = len(x)
+    i, j = np.triu_indices(n, k=1)
+    s = float(np.sum(np.sign(x[j] - x[i]) * np.sign(y[j] - y[i])))
+    if s <= 0:
+        return False
+    n0 = n * (n - 1) / 2
+
+    def tie_terms(v: np.ndarray) -> tuple[float, float]:
+        _, counts = np.unique(v, return_counts=True)
+        t = counts[counts > 1].astype(float)
+        return float(np.sum(t * (t - 1) / 2)), float(np.sum(t * (t - 1) * (2 * t + 5)))
+
+    tx, vx = tie_terms(x)
+    ty, vy = tie_terms(y)
+    if (n0 - tx) * (n0 - ty) <= 0:
+        return False  # tau is 0
+    var = (n * (n - 1) * (2 * n + 5) - vx - vy) / 18.0
+    p = math.erfc(abs(s) / math.sqrt(2 * var)) if var > 0 else 1.0
+    return p < p_max
+
+
+def looks_like_step(x: np.ndarray, y: np.ndarray, min_side: int = 10, min_f: float = 100.0) -> bool:
+    """True when a window's rise is one jump to a level that then stays flat
+    or falls (a spike recovering slowly, a level shift), not a trend: two
+    flat levels split at the best change point fit far better than a line
+    (residual sum of squares lower by ``min_f`` times the residual variance), and
+    the points after that change point rise (Theil-Sen) by less than a
+    quarter of the jump between the two levels. O(n) but for one Theil-Sen
+    fit of the later part."""
+    m = len(y)
+    if m < 2 * min_side:
+        return False
+    c1 = np.cumsum(y)
+    c2 = np.cumsum(y * y)
+    k = np.arange(min_side, m - min_side + 1)  # size of the left part
+    left = c2[k - 1] - c1[k - 1] ** 2 / k
+    right = (c2[-1] - c2[k - 1]) - (c1[-1] - c1[k - 1]) ** 2 / (m - k)
+    sse_step = left + right
+    best = int(np.argmin(sse_step))
+    xc = x - x.mean()
+    vx = float(np.dot(xc, xc))
+    yc = y - y.mean()
+    sse_line = float(np.dot(yc, yc)) - (float(np.dot(xc, yc)) ** 2 / vx if vx > 0 else 0.0)
+    # the two levels must fit far better than the line (an F-like ratio; the
+    # change point is searched, so noise alone reaches ~10-20 on a ramp)
+    if sse_line - sse_step[best] < min_f * max(sse_step[best], 1e-12) / (m - 3):
+        return False
+    cut = int(k[best])
+    jump = (c1[-1] - c1[cut - 1]) / (m - cut) - c1[cut - 1] / cut
+    after = trend(x[cut:], y[cut:], alpha=0.99)
+    # a ramp split anywhere keeps rising after the split by about as much as
+    # the jump between the two levels; a step stays flat or falls back
+    return bool(after.slope * (x[-1] - x[cut]) < 0.25 * jump)
 
 
 def _trend_hits(
@@ -261,8 +343,9 @@ def _trend_hits(
         y = np.log(loss[seg])
         x = step[seg].astype(float)
         sizes = sorted({w for w in opts.windows if w <= m} or {m})
+        sums = _screen_sums(x, y)
         for w in sizes:
-            cand = _screen(x, y, w, need)
+            cand = _screen(x, y, w, need, sums)
             stride = max(w // 10, 1)
             last_tested = -(10**9)
             for e in cand:
@@ -270,9 +353,11 @@ def _trend_hits(
                     continue
                 last_tested = e
                 lo = e - w + 1
+                p_max = opts.p_value * min(1.0, w / m)  # about m/w independent windows
+                if not kendall_rises(x[lo : e + 1], y[lo : e + 1], p_max):
+                    continue  # the full test would fail on tau / p: skip its Theil-Sen part
                 t = trend(x[lo : e + 1], y[lo : e + 1], alpha=0.99)
                 span = x[e] - x[lo]
-                p_max = opts.p_value * min(1.0, w / m)  # about m/w independent windows
                 if t.tau > 0 and t.p < p_max and t.lo * span >= need / 2 and t.slope * span >= need:
                     # confirmed by the window a few points later (noise does not persist)
                     e2 = min(e + max(stride, 2), m - 1)
@@ -289,6 +374,8 @@ def _trend_hits(
                         e = e2
                         lo = e - w + 1
                         t, span = t2, span2
+                    if looks_like_step(x[lo : e + 1], y[lo : e + 1]):
+                        continue  # a jump to a new level, not a rise (TS101 / the hard rules)
                     det = int(step[seg[e]])
                     if best is not None and det >= best.detected:
                         break

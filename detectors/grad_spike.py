@@ -99,6 +99,8 @@ def _scan(s: Series, opts: Options) -> list[GradIncident]:
     def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
         return v >= need
 
+    if not (y[ok] >= need).any():
+        return []  # nothing reaches min_ratio x the run's median: no spike can be big enough
     sc = spikes(
         y,
         window=opts.window,

@@ -46,6 +46,7 @@ from tunescope.detectors.series import (
     early_level,
     epoch_boundaries,
     fmt,
+    may_rise_by,
     merge_ranks,
     near_boundary,
     rank_series,
@@ -146,6 +147,10 @@ def scan(s: Series, opts: Options) -> list[Incident]:
             return v - base >= need
 
         floor, z1, z2 = spread * 0.05, opts.z * 1.5, opts.z_consecutive * 1.5
+    # a point's baseline is drawn from the 3 windows before it: when nothing
+    # rises that far above their minimum, no point can be big enough
+    if not may_rise_by(y, 3 * opts.window, need_log if positive else need):
+        return []
     sc = spikes(
         y,
         window=opts.window,

@@ -174,7 +174,11 @@ def _blocks(steps: np.ndarray, y: np.ndarray, b: int) -> tuple[np.ndarray, np.nd
     """Minimum of ``y`` over consecutive blocks of ``b`` points (aligned to the
     end) and the last step of each block."""
     nb = len(y) // b
-    ys = y[len(y) - nb * b :].reshape(nb, b).min(axis=1)
+    rows = y[len(y) - nb * b :].reshape(nb, b)
+    # column by column along the long axis: a reduction over short rows is slow
+    ys = rows[:, 0].copy()
+    for j in range(1, b):
+        np.minimum(ys, rows[:, j], out=ys)
     xs = steps[len(steps) - nb * b :].reshape(nb, b)[:, -1]
     return xs.astype(float), ys
 
@@ -324,8 +328,8 @@ def _merge(windows: list[dict[str, float]]) -> list[list[dict[str, float]]]:
 def run(ctx: Context, opts: Options) -> list[Finding]:
 
     cols = ["run_id", "rank", "step", "ts", "mem_allocated_mb", "mem_reserved_mb", "mem_peak_mb"]
-    df = ctx.steps().select(cols)
-    if df.height == 0 or df["mem_allocated_mb"].null_count() == df.height:
+    df = ctx.steps()
+    if df.height == 0 or not ctx.logged("mem_allocated_mb").any():
         return []
     special = special_steps(ctx)
     resumed = special_steps(ctx, after=opts.skip_steps, kinds=("resume",))
@@ -333,7 +337,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     first_ckpt = first_event_step(ctx, "checkpoint")
     ended = run_ended(ctx)
     runs = {r["run_id"]: r for r in ctx.runs().iter_rows(named=True)}
-    arrays = {c: df[c].to_numpy().astype(float, copy=False) for c in cols[2:]}
+    arrays = {c: ctx.column(c) for c in cols[2:]}
     slices = steps_slices(ctx)
     findings: list[Finding] = []
     for run_id, rank, a, b in slices:
@@ -596,9 +600,10 @@ def _fragmentation(
     ok = keep & np.isfinite(res) & np.isfinite(alloc)
     if ok.sum() < opts.min_points:
         return None
-    steps = steps_all[ok].astype(float)[-opts.frag_window :]
-    gap = (res[ok] - alloc[ok])[-opts.frag_window :]
-    reserved = res[ok][-opts.frag_window :]
+    tail = np.flatnonzero(ok)[-opts.frag_window :]  # only the last window is judged
+    steps = steps_all[tail].astype(float)
+    gap = res[tail] - alloc[tail]
+    reserved = res[tail]
     end_gap = float(np.median(gap[-10:]))
     end_res = float(np.median(reserved[-10:]))
     far = end_gap > opts.frag_ratio * end_res or (
@@ -615,7 +620,7 @@ def _fragmentation(
     ev = {
         "kind": "fragmentation",
         "reserved_mb": end_res,
-        "allocated_mb": float(np.median(alloc[ok][-10:])),
+        "allocated_mb": float(np.median(alloc[np.flatnonzero(ok)[-10:]])),
         "gap_mb": end_gap,
         "gap_slope_mb_per_step": w["slope"],
         "p_value": w["p"],

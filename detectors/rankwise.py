@@ -218,13 +218,21 @@ def rank_slices(df: pl.DataFrame) -> list[tuple[str, int, int, int]]:
 
     if df.height == 0:
         return []
-    idx = (
-        df.select("run_id", "rank")
-        .with_row_index("i")
-        .group_by("run_id", "rank", maintain_order=True)
-        .agg(pl.col("i").first().alias("a"), pl.len().alias("n"))
+    r, k = pl.col("run_id"), pl.col("rank")
+    # rows where the (run, rank) pair changes: the frame is sorted, so each
+    # pair is one contiguous block
+    starts = (
+        df.select((r.ne_missing(r.shift(1)) | k.ne_missing(k.shift(1))).arg_true().alias("a"))
+        .get_column("a")
+        .to_numpy()
     )
-    return [(str(r), int(k), int(a), int(a) + int(n)) for r, k, a, n in idx.iter_rows()]
+    ends = np.append(starts[1:], df.height)
+    runs = df.get_column("run_id").gather(starts).to_list()
+    ranks = df.get_column("rank").gather(starts).to_list()
+    return [
+        (str(run), int(rank), int(a), int(b))
+        for run, rank, a, b in zip(runs, ranks, starts, ends, strict=True)
+    ]
 
 
 def ranks_from_slices(slices: list[tuple[str, int, int, int]]) -> dict[str, list[int]]:

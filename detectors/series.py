@@ -81,51 +81,28 @@ def rank_series(ctx: Context) -> list[Series]:
     """One series per (run, rank) with a logged loss, cached on the context."""
     if "series:rank" in ctx._cache:
         return ctx._cache["series:rank"]
-    where = ctx._where_runs()
-    where = f"{where} AND loss IS NOT NULL" if where else " WHERE loss IS NOT NULL"
-    # only the columns needed, unsorted (sorting 2M rows in SQL costs seconds);
-    # grouped and sorted with one numpy argsort when not already in order
-    with_ids = ctx.sql("SELECT count(sample_ids) AS n FROM steps" + where).item() > 0
-    df = ctx.sql(
-        "SELECT run_id, rank, step, loss, lr, grad_norm, epoch"
-        + (", sample_ids" if with_ids else "")
-        + " FROM steps"
-        + where
-    )
+    from tunescope.detectors.rankwise import steps_slices
+
+    # slices of the shared steps frame (sorted by run, rank, step) and its
+    # numpy columns, converted once per context
+    df = ctx.steps()
     out: list[Series] = []
-    n = df.height
-    if n:
+    if df.height:
         import polars as pl
 
-        codes = df.get_column("run_id").cast(pl.Categorical).to_physical().to_numpy()
-        key = (
-            (codes.astype(np.int64) << 48)
-            | (df.get_column("rank").to_numpy().astype(np.int64) << 32)
-            | df.get_column("step").to_numpy().astype(np.int64)
-        )
-        if len(key) > 1 and (np.diff(key) < 0).any():
-            order = np.argsort(key, kind="stable")
-            df = df[order]
-            key = key[order]
-        run_col = df.get_column("run_id")
-        rank_np = df.get_column("rank").to_numpy()
-        group = key >> 32
-        change = np.ones(n, dtype=bool)
-        change[1:] = group[1:] != group[:-1]
-        starts = np.flatnonzero(change)
-        ends = np.append(starts[1:], n)
-        step_all = df.get_column("step").to_numpy().astype(np.int64)
-        cols = {k: _col(df, k) for k in ("loss", "lr", "grad_norm", "epoch")}
-        gn_logged = df.get_column("grad_norm").is_not_null().to_numpy()
-        ids = df.get_column("sample_ids") if with_ids else None
-        runs = run_col.to_list() if len(starts) > 1000 else None
-        for a, b in zip(starts, ends, strict=True):
-            a, b = int(a), int(b)
-            run = runs[a] if runs is not None else run_col[a]
-            rank = int(rank_np[a])
+        has_loss = ctx.logged("loss")
+        step_all = df.get_column("step").to_numpy().astype(np.int64, copy=False)
+        cols = {k: ctx.column(k) for k in ("loss", "lr", "grad_norm", "epoch")}
+        gn_logged = ctx.logged("grad_norm")
+        ids = None
+        if "sample_ids" in df.columns and df.get_column("sample_ids").null_count() < df.height:
+            ids = df.get_column("sample_ids")
+        for run, rank, a, b in steps_slices(ctx):
+            rows = a + np.flatnonzero(has_loss[a:b])
+            if not len(rows):
+                continue
             start = ctx.run_start(run)
-            step = step_all[a:b]
-            keep = a + _dedup_last(step)
+            keep = rows[_dedup_last(step_all[rows])]
             gids = ids.gather(pl.Series(keep)) if ids is not None else None
             has_ids = gids is not None and gids.null_count() < len(gids)
             per_rank = start.get("per_rank", True) is not False
@@ -325,7 +302,10 @@ def spikes(
     bsig = np.maximum(np.nan_to_num(bsig, nan=sigma_floor), sigma_floor)
     zscreen = (c - bmed) / bsig
     # the block baseline lags the exact one by up to one block: screen a little lower
-    cand = np.isnan(bmed) | ((zscreen >= 0.75 * z_double) & big_enough(c, bmed - bsig))
+    cand = zscreen >= 0.75 * z_double
+    near = np.flatnonzero(cand)  # big_enough (exp, logs) only where the z screen passes
+    cand[near] = big_enough(c[near], (bmed - bsig)[near])
+    cand |= np.isnan(bmed)
     cand[:min_points] = False
     idx = np.flatnonzero(cand)
     if len(idx) == 0:
@@ -390,6 +370,28 @@ def _median(v: np.ndarray) -> float:
     v = np.sort(v)
     n = len(v)
     return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
+
+
+def may_rise_by(y: np.ndarray, lookback: int, need: float, block: int = 25) -> bool:
+    """False only when no finite point of ``y`` exceeds the minimum of the
+    ``lookback`` finite points before it by ``need`` or more: then no point
+    can be that far above any baseline drawn from those points (a median of
+    some of them is never below their minimum), and a spike scan with that
+    size threshold cannot find anything. O(n) over block minima; a lower
+    bound of each point's minimum (the blocks around the range), so it may
+    say True when nothing qualifies, never False when something does."""
+    c = y[np.isfinite(y)]
+    m = len(c)
+    if m < 2:
+        return False
+    nb = -(-m // block)
+    pad = np.full(nb * block, np.inf)
+    pad[:m] = c
+    bmin = pad.reshape(nb, block).min(axis=1)
+    k = lookback // block + 2  # blocks covering [i - lookback, i] for any i
+    padded = np.concatenate((np.full(k - 1, np.inf), bmin))
+    floor = np.lib.stride_tricks.sliding_window_view(padded, k).min(axis=1)  # per block
+    return bool((c - floor[np.arange(m) // block] >= need).any())
 
 
 def merge_ranks(findings: list[Finding]) -> list[Finding]:

@@ -107,10 +107,8 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     timed: dict[str, bool] = {}
     if df.height:
         any_time = (
-            df["compute_time_s"].is_not_null()
-            | df["data_time_s"].is_not_null()
-            | df["step_time_s"].is_not_null()
-        ).to_numpy()
+            ctx.logged("compute_time_s") | ctx.logged("data_time_s") | ctx.logged("step_time_s")
+        )
         for r, k, a, b in steps_slices(ctx):
             ranks_by_run.setdefault(r, []).append(k)
             timed[r] = timed.get(r, False) or bool(any_time[a:b].any())
@@ -159,9 +157,9 @@ def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> lis
 
     # Per rank: last step and time, and the typical step time (mean logged
     # step time, else the mean interval); then the run's view of each rank.
-    step = df["step"].to_numpy()
-    ts = df["ts"].to_numpy().astype(float, copy=False)
-    st = df["step_time_s"].to_numpy().astype(float, copy=False)
+    step = ctx.column("step", as_float=False)
+    ts = ctx.column("ts")
+    st = ctx.column("step_time_s")
     per: list[dict[str, Any]] = []
     for run_id, rank, a, b in steps_slices(ctx):
         if run_id not in runs:
@@ -260,16 +258,21 @@ def window_scores(
     # Per run: ~``window`` logged points per window (fewer for short runs);
     # per rank, window medians with numpy on slices of the sorted frame.
     special = special_steps(ctx)
-    step = df["step"].to_numpy()
-    comp = df["compute_time_s"].to_numpy().astype(float, copy=False)
-    data = df["data_time_s"].to_numpy().astype(float, copy=False)
+    step = ctx.column("step", as_float=False)
+    comp = ctx.column("compute_time_s")
+    data = ctx.column("data_time_s")
     c_nan, d_nan = np.isnan(comp), np.isnan(data)
-    parts_mask = ~c_nan | ~d_nan
-    own = np.where(
-        parts_mask,
-        np.where(c_nan, 0.0, comp) + np.where(d_nan, 0.0, data),
-        df["step_time_s"].to_numpy().astype(float, copy=False),
-    )
+    if not c_nan.any() and not d_nan.any():
+        parts_mask = np.ones(len(comp), dtype=bool)  # both parts on every row (the usual case)
+        own = comp + data
+    else:
+        parts_mask = ~c_nan | ~d_nan
+        own = np.where(
+            parts_mask,
+            np.where(c_nan, 0.0, comp) + np.where(d_nan, 0.0, data),
+            ctx.column("step_time_s"),
+        )
+    finite = np.isfinite(own)
     by_run: dict[str, list[tuple[int, int, int]]] = {}
     for run_id, rank, a, b in steps_slices(ctx):
         if runs is None or run_id in runs:
@@ -290,23 +293,27 @@ def window_scores(
         )
         sp = special.get(run_id)
         for rank, a, b in parts:
-            idx = np.arange(a, b)
-            keep = np.isfinite(own[a:b])
+            keep = finite[a:b]
             if sp is not None and len(sp):
-                keep &= ~np.isin(step[a:b], sp)
-            idx = idx[keep]
-            if len(idx) == 0:
-                continue
-            win = ((step[idx] - lo) / interval // w).astype(np.int64)
-            wins, first, med, counts = _window_medians(own[idx], win)
+                keep = keep & ~np.isin(step[a:b], sp)
+            if keep.all():  # slices, not gathers
+                idx = np.arange(a, b)
+                st, vals = step[a:b], own[a:b]
+            else:
+                idx = a + np.flatnonzero(keep)
+                if len(idx) == 0:
+                    continue
+                st, vals = step[idx], own[idx]
+            win = ((st - lo) / interval // w).astype(np.int64)
+            wins, first, med, counts = _window_medians(vals, win)
             rows_of[(run_id, rank)] = (idx, win)
             cols["run_id"].extend([run_id] * len(wins))
             cols["rank"].extend([rank] * len(wins))
             cols["win"].append(wins)
             cols["own"].append(med)
             cols["n"].append(counts)
-            cols["s0"].append(step[idx][first])
-            cols["s1"].append(step[idx][first + counts - 1])
+            cols["s0"].append(st[first])
+            cols["s1"].append(st[first + counts - 1])
             cols["parts"].append(np.logical_or.reduceat(parts_mask[idx], first))
             cols["wsize"].append(np.full(len(wins), w))
     if not cols["run_id"]:
@@ -526,11 +533,26 @@ def _window_medians(
     """Medians of ``values`` per run of equal ``win`` (non-decreasing), NaN
     ignored: windows, first index, medians (NaN if empty), counts. Vectorised:
     one padded 2-D sort instead of a group-by."""
-    wins, first, counts = np.unique(win, return_index=True, return_counts=True)
+    in_order = len(win) > 0 and bool((win[1:] >= win[:-1]).all())
+    if in_order:
+        # already in order (the usual case): runs from change points, no sort
+        first = np.flatnonzero(np.concatenate(([True], win[1:] != win[:-1])))
+        wins = win[first]
+        counts = np.diff(np.append(first, len(win)))
+    else:
+        wins, first, counts = np.unique(win, return_index=True, return_counts=True)
     v = np.where(np.isnan(values), np.inf, values)
-    pad = np.full((len(wins), int(counts.max())), np.inf)
-    rows = np.repeat(np.arange(len(wins)), counts)
-    pad[rows, np.arange(len(v)) - np.repeat(first, counts)] = v
+    nw, width = len(wins), int(counts.max())
+    if in_order and nw > 1 and bool((counts[:-1] == width).all()):
+        # equal windows but maybe the last (the usual case): a reshape, no scatter
+        pad = np.empty((nw, width))
+        pad[:-1] = v[: (nw - 1) * width].reshape(nw - 1, width)
+        pad[-1] = np.inf
+        pad[-1, : counts[-1]] = v[(nw - 1) * width :]
+    else:
+        pad = np.full((nw, width), np.inf)
+        rows = np.repeat(np.arange(nw), counts)
+        pad[rows, np.arange(len(v)) - np.repeat(first, counts)] = v
     pad.sort(axis=1)
     valid = np.isfinite(pad).sum(axis=1)
     r = np.arange(len(wins))

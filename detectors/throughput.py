@@ -120,23 +120,29 @@ def _rolling_median(x: np.ndarray, k: int, min_k: int) -> np.ndarray:
     out = np.full(len(x), np.nan)
     if len(x) >= k:
         out[k - 1 :] = _row_median(np.lib.stride_tricks.sliding_window_view(x, k))
-    for i in range(min_k - 1, min(k - 1, len(x))):
-        out[i] = np.median(x[: i + 1])
+    head = x[: min(k - 1, len(x))]
+    if len(head) >= min_k and np.isfinite(head).all():
+        # medians of the growing prefixes, from one sort each (np.median's
+        # per-call overhead dominates on a few dozen values)
+        for i in range(min_k - 1, len(head)):
+            srt = np.sort(head[: i + 1])
+            out[i] = (srt[i // 2] + srt[(i + 1) // 2]) / 2
+    else:
+        for i in range(min_k - 1, len(head)):
+            out[i] = np.median(x[: i + 1])
     return out
 
 
 def run(ctx: Context, opts: Options) -> list[Finding]:
-    cols = ["run_id", "rank", "step", "ts", "step_time_s", "tokens"]
-    df = ctx.steps().select(cols)
     slices = steps_slices(ctx)
     if not slices:
         return []
     special = special_steps(ctx)
     resumed = special_steps(ctx, after=opts.skip_steps, kinds=("resume",))
-    step_c = df["step"].to_numpy()
-    ts_c = df["ts"].to_numpy().astype(float, copy=False)
-    st_c = df["step_time_s"].to_numpy().astype(float, copy=False)
-    tok_c = df["tokens"].to_numpy().astype(float, copy=False)
+    step_c = ctx.column("step", as_float=False)
+    ts_c = ctx.column("ts")
+    st_c = ctx.column("step_time_s")
+    tok_c = ctx.column("tokens")
     out: list[Finding] = []
     for run_id, rank, a, b in slices:
         steps = step_c[a:b]
@@ -161,6 +167,12 @@ def _judge(
     blocks = _block_medians(raw, bs)
     lb = max(1, w // bs)
     level = _rolling_median(blocks, lb, lb)
+    # The reference (below) never exceeds the running maximum of the block
+    # medians: when the level never falls below that by the drop, nothing can
+    # be flagged, and the long rolling median is not worth computing.
+    with np.errstate(invalid="ignore"):
+        if not (level < (1 - opts.drop) * np.fmax.accumulate(blocks)).any():
+            return []
     # The reference is the best level of an 8x longer median: less noise than
     # the current level, so its running maximum barely drifts up.
     ref = np.fmax.accumulate(_rolling_median(blocks, 8 * lb, 4 * lb))
