@@ -14,6 +14,7 @@ Two paths read the same bytes to the same rows:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -69,19 +70,41 @@ class NativeReader:
         return self.read_batch([(path, state)])[0]
 
     def read_batch(self, items: list[tuple[Path, dict[str, Any] | None]]) -> list[ReadResult]:
-        """Read many sources at once; clean, large chunks are parsed in parallel."""
+        """Read many sources at once. Clean, large chunks are parsed in parts on
+        worker threads while the next files are still being read."""
+        from concurrent.futures import ThreadPoolExecutor
+
         results: list[ReadResult | None] = [None] * len(items)
+        workers = min(os.cpu_count() or 1, 8)
+        total = 0
+        for path, _ in items:
+            with contextlib.suppress(OSError):
+                total += os.stat(path).st_size
+        target = max(total / (2 * workers), FAST_PATH_MIN_BYTES)  # two parts a worker
         fast: list[tuple[int, Path, Chunk]] = []
-        for i, (path, state) in enumerate(items):
-            if RANK_PARQUET.match(path.name):
-                results[i] = _read_parquet(path, state)
-                continue
-            chunk = read_new_lines(path, state)
-            if len(chunk.data) >= FAST_PATH_MIN_BYTES and _looks_clean(chunk.data):
-                fast.append((i, path, chunk))
-            else:
-                results[i] = _read_exact(path, chunk)
-        done = _read_fast(fast) if fast else {}
+        part: list[tuple[int, Path, Chunk]] = []
+        size = 0
+        done: dict[int, ReadResult] = {}
+        with ThreadPoolExecutor(workers) as pool:
+            futures = []
+            for i, (path, state) in enumerate(items):
+                if RANK_PARQUET.match(path.name):
+                    results[i] = _read_parquet(path, state)
+                    continue
+                chunk = read_new_lines(path, state)
+                if len(chunk.data) >= FAST_PATH_MIN_BYTES and _looks_clean(chunk.data):
+                    fast.append((i, path, chunk))
+                    part.append((i, path, chunk))
+                    size += len(chunk.data)
+                    if size >= target:
+                        futures.append(pool.submit(_read_fast_part, part))
+                        part, size = [], 0
+                else:
+                    results[i] = _read_exact(path, chunk)
+            if part:
+                futures.append(pool.submit(_read_fast_part, part))
+            for future in futures:
+                done.update(future.result())
         for i, path, chunk in fast:
             results[i] = done.get(i) or _read_exact(path, chunk)
         return [r for r in results if r is not None]
@@ -451,6 +474,15 @@ def _read_fast(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
     passed every check; the caller sends the others to the exact path."""
     done = _read_duckdb(batch)
     rest = [item for item in batch if item[0] not in done]
+    if rest:
+        done.update(_read_arrow(rest))
+    return done
+
+
+def _read_fast_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
+    """One worker's share of a batch: DuckDB, then Arrow for what it left."""
+    done = _duckdb_part(part)
+    rest = [item for item in part if item[0] not in done]
     if rest:
         done.update(_read_arrow(rest))
     return done
