@@ -491,104 +491,13 @@ def real_logs(tmp: Path) -> None:
     store = Store.open(REAL_LOGS, tmp / "real-cache")
     ids = store.run_ids()
     if not ids:
-        print(
-            "  no reader in this build reads these formats yet (the formats issue adds "
-            "them); using the bench's own minimal conversion of the JSON logs instead"
-        )
-        convert_real_logs(REAL_LOGS, tmp / "real-converted")
-        store = Store.open(tmp / "real-converted", tmp / "real-converted-cache")
-        ids = store.run_ids()
+        print("  no readable runs found")
+        return
     findings = analyze(store)
     for run in ids:
         mine = [f for f in findings if f.run == run and f.severity.value != "info"]
         verdict = "ok" if not mine else "; ".join(f"{f.detector} {f.severity.value}" for f in mine)
         print(f"  {run}: {verdict}")
-
-
-def convert_real_logs(src: Path, dst: Path) -> None:
-    """A minimal stand-in for the format readers (bench only): HF
-    trainer_state.json, LLaMA-Factory trainer_log.jsonl and ms-swift
-    logging.jsonl to native events, one run per file, with ``logging_steps``
-    inferred from the step spacing and ``per_rank`` false."""
-    sources = {
-        "trainer_state.json": ("step", "learning_rate"),
-        "trainer_log.jsonl": ("current_steps", "lr"),
-        "logging.jsonl": ("global_step", "learning_rate"),
-    }
-    for path in sorted(src.rglob("*")):
-        if path.name not in sources:
-            continue
-        step_key, lr_key = sources[path.name]
-        if path.suffix == ".json":
-            rows = json.loads(path.read_text())["log_history"]
-        else:
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        steps: dict[int, dict[str, Any]] = {}
-        evals: dict[int, float] = {}
-        for r in rows:
-            st = r.get(step_key)
-            if not isinstance(st, int | float):
-                continue
-            if "eval_loss" in r:
-                evals[int(st)] = float(r["eval_loss"])
-            if isinstance(r.get("loss"), int | float):
-                lr = r.get(lr_key, r.get("lr", r.get("learning_rate")))
-                steps[int(st)] = {
-                    "loss": float(r["loss"]),
-                    "lr": lr,
-                    "grad_norm": r.get("grad_norm"),
-                    "epoch": r.get("epoch"),
-                }
-        if not steps:
-            continue
-        ordered = sorted(steps)
-        spacing = int(np.median(np.diff(ordered))) if len(ordered) > 2 else 1
-        name = f"{path.parent.name}--{path.stem}"
-        d = dst / name / "events"
-        d.mkdir(parents=True)
-        out = [
-            json.dumps(
-                {
-                    "v": 1,
-                    "kind": "run_start",
-                    "run": name,
-                    "rank": 0,
-                    "ts": 1.7e9,
-                    "logging_steps": max(spacing, 1),
-                    "per_rank": False,
-                }
-            )
-        ]
-        for st in ordered:
-            row = {k: v for k, v in steps[st].items() if isinstance(v, int | float)}
-            out.append(
-                json.dumps(
-                    {
-                        "v": 1,
-                        "kind": "step",
-                        "run": name,
-                        "rank": 0,
-                        "step": st,
-                        "ts": 1.7e9 + st,
-                        **row,
-                    }
-                )
-            )
-        for st, v in sorted(evals.items()):
-            out.append(
-                json.dumps(
-                    {
-                        "v": 1,
-                        "kind": "eval",
-                        "run": name,
-                        "rank": 0,
-                        "step": st,
-                        "ts": 1.7e9 + st + 0.5,
-                        "eval_loss": v,
-                    }
-                )
-            )
-        (d / "rank-0.jsonl").write_text("\n".join(out) + "\n")
 
 
 # ---- speed -------------------------------------------------------------------------

@@ -417,14 +417,17 @@ def _spike_hits(ctx: Context, s: Series, resumed: list[int]) -> list[Hit]:
         if near_boundary(r, inc.a, epoch_boundaries(r)) is not None:
             continue  # a level change at a new epoch (TS101 notes it)
         peak = float(r.loss[inc.peak])
+        jump = float(r.loss[inc.a])
         rank = "" if r.rank is None else f" on rank {r.rank}"
         hits.append(
             Hit(
                 "unrecovered-spike",
                 a,
                 a + loss_spike.Options().recover_steps,
-                f"loss spiked to {fmt(peak / inc.base)}x its running median ({fmt(peak)} vs "
-                f"{fmt(inc.base)}) at step {a}{rank} and never came back",
+                f"loss jumped to {fmt(jump / inc.base)}x its running median ({fmt(jump)} vs "
+                f"{fmt(inc.base)}) at step {a}{rank}"
+                + (f", peaked at {fmt(peak)}" if peak > jump * 1.05 else "")
+                + " and never came back",
                 {"baseline_loss": inc.base, "peak_loss": peak, "rank": r.rank},
             )
         )
@@ -446,6 +449,13 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         if not hits:
             continue
         first = min(hits, key=lambda h: (h.detected, h.onset))
+        # a jump that never came back marks where the incident began, even when
+        # a trend test confirmed the divergence sooner than the spike rule could
+        earliest = min(hits, key=lambda h: (h.onset, h.detected))
+        onset, message = first.onset, first.message
+        if earliest.onset < first.onset and earliest.rule == "unrecovered-spike":
+            onset = earliest.onset
+            message += f"; it began at step {onset}: {earliest.message}"
         rules = sorted({h.rule for h in hits})
         ev = dict(first.evidence)
         ev.update(
@@ -455,6 +465,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 "detected_at": first.detected,
                 "in_warmup": first.in_warmup,
                 "last_loss": float(s.loss[-1]),
+                "onset": onset,
             }
         )
         if first.in_warmup:
@@ -473,9 +484,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 ID,
                 NAME,
                 Severity.ERROR,
-                first.onset,
+                onset,
                 int(s.step[-1]),
-                first.message + ".",
+                message + ".",
                 sug,
                 rank=None,
                 evidence=ev,
