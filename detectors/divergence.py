@@ -250,34 +250,11 @@ def _screen(
 
 def kendall_rises(x: np.ndarray, y: np.ndarray, p_max: float) -> bool:
     """``tau > 0 and p < p_max`` of :func:`stats.trend_np` on the same points,
-    computed the same way but without the Theil-Sen slopes (their sort is
-    most of a test's cost, and most screened windows fail here)."""
-    import math
+    without its Theil-Sen part (most screened windows fail here)."""
+    from tunescope.detectors.stats import kendall_np
 
-    from tunescope.detectors.stats import _trend_points
-
-    x, y, flat = _trend_points(x, y, 400)
-    if flat is not None:
-        return flat.tau > 0 and flat.p < p_max
-    n = len(x)
-    i, j = np.triu_indices(n, k=1)
-    s = float(np.sum(np.sign(x[j] - x[i]) * np.sign(y[j] - y[i])))
-    if s <= 0:
-        return False
-    n0 = n * (n - 1) / 2
-
-    def tie_terms(v: np.ndarray) -> tuple[float, float]:
-        _, counts = np.unique(v, return_counts=True)
-        t = counts[counts > 1].astype(float)
-        return float(np.sum(t * (t - 1) / 2)), float(np.sum(t * (t - 1) * (2 * t + 5)))
-
-    tx, vx = tie_terms(x)
-    ty, vy = tie_terms(y)
-    if (n0 - tx) * (n0 - ty) <= 0:
-        return False  # tau is 0
-    var = (n * (n - 1) * (2 * n + 5) - vx - vy) / 18.0
-    p = math.erfc(abs(s) / math.sqrt(2 * var)) if var > 0 else 1.0
-    return p < p_max
+    tau, p = kendall_np(x, y)
+    return tau > 0 and p < p_max
 
 
 def looks_like_step(x: np.ndarray, y: np.ndarray, min_side: int = 10, min_f: float = 100.0) -> bool:

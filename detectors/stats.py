@@ -173,20 +173,7 @@ def trend_np(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int 
     i, j = np.triu_indices(n, k=1)
     dx = x[j] - x[i]
     dy = y[j] - y[i]
-    s = float(np.sum(np.sign(dx) * np.sign(dy)))
-    n0 = n * (n - 1) / 2
-
-    def tie_terms(v: np.ndarray) -> tuple[float, float]:
-        _, counts = np.unique(v, return_counts=True)
-        t = counts[counts > 1].astype(float)
-        return float(np.sum(t * (t - 1) / 2)), float(np.sum(t * (t - 1) * (2 * t + 5)))
-
-    tx, vx = tie_terms(x)
-    ty, vy = tie_terms(y)
-    denom = math.sqrt((n0 - tx) * (n0 - ty))
-    tau = s / denom if denom > 0 else 0.0
-    var = (n * (n - 1) * (2 * n + 5) - vx - vy) / 18.0
-    p = math.erfc(abs(s) / math.sqrt(2 * var)) if var > 0 else 1.0
+    tau, p, var = _kendall(x, y, dx, dy)
     keep = dx != 0
     slopes = np.sort(dy[keep] / dx[keep])
     nt = len(slopes)
@@ -195,10 +182,49 @@ def trend_np(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int 
     slope = float(np.median(slopes))
     conf = alpha if alpha > 0.5 else 1 - alpha
     z = NormalDist().inv_cdf((1 - conf) / 2)
-    sigma = math.sqrt(max(n * (n - 1) * (2 * n + 5) - vx - vy, 0.0) / 18.0)
+    sigma = math.sqrt(max(var, 0.0))
     ru = min(round((nt - z * sigma) / 2.0), nt - 1)
     rl = max(round((nt + z * sigma) / 2.0) - 1, 0)
     return Trend(float(tau), float(p), slope, float(slopes[rl]), float(slopes[ru]), n)
+
+
+def kendall_np(x: np.ndarray, y: np.ndarray, max_points: int = 400) -> tuple[float, float]:
+    """Kendall's tau-b and its p-value exactly as :func:`trend_np` computes
+    them, without the Theil-Sen slopes (their sort is most of a trend test's
+    cost). Returns (0, 1) early when the pairs do not rise on balance."""
+    x, y, flat = _trend_points(x, y, max_points)
+    if flat is not None:
+        return flat.tau, flat.p
+    i, j = np.triu_indices(len(x), k=1)
+    tau, p, _ = _kendall(x, y, x[j] - x[i], y[j] - y[i], rising_only=True)
+    return tau, p
+
+
+def _kendall(
+    x: np.ndarray, y: np.ndarray, dx: np.ndarray, dy: np.ndarray, rising_only: bool = False
+) -> tuple[float, float, float]:
+    """Kendall's tau-b, its tie-corrected normal-approximation p-value and the
+    variance of S, from the pairwise differences of the points."""
+    import math
+
+    s = float(np.sum(np.sign(dx) * np.sign(dy)))
+    if rising_only and s <= 0:
+        return 0.0, 1.0, 0.0
+    n = len(x)
+    n0 = n * (n - 1) / 2
+    tx, vx = _tie_terms(x)
+    ty, vy = _tie_terms(y)
+    denom = math.sqrt((n0 - tx) * (n0 - ty))
+    tau = s / denom if denom > 0 else 0.0
+    var = (n * (n - 1) * (2 * n + 5) - vx - vy) / 18.0
+    p = math.erfc(abs(s) / math.sqrt(2 * var)) if var > 0 else 1.0
+    return tau, p, var
+
+
+def _tie_terms(v: np.ndarray) -> tuple[float, float]:
+    _, counts = np.unique(v, return_counts=True)
+    t = counts[counts > 1].astype(float)
+    return float(np.sum(t * (t - 1) / 2)), float(np.sum(t * (t - 1) * (2 * t + 5)))
 
 
 def _trend_points(
