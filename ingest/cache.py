@@ -185,55 +185,47 @@ class Cache:
             stats = {s.key: _stat(s.path) for s in sources}
             changed = [s for s in sources if _changed(stats[s.key], known.get(s.key))]
             report.changed = len(changed)
-            results = self._read_all(changed, known, report, progress)
             seg = manifest["next_seg"]
             manifest["next_seg"] = seg + 1
-            parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+            writers = {
+                t: _SegmentWriter(self.segments_dir, f"seg-{seg:08d}-{t}.parquet") for t in TABLES
+            }
             srcs: dict[str, set[tuple[int, int]]] = {t: set() for t in TABLES}
-            tags: dict[str, list[tuple[str, int, int, int]]] = {t: [] for t in TABLES}
-            for source, result in results:
-                entry = known.get(source.key)
-                if entry is None or result.replace:
-                    entry = _new_entry(manifest, source, entry)
-                    known[source.key] = entry
-                    report.modified = True
-                st = stats[source.key]
-                entry.update(
-                    size=st[0] if st else None,
-                    mtime_ns=st[1] if st else None,
-                    inode=st[2] if st else None,
-                    state=result.state,
-                    format=source.reader.format,
-                    run_id=source.run_id,
-                    run_dir=str(source.run_dir),
-                )
-                if result.problems:
-                    probs = entry["problems"] + [p.to_dict() for p in result.problems]
-                    entry["problems"] = probs[:MAX_PROBLEMS_PER_SOURCE]
-                    entry["problem_count"] = entry.get("problem_count", 0) + len(result.problems)
-                    report.new_problems.extend(result.problems)
-                _note_overlap(entry, result)
-                if result.replace or result.rows or result.problems:
-                    report.modified = True
-                for t, table in zip(
-                    TABLES, (result.steps, result.metrics, result.events), strict=True
-                ):
-                    if table.num_rows:
-                        parts[t].append(table)
-                        tags[t].append((source.run_id, entry["src"], entry["gen"], table.num_rows))
-                        srcs[t].add((entry["src"], entry["gen"]))
-                        report.rows[t] += table.num_rows
-
-            def write(t: str) -> dict[str, Any]:
-                table = _tagged(parts[t], tags[t], seg)
-                name = self.write_parquet(table, f"seg-{seg:08d}-{t}.parquet")
-                pairs = [list(p) for p in sorted(srcs[t])]
-                return {"file": name, "table": t, "rows": table.num_rows, "srcs": pairs}
-
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(len(TABLES)) as pool:  # Parquet writers release the GIL
-                new_segments = list(pool.map(write, [t for t in TABLES if parts[t]]))
+            try:
+                for results in self._read_batches(changed, known, report, progress):
+                    parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+                    tags: dict[str, list[tuple[str, int, int, int]]] = {t: [] for t in TABLES}
+                    for source, result in results:
+                        entry = self._record(manifest, source, result, stats[source.key], report)
+                        for t, table in zip(
+                            TABLES, (result.steps, result.metrics, result.events), strict=True
+                        ):
+                            if table.num_rows:
+                                parts[t].append(table)
+                                tags[t].append(
+                                    (source.run_id, entry["src"], entry["gen"], table.num_rows)
+                                )
+                                srcs[t].add((entry["src"], entry["gen"]))
+                                report.rows[t] += table.num_rows
+                    for t in TABLES:  # written while the next batch is read
+                        if parts[t]:
+                            writers[t].add(_tagged(parts[t], tags[t], seg))
+                new_segments = []
+                for t in TABLES:
+                    if writers[t].close():
+                        pairs = [list(p) for p in sorted(srcs[t])]
+                        new_segments.append(
+                            {
+                                "file": writers[t].name,
+                                "table": t,
+                                "rows": writers[t].rows,
+                                "srcs": pairs,
+                            }
+                        )
+            except BaseException:
+                for w in writers.values():
+                    w.abort()
+                raise
             manifest["segments"].extend(new_segments)
             self._retire(manifest)
             if len(manifest["segments"]) > MAX_SEGMENTS:
@@ -249,14 +241,14 @@ class Cache:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _read_all(
+    def _read_batches(
         self,
         changed: list[Source],
         known: dict[str, Any],
         report: IngestReport,
         progress: Callable[[str], None] | None,
-    ) -> list[tuple[Source, ReadResult]]:
-        out: list[tuple[Source, ReadResult]] = []
+    ) -> Iterator[list[tuple[Source, ReadResult]]]:
+        """The changed sources read, a batch at a time."""
         by_reader: dict[int, list[Source]] = {}
         for s in changed:
             by_reader.setdefault(id(s.reader), []).append(s)
@@ -264,6 +256,7 @@ class Cache:
         for group in by_reader.values():
             reader = group[0].reader
             for i in range(0, len(group), BATCH):
+                out: list[tuple[Source, ReadResult]] = []
                 batch = group[i : i + BATCH]
                 for s in [s for s in batch if s.part is not None]:  # runs inside one file
                     state = (known.get(s.key) or {}).get("state")
@@ -276,7 +269,41 @@ class Cache:
                 done += len(group[i : i + BATCH])
                 if progress is not None:
                     progress(f"read {done}/{len(changed)} changed files")
-        return out
+                yield out
+
+    def _record(
+        self,
+        manifest: dict[str, Any],
+        source: Source,
+        result: ReadResult,
+        st: tuple[int, int, int] | None,
+        report: IngestReport,
+    ) -> dict[str, Any]:
+        """Update the manifest entry of a source that was read; returns it."""
+        known = manifest["sources"]
+        entry = known.get(source.key)
+        if entry is None or result.replace:
+            entry = _new_entry(manifest, source, entry)
+            known[source.key] = entry
+            report.modified = True
+        entry.update(
+            size=st[0] if st else None,
+            mtime_ns=st[1] if st else None,
+            inode=st[2] if st else None,
+            state=result.state,
+            format=source.reader.format,
+            run_id=source.run_id,
+            run_dir=str(source.run_dir),
+        )
+        if result.problems:
+            probs = entry["problems"] + [p.to_dict() for p in result.problems]
+            entry["problems"] = probs[:MAX_PROBLEMS_PER_SOURCE]
+            entry["problem_count"] = entry.get("problem_count", 0) + len(result.problems)
+            report.new_problems.extend(result.problems)
+        _note_overlap(entry, result)
+        if result.replace or result.rows or result.problems:
+            report.modified = True
+        return entry
 
     def _retire(self, manifest: dict[str, Any]) -> None:
         """Move segments with no live rows to the trash."""
@@ -379,6 +406,53 @@ class Cache:
             manifest["next_seg"] = seg + 1
             manifest["findings"] = self.write_parquet(table, f"findings-{seg:08d}.parquet")
             self._save_manifest(manifest)
+
+
+class _SegmentWriter:
+    """One table's rows of an ingest pass as one Parquet segment, written a
+    batch at a time on a background thread (writing overlaps the reading of
+    the next batch) under a temporary name, renamed into place when whole."""
+
+    def __init__(self, segments_dir: Path, name: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.name = name
+        self.path = segments_dir / name
+        self.tmp = self.path.with_name(f".{name}.{os.getpid()}.tmp")
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._pool = ThreadPoolExecutor(1)
+        self._pending: list[Any] = []
+
+    def add(self, table: pa.Table) -> None:
+        self.rows += table.num_rows
+        self._pending.append(self._pool.submit(self._write, table))
+
+    def _write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self.tmp, table.schema, compression="zstd", compression_level=1
+            )
+        self._writer.write_table(table)
+
+    def close(self) -> bool:
+        """Finish the file; False when no rows were written (no segment)."""
+        for future in self._pending:
+            future.result()  # a write's error surfaces here
+        self._pool.shutdown()
+        if self._writer is None:
+            return False
+        self._writer.close()
+        os.replace(self.tmp, self.path)
+        return True
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
 
 
 def _new_manifest(root: Path) -> dict[str, Any]:
