@@ -34,7 +34,7 @@ from tunescope.ingest.rows import (
     fetch_arrow,
     payload_json,
 )
-from tunescope.ingest.tail import Chunk, read_new_lines
+from tunescope.ingest.tail import Chunk, count_byte, read_new_lines
 from tunescope.schema import KINDS, METRIC_NAMES, SCHEMA_VERSION
 
 RANK_JSONL = re.compile(r"^rank-(\d+)\.jsonl$")
@@ -377,7 +377,7 @@ def _split_rows(
                 ev = None
         except (LineError, ValueError, TypeError, OverflowError, pa.ArrowException):
             continue
-        if ev is not None or expected != chunk.data.count(b'"'):
+        if ev is not None or expected != count_byte(chunk.data, b'"'):
             continue  # a problem to report, or a key the sample missed: not this path
         # step rows: usually all lines but the first (run_start) and the last
         # (run_end), a zero-copy slice; a filter only when events sit in between
