@@ -39,7 +39,8 @@ MANIFEST_VERSION = 1
 MAX_SEGMENTS = 24  # past this many ingest passes, merge the segments into one
 TRASH_GRACE_S = 120.0  # superseded segment files are deleted after this long
 MAX_PROBLEMS_PER_SOURCE = 200
-BATCH = 256  # sources handed to one read_batch call
+BATCH = 256  # sources handed to one read_batch call, at most...
+BATCH_BYTES = 512 * 1024 * 1024  # ...and about this many bytes of them (memory stays bounded)
 TABLES = ("steps", "metrics", "events")
 
 
@@ -192,7 +193,11 @@ class Cache:
             }
             srcs: dict[str, set[tuple[int, int]]] = {t: set() for t in TABLES}
             try:
-                for results in self._read_batches(changed, known, report, progress):
+                sizes = {  # the bytes still to read in each source
+                    k: max((st[0] if st else 0) - _offset(known.get(k)), 0)
+                    for k, st in stats.items()
+                }
+                for results in self._read_batches(changed, sizes, known, report, progress):
                     parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
                     tags: dict[str, list[tuple[str, int, int, int]]] = {t: [] for t in TABLES}
                     for source, result in results:
@@ -244,6 +249,7 @@ class Cache:
     def _read_batches(
         self,
         changed: list[Source],
+        sizes: dict[str, int],
         known: dict[str, Any],
         report: IngestReport,
         progress: Callable[[str], None] | None,
@@ -255,9 +261,8 @@ class Cache:
         done = 0
         for group in by_reader.values():
             reader = group[0].reader
-            for i in range(0, len(group), BATCH):
+            for batch in _batches(group, sizes):
                 out: list[tuple[Source, ReadResult]] = []
-                batch = group[i : i + BATCH]
                 for s in [s for s in batch if s.part is not None]:  # runs inside one file
                     state = (known.get(s.key) or {}).get("state")
                     out.append((s, _read_part(reader, s.path, s.part, state)))
@@ -266,7 +271,7 @@ class Cache:
                 if items:
                     for s, result in zip(batch, _read_batch(reader, items), strict=True):
                         out.append((s, result))
-                done += len(group[i : i + BATCH])
+                done += len(out)
                 if progress is not None:
                     progress(f"read {done}/{len(changed)} changed files")
                 yield out
@@ -511,6 +516,26 @@ def _note_overlap(entry: dict[str, Any], result: ReadResult) -> None:
         if rank in last and lo <= last[rank]:
             entry["overlap"] = True
         last[rank] = max(last.get(rank, hi), hi)
+
+
+def _offset(entry: dict[str, Any] | None) -> int:
+    state = (entry or {}).get("state")
+    offset = state.get("offset", 0) if isinstance(state, dict) else 0
+    return offset if isinstance(offset, int) else 0
+
+
+def _batches(sources: list[Source], sizes: dict[str, int]) -> Iterator[list[Source]]:
+    """Consecutive runs of at most BATCH sources and about BATCH_BYTES bytes."""
+    batch: list[Source] = []
+    total = 0
+    for s in sources:
+        if batch and (len(batch) >= BATCH or total + sizes.get(s.key, 0) > BATCH_BYTES):
+            yield batch
+            batch, total = [], 0
+        batch.append(s)
+        total += sizes.get(s.key, 0)
+    if batch:
+        yield batch
 
 
 def _one_rank_unique(table: pa.Table, by_name: bool) -> tuple[str, int, int] | None:

@@ -423,3 +423,16 @@ def test_fast_path_numbers_lines_per_file_across_a_batch_and_on_appends(tmp_path
     monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 1 << 60)
     exact = Store.open(root, cache_dir=tmp_path / "c2")
     assert views(fast) == views(exact)
+
+
+def test_batches_are_bounded_by_count_and_by_bytes(monkeypatch):
+    from types import SimpleNamespace
+
+    from tunescope.ingest import cache
+
+    monkeypatch.setattr(cache, "BATCH", 3)
+    monkeypatch.setattr(cache, "BATCH_BYTES", 100)
+    srcs = [SimpleNamespace(key=str(i)) for i in range(8)]
+    sizes = {"0": 10, "1": 10, "2": 10, "3": 10, "4": 95, "5": 200, "6": 1, "7": 1}
+    got = [[s.key for s in b] for b in cache._batches(srcs, sizes)]
+    assert got == [["0", "1", "2"], ["3"], ["4"], ["5"], ["6", "7"]]
