@@ -97,12 +97,12 @@ class NativeReader:
                     part.append((i, path, chunk))
                     size += len(chunk.data)
                     if size >= target:
-                        futures.append(pool.submit(_read_fast_part, part))
+                        futures.append(pool.submit(_read_fast, part))
                         part, size = [], 0
                 else:
                     results[i] = _read_exact(path, chunk)
             if part:
-                futures.append(pool.submit(_read_fast_part, part))
+                futures.append(pool.submit(_read_fast, part))
             for future in futures:
                 done.update(future.result())
         for i, path, chunk in fast:
@@ -210,25 +210,6 @@ def _read_parquet(path: Path, state: dict[str, Any] | None) -> ReadResult:
 _SAMPLE_LINES = 16  # lines sampled for keys in each chunk (plus the first and last)
 _CANONICAL = frozenset(("kind", *METRIC_NAMES))
 _ENVELOPE_KEYS = frozenset(("v", "rank", "step", "ts", "run", "sample_ids"))
-
-
-def _read_duckdb(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
-    from concurrent.futures import ThreadPoolExecutor
-
-    workers = min(len(batch), os.cpu_count() or 1, 8)
-    parts: list[list[tuple[int, Path, Chunk]]] = [[] for _ in range(workers)]
-    sizes = [0] * workers
-    for item in sorted(batch, key=lambda it: -len(it[2].data)):  # balance by bytes
-        k = sizes.index(min(sizes))
-        parts[k].append(item)
-        sizes[k] += len(item[2].data)
-    done: dict[int, ReadResult] = {}
-    if workers <= 1:
-        return _duckdb_part(batch)
-    with ThreadPoolExecutor(workers) as pool:  # DuckDB releases the GIL while it reads
-        for result in pool.map(_duckdb_part, parts):
-            done.update(result)
-    return done
 
 
 def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
@@ -361,24 +342,17 @@ def _split_rows(
         if hi - lo != chunk.lines or bad[lo:hi].any():
             continue
         step_mask = is_step[lo:hi]
-        expected = int(quotes[lo:hi][step_mask].sum())
         rank0 = file_rank(path)
-        others = RowBuilder()
         ords = [int(j) + 1 for j in np.flatnonzero(~step_mask)]
         try:
-            lines = _lines_at(chunk, ords)
-            for j in ords:
-                expected += lines[j].count(b'"')
-                ev = parse_event(loads(lines[j]))
-                if ev.problems:
-                    break
-                add_event(others, ev, rank0, chunk.first_line - 1 + j)
-            else:
-                ev = None
+            found = _other_events(chunk, ords, rank0)
         except (LineError, ValueError, TypeError, OverflowError, pa.ArrowException):
             continue
-        if ev is not None or expected != count_byte(chunk.data, b'"'):
-            continue  # a problem to report, or a key the sample missed: not this path
+        if found is None:
+            continue  # a problem the exact path reports
+        others, other_quotes = found
+        if int(quotes[lo:hi][step_mask].sum()) + other_quotes != count_byte(chunk.data, b'"'):
+            continue  # a key the sample missed, a null, a number as text: not this tier
         # step rows: usually all lines but the first (run_start) and the last
         # (run_end), a zero-copy slice; a filter only when events sit in between
         head = 0
@@ -397,40 +371,59 @@ def _split_rows(
             cols = {name: table.column(name).slice(a, b - a) for name in extras}
         rank = steps.column("rank")
         if rank.null_count:
-            rank = pc.fill_null(rank, rank0)
-            steps = steps.set_column(0, "rank", rank)
-        parts = []
-        for name, values in cols.items():
-            count = len(values) - values.null_count
-            if not count:
-                continue
-            keep = pc.is_valid(values) if values.null_count else None
-            parts.append(
-                pa.table(
-                    {
-                        "rank": _kept(rank, keep),
-                        "step": _kept(steps.column("step"), keep),
-                        "ts": _kept(steps.column("ts"), keep),
-                        "name": pa.repeat(pa.scalar(name, pa.string()), count),
-                        "value": _kept(values, keep),
-                        "seq": _kept(steps.column("seq"), keep),
-                    },
-                    schema=METRIC_SCHEMA,
-                )
-            )
-        _, ev_metrics, ev_events = others.tables()
-        out[i] = ReadResult(
-            steps=steps,
-            metrics=pa.concat_tables([*parts, ev_metrics]),
-            events=ev_events,
-            state=chunk.state,
-            replace=chunk.restarted,
-        )
+            steps = steps.set_column(0, "rank", pc.fill_null(rank, rank0))
+        out[i] = _fast_result(chunk, steps, cols, others)
     return out
 
 
-def _kept(values: Any, keep: Any) -> Any:
-    return values if keep is None else values.filter(keep)
+def _other_events(chunk: Chunk, ords: list[int], rank0: int) -> tuple[RowBuilder, int] | None:
+    """The few lines of a fast-path chunk that are not steps (1-based ordinals),
+    parsed by the exact code: their rows and the quote characters they hold;
+    None when one has a problem that the exact path must report."""
+    rows = RowBuilder()
+    quotes = 0
+    lines = _lines_at(chunk, ords)
+    for k in ords:
+        quotes += lines[k].count(b'"')
+        ev = parse_event(loads(lines[k]))
+        if ev.problems:
+            return None
+        add_event(rows, ev, rank0, chunk.first_line - 1 + k)
+    return rows, quotes
+
+
+def _fast_result(
+    chunk: Chunk, steps: pa.Table, extras: dict[str, Any], others: RowBuilder
+) -> ReadResult:
+    """A fast tier's result: the step rows (STEP_SCHEMA), one metric row per
+    non-null extra value of them, and the rows of the other events."""
+    import pyarrow.compute as pc
+
+    parts = []
+    for name, values in extras.items():
+        count = len(values) - values.null_count
+        if not count:
+            continue
+        keep = pc.is_valid(values) if values.null_count else None
+        columns = {
+            "rank": steps.column("rank"),
+            "step": steps.column("step"),
+            "ts": steps.column("ts"),
+            "value": pc.cast(values, pa.float64(), safe=False),
+            "seq": steps.column("seq"),
+        }
+        if keep is not None:
+            columns = {k: v.filter(keep) for k, v in columns.items()}
+        columns["name"] = pa.repeat(pa.scalar(name, pa.string()), count)
+        parts.append(pa.table(columns).select(METRIC_SCHEMA.names).cast(METRIC_SCHEMA))
+    _, ev_metrics, ev_events = others.tables()
+    return ReadResult(
+        steps=steps,
+        metrics=pa.concat_tables([*parts, ev_metrics]),
+        events=ev_events,
+        state=chunk.state,
+        replace=chunk.restarted,
+    )
 
 
 def _ident(key: str) -> str:
@@ -468,19 +461,11 @@ _NUMERIC = (pa.types.is_integer, pa.types.is_floating)
 _THREADED_BYTES = 32 * 1024 * 1024
 
 
-def _read_fast(batch: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
-    """Parse clean chunks: with DuckDB where it can vouch for every line, with
-    Arrow's JSON reader for the rest. Returns results only for chunks that
-    passed every check; the caller sends the others to the exact path."""
-    done = _read_duckdb(batch)
-    rest = [item for item in batch if item[0] not in done]
-    if rest:
-        done.update(_read_arrow(rest))
-    return done
-
-
-def _read_fast_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
-    """One worker's share of a batch: DuckDB, then Arrow for what it left."""
+def _read_fast(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
+    """Parse clean chunks (one worker's share of a batch): with DuckDB where it
+    can vouch for every line, with Arrow's JSON reader for the rest. Returns
+    results only for chunks that passed every check; the caller sends the
+    others to the exact path."""
     done = _duckdb_part(part)
     rest = [item for item in part if item[0] not in done]
     if rest:
@@ -550,12 +535,10 @@ def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
             return None
 
     steps = table.filter(is_step)
-    seq = chunk.first_line + np.flatnonzero(is_step.to_numpy(zero_copy_only=False))
-    seq_arr = pa.array(seq, pa.int64())
+    step_rows = is_step.to_numpy(zero_copy_only=False)
     rank0 = file_rank(path)
     rank = pc.cast(pc.fill_null(steps.column("rank"), rank0), pa.int32())
-    step, ts = steps.column("step"), steps.column("ts")
-    columns: dict[str, Any] = {"rank": rank, "step": step, "ts": ts}
+    columns: dict[str, Any] = {"rank": rank, "step": steps.column("step"), "ts": steps.column("ts")}
     for name in METRIC_NAMES:
         columns[name] = steps.column(name)
     extras: list[str] = []
@@ -574,45 +557,13 @@ def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
         else:
             return None  # text, booleans, lists: the exact path keeps them as an event
     columns["sample_ids"] = sample_ids
-    columns["seq"] = seq_arr
+    columns["seq"] = pa.array(chunk.first_line + np.flatnonzero(step_rows), pa.int64())
     step_table = pa.table(columns).cast(STEP_SCHEMA)
-
-    parts = []
-    for name in extras:
-        values = steps.column(name)
-        keep = pc.is_valid(values)
-        parts.append(
-            pa.table(
-                {
-                    "rank": rank.filter(keep),
-                    "step": step.filter(keep),
-                    "ts": ts.filter(keep),
-                    "name": pa.repeat(pa.scalar(name, pa.string()), pc.sum(keep).as_py() or 0),
-                    "value": pc.cast(values.filter(keep), pa.float64(), safe=False),
-                    "seq": seq_arr.filter(keep),
-                },
-                schema=METRIC_SCHEMA,
-            )
-        )
-
-    others = RowBuilder()
-    other_idx = np.flatnonzero(~is_step.to_numpy(zero_copy_only=False))
-    if len(other_idx):
-        ords = [int(k) + 1 for k in other_idx]
-        lines = _lines_at(chunk, ords)
-        for k in ords:
-            ev = parse_event(loads(lines[k]))
-            if ev.problems:
-                return None
-            add_event(others, ev, rank0, chunk.first_line - 1 + k)
-    _, ev_metrics, ev_events = others.tables()
-    return ReadResult(
-        steps=step_table,
-        metrics=pa.concat_tables([*parts, ev_metrics]),
-        events=ev_events,
-        state=chunk.state,
-        replace=chunk.restarted,
-    )
+    ords = [int(k) + 1 for k in np.flatnonzero(~step_rows)]
+    found = _other_events(chunk, ords, rank0)
+    if found is None:
+        return None
+    return _fast_result(chunk, step_table, {name: steps.column(name) for name in extras}, found[0])
 
 
 _KINDS = pa.array(sorted(KINDS), pa.string())

@@ -223,7 +223,7 @@ def _views(store):
 @pytest.mark.parametrize("name", list(TRICKY))
 def test_fast_and_exact_paths_judge_tricky_lines_alike(tmp_path, monkeypatch, name, tier):
     if tier == "arrow":  # what the Arrow tier alone makes of the line
-        monkeypatch.setattr(native, "_read_duckdb", lambda batch: {})
+        monkeypatch.setattr(native, "_duckdb_part", lambda part: {})
     body = GOOD_1 + TRICKY[name] + GOOD_3
     path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
     path.parent.mkdir(parents=True)
@@ -284,8 +284,8 @@ def test_the_same_root_spelled_two_ways_is_not_read_twice(tmp_path, monkeypatch)
     assert Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache").last_report.changed == 0
 
 
-# Unusual but valid lines the fast path reads itself (no fallback to the exact path).
-FAST_OK = [
+# Unusual but valid lines each fast tier reads itself (no fallback to the next).
+ARROW_OK = [
     "sample_ids_spaced",
     "key_named_ord",
     "big_exact_step",
@@ -297,31 +297,26 @@ FAST_OK = [
     "sample_ids_floats",
     "eval_between_steps",
 ]
-
-
-@pytest.mark.parametrize("name", FAST_OK)
-def test_fast_path_reads_unusual_valid_lines_itself(tmp_path, name):
-    path = tmp_path / "r" / "events" / "rank-0.jsonl"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(GOOD_1 + TRICKY[name] + GOOD_3)
-    assert list(native._read_fast([(0, path, native.read_new_lines(path, None))])) == [0]
-
-
-# What the DuckDB tier reads itself; the others go to the Arrow tier (numeric
-# run names, nulls and empty keys do not balance its quote count, or its SQL).
-DUCKDB_OK = [n for n in FAST_OK if n not in ("null_extra", "empty_key", "numeric_run")] + [
+# Numeric run names, nulls and empty keys do not balance the DuckDB tier's quote
+# count (or its SQL): the Arrow tier takes those.
+DUCKDB_OK = [n for n in ARROW_OK if n not in ("null_extra", "empty_key", "numeric_run")] + [
     "bool_extra",
     "bool_metric",
     "integral_float_step",
 ]
+TIERS = {"arrow": "_read_arrow", "duckdb": "_duckdb_part"}
 
 
-@pytest.mark.parametrize("name", DUCKDB_OK)
-def test_duckdb_tier_reads_unusual_valid_lines_itself(tmp_path, name):
+@pytest.mark.parametrize(
+    ("tier", "name"),
+    [("arrow", n) for n in ARROW_OK] + [("duckdb", n) for n in DUCKDB_OK],
+)
+def test_each_fast_tier_reads_unusual_valid_lines_itself(tmp_path, tier, name):
     path = tmp_path / "r" / "events" / "rank-0.jsonl"
     path.parent.mkdir(parents=True)
     path.write_bytes(GOOD_1 + TRICKY[name] + GOOD_3)
-    assert list(native._duckdb_part([(0, path, native.read_new_lines(path, None))])) == [0]
+    read = getattr(native, TIERS[tier])
+    assert list(read([(0, path, native.read_new_lines(path, None))])) == [0]
 
 
 def test_a_key_the_sample_missed_sends_the_file_to_the_arrow_tier(tmp_path):
