@@ -42,6 +42,7 @@ MAX_PROBLEMS_PER_SOURCE = 200
 BATCH = 256  # sources handed to one read_batch call, at most...
 BATCH_BYTES = 512 * 1024 * 1024  # ...and about this many bytes of them (memory stays bounded)
 TABLES = ("steps", "metrics", "events")
+PARQUET = {"compression": "zstd", "compression_level": 1}  # how segments are written
 
 
 def default_cache_dir(root: Path) -> Path:
@@ -155,8 +156,8 @@ class Cache:
 
     def write_parquet(self, table: pa.Table, name: str) -> str:
         path = self.segments_dir / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp, compression="zstd", compression_level=1)
+        tmp = _tmp_name(path)
+        pq.write_table(table, tmp, **PARQUET)
         os.replace(tmp, path)
         return name
 
@@ -413,6 +414,11 @@ class Cache:
             self._save_manifest(manifest)
 
 
+def _tmp_name(path: Path) -> Path:
+    """Where a segment is written before it is renamed into place."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 class _SegmentWriter:
     """One table's rows of an ingest pass as one Parquet segment, written a
     batch at a time on a background thread (writing overlaps the reading of
@@ -423,7 +429,7 @@ class _SegmentWriter:
 
         self.name = name
         self.path = segments_dir / name
-        self.tmp = self.path.with_name(f".{name}.{os.getpid()}.tmp")
+        self.tmp = _tmp_name(self.path)
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._pool = ThreadPoolExecutor(1)
@@ -435,9 +441,7 @@ class _SegmentWriter:
 
     def _write(self, table: pa.Table) -> None:
         if self._writer is None:
-            self._writer = pq.ParquetWriter(
-                self.tmp, table.schema, compression="zstd", compression_level=1
-            )
+            self._writer = pq.ParquetWriter(self.tmp, table.schema, **PARQUET)
         self._writer.write_table(table)
 
     def close(self) -> bool:
