@@ -1,4 +1,4 @@
-"""Statistics shared by detectors: trend tests, robust baselines, incidents.
+"""Statistics shared by detectors: trend tests, incidents, the warmup mask.
 
 All functions take numpy arrays and are vectorised; detectors call them per
 run and rank on the columns of the ``steps`` frame.
@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-MAD_SCALE = 1.4826  # MAD of a normal distribution -> its standard deviation
 
 
 @dataclass(frozen=True)
@@ -43,33 +41,6 @@ def trend(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int = 4
     tau = 0.0 if not np.isfinite(tau) else float(tau)
     p = 1.0 if not np.isfinite(p) else float(p)
     return Trend(tau, p, float(slope), float(lo), float(hi), len(x))
-
-
-def rolling_median_mad(
-    values: np.ndarray, window: int, exclude: np.ndarray | None = None, min_points: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Median and scaled MAD of the previous ``window`` points for each point
-    (the current point excluded). Points flagged in ``exclude`` do not enter
-    later baselines. Returns NaN where fewer than ``min_points`` are available.
-
-    This is a sequential reference implementation for short series (it is
-    O(n * window)); vectorised detectors may use polars' rolling functions.
-    """
-    v = np.asarray(values, dtype=float)
-    n = len(v)
-    med = np.full(n, np.nan)
-    mad = np.full(n, np.nan)
-    keep = np.isfinite(v) if exclude is None else (np.isfinite(v) & ~exclude)
-    hist: list[float] = []
-    for i in range(n):
-        if len(hist) >= min_points:
-            h = np.asarray(hist[-window:])
-            m = np.median(h)
-            med[i] = m
-            mad[i] = MAD_SCALE * np.median(np.abs(h - m))
-        if keep[i]:
-            hist.append(v[i])
-    return med, mad
 
 
 def incidents(mask: np.ndarray, gap: int = 0) -> list[tuple[int, int]]:
