@@ -20,15 +20,12 @@ from tunescope.ingest.tensorboard import TensorBoardReader, read_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = REPO / "fixtures" / "formats"
-REAL = Path(__file__).resolve().parents[2] / "shared" / "real-logs"
-needs_real = pytest.mark.skipif(
-    not REAL.is_dir(), reason=f"real public logs not found at {REAL} (a checkout beside shared/)"
-)
+REAL = REPO / "fixtures" / "real"
 
 
 def real(name: str) -> Path:
-    """A real log's run dir: shared/real-logs when present, else the copy in fixtures."""
-    return REAL / name if (REAL / name).is_dir() else FIX / "real" / name
+    """A real public log's run dir (``fixtures/real``, provenance in its PROVENANCE.md)."""
+    return REAL / name
 
 
 def open_store(root: Path, tmp_path: Path) -> Store:
@@ -81,7 +78,6 @@ def test_infer_logging_steps_ignores_first_and_last_rows():
 # ---- real logs -------------------------------------------------------------------
 
 
-@needs_real
 def test_mistral_state_and_log_describe_the_same_run(tmp_path):
     src = REAL / "mistral7b-translator-lora"
     only_state = tmp_path / "state"
@@ -147,7 +143,6 @@ def test_llamafactory_stopped_early_has_no_end(tmp_path):
     )
 
 
-@needs_real
 def test_swift_lines_written_twice_are_read_once(tmp_path):
     store = open_store(REAL / "msswift-sft-run-b", tmp_path)
     lines = (REAL / "msswift-sft-run-b" / "logging.jsonl").read_text().count("\n")
@@ -179,19 +174,27 @@ def test_wandb_offline_history(tmp_path):
     assert one(store, "SELECT min(ts) FROM steps") == pytest.approx(1688716835.3515735)
 
 
-@needs_real
 def test_every_real_log_is_recognised_by_the_right_reader():
     sources, problems = discover(REAL)
     got = {s.path.relative_to(REAL).as_posix(): s.reader.format for s in sources}
     assert problems == []
+    tb = "qwen35-sft-tb/runs/Jun13_21-22-05_a8c83ced5550/events.out.tfevents.1781385725.a8c83ced5550.312.0"
     assert got == {
         "alpaca-llama7b-fsdp-wandb/run-5hx57wy1.wandb": "wandb",
+        "autoscientist-translation/trainer_state.json": "hf_trainer_state",
         "llamafactory-pref-stopped-early/trainer_log.jsonl": "llamafactory",
+        "medbot-16k/trainer_state.json": "hf_trainer_state",
         "mistral7b-translator-lora/trainer_log.jsonl": "llamafactory",
         "mistral7b-translator-lora/trainer_state.json": "hf_trainer_state",
+        "msswift-qwen3-dpo/logging.jsonl": "ms-swift",
+        "msswift-qwen3-grpo/logging.jsonl": "ms-swift",
+        "msswift-qwen3-sft-20/logging.jsonl": "ms-swift",
+        "msswift-qwen3-sft-memorize/logging.jsonl": "ms-swift",
         "msswift-sft-run-b/logging.jsonl": "ms-swift",
         "nsllm-qwen-fullft/trainer_log.jsonl": "llamafactory",
         "nsllm-qwen-fullft/trainer_state.json": "hf_trainer_state",
+        tb: "tensorboard",
+        "trainer-state-viz-30ep/trainer_state.json": "hf_trainer_state",
     }
 
 
@@ -353,13 +356,8 @@ def test_fixture_files_each_claimed_by_one_reader():
     assert formats["hf_trainer_state"] == [
         "hf-nan/checkpoint-10/trainer_state.json",
         "hf-trainer/trainer_state.json",
-        "real/nsllm-qwen-fullft/trainer_state.json",
     ]
-    assert formats["llamafactory"] == [
-        "real/llamafactory-pref-stopped-early/trainer_log.jsonl",
-        "real/nsllm-qwen-fullft/trainer_log.jsonl",
-    ]
-    assert formats["wandb"] == ["real/alpaca-llama7b-fsdp-wandb/run-5hx57wy1.wandb"]
+    assert "llamafactory" not in formats
     assert "tensorboard" not in formats  # the Trainer's copy under runs/ is the same run
     assert len(formats["mlflow"]) == 4  # two runs in the file store, two in mlflow.db
     # no reader claims the experiment-level meta.yaml, the generator script or checkpoint copies
