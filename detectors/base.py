@@ -48,7 +48,9 @@ class Context:
 
     store: Store
     run_ids: list[str] | None = None
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+    """Values computed once per context and shared by detectors (frames, series,
+    scans keyed by their options)."""
 
     def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
         """Run SQL on a fresh cursor and return a polars DataFrame."""
@@ -66,25 +68,25 @@ class Context:
 
     def runs(self) -> pl.DataFrame:
         """The ``runs`` view (one row per run)."""
-        if "runs" not in self._cache:
-            self._cache["runs"] = self.sql(f"SELECT * FROM runs{self._where_runs()}")
-        return self._cache["runs"]
+        if "runs" not in self.memo:
+            self.memo["runs"] = self.sql(f"SELECT * FROM runs{self._where_runs()}")
+        return self.memo["runs"]
 
     def steps(self) -> pl.DataFrame:
         """The ``steps`` view, sorted by run_id, rank, step."""
-        if "steps" not in self._cache:
+        if "steps" not in self.memo:
             # fetched unsorted and sorted here only when out of order: rows are
             # usually stored in order, and DuckDB's ORDER BY of millions of rows
             # costs more than fetching them
-            self._cache["steps"] = sort_steps(self.sql(f"SELECT * FROM steps{self._where_runs()}"))
-        return self._cache["steps"]
+            self.memo["steps"] = sort_steps(self.sql(f"SELECT * FROM steps{self._where_runs()}"))
+        return self.memo["steps"]
 
     def column(self, name: str, as_float: bool = True) -> Any:
         """One column of :meth:`steps` as a numpy array, float (null: NaN)
         unless ``as_float`` is false, converted once per context and shared
         (read-only: do not modify)."""
         key = f"steps:col:{name}:{as_float}"
-        if key not in self._cache:
+        if key not in self.memo:
             df = self.steps()
             if name in df.columns:
                 col = df.get_column(name)
@@ -94,14 +96,14 @@ class Context:
 
                 arr = np.full(df.height, np.nan)
             arr.flags.writeable = False
-            self._cache[key] = arr
-        return self._cache[key]
+            self.memo[key] = arr
+        return self.memo[key]
 
     def logged(self, name: str) -> Any:
         """Bool numpy array: where column ``name`` of :meth:`steps` is not null
         (shared, read-only)."""
         key = "steps:logged:" + name
-        if key not in self._cache:
+        if key not in self.memo:
             df = self.steps()
             if name in df.columns:
                 arr = df.get_column(name).is_not_null().to_numpy()
@@ -110,46 +112,46 @@ class Context:
 
                 arr = np.zeros(df.height, dtype=bool)
             arr.flags.writeable = False
-            self._cache[key] = arr
-        return self._cache[key]
+            self.memo[key] = arr
+        return self.memo[key]
 
     def metrics(self, names: list[str]) -> pl.DataFrame:
         """Rows of the ``metrics`` view for the given metric names."""
         key = "metrics:" + ",".join(sorted(names))
-        if key not in self._cache:
+        if key not in self.memo:
             where = self._where_runs()
             quoted = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
             cond = f"name IN ({quoted})"
             where = f"{where} AND {cond}" if where else f" WHERE {cond}"
-            self._cache[key] = self.sql(f"SELECT * FROM metrics{where} ORDER BY run_id, rank, step")
-        return self._cache[key]
+            self.memo[key] = self.sql(f"SELECT * FROM metrics{where} ORDER BY run_id, rank, step")
+        return self.memo[key]
 
     def events(self, kinds: list[str] | None = None) -> pl.DataFrame:
         """Rows of the ``events`` view (payload as JSON text), optionally by kind."""
         key = "events:" + ",".join(sorted(kinds or []))
-        if key not in self._cache:
+        if key not in self.memo:
             where = self._where_runs()
             if kinds:
                 quoted = ", ".join(f"'{k}'" for k in kinds)
                 cond = f"kind IN ({quoted})"
                 where = f"{where} AND {cond}" if where else f" WHERE {cond}"
-            self._cache[key] = self.sql(
+            self.memo[key] = self.sql(
                 "SELECT run_id, rank, step, ts, kind, payload::VARCHAR AS payload "
                 f"FROM events{where} ORDER BY run_id, rank, step"
             )
-        return self._cache[key]
+        return self.memo[key]
 
     def run_start(self, run_id: str) -> dict[str, Any]:
         """The first ``run_start`` payload of a run (config, LoRA settings,
         ``logging_steps`` and ``per_rank`` for foreign formats), or {}."""
         import json
 
-        if "run_start" not in self._cache:
+        if "run_start" not in self.memo:
             starts: dict[str, dict[str, Any]] = {}
             for row in self.events(["run_start"]).iter_rows(named=True):
                 starts.setdefault(row["run_id"], json.loads(row["payload"]))
-            self._cache["run_start"] = starts
-        return self._cache["run_start"].get(run_id, {})
+            self.memo["run_start"] = starts
+        return self.memo["run_start"].get(run_id, {})
 
 
 def sort_steps(df: pl.DataFrame) -> pl.DataFrame:

@@ -13,7 +13,16 @@ What it flags:
     confirmed by the window a few points later, and a rise over the window of
     at least 5% even at the 99% Theil-Sen lower bound of the slope (many
     windows are tested, so the size of the rise must be certain, not only its
-    sign). One finding per run, at the earliest detection.
+    sign).
+
+    Severity means lasting evidence: the hard rules are lasting by nature.
+    A trend or an unrecovered spike is a divergence only when the loss at the
+    end of the log is still above the run's normal band at the onset (the
+    level there plus half the 5% rise and 2 standard errors of the two
+    levels): an incident that came back is TS101's and TS105's to report.
+    A trend found where the learning rate has decayed below 10% of its peak
+    is data-order drift at the end of a schedule, not a divergence. One
+    finding per run, at the earliest detection.
 
 Why it matters:
     A diverged run only burns compute from there on; the earlier it is
@@ -50,12 +59,14 @@ import numpy as np
 from tunescope.detectors.base import Context
 from tunescope.detectors.resume_jump import resumes
 from tunescope.detectors.series import (
+    DIFF_TO_SIGMA,
     Series,
     epoch_boundaries,
     fmt,
     near_boundary,
     run_series,
 )
+from tunescope.detectors.spike_scan import LossSpikeParams, loss_incidents
 from tunescope.detectors.stats import incidents, warmup_mask
 from tunescope.detectors.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
@@ -88,6 +99,19 @@ class Options:
     """Hard rule: a non-finite loss for this many consecutive points (or until the log ends)."""
     no_lr_warmup_fraction: float = 0.05
     """Without a logged learning rate or warmup_steps, this fraction of the run is warmup."""
+    min_lr_fraction: float = 0.1
+    """A trend detected where the lr is below this fraction of its peak is not a divergence."""
+    band_sigmas: float = 2.0
+    """The normal band at the onset: its level (median of 10 points) plus half
+    of ``min_rise`` plus this many standard errors of the two medians; a trend
+    or unrecovered spike whose end level (median of the last 5 points) is back
+    inside it is not a divergence."""
+    spike_z: float = 6.0
+    """Unrecovered spikes: the robust z that flags a single point (as TS101's ``z``)."""
+    spike_min_ratio: float = 1.3
+    """Unrecovered spikes: the multiple of the baseline needed (as TS101's ``min-ratio``)."""
+    spike_recover_steps: int = 50
+    """Unrecovered spikes: not back within 5% of the baseline after this many steps."""
 
     def __post_init__(self) -> None:
         if not self.windows or min(self.windows) < 5:
@@ -106,6 +130,62 @@ class Hit:
     message: str
     evidence: dict[str, Any]
     in_warmup: bool = False
+
+
+SOFT_RULES = ("trend", "unrecovered-spike")  # need a level that stays high
+
+
+def back_in_band(s: Series, hit: Hit, opts: Options) -> dict[str, float] | None:
+    """The band check of a soft rule: the level at the onset, the top of the
+    normal band there and the end level of the log, when the end level is
+    back inside the band (None: it stays above, or there is too little to judge)."""
+    loss, step = s.loss, s.step
+    fin = np.isfinite(loss) & (loss > 0)
+    at = int(np.searchsorted(step, hit.onset, side="right"))  # points up to the onset
+    det = int(np.searchsorted(step, hit.detected, side="left"))
+    pre = np.flatnonzero(fin[:at])[-50:]
+    post = np.flatnonzero(fin[det:]) + det
+    if len(pre) < 5 or not len(post):
+        return None
+    y = np.log(loss[pre])
+    level_pts, end_pts = y[-10:], np.log(loss[post[-5:]])
+    level = float(np.median(level_pts))
+    d = np.diff(y)
+    sigma = max(float(DIFF_TO_SIGMA * np.median(np.abs(d - np.median(d)))), 0.01)
+    # the standard error of the two medians (1.25 sigma / sqrt(n) each), and half the rise
+    se = 1.25 * sigma * np.sqrt(1 / len(level_pts) + 1 / len(end_pts))
+    top = level + opts.band_sigmas * se + np.log1p(opts.min_rise) / 2
+    end = float(np.median(np.log(loss[post[-5:]])))
+    if end > top:
+        return None
+    return {
+        "onset_level": float(np.exp(level)),
+        "band_top": float(np.exp(top)),
+        "end_level": float(np.exp(end)),
+    }
+
+
+def lasting(s: Series, hit: Hit, opts: Options) -> bool:
+    """A soft rule's hit is a divergence: the lr had not decayed to ~0 (for a
+    trend) and the end level stays above the normal band."""
+    if hit.rule == "trend" and lr_decayed(s, hit, opts) is not None:
+        return False
+    return back_in_band(s, hit, opts) is None
+
+
+def lr_decayed(s: Series, hit: Hit, opts: Options) -> float | None:
+    """The lr at detection as a fraction of its peak, when below ``min_lr_fraction``."""
+    lr = s.lr
+    ok = np.isfinite(lr)
+    if ok.sum() < 2 or np.nanmax(lr) <= 0:
+        return None
+    i = int(np.searchsorted(s.step, hit.detected, side="left"))
+    i = min(i, len(lr) - 1)
+    prior = np.flatnonzero(ok[: i + 1])
+    if not len(prior):
+        return None
+    frac = float(lr[prior[-1]] / np.nanmax(lr))
+    return frac if frac < opts.min_lr_fraction else None
 
 
 def warmup_of(s: Series, opts: Options) -> np.ndarray:
@@ -380,11 +460,17 @@ def _trend_hits(
     return [best] if best else []
 
 
-def _spike_hits(ctx: Context, s: Series, resumed: list[int]) -> list[Hit]:
-    from tunescope.detectors import loss_spike
+def spike_params(opts: Options) -> LossSpikeParams:
+    """The shared spike scan with this detector's own spike settings."""
+    return LossSpikeParams(
+        z=opts.spike_z, min_ratio=opts.spike_min_ratio, recover_steps=opts.spike_recover_steps
+    )
 
+
+def _spike_hits(ctx: Context, s: Series, resumed: list[int], opts: Options) -> list[Hit]:
+    p = spike_params(opts)
     hits = []
-    for inc in loss_spike.scan_all(ctx):
+    for inc in loss_incidents(ctx, p):
         if inc.series.run != s.run or inc.recovered is not False:
             continue
         r = inc.series
@@ -400,7 +486,7 @@ def _spike_hits(ctx: Context, s: Series, resumed: list[int]) -> list[Hit]:
             Hit(
                 "unrecovered-spike",
                 a,
-                a + loss_spike.Options().recover_steps,
+                a + p.recover_steps,
                 f"loss jumped to {fmt(jump / inc.base)}x its running median ({fmt(jump)} vs "
                 f"{fmt(inc.base)}) at step {a}{rank}"
                 + (f", peaked at {fmt(peak)}" if peak > jump * 1.05 else "")
@@ -421,8 +507,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         hits = (
             _hard_rules(s, opts, warm)
             + _trend_hits(s, opts, warm, resumed)
-            + _spike_hits(ctx, s, resumed)
+            + _spike_hits(ctx, s, resumed, opts)
         )
+        hits = [h for h in hits if h.rule not in SOFT_RULES or lasting(s, h, opts)]
         if not hits:
             continue
         first = min(hits, key=lambda h: (h.detected, h.onset))

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tunescope.config import Config, build_options, check_detector_ids
 from tunescope.detectors.base import Context
+from tunescope.detectors.series import fmt
 from tunescope.errors import TunescopeError, UsageError
 from tunescope.findings import Finding, Severity, jsonable
 
@@ -92,28 +94,123 @@ def analyze(
     run_ids: Sequence[str] | None = None,
 ) -> list[Finding]:
     """Run the selected detectors over the runs of ``store`` (all of them,
-    or ``run_ids``) and return their findings, sorted by run, step and detector.
+    or ``run_ids``) and return their findings after the engine pass, sorted
+    by run, step and detector.
 
     A detector that raises is a :class:`DetectorError` naming the detector.
     """
+    return analyze_views(
+        store, select=select, ignore=ignore, config=config, run_ids=run_ids, full=False
+    )[0]
+
+
+def analyze_views(
+    store: Store,
+    *,
+    select: Iterable[str] | str | None = None,
+    ignore: Iterable[str] | str | None = None,
+    config: Config | None = None,
+    run_ids: Sequence[str] | None = None,
+    full: bool = True,
+) -> tuple[list[Finding], list[Finding]]:
+    """Two views of one analysis: the findings of the detectors chosen by
+    ``select``/``ignore`` (what a filtered report shows and its exit code
+    judges), and the findings of every detector the configuration enables
+    (what the store keeps, so a filtered CI step never erases what the TUI
+    and ``SELECT * FROM findings`` show). Each detector runs once; the engine
+    pass runs over each view's own findings. ``full=False`` runs only the
+    chosen detectors and returns the first view twice."""
     cfg = config or Config()
     check_detector_ids(cfg, detector_ids())
     chosen = select_detectors(select, ignore, cfg)
+    every = select_detectors(None, None, cfg) if full else chosen
     ctx = Context(store, list(run_ids) if run_ids is not None else None)
-    findings: list[Finding] = []
-    for det in chosen:
-        opts = build_options(cfg, det.ID, det.Options)
-        try:
-            found = det.run(ctx, opts)
-        except TunescopeError:
-            raise
-        except Exception as e:
-            raise DetectorError(
-                f"detector {det.ID} ({det.NAME}) failed: {type(e).__name__}: {e}. "
-                f"Skip it with --ignore {det.ID} and report this as a bug."
-            ) from e
-        findings.extend(found)
-    return sort_findings(merge_incidents(findings, chosen))
+    raw: dict[str, list[Finding]] = {}
+    for det in {d.ID: d for d in [*every, *chosen]}.values():
+        raw[det.ID] = run_detector(det, ctx, build_options(cfg, det.ID, det.Options))
+    views = []
+    for dets in (chosen, every):
+        found = [f for d in dets for f in raw[d.ID]]
+        views.append(sort_findings(engine_pass(found, dets)))
+    return views[0], views[1]
+
+
+def run_detector(det: ModuleType, ctx: Context, opts: Any) -> list[Finding]:
+    """One detector's findings, judged with its own options only."""
+    try:
+        return list(det.run(ctx, opts))
+    except TunescopeError:
+        raise
+    except Exception as e:
+        raise DetectorError(
+            f"detector {det.ID} ({det.NAME}) failed: {type(e).__name__}: {e}. "
+            f"Skip it with --ignore {det.ID} and report this as a bug."
+        ) from e
+
+
+def engine_pass(findings: list[Finding], detectors: list[ModuleType]) -> list[Finding]:
+    """What combines findings of different detectors, over the selected and
+    configured ones only: links first (a grad-norm spike just before a loss
+    spike is one incident, told in the loss spike's message), then
+    supersession (one incident, one finding)."""
+    return merge_incidents(link_incidents(findings), detectors)
+
+
+# (cause, effect, steps, note): a ``cause`` finding whose peak comes at most
+# ``steps`` steps before the peak of an ``effect`` finding in the same run and
+# rank is the same incident; the effect's message tells it, and the cause is
+# dropped unless it is more severe.
+LINKS: list[tuple[str, str, int, str]] = [
+    ("TS105", "TS101", 20, "The grad norm spiked {when}"),
+]
+
+
+def link_incidents(findings: list[Finding]) -> list[Finding]:
+    """Apply :data:`LINKS`: returns new findings, the inputs are not changed."""
+    out = list(findings)
+    for cause_id, effect_id, steps, note in LINKS:
+        causes = [f for f in out if f.detector == cause_id]
+        if not causes:
+            continue
+        drop: set[int] = set()
+        for i, f in enumerate(out):
+            if f.detector != effect_id:
+                continue
+            at = _peak(f)
+            for g in causes:
+                if g.run != f.run or (
+                    f.rank is not None and g.rank is not None and f.rank != g.rank
+                ):
+                    continue
+                gat = _peak(g)
+                if at is None or gat is None or not at - steps <= gat <= at:
+                    continue
+                when = "first" if gat < at else "at the same step"
+                ev = g.evidence
+                value, ratio = ev.get("grad_norm"), ev.get("ratio_to_median")
+                detail = ""
+                if isinstance(value, int | float) and isinstance(ratio, int | float):
+                    detail = f" ({fmt(value)} at step {gat}, {fmt(ratio)}x its median)"
+                evidence = dict(f.evidence)
+                evidence["linked"] = [
+                    *evidence.get("linked", []),
+                    {"detector": g.detector, "step": gat, **ev},
+                ]
+                f = out[i] = replace(
+                    f, message=f"{f.message} {note.format(when=when)}{detail}.", evidence=evidence
+                )
+                if g.severity.level <= f.severity.level:
+                    drop.add(id(g))
+                break
+        out = [f for f in out if id(f) not in drop]
+    return out
+
+
+def _peak(f: Finding) -> int | None:
+    p = f.evidence.get("peak_step") if isinstance(f.evidence, dict) else None
+    if isinstance(p, int | float) and not isinstance(p, bool):
+        return int(p)
+    return f.step_start
 
 
 def merge_incidents(findings: list[Finding], detectors: list[ModuleType]) -> list[Finding]:
@@ -196,8 +293,11 @@ def fails(findings: Iterable[Finding], fail_on: str) -> bool:
 def run_summaries(store: Store, findings: list[Finding], run_ids: Sequence[str] | None = None):
     """One dict per run: id, name, format, status, steps, last step and loss,
     and its finding counts by severity (the ``runs`` part of the JSON report)."""
+    from tunescope.detectors.limits import run_limits
+
     ctx = Context(store, list(run_ids) if run_ids is not None else None)
     runs = ctx.runs()
+    limits = run_limits(ctx)
     out = []
     for r in runs.sort("run_id").iter_rows(named=True):
         mine = [f for f in findings if f.run == r["run_id"]]
@@ -216,6 +316,7 @@ def run_summaries(store: Store, findings: list[Finding], run_ids: Sequence[str] 
                 "last_loss": jsonable(r.get("last_loss")),
                 "findings": counts,
                 "worst": w.value if w else None,
+                "limits": limits.get(r["run_id"], []),
             }
         )
     return out

@@ -30,13 +30,12 @@ Options:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import Series, fmt, merge_ranks, rank_series, samples_note, spikes
-from tunescope.detectors.stats import incidents
+from tunescope.detectors.stats import incidents, warmup_mask
 from tunescope.findings import Finding, Severity
 
 ID = "TS105"
@@ -65,12 +64,22 @@ class Options:
     """Back when below this multiple of the baseline."""
     gap: int = 3
     """Spiking points separated by at most this many points are one incident."""
-    linked_loss_steps: int = 20
-    """A loss spike within this many steps after the grad spike makes it TS101's incident."""
+    scale_ratio: float = 50.0
+    """A grad norm at least this many times the run's median is an explosion
+    without a recent baseline (early points, a noisy stretch before it)."""
+    start_points: int = 3
+    """Spikes within the run's first logged points (or in lr warmup) are info."""
+    tail_fraction: float = 0.02
+    """A grad norm past ``scale_ratio`` is not an explosion when at least this
+    fraction of the run's points after the start (and at least 3) reach half
+    of its excess over the median (log scale): such excursions are the run's
+    own tail."""
 
     def __post_init__(self) -> None:
         if self.window < 5 or self.min_points < 2 or self.min_ratio <= 0:
             raise ValueError("window must be >= 5, min_points >= 2, min_ratio > 0")
+        if self.scale_ratio < self.min_ratio or self.start_points < 0:
+            raise ValueError("scale_ratio must be >= min_ratio and start_points >= 0")
 
 
 @dataclass
@@ -86,7 +95,7 @@ class GradIncident:
     recover_step: int | None
 
 
-def _scan(s: Series, opts: Options) -> list[GradIncident]:
+def _scan(s: Series, opts: Options, screen: bool = True) -> list[GradIncident]:
     gn = s.grad_norm
     logged = s.gn_logged if s.gn_logged is not None else ~np.isnan(gn)
     ok = logged & np.isfinite(gn) & (gn > 0)
@@ -110,13 +119,30 @@ def _scan(s: Series, opts: Options) -> list[GradIncident]:
         z_double=opts.z_consecutive,
         sigma_floor=opts.sigma_floor,
         big_enough=big,
+        screen=screen,
     )
+    # the run's own scale: far above the run's median needs no recent baseline,
+    # unless such excursions are common in the run (late-epoch hard batches of a
+    # memorised run): then at least ``tail_fraction`` of the points past the start
+    # (and 3) reach half of its excess over the median
+    scale = ok & (y >= np.log(opts.scale_ratio * med))
+    if scale.any():
+        excess = y - np.log(med)
+        early = early_mask(s, opts)
+        pop = np.sort(excess[ok & ~early])
+        for i in np.flatnonzero(scale):
+            count = len(pop) - int(np.searchsorted(pop, excess[i] / 2, side="left"))
+            count -= int(not early[i])  # the point itself
+            if count >= max(3, opts.tail_fraction * len(pop)):
+                scale[i] = False
+    hit = sc.hit | scale
+    base_all = np.where(np.isfinite(sc.base), sc.base, np.log(med))
     out = []
-    for a, b in incidents(sc.hit, gap=opts.gap):
+    for a, b in incidents(hit, gap=opts.gap):
         seg = np.arange(a, b + 1)
-        seg = seg[np.isfinite(sc.z[seg])]
+        seg = seg[ok[seg]]
         peak = int(seg[np.argmax(y[seg])]) if len(seg) else a
-        base = float(np.exp(sc.base[a]))
+        base = float(np.exp(base_all[a]))
         end = int(s.step[b])
         after = np.flatnonzero(ok & (s.step > end) & (s.step <= end + opts.recover_steps))
         back = after[gn[after] <= opts.recover_factor * base]
@@ -127,50 +153,34 @@ def _scan(s: Series, opts: Options) -> list[GradIncident]:
             rec, rstep = False, None
         else:
             rec, rstep = None, None
-        out.append(GradIncident(s, a, b, peak, base, med, float(sc.z[peak]), rec, rstep))
+        z = float(sc.z[peak]) if np.isfinite(sc.z[peak]) else float("nan")
+        out.append(GradIncident(s, a, b, peak, base, med, z, rec, rstep))
     return out
 
 
-def scan_all(ctx: Context, opts: Options | None = None) -> list[GradIncident]:
-    key = "TS105:incidents"
-    if opts is None or opts == Options():
-        if key not in ctx._cache:
-            ctx._cache[key] = [i for s in rank_series(ctx) for i in _scan(s, Options())]
-        return ctx._cache[key]
-    return [i for s in rank_series(ctx) for i in _scan(s, opts)]
+def scan_all(ctx: Context, opts: Options) -> list[GradIncident]:
+    """Incidents of every rank series, scanned once per options."""
+    key = ("grad-incidents", repr(opts))
+    if key not in ctx.memo:
+        ctx.memo[key] = [i for s in rank_series(ctx) for i in _scan(s, opts)]
+    return ctx.memo[key]
 
 
-def grad_before(ctx: Context, s: Series, step: int, within: int) -> dict[str, Any] | None:
-    """The grad-norm spike of the same run and rank whose peak lies in
-    ``[step - within, step]``, if any (for TS101's message)."""
-    for g in scan_all(ctx):
-        if g.series.run != s.run or g.series.rank != s.rank:
-            continue
-        gstep = int(g.series.step[g.peak])
-        if step - within <= gstep <= step:
-            value = float(g.series.grad_norm[g.peak])
-            return {"step": gstep, "value": value, "ratio": value / g.median, "z": g.z}
-    return None
+def early_mask(s: Series, opts: Options) -> np.ndarray:
+    """True at the very start of training and while the lr is still warming up."""
+    n = len(s.step)
+    mask = np.arange(n) < opts.start_points
+    lr = s.lr
+    if np.isfinite(lr).sum() >= 2:
+        mask |= warmup_mask(np.where(np.isfinite(lr), lr, np.nan))
+    return mask
 
 
 def run(ctx: Context, opts: Options) -> list[Finding]:
-    from tunescope.detectors import loss_spike
-
-    loss_peaks: dict[tuple[str, int | None], list[int]] = {}
-    for inc in loss_spike.scan_all(ctx):
-        key = (inc.series.run, inc.series.rank)
-        loss_peaks.setdefault(key, []).append(int(inc.series.step[inc.a]))
     out = []
     for g in scan_all(ctx, opts):
         s = g.series
         gstep = int(s.step[g.peak])
-        linked = [
-            p
-            for p in loss_peaks.get((s.run, s.rank), [])
-            if gstep <= p <= gstep + opts.linked_loss_steps
-        ]
-        if linked:
-            continue  # one incident with the loss spike: TS101 reports it
         value = float(s.grad_norm[g.peak])
         ids = s.samples_at(g.peak)
         ev = {
@@ -186,9 +196,10 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         }
         if ids:
             ev["sample_ids"] = ids
+        zt = f", z={g.z:.1f}" if np.isfinite(g.z) else ""
         head = (
             f"grad_norm rose to {fmt(value)} ({fmt(value / g.base)}x its running median, "
-            f"{fmt(value / g.median)}x the run's median, z={g.z:.1f}) at step {gstep}"
+            f"{fmt(value / g.median)}x the run's median{zt}) at step {gstep}"
         )
         if g.recovered:
             tail, sev = (
@@ -202,6 +213,9 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 f"; still above {opts.recover_factor:g}x the baseline {opts.recover_steps} steps later.",
                 Severity.ERROR,
             )
+        if early_mask(s, opts)[g.peak]:
+            sev = Severity.INFO
+            tail += " It came at the start of training (or during lr warmup), where large updates are common."
         sug = (
             "Clip gradients at max_norm 1.0 (or use adaptive clipping); lower the learning "
             "rate; lower Adam's beta2 to 0.95; inspect the batch at that step."

@@ -1,4 +1,4 @@
-"""TS101 loss spike: the loss jumps far above its recent level and comes back.
+"""TS101 loss spike: the loss jumps far above its recent level.
 
 What it flags:
     A logged loss far above its recent baseline: the median of the previous
@@ -7,10 +7,14 @@ What it flags:
     spikes excluded). It must reach z >= 6, or z >= 4 on two consecutive
     points, be at least 1.3x the baseline, and be large against the run's own
     scale (the excess is at least 10% of the run's early loss level). One
-    finding per incident: consecutive spiking points are one incident. A
-    spike back within 5% of the baseline within 50 steps is a warning (one
-    back later too, as a slow recovery); one that never comes back is
-    reported by TS102 (divergence) instead.
+    finding per incident: consecutive spiking points are one incident.
+    A heavy-tailed loss (per-step preference or RL objectives, tiny batches)
+    is judged against its own spread: an excursion that 2% of the run's other
+    points reach half of is not a spike. Every spike is a warning, whether it
+    came back within 5% of the baseline within 50 steps, came back later (a
+    slow recovery) or never came back (TS102 then judges the divergence, and
+    the engine keeps its one finding for the incident); at an epoch boundary
+    it is info.
 
 Why it matters:
     A spike is a bad batch meeting a fragile optimizer state, or a learning
@@ -38,22 +42,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import (
-    Series,
     early_level,
     epoch_boundaries,
     fmt,
-    may_rise_by,
     merge_ranks,
     near_boundary,
-    rank_series,
     samples_note,
-    spikes,
 )
-from tunescope.detectors.stats import incidents
+from tunescope.detectors.spike_scan import LossSpikeParams, loss_incidents
 from tunescope.findings import Finding, Severity
 
 ID = "TS101"
@@ -79,20 +77,23 @@ class Options:
     averages the loss."""
     min_excess: float = 0.1
     """The excess over the baseline must be at least this fraction of the
-    run's early loss level (median of its first 10 points)."""
+    run's early loss level (median of its first 5 points)."""
     sigma_floor: float = 0.02
     """Floor of the baseline's spread in log units (2%): flat curves are not
     noise-free."""
     recover_steps: int = 50
     """A spike back within this many steps (at least 3 logging intervals) is
     transient; one back later is reported as a slow recovery; one never back
-    is a divergence (TS102)."""
+    is reported as such (TS102 judges whether it is a divergence)."""
     recover_within: float = 0.05
     """Back when within this fraction of the pre-spike baseline."""
     gap: int = 3
     """Spiking points separated by at most this many points are one incident."""
-    linked_grad_steps: int = 20
-    """A grad-norm spike up to this many steps earlier belongs to the incident."""
+    tail_fraction: float = 0.02
+    """Heavy tails: an excursion is not a spike when at least this fraction of
+    the run's other points (and at least 3) rise half as far above their own
+    trailing baseline (per-step preference or RL losses, tiny batches). 0
+    turns the check off."""
 
     def __post_init__(self) -> None:
         if self.window < 5 or self.min_points < 2:
@@ -101,140 +102,40 @@ class Options:
             raise ValueError("z thresholds must be positive")
 
 
-@dataclass
-class Incident:
-    """One spike incident of one series (indices into the series)."""
-
-    series: Series
-    a: int
-    b: int
-    peak: int
-    base: float  # baseline loss (linear units)
-    z: float
-    recovered: bool | None  # False: never back (TS102); None: the log ends too soon
-    recover_step: int | None
-    space: str
-    slow: bool = False  # back, but only after the recovery horizon
-
-
-def scan(s: Series, opts: Options) -> list[Incident]:
-    """Spike incidents of one series (both transient and unrecovered)."""
-    loss = s.loss
-    fin = np.isfinite(loss)
-    if fin.sum() <= opts.min_points:
-        return []
-    positive = bool((loss[fin] > 0).all())
-    early = early_level(loss)
-    dilution = s.logging_steps if s.logging_steps > 1 else 1
-    if positive:
-        y = np.where(fin, np.log(np.where(fin & (loss > 0), loss, 1.0)), np.nan)
-        need = opts.min_excess * abs(early) / dilution
-        need_log = np.log1p((opts.min_ratio - 1) / dilution)
-
-        def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
-            return (np.exp(v) - np.exp(base) >= need) & (v - base >= need_log)
-
-        floor, z1, z2 = opts.sigma_floor, opts.z, opts.z_consecutive
-    else:
-        # losses that can be 0 or negative (preference / RL objectives): linear space,
-        # stricter, with the run's spread as its scale
-        y = np.where(fin, loss, np.nan)
-        q25, q75 = np.percentile(loss[fin], [25, 75])
-        spread = max(q75 - q25, 1e-12)
-        need = 3 * spread / dilution
-
-        def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
-            return v - base >= need
-
-        floor, z1, z2 = spread * 0.05, opts.z * 1.5, opts.z_consecutive * 1.5
-    # a point's baseline is drawn from the 3 windows before it: when nothing
-    # rises that far above their minimum, no point can be big enough
-    if not may_rise_by(y, 3 * opts.window, need_log if positive else need):
-        return []
-    sc = spikes(
-        y,
+def params(opts: Options) -> LossSpikeParams:
+    """The shared scan's parameters for these options."""
+    return LossSpikeParams(
         window=opts.window,
         level_points=opts.level_points,
         min_points=opts.min_points,
-        z_single=z1,
-        z_double=z2,
-        sigma_floor=floor,
-        big_enough=big,
+        z=opts.z,
+        z_consecutive=opts.z_consecutive,
+        min_ratio=opts.min_ratio,
+        min_excess=opts.min_excess,
+        sigma_floor=opts.sigma_floor,
+        recover_steps=opts.recover_steps,
+        recover_within=opts.recover_within,
+        gap=opts.gap,
+        tail_fraction=opts.tail_fraction,
     )
-    if not sc.hit.any():
-        return []
-    out = []
-    for a, b in incidents(sc.hit, gap=opts.gap):
-        seg = np.arange(a, b + 1)
-        seg = seg[np.isfinite(sc.z[seg])]
-        peak = int(seg[np.argmax(y[seg])]) if len(seg) else a
-        base_y = sc.base[a]
-        base = float(np.exp(base_y)) if positive else float(base_y)
-        limit = (
-            base * (1 + opts.recover_within) if positive else base + opts.recover_within * abs(base)
-        )
-        end_step = int(s.step[b])
-        horizon = max(opts.recover_steps, 3 * s.logging_steps)
-        after = np.flatnonzero(s.step > end_step)
-        back = after[np.isfinite(loss[after]) & (loss[after] <= limit)]
-        long = end_step - int(s.step[a]) > horizon
-        slow = False
-        if len(back):
-            recovered, rstep = True, int(s.step[back[0]])
-            slow = long or rstep - end_step > horizon
-        elif long or (len(after) and int(s.step[after[-1]]) - end_step >= horizon):
-            recovered, rstep = False, None  # never came back: divergence (TS102)
-        else:
-            recovered, rstep = None, None  # the log ends too soon to tell
-        out.append(
-            Incident(
-                s,
-                a,
-                b,
-                peak,
-                base,
-                float(sc.z[peak]),
-                recovered,
-                rstep,
-                "log" if positive else "linear",
-                slow,
-            )
-        )
-    return out
-
-
-def scan_all(ctx: Context, opts: Options | None = None) -> list[Incident]:
-    """Incidents of every rank series; cached for the default options (TS102
-    and TS105 use them)."""
-    key = "TS101:incidents"
-    if opts is None or opts == Options():
-        if key not in ctx._cache:
-            ctx._cache[key] = [i for s in rank_series(ctx) for i in scan(s, Options())]
-        return ctx._cache[key]
-    return [i for s in rank_series(ctx) for i in scan(s, opts)]
 
 
 def run(ctx: Context, opts: Options) -> list[Finding]:
-    from tunescope.detectors import grad_spike
-
     out = []
-    for inc in scan_all(ctx, opts):
+    for inc in loss_incidents(ctx, params(opts)):
         s = inc.series
         boundary = near_boundary(s, inc.a, epoch_boundaries(s))
-        if inc.recovered is False and boundary is None:
-            continue  # unrecovered: divergence (TS102)
         peak_loss = float(s.loss[inc.peak])
         ratio = peak_loss / inc.base if inc.base > 0 else float("inf")
         step0, step1, pstep = int(s.step[inc.a]), int(s.step[inc.b]), int(s.step[inc.peak])
         ids = s.samples_at(inc.peak)
-        grad = grad_spike.grad_before(ctx, s, pstep, opts.linked_grad_steps)
         ev = {
             "peak_step": pstep,
             "peak_loss": peak_loss,
             "baseline_loss": inc.base,
             "ratio": ratio,
             "z": inc.z,
-            "early_loss": early_level(s.loss),
+            "early_loss": early_level(s.loss, 5),
             "points": inc.b - inc.a + 1,
             "recovered": inc.recovered,
             "recovered_at": inc.recover_step,
@@ -242,8 +143,6 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             "logging_steps": s.logging_steps,
             "space": inc.space,
         }
-        if grad:
-            ev["grad_norm_spike"] = grad
         if ids:
             ev["sample_ids"] = ids
         if inc.space == "log":
@@ -256,21 +155,19 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 f"loss rose to {fmt(peak_loss)} from a running median of {fmt(inc.base)} "
                 f"(z={inc.z:.1f}) at step {pstep}"
             )
+        within = f"{opts.recover_within * 100:g}%"
         if inc.recovered and inc.slow:
             tail = (
-                f"; it stayed high for {inc.recover_step - step0} steps and was back within 5% "
-                f"only by step {inc.recover_step}."
+                f"; it stayed high for {inc.recover_step - step0} steps and was back within "
+                f"{within} only by step {inc.recover_step}."
             )
         elif inc.recovered:
-            tail = f"; back within 5% by step {inc.recover_step}."
+            tail = f"; back within {within} by step {inc.recover_step}."
+        elif inc.recovered is False:
+            tail = f"; it had not come back within {within} by the end of the log."
         else:
             tail = "; the log ends before a recovery could be seen."
         note = ""
-        if grad:
-            note += (
-                f" The grad norm spiked first ({fmt(grad['value'])} at step {grad['step']}, "
-                f"{fmt(grad['ratio'])}x its median)."
-            )
         if s.logging_steps > 1:
             note += (
                 f" The loss is averaged over {s.logging_steps} steps, so one step's loss "

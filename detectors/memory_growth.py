@@ -428,7 +428,7 @@ def _judge_rank(
                 out.append(_plateaued(run_id, rank, what, s0, steps, alloc, tail_n, tt, best, ev))
                 continue
         sev, forecast = _forecast(opts, part, steps_all, s0, s1, best, cap, run_id, rank, ended)
-        sev, tail = _forecast_text(sev, forecast, cap, run_row, ev, cpu)
+        sev, tail = _forecast_text(sev, forecast, cap, run_row, ev, opts, cpu)
         rise = best["slope"] * (s1 - s0)
         base = float(np.median(alloc[span][: max(5, int(span.sum()) // 10)])) if span.any() else 0
         ev["rise_mb"] = rise
@@ -546,6 +546,7 @@ def _forecast_text(
     cap: float | None,
     run_row: dict[str, Any],
     ev: dict[str, Any],
+    opts: Options,
     cpu: bool = False,
 ) -> tuple[Severity, str]:
     if fc is None:
@@ -579,7 +580,7 @@ def _forecast_text(
     running = status not in ("completed",)
     if remaining is not None and remaining > 0 and eta < remaining and running:
         return Severity.ERROR, text + f", before the planned end ({remaining:,} steps left)."
-    if running and remaining is None and np.isfinite(hours) and hours < 1.0:
+    if running and remaining is None and np.isfinite(hours) and hours < opts.oom_error_hours:
         return Severity.ERROR, text + "."
     if remaining is not None and remaining > 0:
         return sev, text + f"; the run has {remaining:,} steps left."

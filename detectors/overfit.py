@@ -3,7 +3,9 @@
 What it flags:
     Overfitting: the eval loss rose at least 5% above its best value over at
     least 2 later evaluations, while the training loss over the same steps
-    kept falling (or stayed flat). Mismatch: the training loss is many times
+    kept falling (or stayed flat); every eval set counts (``eval_loss``, and
+    named sets such as ``eval_g0_loss`` or ``eval/val_a/loss``), one finding
+    per run naming the sets that rose. Mismatch: the training loss is many times
     (default 4x) the eval loss at every evaluation: the training loss is
     scaled wrongly, typically summed over gradient-accumulation micro-batches
     instead of averaged.
@@ -30,7 +32,9 @@ Options:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +45,19 @@ from tunescope.findings import Finding, Severity
 ID = "TS104"
 NAME = "overfitting"
 
-EVAL_KEYS = ("eval_loss", "loss", "eval/loss", "val_loss", "validation_loss")
+# the main eval loss under the names trainers use, then named eval sets:
+# ``eval_<set>_loss`` (HF with a dict of eval datasets), ``eval/<set>/loss``,
+# ``val_<set>_loss`` and the like
+MAIN_KEYS = ("eval_loss", "loss", "eval/loss", "val_loss", "validation_loss", "val/loss")
+SET_KEY = re.compile(r"^(?:eval|val|valid|validation|test)[_/](.+?)[_/]loss$")
+
+
+def eval_set(key: str) -> str | None:
+    """The eval set a payload key holds the loss of ("" for the main one), or None."""
+    if key in MAIN_KEYS:
+        return ""
+    m = SET_KEY.match(key)
+    return m.group(1) if m else None
 
 
 @dataclass
@@ -60,26 +76,38 @@ class Options:
             raise ValueError("min_evals >= 2, rising_evals >= 1, mismatch_ratio > 1")
 
 
-def eval_losses(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per run: eval steps and eval losses (averaged over ranks per step)."""
+def eval_losses(ctx: Context) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per run and eval set ("" for the main one): eval steps and eval losses
+    (averaged over ranks per step)."""
     ev = ctx.events(["eval"])
-    acc: dict[str, dict[int, list[float]]] = {}
+    acc: dict[str, dict[str, dict[int, list[float]]]] = {}
     for row in ev.iter_rows(named=True):
         if row["step"] is None:
             continue
         payload = event_payload(row["payload"])
-        if payload is None:
+        if not isinstance(payload, dict):
             continue
-        for k in EVAL_KEYS:
-            v = payload.get(k)
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                acc.setdefault(row["run_id"], {}).setdefault(int(row["step"]), []).append(float(v))
-                break
-    out = {}
-    for run, by_step in acc.items():
-        steps = np.array(sorted(by_step), dtype=np.int64)
-        vals = np.array([np.mean(by_step[s]) for s in steps])
-        out[run] = (steps, vals)
+        main_done = False
+        for k, v in payload.items():
+            name = eval_set(k)
+            if name is None or not isinstance(v, int | float) or isinstance(v, bool):
+                continue
+            if name == "":
+                if main_done:
+                    continue  # one main loss per row, in MAIN_KEYS' order of preference
+                k = min(
+                    (m for m in MAIN_KEYS if isinstance(payload.get(m), int | float)),
+                    key=MAIN_KEYS.index,
+                )
+                v, main_done = payload[k], True
+            sets = acc.setdefault(row["run_id"], {})
+            sets.setdefault(name, {}).setdefault(int(row["step"]), []).append(float(v))
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for run, sets in acc.items():
+        for name, by_step in sets.items():
+            steps = np.array(sorted(by_step), dtype=np.int64)
+            vals = np.array([np.mean(by_step[s]) for s in steps])
+            out.setdefault(run, {})[name] = (steps, vals)
     return out
 
 
@@ -97,75 +125,107 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         return []
     out = []
     for s in run_series(ctx):
-        if s.run not in evals:
+        sets = {}
+        for name, (esteps, vals) in sorted(evals.get(s.run, {}).items()):
+            ok = np.isfinite(vals)
+            if ok.any():
+                train = np.array([_train_at(s.step, s.loss, int(e)) for e in esteps[ok]])
+                sets[name] = (esteps[ok], vals[ok], train)
+        if not sets:
             continue
-        esteps, evals_v = evals[s.run]
-        ok = np.isfinite(evals_v)
-        esteps, evals_v = esteps[ok], evals_v[ok]
-        if len(esteps) == 0:
+        first = next(iter(sets))  # the main eval set ("") when there is one
+        mismatch = _mismatch(s.run, first, *sets[first], opts)
+        if mismatch is not None:
+            out.append(mismatch)
             continue
-        train = np.array([_train_at(s.step, s.loss, int(e)) for e in esteps])
-        # mismatch
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = train / evals_v
-        good = np.isfinite(ratio) & (evals_v > 0)
-        if good.any() and (ratio[good] >= opts.mismatch_ratio).all():
-            r = float(np.median(ratio[good]))
-            out.append(
-                Finding(
-                    s.run,
-                    ID,
-                    "train-eval-mismatch",
-                    Severity.WARNING,
-                    int(esteps[good][0]),
-                    int(esteps[good][-1]),
-                    f"train loss is {fmt(r)}x the eval loss at every evaluation "
-                    f"({int(good.sum())} evals; e.g. {fmt(float(train[good][0]))} vs "
-                    f"{fmt(float(evals_v[good][0]))} at step {int(esteps[good][0])}): the training "
-                    "loss is scaled wrongly.",
-                    "Average the loss over gradient-accumulation micro-batches (divide by the "
-                    "accumulation steps) instead of summing; check the loss reduction.",
-                    rank=None,
-                    evidence={"kind": "mismatch", "ratio": r, "evals": int(good.sum())},
-                )
-            )
-            continue
-        if len(esteps) < opts.min_evals:
-            continue
-        best = int(np.argmin(evals_v))
-        after = evals_v[best + 1 :]
-        if len(after) < opts.rising_evals:
-            continue
-        floor = evals_v[best]
-        if not (after > floor).all() or after[-1] < floor * (1 + opts.min_rise):
-            continue
-        t0, t1 = train[best], train[-1]
-        if not (np.isfinite(t0) and np.isfinite(t1)) or t1 > t0 * (1 + opts.min_rise / 2):
-            continue  # train loss rising too: divergence, not overfitting
-        rise = after[-1] / floor - 1
-        out.append(
-            Finding(
-                s.run,
-                ID,
-                NAME,
-                Severity.WARNING,
-                int(esteps[best]),
-                int(esteps[-1]),
-                f"eval loss rose {rise * 100:.0f}% from {fmt(float(floor))} at step "
-                f"{int(esteps[best])} to {fmt(float(after[-1]))} at step {int(esteps[-1])} while "
-                f"train loss went from {fmt(float(t0))} to {fmt(float(t1))}: overfitting since "
-                f"step {int(esteps[best])}.",
-                "Keep the checkpoint of the eval minimum (load_best_model_at_end), train fewer "
-                "epochs, add data, or regularise (dropout, weight decay, a smaller LoRA rank).",
-                rank=None,
-                evidence={
-                    "kind": "overfitting",
-                    "best_step": int(esteps[best]),
-                    "best_eval_loss": float(floor),
-                    "last_eval_loss": float(after[-1]),
-                    "train_at_best": float(t0),
-                    "train_last": float(t1),
-                },
-            )
-        )
+        rising = [r for name, v in sets.items() if (r := _overfit(name, *v, opts)) is not None]
+        if rising:
+            out.append(_overfit_finding(s.run, rising))
     return out
+
+
+def _label(name: str) -> str:
+    return "eval loss" if name == "" else f"eval loss of set {name!r}"
+
+
+def _mismatch(
+    run: str, name: str, esteps: np.ndarray, evals_v: np.ndarray, train: np.ndarray, opts: Options
+) -> Finding | None:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = train / evals_v
+    good = np.isfinite(ratio) & (evals_v > 0)
+    if not good.any() or not (ratio[good] >= opts.mismatch_ratio).all():
+        return None
+    r = float(np.median(ratio[good]))
+    return Finding(
+        run,
+        ID,
+        "train-eval-mismatch",
+        Severity.WARNING,
+        int(esteps[good][0]),
+        int(esteps[good][-1]),
+        f"train loss is {fmt(r)}x the {_label(name)} at every evaluation "
+        f"({int(good.sum())} evals; e.g. {fmt(float(train[good][0]))} vs "
+        f"{fmt(float(evals_v[good][0]))} at step {int(esteps[good][0])}): the training "
+        "loss is scaled wrongly.",
+        "Average the loss over gradient-accumulation micro-batches (divide by the "
+        "accumulation steps) instead of summing; check the loss reduction.",
+        rank=None,
+        evidence={"kind": "mismatch", "ratio": r, "evals": int(good.sum()), "eval_set": name},
+    )
+
+
+def _overfit(
+    name: str, esteps: np.ndarray, evals_v: np.ndarray, train: np.ndarray, opts: Options
+) -> dict[str, Any] | None:
+    """The overfitting evidence of one eval set, or None."""
+    if len(esteps) < opts.min_evals:
+        return None
+    best = int(np.argmin(evals_v))
+    after = evals_v[best + 1 :]
+    if len(after) < opts.rising_evals:
+        return None
+    floor = evals_v[best]
+    if not (after > floor).all() or after[-1] < floor * (1 + opts.min_rise):
+        return None
+    t0, t1 = train[best], train[-1]
+    if not (np.isfinite(t0) and np.isfinite(t1)) or t1 > t0 * (1 + opts.min_rise / 2):
+        return None  # train loss rising too: divergence, not overfitting
+    return {
+        "eval_set": name,
+        "best_step": int(esteps[best]),
+        "best_eval_loss": float(floor),
+        "last_step": int(esteps[-1]),
+        "last_eval_loss": float(after[-1]),
+        "rise": float(after[-1] / floor - 1),
+        "train_at_best": float(t0),
+        "train_last": float(t1),
+    }
+
+
+def _overfit_finding(run: str, rising: list[dict[str, Any]]) -> Finding:
+    """One finding for a run, told by the set that rose most; the others named."""
+    top = max(rising, key=lambda r: r["rise"])
+    others = [r["eval_set"] or "main" for r in rising if r is not top]
+    also = f" The same on {len(others)} more eval set(s): {', '.join(others)}." if others else ""
+    msg = (
+        f"{_label(top['eval_set'])} rose {top['rise'] * 100:.0f}% from "
+        f"{fmt(top['best_eval_loss'])} at step {top['best_step']} to "
+        f"{fmt(top['last_eval_loss'])} at step {top['last_step']} while train loss went from "
+        f"{fmt(top['train_at_best'])} to {fmt(top['train_last'])}: overfitting since step "
+        f"{top['best_step']}.{also}"
+    )
+    ev = {"kind": "overfitting", **top, "eval_sets": [r["eval_set"] for r in rising]}
+    return Finding(
+        run,
+        ID,
+        NAME,
+        Severity.WARNING,
+        min(r["best_step"] for r in rising),
+        max(r["last_step"] for r in rising),
+        msg,
+        "Keep the checkpoint of the eval minimum (load_best_model_at_end), train fewer "
+        "epochs, add data, or regularise (dropout, weight decay, a smaller LoRA rank).",
+        rank=None,
+        evidence=ev,
+    )

@@ -7,7 +7,9 @@ What it flags:
     learning rate is above 0 (or a learning rate of 0 throughout, named as
     such) and gradients are non-trivial. "Degenerate": a loss of exactly 0 for
     at least 10 consecutive points (not for RL-style objectives whose loss
-    is 0 by construction).
+    is 0 by construction). "No downward trend" (info, a hint): a noisy loss
+    whose Theil-Sen slope has a 99% confidence interval that holds 0 over
+    the whole run of at least 20 points while the learning rate is above 0.
 
 Why it matters:
     A fine-tune whose loss never moves is not training: a learning rate too
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import fmt, run_series
+from tunescope.detectors.series import Series, fmt, run_series
 from tunescope.detectors.stats import incidents, warmup_mask
 from tunescope.detectors.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
@@ -59,6 +61,9 @@ class Options:
     """Largest robust spread of log-loss (IQR-sigma) that counts as flat."""
     zero_points: int = 10
     """Consecutive points of a loss of exactly 0 that make it degenerate."""
+    noisy_confidence: float = 0.99
+    """A noisy loss is flat when the Theil-Sen slope's confidence interval at
+    this level holds 0 over the whole run (no downward trend at all)."""
 
     def __post_init__(self) -> None:
         if self.min_points < 5 or self.zero_points < 2:
@@ -115,22 +120,17 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             continue  # still warming up at the last point: too early to call it flat
         y = np.log(loss[pos])
         x = step[pos].astype(float)
-        k = max(3, len(y) // 10)
-        first, last = np.median(y[:k]), np.median(y[-k:])
-        if abs(last - first) > np.log1p(opts.max_change):
-            continue
-        q25, q75 = np.percentile(y, [25, 75])
-        spread = (q75 - q25) / 1.349
-        if spread > opts.max_spread:
-            continue
-        t = trend(x, y)
-        change = float(np.expm1(t.slope * (x[-1] - x[0])))
-        if abs(change) > opts.max_change:
-            continue
         gn = s.grad_norm
         gfin = gn[np.isfinite(gn)]
         if len(gfin) and (gfin == 0).all():
             continue  # zero gradients: the adapter detector's case, not a plateau
+        flat = _flat(x, y, opts)
+        if flat is None:
+            noisy = _noisy_flat(s, x, y, opts)
+            if noisy is not None:
+                out.append(noisy)
+            continue
+        change, spread = flat
         lr = s.lr[np.isfinite(s.lr)]
         lr_med = float(np.median(lr)) if len(lr) else None
         if lr_med is not None and lr_med <= 0:
@@ -170,3 +170,61 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             )
         )
     return out
+
+
+def _flat(x: np.ndarray, y: np.ndarray, opts: Options) -> tuple[float, float] | None:
+    """(change, spread) when the log-loss never moved: the ends agree, the
+    spread is tiny and the Theil-Sen change is small; else None."""
+    k = max(3, len(y) // 10)
+    first, last = np.median(y[:k]), np.median(y[-k:])
+    if abs(last - first) > np.log1p(opts.max_change):
+        return None
+    q25, q75 = np.percentile(y, [25, 75])
+    spread = (q75 - q25) / 1.349
+    if spread > opts.max_spread:
+        return None
+    t = trend(x, y)
+    change = float(np.expm1(t.slope * (x[-1] - x[0])))
+    if abs(change) > opts.max_change:
+        return None
+    return change, float(spread)
+
+
+def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Finding | None:
+    """Info: a noisy loss with no downward trend over the whole run while the
+    lr is above 0 (the Theil-Sen interval of the slope holds 0)."""
+    lr = s.lr[np.isfinite(s.lr)]
+    if not len(lr) or float(np.median(lr)) <= 0:
+        return None
+    t = trend(x, y, alpha=opts.noisy_confidence)
+    if not t.lo <= 0 <= t.hi:
+        return None
+    span = x[-1] - x[0]
+    lo, hi = float(np.expm1(t.lo * span)), float(np.expm1(t.hi * span))
+    level = float(np.exp(np.median(y)))
+    q25, q75 = np.percentile(y, [25, 75])
+    spread = float((q75 - q25) / 1.349)
+    return Finding(
+        s.run,
+        ID,
+        NAME,
+        Severity.INFO,
+        int(x[0]),
+        int(x[-1]),
+        f"loss shows no downward trend over {len(y)} points (around {fmt(level)}, noise "
+        f"{spread * 100:.0f}%; change from step {int(x[0])} to {int(x[-1])} between "
+        f"{lo * 100:+.0f}% and {hi * 100:+.0f}% at {opts.noisy_confidence:.0%} confidence) with "
+        f"lr {fmt(float(np.median(lr)))}: the model may not be learning. A hint: noise this "
+        "large can hide a slow fall.",
+        "Check the learning rate is high enough (LoRA typically needs ~10x the full "
+        "fine-tuning rate) and that the labels match the inputs; compare with an eval loss.",
+        rank=None,
+        evidence={
+            "kind": "noisy-flat",
+            "change_lo": lo,
+            "change_hi": hi,
+            "spread": spread,
+            "points": len(y),
+            "lr_median": float(np.median(lr)),
+        },
+    )

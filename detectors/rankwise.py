@@ -61,8 +61,8 @@ def special_steps(
     (whose timings and memory can still carry that work, depending on where
     the trainer logs it)."""
     key = f"rankwise:special:{after}:{','.join(kinds)}"
-    if key in ctx._cache:
-        return ctx._cache[key]
+    if key in ctx.memo:
+        return ctx.memo[key]
     ev = ctx.events(list(kinds))
     out: dict[str, np.ndarray] = {}
     if ev.height:
@@ -72,15 +72,15 @@ def special_steps(
             out[str(run_id[0] if isinstance(run_id, tuple) else run_id)] = np.unique(
                 np.concatenate(parts)
             )
-    ctx._cache[key] = out
+    ctx.memo[key] = out
     return out
 
 
 def first_event_step(ctx: Context, kind: str) -> dict[str, int]:
     """Per run, the first step of an event of ``kind`` (any rank)."""
     key = f"rankwise:first:{kind}"
-    if key in ctx._cache:
-        return ctx._cache[key]
+    if key in ctx.memo:
+        return ctx.memo[key]
     ev = ctx.events([kind])
     out: dict[str, int] = {}
     if ev.height:
@@ -88,15 +88,15 @@ def first_event_step(ctx: Context, kind: str) -> dict[str, int]:
 
         agg = ev.drop_nulls("step").group_by("run_id").agg(pl.col("step").min().alias("first"))
         out = {r: int(s) for r, s in agg.iter_rows()}
-    ctx._cache[key] = out
+    ctx.memo[key] = out
     return out
 
 
 def run_ended(ctx: Context) -> dict[tuple[str, int], str]:
     """(run, rank) -> status of its last ``run_end`` event."""
     key = "rankwise:ended"
-    if key in ctx._cache:
-        return ctx._cache[key]
+    if key in ctx.memo:
+        return ctx.memo[key]
     out: dict[tuple[str, int], str] = {}
     for row in ctx.events(["run_end"]).iter_rows(named=True):
         try:
@@ -104,7 +104,7 @@ def run_ended(ctx: Context) -> dict[tuple[str, int], str]:
         except (TypeError, ValueError):
             status = ""
         out[(row["run_id"], int(row["rank"]))] = str(status)
-    ctx._cache[key] = out
+    ctx.memo[key] = out
     return out
 
 
@@ -245,9 +245,9 @@ def ranks_from_slices(slices: list[tuple[str, int, int, int]]) -> dict[str, list
 def steps_slices(ctx: Context) -> list[tuple[str, int, int, int]]:
     """:func:`rank_slices` of ``ctx.steps()``, computed once per context."""
     key = "rankwise:steps_slices"
-    if key not in ctx._cache:
-        ctx._cache[key] = rank_slices(ctx.steps())
-    return ctx._cache[key]
+    if key not in ctx.memo:
+        ctx.memo[key] = rank_slices(ctx.steps())
+    return ctx.memo[key]
 
 
 def trend1(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int = 200) -> Any:

@@ -12,7 +12,8 @@ Formats:
                    "explain" (the command that prints the detector's documentation)}],
      "runs": [{"run", "name", "format", "status", "world_size", "steps_logged",
                "last_step", "total_steps", "last_loss",
-               "findings": {"info", "warning", "error"}, "worst"}]}
+               "findings": {"info", "warning", "error"}, "worst",
+               "limits" (what the log cannot show, one sentence each)}]}
 
   Fields are only ever added, never renamed or removed, within a version.
 - ``github``: GitHub Actions workflow commands (``::error title=...::...``).
@@ -79,6 +80,8 @@ def text(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
             mine = by_run.get(name, [])
             run["findings"] = {s.value: sum(f.severity is s for f in mine) for s in Severity}
         lines.append(_run_line(run))
+        if run.get("limits"):
+            lines.append("  cannot show: " + "; ".join(run["limits"]))
         for f in by_run.get(name, []):
             lines.append(f"  {f.severity.value.upper():<7} {f.detector} {f.name} ({_where(f)})")
             pad = "\n" + " " * 10

@@ -41,6 +41,7 @@ from tunescope.findings import Finding, Severity
 
 ID = "TS106"
 NAME = "resume-loss-jump"
+SUPERSEDES = ("TS101",)  # the jump at a resume is one incident: the resume's
 
 
 @dataclass

@@ -71,16 +71,10 @@ def _dedup_last(step: np.ndarray) -> np.ndarray:
     return np.flatnonzero(last)
 
 
-def _col(df: Any, name: str) -> np.ndarray:
-    if name not in df.columns:
-        return np.full(df.height, np.nan)
-    return df.get_column(name).cast(float).to_numpy()
-
-
 def rank_series(ctx: Context) -> list[Series]:
     """One series per (run, rank) with a logged loss, cached on the context."""
-    if "series:rank" in ctx._cache:
-        return ctx._cache["series:rank"]
+    if "series:rank" in ctx.memo:
+        return ctx.memo["series:rank"]
     from tunescope.detectors.rankwise import steps_slices
 
     # slices of the shared steps frame (sorted by run, rank, step) and its
@@ -123,15 +117,15 @@ def rank_series(ctx: Context) -> list[Series]:
                 )
             )
     out.sort(key=lambda s: (s.run, -1 if s.rank is None else s.rank))
-    ctx._cache["series:rank"] = out
+    ctx.memo["series:rank"] = out
     return out
 
 
 def run_series(ctx: Context) -> list[Series]:
     """One series per run: loss and grad norm averaged over ranks per step
     (a NaN on any rank stays NaN), lr and epoch from the first rank."""
-    if "series:run" in ctx._cache:
-        return ctx._cache["series:run"]
+    if "series:run" in ctx.memo:
+        return ctx.memo["series:run"]
     by_run: dict[str, list[Series]] = {}
     for s in rank_series(ctx):
         by_run.setdefault(s.run, []).append(s)
@@ -184,7 +178,7 @@ def run_series(ctx: Context) -> list[Series]:
                 run, None, steps, loss, lr, gn, epoch, None, p.logging_steps, p.per_rank, p.start
             )
         )
-    ctx._cache["series:run"] = out
+    ctx.memo["series:run"] = out
     return out
 
 
@@ -225,46 +219,6 @@ class SpikeScan:
     base: np.ndarray  # baseline (median of the previous window), in the scan's space
 
 
-def _block_screen(c: np.ndarray, window: int, block: int = 25) -> tuple[np.ndarray, np.ndarray]:
-    """Cheap approximate baseline (median, sigma) per point from the medians
-    and IQRs of the preceding complete blocks; NaN for the first block."""
-    m = len(c)
-    nb = m // block
-    med = np.full(m, np.nan)
-    sig = np.full(m, np.nan)
-    if nb == 0:
-        return med, sig
-    sb = np.sort(c[: nb * block].reshape(nb, block), axis=1)
-    pos = (block - 1) * np.array([0.25, 0.5, 0.75])
-    lo = pos.astype(int)
-    hi = np.minimum(lo + 1, block - 1)
-    frac = pos - lo
-    q = sb[:, lo] + (sb[:, hi] - sb[:, lo]) * frac  # (nb, 3): like np.percentile
-    bmed = q[:, 1]
-    dd = np.abs(np.diff(c[: nb * block], prepend=c[0])).reshape(nb, block)
-    # sigma from point-to-point differences, in IQR units so the code below is shared
-    sd = np.sort(dd, axis=1)  # sorting small rows beats np.median's partition here
-    dmed = (sd[:, (block - 1) // 2] + sd[:, block // 2]) / 2
-    biqr = dmed * DIFF_TO_SIGMA * IQR_TO_SIGMA
-    k = max(window // block, 1)
-    # baseline for block b from blocks b-k..b-1 (rolling medians over block stats)
-    cs_med = np.full(nb + 1, np.nan)
-    cs_sig = np.full(nb + 1, np.nan)
-    for b in range(1, min(k, nb) + 1):
-        cs_med[b] = np.median(bmed[:b])
-        cs_sig[b] = np.median(biqr[:b]) / IQR_TO_SIGMA
-    if nb > k:
-        win = np.lib.stride_tricks.sliding_window_view
-        mid = [(k - 1) // 2, k // 2]
-        wi = np.sort(win(biqr, k)[1:], axis=1)
-        cs_sig[k + 1 :] = (wi[:, mid[0]] + wi[:, mid[1]]) / 2 / IQR_TO_SIGMA
-    cs_med[1:] = bmed  # level: the previous block's median (a long median lags a falling curve)
-    bidx = np.minimum(np.arange(m) // block, nb)
-    med = cs_med[bidx]
-    sig = cs_sig[bidx]
-    return med, sig
-
-
 def spikes(
     y: np.ndarray,
     *,
@@ -275,6 +229,7 @@ def spikes(
     sigma_floor: float,
     big_enough: Any,
     level_points: int = 20,
+    screen: bool = True,
 ) -> SpikeScan:
     """Upward spikes of ``y`` (already in the scan's space, e.g. log loss).
 
@@ -286,8 +241,16 @@ def spikes(
     current point excluded; sigma floored at ``sigma_floor``); a point is a
     hit when ``big_enough(value, baseline)`` holds and ``z >= z_single``, or
     ``z >= z_double`` on two consecutive points. No verdicts before
-    ``min_points`` earlier points. A cheap block baseline screens the points
-    first; the exact baseline is computed only for the candidates.
+    ``min_points`` earlier points.
+
+    Only points that pass a necessary condition are scored (the exact
+    baseline costs a sort per point): a baseline is a median of earlier
+    points, so it is never below their minimum, and sigma is never below
+    ``sigma_floor``; a point that is not ``big_enough`` over that minimum, or
+    not ``z_double * sigma_floor`` above it, cannot be a hit, and a point that
+    cannot be a hit never changes a later baseline. The screen therefore never
+    changes the result (a property test holds it to the unscreened scan).
+    ``screen=False`` scores every point.
     """
     n = len(y)
     hit = np.zeros(n, dtype=bool)
@@ -298,14 +261,13 @@ def spikes(
     m = len(c)
     if m <= min_points:
         return SpikeScan(hit, zs, base)
-    bmed, bsig = _block_screen(c, window)
-    bsig = np.maximum(np.nan_to_num(bsig, nan=sigma_floor), sigma_floor)
-    zscreen = (c - bmed) / bsig
-    # the block baseline lags the exact one by up to one block: screen a little lower
-    cand = zscreen >= 0.75 * z_double
-    near = np.flatnonzero(cand)  # big_enough (exp, logs) only where the z screen passes
-    cand[near] = big_enough(c[near], (bmed - bsig)[near])
-    cand |= np.isnan(bmed)
+    if screen:
+        floor = floor_before(c, 3 * window)
+        cand = c - floor >= z_double * sigma_floor
+        near = np.flatnonzero(cand)  # big_enough (exp, logs) only where that passes
+        cand[near] = big_enough(c[near], floor[near])
+    else:
+        cand = np.ones(m, dtype=bool)
     cand[:min_points] = False
     idx = np.flatnonzero(cand)
     if len(idx) == 0:
@@ -372,18 +334,15 @@ def _median(v: np.ndarray) -> float:
     return float(v[n // 2]) if n % 2 else float((v[n // 2 - 1] + v[n // 2]) / 2)
 
 
-def may_rise_by(y: np.ndarray, lookback: int, need: float, block: int = 25) -> bool:
-    """False only when no finite point of ``y`` exceeds the minimum of the
-    ``lookback`` finite points before it by ``need`` or more: then no point
-    can be that far above any baseline drawn from those points (a median of
-    some of them is never below their minimum), and a spike scan with that
-    size threshold cannot find anything. O(n) over block minima; a lower
-    bound of each point's minimum (the blocks around the range), so it may
-    say True when nothing qualifies, never False when something does."""
-    c = y[np.isfinite(y)]
+def floor_before(c: np.ndarray, lookback: int, block: int = 25) -> np.ndarray:
+    """A lower bound, per point of ``c`` (finite values), of the minimum of
+    the ``lookback`` points before it: the minimum over whole blocks that
+    cover that range (a superset of it, so never above the true minimum).
+    O(n); ``+inf`` where nothing comes before."""
     m = len(c)
+    out = np.full(m, np.inf)
     if m < 2:
-        return False
+        return out
     nb = -(-m // block)
     pad = np.full(nb * block, np.inf)
     pad[:m] = c
@@ -391,7 +350,8 @@ def may_rise_by(y: np.ndarray, lookback: int, need: float, block: int = 25) -> b
     k = lookback // block + 2  # blocks covering [i - lookback, i] for any i
     padded = np.concatenate((np.full(k - 1, np.inf), bmin))
     floor = np.lib.stride_tricks.sliding_window_view(padded, k).min(axis=1)  # per block
-    return bool((c - floor[np.arange(m) // block] >= need).any())
+    out[1:] = floor[np.arange(1, m) // block]
+    return out
 
 
 def merge_ranks(findings: list[Finding]) -> list[Finding]:

@@ -18,9 +18,8 @@ What it flags:
     lags the others by 2 or more, or that has been silent for more than 5x
     the median step time while the others advanced, is an error ("rank
     hung"). Where a format has no per-rank data (``per_rank: false`` in
-    ``run_start``, or one rank of several logged), an info finding says that
-    stragglers cannot be measured (only when the run has or may have more
-    than one rank).
+    ``run_start``, or one rank of several logged), the run summary says that
+    stragglers cannot be measured (``limits``); no finding is raised.
 
 Why it matters:
     In synchronous data parallelism every rank waits for the slowest at each
@@ -115,42 +114,17 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     measurable: list[str] = []
     for run_id in run_ids:
         payload = ctx.run_start(run_id)
-        ws = payload.get("world_size")
-        world = int(ws) if isinstance(ws, int | float) and not isinstance(ws, bool) else None
         ranks = ranks_by_run.get(run_id, [])
         if not ranks:
             continue
         if payload.get("per_rank") is False or len(ranks) == 1:
-            if world is None or world > 1:
-                findings.append(_unmeasurable(run_id, payload, world, len(ranks)))
-            continue
-        if not timed.get(run_id):
-            findings.append(_unmeasurable(run_id, payload, world, len(ranks), timings=False))
+            continue  # what the log cannot show is in the run summary (detectors/limits.py)
         measurable.append(run_id)  # hangs are still judged from steps and timestamps
     if not measurable:
         return findings
     findings.extend(_hangs(ctx, opts, df, set(measurable)))
     findings.extend(_stragglers(ctx, opts, df, set(measurable)))
     return findings
-
-
-def _unmeasurable(
-    run_id: str, payload: dict[str, Any], world: int | None, ranks: int, timings: bool = True
-) -> Finding:
-    fmt_name = payload.get("format") or "this log"
-    if not timings:
-        why = f"the {ranks} ranks log no compute_time_s, data_time_s or step_time_s"
-    elif payload.get("per_rank") is False:
-        why = f"{fmt_name} has no per-rank data (one row for all ranks)"
-    else:
-        why = f"only {ranks} rank logged" + (f" of {world}" if world else " (world size unknown)")
-    msg = f"Stragglers cannot be measured: {why}."
-    sugg = (
-        "Log compute_time_s and data_time_s on every rank (tunescope's EventWriter per "
-        "rank, or the bundled trainer) to measure stragglers and hangs."
-    )
-    ev = {"kind": "unmeasurable", "world_size": world, "ranks_logged": ranks}
-    return finding(run_id, ID, NAME, Severity.INFO, None, None, msg, sugg, evidence=ev)
 
 
 def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:

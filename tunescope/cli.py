@@ -561,7 +561,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from tunescope.config import load_config
     from tunescope.detectors.engine import (
-        analyze,
+        analyze_views,
         fails,
         finding_rows,
         run_summaries,
@@ -589,8 +589,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if len(roots) > 1:
                 warn(f"{root}: no runs found")
             continue
-        found = analyze(store, select=args.select, ignore=args.ignore, config=cfg)
-        store.save_findings(finding_rows(found), ids)
+        # the store keeps the full analysis; --select/--ignore filter the report only
+        found, full = analyze_views(store, select=args.select, ignore=args.ignore, config=cfg)
+        store.save_findings(finding_rows(full), ids)
         runs.extend(run_summaries(store, found))
         findings.extend(found)
         store.close()

@@ -1,0 +1,122 @@
+"""Judging findings against a labelled corpus (a ``LABELS.json`` beside the runs).
+
+The labels say, per run directory, which faults must be found and which
+detectors must stay quiet::
+
+    {"runs": {"some-run": {
+        "healthy": false,
+        "faults": [{"detector": "TS105", "first_step": 22, "last_step": 22,
+                    "min_severity": "info", "note": "..."}],
+        "quiet": ["TS001", "TS102"]}}}
+
+- a fault is found when a finding of its detector, at ``min_severity`` or
+  above (default ``warning``), overlaps ``first_step..last_step``, allowing one
+  logging interval either side;
+- a quiet detector raises nothing at warning or above outside the faults' steps;
+- a healthy run has no error at all (``tunescope analyze`` exits 0 on it);
+- every labelled run directory is read: it holds at least one run with a loss.
+
+A run id belongs to the label of its first path component, so a run directory
+that holds several runs (``runs/<date>/``, ``train.log#2``) is judged as one.
+``bench/real_logs.py`` prints the verdicts; a test holds ``fixtures/real/`` to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunescope.findings import Finding, Severity
+
+
+@dataclass
+class RunVerdict:
+    """How one labelled run directory fared."""
+
+    label: str
+    runs: list[str] = field(default_factory=list)
+    steps: int = 0
+    found: list[str] = field(default_factory=list)
+    """Labelled faults found: ``"TS105@22 (info)"``."""
+    missed: list[str] = field(default_factory=list)
+    """Labelled faults not found at their minimum severity."""
+    false_alarms: list[str] = field(default_factory=list)
+    """Warnings or errors of quiet detectors, and errors on healthy runs."""
+
+    @property
+    def read(self) -> bool:
+        return self.steps > 0
+
+    @property
+    def ok(self) -> bool:
+        return self.read and not self.missed and not self.false_alarms
+
+
+def label_of(run_id: str) -> str:
+    """The label key of a run: the first component of its id."""
+    return run_id.split("/", 1)[0].split("#", 1)[0]
+
+
+def _overlaps(f: Finding, first: int, last: int, slack: int) -> bool:
+    a = f.step_start if f.step_start is not None else first
+    b = f.step_end if f.step_end is not None else a
+    return a <= last + slack and b >= first - slack
+
+
+def judge(
+    labels: Mapping[str, Any],
+    findings: Iterable[Finding],
+    steps: Mapping[str, int],
+    logging_steps: Mapping[str, int] | None = None,
+) -> list[RunVerdict]:
+    """One verdict per labelled run directory. ``steps``: loss rows per run id;
+    ``logging_steps``: the logging interval per run id (the overlap slack)."""
+    by_label: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_label.setdefault(label_of(f.run), []).append(f)
+    runs_of: dict[str, list[str]] = {}
+    for run in steps:
+        runs_of.setdefault(label_of(run), []).append(run)
+    out = []
+    for key, lab in sorted(labels.get("runs", {}).items()):
+        v = RunVerdict(key, sorted(runs_of.get(key, [])))
+        v.steps = sum(int(steps.get(r, 0) or 0) for r in v.runs)
+        mine = by_label.get(key, [])
+        slack = max([int((logging_steps or {}).get(r, 1) or 1) for r in v.runs] or [1])
+        fault_spans = []
+        for fl in lab.get("faults", []):
+            first, last = int(fl["first_step"]), int(fl["last_step"])
+            fault_spans.append((first, last))
+            need = Severity(fl.get("min_severity", "warning"))
+            hits = [
+                f
+                for f in mine
+                if f.detector == fl["detector"]
+                and f.severity.level >= need.level
+                and _overlaps(f, first, last, slack)
+            ]
+            name = f"{fl['detector']}@{first}-{last} (>= {need.value})"
+            if hits:
+                best = max(hits, key=lambda f: f.severity.level)
+                v.found.append(f"{name}: {best.severity.value} at {best.step_start}")
+            else:
+                near = [f for f in mine if f.detector == fl["detector"]]
+                got = ", ".join(f"{f.severity.value} at {f.step_start}" for f in near) or "nothing"
+                v.missed.append(f"{name}: got {got}")
+        quiet = set(lab.get("quiet", []))
+        for f in mine:
+            if f.severity.level < Severity.WARNING.level:
+                continue
+            inside = any(_overlaps(f, a, b, slack) for a, b in fault_spans)
+            if (f.detector in quiet and not inside) or (
+                lab.get("healthy") and f.severity is Severity.ERROR
+            ):
+                v.false_alarms.append(_describe(f))
+        out.append(v)
+    return out
+
+
+def _describe(f: Finding) -> str:
+    span = "" if f.step_start is None else f" steps {f.step_start}-{f.step_end}"
+    return f"{f.detector} {f.severity.value}{span}: {f.message}"

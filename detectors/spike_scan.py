@@ -1,0 +1,186 @@
+"""Loss spike incidents of one series: the scan TS101 (loss spike) and TS102
+(divergence: a spike that never comes back) each run with their own options.
+
+A detector never calls another: both build :class:`LossSpikeParams` from
+their own ``Options`` and call :func:`loss_incidents`, which caches the scan on
+the context keyed by the parameters, so equal settings scan once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunescope.detectors.base import Context
+from tunescope.detectors.series import Series, early_level, rank_series, spikes
+from tunescope.detectors.stats import incidents
+
+
+@dataclass(frozen=True)
+class LossSpikeParams:
+    """What makes a loss spike (the meaning of each field: TS101's ``Options``)."""
+
+    window: int = 100
+    level_points: int = 10
+    min_points: int = 5
+    z: float = 6.0
+    z_consecutive: float = 4.0
+    min_ratio: float = 1.3
+    min_excess: float = 0.1
+    sigma_floor: float = 0.02
+    recover_steps: int = 50
+    recover_within: float = 0.05
+    gap: int = 3
+    tail_fraction: float = 0.02
+
+
+@dataclass
+class Incident:
+    """One spike incident of one series (indices into the series)."""
+
+    series: Series
+    a: int
+    b: int
+    peak: int
+    base: float  # baseline loss (linear units)
+    z: float
+    recovered: bool | None  # False: never back; None: the log ends too soon
+    recover_step: int | None
+    space: str
+    slow: bool = False  # back, but only after the recovery horizon
+
+
+def loss_incidents(ctx: Context, p: LossSpikeParams) -> list[Incident]:
+    """Spike incidents of every rank series, scanned once per parameters."""
+    key = ("loss-incidents", p)
+    if key not in ctx.memo:
+        ctx.memo[key] = [i for s in rank_series(ctx) for i in scan(s, p)]
+    return ctx.memo[key]
+
+
+def trailing_excess(y: np.ndarray, k: int) -> np.ndarray:
+    """Each finite point's excess over the median of the ``k`` finite points
+    before it (NaN where fewer than 2 come before)."""
+    out = np.full(len(y), np.nan)
+    ok = np.flatnonzero(np.isfinite(y))
+    c = y[ok]
+    m = len(c)
+    if m < 3:
+        return out
+    pad = np.concatenate((np.full(k, np.nan), c))
+    win = np.lib.stride_tricks.sliding_window_view(pad, k)[:m]  # the k points before each
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(win, axis=1)
+    med[:2] = np.nan
+    out[ok] = c - med
+    return out
+
+
+def scan(s: Series, p: LossSpikeParams, screen: bool = True) -> list[Incident]:
+    """Spike incidents of one series, transient and unrecovered alike.
+
+    The size needed is set by two references: the recent baseline (robust z
+    and ``min_ratio``) and the run's own scale (``min_excess`` of its early
+    level). A third keeps heavy-tailed losses (per-step preference or RL
+    objectives, tiny batches) from raising their own tail: an excursion is
+    not a spike when at least ``tail_fraction`` of the run's other points
+    (and at least 3) rise half as far above their own trailing baseline."""
+    loss = s.loss
+    fin = np.isfinite(loss)
+    if fin.sum() <= p.min_points:
+        return []
+    positive = bool((loss[fin] > 0).all())
+    early = early_level(loss, 5)  # where the run started: its own scale
+    dilution = s.logging_steps if s.logging_steps > 1 else 1
+    if positive:
+        y = np.where(fin, np.log(np.where(fin & (loss > 0), loss, 1.0)), np.nan)
+        need = p.min_excess * abs(early) / dilution
+        need_log = np.log1p((p.min_ratio - 1) / dilution)
+
+        def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
+            with np.errstate(over="ignore", invalid="ignore"):
+                return (np.exp(v) - np.exp(base) >= need) & (v - base >= need_log)
+
+        floor, z1, z2 = p.sigma_floor, p.z, p.z_consecutive
+    else:
+        # losses that can be 0 or negative (preference / RL objectives): linear space,
+        # stricter, with the run's spread as its scale
+        y = np.where(fin, loss, np.nan)
+        q25, q75 = np.percentile(loss[fin], [25, 75])
+        spread = max(q75 - q25, 1e-12)
+        need = 3 * spread / dilution
+
+        def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
+            return v - base >= need
+
+        floor, z1, z2 = spread * 0.05, p.z * 1.5, p.z_consecutive * 1.5
+    sc = spikes(
+        y,
+        window=p.window,
+        level_points=p.level_points,
+        min_points=p.min_points,
+        z_single=z1,
+        z_double=z2,
+        sigma_floor=floor,
+        big_enough=big,
+        screen=screen,
+    )
+    if not sc.hit.any():
+        return []
+    excess = trailing_excess(y, p.level_points) if p.tail_fraction > 0 else None
+    out = []
+    for a, b in incidents(sc.hit, gap=p.gap):
+        seg = np.arange(a, b + 1)
+        seg = seg[np.isfinite(sc.z[seg])]
+        peak = int(seg[np.argmax(y[seg])]) if len(seg) else a
+        base_y = sc.base[a]
+        if excess is not None and _in_tail(excess, y[peak] - base_y, a, b, p.tail_fraction):
+            continue
+        base = float(np.exp(base_y)) if positive else float(base_y)
+        limit = base * (1 + p.recover_within) if positive else base + p.recover_within * abs(base)
+        end_step = int(s.step[b])
+        horizon = max(p.recover_steps, 3 * s.logging_steps)
+        after = np.flatnonzero(s.step > end_step)
+        back = after[np.isfinite(loss[after]) & (loss[after] <= limit)]
+        long = end_step - int(s.step[a]) > horizon
+        slow = False
+        if len(back):
+            recovered, rstep = True, int(s.step[back[0]])
+            slow = long or rstep - end_step > horizon
+        elif long or (len(after) and int(s.step[after[-1]]) - end_step >= horizon):
+            recovered, rstep = False, None  # never came back
+        else:
+            recovered, rstep = None, None  # the log ends too soon to tell
+        out.append(
+            Incident(
+                s,
+                a,
+                b,
+                peak,
+                base,
+                float(sc.z[peak]),
+                recovered,
+                rstep,
+                "log" if positive else "linear",
+                slow,
+            )
+        )
+    return out
+
+
+def _in_tail(excess: np.ndarray, rise: float, a: int, b: int, fraction: float) -> bool:
+    """True when the run's other points reach half of ``rise`` often enough
+    that this excursion is part of the run's own spread."""
+    if not np.isfinite(rise) or rise <= 0:
+        return False
+    others = np.concatenate((excess[:a], excess[b + 1 :]))
+    others = others[np.isfinite(others)]
+    if not len(others):
+        return False
+    count = int((others >= rise / 2).sum())
+    return count >= max(3, fraction * len(others))

@@ -1,0 +1,219 @@
+"""Detectors are independent: each judges with its own options, and what
+combines findings is one engine pass over the selected, configured ones.
+
+- ignoring or re-tuning detector X never removes a finding of detector Y;
+- every field of every ``Options`` is read by its detector;
+- a filtered ``analyze`` filters its report and exit code, never the store;
+- what a log cannot show is in the run summary (``limits``), not a finding.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from detector_cases import write_case
+
+from tunescope.config import Config
+from tunescope.detectors.engine import analyze, analyze_views, run_summaries
+from tunescope.detectors.registry import DETECTORS
+from tunescope.ingest.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+TUNESCOPE = str(Path(sys.executable).with_name("tunescope"))
+IDS = [d.ID for d in DETECTORS]
+
+CURVE = {
+    "loss": {"start": 2.7, "end": 1.2, "tau": 150, "noise": 0.03},
+    "lr": {"peak": 3.0e-4, "warmup": 30, "schedule": "cosine"},
+    "grad_norm": {"level": 0.8, "noise": 0.2},
+}
+
+
+def _run(name: str, seed: int, inject: list[dict], steps: int = 400) -> dict:
+    return {
+        "name": name,
+        "run_start": {"total_steps": steps, "warmup_steps": 30},
+        "generate": {"steps": steps, "seed": seed, "metrics": CURVE, "inject": inject},
+    }
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    """Runs where several detectors see one incident: a grad spike before a
+    loss spike, a spike that never comes back (a divergence), a NaN, a
+    sustained grad-norm explosion, a plateau, a spike at a resume."""
+    base = tmp_path_factory.mktemp("indep")
+    runs = [
+        _run(
+            "linked",
+            1,
+            [
+                {"metric": "grad_norm", "at": 195, "kind": "mul", "factor": 40},
+                {"metric": "loss", "at": 200, "kind": "mul", "factor": 3.47},
+            ],
+        ),
+        _run(
+            "unrecovered",
+            2,
+            [{"metric": "loss", "at": 250, "until": "end", "kind": "mul", "factor": 3}],
+        ),
+        _run(
+            "nan", 3, [{"metric": "loss", "at": 300, "until": "end", "kind": "set", "value": "nan"}]
+        ),
+        _run(
+            "grad-explosion",
+            4,
+            [{"metric": "grad_norm", "at": 220, "until": "end", "kind": "mul", "factor": 60}],
+        ),
+        _run(
+            "ramp",
+            5,
+            [{"metric": "loss", "at": 200, "until": "end", "kind": "ramp", "rate": 0.006}],
+        ),
+    ]
+    write_case({"runs": runs}, base / "runs")
+    return Store.open(base / "runs", base / "cache")
+
+
+def _keys(findings, detector: str) -> set[tuple]:
+    return {(f.run, f.rank, f.step_start) for f in findings if f.detector == detector}
+
+
+def test_the_corpus_exercises_the_engine_pass(store):
+    found = analyze(store)
+    by = {f.detector for f in found}
+    assert {"TS101", "TS102", "TS001", "TS105"} <= by
+    # the grad spike before the loss spike is told in the loss spike's finding
+    linked = [f for f in found if f.run == "linked" and f.detector == "TS101"]
+    assert linked and "grad norm spiked first" in linked[0].message
+    assert not [f for f in found if f.run == "linked" and f.detector == "TS105"]
+
+
+@pytest.mark.parametrize("x", IDS)
+def test_ignoring_a_detector_never_removes_another_ones_findings(store, x):
+    full = analyze(store)
+    without = analyze(store, ignore=[x])
+    for y in IDS:
+        if y == x:
+            continue
+        lost = _keys(full, y) - _keys(without, y)
+        assert not lost, f"--ignore {x} removed {y} findings {lost}"
+
+
+@pytest.mark.parametrize(
+    "x, options",
+    [
+        ("TS101", {"min-ratio": 100.0}),
+        ("TS101", {"z": 1000.0, "z-consecutive": 1000.0}),
+        ("TS105", {"min-ratio": 1000.0, "scale-ratio": 1000.0}),
+        ("TS102", {"p-value": 1e-12, "rise-factor": 100.0, "stay-factor": 50.0}),
+        ("TS001", {"max-transient-points": 1000}),
+    ],
+)
+def test_retuning_a_detector_never_removes_another_ones_findings(store, x, options):
+    full = analyze(store)
+    cfg = Config(detectors={x: options})
+    tuned = analyze(store, config=cfg)
+    for y in IDS:
+        if y != x:
+            assert _keys(full, y) <= _keys(tuned, y), f"re-tuning {x} removed {y} findings"
+
+
+def test_selecting_one_detector_reports_its_own_findings(store):
+    """A spike covered by a divergence is still TS101's finding when TS101 is selected alone."""
+    alone = analyze(store, select=["TS101"])
+    assert any(f.run == "unrecovered" for f in alone)
+    assert all(f.detector == "TS101" for f in alone)
+    full = analyze(store)  # there, TS102's divergence is the incident's one finding
+    assert not [f for f in full if f.run == "unrecovered" and f.detector == "TS101"]
+    assert [f for f in full if f.run == "unrecovered" and f.detector == "TS102"]
+
+
+def _attributes(module) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Attribute):
+            names.add(node.attr)
+    return names
+
+
+@pytest.mark.parametrize("det", DETECTORS, ids=IDS)
+def test_every_option_is_read(det):
+    used = _attributes(det)
+    unread = [f.name for f in dataclasses.fields(det.Options) if f.name not in used]
+    assert not unread, f"{det.ID}: options never read: {unread}"
+
+
+def test_filtered_analyze_keeps_the_full_analysis_in_the_store(tmp_path):
+    runs = tmp_path / "runs"
+    write_case(
+        {
+            "runs": [
+                _run(
+                    "ramp",
+                    5,
+                    [{"metric": "loss", "at": 200, "until": "end", "kind": "ramp", "rate": 0.006}],
+                ),
+                _run("spike", 6, [{"metric": "loss", "at": 300, "kind": "mul", "factor": 3}]),
+            ]
+        },
+        runs,
+    )
+    env = {**os.environ, "NO_COLOR": "1"}
+
+    def ts(*args):
+        return subprocess.run(
+            [TUNESCOPE, *args], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    assert ts("analyze", str(runs)).returncode == 1
+    before = ts("query", str(runs), "SELECT detector, run_id FROM findings ORDER BY ALL").stdout
+    assert "TS102" in before and "TS101" in before
+    r = ts("analyze", str(runs), "--select", "TS0", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["findings"] == []  # the report is filtered...
+    after = ts("query", str(runs), "SELECT detector, run_id FROM findings ORDER BY ALL").stdout
+    assert after == before  # ...the store is not
+
+
+def test_limits_are_in_the_run_summary_not_findings(tmp_path):
+    from tunescope.train.events import EventWriter
+
+    root = tmp_path / "runs"
+    with EventWriter(root / "foreign", rank=0) as w:
+        w.run_start(format="some-trainer", per_rank=False, logging_steps=10)
+        for step in range(10, 310, 10):
+            w.step(step=step, loss=2.0 - step / 1000, lr=1e-4)
+    for rank in (0, 1):
+        with EventWriter(root / "two-ranks", rank=rank) as w:
+            w.run_start(world_size=2)
+            for step in range(1, 101):
+                w.step(step=step, loss=2.0, grad_norm=1.0, mem_allocated_mb=1000.0)
+    with EventWriter(root / "single", rank=0) as w:
+        w.run_start(world_size=1)
+        for step in range(1, 101):
+            w.step(step=step, loss=2.0, grad_norm=1.0, step_time_s=0.3, mem_allocated_mb=1000.0)
+    store = Store.open(root, tmp_path / "cache")
+    _, full = analyze_views(store)
+    assert not [f for f in full if f.detector == "TS301"]
+    limits = {r["run"]: r["limits"] for r in run_summaries(store, full)}
+    assert any("one row for all ranks" in x for x in limits["foreign"])
+    assert any(x.startswith("gradient explosions") for x in limits["foreign"])
+    assert any(x.startswith("memory growth") for x in limits["foreign"])
+    assert any("log no compute_time_s" in x for x in limits["two-ranks"])
+    assert limits["single"] == []
+    r = subprocess.run(
+        [TUNESCOPE, "analyze", str(root)], capture_output=True, text=True, timeout=120
+    )
+    assert (
+        "  cannot show: stragglers and hung ranks: some-trainer has one row for all ranks"
+        in r.stdout
+    )
