@@ -477,7 +477,7 @@ def _spike_hits(ctx: Context, s: Series, resumed: list[int], opts: Options) -> l
         a = int(r.step[inc.a])
         if any(at < a <= at + 5 * r.logging_steps for at in resumed):
             continue  # a jump right after a resume: TS106's finding
-        if near_boundary(r, inc.a, epoch_boundaries(r)) is not None:
+        if near_boundary(r, inc.a, epoch_boundaries(r), 2 * p.level_points) is not None:
             continue  # a level change at a new epoch (TS101 notes it)
         peak = float(r.loss[inc.peak])
         jump = float(r.loss[inc.a])

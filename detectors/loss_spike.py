@@ -13,8 +13,9 @@ What it flags:
     points reach half of is not a spike. Every spike is a warning, whether it
     came back within 5% of the baseline within 50 steps, came back later (a
     slow recovery) or never came back (TS102 then judges the divergence, and
-    the engine keeps its one finding for the incident); at an epoch boundary
-    it is info.
+    the engine keeps its one finding for the incident). A jump judged against
+    a baseline from before an epoch boundary (within 20 points after one) is
+    info: the data order changed, not the run.
 
 Why it matters:
     A spike is a bad batch meeting a fragile optimizer state, or a learning
@@ -124,7 +125,8 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     out = []
     for inc in loss_incidents(ctx, params(opts)):
         s = inc.series
-        boundary = near_boundary(s, inc.a, epoch_boundaries(s))
+        # judged against a baseline from before a new epoch: the data changed, not the run
+        boundary = near_boundary(s, inc.a, epoch_boundaries(s), 2 * opts.level_points)
         peak_loss = float(s.loss[inc.peak])
         ratio = peak_loss / inc.base if inc.base > 0 else float("inf")
         step0, step1, pstep = int(s.step[inc.a]), int(s.step[inc.b]), int(s.step[inc.peak])
