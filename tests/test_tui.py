@@ -778,3 +778,20 @@ def test_cli_tui_reports_a_missing_directory(tmp_path: Path, capsys: Any) -> Non
     assert code == 2
     assert "no such directory" in capsys.readouterr().err
     assert main(["tui", str(tmp_path), "--interval", "0"]) == 2
+
+
+async def test_run_header_says_what_the_log_cannot_show(tmp_path: Path) -> None:
+    with EventWriter(tmp_path / "runs" / "foreign", rank=0) as w:
+        w.run_start(format="some-trainer", per_rank=False, logging_steps=10)
+        for step in range(10, 210, 10):
+            w.step(step=step, loss=2.0 - step / 1000, lr=1e-4)
+    store = Store.open(tmp_path / "runs", tmp_path / "cache")
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        screen = await open_run(pilot, "foreign")
+        line = screen.query_one("#run-limits", Static)
+        assert line.display
+        text = str(line.render())
+        assert "cannot show: stragglers and hung ranks: some-trainer has one row" in text
+        assert "no grad norms" in text

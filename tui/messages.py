@@ -49,6 +49,8 @@ class RunSummaryLoaded(Message, bubble=False):
     row: dict[str, Any] | None
     config: Any
     extent: tuple[int, int] | None
+    limits: list[str] = field(default_factory=list)
+    """What the run's log cannot show (``detectors/limits.py``)."""
 
 
 @dataclass

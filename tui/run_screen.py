@@ -22,6 +22,8 @@ from textual.widgets import (
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
+from tunescope.detectors.base import Context
+from tunescope.detectors.limits import run_limits
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import (
     CurveLoaded,
@@ -83,6 +85,7 @@ class RunScreen(WorkerScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(self.run_id, id="run-title")
+        yield Static("", id="run-limits")
         with Horizontal(id="run-body"):
             with TabbedContent(id="run-tabs", initial="tab-curves"):
                 with TabPane("Curves", id="tab-curves"), VerticalScroll(id="curves"):
@@ -112,8 +115,9 @@ class RunScreen(WorkerScreen):
             row, config, extent = run_summary(cur, self.run_id)
         finally:
             cur.close()
+        limits = run_limits(Context(self.app.store, [self.run_id])).get(self.run_id, [])
         if not get_current_worker().is_cancelled:
-            self.post_message(RunSummaryLoaded(row, config, extent))
+            self.post_message(RunSummaryLoaded(row, config, extent, limits))
 
     @work(thread=True, exclusive=True, group="findings", exit_on_error=False,
           description="loading findings")  # fmt: skip
@@ -161,6 +165,9 @@ class RunScreen(WorkerScreen):
         self.row = message.row
         self.extent = message.extent
         self._show_title()
+        limits = self.query_one("#run-limits", Static)
+        limits.update(Text("cannot show: " + "; ".join(message.limits), style="dim"))
+        limits.display = bool(message.limits)
         config = self.query_one("#run-config", Static)
         if message.config is None:
             config.update("no run_start config was logged for this run")
