@@ -85,6 +85,14 @@ def select_detectors(
     return chosen
 
 
+def validate_config(config: Config) -> None:
+    """Every detector table names a known detector and holds valid options:
+    a ConfigError naming the file and key, before any work is done."""
+    check_detector_ids(config, detector_ids())
+    for det in all_detectors():
+        build_options(config, det.ID, det.Options)
+
+
 def analyze(
     store: Store,
     *,

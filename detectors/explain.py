@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import re
 import textwrap
 from types import ModuleType
 
@@ -43,8 +44,44 @@ def _default(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
     return json.dumps(value)
 
 
+def plain(text: str) -> str:
+    """Docstring markup made terminal text: ``code`` loses its backticks."""
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
+def summary(det: ModuleType) -> str:
+    """The detector's one-sentence summary: its docstring's first sentence,
+    without the leading ``TSxxx name:``."""
+    first = inspect.cleandoc(det.__doc__ or "").split("\n\n", 1)[0]
+    text = " ".join(first.split())
+    text = re.sub(rf"^{det.ID}\s+[^:]*:\s*", "", text)
+    m = re.match(r"(.+?[.!?])(\s|$)", text)
+    return plain(m.group(1) if m else text)
+
+
+def listing(detectors: list[ModuleType]) -> str:
+    """``tunescope explain`` without an id: one line per detector and its options."""
+    lines = []
+    pad = " " * 28
+    for det in detectors:
+        head = f"{det.ID}  {det.NAME:<21} "
+        lines.extend(textwrap.wrap(summary(det), 79, initial_indent=head, subsequent_indent=pad))
+        names = [f.name.replace("_", "-") for f in dataclasses.fields(det.Options)]
+        if names:
+            lines.extend(
+                textwrap.wrap(
+                    "options: " + ", ".join(names),
+                    79,
+                    initial_indent=pad,
+                    subsequent_indent=pad + " " * 9,
+                    break_on_hyphens=False,
+                )
+            )
+    return "\n".join(lines) + "\n"
+
+
 def explain_text(det: ModuleType) -> str:
-    doc = inspect.cleandoc(det.__doc__ or f"{det.ID} {det.NAME}")
+    doc = plain(inspect.cleandoc(det.__doc__ or f"{det.ID} {det.NAME}"))
     lines = [
         doc,
         "",
@@ -54,5 +91,5 @@ def explain_text(det: ModuleType) -> str:
     for f in dataclasses.fields(det.Options):
         lines.append(f"  {f.name.replace('_', '-')} = {_default(f)}")
         if f.name in docs:
-            lines.extend("      " + w for w in textwrap.wrap(docs[f.name], 74))
+            lines.extend("      " + w for w in textwrap.wrap(plain(docs[f.name]), 74))
     return "\n".join(lines) + "\n"

@@ -23,8 +23,8 @@ Suggestion:
     rate; lower Adam's beta2 (0.999 -> 0.95); inspect the batch.
 
 Options:
-    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
-    in the configuration file.
+    Listed below with their defaults; set them per detector in the
+    configuration file.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ Suggestion:
     lower the peak learning rate; switch fp16 to bf16.
 
 Options:
-    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
-    in the configuration file. When the log averages the loss over
+    Listed below with their defaults; set them per detector in the
+    configuration file. When the log averages the loss over
     ``logging_steps`` (HF-style formats), the ratio and excess needed are divided
     by that number and the message says the spike was diluted.
 """

@@ -23,8 +23,8 @@ Suggestion:
     inputs); disable the NaN filter of the trainer's logging to see it.
 
 Options:
-    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
-    in the configuration file.
+    Listed below with their defaults; set them per detector in the
+    configuration file.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TS104 overfitting and train/eval mismatch.
+"""TS104 overfitting: eval loss rising while train loss falls, or a train/eval mismatch.
 
 What it flags:
     Overfitting: the eval loss rose at least 5% above its best value over at
@@ -26,8 +26,8 @@ Suggestion:
     accumulation steps (or let the trainer do it) and check the loss reduction.
 
 Options:
-    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
-    in the configuration file.
+    Listed below with their defaults; set them per detector in the
+    configuration file.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ Suggestion:
     (-100) and match the inputs.
 
 Options:
-    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
-    in the configuration file.
+    Listed below with their defaults; set them per detector in the
+    configuration file.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ Suggestion:
     the data sampler position.
 
 Options:
-    The fields of ``Options`` (listed by ``tunescope explain``), set per detector
-    in the configuration file.
+    Listed below with their defaults; set them per detector in the
+    configuration file.
 """
 
 from __future__ import annotations

@@ -178,3 +178,40 @@ def test_schema_json_is_a_json_schema():
     assert "compute_time_s" in step_rule["then"]["properties"]
     text = run("schema")
     assert "compute_time_s" in text.stdout and text.returncode == 0
+
+
+def test_did_you_mean_for_commands_options_and_config_keys(tmp_path):
+    r = run("analize", str(tmp_path))
+    assert r.returncode == 2 and "did you mean 'analyze'?" in r.stderr
+    r = run("analyze", "--formt", "json", str(tmp_path))
+    assert r.returncode == 2 and "did you mean '--format'?" in r.stderr
+    assert "usage: tunescope analyze" in r.stderr  # the command's usage, not the top level
+    cfg = tmp_path / "tunescope.toml"
+    cfg.write_text("fail_on = 'warning'\n")
+    r = run("analyze", str(tmp_path), "--config", str(cfg))
+    assert r.returncode == 2 and "fail_on: unknown key (did you mean 'fail-on'?)" in r.stderr
+    cfg.write_text("[TS101]\nmin_ratoi = 2\n")
+    r = run("analyze", str(tmp_path), "--config", str(cfg))
+    assert r.returncode == 2 and "did you mean 'min-ratio'?" in r.stderr
+    assert "min_excess" not in r.stderr and "min-excess" in r.stderr  # kebab-case, as documented
+    assert "Traceback" not in r.stderr
+
+
+def test_explain_lists_whole_sentences_names_and_options():
+    from tunescope.detectors.registry import DETECTORS
+
+    r = run("explain")
+    assert r.returncode == 0
+    out = r.stdout
+    assert "``" not in out
+    for det in DETECTORS:
+        assert f"{det.ID}  {det.NAME} " in out
+    joined = " ".join(out.split())
+    assert (
+        "not receiving gradients, receiving vanishing ones, or whose B matrix is never updated."
+        in joined
+    )
+    assert "options: window, level-points" in joined
+    assert all(len(line) <= 79 for line in out.splitlines())
+    detail = run("explain", "TS101").stdout
+    assert "``" not in detail and "Listed below with their defaults" in detail

@@ -11,13 +11,15 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tunescope import __version__
 from tunescope.errors import ExitCode, InputError, TunescopeError, UsageError
+from tunescope.suggest import did_you_mean
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -28,9 +30,28 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for mistyped commands, choices and options."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2))
+            message += did_you_mean(m.group(1), choices)
+        m = re.match(r"unrecognized arguments: (\S+)", message)
+        if m and m.group(1).startswith("-"):
+            options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            message += did_you_mean(m.group(1).split("=")[0], options)
+        super().error(message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # report an unknown option with the usage of the command it was given to
+        chosen = _SUBPARSERS.get(getattr(args, "command", None) or "", parser)
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
@@ -61,7 +82,7 @@ def warn(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tunescope",
         description=(
             "Find out why a fine-tuning run went wrong: ingest training logs into "
@@ -70,10 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"tunescope {__version__}")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        title="commands", metavar="COMMAND", dest="command", parser_class=Parser
+    )
     for add in COMMANDS:
         add(sub)
+    _SUBPARSERS.clear()
+    _SUBPARSERS.update(sub.choices)
     return parser
+
+
+_SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
 def _runs_arg(p: argparse.ArgumentParser) -> None:
@@ -566,6 +594,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         finding_rows,
         run_summaries,
         select_detectors,
+        validate_config,
     )
     from tunescope.detectors.report import render
     from tunescope.errors import InputError
@@ -575,7 +604,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if not root.is_dir():
             raise InputError(f"{root}: not a directory (RUNS must be directories holding runs)")
     cfg = load_config(args.config, starts=roots)
-    select_detectors(args.select, args.ignore, cfg)  # bad ids fail before any ingest
+    validate_config(cfg)  # bad tables and options fail before any ingest
+    select_detectors(args.select, args.ignore, cfg)
     fail_on = args.fail_on or cfg.fail_on or "error"
     findings: list[Any] = []
     runs: list[dict[str, Any]] = []
@@ -615,13 +645,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from tunescope.detectors.engine import all_detectors, get_detector
-    from tunescope.detectors.explain import explain_text
+    from tunescope.detectors.explain import explain_text, listing
 
     if not args.detector:
-        for d in all_detectors():
-            summary = (d.__doc__ or "").strip().splitlines()[0]
-            print(summary)
-        print("\n`tunescope explain TSxxx` prints one detector's documentation.")
+        print(listing(all_detectors()), end="")
+        print("\n`tunescope explain TSxxx` prints one detector's documentation and options.")
         return ExitCode.OK
     print(explain_text(get_detector(args.detector)), end="")
     return ExitCode.OK

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.errors import ConfigError
+from tunescope.suggest import did_you_mean
 
 FAIL_ON = ("error", "warning", "never")
 _TOP_KEYS = {"select", "ignore", "fail-on"}
@@ -126,7 +127,8 @@ def parse_config(table: dict[str, Any], path: Path | None = None) -> Config:
         else:
             known = ", ".join(sorted(_TOP_KEYS))
             raise ConfigError(
-                f"{cfg.where(key)}: unknown key (expected {known}, or a detector table like TS101)"
+                f"{cfg.where(key)}: unknown key{did_you_mean(key, _TOP_KEYS)} "
+                f"(expected {known}, or a detector table like TS101)"
             )
     return cfg
 
@@ -155,9 +157,10 @@ def build_options(cfg: Config, detector_id: str, options_cls: type) -> Any:
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in fields:
-            known = ", ".join(sorted(fields))
+            keys = sorted(f.replace("_", "-") for f in fields)
             raise ConfigError(
-                f"{cfg.where(f'{detector_id}.{key}')}: unknown option (options: {known})"
+                f"{cfg.where(f'{detector_id}.{key}')}: unknown option{did_you_mean(key, keys)} "
+                f"(options: {', '.join(keys)})"
             )
         kwargs[name] = _coerce(value, hints[name], cfg.where(f"{detector_id}.{key}"))
     try:
