@@ -37,6 +37,7 @@ from tunescope.detectors.base import Context
 from tunescope.detectors.series import merge_ranks, rank_series, samples_note
 from tunescope.detectors.stats import incidents
 from tunescope.findings import Finding, Severity
+from tunescope.words import count
 
 ID = "TS001"
 NAME = "non-finite"
@@ -141,7 +142,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 tail = (
                     "never finite again to the end of the log"
                     if persists
-                    else f"{n_bad} bad points up to step {step1}"
+                    else f"{count(n_bad, 'bad point')} up to step {step1}"
                 )
                 text = "; ".join(p for _, p in sorted(parts))
                 msg = f"{text}: {tail}.{samples_note(ids)}"

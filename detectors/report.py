@@ -29,6 +29,7 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from tunescope.findings import Finding, Severity
+from tunescope.words import count
 
 JSON_VERSION = 1
 FORMATS = ("text", "json", "github", "junit")
@@ -47,10 +48,6 @@ def _where(f: Finding) -> str:
     return f"{_steps(f)}, {rank}"
 
 
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def _run_line(run: dict[str, Any]) -> str:
     steps = run.get("steps_logged") or 0
     total = run.get("total_steps")
@@ -62,9 +59,9 @@ def _run_line(run: dict[str, Any]) -> str:
     counts = run.get("findings", {})
     n = sum(counts.values())
     parts = [f"{counts[s]} {s}" for s in ("error", "warning", "info") if counts.get(s)]
-    found = "no findings" if n == 0 else f"{_count(n, 'finding')} ({', '.join(parts)})"
+    found = "no findings" if n == 0 else f"{count(n, 'finding')} ({', '.join(parts)})"
     status = run.get("status") or "unknown"
-    return f"{run['run']}: {status}, {progress}, {_count(steps, 'step')} logged, {found}"
+    return f"{run['run']}: {status}, {progress}, {count(steps, 'step')} logged, {found}"
 
 
 def text(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
@@ -92,7 +89,7 @@ def text(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
     counts = {s: sum(f.severity is s for f in findings) for s in Severity}
     tail = ", ".join(f"{counts[s]} {s.value}" for s in reversed(list(Severity)) if counts[s])
     lines.append(
-        f"{_count(len(names), 'run')} analysed, {_count(total, 'finding')}"
+        f"{count(len(names), 'run')} analysed, {count(total, 'finding')}"
         + (f" ({tail})" if tail else "")
     )
     return "\n".join(lines) + "\n"

@@ -55,6 +55,7 @@ import numpy as np
 
 from tunescope.detectors.rankwise import finding, fmt, run_ended, special_steps, steps_slices
 from tunescope.findings import Finding, Severity
+from tunescope.words import count
 
 if TYPE_CHECKING:
     import polars as pl
@@ -475,7 +476,7 @@ def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Findi
             "cordon the node if it stays slow."
         )
     adapted = wsize < opts.window
-    win_text = f"{len(score)} windows of {wsize} steps" + (
+    win_text = f"{count(len(score), 'window')} of up to {wsize} steps" + (
         " (shortened for a short run)" if adapted else ""
     )
     msg = (

@@ -46,7 +46,7 @@ def test_help_lists_commands():
 def test_ingest_prints_what_it_read(runs):
     out = run("ingest", str(runs))
     assert out.returncode == 0, out.stderr
-    assert "2 run(s) (2 completed) from 2 file(s)" in out.stdout
+    assert "2 runs (2 completed) from 2 files" in out.stdout
     assert "40 step rows" in out.stdout
     assert out.stderr == ""
 

@@ -138,7 +138,10 @@ def test_config_errors_exit_2(roots, tmp_path):
     r = ts("analyze", str(roots["clean"]), "--config", str(cfg))
     assert r.returncode == 2 and "TS101.z" in r.stderr and "expected a number" in r.stderr
     r = ts("analyze", str(tmp_path / "missing"))
-    assert r.returncode == 2 and "not a directory" in r.stderr
+    assert r.returncode == 2 and "missing: no such directory" in r.stderr  # as ingest says
+    (tmp_path / "file").write_text("x")
+    r = ts("analyze", str(tmp_path / "file"))
+    assert r.returncode == 2 and "file: not a directory" in r.stderr
 
 
 def test_explain():

@@ -164,7 +164,7 @@ def test_text_has_run_summaries_and_fixes():
     findings, runs = shared_findings()
     out = render("text", findings, runs)
     assert (
-        "qwen-lora-r8: failed, step 2400/3000, 2400 steps logged, 2 findings (1 error, 1 warning)"
+        "qwen-lora-r8: failed, step 2400/3000, 2,400 steps logged, 2 findings (1 error, 1 warning)"
         in out
     )
     assert "clean-run: completed" in out and "no findings" in out

@@ -106,7 +106,8 @@ class RankGrid(Static):
         self.slowest = worst
         if worst and len(ranks) > 1 and worst[1] >= STRAGGLER_RATIO:
             text.append(
-                f"straggler: rank {worst[0]} takes {worst[1]:.2f}x the other ranks' median {metric}",
+                f"straggler: rank {worst[0]} takes {worst[1]:.2f}x the other ranks' median {metric} "
+                "(TS301's score compares with the fastest rank)",
                 style="bold " + colour_for(worst[1]),
             )
         elif len(ranks) > 1:

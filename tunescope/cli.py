@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from tunescope import __version__
 from tunescope.errors import ExitCode, InputError, TunescopeError, UsageError
 from tunescope.suggest import did_you_mean
+from tunescope.words import count
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -445,8 +446,8 @@ def ingest_summary(report: IngestReport, store: Store) -> str:
     status = ", ".join(f"{n} {s}" for s, n in by_status) or "none"
     new = report.rows
     lines = [
-        f"{report.root}: {runs} run(s) ({status}) from {report.sources} file(s)",
-        f"  read now:  {report.changed} changed file(s), {new['steps']:,} step rows, "
+        f"{report.root}: {count(runs, 'run')} ({status}) from {count(report.sources, 'file')}",
+        f"  read now:  {count(report.changed, 'changed file')}, {new['steps']:,} step rows, "
         f"{new['metrics']:,} metric points, {new['events']:,} events in {report.seconds:.2f}s",
         f"  in store:  {steps:,} step rows, {metrics:,} metric points, {events:,} events",
         f"  skipped:   {report.skipped} line(s) or file(s)",
@@ -555,7 +556,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = open_store(args)
     store.export(args.duckdb, overwrite=args.force)
     n = store.cursor().execute("SELECT count(*) FROM runs").fetchone()[0]
-    print(f"wrote {args.duckdb}: {n} run(s); tables runs, steps, metrics, events, findings")
+    print(f"wrote {args.duckdb}: {count(n, 'run')}; tables runs, steps, metrics, events, findings")
     return ExitCode.OK
 
 
@@ -602,7 +603,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     roots = [Path(r) for r in args.runs]
     for root in roots:
         if not root.is_dir():
-            raise InputError(f"{root}: not a directory (RUNS must be directories holding runs)")
+            what = "not a directory" if root.exists() else "no such directory"
+            raise InputError(f"{root}: {what}; pass the folder that holds your runs")
     cfg = load_config(args.config, starts=roots)
     validate_config(cfg)  # bad tables and options fail before any ingest
     select_detectors(args.select, args.ignore, cfg)
