@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
 from tunescope.detectors.resume_jump import resumes
 from tunescope.detectors.series import (
@@ -535,12 +536,12 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         if first.in_warmup:
             sug = (
                 "Diverged during warmup: lengthen the warmup or lower the peak learning rate; "
-                "clip gradients at 1.0."
+                f"{clipping(s.start)}."
             )
         else:
             sug = (
-                "Rewind to a checkpoint about 100 steps before the onset, lower the learning "
-                "rate 2-10x and clip gradients at 1.0; check loss scaling if using fp16."
+                "Rewind to a checkpoint about 100 steps before the onset and lower the learning "
+                f"rate 2-10x; {clipping(s.start)}; check loss scaling if using fp16."
             )
         out.append(
             Finding(

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import Series, fmt, merge_ranks, rank_series, samples_note, spikes
 from tunescope.detectors.stats import incidents, warmup_mask
@@ -216,9 +217,10 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         if early_mask(s, opts)[g.peak]:
             sev = Severity.INFO
             tail += " It came at the start of training (or during lr warmup), where large updates are common."
+        clip = clipping(s.start)
         sug = (
-            "Clip gradients at max_norm 1.0 (or use adaptive clipping); lower the learning "
-            "rate; lower Adam's beta2 to 0.95; inspect the batch at that step."
+            f"{clip[0].upper()}{clip[1:]} (or use adaptive clipping); lower the learning rate; "
+            "lower Adam's beta2 to 0.95; inspect the batch at that step."
         )
         out.append(
             Finding(

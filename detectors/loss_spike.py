@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import (
     early_level,
@@ -186,8 +187,8 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 note += f" It came at the start of a new epoch (step {boundary})."
         msg = head + tail + note + samples_note(ids)
         sug = (
-            "Inspect or skip the batch at that step; clip gradients at max_norm 1.0; if spikes "
-            "repeat, lower the peak learning rate or use bf16 instead of fp16."
+            f"Inspect or skip the batch at that step; {clipping(s.start)}; if spikes repeat, "
+            "lower the peak learning rate or use bf16 instead of fp16."
         )
         out.append(Finding(s.run, ID, NAME, sev, step0, step1, msg, sug, rank=s.rank, evidence=ev))
     return merge_ranks(out)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import merge_ranks, rank_series, samples_note
 from tunescope.detectors.stats import incidents
@@ -149,8 +150,8 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 sev = Severity.ERROR
                 sug = (
                     "Restart from the last checkpoint before this step with a lower learning "
-                    "rate and gradient clipping (max_norm 1.0); prefer bf16 to fp16; inspect "
-                    "the batch for empty or fully masked labels."
+                    f"rate; {clipping(s.start)}; prefer bf16 to fp16; inspect the batch for "
+                    "empty or fully masked labels."
                 )
             out.append(
                 Finding(s.run, ID, NAME, sev, step0, step1, msg, sug, rank=s.rank, evidence=ev)

@@ -37,6 +37,9 @@ Case files live in ``tests/cases/`` (``*.yaml``, ``*.yml`` or ``*.json``);
       - {detector: TS101, severity: warning, step: [195, 205], run: run, rank: 0}
     allow: [TS105]           # detectors whose extra warnings/errors are tolerated
 
+An expectation may also give ``message`` or ``suggestion``: text the finding's
+message or suggestion must contain.
+
 ``step`` is the range in which the finding's ``step_start`` must lie (or one
 integer). ``rank`` may be omitted (any) or null (a run-wide finding). Any
 warning or error that no expectation matches fails the case unless its
@@ -212,6 +215,9 @@ def _matches(f: Any, exp: dict[str, Any]) -> bool:
         rng = exp["step"]
         lo, hi = (rng, rng) if isinstance(rng, int) else (rng[0], rng[1])
         if f.step_start is None or not lo <= f.step_start <= hi:
+            return False
+    for key in ("message", "suggestion"):
+        if key in exp and exp[key] not in getattr(f, key):
             return False
     return True
 
