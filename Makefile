@@ -4,12 +4,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of torch; installed before the [train] extra so that pip never
-# resolves a bare "torch" requirement to a multi-GB CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# The CPU build of torch, installed before the [train] extra so that pip never
+# resolves a bare "torch" requirement to a multi-GB CUDA build: from a local
+# wheel when pip's find-links hold one, else from PyTorch's CPU wheel index.
+# For a GPU build: make setup-dev TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+TORCH_VERSION   ?= 2.13.0
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 RUNS   ?= fixtures/runs
 
-.PHONY: run test lint fixtures bench clean setup setup-dev
+.PHONY: run test lint fixtures bench clean setup setup-dev torch
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +23,19 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 	@touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(MAKE) --no-print-directory torch
 	$(BIN)/python -m pip install --quiet -e ".[dev,train]"
 	@touch $@ $(VENV)/.core
+
+torch: $(BIN)/python
+	@if $(BIN)/python -m pip install --quiet --no-index --no-deps "torch==$(TORCH_VERSION)" 2>/dev/null; then \
+		echo "tunescope: installed torch $(TORCH_VERSION) from a local wheel (pip's find-links)"; \
+		$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"; \
+	else \
+		echo "tunescope: installing torch $(TORCH_VERSION) from $(TORCH_INDEX_URL) (CPU build unless you set TORCH_INDEX_URL)"; \
+		$(BIN)/python -m pip install --quiet --index-url "$(TORCH_INDEX_URL)" \
+			--extra-index-url https://pypi.org/simple "torch==$(TORCH_VERSION)"; \
+	fi
 
 setup: $(VENV)/.core
 setup-dev: $(VENV)/.dev
