@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from tunescope.errors import InputError, StoreError
 from tunescope.ingest.discover import READERS, Source, discover
-from tunescope.ingest.rows import Problem, Reader, ReadResult, fetch_arrow
+from tunescope.ingest.rows import Problem, Reader, ReadResult, connect_duckdb, fetch_arrow
 
 MANIFEST_VERSION = 1
 MAX_SEGMENTS = 24  # past this many ingest passes, merge the segments into one
@@ -331,8 +331,6 @@ class Cache:
         Tiered: when one segment already holds most rows (a long history), only
         the small recent ones are merged, so a live run does not rewrite its
         whole cache every few passes."""
-        import duckdb
-
         live = pa.table(
             {
                 "src": [e["src"] for e in manifest["sources"].values()],
@@ -342,7 +340,7 @@ class Cache:
         )
         seg = manifest["next_seg"]
         manifest["next_seg"] = seg + 1
-        con = duckdb.connect()
+        con = connect_duckdb()
         con.register("live", live)
         keep, merged, retired = [], [], []
         for t in TABLES:
