@@ -179,13 +179,16 @@ class Cache:
         return name
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _writing(self, uncommitted: int | None = None) -> Iterator[None]:
         """Turn a failed write into the cache (a full disk, a quota, a read-only
-        mount) into one clear error; the files being written are removed by
-        the writers themselves and the manifest keeps its last good state."""
+        mount) into one clear error. The manifest keeps its last good state;
+        temporary files are removed by their writers, and whole files of this
+        pass (numbered ``uncommitted`` and up) here, since nothing refers to them."""
         try:
             yield
         except OSError as e:
+            if uncommitted is not None:
+                self._remove_uncommitted(uncommitted)
             # pyarrow's errors carry the errno in their text only
             code = e.errno or next(map(int, re.findall(r"\[errno (\d+)\]", str(e))), None)
             reason = e.strerror or (os.strerror(code) if code else str(e))
@@ -195,10 +198,10 @@ class Cache:
                 "run reads the new lines again)"
             ) from None
 
-    def _clean_orphans(self) -> None:
-        """Remove temporary files (``.seg-*.parquet.PID.tmp``,
-        ``manifest.PID.tmp``) that a killed process left behind; a file of a
-        process that still runs is left alone."""
+    def _clean_orphans(self, manifest: dict[str, Any]) -> None:
+        """Remove what killed or failed passes left behind: temporary files
+        (``.seg-*.parquet.PID.tmp``, ``manifest.PID.tmp``) of processes that
+        no longer run, and whole segment files no saved manifest refers to."""
         for folder, pattern in ((self.segments_dir, ".*.tmp"), (self.dir, "manifest.*.tmp")):
             with contextlib.suppress(OSError):
                 for path in folder.glob(pattern):
@@ -206,6 +209,19 @@ class Cache:
                     if pid.isdigit() and not _pid_alive(int(pid)):
                         with contextlib.suppress(OSError):
                             path.unlink()
+        self._remove_uncommitted(manifest["next_seg"])
+
+    def _remove_uncommitted(self, first: int) -> None:
+        """Remove segment and findings files numbered ``first`` and up: a pass
+        wrote them and stopped before its manifest was saved, so no reader can
+        know them (every saved manifest numbers its files below its
+        ``next_seg``). Called under the lock only."""
+        with contextlib.suppress(OSError):
+            for path in self.segments_dir.glob("*.parquet"):
+                m = _NUMBERED.fullmatch(path.name)
+                if m and int(m.group(1)) >= first:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
 
     # ---- ingest ----------------------------------------------------------------
 
@@ -218,8 +234,9 @@ class Cache:
         started = time.perf_counter()
         report = IngestReport(self.root)
         with self.lock():
-            self._clean_orphans()
             manifest = self.load_manifest()
+            self._clean_orphans(manifest)
+            first = manifest["next_seg"]  # this pass's files are numbered from here
             sources, dir_problems = discover(self.root, readers or READERS)
             report.sources = len(sources)
             report.runs = len({s.run_id for s in sources})
@@ -266,7 +283,7 @@ class Cache:
                             writers[t].add(_tagged(parts[t], tags[t], seg))
                 new_segments = []
                 for t in TABLES:
-                    with self._writing():
+                    with self._writing(uncommitted=first):
                         whole = writers[t].close()
                     if whole:
                         pairs = [list(p) for p in sorted(srcs[t])]
@@ -290,7 +307,7 @@ class Cache:
             # query over what is already cached).
             dirty = bool(changed or gone or new_segments) or len(manifest["segments"]) != segments
             trash = len(manifest["trash"])
-            with self._writing():
+            with self._writing(uncommitted=first):
                 if len(manifest["segments"]) > MAX_SEGMENTS:
                     self._merge(manifest)
                     dirty = True
@@ -474,9 +491,12 @@ class Cache:
                 manifest["trash"].append({"file": old, "since": time.time()})
             seg = manifest["next_seg"]
             manifest["next_seg"] = seg + 1
-            with self._writing():
+            with self._writing(uncommitted=seg):
                 manifest["findings"] = self.write_parquet(table, f"findings-{seg:08d}.parquet")
                 self._save_manifest(manifest)
+
+
+_NUMBERED = re.compile(r"(?:seg|findings)-(\d+)(?:-[a-z]+)?\.parquet")
 
 
 def _tmp_name(path: Path) -> Path:

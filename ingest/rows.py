@@ -206,14 +206,14 @@ def empty_result(state: dict[str, Any], problems: Iterable[Problem] = ()) -> Rea
     return RowBuilder().result(state, problems)
 
 
-def connect_duckdb(config: dict[str, Any] | None = None) -> Any:
-    """A new in-memory DuckDB connection that never downloads or loads extension
-    code on its own (a ``read_json('https://...')`` would otherwise fetch
-    httpfs). Every DuckDB the project opens goes through here."""
+def connect_duckdb(database: str = ":memory:", config: dict[str, Any] | None = None) -> Any:
+    """A new DuckDB connection that never downloads or loads extension code on
+    its own (a ``read_json('https://...')`` would otherwise fetch httpfs).
+    Every DuckDB the project opens goes through here."""
     import duckdb
 
     return duckdb.connect(
-        ":memory:",
+        database,
         config={
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,

@@ -292,10 +292,7 @@ class Store:
         # batch at a time, into a second database that owns the new file.
         cur = self.cursor()
         try:
-            out = duckdb.connect(
-                str(path),
-                config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
-            )
+            out = connect_duckdb(str(path))
             try:
                 for view in VIEWS:
                     rel = cur.sql(f"SELECT * FROM {view}")

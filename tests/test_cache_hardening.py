@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import resource
 import signal
 import subprocess
@@ -159,6 +160,39 @@ def test_no_file_can_grow(tmp_path):
     assert Store(runs).query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": 25}]
 
 
+LIMIT = 64 * 1024
+
+
+def _limit_file_size_to_64k() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+
+def test_a_write_failing_halfway_leaves_no_segment_behind(tmp_path):
+    """The steps segment is written whole, then the larger metrics segment
+    fails: the steps segment, which no manifest lists, is removed too."""
+    runs = tmp_path / "runs"
+    write_runs(runs)
+    assert main(["ingest", str(runs)]) == 0
+    cache = runs / ".tunescope"
+    before = digest(cache)
+    rng = random.Random(0)
+    for r in range(8):  # each log under the limit (a process under it cannot open more)
+        (runs / f"new{r}" / "events").mkdir(parents=True)
+        with open(runs / f"new{r}" / "events" / "rank-0.jsonl", "w", encoding="utf-8") as f:
+            for s in range(200):
+                extra = {f"m{i}": rng.random() for i in range(8)}
+                f.write(json.dumps({"v": 1, "kind": "step", "rank": 0, "step": s, **extra}))
+                f.write("\n")
+    one_error_line(tunescope("ingest", str(runs), preexec=_limit_file_size_to_64k), "too large")
+    assert digest(cache) == before
+    # the scenario was the half-way one: a small steps segment, a big metrics one
+    assert main(["ingest", str(runs)]) == 0
+    newest = sorted((cache / "segments").glob("seg-*"))[-2:]  # this pass's metrics and steps
+    sizes = {p.name.split("-")[-1]: p.stat().st_size for p in newest}
+    assert sizes["steps.parquet"] < LIMIT < sizes["metrics.parquet"], sizes
+
+
 def test_an_ingest_with_nothing_new_does_not_rewrite_the_manifest(tmp_path):
     runs = tmp_path / "runs"
     write_runs(runs)
@@ -193,12 +227,19 @@ def test_temporary_files_of_killed_processes_are_cleaned_at_the_next_ingest(tmp_
         segs / f".findings-00000043.parquet.{dead}.tmp",
         store.cache.dir / f"manifest.{dead}.tmp",
     ]
+    # whole files of a pass that failed before its manifest was saved
+    nxt = json.loads(store.cache.manifest_path.read_text())["next_seg"]
+    orphans += [segs / f"seg-{nxt:08d}-events.parquet", segs / f"findings-{nxt + 1:08d}.parquet"]
     alive = segs / f".seg-00000044-steps.parquet.{os.getpid()}.tmp"  # a live writer's
+    committed = sorted(segs.glob("seg-*.parquet"))
     for p in [*orphans, alive]:
         p.write_bytes(b"PAR1 half a segment")
     store.ingest()  # nothing new: the clean-up does not wait for new lines
     assert [p for p in orphans if p.exists()] == []
     assert alive.exists()
+    assert sorted(segs.glob("seg-*.parquet")) == committed
+    store.refresh()
+    assert store.query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": 20}]
 
 
 def test_a_killed_ingest_leaves_its_temporary_segment_for_the_next_one_to_remove(tmp_path):
