@@ -234,6 +234,8 @@ def test_the_second_wall_holds_without_the_first(runs, tmp_path):
         "SELECT * FROM read_csv('/etc/passwd')",
         "SELECT * FROM read_text('/etc/hostname')",
         f"SELECT * FROM glob('{runs}/*')",
+        f"SELECT * FROM read_text('{runs / '.tunescope' / 'segments'}/../manifest.json')",
+        "SELECT * FROM query('COPY (SELECT 1) TO ''" + str(log) + "''')",
         "SELECT * FROM read_json('https://example.com/x.json')",
         f"ATTACH '{tmp_path / 'x.duckdb'}' AS x",
         "INSTALL httpfs",
