@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 
 from tunescope.errors import InputError, StoreError
 from tunescope.ingest.discover import READERS, Source, discover
-from tunescope.ingest.rows import Problem, Reader, ReadResult, fetch_arrow
+from tunescope.ingest.rows import Problem, Reader, ReadResult, connect_duckdb, fetch_arrow
 
 MANIFEST_VERSION = 1
 MAX_SEGMENTS = 24  # past this many ingest passes, merge the segments into one
@@ -72,10 +73,9 @@ class IngestReport:
     new_problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
     modified: bool = False  # the cached rows changed (new, replaced or removed rows)
-
-    @property
-    def skipped(self) -> int:
-        return len(self.problems)
+    skipped: int = 0
+    """Lines and files skipped in all: ``problems`` lists at most
+    MAX_PROBLEMS_PER_SOURCE of each source, this counts every one."""
 
 
 class Cache:
@@ -105,7 +105,13 @@ class Cache:
             # A damaged manifest only costs a re-read: the logs are the truth.
             print(f"tunescope: {self.manifest_path} is unreadable; re-ingesting", file=sys.stderr)
             return _new_manifest(self.root)
-        if manifest.get("version") != MANIFEST_VERSION:
+        if not _manifest_shaped(manifest):
+            version = manifest.get("version") if isinstance(manifest, dict) else None
+            if not isinstance(version, int) or version == MANIFEST_VERSION:  # not an old one
+                print(
+                    f"tunescope: {self.manifest_path} is not a tunescope manifest; re-ingesting",
+                    file=sys.stderr,
+                )
             return _new_manifest(self.root)
         root = str(self.root.resolve())
         if manifest.get("root") != root:
@@ -123,9 +129,14 @@ class Cache:
 
     def _save_manifest(self, manifest: dict[str, Any]) -> None:
         tmp = self.manifest_path.with_name(f"manifest.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f)
-        os.replace(tmp, self.manifest_path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(manifest, f)
+            os.replace(tmp, self.manifest_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 600.0) -> Iterator[None]:
@@ -134,7 +145,8 @@ class Cache:
         self._ensure_dirs()
         lock = FileLock(str(self.dir / "ingest.lock"))
         try:
-            lock.acquire(timeout=timeout)
+            with self._writing():
+                lock.acquire(timeout=timeout)
         except Timeout:
             raise StoreError(
                 f"another tunescope process has held {self.dir / 'ingest.lock'} for "
@@ -157,9 +169,59 @@ class Cache:
     def write_parquet(self, table: pa.Table, name: str) -> str:
         path = self.segments_dir / name
         tmp = _tmp_name(path)
-        pq.write_table(table, tmp, **PARQUET)
-        os.replace(tmp, path)
+        try:
+            pq.write_table(table, tmp, **PARQUET)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         return name
+
+    @contextlib.contextmanager
+    def _writing(self, uncommitted: int | None = None) -> Iterator[None]:
+        """Turn a failed write into the cache (a full disk, a quota, a read-only
+        mount) into one clear error. The manifest keeps its last good state;
+        temporary files are removed by their writers, and whole files of this
+        pass (numbered ``uncommitted`` and up) here, since nothing refers to them."""
+        try:
+            yield
+        except OSError as e:
+            if uncommitted is not None:
+                self._remove_uncommitted(uncommitted)
+            # pyarrow's errors carry the errno in their text only
+            code = e.errno or next(map(int, re.findall(r"\[errno (\d+)\]", str(e))), None)
+            reason = e.strerror or (os.strerror(code) if code else str(e))
+            raise StoreError(
+                f"cannot write the cache in {self.dir}: {reason}; free some space "
+                "or pass --cache-dir to put the cache elsewhere (nothing was lost: the next "
+                "run reads the new lines again)"
+            ) from None
+
+    def _clean_orphans(self, manifest: dict[str, Any]) -> None:
+        """Remove what killed or failed passes left behind: temporary files
+        (``.seg-*.parquet.PID.tmp``, ``manifest.PID.tmp``) of processes that
+        no longer run, and whole segment files no saved manifest refers to."""
+        for folder, pattern in ((self.segments_dir, ".*.tmp"), (self.dir, "manifest.*.tmp")):
+            with contextlib.suppress(OSError):
+                for path in folder.glob(pattern):
+                    pid = path.name.rsplit(".", 2)[-2]
+                    if pid.isdigit() and not _pid_alive(int(pid)):
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+        self._remove_uncommitted(manifest["next_seg"])
+
+    def _remove_uncommitted(self, first: int) -> None:
+        """Remove segment and findings files numbered ``first`` and up: a pass
+        wrote them and stopped before its manifest was saved, so no reader can
+        know them (every saved manifest numbers its files below its
+        ``next_seg``). Called under the lock only."""
+        with contextlib.suppress(OSError):
+            for path in self.segments_dir.glob("*.parquet"):
+                m = _NUMBERED.fullmatch(path.name)
+                if m and int(m.group(1)) >= first:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
 
     # ---- ingest ----------------------------------------------------------------
 
@@ -173,12 +235,15 @@ class Cache:
         report = IngestReport(self.root)
         with self.lock():
             manifest = self.load_manifest()
+            self._clean_orphans(manifest)
+            first = manifest["next_seg"]  # this pass's files are numbered from here
             sources, dir_problems = discover(self.root, readers or READERS)
             report.sources = len(sources)
             report.runs = len({s.run_id for s in sources})
             known: dict[str, Any] = manifest["sources"]
             live_keys = {s.key for s in sources}
-            for key in [k for k in known if k not in live_keys]:
+            gone = [k for k in known if k not in live_keys]
+            for key in gone:
                 del known[key]  # the file is gone: its rows go with it
                 report.modified = True
 
@@ -218,7 +283,9 @@ class Cache:
                             writers[t].add(_tagged(parts[t], tags[t], seg))
                 new_segments = []
                 for t in TABLES:
-                    if writers[t].close():
+                    with self._writing(uncommitted=first):
+                        whole = writers[t].close()
+                    if whole:
                         pairs = [list(p) for p in sorted(srcs[t])]
                         new_segments.append(
                             {
@@ -233,17 +300,33 @@ class Cache:
                     w.abort()
                 raise
             manifest["segments"].extend(new_segments)
+            segments = len(manifest["segments"])
             self._retire(manifest)
-            if len(manifest["segments"]) > MAX_SEGMENTS:
-                self._merge(manifest)
-            self._empty_trash(manifest)
-            manifest["updated"] = time.time()
-            self._save_manifest(manifest)
+            # Nothing read, nothing gone, nothing retired: the manifest on disk
+            # is still true and is not rewritten (a full disk does not stop a
+            # query over what is already cached).
+            dirty = bool(changed or gone or new_segments) or len(manifest["segments"]) != segments
+            trash = len(manifest["trash"])
+            with self._writing(uncommitted=first):
+                if len(manifest["segments"]) > MAX_SEGMENTS:
+                    self._merge(manifest)
+                    dirty = True
+                self._empty_trash(manifest)
+                if dirty:
+                    manifest["updated"] = time.time()
+                    self._save_manifest(manifest)
+            if not dirty and len(manifest["trash"]) != trash:
+                # only deleted trash to record: worth a try, not an error
+                with contextlib.suppress(OSError):
+                    self._save_manifest(manifest)
         report.problems = dir_problems + [
             Problem(p["path"], p["line"], p["reason"])
             for e in manifest["sources"].values()
             for p in e["problems"]
         ]
+        report.skipped = len(dir_problems) + sum(
+            max(e.get("problem_count", 0), len(e["problems"])) for e in manifest["sources"].values()
+        )
         report.seconds = time.perf_counter() - started
         return report
 
@@ -331,8 +414,6 @@ class Cache:
         Tiered: when one segment already holds most rows (a long history), only
         the small recent ones are merged, so a live run does not rewrite its
         whole cache every few passes."""
-        import duckdb
-
         live = pa.table(
             {
                 "src": [e["src"] for e in manifest["sources"].values()],
@@ -342,7 +423,7 @@ class Cache:
         )
         seg = manifest["next_seg"]
         manifest["next_seg"] = seg + 1
-        con = duckdb.connect()
+        con = connect_duckdb()
         con.register("live", live)
         keep, merged, retired = [], [], []
         for t in TABLES:
@@ -410,8 +491,12 @@ class Cache:
                 manifest["trash"].append({"file": old, "since": time.time()})
             seg = manifest["next_seg"]
             manifest["next_seg"] = seg + 1
-            manifest["findings"] = self.write_parquet(table, f"findings-{seg:08d}.parquet")
-            self._save_manifest(manifest)
+            with self._writing(uncommitted=seg):
+                manifest["findings"] = self.write_parquet(table, f"findings-{seg:08d}.parquet")
+                self._save_manifest(manifest)
+
+
+_NUMBERED = re.compile(r"(?:seg|findings)-(\d+)(?:-[a-z]+)?\.parquet")
 
 
 def _tmp_name(path: Path) -> Path:
@@ -462,6 +547,58 @@ class _SegmentWriter:
                 self._writer.close()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, but another user's (or unknowable): leave its files
+    return True
+
+
+def _manifest_shaped(manifest: Any) -> bool:
+    """Whether parsed JSON has the shape of a manifest of this version (a
+    valid JSON file of another shape is treated as no manifest at all)."""
+    if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+        return False
+    if not all(isinstance(manifest.get(k), int) for k in ("next_seg", "next_src")):
+        return False
+    sources, segments, trash = (manifest.get(k) for k in ("sources", "segments", "trash"))
+    if not isinstance(sources, dict) or not isinstance(segments, list):
+        return False
+    if not isinstance(trash, list) or not isinstance(manifest.get("findings"), str | None):
+        return False
+    for entry in sources.values():
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("src"), int)
+            and isinstance(entry.get("gen"), int)
+            and isinstance(entry.get("problems"), list)
+            and all(
+                isinstance(p, dict) and {"path", "line", "reason"} <= p.keys()
+                for p in entry["problems"]
+            )
+            and all(isinstance(entry.get(k), int | None) for k in ("size", "mtime_ns", "inode"))
+            and isinstance(entry.get("max_step", {}), dict)
+        ):
+            return False
+    for seg in segments:
+        if not (
+            isinstance(seg, dict)
+            and isinstance(seg.get("file"), str)
+            and seg.get("table") in TABLES
+            and isinstance(seg.get("rows"), int)
+        ):
+            return False
+    return all(
+        isinstance(t, dict)
+        and isinstance(t.get("file"), str)
+        and isinstance(t.get("since"), float | int)
+        for t in trash
+    )
 
 
 def _new_manifest(root: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ never touch the user's logs and never wait on a lock.
 
 from __future__ import annotations
 
-import re
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +27,13 @@ import pyarrow as pa
 
 from tunescope.errors import QueryError, StoreError, UsageError
 from tunescope.ingest.cache import Cache, IngestReport
-from tunescope.ingest.rows import EVENT_SCHEMA, METRIC_SCHEMA, STEP_SCHEMA, fetch_arrow
+from tunescope.ingest.rows import (
+    EVENT_SCHEMA,
+    METRIC_SCHEMA,
+    STEP_SCHEMA,
+    connect_duckdb,
+    fetch_arrow,
+)
 from tunescope.schema import METRIC_NAMES
 
 VIEWS = ("runs", "steps", "metrics", "events", "findings")
@@ -47,10 +53,10 @@ FINDINGS_SCHEMA = pa.schema(
     ]
 )
 
-# Statement types a user's SQL may contain: nothing that writes, attaches,
-# copies, installs or changes settings.
-_READ_ONLY = {"SELECT", "EXPLAIN", "PRAGMA"}
-_READ_ONLY_PRAGMAS = ("show_tables", "table_info", "show", "database_size", "version")
+# PRAGMAs a user's SQL may run: they only read the catalog.
+_READ_ONLY_PRAGMAS = frozenset(
+    {"show_tables", "show_tables_expanded", "table_info", "show", "database_size", "version"}
+)
 
 _BOOK = ("src", "gen", "seg", "seq")
 
@@ -78,7 +84,7 @@ class Store:
     def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
         self.root = Path(root)
         self.cache = Cache(self.root, Path(cache_dir) if cache_dir else None)
-        self.con = duckdb.connect(":memory:")
+        self.con = self._connect()
         self._lock = threading.Lock()
         self.loaded_at = 0.0
         self.refresh()
@@ -93,7 +99,7 @@ class Store:
         store = cls.__new__(cls)
         store.root = Path(root)
         store.cache = Cache(store.root, Path(cache_dir) if cache_dir else None)
-        store.con = duckdb.connect(":memory:")
+        store.con = store._connect()
         store._lock = threading.Lock()
         store.loaded_at = 0.0
         store.last_report = store.cache.ingest(progress=progress)
@@ -110,6 +116,18 @@ class Store:
             self.refresh()
         return self.last_report
 
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """The store's database, walled in: it may open the files of the cache's
+        segments folder and nothing else (no logs, no manifest, no other path,
+        no network, no extension download), and its settings are locked, so no
+        SQL run on it (a user's query included) can widen that."""
+        self._segments = self.cache.segments_dir.resolve()
+        con = connect_duckdb()
+        con.execute("SET allowed_directories = ?", [[f"{self._segments}{os.sep}"]])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        return con
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor for one thread (DuckDB connections are not shared across threads)."""
         return self.con.cursor()
@@ -122,7 +140,7 @@ class Store:
     def refresh(self) -> None:
         """Reload the segments listed in the manifest into the in-memory tables."""
         manifest = self.cache.load_manifest()
-        seg_dir = self.cache.segments_dir
+        seg_dir = self._segments  # the one folder this database may read
         live = pa.table(
             {
                 "src": pa.array([e["src"] for e in manifest["sources"].values()], pa.int64()),
@@ -236,14 +254,16 @@ class Store:
     def query(self, sql: str, con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
         """Run a user's read-only SQL; returns the last statement's result.
 
-        Raises :class:`QueryError` with DuckDB's message for a bad statement,
-        and :class:`UsageError` for anything that would write.
+        Two walls: :func:`check_read_only` refuses every statement that is not a
+        query (:class:`UsageError`), and the database itself can open no file but
+        the cache's segments (:meth:`_connect`). A bad statement raises
+        :class:`QueryError` with DuckDB's message.
         """
         statements = check_read_only(sql)
         cur = con or self.cursor()
         try:
-            # A transaction that is always rolled back: even a statement that
-            # slipped past the check could not change the store.
+            # A transaction that is always rolled back: a PIVOT's helper type
+            # and anything else a query leaves in the catalog are dropped.
             cur.execute("BEGIN TRANSACTION")
             try:
                 for stmt in statements[:-1]:
@@ -251,6 +271,11 @@ class Store:
                 return fetch_arrow(cur, statements[-1].query)
             finally:
                 cur.execute("ROLLBACK")
+        except duckdb.PermissionException as e:
+            raise UsageError(
+                f"refused: a query may read the store's views only, no other file or URL "
+                f"({_first_line(e)})"
+            ) from None
         except duckdb.Error as e:
             raise QueryError(str(e).strip()) from None
 
@@ -263,14 +288,23 @@ class Store:
             if not overwrite:
                 raise UsageError(f"{path} exists; pass --force to replace it")
             path.unlink()
+        # The store's own database may not write files: the rows stream, a
+        # batch at a time, into a second database that owns the new file.
         cur = self.cursor()
         try:
-            cur.execute("ATTACH ? AS export_db", [str(path)])
-            for view in VIEWS:
-                cur.execute(f"CREATE TABLE export_db.{view} AS SELECT * FROM {view}")
-            cur.execute("DETACH export_db")
+            out = connect_duckdb(str(path))
+            try:
+                for view in VIEWS:
+                    rel = cur.sql(f"SELECT * FROM {view}")
+                    reader = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch
+                    batches = reader()
+                    out.register("_batches", batches)
+                    out.execute(f"CREATE TABLE {view} AS SELECT * FROM _batches")
+                    out.unregister("_batches")
+            finally:
+                out.close()
         except duckdb.Error as e:
-            raise StoreError(f"cannot write {path}: {e}") from None
+            raise StoreError(f"cannot write {path}: {_first_line(e)}") from None
 
     def save_findings(self, rows: list[dict[str, Any]], run_ids: list[str]) -> None:
         """Store findings (dicts with the ``findings`` view's columns) for ``run_ids``,
@@ -283,7 +317,7 @@ class Store:
         self.cache.save_findings(table, run_ids)
         findings_file = self.cache.load_manifest().get("findings")
         with self._lock:
-            self._load_findings(self.cache.segments_dir / findings_file if findings_file else None)
+            self._load_findings(self._segments / findings_file if findings_file else None)
 
     def run_ids(self) -> list[str]:
         return [
@@ -308,40 +342,131 @@ def _overlapping_runs(manifest: dict[str, Any]) -> list[str]:
     return sorted(out)
 
 
-_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?(\([^)]*\)\s*)?", re.IGNORECASE)
+_ALLOWED = (
+    "SQL here is read-only (SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, PIVOT, "
+    "EXPLAIN of a query, PRAGMA " + "/".join(sorted(_READ_ONLY_PRAGMAS)) + ")"
+)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _snippet(text: str) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= 60 else flat[:59] + "…")
+
+
+def _tokens(text: str) -> list[str]:
+    """The words and symbols of one statement as DuckDB's own tokenizer splits
+    them, comments (and optimizer hints, which are comments) left out."""
+    raw = text.encode("utf-8")  # the tokenizer's positions are byte offsets
+    toks = duckdb.tokenize(text)
+    out = []
+    for i, (pos, kind) in enumerate(toks):
+        end = toks[i + 1][0] if i + 1 < len(toks) else len(raw)
+        if kind != duckdb.token_type.comment:
+            out.append(raw[pos:end].decode("utf-8", "replace").strip())
+    return out
+
+
+def _token_offsets(text: str) -> list[int]:
+    """Character offsets of the non-comment tokens of ``text`` (see :func:`_tokens`)."""
+    raw = text.encode("utf-8")
+    return [
+        len(raw[:pos].decode("utf-8", "replace"))
+        for pos, kind in duckdb.tokenize(text)
+        if kind != duckdb.token_type.comment
+    ]
+
+
+def _explained(text: str) -> str | None:
+    """The statement an EXPLAIN [ANALYZE] [(options)] statement explains, or
+    None when its shape is not that (refused, never guessed)."""
+    words = [w.lower() for w in _tokens(text)]
+    offsets = _token_offsets(text)
+    if not words or words[0] != "explain":
+        return None
+    i = 1
+    if i < len(words) and words[i] in ("analyze", "analyse"):
+        i += 1
+    if i < len(words) and words[i] == "(":
+        depth = 0
+        while i < len(words):
+            depth += (words[i] == "(") - (words[i] == ")")
+            i += 1
+            if depth == 0:
+                break
+    if i >= len(words):
+        return None
+    return text[offsets[i] :]
+
+
+def _refusal(text: str, kind: str, depth: int) -> str | None:
+    """Why one statement may not run here, or None when it is a query."""
+    words = [w.lower() for w in _tokens(text)]
+    if kind == "SELECT":  # also WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, UNPIVOT
+        return None
+    if kind == "MULTI" and words[:1] == ["pivot"]:
+        return None  # a PIVOT: a query plus a helper type for its columns
+    if kind == "PRAGMA":
+        name = words[1] if len(words) > 1 else ""
+        if name in _READ_ONLY_PRAGMAS and "=" not in words:
+            return None
+        return f"PRAGMA {name or '?'} (not one that only reads)"
+    if kind == "EXPLAIN" and depth < 4:
+        inner = _explained(text)
+        if inner is not None:
+            try:
+                stmts = duckdb.extract_statements(inner)
+                kinds = [_kind(st) for st in stmts]
+            except (duckdb.Error, ValueError):
+                stmts, kinds = [], []
+            if len(stmts) == 1:
+                why = _refusal(stmts[0].query, kinds[0], depth + 1)
+                return None if why is None else f"EXPLAIN of {why}"
+        return "EXPLAIN of a statement that is not a query"
+    return _SHOWN.get(kind, kind.replace("_", " "))
+
+
+# Statement types DuckDB's parser names after one of several statements.
+_SHOWN = {"LOAD": "INSTALL/LOAD", "SET": "SET/RESET/USE", "VACUUM": "VACUUM/ANALYZE"}
 
 
 def _kind(stmt: Any) -> str:
+    """The statement's type as DuckDB's parser names it (SELECT, COPY, ...);
+    raises ValueError for a type this duckdb's Python API cannot name."""
     kind = stmt.type.name if hasattr(stmt.type, "name") else str(stmt.type)
     return kind.replace("StatementType.", "").replace("_STATEMENT", "")
 
 
 def check_read_only(sql: str) -> list[Any]:
-    """The statements of ``sql``; refuses SQL that could modify the store, the
-    logs or anything else."""
+    """The statements of ``sql``, classified by DuckDB's parser; refuses
+    (:class:`UsageError`, one line) any statement that is not a query: nothing
+    that writes, copies, exports, attaches, installs, loads, sets or calls.
+    EXPLAIN is judged by the statement it explains (ANALYZE runs it)."""
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(
+            f"the SQL holds a byte that is not UTF-8 at character {e.start + 1}; "
+            "pass the query as UTF-8 text"
+        ) from None
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as e:
         raise QueryError(str(e).strip()) from None
     if not statements:
         raise UsageError("no SQL statement given")
-    for stmt in statements:
-        kind = _kind(stmt)
-        if kind == "EXPLAIN":
-            # EXPLAIN ANALYZE runs its statement: judge the statement itself.
-            inner = _EXPLAIN_PREFIX.sub("", stmt.query, count=1)
-            if inner.strip() and inner != stmt.query:
-                check_read_only(inner)
-                continue
-        if kind not in _READ_ONLY:
-            raise UsageError(
-                f"only read-only SQL is allowed here (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN); "
-                f"got {kind.lower()}: {stmt.query.strip()[:60]!r}"
-            )
-        if kind == "PRAGMA" and not stmt.query.strip().lower().startswith(
-            tuple(f"pragma {p}" for p in _READ_ONLY_PRAGMAS)
-        ):
-            raise UsageError(f"this PRAGMA is not allowed here: {stmt.query.strip()[:60]!r}")
+    for n, stmt in enumerate(statements, 1):
+        try:
+            kind = _kind(stmt)
+        except ValueError:  # a statement type newer than this API (UPDATE EXTENSIONS)
+            kind = "statement of a kind that is not a query"
+        why = _refusal(stmt.query, kind, 0)
+        if why is not None:
+            where = f"statement {n} is" if len(statements) > 1 else "the statement is"
+            raise UsageError(f"refused: {where} {why} {_snippet(stmt.query)}; {_ALLOWED}")
     return statements
 
 

@@ -14,10 +14,11 @@ tensor (``float_val``, ``double_val``, ``int_val``, ``int64_val`` or
 (a JSON string tensor) gives ``logging_steps`` and ``max_steps``.
 
 Files are append-only: a read continues at the byte after the last whole
-record; a record cut short at the end is left for the next read. CRCs are
-not checked by default (it is pure Python and slow); :func:`iter_records`
-can check them, and a length that does not fit is checked before the file is
-given up on, with the byte offset in the problem.
+record; a record cut short at the end is left for the next read. Every
+record's header CRC (over its 8 length bytes) is checked: damaged bytes are
+skipped up to the next record whose header checks out, and named with their
+byte offset, so one bad record does not lose the rest of the file. The data
+CRC is checked on request only (``verify_crc``: pure Python, slow).
 """
 
 from __future__ import annotations
@@ -70,37 +71,53 @@ _HEADER = struct.Struct("<QI")
 _U32 = struct.Struct("<I")
 
 
-class Corrupt(ValueError):
-    """Framing that cannot be followed, at a byte offset."""
-
-    def __init__(self, offset: int, reason: str) -> None:
-        super().__init__(reason)
-        self.offset = offset
-
-
 def iter_records(
     data: bytes, start: int = 0, verify: bool = False
-) -> Iterator[tuple[int, int, bytes | None]]:
-    """``(offset, end, payload)`` of each whole record from ``start``. A
-    record whose data CRC fails (``verify``) yields ``payload=None``. Stops at
-    a record cut short; raises :class:`Corrupt` when the framing is broken."""
+) -> Iterator[tuple[int, int, bytes | None, str | None]]:
+    """``(offset, end, payload, damage)`` of each whole record from ``start``.
+
+    Every record's header CRC (8 bytes: cheap) is checked. A header that
+    fails it is damage: the bytes up to the next record whose header checks
+    out are skipped as one item with ``payload=None`` and ``damage`` saying
+    why. A record whose data CRC fails (only checked with ``verify``: pure
+    Python, slow) is skipped the same way. Stops at a record cut short."""
     n = len(data)
     pos = start
     unpack = _HEADER.unpack_from
+    header_crc: dict[bytes, int] = {}  # few distinct lengths: each CRC computed once
     while pos + 12 <= n:
         length, len_crc = unpack(data, pos)
+        head = data[pos : pos + 8]
+        crc = header_crc.get(head)
+        if crc is None:
+            crc = header_crc[head] = masked_crc32c(head)
+        if crc != len_crc:
+            nxt = _resync(data, pos + 1)
+            yield pos, nxt, None, f"{nxt - pos} damaged byte(s) (the record header fails its CRC)"
+            pos = nxt
+            continue
         end = pos + 12 + length + 4
-        if verify or length > MAX_RECORD or end > n:
-            if masked_crc32c(data[pos : pos + 8]) != len_crc:
-                raise Corrupt(pos, "record length fails its CRC: the file is damaged here")
-            if end > n:
-                return  # cut short: a writer is still at it
+        if end > n:
+            return  # cut short: a writer is still at it
         body = data[pos + 12 : pos + 12 + length]
         if verify and masked_crc32c(body) != _U32.unpack_from(data, end - 4)[0]:
-            yield pos, end, None
+            yield pos, end, None, "data CRC mismatch"
         else:
-            yield pos, end, body
+            yield pos, end, body, None
         pos = end
+
+
+def _resync(data: bytes, pos: int) -> int:
+    """The next offset from ``pos`` where a record header checks out (its
+    length CRC matches and the length is plausible), or the end of ``data``."""
+    n = len(data)
+    unpack = _HEADER.unpack_from
+    while pos + 12 <= n:
+        length, len_crc = unpack(data, pos)
+        if length <= MAX_RECORD and masked_crc32c(data[pos : pos + 8]) == len_crc:
+            return pos
+        pos += 1
+    return n
 
 
 # ---- protobuf subset --------------------------------------------------------------
@@ -288,7 +305,7 @@ def read_scalars(path: str | Path, verify: bool = False) -> list[tuple[str, int,
     data = Path(path).read_bytes()
     out = []
     skip: set[str] = set()
-    for _, _, body in iter_records(data, 0, verify):
+    for _, _, body, _ in iter_records(data, 0, verify):
         if body is None:
             continue
         wall, step, values = parse_event(body)
@@ -393,51 +410,36 @@ class TensorBoardReader:
         metric_rows: list[tuple[int, float | None, str, float]] = []
         ended_at: int | None = None
         consumed = 0
-        try:
-            for pos, end, body in iter_records(data, 0, self.verify_crc):
-                consumed = end
-                record += 1
-                if body is None:
-                    problems.append(
-                        Problem(
-                            str(path),
-                            None,
-                            f"record {record} at byte {offset + pos}: CRC mismatch; skipped",
-                        )
+        for pos, end, body, damage in iter_records(data, 0, self.verify_crc):
+            consumed = end
+            record += 1
+            if body is None:
+                where = f"record {record} at byte {offset + pos}"
+                problems.append(Problem(str(path), None, f"{where}: {damage}; skipped"))
+                continue
+            try:
+                wall, step, values = parse_event(body)
+            except (ValueError, IndexError, struct.error) as e:
+                problems.append(
+                    Problem(
+                        str(path),
+                        None,
+                        f"record {record} at byte {offset + pos}: undecodable event ({e}); skipped",
                     )
-                    continue
-                try:
-                    wall, step, values = parse_event(body)
-                except (ValueError, IndexError, struct.error) as e:
-                    problems.append(
-                        Problem(
-                            str(path),
-                            None,
-                            f"record {record} at byte {offset + pos}: undecodable event ({e}); skipped",
-                        )
-                    )
-                    continue
-                for tag, value, extra in values:
-                    if isinstance(extra, tuple):
-                        if tag in ("args/text_summary", "args") and not args:
-                            args = _hf_args(extra[1])
-                        continue
-                    if isinstance(extra, str) and extra not in ("scalars", ""):
-                        skip.add(tag)
-                    if value is None or tag in skip or step < 0:
-                        continue
-                    canonical = add_scalar(steps, metric_rows, step, wall, tag, value)
-                    if not canonical and tag in FINAL_TAGS:
-                        ended_at = step
-        except Corrupt as e:
-            problems.append(
-                Problem(
-                    str(path),
-                    None,
-                    f"byte {offset + e.offset}: {e}; the rest of the file is not read",
                 )
-            )
-            consumed = len(data)  # nothing after the damage can be framed
+                continue
+            for tag, value, extra in values:
+                if isinstance(extra, tuple):
+                    if tag in ("args/text_summary", "args") and not args:
+                        args = _hf_args(extra[1])
+                    continue
+                if isinstance(extra, str) and extra not in ("scalars", ""):
+                    skip.add(tag)
+                if value is None or tag in skip or step < 0:
+                    continue
+                canonical = add_scalar(steps, metric_rows, step, wall, tag, value)
+                if not canonical and tag in FINAL_TAGS:
+                    ended_at = step
         rows = RowBuilder()
         if ended_at is not None and not state.get("ended"):
             rows.event(0, ended_at, None, "run_end", {"status": "completed"})

@@ -185,6 +185,40 @@ def test_4xx_is_reported_and_not_retried(tmp_path):
     assert not (tmp_path / "outbox.jsonl").exists()
 
 
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_and_the_alert_is_kept(tmp_path, code):
+    """urllib would re-send a POST answered 301/302/303 as a GET without its
+    body (and the GET's 200 looked like a delivery); 307/308 were refusals.
+    Every 3xx is a failed delivery that names the new location, and the alert
+    stays in the outbox until the endpoint takes it."""
+    box = tmp_path / "outbox.jsonl"
+    with Receiver() as elsewhere, Receiver(statuses=[code], location=elsewhere.url) as rx:
+        sender, log = send_one(rx.url, "json", outbox=box)
+        assert sender.flush(10)
+        time.sleep(0.1)  # a followed redirect would arrive now
+        sender.close()
+        assert [r.method for r in rx.requests] == ["POST"]  # once: not retried at once
+        assert elsewhere.requests == []  # neither a GET nor a POST went there
+        assert sender.stats == {"sent": 0, "rejected": 0, "kept": 1, "retries": 0}
+        where = f"http://127.0.0.1:{elsewhere.port}/…"
+        (line,) = [x for x in log if "could not deliver" in x]
+        assert f"HTTP {code} redirect to {where}, not followed" in line
+        assert "kept in" in line and "sent" not in line.split(":")[0]
+        (entry,) = [json.loads(x) for x in box.read_text().splitlines()]
+        assert f"HTTP {code} redirect to {where}" in entry["error"]
+        assert entry["item"]["alert"]["finding"]["step_start"] == 120
+
+        # the endpoint answers again: the kept alert is delivered, whole
+        again = AlertSender([rx.url], format="json", policy=FAST, outbox=box, log=LogLines())
+        assert again.retry_outbox() == 1
+        assert again.flush(10)
+        again.close()
+        assert [r.method for r in rx.requests] == ["POST", "POST"]
+        assert rx.requests[1].json()["finding"]["step_start"] == 120
+        assert rx.requests[1].body == rx.requests[0].body
+    assert not box.exists() or box.read_text() == ""
+
+
 def test_feishu_refusal_in_a_200_answer_is_reported():
     reply = b'{"code":19021,"msg":"sign match fail or timestamp is not within one hour"}'
     with Receiver(reply=reply) as rx:

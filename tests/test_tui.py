@@ -553,6 +553,40 @@ async def test_sql_screen_runs_pages_and_refuses_writes(runs: tuple[Path, Store]
         assert n == 3
 
 
+async def test_sql_screen_refuses_disguised_writes(tmp_path: Path) -> None:
+    """The SQL screen shares the query's two walls: a COPY hidden behind a
+    comment and EXPLAIN ANALYZE, a second statement, or a read of another file
+    is refused inline, and no file changes."""
+    with EventWriter(tmp_path / "r", rank=0) as w:
+        for s in range(1, 6):
+            w.step(step=s, loss=1.0 / s, lr=1e-4)
+    store = Store.open(tmp_path)
+    log = tmp_path / "r" / "events" / "rank-0.jsonl"
+    manifest = store.cache.manifest_path
+    before = (log.read_bytes(), manifest.read_bytes())
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        await pilot.press("s")
+        await settle(pilot, lambda: isinstance(app.screen, SqlScreen))
+        screen = app.screen
+        box = screen.query_one("#sql-input", Input)
+        for sql, says in (
+            (f"/* x */ EXPLAIN ANALYZE COPY (SELECT 'pwned' AS a) TO '{log}' (FORMAT csv)", "COPY"),
+            (f"-- c\nSELECT 1; COPY (SELECT 1) TO '{manifest}'", "statement 2 is COPY"),
+            ("/*+ h */ INSTALL httpfs", "LOAD"),
+            (f"SELECT * FROM read_csv('{log}')", "views only"),
+        ):
+            screen.error = ""
+            box.value = sql
+            await pilot.press("enter")
+            await settle(pilot, lambda: bool(screen.error))
+            assert "refused" in screen.error and says in screen.error, screen.error
+            assert not isinstance(app.screen, ErrorModal)
+    assert (log.read_bytes(), manifest.read_bytes()) == before
+    store.close()
+
+
 async def test_sql_screen_fetches_one_page_of_a_big_table(tmp_path: Path) -> None:
     """``SELECT * FROM steps`` over more than 10,000 rows fetches one page, not all."""
     big = 12_000

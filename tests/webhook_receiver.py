@@ -3,8 +3,10 @@
 ``Receiver`` runs ``http.server.ThreadingHTTPServer`` on an ephemeral port in a
 thread, records every POST (path, query, headers, body, arrival time) and
 answers as scripted: a list of statuses consumed one per request (then 200),
-an optional delay before answering, and an optional body (``echo=True``: the
-request's path and query, as a server quoting the URL in its error would).
+an optional delay before answering, an optional body (``echo=True``: the
+request's path and query, as a server quoting the URL in its error would) and
+an optional ``Location`` header (``location``, for redirects). Requests of any
+method are recorded, so a redirect followed as a GET would show.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    method: str = "POST"
 
     def json(self) -> Any:
         return json.loads(self.body.decode("utf-8"))
@@ -37,7 +40,9 @@ class Receiver:
         delay: float = 0.0,
         reply: bytes = b'{"ok": true}',
         echo: bool = False,
+        location: str | None = None,
     ) -> None:
+        self.location = location
         self.statuses = list(statuses or [])
         self.delay = delay
         self.reply = reply
@@ -53,7 +58,9 @@ class Receiver:
                 body = self.rfile.read(n)
                 parts = urllib.parse.urlsplit(self.path)
                 query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-                item = Received(parts.path, query, dict(self.headers.items()), body, time.time())
+                item = Received(
+                    parts.path, query, dict(self.headers.items()), body, time.time(), self.command
+                )
                 with receiver._cond:
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                     receiver.requests.append(item)
@@ -65,12 +72,16 @@ class Receiver:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(reply)))
+                    if receiver.location is not None:
+                        self.send_header("Location", receiver.location)
                     self.end_headers()
                     self.wfile.write(reply)
                 except OSError:
                     return  # the client gave up (timeout): nothing to answer
                 with receiver._cond:
                     receiver.answered.append(status)
+
+            do_GET = do_PUT = do_HEAD = do_POST
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -514,22 +514,43 @@ class Outcome:
     seconds: float = 0.0
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib re-sends a POST answered 301, 302 or 303
+    as a GET without its body (the alert would be lost while the GET's 200
+    looked like a delivery). The 3xx itself comes back as the answer."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-_direct_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_direct_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
 
 
-def _open(req: HttpRequest, timeout: float) -> tuple[int, bytes, str | None]:
+def _open(req: HttpRequest, timeout: float) -> tuple[int, bytes, Any]:
+    """POST once: (status, the start of the answer's body, its headers)."""
     r = urllib.request.Request(req.url, data=req.body, headers=req.headers, method="POST")
     host = urllib.parse.urlsplit(req.url).hostname or ""
-    opener = _direct_opener if host in _LOOPBACK else urllib.request.build_opener()
+    opener = _direct_opener if host in _LOOPBACK else urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(r, timeout=timeout) as resp:
-            return resp.status, resp.read(65536), None
+            return resp.status, resp.read(65536), resp.headers
     except urllib.error.HTTPError as e:
         body = b""
         with contextlib.suppress(OSError, http.client.HTTPException):
             body = e.read(4096)
-        return e.code, body, e.headers.get("Retry-After") if e.headers else None
+        return e.code, body, e.headers
+
+
+def _redirected(url: str, status: int, headers: Any) -> str:
+    """Why a 3xx answer is a failed delivery, naming where it pointed (scheme
+    and host only: a path may hold a token)."""
+    location = headers.get("Location") if headers else None
+    where = redact_url(urllib.parse.urljoin(url, location)) if location else "no Location given"
+    return (
+        f"HTTP {status} redirect to {where}, not followed (a redirect may drop the alert's "
+        "body); point the webhook URL at the new location"
+    )
 
 
 def _app_refusal(fmt: str, body: bytes) -> tuple[str, bool] | None:
@@ -578,13 +599,20 @@ def deliver(
     while True:
         attempt += 1
         retry_after: str | None = None
+        req = make_request()
         try:
-            status, body, retry_after = _open(make_request(), policy.timeout)
+            status, body, headers = _open(req, policy.timeout)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", None) or e
             status, body = None, b""
             error, retryable = f"connection failed: {reason}", True
         else:
+            retry_after = headers.get("Retry-After") if headers else None
+            if 300 <= status < 400:
+                # Not delivered, and not worth an immediate retry (the answer
+                # will be the same): kept for later, once the URL is fixed.
+                error = _redirected(req.url, status, headers)
+                return Outcome(False, status, attempt, error, True, time.monotonic() - started)
             if 200 <= status < 300:
                 refusal = _app_refusal(fmt, body)
                 if refusal is None:

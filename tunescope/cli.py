@@ -427,6 +427,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(ingest_summary(report, store))
     for p in report.problems:
         print(f"  skipped {p}", file=sys.stderr)
+    if report.skipped > len(report.problems):
+        unlisted = report.skipped - len(report.problems)
+        print(f"  ... and {unlisted} more skipped line(s), not listed", file=sys.stderr)
     if report.problems:
         warn(f"{report.skipped} line(s) or file(s) skipped (good lines around them were kept)")
         if args.strict:
