@@ -520,7 +520,7 @@ async def test_sql_screen_runs_pages_and_refuses_writes(runs: tuple[Path, Store]
         assert [str(c) for c in table.get_row_at(0)] == ["diverged-lr", "1", f"{_loss(1):.6g}"]
         page_text = screen.query_one("#sql-page", Static)
         assert "rows 1–100 · page 1 · ] next" in str(page_text.content)
-        table.focus()
+        assert table.has_focus  # after enter, ] pages the result instead of typing into the query
         await pilot.press("right_square_bracket")
         await settle(pilot, lambda: screen.page == 1)
         assert str(table.get_row_at(0)[1]) == "101"
@@ -829,3 +829,80 @@ async def test_run_header_says_what_the_log_cannot_show(tmp_path: Path) -> None:
         text = str(line.render())
         assert "cannot show: stragglers and hung ranks: some-trainer has one row" in text
         assert "no grad norms" in text
+
+
+async def test_marks_show_on_the_row_and_home_end_move(runs: tuple[Path, Store]) -> None:
+    _, store = runs
+    app = make_app(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        table = app.screen.query_one("#runs-table", DataTable)
+        table.focus()
+        await pilot.press("space")
+        await settle(pilot)
+        assert "1 marked" in str(app.screen.query_one("#runs-state", Static).render())
+        assert str(table.get_row_at(0)[0]) == "●"
+        mark = table.columns[next(iter(table.columns))]
+        assert mark.get_render_width(table) >= 2  # the mark column is wide enough to show it
+        await pilot.press("end")
+        await settle(pilot)
+        assert table.cursor_row == table.row_count - 1
+        await pilot.press("home")
+        await settle(pilot)
+        assert table.cursor_row == 0
+
+
+async def test_runs_list_fits_80_columns_with_short_names(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    deep = "experiments/2026-11-30/qwen2.5-7b-instruct-lora-r64-alpha128-lr2e-4/runs/Nov30_12-00-00_host"
+    write_run(root, deep, steps=30)
+    write_run(root, "b-short", steps=30)
+    store = Store.open(root, tmp_path / "cache")
+    app = make_app(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        table = app.screen.query_one("#runs-table", DataTable)
+        assert table.virtual_size.width <= 80
+        names = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
+        assert names[0] == "b-short"  # sorted by the name shown
+        assert names[1].startswith("exper") and "…" in names[1] and len(names[1]) <= 16
+        table.focus()
+        await pilot.press("down")
+        await settle(pilot)
+        assert deep in str(app.screen.query_one("#runs-state", Static).render())
+
+
+async def test_empty_folder_and_empty_filter_say_so(
+    tmp_path: Path, runs: tuple[Path, Store]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    app = make_app(Store.open(tmp_path / "empty", tmp_path / "cache"), live=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        box = app.screen.query_one("#runs-empty", Static)
+        assert box.display and "yet: waiting for logs" in str(box.render())
+    _, store = runs
+    app = make_app(store)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        app.screen.query_one("#runs-filter", Input).value = "no-such-run"
+        await settle(pilot, lambda: app.screen.matched == 0)
+        box = app.screen.query_one("#runs-empty", Static)
+        assert box.display and "No runs match the filter" in str(box.render())
+
+
+async def test_compare_ticks_differ_by_more_than_colour(runs: tuple[Path, Store]) -> None:
+    _, store = runs
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        app.push_screen(CompareScreen(["healthy"]))
+        await settle(pilot, lambda: isinstance(app.screen, CompareScreen))
+        box = app.screen.query_one("#compare-runs")
+        await settle(pilot, lambda: box.option_count > 0)
+        prompts = {o.value: str(o.prompt) for o in box._options}
+        assert prompts["healthy"].startswith("✓ ")
+        assert prompts["straggler"].startswith("  ")
+        box.select("straggler")
+        await settle(pilot)
+        assert str(box.get_option("straggler").prompt).startswith("✓ ")

@@ -1,4 +1,4 @@
-"""Snapshot tests (pytest-textual-snapshot): each screen at 100x30 over fixed data.
+"""Snapshot tests (pytest-textual-snapshot): each screen at 80x24 and 200x50 over fixed data.
 
 Determinism: the runs are written with fixed timestamps, no screen shows wall
 clock time (the SQL timer is pinned with ``clock``), cursor blink is off, live
@@ -18,7 +18,13 @@ from textual.widgets import DataTable, Input
 from tunescope.ingest.store import Store
 from tunescope.tui.plot import Plot
 
-SIZE = (100, 30)
+# every screen at the smallest supported terminal and at a large one
+SIZES = [(80, 24), (200, 50)]
+
+
+@pytest.fixture(params=SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
+def size(request: pytest.FixtureRequest) -> tuple[int, int]:
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +55,14 @@ async def open_diverged(pilot: Pilot) -> None:
     await settle(pilot, lambda: len(app.screen.findings) == 2)
 
 
-def test_runs_screen(snap_compare, snap_root: Path) -> None:
+def test_runs_screen(snap_compare, snap_root: Path, size: tuple[int, int]) -> None:
     store = Store(snap_root)
-    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=runs_loaded)
+    assert snap_compare(make_app(store), terminal_size=size, run_before=runs_loaded)
 
 
-def test_run_screen_zoomed_to_divergence(snap_compare, snap_root: Path) -> None:
+def test_run_screen_zoomed_to_divergence(
+    snap_compare, snap_root: Path, size: tuple[int, int]
+) -> None:
     async def run_before(pilot: Pilot) -> None:
         await open_diverged(pilot)
         await pilot.press("n")  # select the TS102 finding and zoom to it
@@ -63,10 +71,10 @@ def test_run_screen_zoomed_to_divergence(snap_compare, snap_root: Path) -> None:
         await settle(pilot, lambda: screen.query_one("#plot-loss", Plot).x_range == screen.zoom)
 
     store = Store(snap_root)
-    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(store), terminal_size=size, run_before=run_before)
 
 
-def test_run_screen_ranks_tab(snap_compare, snap_root: Path) -> None:
+def test_run_screen_ranks_tab(snap_compare, snap_root: Path, size: tuple[int, int]) -> None:
     async def run_before(pilot: Pilot) -> None:
         app = pilot.app
         await settle(pilot, lambda: app.screen.loaded)
@@ -79,10 +87,10 @@ def test_run_screen_ranks_tab(snap_compare, snap_root: Path) -> None:
         await settle(pilot, lambda: grid.slowest is not None)
 
     store = Store(snap_root)
-    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(store), terminal_size=size, run_before=run_before)
 
 
-def test_compare_screen(snap_compare, snap_root: Path) -> None:
+def test_compare_screen(snap_compare, snap_root: Path, size: tuple[int, int]) -> None:
     async def run_before(pilot: Pilot) -> None:
         app = pilot.app
         await settle(pilot, lambda: app.screen.loaded)
@@ -97,10 +105,10 @@ def test_compare_screen(snap_compare, snap_root: Path) -> None:
         await settle(pilot, lambda: len(plot.series) == 3)
 
     store = Store(snap_root)
-    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(store), terminal_size=size, run_before=run_before)
 
 
-def test_sql_screen(snap_compare, snap_root: Path) -> None:
+def test_sql_screen(snap_compare, snap_root: Path, size: tuple[int, int]) -> None:
     async def run_before(pilot: Pilot) -> None:
         app = pilot.app
         await settle(pilot, lambda: app.screen.loaded)
@@ -115,14 +123,14 @@ def test_sql_screen(snap_compare, snap_root: Path) -> None:
         await settle(pilot, lambda: app.screen.result is not None)
 
     store = Store(snap_root)
-    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(store), terminal_size=size, run_before=run_before)
 
 
-def test_help_screen(snap_compare, snap_root: Path) -> None:
+def test_help_screen(snap_compare, snap_root: Path, size: tuple[int, int]) -> None:
     async def run_before(pilot: Pilot) -> None:
         await runs_loaded(pilot)
         await pilot.press("question_mark")
         await settle(pilot)
 
     store = Store(snap_root)
-    assert snap_compare(make_app(store), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(store), terminal_size=size, run_before=run_before)

@@ -9,12 +9,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Select, SelectionList, Static
+from textual.widgets.selection_list import Selection
 from textual.worker import get_current_worker
 
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import CurveLoaded, MetricNamesLoaded, RunChoicesLoaded, StoreChanged
 from tunescope.tui.plot import Plot
 from tunescope.tui.queries import compare_series, metric_names, run_choices
+
+
+def tick_label(label: str, ticked: bool) -> str:
+    """A run's line in the list: "✓" when ticked, so the state shows without colour."""
+    return f"✓ {label}" if ticked else f"  {label}"
 
 
 class CompareScreen(WorkerScreen):
@@ -34,6 +40,7 @@ class CompareScreen(WorkerScreen):
         self.log_y = False
         self.generation = 0
         self._choices_loaded = False
+        self._labels: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -91,7 +98,13 @@ class CompareScreen(WorkerScreen):
     def on_run_choices_loaded(self, message: RunChoicesLoaded) -> None:
         box = self.query_one("#compare-runs", SelectionList)
         box.clear_options()
-        box.add_options([(label, rid, rid in self.run_ids) for rid, label in message.runs])
+        self._labels = dict((rid, label) for rid, label in message.runs)
+        box.add_options(
+            [
+                Selection(tick_label(label, rid in self.run_ids), rid, rid in self.run_ids, id=rid)
+                for rid, label in message.runs
+            ]
+        )
         self._choices_loaded = True
 
     def on_metric_names_loaded(self, message: MetricNamesLoaded) -> None:
@@ -125,6 +138,10 @@ class CompareScreen(WorkerScreen):
         if not self._choices_loaded:
             return
         selected = list(event.selection_list.selected)
+        for rid in set(selected) ^ set(self.run_ids):
+            # ticked rows say so in text as well as colour
+            label = self._labels.get(rid, rid)
+            event.selection_list.replace_option_prompt(rid, tick_label(label, rid in selected))
         # Keep the order in which runs were ticked (it decides the colours).
         self.run_ids = [r for r in self.run_ids if r in selected] + [
             r for r in selected if r not in self.run_ids

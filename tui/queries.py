@@ -20,8 +20,15 @@ SEVERITIES = ("error", "warning", "info")
 STATUSES = ("running", "completed", "failed", "interrupted")
 
 # Sort keys of the runs table: label -> (column, descending by default?) pairs.
+# The run's name as the runs list shows it: the run id when it is one folder
+# deep, else its first folder, "…" and the run's own name (an MLflow or W&B
+# run name, a TensorBoard run folder); the full id is shown on demand.
+DISPLAY_SQL = """CASE WHEN strpos(run_id, '/') = 0 THEN run_id
+    ELSE split_part(run_id, '/', 1) || '/…/' ||
+         coalesce(nullif(name, ''), regexp_extract(run_id, '[^/]+$')) END"""
+
 SORTS: dict[str, tuple[tuple[str, bool], ...]] = {
-    "name": (("name", False),),
+    "name": (("display", False),),
     "status": (("status", False),),
     "findings": (("n_error", True), ("n_warning", True), ("n_info", True)),
     "steps": (("last_step", True),),
@@ -65,14 +72,16 @@ def runs_page(
             FROM findings GROUP BY run_id
         ),
         r AS (
-            SELECT runs.run_id, name, status, steps_logged, total_steps, last_step, last_loss,
+            SELECT runs.run_id, name, {DISPLAY_SQL} AS display, status, steps_logged,
+                   total_steps, last_step, last_loss,
                    last_lr, world_size, coalesce(n_error, 0) AS n_error,
                    coalesce(n_warning, 0) AS n_warning, coalesce(n_info, 0) AS n_info
             FROM runs LEFT JOIN f USING (run_id)
         ),
         m AS (
             SELECT * FROM r
-            WHERE ($text = '' OR name ILIKE '%' || $text || '%' OR run_id ILIKE '%' || $text || '%')
+            WHERE ($text = '' OR display ILIKE '%' || $text || '%'
+                   OR run_id ILIKE '%' || $text || '%')
               AND ($status IS NULL OR status = $status)
               AND (NOT $only OR n_error + n_warning + n_info > 0)
         )
@@ -305,12 +314,10 @@ def metric_names(cur: Any) -> list[str]:
 
 def run_choices(cur: Any) -> list[tuple[str, str]]:
     rows = cur.execute(
-        f"SELECT run_id, name, status FROM runs ORDER BY run_id LIMIT {RUNS_LIMIT}"
+        f"SELECT run_id, {DISPLAY_SQL} AS display, status FROM runs "
+        f"ORDER BY display, run_id LIMIT {RUNS_LIMIT}"
     ).fetchall()
-    return [
-        (rid, f"{name} ({status})" if name == rid else f"{rid} ({status})")
-        for rid, name, status in rows
-    ]
+    return [(rid, f"{display} ({status})") for rid, display, status in rows]
 
 
 # ---- per-rank grid -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from textual.worker import get_current_worker
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import RunsLoaded, StoreChanged
 from tunescope.tui.queries import RUNS_PAGE, SORTS, STATUSES, RunFilter, runs_page
+from tunescope.tui.row_table import RowTable
 
 STATUS_STYLE = {
     "running": "bold #4ea1ff",
@@ -56,12 +57,38 @@ def findings_cell(n_error: int, n_warning: int, n_info: int) -> Text:
     return text if text else Text("–", style="dim")
 
 
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` cells with "…" in the middle (both ends stay readable)."""
+    if len(text) <= width:
+        return text
+    keep = max(width - 1, 2)
+    head = keep // 2
+    return text[:head] + "…" + text[len(text) - (keep - head) :]
+
+
+# the width the runs table's other columns take with their padding (mark, status,
+# steps, loss, lr, ranks, findings): the run column gets the rest
+OTHER_COLUMNS = 64
+RUN_WIDTH = (14, 48)  # the run column's width at the least and the most
+
+
 def steps_cell(row: dict[str, Any]) -> str:
     done = row["last_step"]
     total = row["total_steps"]
     if done is None:
         return "–"
     return f"{done}/{total}" if total else str(done)
+
+
+class RunsTable(RowTable):
+    """The runs table: End goes to the last matching run, loading the pages between."""
+
+    def action_last_row(self) -> None:
+        screen = self.screen
+        if isinstance(screen, RunsScreen):
+            screen.action_last()
+        else:
+            super().action_last_row()
 
 
 class RunsScreen(WorkerScreen):
@@ -90,19 +117,21 @@ class RunsScreen(WorkerScreen):
         self._total = 0
         self.loaded = False
         self._paging = False
+        self._to_end = False  # End pressed: move to the last run once every page is loaded
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="runs-bar"):
             yield Input(placeholder="filter by name  ( / )", id="runs-filter")
             yield Static("", id="runs-state")
-        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield RunsTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="runs-empty")
         yield Footer()
 
     def on_mount(self) -> None:
         table = self.query_one("#runs-table", DataTable)
         for name in COLUMNS:
-            table.add_column(name, key=name or "mark")
+            table.add_column(name, key=name or "mark", width=1 if not name else None)
         table.focus()
         self.load()
 
@@ -139,6 +168,9 @@ class RunsScreen(WorkerScreen):
             table.add_rows(self._cells(r) for r in message.rows)
             self._total = message.total
             self._show_state(message.matched, message.total)
+            if self._to_end:
+                self._to_end = False
+                table.move_cursor(row=table.row_count - 1, animate=False)
             return
         keep = None
         if table.row_count and 0 <= table.cursor_row < len(self.rows):
@@ -154,20 +186,49 @@ class RunsScreen(WorkerScreen):
         self.loaded = True
         self._total = message.total
         self._show_state(message.matched, message.total)
+        self._show_empty(message.matched, message.total)
+
+    def _show_empty(self, matched: int, total: int) -> None:
+        """Say why the table is empty instead of showing a bare header."""
+        box = self.query_one("#runs-empty", Static)
+        if total == 0:
+            root = getattr(self.app.store, "root", None)
+            where = f" under {root}" if root is not None else ""
+            live = getattr(self.app, "live", False)
+            box.update(
+                f"No runs{where} yet"
+                + (
+                    ": waiting for logs (new runs appear here as they are written)."
+                    if live
+                    else "."
+                )
+                + "\nA run is a folder with tunescope events, trainer_state.json, "
+                "trainer_log.jsonl, logging.jsonl, TensorBoard, MLflow or W&B files; "
+                "`tunescope ingest RUNS --verbose` lists what was skipped."
+            )
+        elif matched == 0:
+            box.update("No runs match the filter: escape clears it, f cycles the status filter.")
+        box.display = matched == 0
 
     @on(DataTable.RowHighlighted, "#runs-table")
     def _maybe_next_page(self, event: DataTable.RowHighlighted) -> None:
         """Fetch the next page when the cursor comes near the last loaded row."""
+        self._show_state(self.matched, self._total)
         near_end = event.cursor_row >= len(self.rows) - min(20, self.page_size // 2)
         if near_end and len(self.rows) < self.matched and not self._paging:
             self._paging = True
             self.load(len(self.rows))
 
+    def run_width(self) -> int:
+        """The run column's width: what the screen leaves after the other columns."""
+        width = self.app.size.width or 100
+        return max(RUN_WIDTH[0], min(RUN_WIDTH[1], width - OTHER_COLUMNS))
+
     def _cells(self, r: dict[str, Any]) -> list[Any]:
         status = r["status"] or "?"
         return [
             Text("●", style="bold #b48cff") if r["run_id"] in self.marked else "",
-            r["name"] if r["name"] == r["run_id"] else r["run_id"],
+            shorten(r["display"] or r["run_id"], self.run_width()),
             Text(status, style=STATUS_STYLE.get(status, "")),
             steps_cell(r),
             fmt_value(r["last_loss"]),
@@ -188,6 +249,9 @@ class RunsScreen(WorkerScreen):
         parts.append(f"sort={f.sort}{' ↓' if f.descending else ''}")
         if self.marked:
             parts.append(f"{len(self.marked)} marked")
+        current = self._current_row()
+        if current and shorten(current["display"] or "", self.run_width()) != current["run_id"]:
+            parts.append(current["run_id"])  # the full id of the highlighted run
         self.query_one("#runs-state", Static).update(" · ".join(parts))
         self.app.sub_title = f"{total} run{'' if total == 1 else 's'}"
 
@@ -200,11 +264,24 @@ class RunsScreen(WorkerScreen):
 
     # ---- actions --------------------------------------------------------------
 
-    def current_run(self) -> str | None:
+    def _current_row(self) -> dict[str, Any] | None:
         table = self.query_one("#runs-table", DataTable)
         if not self.rows or not (0 <= table.cursor_row < len(self.rows)):
             return None
-        return self.rows[table.cursor_row]["run_id"]
+        return self.rows[table.cursor_row]
+
+    def current_run(self) -> str | None:
+        row = self._current_row()
+        return None if row is None else row["run_id"]
+
+    def action_last(self) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        if len(self.rows) < self.matched:
+            self._to_end = True  # load every remaining page, then move there
+            self._paging = True
+            self.load(len(self.rows), self.matched - len(self.rows))
+        elif table.row_count:
+            table.move_cursor(row=table.row_count - 1, animate=False)
 
     @on(DataTable.HeaderSelected, "#runs-table")
     def _header_selected(self, event: DataTable.HeaderSelected) -> None:

@@ -26,6 +26,7 @@ from tunescope.ingest.rows import fetch_arrow
 from tunescope.ingest.store import check_read_only
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import QueryDone, QueryFailed
+from tunescope.tui.row_table import RowTable
 from tunescope.tui.runs_screen import fmt_value
 
 PAGE = 100  # rows in the table at a time
@@ -82,7 +83,7 @@ class SqlScreen(WorkerScreen):
             "views: runs · steps · metrics · events · findings   (read-only; Enter runs)",
             id="sql-status",
         )
-        yield DataTable(id="sql-table", zebra_stripes=True)
+        yield RowTable(id="sql-table", zebra_stripes=True)
         with Horizontal(id="sql-pager"):
             yield Button("◀ prev", id="sql-prev", compact=True)
             yield Static("", id="sql-page")
@@ -157,6 +158,9 @@ class SqlScreen(WorkerScreen):
             table.clear(columns=True)
             for name in message.table.column_names:
                 table.add_column(name, key=name)
+            # the result takes the keys, so ] and [ page it (ctrl+l edits the SQL again);
+            # after an error the focus stays in the query to fix it
+            table.focus()
         self._show_page()
 
     def on_query_failed(self, message: QueryFailed) -> None:

@@ -469,6 +469,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     store = open_store(args)
     table = store.query(args.sql)
     write_table(table, fmt, args.output)
+    if args.output:
+        rows, cols = count(table.num_rows, "row"), count(table.num_columns, "column")
+        warn(f"wrote {args.output}: {rows} x {cols} ({fmt})")
     return ExitCode.OK
 
 
@@ -641,6 +644,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             Path(args.output).write_text(text, encoding="utf-8")
         except OSError as e:
             raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
+        warn(
+            f"wrote {args.output}: {count(len(runs), 'run')}, "
+            f"{count(len(findings), 'finding')} ({args.format})"
+        )
     else:
         sys.stdout.write(text)
     if args.exit_zero:
