@@ -1,0 +1,117 @@
+"""Megatron-LM, Megatron-DeepSpeed and NeMo console lines.
+
+An iteration line::
+
+     iteration      120/  500000 | consumed samples: 3840 | elapsed time per iteration (ms): 612.3 |
+     learning rate: 4.687E-06 | global batch size: 32 | lm loss: 3.010825E+00 | loss scale: 1.0 |
+     grad norm: 2.948 | number of skipped iterations: 0 | number of nan iterations: 0 |
+
+a per-rank memory line::
+
+    [Rank 3] (after 10 iterations) memory (MB) | allocated: 7024.9 | max allocated: 17050.5 |
+    reserved: 17548.0 | max reserved: 17548.0
+
+and a validation line::
+
+    validation loss at iteration 200 | lm loss value: 2.91E+00 | lm loss PPL: 1.84E+01 |
+
+Fields map onto the canonical columns (``lm loss`` -> loss, ``learning rate``
+-> lr, ``grad norm`` -> grad_norm, ``elapsed time per iteration (ms)`` ->
+step_time_s, memory -> mem_*_mb); the rest become metrics with the names in
+:data:`EXTRA_NAMES` (other fields: lower case, spaces as underscores).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+ITERATION = re.compile(rb"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|([^\n\r]*)")
+MEMORY = re.compile(rb"\[Rank (\d+)\]\s*\(after (\d+) iterations?\)\s*memory \(MB\)\s*\|([^\n\r]*)")
+VALIDATION = re.compile(rb"validation loss at iteration (\d+)\s*(?:on [^|]*)?\|([^\n\r]*)")
+_FIELD = re.compile(rb"\s*([^|:]+?)\s*:\s*([^|]+?)\s*(?:\||$)")
+
+# Megatron field -> (canonical column, scale)
+CANONICAL: dict[str, tuple[str, float]] = {
+    "lm loss": ("loss", 1.0),
+    "loss": ("loss", 1.0),
+    "reduced_train_loss": ("loss", 1.0),
+    "learning rate": ("lr", 1.0),
+    "lr": ("lr", 1.0),
+    "grad norm": ("grad_norm", 1.0),
+    "elapsed time per iteration (ms)": ("step_time_s", 0.001),
+    "train_step_timing in s": ("step_time_s", 1.0),
+}
+# Megatron field -> metric name, for the fields the detectors read.
+EXTRA_NAMES: dict[str, str] = {
+    "number of skipped iterations": "skipped_iterations",
+    "number of nan iterations": "nan_iterations",
+    "loss scale": "loss_scale",
+    "consumed samples": "consumed_samples",
+    "consumed tokens": "consumed_tokens",
+    "global batch size": "global_batch_size",
+    "num zeros": "num_zeros",
+    "params norm": "params_norm",
+    "tokens per gpu per second (tgs)": "tokens_per_gpu_s",
+}
+MEMORY_FIELDS: dict[str, str] = {
+    "allocated": "mem_allocated_mb",
+    "max allocated": "mem_peak_mb",
+    "reserved": "mem_reserved_mb",
+}
+
+
+def _name(key: str) -> str:
+    return EXTRA_NAMES.get(key) or re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")
+
+
+def _value(raw: bytes) -> float | None:
+    try:
+        return float(raw.split()[0]) if raw.strip() else None
+    except ValueError:
+        return None
+
+
+def fields(rest: bytes) -> dict[str, float]:
+    """``{field: value}`` of the ``| key: value |`` part of a line (numeric values only)."""
+    out: dict[str, float] = {}
+    for m in _FIELD.finditer(rest):
+        v = _value(m.group(2))
+        if v is not None:
+            out[m.group(1).decode("utf-8", "replace").strip().lower()] = v
+    return out
+
+
+def iteration(m: re.Match[bytes]) -> tuple[int, int, dict[str, float], dict[str, float]]:
+    """(iteration, total, canonical metrics, other metrics) of an ITERATION match."""
+    canon: dict[str, float] = {}
+    extras: dict[str, float] = {}
+    for key, value in fields(m.group(3)).items():
+        target = CANONICAL.get(key)
+        if target is not None:
+            canon.setdefault(target[0], value * target[1])
+        else:
+            extras[_name(key)] = value
+    return int(m.group(1)), int(m.group(2)), canon, extras
+
+
+def memory(m: re.Match[bytes]) -> tuple[int, int, dict[str, float], dict[str, float]]:
+    """(rank, iteration, canonical memory metrics, other memory metrics) of a MEMORY match."""
+    canon: dict[str, float] = {}
+    extras: dict[str, float] = {}
+    for key, value in fields(m.group(3)).items():
+        if key in MEMORY_FIELDS:
+            canon[MEMORY_FIELDS[key]] = value
+        else:
+            extras["mem_" + _name(key) + "_mb"] = value
+    return int(m.group(1)), int(m.group(2)), canon, extras
+
+
+def validation(m: re.Match[bytes]) -> tuple[int, dict[str, Any]]:
+    """(iteration, eval metrics) of a VALIDATION match: ``lm loss value`` ->
+    ``eval_lm_loss``, ``lm loss PPL`` -> ``eval_lm_loss_ppl``."""
+    out: dict[str, Any] = {}
+    for key, value in fields(m.group(2)).items():
+        name = _name(key.removesuffix(" value"))
+        out["eval_" + name] = value
+    return int(m.group(1)), out
