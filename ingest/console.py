@@ -309,7 +309,9 @@ class ConsoleReader:
                 continue
             if kind == "end":
                 status, error = payload
-                if run.n and run.ended is None:
+                # the first marker of a crash says the most (the traceback's
+                # last line); the ones after it belong to the same crash
+                if status and run.n and run.ended is None and run.pending is None:
                     run.pending = [status, error]
                 continue
             if kind == "dict-train" and payload["step"] is None:
