@@ -25,9 +25,11 @@ Only new bytes are read each time; a torn last line waits for its newline.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,9 @@ from tunescope.ingest.foreign import (
     parse_duration,
     parse_fraction,
 )
-from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
+from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA, Problem, ReadResult, RowBuilder
 from tunescope.ingest.tail import read_new_lines
+from tunescope.schema import METRIC_NAMES
 
 SUFFIXES = (".log", ".out", ".txt", ".err", ".stdout", ".stderr")
 NAMES = ("nohup.out", "stdout", "stderr", "output", "console")
@@ -113,7 +116,7 @@ def family_of(data: bytes) -> str | None:
     """The step-line family whose lines occur in ``data`` first (None: none)."""
     best: tuple[int, str] | None = None
     for fam, pattern in FAMILIES:
-        m = pattern.search(data)
+        m = pattern.search(data, 0, len(data) if best is None else best[0] + 1)
         if m is not None and (best is None or m.start() < best[0]):
             best = (m.start(), fam)
     return best[1] if best else None
@@ -281,52 +284,49 @@ class ConsoleReader:
         chunk = read_new_lines(path, state)
         old = {} if (state is None or chunk.restarted) else dict(state)
         keys = keymap_for(path)
-        fam = old.get("family") or family_of(chunk.data)
+        fam = old.get("family") or sniff(path) or family_of(chunk.data[:SNIFF_HEAD])
         idx = int(old.get("run", 1))
         run = Run(idx, old.get("cur"))
         done: list[Run] = []
-        bars: dict[str, int] = dict(old.get("bars", {}))
         train_total = old.get("bar_total")
         problems: list[Problem] = []
         data = chunk.data
         base = chunk.start
 
-        items = _markers(data)
+        items: list[tuple[int, str, Any]] = []
         if fam == "dicts":
-            items += _dict_items(data, keys)
+            items = _dict_items(data, keys)
         elif fam == "megatron":
-            items += _megatron_items(data)
+            items = _megatron_items(data)
         elif fam == "lines":
-            items += _line_items(data)
-        items.sort(key=lambda it: it[0])
+            items = _line_items(data)
+        if fam == "megatron":
+            items.sort(key=itemgetter(0))
 
-        prev_end = 0
+        # Markers (tracebacks, banners) are looked for only where they can
+        # matter: before the first item, in gaps much longer than usual (a
+        # crash and a relaunch print a lot), before a step that goes back, and
+        # after the last item. A full pass per marker would cost more than
+        # finding the step lines.
+        typical = float(old.get("gap", 0.0))
+        prev = 0  # the previous item
+        scanned = 0  # the previous step item: markers before it were looked at
         for pos, kind, payload in items:
             seq = base + pos + 1
-            if kind == "banner":
-                if run.n:
-                    run.banner = True
-                continue
-            if kind == "end":
-                status, error = payload
-                # the first marker of a crash says the most (the traceback's
-                # last line); the ones after it belong to the same crash
-                if status and run.n and run.ended is None and run.pending is None:
-                    run.pending = [status, error]
-                continue
             if kind == "dict-train" and payload["step"] is None:
-                # the training progress bar just before the dict
-                window = data[max(prev_end, pos - _BAR_LOOKBACK) : pos]
-                for m in _BAR_COUNTER.finditer(window):
-                    bars[m.group(2).decode()] = int(m.group(1))
-                if train_total is None and bars:
-                    last = _BAR_COUNTER.findall(window)
-                    train_total = int(last[-1][1]) if last else None
-                if train_total is not None and str(train_total) in bars:
-                    payload["step"] = bars[str(train_total)]
+                got = _bar_step(data, prev, pos, train_total)
+                if got is not None:
+                    payload["step"], train_total = got
                     payload["total"] = train_total
                     payload["from"] = "progress bar"
             if kind in ("dict-train", "train"):
+                gap = pos - scanned
+                if scanned == 0 or gap > max(4096, 4 * typical) or _goes_back(run, payload):
+                    for _, mkind, mpayload in _markers(data, scanned, pos):
+                        run = self._marker(run, mkind, mpayload)
+                if scanned:
+                    typical = gap if not typical else 0.9 * typical + 0.1 * gap
+                scanned = pos
                 run = self._train(path, run, done, payload, seq)
             elif kind == "eval":
                 step = payload["step"] if payload["step"] is not None else (run.last or 0)
@@ -343,7 +343,9 @@ class ConsoleReader:
                 rank, step, canon, extras = payload
                 run.step_row(rank, step, canon, seq)
                 run.metric_rows(step, extras, seq, rank)
-            prev_end = pos
+            prev = pos
+        for _, mkind, mpayload in _markers(data, scanned, len(data)):
+            run = self._marker(run, mkind, mpayload)
 
         # the end of what was read: a crash that no step followed ends the run
         end_seq = base + len(data)
@@ -365,29 +367,40 @@ class ConsoleReader:
             self._start(path, r, fam)
 
         n_runs = run.idx
-        results: dict[int, RowBuilder] = {}
-        for r in [*done, run]:
-            results[r.idx] = _rows(r)
-        lines_total = chunk.first_line - 1 + chunk.lines
         any_rows = run.n or any(r.n for r in done) or old.get("had_rows")
-        if not any_rows and not old.get("warned") and lines_total:
-            problems.append(no_loss_problem(path, lines_total, "lines"))
+        lines_total = 0
+        if not any_rows and not old.get("warned"):
+            lines_total = chunk.lines
+            if lines_total:
+                problems.append(no_loss_problem(path, lines_total, "lines"))
         new_state = {
-            **chunk.state,
+            **chunk.position,
             "family": fam,
             "run": n_runs,
             "cur": run.dump(),
-            "bars": {k: v for k, v in bars.items()},
             "bar_total": train_total,
+            "gap": typical,
             "had_rows": bool(any_rows),
             "warned": bool(old.get("warned") or (not any_rows and lines_total)),
         }
-        main = results.pop(1, None) or RowBuilder()
-        result = main.result(new_state, problems, replace=chunk.restarted)
+        first = next((r for r in [*done, run] if r.idx == 1), None) or Run(1)
+        result = _result(first, new_state, problems, chunk.restarted)
         result.subruns = [
-            (f"#{i}", b.result({}, replace=chunk.restarted)) for i, b in sorted(results.items())
+            (f"#{r.idx}", _result(r, {}, [], chunk.restarted)) for r in [*done, run] if r.idx > 1
         ]
         return result
+
+    def _marker(self, run: Run, kind: str, payload: Any) -> Run:
+        if kind == "banner":
+            if run.n:
+                run.banner = True
+        else:
+            status, error = payload
+            # the first marker of a crash says the most (the traceback's last
+            # line); the ones after it belong to the same crash
+            if status and run.n and run.ended is None and run.pending is None:
+                run.pending = [status, error]
+        return run
 
     def _train(self, path: Path, run: Run, done: list[Run], item: dict[str, Any], seq: int) -> Run:
         step: int | None = item["step"]
@@ -471,31 +484,99 @@ class ConsoleReader:
         run.started = True
 
 
-def _rows(run: Run) -> RowBuilder:
+def _result(run: Run, state: dict[str, Any], problems: list[Problem], replace: bool) -> ReadResult:
+    """The rows of one run as tables, built a column at a time (a console log
+    can hold hundreds of thousands of steps)."""
+    import pyarrow as pa
+
+    items = list(run.steps.items())
+    seqs = [v[0] for _, v in items]
+    if any(b < a for a, b in itertools.pairwise(seqs)):
+        items.sort(key=lambda kv: kv[1][0])
+    n = len(items)
+    canons = [v[1] for _, v in items]
+    present: set[str] = set()
+    for c in canons[:64]:
+        present.update(c)
+    if n > 64:
+        present = present.union(*canons[64:])
+    cols: dict[str, Any] = {
+        "rank": pa.array([k[0] for k, _ in items], pa.int32()),
+        "step": pa.array([k[1] for k, _ in items], pa.int64()),
+        "ts": pa.nulls(n, pa.float64()),
+    }
+    for name in METRIC_NAMES:
+        if name in present:
+            cols[name] = pa.array([c.get(name) for c in canons], pa.float64())
+        else:
+            cols[name] = pa.nulls(n, pa.float64())
+    cols["sample_ids"] = pa.nulls(n, pa.string())
+    cols["seq"] = pa.array([v[0] for _, v in items], pa.int64())
+    steps = pa.table(cols, schema=STEP_SCHEMA)
+    m = run.metrics
+    metrics = pa.table(
+        {
+            "rank": pa.array([r[0] for r in m], pa.int32()),
+            "step": pa.array([r[1] for r in m], pa.int64()),
+            "ts": pa.nulls(len(m), pa.float64()),
+            "name": pa.array([r[2] for r in m], pa.string()),
+            "value": pa.array([r[3] for r in m], pa.float64()),
+            "seq": pa.array([r[4] for r in m], pa.int64()),
+        },
+        schema=METRIC_SCHEMA,
+    )
     rows = RowBuilder()
-    for (rank, step), (seq, canon) in sorted(run.steps.items(), key=lambda kv: kv[1][0]):
-        rows.step(rank, step, None, canon, seq=seq)
-    for rank, step, name, value, seq in run.metrics:
-        rows.metric(rank, step, None, name, value, seq=seq)
     for step, kind, payload, seq in run.events:
         rows.event(0, step, None, kind, payload, seq=seq)
-    return rows
+    events = rows.tables()[2]
+    return ReadResult(steps, metrics, events, state, problems, replace)
 
 
 # ---- finding items in a chunk ------------------------------------------------------
 
 
-def _markers(data: bytes) -> list[tuple[int, str, Any]]:
+def _markers(data: bytes, lo: int, hi: int) -> list[tuple[int, str, Any]]:
+    """The end and banner markers in ``data[lo:hi]``, in order."""
     out: list[tuple[int, str, Any]] = []
     for needle, kind, status in MARKERS:
-        pos = data.find(needle)
+        pos = data.find(needle, lo, hi)
         while pos >= 0:
             if kind == "banner":
                 out.append((pos, kind, None))
             else:
                 out.append((pos, kind, _ending(data, pos, needle, status)))
-            pos = data.find(needle, pos + len(needle))
+            pos = data.find(needle, pos + len(needle), hi)
+    out.sort(key=lambda it: it[0])
     return out
+
+
+def _goes_back(run: Run, item: Any) -> bool:
+    """A step item that may start a new run or resume this one."""
+    if not run.n:
+        return False
+    step = item["step"]
+    if step is not None:
+        return run.last is not None and step <= run.last
+    epoch = item["canon"].get("epoch")
+    return epoch is not None and run.epoch is not None and epoch <= run.epoch
+
+
+def _bar_step(data: bytes, lo: int, pos: int, total: int | None) -> tuple[int, int] | None:
+    """(step, total) of the training progress bar last drawn before ``pos``
+    (and after ``lo``): the last ``N/total [`` when the total is known, else
+    the last counter of any bar, whose total is then the training total."""
+    start = max(lo, pos - _BAR_LOOKBACK)
+    if total is None:
+        found = _BAR_COUNTER.findall(data, start, pos)
+        return (int(found[-1][0]), int(found[-1][1])) if found else None
+    needle = b"/%d [" % total
+    i = data.rfind(needle, start, pos)
+    if i < 0:
+        return None
+    j = i
+    while j > start and 48 <= data[j - 1] <= 57:
+        j -= 1
+    return (int(data[j:i]), total) if j < i else None
 
 
 def _ending(data: bytes, pos: int, needle: bytes, status: str) -> tuple[str, str | None]:

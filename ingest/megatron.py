@@ -67,18 +67,37 @@ def _name(key: str) -> str:
 
 def _value(raw: bytes) -> float | None:
     try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
         return float(raw.split()[0]) if raw.strip() else None
     except ValueError:
         return None
 
 
+_KEYS: dict[bytes, tuple[str, str | None, float]] = {}
+
+
+def _key(raw: bytes) -> tuple[str, str | None, float]:
+    """(field name, canonical column or None, scale) of a raw field name (cached)."""
+    got = _KEYS.get(raw)
+    if got is None:
+        key = raw.decode("utf-8", "replace").strip().lower()
+        target = CANONICAL.get(key)
+        got = (key, target[0], target[1]) if target else (_name(key), None, 1.0)
+        if len(_KEYS) < 1024:
+            _KEYS[raw] = got
+    return got
+
+
 def fields(rest: bytes) -> dict[str, float]:
     """``{field: value}`` of the ``| key: value |`` part of a line (numeric values only)."""
     out: dict[str, float] = {}
-    for m in _FIELD.finditer(rest):
-        v = _value(m.group(2))
-        if v is not None:
-            out[m.group(1).decode("utf-8", "replace").strip().lower()] = v
+    for k, v in _FIELD.findall(rest):
+        value = _value(v)
+        if value is not None:
+            out[k.decode("utf-8", "replace").strip().lower()] = value
     return out
 
 
@@ -86,12 +105,16 @@ def iteration(m: re.Match[bytes]) -> tuple[int, int, dict[str, float], dict[str,
     """(iteration, total, canonical metrics, other metrics) of an ITERATION match."""
     canon: dict[str, float] = {}
     extras: dict[str, float] = {}
-    for key, value in fields(m.group(3)).items():
-        target = CANONICAL.get(key)
-        if target is not None:
-            canon.setdefault(target[0], value * target[1])
+    for k, v in _FIELD.findall(m.group(3)):
+        value = _value(v)
+        if value is None:
+            continue
+        name, column, scale = _key(k)
+        if column is not None:
+            if column not in canon:
+                canon[column] = value * scale if scale != 1.0 else value
         else:
-            extras[_name(key)] = value
+            extras[name] = value
     return int(m.group(1)), int(m.group(2)), canon, extras
 
 

@@ -67,23 +67,37 @@ def clean(raw: bytes) -> bytes:
     return raw
 
 
+_KEYS: dict[bytes, str] = {}
+
+
+def _key(raw: bytes) -> str:
+    key = _KEYS.get(raw)
+    if key is None:
+        key = _text(raw)
+        if len(_KEYS) < 4096:
+            _KEYS[raw] = key
+    return key
+
+
 def parse(raw: bytes) -> dict[str, Any]:
     """``{key: value}`` of one dict literal (the bytes from ``{`` to ``}``).
     Numeric values (numbers, numeric strings, ``nan``, ``inf``, wrapped reprs)
     become floats; other values stay text; ``None`` stays None."""
     out: dict[str, Any] = {}
-    for m in _PAIR.finditer(clean(raw)):
-        k1, k2, s1, s2, bare = m.groups()
-        key = _text(k1 if k1 is not None else k2)
-        if bare is not None:
-            b = bare.strip()
-            if b == b"None":
-                out[key] = None
-                continue
-            value = _num(b)
-            out[key] = value if value is not None else _text(b)
+    if b"\x1b" in raw or b"\r" in raw:
+        raw = clean(raw)
+    for k1, k2, s1, s2, bare in _PAIR.findall(raw):
+        key = _key(k1 or k2)
+        value = s1 or s2 or bare
+        try:
+            out[key] = float(value)
             continue
-        s = s1 if s1 is not None else s2
-        value = _num(s)
-        out[key] = value if value is not None else _text(s)
+        except ValueError:
+            pass
+        value = value.strip()
+        if value == b"None" and bare:
+            out[key] = None
+            continue
+        number = _num(value)
+        out[key] = number if number is not None else _text(value)
     return out
