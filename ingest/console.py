@@ -220,6 +220,9 @@ class Run:
         self.steps: dict[tuple[int, int], list[Any]] = {}
         self.metrics: list[tuple[int, int, str, float, int]] = []
         self.events: list[tuple[int | None, str, dict[str, Any], int]] = []
+        self.bulk: megatron.Bulk | None = None  # iteration lines read as columns
+        self.bulk_seq: Any = None
+        self.gap = 0.0
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -249,10 +252,6 @@ class Run:
     def metric_rows(self, step: int, extras: dict[str, float], seq: int, rank: int = 0) -> None:
         for name, value in extras.items():
             self.metrics.append((rank, step, name, value, seq))
-
-    @property
-    def touched(self) -> bool:
-        return bool(self.steps or self.metrics or self.events)
 
 
 class ConsoleReader:
@@ -293,24 +292,29 @@ class ConsoleReader:
         data = chunk.data
         base = chunk.start
 
+        typical = float(old.get("gap", 0.0))
+        scanned = 0  # the previous step item: markers before it were looked at
         items: list[tuple[int, str, Any]] = []
         if fam == "dicts":
             items = _dict_items(data, keys)
         elif fam == "megatron":
-            items = _megatron_items(data)
+            lines = megatron.bulk(data)
+            if lines is not None and _take_bulk(run, lines, data, base):
+                scanned = int(lines.pos[-1])
+                typical = run.gap
+                items = _megatron_items(data, iterations=False)
+            else:
+                items = _megatron_items(data)
+            items.sort(key=itemgetter(0))
         elif fam == "lines":
             items = _line_items(data)
-        if fam == "megatron":
-            items.sort(key=itemgetter(0))
 
         # Markers (tracebacks, banners) are looked for only where they can
         # matter: before the first item, in gaps much longer than usual (a
         # crash and a relaunch print a lot), before a step that goes back, and
         # after the last item. A full pass per marker would cost more than
         # finding the step lines.
-        typical = float(old.get("gap", 0.0))
         prev = 0  # the previous item
-        scanned = 0  # the previous step item: markers before it were looked at
         for pos, kind, payload in items:
             seq = base + pos + 1
             if kind == "dict-train" and payload["step"] is None:
@@ -489,6 +493,9 @@ def _result(run: Run, state: dict[str, Any], problems: list[Problem], replace: b
     can hold hundreds of thousands of steps)."""
     import pyarrow as pa
 
+    bulk_steps = bulk_metrics = None
+    if run.bulk is not None:
+        bulk_steps, bulk_metrics = _bulk_tables(run)
     items = list(run.steps.items())
     seqs = [v[0] for _, v in items]
     if any(b < a for a, b in itertools.pairwise(seqs)):
@@ -525,11 +532,66 @@ def _result(run: Run, state: dict[str, Any], problems: list[Problem], replace: b
         },
         schema=METRIC_SCHEMA,
     )
+    if bulk_steps is not None:
+        steps = pa.concat_tables([bulk_steps, steps])
+        metrics = pa.concat_tables([bulk_metrics, metrics])
     rows = RowBuilder()
     for step, kind, payload, seq in run.events:
         rows.event(0, step, None, kind, payload, seq=seq)
     events = rows.tables()[2]
     return ReadResult(steps, metrics, events, state, problems, replace)
+
+
+def _bulk_tables(run: Run) -> tuple[Any, Any]:
+    """Step and metric tables of the iteration lines read as columns; rank-0
+    rows of the same steps (memory lines) are merged into them and leave
+    ``run.steps``."""
+    import numpy as np
+    import pyarrow as pa
+
+    b = run.bulk
+    assert b is not None
+    n = len(b.steps)
+    canon = {k: np.array(v, dtype=np.float64) for k, v in b.canon.items()}
+    for (rank, step), (_, values) in list(run.steps.items()):
+        if rank != 0:
+            continue
+        i = int(np.searchsorted(b.steps, step))
+        if i < n and b.steps[i] == step:
+            for name, value in values.items():
+                col = canon.setdefault(name, np.full(n, np.nan))
+                col[i] = value
+            del run.steps[(rank, step)]
+    cols: dict[str, Any] = {
+        "rank": pa.array(np.zeros(n, np.int32)),
+        "step": pa.array(b.steps),
+        "ts": pa.nulls(n, pa.float64()),
+    }
+    for name in METRIC_NAMES:
+        got = canon.get(name)
+        cols[name] = pa.nulls(n, pa.float64()) if got is None else pa.array(got)
+    cols["sample_ids"] = pa.nulls(n, pa.string())
+    cols["seq"] = pa.array(run.bulk_seq.astype(np.int64))
+    steps = pa.table(cols, schema=STEP_SCHEMA)
+    parts = []
+    for name, values in b.extras.items():
+        parts.append(
+            pa.table(
+                {
+                    "rank": pa.array(np.zeros(n, np.int32)),
+                    "step": pa.array(b.steps),
+                    "ts": pa.nulls(n, pa.float64()),
+                    "name": pa.DictionaryArray.from_arrays(
+                        pa.array(np.zeros(n, np.int32)), pa.array([name])
+                    ).cast(pa.string()),
+                    "value": pa.array(values),
+                    "seq": pa.array(run.bulk_seq.astype(np.int64)),
+                },
+                schema=METRIC_SCHEMA,
+            )
+        )
+    metrics = pa.concat_tables(parts) if parts else METRIC_SCHEMA.empty_table()
+    return steps, metrics
 
 
 # ---- finding items in a chunk ------------------------------------------------------
@@ -652,9 +714,45 @@ def _dict_step(d: dict[str, Any], keys: Any) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _megatron_items(data: bytes) -> list[tuple[int, str, Any]]:
+def _take_bulk(run: Run, lines: megatron.Bulk, data: bytes, base: int) -> bool:
+    """Take the chunk's iteration lines as columns when nothing in them needs
+    a line-by-line look: the steps rise past the run's last one, the run has
+    not ended, and no crash or banner sits before them or in an unusually long
+    gap between them. Otherwise the caller reads the lines one by one."""
+    import numpy as np
+
+    steps, pos = lines.steps, lines.pos
+    if run.ended is not None or run.pending is not None:
+        return False
+    if run.last is not None and steps[0] <= run.last:
+        return False
+    if len(steps) > 1 and not bool(np.all(np.diff(steps) > 0)):
+        return False
+    if run.n and _markers(data, 0, int(pos[0])):
+        return False
+    gaps = np.diff(pos)
+    typical = float(np.median(gaps)) if len(gaps) else 0.0
+    for i in np.flatnonzero(gaps > max(4096.0, 4 * typical)):
+        if _markers(data, int(pos[i]), int(pos[i + 1])):
+            return False
+    run.bulk = lines
+    run.bulk_seq = pos + (base + 1)
+    run.gap = typical
+    n = len(steps)
+    run.first = int(steps[0]) if run.first is None else min(run.first, int(steps[0]))
+    run.last = int(steps[-1])
+    run.n += n
+    run.total = lines.total or run.total
+    run.steps_from = run.steps_from or "log"
+    run.banner = False
+    if not run.started:
+        run.first_steps.extend(int(s) for s in steps[:32])
+    return True
+
+
+def _megatron_items(data: bytes, iterations: bool = True) -> list[tuple[int, str, Any]]:
     out: list[tuple[int, str, Any]] = []
-    for m in megatron.ITERATION.finditer(data):
+    for m in megatron.ITERATION.finditer(data) if iterations else ():
         step, total, canon, extras = megatron.iteration(m)
         if not canon and not extras:
             continue

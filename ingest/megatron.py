@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-ITERATION = re.compile(rb"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|([^\n\r]*)")
+ITERATION = re.compile(rb"iteration\s+(\d+)\s*/\s*(\d+)\s*\|([^\n\r]*)")
 MEMORY = re.compile(rb"\[Rank (\d+)\]\s*\(after (\d+) iterations?\)\s*memory \(MB\)\s*\|([^\n\r]*)")
 VALIDATION = re.compile(rb"validation loss at iteration (\d+)\s*(?:on [^|]*)?\|([^\n\r]*)")
 _FIELD = re.compile(rb"\s*([^|:]+?)\s*:\s*([^|]+?)\s*(?:\||$)")
@@ -138,3 +138,57 @@ def validation(m: re.Match[bytes]) -> tuple[int, dict[str, Any]]:
         name = _name(key.removesuffix(" value"))
         out["eval_" + name] = value
     return int(m.group(1)), out
+
+
+class Bulk:
+    """Every iteration line of a chunk at once, when they all share one layout
+    (the usual case): columns as numpy arrays, parsed without a Python step
+    per line."""
+
+    def __init__(self, pos, steps, total: int, canon: dict, extras: dict) -> None:
+        self.pos = pos  # byte offset of each line in the chunk
+        self.steps = steps
+        self.total = total
+        self.canon = canon  # column -> values
+        self.extras = extras  # metric name -> values
+
+
+_LINE_START = re.compile(rb"iteration\s+\d+\s*/\s*\d+\s*\|")
+
+
+def bulk(data: bytes) -> Bulk | None:
+    """The iteration lines of ``data`` as columns, or None when they do not all
+    have the first line's fields in its order (the caller then reads them one
+    by one) or a value is not a number."""
+    import numpy as np
+
+    first = ITERATION.search(data)
+    if first is None:
+        return None
+    keys = [k for k, _ in _FIELD.findall(first.group(3))]
+    if not keys:
+        return None
+    layout = re.compile(
+        rb"iteration\s+(\d+)\s*/\s*(\d+)\s*\|"
+        + b"".join(rb"[ \t]*" + re.escape(k) + rb"[ \t]*:[ \t]*([^|\n\r]*)\|" for k in keys)
+    )
+    rows = layout.findall(data, first.start())
+    pos = [m.start() for m in _LINE_START.finditer(data, first.start())]
+    if not rows or len(rows) != len(pos):
+        return None
+    cols = list(zip(*rows, strict=True))
+    try:
+        steps = np.array(list(map(int, cols[0])), np.int64)
+        total = int(cols[1][-1])
+        values = [np.array(list(map(float, c)), np.float64) for c in cols[2:]]
+    except ValueError:
+        return None
+    canon: dict[str, object] = {}
+    extras: dict[str, object] = {}
+    for k, col in zip(keys, values, strict=True):
+        name, column, scale = _key(k)
+        if column is not None:
+            canon.setdefault(column, col * scale if scale != 1.0 else col)
+        else:
+            extras[name] = col
+    return Bulk(np.array(pos, np.int64), steps, total, canon, extras)

@@ -599,3 +599,17 @@ def test_verbose_ingest_lists_unclaimed_files(tmp_path, capsys):
 def test_console_reader_needs_step_lines():
     assert ConsoleReader().detect(REAL / "megatron-gpt2-finetune" / "finetune.log")
     assert console.family_of(b"loading model...\nall done\n") is None
+
+
+def test_ingest_config_errors_name_the_key():
+    from tunescope.config import parse_config
+    from tunescope.errors import ConfigError
+
+    assert parse_config({"ingest": {"step": "it", "loss": ["ce"]}}).ingest == {
+        "step": ["it"],
+        "loss": ["ce"],
+    }
+    with pytest.raises(ConfigError, match=r"ingest\.stp: unknown key"):
+        parse_config({"ingest": {"stp": "it"}})
+    with pytest.raises(ConfigError, match="'learning_rate' is not a step column"):
+        parse_config({"ingest": {"metrics": {"lr0": "learning_rate"}}})
