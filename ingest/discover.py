@@ -159,4 +159,15 @@ def discover(
     # steps, averaged and with less detail.
     native = {s.run_dir for s in sources if s.reader.format == "tunescope"}
     sources = [s for s in sources if s.reader.format == "tunescope" or s.run_dir not in native]
+    if unclaimed:
+        # Files inside a run that was read (checkpoint copies, MLflow's
+        # per-metric files) are parts of it: listed only when they look like
+        # a log of their own.
+        run_dirs = {s.run_dir for s in sources}
+        unclaimed[:] = [
+            (p, why)
+            for p, why in unclaimed
+            if (why is not None and not why.startswith("no records"))
+            or not any(d in run_dirs for d in p.parents)
+        ]
     return sources, problems
