@@ -689,8 +689,8 @@ def _dict_items(data: bytes, keys: Any) -> list[tuple[int, str, Any]]:
         step, total = _dict_step(d, keys)
         canon, extras = keys.canon(d, skip=_DICT_SKIP)
         item = {"step": step, "total": total, "canon": canon, "extras": extras, "from": "log"}
-        elapsed = parse_duration(d.get("elapsed_time"))
-        if elapsed is None and step is not None:
+        elapsed = parse_duration(d["elapsed_time"]) if "elapsed_time" in d else None
+        if elapsed is None and step is not None and "train_speed(s/it)" in d:
             speed = d.get("train_speed(s/it)")
             elapsed = speed * step if isinstance(speed, float) else None
         if elapsed is not None:
@@ -705,6 +705,8 @@ def _dict_step(d: dict[str, Any], keys: Any) -> tuple[int | None, int | None]:
         n, total = parse_fraction(d["global_step/max_steps"])
         if n is not None:
             return n, total
+    if d.keys().isdisjoint(keys.step):
+        return None, None
     for key in keys.step:
         if key in d:
             v = d[key]
