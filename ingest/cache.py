@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunescope.errors import InputError, StoreError
-from tunescope.ingest.discover import READERS, Source, discover
+from tunescope.ingest.discover import READERS, Source, discover, run_id_for
 from tunescope.ingest.rows import Problem, Reader, ReadResult, connect_duckdb, fetch_arrow
 
 MANIFEST_VERSION = 1
@@ -76,6 +76,7 @@ class IngestReport:
     skipped: int = 0
     """Lines and files skipped in all: ``problems`` lists at most
     MAX_PROBLEMS_PER_SOURCE of each source, this counts every one."""
+    unclaimed: list[tuple[Path, str | None]] = field(default_factory=list)  # no reader took them
 
 
 class Cache:
@@ -237,12 +238,16 @@ class Cache:
             manifest = self.load_manifest()
             self._clean_orphans(manifest)
             first = manifest["next_seg"]  # this pass's files are numbered from here
-            sources, dir_problems = discover(self.root, readers or READERS)
+            sources, dir_problems = discover(
+                self.root, readers or READERS, unclaimed=report.unclaimed
+            )
             report.sources = len(sources)
             report.runs = len({s.run_id for s in sources})
             known: dict[str, Any] = manifest["sources"]
             live_keys = {s.key for s in sources}
-            gone = [k for k in known if k not in live_keys]
+            gone = [
+                k for k in known if k not in live_keys and known[k].get("parent") not in live_keys
+            ]
             for key in gone:
                 del known[key]  # the file is gone: its rows go with it
                 report.modified = True
@@ -266,8 +271,9 @@ class Cache:
                 for results in self._read_batches(changed, sizes, known, report, progress):
                     parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
                     tags: dict[str, list[tuple[str, int, int, int]]] = {t: [] for t in TABLES}
-                    for source, result in results:
-                        entry = self._record(manifest, source, result, stats[source.key], report)
+                    for source, result in self._with_subruns(known, results):
+                        st = stats.get(source.key) or stats[source.key.rpartition("#")[0]]
+                        entry = self._record(manifest, source, result, st, report)
                         for t, table in zip(
                             TABLES, (result.steps, result.metrics, result.events), strict=True
                         ):
@@ -307,6 +313,7 @@ class Cache:
             # query over what is already cached).
             dirty = bool(changed or gone or new_segments) or len(manifest["segments"]) != segments
             trash = len(manifest["trash"])
+            report.runs = len({e.get("run_id") for e in known.values()})
             with self._writing(uncommitted=first):
                 if len(manifest["segments"]) > MAX_SEGMENTS:
                     self._merge(manifest)
@@ -359,6 +366,32 @@ class Cache:
                 if progress is not None:
                     progress(f"read {done}/{len(changed)} changed files")
                 yield out
+
+    def _with_subruns(
+        self, known: dict[str, Any], results: list[tuple[Source, ReadResult]]
+    ) -> Iterator[tuple[Source, ReadResult]]:
+        """Each result, then the further runs a reader found in the same file
+        (``ReadResult.subruns``), each as a source of its own named after the
+        file (``train.log#2``). A file re-read from the start drops the runs
+        it no longer holds."""
+        for source, result in results:
+            yield source, result
+            children = []
+            for suffix, sub in result.subruns:
+                run_dir = source.path.parent / f"{source.path.name}{suffix}"
+                rel = f"{source.rel or source.path}{suffix}"
+                rid = run_id_for(self.root, run_dir)
+                child = Source(source.path, run_dir, rid, source.reader, rel=rel)
+                children.append(child.key)
+                yield child, sub
+                known[child.key]["parent"] = source.key
+            if result.replace:
+                for key in [
+                    k
+                    for k, e in known.items()
+                    if e.get("parent") == source.key and k not in children
+                ]:
+                    del known[key]
 
     def _record(
         self,

@@ -7,10 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunescope.ingest.console import ConsoleReader
+from tunescope.ingest.csvlog import CSVReader
 from tunescope.ingest.hf_state import HFStateReader
 from tunescope.ingest.llamafactory import LlamaFactoryReader
 from tunescope.ingest.mlflow_store import MLflowDBReader, MLflowFileReader
 from tunescope.ingest.native import NativeReader
+from tunescope.ingest.records import RecordsReader
 from tunescope.ingest.rows import Problem, Reader
 from tunescope.ingest.swift import SwiftReader
 from tunescope.ingest.tensorboard import TensorBoardReader
@@ -27,6 +30,9 @@ READERS: list[Reader] = [
     MLflowFileReader(),
     MLflowDBReader(),
     WandbOfflineReader(),
+    ConsoleReader(),
+    CSVReader(),
+    RecordsReader(),
 ]
 
 # Directories never descended into.
@@ -62,14 +68,32 @@ def run_id_for(root: Path, run_dir: Path) -> str:
     return root.resolve().name if text in ("", ".") else text
 
 
+def unclaimed_hint(path: Path) -> str | None:
+    """Why no reader took a file that looks like a log (None: it does not look like one)."""
+    from tunescope.ingest import console
+
+    got = console.hint(path)
+    if got is not None:
+        return got
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        return "a CSV without a step column and a loss column ([tool.tunescope.ingest] names them)"
+    if name.endswith((".jsonl", ".json")):
+        return "no records with a step key and a loss key ([tool.tunescope.ingest] names them)"
+    return None
+
+
 def discover(
     root: Path,
     readers: list[Reader] | None = None,
     on_dir: Callable[[int], None] | None = None,
+    unclaimed: list[tuple[Path, str | None]] | None = None,
 ) -> tuple[list[Source], list[Problem]]:
     """Every file under ``root`` that some reader recognises.
 
-    Unreadable directories are reported as problems, not raised.
+    Unreadable directories are reported as problems, not raised; so is a
+    binary file named like a log (one line, after reading its first 4 KiB).
+    Files no reader takes go to ``unclaimed`` when given, with a hint.
     """
     readers = READERS if readers is None else readers
     sources: list[Source] = []
@@ -99,12 +123,14 @@ def discover(
                 continue
             path = Path(entry.path)
             rel = Path(os.path.relpath(path, root)).as_posix()
+            claimed = False
             for reader in readers:
                 try:
                     hit = reader.detect(path)
                 except OSError:
                     hit = False
                 if hit:
+                    claimed = True
                     parts = getattr(reader, "parts", None)
                     if parts is None:
                         run_dir = reader.run_dir(path)
@@ -121,10 +147,27 @@ def discover(
                         rid = run_id_for(root, run_dir)
                         sources.append(Source(path, run_dir, rid, reader, part, rel))
                     break
+            if not claimed:
+                why = unclaimed_hint(path)
+                if why is not None and why.startswith("binary"):
+                    problems.append(Problem(str(path), None, f"{why}; skipped"))
+                if unclaimed is not None:
+                    unclaimed.append((path, why))
         stack.extend(reversed(subdirs))
     # A run that writes tunescope's own logs is read from them alone: the
     # trainer_state.json or TensorBoard files beside them describe the same
     # steps, averaged and with less detail.
     native = {s.run_dir for s in sources if s.reader.format == "tunescope"}
     sources = [s for s in sources if s.reader.format == "tunescope" or s.run_dir not in native]
+    if unclaimed:
+        # Files inside a run that was read (checkpoint copies, MLflow's
+        # per-metric files) are parts of it: listed only when they look like
+        # a log of their own.
+        run_dirs = {s.run_dir for s in sources}
+        unclaimed[:] = [
+            (p, why)
+            for p, why in unclaimed
+            if (why is not None and not why.startswith("no records"))
+            or not any(d in run_dirs for d in p.parents)
+        ]
     return sources, problems

@@ -312,3 +312,102 @@ def resume_state(
     if state and (state.get("inode") not in (None, st.st_ino) or st.st_size < offset):
         return {}, start, True
     return state, offset, False
+
+
+# ---- home-made logs: which key is the step, which the loss -------------------------
+
+# Keys taken as the step and as the training loss of a record, in this order.
+STEP_KEYS = (
+    "step",
+    "global_step",
+    "train/global_step",
+    "iteration",
+    "current_steps",
+    "_step",
+    "iter",
+    "global_steps",
+    "steps",
+)
+LOSS_KEYS = ("loss", "train/loss", "train_loss", "lm loss", "train loss", "lm_loss")
+
+
+class KeyMap:
+    """The step keys, loss keys and key -> column renames for one log: the
+    defaults above, after what ``[tool.tunescope.ingest]`` says."""
+
+    def __init__(self, table: dict[str, Any] | None = None) -> None:
+        table = table or {}
+        self.step = tuple(table.get("step", ())) + STEP_KEYS
+        self.loss = tuple(table.get("loss", ())) + LOSS_KEYS
+        self.metrics: dict[str, str] = dict(table.get("metrics", {}))
+        self.configured = bool(table)
+
+    def step_key(self, record: dict[str, Any]) -> str | None:
+        for key in self.step:
+            if key in record and record[key] is not None:
+                return key
+        return None
+
+    def loss_key(self, record: dict[str, Any]) -> str | None:
+        for key in self.loss:
+            if key in record and record[key] is not None:
+                return key
+        return None
+
+    def canon(self, record: dict[str, Any], skip: Iterable[str] = ()) -> tuple[dict, dict]:
+        """(canonical metrics, other numeric fields) of a record: the loss
+        key's value as ``loss``, configured renames, then :func:`split_fields`."""
+        skip = set(skip)
+        loss_key = self.loss_key(record)
+        if loss_key is not None:
+            skip.add(loss_key)
+        canon, extras = split_fields(record, skip)
+        if loss_key is not None:
+            value = number(record[loss_key])
+            if value is not None:
+                canon["loss"] = value
+        for key, column in self.metrics.items():
+            if key in extras:
+                canon[column] = extras.pop(key)
+        return canon, extras
+
+
+_KEYMAPS: dict[str, KeyMap] = {}
+
+
+def keymap_for(path: Path) -> KeyMap:
+    """The :class:`KeyMap` of a log: ``[tool.tunescope.ingest]`` of the config
+    found walking up from its folder (defaults when none, or when it is broken:
+    the CLI reports a broken config)."""
+    folder = str(path.parent)
+    hit = _KEYMAPS.get(folder)
+    if hit is not None:
+        return hit
+    from tunescope.config import find_config, load_config
+    from tunescope.errors import ConfigError
+
+    try:
+        found = find_config([path.parent])
+        table = load_config(found).ingest if found is not None else {}
+    except ConfigError:
+        table = {}
+    if len(_KEYMAPS) > 256:
+        _KEYMAPS.clear()
+    out = _KEYMAPS[folder] = KeyMap(table)
+    return out
+
+
+def no_loss_problem(path: Path, records: int, what: str = "rows") -> Problem:
+    """The one line for a claimed file that gave no loss (never a silent empty run)."""
+    return Problem(str(path), None, f"{records:,} {what}, none with a loss; nothing read")
+
+
+# A log without a clock cannot say "still running" by its own timestamps, and
+# a copied or freshly cloned file is new on disk: such a log that ends with no
+# summary, no error and its steps short of the total is read as interrupted,
+# and taken up again (a ``resume`` event) when it grows.
+QUIET_END = {
+    "status": "interrupted",
+    "reason": "the log stops with no summary and no error before its last step, "
+    "and has no clock to tell a live run; taken up again if the file grows",
+}

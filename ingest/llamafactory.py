@@ -31,6 +31,7 @@ from tunescope.ingest.foreign import (
     infer_logging_steps,
     is_eval_key,
     loads,
+    no_loss_problem,
     number,
     parse_duration,
     split_fields,
@@ -91,11 +92,13 @@ class Parser:
         if step is None:
             raise LineError(f"{key} is not a step number: {obj.get(key)!r}")
         total = as_int(obj.get("total_steps"))
-        evals = {k: v for k, v in obj.items() if is_eval_key(k)}
+        # 2023 builds write "eval_loss": null, "predict_loss": null and
+        # "reward": null on every row: a null is no value.
+        evals = {k: v for k, v in obj.items() if is_eval_key(k) and v is not None}
         if evals:
             _, extras = split_fields(evals)
             return Row("eval", step, total, extras=extras)
-        if not any(k in obj for k in _TRAIN_MARKERS):
+        if not any(obj.get(k) is not None for k in _TRAIN_MARKERS):
             return Row("progress", step, total)
         canon, extras = split_fields(obj, skip=_SKIP)
         elapsed = parse_duration(obj.get("elapsed_time"))
@@ -175,7 +178,12 @@ class LlamaFactoryReader:
         rows = RowBuilder()
         problems: list[Problem] = []
         new_train: list[int] = []
+        seen = int(old.get("seen", 0))
+        with_loss = int(old.get("with_loss", 0))
         for lineno, row in decoded_lines(path, chunk, problems, parser.row):
+            seen += 1
+            if row.kind == "train" and "loss" in row.canon:
+                with_loss += 1
             if row.kind == "train":
                 if train_total is None and row.total:
                     train_total = row.total
@@ -226,9 +234,16 @@ class LlamaFactoryReader:
                     payload["joined_with"] = str(hf_path)
                 rows.event(0, None, None, "run_start", payload, seq=0)
                 started = True
+        warned = bool(old.get("warned"))
+        if seen and not with_loss and not warned:
+            problems.append(no_loss_problem(path, seen))
+            warned = True
         new_state = {
             **chunk.state,
             **parser.dump(),
+            "seen": seen,
+            "with_loss": with_loss,
+            "warned": warned,
             "started": started,
             "ended": ended,
             "train_total": train_total,

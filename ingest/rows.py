@@ -79,6 +79,10 @@ class ReadResult:
     ``replace`` is True when the rows supersede everything read from this source
     before (a whole-file format re-read after a change, or a file that shrank).
     ``problems`` lists what was skipped in the bytes read this time.
+    ``subruns`` holds the rows of further runs found in the same file, each
+    with its suffix (``"#2"``): the cache records each as a run of its own,
+    named after the file (``logs/train.log#2``), with the rows of this
+    result as the file's first run.
     """
 
     steps: pa.Table
@@ -87,6 +91,7 @@ class ReadResult:
     state: dict[str, Any]
     problems: list[Problem] = field(default_factory=list)
     replace: bool = False
+    subruns: list[tuple[str, ReadResult]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:

@@ -39,11 +39,16 @@ class Chunk:
 
     @property
     def state(self) -> dict[str, Any]:
-        lines = self.first_line - 1 + self.lines
+        return {**self.position, "line": self.first_line - 1 + self.lines}
+
+    @property
+    def position(self) -> dict[str, Any]:
+        """The state without the line count (for readers that need no line
+        numbers: counting lines is a pass over the bytes)."""
         tail = self.data[-FINGERPRINT:] if len(self.data) >= FINGERPRINT else None
         if tail is None:
             tail = self.prefix[-(FINGERPRINT - len(self.data)) :] + self.data
-        return {"offset": self.end, "line": lines, "inode": self.inode, "fp": tail.hex()}
+        return {"offset": self.end, "inode": self.inode, "fp": tail.hex()}
 
 
 def count_byte(data: bytes, byte: bytes) -> int:

@@ -182,6 +182,12 @@ def test_every_real_log_is_recognised_by_the_right_reader():
     assert got == {
         "alpaca-llama7b-fsdp-wandb/run-5hx57wy1.wandb": "wandb",
         "autoscientist-translation/trainer_state.json": "hf_trainer_state",
+        "cn-mini-phi3-deepspeed/ds_pretrain.log": "console",
+        "lora-medqa/metrics.jsonl": "records",
+        "megatron-gpt2-finetune/finetune.log": "console",
+        "msswift-qwen35-mm-console/round3_qwen35_mm.train.log": "console",
+        "peft-bench-unilora/unilora--llama-3.2-3B-default.json": "records",
+        "turngpt-gpt2/lightning_logs/version_0/metrics.csv": "csv",
         "llamafactory-pref-stopped-early/trainer_log.jsonl": "llamafactory",
         "medbot-16k/trainer_state.json": "hf_trainer_state",
         "mistral7b-translator-lora/trainer_log.jsonl": "llamafactory",

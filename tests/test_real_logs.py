@@ -39,26 +39,7 @@ def verdicts(tmp_path_factory):
     return {v.label: v for v in judge(LABELS, findings, steps, every)}
 
 
-# console output, CSV and custom JSON: no reader for these formats yet
-UNREAD = {
-    "cn-mini-phi3-deepspeed",
-    "lora-medqa",
-    "megatron-gpt2-finetune",
-    "msswift-qwen35-mm-console",
-    "peft-bench-unilora",
-    "turngpt-gpt2",
-}
-
-
-@pytest.mark.parametrize(
-    "label",
-    [
-        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason="format not read yet"))
-        if k in UNREAD
-        else k
-        for k in sorted(LABELS["runs"])
-    ],
-)
+@pytest.mark.parametrize("label", sorted(LABELS["runs"]))
 def test_real_log_holds_to_its_labels(verdicts, label):
     v = verdicts[label]
     assert v.read, f"{label}: not read (no run with a loss)"

@@ -127,6 +127,12 @@ def _add_ingest(sub: Any) -> None:
     )
     _runs_arg(p)
     p.add_argument("--strict", action="store_true", help="exit 2 if any line or file was skipped")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also list the files no reader took, with a hint for those that look like logs",
+    )
     p.set_defaults(handler=cmd_ingest)
 
 
@@ -425,6 +431,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     report = store.last_report
     assert report is not None
     print(ingest_summary(report, store))
+    if getattr(args, "verbose", False):
+        root = Path(args.runs)
+        print(f"  not read:  {len(report.unclaimed)} file(s) no reader took")
+        for path, why in report.unclaimed:
+            rel = os.path.relpath(path, root)
+            print(f"    {rel}: {why}" if why else f"    {rel}")
     for p in report.problems:
         print(f"  skipped {p}", file=sys.stderr)
     if report.skipped > len(report.problems):

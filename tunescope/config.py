@@ -12,6 +12,11 @@ a ``tunescope.toml`` (same keys), found by walking up from the runs directory
     [tool.tunescope.TS101]        # options of one detector (tunescope explain TS101)
     z = 8.0
 
+    [tool.tunescope.ingest]       # keys of home-made logs, where guessing is wrong
+    step = "train/iter"           # a key or a list of keys, tried in order
+    loss = ["train/ce", "loss"]
+    metrics = { "lr_0" = "lr" }   # other keys -> canonical step columns
+
 Unknown keys and values of the wrong type are a :class:`ConfigError` that
 names the file and the key.
 """
@@ -30,7 +35,8 @@ from tunescope.errors import ConfigError
 from tunescope.suggest import did_you_mean
 
 FAIL_ON = ("error", "warning", "never")
-_TOP_KEYS = {"select", "ignore", "fail-on"}
+_TOP_KEYS = {"select", "ignore", "fail-on", "ingest"}
+_INGEST_KEYS = {"step", "loss", "metrics"}
 
 
 @dataclass
@@ -44,6 +50,9 @@ class Config:
     fail_on: str | None = None
     detectors: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Raw option tables per detector id."""
+    ingest: dict[str, Any] = field(default_factory=dict)
+    """``[tool.tunescope.ingest]``: ``step`` and ``loss`` (lists of keys) and
+    ``metrics`` (key -> canonical column) for logs whose keys are not guessed right."""
 
     def where(self, key: str) -> str:
         return f"{self.path}: {key}" if self.path else key
@@ -122,6 +131,8 @@ def parse_config(table: dict[str, Any], path: Path | None = None) -> Config:
             if value not in FAIL_ON:
                 raise ConfigError(f"{cfg.where(key)}: expected one of {', '.join(FAIL_ON)}")
             cfg.fail_on = value
+        elif key == "ingest":
+            cfg.ingest = _ingest_table(value, cfg)
         elif isinstance(value, dict) and key.upper().startswith("TS"):
             cfg.detectors[key.upper()] = value
         else:
@@ -131,6 +142,35 @@ def parse_config(table: dict[str, Any], path: Path | None = None) -> Config:
                 f"(expected {known}, or a detector table like TS101)"
             )
     return cfg
+
+
+def _ingest_table(value: Any, cfg: Config) -> dict[str, Any]:
+    from tunescope.schema import METRIC_NAMES
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{cfg.where('ingest')}: expected a table")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        where = cfg.where(f"ingest.{key}")
+        if key in ("step", "loss"):
+            items = [v] if isinstance(v, str) else v
+            if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+                raise ConfigError(f"{where}: expected a key or a list of keys")
+            out[key] = items
+        elif key == "metrics":
+            if not isinstance(v, dict) or not all(isinstance(i, str) for i in v.values()):
+                raise ConfigError(f"{where}: expected a table of key = column")
+            for src, col in v.items():
+                if col not in METRIC_NAMES:
+                    raise ConfigError(
+                        f"{where}.{src}: {col!r} is not a step column "
+                        f"(columns: {', '.join(METRIC_NAMES)})"
+                    )
+            out[key] = dict(v)
+        else:
+            known = ", ".join(sorted(_INGEST_KEYS))
+            raise ConfigError(f"{where}: unknown key (expected {known})")
+    return out
 
 
 def check_detector_ids(cfg: Config, ids: Iterable[str]) -> None:
