@@ -9,7 +9,8 @@ What it flags:
     at least 10 consecutive points (not for RL-style objectives whose loss
     is 0 by construction). "No downward trend" (info, a hint): a noisy loss
     whose Theil-Sen slope has a 99% confidence interval that holds 0 over
-    the whole run of at least 20 points while the learning rate is above 0.
+    the whole run of at least 20 points while the learning rate is above 0
+    (or not logged).
 
 Why it matters:
     A fine-tune whose loss never moves is not training: a learning rate too
@@ -194,8 +195,9 @@ def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Findi
     """Info: a noisy loss with no downward trend over the whole run while the
     lr is above 0 (the Theil-Sen interval of the slope holds 0)."""
     lr = s.lr[np.isfinite(s.lr)]
-    if not len(lr) or float(np.median(lr)) <= 0:
-        return None
+    lr_med = float(np.median(lr)) if len(lr) else None
+    if lr_med is not None and lr_med <= 0:
+        return None  # a learning rate of 0: the no-learning rule's case, not a hint
     t = trend(x, y, alpha=opts.noisy_confidence)
     if not t.lo <= 0 <= t.hi:
         return None
@@ -213,9 +215,9 @@ def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Findi
         int(x[-1]),
         f"loss shows no downward trend over {len(y)} points (around {fmt(level)}, noise "
         f"{spread * 100:.0f}%; change from step {int(x[0])} to {int(x[-1])} between "
-        f"{lo * 100:+.0f}% and {hi * 100:+.0f}% at {opts.noisy_confidence:.0%} confidence) with "
-        f"lr {fmt(float(np.median(lr)))}: the model may not be learning. A hint: noise this "
-        "large can hide a slow fall.",
+        f"{lo * 100:+.0f}% and {hi * 100:+.0f}% at {opts.noisy_confidence:.0%} confidence)"
+        + (f" with lr {fmt(lr_med)}" if lr_med is not None else " (no lr logged)")
+        + ": the model may not be learning. A hint: noise this large can hide a slow fall.",
         "Check the learning rate is high enough (LoRA typically needs ~10x the full "
         "fine-tuning rate) and that the labels match the inputs; compare with an eval loss.",
         rank=None,
@@ -225,6 +227,6 @@ def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Findi
             "change_hi": hi,
             "spread": spread,
             "points": len(y),
-            "lr_median": float(np.median(lr)),
+            "lr_median": lr_med,
         },
     )
