@@ -56,7 +56,7 @@ class TunescopeApp(App[None]):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help"),
-        Binding("s", "sql", "SQL"),
+        Binding("s", "sql", "SQL", show=False),  # shown in the runs screen's footer
         Binding("q", "quit", "Quit"),
     ]
 

@@ -35,6 +35,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("header", "click a column header to sort by it; click again to reverse"),
             ("space", "mark a run for comparison"),
             ("c", "compare the marked runs"),
+            ("home / end", "first / last run (pgup / pgdn: a page)"),
         ),
     ),
     (
@@ -44,6 +45,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("n / p", "next / previous finding: its suggestion, curves zoomed to its steps"),
             ("enter", "on a finding: zoom the curves to its step range"),
             ("z", "unzoom"),
+            ("w", "widen the findings panel to read long messages; again to narrow it"),
             ("m", "smoothing (rolling mean) on the loss"),
             ("l", "log scale on the loss"),
         ),

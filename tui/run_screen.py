@@ -60,8 +60,9 @@ class RunScreen(WorkerScreen):
         Binding("escape", "back", "Back"),
         Binding("m", "toggle_smooth", "Smooth"),
         Binding("l", "toggle_log", "Log scale"),
-        Binding("z", "reset_zoom", "Unzoom"),
+        Binding("z", "reset_zoom", "Unzoom", show=False),
         Binding("n", "next_finding", "Next finding"),
+        Binding("w", "toggle_wide", "Wide findings"),
         Binding("p", "prev_finding", "Prev", show=False),
         Binding("1", "tab('tab-curves')", "Curves", show=False),
         Binding("2", "tab('tab-ranks')", "Ranks", show=False),
@@ -280,7 +281,7 @@ class RunScreen(WorkerScreen):
         if r is None:
             title.update(Text(f"{self.run_id}: not in the store", style="bold red"))
             return
-        text = Text()
+        text = Text(no_wrap=True, overflow="ellipsis")
         text.append(r["name"] or self.run_id, style="bold")
         status = r["status"] or "?"
         text.append("  ")
@@ -375,6 +376,11 @@ class RunScreen(WorkerScreen):
         self.selected = None
         self._apply_markers()
         self.refresh_curves()
+
+    def action_toggle_wide(self) -> None:
+        """Widen the findings panel (and its detail) over the curves, or back."""
+        self.toggle_class("wide-findings")
+        self.call_after_refresh(self.refresh_curves)
 
     def action_next_finding(self) -> None:
         self._step_finding(+1)

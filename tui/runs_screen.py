@@ -99,9 +99,10 @@ class RunsScreen(WorkerScreen):
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
         Binding("slash", "focus_filter", "Filter"),
-        Binding("f", "cycle_status", "Status"),
-        Binding("x", "toggle_findings", "Findings"),
+        Binding("f", "cycle_status", "Status", show=False),
+        Binding("x", "toggle_findings", "Findings", show=False),
         Binding("o", "cycle_sort", "Sort"),
+        Binding("s", "app.sql", "SQL"),
         Binding("O", "reverse_sort", "Reverse", show=False),
         Binding("escape", "clear_filter", "Clear", show=False),
     ]
