@@ -36,14 +36,21 @@ from tunescope.errors import InputError, StoreError
 from tunescope.ingest.discover import READERS, Source, discover, run_id_for
 from tunescope.ingest.rows import Problem, Reader, ReadResult, connect_duckdb, fetch_arrow
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: no min/max statistics on float columns (a cache of 1 is rebuilt)
 MAX_SEGMENTS = 24  # past this many ingest passes, merge the segments into one
 TRASH_GRACE_S = 120.0  # superseded segment files are deleted after this long
 MAX_PROBLEMS_PER_SOURCE = 200
 BATCH = 256  # sources handed to one read_batch call, at most...
 BATCH_BYTES = 512 * 1024 * 1024  # ...and about this many bytes of them (memory stays bounded)
 TABLES = ("steps", "metrics", "events")
-PARQUET = {"compression": "zstd", "compression_level": 1}  # how segments are written
+# How segments are written. Min/max statistics only for the key columns: the
+# store's views read the segments directly, and DuckDB prunes row groups by
+# statistics that leave NaN out (`WHERE isnan(loss)` would find nothing).
+PARQUET = {
+    "compression": "zstd",
+    "compression_level": 1,
+    "write_statistics": ["run_id", "rank", "step", "src", "gen", "seg", "seq", "name", "kind"],
+}
 
 
 def default_cache_dir(root: Path) -> Path:

@@ -187,31 +187,35 @@ class Store:
         self.loaded_at = time.time()
 
     def _load_table(self, name: str, paths: list[str], overlapping: list[str]) -> None:
-        """Load one table's live rows. Only runs in ``overlapping`` (a step
-        written twice) pay for the newest-write-wins pass."""
+        """Define one table's live rows as a view over its segment files: rows
+        are read when a query needs them, so memory follows the query, not the
+        corpus. Only runs in ``overlapping`` (a step written twice) pay for the
+        newest-write-wins pass."""
         con = self.con
+        _drop(con, f"_{name}")  # a table (no segments yet) or a view (earlier segments)
         if not paths:
             con.register("_empty", _EMPTY[name].empty_table())
-            con.execute(f"CREATE OR REPLACE TABLE _{name} AS SELECT * FROM _empty")
+            con.execute(f"CREATE TABLE _{name} AS SELECT * FROM _empty")
             con.unregister("_empty")
             return
-        source = "read_parquet(?) SEMI JOIN _live USING (src, gen)"
+        # a view cannot take parameters: the file names (the cache's own) are quoted here
+        source = f"read_parquet({_sql_list(paths)}) SEMI JOIN _live USING (src, gen)"
         if not overlapping:
-            con.execute(f"CREATE OR REPLACE TABLE _{name} AS SELECT * FROM {source}", [paths])
+            con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * FROM {source}")
             return
         keys = {
             "steps": "run_id, rank, step",
             "metrics": "run_id, rank, step, name",
             "events": "run_id, rank, step, kind, payload",
         }[name]
+        runs = _sql_list(overlapping)
         con.execute(
-            f"CREATE OR REPLACE TABLE _{name} AS "
+            f"CREATE OR REPLACE VIEW _{name} AS "
             f"WITH rows AS (SELECT * FROM {source}) "
-            "SELECT * FROM rows WHERE run_id NOT IN (SELECT unnest(?::VARCHAR[])) "
+            f"SELECT * FROM rows WHERE run_id NOT IN (SELECT unnest({runs}::VARCHAR[])) "
             "UNION ALL "
-            "SELECT * FROM rows WHERE run_id IN (SELECT unnest(?::VARCHAR[])) "
-            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY seg DESC, seq DESC) = 1",
-            [paths, overlapping, overlapping],
+            f"SELECT * FROM rows WHERE run_id IN (SELECT unnest({runs}::VARCHAR[])) "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY seg DESC, seq DESC) = 1"
         )
 
     def _load_findings(self, path: Path | None) -> None:
@@ -324,6 +328,22 @@ class Store:
             r[0]
             for r in self.cursor().execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()
         ]
+
+
+def _drop(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop the table or view ``name`` if there is one."""
+    kinds = con.execute(
+        "SELECT 'VIEW' FROM duckdb_views() WHERE view_name = $n AND NOT internal "
+        "UNION ALL SELECT 'TABLE' FROM duckdb_tables() WHERE table_name = $n",
+        {"n": name},
+    ).fetchall()
+    for (kind,) in kinds:
+        con.execute(f"DROP {kind} {name}")
+
+
+def _sql_list(items: list[str]) -> str:
+    """A SQL list literal of strings (quotes doubled)."""
+    return "[" + ", ".join("'" + i.replace("'", "''") + "'" for i in items) + "]"
 
 
 def _overlapping_runs(manifest: dict[str, Any]) -> list[str]:

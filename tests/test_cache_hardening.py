@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tunescope.cli import main
-from tunescope.ingest.cache import MAX_PROBLEMS_PER_SOURCE
+from tunescope.ingest.cache import MANIFEST_VERSION, MAX_PROBLEMS_PER_SOURCE
 from tunescope.ingest.store import Store
 from tunescope.ingest.tensorboard import TensorBoardReader, iter_records
 from tunescope.train.events import EventWriter
@@ -274,16 +274,19 @@ def test_a_killed_ingest_leaves_its_temporary_segment_for_the_next_one_to_remove
 @pytest.mark.parametrize(
     "text",
     [
-        "[]",
-        "{}",
-        '{"version": 1}',
-        '{"version": 1, "root": "x", "next_seg": 1, "next_src": 1, "sources": [], '
-        '"segments": [], "trash": [], "findings": null}',
-        '{"version": 1, "root": "x", "next_seg": 1, "next_src": 1, "sources": {"a": 3}, '
-        '"segments": [], "trash": [], "findings": null}',
-        '{"version": 1, "root": "x", "next_seg": "1", "next_src": 1, "sources": {}, '
-        '"segments": [{"file": 1}], "trash": [], "findings": null}',
-        '"manifest"',
+        t.replace('"version": V', f'"version": {MANIFEST_VERSION}')
+        for t in [
+            "[]",
+            "{}",
+            '{"version": V}',
+            '{"version": V, "root": "x", "next_seg": 1, "next_src": 1, "sources": [], '
+            '"segments": [], "trash": [], "findings": null}',
+            '{"version": V, "root": "x", "next_seg": 1, "next_src": 1, "sources": {"a": 3}, '
+            '"segments": [], "trash": [], "findings": null}',
+            '{"version": V, "root": "x", "next_seg": "1", "next_src": 1, "sources": {}, '
+            '"segments": [{"file": 1}], "trash": [], "findings": null}',
+            '"manifest"',
+        ]
     ],
 )
 def test_a_manifest_of_the_wrong_shape_is_one_line_and_a_reingest(tmp_path, capsys, text):
