@@ -132,15 +132,47 @@ def analyze_views(
     check_detector_ids(cfg, detector_ids())
     chosen = select_detectors(select, ignore, cfg)
     every = select_detectors(None, None, cfg) if full else chosen
-    ctx = Context(store, list(run_ids) if run_ids is not None else None)
-    raw: dict[str, list[Finding]] = {}
-    for det in {d.ID: d for d in [*every, *chosen]}.values():
-        raw[det.ID] = run_detector(det, ctx, build_options(cfg, det.ID, det.Options))
-    views = []
-    for dets in (chosen, every):
-        found = [f for d in dets for f in raw[d.ID]]
-        views.append(sort_findings(engine_pass(found, dets)))
-    return views[0], views[1]
+    runs = {d.ID: d for d in [*every, *chosen]}.values()
+    options = {d.ID: build_options(cfg, d.ID, d.Options) for d in runs}
+    views: tuple[list[Finding], list[Finding]] = ([], [])
+    # runs are analysed a bounded batch at a time (findings are per run), so the
+    # frames in memory follow the batch, not the corpus
+    for batch in run_batches(store, run_ids):
+        ctx = Context(store, batch)
+        raw = {d.ID: run_detector(d, ctx, options[d.ID]) for d in runs}
+        for view, dets in zip(views, (chosen, every), strict=True):
+            view.extend(engine_pass([f for d in dets for f in raw[d.ID]], dets))
+    return sort_findings(views[0]), sort_findings(views[1])
+
+
+BATCH_ROWS = 500_000
+"""Step rows (summed over ranks) analysed at once; a larger run is one batch."""
+
+
+def run_batches(store: Store, run_ids: Sequence[str] | None = None) -> list[list[str] | None]:
+    """The runs to analyse, in batches of about :data:`BATCH_ROWS` step rows
+    (``[None]``: all runs in one batch, when they fit; ``[]``: nothing to analyse)."""
+    rows = store.cursor().execute(
+        "SELECT run_id, coalesce(steps_logged, 0) * greatest(coalesce(world_size, 1), 1) "
+        "FROM runs ORDER BY run_id"
+    ).fetchall()
+    if run_ids is not None:
+        wanted = set(run_ids)
+        rows = [r for r in rows if r[0] in wanted]
+    elif sum(n for _, n in rows) <= BATCH_ROWS:
+        return [None]
+    batches: list[list[str] | None] = []
+    current: list[str] = []
+    size = 0
+    for run, n in rows:
+        if current and size + n > BATCH_ROWS:
+            batches.append(current)
+            current, size = [], 0
+        current.append(run)
+        size += n
+    if current:
+        batches.append(current)
+    return batches
 
 
 def run_detector(det: ModuleType, ctx: Context, opts: Any) -> list[Finding]:

@@ -217,3 +217,15 @@ def test_limits_are_in_the_run_summary_not_findings(tmp_path):
         "  cannot show: stragglers and hung ranks: some-trainer has one row for all ranks"
         in r.stdout
     )
+
+
+def test_batches_of_runs_give_the_same_findings_as_one_pass(store, monkeypatch):
+    from tunescope.detectors import engine
+
+    whole = [f.to_dict() for f in analyze(store)]
+    assert engine.run_batches(store) == [None]
+    monkeypatch.setattr(engine, "BATCH_ROWS", 700)  # about two runs of 400 steps a batch
+    batches = engine.run_batches(store)
+    assert len(batches) >= 3 and sorted(r for b in batches for r in b) == store.run_ids()
+    assert [f.to_dict() for f in analyze(store)] == whole
+    assert engine.run_batches(store, run_ids=[]) == []
