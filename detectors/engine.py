@@ -152,10 +152,14 @@ BATCH_ROWS = 500_000
 def run_batches(store: Store, run_ids: Sequence[str] | None = None) -> list[list[str] | None]:
     """The runs to analyse, in batches of about :data:`BATCH_ROWS` step rows
     (``[None]``: all runs in one batch, when they fit; ``[]``: nothing to analyse)."""
-    rows = store.cursor().execute(
-        "SELECT run_id, coalesce(steps_logged, 0) * greatest(coalesce(world_size, 1), 1) "
-        "FROM runs ORDER BY run_id"
-    ).fetchall()
+    rows = (
+        store.cursor()
+        .execute(
+            "SELECT run_id, coalesce(steps_logged, 0) * greatest(coalesce(world_size, 1), 1) "
+            "FROM runs ORDER BY run_id"
+        )
+        .fetchall()
+    )
     if run_ids is not None:
         wanted = set(run_ids)
         rows = [r for r in rows if r[0] in wanted]

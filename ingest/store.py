@@ -536,6 +536,9 @@ SELECT
         WHEN last_life.all_ended AND last_life.worst = 3 THEN 'failed'
         WHEN last_life.all_ended AND last_life.worst = 2 THEN 'interrupted'
         WHEN last_life.all_ended THEN 'completed'
+        -- no end written, but every planned step logged: a finished run (a log
+        -- without a final summary row, or copied after the end)
+        WHEN st.last_step >= TRY_CAST(start.p->>'total_steps' AS BIGINT) THEN 'completed'
         -- the log's own clock when it has one (a copied or cloned file is new
         -- on disk but not a live run), else the files' modification time
         WHEN epoch(now()) - coalesce(st.last_ts, src.modified, 0)

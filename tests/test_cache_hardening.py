@@ -318,10 +318,10 @@ def test_skipped_counts_every_line_even_when_the_listing_is_capped(tmp_path, cap
     capsys.readouterr()
     assert main(["ingest", str(runs)]) == 0
     out, err = capsys.readouterr()
-    assert f"skipped:   {bad} line(s) or file(s)" in out
+    assert f"skipped:   {bad:,} lines or files" in out
     assert err.count("  skipped ") == MAX_PROBLEMS_PER_SOURCE
-    assert f"... and {bad - MAX_PROBLEMS_PER_SOURCE} more skipped line(s), not listed" in err
-    assert f"tunescope: {bad} line(s) or file(s) skipped" in err
+    assert f"... and {bad - MAX_PROBLEMS_PER_SOURCE:,} more skipped, not listed" in err
+    assert f"tunescope: {bad:,} lines or files skipped" in err
     # the count survives the next pass (read from the manifest)
     assert Store.open(runs).last_report.skipped == bad
 

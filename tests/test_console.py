@@ -591,7 +591,7 @@ def test_verbose_ingest_lists_unclaimed_files(tmp_path, capsys):
     (root / "notes.md").write_text("# notes\n")
     assert main(["ingest", str(root), "--cache-dir", str(tmp_path / "c"), "--verbose"]) == 0
     out = capsys.readouterr().out
-    assert "not read:  2 file(s) no reader took" in out
+    assert "not read:  2 files no reader took" in out
     assert "setup.log: looks like a log, but no metric lines" in out
     assert "    notes.md\n" in out
 

@@ -16,6 +16,7 @@ from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import CurveLoaded, MetricNamesLoaded, RunChoicesLoaded, StoreChanged
 from tunescope.tui.plot import Plot
 from tunescope.tui.queries import compare_series, metric_names, run_choices
+from tunescope.words import count
 
 
 def tick_label(label: str, ticked: bool) -> str:
@@ -119,9 +120,9 @@ class CompareScreen(WorkerScreen):
         plot = self.query_one("#compare-plot", Plot)
         plot.set_series(message.series, message.x_range)
         missing = len(self.run_ids) - len(message.series)
-        state = f"{len(message.series)} run(s) with {self.metric}"
+        state = f"{count(len(message.series), 'run')} with {self.metric}"
         if missing > 0:
-            state += f"; {missing} ticked run(s) did not log it"
+            state += f"; {count(missing, 'ticked run')} did not log it"
         if len(self.run_ids) < 2:
             state += "; tick two or more runs to compare"
         self.query_one("#compare-state", Static).update(state)

@@ -390,7 +390,7 @@ def open_store(args: argparse.Namespace, quiet: bool = False) -> Store:
     report = store.last_report
     if report is not None and report.problems and not quiet:
         warn(
-            f"{report.skipped} line(s) or file(s) skipped; "
+            f"{count(report.skipped, 'line or file', 'lines or files')} skipped; "
             f"`tunescope ingest {args.runs}` lists them"
         )
     return store
@@ -433,7 +433,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(ingest_summary(report, store))
     if getattr(args, "verbose", False):
         root = Path(args.runs)
-        print(f"  not read:  {len(report.unclaimed)} file(s) no reader took")
+        print(f"  not read:  {count(len(report.unclaimed), 'file')} no reader took")
         for path, why in report.unclaimed:
             rel = os.path.relpath(path, root)
             print(f"    {rel}: {why}" if why else f"    {rel}")
@@ -441,9 +441,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"  skipped {p}", file=sys.stderr)
     if report.skipped > len(report.problems):
         unlisted = report.skipped - len(report.problems)
-        print(f"  ... and {unlisted} more skipped line(s), not listed", file=sys.stderr)
+        print(f"  ... and {unlisted:,} more skipped, not listed", file=sys.stderr)
     if report.problems:
-        warn(f"{report.skipped} line(s) or file(s) skipped (good lines around them were kept)")
+        warn(
+            f"{count(report.skipped, 'line or file', 'lines or files')} skipped "
+            "(good lines around them were kept)"
+        )
         if args.strict:
             return ExitCode.USAGE
     return ExitCode.OK
@@ -464,8 +467,13 @@ def ingest_summary(report: IngestReport, store: Store) -> str:
         f"{report.root}: {count(runs, 'run')} ({status}) from {count(report.sources, 'file')}",
         f"  read now:  {count(report.changed, 'changed file')}, {new['steps']:,} step rows, "
         f"{new['metrics']:,} metric points, {new['events']:,} events in {report.seconds:.2f}s",
-        f"  in store:  {steps:,} step rows, {metrics:,} metric points, {events:,} events",
-        f"  skipped:   {report.skipped} line(s) or file(s)",
+        f"  in store:  {steps:,} step rows, {metrics:,} metric points, {events:,} events"
+        + (
+            " (a step written twice, or logged again after a resume, is stored once)"
+            if new["steps"] > steps
+            else ""
+        ),
+        f"  skipped:   {count(report.skipped, 'line or file', 'lines or files')}",
         f"  cache:     {store.cache.dir}",
     ]
     return "\n".join(lines)

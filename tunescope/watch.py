@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from tunescope.alerts import Alert, stderr_log
 from tunescope.errors import StoreError, TunescopeError, UsageError
 from tunescope.findings import Finding, Severity, step_range
+from tunescope.words import count
 
 if TYPE_CHECKING:
     from tunescope.alerts import AlertSender
@@ -358,13 +359,13 @@ class Watcher:
             alerts.append(alert)
         if first and known:
             self.log(
-                f"skipped {known} finding(s) already sent by an earlier watch "
+                f"skipped {count(known, 'finding')} already sent by an earlier watch "
                 f"(remembered in {self.state.path})"
             )
         if baselined:
             n = sum(baselined.values())
             self.log(
-                f"baseline: {n} finding(s) in {len(baselined)} run(s) that ended before "
+                f"baseline: {count(n, 'finding')} in {count(len(baselined), 'run')} that ended before "
                 "this watch began were not sent (--include-finished sends them)"
             )
         return alerts
