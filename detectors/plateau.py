@@ -8,9 +8,9 @@ What it flags:
     such) and gradients are non-trivial. "Degenerate": a loss of exactly 0 for
     at least 10 consecutive points (not for RL-style objectives whose loss
     is 0 by construction). "No downward trend" (info, a hint): a noisy loss
-    whose Theil-Sen slope has a 99% confidence interval that holds 0 over
-    the whole run of at least 20 points while the learning rate is above 0
-    (or not logged).
+    (robust spread up to 30%) whose Theil-Sen slope has a 99% confidence
+    interval that holds 0 over the whole run of at least 20 points while the
+    learning rate is above 0 (or not logged).
 
 Why it matters:
     A fine-tune whose loss never moves is not training: a learning rate too
@@ -65,6 +65,9 @@ class Options:
     noisy_confidence: float = 0.99
     """A noisy loss is flat when the Theil-Sen slope's confidence interval at
     this level holds 0 over the whole run (no downward trend at all)."""
+    noisy_max_spread: float = 0.3
+    """...and its robust spread (log-loss IQR-sigma) is at most this: a loss
+    that swings more is unstable or diverging (TS101/TS102), not flat."""
 
     def __post_init__(self) -> None:
         if self.min_points < 5 or self.zero_points < 2:
@@ -198,14 +201,16 @@ def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Findi
     lr_med = float(np.median(lr)) if len(lr) else None
     if lr_med is not None and lr_med <= 0:
         return None  # a learning rate of 0: the no-learning rule's case, not a hint
+    q25, q75 = np.percentile(y, [25, 75])
+    spread = float((q75 - q25) / 1.349)
+    if spread > opts.noisy_max_spread:
+        return None
     t = trend(x, y, alpha=opts.noisy_confidence)
     if not t.lo <= 0 <= t.hi:
         return None
     span = x[-1] - x[0]
     lo, hi = float(np.expm1(t.lo * span)), float(np.expm1(t.hi * span))
     level = float(np.exp(np.median(y)))
-    q25, q75 = np.percentile(y, [25, 75])
-    spread = float((q75 - q25) / 1.349)
     return Finding(
         s.run,
         ID,
