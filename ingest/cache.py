@@ -411,6 +411,9 @@ class Cache:
         """Update the manifest entry of a source that was read; returns it."""
         known = manifest["sources"]
         entry = known.get(source.key)
+        # a file seen before that changed since: the run is being written now
+        # (the first sight of a file says nothing: a clone or a copy is new too)
+        changed_at = time.time() if entry is not None else None
         if entry is None or result.replace:
             entry = _new_entry(manifest, source, entry)
             known[source.key] = entry
@@ -424,6 +427,8 @@ class Cache:
             run_id=source.run_id,
             run_dir=str(source.run_dir),
         )
+        if changed_at is not None:
+            entry["changed_at"] = changed_at
         if result.problems:
             probs = entry["problems"] + [p.to_dict() for p in result.problems]
             entry["problems"] = probs[:MAX_PROBLEMS_PER_SOURCE]

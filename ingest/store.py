@@ -154,6 +154,9 @@ class Store:
                 "run_dir": pa.array(
                     [e.get("run_dir") for e in manifest["sources"].values()], pa.string()
                 ),
+                "changed_at": pa.array(
+                    [e.get("changed_at") for e in manifest["sources"].values()], pa.float64()
+                ),
                 "modified": pa.array(
                     [(e.get("mtime_ns") or 0) / 1e9 for e in manifest["sources"].values()],
                     pa.float64(),
@@ -495,7 +498,7 @@ CREATE OR REPLACE TABLE _runs AS
 WITH src AS (
     SELECT run_id, min(run_dir) AS path,
            string_agg(DISTINCT format, ',' ORDER BY format) AS format,
-           max(modified) AS modified
+           max(changed_at) AS changed_at, max(modified) AS modified
     FROM _live GROUP BY run_id
 ),
 st AS (
@@ -539,9 +542,12 @@ SELECT
         -- no end written, but every planned step logged: a finished run (a log
         -- without a final summary row, or copied after the end)
         WHEN st.last_step >= TRY_CAST(start.p->>'total_steps' AS BIGINT) THEN 'completed'
-        -- the log's own clock when it has one (a copied or cloned file is new
-        -- on disk but not a live run), else the files' modification time
-        WHEN epoch(now()) - coalesce(st.last_ts, src.modified, 0)
+        -- the log's own clock when it has one; without one, a file seen to
+        -- change since an earlier read (a copied or cloned file is new on disk,
+        -- but not a live run); a log with no rows yet: a run just starting
+        WHEN epoch(now()) - coalesce(
+                st.last_ts, src.changed_at, CASE WHEN st.run_id IS NULL THEN src.modified END, 0
+             )
              < greatest(120, 30 * coalesce(st.med_step_time, 0)) THEN 'running'
         ELSE 'interrupted'
     END AS status,

@@ -449,3 +449,19 @@ def test_tensorboard_reader_reads_scalar_tensors(tmp_path):
     assert result.metrics["name"].to_pylist() == ["throughput"] * 3  # not the 3-element tensor
     assert result.metrics["value"].to_pylist() == [10.0, 20.0, 30.0]
     assert result.steps["ts"].to_pylist() == [101.0, 102.0, 103.0]
+
+
+def test_a_log_without_timestamps_is_running_only_once_seen_to_grow(tmp_path):
+    """A copied or freshly cloned log is new on disk but not a live run."""
+    src = REAL / "llamafactory-pref-stopped-early" / "trainer_log.jsonl"
+    lines = src.read_text().splitlines(keepends=True)
+    run = tmp_path / "runs" / "pref"
+    run.mkdir(parents=True)
+    log = run / "trainer_log.jsonl"
+    log.write_text("".join(lines[:100]))
+    store = open_store(tmp_path / "runs", tmp_path)
+    assert one(store, "SELECT status FROM runs") == "interrupted"  # stopped short, no end row
+    with log.open("a") as f:
+        f.write("".join(lines[100:150]))
+    store.ingest()
+    assert one(store, "SELECT status FROM runs") == "running"  # it grew between two reads
