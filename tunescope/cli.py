@@ -720,7 +720,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise UsageError(
             f"tunescope train needs the [train] extra ({e.name} is missing): "
-            "pip install 'tunescope[train]'"
+            "pip install -e '.[train]' in a clone of tunescope (or make setup-dev)"
         ) from None
     if args.nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
