@@ -122,7 +122,11 @@ class Store:
         no network, no extension download), and its settings are locked, so no
         SQL run on it (a user's query included) can widen that."""
         self._segments = self.cache.segments_dir.resolve()
-        con = connect_duckdb()
+        # Memory is bounded: what a query needs beyond the limit spills to a
+        # temporary folder in the cache (removed when the connection closes).
+        con = connect_duckdb(
+            config={"memory_limit": memory_limit(), "temp_directory": str(self.cache.dir / "tmp")}
+        )
         con.execute("SET allowed_directories = ?", [[f"{self._segments}{os.sep}"]])
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
@@ -333,6 +337,16 @@ class Store:
         ]
 
 
+MEMORY_LIMIT = "256MB"
+"""DuckDB's memory for one store (``TUNESCOPE_MEMORY_LIMIT`` overrides it):
+large aggregates and sorts spill to disk beyond it, so peak memory follows
+this and the detectors' batch, not the corpus."""
+
+
+def memory_limit() -> str:
+    return os.environ.get("TUNESCOPE_MEMORY_LIMIT") or MEMORY_LIMIT
+
+
 def _drop(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Drop the table or view ``name`` if there is one."""
     kinds = con.execute(
@@ -501,13 +515,24 @@ WITH src AS (
            max(changed_at) AS changed_at, max(modified) AS modified
     FROM _live GROUP BY run_id
 ),
+-- distinct steps and ranks as group-bys (they spill to disk past the memory
+-- limit; a DISTINCT aggregate would hold every step of the corpus in memory)
+logged AS (
+    SELECT run_id, count(*) AS steps_logged
+    FROM (SELECT run_id, step FROM _steps GROUP BY run_id, step) GROUP BY run_id
+),
+ranked AS (
+    SELECT run_id, count(*) AS ranks
+    FROM (SELECT run_id, rank FROM _steps GROUP BY run_id, rank) GROUP BY run_id
+),
 st AS (
-    SELECT run_id, count(DISTINCT step) AS steps_logged, max(step) AS last_step,
-           min(ts) AS first_ts, max(ts) AS last_ts, count(DISTINCT rank) AS ranks,
+    SELECT run_id, steps_logged, ranks, max(step) AS last_step,
+           min(ts) AS first_ts, max(ts) AS last_ts,
            median(step_time_s) AS med_step_time,
            arg_max(loss, step) FILTER (WHERE loss IS NOT NULL) AS last_loss,
            arg_max(lr, step) FILTER (WHERE lr IS NOT NULL) AS last_lr
-    FROM _steps GROUP BY run_id
+    FROM _steps JOIN logged USING (run_id) JOIN ranked USING (run_id)
+    GROUP BY run_id, steps_logged, ranks
 ),
 life AS (
     SELECT run_id, rank, kind, payload::JSON AS p, ts,
