@@ -267,15 +267,17 @@ def _sample_step_keys(chunk: Chunk) -> set[str] | None:
 
 
 def _duckdb_rows(con: Any, files: list[str], extras: list[str]) -> pa.Table:
-    """Every line of the files as one row, in file and line order."""
+    """Every line of the files as one row, in file and line order. The columns
+    read are renamed by position (extras become ``x0``, ``x1``, ...), so no
+    key a user wrote can collide with DuckDB's own columns (``file_index``) or
+    with the names the query adds (``#i``, ``#q``)."""
     q = _ident
-    doubles = (*METRIC_NAMES, *extras)
-    columns = (
-        "{'kind': 'VARCHAR', 'v': 'VARCHAR', 'rank': 'VARCHAR', 'step': 'VARCHAR', "
-        "'ts': 'DOUBLE', 'run': 'VARCHAR', 'sample_ids': 'JSON'"
-        + "".join(f", {_sql_str(k)}: 'DOUBLE'" for k in doubles)
-        + "}"
-    )
+    envelope = {"kind": "VARCHAR", "v": "VARCHAR", "rank": "VARCHAR", "step": "VARCHAR"}
+    envelope |= {"ts": "DOUBLE", "run": "VARCHAR", "sample_ids": "JSON"}
+    keys = [*envelope, *METRIC_NAMES, *extras]
+    alias = {**{k: k for k in (*envelope, *METRIC_NAMES)}, **_extra_aliases(extras)}
+    columns = "{" + ", ".join(f"{_sql_str(k)}: '{envelope.get(k, 'DOUBLE')}'" for k in keys) + "}"
+    doubles = [alias[k] for k in (*METRIC_NAMES, *extras)]
 
     def not_whole(k: str, n: str, lo: int, hi: int) -> str:
         return f"({q(k)} IS NOT NULL AND ({n} IS NULL OR {n} <> floor({n}) OR {n} < {lo} OR {n} > {hi}))"
@@ -295,8 +297,10 @@ def _duckdb_rows(con: Any, files: list[str], extras: list[str]) -> pa.Table:
         OR NOT coalesce(ts >= 0 AND ts < {TS_MAX:.0f}, ts IS NULL)"""
     # quote characters the line holds: "kind":"step", two per other key present,
     # the quotes of the run name and those inside sample_ids
-    keyed = ("v", "rank", "step", "ts", "run", "sample_ids", *doubles)
-    quotes = " + ".join(f"({q(k)} IS NOT NULL)::INTEGER * {2 + k.count(chr(34))}" for k in keyed)
+    keyed = [k for k in keys if k != "kind"]
+    quotes = " + ".join(
+        f"({q(alias[k])} IS NOT NULL)::INTEGER * {2 + k.count(chr(34))}" for k in keyed
+    )
     texts = f"{quotes_in('run', 2)} + {quotes_in(q('#ids'), 0)}"
     # the casts each check needs, computed once per line
     casts = (
@@ -304,6 +308,7 @@ def _duckdb_rows(con: Any, files: list[str], extras: list[str]) -> pa.Table:
         'TRY_CAST(step AS DOUBLE) AS "#s", TRY_CAST(step AS BIGINT) AS "#sb0", '
         'CAST(sample_ids AS VARCHAR) AS "#ids"'
     )
+    names = ", ".join(q(alias[k]) for k in keys)
     return fetch_arrow(
         con,
         f"""SELECT "#i", kind = 'step' AS "#step", ({bad}) AS "#bad",
@@ -313,9 +318,14 @@ def _duckdb_rows(con: Any, files: list[str], extras: list[str]) -> pa.Table:
         FROM (SELECT *, coalesce("#sb0", TRY_CAST("#s" AS BIGINT)) AS "#sb"
               FROM (SELECT file_index AS "#i", {casts}
                     FROM read_json(?, format='newline_delimited', columns={columns},
-                                   maximum_object_size=67108864)))""",
+                                   maximum_object_size=67108864) AS lines({names})))""",
         [files],
     )
+
+
+def _extra_aliases(extras: list[str]) -> dict[str, str]:
+    """The column name each extra metric gets in the DuckDB tier's query."""
+    return {k: f"x{n}" for n, k in enumerate(extras)}
 
 
 def _split_rows(
@@ -336,6 +346,7 @@ def _split_rows(
     seq = first[fi] + np.arange(len(fi)) - bounds[fi]
     steps_all = table.select(["rank", "step", "ts", *METRIC_NAMES, "sample_ids"])
     steps_all = steps_all.append_column("seq", pa.array(seq, pa.int64())).cast(STEP_SCHEMA)
+    xs = list(_extra_aliases(extras).items())
     out: dict[int, ReadResult] = {}
     for k, (i, path, chunk) in enumerate(part):
         lo, hi = int(bounds[k]), int(bounds[k + 1])
@@ -365,10 +376,10 @@ def _split_rows(
         if head + tail < len(ords):
             mask = pa.array(step_mask)
             steps = steps_all.slice(lo, hi - lo).filter(mask)
-            cols = {name: table.column(name).slice(lo, hi - lo).filter(mask) for name in extras}
+            cols = {name: table.column(x).slice(lo, hi - lo).filter(mask) for name, x in xs}
         else:
             steps = steps_all.slice(a, b - a)
-            cols = {name: table.column(name).slice(a, b - a) for name in extras}
+            cols = {name: table.column(x).slice(a, b - a) for name, x in xs}
         rank = steps.column("rank")
         if rank.null_count:
             steps = steps.set_column(0, "rank", pc.fill_null(rank, rank0))

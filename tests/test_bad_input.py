@@ -333,3 +333,25 @@ def test_a_key_the_sample_missed_sends_the_file_to_the_arrow_tier(tmp_path):
         {"rank": 0, "step": 2500, "ts": None, "name": "rare", "value": 7.5, "seq": 2500}
     ]
     assert result.steps.num_rows == 5000
+
+
+@pytest.mark.parametrize("key", ["file_index", "filename", "#step", "#i", "#q", "#bad", "x0"])
+def test_extra_metrics_named_like_the_queries_own_columns(tmp_path, key):
+    """Keys that DuckDB or the fast tier's query use for themselves are plain
+    extra metrics too, in files big enough for the fast tiers."""
+    extra = f',"{key}":2.5'.encode()
+    body = b"".join(
+        b'{"v":1,"kind":"step","step":%d,"loss":1.0%s}\n' % (s, extra) for s in range(1, 3001)
+    )
+    assert len(body) > native.FAST_PATH_MIN_BYTES
+    path = tmp_path / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body)
+    chunk = native.read_new_lines(path, None)
+    (result,) = native._duckdb_part([(0, path, chunk)]).values()  # no fallback needed
+    assert result.steps.num_rows == 3000
+    assert set(result.metrics.column("name").to_pylist()) == {key}
+    store = Store.open(tmp_path, cache_dir=tmp_path / "cache")
+    assert store.last_report.problems == []
+    got = store.cursor().execute("SELECT count(*), min(value) FROM metrics WHERE name = ?", [key])
+    assert got.fetchone() == (3000, 2.5)
