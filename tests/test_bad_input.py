@@ -355,3 +355,52 @@ def test_extra_metrics_named_like_the_queries_own_columns(tmp_path, key):
     assert store.last_report.problems == []
     got = store.cursor().execute("SELECT count(*), min(value) FROM metrics WHERE name = ?", [key])
     assert got.fetchone() == (3000, 2.5)
+
+
+def _steps_of(n: int, first: int = 1) -> bytes:
+    return b"".join(
+        b'{"v":1,"kind":"step","step":%d,"loss":1.0}\n' % s for s in range(first, first + n)
+    )
+
+
+LONE_SURROGATES = {
+    "value": b'{"v":1,"kind":"step","step":9000,"loss":1.0,"note":"a\\ud800"}\n',
+    "key": b'{"v":1,"kind":"step","step":9000,"loss":1.0,"\\uDC00x":1}\n',
+    "sample_ids": b'{"v":1,"kind":"step","step":9000,"loss":1.0,"sample_ids":["\\ud800"]}\n',
+    "run_start": b'{"v":1,"kind":"run_start","model":"m\\udbff"}\n',
+}
+
+
+@pytest.mark.parametrize("lines", [3, 3000], ids=["small", "large"])
+@pytest.mark.parametrize("where", list(LONE_SURROGATES))
+def test_a_lone_surrogate_escape_costs_its_line_only(tmp_path, where, lines):
+    body = _steps_of(lines) + LONE_SURROGATES[where] + _steps_of(lines, 5000)
+    store, path = ingest_bytes(tmp_path, body)
+    (p,) = store.last_report.problems
+    assert (p.path, p.line) == (str(path), lines + 1)
+    assert "unpaired surrogate" in p.reason
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (2 * lines,)
+
+
+def test_a_surrogate_pair_is_one_character_and_kept(tmp_path):
+    body = GOOD_1 + b'{"v":1,"kind":"run_start","model":"\\ud83d\\ude00"}\n' + GOOD_3
+    store, _ = ingest_bytes(tmp_path, body)
+    assert store.last_report.problems == []
+    (payload,) = store.cursor().execute("SELECT payload FROM events").fetchone()
+    assert "\U0001f600" in payload
+
+
+@pytest.mark.parametrize("lines", [3, 3000], ids=["small", "large"])
+def test_a_byte_order_mark_does_not_cost_line_one(tmp_path, lines):
+    store, path = ingest_bytes(tmp_path, b"\xef\xbb\xbf" + _steps_of(lines))
+    assert store.last_report.problems == []
+    assert store.cursor().execute("SELECT count(*), min(step) FROM steps").fetchone() == (
+        lines,
+        1,
+    )
+    with open(path, "ab") as f:  # appended lines are read as new, not as a rewrite
+        f.write(_steps_of(2, lines + 1))
+    store.ingest()
+    assert store.last_report.problems == []
+    got = store.cursor().execute("SELECT count(*), max(step), max(seq) FROM _steps").fetchone()
+    assert got == (lines + 2, lines + 2, lines + 2)
