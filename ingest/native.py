@@ -228,7 +228,7 @@ def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
     with tempfile.TemporaryDirectory(prefix="tunescope-") as tmp:
         files = []
         for i, path, chunk in part:
-            if chunk.start == 0 and chunk.partial_tail == 0:
+            if chunk.whole_file:
                 files.append(str(path.resolve()))
             else:  # only the new lines of a file read before
                 files.append(os.path.join(tmp, f"{i}.jsonl"))

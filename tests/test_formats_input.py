@@ -628,3 +628,18 @@ def test_a_step_beyond_int64_costs_its_row_only(tmp_path, fmt):
     (problem,) = r.problems
     assert problem.path == str(path) and problem.line is not None
     assert str(HUGE_STEP) in problem.reason
+
+
+def test_line_logs_with_a_byte_order_mark_keep_line_one(tmp_path):
+    lf = tmp_path / "trainer_log.jsonl"
+    lf.write_bytes(
+        b"\xef\xbb\xbf" + lines(*({"current_steps": s, "loss": 1.0} for s in (1, 2))).encode()
+    )
+    sw = tmp_path / "logging.jsonl"
+    sw.write_bytes(
+        b"\xef\xbb\xbf"
+        + lines(*({"loss": 1.0, "global_step/max_steps": f"{s}/2"} for s in (1, 2))).encode()
+    )
+    for path, reader in ((lf, LlamaFactoryReader()), (sw, SwiftReader())):
+        r = reader.read(path, None)
+        assert (col(r, "step"), r.problems) == ([1, 2], [])
