@@ -510,6 +510,8 @@ def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
     import pyarrow.json as pj
 
     data = chunk.data
+    if _max_nesting_bound(data) > _ARROW_MAX_DEPTH:
+        return None  # Arrow's parser recurses per level: a deep enough line overflows the stack
     threaded = len(data) > _THREADED_BYTES
     table = pj.read_json(
         pa.BufferReader(data),
@@ -578,6 +580,25 @@ def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
 
 
 _KINDS = pa.array(sorted(KINDS), pa.string())
+# Arrow's JSON parser recurses once per level of nesting and overflows a
+# thread's stack at a few thousand levels (SIGSEGV, the whole process). Chunks
+# that may nest deeper than this go to the exact path, which reports a line
+# nested deeper than Python's own limit (about 1,000) and keeps the others.
+_ARROW_MAX_DEPTH = 256
+
+
+def _max_nesting_bound(data: bytes) -> int:
+    """An upper bound on how deeply any line of ``data`` nests: the most ``{``
+    and ``[`` bytes on one line (brackets inside strings counted too), in a
+    few vectorised passes over the bytes."""
+    import numpy as np
+
+    a = np.frombuffer(data, np.uint8)
+    opens = np.flatnonzero((a == 0x7B) | (a == 0x5B))
+    if len(opens) <= _ARROW_MAX_DEPTH:
+        return len(opens)
+    line_of = np.searchsorted(np.flatnonzero(a == 0x0A), opens)
+    return int(np.bincount(line_of).max())
 
 
 def _within(values: Any, lo: int, hi: int) -> bool:

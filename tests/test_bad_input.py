@@ -404,3 +404,35 @@ def test_a_byte_order_mark_does_not_cost_line_one(tmp_path, lines):
     assert store.last_report.problems == []
     got = store.cursor().execute("SELECT count(*), max(step), max(seq) FROM _steps").fetchone()
     assert got == (lines + 2, lines + 2, lines + 2)
+
+
+DEEP = 30_000  # levels; Arrow's parser overflowed a thread's stack at about 3,000
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[" * DEEP + b"]" * DEEP,
+        b'{"v":1,"kind":"step","step":9000,"loss":1.0,"aux":' + b"[" * DEEP + b"]" * DEEP + b"}",
+        b'{"v":1,"kind":"step","step":9000,"x":' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}",
+    ],
+    ids=["whole_line", "list_value", "object_value"],
+)
+def test_a_line_nested_thousands_deep_is_reported_not_a_crash(tmp_path, line):
+    """In a subprocess, so that a crash fails this test instead of ending pytest."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(_steps_of(3000) + line + b"\n" + _steps_of(2, 3001))
+    assert path.stat().st_size > native.FAST_PATH_MIN_BYTES
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunescope", "ingest", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert f"{path}:3001: malformed JSON: nested too deeply" in proc.stderr
+    assert "3,002 step rows" in proc.stdout + proc.stderr
