@@ -199,9 +199,15 @@ def _read_parquet(path: Path, state: dict[str, Any] | None) -> ReadResult:
 # - The keys come from a few lines sampled over each chunk. A key the sample
 #   missed, a null, or a number written as a string all show in one count: the
 #   quote characters in the chunk must equal what its rows account for (two per
-#   key, two per string value, plus those inside run names and sample ids, and
-#   the raw count of the few other events). A chunk that does not balance goes
-#   to the Arrow path.
+#   key, two per string value, and the raw count of the few other lines). So
+#   does what DuckDB forgives and Python's json does not, a trailing comma: the
+#   commas must equal one per key but the first, plus those between sample ids.
+#   A chunk that does not balance goes to the Arrow path.
+# - Step lines whose values the query cannot vouch for are parsed again from
+#   their text by the exact code, like the other events: a NaN or infinity
+#   (DuckDB also reads "nan", "inf", "-nan"), sample ids that are not plain
+#   integers (DuckDB keeps a number's text, "1e400", where json reads a float),
+#   a run name holding a quote or a comma (its escapes upset the counts).
 #
 # Line numbers come from row order: each DuckDB connection runs on one thread,
 # so rows arrive file by file and line by line; the files of a batch are shared
@@ -215,6 +221,9 @@ _ENVELOPE_KEYS = frozenset(("v", "rank", "step", "ts", "run", "sample_ids"))
 def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
     import duckdb
 
+    part = [item for item in part if _utf8(item[2].data)]
+    if not part:
+        return {}
     step_keys: set[str] = set()
     for _, _, chunk in part:
         found = _sample_step_keys(chunk)
@@ -225,6 +234,8 @@ def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
     names = [*_CANONICAL, *_ENVELOPE_KEYS, *extras]
     if len({k.lower() for k in names}) != len(names):
         return {}  # SQL names ignore case: keys equal but for case go the Arrow way
+    if any(c in k for k in extras for c in '",\\'):
+        return {}  # such a key may be spelled with escapes that upset the counts
     with tempfile.TemporaryDirectory(prefix="tunescope-") as tmp:
         files = []
         for i, path, chunk in part:
@@ -282,12 +293,6 @@ def _duckdb_rows(con: Any, files: list[str], extras: list[str]) -> pa.Table:
     def not_whole(k: str, n: str, lo: int, hi: int) -> str:
         return f"({q(k)} IS NOT NULL AND ({n} IS NULL OR {n} <> floor({n}) OR {n} < {lo} OR {n} > {hi}))"
 
-    def quotes_in(text: str, plus: int) -> str:
-        return (
-            f"CASE WHEN {text} IS NULL THEN 0 WHEN contains({text}, '\"') "
-            f"THEN length({text}) - length(replace({text}, '\"', '')) + {plus} ELSE {plus} END"
-        )
-
     kinds = ", ".join(f"'{k}'" for k in sorted(KINDS))
     bad = f"""kind IS NULL OR kind NOT IN ({kinds})
         OR {not_whole("v", '"#v"', -INT64_MAX, SCHEMA_VERSION)}
@@ -295,13 +300,22 @@ def _duckdb_rows(con: Any, files: list[str], extras: list[str]) -> pa.Table:
         OR (step IS NULL AND kind IN ('step', 'eval'))
         OR {not_whole("rank", '"#r"', 0, RANK_MAX)}
         OR NOT coalesce(ts >= 0 AND ts < {TS_MAX:.0f}, ts IS NULL)"""
-    # quote characters the line holds: "kind":"step", two per other key present,
-    # the quotes of the run name and those inside sample_ids
+    # step lines the exact code reads again (see above); NaN and infinities
+    # survive the sum, an overflow to infinity only costs that line a re-read
+    finite = " + ".join(f"coalesce({q(k)}, 0)" for k in doubles)
+    ids = r"\[((0|-?[1-9][0-9]{0,17})(,(0|-?[1-9][0-9]{0,17}))*)?\]"
+    check = f"""NOT isfinite({finite})
+        OR ("#ids" IS NOT NULL AND NOT regexp_full_match("#ids", '{ids}'))
+        OR (run IS NOT NULL AND (contains(run, '"') OR contains(run, ',')))"""
+    # quote characters the line holds: "kind":"step", two per other key present
+    # and two for the run name; commas: one per key present but the first,
+    # and those between sample ids
     keyed = [k for k in keys if k != "kind"]
+    present = " + ".join(f"({q(alias[k])} IS NOT NULL)::INTEGER" for k in keyed)
     quotes = " + ".join(
         f"({q(alias[k])} IS NOT NULL)::INTEGER * {2 + k.count(chr(34))}" for k in keyed
     )
-    texts = f"{quotes_in('run', 2)} + {quotes_in(q('#ids'), 0)}"
+    commas = "coalesce(length(\"#ids\") - length(replace(\"#ids\", ',', '')), 0)"
     # the casts each check needs, computed once per line
     casts = (
         '*, TRY_CAST(v AS DOUBLE) AS "#v", TRY_CAST(rank AS DOUBLE) AS "#r", '
@@ -311,8 +325,10 @@ def _duckdb_rows(con: Any, files: list[str], extras: list[str]) -> pa.Table:
     names = ", ".join(q(alias[k]) for k in keys)
     return fetch_arrow(
         con,
-        f"""SELECT "#i", kind = 'step' AS "#step", ({bad}) AS "#bad",
-               4 + {quotes} + {texts} AS "#q",
+        f"""SELECT "#i", kind = 'step' AND NOT coalesce({check}, true) AS "#step",
+               ({bad}) AS "#bad",
+               4 + {quotes} + 2 * (run IS NOT NULL)::INTEGER AS "#q",
+               {present} + {commas} AS "#c",
                CAST("#r" AS INTEGER) AS "rank", "#sb" AS step, ts,
                {", ".join(q(k) for k in doubles)}, "#ids" AS sample_ids
         FROM (SELECT *, coalesce("#sb0", TRY_CAST("#s" AS BIGINT)) AS "#sb"
@@ -342,6 +358,7 @@ def _split_rows(
     is_step = pc.fill_null(table.column("#step"), False).to_numpy(zero_copy_only=False)
     bad = pc.fill_null(table.column("#bad"), True).to_numpy(zero_copy_only=False)
     quotes = pc.fill_null(table.column("#q"), 0).to_numpy(zero_copy_only=False)
+    commas = pc.fill_null(table.column("#c"), 0).to_numpy(zero_copy_only=False)
     first = np.array([chunk.first_line for _, _, chunk in part], dtype=np.int64)
     seq = first[fi] + np.arange(len(fi)) - bounds[fi]
     steps_all = table.select(["rank", "step", "ts", *METRIC_NAMES, "sample_ids"])
@@ -361,9 +378,11 @@ def _split_rows(
             continue
         if found is None:
             continue  # a problem the exact path reports
-        others, other_quotes = found
+        others, other_quotes, other_commas = found
         if int(quotes[lo:hi][step_mask].sum()) + other_quotes != count_byte(chunk.data, b'"'):
             continue  # a key the sample missed, a null, a number as text: not this tier
+        if int(commas[lo:hi][step_mask].sum()) + other_commas != count_byte(chunk.data, b","):
+            continue  # a trailing comma
         # step rows: usually all lines but the first (run_start) and the last
         # (run_end), a zero-copy slice; a filter only when events sit in between
         head = 0
@@ -387,20 +406,21 @@ def _split_rows(
     return out
 
 
-def _other_events(chunk: Chunk, ords: list[int], rank0: int) -> tuple[RowBuilder, int] | None:
-    """The few lines of a fast-path chunk that are not steps (1-based ordinals),
-    parsed by the exact code: their rows and the quote characters they hold;
-    None when one has a problem that the exact path must report."""
+def _other_events(chunk: Chunk, ords: list[int], rank0: int) -> tuple[RowBuilder, int, int] | None:
+    """The few lines of a fast-path chunk that it leaves to the exact code
+    (1-based ordinals), parsed by it: their rows and the quote characters and
+    commas they hold; None when one has a problem that the exact path must report."""
     rows = RowBuilder()
-    quotes = 0
+    quotes = commas = 0
     lines = _lines_at(chunk, ords)
     for k in ords:
         quotes += lines[k].count(b'"')
+        commas += lines[k].count(b",")
         ev = parse_event(loads(lines[k]))
         if ev.problems:
             return None
         add_event(rows, ev, rank0, chunk.first_line - 1 + k)
-    return rows, quotes
+    return rows, quotes, commas
 
 
 def _fast_result(
@@ -427,7 +447,9 @@ def _fast_result(
             columns = {k: v.filter(keep) for k, v in columns.items()}
         columns["name"] = pa.repeat(pa.scalar(name, pa.string()), count)
         parts.append(pa.table(columns).select(METRIC_SCHEMA.names).cast(METRIC_SCHEMA))
-    _, ev_metrics, ev_events = others.tables()
+    ev_steps, ev_metrics, ev_events = others.tables()
+    if ev_steps.num_rows:  # step lines the exact code read, in line order with the rest
+        steps = pa.concat_tables([steps, ev_steps]).sort_by("seq")
     return ReadResult(
         steps=steps,
         metrics=pa.concat_tables([*parts, ev_metrics]),
@@ -510,6 +532,8 @@ def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
     import pyarrow.json as pj
 
     data = chunk.data
+    if not _utf8(data):
+        return None  # Arrow does not check the text of every field
     if _max_nesting_bound(data) > _ARROW_MAX_DEPTH:
         return None  # Arrow's parser recurses per level: a deep enough line overflows the stack
     threaded = len(data) > _THREADED_BYTES
@@ -535,6 +559,8 @@ def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
     col = table.column
     if not _within(col("v"), -INT64_MAX, SCHEMA_VERSION):
         return None
+    if col("v").null_count and _V_NULL.search(data):
+        return None  # "v": null is no version, not a missing one (Arrow reads both as null)
     if not _within(col("rank"), 0, RANK_MAX) or not _within(col("step"), 0, INT64_MAX):
         return None
     needs_step = pc.or_(is_step, pc.equal(kind, "eval"))
@@ -565,6 +591,8 @@ def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
             continue  # only in other events (or null): nothing for the step rows
         if name == "sample_ids":
             sample_ids = _ids_json(values)
+            if sample_ids is None:
+                return None
         elif any(test(field_.type) for test in _NUMERIC):
             extras.append(name)
         else:
@@ -580,6 +608,27 @@ def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
 
 
 _KINDS = pa.array(sorted(KINDS), pa.string())
+_V_NULL = re.compile(rb'"v"\s*:\s*null')
+
+
+def _utf8(data: bytes) -> bool:
+    """True when ``data`` is valid UTF-8 (as the exact path requires of every
+    line); checked in pieces, so that no copy of a large chunk is made."""
+    if data.isascii():  # the usual case, and much the quickest test
+        return True
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    try:
+        for at in range(0, len(data), 1 << 22):
+            decoder.decode(view[at : at + (1 << 22)])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 # Arrow's JSON parser recurses once per level of nesting and overflows a
 # thread's stack at a few thousand levels (SIGSEGV, the whole process). Chunks
 # that may nest deeper than this go to the exact path, which reports a line
@@ -612,10 +661,16 @@ def _within(values: Any, lo: int, hi: int) -> bool:
 
 
 def _ids_json(values: Any) -> Any:
-    """``sample_ids`` as the exact path stores them: compact JSON text."""
+    """``sample_ids`` as the exact path stores them: compact JSON text; None
+    when Arrow's reading may differ from json's: numbers that are not all
+    integers (where json keeps ``2`` in ``[0.5, 2]`` an integer, Arrow makes
+    every item a float) and objects (Arrow gives each the keys of all)."""
     import pyarrow.compute as pc
 
     t = values.type
+    item = t.value_type if pa.types.is_list(t) else t
+    if not (pa.types.is_integer(item) or pa.types.is_string(item) or pa.types.is_null(item)):
+        return None
     if (
         pa.types.is_list(t)
         and pa.types.is_integer(t.value_type)
@@ -628,12 +683,23 @@ def _ids_json(values: Any) -> Any:
     )
 
 
+_WALK = 64  # lines walked from an end of a chunk before finding all newlines pays
+
+
 def _lines_at(chunk: Chunk, ords: list[int]) -> dict[int, bytes]:
     """The raw text of a few lines of a chunk (1-based ordinals), found by
     walking newlines from whichever end of the chunk is nearer (the usual
-    ones, ``run_start`` and ``run_end``, are the first and the last line)."""
+    ones, ``run_start`` and ``run_end``, are the first and the last line), or
+    for lines far from both ends from where every newline is."""
     data, total = chunk.data, chunk.lines
     found: dict[int, bytes] = {}
+    if any(_WALK < k <= total - _WALK for k in ords):
+        import numpy as np
+
+        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 0x0A)
+        for k in ords:
+            found[k] = data[int(ends[k - 2]) + 1 if k > 1 else 0 : int(ends[k - 1])]
+        return found
     pos, line = 0, 1  # pos: where line `line` starts
     for k in sorted(k for k in ords if k <= total // 2):
         while line < k:

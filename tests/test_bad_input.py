@@ -294,7 +294,6 @@ ARROW_OK = [
     "empty_key",
     "huge_extra",
     "sample_ids_texts",
-    "sample_ids_floats",
     "eval_between_steps",
 ]
 # Numeric run names, nulls and empty keys do not balance the DuckDB tier's quote
