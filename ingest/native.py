@@ -70,8 +70,11 @@ class NativeReader:
         return self.read_batch([(path, state)])[0]
 
     def read_batch(self, items: list[tuple[Path, dict[str, Any] | None]]) -> list[ReadResult]:
-        """Read many sources at once. Clean, large chunks are parsed in parts on
-        worker threads while the next files are still being read."""
+        """Read many sources at once. Clean chunks are parsed in parts on worker
+        threads while the next files are still being read: a large chunk in
+        parts of its own size, small ones (a run of a few hundred steps) many
+        to a part, so that they share the fast tiers' fixed cost; small ones
+        too few to be worth it are read by the exact path."""
         from concurrent.futures import ThreadPoolExecutor
 
         results: list[ReadResult | None] = [None] * len(items)
@@ -82,8 +85,8 @@ class NativeReader:
                 total += os.stat(path).st_size
         target = max(total / (2 * workers), FAST_PATH_MIN_BYTES)  # two parts a worker
         fast: list[tuple[int, Path, Chunk]] = []
-        part: list[tuple[int, Path, Chunk]] = []
-        size = 0
+        parts: dict[bool, list[tuple[int, Path, Chunk]]] = {True: [], False: []}
+        sizes = {True: 0, False: 0}
         done: dict[int, ReadResult] = {}
         with ThreadPoolExecutor(workers) as pool:
             futures = []
@@ -92,17 +95,20 @@ class NativeReader:
                     results[i] = _read_parquet(path, state)
                     continue
                 chunk = read_new_lines(path, state)
-                if len(chunk.data) >= FAST_PATH_MIN_BYTES and _looks_clean(chunk.data):
-                    fast.append((i, path, chunk))
-                    part.append((i, path, chunk))
-                    size += len(chunk.data)
-                    if size >= target:
-                        futures.append(pool.submit(_read_fast, part))
-                        part, size = [], 0
-                else:
+                if not chunk.data or not _looks_clean(chunk.data):
                     results[i] = _read_exact(path, chunk)
-            if part:
-                futures.append(pool.submit(_read_fast, part))
+                    continue
+                large = len(chunk.data) >= FAST_PATH_MIN_BYTES
+                fast.append((i, path, chunk))
+                parts[large].append((i, path, chunk))
+                sizes[large] += len(chunk.data)
+                if sizes[large] >= target:
+                    futures.append(pool.submit(_read_fast, parts[large]))
+                    parts[large], sizes[large] = [], 0
+            if parts[True]:
+                futures.append(pool.submit(_read_fast, parts[True]))
+            if sizes[False] >= FAST_PATH_MIN_BYTES or (futures and parts[False]):
+                futures.append(pool.submit(_read_fast, parts[False]))
             for future in futures:
                 done.update(future.result())
         for i, path, chunk in fast:
@@ -213,6 +219,7 @@ def _read_parquet(path: Path, state: dict[str, Any] | None) -> ReadResult:
 # so rows arrive file by file and line by line; the files of a batch are shared
 # between connections running in parallel.
 
+_JOIN_BELOW = 1 << 20  # chunks smaller than this are joined into one file for DuckDB
 _SAMPLE_LINES = 16  # lines sampled for keys in each chunk (plus the first and last)
 _CANONICAL = frozenset(("kind", *METRIC_NAMES))
 _ENVELOPE_KEYS = frozenset(("v", "rank", "step", "ts", "run", "sample_ids"))
@@ -236,14 +243,20 @@ def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
         return {}  # SQL names ignore case: keys equal but for case go the Arrow way
     if any(c in k for k in extras for c in '",\\'):
         return {}  # such a key may be spelled with escapes that upset the counts
+    # Large whole files are read where they lie. The others (small files, the
+    # new lines of files read before) are joined into one temporary file:
+    # DuckDB's cost per file read is larger than the parse of a small one.
+    direct = [it for it in part if it[2].whole_file and len(it[2].data) >= FAST_PATH_MIN_BYTES]
+    joined = [
+        it for it in part if not (it[2].whole_file and len(it[2].data) >= FAST_PATH_MIN_BYTES)
+    ]
+    part = direct + joined
     with tempfile.TemporaryDirectory(prefix="tunescope-") as tmp:
-        files = []
-        for i, path, chunk in part:
-            if chunk.whole_file:
-                files.append(str(path.resolve()))
-            else:  # only the new lines of a file read before
-                files.append(os.path.join(tmp, f"{i}.jsonl"))
-                with open(files[-1], "wb") as f:
+        files = [str(path.resolve()) for _, path, _ in direct]
+        if joined:
+            files.append(os.path.join(tmp, "joined.jsonl"))
+            with open(files[-1], "wb") as f:
+                for _, _, chunk in joined:
                     f.write(chunk.data)
         con = duckdb.connect(config={"threads": 1, "preserve_insertion_order": True})
         try:
@@ -252,14 +265,14 @@ def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
             return {}  # a malformed line, a text where a number belongs
         finally:
             con.close()
-    return _split_rows(table, part, extras)
+    return _split_rows(table, part, extras, len(direct))
 
 
 def _sample_step_keys(chunk: Chunk) -> set[str] | None:
     """The keys of step lines sampled over the chunk (None: one is not an object)."""
     data = chunk.data
     starts = {0, data.rfind(b"\n", 0, len(data) - 1) + 1}
-    gap = max(len(data) // _SAMPLE_LINES, 1)
+    gap = max(len(data) // _SAMPLE_LINES, min(16 * 1024, len(data) // 4), 1)  # small: ~5 lines
     for at in range(gap, len(data) - 1, gap):
         starts.add(data.index(b"\n", at - 1) + 1)
     keys: set[str] = set()
@@ -345,72 +358,117 @@ def _extra_aliases(extras: list[str]) -> dict[str, str]:
 
 
 def _split_rows(
-    table: pa.Table, part: list[tuple[int, Path, Chunk]], extras: list[str]
+    table: pa.Table, part: list[tuple[int, Path, Chunk]], extras: list[str], direct: int
 ) -> dict[int, ReadResult]:
-    """Per-file results from a part's rows, for the files that pass every check."""
+    """Per-file results from a part's rows, for the files that pass every check.
+    The first ``direct`` chunks of the part were read as files of their own,
+    the others joined into one file after them."""
     import numpy as np
     import pyarrow.compute as pc
 
     fi = table.column("#i").to_numpy().astype(np.int64)
     if len(fi) and not bool((fi[1:] >= fi[:-1]).all()):
         return {}  # rows out of file order: line numbers cannot be trusted
-    bounds = np.searchsorted(fi, np.arange(len(part) + 1))
+    # where each chunk's rows start: its file's first row, plus in the joined
+    # file the lines of the chunks before it
+    lines = np.array([chunk.lines for _, _, chunk in part], dtype=np.int64)
+    slot = np.minimum(np.arange(len(part)), direct)
+    slot_rows = np.diff(np.searchsorted(fi, np.arange(direct + 2)))
+    slot_lines = np.bincount(slot, weights=lines, minlength=direct + 1).astype(np.int64)
+    slot_ok = slot_rows == slot_lines  # else DuckDB skipped a line: no row can be placed
+    within = np.cumsum(lines) - lines
+    within = np.where(slot == direct, within - within[min(direct, len(part) - 1)], 0)
+    starts = np.concatenate(([0], np.cumsum(slot_rows)))[slot] + within
     is_step = pc.fill_null(table.column("#step"), False).to_numpy(zero_copy_only=False)
     bad = pc.fill_null(table.column("#bad"), True).to_numpy(zero_copy_only=False)
     quotes = pc.fill_null(table.column("#q"), 0).to_numpy(zero_copy_only=False)
     commas = pc.fill_null(table.column("#c"), 0).to_numpy(zero_copy_only=False)
     first = np.array([chunk.first_line for _, _, chunk in part], dtype=np.int64)
-    seq = first[fi] + np.arange(len(fi)) - bounds[fi]
+    item = np.searchsorted(starts, np.arange(len(fi)), side="right") - 1  # each row's chunk
+    seq = first[item] + np.arange(len(fi)) - starts[item]
     steps_all = table.select(["rank", "step", "ts", *METRIC_NAMES, "sample_ids"])
     steps_all = steps_all.append_column("seq", pa.array(seq, pa.int64())).cast(STEP_SCHEMA)
-    xs = list(_extra_aliases(extras).items())
+    # Check each chunk; the lines left to the exact code (events, step lines
+    # the query cannot vouch for) go into one builder, chunk after chunk.
+    others = RowBuilder()
+    ok = np.zeros(len(part), dtype=bool)
+    marks = [others.counts()]  # rows in `others` after each chunk
+    for k, (_, path, chunk) in enumerate(part):
+        lo, hi = int(starts[k]), int(starts[k]) + chunk.lines
+        if slot_ok[slot[k]] and not bad[lo:hi].any():
+            rank0 = file_rank(path)
+            ok[k] = _check_chunk(chunk, rank0, is_step[lo:hi], quotes[lo:hi], commas[lo:hi], others)
+            if not ok[k]:
+                others.truncate(marks[-1])
+        marks.append(others.counts())
+    if not ok.any():
+        return {}
+    # The step rows of every chunk that passed, at once, then sliced per chunk.
+    keep = is_step & ok[item]
+    per_chunk = np.bincount(item[keep], minlength=len(part))
+    at = np.concatenate(([0], np.cumsum(per_chunk)))
+    mask = pa.array(keep)
+    steps = steps_all.filter(mask)
+    rank = steps.column("rank")
+    if rank.null_count:  # a line without "rank": the file's own
+        ranks = np.array([file_rank(path) for _, path, _ in part], dtype=np.int32)
+        steps = steps.set_column(0, "rank", pc.coalesce(rank, pa.array(ranks[item[keep]])))
+    extra_rows = []  # per extra: its metric rows and where each chunk's begin
+    for name, x in _extra_aliases(extras).items():
+        values = table.column(x).filter(mask)
+        metric = _extra_metrics(steps, name, values)
+        if metric is not None:
+            valid = pc.is_valid(values).to_numpy(zero_copy_only=False)
+            counts = np.bincount(item[keep][valid], minlength=len(part))
+            extra_rows.append((metric, np.concatenate(([0], np.cumsum(counts)))))
+    o_steps, o_metrics, o_events = others.tables()
     out: dict[int, ReadResult] = {}
-    for k, (i, path, chunk) in enumerate(part):
-        lo, hi = int(bounds[k]), int(bounds[k + 1])
-        if hi - lo != chunk.lines or bad[lo:hi].any():
-            continue
-        step_mask = is_step[lo:hi]
-        rank0 = file_rank(path)
-        ords = [int(j) + 1 for j in np.flatnonzero(~step_mask)]
-        try:
-            found = _other_events(chunk, ords, rank0)
-        except (LineError, ValueError, TypeError, OverflowError, pa.ArrowException):
-            continue
-        if found is None:
-            continue  # a problem the exact path reports
-        others, other_quotes, other_commas = found
-        if int(quotes[lo:hi][step_mask].sum()) + other_quotes != count_byte(chunk.data, b'"'):
-            continue  # a key the sample missed, a null, a number as text: not this tier
-        if int(commas[lo:hi][step_mask].sum()) + other_commas != count_byte(chunk.data, b","):
-            continue  # a trailing comma
-        # step rows: usually all lines but the first (run_start) and the last
-        # (run_end), a zero-copy slice; a filter only when events sit in between
-        head = 0
-        while head < len(ords) and ords[head] == head + 1:
-            head += 1
-        tail = 0
-        while tail < len(ords) - head and ords[-1 - tail] == hi - lo - tail:
-            tail += 1
-        a, b = lo + head, hi - tail
-        if head + tail < len(ords):
-            mask = pa.array(step_mask)
-            steps = steps_all.slice(lo, hi - lo).filter(mask)
-            cols = {name: table.column(x).slice(lo, hi - lo).filter(mask) for name, x in xs}
-        else:
-            steps = steps_all.slice(a, b - a)
-            cols = {name: table.column(x).slice(a, b - a) for name, x in xs}
-        rank = steps.column("rank")
-        if rank.null_count:
-            steps = steps.set_column(0, "rank", pc.fill_null(rank, rank0))
-        out[i] = _fast_result(chunk, steps, cols, others)
+    for k in np.flatnonzero(ok):
+        i, _, chunk = part[k]
+        (s0, m0, e0), (s1, m1, e1) = marks[k], marks[k + 1]
+        got = steps.slice(at[k], per_chunk[k])
+        if s1 > s0:  # step lines the exact code read, in line order with the rest
+            got = pa.concat_tables([got, o_steps.slice(s0, s1 - s0)]).sort_by("seq")
+        metrics = [m.slice(b[k], b[k + 1] - b[k]) for m, b in extra_rows]
+        out[i] = ReadResult(
+            steps=got,
+            metrics=pa.concat_tables([*metrics, o_metrics.slice(m0, m1 - m0)]),
+            events=o_events.slice(e0, e1 - e0),
+            state=chunk.state,
+            replace=chunk.restarted,
+        )
     return out
 
 
-def _other_events(chunk: Chunk, ords: list[int], rank0: int) -> tuple[RowBuilder, int, int] | None:
+def _check_chunk(
+    chunk: Chunk, rank0: int, step_mask: Any, quotes: Any, commas: Any, others: RowBuilder
+) -> bool:
+    """True when every line of a chunk read by the DuckDB tier is what the
+    exact path reads: the lines it left to the exact code parse without a
+    problem (their rows are added to ``others``), and the quote characters and
+    commas of the chunk are those its rows account for."""
+    import numpy as np
+
+    ords = [int(j) + 1 for j in np.flatnonzero(~step_mask)]
+    try:
+        found = _other_events(chunk, ords, rank0, others)
+    except (LineError, ValueError, TypeError, OverflowError, pa.ArrowException):
+        return False
+    if found is None:
+        return False  # a problem the exact path reports
+    other_quotes, other_commas = found
+    if int(quotes[step_mask].sum()) + other_quotes != count_byte(chunk.data, b'"'):
+        return False  # a key the sample missed, a null, a number as text: not this tier
+    return int(commas[step_mask].sum()) + other_commas == count_byte(chunk.data, b",")
+
+
+def _other_events(
+    chunk: Chunk, ords: list[int], rank0: int, rows: RowBuilder
+) -> tuple[int, int] | None:
     """The few lines of a fast-path chunk that it leaves to the exact code
-    (1-based ordinals), parsed by it: their rows and the quote characters and
-    commas they hold; None when one has a problem that the exact path must report."""
-    rows = RowBuilder()
+    (1-based ordinals), parsed by it, their rows added to ``rows``: the quote
+    characters and commas they hold; None when one has a problem that the
+    exact path must report."""
     quotes = commas = 0
     lines = _lines_at(chunk, ords)
     for k in ords:
@@ -420,7 +478,7 @@ def _other_events(chunk: Chunk, ords: list[int], rank0: int) -> tuple[RowBuilder
         if ev.problems:
             return None
         add_event(rows, ev, rank0, chunk.first_line - 1 + k)
-    return rows, quotes, commas
+    return quotes, commas
 
 
 def _fast_result(
@@ -428,35 +486,39 @@ def _fast_result(
 ) -> ReadResult:
     """A fast tier's result: the step rows (STEP_SCHEMA), one metric row per
     non-null extra value of them, and the rows of the other events."""
-    import pyarrow.compute as pc
-
-    parts = []
-    for name, values in extras.items():
-        count = len(values) - values.null_count
-        if not count:
-            continue
-        keep = pc.is_valid(values) if values.null_count else None
-        columns = {
-            "rank": steps.column("rank"),
-            "step": steps.column("step"),
-            "ts": steps.column("ts"),
-            "value": pc.cast(values, pa.float64(), safe=False),
-            "seq": steps.column("seq"),
-        }
-        if keep is not None:
-            columns = {k: v.filter(keep) for k, v in columns.items()}
-        columns["name"] = pa.repeat(pa.scalar(name, pa.string()), count)
-        parts.append(pa.table(columns).select(METRIC_SCHEMA.names).cast(METRIC_SCHEMA))
+    parts = [_extra_metrics(steps, name, values) for name, values in extras.items()]
     ev_steps, ev_metrics, ev_events = others.tables()
     if ev_steps.num_rows:  # step lines the exact code read, in line order with the rest
         steps = pa.concat_tables([steps, ev_steps]).sort_by("seq")
     return ReadResult(
         steps=steps,
-        metrics=pa.concat_tables([*parts, ev_metrics]),
+        metrics=pa.concat_tables([*(p for p in parts if p is not None), ev_metrics]),
         events=ev_events,
         state=chunk.state,
         replace=chunk.restarted,
     )
+
+
+def _extra_metrics(steps: pa.Table, name: str, values: Any) -> pa.Table | None:
+    """The metric rows (METRIC_SCHEMA) of one extra field of step rows: one per
+    non-null value; None when there is none."""
+    import pyarrow.compute as pc
+
+    count = len(values) - values.null_count
+    if not count:
+        return None
+    keep = pc.is_valid(values) if values.null_count else None
+    columns = {
+        "rank": steps.column("rank"),
+        "step": steps.column("step"),
+        "ts": steps.column("ts"),
+        "value": pc.cast(values, pa.float64(), safe=False),
+        "seq": steps.column("seq"),
+    }
+    if keep is not None:
+        columns = {k: v.filter(keep) for k, v in columns.items()}
+    columns["name"] = pa.repeat(pa.scalar(name, pa.string()), count)
+    return pa.table(columns).select(METRIC_SCHEMA.names).cast(METRIC_SCHEMA)
 
 
 def _ident(key: str) -> str:
@@ -601,10 +663,10 @@ def _fast_chunk(path: Path, chunk: Chunk) -> ReadResult | None:
     columns["seq"] = pa.array(chunk.first_line + np.flatnonzero(step_rows), pa.int64())
     step_table = pa.table(columns).cast(STEP_SCHEMA)
     ords = [int(k) + 1 for k in np.flatnonzero(~step_rows)]
-    found = _other_events(chunk, ords, rank0)
-    if found is None:
+    others = RowBuilder()
+    if _other_events(chunk, ords, rank0, others) is None:
         return None
-    return _fast_result(chunk, step_table, {name: steps.column(name) for name in extras}, found[0])
+    return _fast_result(chunk, step_table, {name: steps.column(name) for name in extras}, others)
 
 
 _KINDS = pa.array(sorted(KINDS), pa.string())
