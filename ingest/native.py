@@ -260,6 +260,7 @@ def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
                     f.write(chunk.data)
         con = duckdb.connect(config={"threads": 1, "preserve_insertion_order": True})
         try:
+            con.execute("SET enable_progress_bar = false")  # never a bar on the user's terminal
             table = _duckdb_rows(con, files, extras)
         except duckdb.Error:
             return {}  # a malformed line, a text where a number belongs
