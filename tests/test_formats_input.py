@@ -643,3 +643,24 @@ def test_line_logs_with_a_byte_order_mark_keep_line_one(tmp_path):
     for path, reader in ((lf, LlamaFactoryReader()), (sw, SwiftReader())):
         r = reader.read(path, None)
         assert (col(r, "step"), r.problems) == ([1, 2], [])
+
+
+def test_trainer_state_lone_surrogates_cost_their_entry_only(tmp_path):
+    history = [
+        '{"loss": 1.0, "step": 1}',
+        '{"loss": 1.0, "step": 2, "\\ud800x": 1}',
+        '{"loss": 1.0, "step": 3, "note": "a\\udc00"}',
+        '{"loss": 0.5, "step": 4, "emoji": "\\ud83d\\ude00"}',
+    ]
+    path = tmp_path / "out" / "trainer_state.json"
+    path.parent.mkdir()
+    path.write_text(
+        '{"global_step": 4, "best_model_checkpoint": "ckpt-\\udfff",\n "log_history": [\n'
+        + ",\n".join(history)
+        + "\n]}\n"
+    )
+    r = HFStateReader().read(path, None)
+    assert col(r, "step") == [1, 4]
+    reasons = sorted(p.reason for p in r.problems)
+    assert len(reasons) == 3 and all("unpaired surrogate" in x for x in reasons)
+    assert {p.line for p in r.problems if "log_history" in p.reason} == {4, 5}

@@ -72,7 +72,7 @@ def loads(raw: bytes | str) -> Any:
             raise LineError(f"malformed JSON: {e}") from None
     # A surrogate can only come from a \uD800-\uDFFF escape (their UTF-8 bytes
     # fail the decode above); json joins a proper pair into one character.
-    if "\\u" in raw and _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
+    if may_hold_surrogates(raw) and has_lone_surrogate(value):
         raise LineError("not Unicode text: an unpaired surrogate escape (\\ud800-\\udfff)")
     return value
 
@@ -81,13 +81,21 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _has_lone_surrogate(value: Any) -> bool:
+def may_hold_surrogates(text: str) -> bool:
+    """False when the JSON ``text`` cannot decode to a lone surrogate (it has
+    no \\uD800-\\uDFFF escape): a quick test before ``has_lone_surrogate``."""
+    return "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """True when a decoded JSON value holds text with an unpaired surrogate,
+    which no UTF-8 column can store."""
     if isinstance(value, str):
         return _SURROGATE.search(value) is not None
     if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
+        return any(has_lone_surrogate(v) for v in value)
     return False
 
 
