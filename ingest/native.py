@@ -243,13 +243,13 @@ def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
         return {}  # SQL names ignore case: keys equal but for case go the Arrow way
     if any(c in k for k in extras for c in '",\\'):
         return {}  # such a key may be spelled with escapes that upset the counts
-    # Large whole files are read where they lie. The others (small files, the
+    # Large whole files are read where they lie. The others (smaller files, the
     # new lines of files read before) are joined into one temporary file:
-    # DuckDB's cost per file read is larger than the parse of a small one.
-    direct = [it for it in part if it[2].whole_file and len(it[2].data) >= FAST_PATH_MIN_BYTES]
-    joined = [
-        it for it in part if not (it[2].whole_file and len(it[2].data) >= FAST_PATH_MIN_BYTES)
-    ]
+    # DuckDB's cost per file read (about half a millisecond) is larger than
+    # the parse of a file of a few hundred lines.
+    alone = [it[2].whole_file and len(it[2].data) >= _JOIN_BELOW for it in part]
+    direct = [it for it, a in zip(part, alone, strict=True) if a]
+    joined = [it for it, a in zip(part, alone, strict=True) if not a]
     part = direct + joined
     with tempfile.TemporaryDirectory(prefix="tunescope-") as tmp:
         files = [str(path.resolve()) for _, path, _ in direct]
