@@ -9,7 +9,11 @@ measures in one process:
 2. full ingest (fresh cache) -> ratio of throughputs (target >= 0.5x), the
    two interleaved ``--repeats`` times with the page cache warm, best of each;
 3. re-ingest of the unchanged corpus (target < 5% of the full ingest);
-4. loading the store and a group-by over all steps (target < 1 s for 2 M rows).
+4. loading the store and a group-by over all steps (target < 1 s for 2 M rows);
+5. many small files against fewer large ones holding as many rows
+   (``--small-runs`` runs of 200 steps against a fifth as many runs of 1,000
+   steps, one rank each): the ratio of their rows/s (target about 1x),
+   interleaved ``--repeats`` times, best of each. ``--small-only`` runs just this.
 """
 
 from __future__ import annotations
@@ -77,13 +81,52 @@ def make_corpus(root: Path, runs: int, ranks: int, steps: int) -> None:
     marker.touch()
 
 
+def small_vs_large(runs: int, repeats: int) -> None:
+    """Rows/s of a first ingest of ``runs`` runs of 200 steps against ``runs / 5``
+    runs of 1,000 steps (the same rows in a fifth as many files)."""
+    sides = {
+        "small": (OUT / "ingest-small", runs, 200),
+        "large": (OUT / "ingest-large", max(runs // 5, 1), 1000),
+    }
+    for root, n, steps in sides.values():
+        make_corpus(root, n, 1, steps)
+        for f in root.rglob("rank-*.jsonl"):
+            f.read_bytes()  # both sides read from the page cache
+    best = dict.fromkeys(sides, math.inf)
+    for _ in range(repeats):
+        for name, (root, _n, _steps) in sides.items():
+            cache = OUT / f"ingest-{name}-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            t = time.perf_counter()
+            report = Cache(root, cache).ingest()
+            best[name] = min(best[name], time.perf_counter() - t)
+            assert not report.problems, report.problems[:3]
+    rate = {}
+    for name, (_root, n, steps) in sides.items():
+        rows = n * (steps + 2)
+        rate[name] = rows / best[name]
+        print(
+            f"{name:5} files: {n:5,} runs x {steps:5,} steps  {best[name]:6.2f} s  "
+            f"{rate[name] / 1e6:5.2f} M rows/s  ({1e6 / rate[name]:.1f} us a row)"
+        )
+    print(
+        f"  small-file rows/s / large-file rows/s: {rate['small'] / rate['large']:.2f}x "
+        f"best of {repeats} each (target about 1x)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--ranks", type=int, default=4)
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs of each side")
+    ap.add_argument("--small-runs", type=int, default=5000, help="runs of 200 steps (step 5)")
+    ap.add_argument("--small-only", action="store_true", help="only step 5")
     args = ap.parse_args()
+    if args.small_only:
+        small_vs_large(args.small_runs, args.repeats)
+        return
     root = OUT / "ingest-corpus"
     make_corpus(root, args.runs, args.ranks, args.steps)
     files = sorted(str(p) for p in root.rglob("rank-*.jsonl"))
@@ -152,6 +195,7 @@ def main() -> None:
     )
     print(f"load store ({n_steps:,} steps):  {t_load:6.2f} s")
     print(f"group-by over all steps:     {t_query:6.3f} s  (target < 1 s)")
+    small_vs_large(args.small_runs, args.repeats)
 
 
 if __name__ == "__main__":

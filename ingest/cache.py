@@ -40,7 +40,7 @@ MANIFEST_VERSION = 2  # 2: no min/max statistics on float columns (a cache of 1 
 MAX_SEGMENTS = 24  # past this many ingest passes, merge the segments into one
 TRASH_GRACE_S = 120.0  # superseded segment files are deleted after this long
 MAX_PROBLEMS_PER_SOURCE = 200
-BATCH = 256  # sources handed to one read_batch call, at most...
+BATCH = 2048  # sources handed to one read_batch call, at most...
 BATCH_BYTES = 512 * 1024 * 1024  # ...and about this many bytes of them (memory stays bounded)
 TABLES = ("steps", "metrics", "events")
 # How segments are written. Min/max statistics only for the key columns: the

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from tunescope.eventlog import LineError, as_number, loads
+from tunescope.eventlog import as_int as whole_number
 from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA, Problem, ReadResult
 from tunescope.schema import METRIC_NAMES
 
@@ -89,28 +90,24 @@ def parse_fraction(value: Any) -> tuple[int | None, int | None]:
     """ "N/M" -> (N, M); an integer -> (N, None)."""
     if isinstance(value, str) and "/" in value:
         a, _, b = value.partition("/")
-        try:
-            return int(a.strip()), int(b.strip())
-        except ValueError:
-            return None, None
+        n, m = as_int(a), as_int(b)
+        return (n, m) if n is not None and m is not None else (None, None)
     n = as_int(value)
     return n, None
 
 
 def as_int(value: Any) -> int | None:
-    """A non-negative integral number (or integral text) as int, else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and math.isfinite(value) and value == int(value) and value >= 0:
-        return int(value)
+    """A non-negative integral number (or integral text) as int, else None.
+    Beyond 2**63 - 1 (what the store's step columns hold) it is None too: the
+    row is then reported as bad, as the native reader does, and the file's
+    other rows are kept."""
     if isinstance(value, str):
         try:
-            return as_int(int(value.strip()))
+            value = int(value.strip())
         except ValueError:
             return None
-    return None
+    n = whole_number(value)
+    return n if n is not None and n >= 0 else None
 
 
 def split_fields(

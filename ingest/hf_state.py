@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from tunescope.eventlog import has_lone_surrogate, may_hold_surrogates
 from tunescope.ingest.foreign import (
     Deltas,
     as_int,
@@ -102,6 +103,7 @@ def _const(token: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_const)
+_UNPAIRED = "not Unicode text: an unpaired surrogate escape (\\ud800-\\udfff)"
 _HISTORY = re.compile(r'"log_history"\s*:\s*\[')
 
 
@@ -117,6 +119,7 @@ class State:
         self.classified: tuple[list[Any], list[Problem]] | None = None
         self.text = ""
         self.start = 0
+        self.surrogates = False  # the text has \uD800-\uDFFF escapes: check each entry
         self._lines: list[int] | None = None
 
     def line(self, i: int) -> int | None:
@@ -144,8 +147,12 @@ def parse_state(path: Path, text: str) -> State:
             Problem(str(path), line, f"damaged JSON ({reason}); read what precedes it")
         )
         top = None
+    out.surrogates = may_hold_surrogates(text)
     if isinstance(top, dict):
         out.top = {k: v for k, v in top.items() if k != "log_history"}
+        for key in [k for k, v in out.top.items() if out.surrogates and has_lone_surrogate([k, v])]:
+            del out.top[key]
+            out.problems.append(Problem(str(path), None, f"{_UNPAIRED} in field {key!r}; ignored"))
     elif top is not None:
         out.problems.append(Problem(str(path), 1, "not a JSON object; not a trainer_state.json"))
         return out
@@ -226,6 +233,9 @@ def _classify(path: Path, state: State) -> tuple[list[Entry], list[Problem]]:
         where = f"log_history[{i}]"
         if not isinstance(raw, dict):
             problems.append(Problem(str(path), state.line(i), f"{where} is not an object; skipped"))
+            continue
+        if state.surrogates and has_lone_surrogate(raw):
+            problems.append(Problem(str(path), state.line(i), f"{where}: {_UNPAIRED}; skipped"))
             continue
         step = as_int(raw.get("step"))
         if step is None:

@@ -183,6 +183,16 @@ class RowBuilder:
         e["payload"].append(payload_json(payload))
         e["seq"].append(self.next_seq() if seq is None else seq)
 
+    def counts(self) -> tuple[int, int, int]:
+        """How many step, metric and event rows have been added so far."""
+        return len(self._steps["seq"]), len(self._metrics["seq"]), len(self._events["seq"])
+
+    def truncate(self, counts: tuple[int, int, int]) -> None:
+        """Drop the rows added after ``counts()`` returned ``counts``."""
+        for table, n in zip((self._steps, self._metrics, self._events), counts, strict=True):
+            for values in table.values():
+                del values[n:]
+
     def tables(self) -> tuple[pa.Table, pa.Table, pa.Table]:
         return (
             pa.table(self._steps, schema=STEP_SCHEMA),

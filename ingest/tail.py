@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 FINGERPRINT = 64  # bytes before the offset that must not have changed
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, written by some editors and Windows tools
 
 
 @dataclass
@@ -36,6 +37,13 @@ class Chunk:
     def lines(self) -> int:
         """How many complete lines ``data`` holds (it always ends with a newline)."""
         return count_byte(self.data, b"\n")
+
+    @property
+    def whole_file(self) -> bool:
+        """True when ``data`` is the whole file (but for a byte order mark)."""
+        return (
+            self.partial_tail == 0 and self.start == len(self.prefix) and self.prefix in (b"", BOM)
+        )
 
     @property
     def state(self) -> dict[str, Any]:
@@ -85,6 +93,8 @@ def read_new_lines(path: Path, state: dict[str, Any] | None) -> Chunk:
                 offset, line, restarted, prefix = 0, 0, True, b""
         f.seek(offset)
         data = f.read()
+    if offset == 0 and data.startswith(BOM):  # not part of the first line
+        offset, prefix, data = len(BOM), BOM, data[len(BOM) :]
     cut = data.rfind(b"\n") + 1
     tail = len(data) - cut
     return Chunk(data[:cut], offset, offset + cut, line + 1, restarted, tail, st.st_ino, prefix)

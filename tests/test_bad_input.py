@@ -294,7 +294,6 @@ ARROW_OK = [
     "empty_key",
     "huge_extra",
     "sample_ids_texts",
-    "sample_ids_floats",
     "eval_between_steps",
 ]
 # Numeric run names, nulls and empty keys do not balance the DuckDB tier's quote
@@ -333,3 +332,106 @@ def test_a_key_the_sample_missed_sends_the_file_to_the_arrow_tier(tmp_path):
         {"rank": 0, "step": 2500, "ts": None, "name": "rare", "value": 7.5, "seq": 2500}
     ]
     assert result.steps.num_rows == 5000
+
+
+@pytest.mark.parametrize("key", ["file_index", "filename", "#step", "#i", "#q", "#bad", "x0"])
+def test_extra_metrics_named_like_the_queries_own_columns(tmp_path, key):
+    """Keys that DuckDB or the fast tier's query use for themselves are plain
+    extra metrics too, in files big enough for the fast tiers."""
+    extra = f',"{key}":2.5'.encode()
+    body = b"".join(
+        b'{"v":1,"kind":"step","step":%d,"loss":1.0%s}\n' % (s, extra) for s in range(1, 3001)
+    )
+    assert len(body) > native.FAST_PATH_MIN_BYTES
+    path = tmp_path / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body)
+    chunk = native.read_new_lines(path, None)
+    (result,) = native._duckdb_part([(0, path, chunk)]).values()  # no fallback needed
+    assert result.steps.num_rows == 3000
+    assert set(result.metrics.column("name").to_pylist()) == {key}
+    store = Store.open(tmp_path, cache_dir=tmp_path / "cache")
+    assert store.last_report.problems == []
+    got = store.cursor().execute("SELECT count(*), min(value) FROM metrics WHERE name = ?", [key])
+    assert got.fetchone() == (3000, 2.5)
+
+
+def _steps_of(n: int, first: int = 1) -> bytes:
+    return b"".join(
+        b'{"v":1,"kind":"step","step":%d,"loss":1.0}\n' % s for s in range(first, first + n)
+    )
+
+
+LONE_SURROGATES = {
+    "value": b'{"v":1,"kind":"step","step":9000,"loss":1.0,"note":"a\\ud800"}\n',
+    "key": b'{"v":1,"kind":"step","step":9000,"loss":1.0,"\\uDC00x":1}\n',
+    "sample_ids": b'{"v":1,"kind":"step","step":9000,"loss":1.0,"sample_ids":["\\ud800"]}\n',
+    "run_start": b'{"v":1,"kind":"run_start","model":"m\\udbff"}\n',
+}
+
+
+@pytest.mark.parametrize("lines", [3, 3000], ids=["small", "large"])
+@pytest.mark.parametrize("where", list(LONE_SURROGATES))
+def test_a_lone_surrogate_escape_costs_its_line_only(tmp_path, where, lines):
+    body = _steps_of(lines) + LONE_SURROGATES[where] + _steps_of(lines, 5000)
+    store, path = ingest_bytes(tmp_path, body)
+    (p,) = store.last_report.problems
+    assert (p.path, p.line) == (str(path), lines + 1)
+    assert "unpaired surrogate" in p.reason
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (2 * lines,)
+
+
+def test_a_surrogate_pair_is_one_character_and_kept(tmp_path):
+    body = GOOD_1 + b'{"v":1,"kind":"run_start","model":"\\ud83d\\ude00"}\n' + GOOD_3
+    store, _ = ingest_bytes(tmp_path, body)
+    assert store.last_report.problems == []
+    (payload,) = store.cursor().execute("SELECT payload FROM events").fetchone()
+    assert "\U0001f600" in payload
+
+
+@pytest.mark.parametrize("lines", [3, 3000], ids=["small", "large"])
+def test_a_byte_order_mark_does_not_cost_line_one(tmp_path, lines):
+    store, path = ingest_bytes(tmp_path, b"\xef\xbb\xbf" + _steps_of(lines))
+    assert store.last_report.problems == []
+    assert store.cursor().execute("SELECT count(*), min(step) FROM steps").fetchone() == (
+        lines,
+        1,
+    )
+    with open(path, "ab") as f:  # appended lines are read as new, not as a rewrite
+        f.write(_steps_of(2, lines + 1))
+    store.ingest()
+    assert store.last_report.problems == []
+    got = store.cursor().execute("SELECT count(*), max(step), max(seq) FROM _steps").fetchone()
+    assert got == (lines + 2, lines + 2, lines + 2)
+
+
+DEEP = 30_000  # levels; Arrow's parser overflowed a thread's stack at about 3,000
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[" * DEEP + b"]" * DEEP,
+        b'{"v":1,"kind":"step","step":9000,"loss":1.0,"aux":' + b"[" * DEEP + b"]" * DEEP + b"}",
+        b'{"v":1,"kind":"step","step":9000,"x":' + b'{"a":' * DEEP + b"1" + b"}" * DEEP + b"}",
+    ],
+    ids=["whole_line", "list_value", "object_value"],
+)
+def test_a_line_nested_thousands_deep_is_reported_not_a_crash(tmp_path, line):
+    """In a subprocess, so that a crash fails this test instead of ending pytest."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(_steps_of(3000) + line + b"\n" + _steps_of(2, 3001))
+    assert path.stat().st_size > native.FAST_PATH_MIN_BYTES
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunescope", "ingest", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert f"{path}:3001: malformed JSON: nested too deeply" in proc.stderr
+    assert "3,002 step rows" in proc.stdout + proc.stderr

@@ -594,3 +594,73 @@ def test_wandb_nan_nested_keys_long_records_and_exit(tmp_path):
     assert start[1]["logging_steps"] == 2 and start[1]["total_steps"] == 6
     assert start[1]["run"] == "my-run" and start[1]["project"] == "proj"
     assert events(r, "run_end") == [(6, {"status": "failed", "exit_code": 1})]
+
+
+# ---- steps beyond int64 ------------------------------------------------------------
+
+HUGE_STEP = 2**64 + 5  # above what the store's step columns hold
+
+
+def _huge_step_file(tmp_path, fmt):
+    """A log of each foreign format with steps 1, 2**64 + 5 and 3."""
+    if fmt == "trainer_state":
+        path = tmp_path / "out" / "trainer_state.json"
+        path.parent.mkdir()
+        history = [{"loss": 1.0, "step": s} for s in (1, HUGE_STEP, 3)]
+        path.write_text(json.dumps({"global_step": 3, "log_history": history}, indent=2))
+        return path, HFStateReader()
+    if fmt == "llamafactory":
+        path = tmp_path / "trainer_log.jsonl"
+        path.write_text(lines(*({"current_steps": s, "loss": 1.0} for s in (1, HUGE_STEP, 3))))
+        return path, LlamaFactoryReader()
+    path = tmp_path / "logging.jsonl"
+    path.write_text(
+        lines(*({"loss": 1.0, "global_step/max_steps": f"{s}/3"} for s in (1, HUGE_STEP, 3)))
+    )
+    return path, SwiftReader()
+
+
+@pytest.mark.parametrize("fmt", ["trainer_state", "llamafactory", "swift"])
+def test_a_step_beyond_int64_costs_its_row_only(tmp_path, fmt):
+    path, reader = _huge_step_file(tmp_path, fmt)
+    r = reader.read(path, None)
+    assert col(r, "step") == [1, 3]
+    (problem,) = r.problems
+    assert problem.path == str(path) and problem.line is not None
+    assert str(HUGE_STEP) in problem.reason
+
+
+def test_line_logs_with_a_byte_order_mark_keep_line_one(tmp_path):
+    lf = tmp_path / "trainer_log.jsonl"
+    lf.write_bytes(
+        b"\xef\xbb\xbf" + lines(*({"current_steps": s, "loss": 1.0} for s in (1, 2))).encode()
+    )
+    sw = tmp_path / "logging.jsonl"
+    sw.write_bytes(
+        b"\xef\xbb\xbf"
+        + lines(*({"loss": 1.0, "global_step/max_steps": f"{s}/2"} for s in (1, 2))).encode()
+    )
+    for path, reader in ((lf, LlamaFactoryReader()), (sw, SwiftReader())):
+        r = reader.read(path, None)
+        assert (col(r, "step"), r.problems) == ([1, 2], [])
+
+
+def test_trainer_state_lone_surrogates_cost_their_entry_only(tmp_path):
+    history = [
+        '{"loss": 1.0, "step": 1}',
+        '{"loss": 1.0, "step": 2, "\\ud800x": 1}',
+        '{"loss": 1.0, "step": 3, "note": "a\\udc00"}',
+        '{"loss": 0.5, "step": 4, "emoji": "\\ud83d\\ude00"}',
+    ]
+    path = tmp_path / "out" / "trainer_state.json"
+    path.parent.mkdir()
+    path.write_text(
+        '{"global_step": 4, "best_model_checkpoint": "ckpt-\\udfff",\n "log_history": [\n'
+        + ",\n".join(history)
+        + "\n]}\n"
+    )
+    r = HFStateReader().read(path, None)
+    assert col(r, "step") == [1, 4]
+    reasons = sorted(p.reason for p in r.problems)
+    assert len(reasons) == 3 and all("unpaired surrogate" in x for x in reasons)
+    assert {p.line for p in r.problems if "log_history" in p.reason} == {4, 5}

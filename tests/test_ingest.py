@@ -436,3 +436,78 @@ def test_batches_are_bounded_by_count_and_by_bytes(monkeypatch):
     sizes = {"0": 10, "1": 10, "2": 10, "3": 10, "4": 95, "5": 200, "6": 1, "7": 1}
     got = [[s.key for s in b] for b in cache._batches(srcs, sizes)]
     assert got == [["0", "1", "2"], ["3"], ["4"], ["5"], ["6", "7"]]
+
+
+def _small_runs(root, n: int, steps: int = 40):
+    paths = []
+    for r in range(n):
+        path = root / f"run-{r:03d}" / "events" / "rank-0.jsonl"
+        path.parent.mkdir(parents=True)
+        lines = [b'{"v":1,"kind":"run_start","run":"run-%03d","model":"m"}\n' % r]
+        lines += [
+            b'{"v":1,"kind":"step","step":%d,"loss":%d.25,"lr":0.001,"aux":%d}\n' % (s, r, s)
+            for s in range(1, steps + 1)
+        ]
+        lines.append(b'{"v":1,"kind":"run_end","status":"completed"}\n')
+        path.write_bytes(b"".join(lines))
+        paths.append(path)
+    return paths
+
+
+def test_small_files_are_read_together_by_the_fast_tier(tmp_path, monkeypatch):
+    """Files far below FAST_PATH_MIN_BYTES, but many of them: one fast-tier
+    query, not a Python parse per line; the same rows as the exact path."""
+    monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 64 * 1024)  # whatever a fixture set
+    root = tmp_path / "runs"
+    paths = _small_runs(root, 60)
+    assert max(p.stat().st_size for p in paths) < native.FAST_PATH_MIN_BYTES
+    assert sum(p.stat().st_size for p in paths) > native.FAST_PATH_MIN_BYTES
+    exact_reads = []
+    real_exact = native._read_exact
+    monkeypatch.setattr(
+        native, "_read_exact", lambda p, c: exact_reads.append(p) or real_exact(p, c)
+    )
+    fast = Store.open(root, cache_dir=tmp_path / "c1")
+    assert exact_reads == [] and fast.last_report.problems == []
+    monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 1 << 60)  # now every file is read alone...
+    exact = Store.open(root, cache_dir=tmp_path / "c2")
+    assert len(exact_reads) == 60  # ...by the exact path
+    for view in ("steps", "metrics", "events"):
+        sql = f"SELECT * EXCLUDE (src, gen, seg) FROM _{view} ORDER BY ALL"
+        a, b = fast.cursor().execute(sql).fetchall(), exact.cursor().execute(sql).fetchall()
+        assert len(a) == len(b) > 0 and a == b, view
+
+
+def test_a_bad_small_file_among_many_costs_its_line_only(tmp_path):
+    root = tmp_path / "runs"
+    paths = _small_runs(root, 30)
+    with open(paths[7], "ab") as f:
+        f.write(b'{"v":1,"kind":"step","step":41,"loss":1.0,}\n')  # a trailing comma
+        f.write(b'{"v":1,"kind":"step","step":42,"loss":1.0}\n')
+    store = Store.open(root)
+    (p,) = store.last_report.problems
+    assert (p.path, p.line) == (str(paths[7]), 43)
+    got = store.cursor().execute("SELECT count(*) FROM steps").fetchone()
+    assert got == (30 * 40 + 1,)
+
+
+def test_appends_to_many_small_files_are_read_together(tmp_path, monkeypatch):
+    """A live corpus: new lines of many files joined for one fast-tier query,
+    each numbered from where its file had got to."""
+    root = tmp_path / "runs"
+    paths = _small_runs(root, 40)
+    store = Store.open(root, cache_dir=tmp_path / "c1")
+    for r, path in enumerate(paths):
+        with open(path, "ab") as f:
+            for s in range(41, 81):
+                f.write(b'{"v":1,"kind":"step","step":%d,"loss":%d.5,"aux":%d}\n' % (s, r, s))
+    store.ingest()
+    assert store.last_report.problems == []
+    rows = store.cursor().execute(
+        "SELECT count(*), min(seq), max(seq), count(DISTINCT run_id) FROM _steps WHERE step > 40"
+    )
+    assert rows.fetchone() == (40 * 40, 43, 82, 40)
+    monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 1 << 60)
+    exact = Store.open(root, cache_dir=tmp_path / "c2")
+    sql = "SELECT * EXCLUDE (src, gen, seg) FROM _steps ORDER BY ALL"
+    assert store.cursor().execute(sql).fetchall() == exact.cursor().execute(sql).fetchall()

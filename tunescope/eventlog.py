@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,23 +51,52 @@ def _const(token: str) -> float:
 
 
 def loads(raw: bytes | str) -> Any:
-    """``json.loads`` that accepts NaN/Infinity and rejects bad UTF-8 with a reason."""
+    """``json.loads`` that accepts NaN/Infinity and rejects, with a reason, bad
+    UTF-8 and text that is not Unicode (an unpaired surrogate escape such as
+    ``"\\ud800"``, which no UTF-8 column can store)."""
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise LineError(f"not UTF-8 text (byte {e.start})") from None
     try:
-        return json.loads(raw, parse_constant=_const)
+        value = json.loads(raw, parse_constant=_const)
     except json.JSONDecodeError as e:
         raise LineError(f"malformed JSON: {e.msg} at column {e.colno}") from None
     except RecursionError:
         raise LineError("malformed JSON: nested too deeply") from None
     except ValueError:  # an integer literal longer than Python converts: a float then
         try:
-            return json.loads(raw, parse_constant=_const, parse_int=_long_int)
+            value = json.loads(raw, parse_constant=_const, parse_int=_long_int)
         except ValueError as e:
             raise LineError(f"malformed JSON: {e}") from None
+    # A surrogate can only come from a \uD800-\uDFFF escape (their UTF-8 bytes
+    # fail the decode above); json joins a proper pair into one character.
+    if may_hold_surrogates(raw) and has_lone_surrogate(value):
+        raise LineError("not Unicode text: an unpaired surrogate escape (\\ud800-\\udfff)")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def may_hold_surrogates(text: str) -> bool:
+    """False when the JSON ``text`` cannot decode to a lone surrogate (it has
+    no \\uD800-\\uDFFF escape): a quick test before ``has_lone_surrogate``."""
+    return "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """True when a decoded JSON value holds text with an unpaired surrogate,
+    which no UTF-8 column can store."""
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_lone_surrogate(v) for v in value)
+    return False
 
 
 def _long_int(text: str) -> int | float:
