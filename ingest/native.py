@@ -30,6 +30,7 @@ from tunescope.ingest.rows import (
     Problem,
     ReadResult,
     RowBuilder,
+    connect_duckdb,
     decoded_lines,
     fetch_arrow,
     payload_json,
@@ -258,9 +259,8 @@ def _duckdb_part(part: list[tuple[int, Path, Chunk]]) -> dict[int, ReadResult]:
             with open(files[-1], "wb") as f:
                 for _, _, chunk in joined:
                     f.write(chunk.data)
-        con = duckdb.connect(config={"threads": 1, "preserve_insertion_order": True})
+        con = connect_duckdb(config={"threads": 1, "preserve_insertion_order": True})
         try:
-            con.execute("SET enable_progress_bar = false")  # never a bar on the user's terminal
             table = _duckdb_rows(con, files, extras)
         except duckdb.Error:
             return {}  # a malformed line, a text where a number belongs

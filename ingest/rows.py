@@ -227,7 +227,7 @@ def connect_duckdb(database: str = ":memory:", config: dict[str, Any] | None = N
     Every DuckDB the project opens goes through here."""
     import duckdb
 
-    return duckdb.connect(
+    con = duckdb.connect(
         database,
         config={
             "autoinstall_known_extensions": False,
@@ -235,6 +235,8 @@ def connect_duckdb(database: str = ":memory:", config: dict[str, Any] | None = N
             **(config or {}),
         },
     )
+    con.execute("SET enable_progress_bar = false")  # never a bar on the user's terminal
+    return con
 
 
 def fetch_arrow(con: Any, sql: str, params: Any = None) -> pa.Table:

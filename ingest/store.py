@@ -15,6 +15,9 @@ never touch the user's logs and never wait on a lock.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import threading
 import time
@@ -182,7 +185,7 @@ class Store:
                 for t, paths in files.items():
                     self._load_table(t, paths, overlapping)
                 self._load_findings(seg_dir / findings_file if findings_file else None)
-                self._build_runs()
+                self._build_runs(manifest)
                 self._create_views()
                 con.execute("COMMIT")
             except duckdb.Error as e:
@@ -236,8 +239,42 @@ class Store:
             con.execute("CREATE OR REPLACE TABLE _findings AS SELECT * FROM _empty")
             con.unregister("_empty")
 
-    def _build_runs(self) -> None:
-        self.con.execute(_RUNS_SQL)
+    def _build_runs(self, manifest: dict[str, Any]) -> None:
+        """The ``runs`` table: per-run figures from the cache's saved copy for
+        this state of the segments when there is one (a command over an
+        unchanged corpus then reads no row), else computed and saved."""
+        con = self.con
+        state = json.dumps(
+            [
+                sorted(s["file"] for s in manifest["segments"]),
+                sorted((e["src"], e["gen"]) for e in manifest["sources"].values()),
+            ]
+        )
+        key = hashlib.sha1(state.encode()).hexdigest()[:16]
+        saved = self._segments / f"runstats-{key}.parquet"
+        if _readable_parquet(saved):  # checked first: a failed read aborts the transaction
+            con.execute(
+                "CREATE OR REPLACE TABLE _runstats AS SELECT * FROM read_parquet(?)", [str(saved)]
+            )
+        else:
+            con.execute(_RUNSTATS_SQL)
+            self._save_runstats(saved)
+        con.execute(_RUNS_SQL)
+
+    def _save_runstats(self, path: Path) -> None:
+        """Keep the per-run figures beside the segments (written whole, then
+        renamed into place); older copies go. Best effort: a read-only or full
+        cache only means the next command computes them again."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            self.con.execute(f"COPY _runstats TO {_sql_list([str(tmp)])[1:-1]} (FORMAT parquet)")
+            os.replace(tmp, path)
+            for old in self._segments.glob("runstats-*.parquet"):
+                if old != path and time.time() - old.stat().st_mtime > 120:
+                    old.unlink(missing_ok=True)
+        except (duckdb.Error, OSError):
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def _create_views(self) -> None:
         metric_cols = ", ".join(METRIC_NAMES)
@@ -345,6 +382,17 @@ this and the detectors' batch, not the corpus."""
 
 def memory_limit() -> str:
     return os.environ.get("TUNESCOPE_MEMORY_LIMIT") or MEMORY_LIMIT
+
+
+def _readable_parquet(path: Path) -> bool:
+    """True when ``path`` is a whole Parquet file (its footer reads)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException):
+        return False
+    return True
 
 
 def _drop(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -507,17 +555,14 @@ def check_read_only(sql: str) -> list[Any]:
     return statements
 
 
-_RUNS_SQL = """
-CREATE OR REPLACE TABLE _runs AS
-WITH src AS (
-    SELECT run_id, min(run_dir) AS path,
-           string_agg(DISTINCT format, ',' ORDER BY format) AS format,
-           max(changed_at) AS changed_at, max(modified) AS modified
-    FROM _live GROUP BY run_id
-),
+# The per-run figures that cost a pass over every row: computed once per state
+# of the cache and kept beside its segments (``runstats-<key>.parquet``), so a
+# command over an unchanged corpus reads a small file instead of every row.
+_RUNSTATS_SQL = """
+CREATE OR REPLACE TABLE _runstats AS
 -- distinct steps and ranks as group-bys (they spill to disk past the memory
 -- limit; a DISTINCT aggregate would hold every step of the corpus in memory)
-logged AS (
+WITH logged AS (
     SELECT run_id, count(*) AS steps_logged
     FROM (SELECT run_id, step FROM _steps GROUP BY run_id, step) GROUP BY run_id
 ),
@@ -549,51 +594,70 @@ last_life AS (
     FROM life WHERE k = 1 GROUP BY run_id
 ),
 start AS (
-    SELECT run_id, arg_min(payload::JSON, seg * 4294967296 + seq) AS p, min(ts) AS ts
+    SELECT run_id, arg_min(payload, seg * 4294967296 + seq)::VARCHAR AS start_p,
+           min(ts) AS start_ts
     FROM _events WHERE kind = 'run_start' GROUP BY run_id
 ),
 ids AS (
-    SELECT run_id FROM src UNION SELECT run_id FROM st UNION SELECT run_id FROM start
+    SELECT run_id FROM st UNION SELECT run_id FROM start UNION SELECT run_id FROM last_life
 )
+SELECT ids.run_id, st.steps_logged, st.ranks, st.last_step, st.first_ts, st.last_ts,
+       st.med_step_time, st.last_loss, st.last_lr, last_life.all_ended, last_life.worst,
+       last_life.end_ts, start.start_p, start.start_ts
+FROM ids
+LEFT JOIN st USING (run_id)
+LEFT JOIN start USING (run_id)
+LEFT JOIN last_life USING (run_id)
+ORDER BY ids.run_id
+"""
+
+_RUNS_SQL = """
+CREATE OR REPLACE TABLE _runs AS
+WITH src AS (
+    SELECT run_id, min(run_dir) AS path,
+           string_agg(DISTINCT format, ',' ORDER BY format) AS format,
+           max(changed_at) AS changed_at, max(modified) AS modified
+    FROM _live GROUP BY run_id
+),
+rs AS (SELECT * EXCLUDE (start_p), start_p::JSON AS p FROM _runstats),
+ids AS (SELECT run_id FROM src UNION SELECT run_id FROM rs)
 SELECT
     ids.run_id,
-    coalesce(start.p->>'run', regexp_extract(ids.run_id, '[^/]+$')) AS name,
+    coalesce(rs.p->>'run', regexp_extract(ids.run_id, '[^/]+$')) AS name,
     src.path,
     src.format,
     CASE
-        WHEN last_life.all_ended AND last_life.worst = 3 THEN 'failed'
-        WHEN last_life.all_ended AND last_life.worst = 2 THEN 'interrupted'
-        WHEN last_life.all_ended THEN 'completed'
+        WHEN rs.all_ended AND rs.worst = 3 THEN 'failed'
+        WHEN rs.all_ended AND rs.worst = 2 THEN 'interrupted'
+        WHEN rs.all_ended THEN 'completed'
         -- no end written, but every planned step logged: a finished run (a log
         -- without a final summary row, or copied after the end)
-        WHEN st.last_step >= TRY_CAST(start.p->>'total_steps' AS BIGINT) THEN 'completed'
+        WHEN rs.last_step >= TRY_CAST(rs.p->>'total_steps' AS BIGINT) THEN 'completed'
         -- the log's own clock when it has one; without one, a file seen to
         -- change since an earlier read (a copied or cloned file is new on disk,
         -- but not a live run); a log with no rows yet: a run just starting
         WHEN epoch(now()) - coalesce(
-                st.last_ts, src.changed_at, CASE WHEN st.run_id IS NULL THEN src.modified END, 0
+                rs.last_ts, src.changed_at,
+                CASE WHEN rs.steps_logged IS NULL THEN src.modified END, 0
              )
-             < greatest(120, 30 * coalesce(st.med_step_time, 0)) THEN 'running'
+             < greatest(120, 30 * coalesce(rs.med_step_time, 0)) THEN 'running'
         ELSE 'interrupted'
     END AS status,
-    to_timestamp(coalesce(start.ts, st.first_ts)) AS started_at,
-    to_timestamp(CASE WHEN last_life.all_ended THEN coalesce(last_life.end_ts, st.last_ts) END)
-        AS ended_at,
-    coalesce(TRY_CAST(start.p->>'world_size' AS INTEGER), st.ranks::INTEGER) AS world_size,
-    coalesce(st.steps_logged, 0) AS steps_logged,
-    TRY_CAST(start.p->>'total_steps' AS BIGINT) AS total_steps,
-    start.p->>'model' AS model,
-    start.p->>'finetuning_type' AS finetuning_type,
-    TRY_CAST(start.p->>'lora_r' AS INTEGER) AS lora_r,
-    coalesce(start.p->'config', start.p) AS config,
-    st.last_step,
-    st.last_loss,
-    st.last_lr,
-    to_timestamp(st.last_ts) AS last_at
+    to_timestamp(coalesce(rs.start_ts, rs.first_ts)) AS started_at,
+    to_timestamp(CASE WHEN rs.all_ended THEN coalesce(rs.end_ts, rs.last_ts) END) AS ended_at,
+    coalesce(TRY_CAST(rs.p->>'world_size' AS INTEGER), rs.ranks::INTEGER) AS world_size,
+    coalesce(rs.steps_logged, 0) AS steps_logged,
+    TRY_CAST(rs.p->>'total_steps' AS BIGINT) AS total_steps,
+    rs.p->>'model' AS model,
+    rs.p->>'finetuning_type' AS finetuning_type,
+    TRY_CAST(rs.p->>'lora_r' AS INTEGER) AS lora_r,
+    coalesce(rs.p->'config', rs.p) AS config,
+    rs.last_step,
+    rs.last_loss,
+    rs.last_lr,
+    to_timestamp(rs.last_ts) AS last_at
 FROM ids
 LEFT JOIN src USING (run_id)
-LEFT JOIN st USING (run_id)
-LEFT JOIN start USING (run_id)
-LEFT JOIN last_life USING (run_id)
+LEFT JOIN rs USING (run_id)
 ORDER BY ids.run_id
 """

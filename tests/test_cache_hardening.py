@@ -358,3 +358,25 @@ def test_tensorboard_damaged_record_is_a_named_skip_and_the_rest_is_read(tmp_pat
     assert f"at byte {pos}: 20 damaged byte(s)" in problem.reason
     assert r.steps.to_pylist() == whole.steps.to_pylist()
     assert r.metrics.num_rows == whole.metrics.num_rows
+
+
+def test_per_run_figures_are_kept_and_reused_for_an_unchanged_cache(tmp_path):
+    from tunescope.ingest.store import Store
+
+    runs = tmp_path / "runs"
+    write_runs(runs)
+    first = Store.open(runs).query("SELECT * FROM runs ORDER BY run_id").to_pylist()
+    seg = runs / ".tunescope" / "segments"
+    saved = list(seg.glob("runstats-*.parquet"))
+    assert len(saved) == 1
+    mtime = saved[0].stat().st_mtime_ns
+    again = Store.open(runs).query("SELECT * FROM runs ORDER BY run_id").to_pylist()
+    assert again == first and saved[0].stat().st_mtime_ns == mtime  # read, not rewritten
+    saved[0].write_bytes(b"not parquet")  # a damaged copy is computed again
+    assert Store.open(runs).query("SELECT * FROM runs ORDER BY run_id").to_pylist() == first
+    (runs / "c" / "events").mkdir(parents=True)
+    (runs / "c" / "events" / "rank-0.jsonl").write_text(
+        '{"v":1,"kind":"step","run":"c","rank":0,"step":1,"ts":1.0,"loss":2.0}\n'
+    )
+    later = Store.open(runs).query("SELECT run_id FROM runs ORDER BY run_id").to_pylist()
+    assert {"run_id": "c"} in later  # a new state of the cache: new figures
