@@ -57,15 +57,17 @@ class Source:
         return base if self.part is None else f"{base}#{self.part}"
 
 
-def run_id_for(root: Path, run_dir: Path) -> str:
+def run_id_for(root: Path, run_dir: Path, resolved_root: Path | None = None) -> str:
     """The run directory relative to the root, with ``/`` separators; the root's
-    own name when the root is itself a run."""
+    own name when the root is itself a run. ``resolved_root``: ``root.resolve()``,
+    when the caller has it (resolving costs a system call per path part)."""
+    base = resolved_root or root.resolve()
     try:
-        rel = run_dir.resolve().relative_to(root.resolve())
+        rel = run_dir.resolve().relative_to(base)
     except ValueError:
         return run_dir.name
     text = rel.as_posix()
-    return root.resolve().name if text in ("", ".") else text
+    return base.name if text in ("", ".") else text
 
 
 def unclaimed_hint(path: Path) -> str | None:
@@ -98,6 +100,14 @@ def discover(
     readers = READERS if readers is None else readers
     sources: list[Source] = []
     problems: list[Problem] = []
+    resolved = root.resolve()
+    ids: dict[Path, str] = {}  # run dir -> run id, once per directory
+
+    def rid_of(run_dir: Path) -> str:
+        if run_dir not in ids:
+            ids[run_dir] = run_id_for(root, run_dir, resolved)
+        return ids[run_dir]
+
     stack = [root]
     seen_dirs = 0
     while stack:
@@ -134,7 +144,7 @@ def discover(
                     parts = getattr(reader, "parts", None)
                     if parts is None:
                         run_dir = reader.run_dir(path)
-                        rid = run_id_for(root, run_dir)
+                        rid = rid_of(run_dir)
                         sources.append(Source(path, run_dir, rid, reader, rel=rel))
                         break
                     # A file with several runs: one source per run, read with read_part.
@@ -144,7 +154,7 @@ def discover(
                         problems.append(Problem(str(path), None, f"cannot list runs: {e}"))
                         found = []
                     for part, run_dir in found:
-                        rid = run_id_for(root, run_dir)
+                        rid = rid_of(run_dir)
                         sources.append(Source(path, run_dir, rid, reader, part, rel))
                     break
             if not claimed:
