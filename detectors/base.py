@@ -63,8 +63,17 @@ class Context:
     def _where_runs(self) -> str:
         if self.run_ids is None:
             return ""
-        quoted = ", ".join("'" + r.replace("'", "''") + "'" for r in self.run_ids)
-        return f" WHERE run_id IN ({quoted})"
+        if not self.run_ids:
+            return " WHERE false"
+
+        def q(r: str) -> str:
+            return "'" + r.replace("'", "''") + "'"
+
+        quoted = ", ".join(q(r) for r in self.run_ids)
+        # the range lets DuckDB skip row groups by their min/max run_id (an IN
+        # list alone reads every row group's run_id): batches are ranges of runs
+        lo, hi = min(self.run_ids), max(self.run_ids)
+        return f" WHERE run_id BETWEEN {q(lo)} AND {q(hi)} AND run_id IN ({quoted})"
 
     def runs(self) -> pl.DataFrame:
         """The ``runs`` view (one row per run)."""

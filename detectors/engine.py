@@ -145,7 +145,7 @@ def analyze_views(
     return sort_findings(views[0]), sort_findings(views[1])
 
 
-BATCH_ROWS = 500_000
+BATCH_ROWS = 250_000
 """Step rows (summed over ranks) analysed at once; a larger run is one batch."""
 
 
