@@ -188,6 +188,12 @@ class Store:
                 self._build_runs(manifest)
                 self._create_views()
                 con.execute("COMMIT")
+            except duckdb.OutOfMemoryException:
+                con.execute("ROLLBACK")
+                raise StoreError(
+                    f"loading the cache in {self.cache.dir} needs more than DuckDB's memory "
+                    f"limit ({memory_limit()}); set TUNESCOPE_MEMORY_LIMIT higher (e.g. 2GB)"
+                ) from None
             except duckdb.Error as e:
                 con.execute("ROLLBACK")
                 raise StoreError(
