@@ -54,12 +54,15 @@ PARQUET = {
 
 
 def default_cache_dir(root: Path) -> Path:
-    """``ROOT/.tunescope`` when the root is writable, else a per-root folder in
-    the user cache dir."""
+    """``ROOT/.tunescope`` when the root is writable and no folder above it
+    holds a cache already (analysing ``runs/`` and then ``runs/x`` must not
+    scatter caches inside one another), else a per-root folder in the user
+    cache dir."""
     local = root / ".tunescope"
     if local.is_dir() and os.access(local, os.W_OK):
         return local
-    if not local.exists() and os.access(root, os.W_OK):
+    nested = any((p / ".tunescope" / "manifest.json").is_file() for p in root.resolve().parents)
+    if not local.exists() and os.access(root, os.W_OK) and not nested:
         return local
     import platformdirs
 
@@ -244,6 +247,15 @@ class Cache:
         """Read what is new under the root and record it as segments."""
         started = time.perf_counter()
         report = IngestReport(self.root)
+        if not self.dir.exists():
+            # no cache yet: a folder with nothing to read gets none
+            found, problems = discover(self.root, readers or READERS, unclaimed=report.unclaimed)
+            if not found:
+                report.problems = report.new_problems = problems
+                report.skipped = len(problems)
+                report.seconds = time.perf_counter() - started
+                return report
+            report.unclaimed.clear()
         with self.lock():
             manifest = self.load_manifest()
             self._clean_orphans(manifest)

@@ -185,7 +185,7 @@ class Store:
                 for t, paths in files.items():
                     self._load_table(t, paths, overlapping)
                 self._load_findings(seg_dir / findings_file if findings_file else None)
-                self._build_runs(manifest)
+                unsaved = self._build_runs(manifest)
                 self._create_views()
                 con.execute("COMMIT")
             except duckdb.OutOfMemoryException:
@@ -200,6 +200,8 @@ class Store:
                     f"the cache in {self.cache.dir} is damaged ({e}); delete it and run "
                     "the command again to re-ingest"
                 ) from None
+        if unsaved is not None:
+            self._save_runstats(unsaved)  # after the commit: a failed write aborts nothing
         self.loaded_at = time.time()
 
     def _load_table(self, name: str, paths: list[str], overlapping: list[str]) -> None:
@@ -245,10 +247,11 @@ class Store:
             con.execute("CREATE OR REPLACE TABLE _findings AS SELECT * FROM _empty")
             con.unregister("_empty")
 
-    def _build_runs(self, manifest: dict[str, Any]) -> None:
+    def _build_runs(self, manifest: dict[str, Any]) -> Path | None:
         """The ``runs`` table: per-run figures from the cache's saved copy for
         this state of the segments when there is one (a command over an
-        unchanged corpus then reads no row), else computed and saved."""
+        unchanged corpus then reads no row), else computed; returns where to
+        save them then (None: nothing to save)."""
         con = self.con
         state = json.dumps(
             [
@@ -258,14 +261,16 @@ class Store:
         )
         key = hashlib.sha1(state.encode()).hexdigest()[:16]
         saved = self._segments / f"runstats-{key}.parquet"
+        unsaved = None
         if _readable_parquet(saved):  # checked first: a failed read aborts the transaction
             con.execute(
                 "CREATE OR REPLACE TABLE _runstats AS SELECT * FROM read_parquet(?)", [str(saved)]
             )
         else:
             con.execute(_RUNSTATS_SQL)
-            self._save_runstats(saved)
+            unsaved = saved if manifest["segments"] and self._segments.is_dir() else None
         con.execute(_RUNS_SQL)
+        return unsaved
 
     def _save_runstats(self, path: Path) -> None:
         """Keep the per-run figures beside the segments (written whole, then

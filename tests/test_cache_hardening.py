@@ -380,3 +380,21 @@ def test_per_run_figures_are_kept_and_reused_for_an_unchanged_cache(tmp_path):
     )
     later = Store.open(runs).query("SELECT run_id FROM runs ORDER BY run_id").to_pylist()
     assert {"run_id": "c"} in later  # a new state of the cache: new figures
+
+
+def test_one_cache_per_runs_root_and_none_for_an_empty_folder(tmp_path, monkeypatch):
+    from tunescope.ingest.store import Store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["ingest", str(empty)]) == 0
+    assert list(empty.iterdir()) == []  # nothing to read: no cache made
+    runs = tmp_path / "runs"
+    write_runs(runs)
+    Store.open(runs).close()
+    Store.open(runs / "runA").close()  # a run inside a root that has a cache
+    Store.open(runs / "runA" / "events").close()
+    caches = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob(".tunescope"))
+    assert caches == [Path("runs/.tunescope")]  # no caches inside one another
+    assert (tmp_path / "user-cache" / "tunescope").is_dir()
