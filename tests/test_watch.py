@@ -271,7 +271,7 @@ def test_cli_watch_sends_and_stops_cleanly_on_a_signal(runs, sig):
                 proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    assert f"stopping ({sig.name})" in err and "stopped: 1 alert(s) raised, 1 delivered" in err
+    assert f"stopping ({sig.name})" in err and "stopped: 1 alert raised, 1 delivered" in err
     assert secret not in err and "tok-in-path" not in err
     assert out == ""
     body = got[0].json()
@@ -290,7 +290,7 @@ def test_cli_outbox_then_redelivery_across_restarts(runs):
             text=True,
             timeout=60,
         )
-        assert first.returncode == 0, first.stderr
+        assert first.returncode == 1, first.stderr  # --once: an alert could not be delivered
         assert "1 kept in" in first.stderr
         outbox = runs / ".tunescope" / "alerts-outbox.jsonl"
         assert len(outbox.read_text().splitlines()) == 1
@@ -305,7 +305,7 @@ def test_cli_outbox_then_redelivery_across_restarts(runs):
         )
         assert second.returncode == 0, second.stderr
         assert "retrying 1 alert(s) from the outbox" in second.stderr
-        assert "stopped: 0 alert(s) raised, 1 delivered" in second.stderr
+        assert "stopped: 0 alerts raised, 1 delivered" in second.stderr
         assert rx.answered == [503, 200]
         assert not outbox.exists()
         bodies = [r.json() for r in rx.requests]
@@ -386,7 +386,7 @@ def test_cli_second_sigint_keeps_undelivered_alerts_in_the_outbox(runs):
     assert "Traceback" not in err, err
     assert elapsed < 10, f"the second Ctrl-C took {elapsed:.1f}s to stop the watch"
     assert "stopping now (SIGINT)" in err
-    assert "stopped: 3 alert(s) raised, 0 delivered, 0 rejected; 3 kept in" in err, err
+    assert "stopped: 3 alerts raised, 0 delivered, 0 rejected; 3 kept in" in err, err
     assert "tok-in-path" not in err
     state = json.loads((runs / ".tunescope" / STATE_NAME).read_text())
     sent = {json.loads(k)[0] for k, v in state["incidents"].items() if v["sent"]}
@@ -459,3 +459,29 @@ def test_outbox_is_retried_periodically_while_watching(runs):
     assert rx.answered == [503, 200]
     assert got[0].json()["id"] == got[1].json()["id"]
     assert not box.exists()
+
+
+def test_cli_watch_without_a_webhook_prints_alerts(runs):
+    with EventWriter(runs / "a") as w:
+        write(w, {1: 2.0, 2: float("nan")})
+    args = [*tunescope_cmd(), "watch", str(runs), "--once", "--include-finished",
+            "--analyzer", "watch_analyzers:nan_analyze"]  # fmt: skip
+    r = subprocess.run(args, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "watching" in r.stderr and "printed here (no --webhook)" in r.stderr
+    assert "Ctrl-C" not in r.stderr  # --once stops by itself
+    assert "alert: new" in r.stderr and "stopped: 1 alert raised" in r.stderr
+
+
+def test_cli_watch_once_exits_1_when_a_delivery_failed(runs):
+    with Receiver(statuses=[400]) as rx, EventWriter(runs / "a") as w:
+        write(w, {1: 2.0, 2: float("nan")})
+        r = subprocess.run(
+            watch_args(runs, rx.url, "--once", "--include-finished"),
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 1, r.stderr
+    assert "1 rejected" in r.stderr and "Traceback" not in r.stderr

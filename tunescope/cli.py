@@ -229,7 +229,8 @@ def _add_watch(sub: Any) -> None:
         help="follow runs live and send new findings to webhooks",
         description="Follow the runs under RUNS as they train: ingest what is new every "
         "--interval seconds, run the detectors on the runs that changed, and send each new "
-        "finding once to every --webhook (Slack, Feishu/Lark, DingTalk or signed JSON). "
+        "finding once to every --webhook (Slack, Feishu/Lark, DingTalk or signed JSON), or, "
+        "without --webhook, print each alert here. "
         "What was sent is remembered in the cache dir, so a restart does not send it again; "
         "undeliverable alerts are kept in an outbox and retried. Ctrl-C stops.",
         epilog="example: tunescope watch runs/ --webhook https://hooks.slack.com/services/T/B/X",
@@ -239,8 +240,8 @@ def _add_watch(sub: Any) -> None:
         "--webhook",
         metavar="URL",
         action="append",
-        required=True,
-        help="where alerts go (repeat for several endpoints); never printed",
+        help="where alerts go (repeat for several endpoints); never printed. "
+        "Without it, alerts are printed here only",
     )
     p.add_argument(
         "--format",
@@ -304,7 +305,11 @@ def _add_watch(sub: Any) -> None:
         help="detector thresholds: a tunescope.toml or pyproject.toml "
         "(default: found by walking up from RUNS)",
     )
-    p.add_argument("--once", action="store_true", help="poll once, deliver, and exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="poll once, deliver, and exit (exit 1 when an alert could not be delivered)",
+    )
     p.add_argument(
         "--analyzer",
         metavar="MODULE:FUNCTION",

@@ -17,7 +17,8 @@ class ExitCode(IntEnum):
     OK = 0
     """Nothing at or above the failure threshold."""
     FINDINGS = 1
-    """Findings at or above ``--fail-on`` (analyze), or the gate failed."""
+    """Findings at or above ``--fail-on`` (analyze), the gate failed, or
+    (``watch --once``) an alert could not be delivered."""
     USAGE = 2
     """Usage, configuration or input error; the message says what to fix."""
     INTERRUPTED = 130

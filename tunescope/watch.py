@@ -452,16 +452,18 @@ def cmd_watch(args: Any) -> int:
     store = open_store(args)
     cache_dir = Path(store.cache.dir)
     with watch_lock(cache_dir, args.runs):
-        try:
-            sender = AlertSender(
-                args.webhook,
-                format=args.format,
-                secret=secret,
-                policy=policy,
-                outbox=cache_dir / OUTBOX_NAME,
-            )
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        sender = None
+        if args.webhook:
+            try:
+                sender = AlertSender(
+                    args.webhook,
+                    format=args.format,
+                    secret=secret,
+                    policy=policy,
+                    outbox=cache_dir / OUTBOX_NAME,
+                )
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         watcher = Watcher(
             store,
             sender,
@@ -474,12 +476,14 @@ def cmd_watch(args: Any) -> int:
             ignore=_split(args.ignore),
             config=config,
         )
-        names = ", ".join(ep.label for ep in sender.endpoints)
-        signed = "signed" if sender.secret else "unsigned"
-        stderr_log(
-            f"watching {args.runs} every {args.interval:g}s; {signed} alerts at "
-            f"{min_severity.value} and above go to {names}; Ctrl-C stops"
-        )
+        if sender is not None:
+            names = ", ".join(ep.label for ep in sender.endpoints)
+            signed = "signed" if sender.secret else "unsigned"
+            where = f"{signed} alerts at {min_severity.value} and above go to {names}"
+        else:
+            where = f"alerts at {min_severity.value} and above are printed here (no --webhook)"
+        how = "once" if args.once else f"every {args.interval:g}s; Ctrl-C stops"
+        stderr_log(f"watching {args.runs} {how}; {where}")
         stop = threading.Event()
         # Handlers can only be set from the main thread (an embedding app may call
         # this from another: there, Ctrl-C is the app's business).
@@ -500,30 +504,36 @@ def cmd_watch(args: Any) -> int:
                     f"stopping ({name}); delivering queued alerts for up to {args.drain:g}s "
                     "(again: stop now and keep them in the outbox)"
                 )
-            elif presses[0] == 2:
+            elif presses[0] == 2 and sender is not None:
                 # A second Ctrl-C: stop without waiting; what is undelivered is journaled.
                 sender.hurry()
                 stderr_log(f"stopping now ({name}); undelivered alerts go to the outbox")
 
         for s in signals:
             signal.signal(s, on_signal)
+        left = 0
         try:
             watcher.run(stop, once=args.once)
         finally:
             try:
-                sender.close(timeout=args.drain)
+                if sender is not None:
+                    sender.close(timeout=args.drain)
                 watcher.state.save()
-                left = sender.undelivered()
+                left = sender.undelivered() if sender is not None else 0
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
+        raised = count(watcher.queued, "alert")
+        if sender is None:
+            stderr_log(f"stopped: {raised} raised")
+            return ExitCode.OK
         st = sender.stats
         where = f"; {left} kept in {cache_dir / OUTBOX_NAME} for the next start" if left else ""
         stderr_log(
-            f"stopped: {watcher.queued} alert(s) raised, {st['sent']} delivered, "
-            f"{st['rejected']} rejected{where}"
+            f"stopped: {raised} raised, {st['sent']} delivered, {st['rejected']} rejected{where}"
         )
-    return ExitCode.OK
+    failed = bool(left or st["rejected"])
+    return ExitCode.FINDINGS if args.once and failed else ExitCode.OK
 
 
 def _split(values: list[str] | None) -> list[str] | None:
