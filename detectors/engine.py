@@ -10,7 +10,7 @@ The CLI (``tunescope analyze``), the TUI and ``tunescope watch`` all call
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -120,6 +120,7 @@ def analyze_views(
     config: Config | None = None,
     run_ids: Sequence[str] | None = None,
     full: bool = True,
+    progress: Callable[..., None] | None = None,
 ) -> tuple[list[Finding], list[Finding]]:
     """Two views of one analysis: the findings of the detectors chosen by
     ``select``/``ignore`` (what a filtered report shows and its exit code
@@ -127,7 +128,8 @@ def analyze_views(
     (what the store keeps, so a filtered CI step never erases what the TUI
     and ``SELECT * FROM findings`` show). Each detector runs once; the engine
     pass runs over each view's own findings. ``full=False`` runs only the
-    chosen detectors and returns the first view twice."""
+    chosen detectors and returns the first view twice. ``progress(runs_done,
+    runs_total)`` is called after each batch of runs."""
     cfg = config or Config()
     check_detector_ids(cfg, detector_ids())
     chosen = select_detectors(select, ignore, cfg)
@@ -137,11 +139,17 @@ def analyze_views(
     views: tuple[list[Finding], list[Finding]] = ([], [])
     # runs are analysed a bounded batch at a time (findings are per run), so the
     # frames in memory follow the batch, not the corpus
-    for batch in run_batches(store, run_ids):
+    batches = run_batches(store, run_ids)
+    total = sum(len(b) if b is not None else len(store.run_ids()) for b in batches)
+    done = 0
+    for batch in batches:
         ctx = Context(store, batch)
         raw = {d.ID: run_detector(d, ctx, options[d.ID]) for d in runs}
         for view, dets in zip(views, (chosen, every), strict=True):
             view.extend(engine_pass([f for d in dets for f in raw[d.ID]], dets))
+        done += len(batch) if batch is not None else total
+        if progress is not None:
+            progress(done, total)
     return sort_findings(views[0]), sort_findings(views[1])
 
 

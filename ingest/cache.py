@@ -242,7 +242,7 @@ class Cache:
     def ingest(
         self,
         readers: list[Reader] | None = None,
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[..., None] | None = None,
     ) -> IngestReport:
         """Read what is new under the root and record it as segments."""
         started = time.perf_counter()
@@ -365,13 +365,14 @@ class Cache:
         sizes: dict[str, int],
         known: dict[str, Any],
         report: IngestReport,
-        progress: Callable[[str], None] | None,
+        progress: Callable[..., None] | None,
     ) -> Iterator[list[tuple[Source, ReadResult]]]:
         """The changed sources read, a batch at a time."""
         by_reader: dict[int, list[Source]] = {}
         for s in changed:
             by_reader.setdefault(id(s.reader), []).append(s)
-        done = 0
+        done = read_bytes = rows_done = 0
+        total_bytes = sum(sizes.get(s.key, 0) for s in changed)
         for group in by_reader.values():
             reader = group[0].reader
             for batch in _batches(group, sizes):
@@ -385,8 +386,11 @@ class Cache:
                     for s, result in zip(batch, _read_batch(reader, items), strict=True):
                         out.append((s, result))
                 done += len(out)
+                read_bytes += sum(sizes.get(s.key, 0) for s, _ in out)
                 if progress is not None:
-                    progress(f"read {done}/{len(changed)} changed files")
+                    rows = sum(r.rows for _, r in out)
+                    rows_done += rows
+                    progress(read_bytes, total_bytes, files=done, of=len(changed), rows=rows_done)
                 yield out
 
     def _with_subruns(

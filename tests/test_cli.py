@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,42 @@ def test_explain_lists_whole_sentences_names_and_options():
     assert all(len(line) <= 79 for line in out.splitlines())
     detail = run("explain", "TS101").stdout
     assert "``" not in detail and "Listed below with their defaults" in detail
+
+
+def _pty_stderr(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a command with stderr on a pseudo-terminal; what it wrote there."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return proc.wait(timeout=120), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_on_a_terminal_only(tmp_path):
+    from tunescope.train.events import EventWriter
+
+    for r in range(30):
+        with EventWriter(tmp_path / "runs" / f"r{r}") as w:
+            for s in range(1, 301):
+                w.step(step=s, loss=1.0 + 1.0 / s, lr=1e-4)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    code, err = _pty_stderr([TUNESCOPE, "ingest", str(tmp_path / "runs")], env)
+    assert code == 0 and "ingest" in err and "30/30 files" in err and "rows" in err
+    code, err = _pty_stderr([TUNESCOPE, "analyze", str(tmp_path / "runs")], env)
+    assert code == 0 and "30/30" in err and "runs" in err
+    # piped, or in CI: no bar, stderr stays clean
+    piped = run("ingest", str(tmp_path / "other"))
+    assert "\x1b[" not in piped.stderr
+    code, err = _pty_stderr([TUNESCOPE, "analyze", str(tmp_path / "runs")], {**env, "CI": "true"})
+    assert code == 0 and "30/30" not in err

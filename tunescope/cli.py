@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tunescope import __version__
 from tunescope.errors import ExitCode, InputError, TunescopeError, UsageError
+from tunescope.progress import Progress
 from tunescope.suggest import did_you_mean
 from tunescope.words import count
 
@@ -388,10 +389,8 @@ def open_store(args: argparse.Namespace, quiet: bool = False) -> Store:
     note about skipped lines."""
     from tunescope.ingest.store import Store
 
-    progress = _progress_printer() if not quiet else None
-    store = Store.open(args.runs, args.cache_dir, progress=progress)
-    if progress is not None:
-        progress.done()  # type: ignore[attr-defined]
+    with ingest_progress(enabled=False if quiet else None) as bar:
+        store = Store.open(args.runs, args.cache_dir, progress=bar.update)
     report = store.last_report
     if report is not None and report.problems and not quiet:
         warn(
@@ -401,27 +400,14 @@ def open_store(args: argparse.Namespace, quiet: bool = False) -> Store:
     return store
 
 
-class _Progress:
-    """Overwrites one stderr line; silent unless stderr is a terminal and the work is large."""
-
-    def __init__(self) -> None:
-        self.active = sys.stderr.isatty()
-        self.shown = False
-
-    def __call__(self, message: str) -> None:
-        if self.active:
-            self.shown = True
-            sys.stderr.write(f"\r\x1b[2K{message}")
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
-
-
-def _progress_printer() -> _Progress:
-    return _Progress()
+def ingest_progress(enabled: bool | None = None) -> Progress:
+    """The bar of a first ingest: bytes read, files, rows (on a terminal only)."""
+    return Progress(
+        "ingest",
+        "{task.fields[files]:,}/{task.fields[of]:,} files · {task.fields[rows]:,} rows",
+        in_bytes=True,
+        enabled=enabled,
+    )
 
 
 # ---- commands ----------------------------------------------------------------------
@@ -430,9 +416,8 @@ def _progress_printer() -> _Progress:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tunescope.ingest.store import Store
 
-    progress = _progress_printer()
-    store = Store.open(args.runs, args.cache_dir, progress=progress)
-    progress.done()
+    with ingest_progress() as bar:
+        store = Store.open(args.runs, args.cache_dir, progress=bar.update)
     report = store.last_report
     assert report is not None
     print(ingest_summary(report, store))
@@ -653,7 +638,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 warn(f"{root}: no runs found")
             continue
         # the store keeps the full analysis; --select/--ignore filter the report only
-        found, full = analyze_views(store, select=args.select, ignore=args.ignore, config=cfg)
+        with Progress("analyze", "runs") as bar:
+            found, full = analyze_views(
+                store, select=args.select, ignore=args.ignore, config=cfg, progress=bar.update
+            )
         store.save_findings(finding_rows(full), ids)
         runs.extend(run_summaries(store, found))
         findings.extend(found)
