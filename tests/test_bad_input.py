@@ -138,7 +138,8 @@ def test_unreadable_directory_is_reported_not_raised(tmp_path, monkeypatch):
 def test_unwritable_cache_dir_is_a_clear_store_error(tmp_path):
     from tunescope.errors import StoreError
 
-    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "r" / "events").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "events" / "rank-0.jsonl").write_bytes(GOOD_1)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the cache folder should go")
     with pytest.raises(StoreError, match="cannot create the cache directory"):
