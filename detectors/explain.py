@@ -50,6 +50,13 @@ def explain_text(det: ModuleType) -> str:
         "",
         f"Options ([tool.tunescope.{det.ID}] in pyproject.toml, [{det.ID}] in tunescope.toml):",
     ]
+    actions = getattr(det, "GUARD_ACTIONS", ())
+    if actions:
+        lines[1:1] = [
+            "",
+            "Guard actions (tunescope train --guard, TunescopeCallback(guard=...)): "
+            + ", ".join(actions),
+        ]
     docs = option_docs(det.Options)
     for f in dataclasses.fields(det.Options):
         lines.append(f"  {f.name.replace('_', '-')} = {_default(f)}")

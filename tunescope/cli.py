@@ -548,6 +548,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
         ("resume", schema.RESUME_FIELDS),
         ("checkpoint", schema.CHECKPOINT_FIELDS),
         ("run_end", schema.RUN_END_FIELDS),
+        ("intervention (the guard)", schema.INTERVENTION_FIELDS),
     ]
     for title, fields in sections:
         print(f"\n{title}:")
@@ -620,7 +621,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not args.detector:
         for d in all_detectors():
             summary = (d.__doc__ or "").strip().splitlines()[0]
-            print(summary)
+            guard = getattr(d, "GUARD_ACTIONS", ())
+            print(summary + (f" [guard: {', '.join(guard)}]" if guard else ""))
         print("\n`tunescope explain TSxxx` prints one detector's documentation.")
         return ExitCode.OK
     print(explain_text(get_detector(args.detector)), end="")
@@ -648,10 +650,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tunescope.errors import ConfigError
-    from tunescope.train.trainer import load_config, train
+    from tunescope.train.trainer import guard_sets, load_config, train
 
     try:
-        cfg = load_config(args.config, args.set or [], args.inject or [])
+        cfg = load_config(args.config, guard_sets(args), args.inject or [])
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:
@@ -674,6 +676,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cmd += ["--set", item]
     for item in args.inject or []:
         cmd += ["--inject", item]
+    if args.guard:
+        cmd += ["--guard", args.guard]
     return subprocess.call(cmd)
 
 
