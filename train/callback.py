@@ -216,6 +216,7 @@ class TunescopeCallback(TrainerCallback):
         self._weights: dict[tuple[int, ...], torch.Tensor] = {}
         self._optimizer: Any = None
         self._idle_flags: torch.Tensor | None = None
+        self._collective = False  # several ranks: the guard's flags are all-reduced
         self._device = torch.device("cpu")
         self._cuda = False
         self._proc: Any = None
@@ -314,6 +315,10 @@ class TunescopeCallback(TrainerCallback):
             self.writer.run_start(**fields)
         self._start_alerts(fields)
         if self.guard is not None:
+            dist = torch.distributed
+            self._collective = bool(
+                dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            )
             self._guard_begin(fields, state, kw)
         if resumed:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -431,11 +436,27 @@ class TunescopeCallback(TrainerCallback):
     def _guard_decide(self, grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
         """The guard's per-step decision, before the optimizer step.
 
-        The non-finite flag is computed on the device and read with the step's
-        metrics in the callback's one ``.tolist()`` (moved here from
-        ``on_step_end``, so still one host-device sync per step). Under DDP the
-        flags of every rank are max-reduced first: one small collective per
-        step, and every rank reads the same decision."""
+        The step's metrics are read with the callback's one ``.tolist()``
+        (moved here from ``on_step_end``: still one host-device sync per step)
+        and the non-finite check is done on the host. Under DDP the flags of
+        every rank (non-finite, and the requests of its own checks) are
+        computed on the device and max-reduced first, in the same read: one
+        small collective per step, and every rank reads the same decision."""
+        g = self.guard
+        assert g is not None
+        if not self._collective:
+            values = self._values = self._norms.tolist()  # the one sync
+            bad = not (math.isfinite(values[0]) and math.isfinite(values[5]))
+            self._agreed = [float(bad), *g.flags()]
+        else:
+            self._agreed_across_ranks(grad_norm, loss)
+        if self._agreed[0] > 0 and g.policy.nonfinite != "report":
+            # skip: no gradient, no update (AdamW leaves moments and weights alone)
+            for p in self._params:
+                p.grad = None
+            self._skipped = True
+
+    def _agreed_across_ranks(self, grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
         dev = self._device
         bad = (~torch.isfinite(grad_norm) | ~torch.isfinite(loss)).float().reshape(1)
         if self.guard.request or self._idle_flags is None:
@@ -446,15 +467,9 @@ class TunescopeCallback(TrainerCallback):
             req = self._idle_flags  # nothing asked: no copy at all
         flags = torch.cat([bad, req])
         dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         values = torch.cat([self._norms, flags]).tolist()  # the one sync
         self._values, self._agreed = values[:7], values[7:]
-        if self._agreed[0] > 0 and self.guard.policy.nonfinite != "report":
-            # skip: no gradient, no update (AdamW leaves moments and weights alone)
-            for p in self._params:
-                p.grad = None
-            self._skipped = True
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
         opt = self._optimizer or kw.get("optimizer")
@@ -572,7 +587,7 @@ class TunescopeCallback(TrainerCallback):
     def _guard_begin(self, fields: dict[str, Any], state: Any, kw: dict[str, Any]) -> None:
         g = self.guard
         assert g is not None and self.writer is not None
-        g.begin(self.writer.run, self.rank, fields, int(state.global_step))
+        g.begin(self.writer.run, self.rank, fields, int(state.global_step), self.run_dir)
         if g.pending_lr != 1.0:
             # a rewind: the checkpoint's scheduler and optimizer get the lower rate
             sched, opt = kw.get("lr_scheduler"), kw.get("optimizer")
@@ -593,12 +608,16 @@ class TunescopeCallback(TrainerCallback):
         step = int(state.global_step)
         g.add(step, time.time(), record)
         flags = self._agreed or [0.0, 0.0, 0.0, 0.0, -math.inf]
+        if not self._skipped and not any(flags[:4]):  # nothing to do: the usual step
+            if g.due(step):
+                g.check()
+            return
         out = Path(args.output_dir)
         ckpt_now = str(out / f"checkpoint-{step}")
         resume = f"resume_from_checkpoint={ckpt_now}"
         if self._skipped:
             escalate = g.note_skip(step)
-            self.writer.intervention(
+            self._intervene(
                 step,
                 "skip",
                 "TS001",
@@ -643,7 +662,7 @@ class TunescopeCallback(TrainerCallback):
             g.pending_lr = g.lr_scale / g.scale_at_save.get(back, 1.0)
             first = max(back + 1, onset - 1)  # the batches never trained again
             g.rewind = {"checkpoint": str(ckpt), "from_step": back, "onset": first, "step": step}
-            self.writer.intervention(
+            self._intervene(
                 step,
                 "rewind",
                 "TS102",
@@ -661,7 +680,7 @@ class TunescopeCallback(TrainerCallback):
         if flags[3] > 0 and not g.acted_memory:  # checkpoint before the forecast OOM
             g.acted_memory = True
             control.should_save = True
-            self.writer.intervention(
+            self._intervene(
                 step,
                 "checkpoint",
                 "TS401",
@@ -683,7 +702,7 @@ class TunescopeCallback(TrainerCallback):
         control.should_training_stop = True
         g.stopped = {"finding": finding, "step": step, "checkpoint": ckpt, "resume": resume}
         g.rewind = None
-        self.writer.intervention(
+        self._intervene(
             step, "stop", finding, steps=[step, step], reason=reason, checkpoint=ckpt, resume=resume
         )
         if self.rank == 0:
@@ -692,6 +711,15 @@ class TunescopeCallback(TrainerCallback):
                 f"checkpoint {ckpt}; resume with {resume}",
                 file=sys.stderr,
             )
+
+    def _intervene(self, step: int, action: str, finding: str, **fields: Any) -> None:
+        """Log what the guard did as an ``intervention`` event (and, with a
+        webhook, alert it from rank 0)."""
+        assert self.writer is not None
+        self.writer.intervention(step, action, finding, **fields)
+        if self.alerts is not None:
+            reason = str(fields.get("reason", ""))
+            self.alerts.intervention(self.writer.run, self.rank, step, action, finding, reason)
 
     def detach(self) -> None:
         """Stop logging without ``run_end`` (the run continues in a new
@@ -703,6 +731,8 @@ class TunescopeCallback(TrainerCallback):
             h.remove()
         self._hooks.clear()
         self.writer.close()
+        if self.alerts is not None:
+            self.alerts.close(timeout=5)
 
     # ---- ending ----------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ class GuardPolicy:
     """Rewind: at most this many; the next divergence stops the run."""
     memory: str = "report"
     """TS401, out-of-memory forecast before the planned end: report or checkpoint."""
-    check_every: int = 10
+    check_every: int = 25
     """The live TS102/TS401 checks run every this many steps, or every 1% of
     the steps so far when that is more (a check reads the whole history, so
     its cost per step stays flat). Counted in steps, never in seconds, so the
@@ -240,12 +240,22 @@ class Guard:
         self.run_id = "run"
         self.rank = 0
         self.start: dict[str, Any] = {}
+        self.options: dict[str, Any] = {}  # detector id -> its Options
 
     # ---- records and the live check ------------------------------------------------
 
-    def begin(self, run_id: str, rank: int, start: dict[str, Any], resumed_at: int) -> None:
+    def begin(
+        self,
+        run_id: str,
+        rank: int,
+        start: dict[str, Any],
+        resumed_at: int,
+        run_dir: str | Path | None = None,
+    ) -> None:
         """A (re)start of training at ``resumed_at``: records after it are
-        replaced by the new attempt's (the newest write of a step wins)."""
+        replaced by the new attempt's (the newest write of a step wins). The
+        detectors' options come from the configuration file ``analyze`` would
+        use for ``run_dir`` (``[tool.tunescope.TS102]``...), else defaults."""
         self.run_id, self.rank, self.start = run_id, rank, start
         steps = self.cols["step"]
         if steps and resumed_at < steps[-1]:
@@ -258,8 +268,13 @@ class Guard:
             # one-time imports, so a step never pays for them
             import polars  # noqa: F401
 
+            from tunescope.config import build_options, load_config
             from tunescope.detectors import divergence, memory_growth
 
+            cfg = load_config(None, starts=[Path(run_dir)] if run_dir else [])
+            self.options = {
+                m.ID: build_options(cfg, m.ID, m.Options) for m in (divergence, memory_growth)
+            }
             # one throwaway pass on a made-up series: first-call costs are not
             # a step's, and would stretch the check cadence for no reason
             n = 60
@@ -271,8 +286,8 @@ class Guard:
             for c in ("lr", "grad_norm", "mem_peak_mb"):
                 fake[c] = [None] * n
             ctx = _live_context(run_id, rank, fake, {})
-            divergence.run(ctx, divergence.Options())
-            memory_growth.run(ctx, memory_growth.Options())
+            divergence.run(ctx, self.options[divergence.ID])
+            memory_growth.run(ctx, self.options[memory_growth.ID])
 
     def add(self, step: int, ts: float, rec: dict[str, Any]) -> None:
         for c in self._COLS[2:]:
@@ -303,7 +318,7 @@ class Guard:
         if self.policy.divergence != "report" and not self.request:
             from tunescope.detectors import divergence
 
-            for f in divergence.run(ctx, divergence.Options()):
+            for f in divergence.run(ctx, self.options[divergence.ID]):
                 if f.severity == Severity.ERROR:
                     code = _REWIND if self.policy.divergence == "rewind" else _STOP
                     self._ask(code, int(f.step_start or 0), f)
@@ -311,7 +326,7 @@ class Guard:
         if self.policy.memory != "report" and not self.request and not self.acted_memory:
             from tunescope.detectors import memory_growth
 
-            for f in memory_growth.run(ctx, memory_growth.Options()):
+            for f in memory_growth.run(ctx, self.options[memory_growth.ID]):
                 fc = (f.evidence or {}).get("forecast") if isinstance(f.evidence, dict) else None
                 if f.severity == Severity.ERROR and fc:
                     self._ask(_CKPT, int(f.step_start or 0), f)

@@ -557,7 +557,7 @@ def train(cfg: TrainConfig) -> int:
         callbacks.append(ts_cb)
         if cfg.stop_at_step:
             callbacks.append(_stop_callback(cfg.stop_at_step))
-        trainer = _guarded_trainer(Trainer, skips)(
+        trainer = guarded_trainer(Trainer, skips)(
             model=model,
             args=args,
             train_dataset=train_ds,
@@ -607,7 +607,7 @@ def train(cfg: TrainConfig) -> int:
     return 0
 
 
-def _guarded_trainer(base: type, skips: Any) -> type:
+def guarded_trainer(base: type, skips: Any) -> type:
     """``base`` (transformers' ``Trainer``) with exact data skipping for guard
     rewinds: micro-batches at the positions in ``skips`` are drawn and dropped,
     and a resume lands on the true position in the data stream (the Trainer
