@@ -152,6 +152,17 @@ def test_explain():
     assert r.returncode == 2 and "TS001" in r.stderr and "TS106" in r.stderr
     r = ts("explain")
     assert r.returncode == 0 and len(r.stdout.splitlines()) >= 8
+    # which findings can trigger which guard actions
+    assert (
+        "TS102 divergence: the loss rises for good (not warmup noise). [guard: stop, rewind]"
+        in (r.stdout)
+    )
+    assert "[guard: skip, stop]" in r.stdout and "[guard: checkpoint]" in r.stdout
+    assert "[guard:" not in next(ln for ln in r.stdout.splitlines() if ln.startswith("TS101"))
+    r = ts("explain", "TS401")
+    assert "Guard actions (tunescope train --guard, TunescopeCallback(guard=...)): checkpoint" in (
+        r.stdout
+    )
 
 
 def test_analysis_side_imports_stay_light():

@@ -649,7 +649,9 @@ def guarded_trainer(base: type, skips: Any) -> type:
                     continue
                 out.append(batch)
                 where.append(pos)
-            self.positions[self.state.global_step + 1] = where
+            step = self.state.global_step + 1
+            self.positions[step] = where
+            self.positions.pop(step - 20_000, None)  # a rewind never reaches that far back
             return out, self._get_num_items_in_batch(out, device)
 
     return GuardedTrainer
