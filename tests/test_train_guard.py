@@ -130,7 +130,7 @@ def test_rewind_recovers_from_a_divergence_reproducibly(tmp_path):
     assert [e["from_step"] for e in resumed] == [back]
     assert iv["lr_factor"] == 0.5
     skipped = json.loads((a / "guard-skips.json").read_text())["skip"]
-    assert len(skipped) == detected - first + 1
+    assert len(skipped) == detected - first + 1 == iv["skipped_batches"]
     assert abs(_final(a) - _final(healthy)) < 0.1 * _final(healthy)
     assert events(a)[-1]["status"] == "completed" and steps(a)[-1]["step"] == 200
 

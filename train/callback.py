@@ -670,6 +670,7 @@ class TunescopeCallback(TrainerCallback):
                 reason=reason,
                 checkpoint=str(ckpt),
                 lr_factor=g.lr_scale,
+                skipped_batches=(step - first + 1) * int(args.gradient_accumulation_steps or 1),
                 rewinds=g.rewinds,
             )
             control.should_training_stop = True

@@ -17,10 +17,11 @@ TS102 and TS401 are judged by the detectors' own ``run`` functions over this
 rank's own step records (a small in-memory :class:`LiveContext`, no store, no
 SQL), every ``check_every`` steps (or every 1% of the steps so far, when
 more), so the cost per step stays flat and decisions are reproducible
-(``bench/train_overhead.py`` measures it). The non-finite check needs no extra host-device sync: its flag rides
-in the tensor the callback already reads once per step. Under DDP every rank
-puts its flags into one small all-reduce (max) per step before that read, so
-all ranks skip, stop or rewind at the same step together.
+(``bench/train_overhead.py`` measures it). The non-finite check needs no
+extra host-device sync: on one rank it looks at the values the callback reads
+once per step anyway; under DDP every rank puts its flags into one small
+all-reduce (max) per step, read in that same one read, so all ranks skip,
+stop or rewind at the same step together.
 
 Every action is written as an ``intervention`` event: the finding, the action,
 the steps affected, and what was done (checkpoint, lr factor, batches skipped).
