@@ -2,15 +2,18 @@
 
     python bench/train_overhead.py [--steps 60] [--repeats 5]
 
-Two variants of the same tiny-model run (seeded, CPU, one thread), interleaved:
+Three variants of the same tiny-model run (seeded, CPU, one thread), interleaved:
 
 - baseline: transformers' Trainer with ``report_to=[]`` and ``logging_steps=1``;
-- callback: the same plus ``TunescopeCallback``.
+- callback: the same plus ``TunescopeCallback``;
+- guard: the same plus ``TunescopeCallback(guard="stop")`` (the non-finite
+  check every step, the live TS102 and TS401 checks every 25 steps).
 
 It prints the per-step wall time of each (median over repeats), the overhead
-ratio, the callback's own time per step (time inside its methods and hooks,
-which does not depend on machine noise), and the EventWriter's cost per event
-(on the caller, and end to end including the background write).
+ratios (callback against the baseline, guard against the callback), the
+callback's own time per step (time inside its methods and hooks, which does
+not depend on machine noise) with and without the guard, and the EventWriter's
+cost per event (on the caller, and end to end including the background write).
 """
 
 from __future__ import annotations
@@ -114,8 +117,9 @@ def probe_class() -> type:
     return Probe
 
 
-def run_once(variant: str, steps: int, tmp: Path, i: int) -> tuple[float, float, float]:
-    """Steady-state (wall s/step, process CPU s/step, callback CPU s/step).
+def run_once(variant: str, steps: int, tmp: Path, i: int) -> tuple[float, float, float, float]:
+    """Steady-state (wall s/step, process CPU s/step, callback CPU s/step,
+    guard's live-check wall s/step).
 
     Process CPU time counts every thread of this process (the writer thread too)
     and not the other processes on the machine, so it stays meaningful on a busy
@@ -124,15 +128,17 @@ def run_once(variant: str, steps: int, tmp: Path, i: int) -> tuple[float, float,
     probe = probe_class()(warm)
     callbacks: list = [probe]
     cb = None
-    if variant == "callback":
-        cb = timed_callback_class()(tmp / f"run-{i}")
+    if variant in ("callback", "guard"):
+        guard = "stop" if variant == "guard" else None
+        cb = timed_callback_class()(tmp / f"run-{i}", guard=guard)
         cb.self_time = 0.0
         callbacks.append(cb)
     trainer = make_trainer(tmp / f"out-{i}", steps, callbacks)
     trainer.train()
     (w0, c0), (w1, c1) = probe.marks
     n = steps - warm
-    return (w1 - w0) / n, (c1 - c0) / n, (cb.self_time / steps if cb else 0.0)
+    checks = cb.guard.check_seconds / steps if cb is not None and cb.guard is not None else 0.0
+    return (w1 - w0) / n, (c1 - c0) / n, (cb.self_time / steps if cb else 0.0), checks
 
 
 def writer_cost(n: int, tmp: Path) -> tuple[float, float, float]:
@@ -179,36 +185,53 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         run_once("callback", 8, tmp, -1)  # warm-up: imports, allocator, caches
-        wall: dict[str, list[float]] = {"baseline": [], "callback": []}
-        cpu: dict[str, list[float]] = {"baseline": [], "callback": []}
-        self_times: list[float] = []
+        names = ("baseline", "callback", "guard")
+        wall: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
+        self_times: dict[str, list[float]] = {n: [] for n in names}
+        checks: list[float] = []
         for r in range(a.repeats):
-            order = ("baseline", "callback") if r % 2 == 0 else ("callback", "baseline")
+            order = names[r % 3 :] + names[: r % 3]  # rotated: no variant always first
             for j, variant in enumerate(order):
-                w, c, self_t = run_once(variant, a.steps, tmp, 2 * r + j)
+                w, c, self_t, chk = run_once(variant, a.steps, tmp, 3 * r + j)
+                if variant == "guard":
+                    checks.append(chk)
                 wall[variant].append(w)
                 cpu[variant].append(c)
-                if variant == "callback":
-                    self_times.append(self_t)
+                self_times[variant].append(self_t)
         caller, e2e_wall, e2e_cpu = writer_cost(a.events, tmp)
 
-    def ratio(d: dict[str, list[float]]) -> tuple[float, float, float, float]:
-        base, ours = statistics.median(d["baseline"]), statistics.median(d["callback"])
-        pairs = [o / b - 1 for b, o in zip(d["baseline"], d["callback"], strict=True)]
+    def ratio(d: dict[str, list[float]], b: str, o: str) -> tuple[float, float, float, float]:
+        base, ours = statistics.median(d[b]), statistics.median(d[o])
+        pairs = [y / x - 1 for x, y in zip(d[b], d[o], strict=True)]
         return base, ours, 100 * (ours / base - 1), 100 * statistics.median(pairs)
 
-    self_t = statistics.median(self_times)
     print(f"tiny-llama, CPU, 1 thread, {a.steps} steps x {a.repeats} interleaved repeats")
-    print("                         baseline   +callback   overhead (medians / paired)")
-    for label, d in (("wall ms/step", wall), ("process CPU ms/step", cpu)):
-        base, ours, over, paired = ratio(d)
-        print(
-            f"  {label:<22} {base * 1e3:8.2f}   {ours * 1e3:8.2f}   {over:+6.2f} % / {paired:+6.2f} %"
-        )
+    for b, o in (("baseline", "callback"), ("callback", "guard")):
+        print(f"                         {b:>8}   {'+' + o:>9}   overhead (medians / paired)")
+        for label, d in (("wall ms/step", wall), ("process CPU ms/step", cpu)):
+            base, ours, over, paired = ratio(d, b, o)
+            print(
+                f"  {label:<22} {base * 1e3:8.2f}   {ours * 1e3:8.2f}   "
+                f"{over:+6.2f} % / {paired:+6.2f} %"
+            )
     base_cpu = statistics.median(cpu["baseline"])
+    self_cb = statistics.median(self_times["callback"])
+    self_guard = statistics.median(self_times["guard"])
     print(
-        f"  callback's own CPU time: {self_t * 1e3:.3f} ms/step "
-        f"= {100 * self_t / base_cpu:.2f} % of a step's CPU time"
+        f"  callback's own CPU time: {self_cb * 1e3:.3f} ms/step "
+        f"= {100 * self_cb / base_cpu:.2f} % of a step's CPU time"
+    )
+    print(
+        f"  with the guard:          {self_guard * 1e3:.3f} ms/step; the guard's share "
+        f"{(self_guard - self_cb) * 1e3:.3f} ms/step = "
+        f"{100 * (self_guard - self_cb) / base_cpu:.2f} % of a step's CPU time"
+    )
+    chk = statistics.median(checks)
+    print(
+        f"    of which the live TS102/TS401 checks: {chk * 1e3:.3f} ms/step "
+        f"= {100 * chk / base_cpu:.2f} %; the per-step flag: "
+        f"{(self_guard - self_cb - chk) * 1e3:.3f} ms/step"
     )
     print(f"EventWriter, {a.events} step events:")
     print(f"  caller thread CPU:       {caller * 1e6:8.1f} us/event")

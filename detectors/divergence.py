@@ -74,6 +74,7 @@ from tunescope.findings import Finding, Severity
 
 ID = "TS102"
 NAME = "divergence"
+GUARD_ACTIONS = ("stop", "rewind")  # what the training guard may do about it (train/guard.py)
 SUPERSEDES = ("TS101", "TS105")  # spikes inside a divergence are the same incident
 
 

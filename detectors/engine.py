@@ -350,6 +350,7 @@ def run_summaries(store: Store, findings: list[Finding], run_ids: Sequence[str] 
     ctx = Context(store, list(run_ids) if run_ids is not None else None)
     runs = ctx.runs()
     limits = run_limits(ctx)
+    acted = interventions(ctx)
     out = []
     for r in runs.sort("run_id").iter_rows(named=True):
         mine = [f for f in findings if f.run == r["run_id"]]
@@ -369,6 +370,29 @@ def run_summaries(store: Store, findings: list[Finding], run_ids: Sequence[str] 
                 "findings": counts,
                 "worst": w.value if w else None,
                 "limits": limits.get(r["run_id"], []),
+                "interventions": acted.get(r["run_id"], []),
             }
         )
+    return out
+
+
+def interventions(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    """Per run, what the training guard did (``intervention`` events), once
+    per step and action however many ranks logged it."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for row in ctx.events(["intervention"]).iter_rows(named=True):
+        try:
+            p = json.loads(row["payload"] or "{}")
+        except ValueError:
+            continue
+        key = (row["run_id"], row["step"], p.get("action"), p.get("finding"))
+        if key in seen:
+            continue
+        seen.add(key)
+        item = {"step": row["step"], "action": p.get("action"), "finding": p.get("finding")}
+        for k in ("steps", "checkpoint", "lr_factor"):
+            if p.get(k) is not None:
+                item[k] = p[k]
+        out.setdefault(row["run_id"], []).append(item)
     return out

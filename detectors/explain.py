@@ -77,6 +77,9 @@ def listing(detectors: list[ModuleType]) -> str:
                     break_on_hyphens=False,
                 )
             )
+        guard = getattr(det, "GUARD_ACTIONS", ())
+        if guard:
+            lines.append(f"{pad}guard: {', '.join(guard)}")
     return "\n".join(lines) + "\n"
 
 
@@ -87,6 +90,13 @@ def explain_text(det: ModuleType) -> str:
         "",
         f"Options ([tool.tunescope.{det.ID}] in pyproject.toml, [{det.ID}] in tunescope.toml):",
     ]
+    actions = getattr(det, "GUARD_ACTIONS", ())
+    if actions:
+        lines[1:1] = [
+            "",
+            "Guard actions (tunescope train --guard, TunescopeCallback(guard=...)): "
+            + ", ".join(actions),
+        ]
     docs = option_docs(det.Options)
     for f in dataclasses.fields(det.Options):
         lines.append(f"  {f.name.replace('_', '-')} = {_default(f)}")

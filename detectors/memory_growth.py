@@ -83,6 +83,7 @@ if TYPE_CHECKING:
 
 ID = "TS401"
 NAME = "memory-growth"
+GUARD_ACTIONS = ("checkpoint",)  # what the training guard may do about it (train/guard.py)
 
 
 @dataclass

@@ -42,6 +42,7 @@ from tunescope.words import count
 
 ID = "TS001"
 NAME = "non-finite"
+GUARD_ACTIONS = ("skip", "stop")  # what the training guard may do about it (train/guard.py)
 SUPERSEDES = ("TS102", "TS201")  # a loss or adapter norm gone NaN is one incident: non-finite
 
 

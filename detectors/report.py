@@ -13,7 +13,8 @@ Formats:
      "runs": [{"run", "name", "format", "status", "world_size", "steps_logged",
                "last_step", "total_steps", "last_loss",
                "findings": {"info", "warning", "error"}, "worst",
-               "limits" (what the log cannot show, one sentence each)}]}
+               "limits" (what the log cannot show, one sentence each),
+               "interventions" (what the training guard did: step, action, finding)}]}
 
   Fields are only ever added, never renamed or removed, within a version.
 - ``github``: GitHub Actions workflow commands (``::error title=...::...``).
@@ -79,6 +80,17 @@ def text(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
         lines.append(_run_line(run))
         if run.get("limits"):
             lines.append("  cannot show: " + "; ".join(run["limits"]))
+        if run.get("interventions"):
+            acts = [
+                f"{i['action']} at step {i['step']} ({i['finding']})"
+                + (
+                    f" to {i['checkpoint']}"
+                    if i["action"] == "rewind" and "checkpoint" in i
+                    else ""
+                )
+                for i in run["interventions"]
+            ]
+            lines.append("  guard: " + "; ".join(acts))
         for f in by_run.get(name, []):
             lines.append(f"  {f.severity.value.upper():<7} {f.detector} {f.name} ({_where(f)})")
             pad = "\n" + " " * 10

@@ -124,3 +124,21 @@ def test_lora_norms_split_adapter_and_backbone(tmp_path):
         )
     # lora_B starts at zero, so lora_A gets no gradient on the first step
     assert steps(tmp_path / "lora")[0]["grad_norm_lora_A"] == 0.0
+
+
+def test_guard_skips_a_nan_step_in_a_plain_trainer(tmp_path):
+    """The guard inside a Trainer built here: the step with a NaN loss is
+    skipped, the weights stay finite and the run completes."""
+    from tunescope.train import faults
+    from tunescope.train.callback import TunescopeCallback
+
+    cb = TunescopeCallback(tmp_path / "run", guard="skip")
+    nan = faults.make_callback(faults.parse_faults(["nan@3"]), cb)
+    trainer = _trainer(tmp_path, [nan, cb], grad_accum=1)
+    trainer.train()
+    rows = steps(tmp_path / "run")
+    assert math.isnan(rows[2]["loss"]) and all(math.isfinite(r["loss"]) for r in rows[3:])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    acted = [e for e in events(tmp_path / "run") if e["kind"] == "intervention"]
+    assert [(e["step"], e["action"], e["finding"]) for e in acted] == [(3, "skip", "TS001")]
+    assert events(tmp_path / "run")[-1]["status"] == "completed"

@@ -173,12 +173,16 @@ def test_schema_json_is_a_json_schema():
     doc = json.loads(out.stdout)
     assert doc["$schema"].startswith("https://json-schema.org/")
     assert doc["properties"]["kind"]["enum"] == sorted(
-        ["run_start", "step", "eval", "checkpoint", "resume", "run_end"]
+        ["run_start", "step", "eval", "checkpoint", "resume", "run_end", "intervention"]
     )
+    rule = next(r for r in doc["allOf"] if r["if"]["properties"]["kind"]["const"] == "intervention")
+    assert rule["then"]["required"] == ["step", "action"]
+    assert {"finding", "steps", "checkpoint"} <= set(rule["then"]["properties"])
     step_rule = next(r for r in doc["allOf"] if r["if"]["properties"]["kind"]["const"] == "step")
     assert "compute_time_s" in step_rule["then"]["properties"]
     text = run("schema")
     assert "compute_time_s" in text.stdout and text.returncode == 0
+    assert "intervention (the guard):" in text.stdout
 
 
 def test_did_you_mean_for_commands_options_and_config_keys(tmp_path):

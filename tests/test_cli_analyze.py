@@ -155,6 +155,25 @@ def test_explain():
     assert r.returncode == 2 and "TS001" in r.stderr and "TS106" in r.stderr
     r = ts("explain")
     assert r.returncode == 0 and len(r.stdout.splitlines()) >= 8
+    # which findings can trigger which guard actions: a line under the detector
+    lines = r.stdout.splitlines()
+
+    def guard_of(det_id: str) -> str | None:
+        i = next(k for k, ln in enumerate(lines) if ln.startswith(det_id + " "))
+        for ln in lines[i + 1 :]:
+            if ln.startswith("TS"):
+                return None
+            if ln.strip().startswith("guard:"):
+                return ln.strip()
+        return None
+
+    assert guard_of("TS102") == "guard: stop, rewind"
+    assert guard_of("TS001") == "guard: skip, stop" and guard_of("TS401") == "guard: checkpoint"
+    assert guard_of("TS101") is None
+    r = ts("explain", "TS401")
+    assert "Guard actions (tunescope train --guard, TunescopeCallback(guard=...)): checkpoint" in (
+        r.stdout
+    )
 
 
 def test_analysis_side_imports_stay_light():

@@ -29,3 +29,19 @@ def test_a_nan_in_training_alerts_the_webhook_once_and_the_token_stays_out_of_th
     assert start["config"]["webhook"] == f"http://127.0.0.1:{rx.port}/…"
     assert "SECRETTOKEN" not in log
     assert "SECRETTOKEN" not in (run / "config.json").read_text()
+
+
+def test_a_guard_skip_is_alerted_next_to_the_nan(tmp_path):
+    from tunescope.train.trainer import train
+
+    with Receiver() as rx:
+        run = tmp_path / "nan-skip"
+        cfg = tiny_config(run, max_steps=10, inject=["nan@6"], webhook=rx.url, guard="skip")
+        assert train(cfg) == 0
+        rx.wait_for(2, timeout=10)
+    found = sorted(
+        (r.json()["finding"]["detector"], r.json()["finding"]["step_start"]) for r in rx.requests
+    )
+    assert found == [("guard-skip", 6), ("live-nonfinite", 6)]
+    (skip,) = [r.json() for r in rx.requests if r.json()["finding"]["detector"] == "guard-skip"]
+    assert "skip at step 6 (TS001" in skip["finding"]["message"]

@@ -908,3 +908,22 @@ async def test_compare_ticks_differ_by_more_than_colour(runs: tuple[Path, Store]
         box.select("straggler")
         await settle(pilot)
         assert str(box.get_option("straggler").prompt).startswith("✓ ")
+
+
+async def test_guard_interventions_are_marked_on_the_curves(tmp_path: Path) -> None:
+    for rank in (0, 1):  # each rank logs the skip it took part in: one mark
+        with EventWriter(tmp_path / "runs" / "guarded", rank=rank) as w:
+            w.run_start(total_steps=40)
+            for step in range(1, 41):
+                w.step(step=step, loss=float("nan") if step == 17 else 3.0 - step / 40)
+                if step == 17:
+                    w.intervention(step, "skip", "TS001", steps=[17, 17])
+            w.run_end("completed")
+    store = Store.open(tmp_path / "runs", tmp_path / "cache")
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        screen = await open_run(pilot, "guarded")
+        loss = screen.query_one("#plot-loss", Plot)
+        guard = [m for m in loss.markers if m.label.startswith("guard")]
+        assert [(m.start, m.end, m.label) for m in guard] == [(17, 17, "guard skip (TS001)")]

@@ -81,6 +81,22 @@ def test_new_finding_is_sent_once(runs):
     assert len(rx.requests) == 1
 
 
+def test_alert_says_what_the_training_guard_did(runs):
+    with Receiver() as rx, EventWriter(runs / "a", rank=0) as w:
+        sender = AlertSender([rx.url], format="json", policy=FAST, log=LogLines())
+        watcher = make_watcher(runs, sender, rate_limit=0)
+        write(w, {s: 2.0 for s in range(1, 11)})
+        assert watcher.poll() == []
+        write(w, {11: NAN})
+        w.intervention(11, "skip", "TS001", steps=[11, 11])
+        w.flush()
+        (alert,) = watcher.poll()
+        assert alert.run["guard"] == "skip at step 11 (TS001)"
+        (req,) = rx.wait_for(1)
+        sender.close()
+    assert req.json()["run"]["guard"] == "skip at step 11 (TS001)"
+
+
 def test_growth_updates_and_severity_rise_escalates(runs):
     with EventWriter(runs / "a") as w:
         watcher = make_watcher(runs, None, rate_limit=0)

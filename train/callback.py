@@ -52,6 +52,7 @@ import torch
 from transformers import TrainerCallback
 
 from tunescope.train.events import EventWriter
+from tunescope.train.guard import Guard
 
 _MB = 1024 * 1024
 
@@ -186,8 +187,14 @@ class TunescopeCallback(TrainerCallback):
         webhook: str | list[str] | None = None,
         webhook_format: str = "auto",
         webhook_secret: str | None = None,
+        guard: Any = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        # The guard acts on findings (skip a non-finite step, stop, rewind,
+        # checkpoint before an OOM); None or "report": only log.
+        if guard is not None and not isinstance(guard, Guard):
+            guard = Guard(guard)
+        self.guard: Guard | None = guard if guard is not None and guard.policy.active else None
         # Alerts from the training process itself (rank 0): NaN/Inf and a
         # sustained loss rise, sent on a background thread, never blocking a step.
         self.webhook = webhook
@@ -208,6 +215,8 @@ class TunescopeCallback(TrainerCallback):
         self._kinds: list[int] = []  # index into _KIND_NAMES, per parameter
         self._weights: dict[tuple[int, ...], torch.Tensor] = {}
         self._optimizer: Any = None
+        self._idle_flags: torch.Tensor | None = None
+        self._collective = False  # several ranks: the guard's flags are all-reduced
         self._device = torch.device("cpu")
         self._cuda = False
         self._proc: Any = None
@@ -233,6 +242,9 @@ class TunescopeCallback(TrainerCallback):
         self._have: set[str] = set()
         self._compute_time: float | None = None
         self._lr: float | None = None
+        self._values: list[float] | None = None  # the step's one device read
+        self._skipped = False
+        self._agreed: list[float] | None = None  # the guard's flags, same on every rank
 
     # ---- hooks on the model ------------------------------------------------------
 
@@ -302,6 +314,12 @@ class TunescopeCallback(TrainerCallback):
         if not (resumed and had_log):
             self.writer.run_start(**fields)
         self._start_alerts(fields)
+        if self.guard is not None:
+            dist = torch.distributed
+            self._collective = bool(
+                dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            )
+            self._guard_begin(fields, state, kw)
         if resumed:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.writer.resume(state.global_step, str(ckpt if ckpt.exists() else "unknown"))
@@ -412,6 +430,46 @@ class TunescopeCallback(TrainerCallback):
         tokens = self._tokens if self._tokens is not None else nan
         self._norms = torch.cat([five, torch.stack([loss.to(dev), tokens.to(dev)])])
         self._have = {_KIND_NAMES[k] for k in kinds}
+        if self.guard is not None:
+            self._guard_decide(five[0], loss.to(dev))
+
+    def _guard_decide(self, grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
+        """The guard's per-step decision, before the optimizer step.
+
+        The step's metrics are read with the callback's one ``.tolist()``
+        (moved here from ``on_step_end``: still one host-device sync per step)
+        and the non-finite check is done on the host. Under DDP the flags of
+        every rank (non-finite, and the requests of its own checks) are
+        computed on the device and max-reduced first, in the same read: one
+        small collective per step, and every rank reads the same decision."""
+        g = self.guard
+        assert g is not None
+        if not self._collective:
+            values = self._values = self._norms.tolist()  # the one sync
+            bad = not (math.isfinite(values[0]) and math.isfinite(values[5]))
+            self._agreed = [float(bad), *g.flags()]
+        else:
+            self._agreed_across_ranks(grad_norm, loss)
+        if self._agreed[0] > 0 and g.policy.nonfinite != "report":
+            # skip: no gradient, no update (AdamW leaves moments and weights alone)
+            for p in self._params:
+                p.grad = None
+            self._skipped = True
+
+    def _agreed_across_ranks(self, grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
+        dev = self._device
+        bad = (~torch.isfinite(grad_norm) | ~torch.isfinite(loss)).float().reshape(1)
+        if self.guard.request or self._idle_flags is None:
+            req = torch.tensor(self.guard.flags(), device=dev)  # a host-to-device copy
+            if not self.guard.request:
+                self._idle_flags = req
+        else:
+            req = self._idle_flags  # nothing asked: no copy at all
+        flags = torch.cat([bad, req])
+        dist = torch.distributed
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        values = torch.cat([self._norms, flags]).tolist()  # the one sync
+        self._values, self._agreed = values[:7], values[7:]
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
         opt = self._optimizer or kw.get("optimizer")
@@ -422,6 +480,8 @@ class TunescopeCallback(TrainerCallback):
         record = self._record_step(state)
         if record is not None:
             self.on_step_record(state.global_step, record)
+            if self.guard is not None:
+                self._guard_act(args, state, control, record)
         self._reset_step()
         self._t_mark = time.perf_counter()
 
@@ -431,7 +491,8 @@ class TunescopeCallback(TrainerCallback):
         now = time.perf_counter()
         rec: dict[str, Any] = {}
         if self._norms is not None:
-            total, adapter, backbone, a, b, loss, tokens = self._norms.tolist()  # the one sync
+            values = self._values if self._values is not None else self._norms.tolist()
+            total, adapter, backbone, a, b, loss, tokens = values  # the one sync
             rec["loss"] = loss
             if self._lr is not None:
                 rec["lr"] = self._lr
@@ -502,6 +563,8 @@ class TunescopeCallback(TrainerCallback):
         self._t_mark = time.perf_counter()
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any):
+        if self.guard is not None:
+            self.guard.scale_at_save[state.global_step] = self.guard.lr_scale
         if self.writer is not None:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.writer.checkpoint(state.global_step, str(ckpt))
@@ -512,12 +575,169 @@ class TunescopeCallback(TrainerCallback):
         self._t_mark = time.perf_counter()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any):
+        if self.guard is not None and self.guard.rewind is not None:
+            self.detach()  # the driver restarts from the checkpoint; the run goes on
+            return
         done = state.max_steps and state.global_step >= state.max_steps
-        self.finish("completed" if done or not state.max_steps else "interrupted")
+        extra = {"guard": self.guard.stopped} if self.guard and self.guard.stopped else {}
+        self.finish("completed" if done or not state.max_steps else "interrupted", **extra)
+
+    # ---- the guard -------------------------------------------------------------------
+
+    def _guard_begin(self, fields: dict[str, Any], state: Any, kw: dict[str, Any]) -> None:
+        g = self.guard
+        assert g is not None and self.writer is not None
+        g.begin(self.writer.run, self.rank, fields, int(state.global_step), self.run_dir)
+        if g.pending_lr != 1.0:
+            # a rewind: the checkpoint's scheduler and optimizer get the lower rate
+            sched, opt = kw.get("lr_scheduler"), kw.get("optimizer")
+            if sched is not None and hasattr(sched, "base_lrs"):
+                sched.base_lrs = [b * g.pending_lr for b in sched.base_lrs]
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] *= g.pending_lr
+                    if "initial_lr" in group:
+                        group["initial_lr"] *= g.pending_lr
+            g.pending_lr = 1.0
+
+    def _guard_act(self, args: Any, state: Any, control: Any, record: dict[str, Any]) -> None:
+        """Act on the flags every rank agreed on before this step's update, then
+        run the live detector checks when they are due."""
+        g = self.guard
+        assert g is not None and self.writer is not None
+        step = int(state.global_step)
+        g.add(step, time.time(), record)
+        flags = self._agreed or [0.0, 0.0, 0.0, 0.0, -math.inf]
+        if not self._skipped and not any(flags[:4]):  # nothing to do: the usual step
+            if g.due(step):
+                g.check()
+            return
+        out = Path(args.output_dir)
+        ckpt_now = str(out / f"checkpoint-{step}")
+        resume = f"resume_from_checkpoint={ckpt_now}"
+        if self._skipped:
+            escalate = g.note_skip(step)
+            self._intervene(
+                step,
+                "skip",
+                "TS001",
+                steps=[step, step],
+                reason=f"non-finite loss or grad norm at step {step} (on at least one rank); "
+                "the optimizer step was skipped",
+                skipped_total=g.skipped_total,
+            )
+            if escalate or g.policy.nonfinite == "stop":
+                self._guard_stop(
+                    control,
+                    step,
+                    "TS001",
+                    ckpt_now,
+                    resume,
+                    (f"{len(g.skips)} non-finite steps within {g.policy.skip_window} steps"),
+                )
+                return
+        elif flags[0] > 0 and g.policy.nonfinite == "stop":
+            self._guard_stop(control, step, "TS001", ckpt_now, resume, "a non-finite step")
+            return
+        onset = int(-flags[4]) if math.isfinite(flags[4]) else step
+        info = g.request_finding or {}
+        reason = info.get("message") or "finding on another rank"
+        if flags[2] > 0:  # rewind
+            # the loss at the onset step is the first to show the bad update,
+            # which was the step before it: rewind to a checkpoint before that one
+            ckpt = g.last_checkpoint_before(out, onset - 1)
+            if not g.can_rewind or ckpt is None or g.rewinds >= g.policy.max_rewinds:
+                why = (
+                    "rewind needs the bundled trainer"
+                    if not g.can_rewind
+                    else f"no checkpoint before the onset (step {onset})"
+                    if ckpt is None
+                    else f"already rewound {g.rewinds} time(s)"
+                )
+                self._guard_stop(control, step, "TS102", ckpt_now, resume, f"{reason} ({why})")
+                return
+            g.rewinds += 1
+            g.lr_scale *= g.policy.lr_factor
+            back = int(ckpt.name.rsplit("-", 1)[1])
+            g.pending_lr = g.lr_scale / g.scale_at_save.get(back, 1.0)
+            first = max(back + 1, onset - 1)  # the batches never trained again
+            g.rewind = {"checkpoint": str(ckpt), "from_step": back, "onset": first, "step": step}
+            self._intervene(
+                step,
+                "rewind",
+                "TS102",
+                steps=[first, step],
+                reason=reason,
+                checkpoint=str(ckpt),
+                lr_factor=g.lr_scale,
+                skipped_batches=(step - first + 1) * int(args.gradient_accumulation_steps or 1),
+                rewinds=g.rewinds,
+            )
+            control.should_training_stop = True
+            return
+        if flags[1] > 0:  # stop
+            self._guard_stop(control, step, "TS102", ckpt_now, resume, reason)
+            return
+        if flags[3] > 0 and not g.acted_memory:  # checkpoint before the forecast OOM
+            g.acted_memory = True
+            control.should_save = True
+            self._intervene(
+                step,
+                "checkpoint",
+                "TS401",
+                steps=[step, step],
+                reason=reason,
+                checkpoint=ckpt_now,
+                resume=resume,
+            )
+        g.request, g.request_finding = 0, None
+        if g.due(step):
+            g.check()
+
+    def _guard_stop(
+        self, control: Any, step: int, finding: str, ckpt: str, resume: str, reason: str
+    ) -> None:
+        g = self.guard
+        assert g is not None and self.writer is not None
+        control.should_save = True
+        control.should_training_stop = True
+        g.stopped = {"finding": finding, "step": step, "checkpoint": ckpt, "resume": resume}
+        g.rewind = None
+        self._intervene(
+            step, "stop", finding, steps=[step, step], reason=reason, checkpoint=ckpt, resume=resume
+        )
+        if self.rank == 0:
+            print(
+                f"tunescope: guard stopped the run at step {step} ({finding}: {reason}); "
+                f"checkpoint {ckpt}; resume with {resume}",
+                file=sys.stderr,
+            )
+
+    def _intervene(self, step: int, action: str, finding: str, **fields: Any) -> None:
+        """Log what the guard did as an ``intervention`` event (and, with a
+        webhook, alert it from rank 0)."""
+        assert self.writer is not None
+        self.writer.intervention(step, action, finding, **fields)
+        if self.alerts is not None:
+            reason = str(fields.get("reason", ""))
+            self.alerts.intervention(self.writer.run, self.rank, step, action, finding, reason)
+
+    def detach(self) -> None:
+        """Stop logging without ``run_end`` (the run continues in a new
+        ``Trainer``, as after a guard rewind): hooks removed, log closed."""
+        if self.ended or self.writer is None:
+            return
+        self.ended = True
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self.writer.close()
+        if self.alerts is not None:
+            self.alerts.close(timeout=5)
 
     # ---- ending ----------------------------------------------------------------------
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, status: str, error: str | None = None, **fields: Any) -> None:
         """Write ``run_end`` and close the log (once). The bundled trainer calls
         this with ``failed`` and the error text when training raises."""
         if self.ended or self.writer is None:
@@ -526,7 +746,7 @@ class TunescopeCallback(TrainerCallback):
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
-        self.writer.run_end(status, error)
+        self.writer.run_end(status, error, **fields)
         self.writer.close()
         if self.alerts is not None:
             self.alerts.close(timeout=5)

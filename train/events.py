@@ -144,6 +144,12 @@ class EventWriter:
     def resume(self, step: int, checkpoint: str | os.PathLike[str], **fields: Any) -> None:
         self.emit("resume", step=step, checkpoint=str(checkpoint), from_step=step, **fields)
 
+    def intervention(self, step: int, action: str, finding: str, **fields: Any) -> None:
+        """What the guard did at ``step``: ``action`` (skip, stop, rewind,
+        checkpoint) because of ``finding`` (a detector id), with the steps
+        affected and details."""
+        self.emit("intervention", step=step, action=action, finding=finding, **fields)
+
     def run_end(self, status: str, error: str | None = None, **fields: Any) -> None:
         if status not in ("completed", "failed", "interrupted"):
             raise ValueError(f"status must be completed, failed or interrupted, not {status!r}")

@@ -6,7 +6,7 @@ parsed list goes into ``run_start`` as ``faults``.
 |---|---|---|
 | ``lr_spike@STEP[:FACTOR]`` | learning rate x FACTOR (default 20) from STEP on | divergence |
 | ``bad_batch@STEP`` | the batch of STEP becomes random tokens | a one-step loss spike that recovers |
-| ``nan@STEP`` | the loss of STEP is NaN; the update poisons the weights | NaN from STEP on |
+| ``nan@STEP[:RANK]`` | the loss of STEP is NaN (on RANK only, or every rank); the update poisons the weights | NaN from STEP on |
 | ``freeze_adapter`` | adapter gradients are zeroed before every update | zero adapter gradients, no learning |
 | ``straggler:RANK:SECONDS`` | RANK sleeps SECONDS in every forward | compute_time_s skew across ranks |
 | ``leak:MB_PER_STEP`` | keeps MB_PER_STEP of new tensors alive every step | rising memory floor |
@@ -26,7 +26,7 @@ from typing import Any
 SPECS = (
     "lr_spike@STEP[:FACTOR]",
     "bad_batch@STEP",
-    "nan@STEP",
+    "nan@STEP[:RANK]",
     "freeze_adapter",
     "straggler:RANK:SECONDS",
     "leak:MB_PER_STEP",
@@ -38,7 +38,7 @@ _NUM = r"(\d+(?:\.\d+)?)"
 _PATTERNS = {
     "lr_spike": re.compile(rf"lr_spike@(\d+)(?::{_NUM})?"),
     "bad_batch": re.compile(r"bad_batch@(\d+)"),
-    "nan": re.compile(r"nan@(\d+)"),
+    "nan": re.compile(r"nan@(\d+)(?::(\d+))?"),
     "freeze_adapter": re.compile(r"freeze_adapter"),
     "straggler": re.compile(rf"straggler:(\d+):{_NUM}"),
     "leak": re.compile(rf"leak:{_NUM}"),
@@ -79,7 +79,8 @@ def parse_fault(spec: str) -> Fault:
         factor = (
             float(g[1]) if kind == "lr_spike" and g[1] else (20.0 if kind == "lr_spike" else None)
         )
-        return Fault(kind, spec, step=step, factor=factor)
+        rank = int(g[1]) if kind == "nan" and g[1] is not None else None
+        return Fault(kind, spec, step=step, factor=factor, rank=rank)
     if kind == "straggler":
         return Fault(kind, spec, rank=int(g[0]), seconds=float(g[1]))
     if kind == "leak":
@@ -118,8 +119,10 @@ def make_callback(faults: list[Fault], tunescope_cb: Any, seed: int = 0) -> Any:
             self.warmup = int(args.get_warmup_steps(state.max_steps)) if state.max_steps else 0
             if model is None:
                 return
-            model.register_forward_pre_hook(self.pre_forward, with_kwargs=True)
-            model.register_forward_hook(self.post_forward, with_kwargs=True)
+            self.hooks = [
+                model.register_forward_pre_hook(self.pre_forward, with_kwargs=True),
+                model.register_forward_hook(self.post_forward, with_kwargs=True),
+            ]
             for name, p in model.named_parameters():
                 if p.requires_grad:
                     self.device = p.device
@@ -130,6 +133,14 @@ def make_callback(faults: list[Fault], tunescope_cb: Any, seed: int = 0) -> Any:
 
         def on_step_begin(self, args, state, control, **kw):
             self.step = state.global_step + 1
+
+        def remove(self) -> None:
+            """Take the faults off the model (after a guard rewind)."""
+            for h in getattr(self, "hooks", []):
+                h.remove()
+            self.hooks = []
+            self.faults = []
+            self.leaked.clear()
 
         def pre_forward(self, module, a, kwargs):
             if not module.training:
@@ -150,7 +161,9 @@ def make_callback(faults: list[Fault], tunescope_cb: Any, seed: int = 0) -> Any:
             return None
 
         def post_forward(self, module, a, kwargs, output):
-            if module.training and any(f.step == self.step for f in self.of("nan")):
+            if module.training and any(
+                f.step == self.step and f.rank in (None, self.rank) for f in self.of("nan")
+            ):
                 loss = output["loss"] * float("nan")
                 output["loss"] = loss  # ModelOutput keeps the attribute in step
             return output

@@ -115,6 +115,15 @@ class TrainConfig:
     URLs are recognised, anything else gets signed JSON
     (secret: TUNESCOPE_WEBHOOK_SECRET)."""
 
+    guard: str | dict[str, Any] = "report"
+    """What the training process does about findings (tunescope.train.guard):
+    'report' (only log), 'skip', 'stop', 'rewind', or a mapping per kind of
+    finding, e.g. {nonfinite: skip, divergence: rewind, memory: checkpoint,
+    lr_factor: 0.5, max_rewinds: 2}. Rewind needs save_steps > 0."""
+    device_memory_mb: float = 0.0
+    """Device (or, on CPU, host) memory in MiB for the out-of-memory forecast
+    (0: the CUDA device's size, unknown on CPU)."""
+
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -170,6 +179,14 @@ class TrainConfig:
 
         for spec in self.inject:
             parse_fault(spec)  # ValueError names the accepted forms
+        from tunescope.train.guard import GuardPolicy
+
+        policy = GuardPolicy.parse(self.guard)  # ValueError names the choices
+        need(
+            policy.divergence != "rewind" or self.save_steps > 0,
+            "guard rewind needs checkpoints to rewind to: set save_steps > 0",
+        )
+        need(self.device_memory_mb >= 0, "device_memory_mb must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as recorded in logs and checkpoints (a webhook URL holds a
@@ -190,12 +207,22 @@ def _coerce(name: str, tp: Any, raw: Any, where: str) -> Any:
         where = "--set"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is dict:
+        if isinstance(raw, str) and raw.startswith("{"):
+            import yaml
+
+            raw = yaml.safe_load(raw)
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where} {name}: expected a mapping, got {raw!r}")
+        return dict(raw)
     if origin in (typing.Union, types.UnionType):
         is_null = raw is None or (isinstance(raw, str) and raw.lower() in ("null", "none", "~"))
         if is_null and type(None) in args:
             return None
         listy = isinstance(raw, list) or (isinstance(raw, str) and raw.startswith("["))
-        for a in sorted(args, key=lambda a: typing.get_origin(a) is not list if listy else 0):
+        mappy = isinstance(raw, dict) or (isinstance(raw, str) and raw.startswith("{"))
+        first = list if listy else dict if mappy else None
+        for a in sorted(args, key=lambda a: typing.get_origin(a) is not first if first else 0):
             if a is type(None):
                 continue
             try:
@@ -494,60 +521,160 @@ def train(cfg: TrainConfig) -> int:
 
     faults = faults_mod.parse_faults(cfg.inject)
     for f in faults:
-        if f.kind == "straggler" and f.rank >= world:
+        if f.kind in ("straggler", "nan") and f.rank is not None and f.rank >= world:
             raise TrainError(f"fault {f.spec}: rank {f.rank} does not exist (world size {world})")
-    ts_cb = TunescopeCallback(
-        out,
-        cfg.run_name,
-        config=cfg.to_dict(),
-        faults=[f.to_json() for f in faults],
-        webhook=cfg.webhook,
-    )
-    callbacks: list[Any] = []
-    if faults:
-        callbacks.append(faults_mod.make_callback(faults, ts_cb, seed=cfg.seed + rank))
-    callbacks.append(ts_cb)
-    if cfg.stop_at_step:
-        callbacks.append(_stop_callback(cfg.stop_at_step))
+    from tunescope.train.guard import Guard, SkipList
 
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        data_collator=Collator(tok.pad_token_id),
-        callbacks=callbacks,
-    )
+    guard = Guard(cfg.guard, can_rewind=True)
+    # batches a guard rewind skipped, kept for any later resume of this run
+    skips = SkipList.load(out) if resume else SkipList()
+    extra: dict[str, Any] = {}
+    if use_cuda:
+        extra["device_memory_mb"] = torch.cuda.get_device_properties(0).total_memory / 1024**2
+    if cfg.device_memory_mb:
+        extra["device_memory_mb"] = cfg.device_memory_mb
+    if guard.policy.active:
+        extra["guard"] = guard.policy.to_json()
+    fault_cb: Any = None
+    first_record: dict[str, Any] | None = None
     from transformers.trainer_callback import PrinterCallback
 
-    trainer.remove_callback(PrinterCallback)  # stdout stays clean; the log has everything
-    try:
-        trainer.train(resume_from_checkpoint=resume)
-    except KeyboardInterrupt:
-        ts_cb.finish("interrupted", "KeyboardInterrupt")
-        raise
-    except Exception as e:
-        ts_cb.finish("failed", f"{type(e).__name__}: {e}")
-        raise
+    while True:  # one pass, or one more per guard rewind
+        args.max_grad_norm = cfg.max_grad_norm  # the previous pass's callback took clipping over
+        ts_cb = TunescopeCallback(
+            out,
+            cfg.run_name,
+            config=cfg.to_dict(),
+            faults=[f.to_json() for f in faults],
+            webhook=cfg.webhook,
+            guard=guard,
+            extra_run_start=extra,
+        )
+        callbacks: list[Any] = []
+        if faults and fault_cb is None:
+            fault_cb = faults_mod.make_callback(faults, ts_cb, seed=cfg.seed + rank)
+            callbacks.append(fault_cb)
+        callbacks.append(ts_cb)
+        if cfg.stop_at_step:
+            callbacks.append(_stop_callback(cfg.stop_at_step))
+        trainer = guarded_trainer(Trainer, skips)(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            data_collator=Collator(tok.pad_token_id),
+            callbacks=callbacks,
+        )
+        trainer.remove_callback(PrinterCallback)  # stdout stays clean; the log has everything
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except KeyboardInterrupt:
+            ts_cb.finish("interrupted", "KeyboardInterrupt")
+            raise
+        except Exception as e:
+            ts_cb.finish("failed", f"{type(e).__name__}: {e}")
+            raise
+        first_record = first_record or ts_cb.first
+        if guard.rewind is None:
+            break
+        # A guard rewind: the batches from the onset to the detection are never
+        # trained again; injected faults were an incident of the pass that ended
+        # (they model a transient failure, not a property of the run).
+        r, guard.rewind = guard.rewind, None
+        for s in range(r["onset"], r["step"] + 1):
+            skips.items.update(trainer.positions.get(s, []))
+        if rank == 0:
+            skips.save(out)
+        if fault_cb is not None:
+            fault_cb.remove()
+        resume = r["checkpoint"]
     if rank == 0:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-        _summary(cfg, ts_cb, time.monotonic() - t_start, world)
+        ts_cb.first = first_record
+        _summary(cfg, ts_cb, time.monotonic() - t_start, world, guard)
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if guard.stopped is not None:
+        from tunescope.errors import ExitCode
+
+        if rank == 0:
+            print(
+                f"tunescope: to resume: tunescope train CONFIG --set {guard.stopped['resume']}",
+                file=sys.stderr,
+            )
+        return int(ExitCode.FINDINGS)
     return 0
 
 
-def _summary(cfg: TrainConfig, cb: Any, seconds: float, world: int) -> None:
+def guarded_trainer(base: type, skips: Any) -> type:
+    """``base`` (transformers' ``Trainer``) with exact data skipping for guard
+    rewinds: micro-batches at the positions in ``skips`` are drawn and dropped,
+    and a resume lands on the true position in the data stream (the Trainer
+    alone would count skipped batches as trained). ``positions[step]`` records
+    the (epoch, position) of each micro-batch a step trained."""
+
+    class GuardedTrainer(base):  # type: ignore[misc, valid-type]
+        positions: dict[int, list[tuple[int, int]]]
+
+        def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, **kw):  # type: ignore[no-untyped-def]
+            if not hasattr(self, "positions"):
+                self.positions = {}
+            self._epoch, self._raw, self._until = epoch, 0, (epoch, 0)
+            resumed = kw.get("resume_from_checkpoint") is not None
+            if resumed and epoch == kw.get("epochs_trained") and not self.args.ignore_data_skip:
+                self._raw = kw.get("steps_trained_in_current_epoch") or 0  # skipped by the Trainer
+            if resumed and skips.items:
+                kept = self.state.global_step * self.args.gradient_accumulation_steps
+                self._until = skips.position_of(kept, steps_in_epoch)
+            return super()._run_epoch(model, epoch, train_dataloader, steps_in_epoch, **kw)
+
+        def set_initial_training_values(self, args, dataloader):  # type: ignore[no-untyped-def]
+            values = list(super().set_initial_training_values(args, dataloader))
+            if skips.items:  # skipped batches need that many more to reach max_steps
+                per_epoch = max(1, len(dataloader))
+                values[0] += -(-len(skips.items) // per_epoch)
+            return tuple(values)
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[no-untyped-def]
+            out, where = [], []
+            while len(out) < num_batches:
+                try:
+                    batch = next(epoch_iterator)
+                except StopIteration:
+                    break
+                pos = (self._epoch, self._raw)
+                self._raw += 1
+                if pos < self._until or pos in skips.items:
+                    continue
+                out.append(batch)
+                where.append(pos)
+            step = self.state.global_step + 1
+            self.positions[step] = where
+            self.positions.pop(step - 20_000, None)  # a rewind never reaches that far back
+            return out, self._get_num_items_in_batch(out, device)
+
+    return GuardedTrainer
+
+
+def _summary(cfg: TrainConfig, cb: Any, seconds: float, world: int, guard: Any) -> None:
     """One line on stderr: what was trained and where the log is."""
     first, last = cb.first or {}, cb.last or {}
     loss = ""
     if "loss" in first and "loss" in last:
         loss = f", loss {first['loss']:.3f} -> {last['loss']:.3f}"
     ranks = f" x {world} ranks" if world > 1 else ""
+    acted = []
+    if guard.skipped_total:
+        acted.append(f"{guard.skipped_total} step(s) skipped")
+    if guard.rewinds:
+        acted.append(f"{guard.rewinds} rewind(s)")
+    if guard.stopped:
+        acted.append(f"stopped at step {guard.stopped['step']}")
+    did = f"; guard: {', '.join(acted)}" if acted else ""
     print(
         f"tunescope: trained {cfg.model} ({cfg.method}) for {cb.last_step} steps{ranks}{loss} "
-        f"in {seconds:.0f}s; log: {Path(cfg.output_dir) / 'events'}/",
+        f"in {seconds:.0f}s{did}; log: {Path(cfg.output_dir) / 'events'}/",
         file=sys.stderr,
     )
 
@@ -575,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train_arguments(p, nproc=False, config_optional=True)
     a = p.parse_args(argv)
     try:
-        cfg = load_config(a.config, a.set or [], a.inject or [])
+        cfg = load_config(a.config, guard_sets(a), a.inject or [])
     except ValueError as e:
         print(f"tunescope: error: {e}", file=sys.stderr)
         return int(ConfigError.exit_code)
@@ -584,6 +711,11 @@ def main(argv: list[str] | None = None) -> int:
     except TunescopeError as e:
         print(f"tunescope: error: {e}", file=sys.stderr)
         return int(e.exit_code)
+
+
+def guard_sets(a: Any) -> list[str]:
+    """``--set`` items with ``--guard NAME`` as ``guard=NAME`` (it wins)."""
+    return [*(a.set or []), *([f"guard={a.guard}"] if getattr(a, "guard", None) else [])]
 
 
 def add_train_arguments(p: Any, nproc: bool = True, config_optional: bool = False) -> None:
@@ -604,8 +736,16 @@ def add_train_arguments(p: Any, nproc: bool = True, config_optional: bool = Fals
         "--inject",
         action="append",
         metavar="FAULT",
-        help="inject a fault (repeatable): lr_spike@STEP[:FACTOR], bad_batch@STEP, nan@STEP, "
+        help="inject a fault (repeatable): lr_spike@STEP[:FACTOR], bad_batch@STEP, nan@STEP[:RANK], "
         "freeze_adapter, straggler:RANK:SECONDS, leak:MB_PER_STEP, warmup_noise[:FACTOR], kill@STEP",
+    )
+    p.add_argument(
+        "--guard",
+        choices=("report", "skip", "stop", "rewind"),
+        help="act on findings while training (default report: only log): skip non-finite "
+        "steps; stop: also checkpoint and stop on divergence; rewind: also rewind to a "
+        "checkpoint before a divergence (needs save_steps); stop and rewind also checkpoint "
+        "before a forecast out-of-memory",
     )
     if nproc:
         p.add_argument(

@@ -146,6 +146,19 @@ def run_findings(cur: Any, run_id: str) -> list[dict[str, Any]]:
     return [dict(zip(names, r, strict=True)) for r in rel.fetchall()]
 
 
+def run_interventions(cur: Any, run_id: str) -> list[tuple[int, str, str]]:
+    """(step, action, finding) of what the training guard did, once per step
+    and action (every rank logs its own)."""
+    return cur.execute(
+        """
+        SELECT DISTINCT step, payload->>'action' AS action, payload->>'finding' AS finding
+        FROM events WHERE run_id = ? AND kind = 'intervention' AND step IS NOT NULL
+        ORDER BY step, action
+        """,
+        [run_id],
+    ).fetchall()
+
+
 # ---- curves --------------------------------------------------------------------------
 
 

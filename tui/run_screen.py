@@ -38,6 +38,7 @@ from tunescope.tui.queries import (
     plot_series,
     rank_grid,
     run_findings,
+    run_interventions,
     run_summary,
 )
 from tunescope.tui.rank_grid import RankGrid, windows_for
@@ -78,6 +79,7 @@ class RunScreen(WorkerScreen):
         self.smooth = False
         self.log_y = False
         self.findings: list[dict[str, Any]] = []
+        self.guard_markers: list[Marker] = []  # the training guard's interventions
         self.selected: int | None = None
         self.generation = 0
         self.detail = ""
@@ -126,10 +128,13 @@ class RunScreen(WorkerScreen):
         cur = self.app.store.cursor()
         try:
             found = run_findings(cur, self.run_id)
+            acted = run_interventions(cur, self.run_id)
         finally:
             cur.close()
+        # what the training guard did: a mark on the x axis of every curve
+        guard = [Marker(s, s, "info", f"guard {a} ({f})") for s, a, f in acted]
         if not get_current_worker().is_cancelled:
-            self.post_message(FindingsLoaded(found))
+            self.post_message(FindingsLoaded(found, guard))
 
     @work(thread=True, exclusive=True, group="curves", exit_on_error=False,
           description="loading curves")  # fmt: skip
@@ -185,6 +190,7 @@ class RunScreen(WorkerScreen):
 
     def on_findings_loaded(self, message: FindingsLoaded) -> None:
         self.findings = message.findings
+        self.guard_markers = message.markers
         box = self.query_one("#findings-list", OptionList)
         box.clear_options()
         options = []
@@ -333,7 +339,7 @@ class RunScreen(WorkerScreen):
             )
             for i, f in enumerate(self.findings)
             if f.get("step_start") is not None
-        ]
+        ] + self.guard_markers
         for spec in RUN_PLOTS:
             self.query_one(f"#plot-{spec.id}", Plot).set_markers(markers)
 

@@ -1290,6 +1290,27 @@ class TrainingAlerts:
         )
         return self._send(f, summary)
 
+    def intervention(
+        self, run: str, rank: int, step: int, action: str, finding: str, reason: str
+    ) -> Finding:
+        """Announce what the training guard did (``action`` at ``step`` because
+        of detector ``finding``): detector ``guard-<action>``, a warning."""
+        f = Finding(
+            run=run,
+            rank=rank,
+            detector=f"guard-{action}",
+            name=f"guard {action}",
+            severity=Severity.WARNING,
+            step_start=step,
+            step_end=step,
+            message=f"the training guard did {action} at step {step} ({finding}: {reason})",
+            suggestion="see the run's intervention events; the run goes on unless the action "
+            "was stop",
+            evidence={"action": action, "finding": finding},
+        )
+        summary = {"status": "running", "last_step": step, "total_steps": self.total_steps}
+        return self._send(f, {**summary, "model": self.model})
+
     def _send(self, finding: Finding, summary: dict[str, Any]) -> Finding:
         if self.sender is not None:
             self.sender.send(Alert(finding, run=summary))

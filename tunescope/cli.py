@@ -593,6 +593,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
         ("resume", schema.RESUME_FIELDS),
         ("checkpoint", schema.CHECKPOINT_FIELDS),
         ("run_end", schema.RUN_END_FIELDS),
+        ("intervention (the guard)", schema.INTERVENTION_FIELDS),
     ]
     for title, fields in sections:
         print(f"\n{title}:")
@@ -701,10 +702,10 @@ def cmd_tui(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tunescope.errors import ConfigError
-    from tunescope.train.trainer import load_config, train
+    from tunescope.train.trainer import guard_sets, load_config, train
 
     try:
-        cfg = load_config(args.config, args.set or [], args.inject or [])
+        cfg = load_config(args.config, guard_sets(args), args.inject or [])
     except ValueError as e:
         raise ConfigError(str(e)) from None
     try:
@@ -727,6 +728,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cmd += ["--set", item]
     for item in args.inject or []:
         cmd += ["--inject", item]
+    if args.guard:
+        cmd += ["--guard", args.guard]
     return subprocess.call(cmd)
 
 

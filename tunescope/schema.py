@@ -27,6 +27,7 @@ class Kind(str, Enum):
     CHECKPOINT = "checkpoint"
     RESUME = "resume"
     RUN_END = "run_end"
+    INTERVENTION = "intervention"
 
 
 KINDS: frozenset[str] = frozenset(k.value for k in Kind)
@@ -116,6 +117,16 @@ RESUME_FIELDS: tuple[Field, ...] = (
     Field("from_step", "integer", "", "optimizer step stored in that checkpoint"),
 )
 
+INTERVENTION_FIELDS: tuple[Field, ...] = (
+    Field("action", "string", "", "what the guard did: skip, stop, rewind or checkpoint"),
+    Field("finding", "string", "", "the detector id whose finding caused it (TS001, TS102, TS401)"),
+    Field("steps", "array", "", "first and last optimizer step affected"),
+    Field("reason", "string", "", "the finding in one sentence"),
+    Field("checkpoint", "string", "", "checkpoint saved (stop, checkpoint) or reloaded (rewind)"),
+    Field("lr_factor", "number", "", "rewind: learning-rate factor applied from here on"),
+    Field("skipped_batches", "integer", "", "rewind: micro-batches never trained again"),
+)
+
 CHECKPOINT_FIELDS: tuple[Field, ...] = (
     Field("path", "string", "", "where the checkpoint was written"),
 )
@@ -166,5 +177,6 @@ def json_schema() -> dict[str, Any]:
             kind_rule(Kind.RESUME, RESUME_FIELDS, []),
             kind_rule(Kind.CHECKPOINT, CHECKPOINT_FIELDS, []),
             kind_rule(Kind.EVAL, (), ["step"]),
+            kind_rule(Kind.INTERVENTION, INTERVENTION_FIELDS, ["step", "action"]),
         ],
     }

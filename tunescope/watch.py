@@ -276,7 +276,22 @@ class Watcher:
             [run_ids],
         )
         cols = [d[0] for d in cur.description]
-        return {row[0]: dict(zip(cols, row, strict=True)) for row in cur.fetchall()}
+        out = {row[0]: dict(zip(cols, row, strict=True)) for row in cur.fetchall()}
+        # what the training guard did in the run (skip, stop, rewind, checkpoint):
+        # in each alert's run summary, so the payload says it was already acted on
+        cur.execute(
+            """
+            SELECT run_id, string_agg(DISTINCT (payload->>'action') || ' at step ' || step
+                                      || ' (' || (payload->>'finding') || ')', '; ')
+            FROM events WHERE kind = 'intervention' AND list_contains(?, run_id)
+            GROUP BY run_id
+            """,
+            [run_ids],
+        )
+        for run_id, acted in cur.fetchall():
+            if run_id in out:
+                out[run_id]["guard"] = acted
+        return out
 
     # ---- decisions -------------------------------------------------------------
 
