@@ -425,8 +425,8 @@ def test_training_alerts_nan_fires_once_and_is_delivered():
         sender.close()
     sent = [f for f in fired if f is not None]
     assert [(f.rank, f.detector, f.step_start) for f in sent] == [
-        (0, "live-nonfinite", 5),
-        (1, "live-nonfinite", 9),
+        (0, "TS001", 5),
+        (1, "TS001", 9),
     ]
     assert "loss = NaN and grad_norm = Inf at step 5" in sent[0].message
     assert len(got) == 2
@@ -448,7 +448,7 @@ def test_training_alerts_divergence_rule():
     assert len(fired) == 1
     step, f = fired[0]
     start = len([1.0] + [4.0] * 8 + [1.0] * 5 + [3.5] * 3 + [1.5] * 3) + 1
-    assert f.detector == "live-divergence" and f.step_start == start
+    assert f.detector == "TS102" and f.name == "divergence" and f.step_start == start
     assert step == start + 4 and f.step_end == step
     assert math.isclose(f.evidence["peak_loss"], 3.2)
 

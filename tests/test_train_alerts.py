@@ -20,7 +20,7 @@ def test_a_nan_in_training_alerts_the_webhook_once_and_the_token_stays_out_of_th
         rx.wait_for(2, timeout=1)  # nothing more: one alert per incident
         assert len(rx.requests) == 1
     body = req.json()
-    assert body["finding"]["detector"] == "live-nonfinite"
+    assert body["finding"]["detector"] == "TS001"  # an id that `tunescope explain` knows
     assert body["finding"]["step_start"] == 6 and body["finding"]["severity"] == "error"
     assert "NaN" in body["finding"]["message"]
     log = (run / "events" / "rank-0.jsonl").read_text()
@@ -42,6 +42,6 @@ def test_a_guard_skip_is_alerted_next_to_the_nan(tmp_path):
     found = sorted(
         (r.json()["finding"]["detector"], r.json()["finding"]["step_start"]) for r in rx.requests
     )
-    assert found == [("guard-skip", 6), ("live-nonfinite", 6)]
+    assert found == [("TS001", 6), ("guard-skip", 6)]
     (skip,) = [r.json() for r in rx.requests if r.json()["finding"]["detector"] == "guard-skip"]
     assert "skip at step 6 (TS001" in skip["finding"]["message"]

@@ -1163,8 +1163,10 @@ class TrainingAlerts:
     value the trainer already logs).
     """
 
-    NONFINITE = "live-nonfinite"
-    DIVERGENCE = "live-divergence"
+    # the ids and names of the detectors that judge the same thing after the
+    # fact (``tunescope explain TS001``), so an alert points at documentation
+    NONFINITE = "TS001"
+    DIVERGENCE = "TS102"
 
     def __init__(
         self,
@@ -1240,11 +1242,11 @@ class TrainingAlerts:
                 run=run,
                 rank=rank,
                 detector=self.NONFINITE,
-                name="non-finite loss or gradient",
+                name="non-finite",
                 severity=Severity.ERROR,
                 step_start=step,
                 step_end=step,
-                message=f"{what} at step {step}: training has produced NaN/Inf",
+                message=f"{what} at step {step}: training has produced NaN/Inf (seen live by the trainer)",
                 suggestion="stop the run; lower the learning rate, clip gradients at 1.0, "
                 "or use bf16 instead of fp16; resume from the last good checkpoint",
                 evidence={n: v for n, v in bad},
