@@ -18,14 +18,15 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Select, Static
 
+from tunescope.detectors.curves import RUN_PLOTS, bucket_series, spec_source
 from tunescope.findings import Finding, Severity
 from tunescope.ingest.store import Store
 from tunescope.train.events import EventWriter
 from tunescope.tui.app import TunescopeApp
 from tunescope.tui.compare_screen import CompareScreen
 from tunescope.tui.error_modal import ErrorModal
-from tunescope.tui.plot import Plot, bucket_series
-from tunescope.tui.queries import RUN_PLOTS, plot_series, spec_source
+from tunescope.tui.plot import Plot
+from tunescope.tui.queries import plot_series
 from tunescope.tui.rank_grid import RankGrid
 from tunescope.tui.run_screen import RunScreen
 from tunescope.tui.runs_screen import RunsScreen
@@ -438,7 +439,8 @@ def test_min_max_buckets_keep_spikes_and_count_nan(runs: tuple[Path, Store]) -> 
 async def test_plot_draws_braille_and_finding_marks() -> None:
     from textual.app import App, ComposeResult
 
-    from tunescope.tui.plot import Marker, Series
+    from tunescope.detectors.curves import Series
+    from tunescope.tui.plot import Marker
 
     class PlotApp(App[None]):
         def compose(self) -> ComposeResult:

@@ -13,7 +13,8 @@ from typing import Any
 import pyarrow as pa
 from textual.message import Message
 
-from tunescope.tui.plot import Marker, Series
+from tunescope.detectors.curves import Series
+from tunescope.tui.plot import Marker
 
 
 @dataclass

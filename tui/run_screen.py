@@ -23,6 +23,7 @@ from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
 from tunescope.detectors.base import Context
+from tunescope.detectors.curves import RUN_PLOTS, rank_grid
 from tunescope.detectors.limits import run_limits
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import (
@@ -33,13 +34,7 @@ from tunescope.tui.messages import (
     StoreChanged,
 )
 from tunescope.tui.plot import SEVERITY_COLOURS, Marker, Plot
-from tunescope.tui.queries import (
-    RUN_PLOTS,
-    plot_series,
-    rank_grid,
-    run_findings,
-    run_summary,
-)
+from tunescope.tui.queries import plot_series, run_findings, run_summary
 from tunescope.tui.rank_grid import RankGrid, windows_for
 from tunescope.tui.runs_screen import STATUS_STYLE, fmt_value
 
