@@ -81,32 +81,38 @@ RUN_PLOTS: tuple[PlotSpec, ...] = (
 )
 
 
-def spec_source(spec: PlotSpec, steps: tuple[float, float] | None = None) -> str:
-    """A long table (series, step, v) for one run (``$1``) and one plot,
-    reading only ``steps`` (inclusive) when given."""
-    where = "run_id = $1"
+def spec_source(
+    spec: PlotSpec, steps: tuple[float, float] | None = None, *, many: bool = False
+) -> str:
+    """A long table (run_id, series, step, v) for one plot of one run (``$1``),
+    or of every run in the list ``$1`` when ``many``, reading only ``steps``
+    (inclusive) when given."""
+    where = "list_contains($1, run_id)" if many else "run_id = $1"
     if steps is not None:
         where += f" AND step BETWEEN {float(steps[0])!r} AND {float(steps[1])!r}"
     if spec.ranks == "first":
-        where += " AND rank = (SELECT min(rank) FROM steps WHERE run_id = $1)"
+        where += (
+            f" AND (run_id, rank) IN (SELECT run_id, min(rank) FROM steps WHERE {where} "
+            "GROUP BY run_id)"
+        )
         cols = ", ".join(f'({expr})::DOUBLE AS "{label}"' for label, expr in spec.columns)
         names = ", ".join(f'"{label}"' for label, _ in spec.columns)
         # UNPIVOT drops NULLs: a column the run never logged yields no series.
         return (
-            f"UNPIVOT (SELECT step, {cols} FROM steps WHERE {where}) "
+            f"UNPIVOT (SELECT run_id, step, {cols} FROM steps WHERE {where}) "
             f"ON {names} INTO NAME series VALUE v"
         )
     parts = []
     for label, expr in spec.columns:
         if spec.ranks == "each":
             parts.append(
-                f"SELECT 'rank ' || rank AS series, step, ({expr}) AS v FROM steps "
+                f"SELECT run_id, 'rank ' || rank AS series, step, ({expr}) AS v FROM steps "
                 f"WHERE {where} AND ({expr}) IS NOT NULL"
             )
         else:
             parts.append(
-                f"SELECT '{label}' AS series, step, avg({expr}) AS v FROM steps "
-                f"WHERE {where} AND ({expr}) IS NOT NULL GROUP BY step"
+                f"SELECT run_id, '{label}' AS series, step, avg({expr}) AS v FROM steps "
+                f"WHERE {where} AND ({expr}) IS NOT NULL GROUP BY run_id, step"
             )
     return " UNION ALL ".join(parts)
 
@@ -117,6 +123,81 @@ def smooth_window(x_range: tuple[float, float]) -> int:
 
 
 # ---- the bucketing query -------------------------------------------------------------
+
+
+def _bucket_sql(
+    source_sql: str, *, buckets: int, smooth: int, x_range: tuple[float, float] | None
+) -> str:
+    """The min/max bucketing of a long table (``run_id``, ``series``, ``step``,
+    ``v``): over ``x_range`` for every series, or, without it, over each run's
+    own step range in ``steps`` (runs ``$1``)."""
+    smooth = max(1, int(smooth))
+    value = (
+        f"avg(v) OVER (PARTITION BY run_id, series ORDER BY step ROWS BETWEEN {smooth - 1} "
+        "PRECEDING AND CURRENT ROW)"
+        if smooth > 1
+        else "v"
+    )
+    if x_range is not None:
+        lo, hi = x_range
+        span = max(hi - lo, 1e-9)
+        # Constants, so that DuckDB pushes the step filter into the scan.
+        rng, join = "", ""
+        where = f"step BETWEEN {lo - smooth!r} AND {hi!r}"
+        lo_col, span_col, keep = repr(lo), repr(span), f"step >= {lo!r}"
+    else:
+        rng = (
+            "rng AS (SELECT run_id, min(step)::DOUBLE AS r_lo, "
+            "greatest(max(step) - min(step), 1e-9)::DOUBLE AS r_span "
+            "FROM steps WHERE list_contains($1, run_id) GROUP BY run_id),"
+        )
+        join, where = "JOIN rng USING (run_id)", "TRUE"
+        lo_col, span_col, keep = "r_lo", "r_span", "step >= r_lo"
+    return f"""
+        WITH {rng}
+        src AS (
+            SELECT run_id, series, step, v::DOUBLE AS v FROM ({source_sql}) WHERE {where}
+        ),
+        sm AS (SELECT run_id, series, step, {value} AS v FROM src),
+        b AS (
+            SELECT run_id, series, step, v,
+                   least(greatest(floor((step - {lo_col}) * {buckets} / {span_col}), 0),
+                         {buckets - 1})::BIGINT AS b
+            FROM sm {join} WHERE {keep}
+        )
+        SELECT run_id, series, b,
+               avg(step)::DOUBLE AS x,
+               min(v) FILTER (WHERE isfinite(v)) AS lo,
+               max(v) FILTER (WHERE isfinite(v)) AS hi,
+               count(*) FILTER (WHERE NOT isfinite(v)) AS bad
+        FROM b GROUP BY run_id, series, b ORDER BY run_id, series, b
+    """
+
+
+def _split_series(table: Any) -> dict[tuple[str, str], Series]:
+    out: dict[tuple[str, str], Series] = {}
+    if table.num_rows == 0:
+        return out
+    runs = np.asarray(table.column("run_id").cast("string").to_pylist(), dtype=object)
+    names = np.asarray(table.column("series").to_pylist(), dtype=object)
+    cols = {
+        k: table.column(k).to_numpy(zero_copy_only=False).astype(np.float64)
+        for k in ("x", "lo", "hi", "bad")
+    }
+    # Rows are ordered by run and series: split at the boundaries.
+    change = np.flatnonzero((names[1:] != names[:-1]) | (runs[1:] != runs[:-1])) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(names)]])
+    for s, e in zip(starts, ends, strict=True):
+        label = str(names[s])
+        out[(str(runs[s]), label)] = Series(
+            label=label,
+            x=cols["x"][s:e],
+            lo=cols["lo"][s:e],
+            hi=cols["hi"][s:e],
+            bad=np.nan_to_num(cols["bad"][s:e]),
+        )
+    return out
 
 
 def bucket_series(
@@ -131,65 +212,33 @@ def bucket_series(
     """Min/max buckets of a long table, computed in DuckDB.
 
     ``source_sql`` must yield columns ``series`` (text), ``step`` and ``v``;
-    only steps inside ``x_range`` are read. ``smooth`` > 1 applies a trailing
-    rolling mean over that many steps first (NaN stays NaN: it is signal).
-    Returns one :class:`Series` per distinct ``series`` value, ordered by name.
-    """
-    lo, hi = x_range
-    span = max(hi - lo, 1e-9)
-    smooth = max(1, int(smooth))
-    value = (
-        f"avg(v) OVER (PARTITION BY series ORDER BY step ROWS BETWEEN {smooth - 1} "
-        "PRECEDING AND CURRENT ROW)"
-        if smooth > 1
-        else "v"
-    )
-    # Smoothing needs the steps just before the range as well.
-    read_lo = lo - smooth
-    sql = f"""
-        WITH src AS (
-            SELECT series, step, v::DOUBLE AS v FROM ({source_sql})
-            WHERE step BETWEEN {read_lo!r} AND {hi!r}
-        ),
-        sm AS (SELECT series, step, {value} AS v FROM src),
-        b AS (
-            SELECT series, step, v,
-                   least(greatest(floor((step - {lo!r}) * {buckets} / {span!r}), 0),
-                         {buckets - 1})::BIGINT AS b
-            FROM sm WHERE step >= {lo!r}
-        )
-        SELECT series, b,
-               avg(step)::DOUBLE AS x,
-               min(v) FILTER (WHERE isfinite(v)) AS lo,
-               max(v) FILTER (WHERE isfinite(v)) AS hi,
-               count(*) FILTER (WHERE NOT isfinite(v)) AS bad
-        FROM b GROUP BY series, b ORDER BY series, b
+    only steps inside
+    ``x_range`` are read. ``smooth`` > 1 applies a trailing rolling mean over
+    that many steps first (NaN stays NaN: it is signal). Returns one
+    :class:`Series` per distinct ``series`` value, ordered by name.
     """
     from tunescope.ingest.rows import fetch_arrow
 
-    table = fetch_arrow(cur, sql, params)
-    out: dict[str, Series] = {}
-    if table.num_rows == 0:
-        return out
-    names = np.asarray(table.column("series").to_pylist(), dtype=object)
-    cols = {
-        k: table.column(k).to_numpy(zero_copy_only=False).astype(np.float64)
-        for k in ("x", "lo", "hi", "bad")
-    }
-    # Rows are ordered by series: split at the boundaries.
-    change = np.flatnonzero(names[1:] != names[:-1]) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [len(names)]])
-    for s, e in zip(starts, ends, strict=True):
-        label = str(names[s])
-        out[label] = Series(
-            label=label,
-            x=cols["x"][s:e],
-            lo=cols["lo"][s:e],
-            hi=cols["hi"][s:e],
-            bad=np.nan_to_num(cols["bad"][s:e]),
-        )
-    return out
+    # One range for all: the series labels alone tell the curves apart.
+    source = f"SELECT NULL::VARCHAR AS run_id, series, step, v FROM ({source_sql})"
+    sql = _bucket_sql(source, buckets=buckets, smooth=smooth, x_range=x_range)
+    found = _split_series(fetch_arrow(cur, sql, params))
+    return {label: s for (_, label), s in found.items()}
+
+
+def bucket_runs(
+    cur: Any, source_sql: str, run_ids: list[str], *, buckets: int, smooth: int = 1
+) -> dict[tuple[str, str], Series]:
+    """Min/max buckets of many runs in one query, each run over its own step
+    range: ``source_sql`` yields ``run_id``, ``series``, ``step`` and ``v`` for
+    the runs ``$1`` (:func:`spec_source` with ``many=True``). Keyed by (run,
+    series)."""
+    from tunescope.ingest.rows import fetch_arrow
+
+    if not run_ids:
+        return {}
+    sql = _bucket_sql(source_sql, buckets=buckets, smooth=smooth, x_range=None)
+    return _split_series(fetch_arrow(cur, sql, [list(run_ids)]))
 
 
 # ---- per-rank grid -------------------------------------------------------------------
@@ -225,32 +274,55 @@ def others_median(values: list[float | None], i: int) -> float | None:
 def rank_grid(
     cur: Any, run_id: str, windows: int
 ) -> tuple[list[int], list[tuple[int, int]], list[list[float | None]], str]:
-    """Mean compute time (else step time) per rank and step window."""
-    has_compute = cur.execute(
-        "SELECT count(compute_time_s) > 0 FROM steps WHERE run_id = ?", [run_id]
-    ).fetchall()[0][0]
-    col = "compute_time_s" if has_compute else "step_time_s"
-    lo, hi = cur.execute(
-        f"SELECT min(step), max(step) FROM steps WHERE run_id = ? AND {col} IS NOT NULL",
-        [run_id],
-    ).fetchall()[0]
-    if lo is None:
-        return [], [], [], col
-    windows = max(1, min(windows, int(hi - lo + 1)))
-    span = (hi - lo + 1) / windows
+    """Mean compute time (else step time) per rank and step window of one run."""
+    return rank_grids(cur, [run_id], windows).get(run_id, ([], [], [], "compute_time_s"))
+
+
+def rank_grids(
+    cur: Any, run_ids: list[str], windows: int
+) -> dict[str, tuple[list[int], list[tuple[int, int]], list[list[float | None]], str]]:
+    """:func:`rank_grid` for many runs in one query: per run the ranks, the step
+    windows, the grid (ranks x windows, None where nothing was timed) and the
+    column used (``compute_time_s`` when the run logged it, else ``step_time_s``)."""
+    if not run_ids:
+        return {}
     rows = cur.execute(
-        f"""
-        SELECT rank, least(floor((step - $2) / $3), $4 - 1)::INTEGER AS w,
-               avg({col}) FILTER (WHERE isfinite({col})) AS t
-        FROM steps WHERE run_id = $1 AND {col} IS NOT NULL
-        GROUP BY ALL ORDER BY rank, w
+        """
+        WITH c AS (
+            SELECT run_id, count(compute_time_s) > 0 AS has_compute FROM steps
+            WHERE list_contains($1, run_id) GROUP BY run_id
+        ),
+        t AS (
+            SELECT run_id, rank, step, has_compute,
+                   CASE WHEN has_compute THEN compute_time_s ELSE step_time_s END AS v
+            FROM steps JOIN c USING (run_id) WHERE list_contains($1, run_id)
+        ),
+        r AS (
+            SELECT run_id, min(step) AS lo, max(step) AS hi,
+                   greatest(1, least($2, max(step) - min(step) + 1))::INTEGER AS n
+            FROM t WHERE v IS NOT NULL GROUP BY run_id
+        )
+        SELECT run_id, any_value(has_compute), any_value(lo), any_value(hi), any_value(n),
+               rank, least(floor((step - lo) / ((hi - lo + 1) / n)), n - 1)::INTEGER AS w,
+               avg(v) FILTER (WHERE isfinite(v)) AS t
+        FROM t JOIN r USING (run_id) WHERE v IS NOT NULL
+        GROUP BY run_id, rank, w ORDER BY run_id, rank, w
         """,
-        [run_id, lo, span, windows],
+        [list(run_ids), int(windows)],
     ).fetchall()
-    ranks = sorted({r for r, _, _ in rows})
-    index = {r: i for i, r in enumerate(ranks)}
-    grid: list[list[float | None]] = [[None] * windows for _ in ranks]
-    for r, w, t in rows:
-        grid[index[r]][w] = None if t is None or not math.isfinite(t) else float(t)
-    bounds = [(int(lo + i * span), int(lo + (i + 1) * span) - 1) for i in range(windows)]
-    return ranks, bounds, grid, col
+    by_run: dict[str, list[tuple[Any, ...]]] = {}
+    for row in rows:
+        by_run.setdefault(row[0], []).append(row)
+    out = {}
+    for run_id, mine in by_run.items():
+        has_compute, lo, hi, n = mine[0][1:5]
+        col = "compute_time_s" if has_compute else "step_time_s"
+        span = (hi - lo + 1) / n
+        ranks = sorted({r[5] for r in mine})
+        index = {r: i for i, r in enumerate(ranks)}
+        grid: list[list[float | None]] = [[None] * n for _ in ranks]
+        for *_, rank, w, t in mine:
+            grid[index[rank]][w] = None if t is None or not math.isfinite(t) else float(t)
+        bounds = [(int(lo + i * span), int(lo + (i + 1) * span) - 1) for i in range(n)]
+        out[run_id] = (ranks, bounds, grid, col)
+    return out
