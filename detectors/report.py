@@ -203,7 +203,9 @@ _ICON = {"error": "🔴", "warning": "🟠", "info": "🔵"}
 
 
 def _md_cell(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
+    """Text for one line of Markdown (a table cell): no raw HTML, pipes escaped."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
 
 
 def mermaid_text(text: str) -> str:
