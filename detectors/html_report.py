@@ -34,6 +34,7 @@ import numpy as np
 from tunescope import __version__
 from tunescope.detectors.curves import (
     RUN_PLOTS,
+    SCALE,
     Series,
     bucket_runs,
     colour_for,
@@ -47,8 +48,8 @@ from tunescope.findings import Finding, Severity, jsonable
 # Characters of curve data that the runs with findings share; each run's charts
 # get as many buckets as fit, between MIN_BUCKETS and MAX_BUCKETS.
 CURVE_CHARS = 3_000_000
-CHARS_PER_BUCKET = 180  # about 14 series x (min, max) x 6 characters, and the step
-MIN_BUCKETS, MAX_BUCKETS = 150, 600
+CHARS_PER_BUCKET = 270  # measured: 5 charts, up to 14 series x (min, max), and the steps
+MIN_BUCKETS, MAX_BUCKETS = 100, 600
 COMPARE_BUCKETS = 300  # buckets of each overlaid loss curve
 RANK_WINDOWS = 60  # step windows of the rank heatmap
 SIG = 5  # significant digits kept in the file
@@ -161,7 +162,10 @@ def collect(store: Any, findings: list[Finding], runs: list[dict[str, Any]]) -> 
             )
             smoothed.update({(r, "smoothed"): s for (r, _), s in found.items()})
         compare = bucket_runs(
-            cur, spec_source(loss_spec, many=True), list(extents), buckets=COMPARE_BUCKETS
+            cur,
+            spec_source(loss_spec, many=True),
+            list(extents),
+            buckets=COMPARE_BUCKETS,
         )
         grids = rank_grids(cur, detail, RANK_WINDOWS)
     finally:
@@ -290,6 +294,13 @@ def _finding_html(f: Finding, i: int) -> str:
     )
 
 
+_SCALE_INDEX = {colour: i for i, (_, colour) in enumerate(SCALE)}
+
+
+def _scale_css() -> str:
+    return "".join(f".heatmap td.h{i} {{ background: {c}; }}" for i, (_, c) in enumerate(SCALE))
+
+
 def _rank_html(grid: Any) -> str:
     if not grid or not grid[0]:
         return '<p class="dim">no compute or step times logged for this run</p>'
@@ -307,11 +318,7 @@ def _rank_html(grid: Any) -> str:
             if v is None or not med:
                 tds.append('<td class="empty"></td>')
                 continue
-            a, b = bounds[w]
-            tds.append(
-                f'<td style="background:{colour_for(v / med)}" '
-                f'title="rank {rank}, steps {a}-{b}: {v:.4g}s ({v / med:.2f}x)"></td>'
-            )
+            tds.append(f'<td class="h{_SCALE_INDEX[colour_for(v / med)]}" title="{v:.3g}s"></td>')
         mean, overall = means[i], others_median(means, i)
         ratio = mean / overall if mean is not None and overall else None
         if ratio is not None and (worst is None or ratio > worst[1]):
@@ -485,7 +492,7 @@ def build(
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_esc(title)}</title>"
         f"<style>{_asset('vendor/uplot.min.css')}</style>"
-        f"<style>{_asset('html_report.css')}</style></head><body>"
+        f"<style>{_asset('html_report.css')}{_scale_css()}</style></head><body>"
         + "\n".join(parts)
         + f'\n<script id="tunescope-data" type="application/json">{payload}</script>'
         + f'\n<script id="uplot">{_asset("vendor/uplot.min.js")}</script>'
