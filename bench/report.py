@@ -99,7 +99,7 @@ def timed(argv: list[str], repeat: int) -> float:
 def measure(label: str, root: Path, out: Path, repeat: int, target_s: float) -> None:
     from tunescope.cli import main
 
-    with contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         main(["ingest", str(root)])  # the cache is warm for both
     js, page = out / f"{root.name}.json", out / f"{root.name}.html"
     base = timed(["analyze", str(root), "--format", "json", "-o", str(js)], repeat)

@@ -27,6 +27,7 @@ import html
 import json
 import math
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -498,3 +499,62 @@ def build(
         + f'\n<script id="uplot">{_asset("vendor/uplot.min.js")}</script>'
         + f"\n<script>{_asset('html_report.js')}</script>\n</body></html>\n"
     )
+
+
+# ---- from a store's stored findings (the TUI's key) ------------------------------------
+
+
+def stored_findings(store: Any, run_ids: list[str]) -> list[Finding]:
+    """The findings the store holds for ``run_ids`` (the last analysis), in
+    report order."""
+    from tunescope.detectors.engine import sort_findings
+
+    cur = store.cursor()
+    try:
+        rows = cur.execute(
+            "SELECT run_id, rank, detector, name, severity, step_start, step_end, message, "
+            "suggestion, evidence::VARCHAR FROM findings WHERE list_contains($1, run_id)",
+            [list(run_ids)],
+        ).fetchall()
+    finally:
+        cur.close()
+    out = []
+    for run, rank, det, name, sev, a, b, message, suggestion, evidence in rows:
+        try:
+            ev = json.loads(evidence) if evidence else {}
+        except ValueError:
+            ev = {"raw": evidence}
+        out.append(
+            Finding(
+                run=run,
+                detector=det,
+                name=name,
+                severity=Severity.parse(sev or "info"),
+                step_start=a,
+                step_end=b,
+                message=message or "",
+                suggestion=suggestion or "",
+                rank=rank,
+                evidence=ev if isinstance(ev, dict) else {"value": ev},
+            )
+        )
+    return sort_findings(out)
+
+
+def default_path(run_ids: list[str], folder: str | None = None) -> Path:
+    """``tunescope-report-RUN.html`` for one run, ``tunescope-report-N-runs.html``
+    for several, in ``folder`` (default: the working directory)."""
+    name = _slug(run_ids[0])[4:] if len(run_ids) == 1 else f"{len(run_ids)}-runs"
+    return Path(folder or ".") / f"tunescope-report-{name}.html"
+
+
+def write_report(store: Any, run_ids: list[str], path: str | Path) -> Path:
+    """Write the report of ``run_ids`` from the store's stored findings."""
+    from tunescope.detectors.engine import run_summaries
+
+    findings = stored_findings(store, run_ids)
+    runs = run_summaries(store, findings, run_ids)
+    page = build(findings, runs, collect(store, findings, runs))
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path

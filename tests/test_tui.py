@@ -797,3 +797,40 @@ async def test_run_header_says_what_the_log_cannot_show(tmp_path: Path) -> None:
         text = str(line.render())
         assert "cannot show: stragglers and hung ranks: some-trainer has one row" in text
         assert "no grad norms" in text
+
+
+async def test_report_key_writes_the_marked_runs_or_the_open_one(
+    runs: tuple[Path, Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json as _json
+    import re
+
+    _, store = runs
+    monkeypatch.chdir(tmp_path)
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        names = run_names(app)
+        await pilot.press("space", "space")  # mark the first two rows
+        await pilot.press("r")
+        two = tmp_path / "tunescope-report-2-runs.html"
+        await settle(pilot, two.exists)
+        page = two.read_text(encoding="utf-8")
+        table = re.search(r'<table id="runs-table".*?</table>', page, flags=re.S).group(0)
+        assert all(n in table for n in names[:2]) and not any(n in table for n in names[2:])
+        screen = await open_run(pilot, "diverged-lr")
+        await pilot.press("r")
+        one = tmp_path / "tunescope-report-diverged-lr.html"
+        await settle(pilot, one.exists)
+        assert screen.is_current
+    page = one.read_text(encoding="utf-8")
+    data = re.search(r'<script id="tunescope-data" type="application/json">(.*?)</script>',
+                     page, flags=re.S).group(1)  # fmt: skip
+    doc = _json.loads(data)
+    # the stored findings (TS102, TS101) are shaded on the run's five charts
+    assert sorted(f["detector"] for f in doc["runs"]["diverged-lr"]["findings"]) == [
+        "TS101", "TS102",
+    ]  # fmt: skip
+    assert [c["id"] for c in doc["runs"]["diverged-lr"]["charts"]] == [
+        "loss", "lr", "grad", "mem", "time",
+    ]  # fmt: skip

@@ -35,6 +35,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("header", "click a column header to sort by it; click again to reverse"),
             ("space", "mark a run for comparison"),
             ("c", "compare the marked runs"),
+            ("r", "write the HTML report of the marked runs (else this run) here"),
         ),
     ),
     (
@@ -46,6 +47,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("z", "unzoom"),
             ("m", "smoothing (rolling mean) on the loss"),
             ("l", "log scale on the loss"),
+            ("r", "write this run's HTML report (tunescope-report-RUN.html) here"),
         ),
     ),
     (

@@ -33,6 +33,14 @@ class AnalyzeFailed(Message, bubble=False):
 
 
 @dataclass
+class ReportWritten(Message, bubble=False):
+    """The HTML report of some runs was written to ``path``."""
+
+    path: str
+    runs: int
+
+
+@dataclass
 class RunsLoaded(Message, bubble=False):
     """Rows for the runs table: the visible page and how many runs match."""
 

@@ -30,6 +30,7 @@ from tunescope.tui.messages import (
     CurveLoaded,
     FindingsLoaded,
     RankGridLoaded,
+    ReportWritten,
     RunSummaryLoaded,
     StoreChanged,
 )
@@ -57,6 +58,7 @@ class RunScreen(WorkerScreen):
         Binding("l", "toggle_log", "Log scale"),
         Binding("z", "reset_zoom", "Unzoom"),
         Binding("n", "next_finding", "Next finding"),
+        Binding("r", "report", "Report"),
         Binding("p", "prev_finding", "Prev", show=False),
         Binding("1", "tab('tab-curves')", "Curves", show=False),
         Binding("2", "tab('tab-ranks')", "Ranks", show=False),
@@ -154,7 +156,18 @@ class RunScreen(WorkerScreen):
         if not get_current_worker().is_cancelled:
             self.post_message(RankGridLoaded(ranks, bounds, grid, metric))
 
+    @work(thread=True, exclusive=True, group="report", exit_on_error=False,
+          description="writing the HTML report")  # fmt: skip
+    def write_report(self) -> None:
+        from tunescope.detectors.html_report import default_path, write_report
+
+        path = write_report(self.app.store, [self.run_id], default_path([self.run_id]))
+        self.post_message(ReportWritten(str(path), 1))
+
     # ---- handlers -------------------------------------------------------------
+
+    def on_report_written(self, message: ReportWritten) -> None:
+        self.notify(f"wrote {message.path}; open it in a browser")
 
     def on_run_summary_loaded(self, message: RunSummaryLoaded) -> None:
         self.row = message.row
@@ -386,6 +399,9 @@ class RunScreen(WorkerScreen):
             idx = (self.selected + delta) % len(self.findings)
         self.query_one("#findings-list", OptionList).highlighted = idx
         self.zoom_to(idx)
+
+    def action_report(self) -> None:
+        self.write_report()
 
     def action_tab(self, tab: str) -> None:
         self.query_one("#run-tabs", TabbedContent).active = tab
