@@ -459,3 +459,23 @@ def test_outbox_is_retried_periodically_while_watching(runs):
     assert rx.answered == [503, 200]
     assert got[0].json()["id"] == got[1].json()["id"]
     assert not box.exists()
+
+
+def test_report_url_rides_in_every_payload(runs):
+    from tunescope.alerts import build_payload
+
+    template = "https://reports.example.org/{run}.html#{detector}-{step}"
+    with Receiver() as rx, EventWriter(runs / "team a", rank=0) as w:
+        sender = AlertSender([rx.url], format="json", policy=FAST, log=LogLines())
+        watcher = make_watcher(runs, sender, rate_limit=0, report_url=template)
+        write(w, {1: 2.0, 2: NAN})
+        (alert,) = watcher.poll()
+        (req,) = rx.wait_for(1)
+        sender.close()
+    link = "https://reports.example.org/team%20a.html#NAN1-2"
+    assert req.json()["run"]["report_url"] == link  # delivered, over real HTTP
+    assert f"report: {link}" in json.dumps(build_payload(alert, "slack"))
+    assert f"report: {link}" in json.dumps(build_payload(alert, "feishu"))
+    assert f"report: {link}" in build_payload(alert, "dingtalk")["markdown"]["text"]
+    with pytest.raises(UsageError, match="unknown placeholder"):
+        make_watcher(runs, None, report_url="https://x/{rank}.html")

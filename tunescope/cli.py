@@ -303,6 +303,13 @@ def _add_watch(sub: Any) -> None:
     )
     p.add_argument("--once", action="store_true", help="poll once, deliver, and exit")
     p.add_argument(
+        "--report-url",
+        metavar="TEMPLATE",
+        help="link each alert to a served report (tunescope report), e.g. "
+        "https://reports.example.com/{run}.html#{detector}; {run}, {detector} and {step} "
+        "are filled in",
+    )
+    p.add_argument(
         "--analyzer",
         metavar="MODULE:FUNCTION",
         help="use this analysis function instead of the built-in detectors",
