@@ -281,16 +281,16 @@ def test_sections_and_screenshot(opened: Opened, tmp_path: Path) -> None:
         .startswith("straggler: rank 1")
     )
     assert page.locator("#config-table tr.diff").count() >= 1
-    section = page.locator("#run-fault-lr-spike")
+    section = page.locator("#run-fault-lr-spike .charts")
     section.scroll_into_view_if_needed()
-    page.set_viewport_size({"width": 1100, "height": 900})
+    page.set_viewport_size({"width": 1000, "height": 900})
     page.wait_for_timeout(200)
     out = tmp_path / "report.png"
     section.screenshot(path=str(out))
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])
-    assert width > 800 and height > 400
+    assert width > 700 and height > 400
     assert zlib.crc32(data) != 0
     if os.environ.get("TUNESCOPE_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)
