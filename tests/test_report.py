@@ -316,3 +316,37 @@ def test_html_is_one_offline_file():
     assert '<details id="explain-TS102">' in page and 'href="#explain-TS102"' in page
     # text from the logs is escaped, never markup
     assert "&lt;grad_norm&gt; &amp; &quot;loss&quot;" in page and "<grad_norm>" not in page
+
+
+# ---- through the CLI, on the fixture corpus ----------------------------------------------
+
+FIXTURE_RUNS = Path(__file__).parent.parent / "fixtures" / "runs"
+
+
+def test_cli_markdown_on_the_fixtures_charts_every_run_with_an_error(tmp_path, capsys):
+    from tunescope.cli import main
+
+    cache = str(tmp_path / "cache")
+    code = main(["analyze", str(FIXTURE_RUNS), "--format", "markdown", "--cache-dir", cache])
+    out = capsys.readouterr().out
+    assert code == 1  # errors among the fixtures: the gate still works
+    blocks = re.findall(r"```mermaid\n(.*?)\n```", out, flags=re.S)
+    titles = [parse_xychart(b) and re.search(r'title "([^:]+):', b).group(1) for b in blocks]
+    erroring = sorted(
+        {m for m in re.findall(r"^\| (\S+) \| \w+ \| [\d/]* \| \S* \| ([1-9]\d*) \|", out, re.M)}
+    )
+    assert len(blocks) >= 4
+    assert sorted(titles) == [run for run, _ in erroring]
+
+
+def test_cli_report_errors_are_one_line(tmp_path, capsys):
+    from tunescope.cli import main
+
+    assert main(["report", str(tmp_path / "missing"), "-o", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a directory" in err
+    out = tmp_path / "no" / "such" / "dir" / "r.html"
+    cache = str(tmp_path / "cache")
+    assert main(["report", str(FIXTURE_RUNS), "-o", str(out), "--cache-dir", cache]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "Traceback" not in err
