@@ -257,6 +257,71 @@ def bucket_runs(
     return _split_series(fetch_arrow(cur, sql, [list(run_ids)]))
 
 
+def bucket_columns(
+    cur: Any, run_ids: list[str], columns: dict[str, str], *, buckets: int
+) -> dict[tuple[str, int], dict[str, Series]]:
+    """Min/max buckets of several ``steps`` columns (label -> SQL expression) in
+    one pass, per run and rank, each run over its own step range: the per-rank
+    and first-rank plots of many runs from one scan. Keyed by (run, rank), then
+    label; a column that a rank never logged has no series."""
+    from tunescope.ingest.rows import fetch_arrow
+
+    if not run_ids or not columns:
+        return {}
+    labels = list(columns)
+    cols = ", ".join(f"({columns[k]})::DOUBLE AS c{i}" for i, k in enumerate(labels))
+    aggs = ", ".join(
+        f"min(c{i}) FILTER (WHERE isfinite(c{i})) AS lo{i}, "
+        f"max(c{i}) FILTER (WHERE isfinite(c{i})) AS hi{i}, "
+        f"count(c{i}) FILTER (WHERE NOT isfinite(c{i})) AS bad{i}, count(c{i}) AS n{i}"
+        for i in range(len(labels))
+    )
+    sql = f"""
+        WITH rng AS (
+            SELECT run_id, min(step)::DOUBLE AS r_lo,
+                   greatest(max(step) - min(step), 1e-9)::DOUBLE AS r_span
+            FROM steps WHERE list_contains($1, run_id) GROUP BY run_id
+        ),
+        s AS (
+            SELECT run_id, rank, step, {cols},
+                   least(greatest(floor((step - r_lo) * {buckets} / r_span), 0),
+                         {buckets - 1})::BIGINT AS b
+            FROM steps JOIN rng USING (run_id) WHERE list_contains($1, run_id)
+        )
+        SELECT run_id, rank, b, avg(step)::DOUBLE AS x, {aggs}
+        FROM s GROUP BY run_id, rank, b ORDER BY run_id, rank, b
+    """
+    table = fetch_arrow(cur, sql, [list(run_ids)])
+    out: dict[tuple[str, int], dict[str, Series]] = {}
+    if table.num_rows == 0:
+        return out
+    runs = np.asarray(table.column("run_id").to_pylist(), dtype=object)
+    ranks = table.column("rank").to_numpy(zero_copy_only=False)
+    arr = {
+        name: table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        for name in table.column_names
+        if name not in ("run_id", "rank", "b")
+    }
+    change = np.flatnonzero((runs[1:] != runs[:-1]) | (ranks[1:] != ranks[:-1])) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.concatenate([change, [len(runs)]])
+    for a, e in zip(starts, ends, strict=True):
+        mine: dict[str, Series] = {}
+        for i, label in enumerate(labels):
+            keep = arr[f"n{i}"][a:e] > 0
+            if not keep.any():
+                continue
+            mine[label] = Series(
+                label=label,
+                x=arr["x"][a:e][keep],
+                lo=arr[f"lo{i}"][a:e][keep],
+                hi=arr[f"hi{i}"][a:e][keep],
+                bad=np.nan_to_num(arr[f"bad{i}"][a:e][keep]),
+            )
+        out[(str(runs[a]), int(ranks[a]))] = mine
+    return out
+
+
 # ---- per-rank grid -------------------------------------------------------------------
 
 # (upper bound of time / window median, colour)

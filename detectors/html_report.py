@@ -37,6 +37,7 @@ from tunescope.detectors.curves import (
     RUN_PLOTS,
     SCALE,
     Series,
+    bucket_columns,
     bucket_runs,
     colour_for,
     others_median,
@@ -114,6 +115,34 @@ def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1] or "value": config}
 
 
+def _plot_series(cur: Any, runs: list[str], n: int) -> dict[str, dict[tuple[str, str], Series]]:
+    """Per plot of :data:`RUN_PLOTS`, its series keyed by (run, label): the loss
+    (a mean over ranks) from its own query, the per-rank and first-rank plots
+    from one scan (:func:`bucket_columns`)."""
+    out: dict[str, dict[tuple[str, str], Series]] = {}
+    wide_specs = [spec for spec in RUN_PLOTS if spec.ranks in ("each", "first")]
+    columns = {f"{spec.id}:{label}": expr for spec in wide_specs for label, expr in spec.columns}
+    wide = bucket_columns(cur, runs, columns, buckets=n)
+    first: dict[str, int] = {}
+    for run, rank in wide:
+        first[run] = min(rank, first.get(run, rank))
+    for spec in RUN_PLOTS:
+        if spec not in wide_specs:
+            out[spec.id] = bucket_runs(cur, spec_source(spec, many=True), runs, buckets=n)
+            continue
+        found: dict[tuple[str, str], Series] = {}
+        for (run, rank), series in wide.items():
+            if spec.ranks == "first" and rank != first[run]:
+                continue
+            for label, _ in spec.columns:
+                s = series.get(f"{spec.id}:{label}")
+                if s is not None:
+                    name = f"rank {rank}" if spec.ranks == "each" else label
+                    found[(run, name)] = Series(name, s.x, s.lo, s.hi, s.bad)
+        out[spec.id] = found
+    return out
+
+
 def collect(store: Any, findings: list[Finding], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """What the page draws for the runs of one store (call while it is open):
     per run its step range, config, the loss curve for the comparison, and for
@@ -147,10 +176,7 @@ def collect(store: Any, findings: list[Finding], runs: list[dict[str, Any]]) -> 
         n = max(
             MIN_BUCKETS, min(MAX_BUCKETS, CURVE_CHARS // (CHARS_PER_BUCKET * max(1, len(detail))))
         )
-        per_spec = {
-            spec.id: bucket_runs(cur, spec_source(spec, many=True), detail, buckets=n)
-            for spec in RUN_PLOTS
-        }
+        per_spec = _plot_series(cur, detail, n)
         # Smoothing over about 1/60 of each run: one query per distinct window.
         smoothed: dict[tuple[str, str], Series] = {}
         by_window: dict[int, list[str]] = {}

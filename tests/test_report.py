@@ -350,3 +350,28 @@ def test_cli_report_errors_are_one_line(tmp_path, capsys):
     assert main(["report", str(FIXTURE_RUNS), "-o", str(out), "--cache-dir", cache]) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and "Traceback" not in err
+
+
+def test_one_scan_of_many_columns_buckets_as_the_plot_queries_do(tmp_path):
+    from tunescope.detectors.curves import RUN_PLOTS, bucket_columns, bucket_runs, spec_source
+    from tunescope.ingest.store import Store
+
+    store = Store.open(str(FIXTURE_RUNS), str(tmp_path / "cache"))
+    cur = store.cursor()
+    runs = ["fault-straggler-2rank", "fault-lr-spike"]
+    specs = {s.id: s for s in RUN_PLOTS}
+    columns = {f"{k}:{label}": expr for k in ("mem", "lr") for label, expr in specs[k].columns}
+    wide = bucket_columns(cur, runs, columns, buckets=37)
+    assert sorted(wide) == [("fault-lr-spike", 0), ("fault-straggler-2rank", 0),
+                            ("fault-straggler-2rank", 1)]  # fmt: skip
+    mem = bucket_runs(cur, spec_source(specs["mem"], many=True), runs, buckets=37)
+    lr = bucket_runs(cur, spec_source(specs["lr"], many=True), runs, buckets=37)
+    for (run, rank), series in wide.items():
+        ref = mem[(run, f"rank {rank}")]
+        got = series["mem:mem"]
+        assert len(got) == len(ref) == 37
+        np.testing.assert_array_equal(got.lo, ref.lo)
+        np.testing.assert_array_equal(got.hi, ref.hi)
+        if rank == 0:
+            np.testing.assert_array_equal(series["lr:lr"].hi, lr[(run, "lr")].hi)
+    store.close()
