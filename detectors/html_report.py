@@ -260,14 +260,6 @@ def _sort_value(v: Any) -> str:
     return _esc(v)
 
 
-def _steps(f: Finding) -> str:
-    if f.step_start is None:
-        return "whole run"
-    if f.step_end is None or f.step_end == f.step_start:
-        return f"step {f.step_start}"
-    return f"steps {f.step_start}–{f.step_end}"
-
-
 def _summary_table(runs: list[dict[str, Any]], with_findings: set[str]) -> str:
     head = [
         ("run", "text"),
@@ -306,13 +298,14 @@ def _summary_table(runs: list[dict[str, Any]], with_findings: set[str]) -> str:
 
 
 def _finding_html(f: Finding, i: int) -> str:
-    rank = "all ranks" if f.rank is None else f"rank {f.rank}"
+    from tunescope.detectors.report import _where as where
+
     evidence = json.dumps(jsonable(f.evidence), indent=1, sort_keys=True)
     return (
         f'<li class="finding sev-{f.severity.value}" data-finding="{i}">'
         f'<div class="f-head"><span class="badge {f.severity.value}">'
         f"{f.severity.value}</span> <b>{_esc(f.detector)} {_esc(f.name)}</b> "
-        f'<span class="dim">{_steps(f)}, {rank}</span></div>'
+        f'<span class="dim">{_esc(where(f))}</span></div>'
         f'<p class="msg">{_esc(f.message)}</p>'
         f'<p class="fix"><b>Fix:</b> {_esc(f.suggestion)}</p>'
         f"<details><summary>evidence</summary><pre>{_esc(evidence)}</pre></details>"
