@@ -220,6 +220,14 @@ def test_drag_zooms_every_chart_of_the_run_and_shades_follow(opened: Opened) -> 
     opened.page.wait_for_timeout(100)
     wheeled = opened.js(f"[{loss}.scales.x.min, {loss}.scales.x.max]")
     assert wheeled[1] - wheeled[0] < (got[1] - got[0]) * 0.9
+    # shift+wheel pans: the same width, further right
+    opened.page.keyboard.down("Shift")
+    mouse.wheel(0, 200)
+    opened.page.keyboard.up("Shift")
+    opened.page.wait_for_timeout(100)
+    panned = opened.js(f"[{loss}.scales.x.min, {loss}.scales.x.max]")
+    assert panned[0] > wheeled[0]
+    assert panned[1] - panned[0] == pytest.approx(wheeled[1] - wheeled[0])
     mouse.dblclick(box["x"] + box["w"] / 2, box["y"] + box["h"] / 2)
     opened.page.wait_for_timeout(100)
     assert opened.js(f"[{loss}.scales.x.min, {loss}.scales.x.max]") == pytest.approx(full)
