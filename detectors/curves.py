@@ -86,37 +86,35 @@ def spec_source(
     steps: tuple[float, float] | None = None,
     *,
     many: bool = False,
-    table: str = "steps",
 ) -> str:
     """A long table (run_id, series, step, v) for one plot of one run (``$1``),
     or of every run in the list ``$1`` when ``many``, reading only ``steps``
-    (inclusive) when given, from ``table`` (the ``steps`` view or a copy of
-    some of its rows)."""
+    (inclusive) when given."""
     where = "list_contains($1, run_id)" if many else "run_id = $1"
     if steps is not None:
         where += f" AND step BETWEEN {float(steps[0])!r} AND {float(steps[1])!r}"
     if spec.ranks == "first":
         where += (
-            f" AND (run_id, rank) IN (SELECT run_id, min(rank) FROM {table} WHERE {where} "
+            f" AND (run_id, rank) IN (SELECT run_id, min(rank) FROM steps WHERE {where} "
             "GROUP BY run_id)"
         )
         cols = ", ".join(f'({expr})::DOUBLE AS "{label}"' for label, expr in spec.columns)
         names = ", ".join(f'"{label}"' for label, _ in spec.columns)
         # UNPIVOT drops NULLs: a column the run never logged yields no series.
         return (
-            f"UNPIVOT (SELECT run_id, step, {cols} FROM {table} WHERE {where}) "
+            f"UNPIVOT (SELECT run_id, step, {cols} FROM steps WHERE {where}) "
             f"ON {names} INTO NAME series VALUE v"
         )
     parts = []
     for label, expr in spec.columns:
         if spec.ranks == "each":
             parts.append(
-                f"SELECT run_id, 'rank ' || rank AS series, step, ({expr}) AS v FROM {table} "
+                f"SELECT run_id, 'rank ' || rank AS series, step, ({expr}) AS v FROM steps "
                 f"WHERE {where} AND ({expr}) IS NOT NULL"
             )
         else:
             parts.append(
-                f"SELECT run_id, '{label}' AS series, step, avg({expr}) AS v FROM {table} "
+                f"SELECT run_id, '{label}' AS series, step, avg({expr}) AS v FROM steps "
                 f"WHERE {where} AND ({expr}) IS NOT NULL GROUP BY run_id, step"
             )
     return " UNION ALL ".join(parts)
@@ -136,7 +134,6 @@ def _bucket_sql(
     buckets: int,
     smooth: int,
     x_range: tuple[float, float] | None,
-    table: str = "steps",
 ) -> str:
     """The min/max bucketing of a long table (``run_id``, ``series``, ``step``,
     ``v``): over ``x_range`` for every series, or, without it, over each run's
@@ -159,7 +156,7 @@ def _bucket_sql(
         rng = (
             "rng AS (SELECT run_id, min(step)::DOUBLE AS r_lo, "
             "greatest(max(step) - min(step), 1e-9)::DOUBLE AS r_span "
-            f"FROM {table} WHERE list_contains($1, run_id) GROUP BY run_id),"
+            "FROM steps WHERE list_contains($1, run_id) GROUP BY run_id),"
         )
         join, where = "JOIN rng USING (run_id)", "TRUE"
         lo_col, span_col, keep = "r_lo", "r_span", "step >= r_lo"
@@ -243,17 +240,16 @@ def bucket_runs(
     *,
     buckets: int,
     smooth: int = 1,
-    table: str = "steps",
 ) -> dict[tuple[str, str], Series]:
     """Min/max buckets of many runs in one query, each run over its own step
     range: ``source_sql`` yields ``run_id``, ``series``, ``step`` and ``v`` for
-    the runs ``$1`` (:func:`spec_source` with ``many=True``); ``table`` holds
-    their steps. Keyed by (run, series)."""
+    the runs ``$1`` (:func:`spec_source` with ``many=True``). Keyed by (run,
+    series)."""
     from tunescope.ingest.rows import fetch_arrow
 
     if not run_ids:
         return {}
-    sql = _bucket_sql(source_sql, buckets=buckets, smooth=smooth, x_range=None, table=table)
+    sql = _bucket_sql(source_sql, buckets=buckets, smooth=smooth, x_range=None)
     return _split_series(fetch_arrow(cur, sql, [list(run_ids)]))
 
 
@@ -360,7 +356,7 @@ def rank_grid(
 
 
 def rank_grids(
-    cur: Any, run_ids: list[str], windows: int, table: str = "steps"
+    cur: Any, run_ids: list[str], windows: int
 ) -> dict[str, tuple[list[int], list[tuple[int, int]], list[list[float | None]], str]]:
     """:func:`rank_grid` for many runs in one query: per run the ranks, the step
     windows, the grid (ranks x windows, None where nothing was timed) and the
@@ -368,15 +364,15 @@ def rank_grids(
     if not run_ids:
         return {}
     rows = cur.execute(
-        f"""
+        """
         WITH c AS (
-            SELECT run_id, count(compute_time_s) > 0 AS has_compute FROM {table}
+            SELECT run_id, count(compute_time_s) > 0 AS has_compute FROM steps
             WHERE list_contains($1, run_id) GROUP BY run_id
         ),
         t AS (
             SELECT run_id, rank, step, has_compute,
                    CASE WHEN has_compute THEN compute_time_s ELSE step_time_s END AS v
-            FROM {table} JOIN c USING (run_id) WHERE list_contains($1, run_id)
+            FROM steps JOIN c USING (run_id) WHERE list_contains($1, run_id)
         ),
         r AS (
             SELECT run_id, min(step) AS lo, max(step) AS hi,
