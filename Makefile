@@ -11,8 +11,10 @@ BIN    := $(VENV)/bin
 TORCH_VERSION   ?= 2.13.0
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 RUNS   ?= fixtures/runs
+# The chart library inlined into HTML reports (detectors/vendor); `make vendor` refreshes it.
+UPLOT_VERSION ?= 1.6.32
 
-.PHONY: run test lint fixtures bench clean setup setup-dev torch
+.PHONY: run test lint fixtures bench clean setup setup-dev torch vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +57,15 @@ fixtures: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+vendor:
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null \
+	  && tar xzf uplot-$(UPLOT_VERSION).tgz && cd - >/dev/null \
+	  && cp $$tmp/package/dist/uPlot.iife.min.js detectors/vendor/uplot.min.js \
+	  && cp $$tmp/package/dist/uPlot.min.css detectors/vendor/uplot.min.css \
+	  && cp $$tmp/package/LICENSE detectors/vendor/uplot.LICENSE \
+	  && echo "uplot $(UPLOT_VERSION)" > detectors/vendor/VERSION && rm -rf $$tmp
+	@cat detectors/vendor/VERSION
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

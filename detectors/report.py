@@ -20,11 +20,19 @@ Formats:
 - ``github``: GitHub Actions workflow commands (``::error title=...::...``).
 - ``junit``: JUnit XML, one test suite per run, one failing test case per
   warning or error (info findings pass), one passing case for a clean run.
+- ``markdown``: for ``$GITHUB_STEP_SUMMARY`` and merge-request comments: a
+  runs table, a findings table per run with findings, each error's message and
+  fix, the loss curve of each run with an error as a Mermaid ``xychart-beta``
+  (from ``curves``: min/max buckets, see :func:`markdown_curves`) and a pointer
+  to the HTML report (``link``).
+- ``html``: the self-contained interactive report
+  (:mod:`tunescope.detectors.html_report`; curves from ``collected``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -33,7 +41,8 @@ from tunescope.findings import Finding, Severity
 from tunescope.words import count
 
 JSON_VERSION = 1
-FORMATS = ("text", "json", "github", "junit")
+FORMATS = ("text", "json", "github", "junit", "markdown", "html")
+MERMAID_BUCKETS = 40  # buckets of a Markdown loss curve (two points each: min and max)
 
 
 def _steps(f: Finding) -> str:
@@ -197,17 +206,200 @@ def junit(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
     return head + "\n" + "\n".join(suites) + ("\n" if suites else "") + "</testsuites>\n"
 
 
+# ---- Markdown ------------------------------------------------------------------------
+
+_ICON = {"error": "🔴", "warning": "🟠", "info": "🔵"}
+
+
+def _md_cell(text: Any) -> str:
+    """Text for one line of Markdown (a table cell): no raw HTML, pipes escaped."""
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
+
+
+def mermaid_text(text: str) -> str:
+    """A Mermaid string: quoted, without quotes or line breaks inside (the
+    grammar has no escapes)."""
+    clean = " ".join(str(text).replace('"', "'").split())
+    return f'"{clean}"'
+
+
+def mermaid_number(v: float) -> str:
+    """A number as Mermaid's xychart grammar reads it: ``[+-]?\\d+(\\.\\d+)?``,
+    no exponent, 4 significant digits."""
+    import numpy as np
+
+    if not math.isfinite(v):
+        raise ValueError(f"Mermaid has no token for {v!r}")
+    text = np.format_float_positional(float(v), precision=4, fractional=False, trim="-")
+    return "0" if text in ("-0", "+0") else text
+
+
+def mermaid_xychart(
+    title: str, x_range: tuple[float, float], values: list[float], y_label: str = "loss"
+) -> str:
+    """A Mermaid ``xychart-beta`` line chart: ``values`` spread evenly over the
+    numeric x axis ``x_range``; non-finite values must be removed first."""
+    if not values:
+        raise ValueError("a chart needs at least one value")
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 or max(abs(hi) * 0.05, 1.0)
+    x0, x1 = x_range
+    if x1 <= x0:
+        x1 = x0 + 1
+    lines = [
+        "xychart-beta",
+        f"    title {mermaid_text(title)}",
+        f'    x-axis "step" {mermaid_number(x0)} --> {mermaid_number(x1)}',
+        f"    y-axis {mermaid_text(y_label)} {mermaid_number(lo - pad)} --> "
+        f"{mermaid_number(hi + pad)}",
+        "    line [" + ", ".join(mermaid_number(v) for v in values) + "]",
+    ]
+    return "\n".join(lines)
+
+
+def _curve_values(curve: Any) -> tuple[tuple[float, float], list[float], int]:
+    """(x range, min and max of each bucket in step order, NaN/Inf count); a
+    bucket with no finite value repeats the last finite one."""
+    values: list[float] = []
+    last = None
+    for lo, hi in zip(curve.lo.tolist(), curve.hi.tolist(), strict=True):
+        for v in (lo, hi):
+            if math.isfinite(v):
+                last = v
+            if last is not None:
+                values.append(last)
+    bad = int(sum(curve.bad.tolist()))
+    return (float(curve.x[0]), float(curve.x[-1])), values, bad
+
+
+def markdown_curves(store: Any, findings: list[Finding]) -> dict[str, Any]:
+    """The loss curve of each run with an error finding, as min/max buckets
+    (:class:`~tunescope.detectors.curves.Series`), for :func:`markdown`."""
+    from tunescope.detectors.curves import RUN_PLOTS, bucket_runs, spec_source
+
+    failing = sorted({f.run for f in findings if f.severity is Severity.ERROR})
+    cur = store.cursor()
+    try:
+        found = bucket_runs(
+            cur, spec_source(RUN_PLOTS[0], many=True), failing, buckets=MERMAID_BUCKETS
+        )
+    finally:
+        cur.close()
+    return {run: s for (run, label), s in found.items() if label == "loss"}
+
+
+def markdown(
+    findings: list[Finding],
+    runs: list[dict[str, Any]],
+    curves: dict[str, Any] | None = None,
+    link: str | None = None,
+) -> str:
+    curves = curves or {}
+    by_run: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_run.setdefault(f.run, []).append(f)
+    counts = {s: sum(f.severity is s for f in findings) for s in Severity}
+    tail = ", ".join(f"{counts[s]} {s.value}" for s in reversed(list(Severity)) if counts[s])
+    out = [
+        f"## tunescope: {_count(len(runs), 'run')}, {_count(len(findings), 'finding')}"
+        + (f" ({tail})" if tail else ""),
+        "",
+        "| run | status | steps | last loss | errors | warnings | info |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        c = r.get("findings", {})
+        last, total = r.get("last_step"), r.get("total_steps")
+        steps = "" if last is None else (f"{last}/{total}" if total else str(last))
+        loss = r.get("last_loss")
+        loss_s = "" if loss is None else (f"{loss:.4g}" if isinstance(loss, float) else str(loss))
+        out.append(
+            f"| {_md_cell(r['run'])} | {_md_cell(r.get('status') or 'unknown')} | {steps} | "
+            f"{_md_cell(loss_s)} | {c.get('error', 0)} | {c.get('warning', 0)} | "
+            f"{c.get('info', 0)} |"
+        )
+    summaries = {r["run"]: r for r in runs}
+    names = [r["run"] for r in runs if r["run"] in by_run]
+    names += [r for r in by_run if r not in summaries]
+    for name in names:
+        mine = by_run[name]
+        run = summaries.get(name, {})
+        out += ["", f"### {_md_cell(name)}: {run.get('status') or 'unknown'}, "
+                f"{_count(len(mine), 'finding')}", ""]  # fmt: skip
+        out += ["| severity | detector | where | message |", "|---|---|---|---|"]
+        for f in mine:
+            sev = f.severity.value
+            out.append(
+                f"| {_ICON[sev]} {sev} | {f.detector} {_md_cell(f.name)} | {_where(f)} | "
+                f"{_md_cell(f.message)} |"
+            )
+        for f in mine:
+            if f.severity is Severity.ERROR:
+                out += [
+                    "",
+                    f"**{f.detector} {_md_cell(f.name)}** ({_where(f)}): {_md_cell(f.message)}",
+                    "",
+                    f"> **Fix:** {_md_cell(f.suggestion)} (`tunescope explain {f.detector}`)",
+                ]
+        curve = curves.get(name)
+        if curve is not None and len(curve):
+            x_range, values, bad = _curve_values(curve)
+            if values:
+                out += ["", "```mermaid"]
+                out.append(
+                    mermaid_xychart(f"{name}: loss, min and max per bucket", x_range, values)
+                )
+                out.append("```")
+                if bad:
+                    out.append(f"{bad} NaN/Inf loss value(s) are not drawn.")
+        if run.get("limits"):
+            out += ["", "Cannot show: " + _md_cell("; ".join(run["limits"]))]
+    out.append("")
+    if link:
+        out.append(f"Interactive report with every curve: [{_md_cell(link)}]({link})")
+    else:
+        out.append("Interactive report with every curve: `tunescope report RUNS -o report.html`")
+    return "\n".join(out) + "\n"
+
+
+def html(
+    findings: list[Finding],
+    runs: list[dict[str, Any]],
+    collected: dict[str, dict[str, Any]] | None = None,
+) -> str:
+    from tunescope.detectors.html_report import build
+
+    return build(findings, runs, collected)
+
+
 EMITTERS: dict[str, Callable[[list[Finding], list[dict[str, Any]]], str]] = {
     "text": text,
     "json": as_json,
     "github": github,
     "junit": junit,
+    "markdown": markdown,
+    "html": html,
 }
 
 
-def render(fmt: str, findings: list[Finding], runs: list[dict[str, Any]]) -> str:
-    try:
-        emit = EMITTERS[fmt]
-    except KeyError:
-        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}") from None
-    return emit(findings, runs)
+def render(
+    fmt: str,
+    findings: list[Finding],
+    runs: list[dict[str, Any]],
+    *,
+    curves: dict[str, Any] | None = None,
+    collected: dict[str, dict[str, Any]] | None = None,
+    link: str | None = None,
+) -> str:
+    """The report in ``fmt``. ``curves`` (Markdown: :func:`markdown_curves`),
+    ``collected`` (HTML: :func:`~tunescope.detectors.html_report.collect`) and
+    ``link`` (Markdown: where the HTML report is) are read from the store while
+    it is open; the other formats ignore them."""
+    if fmt not in EMITTERS:
+        raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "markdown":
+        return markdown(findings, runs, curves, link)
+    if fmt == "html":
+        return html(findings, runs, collected)
+    return EMITTERS[fmt](findings, runs)

@@ -18,14 +18,15 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Select, Static
 
+from tunescope.detectors.curves import RUN_PLOTS, bucket_series, spec_source
 from tunescope.findings import Finding, Severity
 from tunescope.ingest.store import Store
 from tunescope.train.events import EventWriter
 from tunescope.tui.app import TunescopeApp
 from tunescope.tui.compare_screen import CompareScreen
 from tunescope.tui.error_modal import ErrorModal
-from tunescope.tui.plot import Plot, bucket_series
-from tunescope.tui.queries import RUN_PLOTS, plot_series, spec_source
+from tunescope.tui.plot import Plot
+from tunescope.tui.queries import plot_series
 from tunescope.tui.rank_grid import RankGrid
 from tunescope.tui.run_screen import RunScreen
 from tunescope.tui.runs_screen import RunsScreen
@@ -438,7 +439,8 @@ def test_min_max_buckets_keep_spikes_and_count_nan(runs: tuple[Path, Store]) -> 
 async def test_plot_draws_braille_and_finding_marks() -> None:
     from textual.app import App, ComposeResult
 
-    from tunescope.tui.plot import Marker, Series
+    from tunescope.detectors.curves import Series
+    from tunescope.tui.plot import Marker
 
     class PlotApp(App[None]):
         def compose(self) -> ComposeResult:
@@ -927,3 +929,40 @@ async def test_guard_interventions_are_marked_on_the_curves(tmp_path: Path) -> N
         loss = screen.query_one("#plot-loss", Plot)
         guard = [m for m in loss.markers if m.label.startswith("guard")]
         assert [(m.start, m.end, m.label) for m in guard] == [(17, 17, "guard skip (TS001)")]
+
+
+async def test_report_key_writes_the_marked_runs_or_the_open_one(
+    runs: tuple[Path, Store], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json as _json
+    import re
+
+    _, store = runs
+    monkeypatch.chdir(tmp_path)
+    app = make_app(store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        names = run_names(app)
+        await pilot.press("space", "space")  # mark the first two rows
+        await pilot.press("r")
+        two = tmp_path / "tunescope-report-2-runs.html"
+        await settle(pilot, two.exists)
+        page = two.read_text(encoding="utf-8")
+        table = re.search(r'<table id="runs-table".*?</table>', page, flags=re.S).group(0)
+        assert all(n in table for n in names[:2]) and not any(n in table for n in names[2:])
+        screen = await open_run(pilot, "diverged-lr")
+        await pilot.press("r")
+        one = tmp_path / "tunescope-report-diverged-lr.html"
+        await settle(pilot, one.exists)
+        assert screen.is_current
+    page = one.read_text(encoding="utf-8")
+    data = re.search(r'<script id="tunescope-data" type="application/json">(.*?)</script>',
+                     page, flags=re.S).group(1)  # fmt: skip
+    doc = _json.loads(data)
+    # the stored findings (TS102, TS101) are shaded on the run's five charts
+    assert sorted(f["detector"] for f in doc["runs"]["diverged-lr"]["findings"]) == [
+        "TS101", "TS102",
+    ]  # fmt: skip
+    assert [c["id"] for c in doc["runs"]["diverged-lr"]["charts"]] == [
+        "loss", "lr", "grad", "mem", "time",
+    ]  # fmt: skip

@@ -501,3 +501,23 @@ def test_cli_watch_once_exits_1_when_a_delivery_failed(runs):
         )
     assert r.returncode == 1, r.stderr
     assert "1 rejected" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_report_url_rides_in_every_payload(runs):
+    from tunescope.alerts import build_payload
+
+    template = "https://reports.example.org/{run}.html#{detector}-{step}"
+    with Receiver() as rx, EventWriter(runs / "team a", rank=0) as w:
+        sender = AlertSender([rx.url], format="json", policy=FAST, log=LogLines())
+        watcher = make_watcher(runs, sender, rate_limit=0, report_url=template)
+        write(w, {1: 2.0, 2: NAN})
+        (alert,) = watcher.poll()
+        (req,) = rx.wait_for(1)
+        sender.close()
+    link = "https://reports.example.org/team%20a.html#NAN1-2"
+    assert req.json()["run"]["report_url"] == link  # delivered, over real HTTP
+    assert f"report: {link}" in json.dumps(build_payload(alert, "slack"))
+    assert f"report: {link}" in json.dumps(build_payload(alert, "feishu"))
+    assert f"report: {link}" in build_payload(alert, "dingtalk")["markdown"]["text"]
+    with pytest.raises(UsageError, match="unknown placeholder"):
+        make_watcher(runs, None, report_url="https://x/{rank}.html")

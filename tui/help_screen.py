@@ -36,6 +36,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("space", "mark a run for comparison"),
             ("c", "compare the marked runs"),
             ("home / end", "first / last run (pgup / pgdn: a page)"),
+            ("r", "write the HTML report of the marked runs (else this run) here"),
         ),
     ),
     (
@@ -48,6 +49,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
             ("w", "widen the findings panel to read long messages; again to narrow it"),
             ("m", "smoothing (rolling mean) on the loss"),
             ("l", "log scale on the loss"),
+            ("r", "write this run's HTML report (tunescope-report-RUN.html) here"),
         ),
     ),
     (

@@ -13,7 +13,8 @@ from typing import Any
 import pyarrow as pa
 from textual.message import Message
 
-from tunescope.tui.plot import Marker, Series
+from tunescope.detectors.curves import Series
+from tunescope.tui.plot import Marker
 
 
 @dataclass
@@ -29,6 +30,14 @@ class AnalyzeFailed(Message, bubble=False):
     """The detectors raised while analysing live runs."""
 
     error: str
+
+
+@dataclass
+class ReportWritten(Message, bubble=False):
+    """The HTML report of some runs was written to ``path``."""
+
+    path: str
+    runs: int
 
 
 @dataclass

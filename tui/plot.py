@@ -1,12 +1,7 @@
-"""A small curve widget drawn with braille dots, and the query that feeds it.
+"""A small curve widget drawn with braille dots.
 
-A curve is never loaded whole. :func:`bucket_series` asks DuckDB for min/max
-buckets: the step range is cut into as many buckets as the widget has dot
-columns, and each bucket keeps its lowest and highest value (and a count of
-NaN/Inf values). Drawing a vertical dot span from min to max per dot column
-reproduces every spike of a 100k-step run exactly, from about 2 x width rows.
-
-The widget itself only maps buckets to dots: a terminal cell holds 2 x 4
+It draws the min/max buckets of :func:`tunescope.detectors.curves.bucket_series`
+as one vertical dot span per dot column, so every spike survives. The widget itself only maps buckets to dots: a terminal cell holds 2 x 4
 braille dots, so a plot 60 cells wide and 6 tall has 120 x 24 dots.
 """
 
@@ -22,6 +17,8 @@ from rich.style import Style
 from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
+
+from tunescope.detectors.curves import Series
 
 # Colours for series, in order; chosen to stay apart on dark and light themes.
 PALETTE = (
@@ -40,21 +37,6 @@ SEVERITY_COLOURS = {"error": "#ff4d4d", "warning": "#ffb000", "info": "#4ea1ff"}
 _DOTS = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.uint8)
 
 Y_AXIS = 9  # cells for the y labels and the axis line
-
-
-@dataclass
-class Series:
-    """One downsampled curve: per bucket, the step span and the value range."""
-
-    label: str
-    x: np.ndarray  # bucket centre (step), float64
-    lo: np.ndarray  # lowest finite value in the bucket (NaN when none)
-    hi: np.ndarray  # highest finite value in the bucket (NaN when none)
-    bad: np.ndarray  # how many NaN/Inf values the bucket held
-    colour: str = PALETTE[0]
-
-    def __len__(self) -> int:
-        return len(self.x)
 
 
 @dataclass
@@ -366,79 +348,3 @@ def _blend(hex_colour: str, alpha: float) -> str:
     bg = (0x12, 0x12, 0x16)
     mix = [round(c * alpha + d * (1 - alpha)) for c, d in zip((r, g, b), bg, strict=True)]
     return "#{:02x}{:02x}{:02x}".format(*mix)
-
-
-# ---- the query -----------------------------------------------------------------------
-
-
-def bucket_series(
-    cur: Any,
-    source_sql: str,
-    params: list[Any],
-    *,
-    x_range: tuple[float, float],
-    buckets: int,
-    smooth: int = 1,
-) -> dict[str, Series]:
-    """Min/max buckets of a long table, computed in DuckDB.
-
-    ``source_sql`` must yield columns ``series`` (text), ``step`` and ``v``;
-    only steps inside ``x_range`` are read. ``smooth`` > 1 applies a trailing
-    rolling mean over that many steps first (NaN stays NaN: it is signal).
-    Returns one :class:`Series` per distinct ``series`` value, ordered by name.
-    """
-    lo, hi = x_range
-    span = max(hi - lo, 1e-9)
-    smooth = max(1, int(smooth))
-    value = (
-        f"avg(v) OVER (PARTITION BY series ORDER BY step ROWS BETWEEN {smooth - 1} "
-        "PRECEDING AND CURRENT ROW)"
-        if smooth > 1
-        else "v"
-    )
-    # Smoothing needs the steps just before the range as well.
-    read_lo = lo - smooth
-    sql = f"""
-        WITH src AS (
-            SELECT series, step, v::DOUBLE AS v FROM ({source_sql})
-            WHERE step BETWEEN {read_lo!r} AND {hi!r}
-        ),
-        sm AS (SELECT series, step, {value} AS v FROM src),
-        b AS (
-            SELECT series, step, v,
-                   least(greatest(floor((step - {lo!r}) * {buckets} / {span!r}), 0),
-                         {buckets - 1})::BIGINT AS b
-            FROM sm WHERE step >= {lo!r}
-        )
-        SELECT series, b,
-               avg(step)::DOUBLE AS x,
-               min(v) FILTER (WHERE isfinite(v)) AS lo,
-               max(v) FILTER (WHERE isfinite(v)) AS hi,
-               count(*) FILTER (WHERE NOT isfinite(v)) AS bad
-        FROM b GROUP BY series, b ORDER BY series, b
-    """
-    from tunescope.ingest.rows import fetch_arrow
-
-    table = fetch_arrow(cur, sql, params)
-    out: dict[str, Series] = {}
-    if table.num_rows == 0:
-        return out
-    names = np.asarray(table.column("series").to_pylist(), dtype=object)
-    cols = {
-        k: table.column(k).to_numpy(zero_copy_only=False).astype(np.float64)
-        for k in ("x", "lo", "hi", "bad")
-    }
-    # Rows are ordered by series: split at the boundaries.
-    change = np.flatnonzero(names[1:] != names[:-1]) + 1
-    starts = np.concatenate([[0], change])
-    ends = np.concatenate([change, [len(names)]])
-    for s, e in zip(starts, ends, strict=True):
-        label = str(names[s])
-        out[label] = Series(
-            label=label,
-            x=cols["x"][s:e],
-            lo=cols["lo"][s:e],
-            hi=cols["hi"][s:e],
-            bad=np.nan_to_num(cols["bad"][s:e]),
-        )
-    return out

@@ -1,20 +1,22 @@
 """The SQL the screens run, as plain functions of a cursor.
 
 Each function takes a DuckDB cursor (one per worker thread) and returns plain
-Python values or :class:`~tunescope.tui.plot.Series`; none touches a widget,
-so the benchmark and the tests call them directly.
+Python values or :class:`~tunescope.detectors.curves.Series`; none touches a
+widget, so the benchmark and the tests call them directly. The curve specs, the
+bucketing and the rank grid are shared with the reports
+(:mod:`tunescope.detectors.curves`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from tunescope.detectors.curves import PlotSpec, Series, bucket_series, smooth_window, spec_source
 from tunescope.schema import METRIC_NAMES
-from tunescope.tui.plot import PALETTE, Series, bucket_series
+from tunescope.tui.plot import PALETTE
 
 SEVERITIES = ("error", "warning", "info")
 STATUSES = ("running", "completed", "failed", "interrupted")
@@ -162,81 +164,6 @@ def run_interventions(cur: Any, run_id: str) -> list[tuple[int, str, str]]:
 # ---- curves --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PlotSpec:
-    """One plot of the run screen: which columns, and how ranks are combined.
-
-    ``ranks`` is ``mean`` (average over ranks at each step: the loss),
-    ``first`` (the lowest rank only: values that all ranks share after the
-    all-reduce, such as the learning rate and the clipped grad norm; one scan,
-    no per-step grouping) or ``each`` (one series per rank).
-    """
-
-    id: str
-    title: str
-    columns: tuple[tuple[str, str], ...]  # (series label, SQL expression over steps)
-    ranks: str = "mean"
-    smoothable: bool = False
-
-
-RUN_PLOTS: tuple[PlotSpec, ...] = (
-    PlotSpec("loss", "loss", (("loss", "loss"),), smoothable=True),
-    PlotSpec("lr", "learning rate", (("lr", "lr"),), ranks="first"),
-    PlotSpec(
-        "grad",
-        "grad norm",
-        (
-            ("adapter", "grad_norm_adapter"),
-            ("backbone", "grad_norm_backbone"),
-            ("total", "grad_norm"),
-        ),
-        ranks="first",
-    ),
-    PlotSpec("mem", "memory MiB per rank", (("mem", "mem_allocated_mb"),), ranks="each"),
-    PlotSpec(
-        "time",
-        "compute s per rank",
-        (("time", "coalesce(compute_time_s, step_time_s)"),),
-        ranks="each",
-    ),
-)
-
-
-def spec_source(spec: PlotSpec, steps: tuple[float, float] | None = None) -> str:
-    """A long table (series, step, v) for one run (``$1``) and one plot,
-    reading only ``steps`` (inclusive) when given."""
-    where = "run_id = $1"
-    if steps is not None:
-        where += f" AND step BETWEEN {float(steps[0])!r} AND {float(steps[1])!r}"
-    if spec.ranks == "first":
-        where += " AND rank = (SELECT min(rank) FROM steps WHERE run_id = $1)"
-        cols = ", ".join(f'({expr})::DOUBLE AS "{label}"' for label, expr in spec.columns)
-        names = ", ".join(f'"{label}"' for label, _ in spec.columns)
-        # UNPIVOT drops NULLs: a column the run never logged yields no series.
-        return (
-            f"UNPIVOT (SELECT step, {cols} FROM steps WHERE {where}) "
-            f"ON {names} INTO NAME series VALUE v"
-        )
-    parts = []
-    for label, expr in spec.columns:
-        if spec.ranks == "each":
-            parts.append(
-                f"SELECT 'rank ' || rank AS series, step, ({expr}) AS v FROM steps "
-                f"WHERE {where} AND ({expr}) IS NOT NULL"
-            )
-        else:
-            parts.append(
-                f"SELECT '{label}' AS series, step, avg({expr}) AS v FROM steps "
-                f"WHERE {where} AND ({expr}) IS NOT NULL GROUP BY step"
-            )
-    return " UNION ALL ".join(parts)
-
-
-def smooth_window(x_range: tuple[float, float]) -> int:
-    """Steps in the rolling mean when smoothing is on: about 1/60 of the view."""
-    return max(3, int((x_range[1] - x_range[0]) / 60))
-
-
 def plot_series(
     cur: Any,
     run_id: str,
@@ -331,40 +258,3 @@ def run_choices(cur: Any) -> list[tuple[str, str]]:
         f"ORDER BY display, run_id LIMIT {RUNS_LIMIT}"
     ).fetchall()
     return [(rid, f"{display} ({status})") for rid, display, status in rows]
-
-
-# ---- per-rank grid -------------------------------------------------------------------
-
-
-def rank_grid(
-    cur: Any, run_id: str, windows: int
-) -> tuple[list[int], list[tuple[int, int]], list[list[float | None]], str]:
-    """Mean compute time (else step time) per rank and step window."""
-    has_compute = cur.execute(
-        "SELECT count(compute_time_s) > 0 FROM steps WHERE run_id = ?", [run_id]
-    ).fetchall()[0][0]
-    col = "compute_time_s" if has_compute else "step_time_s"
-    lo, hi = cur.execute(
-        f"SELECT min(step), max(step) FROM steps WHERE run_id = ? AND {col} IS NOT NULL",
-        [run_id],
-    ).fetchall()[0]
-    if lo is None:
-        return [], [], [], col
-    windows = max(1, min(windows, int(hi - lo + 1)))
-    span = (hi - lo + 1) / windows
-    rows = cur.execute(
-        f"""
-        SELECT rank, least(floor((step - $2) / $3), $4 - 1)::INTEGER AS w,
-               avg({col}) FILTER (WHERE isfinite({col})) AS t
-        FROM steps WHERE run_id = $1 AND {col} IS NOT NULL
-        GROUP BY ALL ORDER BY rank, w
-        """,
-        [run_id, lo, span, windows],
-    ).fetchall()
-    ranks = sorted({r for r, _, _ in rows})
-    index = {r: i for i, r in enumerate(ranks)}
-    grid: list[list[float | None]] = [[None] * windows for _ in ranks]
-    for r, w, t in rows:
-        grid[index[r]][w] = None if t is None or not math.isfinite(t) else float(t)
-    bounds = [(int(lo + i * span), int(lo + (i + 1) * span) - 1) for i in range(windows)]
-    return ranks, bounds, grid, col

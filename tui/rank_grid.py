@@ -13,34 +13,10 @@ import statistics
 from rich.text import Text
 from textual.widgets import Static
 
-# (upper bound of time / window median, colour)
-SCALE = (
-    (1.05, "#2f7d46"),
-    (1.15, "#8a9a2a"),
-    (1.30, "#d9a21b"),
-    (1.60, "#e8661e"),
-    (float("inf"), "#d63a3a"),
-)
-STRAGGLER_RATIO = 1.15
+from tunescope.detectors.curves import SCALE, STRAGGLER_RATIO, colour_for, others_median
+
 LABEL = 9  # "rank 12 " column
 SUMMARY = 16  # "  0.351s  1.62x" column
-
-
-def colour_for(ratio: float) -> str:
-    for bound, colour in SCALE:
-        if ratio <= bound:
-            return colour
-    return SCALE[-1][1]
-
-
-def others_median(values: list[float | None], i: int) -> float | None:
-    """The median of every value but the ``i``-th (the rank being judged), so
-    that with two ranks the slow one is compared with the fast one. With one
-    rank it is compared with itself."""
-    rest = [v for j, v in enumerate(values) if j != i and v is not None]
-    if not rest:
-        rest = [v for v in values if v is not None]
-    return statistics.median(rest) if rest else None
 
 
 def windows_for(width: int) -> int:

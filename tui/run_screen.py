@@ -23,24 +23,19 @@ from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
 from tunescope.detectors.base import Context
+from tunescope.detectors.curves import RUN_PLOTS, rank_grid
 from tunescope.detectors.limits import run_limits
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import (
     CurveLoaded,
     FindingsLoaded,
     RankGridLoaded,
+    ReportWritten,
     RunSummaryLoaded,
     StoreChanged,
 )
 from tunescope.tui.plot import SEVERITY_COLOURS, Marker, Plot
-from tunescope.tui.queries import (
-    RUN_PLOTS,
-    plot_series,
-    rank_grid,
-    run_findings,
-    run_interventions,
-    run_summary,
-)
+from tunescope.tui.queries import plot_series, run_findings, run_interventions, run_summary
 from tunescope.tui.rank_grid import RankGrid, windows_for
 from tunescope.tui.runs_screen import STATUS_STYLE, fmt_value
 
@@ -64,6 +59,7 @@ class RunScreen(WorkerScreen):
         Binding("z", "reset_zoom", "Unzoom", show=False),
         Binding("n", "next_finding", "Next finding"),
         Binding("w", "toggle_wide", "Wide findings"),
+        Binding("r", "report", "Report"),
         Binding("p", "prev_finding", "Prev", show=False),
         Binding("1", "tab('tab-curves')", "Curves", show=False),
         Binding("2", "tab('tab-ranks')", "Ranks", show=False),
@@ -165,7 +161,18 @@ class RunScreen(WorkerScreen):
         if not get_current_worker().is_cancelled:
             self.post_message(RankGridLoaded(ranks, bounds, grid, metric))
 
+    @work(thread=True, exclusive=True, group="report", exit_on_error=False,
+          description="writing the HTML report")  # fmt: skip
+    def write_report(self) -> None:
+        from tunescope.detectors.html_report import default_path, write_report
+
+        path = write_report(self.app.store, [self.run_id], default_path([self.run_id]))
+        self.post_message(ReportWritten(str(path), 1))
+
     # ---- handlers -------------------------------------------------------------
+
+    def on_report_written(self, message: ReportWritten) -> None:
+        self.notify(f"wrote {message.path}; open it in a browser")
 
     def on_run_summary_loaded(self, message: RunSummaryLoaded) -> None:
         self.row = message.row
@@ -403,6 +410,9 @@ class RunScreen(WorkerScreen):
             idx = (self.selected + delta) % len(self.findings)
         self.query_one("#findings-list", OptionList).highlighted = idx
         self.zoom_to(idx)
+
+    def action_report(self) -> None:
+        self.write_report()
 
     def action_tab(self, tab: str) -> None:
         self.query_one("#run-tabs", TabbedContent).active = tab

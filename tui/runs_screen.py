@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from tunescope.tui.error_modal import WorkerScreen
-from tunescope.tui.messages import RunsLoaded, StoreChanged
+from tunescope.tui.messages import ReportWritten, RunsLoaded, StoreChanged
 from tunescope.tui.queries import RUNS_PAGE, SORTS, STATUSES, RunFilter, runs_page
 from tunescope.tui.row_table import RowTable
 
@@ -98,6 +98,7 @@ class RunsScreen(WorkerScreen):
         Binding("enter", "open_run", "Open", show=True),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
+        Binding("r", "report", "Report"),
         Binding("slash", "focus_filter", "Filter"),
         Binding("f", "cycle_status", "Status", show=False),
         Binding("x", "toggle_findings", "Findings", show=False),
@@ -150,6 +151,17 @@ class RunsScreen(WorkerScreen):
             cur.close()
         if not get_current_worker().is_cancelled:
             self.post_message(RunsLoaded(rows, matched, total, offset, flt))
+
+    @work(thread=True, exclusive=True, group="report", exit_on_error=False,
+          description="writing the HTML report")  # fmt: skip
+    def write_report(self, run_ids: list[str]) -> None:
+        from tunescope.detectors.html_report import default_path, write_report
+
+        path = write_report(self.app.store, run_ids, default_path(run_ids))
+        self.post_message(ReportWritten(str(path), len(run_ids)))
+
+    def on_report_written(self, message: ReportWritten) -> None:
+        self.notify(f"wrote {message.path} ({message.runs} run(s)); open it in a browser")
 
     def reload(self) -> None:
         """Load the first page again, as many rows as are shown (after a change)."""
@@ -331,6 +343,12 @@ class RunsScreen(WorkerScreen):
             if current and current not in chosen:
                 chosen.append(current)
         self.app.push_screen(CompareScreen(chosen))
+
+    def action_report(self) -> None:
+        """Write the HTML report of the marked runs, else of the current one."""
+        chosen = list(self.marked) or [r for r in [self.current_run()] if r]
+        if chosen:
+            self.write_report(chosen)
 
     def action_focus_filter(self) -> None:
         self.query_one("#runs-filter", Input).focus()

@@ -192,6 +192,8 @@ def _detail_lines(alert: Alert) -> list[str]:
         lines.append(
             f"{alert.folded} more incident(s) of this detector in this run since the last alert"
         )
+    if alert.run.get("report_url"):
+        lines.append(f"report: {alert.run['report_url']}")
     return lines
 
 

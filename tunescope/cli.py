@@ -199,11 +199,17 @@ def _add_analyze(sub: Any) -> None:
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
     p.add_argument(
         "--format",
-        choices=("text", "json", "github", "junit"),
+        choices=("text", "json", "github", "junit", "markdown", "html"),
         default="text",
-        help="report format (default: text)",
+        help="report format (default: text); markdown for $GITHUB_STEP_SUMMARY or a "
+        "merge-request comment, html for the interactive report",
     )
     p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE")
+    p.add_argument(
+        "--report-link",
+        metavar="URL",
+        help="markdown: where the HTML report is (e.g. the CI artifact's URL)",
+    )
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -211,6 +217,32 @@ def _add_analyze(sub: Any) -> None:
     )
     _cache_arg(p)
     p.set_defaults(handler=cmd_analyze)
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write one self-contained HTML report of the runs (curves, findings, ranks)",
+        description="Ingest RUNS, run the detectors and write one HTML file that works "
+        "offline: a runs table, each run with findings with its curves (zoom, pan, hover), "
+        "findings shaded, fixes and evidence, the per-rank compute-time heatmap, the runs' "
+        "loss curves overlaid with their configs side by side, and what each log cannot "
+        "show. Exit 0 when written, whatever the findings (use analyze to gate).",
+        epilog="example: tunescope report runs/ -o report.html",
+    )
+    p.add_argument("runs", metavar="RUNS", nargs="+", help="directories holding runs")
+    p.add_argument(
+        "--output", "-o", metavar="FILE", default="report.html", help="(default: report.html)"
+    )
+    p.add_argument("--select", metavar="IDS", help="comma-separated detector ids or prefixes")
+    p.add_argument("--ignore", metavar="IDS", help="comma-separated detector ids or prefixes")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a tunescope.toml or pyproject.toml (default: found by walking up from RUNS)",
+    )
+    _cache_arg(p)
+    p.set_defaults(handler=cmd_report)
 
 
 def _add_explain(sub: Any) -> None:
@@ -312,6 +344,13 @@ def _add_watch(sub: Any) -> None:
         help="poll once, deliver, and exit (exit 1 when an alert could not be delivered)",
     )
     p.add_argument(
+        "--report-url",
+        metavar="TEMPLATE",
+        help="link each alert to a served report (tunescope report), e.g. "
+        "https://reports.example.com/{run}.html#{detector}; {run}, {detector} and {step} "
+        "are filled in",
+    )
+    p.add_argument(
         "--analyzer",
         metavar="MODULE:FUNCTION",
         help="use this analysis function instead of the built-in detectors",
@@ -374,6 +413,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     _add_export,
     _add_schema,
     _add_analyze,
+    _add_report,
     _add_explain,
     _add_watch,
     _add_tui,
@@ -628,6 +668,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     fail_on = args.fail_on or cfg.fail_on or "error"
     findings: list[Any] = []
     runs: list[dict[str, Any]] = []
+    curves: dict[str, Any] = {}  # markdown: loss curves of runs with errors
+    collected: dict[str, Any] = {}  # html: what the page draws
     for i, root in enumerate(roots):
         cache = args.cache_dir
         if cache and len(roots) > 1:
@@ -644,7 +686,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 store, select=args.select, ignore=args.ignore, config=cfg, progress=bar.update
             )
         store.save_findings(finding_rows(full), ids)
-        runs.extend(run_summaries(store, found))
+        summaries = run_summaries(store, found)
+        if args.format == "markdown":
+            from tunescope.detectors.report import markdown_curves
+
+            curves.update(markdown_curves(store, found))
+        elif args.format == "html":
+            from tunescope.detectors.html_report import collect
+
+            collected.update(collect(store, found, summaries))
+        runs.extend(summaries)
         findings.extend(found)
         store.close()
     if not runs:
@@ -652,7 +703,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             f"no runs found under {', '.join(map(str, roots))} "
             "(`tunescope ingest` lists what was read and skipped)"
         )
-    text = render(args.format, findings, runs)
+    text = render(
+        args.format,
+        findings,
+        runs,
+        curves=curves,
+        collected=collected,
+        link=getattr(args, "report_link", None),
+    )
     if args.output:
         try:
             Path(args.output).write_text(text, encoding="utf-8")
@@ -667,6 +725,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.exit_zero:
         return ExitCode.OK
     return ExitCode.FINDINGS if fails(findings, fail_on) else ExitCode.OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``tunescope report``: ``analyze --format html -o FILE --exit-zero``."""
+    args = argparse.Namespace(
+        **vars(args), format="html", fail_on="never", exit_zero=True, report_link=None
+    )
+    cmd_analyze(args)
+    size = Path(args.output).stat().st_size
+    warn(f"wrote {args.output} ({size / 1e6:.2f} MB); open it in a browser, no server needed")
+    return ExitCode.OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -133,6 +133,10 @@ class Watcher:
         include_finished: also send findings of runs that ended before the
             watch state was created.
         outbox_retry_s: how often undelivered alerts are retried.
+        report_url: a link template for alerts, where a team serves reports
+            (``tunescope report``): ``{run}`` (the run id, URL-quoted),
+            ``{detector}`` and ``{step}`` are filled in; the link goes into
+            the alert's run summary as ``report_url``.
     """
 
     def __init__(
@@ -152,6 +156,7 @@ class Watcher:
         outbox_retry_s: float = 60.0,
         log: Log | None = None,
         clock: Callable[[], float] = time.time,
+        report_url: str | None = None,
     ) -> None:
         if interval <= 0:
             raise UsageError(f"--interval must be > 0 seconds, got {interval}")
@@ -173,6 +178,15 @@ class Watcher:
         self.ignore = ignore
         self.config = config
         self.outbox_retry_s = outbox_retry_s
+        self.report_url = report_url
+        if report_url:
+            try:
+                report_link(report_url, Finding("run", "TS000", "x", Severity.INFO, 1, 1, "", ""))
+            except (KeyError, IndexError, ValueError) as e:
+                raise UsageError(
+                    f"--report-url {report_url!r}: unknown placeholder {e}; "
+                    "use {run}, {detector} and {step}"
+                ) from None
         self.log = log if log is not None else stderr_log
         self.clock = clock
         path = Path(state_path) if state_path else Path(store.cache.dir) / STATE_NAME
@@ -366,7 +380,10 @@ class Watcher:
                         f"firing; update in {wait:.0f}s (rate limit)"
                     )
                 continue
-            alert = Alert(f, reason=reason, run=_summary(summaries.get(f.run)), created=now)
+            run = _summary(summaries.get(f.run))
+            if self.report_url:
+                run["report_url"] = report_link(self.report_url, f)
+            alert = Alert(f, reason=reason, run=run, created=now)
             alert.folded = gate["folded"]
             gate["last_sent"] = now
             gate["folded"] = 0
@@ -395,6 +412,15 @@ def _grew(f: Finding, rec: dict[str, Any]) -> bool:
         return False
     old = rec.get("step_end")
     return old is None or f.step_end > old
+
+
+def report_link(template: str, f: Finding) -> str:
+    """``template`` with ``{run}`` (URL-quoted), ``{detector}`` and ``{step}``
+    (the first step of the finding, empty for a whole-run one) filled in."""
+    from urllib.parse import quote
+
+    step = "" if f.step_start is None else str(f.step_start)
+    return template.format(run=quote(f.run, safe=""), detector=f.detector, step=step)
 
 
 def _summary(row: dict[str, Any] | None) -> dict[str, Any]:
@@ -490,6 +516,7 @@ def cmd_watch(args: Any) -> int:
             select=_split(args.select),
             ignore=_split(args.ignore),
             config=config,
+            report_url=getattr(args, "report_url", None),
         )
         if sender is not None:
             names = ", ".join(ep.label for ep in sender.endpoints)

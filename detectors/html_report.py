@@ -1,0 +1,579 @@
+"""The HTML report: one self-contained file with interactive curves.
+
+``collect(store, findings, runs)`` reads what the page draws while a store is
+open (downsampled curves, per-rank time grids, configs); ``build(findings,
+runs, collected)`` writes the page from one or more such collections (one per
+runs root). The page holds:
+
+- a sortable summary table of the runs;
+- for each run with findings: its curves (loss raw and smoothed on a log
+  scale, lr, grad norms, memory and compute time per rank) with every finding
+  shaded, the findings with message, suggestion, evidence and the detector's
+  ``explain`` text, and the compute-time heatmap by rank and step window;
+- the runs' loss curves overlaid and their configs side by side;
+- what each log cannot show (the run summaries' ``limits``).
+
+Curves are min/max buckets computed in DuckDB
+(:func:`tunescope.detectors.curves.bucket_runs`), so no spike is lost and a
+100k-step run costs the same bytes as a 1k-step one. The chart library
+(uPlot, vendored in ``vendor/`` with its licence and version) and the page's
+own script and styles are inlined: the file opens offline, from disk, and a
+Content-Security-Policy forbids it to fetch anything.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunescope import __version__
+from tunescope.detectors.curves import (
+    RUN_PLOTS,
+    SCALE,
+    Series,
+    bucket_columns,
+    bucket_runs,
+    colour_for,
+    others_median,
+    rank_grids,
+    smooth_window,
+    spec_source,
+)
+from tunescope.findings import Finding, Severity, jsonable
+
+# Characters of curve data that the runs with findings share; each run's charts
+# get as many buckets as fit, between MIN_BUCKETS and MAX_BUCKETS.
+CURVE_CHARS = 3_000_000
+CHARS_PER_BUCKET = 270  # measured: 5 charts, up to 14 series x (min, max), and the steps
+MIN_BUCKETS, MAX_BUCKETS = 100, 600
+COMPARE_BUCKETS = 300  # buckets of each overlaid loss curve
+RANK_WINDOWS = 60  # step windows of the rank heatmap
+SIG = 5  # significant digits kept in the file
+CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
+
+
+def vendor_version() -> str:
+    """``uplot 1.6.32``: the vendored chart library and its version."""
+    return _asset("vendor/VERSION").strip()
+
+
+def _asset(name: str) -> str:
+    return resources.files("tunescope.detectors").joinpath(name).read_text(encoding="utf-8")
+
+
+# ---- reading the store -----------------------------------------------------------------
+
+
+def _nums(a: np.ndarray, sig: int = SIG) -> list[float | None]:
+    return [float(f"{v:.{sig}g}") if math.isfinite(v) else None for v in a.tolist()]
+
+
+def _align(
+    found: dict[tuple[str, str], Series],
+    run: str,
+    labels: list[str],
+    lo: float,
+    span: float,
+    n: int,
+) -> dict[str, Any] | None:
+    """The series of one chart on one bucket grid: x (mean step of each bucket
+    that holds data) and per series min, max and the NaN/Inf count."""
+    mine = [(label, found[(run, label)]) for label in labels if (run, label) in found]
+    if not mine:
+        return None
+    xs = np.full(n, np.nan)
+    cols = []
+    for label, s in mine:
+        b = np.clip(np.floor((s.x - lo) * n / max(span, 1e-9)), 0, n - 1).astype(int)
+        xs[b] = np.where(np.isnan(xs[b]), s.x, xs[b])
+        lo_a, hi_a, bad = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n)
+        lo_a[b], hi_a[b], bad[b] = s.lo, s.hi, s.bad
+        cols.append((label, lo_a, hi_a, bad))
+    keep = ~np.isnan(xs)
+    out: dict[str, Any] = {"x": _nums(xs[keep], 9), "series": []}
+    for label, lo_a, hi_a, bad in cols:
+        item: dict[str, Any] = {"label": label, "lo": _nums(lo_a[keep]), "hi": _nums(hi_a[keep])}
+        k = bad[keep]
+        if k.any():
+            item["bad"] = [[int(i), int(c)] for i, c in enumerate(k) if c]
+        out["series"].append(item)
+    return out
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(config, dict):
+        out: dict[str, Any] = {}
+        for k, v in config.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1] or "value": config}
+
+
+def _plot_series(cur: Any, runs: list[str], n: int) -> dict[str, dict[tuple[str, str], Series]]:
+    """Per plot of :data:`RUN_PLOTS`, its series keyed by (run, label): the loss
+    (a mean over ranks) from its own query, the per-rank and first-rank plots
+    from one scan (:func:`bucket_columns`)."""
+    out: dict[str, dict[tuple[str, str], Series]] = {}
+    wide_specs = [spec for spec in RUN_PLOTS if spec.ranks in ("each", "first")]
+    columns = {f"{spec.id}:{label}": expr for spec in wide_specs for label, expr in spec.columns}
+    wide = bucket_columns(cur, runs, columns, buckets=n)
+    first: dict[str, int] = {}
+    for run, rank in wide:
+        first[run] = min(rank, first.get(run, rank))
+    for spec in RUN_PLOTS:
+        if spec not in wide_specs:
+            out[spec.id] = bucket_runs(cur, spec_source(spec, many=True), runs, buckets=n)
+            continue
+        found: dict[tuple[str, str], Series] = {}
+        for (run, rank), series in wide.items():
+            if spec.ranks == "first" and rank != first[run]:
+                continue
+            for label, _ in spec.columns:
+                s = series.get(f"{spec.id}:{label}")
+                if s is not None:
+                    name = f"rank {rank}" if spec.ranks == "each" else label
+                    found[(run, name)] = Series(name, s.x, s.lo, s.hi, s.bad)
+        out[spec.id] = found
+    return out
+
+
+def collect(store: Any, findings: list[Finding], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the page draws for the runs of one store (call while it is open):
+    per run its step range, config, the loss curve for the comparison, and for
+    runs with findings every curve and the rank grid."""
+    ids = [r["run"] for r in runs]
+    with_findings = {f.run for f in findings}
+    detail = [r for r in ids if r in with_findings]
+    cur = store.cursor()
+    try:
+        extents = {
+            rid: (float(lo), float(hi))
+            for rid, lo, hi in cur.execute(
+                "SELECT run_id, min(step), max(step) FROM steps WHERE list_contains($1, run_id) "
+                "GROUP BY run_id",
+                [ids],
+            ).fetchall()
+        }
+        configs: dict[str, Any] = {}
+        for rid, payload in cur.execute(
+            "SELECT run_id, payload::VARCHAR FROM events "
+            "WHERE kind = 'run_start' AND list_contains($1, run_id) "
+            "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY rank, ts) = 1",
+            [ids],
+        ).fetchall():
+            try:
+                start = json.loads(payload) if payload else {}
+            except ValueError:
+                start = {}
+            configs[rid] = _flatten(start.get("config", start)) if isinstance(start, dict) else {}
+        detail = [r for r in detail if r in extents]
+        n = max(
+            MIN_BUCKETS, min(MAX_BUCKETS, CURVE_CHARS // (CHARS_PER_BUCKET * max(1, len(detail))))
+        )
+        per_spec = _plot_series(cur, detail, n)
+        # Smoothing over about 1/60 of each run: one query per distinct window.
+        smoothed: dict[tuple[str, str], Series] = {}
+        by_window: dict[int, list[str]] = {}
+        for rid in detail:
+            by_window.setdefault(smooth_window(extents[rid]), []).append(rid)
+        loss_spec = RUN_PLOTS[0]
+        for window, rids in by_window.items():
+            found = bucket_runs(
+                cur, spec_source(loss_spec, many=True), rids, buckets=n, smooth=window
+            )
+            smoothed.update({(r, "smoothed"): s for (r, _), s in found.items()})
+        compare = bucket_runs(
+            cur,
+            spec_source(loss_spec, many=True),
+            list(extents),
+            buckets=COMPARE_BUCKETS,
+        )
+        grids = rank_grids(cur, detail, RANK_WINDOWS)
+    finally:
+        cur.close()
+
+    out: dict[str, Any] = {}
+    for rid in ids:
+        rec: dict[str, Any] = {"extent": extents.get(rid), "config": configs.get(rid, {})}
+        s = compare.get((rid, "loss"))
+        if s is not None:
+            rec["loss"] = {"x": s.x, "lo": s.lo, "hi": s.hi}
+        if rid in detail:
+            lo, hi = extents[rid]
+            charts = []
+            for spec in RUN_PLOTS:
+                found = dict(per_spec[spec.id])
+                labels = sorted(
+                    {label for (r, label) in found if r == rid},
+                    key=lambda x: (int(x[5:]) if x.startswith("rank ") else -1, x),
+                )
+                if spec.id == "loss":
+                    found.update(smoothed)
+                    labels = [*labels, "smoothed"]
+                elif spec.ranks != "each":
+                    order = [label for label, _ in spec.columns]
+                    labels = [x for x in order if x in labels]
+                chart = _align(found, rid, labels, lo, hi - lo, n)
+                if chart is None:
+                    continue
+                chart.update(id=spec.id, title=spec.title)
+                if spec.id == "loss":
+                    values = [v for s_ in chart["series"] for v in s_["lo"] if v is not None]
+                    chart["log"] = bool(values) and min(values) > 0
+                charts.append(chart)
+            rec["charts"] = charts
+            rec["ranks"] = grids.get(rid)
+        out[rid] = rec
+    return out
+
+
+# ---- writing the page ------------------------------------------------------------------
+
+
+def _esc(text: Any) -> str:
+    return html.escape("" if text is None else str(text))
+
+
+def _slug(run: str) -> str:
+    return "run-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in run)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _sort_value(v: Any) -> str:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return repr(float(v)) if math.isfinite(float(v)) else "inf"
+    return _esc(v)
+
+
+def _summary_table(runs: list[dict[str, Any]], with_findings: set[str]) -> str:
+    head = [
+        ("run", "text"),
+        ("status", "text"),
+        ("steps", "num"),
+        ("last loss", "num"),
+        ("errors", "num"),
+        ("warnings", "num"),
+        ("info", "num"),
+    ]
+    rows = []
+    for r in runs:
+        c = r.get("findings", {})
+        name = _esc(r["run"])
+        link = f'<a href="#{_slug(r["run"])}">{name}</a>' if r["run"] in with_findings else name
+        last, total = r.get("last_step"), r.get("total_steps")
+        steps = f"{_fmt(last)}/{total}" if total else _fmt(last)
+        cells = [
+            (r["run"], link),
+            (r.get("status") or "", f'<span class="st-{_esc(r.get("status"))}">'
+             f"{_esc(r.get('status') or '?')}</span>"),
+            (last if last is not None else -1, steps),
+            (r.get("last_loss"), _fmt(r.get("last_loss"))),
+            (c.get("error", 0), str(c.get("error", 0))),
+            (c.get("warning", 0), str(c.get("warning", 0))),
+            (c.get("info", 0), str(c.get("info", 0))),
+        ]  # fmt: skip
+        worst = r.get("worst") or "none"
+        tds = "".join(f'<td data-v="{_sort_value(v)}">{shown}</td>' for v, shown in cells)
+        rows.append(f'<tr class="worst-{_esc(worst)}">{tds}</tr>')
+    ths = "".join(f'<th data-type="{kind}" tabindex="0">{label}</th>' for label, kind in head)
+    return (
+        f'<table id="runs-table" class="sortable"><thead><tr>{ths}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _finding_html(f: Finding, i: int) -> str:
+    from tunescope.detectors.report import _where as where
+
+    evidence = json.dumps(jsonable(f.evidence), indent=1, sort_keys=True)
+    return (
+        f'<li class="finding sev-{f.severity.value}" data-finding="{i}">'
+        f'<div class="f-head"><span class="badge {f.severity.value}">'
+        f"{f.severity.value}</span> <b>{_esc(f.detector)} {_esc(f.name)}</b> "
+        f'<span class="dim">{_esc(where(f))}</span></div>'
+        f'<p class="msg">{_esc(f.message)}</p>'
+        f'<p class="fix"><b>Fix:</b> {_esc(f.suggestion)}</p>'
+        f"<details><summary>evidence</summary><pre>{_esc(evidence)}</pre></details>"
+        f'<a class="explain" href="#explain-{_esc(f.detector)}">what {_esc(f.detector)} '
+        "flags and why (tunescope explain)</a></li>"
+    )
+
+
+_SCALE_INDEX = {colour: i for i, (_, colour) in enumerate(SCALE)}
+
+
+def _scale_css() -> str:
+    return "".join(f".heatmap td.h{i} {{ background: {c}; }}" for i, (_, c) in enumerate(SCALE))
+
+
+def _rank_html(grid: Any) -> str:
+    if not grid or not grid[0]:
+        return '<p class="dim">no compute or step times logged for this run</p>'
+    ranks, bounds, cells, metric = grid
+    rows = []
+    means = []
+    for row in cells:
+        vals = [v for v in row if v is not None]
+        means.append(sum(vals) / len(vals) if vals else None)
+    worst: tuple[int, float] | None = None
+    for i, rank in enumerate(ranks):
+        tds = []
+        for w, v in enumerate(cells[i]):
+            med = others_median([r[w] for r in cells], i)
+            if v is None or not med:
+                tds.append('<td class="empty"></td>')
+                continue
+            tds.append(f'<td class="h{_SCALE_INDEX[colour_for(v / med)]}" title="{v:.3g}s"></td>')
+        mean, overall = means[i], others_median(means, i)
+        ratio = mean / overall if mean is not None and overall else None
+        if ratio is not None and (worst is None or ratio > worst[1]):
+            worst = (rank, ratio)
+        tail = f"{mean:.3f}s {ratio:.2f}x" if ratio is not None else ""
+        rows.append(f'<tr><th>rank {rank}</th>{"".join(tds)}<td class="sum">{tail}</td></tr>')
+    if worst and len(ranks) > 1 and worst[1] >= 1.15:
+        verdict = (
+            f'<p class="straggler">straggler: rank {worst[0]} takes {worst[1]:.2f}x the '
+            f"other ranks' median {metric}</p>"
+        )
+    elif len(ranks) > 1:
+        verdict = '<p class="dim">no straggler: ranks are within 15% of each other</p>'
+    else:
+        verdict = '<p class="dim">one rank: nothing to compare</p>'
+    return (
+        f'<p class="dim">{_esc(metric)} by rank (rows) and step window (columns, steps '
+        f"{bounds[0][0]}–{bounds[-1][1]}), coloured by time / the median of the other ranks "
+        f'in that window</p><table class="heatmap">{"".join(rows)}</table>{verdict}'
+    )
+
+
+def _config_table(runs: list[str], configs: dict[str, dict[str, Any]]) -> str:
+    keys = sorted({k for r in runs for k in configs.get(r, {})})
+    if not keys:
+        return '<p class="dim">no run logged its config</p>'
+    head = "".join(f"<th>{_esc(r)}</th>" for r in runs)
+    rows = []
+    for k in keys:
+        vals = [configs.get(r, {}).get(k) for r in runs]
+        shown = [json.dumps(jsonable(v)) if v is not None else "" for v in vals]
+        differs = len(set(shown)) > 1
+        tds = "".join(f"<td>{_esc(s)}</td>" for s in shown)
+        rows.append(f'<tr class="{"diff" if differs else "same"}"><th>{_esc(k)}</th>{tds}</tr>')
+    n = sum('class="diff"' in r for r in rows)
+    return (
+        f'<p class="dim">{n} of {len(keys)} config keys differ (highlighted). '
+        '<label><input type="checkbox" id="config-diff-only"> only the differences</label></p>'
+        f'<div class="scroll"><table id="config-table"><thead><tr><th>key</th>{head}</tr>'
+        f"</thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _compare(collected: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Every run's loss re-binned onto one step grid (min of mins, max of maxes),
+    so the runs share an x axis."""
+    have = {r: c["loss"] for r, c in collected.items() if c.get("loss")}
+    if not have:
+        return None
+    lo = min(c["extent"][0] for r, c in collected.items() if r in have)
+    hi = max(c["extent"][1] for r, c in collected.items() if r in have)
+    n, span = COMPARE_BUCKETS, max(hi - lo, 1e-9)
+    centres = lo + (np.arange(n) + 0.5) * span / n
+    series = []
+    used = np.zeros(n, dtype=bool)
+    for run, s in have.items():
+        b = np.clip(np.floor((s["x"] - lo) * n / span), 0, n - 1).astype(int)
+        a_lo, a_hi = np.full(n, np.nan), np.full(n, np.nan)
+        np.fmin.at(a_lo, b, s["lo"])
+        np.fmax.at(a_hi, b, s["hi"])
+        used[b] = True
+        series.append((run, a_lo, a_hi))
+    return {
+        "x": _nums(centres[used], 9),
+        "series": [
+            {"label": run, "lo": _nums(a[used]), "hi": _nums(z[used])} for run, a, z in series
+        ],
+    }
+
+
+def build(
+    findings: list[Finding],
+    runs: list[dict[str, Any]],
+    collected: dict[str, dict[str, Any]] | None = None,
+    *,
+    title: str = "tunescope report",
+) -> str:
+    """The whole page as one string."""
+    from tunescope.detectors.engine import DetectorError, get_detector
+    from tunescope.detectors.explain import explain_text
+
+    collected = collected or {}
+    by_run: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_run.setdefault(f.run, []).append(f)
+    order = [r["run"] for r in runs]
+    summaries = {r["run"]: r for r in runs}
+    counts = {s: sum(f.severity is s for f in findings) for s in Severity}
+    data: dict[str, Any] = {"runs": {}, "compare": _compare(collected)}
+
+    parts = [
+        f"<header><h1>{_esc(title)}</h1><p>{len(runs)} run(s), {len(findings)} finding(s): "
+        f"{counts[Severity.ERROR]} error, {counts[Severity.WARNING]} warning, "
+        f"{counts[Severity.INFO]} info. "
+        f'<span class="dim">tunescope {__version__}, charts by {_esc(vendor_version())}. '
+        "Drag to zoom, wheel to zoom, shift+wheel to pan, double-click to reset; "
+        "hover for values.</span></p>"
+        '<nav><a href="#runs">Runs</a> <a href="#findings">Runs with findings</a> '
+        '<a href="#compare">Compare</a> <a href="#limits">What logs cannot show</a> '
+        '<a href="#detectors">Detectors</a></nav></header>',
+        '<section id="runs"><h2>Runs</h2>',
+        _summary_table(runs, set(by_run)),
+        "</section>",
+        '<section id="findings"><h2>Runs with findings</h2>',
+    ]
+    if not by_run:
+        parts.append('<p class="dim">no findings</p>')
+    for run in [r for r in order if r in by_run] + [r for r in by_run if r not in summaries]:
+        mine = by_run[run]
+        info = collected.get(run, {})
+        s = summaries.get(run, {})
+        data["runs"][run] = {
+            "charts": info.get("charts", []),
+            "findings": [
+                {
+                    "severity": f.severity.value,
+                    "detector": f.detector,
+                    "start": f.step_start,
+                    "end": f.step_end if f.step_end is not None else f.step_start,
+                }
+                for f in mine
+                if f.step_start is not None
+            ],
+        }
+        limits = s.get("limits") or []
+        parts.append(
+            f'<article class="run" id="{_slug(run)}" data-run="{_esc(run)}">'
+            f'<h3>{_esc(run)} <span class="st-{_esc(s.get("status"))}">'
+            f"{_esc(s.get('status') or '')}</span></h3>"
+            + (f'<p class="limits">cannot show: {_esc("; ".join(limits))}</p>' if limits else "")
+            + f'<ol class="findings">{"".join(_finding_html(f, i) for i, f in enumerate(mine))}'
+            "</ol>"
+            '<div class="charts"></div>'
+            f'<h4>Ranks</h4><div class="ranks">{_rank_html(info.get("ranks"))}</div>'
+            "</article>"
+        )
+    parts.append("</section>")
+    parts.append('<section id="compare"><h2>Compare</h2>')
+    if data["compare"]:
+        parts.append('<p class="dim">loss of every run on one step axis</p>')
+        parts.append('<div id="compare-chart" class="chart-box"></div>')
+    else:
+        parts.append('<p class="dim">no loss curves to compare</p>')
+    parts.append("<h4>Config</h4>")
+    parts.append(_config_table(order, {r: collected.get(r, {}).get("config", {}) for r in order}))
+    parts.append("</section>")
+    parts.append('<section id="limits"><h2>What each log cannot show</h2>')
+    lim_rows = "".join(
+        f"<tr><th>{_esc(r['run'])}</th><td>"
+        + ("<br>".join(_esc(x) for x in r.get("limits") or []) or "nothing: every signal logged")
+        + "</td></tr>"
+        for r in runs
+    )
+    parts.append(f'<table class="limits-table">{lim_rows}</table></section>')
+    parts.append('<section id="detectors"><h2>Detectors</h2>')
+    for det_id in sorted({f.detector for f in findings}):
+        try:
+            text = explain_text(get_detector(det_id))
+        except DetectorError as e:  # an analyzer's own detector id: say so, keep the page
+            text = f"no documentation for {det_id}: {e}"
+        parts.append(
+            f'<details id="explain-{_esc(det_id)}"><summary>{_esc(det_id)}</summary>'
+            f"<pre>{_esc(text)}</pre></details>"
+        )
+    parts.append("</section>")
+
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_esc(title)}</title>"
+        f"<style>{_asset('vendor/uplot.min.css')}</style>"
+        f"<style>{_asset('html_report.css')}{_scale_css()}</style></head><body>"
+        + "\n".join(parts)
+        + f'\n<script id="tunescope-data" type="application/json">{payload}</script>'
+        + f'\n<script id="uplot">{_asset("vendor/uplot.min.js")}</script>'
+        + f"\n<script>{_asset('html_report.js')}</script>\n</body></html>\n"
+    )
+
+
+# ---- from a store's stored findings (the TUI's key) ------------------------------------
+
+
+def stored_findings(store: Any, run_ids: list[str]) -> list[Finding]:
+    """The findings the store holds for ``run_ids`` (the last analysis), in
+    report order."""
+    from tunescope.detectors.engine import sort_findings
+
+    cur = store.cursor()
+    try:
+        rows = cur.execute(
+            "SELECT run_id, rank, detector, name, severity, step_start, step_end, message, "
+            "suggestion, evidence::VARCHAR FROM findings WHERE list_contains($1, run_id)",
+            [list(run_ids)],
+        ).fetchall()
+    finally:
+        cur.close()
+    out = []
+    for run, rank, det, name, sev, a, b, message, suggestion, evidence in rows:
+        try:
+            ev = json.loads(evidence) if evidence else {}
+        except ValueError:
+            ev = {"raw": evidence}
+        out.append(
+            Finding(
+                run=run,
+                detector=det,
+                name=name,
+                severity=Severity.parse(sev or "info"),
+                step_start=a,
+                step_end=b,
+                message=message or "",
+                suggestion=suggestion or "",
+                rank=rank,
+                evidence=ev if isinstance(ev, dict) else {"value": ev},
+            )
+        )
+    return sort_findings(out)
+
+
+def default_path(run_ids: list[str], folder: str | None = None) -> Path:
+    """``tunescope-report-RUN.html`` for one run, ``tunescope-report-N-runs.html``
+    for several, in ``folder`` (default: the working directory)."""
+    name = _slug(run_ids[0])[4:] if len(run_ids) == 1 else f"{len(run_ids)}-runs"
+    return Path(folder or ".") / f"tunescope-report-{name}.html"
+
+
+def write_report(store: Any, run_ids: list[str], path: str | Path) -> Path:
+    """Write the report of ``run_ids`` from the store's stored findings."""
+    from tunescope.detectors.engine import run_summaries
+
+    findings = stored_findings(store, run_ids)
+    runs = run_summaries(store, findings, run_ids)
+    page = build(findings, runs, collect(store, findings, runs))
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path
