@@ -302,7 +302,7 @@ def markdown(
     counts = {s: sum(f.severity is s for f in findings) for s in Severity}
     tail = ", ".join(f"{counts[s]} {s.value}" for s in reversed(list(Severity)) if counts[s])
     out = [
-        f"## tunescope: {_count(len(runs), 'run')}, {_count(len(findings), 'finding')}"
+        f"## tunescope: {count(len(runs), 'run')}, {count(len(findings), 'finding')}"
         + (f" ({tail})" if tail else ""),
         "",
         "| run | status | steps | last loss | errors | warnings | info |",
@@ -326,7 +326,7 @@ def markdown(
         mine = by_run[name]
         run = summaries.get(name, {})
         out += ["", f"### {_md_cell(name)}: {run.get('status') or 'unknown'}, "
-                f"{_count(len(mine), 'finding')}", ""]  # fmt: skip
+                f"{count(len(mine), 'finding')}", ""]  # fmt: skip
         out += ["| severity | detector | where | message |", "|---|---|---|---|"]
         for f in mine:
             sev = f.severity.value
