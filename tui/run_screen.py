@@ -55,10 +55,10 @@ class RunScreen(WorkerScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("m", "toggle_smooth", "Smooth"),
-        Binding("l", "toggle_log", "Log scale"),
+        Binding("l", "toggle_log", "Log"),
         Binding("z", "reset_zoom", "Unzoom", show=False),
-        Binding("n", "next_finding", "Next finding"),
-        Binding("w", "toggle_wide", "Wide findings"),
+        Binding("n", "next_finding", "Next"),
+        Binding("w", "toggle_wide", "Wide"),
         Binding("r", "report", "Report"),
         Binding("p", "prev_finding", "Prev", show=False),
         Binding("1", "tab('tab-curves')", "Curves", show=False),
