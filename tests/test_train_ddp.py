@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from train_helpers import events, median, steps
@@ -53,3 +54,31 @@ def test_two_ranks_write_two_logs_and_expose_a_straggler(tmp_path):
     t1 = median([s["step_time_s"] for s in per_rank[1][1:]])
     assert c1 - c0 > 0.35, (c0, c1)
     assert abs(t1 - t0) < (c1 - c0) / 2, (t0, t1, c0, c1)
+
+
+def test_ctrl_c_during_nproc_2_is_one_line_and_both_logs_say_interrupted(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "ddp-stop"
+    cmd = [str(Path(sys.executable).with_name("tunescope")), "train"]
+    cmd += [str(REPO / "fixtures" / "configs" / "lora.yaml"), "--nproc", "2"]
+    for s in (f"output_dir={run}", "max_steps=100000", "batch_size=4", "seq_len=64"):
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until both ranks are training
+        logs = [run / "events" / f"rank-{r}.jsonl" for r in (0, 1)]
+        if all(p.exists() and p.read_text().count('"kind":"step"') >= 2 for p in logs):
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends this process
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert len(err.strip().splitlines()) <= 2, err
+    assert "interrupted" in err
+    for rank in (0, 1):
+        ev = events(run, rank)
+        assert ev[-1]["kind"] == "run_end" and ev[-1]["status"] == "interrupted"

@@ -711,6 +711,14 @@ def main(argv: list[str] | None = None) -> int:
     except TunescopeError as e:
         print(f"tunescope: error: {e}", file=sys.stderr)
         return int(e.exit_code)
+    except KeyboardInterrupt:
+        # the log already says "interrupted"; under `tunescope train --nproc`
+        # the launcher reports it once, so a rank exits quietly (a non-zero
+        # code would make torchrun print every rank's failure)
+        if os.environ.get("TUNESCOPE_LAUNCHER"):
+            return 0
+        print("tunescope: interrupted", file=sys.stderr)
+        return 130
 
 
 def guard_sets(a: Any) -> list[str]:

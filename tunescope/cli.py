@@ -8,6 +8,7 @@ need them, so ``tunescope --help`` and ``tunescope analyze`` start quickly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -789,7 +790,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc == 1:
         return train(cfg)
-    import subprocess
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += [f"--nproc_per_node={args.nproc}", "-m", "tunescope.train", args.config]
@@ -799,7 +799,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         cmd += ["--inject", item]
     if args.guard:
         cmd += ["--guard", args.guard]
-    return subprocess.call(cmd)
+    return _run_ranks(cmd)
+
+
+def _run_ranks(cmd: list[str]) -> int:
+    """Run torchrun in its own session, so that Ctrl-C reaches only this
+    process: the ranks are then asked to stop (they end their logs with
+    run_end "interrupted" and exit quietly) and one line says so, instead of
+    every rank's traceback and torchrun's warnings."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    env = {**os.environ, "TUNESCOPE_LAUNCHER": "1"}
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        error("interrupted: every rank stopped and ended its log as interrupted")
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":
