@@ -344,7 +344,7 @@ def test_cli_report_errors_are_one_line(tmp_path, capsys):
 
     assert main(["report", str(tmp_path / "missing"), "-o", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a directory" in err
+    assert err.count("\n") == 1 and "no such directory" in err
     out = tmp_path / "no" / "such" / "dir" / "r.html"
     cache = str(tmp_path / "cache")
     assert main(["report", str(FIXTURE_RUNS), "-o", str(out), "--cache-dir", cache]) == 2

@@ -192,6 +192,8 @@ class TrainConfig:
         """The config as recorded in logs and checkpoints (a webhook URL holds a
         token: only its scheme and host are recorded)."""
         d = dataclasses.asdict(self)
+        for key in ("data", "output_dir", "resume_from_checkpoint"):
+            d[key] = _portable(d.get(key))
         if d.get("webhook"):
             from tunescope.alerts import redact_url
 
@@ -689,6 +691,17 @@ def _stop_callback(step: int) -> Any:
                 control.should_training_stop = True
 
     return StopAt()
+
+
+def _portable(value: Any) -> Any:
+    """A path as logs record it: relative to the working directory when it lies
+    inside it (a log copied to another machine names no one's home folder)."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    try:
+        return str(Path(value).relative_to(Path.cwd()))
+    except ValueError:
+        return value
 
 
 def main(argv: list[str] | None = None) -> int:
