@@ -13,8 +13,8 @@ and false alarms (warnings and errors) per 10,000 steps of healthy runs. On:
    warmup bumps, epoch boundaries, memorised phases, preference-style noisy
    losses, HF-style averaged logs, unmeasured grad norms) and runs with one
    synthetic fault injected at a known step;
-3. ``/work/shared/real-logs/`` (healthy real runs): ``tunescope analyze`` with
-   the readers in this build, when they can read them.
+3. ``fixtures/real/`` (real public logs; ``bench/real_logs.py`` scores them
+   against their labels): ``tunescope analyze`` run by run.
 
 A finding counts as a true positive when it overlaps a labelled fault of its
 own detector, or of a detector that reports the same incident (a NaN that
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-REAL_LOGS = Path("/work/shared/real-logs")
+REAL_LOGS = REPO / "fixtures" / "real"
 
 # A finding of detector K overlapping a fault labelled L is the same incident
 # when L is in SAME_INCIDENT[K].
@@ -481,9 +481,9 @@ def analyse_root(root: Path, cache: Path) -> tuple[list[Any], dict[str, int], fl
 
 
 def real_logs(tmp: Path) -> None:
-    print("\nReal logs (/work/shared/real-logs, healthy runs: no warning or error expected)")
+    print("\nReal logs (fixtures/real; bench/real_logs.py scores them against LABELS.json)")
     if not REAL_LOGS.is_dir():
-        print("  skipped: /work/shared/real-logs not found")
+        print("  skipped: fixtures/real not found")
         return
     from tunescope.detectors.engine import analyze
     from tunescope.ingest.store import Store

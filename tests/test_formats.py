@@ -1,5 +1,5 @@
 """Readers for logs written by other tools, on fixtures written by those
-tools and on real public logs (``../shared/real-logs``)."""
+tools and on real public logs (``fixtures/real``)."""
 
 from __future__ import annotations
 

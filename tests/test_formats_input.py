@@ -21,10 +21,8 @@ from tunescope.ingest.wandb_offline import WandbOfflineReader
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = REPO / "fixtures" / "formats"
-REAL = Path(__file__).resolve().parents[2] / "shared" / "real-logs"
+REAL = REPO / "fixtures" / "real"  # real public logs, provenance in its PROVENANCE.md
 WANDB = REAL / "alpaca-llama7b-fsdp-wandb" / "run-5hx57wy1.wandb"
-if not WANDB.is_file():  # the copy kept with the fixtures
-    WANDB = FIX / "real" / "alpaca-llama7b-fsdp-wandb" / "run-5hx57wy1.wandb"
 
 
 def lines(*objs) -> str:
@@ -283,8 +281,6 @@ def test_llamafactory_eval_progress_rows_are_not_steps(tmp_path):
 
 def test_llamafactory_joined_with_a_state_file_that_arrives_later(tmp_path):
     src = REAL / "nsllm-qwen-fullft"
-    if not src.is_dir():
-        src = FIX / "real" / "nsllm-qwen-fullft"
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(src / "trainer_log.jsonl", run)
