@@ -725,29 +725,33 @@ class TunescopeCallback(TrainerCallback):
     def detach(self) -> None:
         """Stop logging without ``run_end`` (the run continues in a new
         ``Trainer``, as after a guard rewind): hooks removed, log closed."""
-        if self.ended or self.writer is None:
-            return
-        self.ended = True
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        self.writer.close()
-        if self.alerts is not None:
-            self.alerts.close(timeout=5)
+        writer = self._end()
+        if writer is not None:
+            self._close(writer)
 
     # ---- ending ----------------------------------------------------------------------
 
     def finish(self, status: str, error: str | None = None, **fields: Any) -> None:
         """Write ``run_end`` and close the log (once). The bundled trainer calls
         this with ``failed`` and the error text when training raises."""
+        writer = self._end()
+        if writer is not None:
+            writer.run_end(status, error, **fields)
+            self._close(writer)
+
+    def _end(self) -> Any:
+        """Stop logging (once): the hooks go; the writer to close, or None when
+        already ended."""
         if self.ended or self.writer is None:
-            return
+            return None
         self.ended = True
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
-        self.writer.run_end(status, error, **fields)
-        self.writer.close()
+        return self.writer
+
+    def _close(self, writer: Any) -> None:
+        writer.close()
         if self.alerts is not None:
             self.alerts.close(timeout=5)
 
