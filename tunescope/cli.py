@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tunescope import __version__
 from tunescope.errors import ExitCode, InputError, TunescopeError, UsageError
+from tunescope.opening import ingest_progress, open_store
 from tunescope.progress import Progress
 from tunescope.suggest import did_you_mean
 from tunescope.words import count
@@ -425,32 +426,6 @@ COMMANDS: list[Callable[[Any], None]] = [
 # ---- helpers -----------------------------------------------------------------------
 
 
-def open_store(args: argparse.Namespace, quiet: bool = False) -> Store:
-    """Ingest ``args.runs`` and return the store, with progress on stderr and a
-    note about skipped lines."""
-    from tunescope.ingest.store import Store
-
-    with ingest_progress(enabled=False if quiet else None) as bar:
-        store = Store.open(args.runs, args.cache_dir, progress=bar.update)
-    report = store.last_report
-    if report is not None and report.problems and not quiet:
-        warn(
-            f"{count(report.skipped, 'line or file', 'lines or files')} skipped; "
-            f"`tunescope ingest {args.runs}` lists them"
-        )
-    return store
-
-
-def ingest_progress(enabled: bool | None = None) -> Progress:
-    """The bar of a first ingest: bytes read, files, rows (on a terminal only)."""
-    return Progress(
-        "ingest",
-        "{task.fields[files]:,}/{task.fields[of]:,} files · {task.fields[rows]:,} rows",
-        in_bytes=True,
-        enabled=enabled,
-    )
-
-
 # ---- commands ----------------------------------------------------------------------
 
 
@@ -517,7 +492,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from tunescope.ingest.store import check_read_only
 
     check_read_only(args.sql)  # refuse writes before spending time on ingest
-    store = open_store(args)
+    store = open_store(args.runs, args.cache_dir)
     table = store.query(args.sql)
     write_table(table, fmt, args.output)
     if args.output:
@@ -610,7 +585,7 @@ def format_table(table: pa.Table, max_width: int = 40) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    store = open_store(args)
+    store = open_store(args.runs, args.cache_dir)
     store.export(args.duckdb, overwrite=args.force)
     n = store.cursor().execute("SELECT count(*) FROM runs").fetchone()[0]
     print(f"wrote {args.duckdb}: {count(n, 'run')}; tables runs, steps, metrics, events, findings")
@@ -675,7 +650,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         cache = args.cache_dir
         if cache and len(roots) > 1:
             cache = str(Path(cache) / f"{i}-{root.resolve().name}")
-        store = open_store(argparse.Namespace(runs=str(root), cache_dir=cache))
+        store = open_store(root, cache)
         ids = store.run_ids()
         if not ids:
             if len(roots) > 1:
@@ -757,7 +732,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     from tunescope.config import load_config
 
     cfg = load_config(None, starts=[Path(args.runs)])  # the same thresholds as analyze
-    store = open_store(args)
+    store = open_store(args.runs, args.cache_dir)
     from tunescope.tui.app import TunescopeApp
 
     TunescopeApp(

@@ -477,8 +477,8 @@ def cmd_watch(args: Any) -> int:
     import signal
 
     from tunescope.alerts import OUTBOX_NAME, SECRET_ENV, AlertSender, RetryPolicy
-    from tunescope.cli import open_store
     from tunescope.errors import ExitCode
+    from tunescope.opening import open_store
 
     if args.interval <= 0:
         raise UsageError(f"--interval must be > 0 seconds, got {args.interval}")
@@ -490,7 +490,7 @@ def cmd_watch(args: Any) -> int:
     analyze = load_analyzer(args.analyzer)
     config = _load_config(args.config, args.runs)
     secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV, "")
-    store = open_store(args)
+    store = open_store(args.runs, args.cache_dir)
     cache_dir = Path(store.cache.dir)
     with watch_lock(cache_dir, args.runs):
         sender = None

@@ -1,0 +1,41 @@
+"""Opening a runs root for a command: ingest what is new (with a progress bar
+on a terminal), then one line on stderr when lines were skipped."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tunescope.progress import Progress
+from tunescope.words import count
+
+if TYPE_CHECKING:
+    from tunescope.ingest.store import Store
+
+
+def ingest_progress(enabled: bool | None = None) -> Progress:
+    """The bar of an ingest: bytes read, files, rows (on a terminal only)."""
+    return Progress(
+        "ingest",
+        "{task.fields[files]:,}/{task.fields[of]:,} files · {task.fields[rows]:,} rows",
+        in_bytes=True,
+        enabled=enabled,
+    )
+
+
+def open_store(runs: str | Path, cache_dir: str | Path | None, quiet: bool = False) -> Store:
+    """Ingest ``runs`` and return the store; progress and a note about skipped
+    lines on stderr unless ``quiet``."""
+    from tunescope.ingest.store import Store
+
+    with ingest_progress(enabled=False if quiet else None) as bar:
+        store = Store.open(runs, cache_dir, progress=bar.update)
+    report = store.last_report
+    if report is not None and report.problems and not quiet:
+        print(
+            f"tunescope: {count(report.skipped, 'line or file', 'lines or files')} skipped; "
+            f"`tunescope ingest {runs}` lists them",
+            file=sys.stderr,
+        )
+    return store
