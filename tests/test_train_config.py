@@ -110,3 +110,14 @@ def test_qlora_on_cpu_is_a_clean_error(capsys, tmp_path):
     rc = main(["train", config, "--set", "method=qlora", "--set", f"output_dir={tmp_path}"])
     assert rc == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_mistyped_yaml_key_says_what_it_meant(tmp_path):
+    from tunescope.train.trainer import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: tiny-llama\nlora_rank: 8\n")
+    with pytest.raises(ValueError, match=r"unknown key 'lora_rank' \(did you mean 'lora_r'\?\)"):
+        load_config(str(cfg))
+    with pytest.raises(ValueError, match=r"did you mean 'max_steps'"):
+        load_config(None, ["max_step=5"])

@@ -668,7 +668,8 @@ async def test_running_run_updates_when_lines_are_appended(tmp_path: Path) -> No
 
 
 def test_finding_rows_round_trip_through_the_store(tmp_path: Path) -> None:
-    finding_rows = pytest.importorskip("tunescope.detectors.engine").finding_rows
+    from tunescope.detectors.engine import finding_rows
+
     write_run(tmp_path, "healthy", steps=SPIKE_STEP, spike=True)
     store = Store.open(tmp_path)
     finding = Finding(
@@ -712,7 +713,8 @@ async def test_analysis_runs_when_the_engine_exists(tmp_path: Path) -> None:
 async def test_live_analysis_stores_findings_as_the_engine_does(tmp_path: Path) -> None:
     """The TUI saves the detectors' findings with the engine's own ``finding_rows``:
     evidence made JSON-safe (numpy scalars, NaN) with its keys sorted."""
-    engine = pytest.importorskip("tunescope.detectors.engine")
+    from tunescope.detectors import engine
+
     store = build_runs(tmp_path / "runs")  # its own copy: the analysis replaces findings
     app = make_app(store)
     found = [

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunescope.suggest import did_you_mean
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "fixtures" / "dataset" / "alpaca_tiny.jsonl"
 
@@ -292,7 +294,8 @@ def load_config(path: str | None, sets: list[str] = (), inject: list[str] = ()) 
         for k, v in loaded.items():
             if k not in names:
                 raise ValueError(
-                    f"{path}: unknown key {k!r}; known keys: {', '.join(sorted(names))}"
+                    f"{path}: unknown key {k!r}{did_you_mean(k, names)}; "
+                    f"known keys: {', '.join(sorted(names))}"
                 )
             values[k] = _coerce(k, hints[k], v, path)
         # Relative data paths in a config file are relative to the file.
@@ -306,7 +309,10 @@ def load_config(path: str | None, sets: list[str] = (), inject: list[str] = ()) 
         k, v = item.split("=", 1)
         k = k.strip()
         if k not in names:
-            raise ValueError(f"--set {k}: unknown key; known keys: {', '.join(sorted(names))}")
+            raise ValueError(
+                f"--set {k}: unknown key{did_you_mean(k, names)}; "
+                f"known keys: {', '.join(sorted(names))}"
+            )
         values[k] = _coerce(k, hints[k], v, "--set")
     if inject:
         values["inject"] = [*values.get("inject", []), *inject]
