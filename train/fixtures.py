@@ -196,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     todo = [s for s in SPECS if not a.only or s.name in a.only]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max(1, a.jobs)) as pool:
-        for _ in pool.map(lambda s: run_one(s, root), todo):
-            pass
+    from tunescope.progress import Progress
+
+    with ThreadPoolExecutor(max(1, a.jobs)) as pool, Progress("fixtures", "runs") as bar:
+        bar.update(0, len(todo))
+        for done, _ in enumerate(pool.map(lambda s: run_one(s, root), todo), 1):
+            bar.update(done, len(todo))
     (root / "LABELS.json").write_text(json.dumps(labels(), indent=1) + "\n")
     return 0
 
