@@ -111,13 +111,26 @@ class Store:
 
     last_report: IngestReport | None = None
 
-    def ingest(self, progress: Callable[[str], None] | None = None) -> IngestReport:
-        """Read what is new under the root, then refresh the views (only when
-        something changed: a poll that finds nothing new costs a stat per file)."""
+    def ingest(self, progress: Callable[..., None] | None = None) -> IngestReport:
+        """Read what is new under the root, then refresh the views when the
+        cache changed: by this pass, or by another process since the last load
+        (a ``watch`` beside the TUI; the views read the segment files that
+        manifest names, and a merge elsewhere retires them). A poll that finds
+        nothing new costs a stat per file."""
         self.last_report = self.cache.ingest(progress=progress)
-        if self.last_report.modified or not self.loaded_at:
+        if self.last_report.modified or not self.loaded_at or self._stamp != self._manifest_stamp():
             self.refresh()
         return self.last_report
+
+    _stamp: tuple[int, int] | None = None
+
+    def _manifest_stamp(self) -> tuple[int, int] | None:
+        """The manifest file's modification time and size (None: no manifest)."""
+        try:
+            st = self.cache.manifest_path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         """The store's database, walled in: it may open the files of the cache's
@@ -145,7 +158,9 @@ class Store:
     # ---- loading ---------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Reload the segments listed in the manifest into the in-memory tables."""
+        """Point the views at the segments the manifest lists (and load the
+        per-run figures)."""
+        self._stamp = self._manifest_stamp()  # before reading: a later write is seen next time
         manifest = self.cache.load_manifest()
         seg_dir = self._segments  # the one folder this database may read
         live = pa.table(

@@ -398,3 +398,22 @@ def test_one_cache_per_runs_root_and_none_for_an_empty_folder(tmp_path, monkeypa
     caches = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob(".tunescope"))
     assert caches == [Path("runs/.tunescope")]  # no caches inside one another
     assert (tmp_path / "user-cache" / "tunescope").is_dir()
+
+
+def test_a_store_sees_what_another_process_ingested(tmp_path):
+    """A TUI's store picks up rows a `watch` beside it ingested (and the views
+    never point at segments another process's merge retired)."""
+    from tunescope.ingest.store import Store
+
+    runs = tmp_path / "runs"
+    write_runs(runs)
+    tui = Store.open(runs)
+    assert tui.query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": 20}]
+    append_steps(runs, 11, 5)
+    other = subprocess.run(
+        [sys.executable, "-m", "tunescope", "ingest", str(runs)], capture_output=True, text=True
+    )
+    assert other.returncode == 0, other.stderr
+    tui.ingest()  # its own pass finds nothing new: the other process read it
+    assert tui.last_report is not None and not tui.last_report.modified
+    assert tui.query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": 25}]
