@@ -14,7 +14,7 @@ RUNS   ?= fixtures/runs
 # The chart library inlined into HTML reports (detectors/vendor); `make vendor` refreshes it.
 UPLOT_VERSION ?= 1.6.32
 
-.PHONY: run test lint fixtures bench clean setup setup-dev torch vendor
+.PHONY: run test test-fast lint fixtures bench clean setup setup-dev torch vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ lint: $(VENV)/.dev
 
 test: lint
 	$(BIN)/python -m pytest -n 2 -q
+
+# the inner loop: detector cases and unit tests, no training, no browser, no TUI (~30 s)
+FAST_TESTS = tests/test_detector_cases.py tests/test_engine_independence.py \
+	tests/test_spike_prescreen.py tests/test_detector_contract.py tests/test_config_engine.py \
+	tests/test_formats.py tests/test_formats_input.py tests/test_console.py \
+	tests/test_real_logs.py tests/test_layers.py tests/test_findings.py tests/test_report.py
+test-fast: $(VENV)/.dev
+	$(BIN)/python -m pytest -n 2 -q $(FAST_TESTS)
 
 fixtures: $(VENV)/.dev
 	$(BIN)/python -m tunescope.train.fixtures $(RUNS)
