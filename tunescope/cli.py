@@ -692,9 +692,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             Path(args.output).write_text(text, encoding="utf-8")
         except OSError as e:
             raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
+        size = Path(args.output).stat().st_size
+        hint = "; open it in a browser, no server needed" if args.format == "html" else ""
         warn(
             f"wrote {args.output}: {count(len(runs), 'run')}, "
-            f"{count(len(findings), 'finding')} ({args.format})"
+            f"{count(len(findings), 'finding')} ({args.format}, {size / 1e6:.2f} MB){hint}"
         )
     else:
         sys.stdout.write(text)
@@ -708,9 +710,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     args = argparse.Namespace(
         **vars(args), format="html", fail_on="never", exit_zero=True, report_link=None
     )
-    cmd_analyze(args)
-    size = Path(args.output).stat().st_size
-    warn(f"wrote {args.output} ({size / 1e6:.2f} MB); open it in a browser, no server needed")
+    cmd_analyze(args)  # says what it wrote
     return ExitCode.OK
 
 
