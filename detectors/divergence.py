@@ -137,10 +137,11 @@ class Hit:
 SOFT_RULES = ("trend", "unrecovered-spike")  # need a level that stays high
 
 
-def back_in_band(s: Series, hit: Hit, opts: Options) -> dict[str, float] | None:
-    """The band check of a soft rule: the level at the onset, the top of the
-    normal band there and the end level of the log, when the end level is
-    back inside the band (None: it stays above, or there is too little to judge)."""
+def back_in_band(s: Series, hit: Hit, opts: Options) -> bool:
+    """A soft rule's incident came back: the end level of the log (median of
+    the last 5 points) is inside the normal band at the onset (the level of
+    the 10 points there, plus half of ``min_rise`` and ``band_sigmas``
+    standard errors of the two medians). False with too little to judge."""
     loss, step = s.loss, s.step
     fin = np.isfinite(loss) & (loss > 0)
     at = int(np.searchsorted(step, hit.onset, side="right"))  # points up to the onset
@@ -148,46 +149,36 @@ def back_in_band(s: Series, hit: Hit, opts: Options) -> dict[str, float] | None:
     pre = np.flatnonzero(fin[:at])[-50:]
     post = np.flatnonzero(fin[det:]) + det
     if len(pre) < 5 or not len(post):
-        return None
+        return False
     y = np.log(loss[pre])
     level_pts, end_pts = y[-10:], np.log(loss[post[-5:]])
-    level = float(np.median(level_pts))
     d = np.diff(y)
     sigma = max(float(DIFF_TO_SIGMA * np.median(np.abs(d - np.median(d)))), 0.01)
     # the standard error of the two medians (1.25 sigma / sqrt(n) each), and half the rise
     se = 1.25 * sigma * np.sqrt(1 / len(level_pts) + 1 / len(end_pts))
-    top = level + opts.band_sigmas * se + np.log1p(opts.min_rise) / 2
-    end = float(np.median(np.log(loss[post[-5:]])))
-    if end > top:
-        return None
-    return {
-        "onset_level": float(np.exp(level)),
-        "band_top": float(np.exp(top)),
-        "end_level": float(np.exp(end)),
-    }
+    top = float(np.median(level_pts)) + opts.band_sigmas * se + np.log1p(opts.min_rise) / 2
+    return float(np.median(end_pts)) <= top
 
 
 def lasting(s: Series, hit: Hit, opts: Options) -> bool:
     """A soft rule's hit is a divergence: the lr had not decayed to ~0 (for a
     trend) and the end level stays above the normal band."""
-    if hit.rule == "trend" and lr_decayed(s, hit, opts) is not None:
+    if hit.rule == "trend" and lr_decayed(s, hit, opts):
         return False
-    return back_in_band(s, hit, opts) is None
+    return not back_in_band(s, hit, opts)
 
 
-def lr_decayed(s: Series, hit: Hit, opts: Options) -> float | None:
-    """The lr at detection as a fraction of its peak, when below ``min_lr_fraction``."""
+def lr_decayed(s: Series, hit: Hit, opts: Options) -> bool:
+    """The lr at detection is below ``min_lr_fraction`` of its peak."""
     lr = s.lr
     ok = np.isfinite(lr)
     if ok.sum() < 2 or np.nanmax(lr) <= 0:
-        return None
-    i = int(np.searchsorted(s.step, hit.detected, side="left"))
-    i = min(i, len(lr) - 1)
+        return False
+    i = min(int(np.searchsorted(s.step, hit.detected, side="left")), len(lr) - 1)
     prior = np.flatnonzero(ok[: i + 1])
     if not len(prior):
-        return None
-    frac = float(lr[prior[-1]] / np.nanmax(lr))
-    return frac if frac < opts.min_lr_fraction else None
+        return False
+    return float(lr[prior[-1]] / np.nanmax(lr)) < opts.min_lr_fraction
 
 
 def warmup_of(s: Series, opts: Options) -> np.ndarray:
