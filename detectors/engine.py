@@ -145,8 +145,13 @@ def analyze_views(
     for batch in batches:
         ctx = Context(store, batch)
         raw = {d.ID: run_detector(d, ctx, options[d.ID]) for d in runs}
-        for view, dets in zip(views, (chosen, every), strict=True):
-            view.extend(engine_pass([f for d in dets for f in raw[d.ID]], dets))
+        picked = engine_pass([f for d in chosen for f in raw[d.ID]], chosen)
+        views[0].extend(picked)
+        # the usual case, no --select/--ignore: the full view is the same list
+        same = [d.ID for d in every] == [d.ID for d in chosen]
+        views[1].extend(
+            picked if same else engine_pass([f for d in every for f in raw[d.ID]], every)
+        )
         done += len(batch) if batch is not None else total
         if progress is not None:
             progress(done, total)
