@@ -94,6 +94,8 @@ class GradIncident:
     z: float
     recovered: bool | None
     recover_step: int | None
+    early: bool = False
+    """At the start of training or in lr warmup (info)."""
 
 
 def _scan(s: Series, opts: Options, screen: bool = True) -> list[GradIncident]:
@@ -127,16 +129,19 @@ def _scan(s: Series, opts: Options, screen: bool = True) -> list[GradIncident]:
     # memorised run): then at least ``tail_fraction`` of the points past the start
     # (and 3) reach half of its excess over the median
     scale = ok & (y >= np.log(opts.scale_ratio * med))
+    hit = sc.hit | scale
+    if not hit.any():
+        return []
+    early = early_mask(s, opts)
     if scale.any():
         excess = y - np.log(med)
-        early = early_mask(s, opts)
         pop = np.sort(excess[ok & ~early])
         for i in np.flatnonzero(scale):
             count = len(pop) - int(np.searchsorted(pop, excess[i] / 2, side="left"))
             count -= int(not early[i])  # the point itself
             if count >= max(3, opts.tail_fraction * len(pop)):
                 scale[i] = False
-    hit = sc.hit | scale
+        hit = sc.hit | scale
     base_all = np.where(np.isfinite(sc.base), sc.base, np.log(med))
     out = []
     for a, b in incidents(hit, gap=opts.gap):
@@ -155,7 +160,7 @@ def _scan(s: Series, opts: Options, screen: bool = True) -> list[GradIncident]:
         else:
             rec, rstep = None, None
         z = float(sc.z[peak]) if np.isfinite(sc.z[peak]) else float("nan")
-        out.append(GradIncident(s, a, b, peak, base, med, z, rec, rstep))
+        out.append(GradIncident(s, a, b, peak, base, med, z, rec, rstep, bool(early[peak])))
     return out
 
 
@@ -214,7 +219,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 f"; still above {opts.recover_factor:g}x the baseline {opts.recover_steps} steps later.",
                 Severity.ERROR,
             )
-        if early_mask(s, opts)[g.peak]:
+        if g.early:
             sev = Severity.INFO
             tail += " It came at the start of training (or during lr warmup), where large updates are common."
         clip = clipping(s.start)
