@@ -8,6 +8,7 @@ the context keyed by the parameters, so equal settings scan once.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,12 +71,9 @@ def trailing_excess(y: np.ndarray, k: int) -> np.ndarray:
         return out
     pad = np.concatenate((np.full(k, np.nan), c))
     win = np.lib.stride_tricks.sliding_window_view(pad, k)[:m]  # the k points before each
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(win, axis=1)
+    with warnings.catch_warnings():  # the first windows are all NaN: "All-NaN slice"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(win, axis=1)
     med[:2] = np.nan
     out[ok] = c - med
     return out
