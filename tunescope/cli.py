@@ -113,6 +113,15 @@ def _runs_arg(p: argparse.ArgumentParser) -> None:
     _cache_arg(p)
 
 
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="detector thresholds: a tunescope.toml or pyproject.toml "
+        "(default: found by walking up from RUNS)",
+    )
+
+
 def _cache_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",
@@ -212,11 +221,7 @@ def _add_analyze(sub: Any) -> None:
         metavar="URL",
         help="markdown: where the HTML report is (e.g. the CI artifact's URL)",
     )
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="a tunescope.toml or pyproject.toml (default: found by walking up from RUNS)",
-    )
+    _config_arg(p)
     _cache_arg(p)
     p.set_defaults(handler=cmd_analyze)
 
@@ -238,11 +243,7 @@ def _add_report(sub: Any) -> None:
     )
     p.add_argument("--select", metavar="IDS", help="comma-separated detector ids or prefixes")
     p.add_argument("--ignore", metavar="IDS", help="comma-separated detector ids or prefixes")
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="a tunescope.toml or pyproject.toml (default: found by walking up from RUNS)",
-    )
+    _config_arg(p)
     _cache_arg(p)
     p.set_defaults(handler=cmd_report)
 
@@ -334,12 +335,7 @@ def _add_watch(sub: Any) -> None:
         metavar="SEC",
         help="on stop, time allowed for queued alerts before they go to the outbox (5)",
     )
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="detector thresholds: a tunescope.toml or pyproject.toml "
-        "(default: found by walking up from RUNS)",
-    )
+    _config_arg(p)
     p.add_argument(
         "--once",
         action="store_true",
