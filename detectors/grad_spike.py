@@ -30,6 +30,7 @@ Options:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -189,7 +190,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         gstep = int(s.step[g.peak])
         value = float(s.grad_norm[g.peak])
         ids = s.samples_at(g.peak)
-        ev = {
+        ev: dict[str, Any] = {
             "peak_step": gstep,
             "grad_norm": value,
             "baseline": g.base,

@@ -42,6 +42,7 @@ Options:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
@@ -132,7 +133,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         ratio = peak_loss / inc.base if inc.base > 0 else float("inf")
         step0, step1, pstep = int(s.step[inc.a]), int(s.step[inc.b]), int(s.step[inc.peak])
         ids = s.samples_at(inc.peak)
-        ev = {
+        ev: dict[str, Any] = {
             "peak_step": pstep,
             "peak_loss": peak_loss,
             "baseline_loss": inc.base,
@@ -159,7 +160,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 f"(z={inc.z:.1f}) at step {pstep}"
             )
         within = f"{opts.recover_within * 100:g}%"
-        if inc.recovered and inc.slow:
+        if inc.recovered and inc.slow and inc.recover_step is not None:
             tail = (
                 f"; it stayed high for {inc.recover_step - step0} steps and was back within "
                 f"{within} only by step {inc.recover_step}."

@@ -99,6 +99,7 @@ def rank_series(ctx: Context) -> list[Series]:
             keep = rows[_dedup_last(step_all[rows])]
             gids = ids.gather(pl.Series(keep)) if ids is not None else None
             has_ids = gids is not None and gids.null_count() < len(gids)
+            sample_ids = gids.to_list() if gids is not None and has_ids else None
             per_rank = start.get("per_rank", True) is not False
             out.append(
                 Series(
@@ -109,7 +110,7 @@ def rank_series(ctx: Context) -> list[Series]:
                     lr=cols["lr"][keep],
                     grad_norm=cols["grad_norm"][keep],
                     epoch=cols["epoch"][keep],
-                    sample_ids=gids.to_list() if has_ids else None,
+                    sample_ids=sample_ids,
                     logging_steps=_logging_steps(start),
                     per_rank=per_rank,
                     start=start,

@@ -134,7 +134,7 @@ def _read_tree(folder: Path) -> dict[str, str]:
 
 
 def parse_metric_file(path: Path, key: str, problems: list[Problem]) -> list[tuple]:
-    points = []
+    points: list[tuple] = []
     try:
         data = path.read_bytes()
     except OSError as e:

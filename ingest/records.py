@@ -154,13 +154,13 @@ class Classifier:
         if not isinstance(obj, dict):
             return Problem(where, seq, f"expected a JSON object, got {type(obj).__name__}")
         key = self.keys.step_key(obj)
-        step = as_int(obj.get(key)) if key else None
-        if step is None and key is not None:
+        if key is None:
+            return None  # a header or a config record: no step
+        step = as_int(obj.get(key))
+        if step is None:
             n = number(obj.get(key))
             step = int(n) if n is not None and math.isfinite(n) and n >= 0 else None
         if step is None:
-            if key is None:
-                return None  # a header or a config record: no step
             return Problem(where, seq, f"{key} is not a step: {obj.get(key)!r}")
         evals = {
             k: v

@@ -8,9 +8,9 @@ message; anything else shows the exception type too, never a traceback.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from textual import on
+from textual import getters, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -19,6 +19,9 @@ from textual.widgets import Button, Static
 from textual.worker import Worker, WorkerState
 
 from tunescope.errors import TunescopeError
+
+if TYPE_CHECKING:
+    from tunescope.tui.app import TunescopeApp
 
 
 def describe(error: BaseException | None) -> str:
@@ -52,6 +55,9 @@ class ErrorModal(ModalScreen[None]):
 
 class WorkerScreen(Screen[None]):
     """A screen whose workers report failures through one modal handler."""
+
+    if TYPE_CHECKING:  # Textual's way to type ``self.app``: tunescope's, with its store
+        app = getters.app(TunescopeApp)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         report_worker_error(self, event)

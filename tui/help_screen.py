@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -87,7 +87,7 @@ def help_plain() -> str:
 
 
 def help_renderable() -> Group:
-    parts: list[object] = [Text("tunescope keys", style="bold")]
+    parts: list[RenderableType] = [Text("tunescope keys", style="bold")]
     for section, keys in KEYS:
         parts.append(Text(f"\n{section}", style="bold underline"))
         grid = Table.grid(padding=(0, 1))

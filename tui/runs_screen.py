@@ -10,6 +10,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
@@ -328,7 +329,7 @@ class RunsScreen(WorkerScreen):
         table = self.query_one("#runs-table", DataTable)
         row = table.cursor_row
         table.update_cell_at(
-            (row, 0), Text("●", style="bold #b48cff") if run_id in self.marked else ""
+            Coordinate(row, 0), Text("●", style="bold #b48cff") if run_id in self.marked else ""
         )
         if row + 1 < table.row_count:
             table.move_cursor(row=row + 1, animate=False)

@@ -147,7 +147,8 @@ def parse_event(obj: Any) -> Event:
     if not isinstance(obj, dict):
         raise LineError(f"expected a JSON object, got {type(obj).__name__}")
     v = obj.get("v", SCHEMA_VERSION)
-    if as_int(v) is None or as_int(v) > SCHEMA_VERSION:
+    version = as_int(v)
+    if version is None or version > SCHEMA_VERSION:
         raise LineError(f"unsupported schema version {v!r} (this tunescope reads v1)")
     kind = obj.get("kind")
     if not isinstance(kind, str):
