@@ -162,8 +162,10 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             g, source = cols["grad_norm_adapter"][a:b], "grad_norm_adapter"
             is_logged = logged["grad_norm_adapter"][a:b]
         elif la is not None or lb is not None:
-            g = np.sqrt(np.nan_to_num(la) ** 2 + np.nan_to_num(lb) ** 2)  # type: ignore[arg-type]
-            g[np.isnan(la if la is not None else lb)] = np.nan  # type: ignore[index]
+            # one of the two matrices may be logged alone: judge the one there is
+            norms = [x for x in (la, lb) if x is not None]
+            g = np.sqrt(sum(np.nan_to_num(x) ** 2 for x in norms))
+            g[np.isnan(norms[0])] = np.nan
             source = "lora_A/B"
             is_logged = ~np.isnan(g)
         elif _is_adapter_run(payload) and n_total:
@@ -402,7 +404,7 @@ def _vanishing(
         seg = slice(a, b + 1)
         gm = float(np.nanmedian(g[seg]))
         parts = []
-        if tiny_abs[seg].any():
+        if p is not None and tiny_abs[seg].any():  # tiny_abs holds only when p is known
             parts.append(
                 f"per-element RMS {fmt(gm / np.sqrt(p))} over {fmt(p)} trainable params is "
                 f"below Adam's eps ({fmt(opts.vanish_rms)})"
