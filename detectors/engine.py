@@ -15,7 +15,14 @@ from dataclasses import replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from tunescope.config import Config, build_options, check_detector_ids
+from tunescope.config import (
+    Config,
+    build_options,
+    check_detector_ids,
+    is_selected,
+    normalise_ids,
+    unmatched_ids,
+)
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import fmt
 from tunescope.errors import TunescopeError, UsageError
@@ -53,7 +60,7 @@ def _split(ids: Iterable[str] | str | None) -> list[str] | None:
         return None
     if isinstance(ids, str):
         ids = ids.split(",")
-    return [i.strip().upper() for i in ids if i.strip()]
+    return normalise_ids(i for i in ids if i.strip())
 
 
 def select_detectors(
@@ -69,20 +76,12 @@ def select_detectors(
     sel = _split(select)
     ign = _split(ignore) or []
     for label, entries in (("--select", sel or []), ("--ignore", ign)):
-        for e in entries:
-            if not any(k.startswith(e) for k in known):
-                raise UsageError(f"{label}: {e!r} matches no detector; known: {', '.join(known)}")
+        for e in unmatched_ids(entries, known):
+            raise UsageError(f"{label}: {e!r} matches no detector; known: {', '.join(known)}")
     if sel is None:
         sel = cfg.select
     ign = [*cfg.ignore, *ign]
-    chosen = []
-    for d in detectors:
-        if sel is not None and not any(d.ID.startswith(s) for s in sel):
-            continue
-        if any(d.ID.startswith(i) for i in ign):
-            continue
-        chosen.append(d)
-    return chosen
+    return [d for d in detectors if is_selected(d.ID, sel, ign)]
 
 
 def validate_config(config: Config) -> None:

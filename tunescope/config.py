@@ -122,7 +122,7 @@ def parse_config(table: dict[str, Any], path: Path | None = None) -> Config:
         if key in ("select", "ignore"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{cfg.where(key)}: expected a list of detector ids")
-            ids = [v.strip().upper() for v in value]
+            ids = normalise_ids(value)
             if key == "select":
                 cfg.select = ids
             else:
@@ -180,11 +180,33 @@ def check_detector_ids(cfg: Config, ids: Iterable[str]) -> None:
         if did not in known:
             raise ConfigError(f"{cfg.where(did)}: unknown detector id (known: {', '.join(known)})")
     for key, entries in (("select", cfg.select or []), ("ignore", cfg.ignore)):
-        for e in entries:
-            if not any(k.startswith(e) for k in known):
-                raise ConfigError(
-                    f"{cfg.where(key)}: {e!r} matches no detector (known: {', '.join(known)})"
-                )
+        for e in unmatched_ids(entries, known):
+            raise ConfigError(
+                f"{cfg.where(key)}: {e!r} matches no detector (known: {', '.join(known)})"
+            )
+
+
+# Selection works as a linter's: ids or id prefixes (``TS1`` = every TS1xx), in
+# any case; the config file's lists and the CLI's --select/--ignore alike.
+
+
+def normalise_ids(entries: Iterable[str]) -> list[str]:
+    """Detector ids or id prefixes as written (``ts1 ``) in one form (``TS1``)."""
+    return [e.strip().upper() for e in entries]
+
+
+def unmatched_ids(entries: Iterable[str], known: Iterable[str]) -> list[str]:
+    """The ids or id prefixes among ``entries`` that name no detector in ``known``."""
+    known = list(known)
+    return [e for e in entries if not any(k.startswith(e) for k in known)]
+
+
+def is_selected(detector_id: str, select: Iterable[str] | None, ignore: Iterable[str]) -> bool:
+    """Whether a detector runs: in ``select`` (every detector when it is None)
+    and not in ``ignore``."""
+    if select is not None and not any(detector_id.startswith(s) for s in select):
+        return False
+    return not any(detector_id.startswith(i) for i in ignore)
 
 
 def build_options(cfg: Config, detector_id: str, options_cls: type) -> Any:
