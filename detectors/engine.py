@@ -313,20 +313,10 @@ def finding_rows(findings: Iterable[Finding]) -> list[dict[str, Any]]:
     """Rows for ``store.save_findings`` (the ``findings`` view's columns)."""
     rows = []
     for f in findings:
-        rows.append(
-            {
-                "run_id": f.run,
-                "rank": f.rank,
-                "detector": f.detector,
-                "name": f.name,
-                "severity": f.severity.value,
-                "step_start": f.step_start,
-                "step_end": f.step_end,
-                "message": f.message,
-                "suggestion": f.suggestion,
-                "evidence": json.dumps(jsonable(f.evidence), sort_keys=True),
-            }
-        )
+        d = f.to_dict()
+        row = {"run_id": d.pop("run"), **d}
+        row["evidence"] = json.dumps(d["evidence"], sort_keys=True)
+        rows.append(row)
     return rows
 
 

@@ -126,20 +126,7 @@ def as_json(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
 
 
 def _finding_dict(f: Finding) -> dict[str, Any]:
-    d = f.to_dict()
-    return {
-        "run": d["run"],
-        "rank": d["rank"],
-        "detector": d["detector"],
-        "name": d["name"],
-        "severity": d["severity"],
-        "step_start": d["step_start"],
-        "step_end": d["step_end"],
-        "message": d["message"],
-        "suggestion": d["suggestion"],
-        "evidence": d["evidence"],
-        "explain": f"tunescope explain {f.detector}",
-    }
+    return {**f.to_dict(), "explain": f"tunescope explain {f.detector}"}
 
 
 def _gh_data(text: str) -> str:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -52,10 +51,37 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["severity"] = self.severity.value
-        d["evidence"] = jsonable(self.evidence)
-        return d
+        """The finding as JSON-safe data: the shape of the JSON report's
+        findings, of alerts and of their outbox (:meth:`from_dict` reads it)."""
+        return {
+            "run": self.run,
+            "rank": self.rank,
+            "detector": self.detector,
+            "name": self.name,
+            "severity": self.severity.value,
+            "step_start": self.step_start,
+            "step_end": self.step_end,
+            "message": self.message,
+            "suggestion": self.suggestion,
+            "evidence": jsonable(self.evidence),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Finding:
+        """A finding from :meth:`to_dict`'s data; only ``run`` and ``detector``
+        are required (an older journal may lack the rest)."""
+        return cls(
+            run=d["run"],
+            detector=d["detector"],
+            name=d.get("name") or d["detector"],
+            severity=Severity.parse(d.get("severity") or "warning"),
+            step_start=d.get("step_start"),
+            step_end=d.get("step_end"),
+            message=d.get("message") or "",
+            suggestion=d.get("suggestion") or "",
+            rank=d.get("rank"),
+            evidence=d.get("evidence") or {},
+        )
 
     @property
     def key(self) -> tuple[str, int | None, str, int | None]:
@@ -79,10 +105,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)
-
-
-def findings_json(findings: list[Finding]) -> str:
-    return json.dumps([f.to_dict() for f in findings], indent=2)
 
 
 def step_range(finding: Finding | dict[str, Any], none: str = "") -> str:
