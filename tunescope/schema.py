@@ -33,15 +33,6 @@ class Kind(str, Enum):
 KINDS: frozenset[str] = frozenset(k.value for k in Kind)
 
 
-class RunStatus(str, Enum):
-    """Final status of a run as written in ``run_end`` (or inferred by ingest)."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
-
-
 @dataclass(frozen=True)
 class Field:
     """One field of the schema: its name, JSON type, unit and meaning."""
