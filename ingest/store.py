@@ -353,6 +353,24 @@ class Store:
         except duckdb.Error as e:
             raise QueryError(str(e).strip()) from None
 
+    def query_page(
+        self, sql: str, limit: int, offset: int, con: duckdb.DuckDBPyConnection | None = None
+    ) -> pa.Table | None:
+        """Rows ``offset`` to ``offset + limit`` of a single SELECT-like
+        statement, read-only as :meth:`query` is: the statement is wrapped as
+        ``SELECT * FROM (...) LIMIT .. OFFSET ..``, so a big result is never
+        fetched whole. None when ``sql`` is anything else (several statements,
+        EXPLAIN, PRAGMA) or cannot be wrapped (a trailing comment): run it
+        with :meth:`query`."""
+        statements = check_read_only(sql)
+        if len(statements) != 1 or _kind(statements[0]) != "SELECT":
+            return None
+        query = statements[0].query.strip().rstrip(";").strip()
+        try:
+            return self.query(f"SELECT * FROM (\n{query}\n) LIMIT {limit} OFFSET {offset}", con)
+        except (QueryError, UsageError):
+            return None
+
     def export(self, path: str | Path, overwrite: bool = False) -> None:
         """Write every view as a table into a new DuckDB database file."""
         path = Path(path)

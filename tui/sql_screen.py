@@ -1,7 +1,7 @@
 """Read-only SQL over the store's views, results paged into a table.
 
-A single SELECT is fetched one page at a time (the query wrapped as
-``SELECT * FROM (...) LIMIT .. OFFSET ..``, run again for each page), so that
+A single SELECT is fetched one page at a time (``Store.query_page``, run
+again for each page), so that
 ``SELECT * FROM metrics`` on a big store never loads every row; the total is
 shown once the last page is reached. EXPLAIN, PRAGMA and several statements
 run as they are and their (small) result is paged on screen.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import duckdb
 import pyarrow as pa
 from rich.text import Text
 from textual import on, work
@@ -21,31 +20,19 @@ from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
+from tunescope import numbers
 from tunescope.errors import TunescopeError
-from tunescope.ingest.rows import fetch_arrow
-from tunescope.ingest.store import check_read_only
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import QueryDone, QueryFailed
 from tunescope.tui.row_table import RowTable
-from tunescope.tui.runs_screen import fmt_value
 
 PAGE = 100  # rows in the table at a time
 EXAMPLE = "SELECT run_id, status, steps_logged, last_loss FROM runs ORDER BY run_id"
 
 
 def cell(value: object) -> str:
-    if isinstance(value, float):
-        return fmt_value(value, ".6g")
-    if value is None:
-        return "NULL"
-    text = str(value)
+    text = numbers.cell(value, ".6g", none="NULL")
     return text if len(text) <= 60 else text[:59] + "…"
-
-
-def _is_select(stmt: Any) -> bool:
-    """A SELECT-like statement (SELECT, WITH, VALUES, FROM, DESCRIBE, SHOW, SUMMARIZE)."""
-    kind = getattr(stmt.type, "name", str(stmt.type))
-    return kind.replace("StatementType.", "").replace("_STATEMENT", "") == "SELECT"
 
 
 class SqlScreen(WorkerScreen):
@@ -119,28 +106,15 @@ class SqlScreen(WorkerScreen):
             self.post_message(done)
 
     def _fetch(self, store: Any, cur: Any, sql: str, page: int, new_query: bool) -> QueryDone:
-        """One page of a single SELECT (``SELECT * FROM (sql) LIMIT .. OFFSET ..``,
-        one row more than a page to know whether another follows); the whole
-        result for anything else. Read-only: checked, and rolled back."""
-        statements = check_read_only(sql)
-        if len(statements) == 1 and _is_select(statements[0]):
-            query = statements[0].query.strip().rstrip(";").strip()
-            paged = f"SELECT * FROM (\n{query}\n) LIMIT {PAGE + 1} OFFSET {page * PAGE}"
-            try:
-                check_read_only(paged)  # the wrapping cannot make it write, checked anyway
-                cur.execute("BEGIN TRANSACTION")
-                try:
-                    table = fetch_arrow(cur, paged)
-                finally:
-                    cur.execute("ROLLBACK")
-            except (duckdb.Error, TunescopeError):
-                pass  # not wrappable (a trailing comment, ...): run it as it is, below
-            else:
-                self.fetched_rows = table.num_rows + (0 if new_query else self.fetched_rows)
-                more = table.num_rows > PAGE
-                return QueryDone(
-                    table.slice(0, PAGE), 0.0, True, page, more, new_query=new_query, sql=sql
-                )
+        """One page of a single SELECT (one row more than a page, to know
+        whether another follows); the whole result for anything else."""
+        table = store.query_page(sql, PAGE + 1, page * PAGE, con=cur)
+        if table is not None:
+            self.fetched_rows = table.num_rows + (0 if new_query else self.fetched_rows)
+            more = table.num_rows > PAGE
+            return QueryDone(
+                table.slice(0, PAGE), 0.0, True, page, more, new_query=new_query, sql=sql
+            )
         table = store.query(sql, con=cur)
         self.fetched_rows = table.num_rows
         return QueryDone(table, 0.0, new_query=True, sql=sql)
