@@ -54,13 +54,13 @@ from tunescope.detectors import stats
 from tunescope.detectors.rankwise import (
     collapse_ranks,
     finding,
-    fmt,
     payload_number,
     rank_slices,
     steps_slices,
     trend1,
 )
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import grouped as fmt
 
 if TYPE_CHECKING:
     import polars as pl

@@ -63,7 +63,6 @@ from tunescope.detectors.series import (
     DIFF_TO_SIGMA,
     Series,
     epoch_boundaries,
-    fmt,
     near_boundary,
     run_series,
 )
@@ -71,6 +70,7 @@ from tunescope.detectors.spike_scan import LossSpikeParams, loss_incidents
 from tunescope.detectors.stats import incidents, warmup_mask
 from tunescope.detectors.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import number as fmt
 
 ID = "TS102"
 NAME = "divergence"

@@ -24,9 +24,9 @@ from tunescope.config import (
     unmatched_ids,
 )
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import fmt
 from tunescope.errors import TunescopeError, UsageError
 from tunescope.findings import Finding, Severity, jsonable
+from tunescope.numbers import number as fmt
 
 if TYPE_CHECKING:
     from tunescope.ingest.store import Store

@@ -36,9 +36,10 @@ import numpy as np
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import Series, fmt, merge_ranks, rank_series, samples_note, spikes
+from tunescope.detectors.series import Series, merge_ranks, rank_series, samples_note, spikes
 from tunescope.detectors.stats import incidents, warmup_mask
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import number as fmt
 
 ID = "TS105"
 NAME = "grad-norm-explosion"

@@ -46,6 +46,7 @@ from tunescope.detectors.curves import (
     spec_source,
 )
 from tunescope.findings import Finding, Severity, jsonable
+from tunescope.numbers import cell
 
 # Characters of curve data that the runs with findings share; each run's charts
 # get as many buckets as fit, between MIN_BUCKETS and MAX_BUCKETS.
@@ -276,13 +277,13 @@ def _summary_table(runs: list[dict[str, Any]], with_findings: set[str]) -> str:
         name = _esc(r["run"])
         link = f'<a href="#{_slug(r["run"])}">{name}</a>' if r["run"] in with_findings else name
         last, total = r.get("last_step"), r.get("total_steps")
-        steps = f"{_fmt(last)}/{total}" if total else _fmt(last)
+        steps = f"{cell(last)}/{total}" if total else cell(last)
         cells = [
             (r["run"], link),
             (r.get("status") or "", f'<span class="st-{_esc(r.get("status"))}">'
              f"{_esc(r.get('status') or '?')}</span>"),
             (last if last is not None else -1, steps),
-            (r.get("last_loss"), _fmt(r.get("last_loss"))),
+            (r.get("last_loss"), cell(r.get("last_loss"))),
             (c.get("error", 0), str(c.get("error", 0))),
             (c.get("warning", 0), str(c.get("warning", 0))),
             (c.get("info", 0), str(c.get("info", 0))),

@@ -49,13 +49,13 @@ from tunescope.detectors.base import Context
 from tunescope.detectors.series import (
     early_level,
     epoch_boundaries,
-    fmt,
     merge_ranks,
     near_boundary,
     samples_note,
 )
 from tunescope.detectors.spike_scan import LossSpikeParams, loss_incidents
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import number as fmt
 
 ID = "TS101"
 NAME = "loss-spike"

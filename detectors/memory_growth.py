@@ -69,7 +69,6 @@ from tunescope.detectors.rankwise import (
     collapse_ranks,
     finding,
     first_event_step,
-    fmt,
     ranks_from_slices,
     run_ended,
     special_steps,
@@ -77,6 +76,7 @@ from tunescope.detectors.rankwise import (
     trend1,
 )
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import grouped as fmt
 
 if TYPE_CHECKING:
     from tunescope.detectors.base import Context

@@ -38,6 +38,7 @@ from tunescope.detectors.base import Context
 from tunescope.detectors.series import merge_ranks, rank_series, samples_note
 from tunescope.detectors.stats import incidents
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import number as fmt
 from tunescope.words import count
 
 ID = "TS001"
@@ -119,7 +120,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 ev["sample_ids"] = ids
             if transient:
                 msg = (
-                    f"grad_norm was {_v(gn[first])} at step {step0} and finite again at the "
+                    f"grad_norm was {fmt(gn[first])} at step {step0} and finite again at the "
                     f"next logged step (loss stayed finite): most likely an fp16 overflow "
                     f"that the loss scaler skipped.{samples_note(ids)}"
                 )
@@ -139,7 +140,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                     hits = np.flatnonzero(mask[seg])
                     if len(hits):
                         k = a + int(hits[0])
-                        shown = "" if label.startswith("loss logged") else f" {_v(vals[k])}"
+                        shown = "" if label.startswith("loss logged") else f" {fmt(vals[k])}"
                         parts.append((k, f"{label}{shown} from step {int(s.step[k])}"))
                 tail = (
                     "never finite again to the end of the log"
@@ -163,11 +164,3 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
 def _last_finite(v: np.ndarray, i: int) -> float | None:
     prev = v[:i][np.isfinite(v[:i])]
     return float(prev[-1]) if len(prev) else None
-
-
-def _v(x: float) -> str:
-    if np.isnan(x):
-        return "NaN"
-    if np.isinf(x):
-        return "Inf" if x > 0 else "-Inf"
-    return f"{x:.3g}"

@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import event_payload, fmt, run_series
+from tunescope.detectors.series import event_payload, run_series
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import number as fmt
 
 ID = "TS104"
 NAME = "overfitting"

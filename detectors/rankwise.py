@@ -108,17 +108,6 @@ def run_ended(ctx: Context) -> dict[tuple[str, int], str]:
     return out
 
 
-def ranks_of(steps: pl.DataFrame) -> dict[str, list[int]]:
-    """Run -> the ranks that logged steps."""
-    out: dict[str, list[int]] = {}
-    if steps.height == 0:
-        return out
-    pairs = steps.select("run_id", "rank").unique().sort("run_id", "rank")
-    for run_id, rank in pairs.iter_rows():
-        out.setdefault(run_id, []).append(int(rank))
-    return out
-
-
 def collapse_ranks(findings: list[Finding], ranks: dict[str, list[int]]) -> list[Finding]:
     """One finding per incident: when every rank of a run (two or more) has
     a finding of the same kind (``evidence['kind']``) over overlapping steps,
@@ -180,22 +169,6 @@ def collapse_ranks(findings: list[Finding], ranks: dict[str, list[int]]) -> list
             )
         out.extend(g for g in group if id(g) not in used)
     return out
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    """A number for a message: 3 significant digits, thousands separated."""
-    if value is None or not np.isfinite(value):
-        return str(value)
-    a = abs(value)
-    if a != 0 and (a < 1e-3 or a >= 1e13):
-        return f"{value:.{digits - 1}e}"
-    if a >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}g}"
-
-
-def severity(level: str) -> Severity:
-    return Severity(level)
 
 
 def payload_number(payload: dict[str, Any], *names: str) -> float | None:

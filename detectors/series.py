@@ -391,16 +391,6 @@ def _ranks(ranks: list[int]) -> str:
     return ", ".join(str(r) for r in ranks[:8]) + (", ..." if len(ranks) > 8 else "")
 
 
-def fmt(x: float) -> str:
-    """A number for a message: 3 significant digits, no exponent for usual sizes."""
-    if not np.isfinite(x):
-        return "NaN" if np.isnan(x) else ("Inf" if x > 0 else "-Inf")
-    a = abs(x)
-    if a != 0 and (a < 1e-3 or a >= 1e5):
-        return f"{x:.2e}"
-    return f"{x:.3g}"
-
-
 def samples_note(ids: list[Any] | None, limit: int = 8) -> str:
     if not ids:
         return ""

@@ -53,8 +53,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors.rankwise import finding, fmt, run_ended, special_steps, steps_slices
+from tunescope.detectors.rankwise import finding, run_ended, special_steps, steps_slices
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import grouped as fmt
 from tunescope.words import count
 
 if TYPE_CHECKING:

@@ -47,12 +47,12 @@ from tunescope.detectors import stats
 from tunescope.detectors.rankwise import (
     collapse_ranks,
     finding,
-    fmt,
     ranks_from_slices,
     special_steps,
     steps_slices,
 )
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import grouped as fmt
 
 if TYPE_CHECKING:
     from tunescope.detectors.base import Context

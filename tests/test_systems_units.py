@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from tunescope.detectors import memory_growth, stats
 from tunescope.detectors.base import Context
-from tunescope.detectors.rankwise import collapse_ranks, fmt
+from tunescope.detectors.rankwise import collapse_ranks
 from tunescope.findings import Finding, Severity
 from tunescope.ingest.store import Store
 
@@ -125,10 +125,3 @@ def test_empty_store(tmp_path) -> None:
     for module in MODULES:
         mod = importlib.import_module(f"tunescope.detectors.{module}")
         assert mod.run(ctx, mod.Options()) == []
-
-
-def test_fmt() -> None:
-    assert fmt(1234567.0) == "1,234,567"
-    assert fmt(0.000123) == "1.23e-04"
-    assert fmt(2.5) == "2.5"
-    assert fmt(float("nan")) == "nan"

@@ -19,6 +19,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from tunescope.detectors.curves import Series
+from tunescope.numbers import compact
 
 # Colours for series, in order; chosen to stay apart on dark and light themes.
 PALETTE = (
@@ -281,9 +282,9 @@ class Plot(Widget):
                 bgcolor=_blend(SEVERITY_COLOURS[sev], 0.28 if lvl >= 10 else 0.14)
             )
 
-        labels = {0: fmt_num(self._inverse(yhi)), rows - 1: fmt_num(self._inverse(ylo))}
+        labels = {0: compact(self._inverse(yhi)), rows - 1: compact(self._inverse(ylo))}
         if rows >= 5:
-            labels[rows // 2] = fmt_num(self._inverse(yhi - (yhi - ylo) * (rows // 2 + 0.5) / rows))
+            labels[rows // 2] = compact(self._inverse(yhi - (yhi - ylo) * (rows // 2 + 0.5) / rows))
         colour_styles = [Style(color=s.colour) for s in finite]
         bad_style = Style(color=SEVERITY_COLOURS["error"], bold=True)
         for r in range(rows):
@@ -315,7 +316,7 @@ class Plot(Widget):
         # x axis: the range labels and a mark under each finding.
         axis = [" "] * cols
         axis_styles: list[Style] = [dim] * cols
-        left, right = fmt_num(xlo), fmt_num(xhi)
+        left, right = compact(xlo), compact(xhi)
         for i, ch in enumerate(left[:cols]):
             axis[i] = ch
         for i, ch in enumerate(right[-cols:]):

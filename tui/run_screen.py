@@ -25,6 +25,7 @@ from textual.worker import get_current_worker
 from tunescope.detectors.base import Context
 from tunescope.detectors.curves import RUN_PLOTS, rank_grid
 from tunescope.detectors.limits import run_limits
+from tunescope.numbers import cell
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import (
     CurveLoaded,
@@ -37,7 +38,7 @@ from tunescope.tui.messages import (
 from tunescope.tui.plot import SEVERITY_COLOURS, Marker, Plot
 from tunescope.tui.queries import plot_series, run_findings, run_interventions, run_summary
 from tunescope.tui.rank_grid import RankGrid, windows_for
-from tunescope.tui.runs_screen import STATUS_STYLE, fmt_value
+from tunescope.tui.runs_screen import STATUS_STYLE
 
 
 def step_span(f: dict[str, Any]) -> str:
@@ -301,7 +302,7 @@ class RunScreen(WorkerScreen):
         text.append(status, style=STATUS_STYLE.get(status, ""))
         done, total = r["last_step"], r["total_steps"]
         text.append(f"  step {done if done is not None else '–'}" + (f"/{total}" if total else ""))
-        text.append(f"  loss {fmt_value(r['last_loss'])}")
+        text.append(f"  loss {cell(r['last_loss'])}")
         if r.get("world_size"):
             text.append(f"  {r['world_size']} rank{'s' if r['world_size'] != 1 else ''}")
         if r.get("model"):

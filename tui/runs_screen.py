@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -14,6 +13,7 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
+from tunescope.numbers import cell
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import ReportWritten, RunsLoaded, StoreChanged
 from tunescope.tui.queries import RUNS_PAGE, SORTS, STATUSES, RunFilter, runs_page
@@ -34,14 +34,6 @@ HEADER_SORTS = {
     "loss": "loss",
     "findings": "findings",
 }
-
-
-def fmt_value(v: Any, spec: str = ".4g") -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float) and not math.isfinite(v):
-        return "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return format(v, spec)
 
 
 def findings_cell(n_error: int, n_warning: int, n_info: int) -> Text:
@@ -245,9 +237,9 @@ class RunsScreen(WorkerScreen):
             shorten(r["display"] or r["run_id"], self.run_width()),
             Text(status, style=STATUS_STYLE.get(status, "")),
             steps_cell(r),
-            fmt_value(r["last_loss"]),
-            fmt_value(r["last_lr"], ".2e"),
-            fmt_value(r["world_size"], "d"),
+            cell(r["last_loss"]),
+            cell(r["last_lr"], ".2e"),
+            cell(r["world_size"]),
             findings_cell(r["n_error"], r["n_warning"], r["n_info"]),
         ]
 

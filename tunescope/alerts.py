@@ -68,6 +68,7 @@ from typing import Any
 
 from tunescope import __version__
 from tunescope.findings import Finding, Severity, jsonable, step_range
+from tunescope.numbers import cell
 
 FORMATS = ("slack", "feishu", "dingtalk", "json")
 SECRET_ENV = "TUNESCOPE_WEBHOOK_SECRET"
@@ -175,7 +176,7 @@ def run_line(run: dict[str, Any]) -> str:
         parts.append(f"step {run['last_step']}" + (f"/{total}" if total else ""))
     for key, label in (("last_loss", "loss"), ("last_lr", "lr")):
         if run.get(key) is not None:
-            parts.append(f"{label} {_num(run[key])}")
+            parts.append(f"{label} {cell(run[key])}")
     if run.get("model"):
         parts.append(str(run["model"]))
     return " · ".join(parts)
@@ -1239,7 +1240,7 @@ class TrainingAlerts:
         bad = [(n, v) for n, v in (("loss", loss), ("grad_norm", grad_norm)) if _nonfinite(v)]
         if bad and (run, rank, self.NONFINITE) not in self._fired:
             self._fired.add((run, rank, self.NONFINITE))
-            what = " and ".join(f"{n} = {_num(v)}" for n, v in bad)
+            what = " and ".join(f"{n} = {cell(v)}" for n, v in bad)
             f = Finding(
                 run=run,
                 rank=rank,
@@ -1284,7 +1285,7 @@ class TrainingAlerts:
             step_start=start,
             step_end=step,
             message=(
-                f"loss rose to {_num(peak)} ({peak / first:.1f}x its first value {_num(first)}) "
+                f"loss rose to {cell(peak)} ({peak / first:.1f}x its first value {cell(first)}) "
                 f"at step {start} and stayed above {self.recover:g}x for "
                 f"{step - start + 1} steps"
             ),
