@@ -84,4 +84,4 @@ vendor:
 	@cat detectors/vendor/VERSION
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
