@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -665,6 +667,39 @@ async def test_running_run_updates_when_lines_are_appended(tmp_path: Path) -> No
         # The runs list underneath was refreshed as well.
         await settle(pilot, lambda: any(r["last_step"] == 80 for r in runs_screen.rows))
         assert app.ingests >= 1
+
+
+async def test_a_run_ingested_by_another_process_shows_within_the_interval(
+    tmp_path: Path,
+) -> None:
+    """Another process ingests a new run (as a `tunescope watch` beside the TUI
+    does): the TUI's own ingest then finds nothing new to read, and the run
+    must still show at its next poll, not at the next periodic reload (30 s)."""
+    from tunescope.ingest.follow import REFRESH_EVERY_S
+
+    root = tmp_path / "runs"
+    write_run(root, "healthy", steps=20)
+    store = Store.open(root)
+    interval = 0.5
+    app = make_app(store, live=True, interval=interval)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded and app.ingests >= 1)
+        await settle(pilot, lambda: not app._updating)
+        # No await from here to the end of the subprocess: the app's timers run on
+        # this event loop, so the TUI cannot ingest the new run itself meanwhile.
+        write_run(root, "newcomer", steps=30)
+        done = subprocess.run(
+            [sys.executable, "-m", "tunescope", "ingest", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        t0 = time.monotonic()
+        await settle(pilot, lambda: "newcomer" in run_names(app), timeout=REFRESH_EVERY_S / 3)
+        seen_after = time.monotonic() - t0
+        assert not store.last_report.modified  # read by the other process, not by the TUI
+    assert seen_after < REFRESH_EVERY_S / 3
 
 
 def test_finding_rows_round_trip_through_the_store(tmp_path: Path) -> None:
