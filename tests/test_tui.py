@@ -731,7 +731,7 @@ def test_finding_rows_round_trip_through_the_store(tmp_path: Path) -> None:
     assert rows == [("TS101", "warning", SPIKE_STEP, 0, "9.5")]
 
 
-async def test_analysis_runs_when_the_engine_exists(tmp_path: Path) -> None:
+async def test_analysis_runs_on_start(tmp_path: Path) -> None:
     store = build_runs(tmp_path / "runs")  # its own copy: the analysis replaces findings
     app = make_app(store, analyze=True)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -795,7 +795,7 @@ async def test_a_failing_detector_is_reported_and_the_findings_stay(
         calls.append(kw)
         raise ValueError("threshold must be positive")
 
-    app.analyze_fn = failing  # as if the engine were installed: runs on mount
+    app.analyze_fn = failing  # a detector that raises: runs on mount
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot, lambda: app.screen.loaded)
         await settle(pilot, lambda: not app._updating and len(app._notifications) > 0)
