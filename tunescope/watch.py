@@ -361,7 +361,7 @@ class Watcher:
                         f"({steps}) folded into the next alert for this run and detector "
                         f"(rate limit, {wait:.0f}s left)"
                     )
-                elif not rec.get("held"):
+                elif rec is not None and not rec.get("held"):
                     rec["held"] = True
                     self.log(
                         f"held: {f.detector} incident in {f.run} ({steps}) is still "

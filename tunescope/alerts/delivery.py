@@ -152,29 +152,30 @@ def deliver(
     while True:
         attempt += 1
         retry_after: str | None = None
+        status: int | None = None  # None: no answer at all
         req = make_request()
         try:
-            status, body, headers = _open(req, policy.timeout)
+            code, body, headers = _open(req, policy.timeout)
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", None) or e
-            status, body = None, b""
             error, retryable = f"connection failed: {reason}", True
         else:
+            status = code
             retry_after = headers.get("Retry-After") if headers else None
-            if 300 <= status < 400:
+            if 300 <= code < 400:
                 # Not delivered, and not worth an immediate retry (the answer
                 # will be the same): kept for later, once the URL is fixed.
-                error = _redirected(req.url, status, headers)
-                return Outcome(False, status, attempt, error, True, time.monotonic() - started)
-            if 200 <= status < 300:
+                error = _redirected(req.url, code, headers)
+                return Outcome(False, code, attempt, error, True, time.monotonic() - started)
+            if 200 <= code < 300:
                 refusal = _app_refusal(fmt, body)
                 if refusal is None:
-                    return Outcome(True, status, attempt, seconds=time.monotonic() - started)
+                    return Outcome(True, code, attempt, seconds=time.monotonic() - started)
                 error, retryable = refusal
-            elif status == 429 or status >= 500:
-                error, retryable = f"HTTP {status} {_snippet(body)}".strip(), True
+            elif code == 429 or code >= 500:
+                error, retryable = f"HTTP {code} {_snippet(body)}".strip(), True
             else:
-                error, retryable = f"HTTP {status} {_snippet(body)}".strip(), False
+                error, retryable = f"HTTP {code} {_snippet(body)}".strip(), False
         if not retryable or attempt > policy.retries or abort.is_set():
             return Outcome(
                 False, status, attempt, error, retryable, seconds=time.monotonic() - started

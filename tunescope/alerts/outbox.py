@@ -55,7 +55,7 @@ class Outbox:
     def add(self, items: Iterable[tuple[str, Item]], error: str | None = None) -> list[str]:
         """Record ``(endpoint_id, item)`` pairs; returns their entry ids."""
         now = time.time()
-        entries = []
+        entries: list[dict[str, Any]] = []
         for endpoint_id, item in items:
             entry = {
                 "oid": uuid.uuid4().hex[:16],

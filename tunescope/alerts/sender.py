@@ -216,18 +216,18 @@ class AlertSender:
         if dropped:
             self._log(f"dropped {dropped} outbox alert(s) older than {self.outbox.max_age_s:.0f}s")
         n = 0
-        for e in entries:
+        for entry in entries:
             with self._lock:
-                if e["oid"] in self._inflight:
+                if entry["oid"] in self._inflight:
                     continue
-                self._inflight.add(e["oid"])
+                self._inflight.add(entry["oid"])
             try:
-                item = item_from_dict(e["item"])
-                by_id[e["endpoint"]].queue.put_nowait(_Job(item, e["oid"]))
+                item = item_from_dict(entry["item"])
+                by_id[entry["endpoint"]].queue.put_nowait(_Job(item, entry["oid"]))
                 n += 1
             except (KeyError, TypeError, ValueError, queue.Full):
                 with self._lock:
-                    self._inflight.discard(e["oid"])
+                    self._inflight.discard(entry["oid"])
         if n:
             self._log(f"retrying {n} alert(s) from the outbox")
         return n
@@ -265,15 +265,15 @@ class AlertSender:
             # Stuck in an HTTP request: keep its alert and whatever is queued.
             with w.lock:
                 w.abandoned = True
-                left = [w.current] if w.current is not None else []
+                stuck = [w.current] if w.current is not None else []
             while True:
                 try:
                     job = w.queue.get_nowait()
                 except queue.Empty:
                     break
                 if job is not _STOP:
-                    left.append(job)
-            self._unsent(w.endpoint, left, "still sending at shutdown")
+                    stuck.append(job)
+            self._unsent(w.endpoint, stuck, "still sending at shutdown")
         if interrupted is not None:
             raise interrupted
         return self.stats["kept"] - before
