@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import threading
 import time
 import urllib.parse
@@ -19,7 +18,6 @@ from tunescope.alerts import (
     AlertSender,
     Outbox,
     RetryPolicy,
-    TrainingAlerts,
     detect_format,
     redact_url,
     verify_json_signature,
@@ -409,57 +407,6 @@ def test_alert_round_trips_through_dict():
     assert b.finding.severity is Severity.ERROR and b.finding.key == a.finding.key
 
 
-# ---- the trainer side ----------------------------------------------------------------
-
-
-def test_training_alerts_nan_fires_once_and_is_delivered():
-    with Receiver() as rx:
-        sender = AlertSender([rx.url], format="json", policy=FAST, log=LogLines())
-        checks = TrainingAlerts(sender, total_steps=100)
-        fired = [checks.on_step("r", 0, s, loss=2.0, grad_norm=1.0) for s in range(1, 5)]
-        fired.append(checks.on_step("r", 0, 5, loss=float("nan"), grad_norm=float("inf")))
-        fired += [checks.on_step("r", 0, s, loss=float("nan")) for s in range(6, 10)]
-        # Another rank is its own incident.
-        fired.append(checks.on_step("r", 1, 9, loss=2.0, grad_norm=float("nan")))
-        got = rx.wait_for(2)
-        sender.close()
-    sent = [f for f in fired if f is not None]
-    assert [(f.rank, f.detector, f.step_start) for f in sent] == [
-        (0, "TS001", 5),
-        (1, "TS001", 9),
-    ]
-    assert "loss = NaN and grad_norm = Inf at step 5" in sent[0].message
-    assert len(got) == 2
-    assert {r.json()["finding"]["rank"] for r in got} == {0, 1}
-
-
-def test_training_alerts_divergence_rule():
-    checks = TrainingAlerts(None, warmup_steps=10, patience=5)
-    out = []
-    # First value 1.0; a 4x excursion during warmup is ignored.
-    losses = [1.0] + [4.0] * 8 + [1.0] * 5
-    # After warmup: a 3.5x rise that recovers below 2x after 3 steps: no alert.
-    losses += [3.5] * 3 + [1.5] * 3
-    # Then a sustained rise: 3x at one step, staying above 2x for 5 steps: one alert.
-    losses += [3.2, 2.5, 2.6, 2.8, 2.9, 3.0, 3.1]
-    for step, loss in enumerate(losses, 1):
-        out.append(checks.on_step("r", 0, step, loss=loss))
-    fired = [(i + 1, f) for i, f in enumerate(out) if f is not None]
-    assert len(fired) == 1
-    step, f = fired[0]
-    start = len([1.0] + [4.0] * 8 + [1.0] * 5 + [3.5] * 3 + [1.5] * 3) + 1
-    assert f.detector == "TS102" and f.name == "divergence" and f.step_start == start
-    assert step == start + 4 and f.step_end == step
-    assert math.isclose(f.evidence["peak_loss"], 3.2)
-
-
-def test_training_alerts_validates_options():
-    with pytest.raises(ValueError):
-        TrainingAlerts(None, rise=2.0, recover=2.0)
-    with pytest.raises(ValueError):
-        TrainingAlerts(None, patience=0)
-
-
 # ---- secrets stay out of logs on every failure path ----------------------------------
 
 PATH_TOKEN = "B000/PATHTOKEN8c1f"
@@ -567,30 +514,3 @@ def test_hurry_cuts_the_drain_short_and_journals_everything(tmp_path):
     assert left == 3
     steps = sorted(e["item"]["alert"]["finding"]["step_start"] for e in Outbox(box).entries())
     assert steps == [10, 11, 12]
-
-
-def test_training_alerts_for_webhook_never_blocks_a_step(tmp_path):
-    """The trainer-side path with a dead endpoint: steps never wait on it, and
-    the undeliverable alert lands in the outbox at close."""
-    box = tmp_path / "run" / ".tunescope" / "alerts-outbox.jsonl"
-    checks = TrainingAlerts.for_webhook(
-        closed_port_url(),
-        format="json",
-        secret="",
-        outbox=box,
-        policy=RetryPolicy(timeout=0.5, retries=5, backoff=0.2),
-        warmup_steps=5,
-    )
-    checks.sender._log_fn = LogLines()
-    durations = []
-    for step in range(1, 2001):
-        loss = float("nan") if step == 1000 else 2.0
-        t0 = time.perf_counter()
-        checks.on_step("run", 0, step, loss=loss, grad_norm=1.0, lr=1e-4)
-        durations.append(time.perf_counter() - t0)
-    # Sending on the step would take >= 0.5 s (the timeout) times six attempts.
-    assert durations[999] < 0.25, f"the NaN step took {durations[999]:.3f}s"
-    assert sorted(durations)[1000] < 1e-3  # the median step: microseconds
-    assert checks.close(timeout=0.2) == 1
-    (entry,) = Outbox(box).entries()
-    assert entry["item"]["alert"]["finding"]["step_start"] == 1000

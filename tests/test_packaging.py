@@ -24,10 +24,13 @@ COMPONENTS = {
 def all_modules() -> list[str]:
     mods = []
     for folder, package in COMPONENTS.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
+        for path in sorted((ROOT / folder).rglob("*.py")):  # subpackages too (tunescope.alerts)
             if path.name == "__main__.py":
                 continue
-            mods.append(package if path.stem == "__init__" else f"{package}.{path.stem}")
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods.append(".".join((package, *parts)))
     return mods
 
 

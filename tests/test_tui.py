@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -667,6 +669,39 @@ async def test_running_run_updates_when_lines_are_appended(tmp_path: Path) -> No
         assert app.ingests >= 1
 
 
+async def test_a_run_ingested_by_another_process_shows_within_the_interval(
+    tmp_path: Path,
+) -> None:
+    """Another process ingests a new run (as a `tunescope watch` beside the TUI
+    does): the TUI's own ingest then finds nothing new to read, and the run
+    must still show at its next poll, not at the next periodic reload (30 s)."""
+    from tunescope.ingest.follow import REFRESH_EVERY_S
+
+    root = tmp_path / "runs"
+    write_run(root, "healthy", steps=20)
+    store = Store.open(root)
+    interval = 0.5
+    app = make_app(store, live=True, interval=interval)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded and app.ingests >= 1)
+        await settle(pilot, lambda: not app._updating)
+        # No await from here to the end of the subprocess: the app's timers run on
+        # this event loop, so the TUI cannot ingest the new run itself meanwhile.
+        write_run(root, "newcomer", steps=30)
+        done = subprocess.run(
+            [sys.executable, "-m", "tunescope", "ingest", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        t0 = time.monotonic()
+        await settle(pilot, lambda: "newcomer" in run_names(app), timeout=REFRESH_EVERY_S / 3)
+        seen_after = time.monotonic() - t0
+        assert not store.last_report.modified  # read by the other process, not by the TUI
+    assert seen_after < REFRESH_EVERY_S / 3
+
+
 def test_finding_rows_round_trip_through_the_store(tmp_path: Path) -> None:
     from tunescope.detectors.engine import finding_rows
 
@@ -696,7 +731,7 @@ def test_finding_rows_round_trip_through_the_store(tmp_path: Path) -> None:
     assert rows == [("TS101", "warning", SPIKE_STEP, 0, "9.5")]
 
 
-async def test_analysis_runs_when_the_engine_exists(tmp_path: Path) -> None:
+async def test_analysis_runs_on_start(tmp_path: Path) -> None:
     store = build_runs(tmp_path / "runs")  # its own copy: the analysis replaces findings
     app = make_app(store, analyze=True)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -760,7 +795,7 @@ async def test_a_failing_detector_is_reported_and_the_findings_stay(
         calls.append(kw)
         raise ValueError("threshold must be positive")
 
-    app.analyze_fn = failing  # as if the engine were installed: runs on mount
+    app.analyze_fn = failing  # a detector that raises: runs on mount
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot, lambda: app.screen.loaded)
         await settle(pilot, lambda: not app._updating and len(app._notifications) > 0)

@@ -544,16 +544,16 @@ class TunescopeCallback(TrainerCallback):
     def _start_alerts(self, fields: dict[str, Any]) -> None:
         if not self.webhook or self.rank != 0 or self.alerts is not None:
             return
-        from tunescope.alerts import TrainingAlerts
+        from tunescope.alerts import OUTBOX_NAME
+        from tunescope.train.live_alerts import TrainingAlerts
 
         self.alerts = TrainingAlerts.for_webhook(
             self.webhook,
             format=self.webhook_format,
             secret=self.webhook_secret,
-            outbox=self.run_dir / ".tunescope" / "alerts-outbox.jsonl",
-            warmup_steps=int(fields.get("warmup_steps") or 0),
-            total_steps=fields.get("total_steps") or None,
-            model=fields.get("model"),
+            outbox=self.run_dir / ".tunescope" / OUTBOX_NAME,
+            start=fields,
+            run_dir=self.run_dir,
         )
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any):

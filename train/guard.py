@@ -132,7 +132,7 @@ class GuardPolicy:
         return asdict(self)
 
 
-def _live_context(run_id: str, rank: int, cols: dict[str, list], start: dict[str, Any]) -> Any:
+def live_context(run_id: str, rank: int, cols: dict[str, list], start: dict[str, Any]) -> Any:
     """A detector :class:`~tunescope.detectors.base.Context` over this rank's
     records in memory: the frames the detectors read, built without a store."""
     import polars as pl
@@ -286,7 +286,7 @@ class Guard:
             fake["mem_allocated_mb"] = [100.0 + i for i in range(n)]
             for c in ("lr", "grad_norm", "mem_peak_mb"):
                 fake[c] = [None] * n
-            ctx = _live_context(run_id, rank, fake, {})
+            ctx = live_context(run_id, rank, fake, {})
             divergence.run(ctx, self.options[divergence.ID])
             memory_growth.run(ctx, self.options[memory_growth.ID])
 
@@ -315,7 +315,7 @@ class Guard:
         t0 = time.perf_counter()
         from tunescope.findings import Severity
 
-        ctx = _live_context(self.run_id, self.rank, self.cols, self.start)
+        ctx = live_context(self.run_id, self.rank, self.cols, self.start)
         if self.policy.divergence != "report" and not self.request:
             from tunescope.detectors import divergence
 

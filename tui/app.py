@@ -1,7 +1,9 @@
 """``TunescopeApp``: the Textual front end over a :class:`~tunescope.ingest.store.Store`.
 
 The app receives its store (tests hand it one built from fixtures). It owns
-only what is app-wide: the live ingest and analysis worker, the global keys
+only what is app-wide: the live ingest and analysis worker (which follows the
+runs with the same :class:`~tunescope.ingest.follow.Follower` as ``tunescope
+watch``, so it sees runs that another process ingested too), the global keys
 and the forwarding of :class:`StoreChanged` to the screens. Each screen owns
 its own queries, workers and handlers.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import work
@@ -19,6 +20,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.worker import Worker
 
+from tunescope.ingest.follow import Follower
 from tunescope.tui.error_modal import report_worker_error
 from tunescope.tui.messages import AnalyzeFailed, StoreChanged
 from tunescope.tui.runs_screen import RunsScreen
@@ -26,8 +28,6 @@ from tunescope.tui.runs_screen import RunsScreen
 if TYPE_CHECKING:
     from tunescope.findings import Finding
     from tunescope.ingest.store import Store
-
-REFRESH_EVERY_S = 30.0  # re-derive statuses (running -> interrupted) even when no file changed
 
 
 def load_analyze() -> Callable[..., list[Finding]]:
@@ -44,8 +44,8 @@ class TunescopeApp(App[None]):
     Args:
         store: the store to show (already ingested).
         live: ingest new log lines every ``interval`` seconds in a worker.
-        analyze: run the detectors on start and on runs that changed, when the
-            detector engine is installed; otherwise show the stored findings.
+        analyze: run the detectors on start and on the runs that changed;
+            False: show the stored findings only.
         detector_config: the detectors' configuration (thresholds, select,
             ignore), passed to ``analyze`` as ``config``; None: their defaults.
         clock: the timer used for query durations (tests pin it).
@@ -78,14 +78,13 @@ class TunescopeApp(App[None]):
         self.analyze_fn = load_analyze() if analyze else None
         self.detector_config = detector_config
         self._updating = False
-        self._refreshed_at = time.monotonic()
-        self.ingests = 0
+        self.follower = Follower(store)
 
     def get_default_screen(self) -> Screen:
         return RunsScreen()
 
     def on_mount(self) -> None:
-        if self.analyze_fn is not None:
+        if self.analyze_fn is not None or self.live:
             self._start_update(initial=True)
         if self.live:
             self.set_interval(self.interval, self._tick)
@@ -106,19 +105,10 @@ class TunescopeApp(App[None]):
         try:
             store = self.store
             changed: list[str] = []
-            if not initial:
-                before = self._snapshot()
-                report = store.cache.ingest()
-                store.last_report = report
-                now = time.monotonic()
-                if report.changed or now - self._refreshed_at > REFRESH_EVERY_S:
-                    store.refresh()
-                    self._refreshed_at = now
-                after = self._snapshot()
-                changed = sorted(
-                    k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
-                )
-                self.ingests += 1
+            if initial:
+                self.follower.baseline()  # what the screens show now
+            else:
+                changed = self.follower.poll()
                 if changed:
                     self.post_message(StoreChanged(changed))
             if self.analyze_fn is not None and (initial or changed):
@@ -128,8 +118,7 @@ class TunescopeApp(App[None]):
                 except Exception as e:  # a detector bug must not stop live ingest
                     self.post_message(AnalyzeFailed(f"{type(e).__name__}: {e}"))
                     return
-                # The engine is installed (analyze_fn came from it): use its rows,
-                # so the TUI stores findings exactly as `tunescope analyze` does.
+                # stored exactly as `tunescope analyze` stores them
                 from tunescope.detectors.engine import finding_rows
 
                 ids = store.run_ids() if run_ids is None else run_ids
@@ -138,15 +127,10 @@ class TunescopeApp(App[None]):
         finally:
             self._updating = False
 
-    def _snapshot(self) -> dict[str, tuple[Any, ...]]:
-        cur = self.store.cursor()
-        try:
-            rows = cur.execute(
-                "SELECT run_id, status, steps_logged, last_step, epoch(last_at) FROM runs"
-            ).fetchall()
-        finally:
-            cur.close()
-        return {r[0]: tuple(r[1:]) for r in rows}
+    @property
+    def ingests(self) -> int:
+        """Live polls done so far."""
+        return self.follower.polls
 
     def on_store_changed(self, message: StoreChanged) -> None:
         for screen in self.screen_stack:
@@ -171,10 +155,3 @@ class TunescopeApp(App[None]):
 
         if not isinstance(self.screen, SqlScreen):
             self.push_screen(SqlScreen())
-
-
-def run_app(root: str | Path, cache_dir: str | Path | None = None, **kwargs: Any) -> None:
-    """Ingest ``root`` and open the app on it (what ``tunescope tui`` does)."""
-    from tunescope.ingest.store import Store
-
-    TunescopeApp(Store.open(root, cache_dir), **kwargs).run()

@@ -3,11 +3,11 @@ on a terminal), then one line on stderr when lines were skipped."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tunescope.progress import Progress
+from tunescope.say import say
 from tunescope.words import count
 
 if TYPE_CHECKING:
@@ -33,9 +33,8 @@ def open_store(runs: str | Path, cache_dir: str | Path | None, quiet: bool = Fal
         store = Store.open(runs, cache_dir, progress=bar.update)
     report = store.last_report
     if report is not None and report.problems and not quiet:
-        print(
-            f"tunescope: {count(report.skipped, 'line or file', 'lines or files')} skipped; "
-            f"`tunescope ingest {runs}` lists them",
-            file=sys.stderr,
+        say(
+            f"{count(report.skipped, 'line or file', 'lines or files')} skipped; "
+            f"`tunescope ingest {runs}` lists them"
         )
     return store

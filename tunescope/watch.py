@@ -1,9 +1,11 @@
 """``tunescope watch``: follow runs as they train and send each new finding once.
 
-Every ``interval`` seconds the watcher ingests what is new under the runs root
-(``store.ingest()``), works out which runs changed (rows, events or status),
+Every ``interval`` seconds the watcher asks its
+:class:`~tunescope.ingest.follow.Follower` (the TUI's too) which runs changed
+(rows, events or status) after ingesting what is new under the runs root,
 runs the detectors on those runs only, and hands the findings that are new to
-an :class:`~tunescope.alerts.AlertSender` (which never blocks it).
+an :class:`~tunescope.alerts.AlertSender` (which never blocks it). The command
+itself (options, signals, the closing summary) is ``tunescope/cli/watch.py``.
 
 Deduplication, persisted in ``watch-state.json`` in the store's cache dir
 (written atomically, so a restarted watcher does not send again):
@@ -35,9 +37,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunescope.alerts import Alert, stderr_log
+from tunescope.alerts import Alert
 from tunescope.errors import StoreError, TunescopeError, UsageError
 from tunescope.findings import Finding, Severity, step_range
+from tunescope.ingest.follow import Follower
+from tunescope.say import say
 from tunescope.words import count
 
 if TYPE_CHECKING:
@@ -66,7 +70,7 @@ class WatchState:
         self.gates: dict[str, dict[str, Any]] = {}
         self.runs: dict[str, dict[str, Any]] = {}
         self.existed = False
-        self._load(log or stderr_log)
+        self._load(log or say)
 
     def _load(self, log: Log) -> None:
         try:
@@ -187,26 +191,28 @@ class Watcher:
                     f"--report-url {report_url!r}: unknown placeholder {e}; "
                     "use {run}, {detector} and {step}"
                 ) from None
-        self.log = log if log is not None else stderr_log
+        self.log = log if log is not None else say
         self.clock = clock
         path = Path(state_path) if state_path else Path(store.cache.dir) / STATE_NAME
         self.state = WatchState(path, self.log)
-        self.polls = 0
+        self.follower = Follower(store)
         self.queued = 0
-        self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self._pending: set[str] = set()  # changed runs not analysed yet (a poll failed)
 
     # ---- one pass --------------------------------------------------------------
 
+    @property
+    def polls(self) -> int:
+        return self.follower.polls
+
     def poll(self) -> list[Alert]:
         """Ingest, detect on the runs that changed, and queue what is new."""
-        self.store.ingest()
         first = self.polls == 0
-        self.polls += 1
-        current = self._fingerprint()
-        changed = sorted(r for r, fp in current.items() if self._fingerprints.get(r) != fp)
-        if not changed:
-            self._fingerprints = current
+        self._pending.update(self.follower.poll())
+        if not self._pending:
             return []
+        summaries = self._summaries(sorted(self._pending))
+        changed = sorted(r for r in self._pending if r in summaries)  # not a vanished run
         findings = self.analyze(
             self.store,
             select=self.select,
@@ -216,7 +222,6 @@ class Watcher:
         )
         wanted = set(changed)
         findings = [f for f in findings if f.run in wanted]
-        summaries = self._summaries(changed)
         baseline = self._baseline_runs(changed, summaries, first)
         alerts = self._decide(findings, summaries, baseline, first)
         for alert in alerts:
@@ -227,7 +232,7 @@ class Watcher:
         self.queued += len(alerts)
         self.state.save()
         # Only now: a poll that failed above looks at the same runs again next time.
-        self._fingerprints = current
+        self._pending.clear()
         return alerts
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
@@ -260,23 +265,6 @@ class Watcher:
             stop.wait(max(0.0, wait - (time.monotonic() - started)))
 
     # ---- store queries ---------------------------------------------------------
-
-    def _fingerprint(self) -> dict[str, tuple[Any, ...]]:
-        rows = (
-            self.store.cursor()
-            .execute(
-                """
-            SELECT r.run_id, r.status, r.steps_logged, r.last_step,
-                   coalesce(s.n, 0), coalesce(e.n, 0), coalesce(m.n, 0)
-            FROM runs r
-            LEFT JOIN (SELECT run_id, count(*) AS n FROM steps GROUP BY run_id) s USING (run_id)
-            LEFT JOIN (SELECT run_id, count(*) AS n FROM events GROUP BY run_id) e USING (run_id)
-            LEFT JOIN (SELECT run_id, count(*) AS n FROM metrics GROUP BY run_id) m USING (run_id)
-            """
-            )
-            .fetchall()
-        )
-        return {r[0]: tuple(r[1:]) for r in rows}
 
     def _summaries(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
         cur = self.store.cursor()
@@ -373,7 +361,7 @@ class Watcher:
                         f"({steps}) folded into the next alert for this run and detector "
                         f"(rate limit, {wait:.0f}s left)"
                     )
-                elif not rec.get("held"):
+                elif rec is not None and not rec.get("held"):
                     rec["held"] = True
                     self.log(
                         f"held: {f.detector} incident in {f.run} ({steps}) is still "
@@ -467,133 +455,3 @@ def watch_lock(cache_dir: str | os.PathLike[str], root: str | os.PathLike[str]) 
         yield
     finally:
         lock.release()
-
-
-# ---- the command ---------------------------------------------------------------------
-
-
-def cmd_watch(args: Any) -> int:
-    """``tunescope watch``: see ``tunescope watch --help``."""
-    import signal
-
-    from tunescope.alerts import OUTBOX_NAME, SECRET_ENV, AlertSender, RetryPolicy
-    from tunescope.errors import ExitCode
-    from tunescope.opening import open_store
-
-    if args.interval <= 0:
-        raise UsageError(f"--interval must be > 0 seconds, got {args.interval}")
-    try:
-        min_severity = Severity.parse(args.min_severity)
-        policy = RetryPolicy(timeout=args.timeout, retries=args.retries, backoff=args.backoff)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    analyze = load_analyzer(args.analyzer)
-    config = _load_config(args.config, args.runs)
-    secret = args.secret if args.secret is not None else os.environ.get(SECRET_ENV, "")
-    store = open_store(args.runs, args.cache_dir)
-    cache_dir = Path(store.cache.dir)
-    with watch_lock(cache_dir, args.runs):
-        sender = None
-        if args.webhook:
-            try:
-                sender = AlertSender(
-                    args.webhook,
-                    format=args.format,
-                    secret=secret,
-                    policy=policy,
-                    outbox=cache_dir / OUTBOX_NAME,
-                )
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-        watcher = Watcher(
-            store,
-            sender,
-            analyze=analyze,
-            interval=args.interval,
-            min_severity=min_severity,
-            rate_limit=args.rate_limit,
-            include_finished=args.include_finished,
-            select=_split(args.select),
-            ignore=_split(args.ignore),
-            config=config,
-            report_url=getattr(args, "report_url", None),
-        )
-        if sender is not None:
-            names = ", ".join(ep.label for ep in sender.endpoints)
-            signed = "signed" if sender.secret else "unsigned"
-            where = f"{signed} alerts at {min_severity.value} and above go to {names}"
-        else:
-            where = f"alerts at {min_severity.value} and above are printed here (no --webhook)"
-        how = "once" if args.once else f"every {args.interval:g}s; Ctrl-C stops"
-        stderr_log(f"watching {args.runs} {how}; {where}")
-        stop = threading.Event()
-        # Handlers can only be set from the main thread (an embedding app may call
-        # this from another: there, Ctrl-C is the app's business).
-        main = threading.current_thread() is threading.main_thread()
-        signals = [signal.SIGINT, signal.SIGTERM] if main else []
-        previous = {s: signal.getsignal(s) for s in signals}
-
-        presses = [0]
-
-        def on_signal(signum: int, frame: Any) -> None:
-            # No KeyboardInterrupt here: it would cut the drain short and lose the
-            # queued alerts that the state already records as sent.
-            presses[0] += 1
-            name = signal.Signals(signum).name
-            if presses[0] == 1:
-                stop.set()
-                stderr_log(
-                    f"stopping ({name}); delivering queued alerts for up to {args.drain:g}s "
-                    "(again: stop now and keep them in the outbox)"
-                )
-            elif presses[0] == 2 and sender is not None:
-                # A second Ctrl-C: stop without waiting; what is undelivered is journaled.
-                sender.hurry()
-                stderr_log(f"stopping now ({name}); undelivered alerts go to the outbox")
-
-        for s in signals:
-            signal.signal(s, on_signal)
-        left = 0
-        try:
-            watcher.run(stop, once=args.once)
-        finally:
-            try:
-                if sender is not None:
-                    sender.close(timeout=args.drain)
-                watcher.state.save()
-                left = sender.undelivered() if sender is not None else 0
-            finally:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
-        raised = count(watcher.queued, "alert")
-        if sender is None:
-            stderr_log(f"stopped: {raised} raised")
-            return ExitCode.OK
-        st = sender.stats
-        where = f"; {left} kept in {cache_dir / OUTBOX_NAME} for the next start" if left else ""
-        stderr_log(
-            f"stopped: {raised} raised, {st['sent']} delivered, {st['rejected']} rejected{where}"
-        )
-    failed = bool(left or st["rejected"])
-    return ExitCode.FINDINGS if args.once and failed else ExitCode.OK
-
-
-def _split(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
-    return out or None
-
-
-def _load_config(explicit: str | None, runs: str) -> Any:
-    """The detectors' configuration, found as ``tunescope analyze`` finds it
-    (``--config``, else ``tunescope.toml``/``pyproject.toml`` walking up from RUNS)."""
-    try:
-        from tunescope.config import load_config
-    except ModuleNotFoundError as e:
-        if e.name != "tunescope.config":
-            raise
-        if explicit:
-            raise UsageError("--config needs the detector engine's configuration support") from None
-        return None
-    return load_config(explicit, starts=[Path(runs)])

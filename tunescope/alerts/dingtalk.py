@@ -1,0 +1,24 @@
+"""DingTalk: a robot ``markdown`` message (signed in the URL, see
+:func:`tunescope.alerts.signing.dingtalk_sign`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunescope.alerts.model import Alert, detail_lines, headline
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("\n", "  \n")
+
+
+def dingtalk_payload(alert: Alert) -> dict[str, Any]:
+    f = alert.finding
+    title = headline(alert)
+    parts = [f"### {_md_escape(title)}", _md_escape(f.message)]
+    if f.suggestion:
+        parts.append(f"**Suggestion:** {_md_escape(f.suggestion)}")
+    parts += [f"> {_md_escape(line)}" for line in detail_lines(alert)]
+    parts.append("sent by tunescope")
+    # DingTalk shows ``title`` in the notification; the body is Markdown.
+    return {"msgtype": "markdown", "markdown": {"title": title[:100], "text": "\n\n".join(parts)}}

@@ -1,0 +1,157 @@
+"""``tunescope analyze`` (a CI gate over the findings) and ``tunescope report``
+(the same analysis as one HTML file)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tunescope.cli.args import cache_arg, config_arg, detector_config
+from tunescope.errors import ExitCode, InputError
+from tunescope.opening import open_store
+from tunescope.progress import Progress
+from tunescope.say import say
+from tunescope.words import count
+
+
+def add(sub: Any) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="run the detectors over runs and report findings (a CI gate)",
+        description="Ingest RUNS, run the detectors, store the findings (the findings view) "
+        "and report them. Exit 0: nothing at or above --fail-on; 1: findings at or above "
+        "it; 2: usage, configuration or input error.",
+        epilog="example: tunescope analyze runs/ --fail-on warning --format github",
+    )
+    p.add_argument("runs", metavar="RUNS", nargs="+", help="directories holding runs")
+    p.add_argument(
+        "--fail-on",
+        choices=("error", "warning", "never"),
+        help="lowest severity that makes the exit code 1 (default: error, or the config's)",
+    )
+    p.add_argument("--select", metavar="IDS", help="comma-separated detector ids or prefixes")
+    p.add_argument("--ignore", metavar="IDS", help="comma-separated detector ids or prefixes")
+    p.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
+    p.add_argument(
+        "--format",
+        choices=("text", "json", "github", "junit", "markdown", "html"),
+        default="text",
+        help="report format (default: text); markdown for $GITHUB_STEP_SUMMARY or a "
+        "merge-request comment, html for the interactive report",
+    )
+    p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE")
+    p.add_argument(
+        "--report-link",
+        metavar="URL",
+        help="markdown: where the HTML report is (e.g. the CI artifact's URL)",
+    )
+    config_arg(p)
+    cache_arg(p)
+    p.set_defaults(handler=cmd_analyze)
+
+
+def add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write one self-contained HTML report of the runs (curves, findings, ranks)",
+        description="Ingest RUNS, run the detectors and write one HTML file that works "
+        "offline: a runs table, each run with findings with its curves (zoom, pan, hover), "
+        "findings shaded, fixes and evidence, the per-rank compute-time heatmap, the runs' "
+        "loss curves overlaid with their configs side by side, and what each log cannot "
+        "show. Exit 0 when written, whatever the findings (use analyze to gate).",
+        epilog="example: tunescope report runs/ -o report.html",
+    )
+    p.add_argument("runs", metavar="RUNS", nargs="+", help="directories holding runs")
+    p.add_argument(
+        "--output", "-o", metavar="FILE", default="report.html", help="(default: report.html)"
+    )
+    p.add_argument("--select", metavar="IDS", help="comma-separated detector ids or prefixes")
+    p.add_argument("--ignore", metavar="IDS", help="comma-separated detector ids or prefixes")
+    config_arg(p)
+    cache_arg(p)
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from tunescope.detectors.engine import analyze_views, fails, finding_rows, run_summaries
+    from tunescope.detectors.report import render
+
+    roots = [Path(r) for r in args.runs]
+    for root in roots:
+        if not root.is_dir():
+            what = "not a directory" if root.exists() else "no such directory"
+            raise InputError(f"{root}: {what}; pass the folder that holds your runs")
+    cfg = detector_config(args.config, roots, args.select, args.ignore)
+    fail_on = args.fail_on or cfg.fail_on or "error"
+    findings: list[Any] = []
+    runs: list[dict[str, Any]] = []
+    curves: dict[str, Any] = {}  # markdown: loss curves of runs with errors
+    collected: dict[str, Any] = {}  # html: what the page draws
+    for i, root in enumerate(roots):
+        cache = args.cache_dir
+        if cache and len(roots) > 1:
+            cache = str(Path(cache) / f"{i}-{root.resolve().name}")
+        store = open_store(root, cache)
+        ids = store.run_ids()
+        if not ids:
+            if len(roots) > 1:
+                say(f"{root}: no runs found")
+            continue
+        # the store keeps the full analysis; --select/--ignore filter the report only
+        with Progress("analyze", "runs") as bar:
+            found, full = analyze_views(
+                store, select=args.select, ignore=args.ignore, config=cfg, progress=bar.update
+            )
+        store.save_findings(finding_rows(full), ids)
+        summaries = run_summaries(store, found)
+        if args.format == "markdown":
+            from tunescope.detectors.report import markdown_curves
+
+            curves.update(markdown_curves(store, found))
+        elif args.format == "html":
+            from tunescope.detectors.html_report import collect
+
+            collected.update(collect(store, found, summaries))
+        runs.extend(summaries)
+        findings.extend(found)
+        store.close()
+    if not runs:
+        raise InputError(
+            f"no runs found under {', '.join(map(str, roots))} "
+            "(`tunescope ingest` lists what was read and skipped)"
+        )
+    text = render(
+        args.format,
+        findings,
+        runs,
+        curves=curves,
+        collected=collected,
+        link=getattr(args, "report_link", None),
+    )
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
+        size = Path(args.output).stat().st_size
+        hint = "; open it in a browser, no server needed" if args.format == "html" else ""
+        say(
+            f"wrote {args.output}: {count(len(runs), 'run')}, "
+            f"{count(len(findings), 'finding')} ({args.format}, {size / 1e6:.2f} MB){hint}"
+        )
+    else:
+        sys.stdout.write(text)
+    if args.exit_zero:
+        return ExitCode.OK
+    return ExitCode.FINDINGS if fails(findings, fail_on) else ExitCode.OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``tunescope report``: ``analyze --format html -o FILE --exit-zero``."""
+    args = argparse.Namespace(
+        **vars(args), format="html", fail_on="never", exit_zero=True, report_link=None
+    )
+    cmd_analyze(args)  # says what it wrote
+    return ExitCode.OK

@@ -1,0 +1,61 @@
+"""Arguments several commands share, and the one way they load the detectors'
+configuration (``analyze``, ``report``, ``watch`` and ``tui`` alike)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def runs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", metavar="RUNS", help="directory holding runs (at any depth)")
+    cache_arg(p)
+
+
+def config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="detector thresholds: a tunescope.toml or pyproject.toml "
+        "(default: found by walking up from RUNS)",
+    )
+
+
+def cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where ingested segments live (default: RUNS/.tunescope, else the user cache dir)",
+    )
+
+
+def split_ids(values: list[str] | None) -> list[str] | None:
+    """Detector ids from repeated options, each of which may be comma-separated."""
+    if not values:
+        return None
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return out or None
+
+
+def detector_config(
+    explicit: str | None,
+    roots: Iterable[str | Path],
+    select: Iterable[str] | str | None = None,
+    ignore: Iterable[str] | str | None = None,
+    *,
+    check_ids: bool = True,
+) -> Any:
+    """The detectors' configuration: ``--config``, else the ``tunescope.toml`` or
+    ``pyproject.toml`` found walking up from the runs. Checked before any
+    ingest: unknown detector tables, bad options and (``check_ids``) unknown
+    ``--select``/``--ignore`` ids are a ConfigError or UsageError naming them."""
+    from tunescope.config import load_config
+    from tunescope.detectors.engine import select_detectors, validate_config
+
+    cfg = load_config(explicit, starts=[Path(r) for r in roots])
+    validate_config(cfg)
+    if check_ids:
+        select_detectors(select, ignore, cfg)
+    return cfg
