@@ -273,7 +273,7 @@ class Guard:
         self.request = 0  # this rank's request for the next step's flags
         self.request_onset = 0
         self.request_finding: dict[str, Any] | None = None
-        self.check_cost = 0.0  # seconds the last live check took
+        self.check_cost = 0.0  # CPU seconds (this thread's) the last live check took
         self.checks_run = 0
         self.check_seconds = 0.0
         self._last_check = 0  # the step of the last live check
@@ -360,7 +360,7 @@ class Guard:
         an action becomes this rank's request for the next step."""
         import time
 
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # CPU time: not inflated by other processes on the machine
         from tunescope.findings import Severity
 
         ctx = _live_context(self.run_id, self.rank, self.cols, self.start, self._kept)
@@ -380,7 +380,7 @@ class Guard:
                 if f.severity == Severity.ERROR and fc:
                     self._ask(_CKPT, int(f.step_start or 0), f)
                     break
-        self.check_cost = time.perf_counter() - t0
+        self.check_cost = time.thread_time() - t0
         self.checks_run += 1
         self.check_seconds += self.check_cost
 
