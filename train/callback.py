@@ -54,41 +54,9 @@ from transformers import TrainerCallback
 from tunescope.train.events import EventWriter
 from tunescope.train.guard import Guard
 from tunescope.train.guard_actions import GuardActions
-from tunescope.train.model import describe_model
+from tunescope.train.model import KIND_NAMES, describe_model, norm_weights, param_group
 
 _MB = 1024 * 1024
-
-
-def _param_group(name: str) -> str:
-    """'A', 'B' or 'other' for LoRA A/B matrices, 'backbone' for the rest."""
-    if "lora_A" in name or "lora_embedding_A" in name:
-        return "A"
-    if "lora_B" in name or "lora_embedding_B" in name:
-        return "B"
-    if "lora_" in name:
-        return "other"
-    return "backbone"
-
-
-_KIND_NAMES = ("A", "B", "other", "backbone")
-
-
-def _norm_weights(kinds: list[int], device: Any) -> torch.Tensor:
-    """A (5, n) 0/1 matrix: squared per-parameter norms -> squared total,
-    adapter, backbone, lora_A and lora_B norms."""
-    rows = (
-        (0, 1, 2, 3),  # total
-        (0, 1, 2),  # adapter
-        (3,),  # backbone
-        (0,),  # lora_A
-        (1,),  # lora_B
-    )
-    w = torch.zeros(5, len(kinds))
-    for r, members in enumerate(rows):
-        for j, k in enumerate(kinds):
-            if k in members:
-                w[r, j] = 1.0
-    return w.to(device)
 
 
 class TunescopeCallback(GuardActions, TrainerCallback):
@@ -143,7 +111,7 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         self.ended = False
         self._hooks: list[Any] = []
         self._params: list[torch.Tensor] = []  # trainable parameters, in model order
-        self._kinds: list[int] = []  # index into _KIND_NAMES, per parameter
+        self._kinds: list[int] = []  # index into KIND_NAMES, per parameter
         self._weights: dict[tuple[int, ...], torch.Tensor] = {}
         self._optimizer: Any = None
         self._idle_flags: torch.Tensor | None = None
@@ -274,7 +242,7 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         for name, p in model.named_parameters():
             if p.requires_grad:
                 self._params.append(p)
-                self._kinds.append(_KIND_NAMES.index(_param_group(name)))
+                self._kinds.append(KIND_NAMES.index(param_group(name)))
                 self._device = p.device
         # A host-side timestamp when a gradient is final on this rank. Backward runs
         # in reverse model order, so the first trainable parameters are among the
@@ -344,7 +312,7 @@ class TunescopeCallback(GuardActions, TrainerCallback):
             key = tuple(kinds)
             w = self._weights.get(key)
             if w is None:
-                w = self._weights[key] = _norm_weights(kinds, dev)
+                w = self._weights[key] = norm_weights(kinds, dev)
             five = (w @ sq).sqrt()  # total, adapter, backbone, lora_A, lora_B
             if self.max_grad_norm:
                 # The same rule as torch.nn.utils.clip_grad_norm_, without a sync.
@@ -360,7 +328,7 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         loss = self._loss_sum / self._loss_n if self._loss_sum is not None else nan
         tokens = self._tokens if self._tokens is not None else nan
         self._norms = torch.cat([five, torch.stack([loss.to(dev), tokens.to(dev)])])
-        self._have = {_KIND_NAMES[k] for k in kinds}
+        self._have = {KIND_NAMES[k] for k in kinds}
         if self.guard is not None:
             self._guard_decide(five[0], loss.to(dev))
 

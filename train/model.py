@@ -205,3 +205,40 @@ def describe_model(model: Any) -> dict[str, Any]:
     else:
         out["finetuning_type"] = "full" if trainable == total else "freeze"
     return out
+
+
+# ---- parameter groups for the gradient norms the callback logs -----------------
+
+
+def param_group(name: str) -> str:
+    """'A', 'B' or 'other' for LoRA A/B matrices, 'backbone' for the rest."""
+    if "lora_A" in name or "lora_embedding_A" in name:
+        return "A"
+    if "lora_B" in name or "lora_embedding_B" in name:
+        return "B"
+    if "lora_" in name:
+        return "other"
+    return "backbone"
+
+
+KIND_NAMES = ("A", "B", "other", "backbone")
+
+
+def norm_weights(kinds: list[int], device: Any) -> Any:
+    """A (5, n) 0/1 matrix: squared per-parameter norms -> squared total,
+    adapter, backbone, lora_A and lora_B norms (indices into ``KIND_NAMES``)."""
+    import torch
+
+    rows = (
+        (0, 1, 2, 3),  # total
+        (0, 1, 2),  # adapter
+        (3,),  # backbone
+        (0,),  # lora_A
+        (1,),  # lora_B
+    )
+    w = torch.zeros(5, len(kinds))
+    for r, members in enumerate(rows):
+        for j, k in enumerate(kinds):
+            if k in members:
+                w[r, j] = 1.0
+    return w.to(device)
