@@ -343,6 +343,8 @@ class TunescopeCallback(GuardActions, TrainerCallback):
             self.on_step_record(state.global_step, record)
             if self.guard is not None:
                 self._guard_act(args, state, control, record)
+        if self._watchdog is not None and (control.should_save or control.should_evaluate):
+            self._watchdog.hold()  # a checkpoint or an evaluation follows: not a hang
         self._reset_step()
         self._t_mark = time.perf_counter()
 

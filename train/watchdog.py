@@ -45,6 +45,7 @@ class Watchdog:
         self._last = time.monotonic()
         self._step = 0
         self._fired = False
+        self._held = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="tunescope-watchdog", daemon=True)
@@ -65,6 +66,13 @@ class Watchdog:
                 self._step = step
             self._last = now
             self._fired = False
+            self._held = False
+
+    def hold(self) -> None:
+        """No judgement until the next :meth:`beat` (the loop is saving or
+        evaluating, which may take longer than any step)."""
+        with self._lock:
+            self._held = True
 
     def limit(self) -> float | None:
         """Seconds without a step that count as hung (None: too few steps yet)."""
@@ -78,7 +86,7 @@ class Watchdog:
             limit = self.limit()
             with self._lock:
                 waited = time.monotonic() - self._last
-                if limit is None or self._fired or waited <= limit:
+                if limit is None or self._fired or self._held or waited <= limit:
                     continue
                 self._fired = True
                 step, typical = self._step, statistics.median(self._times)
