@@ -299,7 +299,7 @@ def add_train_arguments(p: Any, nproc: bool = True, config_optional: bool = Fals
         help="act on findings while training (default report: only log): skip non-finite "
         "steps; stop: also checkpoint and stop on divergence; rewind: also rewind to a "
         "checkpoint before a divergence (needs save_steps); stop and rewind also checkpoint "
-        "before a forecast out-of-memory",
+        "before a forecast out-of-memory and when a rank hangs",
     )
     if nproc:
         p.add_argument(
