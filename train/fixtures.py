@@ -120,9 +120,19 @@ SPECS: list[Spec] = [
     Spec(
         "fault-straggler-2rank",
         sets=["seed=9", "max_steps=200", "lr=3e-3"],
-        inject=["straggler:1:0.3"],
+        # a slowness relative to the rank's own forward time: the same skew
+        # whether the machine is idle or busy with other work
+        inject=["straggler:1:x5"],
         nproc=2,
-        labels=[label("TS301", 1, 200, "rank 1 sleeps 0.3 s in every forward", rank=1)],
+        labels=[
+            label(
+                "TS301",
+                1,
+                200,
+                "rank 1's forward takes 5x as long (it sleeps 4x its own forward time)",
+                rank=1,
+            )
+        ],
     ),
     Spec("resumed", sets=["seed=10", "save_steps=50"], resume_at=170),
     Spec("killed", sets=["seed=11", "lr=3e-3"], inject=["kill@180"], killed=True),
