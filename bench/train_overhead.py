@@ -119,7 +119,7 @@ def probe_class() -> type:
 
 def run_once(variant: str, steps: int, tmp: Path, i: int) -> tuple[float, float, float, float]:
     """Steady-state (wall s/step, process CPU s/step, callback CPU s/step,
-    guard's live-check wall s/step).
+    guard's live-check CPU s/step).
 
     Process CPU time counts every thread of this process (the writer thread too)
     and not the other processes on the machine, so it stays meaningful on a busy

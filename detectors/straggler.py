@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 
 ID = "TS301"
 NAME = "straggler"
+# what the training guard may do: a rank that stops making progress altogether
+# (hung) gets a checkpoint from the watchdog (train/watchdog.py)
+GUARD_ACTIONS = ("checkpoint",)
 
 
 @dataclass

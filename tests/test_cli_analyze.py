@@ -169,6 +169,7 @@ def test_explain():
 
     assert guard_of("TS102") == "guard: stop, rewind"
     assert guard_of("TS001") == "guard: skip, stop" and guard_of("TS401") == "guard: checkpoint"
+    assert guard_of("TS301") == "guard: checkpoint"  # a hung rank, by the watchdog
     assert guard_of("TS101") is None
     r = ts("explain", "TS401")
     assert "Guard actions (tunescope train --guard, TunescopeCallback(guard=...)): checkpoint" in (

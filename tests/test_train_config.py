@@ -70,6 +70,16 @@ def test_fault_specs_parse():
         "kind": "freeze_adapter",
         "spec": "freeze_adapter",
     }
+    rel = parse_fault("straggler:1:x5")
+    assert (rel.rank, rel.factor, rel.seconds) == (1, 5.0, None)
+    slow = parse_fault("slowdown@12:x2.5")
+    assert (slow.step, slow.factor) == (12, 2.5) and parse_fault("slowdown@3").factor == 3.0
+    hang = parse_fault("hang@8:6:1")
+    assert (hang.step, hang.seconds, hang.rank) == (8, 6.0, 1)
+    assert parse_fault("hang@8:6").rank is None
+    for bad in ("straggler:1:x1", "slowdown@0", "slowdown@5:x0.5", "hang@8"):
+        with pytest.raises(ValueError, match="bad fault"):
+            parse_fault(bad)
     for bad in ("lr_spike", "nan@x", "straggler:1", "melt@3", "leak:-1"):
         with pytest.raises(ValueError, match="bad fault"):
             parse_fault(bad)

@@ -12,12 +12,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory):
-    """freeze_adapter + bad_batch@10 + leak:8 + nan@20 in one 24-step run."""
+    """freeze_adapter + bad_batch@10 + leak:8 + nan@20 + slowdown@12:x6 in one 24-step run."""
     from tunescope.train.trainer import train
 
     out = tmp_path_factory.mktemp("faults-a")
     cfg = tiny_config(
-        out, max_steps=24, inject=["freeze_adapter", "bad_batch@10", "leak:8", "nan@20"]
+        out,
+        max_steps=24,
+        inject=["freeze_adapter", "bad_batch@10", "leak:8", "nan@20", "slowdown@12:x6"],
     )
     assert train(cfg) == 0
     return out
@@ -44,7 +46,7 @@ def test_faults_are_recorded_in_run_start(run_a):
     start = events(run_a)[0]
     assert start["kind"] == "run_start"
     kinds = [f["kind"] for f in start["faults"]]
-    assert kinds == ["freeze_adapter", "bad_batch", "leak", "nan"]
+    assert kinds == ["freeze_adapter", "bad_batch", "leak", "nan", "slowdown"]
     assert start["faults"][1]["step"] == 10
 
 
@@ -73,6 +75,15 @@ def test_leak_raises_the_memory_floor(run_a):
     mem = by_step(run_a, "mem_allocated_mb")
     grown = mem[24] - mem[4]
     assert grown > 0.7 * 8 * 20, f"RSS grew {grown:.0f} MiB over 20 steps with leak:8"
+
+
+def test_slowdown_is_a_ratio_of_the_steps_own_time(run_a):
+    # every forward from step 12 on takes 6x as long: a drop in throughput that
+    # is the same on an idle or a busy machine (a ratio, not seconds)
+    compute = by_step(run_a, "compute_time_s")
+    before = median([compute[s] for s in range(3, 10)])
+    after = median([compute[s] for s in range(13, 20)])
+    assert after > 1.8 * before, f"compute time {before:.3f} -> {after:.3f} s with slowdown x6"
 
 
 def test_warmup_noise_multiplies_lr_only_during_warmup(run_b):

@@ -71,7 +71,7 @@ def test_each_fault_shows_in_its_log():
     assert mem[300] - mem[10] > 200
     c0 = median(list(series("fault-straggler-2rank", "compute_time_s", 0).values()))
     c1 = median(list(series("fault-straggler-2rank", "compute_time_s", 1).values()))
-    assert c1 - c0 > 0.2
+    assert c1 > 1.8 * c0  # a ratio: the same on a fast or a busy machine
 
 
 def test_warmup_noise_recovers_resume_continues_and_kill_tears():

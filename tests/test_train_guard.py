@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from train_helpers import events, steps, tiny_config
 
-from tunescope.train.guard import GuardPolicy, SkipList
+from tunescope.train.guard import GuardPolicy
+from tunescope.train.rewind import SkipList
 from tunescope.train.trainer import REPO, train
 
 pytestmark = pytest.mark.slow
@@ -204,3 +205,85 @@ def test_ddp_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
         assert all(math.isfinite(r["loss"]) for r in rows[4:])
     # only rank 1 had the NaN loss; rank 0 skipped with it
     assert math.isnan(steps(run, 1)[3]["loss"]) and math.isfinite(steps(run, 0)[3]["loss"])
+
+
+HANG = {"hang": "checkpoint", "hang_factor": 4, "hang_min_seconds": 1.5}
+
+
+def test_a_hung_step_gets_a_checkpoint_and_resume_continues_exactly(tmp_path):
+    run = tmp_path / "hang"
+    guard = json.dumps(HANG)
+    cfg = tiny_config(run, max_steps=14, inject=["hang@8:8"], guard=guard)
+    assert train(cfg) == 0  # the hang ends after 8 s; the watchdog acted during it
+    (iv,) = _interventions(run)
+    assert (iv["step"], iv["action"], iv["finding"]) == (8, "checkpoint", "TS301")
+    assert "a rank is hung in step 8" in iv["reason"]
+    ckpt = run / "checkpoint-7"
+    assert iv["checkpoint"] == str(ckpt)
+    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == 7
+    first = {r["step"]: r for r in steps(run)}
+    # the intervention was written while step 8 was stuck, before it ended
+    assert first[7]["ts"] < iv["ts"] < first[8]["ts"]
+
+    # a resume from the watchdog's checkpoint replays the next steps exactly
+    n_before = len(steps(run))
+    assert train(tiny_config(run, max_steps=14, resume_from_checkpoint=str(ckpt))) == 0
+    redo = steps(run)[n_before:]
+    assert [r["step"] for r in redo] == list(range(8, 15))
+    for r in redo:
+        assert r["sample_ids"] == first[r["step"]]["sample_ids"]
+        assert r["loss"] == pytest.approx(first[r["step"]]["loss"], abs=1e-4)
+
+
+def _torchrun(run: Path, sets: list[str], extra: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "tunescope.train", str(REPO / "fixtures" / "configs" / "lora.yaml")]
+    base = [f"output_dir={run}", "batch_size=4", "seq_len=64", "warmup_steps=2", "progress=false"]
+    for s in (*base, *sets):
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a hang (a rank acting alone, a watchdog in a collective) fails here
+    # instead of blocking the suite
+    return subprocess.run(cmd + extra, env=env, capture_output=True, text=True, timeout=400)
+
+
+def test_ddp_a_hung_rank_gets_a_checkpoint_from_every_watchdog_without_a_collective(tmp_path):
+    run = tmp_path / "ddp-hang"
+    proc = _torchrun(run, ["max_steps=12", f"guard={json.dumps(HANG)}"], ["--inject", "hang@6:8:1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # rank 1 slept in step 6; rank 0 waited for it in the gradient all-reduce:
+    # both watchdogs saw no progress, rank 0 wrote the checkpoint of step 5
+    for rank in (0, 1):
+        acts = [(e["step"], e["action"], e["finding"]) for e in _interventions(run, rank)]
+        assert acts == [(6, "checkpoint", "TS301")], (rank, acts)
+        assert events(run, rank)[-1]["status"] == "completed"
+    state = json.loads((run / "checkpoint-5" / "trainer_state.json").read_text())
+    assert state["global_step"] == 5
+    assert (run / "checkpoint-5" / "optimizer.pt").is_file()
+
+
+def test_ddp_rewind_both_ranks_rewind_at_the_same_step_and_skip_the_same_batches(tmp_path):
+    # a short spike confirmation (10 steps) and frequent checks keep the run short
+    (tmp_path / "tunescope.toml").write_text("[TS102]\nspike-recover-steps = 10\n")
+    run = tmp_path / "ddp-rewind"
+    sets = ["max_steps=50", "save_steps=5", "save_total_limit=20"]
+    sets.append("guard={policy: rewind, check_every: 5}")
+    proc = _torchrun(run, sets, ["--inject", "lr_spike@20:30"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ivs = [_interventions(run, rank) for rank in (0, 1)]
+    assert len(ivs[0]) == 1 and ivs[0][0]["action"] == "rewind"
+    keys = ("step", "steps", "checkpoint", "skipped_batches", "lr_factor")
+    assert [iv[keys[0]] for iv in ivs[1]] == [ivs[0][0]["step"]]
+    assert {k: ivs[1][0][k] for k in keys} == {k: ivs[0][0][k] for k in keys}
+    first, detected = ivs[0][0]["steps"]
+    assert first <= 21 < detected
+    skipped = json.loads((run / "guard-skips.json").read_text())["skip"]
+    assert len(skipped) == detected - first + 1
+    back = int(Path(ivs[0][0]["checkpoint"]).name.split("-")[1])
+    for rank in (0, 1):
+        assert [e["from_step"] for e in events(run, rank) if e["kind"] == "resume"] == [back]
+        assert events(run, rank)[-1]["status"] == "completed"
+        assert steps(run, rank)[-1]["step"] == 50
+    # every rank trained the same steps after the rewind, none of the skipped samples
+    after = [{r["step"]: r for r in steps(run, k) if r["ts"] > ivs[k][0]["ts"]} for k in (0, 1)]
+    assert sorted(after[0]) == sorted(after[1]) == list(range(back + 1, 51))

@@ -53,114 +53,13 @@ from transformers import TrainerCallback
 
 from tunescope.train.events import EventWriter
 from tunescope.train.guard import Guard
+from tunescope.train.guard_actions import GuardActions
+from tunescope.train.model import KIND_NAMES, describe_model, norm_weights, param_group
 
 _MB = 1024 * 1024
 
 
-def _param_group(name: str) -> str:
-    """'A', 'B' or 'other' for LoRA A/B matrices, 'backbone' for the rest."""
-    if "lora_A" in name or "lora_embedding_A" in name:
-        return "A"
-    if "lora_B" in name or "lora_embedding_B" in name:
-        return "B"
-    if "lora_" in name:
-        return "other"
-    return "backbone"
-
-
-_KIND_NAMES = ("A", "B", "other", "backbone")
-
-
-def _norm_weights(kinds: list[int], device: Any) -> torch.Tensor:
-    """A (5, n) 0/1 matrix: squared per-parameter norms -> squared total,
-    adapter, backbone, lora_A and lora_B norms."""
-    rows = (
-        (0, 1, 2, 3),  # total
-        (0, 1, 2),  # adapter
-        (3,),  # backbone
-        (0,),  # lora_A
-        (1,),  # lora_B
-    )
-    w = torch.zeros(5, len(kinds))
-    for r, members in enumerate(rows):
-        for j, k in enumerate(kinds):
-            if k in members:
-                w[r, j] = 1.0
-    return w.to(device)
-
-
-def count_expected_adapted(model: Any, targets: Any) -> int | None:
-    """Modules that LoRA ``targets`` should match: Linear-like modules of the base
-    model by name suffix (or regex), or every Linear but the output head for
-    ``all-linear``. Compared with ``adapted_modules`` it shows targets that
-    silently matched nothing."""
-    if targets is None:
-        return None
-    import re
-
-    names = []
-    for name, mod in model.named_modules():
-        if "lora_" in name:
-            continue
-        if name.endswith(".base_layer"):
-            name = name[: -len(".base_layer")]
-        elif hasattr(mod, "base_layer"):
-            continue  # the adapter wrapper; its base_layer is counted
-        is_linear = isinstance(mod, torch.nn.Linear) or type(mod).__name__ in (
-            "Linear4bit",
-            "Linear8bitLt",
-        )
-        if is_linear:
-            names.append(name)
-    if isinstance(targets, str):
-        if targets == "all-linear":
-            return sum(1 for n in names if not n.endswith(("lm_head", "score")))
-        return sum(1 for n in names if re.fullmatch(targets, n))
-    wanted = set(targets)
-    return sum(1 for n in names if n.rsplit(".", 1)[-1] in wanted or n in wanted)
-
-
-def describe_model(model: Any) -> dict[str, Any]:
-    """Model name, fine-tuning type, LoRA settings and parameter counts."""
-    total = trainable = 0
-    for p in model.parameters():
-        n = p.numel()
-        if hasattr(p, "quant_state"):  # bitsandbytes 4-bit packs two values per byte
-            n *= 2
-        total += n
-        if p.requires_grad:
-            trainable += n
-    cfg = getattr(model, "config", None)
-    name = getattr(cfg, "name_or_path", None) or getattr(cfg, "_name_or_path", None)
-    out: dict[str, Any] = {
-        "model": name or type(model).__name__,
-        "trainable_params": trainable,
-        "total_params": total,
-    }
-    peft_cfg = getattr(model, "peft_config", None)
-    if peft_cfg:
-        pc = next(iter(peft_cfg.values()))
-        targets = pc.target_modules
-        if isinstance(targets, set):
-            targets = sorted(targets)
-        adapted = sum(1 for n, m in model.named_modules() if n.endswith("lora_A"))
-        out.update(
-            finetuning_type="lora",
-            lora_r=getattr(pc, "r", None),
-            lora_alpha=getattr(pc, "lora_alpha", None),
-            lora_dropout=getattr(pc, "lora_dropout", None),
-            target_modules=targets,
-            adapted_modules=adapted,
-            expected_adapted_modules=count_expected_adapted(model, targets),
-        )
-        if getattr(pc, "use_rslora", False):
-            out["use_rslora"] = True
-    else:
-        out["finetuning_type"] = "full" if trainable == total else "freeze"
-    return out
-
-
-class TunescopeCallback(TrainerCallback):
+class TunescopeCallback(GuardActions, TrainerCallback):
     """Writes this rank's events for a transformers ``Trainer`` run.
 
     Args:
@@ -212,7 +111,7 @@ class TunescopeCallback(TrainerCallback):
         self.ended = False
         self._hooks: list[Any] = []
         self._params: list[torch.Tensor] = []  # trainable parameters, in model order
-        self._kinds: list[int] = []  # index into _KIND_NAMES, per parameter
+        self._kinds: list[int] = []  # index into KIND_NAMES, per parameter
         self._weights: dict[tuple[int, ...], torch.Tensor] = {}
         self._optimizer: Any = None
         self._idle_flags: torch.Tensor | None = None
@@ -319,7 +218,7 @@ class TunescopeCallback(TrainerCallback):
             self._collective = bool(
                 dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
             )
-            self._guard_begin(fields, state, kw)
+            self._guard_begin(fields, args, state, {**kw, "model": model})
         if resumed:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.writer.resume(state.global_step, str(ckpt if ckpt.exists() else "unknown"))
@@ -343,7 +242,7 @@ class TunescopeCallback(TrainerCallback):
         for name, p in model.named_parameters():
             if p.requires_grad:
                 self._params.append(p)
-                self._kinds.append(_KIND_NAMES.index(_param_group(name)))
+                self._kinds.append(KIND_NAMES.index(param_group(name)))
                 self._device = p.device
         # A host-side timestamp when a gradient is final on this rank. Backward runs
         # in reverse model order, so the first trainable parameters are among the
@@ -413,7 +312,7 @@ class TunescopeCallback(TrainerCallback):
             key = tuple(kinds)
             w = self._weights.get(key)
             if w is None:
-                w = self._weights[key] = _norm_weights(kinds, dev)
+                w = self._weights[key] = norm_weights(kinds, dev)
             five = (w @ sq).sqrt()  # total, adapter, backbone, lora_A, lora_B
             if self.max_grad_norm:
                 # The same rule as torch.nn.utils.clip_grad_norm_, without a sync.
@@ -429,47 +328,9 @@ class TunescopeCallback(TrainerCallback):
         loss = self._loss_sum / self._loss_n if self._loss_sum is not None else nan
         tokens = self._tokens if self._tokens is not None else nan
         self._norms = torch.cat([five, torch.stack([loss.to(dev), tokens.to(dev)])])
-        self._have = {_KIND_NAMES[k] for k in kinds}
+        self._have = {KIND_NAMES[k] for k in kinds}
         if self.guard is not None:
             self._guard_decide(five[0], loss.to(dev))
-
-    def _guard_decide(self, grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
-        """The guard's per-step decision, before the optimizer step.
-
-        The step's metrics are read with the callback's one ``.tolist()``
-        (moved here from ``on_step_end``: still one host-device sync per step)
-        and the non-finite check is done on the host. Under DDP the flags of
-        every rank (non-finite, and the requests of its own checks) are
-        computed on the device and max-reduced first, in the same read: one
-        small collective per step, and every rank reads the same decision."""
-        g = self.guard
-        assert g is not None
-        if not self._collective:
-            values = self._values = self._norms.tolist()  # the one sync
-            bad = not (math.isfinite(values[0]) and math.isfinite(values[5]))
-            self._agreed = [float(bad), *g.flags()]
-        else:
-            self._agreed_across_ranks(grad_norm, loss)
-        if self._agreed[0] > 0 and g.policy.nonfinite != "report":
-            # skip: no gradient, no update (AdamW leaves moments and weights alone)
-            for p in self._params:
-                p.grad = None
-            self._skipped = True
-
-    def _agreed_across_ranks(self, grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
-        dev = self._device
-        bad = (~torch.isfinite(grad_norm) | ~torch.isfinite(loss)).float().reshape(1)
-        if self.guard.request or self._idle_flags is None:
-            req = torch.tensor(self.guard.flags(), device=dev)  # a host-to-device copy
-            if not self.guard.request:
-                self._idle_flags = req
-        else:
-            req = self._idle_flags  # nothing asked: no copy at all
-        flags = torch.cat([bad, req])
-        dist = torch.distributed
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        values = torch.cat([self._norms, flags]).tolist()  # the one sync
-        self._values, self._agreed = values[:7], values[7:]
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
         opt = self._optimizer or kw.get("optimizer")
@@ -482,6 +343,8 @@ class TunescopeCallback(TrainerCallback):
             self.on_step_record(state.global_step, record)
             if self.guard is not None:
                 self._guard_act(args, state, control, record)
+        if self._watchdog is not None and (control.should_save or control.should_evaluate):
+            self._watchdog.hold()  # a checkpoint or an evaluation follows: not a hang
         self._reset_step()
         self._t_mark = time.perf_counter()
 
@@ -557,12 +420,16 @@ class TunescopeCallback(TrainerCallback):
         )
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any):
+        if self._watchdog is not None:
+            self._watchdog.beat()
         if self.writer is not None and metrics:
             vals = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
             self.writer.eval(state.global_step, **vals)
         self._t_mark = time.perf_counter()
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any):
+        if self._watchdog is not None:
+            self._watchdog.beat()  # a slow save is progress, not a hang
         if self.guard is not None:
             self.guard.scale_at_save[state.global_step] = self.guard.lr_scale
         if self.writer is not None:
@@ -581,137 +448,6 @@ class TunescopeCallback(TrainerCallback):
         done = state.max_steps and state.global_step >= state.max_steps
         extra = {"guard": self.guard.stopped} if self.guard and self.guard.stopped else {}
         self.finish("completed" if done or not state.max_steps else "interrupted", **extra)
-
-    # ---- the guard -------------------------------------------------------------------
-
-    def _guard_begin(self, fields: dict[str, Any], state: Any, kw: dict[str, Any]) -> None:
-        g = self.guard
-        assert g is not None and self.writer is not None
-        g.begin(self.writer.run, self.rank, fields, int(state.global_step), self.run_dir)
-        if g.pending_lr != 1.0:
-            # a rewind: the checkpoint's scheduler and optimizer get the lower rate
-            sched, opt = kw.get("lr_scheduler"), kw.get("optimizer")
-            if sched is not None and hasattr(sched, "base_lrs"):
-                sched.base_lrs = [b * g.pending_lr for b in sched.base_lrs]
-            if opt is not None:
-                for group in opt.param_groups:
-                    group["lr"] *= g.pending_lr
-                    if "initial_lr" in group:
-                        group["initial_lr"] *= g.pending_lr
-            g.pending_lr = 1.0
-
-    def _guard_act(self, args: Any, state: Any, control: Any, record: dict[str, Any]) -> None:
-        """Act on the flags every rank agreed on before this step's update, then
-        run the live detector checks when they are due."""
-        g = self.guard
-        assert g is not None and self.writer is not None
-        step = int(state.global_step)
-        g.add(step, time.time(), record)
-        flags = self._agreed or [0.0, 0.0, 0.0, 0.0, -math.inf]
-        if not self._skipped and not any(flags[:4]):  # nothing to do: the usual step
-            if g.due(step):
-                g.check()
-            return
-        out = Path(args.output_dir)
-        ckpt_now = str(out / f"checkpoint-{step}")
-        resume = f"resume_from_checkpoint={ckpt_now}"
-        if self._skipped:
-            escalate = g.note_skip(step)
-            self._intervene(
-                step,
-                "skip",
-                "TS001",
-                steps=[step, step],
-                reason=f"non-finite loss or grad norm at step {step} (on at least one rank); "
-                "the optimizer step was skipped",
-                skipped_total=g.skipped_total,
-            )
-            if escalate or g.policy.nonfinite == "stop":
-                self._guard_stop(
-                    control,
-                    step,
-                    "TS001",
-                    ckpt_now,
-                    resume,
-                    (f"{len(g.skips)} non-finite steps within {g.policy.skip_window} steps"),
-                )
-                return
-        elif flags[0] > 0 and g.policy.nonfinite == "stop":
-            self._guard_stop(control, step, "TS001", ckpt_now, resume, "a non-finite step")
-            return
-        onset = int(-flags[4]) if math.isfinite(flags[4]) else step
-        info = g.request_finding or {}
-        reason = info.get("message") or "finding on another rank"
-        if flags[2] > 0:  # rewind
-            # the loss at the onset step is the first to show the bad update,
-            # which was the step before it: rewind to a checkpoint before that one
-            ckpt = g.last_checkpoint_before(out, onset - 1)
-            if not g.can_rewind or ckpt is None or g.rewinds >= g.policy.max_rewinds:
-                why = (
-                    "rewind needs the bundled trainer"
-                    if not g.can_rewind
-                    else f"no checkpoint before the onset (step {onset})"
-                    if ckpt is None
-                    else f"already rewound {g.rewinds} time(s)"
-                )
-                self._guard_stop(control, step, "TS102", ckpt_now, resume, f"{reason} ({why})")
-                return
-            g.rewinds += 1
-            g.lr_scale *= g.policy.lr_factor
-            back = int(ckpt.name.rsplit("-", 1)[1])
-            g.pending_lr = g.lr_scale / g.scale_at_save.get(back, 1.0)
-            first = max(back + 1, onset - 1)  # the batches never trained again
-            g.rewind = {"checkpoint": str(ckpt), "from_step": back, "onset": first, "step": step}
-            self._intervene(
-                step,
-                "rewind",
-                "TS102",
-                steps=[first, step],
-                reason=reason,
-                checkpoint=str(ckpt),
-                lr_factor=g.lr_scale,
-                skipped_batches=(step - first + 1) * int(args.gradient_accumulation_steps or 1),
-                rewinds=g.rewinds,
-            )
-            control.should_training_stop = True
-            return
-        if flags[1] > 0:  # stop
-            self._guard_stop(control, step, "TS102", ckpt_now, resume, reason)
-            return
-        if flags[3] > 0 and not g.acted_memory:  # checkpoint before the forecast OOM
-            g.acted_memory = True
-            control.should_save = True
-            self._intervene(
-                step,
-                "checkpoint",
-                "TS401",
-                steps=[step, step],
-                reason=reason,
-                checkpoint=ckpt_now,
-                resume=resume,
-            )
-        g.request, g.request_finding = 0, None
-        if g.due(step):
-            g.check()
-
-    def _guard_stop(
-        self, control: Any, step: int, finding: str, ckpt: str, resume: str, reason: str
-    ) -> None:
-        g = self.guard
-        assert g is not None and self.writer is not None
-        control.should_save = True
-        control.should_training_stop = True
-        g.stopped = {"finding": finding, "step": step, "checkpoint": ckpt, "resume": resume}
-        g.rewind = None
-        self._intervene(
-            step, "stop", finding, steps=[step, step], reason=reason, checkpoint=ckpt, resume=resume
-        )
-        if self.rank == 0:
-            print(
-                f"tunescope: guard stopped the run at step {step} ({finding}: {reason}); "
-                f"checkpoint {ckpt}; resume with {resume}",
-                file=sys.stderr,
-            )
 
     def _intervene(self, step: int, action: str, finding: str, **fields: Any) -> None:
         """Log what the guard did as an ``intervention`` event (and, with a
@@ -745,6 +481,8 @@ class TunescopeCallback(TrainerCallback):
         if self.ended or self.writer is None:
             return None
         self.ended = True
+        if self._watchdog is not None:
+            self._watchdog.stop()
         for h in self._hooks:
             h.remove()
         self._hooks.clear()

@@ -29,13 +29,13 @@ import os
 import queue
 import re
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from tunescope.eventlog import LineError, dumps, loads, parse_event
+from tunescope.say import say
 from tunescope.schema import METRIC_NAMES, SCHEMA_VERSION
 
 _STOP = object()
@@ -116,11 +116,10 @@ class EventWriter:
                 self.dropped += 1
                 if not self._warned:
                     self._warned = True
-                    print(
-                        f"tunescope: event queue full for {self.path}; dropping step events "
+                    say(
+                        f"event queue full for {self.path}; dropping step events "
                         "(the disk is slower than training). The count is logged as "
-                        "'dropped_events'.",
-                        file=sys.stderr,
+                        "'dropped_events'."
                     )
             return
         if kind == "run_end" and self.dropped:

@@ -9,6 +9,9 @@ parsed list goes into ``run_start`` as ``faults``.
 | ``nan@STEP[:RANK]`` | the loss of STEP is NaN (on RANK only, or every rank); the update poisons the weights | NaN from STEP on |
 | ``freeze_adapter`` | adapter gradients are zeroed before every update | zero adapter gradients, no learning |
 | ``straggler:RANK:SECONDS`` | RANK sleeps SECONDS in every forward | compute_time_s skew across ranks |
+| ``straggler:RANK:xFACTOR`` | RANK's every forward takes FACTOR times as long (it sleeps FACTOR - 1 times its own forward time) | the same skew on a fast or a busy machine |
+| ``slowdown@STEP[:xFACTOR]`` | from STEP on, every forward takes FACTOR (default 3) times as long, on every rank | a throughput drop that does not depend on machine speed |
+| ``hang@STEP:SECONDS[:RANK]`` | RANK (or every rank) blocks SECONDS once, in the forward of STEP | no step for SECONDS: a hung rank |
 | ``leak:MB_PER_STEP`` | keeps MB_PER_STEP of new tensors alive every step | rising memory floor |
 | ``warmup_noise[:FACTOR]`` | learning rate x FACTOR (default 6) during warmup only | noisy warmup that recovers |
 | ``kill@STEP`` | SIGKILL itself while writing step STEP's event | torn last line, no run_end |
@@ -28,7 +31,9 @@ SPECS = (
     "bad_batch@STEP",
     "nan@STEP[:RANK]",
     "freeze_adapter",
-    "straggler:RANK:SECONDS",
+    "straggler:RANK:SECONDS|xFACTOR",
+    "slowdown@STEP[:xFACTOR]",
+    "hang@STEP:SECONDS[:RANK]",
     "leak:MB_PER_STEP",
     "warmup_noise[:FACTOR]",
     "kill@STEP",
@@ -40,7 +45,9 @@ _PATTERNS = {
     "bad_batch": re.compile(r"bad_batch@(\d+)"),
     "nan": re.compile(r"nan@(\d+)(?::(\d+))?"),
     "freeze_adapter": re.compile(r"freeze_adapter"),
-    "straggler": re.compile(rf"straggler:(\d+):{_NUM}"),
+    "straggler": re.compile(rf"straggler:(\d+):(x?){_NUM}"),
+    "slowdown": re.compile(rf"slowdown@(\d+)(?::x{_NUM})?"),
+    "hang": re.compile(rf"hang@(\d+):{_NUM}(?::(\d+))?"),
     "leak": re.compile(rf"leak:{_NUM}"),
     "warmup_noise": re.compile(rf"warmup_noise(?::{_NUM})?"),
     "kill": re.compile(r"kill@(\d+)"),
@@ -81,8 +88,23 @@ def parse_fault(spec: str) -> Fault:
         )
         rank = int(g[1]) if kind == "nan" and g[1] is not None else None
         return Fault(kind, spec, step=step, factor=factor, rank=rank)
+    if kind == "hang":
+        step = int(g[0])
+        if step < 1:
+            raise ValueError(f"bad fault {spec!r}: STEP must be >= 1")
+        rank = int(g[2]) if g[2] is not None else None
+        return Fault(kind, spec, step=step, seconds=float(g[1]), rank=rank)
     if kind == "straggler":
-        return Fault(kind, spec, rank=int(g[0]), seconds=float(g[1]))
+        if g[1]:  # relative: a factor on the rank's own forward time
+            if float(g[2]) <= 1:
+                raise ValueError(f"bad fault {spec!r}: xFACTOR must be > 1")
+            return Fault(kind, spec, rank=int(g[0]), factor=float(g[2]))
+        return Fault(kind, spec, rank=int(g[0]), seconds=float(g[2]))
+    if kind == "slowdown":
+        step, factor = int(g[0]), float(g[1]) if g[1] else 3.0
+        if step < 1 or factor <= 1:
+            raise ValueError(f"bad fault {spec!r}: STEP must be >= 1 and xFACTOR > 1")
+        return Fault(kind, spec, step=step, factor=factor)
     if kind == "leak":
         return Fault(kind, spec, mb_per_step=float(g[0]))
     if kind == "warmup_noise":
@@ -110,6 +132,8 @@ def make_callback(faults: list[Fault], tunescope_cb: Any, seed: int = 0) -> Any:
             self.warmup = 0
             self.adapter: list[torch.Tensor] = []
             self.device = torch.device("cpu")
+            self.hung: set[str] = set()  # hang faults already served (once each)
+            self.t_forward = 0.0  # when the current forward began
 
         def of(self, kind: str) -> list[Fault]:
             return [f for f in self.faults if f.kind == kind]
@@ -146,7 +170,12 @@ def make_callback(faults: list[Fault], tunescope_cb: Any, seed: int = 0) -> Any:
             if not module.training:
                 return None
             for f in self.of("straggler"):
-                if f.rank == self.rank:
+                if f.rank == self.rank and f.seconds is not None:
+                    time.sleep(f.seconds)
+            self.t_forward = time.perf_counter()
+            for f in self.of("hang"):
+                if f.step == self.step and f.rank in (None, self.rank) and f.spec not in self.hung:
+                    self.hung.add(f.spec)
                     time.sleep(f.seconds)
             if any(f.step == self.step for f in self.of("bad_batch")):
                 kwargs = dict(kwargs)
@@ -161,6 +190,19 @@ def make_callback(faults: list[Fault], tunescope_cb: Any, seed: int = 0) -> Any:
             return None
 
         def post_forward(self, module, a, kwargs, output):
+            if module.training:
+                # relative slowness: sleep a multiple of this forward's own time, so
+                # that the ratio to the healthy ranks (or steps) is the same however
+                # busy the machine is
+                factor = 1.0
+                for f in self.of("straggler"):
+                    if f.rank == self.rank and f.factor is not None:
+                        factor *= f.factor
+                for f in self.of("slowdown"):
+                    if self.step >= f.step:
+                        factor *= f.factor
+                if factor > 1:
+                    time.sleep((factor - 1) * (time.perf_counter() - self.t_forward))
             if module.training and any(
                 f.step == self.step and f.rank in (None, self.rank) for f in self.of("nan")
             ):

@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunescope.train.trainer import REPO
+from tunescope.say import say
+from tunescope.train.config import REPO
 
 CONFIGS = REPO / "fixtures" / "configs"
 STEPS = 300
@@ -119,9 +120,19 @@ SPECS: list[Spec] = [
     Spec(
         "fault-straggler-2rank",
         sets=["seed=9", "max_steps=200", "lr=3e-3"],
-        inject=["straggler:1:0.3"],
+        # a slowness relative to the rank's own forward time: the same skew
+        # whether the machine is idle or busy with other work
+        inject=["straggler:1:x5"],
         nproc=2,
-        labels=[label("TS301", 1, 200, "rank 1 sleeps 0.3 s in every forward", rank=1)],
+        labels=[
+            label(
+                "TS301",
+                1,
+                200,
+                "rank 1's forward takes 5x as long (it sleeps 4x its own forward time)",
+                rank=1,
+            )
+        ],
     ),
     Spec("resumed", sets=["seed=10", "save_steps=50"], resume_at=170),
     Spec("killed", sets=["seed=11", "lr=3e-3"], inject=["kill@180"], killed=True),
@@ -151,23 +162,26 @@ def command(spec: Spec, out: Path, extra_sets: list[str] = ()) -> list[str]:
     return cmd
 
 
-def run_one(spec: Spec, root: Path) -> None:
+def run_one(spec: Spec, root: Path) -> float:
+    """Train one fixture run into ``root/NAME``; the seconds it took."""
     out = root / spec.name
     if out.exists():
         shutil.rmtree(out)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     t0 = time.time()
-    if spec.resume_at:
-        subprocess.run(command(spec, out, [f"stop_at_step={spec.resume_at}"]), check=True, env=env)
-        subprocess.run(command(spec, out, ["resume_from_checkpoint=latest"]), check=True, env=env)
-    else:
-        rc = subprocess.run(command(spec, out), env=env).returncode
-        if rc != 0 and not spec.killed:
-            raise SystemExit(f"fixture run {spec.name} failed with exit code {rc}")
+    parts = [[f"stop_at_step={spec.resume_at}"], ["resume_from_checkpoint=latest"]]
+    for extra in parts if spec.resume_at else [[]]:
+        # each run's own summary line would break the bar: shown only on failure
+        proc = subprocess.run(command(spec, out, extra), env=env, capture_output=True, text=True)
+        if proc.returncode != 0 and not spec.killed:
+            raise SystemExit(
+                f"fixture run {spec.name} failed with exit code {proc.returncode}:\n"
+                + proc.stderr[-2000:]
+            )
     for ckpt in out.glob("checkpoint-*"):
         shutil.rmtree(ckpt)
     (out / "config.json").unlink(missing_ok=True)  # the config is in run_start
-    print(f"{spec.name}: {time.time() - t0:.0f}s", file=sys.stderr)
+    return time.time() - t0
 
 
 def labels() -> dict:
@@ -198,10 +212,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from tunescope.progress import Progress
 
-    with ThreadPoolExecutor(max(1, a.jobs)) as pool, Progress("fixtures", "runs") as bar:
-        bar.update(0, len(todo))
-        for done, _ in enumerate(pool.map(lambda s: run_one(s, root), todo), 1):
-            bar.update(done, len(todo))
+    # one bar over the runs on a terminal; elsewhere (make in CI, a pipe) a line per run
+    with (
+        ThreadPoolExecutor(max(1, a.jobs)) as pool,
+        Progress("fixtures", "{task.fields[run]}") as bar,
+    ):
+        bar.update(0, len(todo), run="")
+        runs = pool.map(lambda s: (s.name, run_one(s, root)), todo)
+        for done, (name, seconds) in enumerate(runs, 1):
+            bar.update(done, len(todo), run=f"{name} {seconds:.0f}s")
+            if not bar.enabled:
+                say(f"fixture {name}: {seconds:.0f}s ({done}/{len(todo)})")
     (root / "LABELS.json").write_text(json.dumps(labels(), indent=1) + "\n")
     return 0
 

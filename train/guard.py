@@ -9,9 +9,11 @@ names one action per kind of finding; ``report`` (the default) only logs:
 | TS001 non-finite loss or grad norm on a step | ``skip`` the optimizer step; after ``skip_limit`` skips within ``skip_window`` steps, ``stop`` | any ``Trainer`` |
 | TS102 divergence or an unrecovered spike | ``stop`` (checkpoint, then end); ``rewind`` (reload the last checkpoint before the onset, skip the batches seen from the onset to the detection, learning rate x ``lr_factor``, at most ``max_rewinds`` times) | stop: any ``Trainer``; rewind: the bundled trainer |
 | TS401 memory heading for out-of-memory before the planned end | ``checkpoint`` now | any ``Trainer`` |
+| TS301 a hung rank: no step for ``hang_factor`` x the recent step time | ``checkpoint`` now, from a watchdog thread (:mod:`tunescope.train.watchdog`) | any ``Trainer`` |
 
 Shorthands: ``skip`` = TS001 skip; ``stop`` = TS001 skip, TS102 stop, TS401
-checkpoint; ``rewind`` = TS001 skip, TS102 rewind, TS401 checkpoint.
+and hang checkpoint; ``rewind`` = TS001 skip, TS102 rewind, TS401 and hang
+checkpoint.
 
 TS102 and TS401 are judged by the detectors' own ``run`` functions over this
 rank's own step records (a small in-memory :class:`LiveContext`, no store, no
@@ -40,13 +42,24 @@ SHORTHANDS: dict[str, dict[str, str]] = {
     "report": {},
     "off": {},
     "skip": {"nonfinite": "skip"},
-    "stop": {"nonfinite": "skip", "divergence": "stop", "memory": "checkpoint"},
-    "rewind": {"nonfinite": "skip", "divergence": "rewind", "memory": "checkpoint"},
+    "stop": {
+        "nonfinite": "skip",
+        "divergence": "stop",
+        "memory": "checkpoint",
+        "hang": "checkpoint",
+    },
+    "rewind": {
+        "nonfinite": "skip",
+        "divergence": "rewind",
+        "memory": "checkpoint",
+        "hang": "checkpoint",
+    },
 }
 _CHOICES = {
     "nonfinite": ("report", "skip", "stop"),
     "divergence": ("report", "stop", "rewind"),
     "memory": ("report", "checkpoint"),
+    "hang": ("report", "checkpoint"),
 }
 
 # codes in the per-step flag vector: [nonfinite, stop, rewind, checkpoint, -onset]
@@ -71,6 +84,14 @@ class GuardPolicy:
     """Rewind: at most this many; the next divergence stops the run."""
     memory: str = "report"
     """TS401, out-of-memory forecast before the planned end: report or checkpoint."""
+    hang: str = "report"
+    """A hung rank (no step for ``hang_factor`` x the recent step time):
+    report or checkpoint (see :mod:`tunescope.train.watchdog`)."""
+    hang_factor: float = 10.0
+    """No step for this many times the median recent step time is a hang."""
+    hang_min_seconds: float = 60.0
+    """... and for at least this many seconds (a slow checkpoint or evaluation
+    is not a hang)."""
     check_every: int = 25
     """The live TS102/TS401 checks run every this many steps, or every 1% of
     the steps so far when that is more (a check reads the whole history, so
@@ -88,6 +109,8 @@ class GuardPolicy:
             raise ValueError("guard skip_limit and skip_window must be >= 1")
         if not 0 < self.lr_factor <= 1:
             raise ValueError(f"guard lr_factor must be in (0, 1], got {self.lr_factor}")
+        if self.hang_factor <= 1 or self.hang_min_seconds <= 0:
+            raise ValueError("guard hang_factor must be > 1 and hang_min_seconds > 0")
         if self.max_rewinds < 0 or self.check_every < 1:
             raise ValueError("guard max_rewinds must be >= 0 and check_every >= 1")
 
@@ -132,9 +155,18 @@ class GuardPolicy:
         return asdict(self)
 
 
-def live_context(run_id: str, rank: int, cols: dict[str, list], start: dict[str, Any]) -> Any:
+def live_context(
+    run_id: str,
+    rank: int,
+    cols: dict[str, list],
+    start: dict[str, Any],
+    kept: dict[Any, Any] | None = None,
+) -> Any:
     """A detector :class:`~tunescope.detectors.base.Context` over this rank's
-    records in memory: the frames the detectors read, built without a store."""
+    records in memory: the frames the detectors read, built without a store.
+    ``kept`` holds what does not change between checks of one attempt (the
+    events frames: only ``run_start``), so each check builds only the steps."""
+    kept = {} if kept is None else kept
     import polars as pl
 
     from tunescope.detectors.base import Context
@@ -181,6 +213,12 @@ def live_context(run_id: str, rank: int, cols: dict[str, list], start: dict[str,
             )
 
         def events(self, kinds: list[str] | None = None) -> pl.DataFrame:
+            key = ("events", tuple(kinds or ()))
+            if key not in kept:
+                kept[key] = self._events(kinds)
+            return kept[key]
+
+        def _events(self, kinds: list[str] | None) -> pl.DataFrame:
             rows = [("run_start", 0, json.dumps(start))]
             rows = [r for r in rows if not kinds or r[0] in kinds]
             return pl.DataFrame(
@@ -231,10 +269,11 @@ class Guard:
         self.rewind: dict[str, Any] | None = None  # a rewind for the driver to do
         self.stopped: dict[str, Any] | None = None
         self.acted_memory = False
+        self.hangs = 0  # checkpoints written because this rank looked hung
         self.request = 0  # this rank's request for the next step's flags
         self.request_onset = 0
         self.request_finding: dict[str, Any] | None = None
-        self.check_cost = 0.0  # seconds the last live check took
+        self.check_cost = 0.0  # CPU seconds (this thread's) the last live check took
         self.checks_run = 0
         self.check_seconds = 0.0
         self._last_check = 0  # the step of the last live check
@@ -242,6 +281,8 @@ class Guard:
         self.rank = 0
         self.start: dict[str, Any] = {}
         self.options: dict[str, Any] = {}  # detector id -> its Options
+        self._memory_check = False
+        self._kept: dict[Any, Any] = {}  # frames that stay the same between checks
 
     # ---- records and the live check ------------------------------------------------
 
@@ -273,6 +314,13 @@ class Guard:
             from tunescope.detectors import divergence, memory_growth
 
             cfg = load_config(None, starts=[Path(run_dir)] if run_dir else [])
+            # without the device's size TS401 makes no out-of-memory forecast,
+            # the only finding the guard acts on: then its check is not run
+            self._memory_check = (
+                self.policy.memory != "report"
+                and memory_growth.capacity_mb(start, rank) is not None
+            )
+            self._kept = {}
             self.options = {
                 m.ID: build_options(cfg, m.ID, m.Options) for m in (divergence, memory_growth)
             }
@@ -312,10 +360,10 @@ class Guard:
         an action becomes this rank's request for the next step."""
         import time
 
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # CPU time: not inflated by other processes on the machine
         from tunescope.findings import Severity
 
-        ctx = live_context(self.run_id, self.rank, self.cols, self.start)
+        ctx = live_context(self.run_id, self.rank, self.cols, self.start, self._kept)
         if self.policy.divergence != "report" and not self.request:
             from tunescope.detectors import divergence
 
@@ -324,7 +372,7 @@ class Guard:
                     code = _REWIND if self.policy.divergence == "rewind" else _STOP
                     self._ask(code, int(f.step_start or 0), f)
                     break
-        if self.policy.memory != "report" and not self.request and not self.acted_memory:
+        if self._memory_check and not self.request and not self.acted_memory:
             from tunescope.detectors import memory_growth
 
             for f in memory_growth.run(ctx, self.options[memory_growth.ID]):
@@ -332,7 +380,7 @@ class Guard:
                 if f.severity == Severity.ERROR and fc:
                     self._ask(_CKPT, int(f.step_start or 0), f)
                     break
-        self.check_cost = time.perf_counter() - t0
+        self.check_cost = time.thread_time() - t0
         self.checks_run += 1
         self.check_seconds += self.check_cost
 
@@ -372,49 +420,3 @@ class Guard:
             if n < step and (p / "trainer_state.json").exists() and (best is None or n > best[0]):
                 best = (n, p)
         return best[1] if best else None
-
-
-# ---- exact data skipping for rewinds (the bundled trainer) -----------------------------
-
-
-class SkipList:
-    """Micro-batch positions never trained: ``(epoch, position in the epoch's
-    stream)``, the same on every rank. Saved beside the checkpoints so that a
-    later resume skips them too (``guard-skips.json`` in the output directory)."""
-
-    NAME = "guard-skips.json"
-
-    def __init__(self, items: list[tuple[int, int]] | None = None) -> None:
-        self.items: set[tuple[int, int]] = set(items or [])
-
-    @classmethod
-    def load(cls, out: str | Path) -> SkipList:
-        p = Path(out) / cls.NAME
-        if not p.is_file():
-            return cls()
-        try:
-            data = json.loads(p.read_text())
-            return cls([(int(e), int(k)) for e, k in data.get("skip", [])])
-        except (ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"{p}: not a guard skip list ({e})") from None
-
-    def save(self, out: str | Path) -> None:
-        p = Path(out) / self.NAME
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"skip": sorted(self.items)}) + "\n")
-        tmp.replace(p)
-
-    def position_of(self, kept: int, per_epoch: int) -> tuple[int, int]:
-        """(epoch, raw position) of the ``kept``-th micro-batch trained (0-based
-        count of batches already trained), given ``per_epoch`` raw batches."""
-        epoch = 0
-        while True:
-            gone = sorted(k for e, k in self.items if e == epoch and k < per_epoch)
-            if kept < per_epoch - len(gone):
-                pos = kept
-                for k in gone:
-                    if k <= pos:
-                        pos += 1
-                return epoch, pos
-            kept -= per_epoch - len(gone)
-            epoch += 1

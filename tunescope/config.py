@@ -224,46 +224,88 @@ def build_options(cfg: Config, detector_id: str, options_cls: type) -> Any:
                 f"{cfg.where(f'{detector_id}.{key}')}: unknown option{did_you_mean(key, keys)} "
                 f"(options: {', '.join(keys)})"
             )
-        kwargs[name] = _coerce(value, hints[name], cfg.where(f"{detector_id}.{key}"))
+        kwargs[name] = coerce(value, hints[name], cfg.where(f"{detector_id}.{key}"))
     try:
         return options_cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{cfg.where(detector_id)}: {e}") from None
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def coerce(value: Any, hint: Any, where: str, *, text: bool = False) -> Any:
+    """``value`` as the type ``hint`` says, or ``ConfigError`` naming ``where``.
+
+    TOML values are typed already: by default a string is never a number.
+    With ``text``, values written as text are read as well (a ``--set KEY=VALUE``
+    string, a YAML scalar): ``"true"``, ``"7"``, ``"a,b"``, ``"[a, b]"``,
+    ``"{k: v}"``, ``"null"``."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    s = value.strip() if text and isinstance(value, str) else None
     if hint is bool:
         if isinstance(value, bool):
             return value
+        if s is not None and s.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return s.lower() in ("true", "yes", "on", "1")
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if text and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if s is not None and s.lstrip("+-").isdigit():
+            return int(s)
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if s is not None:
+            try:
+                return float(s)
+            except ValueError:
+                pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):
             return value
+        if text and isinstance(value, int | float | bool):
+            return str(value)
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if origin in (list, tuple) and args:
+        if s is not None:
+            value = _yaml_value(s, where) if s.startswith("[") else s.split(",")
+            value = value if isinstance(value, list) else [value]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        items = [_coerce(v, args[0], where) for v in value]
+        items = [coerce(v, args[0], where, text=text) for v in value]
         return tuple(items) if origin is tuple else items
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
+    if origin is dict:
+        if s is not None and s.startswith("{"):
+            value = _yaml_value(s, where)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, type(int | None)):  # Optional[X] and X | None
+        is_null = value is None or (s is not None and s.lower() in ("null", "none", "~"))
+        if is_null and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if s is not None:  # "[...]" is a list and "{...}" a mapping before it is text
+            first = list if s.startswith("[") else dict if s.startswith("{") else None
+            options.sort(key=lambda a: typing.get_origin(a) is not first)
+        for a in options:
             try:
-                return _coerce(value, a, where)
+                return coerce(value, a, where, text=text)
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: unexpected value {value!r}")
     return value
+
+
+def _yaml_value(s: str, where: str) -> Any:
+    """A flow-style YAML value (``[a, b]``, ``{k: v}``) written on a command line."""
+    import yaml
+
+    try:
+        return yaml.safe_load(s)
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: not valid YAML: {s!r}") from None
