@@ -109,7 +109,9 @@ _SUBPARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
 def _runs_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", metavar="RUNS", help="directory holding runs (at any depth)")
+    p.add_argument(
+        "runs", metavar="RUNS", help="directory or URL (s3://bucket/prefix) holding runs"
+    )
     _cache_arg(p)
 
 
@@ -628,13 +630,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     from tunescope.detectors.report import render
     from tunescope.errors import InputError
+    from tunescope.ingest.remote import is_url
 
-    roots = [Path(r) for r in args.runs]
+    roots: list[Any] = [r if is_url(r) else Path(r) for r in args.runs]  # URLs stay strings
     for root in roots:
-        if not root.is_dir():
+        if isinstance(root, Path) and not root.is_dir():
             what = "not a directory" if root.exists() else "no such directory"
             raise InputError(f"{root}: {what}; pass the folder that holds your runs")
-    cfg = load_config(args.config, starts=roots)
+    cfg = load_config(args.config, starts=[r for r in roots if isinstance(r, Path)])
     validate_config(cfg)  # bad tables and options fail before any ingest
     select_detectors(args.select, args.ignore, cfg)
     fail_on = args.fail_on or cfg.fail_on or "error"
@@ -645,7 +648,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for i, root in enumerate(roots):
         cache = args.cache_dir
         if cache and len(roots) > 1:
-            cache = str(Path(cache) / f"{i}-{root.resolve().name}")
+            name = root.rstrip("/").rsplit("/", 1)[-1] if is_url(root) else root.resolve().name
+            cache = str(Path(cache) / f"{i}-{name}")
         store = open_store(root, cache)
         ids = store.run_ids()
         if not ids:
