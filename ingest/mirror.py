@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -95,6 +96,7 @@ class SyncReport:
     listings: int = 0
     reads: int = 0
     bytes_read: int = 0
+    seconds: float = 0.0
 
 
 class Mirror:
@@ -111,6 +113,7 @@ class Mirror:
         """List once, fetch what changed, and make the mirror match the listing."""
         r = self.remote
         before = (r.listings, r.reads, r.bytes_read)
+        started = time.perf_counter()
         listing = [o for o in r.list() if wanted(o.rel)]
         self.root.mkdir(parents=True, exist_ok=True)
         state = self._load()
@@ -142,6 +145,7 @@ class Mirror:
         report.listings = r.listings - before[0]
         report.reads = r.reads - before[1]
         report.bytes_read = r.bytes_read - before[2]
+        report.seconds = time.perf_counter() - started
         return report
 
     def _fetch(
