@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,31 @@ def test_without_the_extra_a_url_names_it(tmp_path):
         "tunescope: error: s3://b/runs: reading runs from s3:// needs s3fs; "
         "pip install 'tunescope[s3]'\n"
     )
+
+
+def test_event_writer_uploads_its_spool(s3env, tmp_path):
+    local = tmp_path / "spool" / "run7"
+    url = f"s3://{BUCKET}/uploaded/run7"
+    s3 = s3env.client()
+
+    def keys() -> dict[str, int]:
+        listing = s3.list_objects_v2(Bucket=BUCKET, Prefix="uploaded/run7/")
+        return {o["Key"].split("/", 2)[2]: o["Size"] for o in listing.get("Contents", [])}
+
+    with EventWriter(local, rank=0, upload_to=url, upload_interval_s=0.1) as w:
+        for s in range(1, 21):
+            w.step(step=s, loss=2.0, lr=1e-4)
+        w.flush()
+        size = (local / "events" / "rank-0.jsonl").stat().st_size
+        deadline = time.monotonic() + 10
+        while keys().get("events/rank-0.jsonl") != size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert keys() == {"events/rank-0.jsonl": size}  # shipped while training
+        w.compact()
+        w.step(step=21, loss=1.9, lr=1e-4)
+    # closed: the same files as the local run, byte for byte
+    files = {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*.*")}
+    assert keys() == files and len(files) >= 3
+    store = Store.open(f"s3://{BUCKET}/uploaded", tmp_path / "c")
+    assert store.cursor().execute("SELECT count(*), max(step) FROM steps").fetchone() == (21, 21)
+    store.close()
