@@ -594,7 +594,12 @@ def format_table(table: pa.Table, max_width: int = 40) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     store = open_store(args.runs, args.cache_dir)
     if args.parquet:
+        from tunescope.config import load_config
+        from tunescope.fanout import ensure_findings
         from tunescope.ingest.lake import export_lake
+
+        # runs never analysed get their findings in the lake too (analyze's thresholds)
+        ensure_findings(store, load_config(None, starts=[Path(args.runs)]))
 
         rows = export_lake(store, args.parquet, args.partition_by, overwrite=args.force)
         tables = ", ".join(f"{t} {n:,}" for t, n in rows.items())

@@ -76,6 +76,17 @@ def analyze_runs(
     return pa.table(columns, schema=findings_schema())
 
 
+def ensure_findings(store: Any, config: Any = None) -> None:
+    """Analyse the store's runs when it holds no stored findings yet (never
+    analysed), so that an export carries them; a stored analysis is kept."""
+    if store.cache.load_manifest().get("findings") or not store.run_ids():
+        return
+    from tunescope.detectors.engine import analyze_views, finding_rows
+
+    _, full = analyze_views(store, config=config)
+    store.save_findings(finding_rows(full), store.run_ids())
+
+
 def analyze_groups(
     groups: Sequence[Sequence[str | Path]],
     *,
