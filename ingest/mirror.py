@@ -224,6 +224,15 @@ class MirrorCache(Cache):
         report.unclaimed = [(Path(self._url_of(str(p))), why) for p, why in report.unclaimed]
         return report
 
+    def load_manifest(self) -> dict[str, Any]:
+        """The manifest, with each run's folder named by its URL (the ``path``
+        column of the ``runs`` view shows where the run is, not its mirror)."""
+        manifest = super().load_manifest()
+        for entry in manifest["sources"].values():
+            if isinstance(entry.get("run_dir"), str):
+                entry["run_dir"] = self._url_of(entry["run_dir"])
+        return manifest
+
     def _url_of(self, path: str) -> str:
         base = str(self.mirror.root)
         if path == base or path.startswith(base + os.sep):

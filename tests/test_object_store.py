@@ -245,3 +245,23 @@ def test_event_writer_uploads_its_spool(s3env, tmp_path):
     store = Store.open(f"s3://{BUCKET}/uploaded", tmp_path / "c")
     assert store.cursor().execute("SELECT count(*), max(step) FROM steps").fetchone() == (21, 21)
     store.close()
+
+
+def test_runs_path_is_the_url_and_export_to_a_bucket(s3env, tmp_path, capsys):
+    import pyarrow.dataset as ds
+    import s3fs
+
+    url = f"s3://{BUCKET}/fixed"
+    sql = "SELECT run_id, path FROM runs ORDER BY 1"
+    out = query(["query", url, sql, "--format", "csv", "--cache-dir", str(tmp_path / "c")], capsys)
+    assert f"fault-nan,{url}/fault-nan\n" in out
+    lake = f"s3://{BUCKET}/lake"
+    args = ["export", url, "--parquet", lake, "--cache-dir", str(tmp_path / "c")]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {lake}: 3 runs;")
+    fs = s3fs.S3FileSystem()
+    schema = json.loads(fs.cat_file(f"{BUCKET}/lake/_schema.json"))
+    assert schema["source"] == url
+    steps = ds.dataset(f"{BUCKET}/lake/steps", filesystem=fs, partitioning="hive").to_table()
+    assert steps.num_rows == schema["tables"]["steps"]["rows"] > 0
+    assert set(steps.column("run_id").to_pylist()) == set(RUNS)
