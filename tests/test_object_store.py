@@ -265,3 +265,17 @@ def test_runs_path_is_the_url_and_export_to_a_bucket(s3env, tmp_path, capsys):
     steps = ds.dataset(f"{BUCKET}/lake/steps", filesystem=fs, partitioning="hive").to_table()
     assert steps.num_rows == schema["tables"]["steps"]["rows"] > 0
     assert set(steps.column("run_id").to_pylist()) == set(RUNS)
+
+
+def test_weights_and_unsafe_keys_are_never_fetched(s3env, tmp_path):
+    s3 = s3env.client()
+    line = json.dumps({"v": 1, "kind": "step", "run": "w", "rank": 0, "step": 1, "loss": 2.0})
+    s3.put_object(Bucket=BUCKET, Key="weights/w/events/rank-0.jsonl", Body=(line + "\n").encode())
+    s3.put_object(Bucket=BUCKET, Key="weights/w/checkpoint-10/model.safetensors", Body=b"x" * 4096)
+    s3.put_object(Bucket=BUCKET, Key="weights/w/../escape.jsonl", Body=(line + "\n").encode())
+    store = Store.open(f"s3://{BUCKET}/weights", tmp_path / "c")
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (1,)
+    reads = [r.path for r in s3env.requests if r.is_object_read]
+    assert reads == [f"/{BUCKET}/weights/w/events/rank-0.jsonl"]
+    assert not (tmp_path / "escape.jsonl").exists()
+    store.close()
