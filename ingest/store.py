@@ -29,7 +29,8 @@ import duckdb
 import pyarrow as pa
 
 from tunescope.errors import QueryError, StoreError, UsageError
-from tunescope.ingest.cache import Cache, IngestReport
+from tunescope.ingest.cache import IngestReport
+from tunescope.ingest.mirror import open_cache
 from tunescope.ingest.rows import (
     EVENT_SCHEMA,
     METRIC_SCHEMA,
@@ -85,8 +86,8 @@ class Store:
     """
 
     def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
-        self.root = Path(root)
-        self.cache = Cache(self.root, Path(cache_dir) if cache_dir else None)
+        self.cache = open_cache(root, cache_dir)  # a folder, or a URL (mirrored)
+        self.root = self.cache.root
         self.con = self._connect()
         self._lock = threading.Lock()
         self.loaded_at = 0.0
@@ -100,8 +101,8 @@ class Store:
         progress: Callable[[str], None] | None = None,
     ) -> Store:
         store = cls.__new__(cls)
-        store.root = Path(root)
-        store.cache = Cache(store.root, Path(cache_dir) if cache_dir else None)
+        store.cache = open_cache(root, cache_dir)  # a folder, or a URL (mirrored)
+        store.root = store.cache.root
         store.con = store._connect()
         store._lock = threading.Lock()
         store.loaded_at = 0.0

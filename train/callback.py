@@ -72,6 +72,8 @@ class TunescopeCallback(GuardActions, TrainerCallback):
             are pre-clip (see the module docstring). Turned off automatically
             for DeepSpeed and FSDP, where the Trainer must clip.
         extra_run_start: more fields for ``run_start``.
+        upload_to: a URL for this run (``s3://bucket/runs/RUN``): the local files
+            are a spool, shipped there as the run trains (``EventWriter``).
     """
 
     def __init__(
@@ -87,8 +89,10 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         webhook_format: str = "auto",
         webhook_secret: str | None = None,
         guard: Any = None,
+        upload_to: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.upload_to = upload_to  # a URL: the run's files are shipped there (EventWriter)
         # The guard acts on findings (skip a non-finite step, stop, rewind,
         # checkpoint before an OOM); None or "report": only log.
         if guard is not None and not isinstance(guard, Guard):
@@ -202,7 +206,7 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         resumed = state.global_step > 0
         path = self.run_dir / "events" / f"rank-{self.rank}.jsonl"
         had_log = path.exists() and path.stat().st_size > 0
-        self.writer = EventWriter(self.run_dir, self.run, rank=self.rank)
+        self.writer = EventWriter(self.run_dir, self.run, rank=self.rank, upload_to=self.upload_to)
         self._install(args, model)
         self._cuda = self._device.type == "cuda"
         if not self._cuda:

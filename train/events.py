@@ -51,6 +51,9 @@ class EventWriter:
         rank: global rank of this process.
         queue_size: events that may wait for the writer thread.
         block_when_full: wait for room instead of dropping step events.
+        upload_to: a URL for this run (``s3://bucket/runs/RUN``): the local files
+            are a spool, copied there every ``upload_interval_s`` seconds and on
+            close (see :mod:`tunescope.train.upload`).
     """
 
     def __init__(
@@ -61,6 +64,8 @@ class EventWriter:
         *,
         queue_size: int = 10_000,
         block_when_full: bool = False,
+        upload_to: str | None = None,
+        upload_interval_s: float = 30.0,
     ) -> None:
         if rank < 0:
             raise ValueError(f"rank must be >= 0, got {rank}")
@@ -72,6 +77,9 @@ class EventWriter:
         self.events_dir = self.run_dir / "events"
         self.events_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.events_dir / f"rank-{rank}.jsonl"
+        from tunescope.train.upload import uploader_for
+
+        self._uploader = uploader_for(self.events_dir, upload_to, upload_interval_s, rank)
         self.block_when_full = block_when_full
         self.dropped = 0
         self._dropped_reported = 0
@@ -185,6 +193,8 @@ class EventWriter:
         self._queue.put(_STOP)
         self._thread.join()
         self._file.close()
+        if self._uploader is not None:
+            self._uploader.close()  # the last lines and the last segment
         self._raise_error()
 
     def __enter__(self) -> EventWriter:

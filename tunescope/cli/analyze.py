@@ -77,10 +77,11 @@ def add_report(sub: Any) -> None:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from tunescope.detectors.engine import analyze_views, fails, finding_rows, run_summaries
     from tunescope.detectors.report import render
+    from tunescope.ingest.remote import is_url
 
-    roots = [Path(r) for r in args.runs]
+    roots: list[Any] = [r if is_url(r) else Path(r) for r in args.runs]  # URLs stay strings
     for root in roots:
-        if not root.is_dir():
+        if isinstance(root, Path) and not root.is_dir():
             what = "not a directory" if root.exists() else "no such directory"
             raise InputError(f"{root}: {what}; pass the folder that holds your runs")
     cfg = detector_config(args.config, roots, args.select, args.ignore)
@@ -92,7 +93,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for i, root in enumerate(roots):
         cache = args.cache_dir
         if cache and len(roots) > 1:
-            cache = str(Path(cache) / f"{i}-{root.resolve().name}")
+            name = root.rstrip("/").rsplit("/", 1)[-1] if is_url(root) else root.resolve().name
+            cache = str(Path(cache) / f"{i}-{name}")
         store = open_store(root, cache)
         ids = store.run_ids()
         if not ids:

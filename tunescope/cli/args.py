@@ -10,7 +10,9 @@ from typing import Any
 
 
 def runs_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", metavar="RUNS", help="directory holding runs (at any depth)")
+    p.add_argument(
+        "runs", metavar="RUNS", help="directory or URL (s3://bucket/prefix) holding runs"
+    )
     cache_arg(p)
 
 
@@ -53,8 +55,11 @@ def detector_config(
     ``--select``/``--ignore`` ids are a ConfigError or UsageError naming them."""
     from tunescope.config import load_config
     from tunescope.detectors.engine import select_detectors, validate_config
+    from tunescope.ingest.remote import is_url
 
-    cfg = load_config(explicit, starts=[Path(r) for r in roots])
+    # the config file is looked for beside local runs only; a URL's is --config
+    starts = [Path(r) for r in roots if not is_url(str(r))]
+    cfg = load_config(explicit, starts=starts)
     validate_config(cfg)
     if check_ids:
         select_detectors(select, ignore, cfg)

@@ -1,0 +1,294 @@
+"""A local mirror of the log objects under a URL, kept current by byte ranges.
+
+Ingest of a URL root is ingest of a local folder that mirrors it: each poll
+lists the objects once, fetches only what changed, and then the local readers
+(the same ones as for a folder, with their offsets and fingerprints) read the
+mirror. Per object, against what the last poll saw:
+
+- same size and ETag: nothing is fetched;
+- larger: only the new bytes are fetched (a byte-range request), together with
+  the FINGERPRINT bytes before them, which must equal the end of the mirrored
+  copy; when they do not, the object was rewritten and is fetched whole;
+- smaller, or same size with a new ETag: rewritten, fetched whole (into a new
+  file, so the readers see a new inode and read it from the start);
+- gone: its copy is removed (and with it, its rows).
+
+Nothing is half-written: an object's bytes are fetched whole (with retries)
+before its copy changes; a whole copy is written under a temporary name and
+renamed; ``mirror.json`` records what each copy holds and is saved after each
+batch, and a copy whose size disagrees with it is fetched whole again.
+
+Model weights and other large binaries that no reader takes are never fetched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tunescope.ingest.cache import Cache, IngestReport
+from tunescope.ingest.discover import SKIP_DIRS
+from tunescope.ingest.remote import ObjectInfo, Remote, is_url
+from tunescope.ingest.rows import Problem
+from tunescope.ingest.tail import FINGERPRINT
+
+MIRROR = "mirror"  # the folder inside the cache dir
+STATE = "mirror.json"
+BATCH_OBJECTS = 512  # objects fetched per batch, at most...
+BATCH_BYTES = 64 * 1024 * 1024  # ...and about this many bytes (memory stays bounded)
+# Objects no reader takes and that may be huge: checkpoints, weights, archives.
+SKIP_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".gguf",
+    ".onnx",
+    ".h5",
+    ".pkl",
+    ".pickle",
+    ".npy",
+    ".npz",
+    ".msgpack",
+    ".arrow",
+    ".tar",
+    ".zip",
+    ".gz",
+)
+
+
+def wanted(rel: str) -> bool:
+    """Whether an object may hold logs (and its key is a safe relative path)."""
+    parts = PurePosixPath(rel).parts
+    if not parts or rel.startswith("/") or any(p in ("..", ".") for p in parts):
+        return False
+    if any(p in SKIP_DIRS for p in parts[:-1]):
+        return False
+    return not parts[-1].lower().endswith(SKIP_SUFFIXES)
+
+
+def remote_cache_dir(url: str) -> Path:
+    """The cache of a URL root: a folder in the user cache dir (XDG), keyed by the URL."""
+    import platformdirs
+
+    url = url.rstrip("/")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", url.split("://", 1)[-1]).strip("-")[:48]
+    digest = hashlib.sha1(url.encode()).hexdigest()[:16]
+    return Path(platformdirs.user_cache_dir("tunescope")) / f"{slug}-{digest}"
+
+
+@dataclass
+class SyncReport:
+    """What one poll of the mirror did."""
+
+    objects: int = 0  # objects listed that may hold logs
+    fetched: int = 0  # objects whose copy changed
+    appended: int = 0  # ...of them, by their new bytes only
+    removed: int = 0
+    listings: int = 0
+    reads: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+
+class Mirror:
+    """The mirror of one URL in ``cache_dir/mirror``."""
+
+    def __init__(self, url: str, cache_dir: Path) -> None:
+        self.url = url.rstrip("/")
+        self.remote = Remote(self.url)
+        self.cache_dir = Path(cache_dir)
+        self.root = self.cache_dir / MIRROR
+        self.state_path = self.cache_dir / STATE
+
+    def sync(self) -> SyncReport:
+        """List once, fetch what changed, and make the mirror match the listing."""
+        r = self.remote
+        before = (r.listings, r.reads, r.bytes_read)
+        started = time.perf_counter()
+        listing = [o for o in r.list() if wanted(o.rel)]
+        self.root.mkdir(parents=True, exist_ok=True)
+        state = self._load()
+        report = SyncReport(objects=len(listing))
+        live = {o.rel for o in listing}
+        for rel in [k for k in state if k not in live]:
+            with contextlib.suppress(OSError):
+                (self.root / rel).unlink()
+            del state[rel]
+            report.removed += 1
+        plan: list[tuple[ObjectInfo, int]] = []  # (object, first byte to fetch)
+        for obj in listing:
+            old = state.get(obj.rel)
+            held = _size(self.root / obj.rel)
+            if old is not None and held == old["size"]:
+                if old["size"] == obj.size and old["etag"] == obj.etag:
+                    continue
+                if obj.size > old["size"] > 0:
+                    plan.append((obj, max(old["size"] - FINGERPRINT, 0)))
+                    continue
+            plan.append((obj, 0))
+        for batch in _batches(plan):
+            again = self._fetch(batch, state, report)
+            if again:  # appended objects that turned out rewritten: fetched whole
+                self._fetch([(o, 0) for o in again], state, report)
+            self._save(state)
+        if report.removed and not plan:
+            self._save(state)
+        report.listings = r.listings - before[0]
+        report.reads = r.reads - before[1]
+        report.bytes_read = r.bytes_read - before[2]
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _fetch(
+        self, batch: list[tuple[ObjectInfo, int]], state: dict[str, Any], report: SyncReport
+    ) -> list[ObjectInfo]:
+        """Fetch a batch, then change the copies; returns the appended objects
+        whose earlier bytes changed (rewritten: to fetch whole)."""
+        fetch = [(o, start) for o, start in batch if o.size > start]
+        data = self.remote.read_ranges(
+            [o.rel for o, _ in fetch], [s for _, s in fetch], [o.size for o, _ in fetch]
+        )
+        got = {o.rel: d for (o, _), d in zip(fetch, data, strict=True)}
+        rewritten = []
+        for obj, start in batch:
+            path = self.root / obj.rel
+            body = got.get(obj.rel, b"")
+            if start:
+                held = state[obj.rel]["size"]
+                overlap = held - start
+                if body[:overlap] != _tail(path, overlap):
+                    rewritten.append(obj)
+                    continue
+                with open(path, "ab") as f:
+                    f.write(body[overlap:])
+                report.appended += 1
+            else:
+                _write_whole(path, body)
+            state[obj.rel] = {"size": obj.size, "etag": obj.etag}
+            report.fetched += 1
+        return rewritten
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("url") != self.url:
+            return {}
+        objects = data.get("objects")
+        return objects if isinstance(objects, dict) else {}
+
+    def _save(self, state: dict[str, Any]) -> None:
+        tmp = self.state_path.with_name(f"{STATE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"url": self.url, "objects": state}), encoding="utf-8")
+        os.replace(tmp, self.state_path)
+
+
+class MirrorCache(Cache):
+    """The cache of a URL root: each ingest first brings the mirror up to date,
+    then reads it like a local folder. Paths in problems name the objects."""
+
+    def __init__(self, url: str, cache_dir: str | Path | None = None) -> None:
+        self.url = url.rstrip("/")
+        where = Path(cache_dir) if cache_dir else remote_cache_dir(self.url)
+        self.mirror = Mirror(self.url, where)
+        try:
+            self.mirror.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            from tunescope.errors import StoreError
+
+            raise StoreError(
+                f"cannot create the cache directory {where}: {e.strerror or e}; "
+                "pass --cache-dir to put it elsewhere"
+            ) from None
+        super().__init__(self.mirror.root, where)
+        self.last_sync: SyncReport | None = None
+
+    def ingest(self, readers: Any = None, progress: Any = None) -> IngestReport:
+        with self.lock(), self._writing():
+            self.last_sync = self.mirror.sync()
+        report = super().ingest(readers, progress)
+        report.root = self.url  # type: ignore[assignment]
+        report.problems = [self._named(p) for p in report.problems]
+        report.new_problems = [self._named(p) for p in report.new_problems]
+        report.unclaimed = [(Path(self._url_of(str(p))), why) for p, why in report.unclaimed]
+        return report
+
+    def load_manifest(self) -> dict[str, Any]:
+        """The manifest, with each run's folder named by its URL (the ``path``
+        column of the ``runs`` view shows where the run is, not its mirror)."""
+        manifest = super().load_manifest()
+        for entry in manifest["sources"].values():
+            if isinstance(entry.get("run_dir"), str):
+                entry["run_dir"] = self._url_of(entry["run_dir"])
+        return manifest
+
+    def _url_of(self, path: str) -> str:
+        base = str(self.mirror.root)
+        if path == base or path.startswith(base + os.sep):
+            return self.url + path[len(base) :].replace(os.sep, "/")
+        return path
+
+    def _named(self, p: Problem) -> Problem:
+        return Problem(self._url_of(p.path), p.line, p.reason)
+
+
+def open_cache(root: str | Path, cache_dir: str | Path | None = None) -> Cache:
+    """The cache of a runs root: a local folder, or a URL (mirrored)."""
+    if is_url(root):
+        return MirrorCache(str(root), cache_dir)
+    return Cache(Path(root), Path(cache_dir) if cache_dir else None)
+
+
+def _batches(plan: list[tuple[ObjectInfo, int]]) -> list[list[tuple[ObjectInfo, int]]]:
+    out: list[list[tuple[ObjectInfo, int]]] = []
+    batch: list[tuple[ObjectInfo, int]] = []
+    total = 0
+    for item in plan:
+        size = item[0].size - item[1]
+        if batch and (len(batch) >= BATCH_OBJECTS or total + size > BATCH_BYTES):
+            out.append(batch)
+            batch, total = [], 0
+        batch.append(item)
+        total += size
+    if batch:
+        out.append(batch)
+    return out
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _tail(path: Path, n: int) -> bytes:
+    if n <= 0:
+        return b""
+    with open(path, "rb") as f:
+        f.seek(-n, os.SEEK_END)
+        return f.read(n)
+
+
+def _write_whole(path: Path, body: bytes) -> None:
+    """Write under a temporary name and rename: a new file (a new inode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(body)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
