@@ -22,8 +22,8 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from tunescope.errors import TunescopeError
-from tunescope.ingest.rows import fetch_arrow
-from tunescope.ingest.store import check_read_only
+from tunescope.ingest.duck import fetch_arrow
+from tunescope.ingest.sql_guard import check_read_only
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import QueryDone, QueryFailed
 from tunescope.tui.row_table import RowTable
