@@ -135,10 +135,10 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, help="keep generated runs here")
     args = ap.parse_args()
 
-    from tunescope.detectors.curves import RUN_PLOTS, bucket_series, spec_source
+    from tunescope.detectors.curves import RUN_PLOTS, spec_source
     from tunescope.ingest.store import Store
     from tunescope.tui.plot import Plot
-    from tunescope.tui.queries import RunFilter, runs_page
+    from tunescope.tui.queries import RunFilter, bucket_series, runs_page
 
     base = args.dir or Path(tempfile.mkdtemp(prefix="tunescope-bench-tui-"))
     many, long_root, one = base / "many", base / "long", base / "one"

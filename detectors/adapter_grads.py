@@ -237,7 +237,19 @@ def _wiring(run_id: str, payload: dict[str, Any]) -> list[Finding]:
             "applied to a PeftModel freezes it); check with model.print_trainable_parameters()."
         )
         ev = {"kind": "no_trainable_params", "trainable_params": 0, "total_params": total}
-        out.append(finding(run_id, ID, NAME, Severity.ERROR, None, None, msg, sugg, evidence=ev))
+        out.append(
+            finding(
+                run_id=run_id,
+                detector_id=ID,
+                name=NAME,
+                sev=Severity.ERROR,
+                step_start=None,
+                step_end=None,
+                message=msg,
+                suggestion=sugg,
+                evidence=ev,
+            )
+        )
     adapted = payload_number(payload, "adapted_modules")
     expected = payload_number(payload, "expected_adapted_modules")
     if adapted is not None and expected is not None and expected > 0 and adapted < expected:
@@ -254,7 +266,19 @@ def _wiring(run_id: str, payload: dict[str, Any]) -> list[Finding]:
             "target matches at all."
         )
         ev = {"kind": "targets", "adapted_modules": adapted, "expected_adapted_modules": expected}
-        out.append(finding(run_id, ID, NAME, sev, None, None, msg, sugg, evidence=ev))
+        out.append(
+            finding(
+                run_id=run_id,
+                detector_id=ID,
+                name=NAME,
+                sev=sev,
+                step_start=None,
+                step_end=None,
+                message=msg,
+                suggestion=sugg,
+                evidence=ev,
+            )
+        )
     return out
 
 
@@ -310,14 +334,14 @@ def _judge(
         }
         out.append(
             finding(
-                run_id,
-                ID,
-                NAME,
-                Severity.ERROR,
-                int(steps[a]),
-                int(steps[b]),
-                msg,
-                SUGG_DEAD,
+                run_id=run_id,
+                detector_id=ID,
+                name=NAME,
+                sev=Severity.ERROR,
+                step_start=int(steps[a]),
+                step_end=int(steps[b]),
+                message=msg,
+                suggestion=SUGG_DEAD,
                 rank=rank,
                 evidence=ev,
             )
@@ -363,14 +387,14 @@ def _not_measured(
     )
     ev = {"kind": "not_measured", "series": source, "loss_start": l0, "loss_end": l1}
     return finding(
-        run_id,
-        ID,
-        NAME,
-        Severity.INFO,
-        int(steps[0]),
-        int(steps[-1]),
-        msg,
-        sugg,
+        run_id=run_id,
+        detector_id=ID,
+        name=NAME,
+        sev=Severity.INFO,
+        step_start=int(steps[0]),
+        step_end=int(steps[-1]),
+        message=msg,
+        suggestion=sugg,
         rank=rank,
         evidence=ev,
     )
@@ -434,14 +458,14 @@ def _vanishing(
         }
         out.append(
             finding(
-                run_id,
-                ID,
-                NAME,
-                Severity.WARNING,
-                int(steps[a]),
-                int(steps[b]),
-                msg,
-                SUGG_VANISH,
+                run_id=run_id,
+                detector_id=ID,
+                name=NAME,
+                sev=Severity.WARNING,
+                step_start=int(steps[a]),
+                step_end=int(steps[b]),
+                message=msg,
+                suggestion=SUGG_VANISH,
                 rank=rank,
                 evidence=ev,
             )
@@ -491,4 +515,15 @@ def _lora_a_zero(
         "lora_b_median": float(np.nanmedian(b[rows])),
         "detected_at_step": int(steps[rows[opts.lora_a_min_points - 1]]),
     }
-    return finding(run_id, ID, NAME, Severity.ERROR, s0, s1, msg, SUGG_B, rank=rank, evidence=ev)
+    return finding(
+        run_id=run_id,
+        detector_id=ID,
+        name=NAME,
+        sev=Severity.ERROR,
+        step_start=s0,
+        step_end=s1,
+        message=msg,
+        suggestion=SUGG_B,
+        rank=rank,
+        evidence=ev,
+    )

@@ -56,7 +56,7 @@ class Context:
         """Run SQL on a fresh cursor and return a polars DataFrame."""
         import polars as pl
 
-        from tunescope.ingest.rows import fetch_arrow
+        from tunescope.ingest.duck import fetch_arrow
 
         return pl.from_arrow(fetch_arrow(self.store.cursor(), query, params))  # type: ignore[return-value]
 

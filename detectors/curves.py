@@ -3,7 +3,7 @@
 Shared by the front ends that draw runs (the TUI, the HTML report, the
 Markdown summary), so there is one copy of each query.
 
-A curve is never loaded whole. :func:`bucket_series` asks DuckDB for min/max
+A curve is never loaded whole. :func:`bucket_runs` asks DuckDB for min/max
 buckets: the step range is cut into as many buckets as the drawing has
 columns, and each bucket keeps its lowest and highest value (and a count of
 NaN/Inf values). Drawing a vertical span from min to max per column
@@ -128,7 +128,7 @@ def smooth_window(x_range: tuple[float, float]) -> int:
 # ---- the bucketing query -------------------------------------------------------------
 
 
-def _bucket_sql(
+def bucket_sql(
     source_sql: str,
     *,
     buckets: int,
@@ -181,7 +181,7 @@ def _bucket_sql(
     """
 
 
-def _split_series(table: Any) -> dict[tuple[str, str], Series]:
+def split_series(table: Any) -> dict[tuple[str, str], Series]:
     out: dict[tuple[str, str], Series] = {}
     if table.num_rows == 0:
         return out
@@ -207,32 +207,6 @@ def _split_series(table: Any) -> dict[tuple[str, str], Series]:
     return out
 
 
-def bucket_series(
-    cur: Any,
-    source_sql: str,
-    params: list[Any],
-    *,
-    x_range: tuple[float, float],
-    buckets: int,
-    smooth: int = 1,
-) -> dict[str, Series]:
-    """Min/max buckets of a long table, computed in DuckDB.
-
-    ``source_sql`` must yield columns ``series`` (text), ``step`` and ``v``;
-    only steps inside
-    ``x_range`` are read. ``smooth`` > 1 applies a trailing rolling mean over
-    that many steps first (NaN stays NaN: it is signal). Returns one
-    :class:`Series` per distinct ``series`` value, ordered by name.
-    """
-    from tunescope.ingest.rows import fetch_arrow
-
-    # One range for all: the series labels alone tell the curves apart.
-    source = f"SELECT NULL::VARCHAR AS run_id, series, step, v FROM ({source_sql})"
-    sql = _bucket_sql(source, buckets=buckets, smooth=smooth, x_range=x_range)
-    found = _split_series(fetch_arrow(cur, sql, params))
-    return {label: s for (_, label), s in found.items()}
-
-
 def bucket_runs(
     cur: Any,
     source_sql: str,
@@ -245,12 +219,12 @@ def bucket_runs(
     range: ``source_sql`` yields ``run_id``, ``series``, ``step`` and ``v`` for
     the runs ``$1`` (:func:`spec_source` with ``many=True``). Keyed by (run,
     series)."""
-    from tunescope.ingest.rows import fetch_arrow
+    from tunescope.ingest.duck import fetch_arrow
 
     if not run_ids:
         return {}
-    sql = _bucket_sql(source_sql, buckets=buckets, smooth=smooth, x_range=None)
-    return _split_series(fetch_arrow(cur, sql, [list(run_ids)]))
+    sql = bucket_sql(source_sql, buckets=buckets, smooth=smooth, x_range=None)
+    return split_series(fetch_arrow(cur, sql, [list(run_ids)]))
 
 
 def bucket_columns(
@@ -260,7 +234,7 @@ def bucket_columns(
     one pass, per run and rank, each run over its own step range: the per-rank
     and first-rank plots of many runs from one scan. Keyed by (run, rank), then
     label; a column that a rank never logged has no series."""
-    from tunescope.ingest.rows import fetch_arrow
+    from tunescope.ingest.duck import fetch_arrow
 
     if not run_ids or not columns:
         return {}

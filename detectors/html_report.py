@@ -30,32 +30,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tunescope import __version__
 from tunescope.detectors.curves import (
-    RUN_PLOTS,
     SCALE,
-    Series,
-    bucket_columns,
-    bucket_runs,
     colour_for,
     others_median,
-    rank_grids,
-    smooth_window,
-    spec_source,
 )
+from tunescope.detectors.html_data import collect, compare
 from tunescope.findings import Finding, Severity, jsonable
 from tunescope.numbers import cell
 
-# Characters of curve data that the runs with findings share; each run's charts
-# get as many buckets as fit, between MIN_BUCKETS and MAX_BUCKETS.
-CURVE_CHARS = 3_000_000
-CHARS_PER_BUCKET = 270  # measured: 5 charts, up to 14 series x (min, max), and the steps
-MIN_BUCKETS, MAX_BUCKETS = 100, 600
-COMPARE_BUCKETS = 300  # buckets of each overlaid loss curve
-RANK_WINDOWS = 60  # step windows of the rank heatmap
-SIG = 5  # significant digits kept in the file
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 
 
@@ -69,172 +53,6 @@ def _asset(name: str) -> str:
 
 
 # ---- reading the store -----------------------------------------------------------------
-
-
-def _nums(a: np.ndarray, sig: int = SIG) -> list[float | None]:
-    return [float(f"{v:.{sig}g}") if math.isfinite(v) else None for v in a.tolist()]
-
-
-def _align(
-    found: dict[tuple[str, str], Series],
-    run: str,
-    labels: list[str],
-    lo: float,
-    span: float,
-    n: int,
-) -> dict[str, Any] | None:
-    """The series of one chart on one bucket grid: x (mean step of each bucket
-    that holds data) and per series min, max and the NaN/Inf count."""
-    mine = [(label, found[(run, label)]) for label in labels if (run, label) in found]
-    if not mine:
-        return None
-    xs = np.full(n, np.nan)
-    cols = []
-    for label, s in mine:
-        b = np.clip(np.floor((s.x - lo) * n / max(span, 1e-9)), 0, n - 1).astype(int)
-        xs[b] = np.where(np.isnan(xs[b]), s.x, xs[b])
-        lo_a, hi_a, bad = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n)
-        lo_a[b], hi_a[b], bad[b] = s.lo, s.hi, s.bad
-        cols.append((label, lo_a, hi_a, bad))
-    keep = ~np.isnan(xs)
-    out: dict[str, Any] = {"x": _nums(xs[keep], 9), "series": []}
-    for label, lo_a, hi_a, bad in cols:
-        item: dict[str, Any] = {"label": label, "lo": _nums(lo_a[keep]), "hi": _nums(hi_a[keep])}
-        k = bad[keep]
-        if k.any():
-            item["bad"] = [[int(i), int(c)] for i, c in enumerate(k) if c]
-        out["series"].append(item)
-    return out
-
-
-def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(config, dict):
-        out: dict[str, Any] = {}
-        for k, v in config.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1] or "value": config}
-
-
-def _plot_series(cur: Any, runs: list[str], n: int) -> dict[str, dict[tuple[str, str], Series]]:
-    """Per plot of :data:`RUN_PLOTS`, its series keyed by (run, label): the loss
-    (a mean over ranks) from its own query, the per-rank and first-rank plots
-    from one scan (:func:`bucket_columns`)."""
-    out: dict[str, dict[tuple[str, str], Series]] = {}
-    wide_specs = [spec for spec in RUN_PLOTS if spec.ranks in ("each", "first")]
-    columns = {f"{spec.id}:{label}": expr for spec in wide_specs for label, expr in spec.columns}
-    wide = bucket_columns(cur, runs, columns, buckets=n)
-    first: dict[str, int] = {}
-    for run, rank in wide:
-        first[run] = min(rank, first.get(run, rank))
-    for spec in RUN_PLOTS:
-        if spec not in wide_specs:
-            out[spec.id] = bucket_runs(cur, spec_source(spec, many=True), runs, buckets=n)
-            continue
-        found: dict[tuple[str, str], Series] = {}
-        for (run, rank), series in wide.items():
-            if spec.ranks == "first" and rank != first[run]:
-                continue
-            for label, _ in spec.columns:
-                s = series.get(f"{spec.id}:{label}")
-                if s is not None:
-                    name = f"rank {rank}" if spec.ranks == "each" else label
-                    found[(run, name)] = Series(name, s.x, s.lo, s.hi, s.bad)
-        out[spec.id] = found
-    return out
-
-
-def collect(store: Any, findings: list[Finding], runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the page draws for the runs of one store (call while it is open):
-    per run its step range, config, the loss curve for the comparison, and for
-    runs with findings every curve and the rank grid."""
-    ids = [r["run"] for r in runs]
-    with_findings = {f.run for f in findings}
-    detail = [r for r in ids if r in with_findings]
-    cur = store.cursor()
-    try:
-        extents = {
-            rid: (float(lo), float(hi))
-            for rid, lo, hi in cur.execute(
-                "SELECT run_id, min(step), max(step) FROM steps WHERE list_contains($1, run_id) "
-                "GROUP BY run_id",
-                [ids],
-            ).fetchall()
-        }
-        configs: dict[str, Any] = {}
-        for rid, payload in cur.execute(
-            "SELECT run_id, payload::VARCHAR FROM events "
-            "WHERE kind = 'run_start' AND list_contains($1, run_id) "
-            "QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY rank, ts) = 1",
-            [ids],
-        ).fetchall():
-            try:
-                start = json.loads(payload) if payload else {}
-            except ValueError:
-                start = {}
-            configs[rid] = _flatten(start.get("config", start)) if isinstance(start, dict) else {}
-        detail = [r for r in detail if r in extents]
-        n = max(
-            MIN_BUCKETS, min(MAX_BUCKETS, CURVE_CHARS // (CHARS_PER_BUCKET * max(1, len(detail))))
-        )
-        per_spec = _plot_series(cur, detail, n)
-        # Smoothing over about 1/60 of each run: one query per distinct window.
-        smoothed: dict[tuple[str, str], Series] = {}
-        by_window: dict[int, list[str]] = {}
-        for rid in detail:
-            by_window.setdefault(smooth_window(extents[rid]), []).append(rid)
-        loss_spec = RUN_PLOTS[0]
-        for window, rids in by_window.items():
-            found = bucket_runs(
-                cur, spec_source(loss_spec, many=True), rids, buckets=n, smooth=window
-            )
-            smoothed.update({(r, "smoothed"): s for (r, _), s in found.items()})
-        compare = bucket_runs(
-            cur,
-            spec_source(loss_spec, many=True),
-            list(extents),
-            buckets=COMPARE_BUCKETS,
-        )
-        grids = rank_grids(cur, detail, RANK_WINDOWS)
-    finally:
-        cur.close()
-
-    out: dict[str, Any] = {}
-    for rid in ids:
-        rec: dict[str, Any] = {"extent": extents.get(rid), "config": configs.get(rid, {})}
-        s = compare.get((rid, "loss"))
-        if s is not None:
-            rec["loss"] = {"x": s.x, "lo": s.lo, "hi": s.hi}
-        if rid in detail:
-            lo, hi = extents[rid]
-            charts = []
-            for spec in RUN_PLOTS:
-                found = dict(per_spec[spec.id])
-                labels = sorted(
-                    {label for (r, label) in found if r == rid},
-                    key=lambda x: (int(x[5:]) if x.startswith("rank ") else -1, x),
-                )
-                if spec.id == "loss":
-                    found.update(smoothed)
-                    labels = [*labels, "smoothed"]
-                elif spec.ranks != "each":
-                    order = [label for label, _ in spec.columns]
-                    labels = [x for x in order if x in labels]
-                chart = _align(found, rid, labels, lo, hi - lo, n)
-                if chart is None:
-                    continue
-                chart.update(id=spec.id, title=spec.title)
-                if spec.id == "loss":
-                    values = [v for s_ in chart["series"] for v in s_["lo"] if v is not None]
-                    chart["log"] = bool(values) and min(values) > 0
-                charts.append(chart)
-            rec["charts"] = charts
-            rec["ranks"] = grids.get(rid)
-        out[rid] = rec
-    return out
-
-
-# ---- writing the page ------------------------------------------------------------------
 
 
 def _esc(text: Any) -> str:
@@ -383,33 +201,6 @@ def _config_table(runs: list[str], configs: dict[str, dict[str, Any]]) -> str:
     )
 
 
-def _compare(collected: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """Every run's loss re-binned onto one step grid (min of mins, max of maxes),
-    so the runs share an x axis."""
-    have = {r: c["loss"] for r, c in collected.items() if c.get("loss")}
-    if not have:
-        return None
-    lo = min(c["extent"][0] for r, c in collected.items() if r in have)
-    hi = max(c["extent"][1] for r, c in collected.items() if r in have)
-    n, span = COMPARE_BUCKETS, max(hi - lo, 1e-9)
-    centres = lo + (np.arange(n) + 0.5) * span / n
-    series = []
-    used = np.zeros(n, dtype=bool)
-    for run, s in have.items():
-        b = np.clip(np.floor((s["x"] - lo) * n / span), 0, n - 1).astype(int)
-        a_lo, a_hi = np.full(n, np.nan), np.full(n, np.nan)
-        np.fmin.at(a_lo, b, s["lo"])
-        np.fmax.at(a_hi, b, s["hi"])
-        used[b] = True
-        series.append((run, a_lo, a_hi))
-    return {
-        "x": _nums(centres[used], 9),
-        "series": [
-            {"label": run, "lo": _nums(a[used]), "hi": _nums(z[used])} for run, a, z in series
-        ],
-    }
-
-
 def build(
     findings: list[Finding],
     runs: list[dict[str, Any]],
@@ -418,28 +209,15 @@ def build(
     title: str = "tunescope report",
 ) -> str:
     """The whole page as one string."""
-    from tunescope.detectors.engine import DetectorError, get_detector
-    from tunescope.detectors.explain import explain_text
-
     collected = collected or {}
     by_run: dict[str, list[Finding]] = {}
     for f in findings:
         by_run.setdefault(f.run, []).append(f)
     order = [r["run"] for r in runs]
     summaries = {r["run"]: r for r in runs}
-    counts = {s: sum(f.severity is s for f in findings) for s in Severity}
-    data: dict[str, Any] = {"runs": {}, "compare": _compare(collected)}
-
+    data: dict[str, Any] = {"runs": {}, "compare": compare(collected)}
     parts = [
-        f"<header><h1>{_esc(title)}</h1><p>{len(runs)} run(s), {len(findings)} finding(s): "
-        f"{counts[Severity.ERROR]} error, {counts[Severity.WARNING]} warning, "
-        f"{counts[Severity.INFO]} info. "
-        f'<span class="dim">tunescope {__version__}, charts by {_esc(vendor_version())}. '
-        "Drag to zoom, wheel to zoom, shift+wheel to pan, double-click to reset; "
-        "hover for values.</span></p>"
-        '<nav><a href="#runs">Runs</a> <a href="#findings">Runs with findings</a> '
-        '<a href="#compare">Compare</a> <a href="#limits">What logs cannot show</a> '
-        '<a href="#detectors">Detectors</a></nav></header>',
+        _header(title, runs, findings),
         '<section id="runs"><h2>Runs</h2>',
         _summary_table(runs, set(by_run)),
         "</section>",
@@ -448,37 +226,73 @@ def build(
     if not by_run:
         parts.append('<p class="dim">no findings</p>')
     for run in [r for r in order if r in by_run] + [r for r in by_run if r not in summaries]:
-        mine = by_run[run]
         info = collected.get(run, {})
-        s = summaries.get(run, {})
-        data["runs"][run] = {
-            "charts": info.get("charts", []),
-            "findings": [
-                {
-                    "severity": f.severity.value,
-                    "detector": f.detector,
-                    "start": f.step_start,
-                    "end": f.step_end if f.step_end is not None else f.step_start,
-                }
-                for f in mine
-                if f.step_start is not None
-            ],
-        }
-        limits = s.get("limits") or []
-        parts.append(
-            f'<article class="run" id="{_slug(run)}" data-run="{_esc(run)}">'
-            f'<h3>{_esc(run)} <span class="st-{_esc(s.get("status"))}">'
-            f"{_esc(s.get('status') or '')}</span></h3>"
-            + (f'<p class="limits">cannot show: {_esc("; ".join(limits))}</p>' if limits else "")
-            + f'<ol class="findings">{"".join(_finding_html(f, i) for i, f in enumerate(mine))}'
-            "</ol>"
-            '<div class="charts"></div>'
-            f'<h4>Ranks</h4><div class="ranks">{_rank_html(info.get("ranks"))}</div>'
-            "</article>"
-        )
+        data["runs"][run] = _run_data(info, by_run[run])
+        parts.append(_run_article(run, by_run[run], info, summaries.get(run, {})))
     parts.append("</section>")
-    parts.append('<section id="compare"><h2>Compare</h2>')
-    if data["compare"]:
+    parts.append(_compare_section(order, collected, bool(data["compare"])))
+    parts.append(_limits_section(runs))
+    parts.append(_detectors_section(findings))
+    return _page(title, parts, data)
+
+
+def _header(title: str, runs: list[dict[str, Any]], findings: list[Finding]) -> str:
+    counts = {s: sum(f.severity is s for f in findings) for s in Severity}
+    return (
+        f"<header><h1>{_esc(title)}</h1><p>{len(runs)} run(s), {len(findings)} finding(s): "
+        f"{counts[Severity.ERROR]} error, {counts[Severity.WARNING]} warning, "
+        f"{counts[Severity.INFO]} info. "
+        f'<span class="dim">tunescope {__version__}, charts by {_esc(vendor_version())}. '
+        "Drag to zoom, wheel to zoom, shift+wheel to pan, double-click to reset; "
+        "hover for values.</span></p>"
+        '<nav><a href="#runs">Runs</a> <a href="#findings">Runs with findings</a> '
+        '<a href="#compare">Compare</a> <a href="#limits">What logs cannot show</a> '
+        '<a href="#detectors">Detectors</a></nav></header>'
+    )
+
+
+def _run_data(info: dict[str, Any], mine: list[Finding]) -> dict[str, Any]:
+    """What the page's script draws for one run: its charts and the step
+    ranges of its findings."""
+    return {
+        "charts": info.get("charts", []),
+        "findings": [
+            {
+                "severity": f.severity.value,
+                "detector": f.detector,
+                "start": f.step_start,
+                "end": f.step_end if f.step_end is not None else f.step_start,
+            }
+            for f in mine
+            if f.step_start is not None
+        ],
+    }
+
+
+def _run_article(
+    run: str, mine: list[Finding], info: dict[str, Any], summary: dict[str, Any]
+) -> str:
+    """One run with findings: its status, what its log cannot show, the
+    findings, a place for its charts and the rank heatmap."""
+    limits = summary.get("limits") or []
+    return (
+        f'<article class="run" id="{_slug(run)}" data-run="{_esc(run)}">'
+        f'<h3>{_esc(run)} <span class="st-{_esc(summary.get("status"))}">'
+        f"{_esc(summary.get('status') or '')}</span></h3>"
+        + (f'<p class="limits">cannot show: {_esc("; ".join(limits))}</p>' if limits else "")
+        + f'<ol class="findings">{"".join(_finding_html(f, i) for i, f in enumerate(mine))}'
+        "</ol>"
+        '<div class="charts"></div>'
+        f'<h4>Ranks</h4><div class="ranks">{_rank_html(info.get("ranks"))}</div>'
+        "</article>"
+    )
+
+
+def _compare_section(
+    order: list[str], collected: dict[str, dict[str, Any]], has_curves: bool
+) -> str:
+    parts = ['<section id="compare"><h2>Compare</h2>']
+    if has_curves:
         parts.append('<p class="dim">loss of every run on one step axis</p>')
         parts.append('<div id="compare-chart" class="chart-box"></div>')
     else:
@@ -486,15 +300,28 @@ def build(
     parts.append("<h4>Config</h4>")
     parts.append(_config_table(order, {r: collected.get(r, {}).get("config", {}) for r in order}))
     parts.append("</section>")
-    parts.append('<section id="limits"><h2>What each log cannot show</h2>')
+    return "\n".join(parts)
+
+
+def _limits_section(runs: list[dict[str, Any]]) -> str:
     lim_rows = "".join(
         f"<tr><th>{_esc(r['run'])}</th><td>"
         + ("<br>".join(_esc(x) for x in r.get("limits") or []) or "nothing: every signal logged")
         + "</td></tr>"
         for r in runs
     )
-    parts.append(f'<table class="limits-table">{lim_rows}</table></section>')
-    parts.append('<section id="detectors"><h2>Detectors</h2>')
+    return (
+        '<section id="limits"><h2>What each log cannot show</h2>\n'
+        f'<table class="limits-table">{lim_rows}</table></section>'
+    )
+
+
+def _detectors_section(findings: list[Finding]) -> str:
+    """The ``explain`` text of each detector that found something."""
+    from tunescope.detectors.engine import DetectorError, get_detector
+    from tunescope.detectors.explain import explain_text
+
+    parts = ['<section id="detectors"><h2>Detectors</h2>']
     for det_id in sorted({f.detector for f in findings}):
         try:
             text = explain_text(get_detector(det_id))
@@ -505,7 +332,11 @@ def build(
             f"<pre>{_esc(text)}</pre></details>"
         )
     parts.append("</section>")
+    return "\n".join(parts)
 
+
+def _page(title: str, parts: list[str], data: dict[str, Any]) -> str:
+    """The document around the sections: the inlined styles, data and scripts."""
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -64,7 +64,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors import stats
+from tunescope.detectors.memory_forecast import forecast, forecast_text
+from tunescope.detectors.memory_windows import merge_windows, onset, rising_windows
 from tunescope.detectors.rankwise import (
     collapse_ranks,
     finding,
@@ -171,161 +172,6 @@ def _is_cpu(payload: dict[str, Any]) -> bool:
     return False
 
 
-def _blocks(steps: np.ndarray, y: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum of ``y`` over consecutive blocks of ``b`` points (aligned to the
-    end) and the last step of each block."""
-    nb = len(y) // b
-    rows = y[len(y) - nb * b :].reshape(nb, b)
-    # column by column along the long axis: a reduction over short rows is slow
-    ys = rows[:, 0].copy()
-    for j in range(1, b):
-        np.minimum(ys, rows[:, j], out=ys)
-    xs = steps[len(steps) - nb * b :].reshape(nb, b)[:, -1]
-    return xs.astype(float), ys
-
-
-def _spread_ok(yw: np.ndarray, max_share: float) -> np.ndarray:
-    """Per window row: the rise is spread out (no single jump between adjacent
-    quarter medians carries more than ``max_share`` of it)."""
-    q = yw.shape[1] // 4
-    if q < 1:
-        return np.ones(yw.shape[0], dtype=bool)
-    meds = np.stack([np.median(yw[:, k * q : (k + 1) * q], axis=1) for k in range(4)], axis=1)
-    jumps = np.diff(meds, axis=1)
-    total = meds[:, 3] - meds[:, 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = jumps.max(axis=1) / total
-    return (total > 0) & (share <= max_share)
-
-
-def _line_beats_step(xw: np.ndarray, yw: np.ndarray) -> np.ndarray:
-    """Per window row: a straight line fits better than one level shift (the
-    best single break between two constant levels). A leak is a slope; a
-    recompile, a CUDA-graph pool or a new buffer is a step."""
-    m = yw.shape[1]
-    xc = xw - xw.mean(axis=1, keepdims=True)
-    yc = yw - yw.mean(axis=1, keepdims=True)
-    syy = (yc * yc).sum(axis=1)
-    sxy = (xc * yc).sum(axis=1)
-    sxx = (xc * xc).sum(axis=1)
-    sse_line = syy - np.where(sxx > 0, sxy * sxy / np.where(sxx > 0, sxx, 1), 0)
-    c1 = np.cumsum(yc, axis=1)[:, :-1]  # sums of the first k points, k = 1..m-1
-    k = np.arange(1, m)
-    # SSE of two means = syy - k*mean1^2 - (m-k)*mean2^2, with mean2 = -c1/(m-k)
-    explained = c1 * c1 / k + c1 * c1 / (m - k)
-    sse_step = syy - explained.max(axis=1)
-    return sse_line < sse_step
-
-
-def onset(x: np.ndarray, y: np.ndarray) -> float:
-    """Where a flat series turns into a rising one: the break ``c`` of the best
-    fit ``a + b * max(0, x - c)`` (b > 0) over the points; ``x[0]`` if none."""
-    if len(x) < 8:
-        return float(x[0])
-    if len(x) > 400:
-        idx = np.linspace(0, len(x) - 1, 400).round().astype(int)
-        x, y = x[idx], y[idx]
-    cands = x[:-4]
-    h = np.clip(x[None, :] - cands[:, None], 0, None)  # (candidates, points)
-    hc = h - h.mean(axis=1, keepdims=True)
-    yc = y - y.mean()
-    shh = (hc * hc).sum(axis=1)
-    shy = (hc * yc[None, :]).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        b = np.where(shh > 0, shy / shh, 0.0)
-        gain = np.where((shh > 0) & (b > 0), shy * shy / shh, -np.inf)
-    k = int(np.argmax(gain))
-    return float(cands[k]) if np.isfinite(gain[k]) else float(x[0])
-
-
-def rising_windows(
-    steps: np.ndarray, y: np.ndarray, opts: Options, scales: list[int]
-) -> list[dict[str, float]]:
-    """Windows (at every scale) in which the floor of ``y`` rises significantly."""
-    out: list[dict[str, float]] = []
-    n = len(y)
-    for w in scales:
-        m = min(opts.points_per_window, w)
-        b = max(1, w // m)
-        xs, ys = _blocks(steps, y, b)
-        mw = min(len(ys), max(8, w // b))
-        if mw < 8:
-            continue
-        view_x = np.lib.stride_tricks.sliding_window_view(xs, mw)
-        view_y = np.lib.stride_tricks.sliding_window_view(ys, mw)
-        stride = max(1, mw // 2)
-        idx = np.arange(0, view_y.shape[0], stride)
-        if idx[-1] != view_y.shape[0] - 1:
-            idx = np.append(idx, view_y.shape[0] - 1)
-        wx, wy = view_x[idx], view_y[idx]
-        # Cheap screen first (least-squares growth over the window); the rank
-        # tests run only on windows that could pass the growth threshold.
-        xm, ym = wx.mean(axis=1, keepdims=True), wy.mean(axis=1)
-        xc = wx - xm
-        ols = (xc * (wy - ym[:, None])).sum(axis=1) / np.maximum((xc * xc).sum(axis=1), 1e-12)
-        span = wx[:, -1] - wx[:, 0]
-        need = np.maximum(opts.min_growth * np.abs(ym), opts.min_growth_mb)
-        cand = np.flatnonzero(ols * span > 0.5 * need)
-        if len(cand) == 0:
-            continue
-        wx, wy, span, need = wx[cand], wy[cand], span[cand], need[cand]
-        t = stats.trend_windows(wx, wy, alpha=opts.confidence)
-        level = np.median(wy, axis=1)
-        growth = t.slope * span
-        need = np.maximum(opts.min_growth * np.abs(level), opts.min_growth_mb)
-        p = _autocorrelated_p(wx, wy, t.tau, ols[cand])
-        ok = (t.tau > 0) & (p < opts.p_value) & (t.lo > 0) & (growth > need)
-        if ok.any():
-            ok &= _spread_ok(wy, opts.max_jump_share) & _line_beats_step(wx, wy)
-        for k in np.flatnonzero(ok):
-            out.append(
-                {
-                    "start": float(wx[k, 0]),
-                    "end": float(wx[k, -1]),
-                    "slope": float(t.slope[k]),
-                    "lo": float(t.lo[k]),
-                    "p": float(p[k]),
-                    "tau": float(t.tau[k]),
-                    "level": float(level[k]),
-                    "growth": float(growth[k]),
-                    "window": int(w if w <= n else n),
-                }
-            )
-    return out
-
-
-def _autocorrelated_p(
-    wx: np.ndarray, wy: np.ndarray, tau: np.ndarray, slope: np.ndarray
-) -> np.ndarray:
-    """Mann-Kendall p-values with the variance inflated for lag-1
-    autocorrelation of the residuals, (1 + r) / (1 - r): memory series are
-    autocorrelated and the plain test then sees trends in wandering noise."""
-    import math
-
-    m = wy.shape[1]
-    resid = (
-        wy - wy.mean(axis=1, keepdims=True) - slope[:, None] * (wx - wx.mean(axis=1, keepdims=True))
-    )
-    den = (resid * resid).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(den > 0, (resid[:, 1:] * resid[:, :-1]).sum(axis=1) / den, 0.0)
-    r = np.clip(r, 0.0, 0.95)
-    var = m * (m - 1) * (2 * m + 5) / 18.0 * (1 + r) / (1 - r)
-    s = tau * m * (m - 1) / 2
-    z = (np.abs(s) - 1) / np.sqrt(var)
-    return np.array([math.erfc(max(v, 0.0) / math.sqrt(2.0)) for v in z])
-
-
-def _merge(windows: list[dict[str, float]]) -> list[list[dict[str, float]]]:
-    groups: list[list[dict[str, float]]] = []
-    for w in sorted(windows, key=lambda d: (d["start"], d["end"])):
-        if groups and w["start"] <= max(g["end"] for g in groups[-1]):
-            groups[-1].append(w)
-        else:
-            groups.append([w])
-    return groups
-
-
 def run(ctx: Context, opts: Options) -> list[Finding]:
 
     cols = ["run_id", "rank", "step", "ts", "mem_allocated_mb", "mem_reserved_mb", "mem_peak_mb"]
@@ -374,16 +220,7 @@ def _judge_rank(
 ) -> list[Finding]:
     steps_all = part["step"]
     alloc_all = part["mem_allocated_mb"]
-    first = int(steps_all.min())
-    # Start after the one-time allocations: optimizer state, first eval, first
-    # checkpoint (when waiting for them still leaves enough points).
-    start = first + opts.skip_steps
-    for s in (first_eval, first_ckpt):
-        if s is not None and np.count_nonzero(steps_all > s + 1) >= opts.min_points:
-            start = max(start, s + 2)
-    keep = (steps_all >= start) & np.isfinite(alloc_all)
-    if special is not None and len(special):
-        keep &= ~np.isin(steps_all, special)
+    keep = _judged_points(opts, part, special, first_eval, first_ckpt)
     n = int(keep.sum())
     if n < opts.min_points:
         return []
@@ -396,7 +233,7 @@ def _judge_rank(
     what = "process RSS (CPU run)" if cpu else "allocated-memory floor"
     out: list[Finding] = []
 
-    for group in _merge(rising_windows(steps, alloc, opts, scales)):
+    for group in merge_windows(rising_windows(steps, alloc, opts, scales)):
         # One window alone is not enough (wandering noise); a leak shows in the
         # overlapping windows around it. A short run has one whole-run window.
         if len(group) < 2 and group[0]["window"] < n:
@@ -405,21 +242,7 @@ def _judge_rank(
         s0, s1 = int(min(d["start"] for d in group)), int(max(d["end"] for d in group))
         span = (steps >= s0) & (steps <= s1)
         s0 = max(s0, int(onset(steps[span], alloc[span])))
-        detected_at = int(min(d["end"] for d in group))
-        ev: dict[str, Any] = {
-            "kind": "leak",
-            "series": "mem_allocated_mb",
-            "slope_mb_per_step": best["slope"],
-            "slope_lower_bound": best["lo"],
-            "kendall_tau": best["tau"],
-            "p_value": best["p"],
-            "growth_mb": best["growth"],
-            "level_mb": best["level"],
-            "window_points": best["window"],
-            "windows_flagged": len(group),
-            "detected_at_step": detected_at,
-            "cpu_rss": cpu,
-        }
+        ev = _leak_evidence(best, group, cpu)
         # A floor that rose and then levelled off is not a leak: the last part
         # of the run has a slope confidently far below the rise's.
         tail_n = max(opts.min_points, n // 5)
@@ -428,8 +251,8 @@ def _judge_rank(
             if tt.hi < 0.25 * best["slope"]:
                 out.append(_plateaued(run_id, rank, what, s0, steps, alloc, tail_n, tt, best, ev))
                 continue
-        sev, forecast = _forecast(opts, part, steps_all, s0, s1, best, cap, run_id, rank, ended)
-        sev, tail = _forecast_text(sev, forecast, cap, run_row, ev, opts, cpu)
+        sev, fc = forecast(opts, part, steps_all, s0, s1, best, cap, run_id, rank, ended)
+        sev, tail = forecast_text(sev, fc, cap, run_row, ev, opts, cpu)
         rise = best["slope"] * (s1 - s0)
         base = float(np.median(alloc[span][: max(5, int(span.sum()) // 10)])) if span.any() else 0
         ev["rise_mb"] = rise
@@ -438,18 +261,75 @@ def _judge_rank(
             f"{s1:,} (about {fmt(rise)} MiB on top of {fmt(base)} MiB; Kendall p="
             f"{best['p']:.1e} on a {best['window']}-point window). " + tail
         )
-        sugg = (
-            "Look for tensors kept alive across steps: log scalars with .item() or .detach() "
-            "(never accumulate a loss tensor), clear lists of tensors and caches; then record "
-            "a memory snapshot (torch.cuda.memory._record_memory_history(), _dump_snapshot()) "
-            "to find the allocation that grows."
+        sugg = SUGG_LEAK
+        out.append(
+            finding(
+                run_id=run_id,
+                detector_id=ID,
+                name=NAME,
+                sev=sev,
+                step_start=s0,
+                step_end=s1,
+                message=msg,
+                suggestion=sugg,
+                rank=rank,
+                evidence=ev,
+            )
         )
-        out.append(finding(run_id, ID, NAME, sev, s0, s1, msg, sugg, rank=rank, evidence=ev))
 
     frag = _fragmentation(opts, part, steps_all, keep, cap, rank, run_id)
     if frag is not None:
         out.append(frag)
     return out
+
+
+SUGG_LEAK = (
+    "Look for tensors kept alive across steps: log scalars with .item() or .detach() "
+    "(never accumulate a loss tensor), clear lists of tensors and caches; then record "
+    "a memory snapshot (torch.cuda.memory._record_memory_history(), _dump_snapshot()) "
+    "to find the allocation that grows."
+)
+
+
+def _judged_points(
+    opts: Options,
+    part: dict[str, np.ndarray],
+    special: np.ndarray | None,
+    first_eval: int | None,
+    first_ckpt: int | None,
+) -> np.ndarray:
+    """The rank's points that are judged: finite, not at eval or checkpoint
+    steps, and after the one-time allocations (optimizer state, first eval,
+    first checkpoint, when waiting for them still leaves enough points)."""
+    steps_all = part["step"]
+    start = int(steps_all.min()) + opts.skip_steps
+    for s in (first_eval, first_ckpt):
+        if s is not None and np.count_nonzero(steps_all > s + 1) >= opts.min_points:
+            start = max(start, s + 2)
+    keep = (steps_all >= start) & np.isfinite(part["mem_allocated_mb"])
+    if special is not None and len(special):
+        keep &= ~np.isin(steps_all, special)
+    return keep
+
+
+def _leak_evidence(
+    best: dict[str, float], group: list[dict[str, float]], cpu: bool
+) -> dict[str, Any]:
+    """The numbers behind a leak finding: the strongest window of the group."""
+    return {
+        "kind": "leak",
+        "series": "mem_allocated_mb",
+        "slope_mb_per_step": best["slope"],
+        "slope_lower_bound": best["lo"],
+        "kendall_tau": best["tau"],
+        "p_value": best["p"],
+        "growth_mb": best["growth"],
+        "level_mb": best["level"],
+        "window_points": best["window"],
+        "windows_flagged": len(group),
+        "detected_at_step": int(min(d["end"] for d in group)),
+        "cpu_rss": cpu,
+    }
 
 
 def _plateaued(
@@ -488,104 +368,17 @@ def _plateaued(
         "cache, compiled kernels for new shapes or optimizer state."
     )
     return finding(
-        run_id, ID, NAME, Severity.INFO, s0, int(steps[-1]), msg, sugg, rank=rank, evidence=ev
+        run_id=run_id,
+        detector_id=ID,
+        name=NAME,
+        sev=Severity.INFO,
+        step_start=s0,
+        step_end=int(steps[-1]),
+        message=msg,
+        suggestion=sugg,
+        rank=rank,
+        evidence=ev,
     )
-
-
-def _forecast(
-    opts: Options,
-    part: dict[str, np.ndarray],
-    steps_all: np.ndarray,
-    s0: int,
-    s1: int,
-    best: dict[str, float],
-    cap: float | None,
-    run_id: str,
-    rank: int,
-    ended: dict[tuple[str, int], str],
-) -> tuple[Severity, dict[str, Any] | None]:
-    if cap is None:
-        return Severity.WARNING, None
-    peak = part["mem_peak_mb"]
-    alloc = part["mem_allocated_mb"]
-    ts = part["ts"]
-    has_peak = np.isfinite(peak).sum() >= max(10, len(peak) // 2)
-    series = peak if has_peak else alloc
-    fin = np.isfinite(series)
-    # A running maximum only rises by definition: its slope says nothing, so
-    # the floor's slope is projected from the current peak instead.
-    cumulative = has_peak and bool(np.all(np.diff(peak[fin]) >= 0))
-    sel = fin & (steps_all >= s0) & (steps_all <= s1)
-    slope = best["slope"]
-    if has_peak and not cumulative and sel.sum() >= 10:
-        t = trend1(steps_all[sel], series[sel], alpha=opts.confidence)
-        if t.slope > 0:
-            slope = t.slope
-    current = float(np.nanmax(series[fin][-50:])) if fin.any() else float("nan")
-    limit = cap * (1 - opts.headroom)
-    eta_steps = max(0.0, (limit - current) / slope) if slope > 0 else float("inf")
-    d_ts, d_st = np.diff(ts), np.diff(steps_all)
-    ok = np.isfinite(d_ts) & (d_st > 0) & (d_ts > 0)
-    step_s = float(np.median(d_ts[ok] / d_st[ok])) if ok.any() else float("nan")
-    eta_h = eta_steps * step_s / 3600 if np.isfinite(step_s) else float("nan")
-    info = {
-        "capacity_mb": cap,
-        "peak_mb": current,
-        "peak_slope_mb_per_step": slope,
-        "peak_is_running_max": cumulative,
-        "eta_steps": eta_steps,
-        "eta_hours": eta_h,
-        "seconds_per_step": step_s,
-        "run_status": ended.get((run_id, rank), ""),
-    }
-    return Severity.WARNING, info
-
-
-def _forecast_text(
-    sev: Severity,
-    fc: dict[str, Any] | None,
-    cap: float | None,
-    run_row: dict[str, Any],
-    ev: dict[str, Any],
-    opts: Options,
-    cpu: bool = False,
-) -> tuple[Severity, str]:
-    if fc is None:
-        ev["forecast"] = None
-        if cpu:
-            return sev, (
-                "The host's memory size is not in run_start (device_memory_mb), so there is "
-                "no out-of-memory forecast."
-            )
-        return sev, (
-            "The device capacity is unknown (no device_memory_mb in run_start), so there "
-            "is no out-of-memory forecast."
-        )
-    ev["forecast"] = fc
-    total = run_row.get("total_steps")
-    last = run_row.get("last_step")
-    status = fc.get("run_status") or ""
-    remaining = (int(total) - int(last)) if total and last is not None else None
-    ev["forecast"]["steps_left_in_run"] = remaining
-    eta, hours = fc["eta_steps"], fc["eta_hours"]
-    if eta == 0:
-        text = (
-            f"The peak ({fmt(fc['peak_mb'])} MiB) is already at the {fmt(cap)} MiB device "
-            "limit (less headroom)."
-        )
-        return (Severity.ERROR if status != "completed" else sev), text
-    if not np.isfinite(eta):
-        return sev, f"The peak is not rising; the device has {fmt(cap)} MiB."
-    when = f"about {fmt(eta)} steps" + (f" ({hours:.1f} h)" if np.isfinite(hours) else "")
-    text = f"At this rate the peak reaches the {fmt(cap)} MiB device in {when}"
-    running = status not in ("completed",)
-    if remaining is not None and remaining > 0 and eta < remaining and running:
-        return Severity.ERROR, text + f", before the planned end ({remaining:,} steps left)."
-    if running and remaining is None and np.isfinite(hours) and hours < opts.oom_error_hours:
-        return Severity.ERROR, text + "."
-    if remaining is not None and remaining > 0:
-        return sev, text + f"; the run has {remaining:,} steps left."
-    return sev, text + "."
 
 
 def _fragmentation(
@@ -639,14 +432,14 @@ def _fragmentation(
         "and pad batches to a few bucketed sequence lengths."
     )
     return finding(
-        run_id,
-        ID,
-        NAME,
-        Severity.WARNING,
-        int(w["start"]),
-        int(w["end"]),
-        msg,
-        sugg,
+        run_id=run_id,
+        detector_id=ID,
+        name=NAME,
+        sev=Severity.WARNING,
+        step_start=int(w["start"]),
+        step_end=int(w["end"]),
+        message=msg,
+        suggestion=sugg,
         rank=rank,
         evidence=ev,
     )

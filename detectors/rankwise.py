@@ -26,6 +26,7 @@ def see(detector_id: str) -> str:
 
 
 def finding(
+    *,
     run_id: str,
     detector_id: str,
     name: str,

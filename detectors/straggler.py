@@ -53,7 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors.rankwise import finding, run_ended, special_steps, steps_slices
+from tunescope.detectors.rankwise import finding, run_ended, steps_slices
+from tunescope.detectors.straggler_windows import window_scores
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import grouped as fmt
 from tunescope.words import count
@@ -212,132 +213,19 @@ def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> lis
         )
         out.append(
             finding(
-                row["run_id"],
-                ID,
-                NAME,
-                Severity.ERROR,
-                int(row["last_step"]) + 1,
-                int(row["max_step"]),
-                msg,
-                sugg,
+                run_id=row["run_id"],
+                detector_id=ID,
+                name=NAME,
+                sev=Severity.ERROR,
+                step_start=int(row["last_step"]) + 1,
+                step_end=int(row["max_step"]),
+                message=msg,
+                suggestion=sugg,
                 rank=rank,
                 evidence=ev,
             )
         )
     return out
-
-
-def window_scores(
-    ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str] | None = None
-) -> pl.DataFrame:
-    """Per run, window and rank: medians of the rank's own time, compute and
-    data time, and the score (fastest rank's median / this rank's median)."""
-    import polars as pl
-
-    # Per run: ~``window`` logged points per window (fewer for short runs);
-    # per rank, window medians with numpy on slices of the sorted frame.
-    special = special_steps(ctx)
-    step = ctx.column("step", as_float=False)
-    comp = ctx.column("compute_time_s")
-    data = ctx.column("data_time_s")
-    c_nan, d_nan = np.isnan(comp), np.isnan(data)
-    if not c_nan.any() and not d_nan.any():
-        parts_mask = np.ones(len(comp), dtype=bool)  # both parts on every row (the usual case)
-        own = comp + data
-    else:
-        parts_mask = ~c_nan | ~d_nan
-        own = np.where(
-            parts_mask,
-            np.where(c_nan, 0.0, comp) + np.where(d_nan, 0.0, data),
-            ctx.column("step_time_s"),
-        )
-    finite = np.isfinite(own)
-    by_run: dict[str, list[tuple[int, int, int]]] = {}
-    for run_id, rank, a, b in steps_slices(ctx):
-        if runs is None or run_id in runs:
-            by_run.setdefault(run_id, []).append((rank, a, b))
-    cols: dict[str, list[Any]] = {
-        k: [] for k in ("run_id", "rank", "win", "own", "n", "s0", "s1", "parts", "wsize")
-    }
-    rows_of: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-    for run_id, parts in by_run.items():
-        lo = min(int(step[a]) for _, a, _ in parts)
-        hi = max(int(step[b - 1]) for _, _, b in parts)
-        pts = max(b - a for _, a, b in parts)
-        interval = max(1.0, (hi - lo + 1) / pts)  # steps per logged point
-        w = (
-            opts.window
-            if pts >= opts.warn_windows * opts.window
-            else max(opts.min_window, pts // opts.warn_windows)
-        )
-        sp = special.get(run_id)
-        for rank, a, b in parts:
-            keep = finite[a:b]
-            if sp is not None and len(sp):
-                keep = keep & ~np.isin(step[a:b], sp)
-            if keep.all():  # slices, not gathers
-                idx = np.arange(a, b)
-                st, vals = step[a:b], own[a:b]
-            else:
-                idx = a + np.flatnonzero(keep)
-                if len(idx) == 0:
-                    continue
-                st, vals = step[idx], own[idx]
-            win = ((st - lo) / interval // w).astype(np.int64)
-            wins, first, med, counts = _window_medians(vals, win)
-            rows_of[(run_id, rank)] = (idx, win)
-            cols["run_id"].extend([run_id] * len(wins))
-            cols["rank"].extend([rank] * len(wins))
-            cols["win"].append(wins)
-            cols["own"].append(med)
-            cols["n"].append(counts)
-            cols["s0"].append(st[first])
-            cols["s1"].append(st[first + counts - 1])
-            cols["parts"].append(np.logical_or.reduceat(parts_mask[idx], first))
-            cols["wsize"].append(np.full(len(wins), w))
-    if not cols["run_id"]:
-        return pl.DataFrame()
-    frame = {k: (v if k in ("run_id", "rank") else np.concatenate(v)) for k, v in cols.items()}
-    agg = (
-        pl.DataFrame(frame)
-        .filter(pl.col("n") >= pl.max_horizontal(pl.lit(5), pl.col("wsize") // 4))
-        .with_columns(pl.col("rank").count().over("run_id", "win").alias("nranks"))
-        .filter(pl.col("nranks") >= 2)
-        .with_columns((pl.col("own").min().over("run_id", "win") / pl.col("own")).alias("score"))
-    )
-    # Compute and data medians (for the attribution) only where a rank is slow.
-    slow = set(agg.filter(pl.col("score") < opts.warn_score)["run_id"].unique().to_list())
-    split: dict[str, list[Any]] = {k: [] for k in ("run_id", "rank", "win", "compute", "data")}
-    for (run_id, rank), (idx, win) in rows_of.items():
-        if run_id not in slow:
-            continue
-        wins, _, c_med, _ = _window_medians(comp[idx], win)
-        _, _, d_med, _ = _window_medians(data[idx], win)
-        split["run_id"].extend([run_id] * len(wins))
-        split["rank"].extend([rank] * len(wins))
-        split["win"].extend(wins.tolist())
-        split["compute"].extend(c_med.tolist())
-        split["data"].extend(d_med.tolist())
-    split_df = pl.DataFrame(
-        split,
-        schema={
-            "run_id": pl.String,
-            "rank": agg.schema["rank"],
-            "win": pl.Int64,
-            "compute": pl.Float64,
-            "data": pl.Float64,
-        },
-    )
-    keys = ["run_id", "win", "rank"]
-    agg = (
-        agg.join(split_df, on=keys, how="left")
-        .with_columns(
-            (pl.col("compute") - pl.col("compute").min().over("run_id", "win")).alias("d_comp"),
-            (pl.col("data") - pl.col("data").min().over("run_id", "win")).alias("d_data"),
-        )
-        .sort("run_id", "rank", "win")
-    )
-    return agg
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -435,7 +323,17 @@ def _rotation_finding(run_id: str, g: pl.DataFrame, opts: Options) -> Finding:
         "Balance the work per rank: sequence packing, length-bucketed or token-balanced "
         "sampling, or a fixed padded length."
     )
-    return finding(run_id, ID, NAME, Severity.INFO, s0, s1, msg, sugg, evidence=ev)
+    return finding(
+        run_id=run_id,
+        detector_id=ID,
+        name=NAME,
+        sev=Severity.INFO,
+        step_start=s0,
+        step_end=s1,
+        message=msg,
+        suggestion=sugg,
+        evidence=ev,
+    )
 
 
 def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Finding:
@@ -498,44 +396,20 @@ def _straggler_finding(run_id: str, inc: dict[str, Any], opts: Options) -> Findi
         "signal": "compute_time_s+data_time_s" if parts else "step_time_s",
         "detected_at_step": inc["detected_at"],
     }
-    return finding(run_id, ID, NAME, sev, s0, s1, msg, sugg, rank=rank, evidence=ev)
+    return finding(
+        run_id=run_id,
+        detector_id=ID,
+        name=NAME,
+        sev=sev,
+        step_start=s0,
+        step_end=s1,
+        message=msg,
+        suggestion=sugg,
+        rank=rank,
+        evidence=ev,
+    )
 
 
 def _mean(x: np.ndarray) -> float:
     x = x[np.isfinite(x)]
     return float(x.mean()) if len(x) else float("nan")
-
-
-def _window_medians(
-    values: np.ndarray, win: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Medians of ``values`` per run of equal ``win`` (non-decreasing), NaN
-    ignored: windows, first index, medians (NaN if empty), counts. Vectorised:
-    one padded 2-D sort instead of a group-by."""
-    in_order = len(win) > 0 and bool((win[1:] >= win[:-1]).all())
-    if in_order:
-        # already in order (the usual case): runs from change points, no sort
-        first = np.flatnonzero(np.concatenate(([True], win[1:] != win[:-1])))
-        wins = win[first]
-        counts = np.diff(np.append(first, len(win)))
-    else:
-        wins, first, counts = np.unique(win, return_index=True, return_counts=True)
-    v = np.where(np.isnan(values), np.inf, values)
-    nw, width = len(wins), int(counts.max())
-    if in_order and nw > 1 and bool((counts[:-1] == width).all()):
-        # equal windows but maybe the last (the usual case): a reshape, no scatter
-        pad = np.empty((nw, width))
-        pad[:-1] = v[: (nw - 1) * width].reshape(nw - 1, width)
-        pad[-1] = np.inf
-        pad[-1, : counts[-1]] = v[(nw - 1) * width :]
-    else:
-        pad = np.full((nw, width), np.inf)
-        rows = np.repeat(np.arange(nw), counts)
-        pad[rows, np.arange(len(v)) - np.repeat(first, counts)] = v
-    pad.sort(axis=1)
-    valid = np.isfinite(pad).sum(axis=1)
-    r = np.arange(len(wins))
-    lo = pad[r, np.maximum(valid - 1, 0) // 2]
-    hi = np.where(valid > 0, pad[r, np.minimum(valid // 2, pad.shape[1] - 1)], np.nan)
-    med = np.where(valid > 0, (lo + hi) / 2, np.nan)
-    return wins, first, med, counts

@@ -234,14 +234,14 @@ def _judge(
         }
         out.append(
             finding(
-                run_id,
-                ID,
-                NAME,
-                Severity.WARNING,
-                int(steps[i0]),
-                int(steps[b_end]),
-                msg,
-                sugg,
+                run_id=run_id,
+                detector_id=ID,
+                name=NAME,
+                sev=Severity.WARNING,
+                step_start=int(steps[i0]),
+                step_end=int(steps[b_end]),
+                message=msg,
+                suggestion=sugg,
                 rank=rank,
                 evidence=ev,
             )

@@ -148,81 +148,18 @@ class CSVReader:
                 [Problem(str(path), 1, "no step column and loss column in the header")],
                 replace=chunk.restarted,
             )
-        merged: dict[int, list[Any]] = {}  # step -> [seq, canon, extras, evals]
-        records = int(old.get("records", 0))
-        for line in lines:
-            lineno += 1
-            if not line.strip():
-                continue
-            records += 1
-            cells = _split(line)
-            if len(cells) > len(header):
-                problems.append(
-                    Problem(str(path), lineno, f"{len(cells)} cells for {len(header)} columns")
-                )
-                continue
-            rec = {h: c for h, c in zip(header, cells, strict=False) if c.strip() != ""}
-            step = as_int(rec.get(step_col))
-            if step is None:
-                n = number(rec.get(step_col))
-                step = int(n) if n is not None and math.isfinite(n) and n >= 0 else None
-            if step is None:
-                problems.append(
-                    Problem(str(path), lineno, f"{step_col} is not a step: {rec.get(step_col)!r}")
-                )
-                continue
-            row = merged.setdefault(step, [lineno, {}, {}, {}])
-            row[0] = lineno
-            for name, raw in rec.items():
-                if name == step_col:
-                    continue
-                value = number(raw)
-                if value is None:
-                    continue
-                if name == loss_col:
-                    row[1]["loss"] = value
-                elif name.lower().startswith(EVAL_PREFIXES):
-                    row[3][name] = value
-                else:
-                    canon, extras = keys.canon({name: value})
-                    if "loss" in canon and name != loss_col:
-                        extras[name] = canon.pop("loss")
-                    row[1].update(canon)
-                    row[2].update(extras)
+        merged, records = _merge_lines(
+            path, lines, lineno, (header, step_col, loss_col), keys, problems
+        )
+        lineno += len(lines)
+        records += int(old.get("records", 0))
         rows = RowBuilder()
         first_steps: list[int] = list(old.get("first_steps", []))
         started = bool(old.get("started"))
-        n = int(old.get("n", 0))
-        quiet = bool(old.get("quiet"))
-        for step, (seq, canon, extras, evals) in sorted(merged.items()):
-            if any(k != "epoch" for k in canon):
-                if quiet:
-                    rows.event(0, step, None, "resume", {"from_step": step}, seq=seq)
-                    quiet = False
-                rows.step(0, step, None, canon, seq=seq)
-                n += 1
-                if not started:
-                    first_steps.append(step)
-            for name, value in {**extras, **evals}.items():
-                rows.metric(0, step, None, name, value, seq=seq)
-            if evals:
-                rows.event(0, step, None, "eval", evals, seq=seq)
+        n, quiet = _add_rows(rows, merged, old, first_steps, started)
         if not started and len(first_steps) >= 3:
-            payload: dict[str, Any] = {
-                "format": self.format,
-                "variant": "lightning" if VERSION_DIR.match(path.parent.name) else "plain",
-                "source": str(path),
-                "loss_column": loss_col,
-                "step_column": step_col,
-                "logging_steps": infer_logging_steps(first_steps) or 1,
-                "per_rank": False,
-                "loss_averaging": "as logged (Lightning: the step's value on rank 0)",
-            }
-            rows.event(0, None, None, "run_start", payload, seq=0)
+            self._start(rows, path, step_col, loss_col, first_steps)
             started = True
-            m = VERSION_DIR.match(path.parent.name)
-            if m and self.run_dir(path) != path.parent and int(m.group(1)) > 0:
-                rows.event(0, first_steps[0], None, "resume", {"from_step": first_steps[0]}, seq=0)
         if not old and n:  # no end is ever written: interrupted until the file grows
             last = max(s for s, r in merged.items() if any(k != "epoch" for k in r[1]))
             rows.event(0, last, None, "run_end", dict(QUIET_END), seq=lineno + 1)
@@ -240,3 +177,106 @@ class CSVReader:
             "quiet": quiet,
         }
         return rows.result(new_state, problems, replace=chunk.restarted)
+
+    def _start(
+        self, rows: RowBuilder, path: Path, step_col: str, loss_col: str, first_steps: list[int]
+    ) -> None:
+        """The run's ``run_start`` (and a ``resume`` for a Lightning
+        ``version_N`` folder after the first)."""
+        payload: dict[str, Any] = {
+            "format": self.format,
+            "variant": "lightning" if VERSION_DIR.match(path.parent.name) else "plain",
+            "source": str(path),
+            "loss_column": loss_col,
+            "step_column": step_col,
+            "logging_steps": infer_logging_steps(first_steps) or 1,
+            "per_rank": False,
+            "loss_averaging": "as logged (Lightning: the step's value on rank 0)",
+        }
+        rows.event(0, None, None, "run_start", payload, seq=0)
+        m = VERSION_DIR.match(path.parent.name)
+        if m and self.run_dir(path) != path.parent and int(m.group(1)) > 0:
+            rows.event(0, first_steps[0], None, "resume", {"from_step": first_steps[0]}, seq=0)
+
+
+def _merge_lines(
+    path: Path,
+    lines: list[bytes],
+    lineno: int,
+    cols: tuple[list[str], str, str],
+    keys: KeyMap,
+    problems: list[Problem],
+) -> tuple[dict[int, list[Any]], int]:
+    """The rows of ``lines`` (the first numbered ``lineno + 1``) merged by
+    step: step -> [seq, canon, extras, evals]; and how many records there were."""
+    header, step_col, loss_col = cols
+    merged: dict[int, list[Any]] = {}
+    records = 0
+    for line in lines:
+        lineno += 1
+        if not line.strip():
+            continue
+        records += 1
+        cells = _split(line)
+        if len(cells) > len(header):
+            problems.append(
+                Problem(str(path), lineno, f"{len(cells)} cells for {len(header)} columns")
+            )
+            continue
+        rec = {h: c for h, c in zip(header, cells, strict=False) if c.strip() != ""}
+        step = as_int(rec.get(step_col))
+        if step is None:
+            n = number(rec.get(step_col))
+            step = int(n) if n is not None and math.isfinite(n) and n >= 0 else None
+        if step is None:
+            problems.append(
+                Problem(str(path), lineno, f"{step_col} is not a step: {rec.get(step_col)!r}")
+            )
+            continue
+        row = merged.setdefault(step, [lineno, {}, {}, {}])
+        row[0] = lineno
+        for name, raw in rec.items():
+            if name == step_col:
+                continue
+            value = number(raw)
+            if value is None:
+                continue
+            if name == loss_col:
+                row[1]["loss"] = value
+            elif name.lower().startswith(EVAL_PREFIXES):
+                row[3][name] = value
+            else:
+                canon, extras = keys.canon({name: value})
+                if "loss" in canon and name != loss_col:
+                    extras[name] = canon.pop("loss")
+                row[1].update(canon)
+                row[2].update(extras)
+    return merged, records
+
+
+def _add_rows(
+    rows: RowBuilder,
+    merged: dict[int, list[Any]],
+    old: dict[str, Any],
+    first_steps: list[int],
+    started: bool,
+) -> tuple[int, bool]:
+    """Add the merged rows in step order (a ``resume`` first when the run had
+    been ended quietly); returns the step count so far and whether the run
+    still reads as ended quietly. Appends to ``first_steps`` until started."""
+    n = int(old.get("n", 0))
+    quiet = bool(old.get("quiet"))
+    for step, (seq, canon, extras, evals) in sorted(merged.items()):
+        if any(k != "epoch" for k in canon):
+            if quiet:
+                rows.event(0, step, None, "resume", {"from_step": step}, seq=seq)
+                quiet = False
+            rows.step(0, step, None, canon, seq=seq)
+            n += 1
+            if not started:
+                first_steps.append(step)
+        for name, value in {**extras, **evals}.items():
+            rows.metric(0, step, None, name, value, seq=seq)
+        if evals:
+            rows.event(0, step, None, "eval", evals, seq=seq)
+    return n, quiet

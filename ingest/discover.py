@@ -72,9 +72,9 @@ def run_id_for(root: Path, run_dir: Path, resolved_root: Path | None = None) -> 
 
 def unclaimed_hint(path: Path) -> str | None:
     """Why no reader took a file that looks like a log (None: it does not look like one)."""
-    from tunescope.ingest import console
+    from tunescope.ingest import console_detect
 
-    got = console.hint(path)
+    got = console_detect.hint(path)
     if got is not None:
         return got
     name = path.name.lower()

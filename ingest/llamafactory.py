@@ -187,12 +187,7 @@ class LlamaFactoryReader:
             if row.kind == "train":
                 if train_total is None and row.total:
                     train_total = row.total
-                hf = hf_rows.get(row.step)
-                canon = {**hf.canon, **row.canon} if hf else row.canon
-                extras = {**hf.extras, **row.extras} if hf else row.extras
-                rows.step(0, row.step, None, canon, seq=lineno)
-                for name, value in extras.items():
-                    rows.metric(0, row.step, None, name, value, seq=lineno)
+                _train_row(rows, row, hf_rows.get(row.step), lineno)
                 last_train = row.step
                 new_train.append(row.step)
             elif row.kind == "eval":
@@ -212,13 +207,7 @@ class LlamaFactoryReader:
 
         if not started:
             first_steps = (first_steps + new_train)[:32]
-            ls = None
-            if hf_parsed is not None:
-                ls = hf_state.logging_steps_from_hf(
-                    hf_parsed.top.get("logging_steps"), hf_parsed.top.get("max_steps")
-                )
-            if ls is None and (len(first_steps) >= 2 or (first_steps and ended)):
-                ls = infer_logging_steps(first_steps)
+            ls = _logging_steps(hf_parsed, first_steps, ended)
             if ls is not None:
                 payload: dict[str, Any] = {
                     "format": self.format,
@@ -251,3 +240,26 @@ class LlamaFactoryReader:
             "first_steps": first_steps if not started else [],
         }
         return rows.result(new_state, problems, replace=chunk.restarted)
+
+
+def _train_row(rows: RowBuilder, row: Any, hf: Any, seq: int) -> None:
+    """One training line's rows, joined with the same step of the HF
+    ``trainer_state.json`` beside it (when there is one) for what it lacks."""
+    canon = {**hf.canon, **row.canon} if hf else row.canon
+    extras = {**hf.extras, **row.extras} if hf else row.extras
+    rows.step(0, row.step, None, canon, seq=seq)
+    for name, value in extras.items():
+        rows.metric(0, row.step, None, name, value, seq=seq)
+
+
+def _logging_steps(hf_parsed: Any, first_steps: list[int], ended: bool) -> int | None:
+    """The logging interval: from the HF state beside the log, else inferred
+    from the first steps once there are enough of them (or the run ended)."""
+    ls = None
+    if hf_parsed is not None:
+        ls = hf_state.logging_steps_from_hf(
+            hf_parsed.top.get("logging_steps"), hf_parsed.top.get("max_steps")
+        )
+    if ls is None and (len(first_steps) >= 2 or (first_steps and ended)):
+        ls = infer_logging_steps(first_steps)
+    return ls

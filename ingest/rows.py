@@ -221,31 +221,6 @@ def empty_result(state: dict[str, Any], problems: Iterable[Problem] = ()) -> Rea
     return RowBuilder().result(state, problems)
 
 
-def connect_duckdb(database: str = ":memory:", config: dict[str, Any] | None = None) -> Any:
-    """A new DuckDB connection that never downloads or loads extension code on
-    its own (a ``read_json('https://...')`` would otherwise fetch httpfs).
-    Every DuckDB the project opens goes through here."""
-    import duckdb
-
-    con = duckdb.connect(
-        database,
-        config={
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            **(config or {}),
-        },
-    )
-    con.execute("SET enable_progress_bar = false")  # never a bar on the user's terminal
-    return con
-
-
-def fetch_arrow(con: Any, sql: str, params: Any = None) -> pa.Table:
-    """The rows of a query as an Arrow table, without a DB-API copy (DuckDB 1.x and 2.x)."""
-    rel = con.sql(sql, params=params)
-    method = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
-    return method()
-
-
 def decoded_lines(
     path: Path,
     chunk: Chunk,

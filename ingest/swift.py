@@ -91,15 +91,8 @@ class SwiftReader:
                 continue
             if any(k in obj for k in _FINAL_KEYS):
                 if not ended:
-                    payload: dict[str, Any] = {"status": "completed"}
-                    for k in ("global_step", "best_model_checkpoint", "last_model_checkpoint"):
-                        if obj.get(k) is not None:
-                            payload[k] = obj[k]
-                    best = number(obj.get("best_metric"))
-                    if best is not None:
-                        payload["best_metric"] = best
                     step = as_int(obj.get("global_step"))
-                    rows.event(0, step, None, "run_end", payload, seq=lineno)
+                    rows.event(0, step, None, "run_end", _final_payload(obj), seq=lineno)
                     ended = True
                 continue
             key, step, of = _step_of(obj)
@@ -124,23 +117,10 @@ class SwiftReader:
                 rows.event(0, step, None, "eval", extras, seq=lineno)
                 continue
             if kind == "final":
-                _, extras = split_fields(obj, skip=(*_SKIP, "epoch"))
-                for name, value in extras.items():
-                    rows.metric(0, step, None, name, value, seq=lineno)
-                if not ended:
-                    rows.event(0, step, None, "run_end", {"status": "completed", **extras})
-                    ended = True
+                ended = _final_row(rows, obj, step, lineno, ended)
                 continue
             canon, extras = split_fields(obj, skip=_SKIP)
-            elapsed = parse_duration(obj.get("elapsed_time"))
-            if elapsed is None:
-                speed = number(obj.get("train_speed(s/it)"))
-                if speed is not None:
-                    elapsed = speed * step
-                else:
-                    rate = number(obj.get("train_speed(iter/s)"))
-                    if rate:
-                        elapsed = step / rate
+            elapsed = _elapsed(obj, step)
             if elapsed is not None:
                 extras["elapsed_s"] = elapsed
                 per_step = deltas.rate("elapsed", step, elapsed)
@@ -153,16 +133,7 @@ class SwiftReader:
                 first_steps.append(step)
 
         if not started and (len(first_steps) >= 3 or (first_steps and ended)):
-            payload = {
-                "format": self.format,
-                "variant": variant,
-                "source": str(path),
-                "logging_steps": infer_logging_steps(first_steps),
-                "per_rank": False,
-                "loss_averaging": "mean over logging_steps optimizer steps and all ranks",
-            }
-            if total:
-                payload["total_steps"] = total
+            payload = self._start(path, variant, total, first_steps)
             rows.event(0, None, None, "run_start", payload, seq=0)
             started = True
         new_state = {
@@ -176,3 +147,54 @@ class SwiftReader:
             "first_steps": [] if started else first_steps[:32],
         }
         return rows.result(new_state, problems, replace=chunk.restarted)
+
+    def _start(
+        self, path: Path, variant: str | None, total: int | None, first_steps: list[int]
+    ) -> dict[str, Any]:
+        """The run's ``run_start`` payload."""
+        payload: dict[str, Any] = {
+            "format": self.format,
+            "variant": variant,
+            "source": str(path),
+            "logging_steps": infer_logging_steps(first_steps),
+            "per_rank": False,
+            "loss_averaging": "mean over logging_steps optimizer steps and all ranks",
+        }
+        if total:
+            payload["total_steps"] = total
+        return payload
+
+
+def _final_payload(obj: dict[str, Any]) -> dict[str, Any]:
+    """The ``run_end`` of the trainer's last line (best and last checkpoints)."""
+    payload: dict[str, Any] = {"status": "completed"}
+    for k in ("global_step", "best_model_checkpoint", "last_model_checkpoint"):
+        if obj.get(k) is not None:
+            payload[k] = obj[k]
+    best = number(obj.get("best_metric"))
+    if best is not None:
+        payload["best_metric"] = best
+    return payload
+
+
+def _final_row(rows: RowBuilder, obj: dict[str, Any], step: int, seq: int, ended: bool) -> bool:
+    """The training summary line: its figures as metrics, and the run's end
+    unless it ended already; returns whether it has ended."""
+    _, extras = split_fields(obj, skip=(*_SKIP, "epoch"))
+    for name, value in extras.items():
+        rows.metric(0, step, None, name, value, seq=seq)
+    if not ended:
+        rows.event(0, step, None, "run_end", {"status": "completed", **extras})
+    return True
+
+
+def _elapsed(obj: dict[str, Any], step: int) -> float | None:
+    """Seconds since the start: the elapsed time, else from the speed."""
+    elapsed = parse_duration(obj.get("elapsed_time"))
+    if elapsed is not None:
+        return elapsed
+    speed = number(obj.get("train_speed(s/it)"))
+    if speed is not None:
+        return speed * step
+    rate = number(obj.get("train_speed(iter/s)"))
+    return step / rate if rate else None

@@ -27,43 +27,16 @@ import json
 import os
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunescope.ingest.foreign import infer_logging_steps, resume_state, scalar_result
+from tunescope.ingest.protobuf import masked_crc32c, skip_field, varint
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
 PREFIX = "events.out.tfevents."
 MAX_RECORD = 256 * 1024 * 1024
-
-# ---- CRC-32C (Castagnoli), pure Python ----------------------------------------
-
-
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc32c(data: bytes, crc: int = 0) -> int:
-    table = _CRC_TABLE
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
 
 # ---- TFRecord framing -----------------------------------------------------------
 
@@ -126,34 +99,6 @@ _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _skip(buf: bytes, pos: int, wire: int) -> int:
-    if wire == 0:
-        _, pos = _varint(buf, pos)
-        return pos
-    if wire == 1:
-        return pos + 8
-    if wire == 2:
-        ln, pos = _varint(buf, pos)
-        return pos + ln
-    if wire == 5:
-        return pos + 4
-    raise ValueError(f"unsupported wire type {wire}")
-
-
 # DataType enum values of numeric scalars and how tensor_content packs them.
 _CONTENT = {1: ("<f", 4), 2: ("<d", 8), 3: ("<i", 4), 9: ("<q", 8), 19: ("<e", 2)}
 
@@ -165,44 +110,44 @@ def _tensor(buf: bytes, pos: int, end: int) -> tuple[float | None, str | None]:
     values: list[float] = []
     text = None
     while pos < end:
-        key, pos = _varint(buf, pos)
+        key, pos = varint(buf, pos)
         field, wire = key >> 3, key & 7
         if field == 1 and wire == 0:
-            dtype, pos = _varint(buf, pos)
+            dtype, pos = varint(buf, pos)
         elif field == 4 and wire == 2:
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             content = buf[pos : pos + ln]
             pos += ln
         elif field == 5 and wire == 2:  # packed float_val
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             values.extend(v for (v,) in struct.iter_unpack("<f", buf[pos : pos + ln]))
             pos += ln
         elif field == 5 and wire == 5:
             values.append(_F32.unpack_from(buf, pos)[0])
             pos += 4
         elif field == 6 and wire == 2:  # packed double_val
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             values.extend(v for (v,) in struct.iter_unpack("<d", buf[pos : pos + ln]))
             pos += ln
         elif field == 6 and wire == 1:
             values.append(_F64.unpack_from(buf, pos)[0])
             pos += 8
         elif field in (7, 10) and wire == 2:  # packed int_val / int64_val
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             stop = pos + ln
             while pos < stop:
-                v, pos = _varint(buf, pos)
+                v, pos = varint(buf, pos)
                 values.append(float(v - (1 << 64) if v >= 1 << 63 else v))
         elif field in (7, 10) and wire == 0:
-            v, pos = _varint(buf, pos)
+            v, pos = varint(buf, pos)
             values.append(float(v - (1 << 64) if v >= 1 << 63 else v))
         elif field == 8 and wire == 2:  # string_val
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             if text is None:
                 text = buf[pos : pos + ln].decode("utf-8", errors="replace")
             pos += ln
         else:
-            pos = _skip(buf, pos, wire)
+            pos = skip_field(buf, pos, wire)
     if values:
         return (values[0] if len(values) == 1 else None), text
     if content and dtype in _CONTENT:
@@ -215,18 +160,18 @@ def _tensor(buf: bytes, pos: int, end: int) -> tuple[float | None, str | None]:
 def _plugin(buf: bytes, pos: int, end: int) -> str:
     """SummaryMetadata{1: PluginData{1: plugin_name}}."""
     while pos < end:
-        key, pos = _varint(buf, pos)
+        key, pos = varint(buf, pos)
         if key == 0x0A:
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             stop = pos + ln
             while pos < stop:
-                k2, pos = _varint(buf, pos)
+                k2, pos = varint(buf, pos)
                 if k2 == 0x0A:
-                    ln2, pos = _varint(buf, pos)
+                    ln2, pos = varint(buf, pos)
                     return buf[pos : pos + ln2].decode("utf-8", errors="replace")
-                pos = _skip(buf, pos, k2 & 7)
+                pos = skip_field(buf, pos, k2 & 7)
             return ""
-        pos = _skip(buf, pos, key & 7)
+        pos = skip_field(buf, pos, key & 7)
     return ""
 
 
@@ -245,24 +190,24 @@ def parse_event(buf: bytes) -> tuple[float | None, int, list[tuple[str, float | 
             wall = _F64.unpack_from(buf, pos)[0]
             pos += 8
         elif key == 0x10:  # step
-            step, pos = _varint(buf, pos)
+            step, pos = varint(buf, pos)
             if step >= 1 << 63:
                 step -= 1 << 64
         elif key == 0x2A:  # summary
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             end = pos + ln
             while pos < end:
-                k, pos = _varint(buf, pos)
+                k, pos = varint(buf, pos)
                 if k != 0x0A:
-                    pos = _skip(buf, pos, k & 7)
+                    pos = skip_field(buf, pos, k & 7)
                     continue
-                vl, pos = _varint(buf, pos)
+                vl, pos = varint(buf, pos)
                 values.append(_value(buf, pos, pos + vl))
                 pos += vl
         else:
             if key >= 0x80:
-                key, pos = _varint(buf, pos - 1)
-            pos = _skip(buf, pos, key & 7)
+                key, pos = varint(buf, pos - 1)
+            pos = skip_field(buf, pos, key & 7)
     return wall, step, values
 
 
@@ -274,28 +219,28 @@ def _value(buf: bytes, pos: int, end: int) -> tuple[str, float | None, Any]:
         key = buf[pos]
         pos += 1
         if key == 0x0A:  # tag
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             tag = buf[pos : pos + ln].decode("utf-8", errors="replace")
             pos += ln
         elif key == 0x15:  # simple_value
             value = _F32.unpack_from(buf, pos)[0]
             pos += 4
         elif key == 0x42:  # tensor
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             value, text = _tensor(buf, pos, pos + ln)
             if text is not None:
                 extra = ("text", text)
             pos += ln
         elif key == 0x4A:  # metadata
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             name = _plugin(buf, pos, pos + ln)
             if name and extra is None:
                 extra = name
             pos += ln
         else:
             if key >= 0x80:
-                key, pos = _varint(buf, pos - 1)
-            pos = _skip(buf, pos, key & 7)
+                key, pos = varint(buf, pos - 1)
+            pos = skip_field(buf, pos, key & 7)
     return tag, value, extra
 
 
@@ -399,82 +344,107 @@ class TensorBoardReader:
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read()
-        record = int(state.get("record", 0))
-        skip = set(state.get("skip", []))
+        scan = _Scan(
+            record=int(state.get("record", 0)),
+            skip=set(state.get("skip", [])),
+            args=dict(state.get("args", {})),
+        )
         pending = state.get("pending")  # the last step's canonical values, re-emitted
-        args: dict[str, Any] = dict(state.get("args", {}))
-        problems: list[Problem] = []
-        steps: dict[int, list[Any]] = {}  # step -> [ts, canon]
         if pending:
-            steps[int(pending[0])] = [pending[1], dict(pending[2])]
-        metric_rows: list[tuple[int, float | None, str, float]] = []
-        ended_at: int | None = None
-        consumed = 0
-        for pos, end, body, damage in iter_records(data, 0, self.verify_crc):
-            consumed = end
-            record += 1
-            if body is None:
-                where = f"record {record} at byte {offset + pos}"
-                problems.append(Problem(str(path), None, f"{where}: {damage}; skipped"))
-                continue
-            try:
-                wall, step, values = parse_event(body)
-            except (ValueError, IndexError, struct.error) as e:
-                problems.append(
-                    Problem(
-                        str(path),
-                        None,
-                        f"record {record} at byte {offset + pos}: undecodable event ({e}); skipped",
-                    )
-                )
-                continue
-            for tag, value, extra in values:
-                if isinstance(extra, tuple):
-                    if tag in ("args/text_summary", "args") and not args:
-                        args = _hf_args(extra[1])
-                    continue
-                if isinstance(extra, str) and extra not in ("scalars", ""):
-                    skip.add(tag)
-                if value is None or tag in skip or step < 0:
-                    continue
-                canonical = add_scalar(steps, metric_rows, step, wall, tag, value)
-                if not canonical and tag in FINAL_TAGS:
-                    ended_at = step
+            scan.steps[int(pending[0])] = [pending[1], dict(pending[2])]
+        consumed = self._scan(path, data, offset, scan)
         rows = RowBuilder()
-        if ended_at is not None and not state.get("ended"):
-            rows.event(0, ended_at, None, "run_end", {"status": "completed"})
-            state["ended"] = True
-        first = list(state.get("first_steps", []))
-        if not state.get("started"):
-            first = sorted(set(first) | {s for s, (_, c) in steps.items() if "loss" in c})[:32]
-            ls = args.get("logging_steps")
-            if ls is None and (len(first) >= 3 or (first and state.get("ended"))):
-                ls = infer_logging_steps(first)
-            if ls is not None:
-                payload: dict[str, Any] = {
-                    "format": self.format,
-                    "logging_steps": ls,
-                    "per_rank": False,
-                }
-                if args.get("max_steps"):
-                    payload["total_steps"] = args["max_steps"]
-                if args.get("model"):
-                    payload["model"] = args["model"]
-                rows.event(0, None, None, "run_start", payload)
-                state["started"] = True
-        last = max(steps) if steps else None
+        first = self._run_events(rows, state, scan)
+        last = max(scan.steps) if scan.steps else None
         new_state = {
             **state,
             "offset": offset + consumed,
             "inode": st.st_ino,
-            "record": record,
-            "skip": sorted(skip),
-            "args": args,
+            "record": scan.record,
+            "skip": sorted(scan.skip),
+            "args": scan.args,
             "first_steps": [] if state.get("started") else first,
-            "pending": [last, steps[last][0], steps[last][1]] if last is not None else None,
+            "pending": (
+                [last, scan.steps[last][0], scan.steps[last][1]] if last is not None else None
+            ),
         }
         _, _, events = rows.tables()
-        return scalar_result(steps, metric_rows, events, state, new_state, problems, restarted)
+        return scalar_result(
+            scan.steps, scan.metric_rows, events, state, new_state, scan.problems, restarted
+        )
+
+    def _scan(self, path: Path, data: bytes, offset: int, scan: _Scan) -> int:
+        """Decode the whole records of ``data`` (read from byte ``offset``) into
+        ``scan``; returns how many bytes they took."""
+        consumed = 0
+        for pos, end, body, damage in iter_records(data, 0, self.verify_crc):
+            consumed = end
+            scan.record += 1
+            where = f"record {scan.record} at byte {offset + pos}"
+            if body is None:
+                scan.problems.append(Problem(str(path), None, f"{where}: {damage}; skipped"))
+                continue
+            try:
+                wall, step, values = parse_event(body)
+            except (ValueError, IndexError, struct.error) as e:
+                scan.problems.append(
+                    Problem(str(path), None, f"{where}: undecodable event ({e}); skipped")
+                )
+                continue
+            for tag, value, extra in values:
+                if isinstance(extra, tuple):
+                    if tag in ("args/text_summary", "args") and not scan.args:
+                        scan.args = _hf_args(extra[1])
+                    continue
+                if isinstance(extra, str) and extra not in ("scalars", ""):
+                    scan.skip.add(tag)
+                if value is None or tag in scan.skip or step < 0:
+                    continue
+                canonical = add_scalar(scan.steps, scan.metric_rows, step, wall, tag, value)
+                if not canonical and tag in FINAL_TAGS:
+                    scan.ended_at = step
+        return consumed
+
+    def _run_events(self, rows: RowBuilder, state: dict[str, Any], scan: _Scan) -> list[int]:
+        """Add the run's ``run_end`` (a final summary tag was seen) and, once
+        the logging interval is known, its ``run_start``; returns the first
+        steps kept to infer that interval from later."""
+        if scan.ended_at is not None and not state.get("ended"):
+            rows.event(0, scan.ended_at, None, "run_end", {"status": "completed"})
+            state["ended"] = True
+        first = list(state.get("first_steps", []))
+        if state.get("started"):
+            return first
+        first = sorted(set(first) | {s for s, (_, c) in scan.steps.items() if "loss" in c})[:32]
+        ls = scan.args.get("logging_steps")
+        if ls is None and (len(first) >= 3 or (first and state.get("ended"))):
+            ls = infer_logging_steps(first)
+        if ls is not None:
+            payload: dict[str, Any] = {
+                "format": self.format,
+                "logging_steps": ls,
+                "per_rank": False,
+            }
+            if scan.args.get("max_steps"):
+                payload["total_steps"] = scan.args["max_steps"]
+            if scan.args.get("model"):
+                payload["model"] = scan.args["model"]
+            rows.event(0, None, None, "run_start", payload)
+            state["started"] = True
+        return first
+
+
+@dataclass
+class _Scan:
+    """What the records read so far hold."""
+
+    record: int  # records read from the start of the file
+    skip: set[str]  # tags that are not scalars
+    args: dict[str, Any]  # the Trainer's arguments, from its text summary
+    steps: dict[int, list[Any]] = field(default_factory=dict)  # step -> [ts, canon]
+    metric_rows: list[tuple[int, float | None, str, float]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    ended_at: int | None = None
 
 
 def _has_trainer_log(path: Path) -> bool:

@@ -37,8 +37,9 @@ from tunescope.ingest.foreign import (
     resume_state,
     scalar_result,
 )
+from tunescope.ingest.protobuf import crc32c, skip_field, varint
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
-from tunescope.ingest.tensorboard import _skip, _varint, add_scalar, crc32c
+from tunescope.ingest.tensorboard import add_scalar
 
 MAGIC = b":W&B"
 FILE_HEADER = 7
@@ -56,18 +57,18 @@ def _fields(buf: bytes) -> list[tuple[int, Any]]:
     pos = 0
     n = len(buf)
     while pos < n:
-        key, pos = _varint(buf, pos)
+        key, pos = varint(buf, pos)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            value, pos = _varint(buf, pos)
+            value, pos = varint(buf, pos)
         elif wire == 2:
-            ln, pos = _varint(buf, pos)
+            ln, pos = varint(buf, pos)
             value = buf[pos : pos + ln]
             if len(value) != ln:
                 raise ValueError("field runs past the end of the record")
             pos += ln
         else:
-            end = _skip(buf, pos, wire)
+            end = skip_field(buf, pos, wire)
             value = buf[pos:end]
             pos = end
         out.append((field, value))
@@ -211,13 +212,8 @@ class WandbOfflineReader:
                     elif field == 17 and isinstance(value, bytes):
                         run.update(_run(value, config))
                     elif field == 18 and isinstance(value, bytes):
-                        code = 0
-                        for f, v in _fields(value):
-                            if f == 1 and isinstance(v, int):
-                                code = _int32(v)
-                        status = "completed" if code == 0 else "failed"
                         last = max(steps) if steps else state.get("last_step")
-                        rows.event(0, last, None, "run_end", {"status": status, "exit_code": code})
+                        rows.event(0, last, None, "run_end", _exit(value))
                         state["ended"] = True
             except (ValueError, IndexError, struct.error) as e:
                 problems.append(
@@ -231,23 +227,7 @@ class WandbOfflineReader:
             if ls is None and (len(first) >= 3 or (first and state.get("ended"))):
                 ls = infer_logging_steps(first)
             if ls is not None and run:
-                payload: dict[str, Any] = {
-                    "format": self.format,
-                    "run": run.get("name") or run.get("run_id"),
-                    "wandb_run_id": run.get("run_id"),
-                    "project": run.get("project"),
-                    "logging_steps": ls,
-                    "per_rank": False,
-                }
-                if run.get("host"):
-                    payload["host"] = run["host"]
-                total = number(config.get("max_steps"))
-                if total and total > 0:
-                    payload["total_steps"] = int(total)
-                model = config.get("_name_or_path") or config.get("model_name_or_path")
-                if isinstance(model, str) and model:
-                    payload["model"] = model
-                payload["config"] = config
+                payload = self._start(run, config, ls)
                 rows.event(0, None, run.get("start"), "run_start", payload)
                 state["started"] = True
         _, _, events = rows.tables()
@@ -264,6 +244,27 @@ class WandbOfflineReader:
             "last_step": last if last is not None else state.get("last_step"),
         }
         return scalar_result(steps, metric_rows, events, state, new_state, problems, restarted)
+
+    def _start(self, run: dict[str, Any], config: dict[str, Any], ls: int) -> dict[str, Any]:
+        """The run's ``run_start`` payload, from its run record and config."""
+        payload: dict[str, Any] = {
+            "format": self.format,
+            "run": run.get("name") or run.get("run_id"),
+            "wandb_run_id": run.get("run_id"),
+            "project": run.get("project"),
+            "logging_steps": ls,
+            "per_rank": False,
+        }
+        if run.get("host"):
+            payload["host"] = run["host"]
+        total = number(config.get("max_steps"))
+        if total and total > 0:
+            payload["total_steps"] = int(total)
+        model = config.get("_name_or_path") or config.get("model_name_or_path")
+        if isinstance(model, str) and model:
+            payload["model"] = model
+        payload["config"] = config
+        return payload
 
     @staticmethod
     def _history(buf: bytes, steps: dict, metric_rows: list) -> None:
@@ -286,6 +287,15 @@ class WandbOfflineReader:
             if v is None:
                 continue
             add_scalar(steps, metric_rows, step, ts, key, v)
+
+
+def _exit(buf: bytes) -> dict[str, Any]:
+    """The ``run_end`` payload of an exit record: its status and exit code."""
+    code = 0
+    for f, v in _fields(buf):
+        if f == 1 and isinstance(v, int):
+            code = _int32(v)
+    return {"status": "completed" if code == 0 else "failed", "exit_code": code}
 
 
 def _config(buf: bytes) -> dict[str, Any]:

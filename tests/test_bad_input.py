@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tunescope.ingest import native
+from tunescope.ingest import native, native_arrow, native_duckdb
 from tunescope.ingest.store import Store
 
 GOOD_1 = b'{"v":1,"kind":"step","step":1,"loss":2.0,"lr":0.001}\n'
@@ -224,7 +224,7 @@ def _views(store):
 @pytest.mark.parametrize("name", list(TRICKY))
 def test_fast_and_exact_paths_judge_tricky_lines_alike(tmp_path, monkeypatch, name, tier):
     if tier == "arrow":  # what the Arrow tier alone makes of the line
-        monkeypatch.setattr(native, "_duckdb_part", lambda part: {})
+        monkeypatch.setattr(native_duckdb, "read_part", lambda part: {})
     body = GOOD_1 + TRICKY[name] + GOOD_3
     path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
     path.parent.mkdir(parents=True)
@@ -304,7 +304,7 @@ DUCKDB_OK = [n for n in ARROW_OK if n not in ("null_extra", "empty_key", "numeri
     "bool_metric",
     "integral_float_step",
 ]
-TIERS = {"arrow": "_read_arrow", "duckdb": "_duckdb_part"}
+TIERS = {"arrow": native_arrow.read_chunks, "duckdb": native_duckdb.read_part}
 
 
 @pytest.mark.parametrize(
@@ -315,7 +315,7 @@ def test_each_fast_tier_reads_unusual_valid_lines_itself(tmp_path, tier, name):
     path = tmp_path / "r" / "events" / "rank-0.jsonl"
     path.parent.mkdir(parents=True)
     path.write_bytes(GOOD_1 + TRICKY[name] + GOOD_3)
-    read = getattr(native, TIERS[tier])
+    read = TIERS[tier]
     assert list(read([(0, path, native.read_new_lines(path, None))])) == [0]
 
 
@@ -326,8 +326,8 @@ def test_a_key_the_sample_missed_sends_the_file_to_the_arrow_tier(tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"".join(lines))
     chunk = native.read_new_lines(path, None)
-    assert "rare" not in native._sample_step_keys(chunk)
-    assert native._duckdb_part([(0, path, chunk)]) == {}
+    assert "rare" not in native_duckdb.sample_step_keys(chunk)
+    assert native_duckdb.read_part([(0, path, chunk)]) == {}
     result = native._read_fast([(0, path, chunk)])[0]
     assert result.metrics.to_pylist() == [
         {"rank": 0, "step": 2500, "ts": None, "name": "rare", "value": 7.5, "seq": 2500}
@@ -348,7 +348,7 @@ def test_extra_metrics_named_like_the_queries_own_columns(tmp_path, key):
     path.parent.mkdir(parents=True)
     path.write_bytes(body)
     chunk = native.read_new_lines(path, None)
-    (result,) = native._duckdb_part([(0, path, chunk)]).values()  # no fallback needed
+    (result,) = native_duckdb.read_part([(0, path, chunk)]).values()  # no fallback needed
     assert result.steps.num_rows == 3000
     assert set(result.metrics.column("name").to_pylist()) == {key}
     store = Store.open(tmp_path, cache_dir=tmp_path / "cache")

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from tunescope.cli import main
-from tunescope.ingest.cache import MANIFEST_VERSION, MAX_PROBLEMS_PER_SOURCE
+from tunescope.ingest.cache import Cache
+from tunescope.ingest.manifest import MANIFEST_VERSION, MAX_PROBLEMS_PER_SOURCE
+from tunescope.ingest.native import NativeReader
 from tunescope.ingest.store import Store
 from tunescope.ingest.tensorboard import TensorBoardReader, iter_records
 from tunescope.train.events import EventWriter
@@ -253,13 +255,15 @@ def test_a_killed_ingest_leaves_its_temporary_segment_for_the_next_one_to_remove
                 f.write("\n")
     code = (
         "import os, signal, sys\n"
-        "from tunescope.ingest import cache as c\n"
-        "real = c._SegmentWriter._write\n"
+        "from pathlib import Path\n"
+        "from tunescope.ingest import segments\n"
+        "from tunescope.ingest.cache import Cache\n"
+        "real = segments.SegmentWriter._write\n"
         "def write(self, table):\n"
         "    real(self, table)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "c._SegmentWriter._write = write\n"
-        f"c.Cache(c.Path({str(runs)!r})).ingest()\n"
+        "segments.SegmentWriter._write = write\n"
+        f"Cache(Path({str(runs)!r})).ingest()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert out.returncode == -signal.SIGKILL
@@ -417,3 +421,38 @@ def test_a_store_sees_what_another_process_ingested(tmp_path):
     tui.ingest()  # its own pass finds nothing new: the other process read it
     assert tui.last_report is not None and not tui.last_report.modified
     assert tui.query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": 25}]
+
+
+class _BatchFails(NativeReader):
+    """The native reader with a batch read that fails the given way."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def read_batch(self, items):
+        raise self.error
+
+    def read(self, path, state):
+        return NativeReader.read_batch(self, [(path, state)])[0]
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (OSError(errno.EIO, "Input/output error"), False),  # a read that failed: per file, quietly
+        (KeyError("rank"), True),  # a bug in the batch read: said, never hidden
+    ],
+)
+def test_a_failed_batch_read_falls_back_to_one_file_at_a_time(tmp_path, capsys, error, said):
+    runs = tmp_path / "runs"
+    write_runs(runs)
+    want = Store.open(runs, cache_dir=tmp_path / "c0").query("SELECT * FROM steps ORDER BY ALL")
+    capsys.readouterr()
+    report = Cache(runs, tmp_path / "c1").ingest(readers=[_BatchFails(error)])
+    err = capsys.readouterr().err
+    assert report.rows["steps"] == 20 and report.problems == []
+    got = Store(runs, cache_dir=tmp_path / "c1").query("SELECT * FROM steps ORDER BY ALL")
+    assert repr(got.to_pylist()) == repr(want.to_pylist())  # NaN != NaN: compared as text
+    line = "tunescope: the tunescope batch reader failed (KeyError: 'rank')"
+    assert (line in err) is said
+    assert said or err == ""

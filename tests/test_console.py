@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tunescope.ingest import console, megatron, pydict
+from tunescope.ingest import console_detect, megatron, pydict
 from tunescope.ingest.console import ConsoleReader
 from tunescope.ingest.discover import discover
 from tunescope.ingest.store import Store
@@ -579,7 +579,7 @@ def test_a_big_binary_file_named_like_a_log_is_one_quick_line(tmp_path):
         f"{big}: binary data, not a text log; skipped"
     ]
     assert one(store, "SELECT count(*) FROM runs") == 0
-    assert console.kind_of(big) == "binary"  # from its first MiB, whatever its size
+    assert console_detect.kind_of(big) == "binary"  # from its first MiB, whatever its size
 
 
 def test_verbose_ingest_lists_unclaimed_files(tmp_path, capsys):
@@ -598,7 +598,7 @@ def test_verbose_ingest_lists_unclaimed_files(tmp_path, capsys):
 
 def test_console_reader_needs_step_lines():
     assert ConsoleReader().detect(REAL / "megatron-gpt2-finetune" / "finetune.log")
-    assert console.family_of(b"loading model...\nall done\n") is None
+    assert console_detect.family_of(b"loading model...\nall done\n") is None
 
 
 def test_ingest_config_errors_name_the_key():

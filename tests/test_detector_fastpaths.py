@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunescope.detectors.divergence import _screen
-from tunescope.detectors.straggler import _window_medians
+from tunescope.detectors.divergence_trend import screen
+from tunescope.detectors.straggler_windows import window_medians
 
 
 def test_window_medians_match_a_per_window_nanmedian():
@@ -19,7 +19,7 @@ def test_window_medians_match_a_per_window_nanmedian():
             win = np.arange(n) // w  # equal windows, the last maybe shorter
         else:
             win = np.sort(rng.integers(0, max(1, n // w), n))  # uneven windows
-        wins, first, med, counts = _window_medians(vals, win)
+        wins, first, med, counts = window_medians(vals, win)
         assert wins.tolist() == sorted(set(win.tolist()))
         for k, wv in enumerate(wins):
             part = vals[win == wv]
@@ -53,7 +53,7 @@ def test_screen_matches_per_window_least_squares():
         x = np.cumsum(rng.integers(1, 4, m)).astype(float)
         y = np.cumsum(rng.normal(0, 0.02, m)) + rng.normal(0, 0.03, m)
         for w in (10, 25, 60):
-            got = _screen(x, y, w, need).tolist()
+            got = screen(x, y, w, need).tolist()
             want = _reference_screen(x, y, w, need)
             # cumulative sums and direct sums may differ in the last bits right
             # at a threshold: allow a rare disagreement, never a systematic one

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tunescope.detectors.divergence import Options, _trend_hits, looks_like_step
+from tunescope.detectors.divergence import Options, _trend_hits
+from tunescope.detectors.divergence_trend import looks_like_step
 from tunescope.detectors.series import Series
 
 
@@ -75,7 +76,7 @@ def test_short_windows_are_never_steps():
 
 
 def test_kendall_rises_agrees_with_the_full_trend_test():
-    from tunescope.detectors.divergence import kendall_rises
+    from tunescope.detectors.divergence_trend import kendall_rises
     from tunescope.detectors.stats import trend_np
 
     rng = np.random.default_rng(3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import inspect
 import json
 import os
@@ -138,10 +139,23 @@ def test_selecting_one_detector_reports_its_own_findings(store):
 
 
 def _attributes(module) -> set[str]:
+    """Attribute names read in a detector's module and in the helper modules
+    it imports that take its Options (a long detector's scoring beside it)."""
     names = set()
-    for node in ast.walk(ast.parse(inspect.getsource(module))):
-        if isinstance(node, ast.Attribute):
-            names.add(node.attr)
+    tree = ast.parse(inspect.getsource(module))
+    sources = [tree]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+            "tunescope.detectors."
+        ):
+            helper = importlib.import_module(node.module)
+            text = inspect.getsource(helper)
+            if f"from {module.__name__} import Options" in text:
+                sources.append(ast.parse(text))
+    for source in sources:
+        for node in ast.walk(source):
+            if isinstance(node, ast.Attribute):
+                names.add(node.attr)
     return names
 
 

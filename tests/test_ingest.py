@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunescope.ingest import native
+from tunescope.ingest import native, native_arrow, native_duckdb
 from tunescope.ingest.store import Store
 from tunescope.schema import METRIC_NAMES
 from tunescope.train.events import EventWriter
@@ -113,8 +113,8 @@ def test_fast_and_exact_paths_agree_on_a_large_file(tmp_path, monkeypatch):
     assert path.stat().st_size > native.FAST_PATH_MIN_BYTES
     # The chunk really is clean enough for the fast path (no silent fallback).
     chunk = native.read_new_lines(path, None)
-    assert list(native._duckdb_part([(0, path, chunk)])) == [0]
-    assert list(native._read_arrow([(0, path, chunk)])) == [0]
+    assert list(native_duckdb.read_part([(0, path, chunk)])) == [0]
+    assert list(native_arrow.read_chunks([(0, path, chunk)])) == [0]
     fast = Store.open(tmp_path / "runs", cache_dir=tmp_path / "c1")
     monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 1 << 60)
     exact = Store.open(tmp_path / "runs", cache_dir=tmp_path / "c2")
@@ -377,13 +377,13 @@ def _result(steps=(), metrics=()):
     ],
 )
 def test_overlap_is_noted_exactly_when_a_key_repeats(steps, metrics, overlap):
-    from tunescope.ingest.cache import _note_overlap
+    from tunescope.ingest.manifest import note_overlap
 
     entry: dict = {}
-    _note_overlap(entry, _result(steps, metrics))
+    note_overlap(entry, _result(steps, metrics))
     assert entry.get("overlap", False) is overlap
     again: dict = {"max_step": dict(entry["max_step"])}
-    _note_overlap(again, _result(steps, metrics))  # the same rows again: always overlap
+    note_overlap(again, _result(steps, metrics))  # the same rows again: always overlap
     assert again.get("overlap") is True
 
 
@@ -428,13 +428,13 @@ def test_fast_path_numbers_lines_per_file_across_a_batch_and_on_appends(tmp_path
 def test_batches_are_bounded_by_count_and_by_bytes(monkeypatch):
     from types import SimpleNamespace
 
-    from tunescope.ingest import cache
+    from tunescope.ingest import planning
 
-    monkeypatch.setattr(cache, "BATCH", 3)
-    monkeypatch.setattr(cache, "BATCH_BYTES", 100)
+    monkeypatch.setattr(planning, "BATCH", 3)
+    monkeypatch.setattr(planning, "BATCH_BYTES", 100)
     srcs = [SimpleNamespace(key=str(i)) for i in range(8)]
     sizes = {"0": 10, "1": 10, "2": 10, "3": 10, "4": 95, "5": 200, "6": 1, "7": 1}
-    got = [[s.key for s in b] for b in cache._batches(srcs, sizes)]
+    got = [[s.key for s in b] for b in planning.batches(srcs, sizes)]
     assert got == [["0", "1", "2"], ["3"], ["4"], ["5"], ["6", "7"]]
 
 
@@ -463,9 +463,9 @@ def test_small_files_are_read_together_by_the_fast_tier(tmp_path, monkeypatch):
     assert max(p.stat().st_size for p in paths) < native.FAST_PATH_MIN_BYTES
     assert sum(p.stat().st_size for p in paths) > native.FAST_PATH_MIN_BYTES
     exact_reads = []
-    real_exact = native._read_exact
+    real_exact = native.read_exact
     monkeypatch.setattr(
-        native, "_read_exact", lambda p, c: exact_reads.append(p) or real_exact(p, c)
+        native, "read_exact", lambda p, c: exact_reads.append(p) or real_exact(p, c)
     )
     fast = Store.open(root, cache_dir=tmp_path / "c1")
     assert exact_reads == [] and fast.last_report.problems == []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from tunescope.detectors import memory_growth, stats
+from tunescope.detectors import memory_growth, memory_windows, stats
 from tunescope.detectors.base import Context
 from tunescope.detectors.rankwise import collapse_ranks
 from tunescope.findings import Finding, Severity
@@ -111,10 +111,10 @@ def test_onset_and_level_shift() -> None:
     rng = np.random.default_rng(0)
     x = np.arange(400.0)
     hinge = 100 + 0.5 * np.clip(x - 250, 0, None) + rng.normal(0, 1, 400)
-    assert 235 <= memory_growth.onset(x, hinge) <= 265
+    assert 235 <= memory_windows.onset(x, hinge) <= 265
     step = np.where(x < 200, 0.0, 50.0) + rng.normal(0, 1, 400)
     line = 0.25 * x + rng.normal(0, 1, 400)
-    both = memory_growth._line_beats_step(np.stack([x, x]), np.stack([step, line]))
+    both = memory_windows.line_beats_step(np.stack([x, x]), np.stack([step, line]))
     assert list(both) == [False, True]
 
 

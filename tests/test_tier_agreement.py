@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunescope.eventlog import LineError, loads
-from tunescope.ingest import native
+from tunescope.ingest import native, native_arrow, native_duckdb
 from tunescope.schema import METRIC_NAMES
 
 GOOD = [b'{"v":1,"kind":"step","step":%d,"loss":1.5,"lr":0.001}\n' % s for s in range(1, 41)]
@@ -172,15 +172,15 @@ def check_tiers_agree(tmp_path, body: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(body)
     chunk = native.read_new_lines(path, None)
-    exact = native._read_exact(path, chunk)
+    exact = native.read_exact(path, chunk)
     # A clean file read in the same part (small files are joined for DuckDB):
     # its rows must not move, nor those of the file under test.
     sibling = tmp_path / "s" / "events" / "rank-0.jsonl"
     sibling.parent.mkdir(parents=True, exist_ok=True)
     sibling.write_bytes(b"".join(GOOD[:7]))
     sib_chunk = native.read_new_lines(sibling, None)
-    sib_exact = native._read_exact(sibling, sib_chunk)
-    for tier, read in (("duckdb", native._duckdb_part), ("arrow", native._read_arrow)):
+    sib_exact = native.read_exact(sibling, sib_chunk)
+    for tier, read in (("duckdb", native_duckdb.read_part), ("arrow", native_arrow.read_chunks)):
         for got in (read([(0, path, chunk)]), read([(1, sibling, sib_chunk), (0, path, chunk)])):
             if 1 in got:
                 assert _rows(got[1]) == _rows(sib_exact), (tier, body)
@@ -208,7 +208,7 @@ def test_tiers_agree_on_generated_lines(tmp_path_factory, monkeypatch_keys, line
 @pytest.fixture(scope="module")
 def monkeypatch_keys():
     mp = pytest.MonkeyPatch()
-    mp.setattr(native, "_sample_step_keys", _all_keys)
+    mp.setattr(native_duckdb, "sample_step_keys", _all_keys)
     yield mp
     mp.undo()
 
@@ -231,7 +231,7 @@ ONCE_APART = {
 @pytest.mark.parametrize("sampled", [True, False], ids=["sampled", "missed"])
 def test_tiers_agree_on_lines_once_judged_apart(tmp_path, monkeypatch, name, sampled):
     if sampled:
-        monkeypatch.setattr(native, "_sample_step_keys", _all_keys)
+        monkeypatch.setattr(native_duckdb, "sample_step_keys", _all_keys)
     good = [b'{"v":1,"kind":"step","step":%d,"loss":1.5}\n' % s for s in range(10, 3010)]
     body = b"".join([*good[:1500], ONCE_APART[name], *good[1500:]])
     assert len(body) > native.FAST_PATH_MIN_BYTES
@@ -240,7 +240,7 @@ def test_tiers_agree_on_lines_once_judged_apart(tmp_path, monkeypatch, name, sam
 
 def test_the_comparison_sees_a_difference(tmp_path, monkeypatch):
     """The check above would catch a tier that read a line its own way."""
-    real = native._read_exact
+    real = native.read_exact
 
     def off_by_one(path, chunk):
         result = real(path, chunk)
@@ -250,7 +250,7 @@ def test_the_comparison_sees_a_difference(tmp_path, monkeypatch):
         result.steps = steps
         return result
 
-    monkeypatch.setattr(native, "_read_exact", off_by_one)
+    monkeypatch.setattr(native, "read_exact", off_by_one)
     with pytest.raises(AssertionError):
         check_tiers_agree(tmp_path, b"".join(GOOD))
     assert math.isfinite(1.0)

@@ -20,7 +20,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Select, Static
 
-from tunescope.detectors.curves import RUN_PLOTS, bucket_series, spec_source
+from tunescope.detectors.curves import RUN_PLOTS, spec_source
 from tunescope.findings import Finding, Severity
 from tunescope.ingest.store import Store
 from tunescope.train.events import EventWriter
@@ -28,7 +28,7 @@ from tunescope.tui.app import TunescopeApp
 from tunescope.tui.compare_screen import CompareScreen
 from tunescope.tui.error_modal import ErrorModal
 from tunescope.tui.plot import Plot
-from tunescope.tui.queries import plot_series
+from tunescope.tui.queries import bucket_series, plot_series
 from tunescope.tui.rank_grid import RankGrid
 from tunescope.tui.run_screen import RunScreen
 from tunescope.tui.runs_screen import RunsScreen

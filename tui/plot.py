@@ -1,7 +1,8 @@
 """A small curve widget drawn with braille dots.
 
-It draws the min/max buckets of :func:`tunescope.detectors.curves.bucket_series`
-as one vertical dot span per dot column, so every spike survives. The widget itself only maps buckets to dots: a terminal cell holds 2 x 4
+It draws the min/max buckets of :func:`tunescope.tui.queries.bucket_series`
+as one vertical dot span per dot column, so every spike survives. The widget
+only maps buckets to dots (it runs no query): a terminal cell holds 2 x 4
 braille dots, so a plot 60 cells wide and 6 tall has 120 x 24 dots.
 """
 
@@ -146,23 +147,9 @@ class Plot(Widget):
     def _draw(self, width: int, height: int) -> list[Strip]:
         base = self.rich_style
         dim = base + Style(dim=True)
-        title = Style(bold=True)
         rows = max(1, height - 2)  # one title row, one x-axis row
         cols = max(1, width - Y_AXIS)
-        out: list[Strip] = []
-
-        head = [Segment(f" {self.title}", base + title)]
-        used = len(self.title) + 1
-        for s in self.series:
-            text = f"  ● {s.label}"
-            if used + len(text) > width:
-                break
-            head.append(Segment(text, base + Style(color=s.colour)))
-            used += len(text)
-        if self.note and used + len(self.note) + 2 <= width:
-            head.append(Segment("  " + self.note, dim))
-        out.append(Strip(head).adjust_cell_length(width, base))
-
+        out = [self._title_line(width)]
         finite = [s for s in self.series if len(s)]
         if not finite or width <= Y_AXIS + 2 or height < 3:
             msg = "loading…" if not self.loaded else "no data"
@@ -171,17 +158,39 @@ class Plot(Widget):
                 out.append(Strip([Segment(text, dim)]).adjust_cell_length(width, base))
             out.append(Strip.blank(width, base))
             return out
+        ys = [(self._transform(s.lo), self._transform(s.hi)) for s in finite]
+        self.frame.x_range = self._x_range(finite)
+        self.frame.y_range = self._y_range(ys)
+        dots = self._dots(finite, ys, rows, cols)
+        tint, marks = self._tints(cols)
+        out.extend(self._plot_lines(finite, dots, tint, rows, cols, width))
+        out.append(self._x_axis(marks, cols, width))
+        return out
 
+    def _title_line(self, width: int) -> Strip:
+        """The title, then a legend entry per series and the note, as fit."""
+        base = self.rich_style
+        head = [Segment(f" {self.title}", base + Style(bold=True))]
+        used = len(self.title) + 1
+        for s in self.series:
+            text = f"  ● {s.label}"
+            if used + len(text) > width:
+                break
+            head.append(Segment(text, base + Style(color=s.colour)))
+            used += len(text)
+        if self.note and used + len(self.note) + 2 <= width:
+            head.append(Segment("  " + self.note, base + Style(dim=True)))
+        return Strip(head).adjust_cell_length(width, base)
+
+    def _x_range(self, finite: list[Series]) -> tuple[float, float]:
         xlo, xhi = self.x_range or (
             float(min(s.x.min() for s in finite)),
             float(max(s.x.max() for s in finite)),
         )
-        if xhi <= xlo:
-            xhi = xlo + 1.0
-        ys = []
-        for s in finite:
-            lo, hi = self._transform(s.lo), self._transform(s.hi)
-            ys.append((lo, hi))
+        return (xlo, xhi) if xhi > xlo else (xlo, xlo + 1.0)
+
+    def _y_range(self, ys: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+        """The value range of every series (in the plot's scale), padded."""
         allv = np.concatenate([np.concatenate([lo, hi]) for lo, hi in ys])
         allv = allv[np.isfinite(allv)]
         if allv.size:
@@ -190,64 +199,42 @@ class Plot(Widget):
             ylo, yhi = 0.0, 1.0
         if yhi - ylo < 1e-12 * max(1.0, abs(yhi)):
             pad = abs(yhi) * 0.05 or 0.5
-            ylo, yhi = ylo - pad, yhi + pad
-        else:
-            pad = (yhi - ylo) * 0.04
-            # Values that never go negative get no axis below zero.
-            lower = ylo - pad
-            if ylo >= 0 and not self.log_y:
-                lower = max(lower, 0.0)
-            ylo, yhi = lower, yhi + pad
-        self.frame.x_range = (xlo, xhi)
-        self.frame.y_range = (ylo, yhi)
+            return ylo - pad, yhi + pad
+        pad = (yhi - ylo) * 0.04
+        # Values that never go negative get no axis below zero.
+        lower = ylo - pad
+        if ylo >= 0 and not self.log_y:
+            lower = max(lower, 0.0)
+        return lower, yhi + pad
 
+    def _dots(
+        self,
+        finite: list[Series],
+        ys: list[tuple[np.ndarray, np.ndarray]],
+        rows: int,
+        cols: int,
+    ) -> _Dots:
+        """Every series as braille dots: per cell, the dot bits and the series
+        that drew last; and the columns holding NaN or Inf values."""
+        (xlo, xhi), (ylo, yhi) = self.frame.x_range, self.frame.y_range
         pw, ph = cols * 2, rows * 4
-        bits = np.zeros((rows, cols), dtype=np.uint8)
-        owner = np.full((rows, cols), -1, dtype=np.int16)
-        bad_cols = np.zeros(cols, dtype=bool)
-
-        def to_px(x: np.ndarray) -> np.ndarray:
-            return np.rint((x - xlo) / (xhi - xlo) * (pw - 1)).astype(np.int64)
+        dots = _Dots(
+            bits=np.zeros((rows, cols), dtype=np.uint8),
+            owner=np.full((rows, cols), -1, dtype=np.int16),
+            bad_cols=np.zeros(cols, dtype=bool),
+        )
 
         def to_py(v: np.ndarray) -> np.ndarray:
             p = (yhi - v) / (yhi - ylo) * (ph - 1)
             return np.clip(np.rint(np.nan_to_num(p, nan=-1.0)), -1, ph).astype(np.int64)
 
         for idx, (s, (lo, hi)) in enumerate(zip(finite, ys, strict=True)):
-            px = to_px(s.x)
+            px = np.rint((s.x - xlo) / (xhi - xlo) * (pw - 1)).astype(np.int64)
             inside = (px >= 0) & (px < pw)
-            bad = s.bad > 0
-            bad_cols[np.clip(px[bad & inside] // 2, 0, cols - 1)] = True
+            dots.bad_cols[np.clip(px[(s.bad > 0) & inside] // 2, 0, cols - 1)] = True
             ok = np.isfinite(lo) & np.isfinite(hi)
-            px, plo, phi = px[ok], to_py(hi), to_py(lo)  # screen y grows downwards
-            plo, phi = plo[ok], phi[ok]
-            if not len(px):
-                continue
-            # Connect consecutive buckets: each column spans its own range and
-            # reaches halfway to its neighbours, which draws a continuous line.
-            span_top, span_bot, span_x = [], [], []
-            for i in range(len(px)):
-                top, bot = int(plo[i]), int(phi[i])
-                if i > 0:
-                    gap = int(px[i] - px[i - 1])
-                    prev_mid = (plo[i - 1] + phi[i - 1]) / 2
-                    mid = (plo[i] + phi[i]) / 2
-                    if gap > 1:  # interpolate the columns between sparse points
-                        for g in range(1, gap):
-                            t = g / gap
-                            y0 = prev_mid + (mid - prev_mid) * (g - 0.5) / gap
-                            y1 = prev_mid + (mid - prev_mid) * t
-                            span_x.append(int(px[i - 1]) + g)
-                            span_top.append(round(min(y0, y1)))
-                            span_bot.append(round(max(y0, y1)))
-                        join = prev_mid + (mid - prev_mid) * (gap - 0.5) / gap
-                    else:
-                        join = (prev_mid + mid) / 2
-                    top, bot = min(top, round(join)), max(bot, round(join))
-                span_x.append(int(px[i]))
-                span_top.append(top)
-                span_bot.append(bot)
-            for x, top, bot in zip(span_x, span_top, span_bot, strict=True):
+            px, plo, phi = px[ok], to_py(hi)[ok], to_py(lo)[ok]  # screen y grows downwards
+            for x, top, bot in zip(*_spans(px, plo, phi), strict=True):
                 if not 0 <= x < pw:
                     continue
                 top, bot = max(top, 0), min(bot, ph - 1)
@@ -256,10 +243,14 @@ class Plot(Widget):
                 c, dc = divmod(x, 2)
                 for py in range(top, bot + 1):
                     r, dr = divmod(py, 4)
-                    bits[r, c] |= _DOTS[dr, dc]
-                    owner[r, c] = idx
+                    dots.bits[r, c] |= _DOTS[dr, dc]
+                    dots.owner[r, c] = idx
+        return dots
 
-        # Finding ranges: tint the columns they cover.
+    def _tints(self, cols: int) -> tuple[np.ndarray, list[tuple[int, int, Marker]]]:
+        """Finding ranges: the tint level of each column they cover (-1: none;
+        +10 for the selected one), and each marker's first and last column."""
+        (xlo, xhi), pw = self.frame.x_range, cols * 2
         tint = np.full(cols, -1, dtype=np.int16)
         levels = {"info": 0, "warning": 1, "error": 2}
         marks: list[tuple[int, int, Marker]] = []
@@ -272,7 +263,22 @@ class Plot(Widget):
             marks.append((c0, c1, m))
             lvl = levels.get(m.severity, 0) + (10 if m.selected else 0)
             tint[c0 : c1 + 1] = np.maximum(tint[c0 : c1 + 1], lvl)
+        return tint, marks
 
+    def _plot_lines(
+        self,
+        finite: list[Series],
+        dots: _Dots,
+        tint: np.ndarray,
+        rows: int,
+        cols: int,
+        width: int,
+    ) -> list[Strip]:
+        """The plot's rows: a y label and the axis line, then the dots, each
+        cell in its series' colour over its column's tint."""
+        base = self.rich_style
+        dim = base + Style(dim=True)
+        ylo, yhi = self.frame.y_range
         tint_styles = {}
         for lvl in set(tint.tolist()):
             if lvl < 0:
@@ -287,17 +293,18 @@ class Plot(Widget):
             labels[rows // 2] = compact(self._inverse(yhi - (yhi - ylo) * (rows // 2 + 0.5) / rows))
         colour_styles = [Style(color=s.colour) for s in finite]
         bad_style = Style(color=SEVERITY_COLOURS["error"], bold=True)
+        out = []
         for r in range(rows):
             label = labels.get(r, "")
             segs = [Segment(label.rjust(Y_AXIS - 1)[: Y_AXIS - 1] + "│", dim)]
             run_text: list[str] = []
             run_style: Style | None = None
             for c in range(cols):
-                b = int(bits[r, c])
-                if r == 0 and bad_cols[c]:
+                b = int(dots.bits[r, c])
+                if r == 0 and dots.bad_cols[c]:
                     ch, st = "×", bad_style
                 elif b:
-                    ch, st = chr(0x2800 + b), colour_styles[int(owner[r, c])]
+                    ch, st = chr(0x2800 + b), colour_styles[int(dots.owner[r, c])]
                 else:
                     ch, st = " ", None
                 t = int(tint[c])
@@ -312,8 +319,13 @@ class Plot(Widget):
             if run_text:
                 segs.append(Segment("".join(run_text), run_style))
             out.append(Strip(segs).adjust_cell_length(width, base))
+        return out
 
-        # x axis: the range labels and a mark under each finding.
+    def _x_axis(self, marks: list[tuple[int, int, Marker]], cols: int, width: int) -> Strip:
+        """The x axis: the range labels and a mark under each finding."""
+        base = self.rich_style
+        dim = base + Style(dim=True)
+        xlo, xhi = self.frame.x_range
         axis = [" "] * cols
         axis_styles: list[Style] = [dim] * cols
         left, right = compact(xlo), compact(xhi)
@@ -329,8 +341,7 @@ class Plot(Widget):
         segs = [Segment(" " * (Y_AXIS - 1) + "└", dim)]
         for ch, st in zip(axis, axis_styles, strict=True):
             segs.append(Segment(ch, st))
-        out.append(Strip(Strip(segs).simplify()).adjust_cell_length(width, base))
-        return out
+        return Strip(Strip(segs).simplify()).adjust_cell_length(width, base)
 
     def _transform(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64)
@@ -341,6 +352,50 @@ class Plot(Widget):
 
     def _inverse(self, v: float) -> float:
         return 10.0**v if self.log_y else v
+
+
+@dataclass
+class _Dots:
+    """The braille dots of one render: bits per cell, the series that owns
+    each cell, and the columns that hold NaN or Inf values."""
+
+    bits: np.ndarray
+    owner: np.ndarray
+    bad_cols: np.ndarray
+
+
+def _spans(
+    px: np.ndarray, plo: np.ndarray, phi: np.ndarray
+) -> tuple[list[int], list[int], list[int]]:
+    """The vertical dot span (x, top, bottom) of each bucket of one series.
+    Consecutive buckets are connected: each column spans its own range and
+    reaches halfway to its neighbours, which draws a continuous line; the
+    columns between sparse points are interpolated."""
+    span_top: list[int] = []
+    span_bot: list[int] = []
+    span_x: list[int] = []
+    for i in range(len(px)):
+        top, bot = int(plo[i]), int(phi[i])
+        if i > 0:
+            gap = int(px[i] - px[i - 1])
+            prev_mid = (plo[i - 1] + phi[i - 1]) / 2
+            mid = (plo[i] + phi[i]) / 2
+            if gap > 1:
+                for g in range(1, gap):
+                    t = g / gap
+                    y0 = prev_mid + (mid - prev_mid) * (g - 0.5) / gap
+                    y1 = prev_mid + (mid - prev_mid) * t
+                    span_x.append(int(px[i - 1]) + g)
+                    span_top.append(round(min(y0, y1)))
+                    span_bot.append(round(max(y0, y1)))
+                join = prev_mid + (mid - prev_mid) * (gap - 0.5) / gap
+            else:
+                join = (prev_mid + mid) / 2
+            top, bot = min(top, round(join)), max(bot, round(join))
+        span_x.append(int(px[i]))
+        span_top.append(top)
+        span_bot.append(bot)
+    return span_x, span_top, span_bot
 
 
 def _blend(hex_colour: str, alpha: float) -> str:

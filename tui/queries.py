@@ -14,7 +14,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tunescope.detectors.curves import PlotSpec, Series, bucket_series, smooth_window, spec_source
+from tunescope.detectors.curves import (
+    PlotSpec,
+    Series,
+    bucket_sql,
+    smooth_window,
+    spec_source,
+    split_series,
+)
+from tunescope.ingest.duck import fetch_arrow
 from tunescope.schema import METRIC_NAMES
 from tunescope.tui.plot import PALETTE
 
@@ -36,6 +44,30 @@ SORTS: dict[str, tuple[tuple[str, bool], ...]] = {
     "steps": (("last_step", True),),
     "loss": (("last_loss", False),),
 }
+
+
+def bucket_series(
+    cur: Any,
+    source_sql: str,
+    params: list[Any],
+    *,
+    x_range: tuple[float, float],
+    buckets: int,
+    smooth: int = 1,
+) -> dict[str, Series]:
+    """Min/max buckets of a long table, computed in DuckDB.
+
+    ``source_sql`` must yield columns ``series`` (text), ``step`` and ``v``;
+    only steps inside
+    ``x_range`` are read. ``smooth`` > 1 applies a trailing rolling mean over
+    that many steps first (NaN stays NaN: it is signal). Returns one
+    :class:`Series` per distinct ``series`` value, ordered by name.
+    """
+    # One range for all: the series labels alone tell the curves apart.
+    source = f"SELECT NULL::VARCHAR AS run_id, series, step, v FROM ({source_sql})"
+    sql = bucket_sql(source, buckets=buckets, smooth=smooth, x_range=x_range)
+    found = split_series(fetch_arrow(cur, sql, params))
+    return {label: s for (_, label), s in found.items()}
 
 
 def order_by(sort: str, reverse: bool) -> str:
