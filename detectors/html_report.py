@@ -63,16 +63,6 @@ def _slug(run: str) -> str:
     return "run-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in run)
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "NaN" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _sort_value(v: Any) -> str:
     if isinstance(v, int | float) and not isinstance(v, bool):
         return repr(float(v)) if math.isfinite(float(v)) else "inf"

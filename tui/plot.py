@@ -61,20 +61,6 @@ class _Frame:
     lines: list[Strip] = field(default_factory=list)
 
 
-def fmt_num(v: float) -> str:
-    """A short number for axis labels: 3 significant digits, k/M for large values."""
-    if v is None or not math.isfinite(v):
-        return str(v)
-    a = abs(v)
-    if a >= 1e6:
-        return f"{v / 1e6:.3g}M"
-    if a >= 1e4:
-        return f"{v / 1e3:.3g}k"
-    if a != 0 and a < 1e-3:
-        return f"{v:.1e}"
-    return f"{v:.3g}"
-
-
 class Plot(Widget):
     """A titled braille curve plot with a y axis, an x axis and finding markers.
 
