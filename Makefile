@@ -60,13 +60,10 @@ lint: $(VENV)/.dev links
 test: lint
 	$(BIN)/python -m pytest -n 2 -q
 
-# the inner loop: detector cases and unit tests, no training, no browser, no TUI (~30 s)
-FAST_TESTS = tests/test_detector_cases.py tests/test_engine_independence.py \
-	tests/test_spike_prescreen.py tests/test_detector_contract.py tests/test_config_engine.py \
-	tests/test_formats.py tests/test_formats_input.py tests/test_console.py \
-	tests/test_real_logs.py tests/test_findings.py tests/test_report.py
+# the inner loop: tests/unit (detector cases included), no subprocess, no training,
+# no browser, no TUI
 test-fast: $(VENV)/.dev
-	$(BIN)/python -m pytest -n 2 -q $(FAST_TESTS)
+	$(BIN)/python -m pytest -n 2 -q tests/unit
 
 fixtures: $(VENV)/.dev
 	$(BIN)/python -m tunescope.train.fixtures $(RUNS)

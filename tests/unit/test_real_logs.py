@@ -15,7 +15,7 @@ from tunescope.detectors.engine import analyze
 from tunescope.detectors.scoring import judge
 from tunescope.ingest.store import Store
 
-REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real"
+REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"
 LABELS = json.loads((REAL / "LABELS.json").read_text())
 
 

@@ -1,7 +1,7 @@
 """Detector cases as data: load a case file, write its runs, check the verdict.
 
-Case files live in ``tests/cases/`` (``*.yaml``, ``*.yml`` or ``*.json``);
-``tests/test_detector_cases.py`` runs every one of them. Format::
+Case files live in ``tests/unit/cases/`` (``*.yaml``, ``*.yml`` or ``*.json``);
+``tests/unit/test_detector_cases.py`` runs every one of them. Format::
 
     description: a loss spike at step 200 that recovers   # what the case shows
     select: [TS1]            # optional: detectors to run (ids or prefixes); default all
@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-CASES_DIR = Path(__file__).parent / "cases"
+CASES_DIR = Path(__file__).resolve().parents[1] / "unit" / "cases"
 
 
 def load_case(path: Path) -> dict[str, Any]:

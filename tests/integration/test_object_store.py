@@ -22,7 +22,7 @@ from tunescope.ingest.store import Store
 from tunescope.train.events import EventWriter
 from tunescope.watch import Watcher
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "runs"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "runs"
 RUNS = ["healthy-lora-s0", "fault-nan", "fault-straggler-2rank"]
 BUCKET = "train-logs"
 

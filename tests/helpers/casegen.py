@@ -1,6 +1,6 @@
 """Detector cases as data: expand a YAML case into event logs, and check findings.
 
-A case file (``tests/cases/systems/ts401_leak.yaml``)::
+A case file (``tests/unit/cases/systems/ts401_leak.yaml``)::
 
     description: one line
     runs:                          # run dir name -> ranks -> events

@@ -14,7 +14,7 @@ import tunescope
 from tunescope.cli import main
 from tunescope.fanout import analyze_groups, findings_schema
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "runs"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "runs"
 RUNS = ["healthy-lora-s0", "fault-nan", "fault-straggler-2rank", "fault-lr-spike"]
 
 

@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 from detector_cases import write_case
 
 TUNESCOPE = str(Path(sys.executable).parent / "tunescope")

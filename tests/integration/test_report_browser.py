@@ -21,7 +21,7 @@ import pytest
 
 from tunescope.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures" / "runs"
 SCREENSHOT = ROOT / "docs" / "report.png"
 CHROMIUM = os.environ.get("TUNESCOPE_CHROMIUM") or shutil.which("chromium") or ""

@@ -1,10 +1,10 @@
 """The systems detectors (TS201 adapter gradients, TS301 stragglers, TS302
-throughput, TS401 memory growth) on the YAML cases in ``tests/cases/systems/``.
+throughput, TS401 memory growth) on the YAML cases in ``tests/unit/cases/systems/``.
 
 Each case is written as real event logs with ``EventWriter``, ingested into a
 real store, and every one of the four detectors runs on it (with the case's
 ``config`` overrides), so a case also checks that the other three stay quiet.
-The case format and its generator are documented in ``tests/casegen.py``.
+The case format and its generator are documented in ``tests/helpers/casegen.py``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _coerce(cls: type, overrides: dict) -> dict:
 def test_findings_carry_their_contract(path: Path, tmp_path: Path) -> None:
     """Findings of each systems detector, called directly: id, name, the pointer
     to ``explain``, a suggestion and plain-JSON evidence. (Verdicts on every
-    case are checked through ``analyze`` by tests/test_detector_cases.py.)"""
+    case are checked through ``analyze`` by tests/unit/test_detector_cases.py.)"""
     case = yaml.safe_load(path.read_text())
     findings = run_case(case, tmp_path)
     assert not check(case, findings)

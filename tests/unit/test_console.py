@@ -16,7 +16,7 @@ from tunescope.ingest.console import ConsoleReader
 from tunescope.ingest.discover import discover
 from tunescope.ingest.store import Store
 
-REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real"
+REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"
 
 
 def open_store(root: Path, tmp_path: Path) -> Store:

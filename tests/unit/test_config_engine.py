@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import types
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from detector_cases import write_case
 
 from tunescope.config import build_options, find_config, load_config, parse_config
 from tunescope.detectors import engine, loss_spike
 from tunescope.errors import ConfigError, UsageError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from detector_cases import write_case
 
 
 def test_walks_up_to_the_nearest_config(tmp_path):

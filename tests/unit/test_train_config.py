@@ -110,7 +110,7 @@ def test_cli_missing_config_file(capsys):
 
 
 def test_qlora_on_cpu_is_a_clean_error(capsys, tmp_path):
-    import torch
+    torch = pytest.importorskip("torch", reason="needs the [train] extra: run `make setup-dev`")
 
     if torch.cuda.is_available():
         pytest.skip("qlora is allowed where CUDA exists")

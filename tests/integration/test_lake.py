@@ -17,7 +17,7 @@ from tunescope.cli import main
 from tunescope.ingest.lake import TABLES
 from tunescope.ingest.store import Store
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "runs"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "runs"
 # a nested run id with a space and a slash: percent-encoded in the folder names
 NESTED = "team a/fault-nan"
 

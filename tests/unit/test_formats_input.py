@@ -19,7 +19,7 @@ from tunescope.ingest.swift import SwiftReader
 from tunescope.ingest.tensorboard import TensorBoardReader, read_scalars
 from tunescope.ingest.wandb_offline import WandbOfflineReader
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIX = REPO / "fixtures" / "formats"
 REAL = REPO / "fixtures" / "real"  # real public logs, provenance in its PROVENANCE.md
 WANDB = REAL / "alpaca-llama7b-fsdp-wandb" / "run-5hx57wy1.wandb"

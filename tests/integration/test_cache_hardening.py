@@ -27,7 +27,7 @@ from tunescope.ingest.tensorboard import TensorBoardReader, iter_records
 from tunescope.train.events import EventWriter
 
 TUNESCOPE = str(Path(sys.executable).parent / "tunescope")
-TB = Path(__file__).parent.parent / "fixtures" / "formats" / "hf-trainer" / "runs" / "tb"
+TB = Path(__file__).resolve().parents[2] / "fixtures" / "formats" / "hf-trainer" / "runs" / "tb"
 
 
 def write_runs(root: Path, steps: int = 10) -> None:

@@ -27,7 +27,7 @@ from tunescope.detectors.engine import analyze, analyze_views, run_summaries
 from tunescope.detectors.registry import DETECTORS
 from tunescope.ingest.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TUNESCOPE = str(Path(sys.executable).with_name("tunescope"))
 IDS = [d.ID for d in DETECTORS]
 

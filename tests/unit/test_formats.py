@@ -18,7 +18,7 @@ from tunescope.ingest.store import Store
 from tunescope.ingest.swift import SwiftReader
 from tunescope.ingest.tensorboard import TensorBoardReader, read_scalars
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIX = REPO / "fixtures" / "formats"
 REAL = REPO / "fixtures" / "real"
 

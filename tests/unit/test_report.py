@@ -1,7 +1,7 @@
 """Each report emitter against a golden file, all on one shared findings fixture.
 
 Regenerate the golden files after an intended change with
-``TUNESCOPE_UPDATE_GOLDEN=1 python -m pytest tests/test_report.py`` and
+``TUNESCOPE_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_report.py`` and
 review the diff.
 """
 
@@ -320,7 +320,7 @@ def test_html_is_one_offline_file():
 
 # ---- through the CLI, on the fixture corpus ----------------------------------------------
 
-FIXTURE_RUNS = Path(__file__).parent.parent / "fixtures" / "runs"
+FIXTURE_RUNS = Path(__file__).resolve().parents[2] / "fixtures" / "runs"
 
 
 def test_cli_markdown_on_the_fixtures_charts_every_run_with_an_error(tmp_path, capsys):

@@ -23,7 +23,7 @@ from tunescope.train.events import EventWriter
 from tunescope.watch import STATE_NAME, Watcher, load_analyzer, watch_lock
 
 NAN = float("nan")
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1] / "helpers"  # the --analyzer module
 FAST = RetryPolicy(timeout=2.0, retries=1, backoff=0.02)
 
 

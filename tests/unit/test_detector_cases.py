@@ -1,8 +1,8 @@
-"""Every detector case under tests/cases/, run by this one harness.
+"""Every detector case under tests/unit/cases/, run by this one harness.
 
-Two case dialects share it: the general one (``tests/detector_cases.py``:
+Two case dialects share it: the general one (``tests/helpers/detector_cases.py``:
 a list of runs with generated curves, ``expect``/``allow``) and the systems
-one in ``tests/cases/systems/`` (``tests/casegen.py``: runs by name and rank,
+one in ``tests/unit/cases/systems/`` (``tests/helpers/casegen.py``: runs by name and rank,
 per-rank metric generators, ``expect``/``forbid``), whose many-rank timing and
 memory curves are easier to state per rank. Either way the runs are written
 with EventWriter into tmp_path, ingested with ``Store.open``, analysed with
@@ -12,13 +12,10 @@ the case's expectations.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 import casegen
+import pytest
 from detector_cases import case_files, check_case, load_case, write_case
 
 from tunescope.config import parse_config
