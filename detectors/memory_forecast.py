@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors.rankwise import fmt, trend1
+from tunescope.detectors.rankwise import trend1
 from tunescope.findings import Severity
+from tunescope.numbers import grouped as fmt
 
 if TYPE_CHECKING:
     from tunescope.detectors.memory_growth import Options
