@@ -45,6 +45,7 @@ from tunescope.detectors.curves import (
     smooth_window,
     spec_source,
 )
+from tunescope.detectors.siblings import diff_keys, flatten
 from tunescope.findings import Finding, Severity, jsonable
 
 # Characters of curve data that the runs with findings share; each run's charts
@@ -106,15 +107,6 @@ def _align(
     return out
 
 
-def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(config, dict):
-        out: dict[str, Any] = {}
-        for k, v in config.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1] or "value": config}
-
-
 def _plot_series(cur: Any, runs: list[str], n: int) -> dict[str, dict[tuple[str, str], Series]]:
     """Per plot of :data:`RUN_PLOTS`, its series keyed by (run, label): the loss
     (a mean over ranks) from its own query, the per-rank and first-rank plots
@@ -171,7 +163,7 @@ def collect(store: Any, findings: list[Finding], runs: list[dict[str, Any]]) -> 
                 start = json.loads(payload) if payload else {}
             except ValueError:
                 start = {}
-            configs[rid] = _flatten(start.get("config", start)) if isinstance(start, dict) else {}
+            configs[rid] = flatten(start.get("config", start)) if isinstance(start, dict) else {}
         detail = [r for r in detail if r in extents]
         n = max(
             MIN_BUCKETS, min(MAX_BUCKETS, CURVE_CHARS // (CHARS_PER_BUCKET * max(1, len(detail))))
@@ -367,10 +359,11 @@ def _config_table(runs: list[str], configs: dict[str, dict[str, Any]]) -> str:
         return '<p class="dim">no run logged its config</p>'
     head = "".join(f"<th>{_esc(r)}</th>" for r in runs)
     rows = []
+    differ = set(diff_keys({r: configs.get(r, {}) for r in runs}))
     for k in keys:
         vals = [configs.get(r, {}).get(k) for r in runs]
         shown = [json.dumps(jsonable(v)) if v is not None else "" for v in vals]
-        differs = len(set(shown)) > 1
+        differs = k in differ
         tds = "".join(f"<td>{_esc(s)}</td>" for s in shown)
         rows.append(f'<tr class="{"diff" if differs else "same"}"><th>{_esc(k)}</th>{tds}</tr>')
     n = sum('class="diff"' in r for r in rows)
@@ -419,6 +412,7 @@ def build(
     """The whole page as one string."""
     from tunescope.detectors.engine import DetectorError, get_detector
     from tunescope.detectors.explain import explain_text
+    from tunescope.detectors.report import sibling_groups
 
     collected = collected or {}
     by_run: dict[str, list[Finding]] = {}
@@ -482,6 +476,20 @@ def build(
         parts.append('<div id="compare-chart" class="chart-box"></div>')
     else:
         parts.append('<p class="dim">no loss curves to compare</p>')
+    groups = sibling_groups(runs, findings)
+    if groups:
+        parts.append('<h4>Siblings</h4><ul class="siblings">')
+        for name, members, found in groups:
+            items = "".join(
+                f"<li><b>{_esc(f.run)}</b>: {_esc(f.message)} <i>Fix:</i> {_esc(f.suggestion)}</li>"
+                for f in found
+            )
+            verdict = f"{len(found)} TS501 finding(s)" if found else "no run clearly worse"
+            parts.append(
+                f"<li><b>{_esc(name)}</b>: {len(members)} runs ({_esc(', '.join(members))}); "
+                f"{verdict}" + (f"<ul>{items}</ul>" if items else "") + "</li>"
+            )
+        parts.append("</ul>")
     parts.append("<h4>Config</h4>")
     parts.append(_config_table(order, {r: collected.get(r, {}).get("config", {}) for r in order}))
     parts.append("</section>")

@@ -405,6 +405,21 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(handler=cmd_train)
 
 
+def _add_compare(sub: Any) -> None:
+    from tunescope.compare_cli import add_arguments
+
+    p = sub.add_parser(
+        "compare",
+        help="compare runs: config differences, loss at matched steps, what tracks the outcome",
+        description="Ingest RUNS and print the settings that differ between the runs, their "
+        "loss at matched steps and at the step all reached, tokens seen, time per step, peak "
+        "memory, and each differing setting's rank correlation with the final loss.",
+        epilog="example: tunescope compare fixtures/sweeps/grid --by lora_r,learning_rate",
+    )
+    add_arguments(p)
+    p.set_defaults(handler=cmd_compare)
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     _add_ingest,
     _add_query,
@@ -416,7 +431,14 @@ COMMANDS: list[Callable[[Any], None]] = [
     _add_watch,
     _add_tui,
     _add_train,
+    _add_compare,
 ]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tunescope.compare_cli import run
+
+    return run(args)
 
 
 # ---- helpers -----------------------------------------------------------------------
@@ -658,7 +680,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 store, select=args.select, ignore=args.ignore, config=cfg, progress=bar.update
             )
         store.save_findings(finding_rows(full), ids)
-        summaries = run_summaries(store, found)
+        summaries = run_summaries(store, found, groups=cfg.groups)
         if args.format == "markdown":
             from tunescope.detectors.report import markdown_curves
 
