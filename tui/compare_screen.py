@@ -50,7 +50,7 @@ def diff_table(run_ids: list[str], rows: list[tuple[str, list[str]]]) -> Table |
     )
     table.add_column("setting", style="bold", no_wrap=True)
     for rid in run_ids:
-        table.add_column(rid, overflow="ellipsis", no_wrap=True)
+        table.add_column(rid, overflow="ellipsis", no_wrap=True, min_width=min(len(rid), 16))
     for key, values in rows:
         cells = [Text(values[0] or "-")]
         for v in values[1:]:
