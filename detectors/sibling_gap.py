@@ -78,11 +78,15 @@ PRIORITY = ("lora_r", "learning_rate", "lora_target", "lora_alpha")
 
 
 def label(key: str, value: Any) -> str:
-    """A setting as a message says it: ``r=8``, ``lr 2e-04``, ``lora_alpha 16``."""
+    """A setting as a message says it: ``r=8``, ``lr 0.0002``, ``lr 5e-5``, ``lora_alpha 16``."""
     if key == "lora_r":
         return f"r={shown(value)}"
     if key == "learning_rate" and isinstance(value, int | float):
-        return f"lr {value:.0e}" if value < 1e-2 else f"lr {value:g}"
+        s = f"{value:.3g}"
+        if "e" in s:  # 2e-05 -> 2e-5
+            mantissa, exp = s.split("e")
+            s = f"{mantissa}e{int(exp)}"
+        return f"lr {s}"
     return f"{key} {shown(value)}"
 
 
