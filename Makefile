@@ -63,7 +63,7 @@ test-fast: $(VENV)/.dev
 fixtures: $(VENV)/.dev
 	$(BIN)/python -m tunescope.train.fixtures $(RUNS)
 
-# the sibling sweeps of TS501 and `tunescope compare` (fixtures/sweeps: 12 runs, ~15 min on 2 cores)
+# the sibling sweeps of TS501 and `tunescope compare` (fixtures/sweeps: 12 runs of 150 steps)
 sweeps: $(VENV)/.dev
 	$(BIN)/python -m tunescope.train.sweeps fixtures/sweeps --jobs 2
 

@@ -303,3 +303,42 @@ def test_compare_on_a_context_keeps_nan_runs_apart(tmp_path):
     c = compare(Context(store, None))
     assert c.table["c"]["diverged_at"] == 101 and math.isinf(c.table["c"]["final"])
     store.close()
+
+
+# ---- the sweep corpus (fixtures/sweeps, `make sweeps`) ----------------------------------
+
+SWEEPS = REPO / "fixtures" / "sweeps"
+
+
+def _ts501(tmp_path: Path, *roots: str):
+    from tunescope.detectors.engine import analyze
+
+    for r in roots:
+        shutil.copytree(SWEEPS / r, tmp_path / r)
+    store = Store.open(tmp_path)
+    found = analyze(store, select=["TS501"])
+    store.close()
+    return found
+
+
+def test_ts501_on_the_sweep_names_the_low_ranks_and_the_too_high_lr(tmp_path):
+    found = {f.run: f for f in _ts501(tmp_path, "grid")}
+    key = {r: f.evidence["key"] for r, f in found.items()}
+    # at lr 1e-3, r=2 and r=8 end clearly above r=32
+    assert key["grid/r2-lr1e-3"] == key["grid/r8-lr1e-3"] == "lora_r"
+    assert found["grid/r2-lr1e-3"].suggestion.startswith("raise the LoRA rank")
+    # r=32 at lr 1e-2 ends far above r=32 at 1e-3: too high
+    assert key["grid/r32-lr1e-2"] == "learning_rate"
+    assert found["grid/r32-lr1e-2"].suggestion.startswith("lower the learning rate")
+    # every lr 1e-4 run: too low
+    assert all(key[f"grid/r{r}-lr1e-4"] == "learning_rate" for r in (2, 8, 32))
+    assert "grid/r32-lr1e-3" not in found  # the best run
+    ev = found["grid/r2-lr1e-3"].evidence
+    assert ev["siblings"][0]["run"] == "grid/r32-lr1e-3" and len(ev["compared"]) == 9
+
+
+def test_ts501_is_silent_on_the_seed_noise_sweep(tmp_path):
+    from tunescope.findings import Severity
+
+    found = _ts501(tmp_path, "seeds")
+    assert [f for f in found if f.severity.level >= Severity.WARNING.level] == []
