@@ -342,3 +342,11 @@ def test_ts501_is_silent_on_the_seed_noise_sweep(tmp_path):
 
     found = _ts501(tmp_path, "seeds")
     assert [f for f in found if f.severity.level >= Severity.WARNING.level] == []
+
+
+def test_html_report_lists_the_group_and_ts501(sweep, tmp_path, capsys):
+    page = tmp_path / "report.html"
+    assert main(["report", str(sweep), "-o", str(page), "--cache-dir", str(sweep / ".c")]) == 0
+    html = page.read_text()
+    assert "<h4>Siblings</h4>" in html and "<b>tiny / d.jsonl / lora</b>: 4 runs" in html
+    assert "<i>Fix:</i> raise the LoRA rank" in html
