@@ -12,6 +12,7 @@ from types import ModuleType
 
 from tunescope.detectors import (
     adapter_grads,
+    capacity,
     divergence,
     grad_spike,
     loss_spike,
@@ -38,4 +39,5 @@ DETECTORS: list[ModuleType] = [
     throughput,  # TS302
     memory_growth,  # TS401
     sibling_gap,  # TS501: judged against the run's siblings (ACROSS_RUNS)
+    capacity,  # TS502
 ]

@@ -350,3 +350,36 @@ def test_html_report_lists_the_group_and_ts501(sweep, tmp_path, capsys):
     html = page.read_text()
     assert "<h4>Siblings</h4>" in html and "<b>tiny / d.jsonl / lora</b>: 4 runs" in html
     assert "<i>Fix:</i> raise the LoRA rank" in html
+
+
+# ---- TS502: the single-run capacity hint -------------------------------------------------
+
+
+def _flat_early(n: int = 300, level: float = 4.0):
+    step = np.arange(1, n + 1)
+    loss = level + 1.0 * np.exp(-step / 15) + np.random.default_rng(0).normal(0, 0.01, n)
+    lr = np.where(step < 10, step / 10, 0.5 * (1 + np.cos(np.pi * step / n))) * 1e-3
+    return step, loss, lr
+
+
+def test_ts502_hints_at_a_small_adapter_that_flattened_early():
+    from tunescope.detectors.capacity import Options as CapOptions
+    from tunescope.detectors.capacity import hint
+
+    step, loss, lr = _flat_early()
+    alive = np.full(len(step), 0.5)
+    lora = {"finetuning_type": "lora", "lora_r": 4, "lora_target": "all-linear"}
+    found = hint(lora, step, loss, lr, alive, np.array([4.3, 4.1, 4.1]), CapOptions())
+    assert found is not None and found[0].startswith("r=4 LoRA: the loss flattened at 4")
+    attn = {"finetuning_type": "lora", "lora_r": 64, "lora_target": "q_proj,v_proj"}
+    assert hint(attn, step, loss, lr, alive, None, CapOptions())[0].startswith("attention-only")
+    big = {**lora, "lora_r": 64}
+    assert hint(big, step, loss, lr, alive, None, CapOptions()) is None
+    assert (
+        hint({**lora, "finetuning_type": "full"}, step, loss, lr, alive, None, CapOptions()) is None
+    )
+    assert hint(lora, step, loss, lr, np.zeros(len(step)), None, CapOptions()) is None  # TS201
+    rising = np.array([4.1, 4.3, 4.6])  # overfitting is TS104's
+    assert hint(lora, step, loss, lr, alive, rising, CapOptions()) is None
+    steady = 6.0 - step / 100  # still falling at the end: not flat
+    assert hint(lora, step, steady, lr, alive, None, CapOptions()) is None
