@@ -14,7 +14,7 @@ RUNS   ?= fixtures/runs
 # The chart library inlined into HTML reports (detectors/vendor); `make vendor` refreshes it.
 UPLOT_VERSION ?= 1.6.32
 
-.PHONY: run test test-fast lint links fixtures bench clean setup setup-dev torch vendor
+.PHONY: run test test-fast lint links fixtures sweeps bench clean setup setup-dev torch vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ test-fast: $(VENV)/.dev
 
 fixtures: $(VENV)/.dev
 	$(BIN)/python -m tunescope.train.fixtures $(RUNS)
+
+# the sibling sweeps of TS501 and `tunescope compare` (fixtures/sweeps: 12 runs of 150 steps)
+sweeps: $(VENV)/.dev
+	$(BIN)/python -m tunescope.train.sweeps fixtures/sweeps --jobs 2
 
 bench: $(VENV)/.dev
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -11,6 +11,11 @@ A detector is one module (``detectors/loss_spike.py``) with:
 - ``run(ctx: Context, opts: Options) -> list[Finding]``: scores computed
   vectorised per run and rank (polars or DuckDB SQL), thresholds applied after.
 
+Optionally, ``ACROSS_RUNS = True``: a detector that judges runs against each
+other (TS501, against a run's siblings). The engine runs it once with a
+context over every run of the store, whatever batch or ``run_ids`` the other
+detectors see, and keeps its findings about the runs analysed.
+
 Optionally, ``SUPERSEDES``: a tuple of detector ids whose findings this
 detector's findings cover (the same incident seen twice, e.g. a spike inside a
 divergence); the engine then keeps only the covering finding.
@@ -48,6 +53,9 @@ class Context:
 
     store: Store
     run_ids: list[str] | None = None
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    """``[tool.tunescope.groups]``: sibling groups by name, as run ids or glob
+    patterns, where the automatic grouping is wrong (see ``detectors/siblings.py``)."""
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Values computed once per context and shared by detectors (frames, series,
     scans keyed by their options)."""

@@ -141,9 +141,13 @@ def analyze_views(
     batches = run_batches(store, run_ids)
     total = sum(len(b) if b is not None else len(store.run_ids()) for b in batches)
     done = 0
+    per_run = [d for d in runs if not across_runs(d)]
+    across = across_run_findings(store, [d for d in runs if across_runs(d)], options, cfg, run_ids)
     for batch in batches:
-        ctx = Context(store, batch)
-        raw = {d.ID: run_detector(d, ctx, options[d.ID]) for d in runs}
+        ctx = Context(store, batch, groups=cfg.groups)
+        raw = {d.ID: run_detector(d, ctx, options[d.ID]) for d in per_run}
+        for det_id, found in across.items():
+            raw[det_id] = [f for f in found if batch is None or f.run in batch]
         picked = engine_pass([f for d in chosen for f in raw[d.ID]], chosen)
         views[0].extend(picked)
         # the usual case, no --select/--ignore: the full view is the same list
@@ -155,6 +159,32 @@ def analyze_views(
         if progress is not None:
             progress(done, total)
     return sort_findings(views[0]), sort_findings(views[1])
+
+
+def across_runs(det: ModuleType) -> bool:
+    """A detector that judges runs against each other (``ACROSS_RUNS = True``,
+    e.g. TS501 against a run's siblings) rather than each run alone."""
+    return bool(getattr(det, "ACROSS_RUNS", False))
+
+
+def across_run_findings(
+    store: Store,
+    detectors: list[ModuleType],
+    options: dict[str, Any],
+    cfg: Config,
+    run_ids: Sequence[str] | None,
+) -> dict[str, list[Finding]]:
+    """The cross-run detectors' findings, per detector id: each runs once over
+    every run of the store (a run's siblings may lie outside ``run_ids`` or
+    its batch), and keeps the findings about ``run_ids`` (None: all)."""
+    if not detectors:
+        return {}
+    ctx = Context(store, None, groups=cfg.groups)
+    wanted = set(run_ids) if run_ids is not None else None
+    return {
+        d.ID: [f for f in run_detector(d, ctx, options[d.ID]) if wanted is None or f.run in wanted]
+        for d in detectors
+    }
 
 
 BATCH_ROWS = 250_000
@@ -336,15 +366,26 @@ def fails(findings: Iterable[Finding], fail_on: str) -> bool:
     return any(f.severity.level >= threshold for f in findings)
 
 
-def run_summaries(store: Store, findings: list[Finding], run_ids: Sequence[str] | None = None):
+def run_summaries(
+    store: Store,
+    findings: list[Finding],
+    run_ids: Sequence[str] | None = None,
+    groups: dict[str, list[str]] | None = None,
+):
     """One dict per run: id, name, format, status, steps, last step and loss,
-    and its finding counts by severity (the ``runs`` part of the JSON report)."""
+    and its finding counts by severity (the ``runs`` part of the JSON report);
+    ``group`` (its siblings' group, :mod:`~tunescope.detectors.siblings`) for
+    a run that has siblings. ``groups``: ``[tool.tunescope.groups]``."""
     from tunescope.detectors.limits import run_limits
+    from tunescope.detectors.siblings import sibling_groups
 
     ctx = Context(store, list(run_ids) if run_ids is not None else None)
     runs = ctx.runs()
     limits = run_limits(ctx)
     acted = interventions(ctx)
+    group_of = {
+        r: g.name for g in sibling_groups(Context(store, None, groups=groups or {})) for r in g.runs
+    }
     out = []
     for r in runs.sort("run_id").iter_rows(named=True):
         mine = [f for f in findings if f.run == r["run_id"]]
@@ -367,6 +408,8 @@ def run_summaries(store: Store, findings: list[Finding], run_ids: Sequence[str] 
                 "interventions": acted.get(r["run_id"], []),
             }
         )
+        if r["run_id"] in group_of:
+            out[-1]["group"] = group_of[r["run_id"]]
     return out
 
 

@@ -21,6 +21,7 @@ from tunescope.detectors.curves import (
     smooth_window,
     spec_source,
 )
+from tunescope.detectors.siblings import flatten
 from tunescope.findings import Finding
 
 # Characters of curve data that the runs with findings share; each run's charts
@@ -67,15 +68,6 @@ def align(
             item["bad"] = [[int(i), int(c)] for i, c in enumerate(k) if c]
         out["series"].append(item)
     return out
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(config, dict):
-        out: dict[str, Any] = {}
-        for k, v in config.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1] or "value": config}
 
 
 def plot_series(cur: Any, runs: list[str], n: int) -> dict[str, dict[tuple[str, str], Series]]:

@@ -37,6 +37,7 @@ from tunescope.detectors.curves import (
     others_median,
 )
 from tunescope.detectors.html_data import collect, compare
+from tunescope.detectors.siblings import diff_keys
 from tunescope.findings import Finding, Severity, jsonable
 from tunescope.numbers import cell
 
@@ -176,10 +177,11 @@ def _config_table(runs: list[str], configs: dict[str, dict[str, Any]]) -> str:
         return '<p class="dim">no run logged its config</p>'
     head = "".join(f"<th>{_esc(r)}</th>" for r in runs)
     rows = []
+    differ = set(diff_keys({r: configs.get(r, {}) for r in runs}))
     for k in keys:
         vals = [configs.get(r, {}).get(k) for r in runs]
         shown = [json.dumps(jsonable(v)) if v is not None else "" for v in vals]
-        differs = len(set(shown)) > 1
+        differs = k in differ
         tds = "".join(f"<td>{_esc(s)}</td>" for s in shown)
         rows.append(f'<tr class="{"diff" if differs else "same"}"><th>{_esc(k)}</th>{tds}</tr>')
     n = sum('class="diff"' in r for r in rows)
@@ -220,7 +222,7 @@ def build(
         data["runs"][run] = _run_data(info, by_run[run])
         parts.append(_run_article(run, by_run[run], info, summaries.get(run, {})))
     parts.append("</section>")
-    parts.append(_compare_section(order, collected, bool(data["compare"])))
+    parts.append(_compare_section(order, collected, bool(data["compare"]), runs, findings))
     parts.append(_limits_section(runs))
     parts.append(_detectors_section(findings))
     return _page(title, parts, data)
@@ -279,7 +281,11 @@ def _run_article(
 
 
 def _compare_section(
-    order: list[str], collected: dict[str, dict[str, Any]], has_curves: bool
+    order: list[str],
+    collected: dict[str, dict[str, Any]],
+    has_curves: bool,
+    runs: list[dict[str, Any]],
+    findings: list[Finding],
 ) -> str:
     parts = ['<section id="compare"><h2>Compare</h2>']
     if has_curves:
@@ -287,10 +293,33 @@ def _compare_section(
         parts.append('<div id="compare-chart" class="chart-box"></div>')
     else:
         parts.append('<p class="dim">no loss curves to compare</p>')
+    parts.append(_siblings_html(runs, findings))
     parts.append("<h4>Config</h4>")
     parts.append(_config_table(order, {r: collected.get(r, {}).get("config", {}) for r in order}))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _siblings_html(runs: list[dict[str, Any]], findings: list[Finding]) -> str:
+    """The sibling groups and what TS501 found in each ('' when no run has siblings)."""
+    from tunescope.detectors.report import sibling_groups
+
+    groups = sibling_groups(runs, findings)
+    if not groups:
+        return ""
+    parts = ['<h4>Siblings</h4><ul class="siblings">']
+    for name, members, found in groups:
+        items = "".join(
+            f"<li><b>{_esc(f.run)}</b>: {_esc(f.message)} <i>Fix:</i> {_esc(f.suggestion)}</li>"
+            for f in found
+        )
+        verdict = f"{len(found)} TS501 finding(s)" if found else "no run clearly worse"
+        parts.append(
+            f"<li><b>{_esc(name)}</b>: {len(members)} runs ({_esc(', '.join(members))}); "
+            f"{verdict}" + (f"<ul>{items}</ul>" if items else "") + "</li>"
+        )
+    parts.append("</ul>")
+    return "".join(parts)
 
 
 def _limits_section(runs: list[dict[str, Any]]) -> str:

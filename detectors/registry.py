@@ -2,6 +2,8 @@
 
 Adding a detector: write ``detectors/my_detector.py`` (``ID``, ``NAME``,
 ``Options``, ``run``; see ``detectors/base.py``), import it here and append it.
+A detector that judges runs against each other sets ``ACROSS_RUNS = True``:
+the engine then runs it once over every run of the store, not per batch.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from types import ModuleType
 
 from tunescope.detectors import (
     adapter_grads,
+    capacity,
     divergence,
     grad_spike,
     loss_spike,
@@ -18,6 +21,7 @@ from tunescope.detectors import (
     overfit,
     plateau,
     resume_jump,
+    sibling_gap,
     straggler,
     throughput,
 )
@@ -34,4 +38,6 @@ DETECTORS: list[ModuleType] = [
     straggler,  # TS301
     throughput,  # TS302
     memory_growth,  # TS401
+    sibling_gap,  # TS501: judged against the run's siblings (ACROSS_RUNS)
+    capacity,  # TS502
 ]

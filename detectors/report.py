@@ -14,7 +14,8 @@ Formats:
                "last_step", "total_steps", "last_loss",
                "findings": {"info", "warning", "error"}, "worst",
                "limits" (what the log cannot show, one sentence each),
-               "interventions" (what the training guard did: step, action, finding)}]}
+               "interventions" (what the training guard did: step, action, finding),
+               "group" (only for a run with siblings: the name of their group)}]}
 
   Fields are only ever added, never renamed or removed, within a version.
 - ``github``: GitHub Actions workflow commands (``::error title=...::...``).
@@ -24,7 +25,8 @@ Formats:
   runs table, a findings table per run with findings, each error's message and
   fix, the loss curve of each run with an error as a Mermaid ``xychart-beta``
   (from ``curves``: min/max buckets, see :func:`markdown_curves`) and a pointer
-  to the HTML report (``link``).
+  to the HTML report (``link``); when runs have siblings, their groups and
+  each TS501 finding with its fix (:func:`sibling_groups`).
 - ``html``: the self-contained interactive report
   (:mod:`tunescope.detectors.html_report`; curves from ``collected``).
 """
@@ -276,6 +278,39 @@ def markdown_curves(store: Any, findings: list[Finding]) -> dict[str, Any]:
     return {run: s for (run, label), s in found.items() if label == "loss"}
 
 
+def sibling_groups(
+    runs: list[dict[str, Any]], findings: list[Finding]
+) -> list[tuple[str, list[str], list[Finding]]]:
+    """(group, its runs, its TS501 findings) for the runs that have siblings
+    (the ``group`` of their summaries), for the Markdown and HTML reports."""
+    groups: dict[str, list[str]] = {}
+    for r in runs:
+        if r.get("group"):
+            groups.setdefault(r["group"], []).append(r["run"])
+    return [
+        (name, members, [f for f in findings if f.detector == "TS501" and f.run in members])
+        for name, members in groups.items()
+    ]
+
+
+def _siblings_md(runs: list[dict[str, Any]], findings: list[Finding]) -> list[str]:
+    groups = sibling_groups(runs, findings)
+    if not groups:
+        return []
+    out = ["", "### Siblings", ""]
+    for name, members, found in groups:
+        verdict = count(len(found), "TS501 finding") if found else "no run clearly worse"
+        out.append(
+            f"- **{_md_cell(name)}**: {count(len(members), 'run')} "
+            f"({_md_cell(', '.join(members))}); {verdict}"
+        )
+        for f in found:
+            out.append(
+                f"  - {_md_cell(f.run)}: {_md_cell(f.message)} **Fix:** {_md_cell(f.suggestion)}"
+            )
+    return out
+
+
 def markdown(
     findings: list[Finding],
     runs: list[dict[str, Any]],
@@ -306,6 +341,7 @@ def markdown(
             f"{_md_cell(loss_s)} | {c.get('error', 0)} | {c.get('warning', 0)} | "
             f"{c.get('info', 0)} |"
         )
+    out += _siblings_md(runs, findings)
     summaries = {r["run"]: r for r in runs}
     names = [r["run"] for r in runs if r["run"] in by_run]
     names += [r for r in by_run if r not in summaries]

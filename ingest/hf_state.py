@@ -43,6 +43,7 @@ from tunescope.ingest.foreign import (
     split_fields,
 )
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
+from tunescope.ingest.runconfig import side_config
 
 NAME = "trainer_state.json"
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -301,6 +302,9 @@ def run_start_payload(path: Path, state: State, entries: list[Entry]) -> dict[st
             payload[key] = top[key]
     if top.get("best_model_checkpoint"):
         payload["best_model_checkpoint"] = top["best_model_checkpoint"]
+    config = side_config(output_dir(path))
+    if config:
+        payload["config"] = config
     return payload
 
 

@@ -37,6 +37,7 @@ from tunescope.ingest.foreign import (
     split_fields,
 )
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder, decoded_lines
+from tunescope.ingest.runconfig import side_config
 from tunescope.ingest.tail import read_new_lines
 
 NAME = "trainer_log.jsonl"
@@ -221,6 +222,9 @@ class LlamaFactoryReader:
                     payload["total_steps"] = train_total
                 if hf_path is not None:
                     payload["joined_with"] = str(hf_path)
+                config = side_config(path.parent)
+                if config:
+                    payload["config"] = config
                 rows.event(0, None, None, "run_start", payload, seq=0)
                 started = True
         warned = bool(old.get("warned"))

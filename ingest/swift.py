@@ -26,6 +26,7 @@ from tunescope.ingest.foreign import (
     split_fields,
 )
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder, decoded_lines
+from tunescope.ingest.runconfig import side_config
 from tunescope.ingest.tail import read_new_lines
 
 NAME = "logging.jsonl"
@@ -162,6 +163,9 @@ class SwiftReader:
         }
         if total:
             payload["total_steps"] = total
+        config = side_config(path.parent)
+        if config:
+            payload["config"] = config
         return payload
 
 

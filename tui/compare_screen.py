@@ -1,9 +1,12 @@
-"""Two or more runs on one plot: loss by default, any metric on request."""
+"""Two or more runs on one plot: loss by default, any metric on request; under
+it, the settings that differ between the ticked runs (the config diff)."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.table import Table
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -13,7 +16,13 @@ from textual.widgets.selection_list import Selection
 from textual.worker import get_current_worker
 
 from tunescope.tui.error_modal import WorkerScreen
-from tunescope.tui.messages import CurveLoaded, MetricNamesLoaded, RunChoicesLoaded, StoreChanged
+from tunescope.tui.messages import (
+    ConfigDiffLoaded,
+    CurveLoaded,
+    MetricNamesLoaded,
+    RunChoicesLoaded,
+    StoreChanged,
+)
 from tunescope.tui.plot import Plot
 from tunescope.tui.queries import compare_series, metric_names, run_choices
 from tunescope.words import count
@@ -22,6 +31,35 @@ from tunescope.words import count
 def tick_label(label: str, ticked: bool) -> str:
     """A run's line in the list: "✓" when ticked, so the state shows without colour."""
     return f"✓ {label}" if ticked else f"  {label}"
+
+
+def diff_table(run_ids: list[str], rows: list[tuple[str, list[str]]]) -> Table | Text:
+    """The config diff: one row per setting that differs, one column per run; a
+    value unlike the first run's is bold on the highlight colour and starred,
+    so the difference shows without colour too."""
+    if len(run_ids) < 2:
+        return Text("")
+    if not rows:
+        return Text("config: no setting differs", style="dim")
+    table = Table(
+        title=f"config differs in {count(len(rows), 'setting')}",
+        title_justify="left",
+        box=None,
+        padding=(0, 1),
+        show_edge=False,
+    )
+    table.add_column("setting", style="bold", no_wrap=True)
+    for rid in run_ids:
+        table.add_column(rid, overflow="ellipsis", no_wrap=True, min_width=min(len(rid), 16))
+    for key, values in rows:
+        cells = [Text(values[0] or "-")]
+        for v in values[1:]:
+            differs = v != values[0]
+            cells.append(
+                Text(f"{v or '-'}*", style="bold black on yellow") if differs else Text(v or "-")
+            )
+        table.add_row(key, *cells)
+    return table
 
 
 class CompareScreen(WorkerScreen):
@@ -42,6 +80,8 @@ class CompareScreen(WorkerScreen):
         self.generation = 0
         self._choices_loaded = False
         self._labels: dict[str, str] = {}
+        self.diff_rows: list[tuple[str, list[str]]] = []
+        """The config diff shown: (setting, value per ticked run)."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -60,6 +100,7 @@ class CompareScreen(WorkerScreen):
                     )
                 yield Plot(self.metric, id="compare-plot")
                 yield Static("", id="compare-state")
+                yield Static("", id="compare-diff")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -94,7 +135,27 @@ class CompareScreen(WorkerScreen):
         if not get_current_worker().is_cancelled:
             self.post_message(CurveLoaded("compare", series, x_range, generation))
 
+    @work(thread=True, exclusive=True, group="diff", exit_on_error=False,
+          description="reading the runs' configs")  # fmt: skip
+    def load_diff(self, run_ids: list[str], generation: int) -> None:
+        from tunescope.detectors.base import Context
+        from tunescope.detectors.compare import HIDDEN
+        from tunescope.detectors.siblings import diff_keys, run_settings, shown
+
+        configs = run_settings(Context(self.app.store, run_ids))
+        mine = {r: configs.get(r, {}) for r in run_ids}
+        keys = [k for k in diff_keys(mine) if k not in HIDDEN] if len(run_ids) > 1 else []
+        rows = [(k, [shown(mine[r].get(k)) for r in run_ids]) for k in keys]
+        if not get_current_worker().is_cancelled:
+            self.post_message(ConfigDiffLoaded(run_ids, rows, generation))
+
     # ---- handlers -------------------------------------------------------------
+
+    def on_config_diff_loaded(self, message: ConfigDiffLoaded) -> None:
+        if message.generation != self.generation:
+            return
+        self.diff_rows = message.rows
+        self.query_one("#compare-diff", Static).update(diff_table(message.run_ids, message.rows))
 
     def on_run_choices_loaded(self, message: RunChoicesLoaded) -> None:
         box = self.query_one("#compare-runs", SelectionList)
@@ -166,6 +227,7 @@ class CompareScreen(WorkerScreen):
         self.load_curves(
             list(self.run_ids), self.metric, plot.buckets, self.smooth, self.generation
         )
+        self.load_diff(list(self.run_ids), self.generation)
 
     # ---- actions --------------------------------------------------------------
 

@@ -73,6 +73,15 @@ class CurveLoaded(Message, bubble=False):
 
 
 @dataclass
+class ConfigDiffLoaded(Message, bubble=False):
+    """The settings that differ between the compared runs: (key, value per run)."""
+
+    run_ids: list[str]
+    rows: list[tuple[str, list[str]]]
+    generation: int = 0
+
+
+@dataclass
 class FindingsLoaded(Message, bubble=False):
     """A run's findings, ordered by severity then step."""
 

@@ -17,6 +17,9 @@ a ``tunescope.toml`` (same keys), found by walking up from the runs directory
     loss = ["train/ce", "loss"]
     metrics = { "lr_0" = "lr" }   # other keys -> canonical step columns
 
+    [tool.tunescope.groups]       # sibling groups, where the automatic grouping is wrong
+    qwen-sweep = ["sweep-*", "baseline"]   # run ids or glob patterns
+
 Unknown keys and values of the wrong type are a :class:`ConfigError` that
 names the file and the key.
 """
@@ -35,7 +38,7 @@ from tunescope.errors import ConfigError
 from tunescope.suggest import did_you_mean
 
 FAIL_ON = ("error", "warning", "never")
-_TOP_KEYS = {"select", "ignore", "fail-on", "ingest"}
+_TOP_KEYS = {"select", "ignore", "fail-on", "ingest", "groups"}
 _INGEST_KEYS = {"step", "loss", "metrics"}
 
 
@@ -53,6 +56,9 @@ class Config:
     ingest: dict[str, Any] = field(default_factory=dict)
     """``[tool.tunescope.ingest]``: ``step`` and ``loss`` (lists of keys) and
     ``metrics`` (key -> canonical column) for logs whose keys are not guessed right."""
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    """``[tool.tunescope.groups]``: sibling groups by name, each a list of run
+    ids or glob patterns, for when the automatic grouping is wrong."""
 
     def where(self, key: str) -> str:
         return f"{self.path}: {key}" if self.path else key
@@ -133,6 +139,8 @@ def parse_config(table: dict[str, Any], path: Path | None = None) -> Config:
             cfg.fail_on = value
         elif key == "ingest":
             cfg.ingest = _ingest_table(value, cfg)
+        elif key == "groups":
+            cfg.groups = _groups_table(value, cfg)
         elif isinstance(value, dict) and key.upper().startswith("TS"):
             cfg.detectors[key.upper()] = value
         else:
@@ -171,6 +179,19 @@ def _ingest_table(value: Any, cfg: Config) -> dict[str, Any]:
             known = ", ".join(sorted(_INGEST_KEYS))
             raise ConfigError(f"{where}: unknown key (expected {known})")
     return out
+
+
+def _groups_table(value: Any, cfg: Config) -> dict[str, list[str]]:
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{cfg.where('groups')}: expected a table of name = [run ids or patterns]"
+        )
+    for name, pats in value.items():
+        if not isinstance(pats, list) or not all(isinstance(p, str) for p in pats):
+            raise ConfigError(
+                f"{cfg.where(f'groups.{name}')}: expected a list of run ids or patterns"
+            )
+    return {name: list(pats) for name, pats in value.items()}
 
 
 def check_detector_ids(cfg: Config, ids: Iterable[str]) -> None:

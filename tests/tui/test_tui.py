@@ -25,7 +25,7 @@ from tunescope.findings import Finding, Severity
 from tunescope.ingest.store import Store
 from tunescope.train.events import EventWriter
 from tunescope.tui.app import TunescopeApp
-from tunescope.tui.compare_screen import CompareScreen
+from tunescope.tui.compare_screen import CompareScreen, diff_table
 from tunescope.tui.error_modal import ErrorModal
 from tunescope.tui.plot import Plot
 from tunescope.tui.queries import bucket_series, plot_series
@@ -502,6 +502,30 @@ async def test_compare_overlays_runs_and_metrics(runs: tuple[Path, Store]) -> No
         runs_list = screen.query_one("#compare-runs")
         runs_list.select("straggler")
         await settle(pilot, lambda: len(plot.series) == 3)
+
+
+async def test_compare_shows_the_config_diff(runs: tuple[Path, Store]) -> None:
+    _, store = runs
+    app = make_app(store)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        names = run_names(app)
+        for name in ("diverged-lr", "healthy"):
+            app.screen.query_one("#runs-table", DataTable).move_cursor(row=names.index(name))
+            await pilot.press("space")
+        await pilot.press("c")
+        await settle(pilot, lambda: isinstance(app.screen, CompareScreen))
+        screen = app.screen
+        await settle(pilot, lambda: screen.diff_rows)
+        assert screen.diff_rows == [("learning_rate", ["0.0003", "0.0001"])]
+        table = diff_table(["diverged-lr", "healthy"], screen.diff_rows)
+        assert table.title == "config differs in 1 setting"
+        first, marked = table.columns[1]._cells[0], table.columns[2]._cells[0]
+        assert str(first) == "0.0003" and str(marked) == "0.0001*"
+        assert "bold" in str(marked.style)  # highlighted, and starred: not by colour alone
+        # one run ticked: nothing to diff
+        screen.query_one("#compare-runs").deselect("healthy")
+        await settle(pilot, lambda: screen.diff_rows == [])
 
 
 async def test_sql_screen_runs_pages_and_refuses_writes(runs: tuple[Path, Store]) -> None:

@@ -21,7 +21,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from tunescope import __version__
-from tunescope.cli import analyze, explain, export, ingest, query, schema, train, tui, watch
+from tunescope.cli import (
+    analyze,
+    compare,
+    explain,
+    export,
+    ingest,
+    query,
+    schema,
+    train,
+    tui,
+    watch,
+)
 from tunescope.errors import ExitCode, TunescopeError
 from tunescope.say import error
 from tunescope.suggest import did_you_mean
@@ -37,6 +48,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     watch.add,
     tui.add,
     train.add,
+    compare.add,
 ]
 
 

@@ -107,7 +107,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 store, select=args.select, ignore=args.ignore, config=cfg, progress=bar.update
             )
         store.save_findings(finding_rows(full), ids)
-        summaries = run_summaries(store, found)
+        summaries = run_summaries(store, found, groups=cfg.groups)
         if args.format == "markdown":
             from tunescope.detectors.report import markdown_curves
 
