@@ -59,3 +59,16 @@ def test_method_runs_and_describes_itself(tmp_path, name, over):
         evals = [e for e in ev if e["kind"] == "eval"]
         assert [e["step"] for e in evals] == [2, 4]
         assert all(e["eval_loss"] > 0 for e in evals)
+
+
+def test_qlora_on_cpu_is_a_clean_error(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("qlora is allowed where CUDA exists")
+    from tunescope.cli import main
+
+    config = str(REPO / "fixtures" / "configs" / "lora.yaml")
+    rc = main(["train", config, "--set", "method=qlora", "--set", f"output_dir={tmp_path}"])
+    assert rc == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err

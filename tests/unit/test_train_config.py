@@ -109,19 +109,6 @@ def test_cli_missing_config_file(capsys):
     assert "no-such.yaml: no such config file" in capsys.readouterr().err
 
 
-def test_qlora_on_cpu_is_a_clean_error(capsys, tmp_path):
-    torch = pytest.importorskip("torch", reason="needs the [train] extra: run `make setup-dev`")
-
-    if torch.cuda.is_available():
-        pytest.skip("qlora is allowed where CUDA exists")
-    from tunescope.train.trainer import REPO
-
-    config = str(REPO / "fixtures" / "configs" / "lora.yaml")
-    rc = main(["train", config, "--set", "method=qlora", "--set", f"output_dir={tmp_path}"])
-    assert rc == 2
-    assert "needs a CUDA GPU" in capsys.readouterr().err
-
-
 def test_a_mistyped_yaml_key_says_what_it_meant(tmp_path):
     from tunescope.train.trainer import load_config
 
