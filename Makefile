@@ -20,13 +20,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# setuptools warns that the repository's own tunescope/ folder could shadow the
+# editable package: it is the package's source, so the warning is noise here.
+EDITABLE_QUIET := PYTHONWARNINGS="ignore:Editable installation"
+
 $(VENV)/.core: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
+	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(MAKE) --no-print-directory torch
-	$(BIN)/python -m pip install --quiet -e ".[dev,train]"
+	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e ".[dev,train]"
 	@touch $@ $(VENV)/.core
 
 torch: $(BIN)/python
