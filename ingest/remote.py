@@ -205,5 +205,9 @@ def _first_line(e: BaseException) -> str:
 
 def _missing_extra(url: str, scheme: str, missing: str) -> str:
     package = PACKAGES.get(scheme, missing or "fsspec")
-    how = "pip install 'tunescope[s3]'" if package == "s3fs" else f"pip install fsspec {package}"
+    how = (
+        "pip install -e '.[s3]' in a clone of tunescope"
+        if package == "s3fs"
+        else f"pip install fsspec {package}"
+    )
     return f"{url}: reading runs from {scheme}:// needs {package}; {how}"

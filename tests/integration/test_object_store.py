@@ -215,7 +215,7 @@ def test_without_the_extra_a_url_names_it(tmp_path):
     assert r.returncode == 2
     assert r.stderr == (
         "tunescope: error: s3://b/runs: reading runs from s3:// needs s3fs; "
-        "pip install 'tunescope[s3]'\n"
+        "pip install -e '.[s3]' in a clone of tunescope\n"
     )
 
 
