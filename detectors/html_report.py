@@ -293,7 +293,9 @@ def _compare_section(
         parts.append('<div id="compare-chart" class="chart-box"></div>')
     else:
         parts.append('<p class="dim">no loss curves to compare</p>')
-    parts.append(_siblings_html(runs, findings))
+    siblings = _siblings_html(runs, findings)
+    if siblings:
+        parts.append(siblings)
     parts.append("<h4>Config</h4>")
     parts.append(_config_table(order, {r: collected.get(r, {}).get("config", {}) for r in order}))
     parts.append("</section>")

@@ -92,7 +92,14 @@ def label(key: str, value: Any) -> str:
 
 def _linked(keys: list[str], configs: dict[str, dict[str, Any]]) -> bool:
     """The keys change together across the group: each one's value decides
-    the others' (one factor of the sweep, e.g. lora_r with lora_alpha = 2r)."""
+    the others' (one factor of the sweep, e.g. lora_r with lora_alpha = 2r).
+    Two keys that take only two values in the group always "change together",
+    so that is no evidence: a bundle of keys is one factor only when the group
+    holds it at three values or more."""
+    if len(keys) > 1:
+        bundles = {tuple(shown(c.get(k)) for k in keys) for c in configs.values()}
+        if len(bundles) < 3:
+            return False
     for a in keys:
         for b in keys:
             seen: dict[str, str] = {}
@@ -182,6 +189,8 @@ def judge(group: str, members: list[Member], opts: Options) -> list[Finding]:
     compared = [{"run": r, "loss": t.value, "diverged_at": t.bad_step} for r, t in tails.items()]
     out = []
     for run, mine in tails.items():
+        if configs[run].get("inject"):
+            continue  # broken on purpose (fault injection): its own log says why it is worse
         best: tuple[float, list[str], str] | None = None  # (score, keys, sibling)
         for other, theirs in tails.items():
             if other == run or theirs.diverged:

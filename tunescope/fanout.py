@@ -43,6 +43,10 @@ def analyze_runs(
 ) -> pa.Table:
     """Ingest and analyse each path; the findings of all as one table.
 
+    Each path is analysed on its own, so detectors that judge runs against
+    their siblings (TS501) see the runs of that path only: give a sweep's runs
+    as one path (their common folder or prefix).
+
     ``cache_dir``: a folder holding one cache per path (default: each path's
     own, as for the CLI). ``config``: a :class:`tunescope.config.Config`
     (default: the one found from the first local path, else the defaults).

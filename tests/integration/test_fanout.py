@@ -36,7 +36,12 @@ def test_analyze_runs_matches_analyze(runs, tmp_path, capsys):
     table = tunescope.analyze_runs([runs / n for n in RUNS], cache_dir=tmp_path / "b")
     assert table.schema == findings_schema()
     got = table.to_pylist()
-    assert keys(got) == sorted((f["run"], f["detector"], f["rank"], f["step_start"]) for f in want)
+    # each path alone: the same findings, but for the cross-run detectors' (siblings in one path)
+    want = [f for f in want if f["detector"] not in ("TS501",)]
+    got_alone = [r for r in got if r["detector"] not in ("TS501",)]
+    assert keys(got_alone) == sorted(
+        (f["run"], f["detector"], f["rank"], f["step_start"]) for f in want
+    )
     assert {r["root"] for r in got} <= {str(runs / n) for n in RUNS}
     assert {r["run_id"] for r in got} >= {"fault-nan", "fault-lr-spike"}
 

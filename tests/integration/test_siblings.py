@@ -207,6 +207,33 @@ def test_ts501_silent_within_seed_noise_too_few_or_too_noisy():
     assert judge("g", close, Options()) == []
 
 
+def test_ts501_needs_evidence_that_keys_change_together():
+    # two settings that differ between two runs only "change together" by
+    # construction: that pair is not one factor, so no setting is blamed
+    pair = [
+        _member("a", 1.2, 1),
+        _member("b", 2.0, 2, learning_rate=1e-2, max_steps=300),
+        _member("c", 1.21, 3, lora_target="q_proj"),
+    ]
+    assert [f for f in judge("g", pair, Options()) if f.run == "b"] == []
+    # the same difference in one setting alone is blamed
+    one = [
+        _member("a", 1.2, 1),
+        _member("b", 2.0, 2, learning_rate=1e-2),
+        _member("c", 1.21, 3, lora_target="q_proj"),
+    ]
+    assert [f.run for f in judge("g", one, Options())] == ["b"]
+
+
+def test_ts501_does_not_judge_a_run_broken_on_purpose():
+    group = [
+        _member("nan", 1.2, 1, schedule="cosine", inject=["nan@90"], nan_at=90),
+        _member("a", 1.3, 2, schedule="constant"),
+        _member("b", 1.31, 3, schedule="constant", lora_r=16),
+    ]
+    assert judge("g", group, Options()) == []
+
+
 def test_ts501_judges_at_the_step_all_runs_reached():
     short = _member("short", 1.2, 1, learning_rate=1e-2)
     short.step, short.loss = short.step[:150], short.loss[:150]
