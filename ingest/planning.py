@@ -91,9 +91,10 @@ def _read_sources(
     """One batch of one reader's sources read: the runs inside one file one
     by one, the files together."""
     out: list[tuple[Source, ReadResult]] = []
-    for s in [s for s in batch if s.part is not None]:
-        state = (known.get(s.key) or {}).get("state")
-        out.append((s, _read_part(reader, s.path, s.part, state)))
+    for s in batch:
+        if s.part is not None:
+            state = (known.get(s.key) or {}).get("state")
+            out.append((s, _read_part(reader, s.path, s.part, state)))
     files = [s for s in batch if s.part is None]
     items = [(s.path, (known.get(s.key) or {}).get("state")) for s in files]
     if items:
