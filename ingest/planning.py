@@ -136,7 +136,7 @@ def _read_one(reader: Reader, path: Path, state: Any) -> ReadResult:
 def _read_part(reader: Reader, path: Path, part: str, state: Any) -> ReadResult:
     """One run of a file that holds several; a failure becomes a problem."""
     try:
-        return reader.read_part(path, part, state)  # type: ignore[attr-defined]
+        return reader.read_part(path, part, state)  # type: ignore[attr-defined]  # only readers of multi-run files give parts
     except Exception as e:
         problem = Problem(str(path), None, f"cannot read run {part} as {reader.format}: {e}")
     return empty_result(state or {}, [problem])

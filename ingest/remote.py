@@ -70,7 +70,7 @@ class Remote:
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
-        scheme = URL.match(url).group(1).lower()  # type: ignore[union-attr]
+        scheme = URL.match(url).group(1).lower()  # type: ignore[union-attr]  # callers check is_url
         try:
             import fsspec
         except ImportError:
