@@ -66,7 +66,8 @@ class Context:
 
         from tunescope.ingest.duck import fetch_arrow
 
-        return pl.from_arrow(fetch_arrow(self.store.cursor(), query, params))  # type: ignore[return-value]
+        table = fetch_arrow(self.store.cursor(), query, params)
+        return pl.from_arrow(table)  # type: ignore[return-value]  # a table gives a DataFrame
 
     def _where_runs(self) -> str:
         if self.run_ids is None:

@@ -267,16 +267,16 @@ def _hard_rules(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
         for a1, b in incidents(same & high):
             if b - a1 + 2 >= opts.frozen_points:
                 a = a1 - 1
-                i = a + opts.frozen_points - 1
+                end = a + opts.frozen_points - 1
                 hits.append(
                     Hit(
                         "frozen",
                         int(step[a]),
-                        int(step[i]),
-                        f"loss frozen at {fmt(float(loss[i]))} for {b - a + 1} points from step "
+                        int(step[end]),
+                        f"loss frozen at {fmt(float(loss[end]))} for {b - a + 1} points from step "
                         f"{step[a]}: the model outputs a near-uniform distribution "
                         f"(ln of a 32k vocabulary is 10.4)",
-                        {"value": float(loss[i]), "points": int(b - a + 1)},
+                        {"value": float(loss[end]), "points": int(b - a + 1)},
                         bool(warm[a]),
                     )
                 )

@@ -33,7 +33,7 @@ def option_docs(options_cls: type) -> dict[str, str]:
     return docs
 
 
-def _default(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+def _default(f: dataclasses.Field) -> str:
     """The default as TOML would write it."""
     if f.default is not dataclasses.MISSING:
         value = f.default

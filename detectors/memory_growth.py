@@ -145,7 +145,9 @@ def capacity_mb(payload: dict[str, Any], rank: int) -> float | None:
             return float(v)
         return None
 
-    cfg = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+    cfg = payload.get("config")
+    if not isinstance(cfg, dict):
+        cfg = {}
     for src in (payload, cfg):
         got = pick(src.get("device_memory_mb"))
         if got:
@@ -412,7 +414,7 @@ def _fragmentation(
     w = found[-1]
     if w["growth"] < opts.min_growth * end_res:
         return None
-    ev = {
+    ev: dict[str, Any] = {
         "kind": "fragmentation",
         "reserved_mb": end_res,
         "allocated_mb": float(np.median(alloc[np.flatnonzero(ok)[-10:]])),

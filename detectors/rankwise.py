@@ -126,7 +126,7 @@ def collapse_ranks(findings: list[Finding], ranks: dict[str, list[int]]) -> list
         run_ranks = ranks.get(run, [])
         by_rank: dict[int, list[Finding]] = {}
         for f in group:
-            by_rank.setdefault(int(f.rank), []).append(f)  # type: ignore[arg-type]
+            by_rank.setdefault(int(f.rank), []).append(f)  # type: ignore[arg-type]  # rank-less ones set aside above
         if len(run_ranks) < 2 or set(by_rank) != set(run_ranks):
             out.extend(group)
             continue
@@ -174,9 +174,10 @@ def collapse_ranks(findings: list[Finding], ranks: dict[str, list[int]]) -> list
 
 def payload_number(payload: dict[str, Any], *names: str) -> float | None:
     """The first of ``names`` in a run_start payload (or its ``config``) that is a number."""
-    for src in (payload, payload.get("config") if isinstance(payload.get("config"), dict) else {}):
+    cfg = payload.get("config")
+    for src in (payload, cfg if isinstance(cfg, dict) else {}):
         for n in names:
-            v = src.get(n)  # type: ignore[union-attr]
+            v = src.get(n)
             if isinstance(v, bool):
                 continue
             if isinstance(v, int | float) and np.isfinite(v):

@@ -303,15 +303,15 @@ def _rotation_finding(run_id: str, g: pl.DataFrame, opts: Options) -> Finding:
     import polars as pl
 
     slow = g.filter(pl.col("score") < opts.warn_score)
-    worst = float(slow["score"].min())
+    worst = float(slow["score"].to_numpy().min())
     ranks = sorted({int(x) for x in slow["rank"].to_list()})
-    s0, s1 = int(slow["s0"].min()), int(slow["s1"].max())
+    s0, s1 = int(slow["s0"].to_numpy().min()), int(slow["s1"].to_numpy().max())
     ev = {
         "kind": "rotating",
         "slow_windows": slow.height,
         "ranks": ranks,
         "min_score": worst,
-        "window_steps": int(g["wsize"].max()),
+        "window_steps": int(g["wsize"].to_numpy().max()),
     }
     msg = (
         f"The slowest rank rotates: ranks {', '.join(map(str, ranks))} each fall behind in "

@@ -258,10 +258,11 @@ class ConsoleReader:
             step = (run.last or 0) + 1
             run.steps_from = "order"
         else:
-            if run.n and run.last is not None and run.first is not None:
-                if step < run.last and step <= run.first:
+            last, first_step = run.last, run.first
+            if run.n and last is not None and first_step is not None:
+                if step < last and step <= first_step:
                     run = self._new_run(run, done)
-                elif step < run.last or run.ended or (run.pending and run.banner):
+                elif step < last or run.ended or (run.pending and run.banner):
                     # a resume: from an earlier checkpoint, or after a crash
                     run.events.append(
                         (step, "resume", {"from_step": step, "last_step": run.last}, seq)

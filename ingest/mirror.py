@@ -218,7 +218,7 @@ class MirrorCache(Cache):
         with self.lock(), self._writing():
             self.last_sync = self.mirror.sync()
         report = super().ingest(readers, progress)
-        report.root = self.url  # type: ignore[assignment]
+        report.root = self.url  # type: ignore[assignment]  # a URL root: reports name it, not the mirror
         report.problems = [self._named(p) for p in report.problems]
         report.new_problems = [self._named(p) for p in report.new_problems]
         report.unclaimed = [(Path(self._url_of(str(p))), why) for p, why in report.unclaimed]

@@ -46,7 +46,7 @@ class NativeReader:
         if RANK_JSONL.match(path.name):
             return True
         m = RANK_PARQUET.match(path.name)
-        return bool(m) and not (path.parent / f"rank-{m.group(1)}.jsonl").exists()
+        return m is not None and not (path.parent / f"rank-{m.group(1)}.jsonl").exists()
 
     def run_dir(self, path: Path) -> Path:
         return path.parent.parent

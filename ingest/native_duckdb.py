@@ -248,7 +248,7 @@ def _split_rows(
             extra_rows.append((metric, np.concatenate(([0], np.cumsum(counts)))))
     o_steps, o_metrics, o_events = others.tables()
     out: dict[int, ReadResult] = {}
-    for k in np.flatnonzero(ok):
+    for k in np.flatnonzero(ok).tolist():
         i, _, chunk = part[k]
         (s0, m0, e0), (s1, m1, e1) = marks[k], marks[k + 1]
         got = steps.slice(at[k], per_chunk[k])

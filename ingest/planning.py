@@ -91,9 +91,10 @@ def _read_sources(
     """One batch of one reader's sources read: the runs inside one file one
     by one, the files together."""
     out: list[tuple[Source, ReadResult]] = []
-    for s in [s for s in batch if s.part is not None]:
-        state = (known.get(s.key) or {}).get("state")
-        out.append((s, _read_part(reader, s.path, s.part, state)))
+    for s in batch:
+        if s.part is not None:
+            state = (known.get(s.key) or {}).get("state")
+            out.append((s, _read_part(reader, s.path, s.part, state)))
     files = [s for s in batch if s.part is None]
     items = [(s.path, (known.get(s.key) or {}).get("state")) for s in files]
     if items:
@@ -135,7 +136,7 @@ def _read_one(reader: Reader, path: Path, state: Any) -> ReadResult:
 def _read_part(reader: Reader, path: Path, part: str, state: Any) -> ReadResult:
     """One run of a file that holds several; a failure becomes a problem."""
     try:
-        return reader.read_part(path, part, state)  # type: ignore[attr-defined]
+        return reader.read_part(path, part, state)  # type: ignore[attr-defined]  # only readers of multi-run files give parts
     except Exception as e:
         problem = Problem(str(path), None, f"cannot read run {part} as {reader.format}: {e}")
     return empty_result(state or {}, [problem])

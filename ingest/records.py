@@ -174,7 +174,7 @@ class Classifier:
             _, extras = self.keys.canon({k: v for k, v in rest.items() if k not in (loss_key, key)})
             extras.pop("epoch", None)
             if loss_key is not None and number(obj[loss_key]) is not None:
-                extras[loss_key] = number(obj[loss_key])  # type: ignore[assignment]
+                extras[loss_key] = number(obj[loss_key])
             for name, value in extras.items():
                 rows.metric(0, step, None, name, value, seq=seq)
             if not self.ended:
@@ -184,7 +184,7 @@ class Classifier:
         if evals:
             values = {k: number(v) for k, v in evals.items()}
             for name, value in values.items():
-                rows.metric(0, step, None, name, value, seq=seq)  # type: ignore[arg-type]
+                rows.metric(0, step, None, name, value, seq=seq)
             rows.event(0, step, None, "eval", values, seq=seq)
         canon, extras = self.keys.canon(rest, skip=(key,))
         if "loss" not in canon and not any(c in canon for c in ("lr", "grad_norm")):

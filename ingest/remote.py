@@ -15,6 +15,7 @@ URL gets one line naming the extra to install.
 
 from __future__ import annotations
 
+import builtins
 import re
 import time
 from collections.abc import Callable
@@ -69,7 +70,7 @@ class Remote:
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
-        scheme = URL.match(url).group(1).lower()  # type: ignore[union-attr]
+        scheme = URL.match(url).group(1).lower()  # type: ignore[union-attr]  # callers check is_url
         try:
             import fsspec
         except ImportError:
@@ -109,7 +110,9 @@ class Remote:
             out.append(ObjectInfo(name[len(prefix) :], int(info.get("size") or 0), etag))
         return out
 
-    def read_ranges(self, rels: list[str], starts: list[int], ends: list[int]) -> list[bytes]:
+    def read_ranges(
+        self, rels: builtins.list[str], starts: builtins.list[int], ends: builtins.list[int]
+    ) -> builtins.list[bytes]:
         """The bytes ``[start, end)`` of each object, fetched concurrently where
         the filesystem can; a request that fails is tried again, and after
         RETRIES tries the whole call fails with one line."""

@@ -155,7 +155,7 @@ class RowBuilder:
         step: int | None,
         ts: float | None,
         name: str,
-        value: float,
+        value: float | None,
         seq: int | None = None,
     ) -> None:
         m = self._metrics

@@ -69,7 +69,7 @@ class Store:
         cls,
         root: str | Path,
         cache_dir: str | Path | None = None,
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[..., None] | None = None,
     ) -> Store:
         store = cls.__new__(cls)
         store.cache = open_cache(root, cache_dir)  # a folder, or a URL (mirrored)

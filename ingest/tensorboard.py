@@ -244,7 +244,9 @@ def _value(buf: bytes, pos: int, end: int) -> tuple[str, float | None, Any]:
     return tag, value, extra
 
 
-def read_scalars(path: str | Path, verify: bool = False) -> list[tuple[str, int, float, float]]:
+def read_scalars(
+    path: str | Path, verify: bool = False
+) -> list[tuple[str, int, float | None, float]]:
     """Every scalar point of a file as ``(tag, step, wall_time, value)``, in
     file order; for tools and the benchmark."""
     data = Path(path).read_bytes()

@@ -53,12 +53,13 @@ _NOT_METRICS = frozenset(("_step", "_timestamp", "train/global_step"))
 
 def _fields(buf: bytes) -> list[tuple[int, Any]]:
     """Top-level (field, value) pairs of a message: ints for varints, bytes otherwise."""
-    out = []
+    out: list[tuple[int, Any]] = []
     pos = 0
     n = len(buf)
     while pos < n:
         key, pos = varint(buf, pos)
         field, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = varint(buf, pos)
         elif wire == 2:

@@ -187,9 +187,9 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         mask = kwargs.get("attention_mask")
         ids = kwargs.get("input_ids")
         tok = None
-        if torch.is_tensor(mask):
+        if isinstance(mask, torch.Tensor):
             tok = mask.sum()
-        elif torch.is_tensor(ids):
+        elif isinstance(ids, torch.Tensor):
             tok = torch.tensor(ids.numel(), device=ids.device)
         if tok is not None:
             tok = tok.to(loss.device).float()
@@ -450,7 +450,9 @@ class TunescopeCallback(GuardActions, TrainerCallback):
             self.detach()  # the driver restarts from the checkpoint; the run goes on
             return
         done = state.max_steps and state.global_step >= state.max_steps
-        extra = {"guard": self.guard.stopped} if self.guard and self.guard.stopped else {}
+        extra: dict[str, Any] = (
+            {"guard": self.guard.stopped} if self.guard and self.guard.stopped else {}
+        )
         self.finish("completed" if done or not state.max_steps else "interrupted", **extra)
 
     def _intervene(self, step: int, action: str, finding: str, **fields: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,9 @@ def _coerce(name: str, tp: Any, raw: Any, where: str) -> Any:
         raise ValueError(str(e)) from None
 
 
-def load_config(path: str | None, sets: list[str] = (), inject: list[str] = ()) -> TrainConfig:
+def load_config(
+    path: str | None, sets: Sequence[str] = (), inject: Sequence[str] = ()
+) -> TrainConfig:
     """Read a YAML config, apply ``key=value`` overrides and faults.
 
     Raises ``ValueError`` naming the file or the override and what is wrong."""

@@ -124,7 +124,7 @@ def read_records(path: Path, fmt: str) -> tuple[str, list[dict[str, Any]]]:
                 numbered.append((n, json.loads(line)))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: malformed JSON: {e.msg}") from None
-    records = []
+    records: list[dict[str, Any]] = []
     for n, rec in numbered:
         if not isinstance(rec, dict) or "instruction" not in rec or "output" not in rec:
             raise ValueError(

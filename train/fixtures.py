@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,7 +140,7 @@ SPECS: list[Spec] = [
 ]
 
 
-def command(spec: Spec, out: Path, extra_sets: list[str] = ()) -> list[str]:
+def command(spec: Spec, out: Path, extra_sets: Sequence[str] = ()) -> list[str]:
     sets = [
         f"output_dir={out}",
         f"run_name={spec.name}",

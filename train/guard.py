@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-SHORTHANDS: dict[str, dict[str, str]] = {
+SHORTHANDS: dict[str, dict[str, Any]] = {
     "report": {},
     "off": {},
     "skip": {"nonfinite": "skip"},
@@ -166,7 +166,7 @@ def live_context(
     records in memory: the frames the detectors read, built without a store.
     ``kept`` holds what does not change between checks of one attempt (the
     events frames: only ``run_start``), so each check builds only the steps."""
-    kept = {} if kept is None else kept
+    frames: dict[Any, Any] = {} if kept is None else kept
     import polars as pl
 
     from tunescope.detectors.base import Context
@@ -214,9 +214,9 @@ def live_context(
 
         def events(self, kinds: list[str] | None = None) -> pl.DataFrame:
             key = ("events", tuple(kinds or ()))
-            if key not in kept:
-                kept[key] = self._events(kinds)
-            return kept[key]
+            if key not in frames:
+                frames[key] = self._events(kinds)
+            return frames[key]
 
         def _events(self, kinds: list[str] | None) -> pl.DataFrame:
             rows = [("run_start", 0, json.dumps(start))]
@@ -243,7 +243,7 @@ def live_context(
         def run_start(self, run: str) -> dict[str, Any]:
             return start
 
-    return LiveContext(store=None)  # type: ignore[arg-type]
+    return LiveContext(store=None)  # type: ignore[arg-type]  # its sql() never reaches a store
 
 
 class Guard:
@@ -327,13 +327,13 @@ class Guard:
             # one throwaway pass on a made-up series: first-call costs are not
             # a step's, and would stretch the check cadence for no reason
             n = 60
-            fake = {c: [] for c in self._COLS}
+            fake: dict[str, list[Any]] = {c: [] for c in self._COLS}
             fake["step"] = list(range(1, n + 1))
             fake["ts"] = [float(i) for i in range(n)]
             fake["loss"] = [2.0 + 1.0 / i for i in range(1, n + 1)]
             fake["mem_allocated_mb"] = [100.0 + i for i in range(n)]
-            for c in ("lr", "grad_norm", "mem_peak_mb"):
-                fake[c] = [None] * n
+            for name in ("lr", "grad_norm", "mem_peak_mb"):
+                fake[name] = [None] * n
             ctx = live_context(run_id, rank, fake, {})
             divergence.run(ctx, self.options[divergence.ID])
             memory_growth.run(ctx, self.options[memory_growth.ID])

@@ -12,13 +12,16 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tunescope.say import say
 from tunescope.train.guard import Guard
 from tunescope.train.watchdog import Watchdog, checkpoint_now
+
+if TYPE_CHECKING:
+    from tunescope.train.events import EventWriter
 
 
 class GuardActions:
@@ -27,6 +30,22 @@ class GuardActions:
 
     guard: Guard | None
     _watchdog: Watchdog | None = None
+    # set by the callback's __init__ and on_train_begin
+    writer: EventWriter | None
+    rank: int
+    run_dir: Path
+    _params: list[torch.Tensor]
+    _collective: bool
+    _device: torch.device
+    _idle_flags: torch.Tensor | None
+    _norms: torch.Tensor | None
+    _values: list[float] | None
+    _agreed: list[float] | None
+    _skipped: bool
+
+    if TYPE_CHECKING:
+
+        def _intervene(self, step: int, action: str, finding: str, **fields: Any) -> None: ...
 
     def _guard_decide(self, grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
         """The guard's per-step decision, before the optimizer step.
@@ -38,33 +57,36 @@ class GuardActions:
         computed on the device and max-reduced first, in the same read: one
         small collective per step, and every rank reads the same decision."""
         g = self.guard
-        assert g is not None
+        assert g is not None and self._norms is not None
         if not self._collective:
             values = self._values = self._norms.tolist()  # the one sync
             bad = not (math.isfinite(values[0]) and math.isfinite(values[5]))
-            self._agreed = [float(bad), *g.flags()]
+            agreed = self._agreed = [float(bad), *g.flags()]
         else:
-            self._agreed_across_ranks(grad_norm, loss)
-        if self._agreed[0] > 0 and g.policy.nonfinite != "report":
+            agreed = self._agreed_across_ranks(g, self._norms, grad_norm, loss)
+        if agreed[0] > 0 and g.policy.nonfinite != "report":
             # skip: no gradient, no update (AdamW leaves moments and weights alone)
             for p in self._params:
                 p.grad = None
             self._skipped = True
 
-    def _agreed_across_ranks(self, grad_norm: torch.Tensor, loss: torch.Tensor) -> None:
+    def _agreed_across_ranks(
+        self, g: Guard, norms: torch.Tensor, grad_norm: torch.Tensor, loss: torch.Tensor
+    ) -> list[float]:
         dev = self._device
         bad = (~torch.isfinite(grad_norm) | ~torch.isfinite(loss)).float().reshape(1)
-        if self.guard.request or self._idle_flags is None:
-            req = torch.tensor(self.guard.flags(), device=dev)  # a host-to-device copy
-            if not self.guard.request:
+        if g.request or self._idle_flags is None:
+            req = torch.tensor(g.flags(), device=dev)  # a host-to-device copy
+            if not g.request:
                 self._idle_flags = req
         else:
             req = self._idle_flags  # nothing asked: no copy at all
         flags = torch.cat([bad, req])
         dist = torch.distributed
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        values = torch.cat([self._norms, flags]).tolist()  # the one sync
+        values = torch.cat([norms, flags]).tolist()  # the one sync
         self._values, self._agreed = values[:7], values[7:]
+        return self._agreed
 
     def _guard_begin(
         self, fields: dict[str, Any], args: Any, state: Any, kw: dict[str, Any]

@@ -59,6 +59,7 @@ def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
     from tunescope.errors import TrainError
     from tunescope.train.data import BUILTIN_MODELS, ByteTokenizer, HFTokenizer, tiny_llama
 
+    tok: ByteTokenizer | HFTokenizer
     if cfg.model in BUILTIN_MODELS:
         model, tok = tiny_llama(cfg.seed), ByteTokenizer()
         if cfg.method == "qlora":

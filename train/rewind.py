@@ -64,10 +64,10 @@ def guarded_trainer(base: type, skips: Any) -> type:
     alone would count skipped batches as trained). ``positions[step]`` records
     the (epoch, position) of each micro-batch a step trained."""
 
-    class GuardedTrainer(base):  # type: ignore[misc, valid-type]
+    class GuardedTrainer(base):
         positions: dict[int, list[tuple[int, int]]]
 
-        def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, **kw):  # type: ignore[no-untyped-def]
+        def _run_epoch(self, model, epoch, train_dataloader, steps_in_epoch, **kw):
             if not hasattr(self, "positions"):
                 self.positions = {}
             self._epoch, self._raw, self._until = epoch, 0, (epoch, 0)
@@ -79,14 +79,14 @@ def guarded_trainer(base: type, skips: Any) -> type:
                 self._until = skips.position_of(kept, steps_in_epoch)
             return super()._run_epoch(model, epoch, train_dataloader, steps_in_epoch, **kw)
 
-        def set_initial_training_values(self, args, dataloader):  # type: ignore[no-untyped-def]
+        def set_initial_training_values(self, args, dataloader):
             values = list(super().set_initial_training_values(args, dataloader))
             if skips.items:  # skipped batches need that many more to reach max_steps
                 per_epoch = max(1, len(dataloader))
                 values[0] += -(-len(skips.items) // per_epoch)
             return tuple(values)
 
-        def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[no-untyped-def]
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
             out, where = [], []
             while len(out) < num_batches:
                 try:

@@ -47,6 +47,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {args.parquet}: {count(rows['runs'], 'run')}; rows: {tables}")
         return ExitCode.OK
     store.export(args.duckdb, overwrite=args.force)
-    n = store.cursor().execute("SELECT count(*) FROM runs").fetchone()[0]
+    n = store.cursor().execute("SELECT count(*) FROM runs").fetchall()[0][0]
     print(f"wrote {args.duckdb}: {count(n, 'run')}; tables runs, steps, metrics, events, findings")
     return ExitCode.OK

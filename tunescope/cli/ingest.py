@@ -71,7 +71,7 @@ def ingest_summary(report: IngestReport, store: Store) -> str:
     runs, steps, metrics, events = cur.execute(
         "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM steps), "
         "(SELECT count(*) FROM metrics), (SELECT count(*) FROM events)"
-    ).fetchone()
+    ).fetchall()[0]
     by_status = cur.execute(
         "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status"
     ).fetchall()
