@@ -36,9 +36,10 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import fmt, run_series
+from tunescope.detectors.series import run_series
 from tunescope.detectors.siblings import run_settings
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import number as fmt
 
 ID = "TS502"
 NAME = "capacity-hint"

@@ -19,7 +19,6 @@ from typing import Any
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.outcome import common_step, loss_at, spearman, tail_loss, window
-from tunescope.detectors.series import fmt
 from tunescope.detectors.siblings import (
     NOISE_KEYS,
     diff_keys,
@@ -29,6 +28,7 @@ from tunescope.detectors.siblings import (
     sibling_groups,
 )
 from tunescope.findings import jsonable
+from tunescope.numbers import number as fmt
 
 MIN_RUNS = 3
 """Runs a rank correlation needs before it is printed as a trend."""

@@ -46,9 +46,9 @@ import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.outcome import Tail, common_step, pooled_sd, tail_loss, window
-from tunescope.detectors.series import fmt
 from tunescope.detectors.siblings import NOISE_KEYS, Group, replicates, shown, sibling_groups
 from tunescope.findings import Finding, Severity
+from tunescope.numbers import number as fmt
 
 ID = "TS501"
 NAME = "sibling-gap"
