@@ -192,8 +192,11 @@ def _modify(
     if kind == "add":
         return np.where(on, y + float(m["value"]), y)
     if kind == "set":
-        gone[on] = m.get("value") is None
-        return y if m.get("value") is None else np.where(on, _num(m["value"]), y)
+        if m.get("value") is None:  # not logged over that range
+            gone[on] = True
+            return y
+        gone[on] = False
+        return np.where(on, float(m["value"]), y)
     if kind == "ramp":
         if "rate" in m:
             return np.where(on, y * np.exp(float(m["rate"]) * (s - a)), y)
@@ -348,7 +351,9 @@ def write_case(case: dict[str, Any], root: Path, fast: bool = False) -> None:
             w.close()
 
 
-CURVE = {  # a healthy fine-tuning run: a decaying loss, a cosine LR after warmup
+CURVE: dict[
+    str, dict[str, Any]
+] = {  # a healthy fine-tuning run: a decaying loss, a cosine LR after warmup
     "loss": {"start": 2.7, "end": 1.2, "tau": 150, "log_noise": 0.03},
     "lr": {"warmup": 30, "peak": 3.0e-4, "decay": "cosine"},
     "grad_norm": {"value": 0.8, "log_noise": 0.2},
