@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))  # the case generator
 
-from casegen import write_case  # noqa: E402
+from detector_cases import write_case  # noqa: E402
 
 from tunescope.detectors.base import Context  # noqa: E402
 from tunescope.findings import Severity  # noqa: E402
@@ -152,8 +152,8 @@ def scenarios(seed: int) -> list[tuple[str, dict[str, Any], dict[str, Any] | Non
             "value": 20000,
             "abs_noise": 40,
             "ar": 0.5,
-            "step_up": [
-                {"at": int(rng.integers(200, n - 100)), "add": float(rng.uniform(300, 1500))}
+            "add": [
+                {"from": int(rng.integers(200, n - 100)), "value": float(rng.uniform(300, 1500))}
             ],
         },
     )
@@ -331,7 +331,7 @@ def scenarios(seed: int) -> list[tuple[str, dict[str, Any], dict[str, Any] | Non
                     "value": 0.01,
                     "noise": 0.4,
                     "positive": True,
-                    "step_up": {"at": k, "add": extra},
+                    "add": {"from": k, "value": extra},
                 },
             ),
         ],

@@ -9,48 +9,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from detector_cases import write_case
+from detector_cases import one_rank_run, write_case
 
 TUNESCOPE = str(Path(sys.executable).parent / "tunescope")
 pytestmark = pytest.mark.slow  # ~25 processes, each ingesting and analysing
-
-CURVE = {
-    "loss": {"start": 2.7, "end": 1.2, "tau": 150, "noise": 0.03},
-    "lr": {"peak": 3.0e-4, "warmup": 30, "schedule": "cosine"},
-    "grad_norm": {"level": 0.8, "noise": 0.2},
-}
-
-
-def _run(name: str, seed: int, inject: list[dict]) -> dict:
-    return {
-        "name": name,
-        "run_start": {"total_steps": 400, "warmup_steps": 30},
-        "generate": {"steps": 400, "seed": seed, "metrics": CURVE, "inject": inject},
-    }
 
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli")
     clean, spiky, bad = base / "clean", base / "spiky", base / "bad"
-    write_case({"runs": [_run("healthy", 1, [])]}, clean)
-    write_case(
-        {"runs": [_run("spike", 2, [{"metric": "loss", "at": 300, "kind": "mul", "factor": 3}])]},
-        spiky,
-    )
-    write_case(
-        {
-            "runs": [
-                _run("healthy", 3, []),
-                _run(
-                    "diverged",
-                    4,
-                    [{"metric": "loss", "at": 200, "until": "end", "kind": "ramp", "rate": 0.006}],
-                ),
-            ]
-        },
-        bad,
-    )
+    write_case({"runs": {"healthy": one_rank_run(400, 1000)}}, clean)
+    spike = {"scale": {"from": 300, "to": 300, "by": 3}}
+    write_case({"runs": {"spike": one_rank_run(400, 2000, loss=spike)}}, spiky)
+    ramp = {"ramp": {"from": 200, "rate": 0.006}}
+    runs = {"healthy": one_rank_run(400, 3000), "diverged": one_rank_run(400, 4000, loss=ramp)}
+    write_case({"runs": runs}, bad)
     return {"clean": clean, "spiky": spiky, "bad": bad, "base": base}
 
 

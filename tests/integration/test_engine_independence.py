@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from detector_cases import write_case
+from detector_cases import one_rank_run, write_case
 
 from tunescope.config import Config
 from tunescope.detectors.engine import analyze, analyze_views, run_summaries
@@ -31,20 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 TUNESCOPE = str(Path(sys.executable).with_name("tunescope"))
 IDS = [d.ID for d in DETECTORS]
 
-CURVE = {
-    "loss": {"start": 2.7, "end": 1.2, "tau": 150, "noise": 0.03},
-    "lr": {"peak": 3.0e-4, "warmup": 30, "schedule": "cosine"},
-    "grad_norm": {"level": 0.8, "noise": 0.2},
-}
-
-
-def _run(name: str, seed: int, inject: list[dict], steps: int = 400) -> dict:
-    return {
-        "name": name,
-        "run_start": {"total_steps": steps, "warmup_steps": 30},
-        "generate": {"steps": steps, "seed": seed, "metrics": CURVE, "inject": inject},
-    }
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Store:
@@ -52,34 +38,18 @@ def store(tmp_path_factory) -> Store:
     loss spike, a spike that never comes back (a divergence), a NaN, a
     sustained grad-norm explosion, a plateau, a spike at a resume."""
     base = tmp_path_factory.mktemp("indep")
-    runs = [
-        _run(
-            "linked",
-            1,
-            [
-                {"metric": "grad_norm", "at": 195, "kind": "mul", "factor": 40},
-                {"metric": "loss", "at": 200, "kind": "mul", "factor": 3.47},
-            ],
+    runs = {
+        "linked": one_rank_run(
+            400,
+            1000,
+            grad_norm={"scale": {"from": 195, "to": 195, "by": 40}},
+            loss={"scale": {"from": 200, "to": 200, "by": 3.47}},
         ),
-        _run(
-            "unrecovered",
-            2,
-            [{"metric": "loss", "at": 250, "until": "end", "kind": "mul", "factor": 3}],
-        ),
-        _run(
-            "nan", 3, [{"metric": "loss", "at": 300, "until": "end", "kind": "set", "value": "nan"}]
-        ),
-        _run(
-            "grad-explosion",
-            4,
-            [{"metric": "grad_norm", "at": 220, "until": "end", "kind": "mul", "factor": 60}],
-        ),
-        _run(
-            "ramp",
-            5,
-            [{"metric": "loss", "at": 200, "until": "end", "kind": "ramp", "rate": 0.006}],
-        ),
-    ]
+        "unrecovered": one_rank_run(400, 2000, loss={"scale": {"from": 250, "by": 3}}),
+        "nan": one_rank_run(400, 3000, loss={"set": {"from": 300, "value": "nan"}}),
+        "grad-explosion": one_rank_run(400, 4000, grad_norm={"scale": {"from": 220, "by": 60}}),
+        "ramp": one_rank_run(400, 5000, loss={"ramp": {"from": 200, "rate": 0.006}}),
+    }
     write_case({"runs": runs}, base / "runs")
     return Store.open(base / "runs", base / "cache")
 
@@ -170,14 +140,10 @@ def test_filtered_analyze_keeps_the_full_analysis_in_the_store(tmp_path):
     runs = tmp_path / "runs"
     write_case(
         {
-            "runs": [
-                _run(
-                    "ramp",
-                    5,
-                    [{"metric": "loss", "at": 200, "until": "end", "kind": "ramp", "rate": 0.006}],
-                ),
-                _run("spike", 6, [{"metric": "loss", "at": 300, "kind": "mul", "factor": 3}]),
-            ]
+            "runs": {
+                "ramp": one_rank_run(400, 5000, loss={"ramp": {"from": 200, "rate": 0.006}}),
+                "spike": one_rank_run(400, 6000, loss={"scale": {"from": 300, "to": 300, "by": 3}}),
+            }
         },
         runs,
     )

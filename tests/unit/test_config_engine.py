@@ -6,7 +6,7 @@ import types
 from dataclasses import dataclass
 
 import pytest
-from detector_cases import write_case
+from detector_cases import one_rank_run, write_case
 
 from tunescope.config import build_options, find_config, load_config, parse_config
 from tunescope.detectors import engine, loss_spike
@@ -73,19 +73,8 @@ def test_selection_by_prefix_and_ignore():
 
 
 def test_a_failing_detector_is_an_error_naming_it(tmp_path, monkeypatch):
-    write_case(
-        {
-            "runs": [
-                {
-                    "generate": {
-                        "steps": 20,
-                        "metrics": {"loss": {"start": 2.5, "end": 1.5, "tau": 5}},
-                    }
-                }
-            ]
-        },
-        tmp_path / "runs",
-    )
+    loss = {"loss": {"start": 2.5, "end": 1.5, "tau": 5}}
+    write_case({"runs": {"run": one_rank_run(20, 0, loss)}}, tmp_path / "runs")
     from tunescope.detectors import registry
     from tunescope.ingest.store import Store
 
@@ -105,32 +94,12 @@ def test_a_failing_detector_is_an_error_naming_it(tmp_path, monkeypatch):
 
 
 def test_finding_rows_round_trip_through_the_store(tmp_path):
-    write_case(
-        {
-            "runs": [
-                {
-                    "name": "r",
-                    "generate": {
-                        "steps": 40,
-                        "metrics": {
-                            "loss": {"start": 2.5, "end": 1.5, "tau": 10, "noise": 0.01},
-                            "lr": {"peak": 1e-4},
-                        },
-                        "inject": [
-                            {
-                                "metric": "loss",
-                                "at": 30,
-                                "until": "end",
-                                "kind": "set",
-                                "value": "nan",
-                            }
-                        ],
-                    },
-                }
-            ]
-        },
-        tmp_path / "runs",
-    )
+    metrics = {
+        "loss": {"start": 2.5, "end": 1.5, "tau": 10, "log_noise": 0.01},
+        "lr": {"peak": 1e-4, "decay": "constant"},
+    }
+    nan = {"set": {"from": 30, "value": "nan"}}
+    write_case({"runs": {"r": one_rank_run(40, 0, metrics, loss=nan)}}, tmp_path / "runs")
     from tunescope.ingest.store import Store
 
     store = Store.open(tmp_path / "runs", tmp_path / "cache")

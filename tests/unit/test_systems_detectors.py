@@ -4,7 +4,7 @@ throughput, TS401 memory growth) on the YAML cases in ``tests/unit/cases/systems
 Each case is written as real event logs with ``EventWriter``, ingested into a
 real store, and every one of the four detectors runs on it (with the case's
 ``config`` overrides), so a case also checks that the other three stay quiet.
-The case format and its generator are documented in ``tests/helpers/casegen.py``.
+The case format and its generator are documented in ``tests/helpers/detector_cases.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from casegen import check, write_case
+from detector_cases import check_case, write_case
 
 from tunescope.detectors.base import Context
 from tunescope.ingest.store import Store
@@ -71,4 +71,4 @@ def test_findings_carry_their_contract(path: Path, tmp_path: Path) -> None:
     case are checked through ``analyze`` by tests/unit/test_detector_cases.py.)"""
     case = yaml.safe_load(path.read_text())
     findings = run_case(case, tmp_path)
-    assert not check(case, findings)
+    assert not check_case(case, findings)
