@@ -187,6 +187,8 @@ def _ids_json(values: Any) -> Any:
     import pyarrow.compute as pc
 
     t = values.type
+    if pa.types.is_integer(t):
+        return None  # a bare number is not a list of ids: the exact path keeps it as a metric
     item = t.value_type if pa.types.is_list(t) else t
     if not (pa.types.is_integer(item) or pa.types.is_string(item) or pa.types.is_null(item)):
         return None

@@ -254,3 +254,16 @@ def test_the_comparison_sees_a_difference(tmp_path, monkeypatch):
     with pytest.raises(AssertionError):
         check_tiers_agree(tmp_path, b"".join(GOOD))
     assert math.isfinite(1.0)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"kind":"step","step":0,"sample_ids":0,"loss":0,"ts":0}\n',  # a bare number, not a list
+        b'{"kind":"step","step":1,"sample_ids":[3,4],"loss":1.5,"ts":1}\n',
+        b'{"kind":"step","step":2,"sample_ids":"a","loss":1.5,"ts":2}\n',
+    ],
+    ids=["number", "list", "text"],
+)
+def test_tiers_agree_on_sample_ids_of_any_shape(tmp_path, line):
+    check_tiers_agree(tmp_path, line)
