@@ -6,14 +6,13 @@ atomically, at its end; readers load it without a lock.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from tunescope.files import write_whole
 from tunescope.say import say
 
 if TYPE_CHECKING:
@@ -55,19 +54,10 @@ def load(path: Path, root: Path, cache_dir: Path) -> dict[str, Any]:
 
 
 def save(path: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest to a temporary name and rename it into place."""
-    tmp = path.with_name(f"manifest.{os.getpid()}.tmp")
-    try:
-        # one dumps (C encoder) and one write: json.dump streams through
-        # Python-level chunks, several times slower for thousands of sources
-        text = json.dumps(manifest, separators=(",", ":"))
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """Write the manifest whole, then rename it into place."""
+    # one dumps (C encoder) and one write: json.dump streams through
+    # Python-level chunks, several times slower for thousands of sources
+    write_whole(path, json.dumps(manifest, separators=(",", ":")))
 
 
 def new(root: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from tunescope.files import write_whole
 from tunescope.ingest.cache import Cache, IngestReport
 from tunescope.ingest.discover import SKIP_DIRS
 from tunescope.ingest.remote import ObjectInfo, Remote, is_url
@@ -189,9 +190,7 @@ class Mirror:
         return objects if isinstance(objects, dict) else {}
 
     def _save(self, state: dict[str, Any]) -> None:
-        tmp = self.state_path.with_name(f"{STATE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"url": self.url, "objects": state}), encoding="utf-8")
-        os.replace(tmp, self.state_path)
+        write_whole(self.state_path, json.dumps({"url": self.url, "objects": state}))
 
 
 class MirrorCache(Cache):
@@ -284,11 +283,4 @@ def _tail(path: Path, n: int) -> bytes:
 def _write_whole(path: Path, body: bytes) -> None:
     """Write under a temporary name and rename: a new file (a new inode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(body)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_whole(path, body)

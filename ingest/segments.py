@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tunescope.files import replacing, temp_beside
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.manifest import TABLES
 
@@ -33,22 +34,11 @@ PARQUET = {
 NUMBERED = re.compile(r"(?:seg|findings)-(\d+)(?:-[a-z]+)?\.parquet")
 
 
-def tmp_name(path: Path) -> Path:
-    """Where a segment is written before it is renamed into place."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_parquet(segments_dir: Path, table: pa.Table, name: str) -> str:
     """Write ``table`` as the segment file ``name``, whole or not at all."""
     path = segments_dir / name
-    tmp = tmp_name(path)
-    try:
+    with replacing(path) as tmp:
         pq.write_table(table, tmp, **PARQUET)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     return name
 
 
@@ -62,7 +52,7 @@ class SegmentWriter:
 
         self.name = name
         self.path = segments_dir / name
-        self.tmp = tmp_name(self.path)
+        self.tmp = temp_beside(self.path)
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._pool = ThreadPoolExecutor(1)
@@ -203,9 +193,11 @@ def empty_trash(manifest: dict[str, Any], segments_dir: Path) -> None:
 
 def clean_orphans(cache_dir: Path, segments_dir: Path, next_seg: int) -> None:
     """Remove what killed or failed passes left behind: temporary files
-    (``.seg-*.parquet.PID.tmp``, ``manifest.PID.tmp``) of processes that
-    no longer run, and whole segment files no saved manifest refers to."""
-    for folder, pattern in ((segments_dir, ".*.tmp"), (cache_dir, "manifest.*.tmp")):
+    (``.NAME.PID.tmp``, and ``manifest.PID.tmp`` of older versions) of
+    processes that no longer run, and whole segment files no saved manifest
+    refers to."""
+    patterns = ((segments_dir, ".*.tmp"), (cache_dir, ".*.tmp"), (cache_dir, "manifest.*.tmp"))
+    for folder, pattern in patterns:
         with contextlib.suppress(OSError):
             for path in folder.glob(pattern):
                 pid = path.name.rsplit(".", 2)[-2]

@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from tunescope.errors import QueryError, StoreError, UsageError
+from tunescope.files import replacing
 from tunescope.ingest.cache import IngestReport
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.mirror import open_cache
@@ -220,10 +221,9 @@ class Store:
         """Keep the per-run figures beside the segments (written whole, then
         renamed into place); older copies go. Best effort: a read-only or full
         cache only means the next command computes them again."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            self.con.execute(f"COPY _runstats TO {sql_list([str(tmp)])[1:-1]} (FORMAT parquet)")
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                self.con.execute(f"COPY _runstats TO {sql_list([str(tmp)])[1:-1]} (FORMAT parquet)")
             for old in self._segments.glob("runstats-*.parquet"):
                 if old != path and time.time() - old.stat().st_mtime > 120:
                     old.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.eventlog import LineError, dumps, loads, parse_event
+from tunescope.files import replacing
 from tunescope.say import say
 from tunescope.schema import METRIC_NAMES, SCHEMA_VERSION
 
@@ -265,9 +266,8 @@ class EventWriter:
             }
         )
         table = table.replace_schema_metadata(meta)
-        tmp = out.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, out)
+        with replacing(out) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
         self._compacted_to = end
         return out
 

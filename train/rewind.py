@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunescope.files import write_whole
+
 
 class SkipList:
     """Micro-batch positions never trained: ``(epoch, position in the epoch's
@@ -37,9 +39,7 @@ class SkipList:
 
     def save(self, out: str | Path) -> None:
         p = Path(out) / self.NAME
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"skip": sorted(self.items)}) + "\n")
-        tmp.replace(p)
+        write_whole(p, json.dumps({"skip": sorted(self.items)}) + "\n")
 
     def position_of(self, kept: int, per_epoch: int) -> tuple[int, int]:
         """(epoch, raw position) of the ``kept``-th micro-batch trained (0-based

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunescope.alerts import Alert
 from tunescope.errors import StoreError, TunescopeError, UsageError
+from tunescope.files import write_whole
 from tunescope.findings import Finding, Severity, step_range
 from tunescope.ingest.follow import Follower
 from tunescope.say import say
@@ -102,12 +103,7 @@ class WatchState:
             "incidents": self.incidents,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_whole(self.path, json.dumps(data), durable=True)
         self.existed = True
 
 

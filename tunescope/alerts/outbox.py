@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.alerts.model import Alert
+from tunescope.files import write_whole
 
 OUTBOX_NAME = "alerts-outbox.jsonl"
 """The outbox's file name, in the cache dir of the runs (``watch``) or of the run (the trainer)."""
@@ -95,12 +96,8 @@ class Outbox:
         if not entries:
             self.path.unlink(missing_ok=True)
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+        write_whole(self.path, lines, durable=True)
 
     def _update(self, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
         with self._lock, self._file_lock():

@@ -1,0 +1,47 @@
+"""Files written whole or not at all: a temporary name beside the target,
+then one atomic rename.
+
+Readers (another process, a crash's survivor) see the old file or the new
+one, never half of one. Temporary names carry the writer's process id,
+``.NAME.PID.tmp``, so a cache can tell a live writer's leftovers from a dead
+one's (:func:`tunescope.ingest.segments.clean_orphans`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def temp_beside(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends, the file
+    written there replaces ``path``. On an error (or Ctrl-C) the temporary
+    file is removed and ``path`` is untouched."""
+    tmp = temp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_whole(path: Path, data: str | bytes, *, durable: bool = False) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` whole or not at all;
+    ``durable`` also flushes it to the disk before the rename (journals that
+    must survive a power loss, such as the alert outbox)."""
+    body = data.encode("utf-8") if isinstance(data, str) else data
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(body)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
