@@ -355,7 +355,7 @@ def score(
             (r, fl)
             for r, lab in labels["runs"].items()
             for fl in lab["faults"]
-            if fl["detector"] == det
+            if fl["detector"] == det and fl.get("required", True)
         ]
         delays, hits = [], 0
         for r, fl in faults:

@@ -49,13 +49,24 @@ class Spec:
         return not self.labels
 
 
-def label(detector: str, first: int, last: int, note: str, rank: int | None = None) -> dict:
+def label(
+    detector: str,
+    first: int,
+    last: int,
+    note: str,
+    rank: int | None = None,
+    required: bool = True,
+) -> dict:
+    """One labelled fault. ``required=False`` marks a side effect that depends
+    on the machine that made the run (a timing effect of the CPU): a finding
+    there is correct, and its absence is not a miss."""
     return {
         "detector": detector,
         "rank": rank,
         "first_step": first,
         "last_step": last,
         "note": note,
+        "required": required,
     }
 
 
@@ -78,7 +89,9 @@ SPECS: list[Spec] = [
                 "TS302",
                 120,
                 STEPS,
-                "the diverged weights make CPU math slower: ~0.7x throughput from step 120",
+                "the diverged weights make CPU math slower: ~0.7x throughput from step 120"
+                " on the CPU that made it (a side effect: not every CPU slows down)",
+                required=False,
             ),
         ],
     ),
