@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tunescope.files import write_whole
+from tunescope.files import remove_dead_temps, write_whole
 from tunescope.ingest.cache import Cache, IngestReport
 from tunescope.ingest.discover import SKIP_DIRS
 from tunescope.ingest.remote import ObjectInfo, Remote, is_url
@@ -117,6 +117,7 @@ class Mirror:
         started = time.perf_counter()
         listing = [o for o in r.list() if wanted(o.rel)]
         self.root.mkdir(parents=True, exist_ok=True)
+        remove_dead_temps(self.root, recursive=True)  # copies a killed sync left half-written
         state = self._load()
         report = SyncReport(objects=len(listing))
         live = {o.rel for o in listing}

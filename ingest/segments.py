@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tunescope.files import replacing, temp_beside
+from tunescope.files import remove_dead_temps, replacing, temp_beside
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.manifest import TABLES
 
@@ -198,12 +198,7 @@ def clean_orphans(cache_dir: Path, segments_dir: Path, next_seg: int) -> None:
     refers to."""
     patterns = ((segments_dir, ".*.tmp"), (cache_dir, ".*.tmp"), (cache_dir, "manifest.*.tmp"))
     for folder, pattern in patterns:
-        with contextlib.suppress(OSError):
-            for path in folder.glob(pattern):
-                pid = path.name.rsplit(".", 2)[-2]
-                if pid.isdigit() and not _pid_alive(int(pid)):
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+        remove_dead_temps(folder, pattern)
     remove_uncommitted(segments_dir, next_seg)
 
 
@@ -218,13 +213,3 @@ def remove_uncommitted(segments_dir: Path, first: int) -> None:
             if m and int(m.group(1)) >= first:
                 with contextlib.suppress(OSError):
                     path.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # alive, but another user's (or unknowable): leave its files
-    return True

@@ -45,3 +45,29 @@ def write_whole(path: Path, data: str | bytes, *, durable: bool = False) -> None
         if durable:
             f.flush()
             os.fsync(f.fileno())
+
+
+def remove_dead_temps(folder: Path, pattern: str = ".*.tmp", *, recursive: bool = False) -> int:
+    """Remove the temporary files (``.NAME.PID.tmp``) that processes which no
+    longer run left in ``folder`` (and below it, ``recursive``); a live
+    writer's are kept. Returns how many went."""
+    gone = 0
+    with contextlib.suppress(OSError):
+        found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+        for path in list(found):
+            pid = path.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    gone += 1
+    return gone
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # alive, but another user's (or unknowable): leave its files
+    return True

@@ -4,6 +4,7 @@ reached through a counting proxy; the CLI and the store over ``s3://`` URLs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -279,3 +280,19 @@ def test_weights_and_unsafe_keys_are_never_fetched(s3env, tmp_path):
     assert reads == [f"/{BUCKET}/weights/w/events/rank-0.jsonl"]
     assert not (tmp_path / "escape.jsonl").exists()
     store.close()
+
+
+def test_a_killed_syncs_half_written_copies_are_swept(s3env, tmp_path, capsys):
+    url = f"s3://{BUCKET}/fixed"
+    cache = tmp_path / "c"
+    assert main(["ingest", url, "--cache-dir", str(cache)]) == 0
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is now free: a process that no longer runs
+    run_dir = next(p for p in (cache / "mirror").iterdir() if p.is_dir())
+    dead = run_dir / "events" / f".rank-0.jsonl.{child.pid}.tmp"
+    live = run_dir / "events" / f".rank-1.jsonl.{os.getpid()}.tmp"  # a live writer's
+    for p in (dead, live):
+        p.write_bytes(b'{"kind":"step","st')
+    capsys.readouterr()
+    assert main(["ingest", url, "--cache-dir", str(cache)]) == 0
+    assert not dead.exists() and live.exists()
