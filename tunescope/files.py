@@ -4,7 +4,7 @@ then one atomic rename.
 Readers (another process, a crash's survivor) see the old file or the new
 one, never half of one. Temporary names carry the writer's process id,
 ``.NAME.PID.tmp``, so a cache can tell a live writer's leftovers from a dead
-one's (:func:`tunescope.ingest.segments.clean_orphans`).
+one's (:func:`remove_dead_temps`, used by the cache and the S3 mirror).
 """
 
 from __future__ import annotations
