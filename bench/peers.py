@@ -2,15 +2,15 @@
 instead of tunescope, replayed on the same labelled logs, against tunescope's
 own findings.
 
-    python bench/peers.py              # fixtures/real, and /work/shared/real-logs when present
+    python bench/peers.py              # fixtures/real, and shared/real-logs when present
     python bench/peers.py DIR [DIR..]  # any folders of run dirs with a LABELS.json
     python bench/peers.py --alerts     # also print every peer alert
 
 The peers and where their rules were read are in ``bench/peers_rules.py``:
 Lightning's ``SpikeDetection`` callback, trainscope's CUSUM, trainsight's loss,
-AMP and gradient rules, and GradScope's gradient-norm warnings. All four were
-found; the rules a log cannot feed (per-layer gradients, AMP overflow flags,
-trainscope's optional PELT pass) are left out, as that module says.
+AMP and gradient rules, and gradscope's gradient alert rules. All four were
+found; the rules a log cannot feed (per-layer gradients, AMP overflow flags)
+are left out, as that module says.
 
 Each run's ``steps`` view gives the loss and the grad norm (the lowest rank that
 logged a loss), the ``metrics`` view the eval loss (``eval_loss``, else the first
@@ -24,8 +24,11 @@ inside the fault's steps, allowing one logging interval either side, as
 A peer's false-alarm rate is the fraction of healthy run dirs where it raises any
 alert outside labelled fault steps (tunescope: a warning or an error), and, per
 rule, the fraction of run dirs without a fault of its kind where it fires. A
-run dir counts once even when it holds several runs, and a label already read
-from an earlier folder is not read again. Exits 0: the figures are the output.
+run dir counts once even when it holds several runs; one with no loss read is
+named and left out; a label already read from an earlier folder is not read
+again. Then the lists: faults a peer catches and tunescope misses, faults both
+catch where a peer's alert comes at an earlier step, and how many of
+tunescope's catches each peer misses. Exits 0: the figures are the output.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +47,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers_rules import KIND, PEERS, RULES, Alert, replay
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path("/work/shared/real-logs")
+
+
+def shared_logs() -> Path | None:
+    """The larger labelled set of real logs, ``shared/real-logs`` in a folder
+    above the checkout, when there is one (it is read, never written)."""
+    for up in REPO.parents:
+        if (up / "shared" / "real-logs" / "LABELS.json").is_file():
+            return up / "shared" / "real-logs"
+    return None
 
 
 @dataclass
@@ -177,8 +189,11 @@ def load_labels(path: Path) -> dict[str, Any]:
     return doc
 
 
-def read_root(root: Path, tmp: Path, skip: set[str]) -> list[Label]:
-    """Ingest one labelled folder, analyze it, replay every peer on every run."""
+def read_root(
+    root: Path, tmp: Path, skip: set[str], seconds: dict[str, float] | None = None
+) -> list[Label]:
+    """Ingest one labelled folder, analyze it, replay every peer on every run;
+    ``seconds`` adds up the time of ``analyze`` and of the replays."""
     from tunescope.detectors.engine import analyze
     from tunescope.detectors.scoring import judge, label_of
     from tunescope.findings import Severity
@@ -186,8 +201,11 @@ def read_root(root: Path, tmp: Path, skip: set[str]) -> list[Label]:
 
     labels = load_labels(root / "LABELS.json")
     store = Store.open(root, tmp / f"cache-{len(skip)}")
+    took = seconds if seconds is not None else {}
     try:
+        t0 = time.perf_counter()
         findings = analyze(store)
+        took["analyze"] = took.get("analyze", 0.0) + time.perf_counter() - t0
         cur = store.cursor()
         series = _series(cur)
         counts = dict(
@@ -229,9 +247,11 @@ def read_root(root: Path, tmp: Path, skip: set[str]) -> list[Label]:
             f.tunescope_step = min(steps) if f.tunescope and steps else None
             faults.append(f)
         label = Label(key, bool(lab.get("healthy")), faults, runs=len(runs))
+        t0 = time.perf_counter()
         for r in runs:
             s = series[r]
             label.alerts.extend(replay(s.steps, s.losses, s.grad_steps, s.grad_norms, s.evals))
+        took["replay"] = took.get("replay", 0.0) + time.perf_counter() - t0
         for fd in findings:
             if (
                 label_of(fd.run) == key
@@ -340,6 +360,17 @@ def report(every_label: list[Label], alerts: bool = False) -> None:
                 print(f"  {lab.key} {a.peer} {a.rule} step {a.step} value {a.value:.4g}{where}")
 
 
+def _show(root: Path) -> str:
+    """A folder relative to the checkout, or to the nearest folder above it
+    that holds it (``shared/real-logs``); else as given."""
+    for up in [REPO, *REPO.parents[:-1]]:
+        try:
+            return str(root.resolve().relative_to(up))
+        except ValueError:
+            continue
+    return str(root)
+
+
 def _outside(lab: Label, peer: str) -> bool:
     return any(a.peer == peer and not lab.inside(a.step) for a in lab.alerts)
 
@@ -349,29 +380,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("roots", nargs="*", help="folders of run dirs with a LABELS.json")
     p.add_argument("--alerts", action="store_true", help="print every peer alert")
     a = p.parse_args(argv)
+    shared = shared_logs()
     roots = [Path(r) for r in a.roots] or [
         REPO / "fixtures" / "real",
-        *([SHARED] if (SHARED / "LABELS.json").is_file() else []),
+        *([shared] if shared else []),
     ]
     from tunescope.errors import TunescopeError
 
     labels: list[Label] = []
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for root in roots:
             if not (root / "LABELS.json").is_file():
                 print(f"peers: {root}: no LABELS.json here; skipped", file=sys.stderr)
                 continue
             try:
-                new = read_root(root, Path(tmp), {lab.key for lab in labels})
+                new = read_root(root, Path(tmp), {lab.key for lab in labels}, seconds)
             except (BadLabels, TunescopeError) as e:
                 print(f"peers: {e}", file=sys.stderr)
                 continue
-            print(f"Peers on {root}: {len(new)} new labelled run dirs")
+            print(f"Peers on {_show(root)}: {len(new)} new labelled run dirs")
             labels.extend(new)
     if not labels:
         print("peers: no labelled run dirs read", file=sys.stderr)
         return 0
     report(labels, a.alerts)
+    an, rp = seconds.get("analyze", 0.0), seconds.get("replay", 0.0)
+    print(
+        f"replaying every peer took {rp:.2f}s, {rp / max(an, 1e-9):.2f}x the {an:.2f}s of "
+        "tunescope's analyze over the same stores (measured in this run)"
+    )
     return 0
 
 

@@ -4,7 +4,7 @@ re-implemented over logged series (steps, losses, gradient norms) so that
 
 Each rule follows its tool's published source with its published defaults;
 the code here is written from those descriptions. On the series of
-``fixtures/real``, ``/work/shared/real-logs`` and ``fixtures/runs`` (58 runs)
+``fixtures/real``, ``shared/real-logs`` and ``fixtures/runs`` (58 runs)
 the replays raise the same alerts at the same steps as the tools' own code
 (lightning 2.6.6, trainscope 1.8.1, trainsight 0.2.1 and gradscope 0.1.0 from
 PyPI, run outside this project; none is a dependency of it), all but
