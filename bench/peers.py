@@ -361,9 +361,10 @@ def report(every_label: list[Label], alerts: bool = False) -> None:
 
 
 def _show(root: Path) -> str:
-    """A folder relative to the checkout, or to the nearest folder above it
-    that holds it (``shared/real-logs``); else as given."""
-    for up in [REPO, *REPO.parents[:-1]]:
+    """A folder relative to the checkout, or to the folder that holds
+    ``shared/`` (``shared/real-logs``); else as given."""
+    shared = shared_logs()
+    for up in [REPO, *([shared.parent.parent] if shared else [])]:
         try:
             return str(root.resolve().relative_to(up))
         except ValueError:

@@ -63,8 +63,8 @@ def test_peer_alerts_map_to_the_labelled_faults(labels):
 def test_the_bench_prints_its_tables_and_reads_a_label_once(root, capsys):
     assert peers.main([str(root), str(root)]) == 0
     out = capsys.readouterr().out
-    assert f"Peers on {root}: 3 new labelled run dirs" in out
-    assert f"Peers on {root}: 0 new labelled run dirs" in out
+    assert ": 3 new labelled run dirs" in out
+    assert ": 0 new labelled run dirs" in out  # the same folder again adds nothing
     assert "3 labelled run dirs read (1 healthy), 2 labelled faults" in out
     assert "| lightning | 2/2 | 2/2 |" in out
     assert "| lightning spike | TS001, TS101, TS102 | 2/2 |" in out
