@@ -57,6 +57,10 @@ trainsight's gradient thresholds, whose hooks need a model to run.
   same name (Mahdi-Rashidiyan/GradScope @ e8425524, ``gradscope/tracker.py``)
   warns at a global norm below 1e-5 or above 1e3; no log here comes near either.
 
+Every rule sees what a log holds: one point per logged step (HF-style logs
+average the loss over each logging interval), where the tool inside a training
+loop sees every batch; a batch index is a logged point's position.
+
 A rule that compares with NaN is false (as in Python, numpy and torch): a NaN
 norm is neither exploding nor vanishing. A fit over a window that holds a NaN
 (numpy raises there) counts as no alert.
