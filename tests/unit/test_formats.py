@@ -222,6 +222,7 @@ def test_every_real_log_is_recognised_by_the_right_reader():
         "megds-3d-diverging/meg_ds_3d_gpt2_perf_n16-ds-off.out": "console",
         "megds-zero-timelimit/meg_ds_zero_gpt2_perf_n16-1999616.out": "console",
         "metamath-1epoch/output/trainer_state.json": "hf_trainer_state",
+        "mobilevlm-dataloader-missing-file/train.out": "console",
         "nanogpt-char-overfit-b/files/output.log": "console",
         "nanogpt-char-overfit/files/output.log": "console",
         "nanogpt-healthy-5k-b/files/output.log": "console",
