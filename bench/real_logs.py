@@ -71,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     for v in verdicts:
         for m in v.missed:
-            print(f"  missed   {v.label}: {m}")
+            tag = "missed*  " if m in v.known_misses else "missed   "
+            print(f"  {tag}{v.label}: {m}")
         for m in v.false_alarms:
-            print(f"  false    {v.label}: {m}")
+            tag = "false*   " if m in v.known_alarms else "false    "
+            print(f"  {tag}{v.label}: {m}")
     read = sum(v.read for v in verdicts)
     n_faults = sum(len(v.found) + len(v.missed) for v in verdicts)
     found = sum(len(v.found) for v in verdicts)
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         c[f.severity.level] += 1
     print(
         f"read {read}/{len(verdicts)} run dirs; faults found {found}/{n_faults}; "
-        f"false alarms {false}"
+        f"false alarms {false}; as labelled (allowing expect_read, known_miss, "
+        f"known_false_alarms: the starred lines) {sum(v.as_labelled for v in verdicts)}/{len(verdicts)}"
     )
     print(
         "findings per detector (info/warning/error): "

@@ -14,7 +14,21 @@ detectors must stay quiet::
   logging interval either side;
 - a quiet detector raises nothing at warning or above outside the faults' steps;
 - a healthy run has no error at all (``tunescope analyze`` exits 0 on it);
-- every labelled run directory is read: it holds at least one run with a loss.
+- every labelled run directory is read: it holds at least one run with a loss,
+  unless it says ``"expect_read": false`` (today's readers cannot read it, or
+  the file holds no loss at all: ``"has_loss": false``); such a run must then be
+  unread, so the flag is flipped when a reader learns the format;
+- a fault labelled ``"known_miss": "why"`` is found by no detector today: a
+  miss is still reported, in ``missed`` and in ``known_misses``, and a test may
+  allow it; finding it is reported in ``unexpected_finds`` so the key is removed;
+- ``"known_false_alarms": ["TS101", ...]`` names quiet detectors known to raise
+  a warning on the run today: their alarms are reported in ``false_alarms`` and
+  in ``known_alarms``.
+
+Other keys describe the log and are not judged here: ``has_loss``, ``shape``
+(``hf_state``, ``megatron``, ``block_records``...), ``trainer``, and for a run
+that died ``death`` (``{"cause": "cuda_oom" | "nccl_timeout" | ..., "step": N,
+"line": "..."}``), judged through its ``TS601`` fault like any other.
 
 A run id belongs to the label of its first path component, so a run directory
 that holds several runs (``runs/<date>/``, ``train.log#2``) is judged as one.
@@ -43,6 +57,14 @@ class RunVerdict:
     """Labelled faults not found at their minimum severity."""
     false_alarms: list[str] = field(default_factory=list)
     """Warnings or errors of quiet detectors, and errors on healthy runs."""
+    expect_read: bool = True
+    """False where the labels say today's readers cannot read the run."""
+    known_misses: list[str] = field(default_factory=list)
+    """The misses whose fault is labelled ``known_miss`` (also in ``missed``)."""
+    unexpected_finds: list[str] = field(default_factory=list)
+    """Faults labelled ``known_miss`` that were found after all."""
+    known_alarms: list[str] = field(default_factory=list)
+    """The false alarms of detectors labelled ``known_false_alarms`` (also in ``false_alarms``)."""
 
     @property
     def read(self) -> bool:
@@ -51,6 +73,16 @@ class RunVerdict:
     @property
     def ok(self) -> bool:
         return self.read and not self.missed and not self.false_alarms
+
+    @property
+    def as_labelled(self) -> bool:
+        """Holds to its labels, allowing what they mark as known today."""
+        return (
+            self.read == self.expect_read
+            and set(self.missed) <= set(self.known_misses)
+            and not self.unexpected_finds
+            and set(self.false_alarms) <= set(self.known_alarms)
+        )
 
 
 def label_of(run_id: str) -> str:
@@ -80,7 +112,7 @@ def judge(
         runs_of.setdefault(label_of(run), []).append(run)
     out = []
     for key, lab in sorted(labels.get("runs", {}).items()):
-        v = RunVerdict(key, sorted(runs_of.get(key, [])))
+        v = RunVerdict(key, sorted(runs_of.get(key, [])), expect_read=lab.get("expect_read", True))
         v.steps = sum(int(steps.get(r, 0) or 0) for r in v.runs)
         mine = by_label.get(key, [])
         slack = max([int((logging_steps or {}).get(r, 1) or 1) for r in v.runs] or [1])
@@ -100,11 +132,16 @@ def judge(
             if hits:
                 best = max(hits, key=lambda f: f.severity.level)
                 v.found.append(f"{name}: {best.severity.value} at {best.step_start}")
+                if fl.get("known_miss"):
+                    v.unexpected_finds.append(f"{name}: labelled known_miss ({fl['known_miss']})")
             else:
                 near = [f for f in mine if f.detector == fl["detector"]]
                 got = ", ".join(f"{f.severity.value} at {f.step_start}" for f in near) or "nothing"
                 v.missed.append(f"{name}: got {got}")
+                if fl.get("known_miss"):
+                    v.known_misses.append(v.missed[-1])
         quiet = set(lab.get("quiet", []))
+        known_alarm = set(lab.get("known_false_alarms", []))
         for f in mine:
             if f.severity.level < Severity.WARNING.level:
                 continue
@@ -113,6 +150,8 @@ def judge(
                 lab.get("healthy") and f.severity is Severity.ERROR
             ):
                 v.false_alarms.append(_describe(f))
+                if f.detector in known_alarm:
+                    v.known_alarms.append(v.false_alarms[-1])
         out.append(v)
     return out
 
