@@ -436,3 +436,64 @@ def test_a_line_nested_thousands_deep_is_reported_not_a_crash(tmp_path, line):
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert f"{path}:3001: malformed JSON: nested too deeply" in proc.stderr
     assert "3,002 step rows" in proc.stdout + proc.stderr
+
+
+def _nested(depth: int, text: bytes) -> bytes:
+    return b"[" * depth + b'"' + text + b'"' + b"]" * depth
+
+
+@pytest.mark.parametrize("lines", [10, 3000], ids=["small", "large"])
+def test_a_surrogate_pair_nested_hundreds_deep_is_read_with_its_neighbours(tmp_path, lines):
+    deep = b'{"v":1,"kind":"eval","step":5,"x":' + _nested(350, b"\\ud83d\\ude00") + b"}\n"
+    store, _ = ingest_bytes(tmp_path, _steps_of(lines) + deep + _steps_of(lines, 5000))
+    assert store.last_report.problems == []
+    cur = store.cursor()
+    assert cur.execute("SELECT count(*) FROM steps").fetchone() == (2 * lines,)
+    (payload,) = cur.execute("SELECT payload FROM events WHERE kind = 'eval'").fetchone()
+    assert "\U0001f600" in payload
+
+
+@pytest.mark.parametrize("lines", [10, 3000], ids=["small", "large"])
+def test_a_lone_surrogate_nested_hundreds_deep_costs_its_line_only(tmp_path, lines):
+    deep = b'{"v":1,"kind":"eval","step":5,"x":' + _nested(350, b"\\ud83d") + b"}\n"
+    store, path = ingest_bytes(tmp_path, _steps_of(lines) + deep + _steps_of(lines, 5000))
+    (p,) = store.last_report.problems
+    assert (p.path, p.line) == (str(path), lines + 1)
+    assert "unpaired surrogate" in p.reason
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (2 * lines,)
+
+
+def test_the_closing_line_claims_kept_neighbours_only_when_every_skip_is_a_line(tmp_path):
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    bad = runs / "a" / "events" / "rank-0.jsonl"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(GOOD_1 + b"{oops\n" + GOOD_3)
+
+    def closing() -> str:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tunescope",
+                "ingest",
+                str(runs),
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr.strip().splitlines()[-1]
+
+    assert closing() == "tunescope: 1 line skipped (good lines around them were kept)"
+    whole = runs / "b" / "events" / "rank-0-1.parquet"  # a Parquet copy that is not Parquet
+    whole.parent.mkdir(parents=True)
+    whole.write_bytes(b"PAR1 but not really")
+    last = closing()
+    assert "good lines around" not in last
+    assert last == "tunescope: 2 lines or files skipped (listed above); the rest was read"
