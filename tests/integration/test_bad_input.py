@@ -497,3 +497,34 @@ def test_the_closing_line_claims_kept_neighbours_only_when_every_skip_is_a_line(
     last = closing()
     assert "good lines around" not in last
     assert last == "tunescope: 2 lines or files skipped (listed above); the rest was read"
+
+
+def _csv_store(tmp_path, lines: list[str]):
+    path = tmp_path / "runs" / "r" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache"), path
+
+
+HUGE = "x" * (200 << 10)  # over the csv module's 128 KiB field limit
+
+
+def test_a_csv_cell_over_the_field_limit_costs_that_cell_only(tmp_path):
+    lines = ["step,loss,note", *(f"{s},{1 / s},ok" for s in range(1, 21))]
+    lines[10] = f'10,0.1,"{HUGE}"'
+    store, path = _csv_store(tmp_path, lines)
+    (p,) = store.last_report.problems
+    assert (p.path, p.line) == (str(path), 11)
+    assert "note: a cell over 131,072 characters; dropped" in p.reason
+    got = store.cursor().execute("SELECT count(*), min(step), max(step) FROM steps").fetchone()
+    assert got == (20, 1, 20)
+    assert store.cursor().execute("SELECT loss FROM steps WHERE step = 10").fetchone() == (0.1,)
+
+
+def test_a_csv_header_name_over_the_field_limit_costs_that_column_only(tmp_path):
+    lines = [f"step,loss,{HUGE}", *(f"{s},{1 / s},3" for s in range(1, 21))]
+    store, path = _csv_store(tmp_path, lines)
+    (p,) = store.last_report.problems
+    assert (p.path, p.line) == (str(path), 1)
+    assert "column 3: a name over 131,072 characters" in p.reason
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (20,)
