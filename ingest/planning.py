@@ -76,13 +76,18 @@ def read_batches(
     for group in by_reader.values():
         reader = group[0].reader
         for batch in batches(group, sizes):
-            out = _read_sources(reader, batch, known)
-            done += len(out)
-            read_bytes += sum(sizes.get(s.key, 0) for s, _ in out)
-            if progress is not None:
-                rows_done += sum(r.rows for _, r in out)
-                progress(read_bytes, total_bytes, files=done, of=len(changed), rows=rows_done)
-            yield out
+            while batch:
+                out = _read_sources(reader, batch, known)
+                # A reader that stopped at its bound is called again once the
+                # caller has recorded this part (``known`` then holds its state).
+                batch = [s for s, r in out if r.more]
+                finished = [s for s, r in out if not r.more]
+                done += len(finished)
+                read_bytes += sum(sizes.get(s.key, 0) for s in finished)
+                if progress is not None:
+                    rows_done += sum(r.rows for _, r in out)
+                    progress(read_bytes, total_bytes, files=done, of=len(changed), rows=rows_done)
+                yield out
 
 
 def _read_sources(
