@@ -33,7 +33,7 @@ from tunescope.files import replacing
 from tunescope.ingest.cache import IngestReport
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.mirror import open_cache
-from tunescope.ingest.sql_guard import check_read_only, first_line, statement_kind
+from tunescope.ingest.sql_guard import check_read_only, first_line, one_line, statement_kind
 from tunescope.ingest.views import (
     EMPTY,
     FINDINGS_SCHEMA,
@@ -259,7 +259,7 @@ class Store:
                 f"({first_line(e)})"
             ) from None
         except duckdb.Error as e:
-            raise QueryError(str(e).strip()) from None
+            raise QueryError(one_line(e)) from None
 
     def query_page(
         self, sql: str, limit: int, offset: int, con: duckdb.DuckDBPyConnection | None = None
