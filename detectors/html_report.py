@@ -38,6 +38,7 @@ from tunescope.detectors.curves import (
 )
 from tunescope.detectors.html_data import collect, compare
 from tunescope.detectors.siblings import diff_keys
+from tunescope.files import write_output
 from tunescope.findings import Finding, Severity, jsonable
 from tunescope.numbers import cell
 
@@ -441,5 +442,5 @@ def write_report(store: Any, run_ids: list[str], path: str | Path) -> Path:
     runs = run_summaries(store, findings, run_ids)
     page = build(findings, runs, collect(store, findings, runs))
     path = Path(path)
-    path.write_text(page, encoding="utf-8")
+    write_output(path, page)
     return path

@@ -215,6 +215,23 @@ def test_export_replaces_a_link_not_what_it_points_to(runs, tmp_path):
     assert victim.read_text() == "keep me" and not link.is_symlink()
 
 
+@pytest.mark.parametrize("command", ["report", "analyze", "query"])
+def test_output_through_a_link_replaces_the_link_not_its_target(runs, tmp_path, command):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / "out.txt"
+    link.symlink_to(victim)
+    args = {
+        "report": ["report", str(runs)],
+        "analyze": ["analyze", str(runs), "--format", "json", "--exit-zero"],
+        "query": ["query", str(runs), "SELECT 1 AS one"],
+    }[command]
+    out = run(*args, "-o", str(link))
+    assert out.returncode == 0, out.stderr
+    assert victim.read_text() == "keep me"
+    assert not link.is_symlink() and link.stat().st_size > 0
+
+
 def test_schema_json_is_a_json_schema():
     out = run("schema", "--json")
     doc = json.loads(out.stdout)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunescope.cli.args import runs_arg
 from tunescope.errors import ExitCode, InputError, UsageError
+from tunescope.files import write_output
 from tunescope.opening import open_store
 from tunescope.say import say
 from tunescope.words import count
@@ -72,7 +73,7 @@ def write_table(table: pa.Table, fmt: str, output: str | None) -> None:
         text = format_table(table)
     if output:
         try:
-            Path(output).write_text(text, encoding="utf-8")
+            write_output(Path(output), text)
         except OSError as e:
             raise InputError(f"{output}: cannot write: {e.strerror or e}") from None
     else:
