@@ -528,3 +528,26 @@ def test_a_csv_header_name_over_the_field_limit_costs_that_column_only(tmp_path)
     assert (p.path, p.line) == (str(path), 1)
     assert "column 3: a name over 131,072 characters" in p.reason
     assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (20,)
+
+
+def _records_json_with_a_deep_key(tmp_path, depth: int):
+    import json
+
+    records = [{"step": s, "loss": 1.0 / s} for s in range(1, 21)]
+    body = json.dumps({"log_history": records})[:-1]
+    body += ', "deep": ' + "[" * depth + "]" * depth + "}"
+    path = tmp_path / "runs" / "r" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(body)
+    return Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache"), path
+
+
+def test_a_json_file_with_a_key_nested_990_deep_after_its_records_is_read(tmp_path):
+    store, _ = _records_json_with_a_deep_key(tmp_path, 990)
+    assert store.last_report.problems == [] and store.last_report.unclaimed == []
+    assert store.cursor().execute("SELECT count(*), max(step) FROM steps").fetchone() == (20, 20)
+
+
+def test_a_json_file_nested_too_deep_to_parse_says_so(tmp_path):
+    store, path = _records_json_with_a_deep_key(tmp_path, 20_000)
+    assert store.last_report.unclaimed == [(path, "nested more than 5,000 levels deep: not read")]
