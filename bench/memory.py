@@ -10,6 +10,14 @@ the corpus, the ratio stays near 1 while the corpus is 10x larger.
 
 Targets: `analyze` over 4 M rows in 1,000 runs under 500 MB; a re-ingest of
 the unchanged corpus under 200 MB.
+
+    python bench/memory.py --one-file 100   # one rank file of 100 MB
+
+One rank file with a string field on every line (each line an event row as
+well as a step row): the peak of a first `ingest` against the file's size,
+and against the same file at a tenth of the size (the baseline). The reader
+decodes a bounded part of a file at a time, so the ratio stays near 1.
+Target: under 500 MB for a 405 MB file.
 """
 
 from __future__ import annotations
@@ -62,6 +70,58 @@ def write_corpus(root: Path, runs: int, steps: int, seed: int = 0) -> None:
         (d / "rank-0.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def write_one_file(root: Path, mb: float, seed: int = 0) -> int:
+    """One run with one rank file of about ``mb`` MB, a string on every line;
+    returns its size in bytes."""
+    rnd = random.Random(seed)
+    d = root / "run-big" / "events"
+    d.mkdir(parents=True)
+    path = d / "rank-0.jsonl"
+    target = int(mb * 1e6)
+    with open(path, "w") as f:
+        f.write('{"v":1,"kind":"run_start","run":"run-big","rank":0,"ts":1.7e9}\n')
+        step = size = 0
+        while size < target:
+            lines = []
+            for _ in range(10_000):
+                step += 1
+                lines.append(
+                    f'{{"v":1,"kind":"step","step":{step},"ts":{1.7e9 + step:.1f},'
+                    f'"loss":{1 + rnd.random():.5f},"lr":0.0001,'
+                    f'"note":"batch-{rnd.getrandbits(32):08x}"}}\n'
+                )
+            chunk = "".join(lines)
+            f.write(chunk)
+            size += len(chunk)
+    return path.stat().st_size
+
+
+def one_large_file(mb: float) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="ts-mem-"))
+    try:
+        results = {}
+        for label, size_mb in (("baseline (a tenth)", mb / 10), ("file", mb)):
+            root = tmp / label.split()[0]
+            size = write_one_file(root, size_mb)
+            peak, dt = peak_mb("ingest", str(root), "--cache-dir", str(tmp / f"cache-{label[:4]}"))
+            results[label] = (size, peak)
+            print(
+                f"{label}: one rank file of {size / 1e6:.0f} MB, first ingest peak "
+                f"{peak:.0f} MB ({peak * 1e6 / size:.2f}x the file) in {dt:.1f}s"
+            )
+        (bsize, bpeak), (fsize, fpeak) = results["baseline (a tenth)"], results["file"]
+        print(
+            f"peak memory, {fsize / 1e6:.0f} MB file / a tenth of it: {fpeak / bpeak:.2f}x "
+            f"(the file is {fsize / bsize:.1f}x larger); +{fpeak - bpeak:.0f} MB for "
+            f"+{(fsize - bsize) / 1e6:.0f} MB of log"
+        )
+        per_mb = (fpeak - bpeak) * 1e6 / (fsize - bsize)
+        scaled = fpeak + per_mb * (405e6 - fsize) / 1e6
+        print(f"target: a 405 MB file under 500 MB (this growth scaled: {scaled:.0f} MB)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def peak_mb(*args: str) -> tuple[float, float]:
     """Peak resident memory (MB) and wall time (s) of one tunescope command."""
     t0 = time.perf_counter()
@@ -77,7 +137,11 @@ def peak_mb(*args: str) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/memory.py")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--one-file", type=float, metavar="MB", help="one rank file of MB megabytes")
     a = p.parse_args(argv)
+    if a.one_file:
+        one_large_file(a.one_file)
+        return 0
     runs, steps = (200, 2000) if a.quick else (1000, 4000)
     tmp = Path(tempfile.mkdtemp(prefix="ts-mem-"))
     try:

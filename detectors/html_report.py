@@ -38,6 +38,7 @@ from tunescope.detectors.curves import (
 )
 from tunescope.detectors.html_data import collect, compare
 from tunescope.detectors.siblings import diff_keys
+from tunescope.files import write_output
 from tunescope.findings import Finding, Severity, jsonable
 from tunescope.numbers import cell
 
@@ -356,9 +357,22 @@ def _detectors_section(findings: list[Finding]) -> str:
     return "\n".join(parts)
 
 
+# Inside a <script> element the HTML parser looks for "</script" and, after
+# "<!--", for "<script" too (which hides the real end tag and swallows the rest
+# of the page): no "<" may appear raw. ">" and "&" go too, and U+2028/U+2029,
+# which end a line in older JavaScript. Each becomes a JSON \u escape, so the
+# text that JSON.parse returns is unchanged.
+_SCRIPT_UNSAFE = str.maketrans({c: f"\\u{ord(c):04x}" for c in ("<", ">", "&", "\u2028", "\u2029")})
+
+
+def script_json(data: Any) -> str:
+    """``data`` as JSON that is safe to inline in a ``<script>`` element."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_UNSAFE)
+
+
 def _page(title: str, parts: list[str], data: dict[str, Any]) -> str:
     """The document around the sections: the inlined styles, data and scripts."""
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    payload = script_json(data)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
@@ -428,5 +442,5 @@ def write_report(store: Any, run_ids: list[str], path: str | Path) -> Path:
     runs = run_summaries(store, findings, run_ids)
     page = build(findings, runs, collect(store, findings, runs))
     path = Path(path)
-    path.write_text(page, encoding="utf-8")
+    write_output(path, page)
     return path

@@ -20,6 +20,7 @@ import csv
 import io
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,35 @@ VERSION_DIR = re.compile(r"^version_(\d+)$")
 _HEAD = 64 << 10
 
 
-def _split(line: bytes) -> list[str]:
+# The csv module refuses a cell longer than its (process-wide) field limit and
+# with it the whole line. Such a cell is never a number: it is dropped, the
+# rest of its row kept. The limit is raised only for that line, under a lock.
+CELL_LIMIT = csv.field_size_limit()
+_LIMIT_LOCK = threading.Lock()
+
+
+def _cells(line: bytes) -> tuple[list[str], list[int]]:
+    """The cells of one CSV line, and the indexes of cells over
+    ``CELL_LIMIT`` characters (left blank)."""
     text = line.decode("utf-8", errors="replace").rstrip("\r\n")
-    return next(csv.reader(io.StringIO(text)), [])
+    try:
+        return next(csv.reader(io.StringIO(text)), []), []
+    except csv.Error:
+        pass
+    with _LIMIT_LOCK:
+        old = csv.field_size_limit(len(text) + 1)
+        try:
+            cells = next(csv.reader(io.StringIO(text)), [])
+        except csv.Error:
+            cells = []  # malformed beyond the length: the caller sees no cells
+        finally:
+            csv.field_size_limit(old)
+    long = [i for i, c in enumerate(cells) if len(c) > CELL_LIMIT]
+    return [c if len(c) <= CELL_LIMIT else "" for c in cells], long
+
+
+def _split(line: bytes) -> list[str]:
+    return _cells(line)[0]
 
 
 def columns(header: list[str], keys: KeyMap) -> tuple[str | None, str | None]:
@@ -138,7 +165,16 @@ class CSVReader:
         header: list[str] = list(old.get("header", []))
         problems: list[Problem] = []
         if not header and lines:
-            header = [h.strip() for h in _split(lines[0])]
+            cells, long = _cells(lines[0])
+            header = [h.strip() for h in cells]
+            problems.extend(
+                Problem(
+                    str(path),
+                    lineno + 1,
+                    f"column {i + 1}: a name over {CELL_LIMIT:,} characters; not read",
+                )
+                for i in long
+            )
             lines = lines[1:]
             lineno += 1
         step_col, loss_col = columns(header, keys)
@@ -217,7 +253,14 @@ def _merge_lines(
         if not line.strip():
             continue
         records += 1
-        cells = _split(line)
+        cells, long = _cells(line)
+        for i in long:
+            name = header[i] if i < len(header) else f"cell {i + 1}"
+            problems.append(
+                Problem(
+                    str(path), lineno, f"{name}: a cell over {CELL_LIMIT:,} characters; dropped"
+                )
+            )
         if len(cells) > len(header):
             problems.append(
                 Problem(str(path), lineno, f"{len(cells)} cells for {len(header)} columns")

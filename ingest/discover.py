@@ -80,6 +80,12 @@ def unclaimed_hint(path: Path) -> str | None:
     name = path.name.lower()
     if name.endswith(".csv"):
         return "a CSV without a step column and a loss column ([tool.tunescope.ingest] names them)"
+    if name.endswith(".json"):
+        from tunescope.ingest.records import json_trouble
+
+        trouble = json_trouble(path)
+        if trouble is not None:
+            return trouble
     if name.endswith((".jsonl", ".json")):
         return "no records with a step key and a loss key ([tool.tunescope.ingest] names them)"
     return None

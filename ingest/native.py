@@ -33,6 +33,12 @@ from tunescope.ingest.tail import Chunk, read_new_lines
 # Chunks smaller than this are parsed in Python: the fast path's fixed cost
 # per chunk is larger than the parse.
 FAST_PATH_MIN_BYTES = 64 * 1024
+# What one read of one file decodes at most: a larger file is read in parts
+# (each recorded before the next is read). Rows and their strings take about
+# ten times the bytes of their lines while they are built, so memory follows
+# this bound and not the size of the file.
+READ_BYTES = 8 * 1024 * 1024
+READ_LINES = 65_536
 
 
 class NativeReader:
@@ -63,6 +69,7 @@ class NativeReader:
         from concurrent.futures import ThreadPoolExecutor
 
         results: list[ReadResult | None] = [None] * len(items)
+        more = [False] * len(items)
         workers = min(os.cpu_count() or 1, 8)
         total = 0
         for path, _ in items:
@@ -79,7 +86,8 @@ class NativeReader:
                 if RANK_PARQUET.match(path.name):
                     results[i] = read_parquet(path, state)
                     continue
-                chunk = read_new_lines(path, state)
+                chunk = read_new_lines(path, state, READ_BYTES, READ_LINES)
+                more[i] = chunk.more
                 if not chunk.data or not _looks_clean(chunk.data):
                     results[i] = read_exact(path, chunk)
                     continue
@@ -98,6 +106,9 @@ class NativeReader:
                 done.update(future.result())
         for i, path, chunk in fast:
             results[i] = done.get(i) or read_exact(path, chunk)
+        for i, result in enumerate(results):
+            if result is not None:
+                result.more = more[i]
         return [r for r in results if r is not None]
 
 

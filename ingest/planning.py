@@ -67,7 +67,9 @@ def read_batches(
     known: dict[str, Any],
     progress: Callable[..., None] | None,
 ) -> Iterator[list[tuple[Source, ReadResult]]]:
-    """The changed sources read, a batch at a time, each by its reader."""
+    """The changed sources read, a batch at a time, each by its reader; a
+    source whose reader stopped at its bound (``ReadResult.more``) is read on
+    in further batches, after the caller has recorded each part."""
     by_reader: dict[int, list[Source]] = {}
     for s in changed:
         by_reader.setdefault(id(s.reader), []).append(s)
@@ -76,13 +78,24 @@ def read_batches(
     for group in by_reader.values():
         reader = group[0].reader
         for batch in batches(group, sizes):
-            out = _read_sources(reader, batch, known)
-            done += len(out)
-            read_bytes += sum(sizes.get(s.key, 0) for s, _ in out)
-            if progress is not None:
-                rows_done += sum(r.rows for _, r in out)
-                progress(read_bytes, total_bytes, files=done, of=len(changed), rows=rows_done)
-            yield out
+            while batch:
+                before = {s.key: _state(known, s) for s in batch}
+                out = _read_sources(reader, batch, known)
+                finished = [s for s, r in out if not r.more]
+                done += len(finished)
+                read_bytes += sum(sizes.get(s.key, 0) for s in finished)
+                if progress is not None:
+                    rows_done += sum(r.rows for _, r in out)
+                    progress(read_bytes, total_bytes, files=done, of=len(changed), rows=rows_done)
+                yield out
+                # A reader that stopped at its bound is called again once the
+                # caller has recorded this part (``known`` then holds the state
+                # it reached); never again from the same state.
+                batch = [s for s, r in out if r.more and _state(known, s) != before[s.key]]
+
+
+def _state(known: dict[str, Any], source: Source) -> Any:
+    return (known.get(source.key) or {}).get("state")
 
 
 def _read_sources(

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +111,51 @@ def _status(obj: Any) -> str | None:
 _JSON: dict[str, tuple[tuple[int, int], Any]] = {}
 
 
-def _load_json(path: Path) -> Any:
-    def parse(data: bytes) -> Any:
+# Python's JSON parser counts each level of nesting against the recursion
+# limit (1,000 less what the caller's stack holds). A file nested deeper (a
+# deep key after its records) is parsed again with room for DEEP_JSON more
+# levels; one nested deeper still is named as such, not read.
+DEEP_JSON = 5_000
+_LIMIT_LOCK = threading.Lock()
+
+
+class _Unreadable:
+    """Why a ``.json`` file could not be parsed (kept in the parse cache)."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _parse_json(data: bytes) -> Any:
+    try:
+        return json.loads(data, parse_constant=_const)
+    except ValueError:
+        return _Unreadable("not valid JSON")
+    except RecursionError:
+        pass
+    with _LIMIT_LOCK:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + DEEP_JSON)
         try:
             return json.loads(data, parse_constant=_const)
-        except (ValueError, RecursionError):
-            return None
+        except ValueError:
+            return _Unreadable("not valid JSON")
+        except RecursionError:
+            return _Unreadable(f"nested more than {DEEP_JSON:,} levels deep: not read")
+        finally:
+            sys.setrecursionlimit(limit)
 
-    return cached_parse(_JSON, path, parse)
+
+def _load_json(path: Path) -> Any:
+    """The parsed file; None when it cannot be read or parsed."""
+    got = cached_parse(_JSON, path, _parse_json)
+    return None if isinstance(got, _Unreadable) else got
+
+
+def json_trouble(path: Path) -> str | None:
+    """Why a ``.json`` file could not be parsed (None: it was, or was not tried)."""
+    hit = _JSON.get(str(path))
+    return hit[1].why if hit and isinstance(hit[1], _Unreadable) else None
 
 
 class Classifier:
@@ -307,7 +346,8 @@ class RecordsReader:
             return RowBuilder().result(sig)
         obj = _load_json(path)
         if obj is None:
-            return RowBuilder().result(sig, [Problem(str(path), None, "not valid JSON")], True)
+            why = json_trouble(path) or "not valid JSON"
+            return RowBuilder().result(sig, [Problem(str(path), None, why)], True)
         found = find_records(obj, keys)
         if found is None:
             return RowBuilder().result(sig, [no_loss_problem(path, 0, "records")], True)

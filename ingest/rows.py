@@ -83,6 +83,8 @@ class ReadResult:
     with its suffix (``"#2"``): the cache records each as a run of its own,
     named after the file (``logs/train.log#2``), with the rows of this
     result as the file's first run.
+    ``more`` is True when the reader stopped at its bound on what one read
+    decodes: the source is read again, from ``state``, in the same pass.
     """
 
     steps: pa.Table
@@ -92,6 +94,7 @@ class ReadResult:
     problems: list[Problem] = field(default_factory=list)
     replace: bool = False
     subruns: list[tuple[str, ReadResult]] = field(default_factory=list)
+    more: bool = False
 
     @property
     def rows(self) -> int:

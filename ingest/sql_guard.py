@@ -6,6 +6,7 @@ that names the statement and what is allowed.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import duckdb
@@ -26,6 +27,29 @@ _ALLOWED = (
 
 def first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+_CARET_LINE = re.compile(r"^(LINE (\d+): )(.*)$")
+
+
+def one_line(e: BaseException) -> str:
+    """DuckDB's message on one line. A parser error shows the statement's line
+    with a caret under the place (``LINE 1: SELEC 1`` then ``^^^^^``): that
+    becomes ``(line 1, column 1: SELEC 1)``."""
+    lines = [line.rstrip() for line in str(e).strip().splitlines() if line.strip()]
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        m = _CARET_LINE.match(lines[i])
+        caret = lines[i + 1] if i + 1 < len(lines) else ""
+        if m and caret.strip() and set(caret.strip()) == {"^"}:
+            column = caret.index("^") - len(m.group(1)) + 1
+            out.append(f"(line {m.group(2)}, column {max(column, 1)}: {m.group(3).strip()})")
+            i += 2
+            continue
+        out.append(" ".join(lines[i].split()))
+        i += 1
+    return " ".join(out) or type(e).__name__
 
 
 def _snippet(text: str) -> str:
@@ -131,7 +155,7 @@ def check_read_only(sql: str) -> list[Any]:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as e:
-        raise QueryError(str(e).strip()) from None
+        raise QueryError(one_line(e)) from None
     if not statements:
         raise UsageError("no SQL statement given")
     for n, stmt in enumerate(statements, 1):

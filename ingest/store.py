@@ -29,11 +29,11 @@ import duckdb
 import pyarrow as pa
 
 from tunescope.errors import QueryError, StoreError, UsageError
-from tunescope.files import replacing
+from tunescope.files import replacing, temp_beside
 from tunescope.ingest.cache import IngestReport
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.mirror import open_cache
-from tunescope.ingest.sql_guard import check_read_only, first_line, statement_kind
+from tunescope.ingest.sql_guard import check_read_only, first_line, one_line, statement_kind
 from tunescope.ingest.views import (
     EMPTY,
     FINDINGS_SCHEMA,
@@ -259,7 +259,7 @@ class Store:
                 f"({first_line(e)})"
             ) from None
         except duckdb.Error as e:
-            raise QueryError(str(e).strip()) from None
+            raise QueryError(one_line(e)) from None
 
     def query_page(
         self, sql: str, limit: int, offset: int, con: duckdb.DuckDBPyConnection | None = None
@@ -280,31 +280,43 @@ class Store:
             return None
 
     def export(self, path: str | Path, overwrite: bool = False) -> None:
-        """Write every view as a table into a new DuckDB database file."""
+        """Write every view as a table into a new DuckDB database file: whole
+        or not at all (a temporary file beside it, renamed into place; on a
+        failure nothing is left behind and ``path`` is as it was)."""
         path = Path(path)
         if path.is_dir():
             raise UsageError(f"{path} is a directory; name a database file to write")
-        if path.exists():
+        if path.exists() or path.is_symlink():
             if not overwrite:
                 raise UsageError(f"{path} exists; pass --force to replace it")
-            path.unlink()
+            if path.exists() and not path.is_file():
+                raise UsageError(f"{path} is not a regular file; name a database file to write")
         # The store's own database may not write files: the rows stream, a
         # batch at a time, into a second database that owns the new file.
         cur = self.cursor()
+        tmp = temp_beside(path)
         try:
-            out = connect_duckdb(str(path))
-            try:
-                for view in VIEWS:
-                    rel = cur.sql(f"SELECT * FROM {view}")
-                    reader = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch
-                    batches = reader()
-                    out.register("_batches", batches)
-                    out.execute(f"CREATE TABLE {view} AS SELECT * FROM _batches")
-                    out.unregister("_batches")
-            finally:
-                out.close()
+            with replacing(path) as tmp:
+                out = connect_duckdb(str(tmp))
+                try:
+                    for view in VIEWS:
+                        rel = cur.sql(f"SELECT * FROM {view}")
+                        reader = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch
+                        batches = reader()
+                        out.register("_batches", batches)
+                        out.execute(f"CREATE TABLE {view} AS SELECT * FROM _batches")
+                        out.unregister("_batches")
+                    out.execute("CHECKPOINT")  # everything in the file, no .wal beside it
+                finally:
+                    out.close()
         except duckdb.Error as e:
             raise StoreError(f"cannot write {path}: {first_line(e)}") from None
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
     def save_findings(self, rows: list[dict[str, Any]], run_ids: list[str]) -> None:
         """Store findings (dicts with the ``findings`` view's columns) for ``run_ids``,

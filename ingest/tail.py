@@ -32,6 +32,7 @@ class Chunk:
     partial_tail: int  # bytes after the last newline, left for next time
     inode: int
     prefix: bytes = b""  # the bytes just before ``start`` (for the fingerprint)
+    more: bool = False  # True when a limit stopped the read: lines remain after ``end``
 
     @functools.cached_property
     def lines(self) -> int:
@@ -42,7 +43,10 @@ class Chunk:
     def whole_file(self) -> bool:
         """True when ``data`` is the whole file (but for a byte order mark)."""
         return (
-            self.partial_tail == 0 and self.start == len(self.prefix) and self.prefix in (b"", BOM)
+            not self.more
+            and self.partial_tail == 0
+            and self.start == len(self.prefix)
+            and self.prefix in (b"", BOM)
         )
 
     @property
@@ -69,11 +73,21 @@ def count_byte(data: bytes, byte: bytes) -> int:
     return int(np.count_nonzero(np.frombuffer(data, np.uint8) == byte[0]))
 
 
-def read_new_lines(path: Path, state: dict[str, Any] | None) -> Chunk:
+def read_new_lines(
+    path: Path,
+    state: dict[str, Any] | None,
+    limit: int | None = None,
+    max_lines: int | None = None,
+) -> Chunk:
     """The bytes of ``path`` after ``state['offset']`` up to the last newline.
 
     ``state`` also carries ``inode`` and ``size``: a different inode, or a size
     below the remembered offset, means the file was replaced or truncated.
+
+    With ``limit`` (bytes) or ``max_lines``, at most that much is read (but
+    always one whole line, however long) and ``Chunk.more`` says whether lines
+    were left: a reader then returns the rows so far, and is called again from
+    the chunk's state. What a reader decodes stays bounded by what it reads.
     """
     st = os.stat(path)
     offset = int(state.get("offset", 0)) if state else 0
@@ -92,9 +106,43 @@ def read_new_lines(path: Path, state: dict[str, Any] | None) -> Chunk:
             if state and state.get("fp") not in (None, prefix[-FINGERPRINT:].hex()):
                 offset, line, restarted, prefix = 0, 0, True, b""
         f.seek(offset)
-        data = f.read()
+        data = f.read() if limit is None else _read_limited(f, limit)
+    more = limit is not None and offset + len(data) < st.st_size
     if offset == 0 and data.startswith(BOM):  # not part of the first line
         offset, prefix, data = len(BOM), BOM, data[len(BOM) :]
     cut = data.rfind(b"\n") + 1
+    if max_lines is not None and max_lines > 0:
+        at = _after_line(data, max_lines)
+        if at < cut:
+            cut, more = at, True
     tail = len(data) - cut
-    return Chunk(data[:cut], offset, offset + cut, line + 1, restarted, tail, st.st_ino, prefix)
+    if more and cut == 0:
+        more = False  # no whole line left: nothing to read until the writer ends one
+    return Chunk(
+        data[:cut], offset, offset + cut, line + 1, restarted, tail, st.st_ino, prefix, more
+    )
+
+
+def _read_limited(f: Any, limit: int) -> bytes:
+    """About ``limit`` bytes, more only to finish a line begun within them."""
+    data = f.read(limit)
+    if len(data) < limit or b"\n" in data:
+        return data
+    parts = [data]
+    while True:  # one line longer than the limit: read on to its end
+        block = f.read(limit)
+        parts.append(block)
+        if len(block) < limit or b"\n" in block:
+            return b"".join(parts)
+
+
+def _after_line(data: bytes, n: int) -> int:
+    """The offset just after the ``n``-th newline of ``data`` (its length when
+    it has fewer)."""
+    at = 0
+    for _ in range(n):
+        nl = data.find(b"\n", at)
+        if nl < 0:
+            return len(data)
+        at = nl + 1
+    return at

@@ -22,6 +22,7 @@ from textual.worker import get_current_worker
 
 from tunescope import numbers
 from tunescope.errors import TunescopeError
+from tunescope.ingest.duck import python_rows
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import QueryDone, QueryFailed
 from tunescope.tui.row_table import RowTable
@@ -160,7 +161,7 @@ class SqlScreen(WorkerScreen):
             chunk = result.slice(start, PAGE)
         table = self.query_one("#sql-table", DataTable)
         table.clear()
-        table.add_rows([cell(v) for v in row.values()] for row in chunk.to_pylist())
+        table.add_rows([cell(v) for v in row] for row in python_rows(chunk))
         ms = f"in {self.seconds * 1000:.0f} ms"
         if n is None:
             status = f"more than {start + chunk.num_rows:,} rows (page {self.page + 1}) {ms}"

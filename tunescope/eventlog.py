@@ -89,13 +89,19 @@ def may_hold_surrogates(text: str) -> bool:
 
 def has_lone_surrogate(value: Any) -> bool:
     """True when a decoded JSON value holds text with an unpaired surrogate,
-    which no UTF-8 column can store."""
-    if isinstance(value, str):
-        return _SURROGATE.search(value) is not None
-    if isinstance(value, dict):
-        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_lone_surrogate(v) for v in value)
+    which no UTF-8 column can store. Walks with a stack of its own, not by
+    recursion: a value nested as deep as ``json`` decodes is checked whole."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item) is not None:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 

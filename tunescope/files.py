@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,22 @@ def write_whole(path: Path, data: str | bytes, *, durable: bool = False) -> None
         if durable:
             f.flush()
             os.fsync(f.fileno())
+
+
+def write_output(path: Path, data: str | bytes) -> None:
+    """Write a user's output file (``-o FILE``) whole. A regular file, a
+    symbolic link or a new name is replaced by a file written beside it and
+    renamed (a link is replaced, never written through); a device or a pipe
+    that the name leads to (``/dev/stdout``, a FIFO) is written to as it is."""
+    try:
+        mode = os.stat(path).st_mode  # follows a link: where would the bytes go?
+    except OSError:
+        mode = None
+    if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+        with open(path, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        return
+    write_whole(path, data)
 
 
 def remove_dead_temps(folder: Path, pattern: str = ".*.tmp", *, recursive: bool = False) -> int:

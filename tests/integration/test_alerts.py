@@ -83,6 +83,72 @@ def test_slack_text_is_escaped():
     assert body["blocks"][1]["text"]["text"] == "loss &lt;b&gt;7x&lt;/b&gt; &amp; rising"
 
 
+HOSTILE_RUN = "<!channel> look <mailto:a@b.c|CLICK> & <@U123>"
+
+
+def _strings(value) -> list[str]:
+    """Every string in a decoded JSON payload, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _send_hostile(fmt: str, reply: bytes = b'{"ok": true}') -> dict:
+    """What the receiver got for a finding whose run, message and suggestion
+    hold mentions and links, and whose run summary names a hostile model."""
+    hostile = finding(
+        run=HOSTILE_RUN,
+        message="loss rose <!here> & fell",
+        suggestion="see <https://evil.example|the fix>",
+    )
+    with Receiver(reply=reply) as rx:
+        sender = AlertSender([rx.url], format=fmt, policy=FAST, log=LogLines())
+        sender.send(Alert(hostile, run={**SUMMARY, "model": "<!everyone>"}))
+        (req,) = rx.wait_for(1)
+        sender.close()
+    return req.json()
+
+
+def test_slack_escapes_names_in_every_text_field():
+    body = _send_hostile("slack")
+    texts = _strings(body)
+    assert not any("<" in t or ">" in t for t in texts), texts
+    assert body["text"].startswith(
+        "[ERROR] loss spike in run &lt;!channel&gt; look &lt;mailto:a@b.c|CLICK&gt; &amp; &lt;@U123&gt;"
+    )
+    assert "&lt;!here&gt; &amp; fell" in body["text"]
+    assert "&lt;!everyone&gt;" in body["blocks"][3]["elements"][0]["text"]
+
+
+def test_feishu_escapes_every_text_element_and_marks_it_for_unescaping():
+    body = _send_hostile("feishu", reply=b'{"code":0,"msg":"success"}')
+    post = body["content"]["post"]["en_us"]
+    cells = [cell for row in post["content"] for cell in row]
+    assert all(cell["un_escape"] is True for cell in cells)
+    assert not any("<" in c["text"] or ">" in c["text"] for c in cells), cells
+    assert cells[0]["text"] == "loss rose &lt;!here&gt; &amp; fell"
+    assert post["title"] == f"[ERROR] loss spike in run {HOSTILE_RUN} rank 0"  # plain text
+
+
+def test_dingtalk_escapes_the_markdown_body():
+    body = _send_hostile("dingtalk", reply=b'{"errcode":0,"errmsg":"ok"}')
+    text = body["markdown"]["text"]
+    assert "<" not in text and ">" not in text.replace("\n> ", "\n"), text
+    assert "### [ERROR] loss spike in run &lt;!channel&gt; look" in text
+    assert "&lt;!everyone&gt;" in text
+
+
+def test_json_carries_names_as_data_unchanged():
+    body = _send_hostile("json")
+    assert body["finding"]["run"] == HOSTILE_RUN
+    assert body["finding"]["message"] == "loss rose <!here> & fell"
+    assert body["run"]["model"] == "<!everyone>"
+
+
 def test_feishu_payload_and_signature():
     before = int(time.time())
     with Receiver(reply=b'{"code":0,"msg":"success"}') as rx:

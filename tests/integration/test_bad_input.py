@@ -436,3 +436,118 @@ def test_a_line_nested_thousands_deep_is_reported_not_a_crash(tmp_path, line):
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert f"{path}:3001: malformed JSON: nested too deeply" in proc.stderr
     assert "3,002 step rows" in proc.stdout + proc.stderr
+
+
+def _nested(depth: int, text: bytes) -> bytes:
+    return b"[" * depth + b'"' + text + b'"' + b"]" * depth
+
+
+@pytest.mark.parametrize("lines", [10, 3000], ids=["small", "large"])
+def test_a_surrogate_pair_nested_hundreds_deep_is_read_with_its_neighbours(tmp_path, lines):
+    deep = b'{"v":1,"kind":"eval","step":5,"x":' + _nested(350, b"\\ud83d\\ude00") + b"}\n"
+    store, _ = ingest_bytes(tmp_path, _steps_of(lines) + deep + _steps_of(lines, 5000))
+    assert store.last_report.problems == []
+    cur = store.cursor()
+    assert cur.execute("SELECT count(*) FROM steps").fetchone() == (2 * lines,)
+    (payload,) = cur.execute("SELECT payload FROM events WHERE kind = 'eval'").fetchone()
+    assert "\U0001f600" in payload
+
+
+@pytest.mark.parametrize("lines", [10, 3000], ids=["small", "large"])
+def test_a_lone_surrogate_nested_hundreds_deep_costs_its_line_only(tmp_path, lines):
+    deep = b'{"v":1,"kind":"eval","step":5,"x":' + _nested(350, b"\\ud83d") + b"}\n"
+    store, path = ingest_bytes(tmp_path, _steps_of(lines) + deep + _steps_of(lines, 5000))
+    (p,) = store.last_report.problems
+    assert (p.path, p.line) == (str(path), lines + 1)
+    assert "unpaired surrogate" in p.reason
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (2 * lines,)
+
+
+def test_the_closing_line_claims_kept_neighbours_only_when_every_skip_is_a_line(tmp_path):
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    bad = runs / "a" / "events" / "rank-0.jsonl"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(GOOD_1 + b"{oops\n" + GOOD_3)
+
+    def closing() -> str:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tunescope",
+                "ingest",
+                str(runs),
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr.strip().splitlines()[-1]
+
+    assert closing() == "tunescope: 1 line skipped (good lines around them were kept)"
+    whole = runs / "b" / "events" / "rank-0-1.parquet"  # a Parquet copy that is not Parquet
+    whole.parent.mkdir(parents=True)
+    whole.write_bytes(b"PAR1 but not really")
+    last = closing()
+    assert "good lines around" not in last
+    assert last == "tunescope: 2 lines or files skipped (listed above); the rest was read"
+
+
+def _csv_store(tmp_path, lines: list[str]):
+    path = tmp_path / "runs" / "r" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache"), path
+
+
+HUGE = "x" * (200 << 10)  # over the csv module's 128 KiB field limit
+
+
+def test_a_csv_cell_over_the_field_limit_costs_that_cell_only(tmp_path):
+    lines = ["step,loss,note", *(f"{s},{1 / s},ok" for s in range(1, 21))]
+    lines[10] = f'10,0.1,"{HUGE}"'
+    store, path = _csv_store(tmp_path, lines)
+    (p,) = store.last_report.problems
+    assert (p.path, p.line) == (str(path), 11)
+    assert "note: a cell over 131,072 characters; dropped" in p.reason
+    got = store.cursor().execute("SELECT count(*), min(step), max(step) FROM steps").fetchone()
+    assert got == (20, 1, 20)
+    assert store.cursor().execute("SELECT loss FROM steps WHERE step = 10").fetchone() == (0.1,)
+
+
+def test_a_csv_header_name_over_the_field_limit_costs_that_column_only(tmp_path):
+    lines = [f"step,loss,{HUGE}", *(f"{s},{1 / s},3" for s in range(1, 21))]
+    store, path = _csv_store(tmp_path, lines)
+    (p,) = store.last_report.problems
+    assert (p.path, p.line) == (str(path), 1)
+    assert "column 3: a name over 131,072 characters" in p.reason
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (20,)
+
+
+def _records_json_with_a_deep_key(tmp_path, depth: int):
+    import json
+
+    records = [{"step": s, "loss": 1.0 / s} for s in range(1, 21)]
+    body = json.dumps({"log_history": records})[:-1]
+    body += ', "deep": ' + "[" * depth + "]" * depth + "}"
+    path = tmp_path / "runs" / "r" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(body)
+    return Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache"), path
+
+
+def test_a_json_file_with_a_key_nested_990_deep_after_its_records_is_read(tmp_path):
+    store, _ = _records_json_with_a_deep_key(tmp_path, 990)
+    assert store.last_report.problems == [] and store.last_report.unclaimed == []
+    assert store.cursor().execute("SELECT count(*), max(step) FROM steps").fetchone() == (20, 20)
+
+
+def test_a_json_file_nested_too_deep_to_parse_says_so(tmp_path):
+    store, path = _records_json_with_a_deep_key(tmp_path, 20_000)
+    assert store.last_report.unclaimed == [(path, "nested more than 5,000 levels deep: not read")]

@@ -168,6 +168,70 @@ def test_export_writes_a_self_contained_database(runs, tmp_path):
     assert run("export", str(runs), "--duckdb", str(db), "--force").returncode == 0
 
 
+def test_a_failed_export_leaves_nothing_and_the_old_file_whole(runs, tmp_path):
+    """A disk that fills mid-write (a file size limit, which Python turns into
+    EFBIG): one line, exit 2, no database or .wal left, an earlier export kept."""
+    import resource
+
+    db = tmp_path / "out" / "runs.duckdb"
+    db.parent.mkdir()
+    assert run("ingest", str(runs)).returncode == 0  # the cache is written without the limit
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    args = [sys.executable, "-m", "tunescope", "export", str(runs), "--duckdb", str(db)]
+    out = subprocess.run(args, capture_output=True, text=True, preexec_fn=small_files)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and f"cannot write {db}" in out.stderr
+    assert "wrote" not in out.stdout + out.stderr
+    assert list(db.parent.iterdir()) == []
+    # An earlier export survives a failed --force.
+    assert run("export", str(runs), "--duckdb", str(db)).returncode == 0
+    before = db.read_bytes()
+    out = subprocess.run([*args, "--force"], capture_output=True, text=True, preexec_fn=small_files)
+    assert out.returncode == 2 and db.read_bytes() == before
+    assert sorted(p.name for p in db.parent.iterdir()) == ["runs.duckdb"]
+
+
+def test_export_refuses_a_target_that_is_not_a_regular_file(runs, tmp_path):
+    """As /dev/full would be (a FIFO here: a failing test must not replace a
+    device of the machine that runs it)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    out = run("export", str(runs), "--duckdb", str(fifo), "--force")
+    assert out.returncode == 2 and "not a regular file" in out.stderr, out.stderr
+    assert "wrote" not in out.stdout
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "runs"]
+
+
+def test_export_replaces_a_link_not_what_it_points_to(runs, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / "runs.duckdb"
+    link.symlink_to(victim)
+    assert run("export", str(runs), "--duckdb", str(link)).returncode == 2  # exists: --force
+    assert run("export", str(runs), "--duckdb", str(link), "--force").returncode == 0
+    assert victim.read_text() == "keep me" and not link.is_symlink()
+
+
+@pytest.mark.parametrize("command", ["report", "analyze", "query"])
+def test_output_through_a_link_replaces_the_link_not_its_target(runs, tmp_path, command):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / "out.txt"
+    link.symlink_to(victim)
+    args = {
+        "report": ["report", str(runs)],
+        "analyze": ["analyze", str(runs), "--format", "json", "--exit-zero"],
+        "query": ["query", str(runs), "SELECT 1 AS one"],
+    }[command]
+    out = run(*args, "-o", str(link))
+    assert out.returncode == 0, out.stderr
+    assert victim.read_text() == "keep me"
+    assert not link.is_symlink() and link.stat().st_size > 0
+
+
 def test_schema_json_is_a_json_schema():
     out = run("schema", "--json")
     doc = json.loads(out.stdout)

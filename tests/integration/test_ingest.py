@@ -511,3 +511,78 @@ def test_appends_to_many_small_files_are_read_together(tmp_path, monkeypatch):
     exact = Store.open(root, cache_dir=tmp_path / "c2")
     sql = "SELECT * EXCLUDE (src, gen, seg) FROM _steps ORDER BY ALL"
     assert store.cursor().execute(sql).fetchall() == exact.cursor().execute(sql).fetchall()
+
+
+def _numbered_lines(first: int, n: int) -> bytes:
+    return b"".join(
+        b'{"v":1,"kind":"step","step":%d,"loss":1.5,"note":"n%d"}\n' % (s, s)
+        for s in range(first, first + n)
+    )
+
+
+def test_read_new_lines_stops_at_its_bounds_and_goes_on_from_its_state(tmp_path):
+    from tunescope.ingest.tail import read_new_lines
+
+    path = tmp_path / "rank-0.jsonl"
+    long_line = b'{"v":1,"kind":"step","step":0,"note":"' + b"x" * 5000 + b'"}\n'
+    path.write_bytes(long_line + _numbered_lines(1, 250) + b'{"torn')
+    got, state, reads = [], None, 0
+    while True:
+        chunk = read_new_lines(path, state, limit=1000, max_lines=100)
+        reads += 1
+        got.append(chunk.data)
+        assert chunk.data.endswith(b"\n") or not chunk.data
+        assert not chunk.whole_file
+        if not chunk.more:
+            break
+        state = chunk.state
+    assert b"".join(got) == long_line + _numbered_lines(
+        1, 250
+    )  # a line longer than the limit whole
+    assert got[0].startswith(long_line) and reads > 3
+    assert chunk.state["line"] == 251 and chunk.partial_tail == len(b'{"torn')
+    # Unbounded, the same file is one chunk.
+    whole = read_new_lines(path, None)
+    assert not whole.more and whole.data == b"".join(got)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["exact", "fast"])
+def test_a_rank_file_over_the_read_bound_is_read_whole_in_one_pass(tmp_path, monkeypatch, fast):
+    """Memory follows the bound on one read, not the file: the file is read in
+    parts, each recorded before the next, and loses nothing."""
+    monkeypatch.setattr(native, "READ_LINES", 300)
+    monkeypatch.setattr(native, "READ_BYTES", 20_000)
+    if fast:
+        monkeypatch.setattr(native, "FAST_PATH_MIN_BYTES", 0)
+    path = tmp_path / "runs" / "r" / "events" / "rank-0.jsonl"
+    path.parent.mkdir(parents=True)
+    body = _numbered_lines(1, 1000) + b"{broken\n" + _numbered_lines(1001, 999)
+    path.write_bytes(body)
+    reads = []
+    real = native.NativeReader.read_batch
+
+    def counted(self, items):
+        reads.append(len(items))
+        return real(self, items)
+
+    monkeypatch.setattr(native.NativeReader, "read_batch", counted)
+    store = Store.open(tmp_path / "runs", cache_dir=tmp_path / "cache")
+    assert len(reads) >= 1999 * 60 // 20_000  # read in parts, each a read of its own
+    assert [(p.line, "malformed JSON" in p.reason) for p in store.last_report.problems] == [
+        (1001, True)
+    ]
+    cur = store.cursor()
+    assert cur.execute("SELECT count(*), min(step), max(step) FROM steps").fetchone() == (
+        1999,
+        1,
+        1999,
+    )
+    # Rows keep their lines' order (seq) across the parts; events carry the notes.
+    assert cur.execute("SELECT count(*) FROM events WHERE kind = 'step'").fetchone() == (1999,)
+    seqs = [r[0] for r in cur.execute("SELECT seq FROM _steps ORDER BY step").fetchall()]
+    assert seqs == [*range(1, 1001), *range(1002, 2001)]
+    # Lines appended later are read from where the parts ended.
+    with open(path, "ab") as f:
+        f.write(_numbered_lines(2000, 5))
+    store.ingest()
+    assert cur.execute("SELECT count(*), max(step) FROM steps").fetchone() == (2004, 2004)

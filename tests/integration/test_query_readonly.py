@@ -9,6 +9,7 @@ exit 2 and one line, and nothing on disk changes.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import subprocess
 import sys
@@ -291,3 +292,45 @@ def test_errors_that_were_tracebacks_are_one_line(runs, tmp_path, capsys):
     assert out.stderr.count(b"\n") == 1 and b"not UTF-8" in out.stderr
     with pytest.raises(QueryError):
         check_read_only("SELEC 1")
+
+
+OUT_OF_PYTHON = "SELECT 'infinity'::TIMESTAMP AS ts, DATE '294247-01-10' AS d, 1 AS d"
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json", "parquet"])
+def test_values_python_cannot_hold_are_printed_as_text(runs, tmp_path, fmt):
+    out = tmp_path / f"q.{fmt}"
+    args = [TUNESCOPE, "query", str(runs), OUT_OF_PYTHON, "--format", fmt]
+    proc = subprocess.run([*args, "-o", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1  # "wrote ..."
+    if fmt == "parquet":
+        got = duckdb.sql(f"SELECT ts::VARCHAR, d::VARCHAR FROM '{out}'").fetchall()
+        assert got == [("infinity", "294247-01-10")]
+        return
+    text = out.read_text(encoding="utf-8")
+    assert "infinity" in text, text
+    if fmt == "json":  # one key per name: the later column named d wins, as in SQL tools
+        assert json.loads(text) == [{"ts": "infinity", "d": 1}]
+    else:
+        assert "294247-01-10" in text, text
+    if fmt == "csv":
+        assert text == "ts,d,d\ninfinity,294247-01-10,1\n"  # both columns named d kept
+
+
+def test_values_python_cannot_hold_in_a_table_on_stdout(runs):
+    args = [TUNESCOPE, "query", str(runs), OUT_OF_PYTHON, "--format", "table"]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[2].split() == ["infinity", "294247-01-10", "1"]
+
+
+def test_a_parser_error_is_one_line_with_its_place(runs):
+    proc = subprocess.run(
+        [TUNESCOPE, "query", str(runs), "SELECT 1,\n  2 FRM steps WHERE"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert 'syntax error at or near "steps" (line 2, column 9: 2 FRM steps WHERE)' in proc.stderr

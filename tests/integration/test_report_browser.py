@@ -303,3 +303,102 @@ def test_sections_and_screenshot(opened: Opened, tmp_path: Path) -> None:
     if os.environ.get("TUNESCOPE_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(out, SCREENSHOT)
+
+
+# Text that ends or hides the page's data <script> if it reaches it raw: "<!--"
+# followed by "<script" keeps the parser from seeing the real "</script>", so the
+# rest of the page (uPlot and the page's own script) would never run.
+HOSTILE = [
+    "<!--<script>",
+    "</script><script>window.pwned = 1</script>",
+    "<img src=x onerror='window.pwned = 2'>",
+    "a&amp;b \u2028\u2029 ]]> -->",
+]
+# A folder name cannot hold "/": the run ids are the hostile texts without it.
+HOSTILE_RUNS = ["<!--<script>x", "<img src=x onerror='window.pwned=3'>&"]
+
+
+def _hostile_copy(src: Path, dest: Path, run: str) -> None:
+    """A fixture run renamed ``run``, with hostile config keys and values and a
+    hostile metric name on every step."""
+    import json
+
+    lines = []
+    for raw in src.read_text(encoding="utf-8").splitlines():
+        obj = json.loads(raw)
+        obj["run"] = run
+        if obj.get("kind") == "run_start":
+            obj["config"] = {**obj.get("config", {}), **{h: h for h in HOSTILE}}
+            obj["model"] = HOSTILE[0]
+        if obj.get("kind") == "step":
+            obj[HOSTILE[0]] = 1.0
+        lines.append(json.dumps(obj))
+    dest.mkdir(parents=True)
+    (dest / "rank-0.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def hostile_report(tmp_path_factory) -> Path:
+    from tunescope.detectors.engine import run_summaries
+    from tunescope.detectors.html_report import build, collect, stored_findings
+    from tunescope.findings import Finding, Severity
+    from tunescope.ingest.store import Store
+
+    base = tmp_path_factory.mktemp("hostile")
+    runs_dir, cache = base / "runs", base / "cache"
+    for name, run in zip(("fault-lr-spike", "fault-bad-batch"), HOSTILE_RUNS, strict=True):
+        _hostile_copy(FIXTURES / name / "events" / "rank-0.jsonl", runs_dir / run / "events", run)
+    # The detectors judge and store their findings, then hostile ones are added.
+    assert main(["analyze", str(runs_dir), "--cache-dir", str(cache), "--exit-zero"]) == 0
+    store = Store.open(runs_dir, cache_dir=cache)
+    findings = stored_findings(store, HOSTILE_RUNS)
+    assert {f.run for f in findings} == set(HOSTILE_RUNS)
+    findings += [
+        Finding(
+            run=run,
+            detector="TS101",  # ids are the registry's; every other field is hostile
+            name=h,
+            severity=Severity.WARNING,
+            step_start=40,
+            step_end=60,
+            message=h,
+            suggestion=h,
+            evidence={h: h},
+        )
+        for run in HOSTILE_RUNS
+        for h in HOSTILE
+    ]
+    runs = run_summaries(store, findings, HOSTILE_RUNS)
+    page = build(findings, runs, collect(store, findings, runs), title=HOSTILE[0])
+    out = base / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def test_hostile_names_are_shown_as_text_and_every_chart_is_drawn(browser, hostile_report) -> None:
+    o = Opened(browser, hostile_report)
+    try:
+        o.page.wait_for_timeout(300)
+        assert o.js("window.pwned") is None  # no hostile text ran as script
+        assert o.errors == []
+        articles = o.js("document.querySelectorAll('article.run').length")
+        assert articles == len(HOSTILE_RUNS)
+        drawn = o.js("window.tunescopeCharts.length")
+        assert drawn == articles * 5 + 1  # every run's five charts and the comparison
+        assert o.js("document.querySelectorAll('canvas').length") >= drawn
+        # The names arrive in the page as the text they were.
+        runs = o.js(
+            "Object.keys(JSON.parse(document.getElementById('tunescope-data').textContent).runs)"
+        )
+        assert sorted(runs) == sorted(HOSTILE_RUNS)
+        body = o.page.locator("body").inner_text()
+        for h in HOSTILE[:3]:
+            assert h in body
+    finally:
+        o.page.close()
+    # Nothing in the embedded data can start or end markup.
+    text = hostile_report.read_text(encoding="utf-8")
+    start = text.index('<script id="tunescope-data" type="application/json">')
+    data = text[text.index(">", start) + 1 :]
+    data = data[: data.index("</script>")]
+    assert not {"<", ">", "&", "\u2028", "\u2029"} & set(data)

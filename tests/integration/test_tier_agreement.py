@@ -224,6 +224,16 @@ ONCE_APART = {
     "encoded_surrogate": b'{"v":1,"kind":"step","step":2,"loss":1.0,"run":"\xed\xa0\x80"}\n',
     "v_null": b'{"v":null,"kind":"step","step":2,"loss":1.0}\n',
     "sample_ids_1e400": b'{"v":1,"kind":"step","step":2,"loss":1.0,"sample_ids":[1e400]}\n',
+    "deep_surrogate_pair": b'{"v":1,"kind":"step","step":2,"loss":1.0,"x":'
+    + b"[" * 350
+    + b'"\\ud83d\\ude00"'
+    + b"]" * 350
+    + b"}\n",
+    "deep_lone_surrogate": b'{"v":1,"kind":"step","step":2,"loss":1.0,"x":'
+    + b'{"a":' * 350
+    + b'"\\ud83d"'
+    + b"}" * 350
+    + b"}\n",
 }
 
 

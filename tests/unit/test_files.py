@@ -44,3 +44,33 @@ def test_dead_writers_temporaries_go_live_ones_stay(tmp_path):
     assert remove_dead_temps(tmp_path) == 0  # not recursive: the sub-folder is not looked at
     assert remove_dead_temps(tmp_path, recursive=True) == 1
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_write_output_replaces_a_link_and_never_writes_through_it(tmp_path):
+    from tunescope.files import write_output
+
+    victim = tmp_path / "elsewhere" / "keep.txt"
+    victim.parent.mkdir()
+    victim.write_text("keep me")
+    link = tmp_path / "report.html"
+    link.symlink_to(victim)
+    write_output(link, "<html>")
+    assert victim.read_text() == "keep me"
+    assert not link.is_symlink() and link.read_text() == "<html>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "report.html"]
+
+
+def test_write_output_streams_into_a_pipe_it_is_pointed_at(tmp_path):
+    import os
+    import threading
+
+    from tunescope.files import write_output
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    write_output(fifo, "through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"] and fifo.is_fifo()

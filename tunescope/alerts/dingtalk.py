@@ -1,15 +1,19 @@
 """DingTalk: a robot ``markdown`` message (signed in the URL, see
-:func:`tunescope.alerts.signing.dingtalk_sign`)."""
+:func:`tunescope.alerts.signing.dingtalk_sign`).
+
+The Markdown body escapes ``&``, ``<`` and ``>`` as entities, so text from a
+log cannot add HTML to it; the ``title`` (the notification line) is plain
+text."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tunescope.alerts.model import Alert, detail_lines, headline
+from tunescope.alerts.model import Alert, detail_lines, escape_markup, headline
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("\n", "  \n")
+    return escape_markup(text).replace("\n", "  \n")
 
 
 def dingtalk_payload(alert: Alert) -> dict[str, Any]:

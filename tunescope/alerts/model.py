@@ -71,6 +71,13 @@ class Alert:
         )
 
 
+def escape_markup(text: str) -> str:
+    """``&``, ``<`` and ``>`` as entities: text from a log (a run name, a
+    message) shown in a chat service's markup cannot open a mention
+    (``<!channel>``), a link (``<mailto:...|...>``) or a tag (``<at>``)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def headline(alert: Alert) -> str:
     f = alert.finding
     prefix = {"updated": "still firing: ", "escalated": "escalated: "}.get(alert.reason, "")

@@ -10,6 +10,7 @@ from typing import Any
 
 from tunescope.cli.args import cache_arg, config_arg, detector_config
 from tunescope.errors import ExitCode, InputError
+from tunescope.files import write_output
 from tunescope.opening import open_store
 from tunescope.progress import Progress
 from tunescope.say import say
@@ -134,7 +135,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     )
     if args.output:
         try:
-            Path(args.output).write_text(text, encoding="utf-8")
+            write_output(Path(args.output), text)
         except OSError as e:
             raise InputError(f"{args.output}: cannot write: {e.strerror or e}") from None
         size = Path(args.output).stat().st_size

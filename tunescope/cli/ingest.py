@@ -57,13 +57,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         unlisted = report.skipped - len(report.problems)
         print(f"  ... and {unlisted:,} more skipped, not listed", file=sys.stderr)
     if report.problems:
-        say(
-            f"{count(report.skipped, 'line or file', 'lines or files')} skipped "
-            "(good lines around them were kept)"
-        )
+        say(skipped_note(report))
         if args.strict:
             return ExitCode.USAGE
     return ExitCode.OK
+
+
+def skipped_note(report: IngestReport) -> str:
+    """The closing line about what was skipped. It speaks of good lines kept
+    around the bad ones only when every skip was one line: a whole file (or
+    run) that could not be read has no neighbours that were kept."""
+    every_one_a_line = report.skipped == len(report.problems) and all(
+        p.line is not None for p in report.problems
+    )
+    if every_one_a_line:
+        return f"{count(report.skipped, 'line')} skipped (good lines around them were kept)"
+    what = count(report.skipped, "line or file", "lines or files")
+    return f"{what} skipped (listed above); the rest was read"
 
 
 def ingest_summary(report: IngestReport, store: Store) -> str:

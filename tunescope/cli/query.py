@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunescope.cli.args import runs_arg
 from tunescope.errors import ExitCode, InputError, UsageError
+from tunescope.files import write_output
 from tunescope.opening import open_store
 from tunescope.say import say
 from tunescope.words import count
@@ -72,7 +73,7 @@ def write_table(table: pa.Table, fmt: str, output: str | None) -> None:
         text = format_table(table)
     if output:
         try:
-            Path(output).write_text(text, encoding="utf-8")
+            write_output(Path(output), text)
         except OSError as e:
             raise InputError(f"{output}: cannot write: {e.strerror or e}") from None
     else:
@@ -81,8 +82,10 @@ def write_table(table: pa.Table, fmt: str, output: str | None) -> None:
 
 def _records(table: pa.Table) -> list[dict[str, Any]]:
     from tunescope.findings import jsonable
+    from tunescope.ingest.duck import python_rows
 
-    return [jsonable(row) for row in table.to_pylist()]
+    names = table.column_names
+    return [jsonable(dict(zip(names, row, strict=True))) for row in python_rows(table)]
 
 
 def _cell(value: Any, exact: bool = False) -> str:
@@ -104,9 +107,11 @@ def _csv(table: pa.Table) -> str:
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    from tunescope.ingest.duck import python_rows
+
     w.writerow(table.column_names)
-    for row in table.to_pylist():
-        w.writerow([_cell(v, exact=True) for v in row.values()])
+    for row in python_rows(table):
+        w.writerow([_cell(v, exact=True) for v in row])
     return buf.getvalue()
 
 
@@ -115,7 +120,9 @@ def format_table(table: pa.Table, max_width: int = 40) -> str:
     names = table.column_names
     if not names:
         return "(no result)\n"
-    rows = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
+    from tunescope.ingest.duck import python_rows
+
+    rows = [[_cell(v) for v in row] for row in python_rows(table)]
     rows = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r] for r in rows]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
     import pyarrow.types as pt
