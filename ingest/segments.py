@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ import pyarrow.parquet as pq
 from tunescope.files import remove_dead_temps, replacing, temp_beside
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.manifest import TABLES
+from tunescope.ingest.trust import NUMBERED
+from tunescope.ingest.views import readable_parquet
 
 TRASH_GRACE_S = 120.0  # superseded segment files are deleted after this long
 # How segments are written. Min/max statistics only for the key columns: the
@@ -31,7 +32,6 @@ PARQUET = {
     "compression_level": 1,
     "write_statistics": ["run_id", "rank", "step", "src", "gen", "seg", "seq", "name", "kind"],
 }
-NUMBERED = re.compile(r"(?:seg|findings)-(\d+)(?:-[a-z]+)?\.parquet")
 
 
 def write_parquet(segments_dir: Path, table: pa.Table, name: str) -> str:
@@ -189,6 +189,15 @@ def empty_trash(manifest: dict[str, Any], segments_dir: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             (segments_dir / item["file"]).unlink()
     manifest["trash"] = keep
+
+
+def unreadable(manifest: dict[str, Any], segments_dir: Path) -> str | None:
+    """The first file the manifest lists that is not a whole Parquet file (gone,
+    cut short, or not Parquet at all), or None. Its footer is read, not its rows."""
+    names = [seg["file"] for seg in manifest["segments"]]
+    if manifest.get("findings"):
+        names.append(manifest["findings"])
+    return next((n for n in names if not readable_parquet(segments_dir / n)), None)
 
 
 def clean_orphans(cache_dir: Path, segments_dir: Path, next_seg: int) -> None:

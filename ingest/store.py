@@ -34,6 +34,7 @@ from tunescope.ingest.cache import IngestReport
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.mirror import open_cache
 from tunescope.ingest.sql_guard import check_read_only, first_line, statement_kind
+from tunescope.ingest.trust import plain_file
 from tunescope.ingest.views import (
     EMPTY,
     FINDINGS_SCHEMA,
@@ -207,7 +208,9 @@ class Store:
         key = hashlib.sha1(state.encode()).hexdigest()[:16]
         saved = self._segments / f"runstats-{key}.parquet"
         unsaved = None
-        if readable_parquet(saved):  # checked first: a failed read aborts the transaction
+        if plain_file(saved) and readable_parquet(
+            saved
+        ):  # checked first: a failed read aborts the transaction
             con.execute(
                 "CREATE OR REPLACE TABLE _runstats AS SELECT * FROM read_parquet(?)", [str(saved)]
             )
