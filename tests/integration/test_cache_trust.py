@@ -216,6 +216,12 @@ JUNK = st.one_of(
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
 )
 
+READER_STATE = st.fixed_dictionaries(
+    {},
+    optional={
+        k: st.one_of(JUNK, hostile_paths("/", "/")) for k in ("offset", "inode", "line", "fp")
+    },
+)
 SOURCE_KEYS = (
     "src",
     "gen",
@@ -271,9 +277,9 @@ def hostile_case(draw: st.DrawFn, outside: str, cache: str) -> list[tuple[str, A
         elif where == "number":
             edits.append(("number", draw(st.sampled_from(["next_seg", "next_src"])), draw(JUNK)))
         elif where == "source":
-            edits.append(
-                ("source", draw(st.sampled_from(SOURCE_KEYS)), draw(st.one_of(JUNK, paths)))
-            )
+            key = draw(st.sampled_from(SOURCE_KEYS))
+            value = draw(st.one_of(JUNK, paths, READER_STATE if key == "state" else JUNK))
+            edits.append(("source", key, value))
         elif where == "top":
             edits.append(
                 (
