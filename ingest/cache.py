@@ -201,7 +201,7 @@ class Cache:
             bad = segments.unreadable(manifest, self.segments_dir)
             if bad is not None:  # deleted or cut short behind the cache's back
                 say(
-                    f"{self.segments_dir / bad} is missing or not a whole Parquet file; "
+                    f"{self.segments_dir / bad} is missing, cut short or not a segment; "
                     "rebuilding the cache from the logs"
                 )
                 manifest = manifests.new(self.root)

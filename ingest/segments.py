@@ -21,7 +21,7 @@ from tunescope.files import remove_dead_temps, replacing, temp_beside
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.manifest import TABLES
 from tunescope.ingest.trust import NUMBERED
-from tunescope.ingest.views import readable_parquet
+from tunescope.ingest.views import EMPTY, FINDINGS_SCHEMA
 
 TRASH_GRACE_S = 120.0  # superseded segment files are deleted after this long
 # How segments are written. Min/max statistics only for the key columns: the
@@ -192,12 +192,37 @@ def empty_trash(manifest: dict[str, Any], segments_dir: Path) -> None:
 
 
 def unreadable(manifest: dict[str, Any], segments_dir: Path) -> str | None:
-    """The first file the manifest lists that is not a whole Parquet file (gone,
-    cut short, or not Parquet at all), or None. Its footer is read, not its rows."""
-    names = [seg["file"] for seg in manifest["segments"]]
+    """The first file the manifest lists that the views cannot read: gone, cut
+    short, not Parquet, or without the columns of its table (a file put there
+    by hand). Its footer is read, not its rows; None when all are whole."""
+    files = [(seg["file"], EMPTY[seg["table"]]) for seg in manifest["segments"]]
     if manifest.get("findings"):
-        names.append(manifest["findings"])
-    return next((n for n in names if not readable_parquet(segments_dir / n)), None)
+        files.append((manifest["findings"], FINDINGS_SCHEMA))
+    return next((n for n, schema in files if not _has_columns(segments_dir / n, schema)), None)
+
+
+def _has_columns(path: Path, schema: pa.Schema) -> bool:
+    """Whether ``path`` is a whole Parquet file with ``schema``'s columns, each
+    of the same kind (integer, floating point, text)."""
+    try:
+        found = pq.read_schema(path)
+    except (OSError, pa.ArrowException):
+        return False
+    for want in schema:
+        i = found.get_field_index(want.name)
+        if i < 0 or _kind(found.field(i).type) != _kind(want.type):
+            return False
+    return True
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view":
+        return "text"
+    return str(t)
 
 
 def clean_orphans(cache_dir: Path, segments_dir: Path, next_seg: int) -> None:

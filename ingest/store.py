@@ -194,7 +194,7 @@ class Store:
                         f"{gone} went away or was cut short while the cache was read"
                     ) from None
                 raise StoreError(
-                    f"the cache in {self.cache.dir} is damaged ({e}); delete it and run "
+                    f"the cache in {self.cache.dir} is damaged ({first_line(e)}); delete it and run "
                     "the command again to re-ingest"
                 ) from None
         if unsaved is not None:

@@ -64,7 +64,7 @@ def test_segments_deleted_between_ingest_and_analyze_are_rebuilt(runs):
     out = tunescope("analyze", str(runs))
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [
-        f"tunescope: {steps_segment(gone)} is missing or not a whole Parquet file; "
+        f"tunescope: {steps_segment(gone)} is missing, cut short or not a segment; "
         "rebuilding the cache from the logs"
     ]
     assert "2 runs analysed, 0 findings" in out.stdout
@@ -85,7 +85,22 @@ def test_a_truncated_segment_is_rebuilt_from_the_logs(runs):
     out = tunescope("analyze", str(runs))
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [
-        f"tunescope: {seg} is missing or not a whole Parquet file; rebuilding the cache "
+        f"tunescope: {seg} is missing, cut short or not a segment; rebuilding the cache "
+        "from the logs"
+    ]
+    assert steps_count(runs) == str(2 * STEPS)
+
+
+def test_a_parquet_file_of_other_columns_in_place_of_a_segment_is_rebuilt(runs):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seg = steps_segment(segment_files(runs))
+    pq.write_table(pa.table({"run_id": ["runA"], "step": ["not a number"]}), seg)
+    out = tunescope("analyze", str(runs))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        f"tunescope: {seg} is missing, cut short or not a segment; rebuilding the cache "
         "from the logs"
     ]
     assert steps_count(runs) == str(2 * STEPS)
@@ -110,7 +125,7 @@ def test_segments_vanishing_mid_analysis_are_read_again_once(runs, capsys):
     cache = runs / ".tunescope"
     assert capsys.readouterr().err.splitlines() == [
         f"tunescope: the cache in {cache} changed while it was read; reading it again",
-        f"tunescope: {steps_segment(segment_files(runs))} is missing or not a whole Parquet file; "
+        f"tunescope: {steps_segment(segment_files(runs))} is missing, cut short or not a segment; "
         "rebuilding the cache from the logs",
     ]
 
