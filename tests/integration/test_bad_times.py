@@ -119,6 +119,7 @@ def test_one_time_out_of_range_locks_no_command_out(tmp_path):
         ("compare", str(runs / "good"), str(runs / "tb")),
         ("export", str(runs), "--duckdb", str(tmp_path / "x.duckdb")),
         ("export", str(runs), "--parquet", str(tmp_path / "lake"), "--partition-by", "date"),
+        ("watch", str(runs), "--once", "--include-finished"),
     ):
         out = tunescope(*args)
         assert out.returncode == 0, (args, out.stderr)
