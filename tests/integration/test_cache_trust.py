@@ -374,3 +374,26 @@ def test_fuzz_no_hostile_manifest_or_cache_touches_a_file_outside(pristine, caps
         assert all(line.startswith("tunescope: ") for line in err), err
         assert len(err) <= 4, err
         assert world.manifest()["version"] == MANIFEST_VERSION
+
+
+def test_watch_files_in_the_cache_that_are_links_lead_nowhere(world, capsys):
+    from webhook_receiver import Receiver
+
+    with open(world.runs / "runA" / "events" / "rank-0.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"v":1,"kind":"step","rank":0,"step":7,"loss":NaN}\n')  # a finding to send
+    for name, target in (
+        ("watch.lock", "notes.txt"),
+        ("alerts-outbox.jsonl.lock", "ingest.lock"),
+        ("alerts-outbox.jsonl", "manifest.json"),
+    ):
+        (world.cache / name).symlink_to(world.outside / target)
+    before = world.snapshot()[0]
+    with Receiver() as rx:
+        code = main(["watch", str(world.runs), "--once", "--include-finished", "--webhook", rx.url])
+        assert code == 0, capsys.readouterr().err
+        assert rx.wait_for(1)
+    assert world.snapshot()[0] == before
+    for name, body in CANARIES.items():
+        assert (world.outside / name).read_bytes() == body
+    err = capsys.readouterr().err
+    assert f"{world.cache / 'watch.lock'} is a link, not the cache's own file" in err
