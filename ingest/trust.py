@@ -58,8 +58,10 @@ def manifest_fault(manifest: dict[str, Any], segments_dir: Path) -> str | None:
         m = SEGMENT.fullmatch(seg["file"])
         if m is None or m.group(2) != seg["table"]:
             return f"segment file {_short(seg['file'])} is not a segment name"
-        if int(m.group(1)) >= next_seg or not _int(seg["rows"], 0, INT64):
-            return f"segment file {_short(seg['file'])} is numbered past next_seg"
+        if int(m.group(1)) >= next_seg:
+            return f"segment file {seg['file']} is numbered past next_seg"
+        if not _int(seg["rows"], 0, INT64):
+            return f"segment {seg['file']}: rows is not a count"
         srcs = seg.get("srcs")
         if srcs is not None and not (
             isinstance(srcs, list)
