@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -154,25 +155,35 @@ def merge(manifest: dict[str, Any], segments_dir: Path) -> None:
     con = connect_duckdb()
     con.register("live", live)
     keep, merged, retired = [], [], []
-    for t in TABLES:
-        segs = [s for s in manifest["segments"] if s["table"] == t]
-        if len(segs) < 2:
-            keep.extend(segs)
-            continue
-        big = max(segs, key=lambda s: s["rows"])
-        if big["rows"] >= 4 * (sum(s["rows"] for s in segs) - big["rows"]):
-            keep.append(big)
-            segs = [s for s in segs if s is not big]
-        files = [str(segments_dir / s["file"]) for s in segs]
-        table = fetch_arrow(
-            con,
-            "SELECT * FROM read_parquet(?) SEMI JOIN live USING (src, gen) ORDER BY seg, seq",
-            [files],
-        )
-        name = write_parquet(segments_dir, table, f"seg-{seg:08d}-{t}.parquet")
-        merged.append({"file": name, "table": t, "rows": table.num_rows, "srcs": _srcs_of(table)})
-        retired.extend(segs)
-    con.close()
+    try:
+        for t in TABLES:
+            segs = [s for s in manifest["segments"] if s["table"] == t]
+            if len(segs) < 2:
+                keep.extend(segs)
+                continue
+            big = max(segs, key=lambda s: s["rows"])
+            if big["rows"] >= 4 * (sum(s["rows"] for s in segs) - big["rows"]):
+                keep.append(big)
+                segs = [s for s in segs if s is not big]
+            files = [str(segments_dir / s["file"]) for s in segs]
+            table = fetch_arrow(
+                con,
+                "SELECT * FROM read_parquet(?) SEMI JOIN live USING (src, gen) ORDER BY seg, seq",
+                [files],
+            )
+            name = write_parquet(segments_dir, table, f"seg-{seg:08d}-{t}.parquet")
+            merged.append(
+                {"file": name, "table": t, "rows": table.num_rows, "srcs": _srcs_of(table)}
+            )
+            retired.extend(segs)
+    except duckdb.Error:
+        # a listed segment went away under the merge (deleted by hand): merge
+        # nothing now; the next ingest finds it missing and rebuilds the cache
+        for done in merged:
+            (segments_dir / done["file"]).unlink(missing_ok=True)
+        return
+    finally:
+        con.close()
     now = time.time()
     manifest["trash"].extend({"file": s["file"], "since": now} for s in retired)
     manifest["segments"] = keep + merged

@@ -182,3 +182,28 @@ def test_analyze_under_a_process_deleting_segments_never_exits_1(tmp_path):
         if out.returncode == 2:
             assert out.stderr.splitlines()[-1].startswith("tunescope: error: ")
     assert tunescope("analyze", str(runs)).returncode == 0
+
+
+def test_a_merge_that_finds_a_segment_gone_merges_nothing_and_leaves_nothing(tmp_path):
+    from tunescope.ingest import segments
+    from tunescope.ingest.cache import Cache
+
+    root = tmp_path / "runs"
+    write_runs(root)
+    cache = Cache(root)
+    for name in ("runA", "runB"):  # three passes: several segments per table
+        with open(root / name / "events" / "rank-0.jsonl", "a", encoding="utf-8") as f:
+            f.write('{"v":1,"kind":"step","rank":0,"step":99,"loss":1.0}\n')
+            f.write('{"v":1,"kind":"eval","rank":0,"step":99,"eval_loss":1.0}\n')
+        cache.ingest()
+    manifest = cache.load_manifest()
+    before = [dict(s) for s in manifest["segments"]]
+    files = sorted(p.name for p in cache.segments_dir.glob("seg-*.parquet"))
+    # the last table merged: the merges of the tables before it were written
+    gone = [s["file"] for s in before if s["table"] == "events"][-1]
+    (cache.segments_dir / gone).unlink()
+    segments.merge(manifest, cache.segments_dir)
+    assert manifest["segments"] == before
+    assert sorted(p.name for p in cache.segments_dir.glob("seg-*.parquet")) == [
+        f for f in files if f != gone
+    ]
