@@ -36,6 +36,8 @@ from tunescope.ingest import planning, segments
 from tunescope.ingest.discover import READERS, Source, discover, run_id_for
 from tunescope.ingest.manifest import MAX_PROBLEMS_PER_SOURCE, TABLES
 from tunescope.ingest.rows import Problem, Reader, ReadResult
+from tunescope.ingest.trust import own_file, own_folder
+from tunescope.say import say
 
 MAX_SEGMENTS = 24  # past this many ingest passes, merge the segments into one
 
@@ -44,12 +46,15 @@ def default_cache_dir(root: Path) -> Path:
     """``ROOT/.tunescope`` when the root is writable and no folder above it
     holds a cache already (analysing ``runs/`` and then ``runs/x`` must not
     scatter caches inside one another), else a per-root folder in the user
-    cache dir."""
+    cache dir. A ``.tunescope`` that is a link is not used: a copied runs
+    folder must not make the cache write or delete where the link points."""
     local = root / ".tunescope"
-    if local.is_dir() and os.access(local, os.W_OK):
+    if local.is_symlink():
+        say(f"{local} is a link; not using it as the cache (pass --cache-dir to choose one)")
+    elif local.is_dir() and os.access(local, os.W_OK):
         return local
     nested = any((p / ".tunescope" / "manifest.json").is_file() for p in root.resolve().parents)
-    if not local.exists() and os.access(root, os.W_OK) and not nested:
+    if not local.is_symlink() and not local.exists() and os.access(root, os.W_OK) and not nested:
         return local
     import platformdirs
 
@@ -102,6 +107,8 @@ class Cache:
         self.dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
         self.segments_dir = self.dir / "segments"
         self.manifest_path = self.dir / "manifest.json"
+        for folder in (self.segments_dir, self.dir / "tmp"):
+            own_folder(folder)  # a link there would read, spill or delete elsewhere
 
     # ---- manifest, lock and writes ---------------------------------------------
 
@@ -131,6 +138,8 @@ class Cache:
             lock.release()
 
     def _ensure_dirs(self) -> None:
+        own_folder(self.segments_dir)
+        own_file(self.dir / "ingest.lock")  # opening a link would truncate what it points to
         try:
             self.segments_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -138,6 +147,11 @@ class Cache:
                 f"cannot create the cache directory {self.dir}: {e.strerror or e}; "
                 "pass --cache-dir to put it elsewhere"
             ) from None
+        if self.segments_dir.is_symlink() or not self.segments_dir.is_dir():
+            raise StoreError(
+                f"{self.segments_dir} is not a folder of the cache's own and cannot be "
+                "replaced; remove it, or pass --cache-dir to put the cache elsewhere"
+            )
 
     def write_parquet(self, table: pa.Table, name: str) -> str:
         return segments.write_parquet(self.segments_dir, table, name)
@@ -184,6 +198,13 @@ class Cache:
             report.unclaimed.clear()
         with self.lock():
             manifest = self.load_manifest()
+            bad = segments.unreadable(manifest, self.segments_dir)
+            if bad is not None:  # deleted or cut short behind the cache's back
+                say(
+                    f"{self.segments_dir / bad} is missing, cut short or not a segment; "
+                    "rebuilding the cache from the logs"
+                )
+                manifest = manifests.new(self.root)
             segments.clean_orphans(self.dir, self.segments_dir, manifest["next_seg"])
             plan = self._plan(manifest, readers, report)
             new_segments = self._read_and_write(manifest, plan, report, progress)

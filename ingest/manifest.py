@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from tunescope.files import write_whole
+from tunescope.ingest.trust import manifest_fault
 from tunescope.say import say
 
 if TYPE_CHECKING:
@@ -27,8 +28,9 @@ TABLES = ("steps", "metrics", "events")
 def load(path: Path, root: Path, cache_dir: Path) -> dict[str, Any]:
     """The manifest of ``root``'s cache in ``cache_dir``; a new, empty one when
     there is none, or when the file is damaged, of another shape or of
-    another root (each said on stderr: the logs are the truth, the cost is a
-    re-read)."""
+    another root, or names a file the cache could not have written (each
+    said on stderr: the logs are the truth, the cost is a re-read). Nothing
+    a refused manifest names is read or deleted."""
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
@@ -41,6 +43,10 @@ def load(path: Path, root: Path, cache_dir: Path) -> dict[str, Any]:
         version = manifest.get("version") if isinstance(manifest, dict) else None
         if not isinstance(version, int) or version == MANIFEST_VERSION:  # not an old one
             say(f"{path} is not a tunescope manifest; re-ingesting")
+        return new(root)
+    fault = manifest_fault(manifest, cache_dir / "segments")
+    if fault is not None:
+        say(f"{path} is damaged ({fault}); rebuilding the cache from the logs")
         return new(root)
     resolved = str(root.resolve())
     if manifest.get("root") != resolved:

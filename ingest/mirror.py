@@ -28,14 +28,17 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import stat
 import time
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunescope.files import remove_dead_temps, write_whole
 from tunescope.ingest.cache import Cache, IngestReport
 from tunescope.ingest.discover import SKIP_DIRS
+from tunescope.ingest.mirror_paths import key_of_name, mirror_paths
 from tunescope.ingest.remote import ObjectInfo, Remote, is_url
 from tunescope.ingest.rows import Problem
 from tunescope.ingest.tail import FINGERPRINT
@@ -66,10 +69,12 @@ SKIP_SUFFIXES = (
 )
 
 
-def wanted(rel: str) -> bool:
-    """Whether an object may hold logs (and its key is a safe relative path)."""
-    parts = PurePosixPath(rel).parts
-    if not parts or rel.startswith("/") or any(p in ("..", ".") for p in parts):
+def wanted(rel: str, size: int = 1) -> bool:
+    """Whether an object may hold logs: not a folder marker (an empty
+    ``name/``), not under a folder no reader looks in, not weights or an
+    archive. Any key is safe: :func:`mirror_paths` confines it."""
+    parts = rel.split("/")
+    if rel.endswith("/") and size == 0:
         return False
     if any(p in SKIP_DIRS for p in parts[:-1]):
         return False
@@ -98,6 +103,7 @@ class SyncReport:
     reads: int = 0
     bytes_read: int = 0
     seconds: float = 0.0
+    problems: list[Problem] = field(default_factory=list)  # objects that could not be mirrored
 
 
 class Mirror:
@@ -115,21 +121,21 @@ class Mirror:
         r = self.remote
         before = (r.listings, r.reads, r.bytes_read)
         started = time.perf_counter()
-        listing = [o for o in r.list() if wanted(o.rel)]
+        listing = [o for o in r.list() if wanted(o.rel, o.size)]
         self.root.mkdir(parents=True, exist_ok=True)
         remove_dead_temps(self.root, recursive=True)  # copies a killed sync left half-written
         state = self._load()
         report = SyncReport(objects=len(listing))
-        live = {o.rel for o in listing}
-        for rel in [k for k in state if k not in live]:
-            with contextlib.suppress(OSError):
-                (self.root / rel).unlink()
-            del state[rel]
-            report.removed += 1
+        paths = mirror_paths(o.rel for o in listing)
+        for rel in list(state):
+            # gone, or its copy must move (a key that other keys now sit below)
+            if paths.get(rel) != state[rel]["path"]:
+                self._remove(state.pop(rel)["path"])
+                report.removed += rel not in paths
         plan: list[tuple[ObjectInfo, int]] = []  # (object, first byte to fetch)
         for obj in listing:
             old = state.get(obj.rel)
-            held = _size(self.root / obj.rel)
+            held = self._size(paths[obj.rel]) if old is not None else None
             if old is not None and held == old["size"]:
                 if old["size"] == obj.size and old["etag"] == obj.etag:
                     continue
@@ -138,12 +144,13 @@ class Mirror:
                     continue
             plan.append((obj, 0))
         for batch in _batches(plan):
-            again = self._fetch(batch, state, report)
+            again = self._fetch(batch, paths, state, report)
             if again:  # appended objects that turned out rewritten: fetched whole
-                self._fetch([(o, 0) for o in again], state, report)
+                self._fetch([(o, 0) for o in again], paths, state, report)
             self._save(state)
         if report.removed and not plan:
             self._save(state)
+        self._keys = {v["path"]: k for k, v in state.items()}
         report.listings = r.listings - before[0]
         report.reads = r.reads - before[1]
         report.bytes_read = r.bytes_read - before[2]
@@ -151,10 +158,16 @@ class Mirror:
         return report
 
     def _fetch(
-        self, batch: list[tuple[ObjectInfo, int]], state: dict[str, Any], report: SyncReport
+        self,
+        batch: list[tuple[ObjectInfo, int]],
+        paths: dict[str, str],
+        state: dict[str, Any],
+        report: SyncReport,
     ) -> list[ObjectInfo]:
         """Fetch a batch, then change the copies; returns the appended objects
-        whose earlier bytes changed (rewritten: to fetch whole)."""
+        whose earlier bytes changed (rewritten: to fetch whole). An object
+        whose copy cannot be written is one problem, and is tried again at
+        the next sync."""
         fetch = [(o, start) for o, start in batch if o.size > start]
         data = self.remote.read_ranges(
             [o.rel for o, _ in fetch], [s for _, s in fetch], [o.size for o, _ in fetch]
@@ -162,24 +175,80 @@ class Mirror:
         got = {o.rel: d for (o, _), d in zip(fetch, data, strict=True)}
         rewritten = []
         for obj, start in batch:
-            path = self.root / obj.rel
+            rel = paths[obj.rel]
             body = got.get(obj.rel, b"")
-            if start:
-                held = state[obj.rel]["size"]
-                overlap = held - start
-                if body[:overlap] != _tail(path, overlap):
-                    rewritten.append(obj)
-                    continue
-                with open(path, "ab") as f:
-                    f.write(body[overlap:])
-                report.appended += 1
-            else:
-                _write_whole(path, body)
-            state[obj.rel] = {"size": obj.size, "etag": obj.etag}
+            if body is None:
+                state.pop(obj.rel, None)
+                self._remove(rel)
+                where = f"{self.url}/{obj.rel}"
+                report.problems.append(Problem(where, None, "deleted since it was listed; skipped"))
+                continue
+            try:
+                if start:
+                    path = self._inside(rel)
+                    held = state[obj.rel]["size"]
+                    overlap = held - start
+                    if body[:overlap] != _tail(path, overlap):
+                        rewritten.append(obj)
+                        continue
+                    with open(path, "ab") as f:
+                        f.write(body[overlap:])
+                    report.appended += 1
+                else:
+                    self._clear_way(rel)
+                    _write_whole(self._inside(rel), body)
+            except OSError as e:
+                state.pop(obj.rel, None)
+                self._remove(rel)
+                why = e.strerror or str(e)
+                where = f"{self.url}/{obj.rel}"
+                report.problems.append(Problem(where, None, f"cannot copy into the mirror: {why}"))
+                continue
+            state[obj.rel] = {"size": obj.size, "etag": obj.etag, "path": rel}
             report.fetched += 1
         return rewritten
 
+    # ---- the mirror's own files: nothing outside it is read, written or removed ----
+
+    def _inside(self, rel: str) -> Path:
+        """The mirror path ``rel`` (from :func:`mirror_paths`, or a state file
+        checked by :func:`_valid_path`); an OSError when a folder on the way
+        is a link (a copied or tampered cache must not lead writes outside)."""
+        path = self.root
+        for name in rel.split("/")[:-1]:
+            path = path / name
+            if path.is_symlink():
+                raise OSError(f"{path} is a link")
+        return path / rel.rsplit("/", 1)[-1]
+
+    def _size(self, rel: str) -> int | None:
+        """The size of a copy when it is a plain file in the mirror."""
+        try:
+            st = os.lstat(self._inside(rel))
+        except (OSError, ValueError):
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def _remove(self, rel: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._inside(rel).unlink()
+
+    def _clear_way(self, rel: str) -> None:
+        """Remove what an older listing left where this copy goes: a file where
+        a folder is needed, or a folder (of copies no longer listed) where the
+        file goes."""
+        path = self.root
+        for name in rel.split("/")[:-1]:
+            path = path / name
+            if path.is_symlink() or (path.exists() and not path.is_dir()):
+                path.unlink()
+        path = self._inside(rel)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+
     def _load(self) -> dict[str, Any]:
+        """What each copy holds, from ``mirror.json``: entries that are not of
+        its shape (a damaged or tampered file) are dropped, and fetched again."""
         try:
             with open(self.state_path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -188,10 +257,52 @@ class Mirror:
         if not isinstance(data, dict) or data.get("url") != self.url:
             return {}
         objects = data.get("objects")
-        return objects if isinstance(objects, dict) else {}
+        if not isinstance(objects, dict):
+            return {}
+        out = {}
+        for key, entry in objects.items():
+            if not isinstance(entry, dict):
+                continue
+            path = entry.get("path", key)  # older mirrors kept a key's copy at the key
+            size, etag = entry.get("size"), entry.get("etag")
+            if (
+                _valid_path(path)
+                and isinstance(size, int)
+                and not isinstance(size, bool)
+                and size >= 0
+                and isinstance(etag, str | None)
+            ):
+                out[key] = {"size": size, "etag": etag, "path": path}
+        return out
 
     def _save(self, state: dict[str, Any]) -> None:
         write_whole(self.state_path, json.dumps({"url": self.url, "objects": state}))
+
+    _keys: dict[str, str] | None = None
+
+    def url_of(self, rel: str) -> str:
+        """The URL of a path in the mirror (a copy, or a folder of them)."""
+        if self._keys is None:
+            self._keys = {v["path"]: k for k, v in self._load().items()}
+        key = self._keys.get(rel)
+        if key is None and "%~" in rel:  # a hashed name: a copy below has its whole key
+            names = rel.split("/")
+            below = next((k for p, k in self._keys.items() if p.startswith(rel + "/")), None)
+            if below is not None:
+                key = "/".join(below.split("/")[: len(names)])
+        if key is None:
+            key = "/".join(key_of_name(name) for name in rel.split("/"))
+        return f"{self.url}/{key}"
+
+
+def _valid_path(path: Any) -> bool:
+    """A relative mirror path whose every name is a file name."""
+    if not isinstance(path, str) or not path or "\x00" in path:
+        return False
+    names = path.split("/")
+    return all(
+        n not in ("", ".", "..") and len(n.encode("utf-8", "surrogateescape")) <= 255 for n in names
+    )
 
 
 class MirrorCache(Cache):
@@ -218,6 +329,9 @@ class MirrorCache(Cache):
         with self.lock(), self._writing():
             self.last_sync = self.mirror.sync()
         report = super().ingest(readers, progress)
+        report.problems[:0] = self.last_sync.problems
+        report.new_problems[:0] = self.last_sync.problems
+        report.skipped += len(self.last_sync.problems)
         report.root = self.url  # type: ignore[assignment]  # a URL root: reports name it, not the mirror
         report.problems = [self._named(p) for p in report.problems]
         report.new_problems = [self._named(p) for p in report.new_problems]
@@ -235,8 +349,10 @@ class MirrorCache(Cache):
 
     def _url_of(self, path: str) -> str:
         base = str(self.mirror.root)
-        if path == base or path.startswith(base + os.sep):
-            return self.url + path[len(base) :].replace(os.sep, "/")
+        if path == base:
+            return self.url
+        if path.startswith(base + os.sep):
+            return self.mirror.url_of(path[len(base) + 1 :].replace(os.sep, "/"))
         return path
 
     def _named(self, p: Problem) -> Problem:
@@ -264,13 +380,6 @@ def _batches(plan: list[tuple[ObjectInfo, int]]) -> list[list[tuple[ObjectInfo, 
     if batch:
         out.append(batch)
     return out
-
-
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
 
 
 def _tail(path: Path, n: int) -> bytes:

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tunescope.eventlog import epoch_seconds, time_problem
 from tunescope.ingest.foreign import (
     CANONICAL,
     add_step_times,
@@ -68,7 +69,8 @@ def build_rows(
     fmt: str,
 ) -> tuple[Any, Any, Any]:
     """Step, metric and event tables of one run from ``(key, step, ts, value)``
-    points and what is known about the run (name, status, times, params, tags)."""
+    points and what is known about the run (name, status, times, params,
+    tags; times already bounded, see :func:`run_time`)."""
     steps: dict[int, list[Any]] = {}
     metrics: list[tuple[int, float | None, str, float]] = []
     for key, step, ts, value in points:
@@ -102,17 +104,28 @@ def build_rows(
     if info.get("tags"):
         payload["tags"] = info["tags"]
     rows = RowBuilder()
-    start = info.get("start_time")
-    rows.event(0, None, start / 1000 if start else None, "run_start", payload)
+    rows.event(0, None, info.get("start_time"), "run_start", payload)
     status = STATUS.get(info.get("status"))
     if status in ("completed", "failed", "interrupted"):
-        end = info.get("end_time")
         last = max(steps) if steps else (max(m[0] for m in metrics) if metrics else None)
-        rows.event(0, last, end / 1000 if end else None, "run_end", {"status": status})
+        rows.event(0, last, info.get("end_time"), "run_end", {"status": status})
     _, _, events = rows.tables()
     step_rows = [(s, ts, c) for s, (ts, c) in sorted(steps.items())]
     add_step_times(step_rows, [])
     return step_table(step_rows), metric_table(metrics), events
+
+
+def run_time(
+    ms: Any, what: str, where: str, problems: list[Problem], line: int | None = None
+) -> float | None:
+    """An MLflow time (milliseconds since the epoch) in seconds; None, with a
+    problem naming ``where``, when it is not a plausible time."""
+    if ms is None or isinstance(ms, bool) or not isinstance(ms, int | float) or not ms:
+        return None
+    ts = epoch_seconds(ms / 1000.0)
+    if ts is None:
+        problems.append(Problem(where, line, time_problem(f"{what} (ms)", ms)))
+    return ts
 
 
 # ---- file store -----------------------------------------------------------------
@@ -148,7 +161,7 @@ def parse_metric_file(path: Path, key: str, problems: list[Problem]) -> list[tup
         try:
             if len(parts) not in (2, 3, 5):
                 raise ValueError(f"expected 'timestamp value step', got {len(parts)} fields")
-            ts = int(parts[0])
+            ms = int(parts[0])
             value = float(parts[1])
             step = int(parts[2]) if len(parts) >= 3 else 0
             if step < 0:
@@ -156,7 +169,8 @@ def parse_metric_file(path: Path, key: str, problems: list[Problem]) -> list[tup
         except ValueError as e:
             problems.append(Problem(str(path), lineno, f"bad metric line: {e}"))
             continue
-        points.append((key, step, ts / 1000.0, value))
+        ts = run_time(ms, "timestamp", str(path), problems, lineno) if ms else 0.0
+        points.append((key, step, ts, value))
     return points
 
 
@@ -211,8 +225,8 @@ class MLflowFileReader:
             "run_id": meta.get("run_id") or meta.get("run_uuid") or run.name,
             "experiment_id": str(meta.get("experiment_id", run.parent.name)),
             "status": meta.get("status"),
-            "start_time": _int(meta.get("start_time")),
-            "end_time": _int(meta.get("end_time")),
+            "start_time": run_time(_int(meta.get("start_time")), "start_time", str(path), problems),
+            "end_time": run_time(_int(meta.get("end_time")), "end_time", str(path), problems),
             "params": _read_tree(run / "params"),
             "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")},
         }
@@ -305,7 +319,8 @@ class MLflowDBReader:
         finally:
             con.close()
         points = []
-        for n, (key, step, ts, value, is_nan) in enumerate(raw, start=1):
+        where = str(path)
+        for n, (key, step, ms, value, is_nan) in enumerate(raw, start=1):
             if not isinstance(key, str) or not isinstance(value, int | float) or value is None:
                 problems.append(Problem(str(path), None, f"run {part} metric row {n}: bad value"))
                 continue
@@ -314,15 +329,16 @@ class MLflowDBReader:
             elif abs(value) >= FLOAT_MAX:
                 value = math.copysign(math.inf, value)
             step = step if isinstance(step, int) and step >= 0 else 0
-            points.append((key, step, ts / 1000.0 if isinstance(ts, int | float) else None, value))
+            ts = run_time(ms, f"run {part} metric row {n}: timestamp", where, problems)
+            points.append((key, step, 0.0 if ms == 0 else ts, value))
         name, status, start, end, exp = run
         info = {
             "name": tags.get("mlflow.runName") or name or part,
             "run_id": part,
             "experiment_id": str(exp),
             "status": status,
-            "start_time": start,
-            "end_time": end,
+            "start_time": run_time(start, f"run {part}: start_time", where, problems),
+            "end_time": run_time(end, f"run {part}: end_time", where, problems),
             "params": params,
             "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")},
         }

@@ -112,10 +112,11 @@ class Remote:
 
     def read_ranges(
         self, rels: builtins.list[str], starts: builtins.list[int], ends: builtins.list[int]
-    ) -> builtins.list[bytes]:
+    ) -> builtins.list[bytes | None]:
         """The bytes ``[start, end)`` of each object, fetched concurrently where
-        the filesystem can; a request that fails is tried again, and after
-        RETRIES tries the whole call fails with one line."""
+        the filesystem can; None for an object deleted since it was listed. A
+        request that fails otherwise is tried again, and after RETRIES tries
+        the whole call fails with one line."""
         paths = [f"{self.path}/{r}" for r in rels]
         out: list[bytes | None] = [None] * len(paths)
         todo = list(range(len(paths)))
@@ -143,6 +144,9 @@ class Remote:
                     continue
                 if isinstance(value, BaseException):
                     _raise_if_user_error(self.url, value)
+                    if isinstance(value, FileNotFoundError):
+                        continue  # deleted since the listing: None, no retry
+
                 error = value if isinstance(value, BaseException) else None
                 failed.append(i)
             todo = failed
@@ -152,7 +156,7 @@ class Remote:
                 f"{where}: cannot read ({_reason(error)}) after {RETRIES} tries; "
                 "nothing was cached from it, run the command again"
             )
-        return [b for b in out if b is not None]
+        return out
 
     # ---- errors --------------------------------------------------------------
 

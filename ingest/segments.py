@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunescope.files import remove_dead_temps, replacing, temp_beside
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.manifest import TABLES
+from tunescope.ingest.trust import NUMBERED
+from tunescope.ingest.views import EMPTY, FINDINGS_SCHEMA
 
 TRASH_GRACE_S = 120.0  # superseded segment files are deleted after this long
 # How segments are written. Min/max statistics only for the key columns: the
@@ -31,7 +33,6 @@ PARQUET = {
     "compression_level": 1,
     "write_statistics": ["run_id", "rank", "step", "src", "gen", "seg", "seq", "name", "kind"],
 }
-NUMBERED = re.compile(r"(?:seg|findings)-(\d+)(?:-[a-z]+)?\.parquet")
 
 
 def write_parquet(segments_dir: Path, table: pa.Table, name: str) -> str:
@@ -154,25 +155,35 @@ def merge(manifest: dict[str, Any], segments_dir: Path) -> None:
     con = connect_duckdb()
     con.register("live", live)
     keep, merged, retired = [], [], []
-    for t in TABLES:
-        segs = [s for s in manifest["segments"] if s["table"] == t]
-        if len(segs) < 2:
-            keep.extend(segs)
-            continue
-        big = max(segs, key=lambda s: s["rows"])
-        if big["rows"] >= 4 * (sum(s["rows"] for s in segs) - big["rows"]):
-            keep.append(big)
-            segs = [s for s in segs if s is not big]
-        files = [str(segments_dir / s["file"]) for s in segs]
-        table = fetch_arrow(
-            con,
-            "SELECT * FROM read_parquet(?) SEMI JOIN live USING (src, gen) ORDER BY seg, seq",
-            [files],
-        )
-        name = write_parquet(segments_dir, table, f"seg-{seg:08d}-{t}.parquet")
-        merged.append({"file": name, "table": t, "rows": table.num_rows, "srcs": _srcs_of(table)})
-        retired.extend(segs)
-    con.close()
+    try:
+        for t in TABLES:
+            segs = [s for s in manifest["segments"] if s["table"] == t]
+            if len(segs) < 2:
+                keep.extend(segs)
+                continue
+            big = max(segs, key=lambda s: s["rows"])
+            if big["rows"] >= 4 * (sum(s["rows"] for s in segs) - big["rows"]):
+                keep.append(big)
+                segs = [s for s in segs if s is not big]
+            files = [str(segments_dir / s["file"]) for s in segs]
+            table = fetch_arrow(
+                con,
+                "SELECT * FROM read_parquet(?) SEMI JOIN live USING (src, gen) ORDER BY seg, seq",
+                [files],
+            )
+            name = write_parquet(segments_dir, table, f"seg-{seg:08d}-{t}.parquet")
+            merged.append(
+                {"file": name, "table": t, "rows": table.num_rows, "srcs": _srcs_of(table)}
+            )
+            retired.extend(segs)
+    except duckdb.Error:
+        # a listed segment went away under the merge (deleted by hand): merge
+        # nothing now; the next ingest finds it missing and rebuilds the cache
+        for done in merged:
+            (segments_dir / done["file"]).unlink(missing_ok=True)
+        return
+    finally:
+        con.close()
     now = time.time()
     manifest["trash"].extend({"file": s["file"], "since": now} for s in retired)
     manifest["segments"] = keep + merged
@@ -189,6 +200,41 @@ def empty_trash(manifest: dict[str, Any], segments_dir: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             (segments_dir / item["file"]).unlink()
     manifest["trash"] = keep
+
+
+def unreadable(manifest: dict[str, Any], segments_dir: Path) -> str | None:
+    """The first file the manifest lists that the views cannot read: gone, cut
+    short, not Parquet, or without the columns of its table (a file put there
+    by hand). Its footer is read, not its rows; None when all are whole."""
+    files = [(seg["file"], EMPTY[seg["table"]]) for seg in manifest["segments"]]
+    if manifest.get("findings"):
+        files.append((manifest["findings"], FINDINGS_SCHEMA))
+    return next((n for n, schema in files if not _has_columns(segments_dir / n, schema)), None)
+
+
+def _has_columns(path: Path, schema: pa.Schema) -> bool:
+    """Whether ``path`` is a whole Parquet file with ``schema``'s columns, each
+    of the same kind (integer, floating point, text)."""
+    try:
+        with pq.ParquetFile(path) as f:  # the footer only (faster than read_schema)
+            found = f.schema_arrow
+    except (OSError, pa.ArrowException):
+        return False
+    for want in schema:
+        i = found.get_field_index(want.name)
+        if i < 0 or _kind(found.field(i).type) != _kind(want.type):
+            return False
+    return True
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view":
+        return "text"
+    return str(t)
 
 
 def clean_orphans(cache_dir: Path, segments_dir: Path, next_seg: int) -> None:

@@ -28,12 +28,13 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from tunescope.errors import QueryError, StoreError, UsageError
+from tunescope.errors import CacheChanged, QueryError, StoreError, UsageError
 from tunescope.files import replacing, temp_beside
 from tunescope.ingest.cache import IngestReport
 from tunescope.ingest.duck import connect_duckdb, fetch_arrow
 from tunescope.ingest.mirror import open_cache
 from tunescope.ingest.sql_guard import check_read_only, first_line, one_line, statement_kind
+from tunescope.ingest.trust import plain_file
 from tunescope.ingest.views import (
     EMPTY,
     FINDINGS_SCHEMA,
@@ -162,6 +163,9 @@ class Store:
         for seg in manifest["segments"]:
             files[seg["table"]].append(str(seg_dir / seg["file"]))
         findings_file = manifest.get("findings")
+        self._files = tuple(p for paths in files.values() for p in paths)
+        if findings_file:
+            self._files += (str(seg_dir / findings_file),)
         with self._lock:
             con = self.con
             try:
@@ -184,13 +188,26 @@ class Store:
                 ) from None
             except duckdb.Error as e:
                 con.execute("ROLLBACK")
+                gone = self.vanished()
+                if gone is not None:
+                    raise CacheChanged(
+                        f"{gone} went away or was cut short while the cache was read"
+                    ) from None
                 raise StoreError(
-                    f"the cache in {self.cache.dir} is damaged ({e}); delete it and run "
+                    f"the cache in {self.cache.dir} is damaged ({first_line(e)}); delete it and run "
                     "the command again to re-ingest"
                 ) from None
         if unsaved is not None:
             self._save_runstats(unsaved)  # after the commit: a failed write aborts nothing
         self.loaded_at = time.time()
+
+    _files: tuple[str, ...] = ()  # what the views read, set by refresh
+
+    def vanished(self) -> str | None:
+        """A file the views read that is no longer a whole Parquet file (another
+        process rebuilt the cache, or it was deleted or cut short since the
+        last :meth:`refresh`), or None."""
+        return next((f for f in self._files if not readable_parquet(Path(f))), None)
 
     def _build_runs(self, manifest: dict[str, Any]) -> Path | None:
         """The ``runs`` table: per-run figures from the cache's saved copy for
@@ -207,7 +224,9 @@ class Store:
         key = hashlib.sha1(state.encode()).hexdigest()[:16]
         saved = self._segments / f"runstats-{key}.parquet"
         unsaved = None
-        if readable_parquet(saved):  # checked first: a failed read aborts the transaction
+        if plain_file(saved) and readable_parquet(
+            saved
+        ):  # checked first: a failed read aborts the transaction
             con.execute(
                 "CREATE OR REPLACE TABLE _runstats AS SELECT * FROM read_parquet(?)", [str(saved)]
             )

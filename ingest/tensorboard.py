@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunescope.eventlog import epoch_seconds, time_problem
 from tunescope.ingest.foreign import infer_logging_steps, resume_state, scalar_result
 from tunescope.ingest.protobuf import masked_crc32c, skip_field, varint
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
@@ -393,6 +394,11 @@ class TensorBoardReader:
                     Problem(str(path), None, f"{where}: undecodable event ({e}); skipped")
                 )
                 continue
+            if wall is not None and epoch_seconds(wall) is None:
+                scan.problems.append(
+                    Problem(str(path), None, f"{where}: {time_problem('wall_time', wall)}")
+                )
+                wall = None
             for tag, value, extra in values:
                 if isinstance(extra, tuple):
                     if tag in ("args/text_summary", "args") and not scan.args:

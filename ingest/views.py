@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from tunescope.eventlog import TS_MAX
 from tunescope.ingest.rows import EVENT_SCHEMA, METRIC_SCHEMA, STEP_SCHEMA
 from tunescope.schema import METRIC_NAMES
 
@@ -59,8 +60,12 @@ def load_table(
         con.execute(f"CREATE TABLE _{name} AS SELECT * FROM _empty")
         con.unregister("_empty")
         return
-    # a view cannot take parameters: the file names (the cache's own) are quoted here
-    source = f"read_parquet({sql_list(paths)}) SEMI JOIN _live USING (src, gen)"
+    # a view cannot take parameters: the file names (the cache's own) are quoted here;
+    # a time out of range (a cache written elsewhere) is NULL, as readers make it
+    source = (
+        f"(SELECT * REPLACE ({plausible_ts('ts')} AS ts) FROM read_parquet({sql_list(paths)})) "
+        "SEMI JOIN _live USING (src, gen)"
+    )
     if not overlapping:
         con.execute(f"CREATE OR REPLACE VIEW _{name} AS SELECT * FROM {source}")
         return
@@ -122,6 +127,13 @@ def readable_parquet(path: Path) -> bool:
     except (OSError, pa.ArrowException):
         return False
     return True
+
+
+def plausible_ts(expr: str) -> str:
+    """SQL for ``expr`` when it is seconds since the epoch in the readers'
+    bounds (:data:`tunescope.eventlog.TS_MAX`), else NULL: ``to_timestamp``
+    of one value out of range would fail every query over the views."""
+    return f"CASE WHEN {expr} >= 0 AND {expr} < {TS_MAX:.0f} THEN {expr} END"
 
 
 def drop(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -220,7 +232,11 @@ WITH src AS (
            max(changed_at) AS changed_at, max(modified) AS modified
     FROM _live GROUP BY run_id
 ),
-rs AS (SELECT * EXCLUDE (start_p), start_p::JSON AS p FROM _runstats),
+rs AS (
+    SELECT * EXCLUDE (start_p) REPLACE (
+        {first_ts} AS first_ts, {last_ts} AS last_ts, {end_ts} AS end_ts, {start_ts} AS start_ts
+    ), start_p::JSON AS p FROM _runstats
+),
 ids AS (SELECT run_id FROM src UNION SELECT run_id FROM rs)
 SELECT
     ids.run_id,
@@ -261,4 +277,4 @@ FROM ids
 LEFT JOIN src USING (run_id)
 LEFT JOIN rs USING (run_id)
 ORDER BY ids.run_id
-"""
+""".format(**{c: plausible_ts(c) for c in ("first_ts", "last_ts", "end_ts", "start_ts")})

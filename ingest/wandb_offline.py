@@ -31,6 +31,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from tunescope.eventlog import epoch_seconds, time_problem
 from tunescope.ingest.foreign import (
     infer_logging_steps,
     number,
@@ -207,11 +208,27 @@ class WandbOfflineReader:
                 fields = _fields(body)
                 for field, value in fields:
                     if field == 2 and isinstance(value, bytes):
-                        self._history(value, steps, metric_rows)
+                        bad_ts = self._history(value, steps, metric_rows)
+                        if bad_ts is not None:
+                            problems.append(
+                                Problem(
+                                    str(path),
+                                    None,
+                                    f"record {record} at byte {pos}: {time_problem('_timestamp', bad_ts)}",
+                                )
+                            )
                     elif field == 5 and isinstance(value, bytes):
                         config.update(_config(value))
                     elif field == 17 and isinstance(value, bytes):
                         run.update(_run(value, config))
+                        if "start" in run and epoch_seconds(run["start"]) is None:
+                            problems.append(
+                                Problem(
+                                    str(path),
+                                    None,
+                                    f"record {record} at byte {pos}: {time_problem('start_time', run.pop('start'))}",
+                                )
+                            )
                     elif field == 18 and isinstance(value, bytes):
                         last = max(steps) if steps else state.get("last_step")
                         rows.event(0, last, None, "run_end", _exit(value))
@@ -268,7 +285,9 @@ class WandbOfflineReader:
         return payload
 
     @staticmethod
-    def _history(buf: bytes, steps: dict, metric_rows: list) -> None:
+    def _history(buf: bytes, steps: dict, metric_rows: list) -> Any:
+        """Add a history record's values; returns its ``_timestamp`` when
+        that is not a plausible time (the values are kept without it)."""
         values: dict[str, Any] = {}
         for key, text in _items(buf):
             values[key] = _json(text)
@@ -279,8 +298,9 @@ class WandbOfflineReader:
                 step = int(v)
                 break
         if step is None:
-            return
-        ts = number(values.get("_timestamp"))
+            return None
+        raw = number(values.get("_timestamp"))
+        ts = epoch_seconds(raw)
         for key, value in values.items():
             if key in _NOT_METRICS:
                 continue
@@ -288,6 +308,7 @@ class WandbOfflineReader:
             if v is None:
                 continue
             add_scalar(steps, metric_rows, step, ts, key, v)
+        return raw if raw is not None and ts is None else None
 
 
 def _exit(buf: bytes) -> dict[str, Any]:

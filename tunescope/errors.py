@@ -51,5 +51,11 @@ class StoreError(TunescopeError):
     """The cache of ingested segments cannot be written or read."""
 
 
+class CacheChanged(StoreError):
+    """Files of the cache went away or were cut short while a command read
+    them (another process rebuilt the cache, or they were deleted): opening
+    the store again (an ingest rebuilds what is missing) usually works."""
+
+
 class TrainError(TunescopeError):
     """The bundled trainer cannot start with this configuration or environment."""

@@ -136,6 +136,24 @@ RANK_MAX = 2**31 - 1
 TS_MAX = 1e11
 
 
+def epoch_seconds(value: float | None) -> float | None:
+    """``value`` when it is a plausible wall-clock time in seconds since the
+    epoch (finite, 0 to TS_MAX), else None. Every reader bounds its times with
+    this: one value out of range must not reach the store, where turning it
+    into a timestamp fails for every run."""
+    if value is None or not 0 <= value < TS_MAX:  # NaN fails the comparison too
+        return None
+    return float(value)
+
+
+def time_problem(what: str, value: Any) -> str:
+    """The reason of a skip for a time :func:`epoch_seconds` refused."""
+    return (
+        f"{what} {_short(value)} is not a time in seconds since the epoch "
+        "(milli- or nanoseconds?); the row is kept without it"
+    )
+
+
 def as_int(value: Any, limit: int = INT64_MAX) -> int | None:
     """A JSON value as a non-negative-or-not integer within ``limit``; None otherwise."""
     if isinstance(value, bool):
@@ -177,7 +195,7 @@ def parse_event(obj: Any) -> Event:
     if ts is not None and (ts_f is None or not math.isfinite(ts_f)):
         problems.append(f"'ts' must be a finite number, got {_short(ts)}; ignored")
         ts_f = None
-    elif ts_f is not None and not 0 <= ts_f < TS_MAX:
+    elif ts_f is not None and epoch_seconds(ts_f) is None:
         problems.append(
             f"'ts' must be seconds since the epoch, got {_short(ts)} "
             "(milli- or nanoseconds?); ignored"

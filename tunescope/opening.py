@@ -3,15 +3,19 @@ on a terminal), then one line on stderr when lines were skipped."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from tunescope.errors import CacheChanged, StoreError
 from tunescope.progress import Progress
 from tunescope.say import say
 from tunescope.words import count
 
 if TYPE_CHECKING:
     from tunescope.ingest.store import Store
+
+T = TypeVar("T")
 
 
 def ingest_progress(enabled: bool | None = None) -> Progress:
@@ -38,3 +42,35 @@ def open_store(runs: str | Path, cache_dir: str | Path | None, quiet: bool = Fal
             f"`tunescope ingest {runs}` lists them"
         )
     return store
+
+
+def with_store(
+    runs: str | Path, cache_dir: str | Path | None, work: Callable[[Store], T], quiet: bool = False
+) -> T:
+    """Open the store of ``runs``, return ``work(store)`` and close it. When the
+    cache's files changed under it (another process rebuilt the cache, or its
+    segments were deleted or cut short), the store is opened again (the
+    ingest rebuilds what is missing) and ``work`` runs once more; a second
+    such failure is one :class:`StoreError` line (exit 2), never a traceback
+    or the exit code of findings."""
+    attempt = 1
+    while True:
+        store = None
+        try:
+            store = open_store(runs, cache_dir, quiet=quiet or attempt == 2)
+            return work(store)
+        except Exception as e:
+            changed = isinstance(e, CacheChanged) or (store is not None and store.vanished())
+            if not changed:
+                raise
+            where = store.cache.dir if store is not None else runs
+            if attempt == 2:
+                raise StoreError(
+                    f"the cache of {runs} changed again while it was read ({where}); another "
+                    "tunescope process may be rebuilding it: run the command again when it is done"
+                ) from None
+            say(f"the cache in {where} changed while it was read; reading it again")
+            attempt = 2
+        finally:
+            if store is not None:
+                store.close()

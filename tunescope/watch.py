@@ -438,7 +438,10 @@ def watch_lock(cache_dir: str | os.PathLike[str], root: str | os.PathLike[str]) 
     """One watcher per cache dir: a second one would send every alert twice."""
     from filelock import FileLock, Timeout
 
+    from tunescope.ingest.trust import own_file
+
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    own_file(Path(cache_dir) / LOCK_NAME)  # a link there would truncate what it points to
     lock = FileLock(str(Path(cache_dir) / LOCK_NAME))
     try:
         lock.acquire(timeout=0)

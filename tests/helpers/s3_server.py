@@ -5,7 +5,9 @@ proxy (also on 127.0.0.1) that forwards every request and records it
 (method, path, query, Range header), so a test can count the listings and
 object reads a command made. ``broken = True`` makes the proxy cut every
 object read short: it sends the headers and half the body, then closes the
-connection (a network failure mid-read); listings still pass.
+connection (a network failure mid-read); listings still pass. A path in
+``gone`` is answered 404 NoSuchKey on a read, as S3 answers for an object
+deleted after a listing named it.
 
 ``env()`` is what a client needs: ``AWS_ENDPOINT_URL`` pointing at the proxy,
 and dummy credentials.
@@ -45,6 +47,7 @@ class S3Server:
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.requests: list[Request] = []
         self.broken = False
+        self.gone: set[str] = set()
         self._lock = threading.Lock()
 
     def __enter__(self) -> S3Server:
@@ -122,6 +125,17 @@ class S3Server:
                 req = Request(self.command, parts.path, parts.query, self.headers.get("Range"))
                 with server._lock:
                     server.requests.append(req)
+                if req.is_object_read and urllib.parse.unquote(parts.path) in server.gone:
+                    body404 = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchKey</Code>'
+                        b"<Message>The specified key does not exist.</Message></Error>"
+                    )
+                    self.send_response(404, "Not Found")
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(body404)))
+                    self.end_headers()
+                    self.wfile.write(body404)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 conn = http.client.HTTPConnection(*server.upstream, timeout=30)
                 try:

@@ -45,6 +45,7 @@ def s3env(server, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     server.broken = False
+    server.gone.clear()
     server.reset_counts()
     return server
 
@@ -268,17 +269,128 @@ def test_runs_path_is_the_url_and_export_to_a_bucket(s3env, tmp_path, capsys):
     assert set(steps.column("run_id").to_pylist()) == set(RUNS)
 
 
-def test_weights_and_unsafe_keys_are_never_fetched(s3env, tmp_path):
+def test_weights_are_never_fetched_and_odd_keys_stay_inside_the_mirror(s3env, tmp_path):
     s3 = s3env.client()
     line = json.dumps({"v": 1, "kind": "step", "run": "w", "rank": 0, "step": 1, "loss": 2.0})
     s3.put_object(Bucket=BUCKET, Key="weights/w/events/rank-0.jsonl", Body=(line + "\n").encode())
     s3.put_object(Bucket=BUCKET, Key="weights/w/checkpoint-10/model.safetensors", Body=b"x" * 4096)
     s3.put_object(Bucket=BUCKET, Key="weights/w/../escape.jsonl", Body=(line + "\n").encode())
     store = Store.open(f"s3://{BUCKET}/weights", tmp_path / "c")
-    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (1,)
-    reads = [r.path for r in s3env.requests if r.is_object_read]
-    assert reads == [f"/{BUCKET}/weights/w/events/rank-0.jsonl"]
-    assert not (tmp_path / "escape.jsonl").exists()
+    reads = sorted(r.path for r in s3env.requests if r.is_object_read)
+    assert reads == [
+        f"/{BUCKET}/weights/w/../escape.jsonl",
+        f"/{BUCKET}/weights/w/events/rank-0.jsonl",
+    ]
+    # the key with '..' is read where it belongs, inside the mirror, under an escaped name
+    assert (tmp_path / "c" / "mirror" / "w" / "%2E%2E" / "escape.jsonl").is_file()
+    assert (
+        not (tmp_path / "escape.jsonl").exists() and not (tmp_path / "c" / "escape.jsonl").exists()
+    )
+    assert store.cursor().execute("SELECT count(*) FROM steps").fetchone() == (2,)
+    store.close()
+
+
+def put_step(s3, key: str, rank: int = 0) -> None:
+    line = json.dumps({"v": 1, "kind": "step", "rank": rank, "step": 1, "loss": 2.0})
+    s3.put_object(Bucket=BUCKET, Key=key, Body=(line + "\n").encode())
+
+
+def test_a_key_that_is_the_prefix_of_another_breaks_nothing(s3env, tmp_path):
+    s3 = s3env.client()
+    url = f"s3://{BUCKET}/prefix"
+    put_step(s3, "prefix/a/events")  # a file where, later, a folder of logs appears
+    put_step(s3, "prefix/b/events/rank-0.jsonl")
+    store = Store.open(url, tmp_path / "c")
+    put_step(s3, "prefix/a/events/rank-0.jsonl")
+    put_step(s3, "prefix/a/events/rank-1.jsonl", rank=1)
+    store.ingest()
+    assert store.last_report.problems == []
+    got = store.query("SELECT run_id, count(*) AS n FROM steps GROUP BY 1 ORDER BY 1").to_pylist()
+    assert got == [{"run_id": "a", "n": 2}, {"run_id": "b", "n": 1}]
+    assert (tmp_path / "c" / "mirror" / "a" / "events%~file").is_file()
+    # and back: the folder goes, the file takes its own name again
+    for key in ("prefix/a/events/rank-0.jsonl", "prefix/a/events/rank-1.jsonl"):
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    store.ingest()
+    assert (tmp_path / "c" / "mirror" / "a" / "events").is_file()
+    assert store.query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": 1}]
+    store.close()
+
+
+def test_long_and_double_slash_keys_are_read_and_named_by_their_key(s3env, tmp_path, capsys):
+    s3 = s3env.client()
+    long_run = "r" * 300  # one part over the 255 bytes a file name may have
+    put_step(s3, f"odd/{long_run}/events/rank-0.jsonl")
+    put_step(s3, "odd/c//events/rank-0.jsonl")
+    put_step(s3, "odd/plain/events/rank-0.jsonl")
+    url = f"s3://{BUCKET}/odd"
+    sql = "SELECT path FROM runs ORDER BY path"
+    out = query(["query", url, sql, "--format", "csv", "--cache-dir", str(tmp_path / "c")], capsys)
+    # each run is the folder above events/, named by its key
+    assert out.splitlines()[1:] == sorted([f"{url}/c/", f"{url}/plain", f"{url}/{long_run}"])
+    ids = query(
+        [
+            "query",
+            url,
+            "SELECT run_id FROM runs",
+            "--format",
+            "csv",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        capsys,
+    )
+    assert any(i.startswith("r" * 100 + "%~") for i in ids.splitlines())  # a file name: hashed
+    assert capsys.readouterr().err == ""
+
+
+def test_one_object_that_cannot_be_read_is_one_skip_line(s3env, tmp_path, capsys):
+    s3 = s3env.client()
+    put_step(s3, "one/a/events/rank-0.jsonl")
+    put_step(s3, "one/b/events/rank-0.jsonl")
+    s3env.gone.add(f"/{BUCKET}/one/b/events/rank-0.jsonl")  # deleted after the listing
+    url = f"s3://{BUCKET}/one"
+    assert main(["ingest", url, "--cache-dir", str(tmp_path / "c")]) == 0
+    out, err = capsys.readouterr()
+    assert f"{url}/b/events/rank-0.jsonl: deleted since it was listed; skipped" in out + err
+    sql = "SELECT run_id FROM steps"
+    assert query(
+        ["query", url, sql, "--format", "csv", "--cache-dir", str(tmp_path / "c")], capsys
+    ) == ("run_id\na\n")
+    s3env.gone.clear()  # back again: read at the next ingest
+    out = query(
+        [
+            "query",
+            url,
+            "SELECT count(*) AS n FROM steps",
+            "--format",
+            "csv",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        capsys,
+    )
+    assert out == "n\n2\n"
+
+
+def test_a_tampered_mirror_state_deletes_nothing_outside(s3env, tmp_path):
+    s3 = s3env.client()
+    put_step(s3, "tamper/a/events/rank-0.jsonl")
+    cache = tmp_path / "c"
+    url = f"s3://{BUCKET}/tamper"
+    Store.open(url, cache).close()
+    canary = tmp_path / "notes.txt"
+    canary.write_text("mine")
+    state = json.loads((cache / "mirror.json").read_text())
+    for bad in ("../../notes.txt", str(canary), "a/../../../notes.txt", ""):
+        state["objects"][f"gone-{bad}"] = {"size": 4, "etag": "x", "path": bad}
+    (cache / "mirror.json").write_text(json.dumps(state))
+    (cache / "mirror" / "b").symlink_to(tmp_path, target_is_directory=True)
+    state["objects"]["b/notes.txt"] = {"size": 4, "etag": "x", "path": "b/notes.txt"}
+    (cache / "mirror.json").write_text(json.dumps(state))
+    store = Store.open(url, cache)
+    assert canary.read_text() == "mine"
+    assert store.query("SELECT count(*) AS n FROM steps").to_pylist() == [{"n": 1}]
     store.close()
 
 

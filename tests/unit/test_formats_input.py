@@ -592,6 +592,29 @@ def test_wandb_nan_nested_keys_long_records_and_exit(tmp_path):
     assert events(r, "run_end") == [(6, {"status": "failed", "exit_code": 1})]
 
 
+def test_wandb_times_out_of_range_are_dropped_with_a_named_skip(tmp_path):
+    config = _field(5, _field(1, _item("logging_steps", '{"value": 1}')))
+    start = _field(17, _field(1, 10**17))  # start_time.seconds
+    run = _field(17, _field(1, b"abc123") + _field(8, b"my-run") + start)
+    rows = [
+        _history({"_step": str(s), "train/loss": "1.0", "_timestamp": ts})
+        for s, ts in ((1, "100.0"), (2, "1e17"), (3, "NaN"), (4, "103.0"))
+    ]
+    path = tmp_path / "run-abc123.wandb"
+    path.write_bytes(_wandb_file([config, run, *rows]))
+    r = WandbOfflineReader().read(path, None)
+    assert col(r, "step") == [1, 2, 3, 4]
+    assert col(r, "ts") == [100.0, None, None, 103.0]
+    reasons = [p.reason for p in r.problems]
+    assert len(reasons) == 3, reasons
+    assert reasons[0].startswith("record 2 at byte ") and "start_time 1e+17 is not a " in reasons[0]
+    assert reasons[1].startswith("record 4 at byte ") and "_timestamp 1e+17 is not a " in reasons[1]
+    assert reasons[2].startswith("record 5 at byte ") and "_timestamp NaN is not a " in reasons[2]
+    assert all(p.path == str(path) for p in r.problems)
+    assert [e[0] for e in events(r, "run_start")] == [None]  # ran, without its start time
+    assert r.events.column("ts").to_pylist() == [None]
+
+
 # ---- steps beyond int64 ------------------------------------------------------------
 
 HUGE_STEP = 2**64 + 5  # above what the store's step columns hold

@@ -51,7 +51,12 @@ class Outbox:
     def _file_lock(self) -> Any:
         from filelock import FileLock
 
-        return FileLock(str(self.path) + ".lock")
+        from tunescope.ingest.trust import own_file
+
+        lock = Path(str(self.path) + ".lock")
+        own_file(lock)  # a link there would truncate what it points to
+        own_file(self.path)  # ...or take the appends
+        return FileLock(str(lock))
 
     def add(self, items: Iterable[tuple[str, Item]], error: str | None = None) -> list[str]:
         """Record ``(endpoint_id, item)`` pairs; returns their entry ids."""

@@ -11,7 +11,7 @@ from typing import Any
 from tunescope.cli.args import cache_arg, config_arg, detector_config
 from tunescope.errors import ExitCode, InputError
 from tunescope.files import write_output
-from tunescope.opening import open_store
+from tunescope.opening import with_store
 from tunescope.progress import Progress
 from tunescope.say import say
 from tunescope.words import count
@@ -76,7 +76,7 @@ def add_report(sub: Any) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from tunescope.detectors.engine import analyze_views, fails, finding_rows, run_summaries
+    from tunescope.detectors.engine import fails
     from tunescope.detectors.report import render
     from tunescope.ingest.remote import is_url
 
@@ -96,30 +96,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if cache and len(roots) > 1:
             name = root.rstrip("/").rsplit("/", 1)[-1] if is_url(root) else root.resolve().name
             cache = str(Path(cache) / f"{i}-{name}")
-        store = open_store(root, cache)
-        ids = store.run_ids()
-        if not ids:
+
+        # a cache rebuilt under the analysis (files gone or cut short) is read again once
+        done = with_store(root, cache, lambda store: _analyze_root(store, args, cfg))
+        if done is None:
             if len(roots) > 1:
                 say(f"{root}: no runs found")
             continue
-        # the store keeps the full analysis; --select/--ignore filter the report only
-        with Progress("analyze", "runs") as bar:
-            found, full = analyze_views(
-                store, select=args.select, ignore=args.ignore, config=cfg, progress=bar.update
-            )
-        store.save_findings(finding_rows(full), ids)
-        summaries = run_summaries(store, found, groups=cfg.groups)
-        if args.format == "markdown":
-            from tunescope.detectors.report import markdown_curves
-
-            curves.update(markdown_curves(store, found))
-        elif args.format == "html":
-            from tunescope.detectors.html_report import collect
-
-            collected.update(collect(store, found, summaries))
+        found, summaries, drawn = done
+        (curves if args.format == "markdown" else collected).update(drawn)
         runs.extend(summaries)
         findings.extend(found)
-        store.close()
     if not runs:
         raise InputError(
             f"no runs found under {', '.join(map(str, roots))} "
@@ -149,6 +136,34 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.exit_zero:
         return ExitCode.OK
     return ExitCode.FINDINGS if fails(findings, fail_on) else ExitCode.OK
+
+
+def _analyze_root(
+    store: Any, args: argparse.Namespace, cfg: Any
+) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]] | None:
+    """One root's findings, run summaries and what its report draws (None: no runs)."""
+    from tunescope.detectors.engine import analyze_views, finding_rows, run_summaries
+
+    ids = store.run_ids()
+    if not ids:
+        return None
+    # the store keeps the full analysis; --select/--ignore filter the report only
+    with Progress("analyze", "runs") as bar:
+        found, full = analyze_views(
+            store, select=args.select, ignore=args.ignore, config=cfg, progress=bar.update
+        )
+    store.save_findings(finding_rows(full), ids)
+    summaries = run_summaries(store, found, groups=cfg.groups)
+    drawn: dict[str, Any] = {}
+    if args.format == "markdown":
+        from tunescope.detectors.report import markdown_curves
+
+        drawn = markdown_curves(store, found)
+    elif args.format == "html":
+        from tunescope.detectors.html_report import collect
+
+        drawn = collect(store, found, summaries)
+    return found, summaries, drawn
 
 
 def cmd_report(args: argparse.Namespace) -> int:
