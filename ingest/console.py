@@ -63,6 +63,7 @@ class _Walk:
     typical: float  # the usual gap between step items, in bytes
     scanned: int = 0  # the previous step item: markers before it were looked at
     done: list[Run] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # what a subclass keeps between reads
 
 
 class ConsoleReader:
@@ -93,16 +94,20 @@ class ConsoleReader:
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
         chunk = read_new_lines(path, state)
         old = {} if (state is None or chunk.restarted) else dict(state)
-        fam = old.get("family") or sniff(path) or family_of(chunk.data[:SNIFF_HEAD])
+        fam = old.get("family") or self._family(path, chunk.data)
         walk = _Walk(
             run=Run(int(old.get("run", 1)), old.get("cur")),
             train_total=old.get("bar_total"),
             typical=float(old.get("gap", 0.0)),
+            extra=dict(old.get("extra", {})),
         )
         items = self._items(path, fam, chunk.data, chunk.start, walk)
         self._take_items(path, chunk.data, chunk.start, items, walk)
         self._end_runs(path, fam, walk, chunk.start + len(chunk.data), first_read=not old)
         return self._finish(path, chunk, old, fam, walk)
+
+    def _family(self, path: Path, data: bytes) -> str | None:
+        return sniff(path) or family_of(data[:SNIFF_HEAD])
 
     def _items(
         self, path: Path, fam: str | None, data: bytes, base: int, walk: _Walk
@@ -222,6 +227,7 @@ class ConsoleReader:
             "gap": walk.typical,
             "had_rows": bool(any_rows),
             "warned": bool(old.get("warned") or (not any_rows and lines_total)),
+            "extra": walk.extra,
         }
         first = next((r for r in [*done, run] if r.idx == 1), None) or Run(1)
         result = run_result(first, new_state, problems, chunk.restarted)
@@ -256,7 +262,7 @@ class ConsoleReader:
                 run.ended = None
             run.pending = None  # training went on after the traceback
             step = (run.last or 0) + 1
-            run.steps_from = "order"
+            run.steps_from = "order" if item.get("from", "log") == "log" else item["from"]
         else:
             last, first_step = run.last, run.first
             if run.n and last is not None and first_step is not None:
@@ -294,6 +300,10 @@ class ConsoleReader:
             run.first_steps.append(step)
         return run
 
+    def _start_extra(self, path: Path) -> dict[str, Any]:
+        """More for the ``run_start`` payload (a subclass says what it inferred)."""
+        return {}
+
     def _new_run(self, run: Run, done: list[Run]) -> Run:
         done.append(run)
         return Run(run.idx + 1)
@@ -310,12 +320,13 @@ class ConsoleReader:
             "logging_steps": infer_logging_steps(run.first_steps) or 1,
             "per_rank": False,
             "steps_from": run.steps_from,
-            "steps_inferred": run.steps_from == "order",
+            "steps_inferred": run.steps_from in ("order", "epoch"),
             "loss_averaging": (
                 "mean over the log interval's iterations and data-parallel ranks"
                 if fam == "megatron"
                 else "as the trainer printed it (HF: mean over logging_steps and all ranks)"
             ),
+            **self._start_extra(path),
         }
         if run.idx > 1:
             payload["run_in_file"] = run.idx

@@ -32,7 +32,7 @@ from tunescope.ingest.foreign import (
     no_loss_problem,
     number,
 )
-from tunescope.ingest.records import EVAL_PREFIXES
+from tunescope.ingest.readers.vocabulary import EVAL_PREFIXES
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 from tunescope.ingest.tail import read_new_lines
 

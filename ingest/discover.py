@@ -13,6 +13,7 @@ from tunescope.ingest.hf_state import HFStateReader
 from tunescope.ingest.llamafactory import LlamaFactoryReader
 from tunescope.ingest.mlflow_store import MLflowDBReader, MLflowFileReader
 from tunescope.ingest.native import NativeReader
+from tunescope.ingest.readers.general import GeneralReader
 from tunescope.ingest.records import RecordsReader
 from tunescope.ingest.rows import Problem, Reader
 from tunescope.ingest.swift import SwiftReader
@@ -33,6 +34,7 @@ READERS: list[Reader] = [
     ConsoleReader(),
     CSVReader(),
     RecordsReader(),
+    GeneralReader(),  # last: any file with a loss in it that no reader above claimed
 ]
 
 # Directories never descended into.

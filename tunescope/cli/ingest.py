@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tunescope.cli.args import runs_arg
 from tunescope.errors import ExitCode
 from tunescope.opening import ingest_progress
-from tunescope.say import say
+from tunescope.say import error, say
 from tunescope.words import count
 
 if TYPE_CHECKING:
@@ -26,7 +26,13 @@ def add(sub: Any) -> None:
         description="Read every log under RUNS (only what is new since last time) "
         "and print what was read and what was skipped.",
     )
-    runs_arg(p)
+    runs_arg(p, optional=True)
+    p.add_argument(
+        "--explain",
+        metavar="FILE",
+        help="say what each reader makes of FILE (which claims it, or why each refused; "
+        "the general reader's inferred shape, names and step) and read nothing into the cache",
+    )
     p.add_argument("--strict", action="store_true", help="exit 2 if any line or file was skipped")
     p.add_argument(
         "-v",
@@ -39,6 +45,12 @@ def add(sub: Any) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tunescope.ingest.store import Store
+
+    if getattr(args, "explain", None):
+        return _explain(Path(args.explain))
+    if args.runs is None:
+        error("ingest needs RUNS (a folder or URL), or --explain FILE")
+        return ExitCode.USAGE
 
     with ingest_progress() as bar:
         store = Store.open(args.runs, args.cache_dir, progress=bar.update)
@@ -63,6 +75,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         )
         if args.strict:
             return ExitCode.USAGE
+    return ExitCode.OK
+
+
+def _explain(path: Path) -> int:
+    from tunescope.ingest.readers.explain import explain
+
+    if not path.is_file():
+        error(f"{path}: not a file (--explain takes one log file)")
+        return ExitCode.USAGE
+    print("\n".join(explain(path)))
     return ExitCode.OK
 
 

@@ -1,0 +1,182 @@
+"""The general reader: any file with a loss in it that no specific reader claimed.
+
+It infers the structure of the file from its head (:func:`shape_of`: text
+lines or blocks, a table, JSON or JSONL records) and maps its names through
+the vocabulary. It claims a file only on evidence: a loss-like name, a
+counter that rises (a step, iteration, batch or rollout; else the epochs,
+whose order then gives the steps), and three records or more. A config dump,
+a dataset with a ``loss`` field but no counter, a results table or a
+one-row summary is not a run.
+
+Text logs are read incrementally with the console reader's machinery: a
+counter that starts again from the beginning is a new run in the file
+(``train.log#2``), one that goes back to a later step a resume; a counter
+that restarts when the epoch changes is epoch-local and counted on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunescope.ingest.console import ConsoleReader, _Walk
+from tunescope.ingest.console_detect import beside_structured, is_binary
+from tunescope.ingest.readers import general_json, general_table, general_text
+from tunescope.ingest.readers.general_text import Shape
+from tunescope.ingest.readers.vocabulary import Meaning
+from tunescope.ingest.rows import ReadResult
+
+HEAD = 256 << 10  # the shape is inferred from the first 256 KiB
+# Never logs: code, documents, settings, and the files of other tools' stores.
+NOT_LOGS = (
+    ".py", ".md", ".rst", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".html", ".htm",
+    ".ipynb", ".sh", ".js", ".css", ".c", ".h", ".cpp", ".rs", ".go", ".java", ".xml",
+    ".lock", ".pdf", ".png", ".jpg", ".svg", ".parquet", ".pt", ".bin", ".safetensors",
+    ".db", ".sqlite", ".gz", ".zip", ".tar", ".npy", ".npz", ".pkl", ".wandb",
+)  # fmt: skip
+NOT_LOG_NAMES = ("requirements", "license", "readme", "labels", "provenance", "changelog",
+                 "config", "tokenizer", "vocab", "merges", "package", "setup")  # fmt: skip
+_SHAPES: dict[str, tuple[tuple[int, int], Shape]] = {}
+
+
+def _head(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(HEAD)
+    except OSError:
+        return None
+
+
+def shape_of(path: Path) -> Shape:
+    """The shape of a file (cached by size and modification time), or why it
+    is not a log; never reads more than its first 256 KiB."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        return Shape("none", reason=f"cannot read: {e.strerror or e}")
+    sig = (st.st_size, st.st_mtime_ns)
+    hit = _SHAPES.get(str(path))
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    shape = _infer(path)
+    if len(_SHAPES) > 4096:
+        _SHAPES.clear()
+    _SHAPES[str(path)] = (sig, shape)
+    return shape
+
+
+def _infer(path: Path) -> Shape:
+    name = path.name.lower()
+    stem = name.split(".", 1)[0]
+    if name.endswith(NOT_LOGS) or stem in NOT_LOG_NAMES or name.startswith("."):
+        return Shape("none", reason="named like code, a document or settings, not a log")
+    head = _head(path)
+    if head is None:
+        return Shape("none", reason="cannot read")
+    if not head.strip():
+        return Shape("none", reason="empty")
+    if is_binary(head):
+        return Shape("none", reason="binary data, not a text log")
+    if len(head) == HEAD:  # cut at the last whole line
+        head = head[: head.rfind(b"\n") + 1] or head
+    lead = head.lstrip()[:64].replace(b" ", b"").replace(b"\n", b"").replace(b"\r", b"")
+    if lead[:1] == b"{" or lead[:2] in (b"[{", b"[]", b"[\t"):
+        return general_json.infer(head, whole=len(head) < HEAD)
+    table = general_table.infer(head)
+    if table.reason is None:
+        return table
+    text = general_text.infer(head)
+    if text.reason is None:
+        return text
+    # the closer miss says more
+    return table if table.records > text.records else text
+
+
+class GeneralReader(ConsoleReader):
+    """Any log with a loss in it, read by its shape."""
+
+    format = "general"
+
+    def detect(self, path: Path) -> bool:
+        if beside_structured(path) is not None:
+            return False
+        return shape_of(path).reason is None
+
+    def run_dir(self, path: Path) -> Path:
+        """The folder, unless another log sits in it: then a run named after the file."""
+        try:
+            others = [p for p in path.parent.iterdir() if p != path and p.is_file()]
+        except OSError:
+            others = []
+        if any(shape_of(p).reason is None for p in others[:64]):
+            return path.parent / path.name
+        return path.parent
+
+    def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
+        shape = shape_of(path)
+        if shape.kind == "table":
+            return general_table.read(path, shape, state)
+        if shape.kind in ("json", "jsonl"):
+            return general_json.read(path, shape, state)
+        return super().read(path, state)
+
+    # ---- text: the console reader's runs, resumes and endings --------------------
+
+    def _family(self, path: Path, data: bytes) -> str | None:
+        return "general-" + shape_of(path).kind
+
+    def _start_extra(self, path: Path) -> dict[str, Any]:
+        return {"inferred": shape_of(path).describe(), "loss_averaging": "as the log printed it"}
+
+    def _items(
+        self, path: Path, fam: str | None, data: bytes, base: int, walk: _Walk
+    ) -> list[tuple[int, str, Any]]:
+        names: dict[str, Meaning] = {}
+        out: list[tuple[int, str, Any]] = []
+        ex = walk.extra
+        for rec in general_text.records(data):
+            step, total, epoch, canon, extras = general_text.split(rec, names)
+            if "loss" not in canon:
+                evals = {k: v for k, v in extras.items() if k.startswith("eval_")}
+                if evals:
+                    out.append((rec.pos, "eval", {"step": step, "metrics": evals}))
+                continue
+            item: dict[str, Any] = {"canon": canon, "extras": extras, "from": "log"}
+            if step is None:
+                item.update(
+                    step=None, total=None, **({"from": "epoch"} if epoch is not None else {})
+                )
+            else:
+                step, total = _global_step(ex, step, total, epoch)
+                item.update(step=step, total=total)
+            if rec.rank:
+                item["canon"] = {}
+                item["extras"] = {}
+                out.append((rec.pos, "mem", (rec.rank, step or 0, canon, extras)))
+                continue
+            out.append((rec.pos, "train", item))
+        return out
+
+
+def _global_step(
+    ex: dict[str, Any], local: int, total: int | None, epoch: float | None
+) -> tuple[int, int | None]:
+    """A counter that starts again when the epoch changes is epoch-local: it is
+    counted on from the previous epoch's last step (``ex`` keeps where)."""
+    prev_epoch, prev_step, offset = ex.get("epoch"), ex.get("local"), ex.get("offset", 0)
+    if epoch is not None and prev_epoch is not None and epoch < prev_epoch:
+        offset = 0  # a new run in the file
+        ex["epoch_local"] = False
+    elif (
+        epoch is not None
+        and prev_epoch is not None
+        and prev_step is not None
+        and epoch > prev_epoch
+        and local <= prev_step
+    ):
+        offset = ex.get("last", 0) + 1 - local
+        ex["epoch_local"] = True
+    ex.update(epoch=epoch, local=local, offset=offset, last=local + offset)
+    if ex.get("epoch_local"):
+        return local + offset, None  # a total per epoch is not the run's
+    return local, total
