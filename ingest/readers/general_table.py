@@ -216,7 +216,7 @@ def read(path: Path, shape: Shape, state: dict[str, Any] | None) -> ReadResult:
                     (1.0 / value if value else math.nan) if m.scale == -1 else value * m.scale
                 )
             else:
-                slot[2][name] = value
+                slot[2][m.column if m.confidence >= HIGH else name] = value
     rows = RowBuilder()
     steps = [s for s, v in sorted(merged.items()) if "loss" in v[1]]
     if steps:

@@ -119,7 +119,7 @@ _EXACT: dict[str, tuple[str, float]] = {
         "grad_norm/total", "norm",
     )},
     **{n: ("step_time_s", 1.0) for n in (
-        "step_time", "step_time_s", "iter_time", "iteration_time", "time_per_iteration",
+        "time", "step_time", "step_time_s", "iter_time", "iteration_time", "time_per_iteration",
         "time_per_step", "batch_time", "s/it", "sec/it", "s/iter", "secs_per_iter",
         "dt", "step_duration", "elapsed_time_per_iteration",
     )},
@@ -234,6 +234,10 @@ def meaning(name: str, unit: str | None = None) -> Meaning:
     if hit is not None:
         column, scale = hit
         return Meaning(column, scale * _unit_scale(column, unit), HIGH)
+    if "/" in base:  # a flattened name: what its last parts say ("time/ms/it")
+        tail = meaning(base.split("/", 1)[1], unit)
+        if tail.confidence >= HIGH and tail.kind in ("column", "metric"):
+            return tail
     # a guess from part of the name
     if base.endswith("loss") and not base.startswith(("eval", "val", "test")):
         return Meaning("loss", 1.0, LOW)

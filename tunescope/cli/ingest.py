@@ -63,6 +63,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         for path, why in report.unclaimed:
             rel = os.path.relpath(path, root)
             print(f"    {rel}: {why}" if why else f"    {rel}")
+            guess = general_guess(path)
+            if guess:
+                print(f"      {guess}")
     for p in report.problems:  # the list under the summary line, as it prints on stdout
         print(f"  skipped {p}", file=sys.stderr)
     if report.skipped > len(report.problems):
@@ -76,6 +79,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         if args.strict:
             return ExitCode.USAGE
     return ExitCode.OK
+
+
+def general_guess(path: Path) -> str | None:
+    """The general reader's best guess at a file it refused, when the file
+    holds names and numbers (None for files it did not even parse)."""
+    from tunescope.ingest.readers.general import shape_of
+
+    shape = shape_of(path)
+    if shape.kind == "none" or shape.reason is None:
+        return None
+    step = f", step from {shape.step!r}" if shape.step else ""
+    return (
+        f"general reader: {shape.kind}, {count(shape.records, 'record')} with a loss{step}; "
+        f"refused: {shape.reason}"
+    )
 
 
 def _explain(path: Path) -> int:
