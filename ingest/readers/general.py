@@ -19,14 +19,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.console import ConsoleReader, _Walk
+from tunescope.ingest.console import ConsoleReader, _take_bulk, _Walk
 from tunescope.ingest.console_detect import beside_structured, is_binary
 from tunescope.ingest.readers import general_json, general_table, general_text
 from tunescope.ingest.readers.general_text import Shape
 from tunescope.ingest.readers.vocabulary import Meaning
 from tunescope.ingest.rows import ReadResult
 
-HEAD = 256 << 10  # the shape is inferred from the first 256 KiB
+HEAD = 256 << 10  # the shape is inferred from the first 256 KiB...
+TEXT_HEAD = 64 << 10  # ...and from the first 64 KiB of a text log
 # Never logs: code, documents, settings, and the files of other tools' stores.
 NOT_LOGS = (
     ".py", ".md", ".rst", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".html", ".htm",
@@ -85,7 +86,9 @@ def _infer(path: Path) -> Shape:
     table = general_table.infer(head)
     if table.reason is None:
         return table
-    text = general_text.infer(head)
+    text = general_text.infer(
+        head[:TEXT_HEAD] if len(head) <= TEXT_HEAD else head[: head.rfind(b"\n", 0, TEXT_HEAD) + 1]
+    )
     if text.reason is None:
         return text
     # the closer miss says more
@@ -131,9 +134,29 @@ class GeneralReader(ConsoleReader):
     def _items(
         self, path: Path, fam: str | None, data: bytes, base: int, walk: _Walk
     ) -> list[tuple[int, str, Any]]:
+        """The chunk's records as items; lines that share one layout are taken
+        as columns when nothing in them needs a line-by-line look (then only
+        the records between them are items)."""
+        if fam == "general-lines" and not walk.extra.get("epoch_local"):
+            got = general_text.bulk(data)
+            if got is not None:
+                lines, leftovers = got
+                rest = [
+                    (off + pos, kind, payload)
+                    for off, text in leftovers
+                    for pos, kind, payload in self._record_items(text, dict(walk.extra))
+                ]
+                if all(kind == "eval" for _, kind, _ in rest) and _take_bulk(
+                    walk.run, lines, data, base
+                ):
+                    walk.scanned = int(lines.pos[-1])
+                    walk.typical = walk.run.gap
+                    return rest
+        return self._record_items(data, walk.extra)
+
+    def _record_items(self, data: bytes, ex: dict[str, Any]) -> list[tuple[int, str, Any]]:
         names: dict[str, Meaning] = {}
         out: list[tuple[int, str, Any]] = []
-        ex = walk.extra
         for rec in general_text.records(data):
             step, total, epoch, canon, extras = general_text.split(rec, names)
             if "loss" not in canon:
