@@ -29,9 +29,10 @@ def shape_lines(shape: Shape) -> list[str]:
         out.append("    names:")
         for name, m in shape.keys.items():
             conf = "high" if m.confidence >= HIGH else "low"
-            what = {"step": "the step", "eval": "eval metric", "metric": "metric"}.get(
-                m.kind, "column"
-            )
+            if m.kind == "step":
+                out.append(f"      {name} -> the step counter, {conf} confidence")
+                continue
+            what = {"eval": "eval metric", "metric": "metric"}.get(m.kind, "column")
             scale = (
                 "" if m.scale == 1.0 else (" (inverted)" if m.scale == -1.0 else f" (x{m.scale:g})")
             )
