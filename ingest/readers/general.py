@@ -21,7 +21,7 @@ from typing import Any
 
 from tunescope.ingest.console import ConsoleReader, _take_bulk, _Walk
 from tunescope.ingest.console_detect import beside_structured, is_binary
-from tunescope.ingest.readers import general_json, general_table, general_text
+from tunescope.ingest.readers import general_bulk, general_json, general_table, general_text
 from tunescope.ingest.readers.general_text import Shape
 from tunescope.ingest.readers.vocabulary import Meaning
 from tunescope.ingest.rows import ReadResult
@@ -138,7 +138,7 @@ class GeneralReader(ConsoleReader):
         as columns when nothing in them needs a line-by-line look (then only
         the records between them are items)."""
         if fam == "general-lines" and not walk.extra.get("epoch_local"):
-            got = general_text.bulk(data)
+            got = general_bulk.bulk(data)
             if got is not None:
                 lines, leftovers = got
                 rest = [
@@ -146,6 +146,10 @@ class GeneralReader(ConsoleReader):
                     for off, text in leftovers
                     for pos, kind, payload in self._record_items(text, dict(walk.extra))
                 ]
+                for pos, _, payload in rest:  # an eval without a step: the record's before it
+                    if payload["step"] is None:
+                        i = int(lines.pos.searchsorted(pos)) - 1
+                        payload["step"] = int(lines.steps[i]) if i >= 0 else (walk.run.last or 0)
                 if all(kind == "eval" for _, kind, _ in rest) and _take_bulk(
                     walk.run, lines, data, base
                 ):

@@ -411,3 +411,46 @@ def test_tensorboard_tensor_scalars_with_megatron_tags(tmp_path):
         [(10, 2.9, 1.1, 1e-4), (20, 2.8, 1.2, 1e-4), (30, 2.7, 1.3, 1e-4)],
     )
     assert set(r.metrics["name"].to_pylist()) == {"eval_lm_loss"}
+
+
+# ---- the fast path agrees with the line-by-line path -------------------------------
+
+
+def _slow(path: Path):
+    """The rows the line-by-line path gives (the fast path turned off)."""
+    from tunescope.ingest.readers import general_bulk
+
+    saved = general_bulk.bulk
+    general_bulk.bulk = lambda data: None  # the fallback, as for a line of another layout
+    try:
+        return GeneralReader().read(path, None)
+    finally:
+        general_bulk.bulk = saved
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # every line a record, units and thousands
+        "".join(
+            f"2024-05-01 12:00:{s % 60:02d},001 - INFO - ppo - rollout={s} rl_loss={2 - s / 100:.4f}"
+            f" kl={s / 1000:.4f} time={1000 + s:,}ms\n"
+            for s in range(1, 40)
+        ),
+        # evaluation lines between the records, and a nan
+        "".join(
+            f"loss: {'nan' if s == 7 else 3 - s / 10}, iter: {s}, lr: 1e-4\n"
+            + (f"validation: val_loss: {2.5 - s / 20}, val_acc: 0.5\n" if s % 5 == 0 else "")
+            for s in range(1, 21)
+        ),
+    ],
+)
+def test_fast_path_reads_what_the_line_by_line_path_reads(tmp_path, text):
+    log = tmp_path / "train.log"
+    log.write_text(text)
+    fast = read(log)
+    slow = _slow(log)
+    keep = ("rank", "step", "loss", "lr", "step_time_s")
+    same(rows(fast, *keep), rows(slow, *keep))
+    assert sorted(metrics(fast).items()) == sorted(metrics(slow).items())
+    assert events(fast, "eval") == events(slow, "eval")
