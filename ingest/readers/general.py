@@ -137,6 +137,7 @@ class GeneralReader(ConsoleReader):
         """The chunk's records as items; lines that share one layout are taken
         as columns when nothing in them needs a line-by-line look (then only
         the records between them are items)."""
+        by_epoch = shape_of(path).step == "epoch"
         if fam == "general-lines" and not walk.extra.get("epoch_local"):
             got = general_bulk.bulk(data)
             if got is not None:
@@ -144,7 +145,7 @@ class GeneralReader(ConsoleReader):
                 rest = [
                     (off + pos, kind, payload)
                     for off, text in leftovers
-                    for pos, kind, payload in self._record_items(text, dict(walk.extra))
+                    for pos, kind, payload in self._record_items(text, dict(walk.extra), by_epoch)
                 ]
                 for pos, _, payload in rest:  # an eval without a step: the record's before it
                     if payload["step"] is None:
@@ -156,9 +157,14 @@ class GeneralReader(ConsoleReader):
                     walk.scanned = int(lines.pos[-1])
                     walk.typical = walk.run.gap
                     return rest
-        return self._record_items(data, walk.extra)
+        return self._record_items(data, walk.extra, by_epoch)
 
-    def _record_items(self, data: bytes, ex: dict[str, Any]) -> list[tuple[int, str, Any]]:
+    def _record_items(
+        self, data: bytes, ex: dict[str, Any], by_epoch: bool
+    ) -> list[tuple[int, str, Any]]:
+        """Items of the records of ``data`` one by one. A record with a loss
+        but no counter is left out (a summary line), unless the log counts
+        epochs only (``by_epoch``): then the epochs' order gives the steps."""
         names: dict[str, Meaning] = {}
         out: list[tuple[int, str, Any]] = []
         for rec in general_text.records(data):
@@ -170,18 +176,23 @@ class GeneralReader(ConsoleReader):
                 continue
             item: dict[str, Any] = {"canon": canon, "extras": extras, "from": "log"}
             if step is None:
-                item.update(
-                    step=None, total=None, **({"from": "epoch"} if epoch is not None else {})
-                )
+                if not by_epoch or epoch is None:
+                    continue
+                item.update(step=None, total=total)
+                item["from"] = "epoch"
             else:
                 step, total = _global_step(ex, step, total, epoch)
                 item.update(step=step, total=total)
             if rec.rank:
                 item["canon"] = {}
                 item["extras"] = {}
-                out.append((rec.pos, "mem", (rec.rank, step or 0, canon, extras)))
+                if step is not None:
+                    out.append((rec.pos, "mem", (rec.rank, step, canon, extras)))
                 continue
             out.append((rec.pos, "train", item))
+            evals = {k: extras.pop(k) for k in [k for k in extras if k.startswith("eval_")]}
+            if evals:  # "val_loss" beside the loss: an evaluation at the same step
+                out.append((rec.pos, "eval", {"step": item["step"], "metrics": evals}))
         return out
 
 

@@ -95,15 +95,18 @@ def bulk(data: bytes) -> tuple[Any, list[tuple[int, bytes]]] | None:
         cols = list(zip(*rows, strict=True))
     meanings = [meaning(n, p.group(5).decode() if p.group(5) else None) for n, p in names]
     step_i = next((i for i, mm in enumerate(meanings) if mm.kind == "step"), None)
-    if step_i is None:
-        return None
+    if step_i is None or any(mm.kind == "eval" for mm in meanings):
+        return None  # evaluations on the record's line: line by line, as events
     canon: dict[str, Any] = {}
     extras: dict[str, Any] = {}
+    raw_steps = cols[step_i]
+    if any(b"/" in v for v in raw_steps[:1]):
+        return None  # "N/M": read line by line
     try:
-        raw_steps = cols[step_i]
-        if any(b"/" in v for v in raw_steps[:1]):
-            return None  # "N/M": read line by line
         steps = np.fromiter(map(int, raw_steps), np.int64, len(raw_steps))
+    except (OverflowError, ValueError):
+        return None  # a step beyond int64, or not whole: line by line
+    try:
         if np.any(steps < 0):
             return None
         for i, mm in enumerate(meanings):

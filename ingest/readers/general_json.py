@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.ingest.foreign import QUIET_END, infer_logging_steps, number
-from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, rises
+from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, is_count, rises
 from tunescope.ingest.readers.vocabulary import HIGH, Meaning, meaning
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
@@ -99,7 +99,7 @@ def _split(
         if m is None:
             m = names[key] = meaning(key)
         if m.kind == "step":
-            if step is None and math.isfinite(value) and value >= 0 and value == int(value):
+            if step is None and is_count(value):
                 step = int(value)
         elif m.column == "epoch":
             epoch = value

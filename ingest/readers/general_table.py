@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.ingest.foreign import QUIET_END, infer_logging_steps
-from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, rises, value_of
+from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, is_count, rises, value_of
 from tunescope.ingest.readers.vocabulary import HIGH, Meaning, meaning
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
@@ -190,7 +190,7 @@ def read(path: Path, shape: Shape, state: dict[str, Any] | None) -> ReadResult:
         counter = value_of(raw.strip("\"'").encode()) if raw else math.nan
         if source == "order":
             step = order
-        elif math.isnan(counter) or counter < 0 or counter != int(counter):
+        elif not is_count(counter):
             problems.append(Problem(str(path), lineno, f"{source} is not a count: {raw!r}"))
             continue
         elif source == "epoch":

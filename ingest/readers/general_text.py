@@ -5,7 +5,8 @@ A record is a line with at least two pairs (``iter 100: loss 2.3456, time
 loggers and launchers put before it (timestamps, ``2024-05-01 12:00:01,123 -
 INFO - train - ``, ``[rank3]:``, ``[default0]:``, ``0:``); or a block: a header
 that carries the counter (``[batch=12/100]:``, ``Step 120:``, ``Epoch 2/10``)
-with indented ``name: value`` lines below it.
+with indented ``name: value`` lines below it (or the one line right below it:
+Keras prints an epoch's metrics on the progress line after ``Epoch 2/10``).
 
 Numbers may carry thousands separators (``1,004``), units (``12.3ms``,
 ``45.6 GiB``, ``3.2s/it``), quotes, or be ``nan``/``inf``. Names are mapped
@@ -85,6 +86,14 @@ class Shape:
         }
 
 
+STEP_MAX = 2**63 - 1  # what the store's step column holds
+
+
+def is_count(value: float) -> bool:
+    """A whole number from 0 to what the step column holds."""
+    return math.isfinite(value) and 0 <= value <= STEP_MAX and value == int(value)
+
+
 def value_of(text: bytes) -> float:
     t = text.replace(b",", b"")
     try:
@@ -128,7 +137,9 @@ def records(data: bytes) -> list[Record]:
         line = raw.rsplit(b"\r", 1)[-1] if b"\r" in raw else raw
         if not line.strip():
             continue
-        if block is not None and line[:1] in (b" ", b"\t"):
+        # a block's lines: indented, or the one line right after a header alone
+        # (Keras: "Epoch 2/10", then its progress line with the metrics)
+        if block is not None and (line[:1] in (b" ", b"\t") or len(block.pairs) == 1):
             _, pairs = line_pairs(line)
             if pairs:
                 block.pairs.extend(pairs)
@@ -160,8 +171,9 @@ def _strip_prefix(line: bytes) -> bytes:
 def split(
     rec: Record, names: dict[str, Meaning]
 ) -> tuple[int | None, int | None, float | None, dict[str, float], dict[str, float]]:
-    """(step, total, epoch, canonical, other) of a record; ``names`` caches meanings."""
-    step = total = None
+    """(step, total, epoch, canonical, other) of a record; ``names`` caches
+    meanings. Without a step, ``total`` is the epochs' (``Epoch 2/10``)."""
+    step = total = epochs = None
     epoch = None
     canon: dict[str, float] = {}
     extras: dict[str, float] = {}
@@ -171,11 +183,12 @@ def split(
         if m is None:
             m = names[key] = meaning(name, unit)
         if m.kind == "step":
-            if step is None and math.isfinite(value) and value >= 0 and value == int(value):
+            if step is None and is_count(value):
                 step, total = int(value), tot
             continue
         if m.column == "epoch":
             epoch = value
+            epochs = epochs or tot
             canon.setdefault("epoch", value)
             continue
         if m.kind == "column":
@@ -184,7 +197,7 @@ def split(
                 canon[m.column] = v
         else:
             extras.setdefault(m.column, value)
-    return step, total, epoch, canon, extras
+    return step, total if step is not None else epochs, epoch, canon, extras
 
 
 def infer(data: bytes) -> Shape:

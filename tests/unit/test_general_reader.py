@@ -208,6 +208,19 @@ def test_keras_csvlogger_epochs_give_the_steps():
     assert events(r, "eval")[0] == {"eval_accuracy": 0.55, "eval_loss": 1.2001}
 
 
+def test_keras_console_epoch_headers_and_their_progress_lines():
+    r = read(GEN / "keras-console" / "fit.log")
+    same(rows(r, "step", "epoch", "loss"), [(1, 1.0, 0.6931), (2, 2.0, 0.5512), (3, 3.0, 0.441)])
+    assert events(r, "eval") == [
+        {"eval_loss": 0.692, "eval_accuracy": 0.51},
+        {"eval_loss": 0.582, "eval_accuracy": 0.7},
+        {"eval_loss": 0.5011, "eval_accuracy": 0.76},
+    ]
+    assert events(r, "run_end") == [{"status": "completed"}]  # epoch 3 of 3
+    start = events(r, "run_start")[0]
+    assert (start["steps_from"], start["steps_inferred"]) == ("epoch", True)
+
+
 def test_tsv_saved_as_train_log_with_a_blank_cell_and_thousands():
     r = read(GEN / "tsv-log" / "train.log")
     same(
@@ -282,6 +295,7 @@ def test_every_sample_is_one_run_in_the_store(tmp_path):
         "deepspeed": 3,
         "epoch-local": 6,
         "keras": 4,
+        "keras-console": 3,
         "nanogpt": 5,
         "nested-jsonl": 3,
         "pandas-index": 3,
@@ -454,3 +468,12 @@ def test_fast_path_reads_what_the_line_by_line_path_reads(tmp_path, text):
     same(rows(fast, *keep), rows(slow, *keep))
     assert sorted(metrics(fast).items()) == sorted(metrics(slow).items())
     assert events(fast, "eval") == events(slow, "eval")
+
+
+def test_a_step_too_big_for_the_store_is_not_a_step(tmp_path):
+    log = tmp_path / "train.log"
+    lines = [f"loss={2 - s / 10} step={s}\n" for s in range(1, 5)]
+    lines.insert(2, "loss=1.5 step=99999999999999999999999\n")
+    log.write_text("".join(lines))
+    r = read(log)
+    assert [s for (s,) in rows(r, "step")] == [1, 2, 3, 4]
