@@ -166,6 +166,8 @@ def read(path: Path, shape: Shape, state: dict[str, Any] | None) -> ReadResult:
     sig = [st.st_size, st.st_mtime_ns]
     if state and state.get("sig") == sig:
         return RowBuilder().result(state)
+    if not data.endswith(b"\n") and b"\n" in data:
+        data = data[: data.rfind(b"\n") + 1]  # a row still being written waits for its newline
     text = data.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()
     d = shape.delimiter or ","
     header_at = next(i for i, ln in enumerate(text) if ln.strip() and not ln.startswith("#"))

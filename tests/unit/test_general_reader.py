@@ -477,3 +477,30 @@ def test_a_step_too_big_for_the_store_is_not_a_step(tmp_path):
     log.write_text("".join(lines))
     r = read(log)
     assert [s for (s,) in rows(r, "step")] == [1, 2, 3, 4]
+
+
+def test_a_table_still_being_written_is_read_again_whole(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("iter\tloss\n1\t2.0\n2\t1.9\n3\t1.8\n")
+    first = read(log)
+    with open(log, "a") as f:
+        f.write("4\t1.7\n5\t1.")  # a row still being written
+    again = GeneralReader().read(log, first.state)
+    assert again.replace is True
+    same(rows(again, "step", "loss"), [(1, 2.0), (2, 1.9), (3, 1.8), (4, 1.7)])
+    with open(log, "a") as f:
+        f.write("65\n")
+    last = GeneralReader().read(log, again.state)
+    same(rows(last, "step", "loss")[-1:], [(5, 1.65)])
+
+
+def test_a_jsonl_line_still_being_written_is_no_problem(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text(
+        "".join(json.dumps({"it": s, "avg_loss": 3 - s / 10}) + "\n" for s in range(1, 4))
+    )
+    with open(log, "a") as f:
+        f.write('{"it": 4, "avg_lo')
+    r = read(log)
+    assert r.problems == []
+    same(rows(r, "step", "loss"), [(1, 2.9), (2, 2.8), (3, 2.7)])
