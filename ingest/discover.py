@@ -81,7 +81,10 @@ def unclaimed_hint(path: Path) -> str | None:
         return got
     name = path.name.lower()
     if name.endswith(".csv"):
-        return "a CSV without a step column and a loss column ([tool.tunescope.ingest] names them)"
+        return (
+            "a CSV without a step column and a loss column, or of one row "
+            "([tool.tunescope.ingest] names the columns)"
+        )
     if name.endswith((".jsonl", ".json")):
         return "no records with a step key and a loss key ([tool.tunescope.ingest] names them)"
     return None

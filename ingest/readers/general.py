@@ -173,6 +173,12 @@ class GeneralReader(ConsoleReader):
                 evals = {k: v for k, v in extras.items() if k.startswith("eval_")}
                 if evals:
                     out.append((rec.pos, "eval", {"step": step, "metrics": evals}))
+                elif step is not None and set(canon) - {"epoch"}:
+                    # the same step's other line (DeepSpeed prints lr apart from the
+                    # loss): its columns join the step's row
+                    step, _ = _global_step(dict(ex), step, None, epoch)
+                    cols = {k: v for k, v in canon.items() if k != "epoch"}
+                    out.append((rec.pos, "mem", (rec.rank, step, cols, {})))
                 continue
             item: dict[str, Any] = {"canon": canon, "extras": extras, "from": "log"}
             if step is None:

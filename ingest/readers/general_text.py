@@ -33,7 +33,7 @@ _UNIT = rb"(?:ms/it|s/it|it/s|ms|s|GiB|GB|MiB|MB|KiB|KB|gib|gb|mib|mb|%)"
 PAIR = re.compile(
     rb"(?:(?<=[\s,|;(\[{])|^)"
     rb"(?:([A-Za-z_][\w./()%\- ]{0,48}?)\s*[:=]\s*|([A-Za-z_][\w./\-]{0,40})[ \t]+)"
-    rb"[\"']?(" + _NUM + rb")(?:\s*/\s*(\d+))?[\"']?[ \t]?(" + _UNIT + rb")?(?![\w.])"
+    rb"[\"'\[]?(" + _NUM + rb")(?:\s*/\s*(\d+))?[\"'\]]?[ \t]?(" + _UNIT + rb")?(?![\w.])"
 )
 # what loggers and launchers print before a record
 PREFIX = re.compile(

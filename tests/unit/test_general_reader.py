@@ -107,7 +107,10 @@ def test_logging_prefix_it_counter_spaced_names_and_bare_rates():
 
 def test_deepspeed_lines_after_their_logging_prefix():
     r = read(GEN / "deepspeed" / "run.out")
-    same(rows(r, "step", "loss"), [(10, 2.4512), (20, 2.3012), (30, 2.2012)])
+    same(
+        rows(r, "step", "loss", "lr"),
+        [(10, 2.4512, 1.9e-5), (20, 2.3012, 1.8e-5), (30, 2.2012, None)],
+    )
 
 
 def test_torchrun_prefixes_give_ranks_and_units_convert_to_mib():
