@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunescope.ingest.readers.general import shape_of
 from tunescope.ingest.readers.general_text import Shape
-from tunescope.ingest.readers.vocabulary import HIGH
+from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH
 
 
 def shape_lines(shape: Shape) -> list[str]:
@@ -28,7 +28,11 @@ def shape_lines(shape: Shape) -> list[str]:
     if shape.keys:
         out.append("    names:")
         for name, m in shape.keys.items():
-            conf = "high" if m.confidence >= HIGH else "low"
+            conf = (
+                "configured"
+                if m.confidence >= CONFIGURED
+                else ("high" if m.confidence >= HIGH else "low")
+            )
             if m.kind == "step":
                 out.append(f"      {name} -> the step counter, {conf} confidence")
                 continue

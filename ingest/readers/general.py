@@ -21,9 +21,10 @@ from typing import Any
 
 from tunescope.ingest.console import ConsoleReader, _take_bulk, _Walk
 from tunescope.ingest.console_detect import beside_structured, is_binary
+from tunescope.ingest.foreign import keymap_for
 from tunescope.ingest.readers import general_bulk, general_json, general_table, general_text
 from tunescope.ingest.readers.general_text import Shape
-from tunescope.ingest.readers.vocabulary import Meaning
+from tunescope.ingest.readers.vocabulary import LOSS_KEYS, STEP_KEYS, Meaning, configured
 from tunescope.ingest.rows import ReadResult
 
 HEAD = 256 << 10  # the shape is inferred from the first 256 KiB...
@@ -66,6 +67,17 @@ def shape_of(path: Path) -> Shape:
     return shape
 
 
+def overrides(path: Path) -> dict[str, Meaning]:
+    """What ``[tool.tunescope.ingest]`` (found walking up from the file's
+    folder) says names mean: above the vocabulary's guesses."""
+    keys = keymap_for(path)
+    if not keys.configured:
+        return {}
+    step = keys.step[: len(keys.step) - len(STEP_KEYS)]
+    loss = keys.loss[: len(keys.loss) - len(LOSS_KEYS)]
+    return configured(step, loss, keys.metrics)
+
+
 def _infer(path: Path) -> Shape:
     name = path.name.lower()
     stem = name.split(".", 1)[0]
@@ -81,14 +93,15 @@ def _infer(path: Path) -> Shape:
     if len(head) == HEAD:  # cut at the last whole line
         head = head[: head.rfind(b"\n") + 1] or head
     lead = head.lstrip()[:64].replace(b" ", b"").replace(b"\n", b"").replace(b"\r", b"")
+    fixed = overrides(path)
     if lead[:1] == b"{" or lead[:2] in (b"[{", b"[]", b"[\t"):
-        return general_json.infer(head, whole=len(head) < HEAD)
-    table = general_table.infer(head)
+        return general_json.infer(head, whole=len(head) < HEAD, fixed=fixed)
+    table = general_table.infer(head, fixed)
     if table.reason is None:
         return table
-    text = general_text.infer(
-        head[:TEXT_HEAD] if len(head) <= TEXT_HEAD else head[: head.rfind(b"\n", 0, TEXT_HEAD) + 1]
-    )
+    if len(head) > TEXT_HEAD:
+        head = head[: head.rfind(b"\n", 0, TEXT_HEAD) + 1] or head[:TEXT_HEAD]
+    text = general_text.infer(head, fixed)
     if text.reason is None:
         return text
     # the closer miss says more
@@ -118,9 +131,9 @@ class GeneralReader(ConsoleReader):
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
         shape = shape_of(path)
         if shape.kind == "table":
-            return general_table.read(path, shape, state)
+            return general_table.read(path, shape, state, overrides(path))
         if shape.kind in ("json", "jsonl"):
-            return general_json.read(path, shape, state)
+            return general_json.read(path, shape, state, overrides(path))
         return super().read(path, state)
 
     # ---- text: the console reader's runs, resumes and endings --------------------
@@ -138,14 +151,17 @@ class GeneralReader(ConsoleReader):
         as columns when nothing in them needs a line-by-line look (then only
         the records between them are items)."""
         by_epoch = shape_of(path).step == "epoch"
-        if fam == "general-lines" and not walk.extra.get("epoch_local"):
+        fixed = overrides(path)
+        if fam == "general-lines" and not walk.extra.get("epoch_local") and not fixed:
             got = general_bulk.bulk(data)
             if got is not None:
                 lines, leftovers = got
                 rest = [
                     (off + pos, kind, payload)
                     for off, text in leftovers
-                    for pos, kind, payload in self._record_items(text, dict(walk.extra), by_epoch)
+                    for pos, kind, payload in self._record_items(
+                        text, dict(walk.extra), by_epoch, fixed
+                    )
                 ]
                 for pos, _, payload in rest:  # an eval without a step: the record's before it
                     if payload["step"] is None:
@@ -157,15 +173,15 @@ class GeneralReader(ConsoleReader):
                     walk.scanned = int(lines.pos[-1])
                     walk.typical = walk.run.gap
                     return rest
-        return self._record_items(data, walk.extra, by_epoch)
+        return self._record_items(data, walk.extra, by_epoch, fixed)
 
     def _record_items(
-        self, data: bytes, ex: dict[str, Any], by_epoch: bool
+        self, data: bytes, ex: dict[str, Any], by_epoch: bool, fixed: dict[str, Meaning]
     ) -> list[tuple[int, str, Any]]:
         """Items of the records of ``data`` one by one. A record with a loss
         but no counter is left out (a summary line), unless the log counts
         epochs only (``by_epoch``): then the epochs' order gives the steps."""
-        names: dict[str, Meaning] = {}
+        names: dict[str, Meaning] = dict(fixed)
         out: list[tuple[int, str, Any]] = []
         for rec in general_text.records(data):
             step, total, epoch, canon, extras = general_text.split(rec, names)

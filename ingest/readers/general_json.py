@@ -116,11 +116,11 @@ def _split(
     return step, epoch, canon, extras, evals
 
 
-def infer(data: bytes, whole: bool) -> Shape:
+def infer(data: bytes, whole: bool, fixed: dict[str, Meaning] | None = None) -> Shape:
     kind, recs, _ = _parse(data, whole)
     if not recs:
         return Shape("none", reason="JSON without records (a settings or results document)")
-    names: dict[str, Meaning] = {}
+    names: dict[str, Meaning] = dict(fixed or {})
     steps: list[int] = []
     epochs: list[float] = []
     n = 0
@@ -150,7 +150,9 @@ def infer(data: bytes, whole: bool) -> Shape:
     return shape
 
 
-def read(path: Path, shape: Shape, state: dict[str, Any] | None) -> ReadResult:
+def read(
+    path: Path, shape: Shape, state: dict[str, Any] | None, fixed: dict[str, Meaning]
+) -> ReadResult:
     try:
         st = path.stat()
         if st.st_size > _MAX_BYTES:
@@ -165,7 +167,7 @@ def read(path: Path, shape: Shape, state: dict[str, Any] | None) -> ReadResult:
         data = data[: data.rfind(b"\n") + 1]  # a line still being written waits for its newline
     kind, recs, bad = _parse(data, whole=True)
     problems = [Problem(str(path), line, why) for line, why in bad]
-    names: dict[str, Meaning] = {}
+    names: dict[str, Meaning] = dict(fixed)
     rows = RowBuilder()
     epochs: dict[float, int] = {}
     merged: dict[int, list[Any]] = {}

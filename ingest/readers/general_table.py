@@ -68,7 +68,7 @@ def column_name(header: str) -> str | None:
 
 
 def _columns(
-    header: list[str], index: list[int] | None = None
+    header: list[str], index: list[int] | None = None, fixed: dict[str, Meaning] | None = None
 ) -> tuple[int | None, str | None, dict[int, tuple[str, Meaning]]]:
     """(step column index, step source, index -> (name, meaning)) of a header;
     ``index``: the first column's values, when they are all whole numbers
@@ -81,7 +81,7 @@ def _columns(
         name = column_name(h)
         if name is None or not name.strip():
             continue
-        m = meaning(name)
+        m = (fixed or {}).get(name) or meaning(name)
         if m.kind == "step" and step_i is None:
             step_i, source = i, name
             continue
@@ -109,7 +109,7 @@ def _loss_index(mapped: dict[int, tuple[str, Meaning]]) -> int | None:
     return best
 
 
-def infer(data: bytes) -> Shape:
+def infer(data: bytes, fixed: dict[str, Meaning] | None = None) -> Shape:
     """The shape of a table from its head, or why it is not one."""
     lines = _lines(data)
     d = sniff(lines)
@@ -119,7 +119,7 @@ def infer(data: bytes) -> Shape:
     if sum(1 for h in header if not _is_number(h)) < len(header) - 1:
         return Shape("none", reason="a table without a header row")
     rows = [cells(ln, d) for ln in lines[1:]]
-    step_i, source, mapped = _columns(header, _index(rows))
+    step_i, source, mapped = _columns(header, _index(rows), fixed)
     keys = {name: m for name, m in mapped.values()}
     loss_i = _loss_index(mapped)
     with_loss = [r for r in rows if loss_i is not None and loss_i < len(r) and r[loss_i] != ""]
@@ -153,7 +153,9 @@ def _is_number(text: str) -> bool:
     return not math.isnan(value_of(text.strip("\"'").encode())) or text.strip().lower() == "nan"
 
 
-def read(path: Path, shape: Shape, state: dict[str, Any] | None) -> ReadResult:
+def read(
+    path: Path, shape: Shape, state: dict[str, Any] | None, fixed: dict[str, Meaning]
+) -> ReadResult:
     """The whole table as one run (re-read whole when the file changes)."""
     problems: list[Problem] = []
     try:
@@ -173,7 +175,7 @@ def read(path: Path, shape: Shape, state: dict[str, Any] | None) -> ReadResult:
     header_at = next(i for i, ln in enumerate(text) if ln.strip() and not ln.startswith("#"))
     header = cells(text[header_at], d)
     body = [cells(ln, d) for ln in text[header_at + 1 :] if ln.strip() and not ln.startswith("#")]
-    step_i, source, mapped = _columns(header, _index(body))
+    step_i, source, mapped = _columns(header, _index(body), fixed)
     loss_i = _loss_index(mapped)
     merged: dict[int, list[Any]] = {}  # step -> [line, canon, extras, evals]
     order = 0

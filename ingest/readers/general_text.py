@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunescope.ingest.readers.vocabulary import HIGH, Meaning, meaning
+from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH, Meaning, meaning
 
 _NUM = (
     rb"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
@@ -181,7 +181,12 @@ def split(
         key = name if unit is None else f"{name}\0{unit}"
         m = names.get(key)
         if m is None:
-            m = names[key] = meaning(name, unit)
+            fixed = names.get(name)  # a configured name, whatever its unit
+            m = names[key] = (
+                fixed
+                if fixed is not None and fixed.confidence >= CONFIGURED
+                else meaning(name, unit)
+            )
         if m.kind == "step":
             if step is None and is_count(value):
                 step, total = int(value), tot
@@ -200,12 +205,13 @@ def split(
     return step, total if step is not None else epochs, epoch, canon, extras
 
 
-def infer(data: bytes) -> Shape:
-    """The shape of a text log from its head, or why it is not one."""
+def infer(data: bytes, fixed: dict[str, Meaning] | None = None) -> Shape:
+    """The shape of a text log from its head, or why it is not one; ``fixed``:
+    the meanings the configuration gives names."""
     recs = records(data)
     if not recs:
         return Shape("none", reason="no line or block with two name/number pairs")
-    names: dict[str, Meaning] = {}
+    names: dict[str, Meaning] = dict(fixed or {})
     kind = "blocks" if any(r.pairs and _is_header(data, r) for r in recs[:8]) else "lines"
     steps: list[int] = []
     epochs: list[float] = []

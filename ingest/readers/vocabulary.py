@@ -89,6 +89,7 @@ EVAL_PREFIXES = (
 
 # ---- the general vocabulary -------------------------------------------------------
 
+CONFIGURED = 2.0  # named in [tool.tunescope.ingest]: above anything guessed
 HIGH = 1.0  # the name is a canonical name or a spelling of one
 LOW = 0.5  # a guess from part of the name
 
@@ -275,6 +276,24 @@ def _unit_scale(column: str, unit: str | None) -> float:
     if column.endswith("_time_s"):
         return _TIME_UNIT.get(unit.split("/")[0], 1.0)
     return 1.0
+
+
+def configured(
+    step: tuple[str, ...], loss: tuple[str, ...], metrics: dict[str, str]
+) -> dict[str, Meaning]:
+    """The meanings ``[tool.tunescope.ingest]`` gives names (``step``, ``loss``
+    and ``metrics`` renames), above any guess."""
+    from tunescope.schema import METRIC_NAMES
+
+    out: dict[str, Meaning] = {}
+    for name, column in metrics.items():
+        kind = "column" if column in METRIC_NAMES else "metric"
+        out[name] = Meaning(column, 1.0, CONFIGURED, kind)
+    for name in loss:
+        out[name] = Meaning("loss", 1.0, CONFIGURED)
+    for name in step:
+        out[name] = Meaning("step", 1.0, CONFIGURED, "step")
+    return out
 
 
 def is_step_name(name: str) -> bool:

@@ -507,3 +507,24 @@ def test_a_jsonl_line_still_being_written_is_no_problem(tmp_path):
     r = read(log)
     assert r.problems == []
     same(rows(r, "step", "loss"), [(1, 2.9), (2, 2.8), (3, 2.7)])
+
+
+def test_the_configuration_names_what_the_vocabulary_cannot_guess(tmp_path):
+    log = tmp_path / "run" / "train.log"
+    log.parent.mkdir()
+    log.write_text("".join(f"tick={t} ce={3 - t / 10} lr_0=0.1 ms=12\n" for t in range(1, 5)))
+    assert reader_of(log) is None  # neither "tick" nor "ce" says what it is
+    assert "loss" in (shape_of(log).reason or "")
+    conf = tmp_path / "conf" / "run"
+    conf.mkdir(parents=True)
+    (tmp_path / "conf" / "tunescope.toml").write_text(
+        '[ingest]\nstep = "tick"\nloss = "ce"\nmetrics = { "lr_0" = "lr" }\n'
+    )
+    shutil.copy(log, conf / "train.log")
+    r = read(conf / "train.log")
+    same(
+        rows(r, "step", "loss", "lr"),
+        [(1, 2.9, 0.1), (2, 2.8, 0.1), (3, 2.7, 0.1), (4, 2.6, 0.1)],
+    )
+    names = shape_of(conf / "train.log").keys
+    assert (names["tick"].kind, names["ce"].column) == ("step", "loss")
