@@ -54,7 +54,7 @@ from tunescope.ingest.tail import Chunk, read_new_lines
 
 
 @dataclass
-class _Walk:
+class Walk:
     """Where one read is in its chunk: the run being read, the runs the chunk
     ended, and what the marker scan and the progress bar left off at."""
 
@@ -95,7 +95,7 @@ class ConsoleReader:
         chunk = read_new_lines(path, state)
         old = {} if (state is None or chunk.restarted) else dict(state)
         fam = old.get("family") or self._family(path, chunk.data)
-        walk = _Walk(
+        walk = Walk(
             run=Run(int(old.get("run", 1)), old.get("cur")),
             train_total=old.get("bar_total"),
             typical=float(old.get("gap", 0.0)),
@@ -110,7 +110,7 @@ class ConsoleReader:
         return sniff(path) or family_of(data[:SNIFF_HEAD])
 
     def _items(
-        self, path: Path, fam: str | None, data: bytes, base: int, walk: _Walk
+        self, path: Path, fam: str | None, data: bytes, base: int, walk: Walk
     ) -> list[tuple[int, str, Any]]:
         """The chunk's items (step lines, evals, summaries, memory lines) in
         the order they occur. Megatron iteration lines are taken in bulk when
@@ -122,7 +122,7 @@ class ConsoleReader:
         if fam != "megatron":
             return []
         lines = megatron.bulk(data)
-        if lines is not None and _take_bulk(walk.run, lines, data, base):
+        if lines is not None and take_bulk(walk.run, lines, data, base):
             walk.scanned = int(lines.pos[-1])
             walk.typical = walk.run.gap
             items = megatron_items(data, iterations=False)
@@ -132,7 +132,7 @@ class ConsoleReader:
         return items
 
     def _take_items(
-        self, path: Path, data: bytes, base: int, items: list[tuple[int, str, Any]], walk: _Walk
+        self, path: Path, data: bytes, base: int, items: list[tuple[int, str, Any]], walk: Walk
     ) -> None:
         """Turn the items into the rows of the run they belong to.
 
@@ -184,7 +184,7 @@ class ConsoleReader:
             walk.run = self._marker(walk.run, mkind, mpayload)
 
     def _end_runs(
-        self, path: Path, fam: str | None, walk: _Walk, end_seq: int, first_read: bool
+        self, path: Path, fam: str | None, walk: Walk, end_seq: int, first_read: bool
     ) -> None:
         """The end of what was read: a crash that no step followed ends the
         run, as does reaching the total; an earlier run of the file (or a
@@ -206,7 +206,7 @@ class ConsoleReader:
             self._start(path, r, fam)
 
     def _finish(
-        self, path: Path, chunk: Chunk, old: dict[str, Any], fam: str | None, walk: _Walk
+        self, path: Path, chunk: Chunk, old: dict[str, Any], fam: str | None, walk: Walk
     ) -> ReadResult:
         """The first run's rows and the state for the next read; the file's
         further runs as subruns."""
@@ -347,7 +347,7 @@ def _goes_back(run: Run, item: Any) -> bool:
     return epoch is not None and run.epoch is not None and epoch <= run.epoch
 
 
-def _take_bulk(run: Run, lines: megatron.Bulk, data: bytes, base: int) -> bool:
+def take_bulk(run: Run, lines: megatron.Bulk, data: bytes, base: int) -> bool:
     """Take the chunk's iteration lines as columns when nothing in them needs
     a line-by-line look: the steps rise past the run's last one, the run has
     not ended, and no crash or banner sits before them or in an unusually long

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.console import ConsoleReader, _take_bulk, _Walk
+from tunescope.ingest.console import ConsoleReader, Walk, take_bulk
 from tunescope.ingest.console_detect import beside_structured, is_binary
 from tunescope.ingest.foreign import keymap_for
 from tunescope.ingest.readers import general_bulk, general_json, general_table, general_text
@@ -145,7 +145,7 @@ class GeneralReader(ConsoleReader):
         return {"inferred": shape_of(path).describe(), "loss_averaging": "as the log printed it"}
 
     def _items(
-        self, path: Path, fam: str | None, data: bytes, base: int, walk: _Walk
+        self, path: Path, fam: str | None, data: bytes, base: int, walk: Walk
     ) -> list[tuple[int, str, Any]]:
         """The chunk's records as items; lines that share one layout are taken
         as columns when nothing in them needs a line-by-line look (then only
@@ -167,7 +167,7 @@ class GeneralReader(ConsoleReader):
                     if payload["step"] is None:
                         i = int(lines.pos.searchsorted(pos)) - 1
                         payload["step"] = int(lines.steps[i]) if i >= 0 else (walk.run.last or 0)
-                if all(kind == "eval" for _, kind, _ in rest) and _take_bulk(
+                if all(kind == "eval" for _, kind, _ in rest) and take_bulk(
                     walk.run, lines, data, base
                 ):
                     walk.scanned = int(lines.pos[-1])
