@@ -38,6 +38,12 @@ NOT_LOGS = (
 )  # fmt: skip
 NOT_LOG_NAMES = ("requirements", "license", "readme", "labels", "provenance", "changelog",
                  "config", "tokenizer", "vocab", "merges", "package", "setup")  # fmt: skip
+# Files a specific reader owns wherever they are: a copy it did not take (a
+# checkpoint's trainer_state.json) is the same run, not another one.
+OWNED = ("trainer_state.json", "trainer_log.jsonl", "logging.jsonl", "all_results.json",
+         "train_results.json", "eval_results.json", "args.json", "sft_args.json",
+         "training_args.json", "adapter_config.json", "wandb-summary.json",
+         "wandb-metadata.json", "wandb-history.jsonl")  # fmt: skip
 _SHAPES: dict[str, tuple[tuple[int, int], Shape]] = {}
 
 
@@ -83,6 +89,8 @@ def _infer(path: Path) -> Shape:
     stem = name.split(".", 1)[0]
     if name.endswith(NOT_LOGS) or stem in NOT_LOG_NAMES or name.startswith("."):
         return Shape("none", reason="named like code, a document or settings, not a log")
+    if name in OWNED or name.startswith("events.out.tfevents."):
+        return Shape("none", reason="a file another reader owns (a copy of a run it read)")
     head = _head(path)
     if head is None:
         return Shape("none", reason="cannot read")

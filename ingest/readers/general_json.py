@@ -72,7 +72,7 @@ def _parse(data: bytes, whole: bool) -> tuple[str, list[dict[str, Any]], list[tu
             continue
         if isinstance(obj, dict):
             out.append(obj)
-    if len(out) <= 1 and whole and not bad:
+    if whole and (len(out) <= 1 or len(bad) > len(out)):  # one document, pretty-printed
         try:
             doc = json.loads(text)
         except ValueError:

@@ -528,3 +528,25 @@ def test_the_configuration_names_what_the_vocabulary_cannot_guess(tmp_path):
     )
     names = shape_of(conf / "train.log").keys
     assert (names["tick"].kind, names["ce"].column) == ("step", "loss")
+
+
+def test_pretty_printed_json_with_records_nested_in_it(tmp_path):
+    doc = {
+        "run": "x",
+        "history": {
+            "rows": [{"iteration": i * 10, "total_loss": 2.2 - i / 10} for i in range(1, 4)]
+        },
+    }
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps(doc, indent=2))
+    r = read(path)
+    same(rows(r, "step", "loss"), [(10, 2.1), (20, 2.0), (30, 1.9)])
+
+
+def test_a_copy_of_a_file_another_reader_owns_is_not_another_run(tmp_path):
+    ckpt = tmp_path / "checkpoint-20"
+    ckpt.mkdir()
+    state = {"log_history": [{"step": s, "loss": 2 - s / 100} for s in range(1, 21)]}
+    (ckpt / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    assert "owns" in (shape_of(ckpt / "trainer_state.json").reason or "")
+    assert not GeneralReader().detect(ckpt / "trainer_state.json")
