@@ -90,6 +90,15 @@ def unclaimed_hint(path: Path) -> str | None:
     return None
 
 
+def _holds_records(path: Path) -> bool:
+    """A file in which the general reader found records of names and numbers
+    (a run's file that was not read, and says why under ``--verbose``)."""
+    from tunescope.ingest.readers.general import shape_of
+
+    shape = shape_of(path)
+    return shape.kind != "none" and shape.records > 0
+
+
 def discover(
     root: Path,
     readers: list[Reader] | None = None,
@@ -177,12 +186,13 @@ def discover(
     if unclaimed:
         # Files inside a run that was read (checkpoint copies, MLflow's
         # per-metric files) are parts of it: listed only when they look like
-        # a log of their own.
+        # a log of their own, or hold records the general reader refused.
         run_dirs = {s.run_dir for s in sources}
         unclaimed[:] = [
             (p, why)
             for p, why in unclaimed
             if (why is not None and not why.startswith("no records"))
             or not any(d in run_dirs for d in p.parents)
+            or _holds_records(p)
         ]
     return sources, problems

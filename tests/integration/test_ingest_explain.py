@@ -78,3 +78,17 @@ def test_verbose_gives_the_general_readers_guess_at_refused_files(tmp_path):
         "      general reader: table, 4 records with a loss; refused: a table without a step,"
         " iteration or epoch column"
     ) in out.stdout.splitlines()
+
+
+def test_verbose_lists_a_refused_file_inside_a_run_that_was_read(tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(GEN / "keras", run_dir)
+    shutil.copy(GEN / "negatives" / "dataset.jsonl", run_dir / "dataset.jsonl")
+    out = run("ingest", str(tmp_path), "--verbose")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "  not read:  1 file no reader took" in lines
+    assert (
+        "      general reader: jsonl, 4 records with a loss; refused: records with a loss but"
+        " no step, iteration or epoch that rises"
+    ) in lines
