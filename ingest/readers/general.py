@@ -55,9 +55,21 @@ def _head(path: Path) -> bytes | None:
         return None
 
 
+def _tail(path: Path) -> bytes:
+    """The whole lines of the file's last 64 KiB."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - TEXT_HEAD))
+            data = f.read()
+    except OSError:
+        return b""
+    return data[data.find(b"\n") + 1 :]
+
+
 def shape_of(path: Path) -> Shape:
     """The shape of a file (cached by size and modification time), or why it
-    is not a log; never reads more than its first 256 KiB."""
+    is not a log; never reads more than its first 256 KiB and last 64 KiB."""
     try:
         st = path.stat()
     except OSError as e:
@@ -98,12 +110,13 @@ def _infer(path: Path) -> Shape:
         return Shape("none", reason="empty")
     if is_binary(head):
         return Shape("none", reason="binary data, not a text log")
-    if len(head) == HEAD:  # cut at the last whole line
+    whole = len(head) < HEAD
+    if not whole:  # cut at the last whole line
         head = head[: head.rfind(b"\n") + 1] or head
     lead = head.lstrip()[:64].replace(b" ", b"").replace(b"\n", b"").replace(b"\r", b"")
     fixed = overrides(path)
     if lead[:1] == b"{" or lead[:2] in (b"[{", b"[]", b"[\t"):
-        return general_json.infer(head, whole=len(head) < HEAD, fixed=fixed)
+        return general_json.infer(head, whole=whole, fixed=fixed)
     table = general_table.infer(head, fixed)
     if table.reason is None:
         return table
@@ -112,6 +125,10 @@ def _infer(path: Path) -> Shape:
     text = general_text.infer(head, fixed)
     if text.reason is None:
         return text
+    if not whole:  # a long preamble (a config dump, a model summary): the end shows the records
+        tail = general_text.infer(_tail(path), fixed)
+        if tail.reason is None:
+            return tail
     # the closer miss says more
     return table if table.records > text.records else text
 

@@ -172,7 +172,13 @@ def read(
         data = data[: data.rfind(b"\n") + 1]  # a row still being written waits for its newline
     text = data.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()
     d = shape.delimiter or ","
-    header_at = next(i for i, ln in enumerate(text) if ln.strip() and not ln.startswith("#"))
+    header_at = next(
+        (i for i, ln in enumerate(text) if ln.strip() and not ln.startswith("#")), None
+    )
+    if header_at is None:  # emptied since it was looked at
+        return RowBuilder().result(
+            {"sig": sig}, [Problem(str(path), None, "no rows")], replace=True
+        )
     header = cells(text[header_at], d)
     body = [cells(ln, d) for ln in text[header_at + 1 :] if ln.strip() and not ln.startswith("#")]
     step_i, source, mapped = _columns(header, _index(body), fixed)

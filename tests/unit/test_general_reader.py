@@ -550,3 +550,15 @@ def test_a_copy_of_a_file_another_reader_owns_is_not_another_run(tmp_path):
     (ckpt / "trainer_state.json").write_text(json.dumps(state, indent=2))
     assert "owns" in (shape_of(ckpt / "trainer_state.json").reason or "")
     assert not GeneralReader().detect(ckpt / "trainer_state.json")
+
+
+def test_a_long_preamble_before_the_records_is_read_through(tmp_path):
+    log = tmp_path / "job.out"
+    preamble = "".join(
+        f"config line {i}: model.layers.{i}.mlp = Linear(4096 -> 11008)\n" for i in range(6000)
+    )
+    records = "".join(f"rollout={s} rl_loss={1 - s / 100} kl=0.01\n" for s in range(1, 6))
+    log.write_text(preamble + records)
+    assert log.stat().st_size > 256 << 10
+    r = read(log)
+    assert [s for (s,) in rows(r, "step")] == [1, 2, 3, 4, 5]
