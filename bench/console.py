@@ -4,7 +4,10 @@ Writes two logs under a temporary folder (``--dir``, default under /tmp):
 
 - ``hf/train.log``: HF Trainer console output, tqdm-heavy: 50 progress-bar
   lines for each ``{'loss': ...}`` dict line (``--mb`` MB, default 200);
-- ``megatron/train.log``: Megatron-LM iteration lines (``--iters``, default 200,000).
+- ``megatron/train.log``: Megatron-LM iteration lines (``--iters``, default 200,000);
+- ``homemade/ppo.log``: a home-made RL loop's ``rollout=N rl_loss=X ...`` lines
+  behind a Python logging prefix (``--own-mb`` MB, default 50), read by the
+  general reader.
 
 For each it times, best of ``--repeat``:
 
@@ -18,7 +21,7 @@ For each it times, best of ``--repeat``:
 
 and prints the throughput in MB/s and the ratios (reader / baseline speed).
 
-    python bench/console.py [--mb 200] [--iters 200000] [--repeat 2]
+    python bench/console.py [--mb 200] [--iters 200000] [--own-mb 50] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -80,6 +83,29 @@ def write_megatron(path: Path, iters: int) -> None:
             )
 
 
+def write_homemade(path: Path, mb: int) -> None:
+    """A home-made RL loop's log of about ``mb`` MB behind a Python logging
+    prefix, counting rollouts: the general reader's shape (no console family)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    target = mb * 1_000_000
+    written = 0
+    step = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < target:
+            block = []
+            for _ in range(1000):
+                step += 1
+                loss = 2.0 / (1 + step / 5000) + (step % 7) * 1e-3
+                block.append(
+                    f"2024-05-01 12:{step // 60 % 60:02d}:{step % 60:02d},{step % 1000:03d} - INFO"
+                    f" - ppo - rollout={step} rl_loss={loss:.4f} reward_mean={step % 13 / 10:.3f}"
+                    f" kl={(step % 17) * 1e-3:.4f} lr=1.0e-05 time={100 + step % 50:.1f}ms\n"
+                )
+            text = "".join(block)
+            f.write(text)
+            written += len(text)
+
+
 def best(fn, repeat: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(repeat):
@@ -89,9 +115,12 @@ def best(fn, repeat: int) -> tuple[float, object]:
     return min(times), out
 
 
-def measure(name: str, path: Path, needle: str, repeat: int) -> dict[str, float]:
+def measure(
+    name: str, path: Path, needle: str, repeat: int, general: bool = False
+) -> dict[str, float]:
     from tunescope.ingest.cache import Cache
     from tunescope.ingest.console import ConsoleReader
+    from tunescope.ingest.readers.general import GeneralReader
 
     size = path.stat().st_size / 1e6
     pattern = re.compile(re.escape(needle.encode()))
@@ -105,7 +134,7 @@ def measure(name: str, path: Path, needle: str, repeat: int) -> dict[str, float]
         )
         return int(out.stdout.strip() or 0)
 
-    reader = ConsoleReader()
+    reader = GeneralReader() if general else ConsoleReader()
 
     def read() -> int:
         return reader.read(path, None).steps.num_rows
@@ -140,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=int, default=200)
     p.add_argument("--iters", type=int, default=200_000)
+    p.add_argument("--own-mb", type=int, default=50, help="size of the home-made loop's log")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--dir", type=Path, default=None, help="where to write the logs (/tmp)")
     args = p.parse_args(argv)
@@ -147,12 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hf = base / "hf" / "train.log"
         meg = base / "megatron" / "train.log"
+        own = base / "homemade" / "ppo.log"
         t = time.perf_counter()
         write_hf(hf, args.mb)
         write_megatron(meg, args.iters)
+        write_homemade(own, args.own_mb)
         print(f"wrote the logs in {time.perf_counter() - t:.1f} s under {base}")
         measure("HF console (tqdm-heavy)", hf, "{'loss'", args.repeat)
         measure("Megatron iterations", meg, "| lm loss:", args.repeat)
+        measure("home-made loop (general reader)", own, " rl_loss=", args.repeat, general=True)
     finally:
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)

@@ -54,7 +54,7 @@ from tunescope.ingest.tail import Chunk, read_new_lines
 
 
 @dataclass
-class _Walk:
+class Walk:
     """Where one read is in its chunk: the run being read, the runs the chunk
     ended, and what the marker scan and the progress bar left off at."""
 
@@ -63,6 +63,7 @@ class _Walk:
     typical: float  # the usual gap between step items, in bytes
     scanned: int = 0  # the previous step item: markers before it were looked at
     done: list[Run] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # what a subclass keeps between reads
 
 
 class ConsoleReader:
@@ -93,19 +94,23 @@ class ConsoleReader:
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
         chunk = read_new_lines(path, state)
         old = {} if (state is None or chunk.restarted) else dict(state)
-        fam = old.get("family") or sniff(path) or family_of(chunk.data[:SNIFF_HEAD])
-        walk = _Walk(
+        fam = old.get("family") or self._family(path, chunk.data)
+        walk = Walk(
             run=Run(int(old.get("run", 1)), old.get("cur")),
             train_total=old.get("bar_total"),
             typical=float(old.get("gap", 0.0)),
+            extra=dict(old.get("extra", {})),
         )
         items = self._items(path, fam, chunk.data, chunk.start, walk)
         self._take_items(path, chunk.data, chunk.start, items, walk)
         self._end_runs(path, fam, walk, chunk.start + len(chunk.data), first_read=not old)
         return self._finish(path, chunk, old, fam, walk)
 
+    def _family(self, path: Path, data: bytes) -> str | None:
+        return sniff(path) or family_of(data[:SNIFF_HEAD])
+
     def _items(
-        self, path: Path, fam: str | None, data: bytes, base: int, walk: _Walk
+        self, path: Path, fam: str | None, data: bytes, base: int, walk: Walk
     ) -> list[tuple[int, str, Any]]:
         """The chunk's items (step lines, evals, summaries, memory lines) in
         the order they occur. Megatron iteration lines are taken in bulk when
@@ -117,7 +122,7 @@ class ConsoleReader:
         if fam != "megatron":
             return []
         lines = megatron.bulk(data)
-        if lines is not None and _take_bulk(walk.run, lines, data, base):
+        if lines is not None and take_bulk(walk.run, lines, data, base):
             walk.scanned = int(lines.pos[-1])
             walk.typical = walk.run.gap
             items = megatron_items(data, iterations=False)
@@ -127,7 +132,7 @@ class ConsoleReader:
         return items
 
     def _take_items(
-        self, path: Path, data: bytes, base: int, items: list[tuple[int, str, Any]], walk: _Walk
+        self, path: Path, data: bytes, base: int, items: list[tuple[int, str, Any]], walk: Walk
     ) -> None:
         """Turn the items into the rows of the run they belong to.
 
@@ -179,7 +184,7 @@ class ConsoleReader:
             walk.run = self._marker(walk.run, mkind, mpayload)
 
     def _end_runs(
-        self, path: Path, fam: str | None, walk: _Walk, end_seq: int, first_read: bool
+        self, path: Path, fam: str | None, walk: Walk, end_seq: int, first_read: bool
     ) -> None:
         """The end of what was read: a crash that no step followed ends the
         run, as does reaching the total; an earlier run of the file (or a
@@ -201,7 +206,7 @@ class ConsoleReader:
             self._start(path, r, fam)
 
     def _finish(
-        self, path: Path, chunk: Chunk, old: dict[str, Any], fam: str | None, walk: _Walk
+        self, path: Path, chunk: Chunk, old: dict[str, Any], fam: str | None, walk: Walk
     ) -> ReadResult:
         """The first run's rows and the state for the next read; the file's
         further runs as subruns."""
@@ -222,6 +227,7 @@ class ConsoleReader:
             "gap": walk.typical,
             "had_rows": bool(any_rows),
             "warned": bool(old.get("warned") or (not any_rows and lines_total)),
+            "extra": walk.extra,
         }
         first = next((r for r in [*done, run] if r.idx == 1), None) or Run(1)
         result = run_result(first, new_state, problems, chunk.restarted)
@@ -256,7 +262,7 @@ class ConsoleReader:
                 run.ended = None
             run.pending = None  # training went on after the traceback
             step = (run.last or 0) + 1
-            run.steps_from = "order"
+            run.steps_from = "order" if item.get("from", "log") == "log" else item["from"]
         else:
             last, first_step = run.last, run.first
             if run.n and last is not None and first_step is not None:
@@ -294,6 +300,10 @@ class ConsoleReader:
             run.first_steps.append(step)
         return run
 
+    def _start_extra(self, path: Path) -> dict[str, Any]:
+        """More for the ``run_start`` payload (a subclass says what it inferred)."""
+        return {}
+
     def _new_run(self, run: Run, done: list[Run]) -> Run:
         done.append(run)
         return Run(run.idx + 1)
@@ -310,12 +320,13 @@ class ConsoleReader:
             "logging_steps": infer_logging_steps(run.first_steps) or 1,
             "per_rank": False,
             "steps_from": run.steps_from,
-            "steps_inferred": run.steps_from == "order",
+            "steps_inferred": run.steps_from in ("order", "epoch"),
             "loss_averaging": (
                 "mean over the log interval's iterations and data-parallel ranks"
                 if fam == "megatron"
                 else "as the trainer printed it (HF: mean over logging_steps and all ranks)"
             ),
+            **self._start_extra(path),
         }
         if run.idx > 1:
             payload["run_in_file"] = run.idx
@@ -336,7 +347,7 @@ def _goes_back(run: Run, item: Any) -> bool:
     return epoch is not None and run.epoch is not None and epoch <= run.epoch
 
 
-def _take_bulk(run: Run, lines: megatron.Bulk, data: bytes, base: int) -> bool:
+def take_bulk(run: Run, lines: megatron.Bulk, data: bytes, base: int) -> bool:
     """Take the chunk's iteration lines as columns when nothing in them needs
     a line-by-line look: the steps rise past the run's last one, the run has
     not ended, and no crash or banner sits before them or in an unusually long

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 
-from tunescope.ingest.foreign import CANONICAL
+from tunescope.ingest.readers.vocabulary import CANONICAL
+from tunescope.ingest.readers.vocabulary import LINE_ALIASES as ALIASES
 
 _NUM = rb"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|inf|Inf|-inf)"
 STEP_LINE = re.compile(
@@ -24,14 +25,6 @@ STEP_LINE = re.compile(
 )
 TORCHTUNE_BAR = re.compile(rb"(?<![\w|])(\d+)\|(\d+)\|Loss: (" + _NUM + rb")")
 _PAIR = re.compile(rb"([A-Za-z_][\w/().-]{0,60}?)\s*[:=]\s*\[?(" + _NUM + rb")\]?(?![\w.])")
-# Names on such lines -> canonical columns (besides foreign.CANONICAL).
-ALIASES: dict[str, tuple[str, float]] = {
-    "grad norm": ("grad_norm", 1.0),
-    "gradnorm": ("grad_norm", 1.0),
-    "iter time (s)": ("step_time_s", 1.0),
-    "step_time": ("step_time_s", 1.0),
-    "time": ("step_time_s", 1.0),
-}
 _SKIP = {"step", "steps", "iter", "iteration", "global_step", "epoch"}
 
 

@@ -33,7 +33,7 @@ from tunescope.ingest.foreign import (
     no_loss_problem,
     number,
 )
-from tunescope.ingest.records import EVAL_PREFIXES
+from tunescope.ingest.readers.vocabulary import EVAL_PREFIXES
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 from tunescope.ingest.tail import read_new_lines
 
@@ -120,6 +120,14 @@ def _steps_span(path: Path, keys: KeyMap) -> tuple[int | None, int | None]:
     return step_of(head), step_of(list(reversed(tail)))
 
 
+def _data_lines(path: Path) -> int:
+    """Non-blank lines among the three after the header in the file's head:
+    a CSV of one row is a summary, not a log of a run."""
+    with open(path, "rb") as f:
+        head = f.read(_HEAD)
+    return sum(1 for line in head.split(b"\n")[1:4] if line.strip()) if head else 0
+
+
 class CSVReader:
     """Lightning ``metrics.csv`` and plain step/loss CSVs."""
 
@@ -129,7 +137,7 @@ class CSVReader:
         if not path.name.endswith(".csv"):
             return False
         step, loss = columns(_header(path), keymap_for(path))
-        return step is not None and loss is not None
+        return step is not None and loss is not None and _data_lines(path) >= 2
 
     def run_dir(self, path: Path) -> Path:
         m = VERSION_DIR.match(path.parent.name)

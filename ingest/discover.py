@@ -13,6 +13,7 @@ from tunescope.ingest.hf_state import HFStateReader
 from tunescope.ingest.llamafactory import LlamaFactoryReader
 from tunescope.ingest.mlflow_store import MLflowDBReader, MLflowFileReader
 from tunescope.ingest.native import NativeReader
+from tunescope.ingest.readers.general import GeneralReader
 from tunescope.ingest.records import RecordsReader
 from tunescope.ingest.rows import Problem, Reader
 from tunescope.ingest.swift import SwiftReader
@@ -33,6 +34,7 @@ READERS: list[Reader] = [
     ConsoleReader(),
     CSVReader(),
     RecordsReader(),
+    GeneralReader(),  # last: any file with a loss in it that no reader above claimed
 ]
 
 # Directories never descended into.
@@ -79,7 +81,10 @@ def unclaimed_hint(path: Path) -> str | None:
         return got
     name = path.name.lower()
     if name.endswith(".csv"):
-        return "a CSV without a step column and a loss column ([tool.tunescope.ingest] names them)"
+        return (
+            "a CSV without a step column and a loss column, or of one row "
+            "([tool.tunescope.ingest] names the columns)"
+        )
     if name.endswith(".json"):
         from tunescope.ingest.records import json_trouble
 
@@ -89,6 +94,15 @@ def unclaimed_hint(path: Path) -> str | None:
     if name.endswith((".jsonl", ".json")):
         return "no records with a step key and a loss key ([tool.tunescope.ingest] names them)"
     return None
+
+
+def _holds_records(path: Path) -> bool:
+    """A file in which the general reader found records of names and numbers
+    (a run's file that was not read, and says why under ``--verbose``)."""
+    from tunescope.ingest.readers.general import shape_of
+
+    shape = shape_of(path)
+    return shape.kind != "none" and shape.records > 0
 
 
 def discover(
@@ -178,12 +192,13 @@ def discover(
     if unclaimed:
         # Files inside a run that was read (checkpoint copies, MLflow's
         # per-metric files) are parts of it: listed only when they look like
-        # a log of their own.
+        # a log of their own, or hold records the general reader refused.
         run_dirs = {s.run_dir for s in sources}
         unclaimed[:] = [
             (p, why)
             for p, why in unclaimed
             if (why is not None and not why.startswith("no records"))
             or not any(d in run_dirs for d in p.parents)
+            or _holds_records(p)
         ]
     return sources, problems

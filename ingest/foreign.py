@@ -1,7 +1,7 @@
 """Shared pieces of the readers for logs written by other tools.
 
-Field names differ between tools; the mapping to the canonical step metrics
-lives here so that every reader names things the same way. What is not
+Field names differ between tools; every reader maps them to the canonical
+step metrics through one vocabulary (:mod:`.readers.vocabulary`). What is not
 canonical stays a metric under the name the tool wrote.
 """
 
@@ -20,29 +20,11 @@ import pyarrow as pa
 
 from tunescope.eventlog import LineError, as_number, loads
 from tunescope.eventlog import as_int as whole_number
+from tunescope.ingest.readers.vocabulary import CANONICAL, LOSS_KEYS, MIB_PER_GIB, STEP_KEYS
 from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA, Problem, ReadResult
 from tunescope.schema import METRIC_NAMES
 
-__all__ = ["LineError", "loads"]
-
-MIB_PER_GIB = 1024.0
-
-# Field name -> (canonical metric, scale). Names are matched exactly.
-CANONICAL: dict[str, tuple[str, float]] = {
-    "loss": ("loss", 1.0),
-    "train/loss": ("loss", 1.0),
-    "lr": ("lr", 1.0),
-    "learning_rate": ("lr", 1.0),
-    "train/learning_rate": ("lr", 1.0),
-    "train/lr": ("lr", 1.0),
-    "grad_norm": ("grad_norm", 1.0),
-    "train/grad_norm": ("grad_norm", 1.0),
-    "epoch": ("epoch", 1.0),
-    "train/epoch": ("epoch", 1.0),
-    "memory(GiB)": ("mem_peak_mb", MIB_PER_GIB),
-    "vram_allocated": ("mem_allocated_mb", MIB_PER_GIB),
-    "vram_reserved": ("mem_reserved_mb", MIB_PER_GIB),
-}
+__all__ = ["CANONICAL", "LOSS_KEYS", "MIB_PER_GIB", "STEP_KEYS", "LineError", "loads"]
 
 # Prefixes of evaluation / prediction fields.
 EVAL_PREFIXES = ("eval_", "eval/", "test_", "predict_")
@@ -312,20 +294,6 @@ def resume_state(
 
 
 # ---- home-made logs: which key is the step, which the loss -------------------------
-
-# Keys taken as the step and as the training loss of a record, in this order.
-STEP_KEYS = (
-    "step",
-    "global_step",
-    "train/global_step",
-    "iteration",
-    "current_steps",
-    "_step",
-    "iter",
-    "global_steps",
-    "steps",
-)
-LOSS_KEYS = ("loss", "train/loss", "train_loss", "lm loss", "train loss", "lm_loss")
 
 
 class KeyMap:

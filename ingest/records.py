@@ -31,6 +31,7 @@ from tunescope.ingest.foreign import (
     no_loss_problem,
     number,
 )
+from tunescope.ingest.readers.vocabulary import EVAL_PREFIXES
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder, decoded_lines
 from tunescope.ingest.tail import read_new_lines
 
@@ -47,17 +48,6 @@ NOT_RECORDS = (
     "generation_config.json",
     "special_tokens_map.json",
     "package.json",
-)
-EVAL_PREFIXES = (
-    "eval_",
-    "eval/",
-    "val_",
-    "val/",
-    "valid ",
-    "valid_",
-    "validation",
-    "test ",
-    "test_",
 )
 _SUMMARY = ("train_runtime", "train_samples_per_second", "train_steps_per_second")
 _SUCCESS = ("success", "completed", "finished", "done")

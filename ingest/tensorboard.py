@@ -34,6 +34,7 @@ from typing import Any
 from tunescope.eventlog import epoch_seconds, time_problem
 from tunescope.ingest.foreign import infer_logging_steps, resume_state, scalar_result
 from tunescope.ingest.protobuf import masked_crc32c, skip_field, varint
+from tunescope.ingest.readers.vocabulary import HIGH, TAGS, meaning
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
 PREFIX = "events.out.tfevents."
@@ -267,21 +268,7 @@ def read_scalars(
 
 # ---- mapping ----------------------------------------------------------------------
 
-CANONICAL_TAGS = {
-    "loss": "loss",
-    "train/loss": "loss",
-    "train_loss": "loss",
-    "Loss/train": "loss",
-    "loss/train": "loss",
-    "lr": "lr",
-    "learning_rate": "lr",
-    "train/learning_rate": "lr",
-    "train/lr": "lr",
-    "grad_norm": "grad_norm",
-    "train/grad_norm": "grad_norm",
-    "epoch": "epoch",
-    "train/epoch": "epoch",
-}
+CANONICAL_TAGS = TAGS
 # Tags only the Trainer's end-of-training summary writes (train/train_runtime
 # is also written with every log when input tokens are counted).
 FINAL_TAGS = frozenset(("train/train_loss", "train/train_steps_per_second"))
@@ -297,7 +284,22 @@ def metric_name(tag: str) -> tuple[str, bool]:
         return "lr", True
     if tag.startswith("eval/"):
         return "eval_" + tag[5:], False
+    if tag in FINAL_TAGS:
+        return tag, False
+    # Megatron's and home-made tags ("lm loss", "grad-norm", "learning-rate")
+    # through the vocabulary; only names it knows for sure become columns
+    known = meaning(tag)
+    if known.confidence >= HIGH and known.kind == "column" and known.scale == 1.0:
+        return known.column, True
+    if known.kind == "eval" and tag != tag.strip().lower().replace(" ", "_"):
+        return known.column, False
     return tag, False
+
+
+def twin(tag: str) -> bool:
+    """A tag Megatron writes twice, against samples or tokens (``lm loss vs
+    samples``): the same values as the tag without the suffix, which is kept."""
+    return tag.endswith((" vs samples", " vs tokens"))
 
 
 def add_scalar(
@@ -406,7 +408,7 @@ class TensorBoardReader:
                     continue
                 if isinstance(extra, str) and extra not in ("scalars", ""):
                     scan.skip.add(tag)
-                if value is None or tag in scan.skip or step < 0:
+                if value is None or tag in scan.skip or step < 0 or twin(tag):
                     continue
                 canonical = add_scalar(scan.steps, scan.metric_rows, step, wall, tag, value)
                 if not canonical and tag in FINAL_TAGS:

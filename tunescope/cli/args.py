@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 
-def runs_arg(p: argparse.ArgumentParser) -> None:
+def runs_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
     p.add_argument(
-        "runs", metavar="RUNS", help="directory or URL (s3://bucket/prefix) holding runs"
+        "runs",
+        metavar="RUNS",
+        nargs="?" if optional else None,
+        help="directory or URL (s3://bucket/prefix) holding runs",
     )
     cache_arg(p)
 

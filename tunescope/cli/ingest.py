@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tunescope.cli.args import runs_arg
 from tunescope.errors import ExitCode
 from tunescope.opening import ingest_progress
-from tunescope.say import say
+from tunescope.say import error, say
 from tunescope.words import count
 
 if TYPE_CHECKING:
@@ -26,7 +26,13 @@ def add(sub: Any) -> None:
         description="Read every log under RUNS (only what is new since last time) "
         "and print what was read and what was skipped.",
     )
-    runs_arg(p)
+    runs_arg(p, optional=True)
+    p.add_argument(
+        "--explain",
+        metavar="FILE",
+        help="say what each reader makes of FILE (which claims it, or why each refused; "
+        "the general reader's inferred shape, names and step) and read nothing into the cache",
+    )
     p.add_argument("--strict", action="store_true", help="exit 2 if any line or file was skipped")
     p.add_argument(
         "-v",
@@ -40,6 +46,12 @@ def add(sub: Any) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from tunescope.ingest.store import Store
 
+    if getattr(args, "explain", None):
+        return _explain(Path(args.explain))
+    if args.runs is None:
+        error("ingest needs RUNS (a folder or URL), or --explain FILE")
+        return ExitCode.USAGE
+
     with ingest_progress() as bar:
         store = Store.open(args.runs, args.cache_dir, progress=bar.update)
     report = store.last_report
@@ -51,6 +63,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         for path, why in report.unclaimed:
             rel = os.path.relpath(path, root)
             print(f"    {rel}: {why}" if why else f"    {rel}")
+            guess = general_guess(path)
+            if guess:
+                print(f"      {guess}")
     for p in report.problems:  # the list under the summary line, as it prints on stdout
         print(f"  skipped {p}", file=sys.stderr)
     if report.skipped > len(report.problems):
@@ -74,6 +89,30 @@ def skipped_note(report: IngestReport) -> str:
         return f"{count(report.skipped, 'line')} skipped (good lines around them were kept)"
     what = count(report.skipped, "line or file", "lines or files")
     return f"{what} skipped (listed above); the rest was read"
+
+def general_guess(path: Path) -> str | None:
+    """The general reader's best guess at a file it refused, when the file
+    holds names and numbers (None for files it did not even parse)."""
+    from tunescope.ingest.readers.general import shape_of
+
+    shape = shape_of(path)
+    if shape.kind == "none" or shape.reason is None:
+        return None
+    step = f", step from {shape.step!r}" if shape.step else ""
+    return (
+        f"general reader: {shape.kind}, {count(shape.records, 'record')} with a loss{step}; "
+        f"refused: {shape.reason}"
+    )
+
+
+def _explain(path: Path) -> int:
+    from tunescope.ingest.readers.explain import explain
+
+    if not path.is_file():
+        error(f"{path}: not a file (--explain takes one log file)")
+        return ExitCode.USAGE
+    print("\n".join(explain(path)))
+    return ExitCode.OK
 
 
 def ingest_summary(report: IngestReport, store: Store) -> str:

@@ -1,0 +1,212 @@
+"""JSON and JSONL read by their shape: records with a counter and a loss,
+nested dicts flattened (``{"train": {"loss": 2.3}}`` is ``train/loss``), a
+list of records anywhere in a JSON document (within four levels), names
+mapped through the vocabulary. The file is re-read whole when it changes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from tunescope.ingest.foreign import QUIET_END, infer_logging_steps, number
+from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, is_count, rises
+from tunescope.ingest.readers.vocabulary import HIGH, Meaning, meaning
+from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
+
+_MAX_BYTES = 256 << 20
+
+
+def flatten(obj: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, Any]:
+    """Nested dicts as one level, names joined with ``/``."""
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and depth < 4:
+            out.update(flatten(v, name + "/", depth + 1))
+        else:
+            out[name] = v
+    return out
+
+
+def _records_in(obj: Any, depth: int = 0) -> list[dict[str, Any]] | None:
+    """The first list of dicts within four levels (the longest at one level)."""
+    if isinstance(obj, list):
+        recs = [r for r in obj if isinstance(r, dict)]
+        return recs if len(recs) >= max(1, len(obj) // 2) and recs else None
+    if isinstance(obj, dict) and depth < 4:
+        best = None
+        for v in obj.values():
+            got = _records_in(v, depth + 1)
+            if got is not None and (best is None or len(got) > len(best)):
+                best = got
+        return best
+    return None
+
+
+def _parse(data: bytes, whole: bool) -> tuple[str, list[dict[str, Any]], list[tuple[int, str]]]:
+    """(kind, records, bad lines) of a JSON document or JSONL text."""
+    bad: list[tuple[int, str]] = []
+    text = data.decode("utf-8", errors="replace")
+    if text.lstrip().startswith("[") or (whole and "\n" not in text.strip()):
+        try:
+            return "json", _records_in(json.loads(text)) or [], bad
+        except ValueError:
+            pass
+    out = []
+    lines = text.split("\n")
+    if not whole:
+        lines = lines[:-1]
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append((i, f"not JSON: {e.msg}"))
+            continue
+        except ValueError as e:
+            bad.append((i, f"not JSON: {e}"))
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    if whole and (len(out) <= 1 or len(bad) > len(out)):  # one document, pretty-printed
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if doc is not None:
+            return "json", _records_in(doc) or [], []
+    return "jsonl", out, bad
+
+
+def _split(
+    rec: dict[str, Any], names: dict[str, Meaning]
+) -> tuple[int | None, float | None, dict[str, float], dict[str, float], dict[str, float]]:
+    """(step, epoch, canonical, other, evals) of one flattened record."""
+    step = None
+    epoch = None
+    canon: dict[str, float] = {}
+    extras: dict[str, float] = {}
+    evals: dict[str, float] = {}
+    for key, raw in rec.items():
+        value = number(raw) if not isinstance(raw, bool) else None
+        if value is None:
+            continue
+        m = names.get(key)
+        if m is None:
+            m = names[key] = meaning(key)
+        if m.kind == "step":
+            if step is None and is_count(value):
+                step = int(value)
+        elif m.column == "epoch":
+            epoch = value
+            canon.setdefault("epoch", value)
+        elif m.kind == "eval":
+            evals[m.column] = value
+        elif m.kind == "column" and (m.confidence >= HIGH or m.column == "loss"):
+            if m.column not in canon or m.confidence >= HIGH:
+                canon[m.column] = (
+                    (1.0 / value if value else math.nan) if m.scale == -1 else value * m.scale
+                )
+        else:
+            extras[key] = value
+    return step, epoch, canon, extras, evals
+
+
+def infer(data: bytes, whole: bool, fixed: dict[str, Meaning] | None = None) -> Shape:
+    kind, recs, _ = _parse(data, whole)
+    if not recs:
+        return Shape("none", reason="JSON without records (a settings or results document)")
+    names: dict[str, Meaning] = dict(fixed or {})
+    steps: list[int] = []
+    epochs: list[float] = []
+    n = 0
+    step_name = None
+    for rec in recs:
+        flat = flatten(rec)
+        step, epoch, canon, _, _ = _split(flat, names)
+        if "loss" not in canon:
+            continue
+        n += 1
+        if step is not None:
+            steps.append(step)
+            step_name = step_name or next(k for k in flat if names[k].kind == "step")
+        elif epoch is not None:
+            epochs.append(epoch)
+    shape = Shape(kind, records=n, keys=dict(names))
+    if not n:
+        shape.reason = "records, but none with a value named like a loss"
+    elif n < MIN_RECORDS:
+        shape.reason = f"only {n} record(s) with a loss (a log has {MIN_RECORDS} or more)"
+    elif steps and rises(steps):
+        shape.step = step_name
+    elif not steps and epochs and rises(epochs):
+        shape.step = "epoch"
+    else:
+        shape.reason = "records with a loss but no step, iteration or epoch that rises"
+    return shape
+
+
+def read(
+    path: Path, shape: Shape, state: dict[str, Any] | None, fixed: dict[str, Meaning]
+) -> ReadResult:
+    try:
+        st = path.stat()
+        if st.st_size > _MAX_BYTES:
+            raise OSError(f"{st.st_size:,} bytes: too big to read whole")
+        data = path.read_bytes()
+    except OSError as e:
+        return RowBuilder().result(dict(state or {}), [Problem(str(path), None, str(e))])
+    sig = [st.st_size, st.st_mtime_ns]
+    if state and state.get("sig") == sig:
+        return RowBuilder().result(state)
+    if shape.kind == "jsonl" and not data.endswith(b"\n") and b"\n" in data:
+        data = data[: data.rfind(b"\n") + 1]  # a line still being written waits for its newline
+    kind, recs, bad = _parse(data, whole=True)
+    problems = [Problem(str(path), line, why) for line, why in bad]
+    names: dict[str, Meaning] = dict(fixed)
+    rows = RowBuilder()
+    epochs: dict[float, int] = {}
+    merged: dict[int, list[Any]] = {}
+    for i, rec in enumerate(recs, start=1):
+        step, epoch, canon, extras, evals = _split(flatten(rec), names)
+        if shape.step == "epoch":
+            if step is not None or epoch is None:
+                continue
+            step = epochs.setdefault(epoch, len(epochs) + 1)
+        elif step is None:
+            continue
+        slot = merged.setdefault(step, [i, {}, {}, {}])
+        slot[0] = i
+        slot[1].update(canon)
+        slot[2].update(extras)
+        slot[3].update(evals)
+    steps = [s for s, v in sorted(merged.items()) if "loss" in v[1]]
+    if steps:
+        inferred = shape.step == "epoch"
+        rows.event(0, None, None, "run_start", {
+            "format": "general",
+            "family": "general-" + kind,
+            "source": str(path),
+            "logging_steps": infer_logging_steps(steps[:32]) or 1,
+            "per_rank": False,
+            "steps_from": "epoch" if inferred else "log",
+            "steps_inferred": inferred,
+            "loss_averaging": "as the log wrote it",
+            "inferred": shape.describe(),
+        }, seq=0)  # fmt: skip
+    for step, (seq, canon, extras, evals) in sorted(merged.items()):
+        if canon:
+            rows.step(0, step, None, canon, seq=seq)
+        for name, value in {**extras, **evals}.items():
+            rows.metric(0, step, None, name, value, seq=seq)
+        if evals:
+            rows.event(0, step, None, "eval", evals, seq=seq)
+    if steps:
+        rows.event(0, steps[-1], None, "run_end", dict(QUIET_END), seq=len(recs) + 1)
+    else:
+        problems.append(Problem(str(path), None, f"{len(recs):,} records, none with a loss"))
+    return rows.result({"sig": sig}, problems, replace=True)
