@@ -90,6 +90,7 @@ def skipped_note(report: IngestReport) -> str:
     what = count(report.skipped, "line or file", "lines or files")
     return f"{what} skipped (listed above); the rest was read"
 
+
 def general_guess(path: Path) -> str | None:
     """The general reader's best guess at a file it refused, when the file
     holds names and numbers (None for files it did not even parse)."""
