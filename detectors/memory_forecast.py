@@ -1,10 +1,13 @@
-"""TS401's out-of-memory forecast: when a growing peak reaches the device's
-capacity at the current rate, and what the finding says about it (an error
-when that comes before the planned end of the run)."""
+"""The out-of-memory forecast: when a growing peak reaches the device's
+capacity at the current rate, and what TS401's finding says about it (an
+error when that comes before the planned end of the run); the device capacity
+a run_start names. TS601 asks the same forecast whether a crash could have
+been seen coming."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -12,8 +15,53 @@ from tunescope.detectors.rankwise import trend1
 from tunescope.findings import Severity
 from tunescope.numbers import grouped as fmt
 
-if TYPE_CHECKING:
-    from tunescope.detectors.memory_growth import Options
+
+class Options(Protocol):
+    """The options the forecast reads (TS401's ``Options`` has them)."""
+
+    confidence: float
+    headroom: float
+    oom_error_hours: float
+
+
+@dataclass
+class ForecastOptions:
+    """The forecast's options with TS401's defaults, for a caller that is not
+    TS401 (TS601 asks whether a crash could have been forecast)."""
+
+    confidence: float = 0.99
+    headroom: float = 0.02
+    oom_error_hours: float = 1.0
+
+
+def capacity_mb(payload: dict[str, Any], rank: int) -> float | None:
+    """Device memory in MiB from a run_start payload: ``device_memory_mb`` (a
+    number or one per local rank), or ``memory_mb``/``total_memory_mb`` in the
+    ``devices`` entries."""
+
+    def pick(v: Any) -> float | None:
+        if isinstance(v, list) and v:
+            v = v[rank % len(v)]
+        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+            return float(v)
+        return None
+
+    cfg = payload.get("config")
+    if not isinstance(cfg, dict):
+        cfg = {}
+    for src in (payload, cfg):
+        got = pick(src.get("device_memory_mb"))
+        if got:
+            return got
+    devices = payload.get("devices")
+    if isinstance(devices, list) and devices:
+        d = devices[rank % len(devices)]
+        if isinstance(d, dict):
+            for k in ("memory_mb", "total_memory_mb", "device_memory_mb"):
+                got = pick(d.get(k))
+                if got:
+                    return got
+    return None
 
 
 def forecast(

@@ -41,6 +41,7 @@ from tunescope.ingest.console_detect import (
 )
 from tunescope.ingest.console_items import bar_step, dict_items, line_items, markers, megatron_items
 from tunescope.ingest.console_run import Run, run_result
+from tunescope.ingest.crash_tail import crash_lines, lines_before
 from tunescope.ingest.foreign import (
     QUIET_END,
     infer_logging_steps,
@@ -63,6 +64,21 @@ class _Walk:
     typical: float  # the usual gap between step items, in bytes
     scanned: int = 0  # the previous step item: markers before it were looked at
     done: list[Run] = field(default_factory=list)
+    path: Path | None = None
+    start: int = 0  # the chunk's byte offset in its file
+    crash_family: bool = False  # a log with no step lines that ends in a crash
+    _line0: int | None = None
+
+    def line0(self) -> int:
+        """The line number of the chunk's first byte (counted only when a
+        crash needs it)."""
+        if self._line0 is None:
+            try:
+                before = lines_before(self.path, self.start) if self.path else 0
+            except OSError:
+                before = 0
+            self._line0 = before + 1
+        return self._line0
 
 
 class ConsoleReader:
@@ -93,11 +109,17 @@ class ConsoleReader:
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
         chunk = read_new_lines(path, state)
         old = {} if (state is None or chunk.restarted) else dict(state)
-        fam = old.get("family") or sniff(path) or family_of(chunk.data[:SNIFF_HEAD])
+        known = old.get("family")
+        if known == "crash":  # a log that crashed early may go on (a relaunch): look again
+            known = None
+        fam = known or sniff(path) or family_of(chunk.data[:SNIFF_HEAD])
         walk = _Walk(
             run=Run(int(old.get("run", 1)), old.get("cur")),
             train_total=old.get("bar_total"),
             typical=float(old.get("gap", 0.0)),
+            path=path,
+            start=chunk.start,
+            crash_family=fam == "crash",
         )
         items = self._items(path, fam, chunk.data, chunk.start, walk)
         self._take_items(path, chunk.data, chunk.start, items, walk)
@@ -153,8 +175,8 @@ class ConsoleReader:
                     or gap > max(4096, 4 * walk.typical)
                     or _goes_back(run, payload)
                 ):
-                    for _, mkind, mpayload in markers(data, walk.scanned, pos):
-                        run = self._marker(run, mkind, mpayload)
+                    for mpos, mkind, mpayload in markers(data, walk.scanned, pos):
+                        run = self._marker(run, mkind, mpayload, walk, data, mpos, pos)
                 if walk.scanned:
                     walk.typical = gap if not walk.typical else 0.9 * walk.typical + 0.1 * gap
                 walk.scanned = pos
@@ -175,8 +197,8 @@ class ConsoleReader:
                 run.step_row(rank, step, canon, seq)
                 run.metric_rows(step, extras, seq, rank)
             prev = pos
-        for _, mkind, mpayload in markers(data, walk.scanned, len(data)):
-            walk.run = self._marker(walk.run, mkind, mpayload)
+        for mpos, mkind, mpayload in markers(data, walk.scanned, len(data)):
+            walk.run = self._marker(walk.run, mkind, mpayload, walk, data, mpos, len(data))
 
     def _end_runs(
         self, path: Path, fam: str | None, walk: _Walk, end_seq: int, first_read: bool
@@ -186,10 +208,13 @@ class ConsoleReader:
         first read that shows no end) ended quietly."""
         for r in [*walk.done, walk.run]:
             if r.pending is not None and r.ended is None:
-                status, error = r.pending
-                payload = {"status": status}
+                status, error, *tail = r.pending
+                payload: dict[str, Any] = {"status": status}
                 if error:
                     payload["error"] = error
+                if tail and tail[0]:
+                    payload["log_tail"] = tail[0]
+                    payload["log_file"] = str(path)
                 r.events.append((r.last, "run_end", payload, end_seq))
                 r.ended, r.pending = status, None
             elif r.ended is None and r.total and r.last is not None and r.last >= r.total:
@@ -209,7 +234,7 @@ class ConsoleReader:
         problems: list[Problem] = []
         any_rows = run.n or any(r.n for r in done) or old.get("had_rows")
         lines_total = 0
-        if not any_rows and not old.get("warned"):
+        if not any_rows and not old.get("warned") and fam != "crash":
             lines_total = chunk.lines
             if lines_total:
                 problems.append(no_loss_problem(path, lines_total, "lines"))
@@ -230,7 +255,11 @@ class ConsoleReader:
         ]
         return result
 
-    def _marker(self, run: Run, kind: str, payload: Any) -> Run:
+    def _marker(
+        self, run: Run, kind: str, payload: Any, walk: _Walk, data: bytes, pos: int, hi: int
+    ) -> Run:
+        """A banner or an end marker at ``pos``; the crash region it opens
+        runs to ``hi`` (the next step item, or the end of what was read)."""
         if kind == "banner":
             if run.n:
                 run.banner = True
@@ -238,8 +267,10 @@ class ConsoleReader:
             status, error = payload
             # the first marker of a crash says the most (the traceback's last
             # line); the ones after it belong to the same crash
-            if status and run.n and run.ended is None and run.pending is None:
-                run.pending = [status, error]
+            live = run.n or walk.crash_family
+            if status and live and run.ended is None and run.pending is None:
+                tail = crash_lines(data, pos, hi, walk.line0())
+                run.pending = [status, error, tail]
         return run
 
     def _train(self, path: Path, run: Run, done: list[Run], item: dict[str, Any], seq: int) -> Run:
@@ -299,7 +330,8 @@ class ConsoleReader:
         return Run(run.idx + 1)
 
     def _start(self, path: Path, run: Run, fam: str | None) -> None:
-        if run.started or not run.first_steps:
+        crashed_early = fam == "crash" and run.ended is not None
+        if run.started or not (run.first_steps or crashed_early):
             return
         if len(run.first_steps) < 3 and run.ended is None:
             return
