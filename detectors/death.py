@@ -108,6 +108,10 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 judged.append((cause, rank, step, p))
         if not judged:
             continue
+        for cause, _, _, p in judged:
+            # an interruption whose log names no cause is not a fault
+            if cause["key"] == "unknown" and p.get("status") == "interrupted":
+                cause["info"] = True
         # the most specific cause any rank shows (a rank's own error over another's exit code)
         got, rank, step, payload = min(judged, key=lambda j: (j[0]["order"], j[1]))
         row = runs.get(run_id, {})
@@ -202,7 +206,7 @@ def classify(lines: list[tuple[int | None, str]]) -> dict[str, Any] | None:
                 "names, then resume from the last checkpoint.",
             )
     code_hit = _first(lines, EXIT_CODE)
-    label = "non-zero exit code" if code_hit else "an error"
+    label = "non-zero exit code" if code_hit else "an unnamed error"
     return _other(
         base + 3,
         "unknown",

@@ -110,6 +110,15 @@ CAUSES: tuple[Cause, ...] = (
         "SIGTERM to save before the node goes (requeue the job with --requeue).",
     ),
     Cause(
+        "cancelled",
+        "cancelled",
+        _p(r"CANCELLED AT"),
+        "Nothing to fix if the job was cancelled on purpose (scancel); resume from the last "
+        "checkpoint to go on, and check the scheduler's record (sacct -j JOB) if nobody "
+        "cancelled it.",
+        info=True,
+    ),
+    Cause(
         "import-error",
         "import error",
         _p(r"\b(?:ModuleNotFoundError|ImportError)\b"),
@@ -196,7 +205,9 @@ SIGNALS: dict[int, tuple[str, str, str]] = {
 }
 
 EXIT_CODE = re.compile(r"exit ?code\s*[:=]\s*(-?\d+)|Signal (\d+) \(SIG", re.IGNORECASE)
-TERMINATED = re.compile(r"death signal|received signal 15|SIGTERM received", re.IGNORECASE)
+TERMINATED = re.compile(
+    r"death signal|received signal 15|SIGTERM received|received SIGTERM", re.IGNORECASE
+)
 EXCEPTION_LINE = re.compile(
     r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt))\b:?(.*)$"
 )

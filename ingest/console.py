@@ -223,6 +223,7 @@ class ConsoleReader:
             elif r.ended is None and r.n and (r is not walk.run or first_read):
                 r.events.append((r.last, "run_end", dict(QUIET_END), end_seq))
                 r.ended = "interrupted"
+                r.quiet = True
             self._start(path, r, fam)
 
     def _finish(
@@ -268,9 +269,12 @@ class ConsoleReader:
             # the first marker of a crash says the most (the traceback's last
             # line); the ones after it belong to the same crash
             live = run.n or walk.crash_family
-            if status and live and run.ended is None and run.pending is None:
+            # a log that stopped quietly at the last read may go on to crash
+            open_ = run.ended is None or (run.quiet and run.ended == "interrupted")
+            if status and live and open_ and run.pending is None:
                 tail = crash_lines(data, pos, hi, walk.line0())
                 run.pending = [status, error, tail]
+                run.ended, run.quiet = None, False
         return run
 
     def _train(self, path: Path, run: Run, done: list[Run], item: dict[str, Any], seq: int) -> Run:

@@ -23,6 +23,7 @@ class Run:
         self.n: int = s.get("n", 0)
         self.total: int | None = s.get("total")
         self.ended: str | None = s.get("ended")
+        self.quiet: bool = s.get("quiet", False)  # ended quietly: a crash may still come
         self.pending: list[Any] | None = s.get("pending")
         self.banner: bool = s.get("banner", False)
         self.started: bool = s.get("started", False)
@@ -45,6 +46,7 @@ class Run:
             "n": self.n,
             "total": self.total,
             "ended": self.ended,
+            "quiet": self.quiet,
             "pending": self.pending,
             "banner": self.banner,
             "started": self.started,
