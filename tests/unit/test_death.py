@@ -256,3 +256,28 @@ def test_explain_has_the_sections():
     for section in ("What it flags", "Why it matters", "Example", "Suggestion", "Options"):
         assert section in text
     assert "evidence-lines" in text
+
+
+def test_every_surface_shows_the_cause(tmp_path):
+    from tunescope.detectors import html_report, report
+    from tunescope.detectors.engine import run_summaries
+    from tunescope.watch import Watcher
+
+    root = tmp_path / "runs"
+    shutil.copytree(CRASH / "oom-hf", root / "oom-hf")
+    store = _open(root, tmp_path)
+    findings = analyze(store)
+    runs = run_summaries(store, findings)
+    assert runs[0]["status"] == "failed" and runs[0]["cause"] == "CUDA out of memory"
+    shown = "oom-hf: failed (CUDA out of memory), step 2/30"
+    assert report.text(findings, runs).startswith(shown)
+    assert "| oom-hf | failed (CUDA out of memory) |" in report.markdown(findings, runs)
+    assert json.loads(report.as_json(findings, runs))["runs"][0]["cause"] == "CUDA out of memory"
+    page = html_report.build(findings, runs)
+    assert "failed (CUDA out of memory)</span>" in page
+    watcher = Watcher(
+        Store(root, tmp_path / "watch"), None, include_finished=True, log=lambda _: None
+    )
+    (alert,) = watcher.poll()
+    assert alert.finding.detector == "TS601"
+    assert alert.run["status"] == "failed (CUDA out of memory)"
