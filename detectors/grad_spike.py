@@ -96,7 +96,7 @@ class Options:
 
     blip_ratio: float = 5.0
     """A spike (same z-test) at least this many times the run's median, but
-    under ``min_ratio``, is an info blip."""
+    under ``min_ratio``, is an info blip (none when at or above ``min_ratio``)."""
     warmup_ratio: float = 20.0
     """In lr warmup (or at the start), a spike this many times its running
     median that lifts the loss above its noise band is a warning, not info."""
@@ -109,10 +109,8 @@ class Options:
     warning with no history needed (the first iteration of a short run)."""
 
     def __post_init__(self) -> None:
-        if self.blip_ratio <= 1 or self.blip_ratio > self.min_ratio:
-            raise ValueError("blip_ratio must be > 1 and <= min_ratio")
-        if self.warmup_ratio <= 1 or self.enormous_ratio <= self.scale_ratio:
-            raise ValueError("warmup_ratio must be > 1 and enormous_ratio > scale_ratio")
+        if self.blip_ratio <= 1 or self.warmup_ratio <= 1 or self.enormous_ratio <= 1:
+            raise ValueError("blip_ratio, warmup_ratio and enormous_ratio must be > 1")
         if self.loss_band_sigmas <= 0 or self.loss_lift_points < 1:
             raise ValueError("loss_band_sigmas must be > 0 and loss_lift_points >= 1")
         if self.window < 5 or self.min_points < 2 or self.min_ratio <= 0:

@@ -7,7 +7,7 @@ been seen coming."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,13 +15,8 @@ from tunescope.detectors.rankwise import trend1
 from tunescope.findings import Severity
 from tunescope.numbers import grouped as fmt
 
-
-class Options(Protocol):
-    """The options the forecast reads (TS401's ``Options`` has them)."""
-
-    confidence: float
-    headroom: float
-    oom_error_hours: float
+if TYPE_CHECKING:
+    from tunescope.detectors.memory_growth import Options
 
 
 @dataclass
@@ -65,7 +60,7 @@ def capacity_mb(payload: dict[str, Any], rank: int) -> float | None:
 
 
 def forecast(
-    opts: Options,
+    opts: Options | ForecastOptions,
     part: dict[str, np.ndarray],
     steps_all: np.ndarray,
     s0: int,
@@ -119,7 +114,7 @@ def forecast_text(
     cap: float | None,
     run_row: dict[str, Any],
     ev: dict[str, Any],
-    opts: Options,
+    opts: Options | ForecastOptions,
     cpu: bool = False,
 ) -> tuple[Severity, str]:
     if fc is None:
