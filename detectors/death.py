@@ -120,20 +120,42 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
 
 
 def _last_ends(ctx: Context) -> dict[str, dict[int, tuple[int | None, dict[str, Any]]]]:
-    """Per run and rank, the last ``run_end`` when it is a failure or an interruption."""
+    """Per run and rank, the last ``run_end`` of a run whose status is a
+    failure or an interruption (a run that went on after a crash is not
+    dead). Of two at the same step (a crash whose lines came over two reads),
+    the one whose lines reach further into the log."""
+    dead = {
+        r["run_id"]
+        for r in ctx.runs().iter_rows(named=True)
+        if r.get("status") in ("failed", "interrupted")
+    }
     last: dict[str, dict[int, tuple[int | None, dict[str, Any]]]] = {}
     for row in ctx.events(["run_end"]).iter_rows(named=True):
+        if row["run_id"] not in dead:
+            continue
         try:
             p = json.loads(row["payload"] or "{}")
         except ValueError:
             continue
-        if isinstance(p, dict):
-            last.setdefault(row["run_id"], {})[int(row["rank"])] = (row["step"], p)
+        if not isinstance(p, dict):
+            continue
+        ranks = last.setdefault(row["run_id"], {})
+        rank = int(row["rank"])
+        prev = ranks.get(rank)
+        if prev is not None and prev[0] == row["step"] and _reach(prev[1]) > _reach(p):
+            continue
+        ranks[rank] = (row["step"], p)
     return {
         run: {k: v for k, v in ranks.items() if v[1].get("status") in ("failed", "interrupted")}
         for run, ranks in last.items()
         if any(v[1].get("status") in ("failed", "interrupted") for v in ranks.values())
     }
+
+
+def _reach(payload: dict[str, Any]) -> int:
+    """The last line number of a run_end's ``log_tail`` (0 without one)."""
+    numbers = [n for n, _ in _lines(payload) if n is not None]
+    return max(numbers, default=0)
 
 
 def _lines(payload: dict[str, Any]) -> list[tuple[int | None, str]]:

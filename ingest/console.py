@@ -39,9 +39,15 @@ from tunescope.ingest.console_detect import (
     log_name,
     sniff,
 )
-from tunescope.ingest.console_items import bar_step, dict_items, line_items, markers, megatron_items
+from tunescope.ingest.console_items import (
+    bar_step,
+    dict_items,
+    line_items,
+    markers,
+    megatron_items,
+)
 from tunescope.ingest.console_run import Run, run_result
-from tunescope.ingest.crash_tail import crash_lines, lines_before
+from tunescope.ingest.crash_tail import REGION, crash_lines, lines_before
 from tunescope.ingest.foreign import (
     QUIET_END,
     infer_logging_steps,
@@ -67,6 +73,7 @@ class _Walk:
     path: Path | None = None
     start: int = 0  # the chunk's byte offset in its file
     crash_family: bool = False  # a log with no step lines that ends in a crash
+    new_crash: bool = False  # a crash began in this read
     _line0: int | None = None
 
     def line0(self) -> int:
@@ -123,8 +130,39 @@ class ConsoleReader:
         )
         items = self._items(path, fam, chunk.data, chunk.start, walk)
         self._take_items(path, chunk.data, chunk.start, items, walk)
+        self._crash_goes_on(path, walk, chunk)
         self._end_runs(path, fam, walk, chunk.start + len(chunk.data), first_read=not old)
         return self._finish(path, chunk, old, fam, walk)
+
+    def _crash_goes_on(self, path: Path, walk: _Walk, chunk: Chunk) -> None:
+        """A crash still being written when the last read ended (its lines
+        ran to the end): with no step since, the new lines belong to it, and
+        the run gets a fuller ``run_end`` (the error line often comes last)."""
+        run = walk.run
+        if run.crash is None or not chunk.data or chunk.restarted or walk.new_crash:
+            return
+        if run.ended is None or run.pending is not None:
+            run.crash = None  # training went on, or a new crash took over
+            return
+        at, line, status = run.crash
+        end = chunk.start + len(chunk.data)
+        if end - at > REGION:
+            run.crash = None  # long enough: what is kept already tells it
+            return
+        try:
+            with open(path, "rb") as f:
+                f.seek(at)
+                data = f.read(end - at)
+        except OSError:
+            return
+        ends = [p for _, kind, p in markers(data, 0, len(data)) if kind == "end" and p[0]]
+        payload: dict[str, Any] = {"status": status}
+        error = ends[0][1] if ends else None
+        if error:
+            payload["error"] = error
+        payload["log_tail"] = crash_lines(data, 0, len(data), line)
+        payload["log_file"] = str(path)
+        run.events.append((run.last, "run_end", payload, end))
 
     def _items(
         self, path: Path, fam: str | None, data: bytes, base: int, walk: _Walk
@@ -275,6 +313,10 @@ class ConsoleReader:
                 tail = crash_lines(data, pos, hi, walk.line0())
                 run.pending = [status, error, tail]
                 run.ended, run.quiet = None, False
+                start = data.rfind(b"\n", 0, pos) + 1
+                line = walk.line0() + data.count(b"\n", 0, start)
+                run.crash = [walk.start + start, line, status] if hi == len(data) else None
+                walk.new_crash = True
         return run
 
     def _train(self, path: Path, run: Run, done: list[Run], item: dict[str, Any], seq: int) -> Run:

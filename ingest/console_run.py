@@ -25,6 +25,9 @@ class Run:
         self.ended: str | None = s.get("ended")
         self.quiet: bool = s.get("quiet", False)  # ended quietly: a crash may still come
         self.pending: list[Any] | None = s.get("pending")
+        # a crash whose lines ran to the end of a read: [byte, line, status] of
+        # its first marker, so a later read can add the lines still to come
+        self.crash: list[Any] | None = s.get("crash")
         self.banner: bool = s.get("banner", False)
         self.started: bool = s.get("started", False)
         self.first_steps: list[int] = list(s.get("first_steps", []))
@@ -48,6 +51,7 @@ class Run:
             "ended": self.ended,
             "quiet": self.quiet,
             "pending": self.pending,
+            "crash": self.crash,
             "banner": self.banner,
             "started": self.started,
             "first_steps": [] if self.started else self.first_steps[:32],

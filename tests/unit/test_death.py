@@ -281,3 +281,35 @@ def test_every_surface_shows_the_cause(tmp_path):
     (alert,) = watcher.poll()
     assert alert.finding.detector == "TS601"
     assert alert.run["status"] == "failed (CUDA out of memory)"
+
+
+def test_a_crash_still_being_written_gets_its_last_lines(tmp_path):
+    run = tmp_path / "runs" / "live"
+    run.mkdir(parents=True)
+    log = run / "train.log"
+    data = (CRASH / "oom-hf" / "train.log").read_bytes()  # bytes: progress bars end in \r
+    cut = data.index(b"torch.cuda.OutOfMemoryError")
+    log.write_bytes(data[:cut])  # the traceback's frames so far, not its last line
+    store = _open(tmp_path / "runs", tmp_path)
+    (first,) = analyze(store, select="TS601")
+    assert first.evidence["cause"] != "cuda-oom"
+    with log.open("ab") as f:
+        f.write(data[cut:])
+    store = _open(tmp_path / "runs", tmp_path)
+    (f,) = analyze(store, select="TS601")
+    assert f.evidence["cause"] == "cuda-oom" and f.evidence["line"] == 17
+    assert "tried to allocate 2.00 GiB with 0.51 GiB free of 79.15 GiB" in f.message
+
+
+def test_a_run_that_went_on_after_a_crash_is_not_dead(tmp_path):
+    run = tmp_path / "runs" / "resumed"
+    run.mkdir(parents=True)
+    text = (CRASH / "oom-hf" / "train.log").read_bytes().decode()
+    more = "".join(
+        f"{{'loss': {1.9 - s / 100:.4f}, 'grad_norm': 0.5, 'learning_rate': 2e-05, "
+        f"'epoch': {s / 30:.2f}, 'step': {s}}}\n"
+        for s in range(3, 8)
+    )
+    (run / "train.log").write_bytes((text + more).encode())
+    store = _open(tmp_path / "runs", tmp_path)
+    assert not analyze(store, select="TS601")
