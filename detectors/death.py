@@ -11,10 +11,10 @@ What it flags:
     loss assertion (``loss is nan``, ``found inf``, ``non-finite loss``); no
     space left on device; an NCCL timeout (the watchdog), a collective
     mismatch, another NCCL error; a SLURM time limit or preemption; an import
-    error (also from a log that crashed before its first step line: ingest
+    error, a configuration (argument) error, a data loading or tokenisation
+    error (also in a log that crashed before its first step line: ingest
     makes it a run with no steps); ``KeyboardInterrupt`` or a SLURM cancel
-    (info); else a worker's exit code from the
-    elastic launcher (``-9``: SIGKILL, most often the host's out-of-memory
+    (info); else a worker's exit code from the elastic launcher (``-9``: SIGKILL, most often the host's out-of-memory
     killer; ``-11`` a segmentation fault; ``-6`` an abort; ``-7`` a bus error;
     ``-15`` a SIGTERM), else the last exception the log shows. A run that
     went on after a caught error (a handled out-of-memory warning, a printed
