@@ -14,9 +14,10 @@ What it flags:
     error, a configuration (argument) error, a data loading or tokenisation
     error (also in a log that crashed before its first step line: ingest
     makes it a run with no steps); ``KeyboardInterrupt`` or a SLURM cancel
-    (info); else a worker's exit code from the elastic launcher (``-9``: SIGKILL, most often the host's out-of-memory
-    killer; ``-11`` a segmentation fault; ``-6`` an abort; ``-7`` a bus error;
-    ``-15`` a SIGTERM), else the last exception the log shows. A run that
+    (info); else a worker's exit code from the elastic launcher (``-9``:
+    SIGKILL, most often the host's out-of-memory killer; ``-11`` a
+    segmentation fault; ``-6`` an abort; ``-7`` a bus error; ``-15`` a
+    SIGTERM), else the last exception the log shows. A run that
     went on after a caught error (a handled out-of-memory warning, a printed
     traceback) did not end there: ingest only keeps a crash that no step
     followed, and a run that completed is never judged.
