@@ -318,6 +318,11 @@ def _finding(
         ev["forecast"] = info
     elif got["before_step_1"] and not step:
         detail = "nothing was trained"
+    else:
+        facts = _facts(got["key"], _lines(payload), step, total)
+        if facts:
+            ev["facts"] = facts
+            sug = f"{facts}. {sug}"
     sev = Severity.INFO if got["info"] else Severity.ERROR
     ranks = f" on rank {rank}" if n_ranks > 1 or rank else ""
     verb = "was stopped" if got["info"] else "died"
@@ -326,6 +331,35 @@ def _finding(
     if extra:
         msg += f" {extra}"
     return Finding(run_id, ID, NAME, sev, step, step, msg, sug, rank=None, evidence=ev)
+
+
+_TIMEOUT = re.compile(r"Timeout\(ms\)=(\d+)\)?\s*ran for (\d+) milliseconds")
+_HOST = re.compile(r"^\s*host\s*:\s*(\S+)")
+_PATH = re.compile(r"No space left on device: '([^']+)'|Disk quota exceeded: '([^']+)'")
+
+
+def _facts(
+    key: str, lines: list[tuple[int | None, str]], step: int | None, total: int | None
+) -> str:
+    """The run's own numbers for the fix: how long a collective waited, how
+    far a cut-off run got, the file a full disk refused, the failed host."""
+    text = "\n".join(t for _, t in lines)
+    if key == "nccl-timeout":
+        m = _TIMEOUT.search(text)
+        if m:
+            limit, ran = int(m.group(1)) / 1000, int(m.group(2)) / 1000
+            return f"A collective waited {ran:,.0f} s against a {limit:,.0f} s timeout"
+    if key in ("time-limit", "preemption", "cancelled") and step and total:
+        return f"The run reached step {step:,} of {total:,} ({100 * step / total:.2g}%)"
+    if key == "disk-full":
+        m = _PATH.search(text)
+        if m:
+            return f"The write that failed was {m.group(1) or m.group(2)!r}"
+    if key.startswith("exit-"):
+        hosts = sorted({m.group(1) for _, t in lines if (m := _HOST.match(t))})
+        if hosts:
+            return f"The failed worker ran on {', '.join(hosts[:3])}"
+    return ""
 
 
 def _where(payload: dict[str, Any], line: int | None) -> str:

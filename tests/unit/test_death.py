@@ -313,3 +313,17 @@ def test_a_run_that_went_on_after_a_crash_is_not_dead(tmp_path):
     (run / "train.log").write_bytes((text + more).encode())
     store = _open(tmp_path / "runs", tmp_path)
     assert not analyze(store, select="TS601")
+
+
+@pytest.mark.parametrize(
+    ("run", "fact"),
+    [
+        ("nccl-timeout", "A collective waited 1,800 s against a 1,800 s timeout."),
+        ("time-limit", "The run reached step 200 of 100,000 (0.2%)."),
+        ("disk-full", "The write that failed was 'saves/qwen-7b/checkpoint-20/optimizer.pt'."),
+        ("host-oom", "The failed worker ran on worker-3."),
+    ],
+)
+def test_the_fix_carries_the_runs_numbers(crash_findings, run, fact):
+    _, found, _ = crash_findings
+    assert found[run].suggestion.startswith(fact)
