@@ -378,6 +378,7 @@ def run_summaries(
     a run that has siblings. ``groups``: ``[tool.tunescope.groups]``."""
     from tunescope.detectors.limits import run_limits
     from tunescope.detectors.siblings import sibling_groups
+    from tunescope.findings import death_cause
 
     ctx = Context(store, list(run_ids) if run_ids is not None else None)
     runs = ctx.runs()
@@ -406,6 +407,7 @@ def run_summaries(
                 "worst": w.value if w else None,
                 "limits": limits.get(r["run_id"], []),
                 "interventions": acted.get(r["run_id"], []),
+                "cause": death_cause(mine),
             }
         )
         if r["run_id"] in group_of:

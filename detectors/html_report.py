@@ -39,7 +39,7 @@ from tunescope.detectors.curves import (
 from tunescope.detectors.html_data import collect, compare
 from tunescope.detectors.siblings import diff_keys
 from tunescope.files import write_output
-from tunescope.findings import Finding, Severity, jsonable
+from tunescope.findings import Finding, Severity, jsonable, status_text
 from tunescope.numbers import cell
 
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
@@ -91,7 +91,7 @@ def _summary_table(runs: list[dict[str, Any]], with_findings: set[str]) -> str:
         cells = [
             (r["run"], link),
             (r.get("status") or "", f'<span class="st-{_esc(r.get("status"))}">'
-             f"{_esc(r.get('status') or '?')}</span>"),
+             f"{_esc(status_text(r.get('status'), r.get('cause')))}</span>"),
             (last if last is not None else -1, steps),
             (r.get("last_loss"), cell(r.get("last_loss"))),
             (c.get("error", 0), str(c.get("error", 0))),
@@ -271,7 +271,8 @@ def _run_article(
     return (
         f'<article class="run" id="{_slug(run)}" data-run="{_esc(run)}">'
         f'<h3>{_esc(run)} <span class="st-{_esc(summary.get("status"))}">'
-        f"{_esc(summary.get('status') or '')}</span></h3>"
+        f"{_esc(status_text(summary['status'], summary.get('cause')) if summary.get('status') else '')}"
+        "</span></h3>"
         + (f'<p class="limits">cannot show: {_esc("; ".join(limits))}</p>' if limits else "")
         + f'<ol class="findings">{"".join(_finding_html(f, i) for i, f in enumerate(mine))}'
         "</ol>"

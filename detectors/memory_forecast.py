@@ -1,9 +1,12 @@
-"""TS401's out-of-memory forecast: when a growing peak reaches the device's
-capacity at the current rate, and what the finding says about it (an error
-when that comes before the planned end of the run)."""
+"""The out-of-memory forecast: when a growing peak reaches the device's
+capacity at the current rate, and what TS401's finding says about it (an
+error when that comes before the planned end of the run); the device capacity
+a run_start names. TS601 asks the same forecast whether a crash could have
+been seen coming."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,8 +19,48 @@ if TYPE_CHECKING:
     from tunescope.detectors.memory_growth import Options
 
 
+@dataclass
+class ForecastOptions:
+    """The forecast's options with TS401's defaults, for a caller that is not
+    TS401 (TS601 asks whether a crash could have been forecast)."""
+
+    confidence: float = 0.99
+    headroom: float = 0.02
+    oom_error_hours: float = 1.0
+
+
+def capacity_mb(payload: dict[str, Any], rank: int) -> float | None:
+    """Device memory in MiB from a run_start payload: ``device_memory_mb`` (a
+    number or one per local rank), or ``memory_mb``/``total_memory_mb`` in the
+    ``devices`` entries."""
+
+    def pick(v: Any) -> float | None:
+        if isinstance(v, list) and v:
+            v = v[rank % len(v)]
+        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+            return float(v)
+        return None
+
+    cfg = payload.get("config")
+    if not isinstance(cfg, dict):
+        cfg = {}
+    for src in (payload, cfg):
+        got = pick(src.get("device_memory_mb"))
+        if got:
+            return got
+    devices = payload.get("devices")
+    if isinstance(devices, list) and devices:
+        d = devices[rank % len(devices)]
+        if isinstance(d, dict):
+            for k in ("memory_mb", "total_memory_mb", "device_memory_mb"):
+                got = pick(d.get(k))
+                if got:
+                    return got
+    return None
+
+
 def forecast(
-    opts: Options,
+    opts: Options | ForecastOptions,
     part: dict[str, np.ndarray],
     steps_all: np.ndarray,
     s0: int,
@@ -71,7 +114,7 @@ def forecast_text(
     cap: float | None,
     run_row: dict[str, Any],
     ev: dict[str, Any],
-    opts: Options,
+    opts: Options | ForecastOptions,
     cpu: bool = False,
 ) -> tuple[Severity, str]:
     if fc is None:

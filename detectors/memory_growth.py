@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors.memory_forecast import forecast, forecast_text
+from tunescope.detectors.memory_forecast import capacity_mb, forecast, forecast_text
 from tunescope.detectors.memory_windows import merge_windows, onset, rising_windows
 from tunescope.detectors.rankwise import (
     collapse_ranks,
@@ -131,36 +131,6 @@ class Options:
             raise ValueError(f"points_per_window must be 8..400, got {self.points_per_window}")
         if not 0 < self.p_value < 1 or not 0.5 < self.confidence < 1:
             raise ValueError("p_value must be in (0, 1) and confidence in (0.5, 1)")
-
-
-def capacity_mb(payload: dict[str, Any], rank: int) -> float | None:
-    """Device memory in MiB from a run_start payload: ``device_memory_mb`` (a
-    number or one per local rank), or ``memory_mb``/``total_memory_mb`` in the
-    ``devices`` entries."""
-
-    def pick(v: Any) -> float | None:
-        if isinstance(v, list) and v:
-            v = v[rank % len(v)]
-        if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
-            return float(v)
-        return None
-
-    cfg = payload.get("config")
-    if not isinstance(cfg, dict):
-        cfg = {}
-    for src in (payload, cfg):
-        got = pick(src.get("device_memory_mb"))
-        if got:
-            return got
-    devices = payload.get("devices")
-    if isinstance(devices, list) and devices:
-        d = devices[rank % len(devices)]
-        if isinstance(d, dict):
-            for k in ("memory_mb", "total_memory_mb", "device_memory_mb"):
-                got = pick(d.get(k))
-                if got:
-                    return got
-    return None
 
 
 def _is_cpu(payload: dict[str, Any]) -> bool:

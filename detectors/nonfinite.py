@@ -4,6 +4,9 @@ What it flags:
     A loss or grad_norm that is NaN or +/-Inf, and the masking signature of
     trainers that hide a NaN (a loss of exactly 0 while grad_norm is 0 or NaN,
     after a non-zero loss). Checked from the first step, warmup included.
+    Evaluations too: NaN or Inf in ``eval_loss`` or any other eval metric is
+    an error when every evaluation of the run has one, else a warning (an
+    eval set whose batches can all be masked gives 0/0 now and then).
 
 Why it matters:
     Once the weights hold a NaN, every later step is wasted: the run is dead
@@ -17,6 +20,11 @@ Example:
     the loss scaler skipped: a warning that says so.
 
 Suggestion:
+    For evaluations only: look for an eval batch whose labels are all
+    masked (-100: the mean over no tokens is 0/0), an fp16 overflow in the
+    eval forward pass, or a metric over an empty set; when every evaluation is
+    non-finite, the eval loop or its data is broken and early stopping and
+    best-checkpoint selection are blind.
     Restart from the last good checkpoint with a lower learning rate or
     gradient clipping (max_norm 1.0); use bf16 instead of fp16; check the
     batch named in the finding (empty labels, all positions masked, bad
@@ -35,7 +43,7 @@ import numpy as np
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import merge_ranks, rank_series, samples_note
+from tunescope.detectors.series import event_payload, merge_ranks, rank_series, samples_note
 from tunescope.detectors.stats import incidents
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
@@ -158,7 +166,62 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
             out.append(
                 Finding(s.run, ID, NAME, sev, step0, step1, msg, sug, rank=s.rank, evidence=ev)
             )
-    return merge_ranks(out)
+    return merge_ranks(out) + _eval_findings(ctx)
+
+
+# numbers of an eval event that are not metrics of the evaluation
+_NOT_EVAL_METRICS = frozenset(("step", "epoch", "rank", "ts", "v"))
+
+
+def _eval_findings(ctx: Context) -> list[Finding]:
+    """One finding per run whose evaluations hold NaN or Inf: an error when
+    every evaluation does, else a warning."""
+    per_run: dict[str, dict[int, list[tuple[str, float]]]] = {}
+    for row in ctx.events(["eval"]).iter_rows(named=True):
+        payload = event_payload(row["payload"])
+        if row["step"] is None or not isinstance(payload, dict):
+            continue
+        values = [
+            (k, float(v))
+            for k, v in payload.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in _NOT_EVAL_METRICS
+        ]
+        if values:
+            per_run.setdefault(row["run_id"], {}).setdefault(int(row["step"]), []).extend(values)
+    out: list[Finding] = []
+    for run, by_step in sorted(per_run.items()):
+        bad = {s: [(k, v) for k, v in vals if not np.isfinite(v)] for s, vals in by_step.items()}
+        bad = {s: kv for s, kv in bad.items() if kv}
+        if not bad:
+            continue
+        steps = sorted(bad)
+        every = len(bad) == len(by_step)
+        names = sorted({k for kv in bad.values() for k, _ in kv})
+        first = bad[steps[0]]
+        shown = ", ".join(f"{k} {fmt(v)}" for k, v in first[:4])
+        where = ", ".join(str(s) for s in steps[:6]) + (", ..." if len(steps) > 6 else "")
+        msg = (
+            f"{count(len(bad), 'evaluation')} of {len(by_step)} had a non-finite metric "
+            f"({', '.join(names[:6])}) at step{'s' if len(steps) > 1 else ''} {where}; "
+            f"first at step {steps[0]}: {shown}."
+        )
+        if every:
+            msg += " Every evaluation is non-finite: early stopping and best-checkpoint selection see nothing."
+        sug = (
+            "Check the eval data for batches whose labels are all masked (-100), run the "
+            "evaluation in bf16 or fp32 rather than fp16, and look at the metric code for "
+            "divisions by an empty count."
+        )
+        ev = {
+            "kind": "eval",
+            "eval_steps": len(by_step),
+            "non_finite_evals": len(bad),
+            "metrics": names,
+            "first_step": steps[0],
+        }
+        sev = Severity.ERROR if every else Severity.WARNING
+        out.append(Finding(run, ID, NAME, sev, steps[0], steps[-1], msg, sug, evidence=ev))
+    return out
 
 
 def _last_finite(v: np.ndarray, i: int) -> float | None:

@@ -10,7 +10,12 @@ What it flags:
     is 0 by construction). "No downward trend" (info, a hint): a noisy loss
     (robust spread up to 30%) whose Theil-Sen slope has a 99% confidence
     interval that holds 0 over the whole run of at least 20 points while the
-    learning rate is above 0 (or not logged).
+    learning rate is above 0 (or not logged). "Never learned" (warning): the
+    same over a long run (at least 300 steps, past warmup) with a learning
+    rate of at least 1e-6 logged, where the 99% bound on the fall is under
+    5%: at that length and noise a fall of a few percent would show, so the
+    run spent its compute without learning. Short runs, runs still warming
+    up and runs without a logged learning rate stay at the hint.
 
 Why it matters:
     A fine-tune whose loss never moves is not training: a learning rate too
@@ -69,6 +74,13 @@ class Options:
     noisy_max_spread: float = 0.3
     """...and its robust spread (log-loss IQR-sigma) is at most this: a loss
     that swings more is unstable or diverging (TS101/TS102), not flat."""
+    never_learned_steps: int = 300
+    """A noisy loss with no downward trend over at least this many steps ..."""
+    never_learned_lr: float = 1e-6
+    """... with a median logged learning rate of at least this ..."""
+    never_learned_fall: float = 0.05
+    """... and a fall bounded under this fraction (the confidence interval's
+    far end) is a warning: the whole run did not learn."""
 
     def __post_init__(self) -> None:
         if self.min_points < 5 or self.zero_points < 2:
@@ -212,23 +224,37 @@ def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Findi
     span = x[-1] - x[0]
     lo, hi = float(np.expm1(t.lo * span)), float(np.expm1(t.hi * span))
     level = float(np.exp(np.median(y)))
+    # long, past warmup, a real learning rate, and a fall bounded to a few
+    # percent: not a hidden slow fall but a run that never learned
+    never = (
+        span >= opts.never_learned_steps
+        and lr_med is not None
+        and lr_med >= opts.never_learned_lr
+        and -lo < opts.never_learned_fall
+    )
+    verdict = (
+        f": the model did not learn; at {opts.noisy_confidence:.0%} confidence the loss fell "
+        f"less than {-lo * 100:.1f}% over {int(span):,} steps, so the run's compute was wasted."
+        if never
+        else ": the model may not be learning. A hint: noise this large can hide a slow fall."
+    )
     return Finding(
         s.run,
         ID,
         NAME,
-        Severity.INFO,
+        Severity.WARNING if never else Severity.INFO,
         int(x[0]),
         int(x[-1]),
         f"loss shows no downward trend over {len(y)} points (around {fmt(level)}, noise "
         f"{spread * 100:.0f}%; change from step {int(x[0])} to {int(x[-1])} between "
         f"{lo * 100:+.0f}% and {hi * 100:+.0f}% at {opts.noisy_confidence:.0%} confidence)"
         + (f" with lr {fmt(lr_med)}" if lr_med is not None else " (no lr logged)")
-        + ": the model may not be learning. A hint: noise this large can hide a slow fall.",
+        + verdict,
         "Check the learning rate is high enough (LoRA typically needs ~10x the full "
         "fine-tuning rate) and that the labels match the inputs; compare with an eval loss.",
         rank=None,
         evidence={
-            "kind": "noisy-flat",
+            "kind": "never-learned" if never else "noisy-flat",
             "change_lo": lo,
             "change_hi": hi,
             "spread": spread,

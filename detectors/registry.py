@@ -13,6 +13,7 @@ from types import ModuleType
 from tunescope.detectors import (
     adapter_grads,
     capacity,
+    death,
     divergence,
     grad_spike,
     loss_spike,
@@ -40,4 +41,5 @@ DETECTORS: list[ModuleType] = [
     memory_growth,  # TS401
     sibling_gap,  # TS501: judged against the run's siblings (ACROSS_RUNS)
     capacity,  # TS502
+    death,  # TS601: why a crashed run died, from the end of its log
 ]

@@ -15,6 +15,7 @@ Formats:
                "findings": {"info", "warning", "error"}, "worst",
                "limits" (what the log cannot show, one sentence each),
                "interventions" (what the training guard did: step, action, finding),
+               "cause" (why a crashed run died, as TS601 names it; null otherwise),
                "group" (only for a run with siblings: the name of their group)}]}
 
   Fields are only ever added, never renamed or removed, within a version.
@@ -39,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from tunescope.findings import Finding, Severity
+from tunescope.findings import Finding, Severity, status_text
 from tunescope.words import count
 
 JSON_VERSION = 1
@@ -72,7 +73,7 @@ def _run_line(run: dict[str, Any]) -> str:
     n = sum(counts.values())
     parts = [f"{counts[s]} {s}" for s in ("error", "warning", "info") if counts.get(s)]
     found = "no findings" if n == 0 else f"{count(n, 'finding')} ({', '.join(parts)})"
-    status = run.get("status") or "unknown"
+    status = status_text(run.get("status"), run.get("cause"))
     return f"{run['run']}: {status}, {progress}, {count(steps, 'step')} logged, {found}"
 
 
@@ -337,7 +338,8 @@ def markdown(
         loss = r.get("last_loss")
         loss_s = "" if loss is None else (f"{loss:.4g}" if isinstance(loss, float) else str(loss))
         out.append(
-            f"| {_md_cell(r['run'])} | {_md_cell(r.get('status') or 'unknown')} | {steps} | "
+            f"| {_md_cell(r['run'])} | {_md_cell(status_text(r.get('status'), r.get('cause')))} "
+            f"| {steps} | "
             f"{_md_cell(loss_s)} | {c.get('error', 0)} | {c.get('warning', 0)} | "
             f"{c.get('info', 0)} |"
         )
@@ -348,7 +350,8 @@ def markdown(
     for name in names:
         mine = by_run[name]
         run = summaries.get(name, {})
-        out += ["", f"### {_md_cell(name)}: {run.get('status') or 'unknown'}, "
+        status = status_text(run.get("status"), run.get("cause"))
+        out += ["", f"### {_md_cell(name)}: {status}, "
                 f"{count(len(mine), 'finding')}", ""]  # fmt: skip
         out += ["| severity | detector | where | message |", "|---|---|---|---|"]
         for f in mine:

@@ -39,8 +39,15 @@ from tunescope.ingest.console_detect import (
     log_name,
     sniff,
 )
-from tunescope.ingest.console_items import bar_step, dict_items, line_items, markers, megatron_items
+from tunescope.ingest.console_items import (
+    bar_step,
+    dict_items,
+    line_items,
+    markers,
+    megatron_items,
+)
 from tunescope.ingest.console_run import Run, run_result
+from tunescope.ingest.crash_tail import REGION, crash_lines, lines_before
 from tunescope.ingest.foreign import (
     QUIET_END,
     infer_logging_steps,
@@ -64,6 +71,22 @@ class Walk:
     scanned: int = 0  # the previous step item: markers before it were looked at
     done: list[Run] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # what a subclass keeps between reads
+    path: Path | None = None
+    start: int = 0  # the chunk's byte offset in its file
+    crash_family: bool = False  # a log with no step lines that ends in a crash
+    new_crash: bool = False  # a crash began in this read
+    _line0: int | None = None
+
+    def line0(self) -> int:
+        """The line number of the chunk's first byte (counted only when a
+        crash needs it)."""
+        if self._line0 is None:
+            try:
+                before = lines_before(self.path, self.start) if self.path else 0
+            except OSError:
+                before = 0
+            self._line0 = before + 1
+        return self._line0
 
 
 class ConsoleReader:
@@ -94,20 +117,57 @@ class ConsoleReader:
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
         chunk = read_new_lines(path, state)
         old = {} if (state is None or chunk.restarted) else dict(state)
-        fam = old.get("family") or self._family(path, chunk.data)
+        known = old.get("family")
+        if known == "crash":  # a log that crashed early may go on (a relaunch): look again
+            known = None
+        fam = known or self._family(path, chunk.data)
         walk = Walk(
             run=Run(int(old.get("run", 1)), old.get("cur")),
             train_total=old.get("bar_total"),
             typical=float(old.get("gap", 0.0)),
             extra=dict(old.get("extra", {})),
+            path=path,
+            start=chunk.start,
+            crash_family=fam == "crash",
         )
         items = self._items(path, fam, chunk.data, chunk.start, walk)
         self._take_items(path, chunk.data, chunk.start, items, walk)
+        self._crash_goes_on(path, walk, chunk)
         self._end_runs(path, fam, walk, chunk.start + len(chunk.data), first_read=not old)
         return self._finish(path, chunk, old, fam, walk)
 
     def _family(self, path: Path, data: bytes) -> str | None:
         return sniff(path) or family_of(data[:SNIFF_HEAD])
+
+    def _crash_goes_on(self, path: Path, walk: Walk, chunk: Chunk) -> None:
+        """A crash still being written when the last read ended (its lines
+        ran to the end): with no step since, the new lines belong to it, and
+        the run gets a fuller ``run_end`` (the error line often comes last)."""
+        run = walk.run
+        if run.crash is None or not chunk.data or chunk.restarted or walk.new_crash:
+            return
+        if run.ended is None or run.pending is not None:
+            run.crash = None  # training went on, or a new crash took over
+            return
+        at, line, status = run.crash
+        end = chunk.start + len(chunk.data)
+        if end - at > REGION:
+            run.crash = None  # long enough: what is kept already tells it
+            return
+        try:
+            with open(path, "rb") as f:
+                f.seek(at)
+                data = f.read(end - at)
+        except OSError:
+            return
+        ends = [p for _, kind, p in markers(data, 0, len(data)) if kind == "end" and p[0]]
+        payload: dict[str, Any] = {"status": status}
+        error = ends[0][1] if ends else None
+        if error:
+            payload["error"] = error
+        payload["log_tail"] = crash_lines(data, 0, len(data), line)
+        payload["log_file"] = str(path)
+        run.events.append((run.last, "run_end", payload, end))
 
     def _items(
         self, path: Path, fam: str | None, data: bytes, base: int, walk: Walk
@@ -158,8 +218,8 @@ class ConsoleReader:
                     or gap > max(4096, 4 * walk.typical)
                     or _goes_back(run, payload)
                 ):
-                    for _, mkind, mpayload in markers(data, walk.scanned, pos):
-                        run = self._marker(run, mkind, mpayload)
+                    for mpos, mkind, mpayload in markers(data, walk.scanned, pos):
+                        run = self._marker(run, mkind, mpayload, walk, data, mpos, pos)
                 if walk.scanned:
                     walk.typical = gap if not walk.typical else 0.9 * walk.typical + 0.1 * gap
                 walk.scanned = pos
@@ -180,8 +240,8 @@ class ConsoleReader:
                 run.step_row(rank, step, canon, seq)
                 run.metric_rows(step, extras, seq, rank)
             prev = pos
-        for _, mkind, mpayload in markers(data, walk.scanned, len(data)):
-            walk.run = self._marker(walk.run, mkind, mpayload)
+        for mpos, mkind, mpayload in markers(data, walk.scanned, len(data)):
+            walk.run = self._marker(walk.run, mkind, mpayload, walk, data, mpos, len(data))
 
     def _end_runs(
         self, path: Path, fam: str | None, walk: Walk, end_seq: int, first_read: bool
@@ -191,10 +251,13 @@ class ConsoleReader:
         first read that shows no end) ended quietly."""
         for r in [*walk.done, walk.run]:
             if r.pending is not None and r.ended is None:
-                status, error = r.pending
-                payload = {"status": status}
+                status, error, *tail = r.pending
+                payload: dict[str, Any] = {"status": status}
                 if error:
                     payload["error"] = error
+                if tail and tail[0]:
+                    payload["log_tail"] = tail[0]
+                    payload["log_file"] = str(path)
                 r.events.append((r.last, "run_end", payload, end_seq))
                 r.ended, r.pending = status, None
             elif r.ended is None and r.total and r.last is not None and r.last >= r.total:
@@ -203,6 +266,7 @@ class ConsoleReader:
             elif r.ended is None and r.n and (r is not walk.run or first_read):
                 r.events.append((r.last, "run_end", dict(QUIET_END), end_seq))
                 r.ended = "interrupted"
+                r.quiet = True
             self._start(path, r, fam)
 
     def _finish(
@@ -214,7 +278,7 @@ class ConsoleReader:
         problems: list[Problem] = []
         any_rows = run.n or any(r.n for r in done) or old.get("had_rows")
         lines_total = 0
-        if not any_rows and not old.get("warned"):
+        if not any_rows and not old.get("warned") and fam != "crash":
             lines_total = chunk.lines
             if lines_total:
                 problems.append(no_loss_problem(path, lines_total, "lines"))
@@ -236,7 +300,11 @@ class ConsoleReader:
         ]
         return result
 
-    def _marker(self, run: Run, kind: str, payload: Any) -> Run:
+    def _marker(
+        self, run: Run, kind: str, payload: Any, walk: Walk, data: bytes, pos: int, hi: int
+    ) -> Run:
+        """A banner or an end marker at ``pos``; the crash region it opens
+        runs to ``hi`` (the next step item, or the end of what was read)."""
         if kind == "banner":
             if run.n:
                 run.banner = True
@@ -244,8 +312,17 @@ class ConsoleReader:
             status, error = payload
             # the first marker of a crash says the most (the traceback's last
             # line); the ones after it belong to the same crash
-            if status and run.n and run.ended is None and run.pending is None:
-                run.pending = [status, error]
+            live = run.n or walk.crash_family
+            # a log that stopped quietly at the last read may go on to crash
+            open_ = run.ended is None or (run.quiet and run.ended == "interrupted")
+            if status and live and open_ and run.pending is None:
+                tail = crash_lines(data, pos, hi, walk.line0())
+                run.pending = [status, error, tail]
+                run.ended, run.quiet = None, False
+                start = data.rfind(b"\n", 0, pos) + 1
+                line = walk.line0() + data.count(b"\n", 0, start)
+                run.crash = [walk.start + start, line, status] if hi == len(data) else None
+                walk.new_crash = True
         return run
 
     def _train(self, path: Path, run: Run, done: list[Run], item: dict[str, Any], seq: int) -> Run:
@@ -309,7 +386,8 @@ class ConsoleReader:
         return Run(run.idx + 1)
 
     def _start(self, path: Path, run: Run, fam: str | None) -> None:
-        if run.started or not run.first_steps:
+        crashed_early = fam == "crash" and run.ended is not None
+        if run.started or not (run.first_steps or crashed_early):
             return
         if len(run.first_steps) < 3 and run.ended is None:
             return

@@ -20,6 +20,16 @@ STRUCTURED = ("trainer_state.json", "trainer_log.jsonl", "logging.jsonl")
 _DICT_HINT = re.compile(
     rb"\{['\"](?:loss|eval_[\w/]*|train_runtime|learning_rate|grad_norm|epoch)['\"]\s*:"
 )
+# A crash that ends a log, and the names that say the log is a training job's
+_CRASH = re.compile(
+    rb"Traceback \(most recent call last\)|ChildFailedError|CUDA out of memory"
+    rb"|Watchdog caught collective operation timeout|CANCELLED AT"
+)
+_TRAINING = re.compile(
+    rb"(?i)torchrun|torch\.distributed|deepspeed|accelerate launch|megatron|transformers"
+    rb"|llamafactory|llama-factory|\bswift\b|\btrl\b|\bpeft\b|site-packages/torch/"
+    rb"|\*\*\*\*\* Running training"
+)
 FAMILIES: tuple[tuple[str, re.Pattern[bytes]], ...] = (
     ("megatron", megatron.ITERATION),
     ("dicts", _DICT_HINT),
@@ -77,9 +87,13 @@ def kind_of(path: Path) -> str:
                 kind = "binary"
             else:
                 kind = family_of(head) or "text"
+                tail = head
                 if kind == "text" and st.st_size > SNIFF_HEAD:
                     f.seek(max(SNIFF_HEAD, st.st_size - SNIFF_TAIL))
-                    kind = family_of(f.read()) or "text"
+                    tail = f.read()
+                    kind = family_of(tail) or "text"
+                if kind == "text" and crashed_before_steps(head, tail[-SNIFF_TAIL:]):
+                    kind = "crash"
     except OSError:
         kind = "text"
     if len(_SNIFFED) > 4096:
@@ -88,8 +102,19 @@ def kind_of(path: Path) -> str:
     return kind
 
 
+def crashed_before_steps(head: bytes, tail: bytes) -> bool:
+    """A training job's log that ends in a crash before any step line: a
+    traceback or a launcher's error in its last 64 KiB, and a training
+    library or launcher named in it (so any script's traceback is not a run)."""
+    return _CRASH.search(tail) is not None and (
+        _TRAINING.search(head) is not None or _TRAINING.search(tail) is not None
+    )
+
+
 def sniff(path: Path) -> str | None:
-    """The step-line family of a file; None for binary files and files without step lines."""
+    """The step-line family of a file (``"crash"``: a training log that
+    crashed before its first step line); None for binary files and files
+    without step lines."""
     kind = kind_of(path)
     return None if kind in ("binary", "text") else kind
 

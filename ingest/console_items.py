@@ -32,6 +32,13 @@ MARKERS: tuple[tuple[bytes, str, str], ...] = (
     (b"torch.OutOfMemoryError", "end", "failed"),
     (b"CUDA out of memory", "end", "failed"),
     (b"exits with return code = ", "end", "failed"),
+    (b"Watchdog caught collective operation timeout", "end", "failed"),
+    (b"terminate called after throwing an instance of", "end", "failed"),
+    (b"Fatal Python error", "end", "failed"),
+    (b"No space left on device", "end", "failed"),
+    (b"ChildFailedError", "end", "failed"),
+    (b"Exited with exit code", "end", "failed"),
+    (b"death signal, shutting down workers", "end", "interrupted"),
     (b"***** Running training *****", "banner", ""),
     (b"[before the start of training step]", "banner", ""),
 )

@@ -23,7 +23,11 @@ class Run:
         self.n: int = s.get("n", 0)
         self.total: int | None = s.get("total")
         self.ended: str | None = s.get("ended")
+        self.quiet: bool = s.get("quiet", False)  # ended quietly: a crash may still come
         self.pending: list[Any] | None = s.get("pending")
+        # a crash whose lines ran to the end of a read: [byte, line, status] of
+        # its first marker, so a later read can add the lines still to come
+        self.crash: list[Any] | None = s.get("crash")
         self.banner: bool = s.get("banner", False)
         self.started: bool = s.get("started", False)
         self.first_steps: list[int] = list(s.get("first_steps", []))
@@ -45,7 +49,9 @@ class Run:
             "n": self.n,
             "total": self.total,
             "ended": self.ended,
+            "quiet": self.quiet,
             "pending": self.pending,
+            "crash": self.crash,
             "banner": self.banner,
             "started": self.started,
             "first_steps": [] if self.started else self.first_steps[:32],

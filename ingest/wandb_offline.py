@@ -12,7 +12,9 @@ A whole record is a protobuf ``Record``; the few fields needed are decoded by
 hand: ``history`` (2: items with ``key`` or ``nested_key`` and ``value_json``;
 ``_step``, ``_timestamp``, ``_runtime``; NaN written as a bare token),
 ``config`` (5), ``run`` (17: id, project, config, display name, host, start
-time) and ``exit`` (18: exit code). System statistics (``stats``, per-GPU
+time) and ``exit`` (18: exit code). A run that exited non-zero gets the crash
+lines of its console output (``files/output.log``, which the console reader
+leaves to this run) in its ``run_end``. System statistics (``stats``, per-GPU
 memory and utilisation sampled by time, for every GPU of the host, including
 ones other jobs use) are not read: they are not per training step and not
 per rank of this run.
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.eventlog import epoch_seconds, time_problem
+from tunescope.ingest.crash_tail import file_tail
 from tunescope.ingest.foreign import (
     infer_logging_steps,
     number,
@@ -231,7 +234,7 @@ class WandbOfflineReader:
                             )
                     elif field == 18 and isinstance(value, bytes):
                         last = max(steps) if steps else state.get("last_step")
-                        rows.event(0, last, None, "run_end", _exit(value))
+                        rows.event(0, last, None, "run_end", _exit(value, path))
                         state["ended"] = True
             except (ValueError, IndexError, struct.error) as e:
                 problems.append(
@@ -311,13 +314,22 @@ class WandbOfflineReader:
         return raw if raw is not None and ts is None else None
 
 
-def _exit(buf: bytes) -> dict[str, Any]:
-    """The ``run_end`` payload of an exit record: its status and exit code."""
+def _exit(buf: bytes, path: Path) -> dict[str, Any]:
+    """The ``run_end`` payload of an exit record: its status and exit code;
+    for a failed run, the crash lines of the console output W&B saved beside
+    it (``files/output.log``)."""
     code = 0
     for f, v in _fields(buf):
         if f == 1 and isinstance(v, int):
             code = _int32(v)
-    return {"status": "completed" if code == 0 else "failed", "exit_code": code}
+    payload: dict[str, Any] = {"status": "completed" if code == 0 else "failed", "exit_code": code}
+    output = path.parent / "files" / "output.log"
+    if code != 0 and output.is_file():
+        tail = file_tail(output)
+        if tail:
+            payload["log_tail"] = tail
+            payload["log_file"] = str(output)
+    return payload
 
 
 def _config(buf: bytes) -> dict[str, Any]:

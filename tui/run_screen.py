@@ -25,6 +25,8 @@ from textual.worker import get_current_worker
 from tunescope.detectors.base import Context
 from tunescope.detectors.curves import RUN_PLOTS, rank_grid
 from tunescope.detectors.limits import run_limits
+from tunescope.detectors.series import event_payload
+from tunescope.findings import DEATH_DETECTOR, status_text
 from tunescope.numbers import cell
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import (
@@ -199,6 +201,8 @@ class RunScreen(WorkerScreen):
     def on_findings_loaded(self, message: FindingsLoaded) -> None:
         self.findings = message.findings
         self.guard_markers = message.markers
+        if self.row is not None:
+            self._show_title()  # the status names the cause of a crash
         box = self.query_one("#findings-list", OptionList)
         box.clear_options()
         options = []
@@ -299,7 +303,7 @@ class RunScreen(WorkerScreen):
         text.append(r["name"] or self.run_id, style="bold")
         status = r["status"] or "?"
         text.append("  ")
-        text.append(status, style=STATUS_STYLE.get(status, ""))
+        text.append(status_text(status, self._cause()), style=STATUS_STYLE.get(status, ""))
         done, total = r["last_step"], r["total_steps"]
         text.append(f"  step {done if done is not None else '–'}" + (f"/{total}" if total else ""))
         text.append(f"  loss {cell(r['last_loss'])}")
@@ -311,6 +315,14 @@ class RunScreen(WorkerScreen):
             lora = f" r{r['lora_r']}" if r.get("lora_r") else ""
             text.append(f" {r['finetuning_type']}{lora}", style="dim")
         title.update(text)
+
+    def _cause(self) -> str | None:
+        """Why the run died, as TS601 named it (from the loaded findings)."""
+        for f in self.findings:
+            if f["detector"] == DEATH_DETECTOR:
+                ev = event_payload(f.get("evidence"))
+                return str(ev["label"]) if isinstance(ev, dict) and ev.get("label") else None
+        return None
 
     def _show_detail(self, f: dict[str, Any] | None) -> None:
         box = self.query_one("#finding-detail", Static)

@@ -119,3 +119,23 @@ def step_range(finding: Finding | dict[str, Any], none: str = "") -> str:
     if end is None or end == start:
         return f"step {start}"
     return f"steps {start}-{end}"
+
+
+DEATH_DETECTOR = "TS601"  # names why a crashed run died (evidence "label")
+
+
+def death_cause(findings: list[Finding], run: str | None = None) -> str | None:
+    """The cause TS601 named for a run's death (``CUDA out of memory``), or
+    None; ``run`` picks one run out of a list of several runs' findings."""
+    for f in findings:
+        if f.detector == DEATH_DETECTOR and (run is None or f.run == run):
+            label = f.evidence.get("label")
+            return str(label) if label else None
+    return None
+
+
+def status_text(status: str | None, cause: str | None) -> str:
+    """A run's status for people, with the cause of its death when one is
+    known: ``failed (CUDA out of memory)``."""
+    shown = status or "unknown"
+    return f"{shown} ({cause})" if cause else shown

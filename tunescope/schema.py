@@ -101,6 +101,16 @@ RUN_START_FIELDS: tuple[Field, ...] = (
 RUN_END_FIELDS: tuple[Field, ...] = (
     Field("status", "string", "", "completed, failed or interrupted"),
     Field("error", "string", "", "error text when the run failed"),
+    Field("exit_code", "integer", "", "the process's exit code, when known"),
+    Field(
+        "log_tail",
+        "array",
+        "",
+        "the console lines that show why the run ended, as [line number, text] pairs "
+        "(a traceback's start and end, launcher and scheduler notices; at most 60 lines "
+        "and 8 KiB, credentials masked)",
+    ),
+    Field("log_file", "string", "", "the file log_tail was read from"),
 )
 
 RESUME_FIELDS: tuple[Field, ...] = (

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from tunescope.alerts import Alert
 from tunescope.errors import StoreError, TunescopeError, UsageError
 from tunescope.files import write_whole
-from tunescope.findings import Finding, Severity, step_range
+from tunescope.findings import Finding, Severity, death_cause, status_text, step_range
 from tunescope.ingest.follow import Follower
 from tunescope.say import say
 from tunescope.words import count
@@ -219,6 +219,10 @@ class Watcher:
         wanted = set(changed)
         findings = [f for f in findings if f.run in wanted]
         baseline = self._baseline_runs(changed, summaries, first)
+        for run_id, s in summaries.items():  # "failed (CUDA out of memory)"
+            cause = death_cause(findings, run_id)
+            if cause and s.get("status"):
+                s["status"] = status_text(s["status"], cause)
         alerts = self._decide(findings, summaries, baseline, first)
         for alert in alerts:
             self.log(f"alert: {alert.describe()}: {alert.finding.message}")

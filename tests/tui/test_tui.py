@@ -1027,3 +1027,18 @@ async def test_report_key_writes_the_marked_runs_or_the_open_one(
     assert [c["id"] for c in doc["runs"]["diverged-lr"]["charts"]] == [
         "loss", "lr", "grad", "mem", "time",
     ]  # fmt: skip
+
+
+async def test_the_run_header_names_why_a_crashed_run_died(tmp_path: Path) -> None:
+    import shutil
+
+    crash = Path(__file__).resolve().parents[2] / "fixtures" / "formats" / "crash" / "oom-hf"
+    shutil.copytree(crash, tmp_path / "runs" / "oom-hf")
+    store = Store.open(tmp_path / "runs")
+    app = make_app(store, analyze=True)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        await app.workers.wait_for_complete()
+        screen = await open_run(pilot, "oom-hf")
+        title = screen.query_one("#run-title", Static)
+        await settle(pilot, lambda: "failed (CUDA out of memory)" in str(title.content))

@@ -10,6 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from wandb_file import field as _field
+from wandb_file import history as _history
+from wandb_file import item as _item
+from wandb_file import wandb_file as _wandb_file
 
 from tunescope.ingest.hf_state import HFStateReader
 from tunescope.ingest.llamafactory import LlamaFactoryReader
@@ -470,63 +474,6 @@ def test_mlflow_metric_line_variants_and_bad_lines(tmp_path):
 
 
 # ---- W&B records built by hand (what the real file does not show) ------------------
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _field(num: int, payload: bytes | int) -> bytes:
-    if isinstance(payload, int):
-        return _varint(num << 3) + _varint(payload)
-    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _item(key: str | tuple[str, ...], value: str) -> bytes:
-    keys = (
-        _field(1, key.encode())
-        if isinstance(key, str)
-        else b"".join(_field(2, k.encode()) for k in key)
-    )
-    return keys + _field(16, value.encode())
-
-
-def _history(items: dict) -> bytes:
-    return _field(2, b"".join(_field(1, _item(k, v)) for k, v in items.items()))
-
-
-def _wandb_file(records: list[bytes]) -> bytes:
-    """LevelDB-log framing as W&B writes it (zlib CRC-32 of type + data)."""
-    import struct
-    import zlib
-
-    out = bytearray(b":W&B" + struct.pack("<HB", 0xBEE1, 0))
-    for rec in records:
-        first = True
-        while True:
-            left = 32768 - len(out) % 32768
-            if left < 7:
-                out += b"\x00" * left
-                continue
-            n = min(len(rec), left - 7)
-            last = n == len(rec)
-            typ = (1 if last else 2) if first else (4 if last else 3)
-            crc = zlib.crc32(bytes((typ,)) + rec[:n])
-            out += struct.pack("<IHB", crc, n, typ) + rec[:n]
-            rec = rec[n:]
-            first = False
-            if last:
-                break
-    return bytes(out)
 
 
 def test_wandb_nan_nested_keys_long_records_and_exit(tmp_path):
