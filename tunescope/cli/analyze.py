@@ -10,7 +10,7 @@ from typing import Any
 
 from tunescope.cli.args import cache_arg, config_arg, detector_config
 from tunescope.errors import ExitCode, InputError
-from tunescope.opening import open_store
+from tunescope.opening import open_store, unread_files
 from tunescope.progress import Progress
 from tunescope.say import say
 from tunescope.words import count
@@ -90,6 +90,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}  # markdown: loss curves of runs with errors
     collected: dict[str, Any] = {}  # html: what the page draws
+    unread_notes: dict[str, str] = {}  # roots without runs: the files no reader took
     for i, root in enumerate(roots):
         cache = args.cache_dir
         if cache and len(roots) > 1:
@@ -98,8 +99,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         store = open_store(root, cache)
         ids = store.run_ids()
         if not ids:
+            unread = unread_files(store.last_report, root)
+            if unread:
+                unread_notes[str(root)] = unread
             if len(roots) > 1:
-                say(f"{root}: no runs found")
+                say(f"{root}: no runs found" + (f"; {unread}" if unread else ""))
             continue
         # the store keeps the full analysis; --select/--ignore filter the report only
         with Progress("analyze", "runs") as bar:
@@ -120,10 +124,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         findings.extend(found)
         store.close()
     if not runs:
-        raise InputError(
-            f"no runs found under {', '.join(map(str, roots))} "
-            "(`tunescope ingest` lists what was read and skipped)"
-        )
+        where = ", ".join(map(str, roots))
+        if len(roots) == 1 and unread_notes:
+            detail = next(iter(unread_notes.values()))
+        elif unread_notes:
+            detail = "; ".join(f"{r}: {n}" for r, n in unread_notes.items())
+        else:
+            detail = "no files in it (`tunescope ingest` lists what was read and skipped)"
+        raise InputError(f"no runs found under {where}: {detail}")
     text = render(
         args.format,
         findings,
