@@ -278,3 +278,10 @@ def test_a_folder_without_runs_names_the_files_no_reader_took(tmp_path):
     assert "no runs found: 6 files no reader took (notes-0.txt" in ingest.stderr
     verbose = run("ingest", str(root), "--verbose")
     assert "notes-5.txt" in verbose.stdout and "no runs found" not in verbose.stderr
+
+
+@pytest.mark.parametrize("command", ["analyze", "report"])
+def test_help_says_runs_may_be_urls(command):
+    out = run(command, "--help")
+    assert out.returncode == 0
+    assert "directories or URLs (s3://bucket/prefix" in " ".join(out.stdout.split())

@@ -25,7 +25,12 @@ def add(sub: Any) -> None:
         "it; 2: usage, configuration or input error.",
         epilog="example: tunescope analyze runs/ --fail-on warning --format github",
     )
-    p.add_argument("runs", metavar="RUNS", nargs="+", help="directories holding runs")
+    p.add_argument(
+        "runs",
+        metavar="RUNS",
+        nargs="+",
+        help="directories or URLs (s3://bucket/prefix, gs://..., az://...) holding runs",
+    )
     p.add_argument(
         "--fail-on",
         choices=("error", "warning", "never"),
@@ -63,7 +68,12 @@ def add_report(sub: Any) -> None:
         "show. Exit 0 when written, whatever the findings (use analyze to gate).",
         epilog="example: tunescope report runs/ -o report.html",
     )
-    p.add_argument("runs", metavar="RUNS", nargs="+", help="directories holding runs")
+    p.add_argument(
+        "runs",
+        metavar="RUNS",
+        nargs="+",
+        help="directories or URLs (s3://bucket/prefix, gs://..., az://...) holding runs",
+    )
     p.add_argument(
         "--output", "-o", metavar="FILE", default="report.html", help="(default: report.html)"
     )
