@@ -21,7 +21,7 @@
     return +v.toPrecision(5) + "";
   }
 
-  // Tick labels that stay apart: 2.0e-5 for learning rates, 120k for steps, plain
+  // Tick labels that stay apart: 2e-5 for learning rates, 120k for steps, plain
   // numbers between, with as many digits as it takes for no two to read alike.
   var SI = [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]];
 
