@@ -27,7 +27,7 @@ STATUS_STYLE = {
     "interrupted": "#ffb000",
 }
 COLUMNS = ("", "run", "status", "steps", "loss", "lr", "ranks", "findings")
-# Under NARROW columns of terminal only what matters: the run, its status, its findings.
+# A terminal narrower than NARROW columns shows what matters: run, status, findings.
 NARROW = 100
 NARROW_COLUMNS = ("", "run", "status", "findings")
 # Clicking a column header sorts by it (again: reverses).

@@ -21,8 +21,9 @@ Deduplication, persisted in ``watch-state.json`` in the store's cache dir
 
 Runs that had already ended before the watcher's state was created are a
 baseline: their findings are recorded, not sent (``include_finished`` sends
-them, on this watch or on a later one over the same state). A run that ends, or appears, while the watcher runs is alerted as usual,
-and so is one that ended while a known watcher was stopped.
+them, on this watch or on a later one over the same state). A run that ends,
+or appears, while the watcher runs is alerted as usual, and so is one that
+ended while a known watcher was stopped.
 """
 
 from __future__ import annotations
