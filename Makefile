@@ -52,8 +52,11 @@ setup-dev: $(VENV)/.dev links
 links:
 	@for d in ingest detectors train tui; do [ -e tunescope/$$d ] || ln -s ../$$d tunescope/$$d; done
 
+# After the TUI exits, the one line to use next; the TUI's own exit code is kept.
 run: $(VENV)/.core
-	$(BIN)/tunescope tui $(RUNS)
+	@$(BIN)/tunescope tui $(RUNS); rc=$$?; \
+	echo "next: source $(VENV)/bin/activate, then: tunescope analyze YOUR_RUNS_DIR"; \
+	exit $$rc
 
 lint: $(VENV)/.dev links
 	$(BIN)/ruff check .

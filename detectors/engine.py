@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunescope.config import (
     Config,
@@ -242,35 +242,61 @@ def engine_pass(findings: list[Finding], detectors: list[ModuleType]) -> list[Fi
     return merge_incidents(link_incidents(findings), detectors)
 
 
-# (cause, effect, steps, note): a ``cause`` finding whose peak comes at most
-# ``steps`` steps before the peak of an ``effect`` finding in the same run and
-# rank is the same incident; the effect's message tells it, and the cause is
-# dropped unless it is more severe.
-LINKS: list[tuple[str, str, int, str]] = [
-    ("TS105", "TS101", 20, "The grad norm spiked {when}"),
+class Link(NamedTuple):
+    """A ``cause`` finding and an ``effect`` finding of the same run and rank
+    that are one incident: the effect's message tells it (``note``, with
+    ``{when}``, ``{step}`` and ``{detail}``), and the cause is dropped unless
+    it is more severe or ``keep_cause``."""
+
+    cause: str
+    effect: str
+    steps: int
+    note: str
+    at: str = "peak"
+    """"peak": the cause peaks at most ``steps`` steps before the effect peaks;
+    "start": the two begin within ``steps`` steps of each other (at once)."""
+    keep_cause: bool = False
+
+
+LINKS: list[Link] = [
+    Link("TS105", "TS101", 20, "The grad norm spiked {when}{detail}"),
+    # diverged weights (huge or denormal values) make the same math slower
+    Link(
+        "TS102",
+        "TS302",
+        10,
+        "It began with the divergence at step {step} (TS102): a diverged model's "
+        "huge or denormal values make its math slower; the divergence is the one to fix",
+        at="start",
+        keep_cause=True,
+    ),
 ]
 
 
 def link_incidents(findings: list[Finding]) -> list[Finding]:
     """Apply :data:`LINKS`: returns new findings, the inputs are not changed."""
     out = list(findings)
-    for cause_id, effect_id, steps, note in LINKS:
-        causes = [f for f in out if f.detector == cause_id]
+    for link in LINKS:
+        causes = [f for f in out if f.detector == link.cause]
         if not causes:
             continue
         drop: set[int] = set()
         for i, f in enumerate(out):
-            if f.detector != effect_id:
+            if f.detector != link.effect:
                 continue
-            at = _peak(f)
             for g in causes:
                 if g.run != f.run or (
                     f.rank is not None and g.rank is not None and f.rank != g.rank
                 ):
                     continue
-                gat = _peak(g)
-                if at is None or gat is None or not at - steps <= gat <= at:
-                    continue
+                if link.at == "start":
+                    at, gat = f.step_start, g.step_start
+                    if at is None or gat is None or abs(at - gat) > link.steps:
+                        continue
+                else:
+                    at, gat = _peak(f), _peak(g)
+                    if at is None or gat is None or not at - link.steps <= gat <= at:
+                        continue
                 when = "first" if gat < at else "at the same step"
                 ev = g.evidence
                 value, ratio = ev.get("grad_norm"), ev.get("ratio_to_median")
@@ -282,10 +308,9 @@ def link_incidents(findings: list[Finding]) -> list[Finding]:
                     *evidence.get("linked", []),
                     {"detector": g.detector, "step": gat, **ev},
                 ]
-                f = out[i] = replace(
-                    f, message=f"{f.message} {note.format(when=when)}{detail}.", evidence=evidence
-                )
-                if g.severity.level <= f.severity.level:
+                note = link.note.format(when=when, step=gat, detail=detail)
+                f = out[i] = replace(f, message=f"{f.message} {note}.", evidence=evidence)
+                if not link.keep_cause and g.severity.level <= f.severity.level:
                     drop.add(id(g))
                 break
         out = [f for f in out if id(f) not in drop]

@@ -21,6 +21,36 @@
     return +v.toPrecision(5) + "";
   }
 
+  // Tick labels that stay apart: 2e-5 for learning rates, 120k for steps, plain
+  // numbers between, with as many digits as it takes for no two to read alike.
+  var SI = [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]];
+
+  function tickLabel(v, big, small, d) {
+    if (v == null) return "";
+    if (v === 0) return "0";
+    if (small) return v.toExponential(d);
+    if (big) {
+      for (var k = 0; k < SI.length; k++) {
+        if (Math.abs(v) >= SI[k][0]) return +(v / SI[k][0]).toFixed(d) + SI[k][1];
+      }
+    }
+    return +v.toFixed(d) + "";
+  }
+
+  function tickValues(u, splits, axis) {
+    var max = 0, out = [];
+    splits.forEach(function (v) { if (v != null && isFinite(v)) max = Math.max(max, Math.abs(v)); });
+    var big = max >= 1e5, small = max !== 0 && max < 1e-2;
+    for (var d = 0; d <= 10; d++) {
+      out = splits.map(function (v) { return tickLabel(v, big, small, d); });
+      var seen = {}, same = false;
+      out.forEach(function (t) { if (t !== "" && seen[t]) same = true; seen[t] = true; });
+      if (!same) break;
+    }
+    u.root.setAttribute(axis === 0 ? "data-x-ticks" : "data-y-ticks", out.join("|"));
+    return out;
+  }
+
   // [x, x, ...] and per series [min, max, ...]: two points per bucket.
   function interleave(chart) {
     var n = chart.x.length, xs = new Array(2 * n);
@@ -146,7 +176,7 @@
       cursor: { drag: { x: true, y: false }, sync: group ? { key: group } : undefined },
       scales: { x: { time: false, range: function (u, lo, hi) { return [lo, hi]; } },
                 y: chart.log ? { distr: 3 } : {} },
-      axes: [{ label: "step" }, { size: 60 }],
+      axes: [{ label: "step", values: tickValues }, { size: 60, values: tickValues }],
       legend: { live: true },
       series: series,
     }, interleave(chart), el);

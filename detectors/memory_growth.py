@@ -70,6 +70,7 @@ from tunescope.detectors.rankwise import (
     collapse_ranks,
     finding,
     first_event_step,
+    on_cpu,
     ranks_from_slices,
     run_ended,
     special_steps,
@@ -133,17 +134,6 @@ class Options:
             raise ValueError("p_value must be in (0, 1) and confidence in (0.5, 1)")
 
 
-def _is_cpu(payload: dict[str, Any]) -> bool:
-    if str(payload.get("device", "")).lower().startswith("cpu"):
-        return True
-    devices = payload.get("devices")
-    if isinstance(devices, list) and devices:
-        d = devices[0]
-        name = d.get("name", d.get("type", "")) if isinstance(d, dict) else d
-        return str(name).lower().startswith("cpu")
-    return False
-
-
 def run(ctx: Context, opts: Options) -> list[Finding]:
 
     cols = ["run_id", "rank", "step", "ts", "mem_allocated_mb", "mem_reserved_mb", "mem_peak_mb"]
@@ -201,7 +191,7 @@ def _judge_rank(
     scales = sorted({w for w in opts.windows if w <= n} | ({n} if n < max(opts.windows) else set()))
     payload = ctx.run_start(run_id)
     cap = capacity_mb(payload, rank)
-    cpu = _is_cpu(payload)
+    cpu = on_cpu(payload)
     what = "process RSS (CPU run)" if cpu else "allocated-memory floor"
     out: list[Finding] = []
 

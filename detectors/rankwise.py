@@ -20,6 +20,18 @@ if TYPE_CHECKING:
     from tunescope.detectors.base import Context
 
 
+def on_cpu(payload: dict[str, Any]) -> bool:
+    """Whether a ``run_start`` payload says the run trained on a CPU."""
+    if str(payload.get("device", "")).lower().startswith("cpu"):
+        return True
+    devices = payload.get("devices")
+    if isinstance(devices, list) and devices:
+        d = devices[0]
+        name = d.get("name", d.get("type", "")) if isinstance(d, dict) else d
+        return str(name).lower().startswith("cpu")
+    return False
+
+
 def see(detector_id: str) -> str:
     """The tail every message ends with."""
     return f" See `tunescope explain {detector_id}`."

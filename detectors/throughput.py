@@ -17,6 +17,12 @@ What it flags:
     run-wide finding. The step range starts at the estimated onset; the
     evidence holds the step at which the drop was confirmed.
 
+    On a CPU run that logs ``compute_time_s``, a drop that slowed both the
+    step's own compute and the rest of the step (data, optimizer, logging)
+    by at least half of it is other processes on the same cores, not the
+    run, and is left out. A slowdown of the run's own making slows one of
+    the two (heavier math or a slower forward; a slower data loader).
+
 Why it matters:
     A run that slows down by a third costs a third more GPU hours and can
     miss its time budget; the cause (a throttling GPU, a slow rank, a
@@ -30,7 +36,9 @@ Example:
 Suggestion:
     Check TS301 (a straggler slows every rank) and TS401 (allocator
     retries); look at GPU clocks and temperature, other jobs on the hosts,
-    the storage the data loader reads, and whether batches got longer.
+    the storage the data loader reads, and whether batches got longer. On a
+    CPU run: other processes on the same cores (``uptime``), the thread
+    count, the data loader and whether batches got longer.
 
 Options:
     See the ``Options`` fields below (``[tool.tunescope.TS302]``).
@@ -47,6 +55,7 @@ from tunescope.detectors import stats
 from tunescope.detectors.rankwise import (
     collapse_ranks,
     finding,
+    on_cpu,
     ranks_from_slices,
     special_steps,
     steps_slices,
@@ -59,6 +68,16 @@ if TYPE_CHECKING:
 
 ID = "TS302"
 NAME = "throughput-drop"
+FIX = (
+    "Check TS301 (one slow rank slows every rank) and TS401 (allocator retries), GPU "
+    "clocks and temperature, other jobs on the hosts, the storage the data loader "
+    "reads from, and whether batches got longer."
+)
+CPU_FIX = (
+    "This run trained on a CPU: check other processes on the same cores (`uptime`, "
+    "`top`), the thread count (cpu_threads), the storage the data loader reads from, "
+    "and whether batches got longer; TS401 if memory grew (swapping)."
+)
 
 
 @dataclass
@@ -76,12 +95,18 @@ class Options:
     noise_z: float = 5.0
     """The fall of the level must also exceed this many standard errors of
     the medians (noisy rates, e.g. variable tokens per step, need more)."""
+    load_share: float = 0.5
+    """On a CPU run that logs compute_time_s: a drop that slowed both the
+    step's compute and the rest of the step by at least this share of it
+    (log terms) is machine load, not flagged."""
 
     def __post_init__(self) -> None:
         if not 0 < self.drop < 1:
             raise ValueError(f"drop must be in (0, 1), got {self.drop}")
         if self.window < 3 or self.min_points < 1 or self.min_run_points < 10:
             raise ValueError("need window >= 3, min_points >= 1, min_run_points >= 10")
+        if not 0 < self.load_share <= 1:
+            raise ValueError(f"load_share must be in (0, 1], got {self.load_share}")
 
 
 def rates(
@@ -143,6 +168,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     ts_c = ctx.column("ts")
     st_c = ctx.column("step_time_s")
     tok_c = ctx.column("tokens")
+    ct_c = ctx.column("compute_time_s")
     out: list[Finding] = []
     for run_id, rank, a, b in slices:
         steps = step_c[a:b]
@@ -154,12 +180,55 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         idx = np.flatnonzero(keep)[opts.skip_steps :]
         if len(idx) < opts.min_run_points:
             continue
-        out.extend(_judge(opts, run_id, rank, steps[idx], rate[idx], unit))
+        cpu = on_cpu(ctx.run_start(run_id))
+        found = _judge(opts, run_id, rank, steps[idx], rate[idx], unit, cpu=cpu)
+        if found and cpu:
+            ct, st = ct_c[a:b][idx], st_c[a:b][idx]
+            found = [f for f in found if not _machine_load(f, steps[idx], ct, st, opts)]
+        out.extend(found)
     return collapse_ranks(out, ranks_from_slices(slices))
 
 
+def _machine_load(
+    f: Finding, steps: np.ndarray, ct: np.ndarray, st: np.ndarray, opts: Options
+) -> bool:
+    """Whether a CPU run's drop is other processes on the same cores: they slow
+    the step's own compute (``compute_time_s``) and the rest of the step (data,
+    optimizer, logging) alike. A slowdown of the run's own making slows one of
+    the two: heavier math or a slower forward its compute, a slower data
+    loader the rest. Each part's slowdown is measured from its fast level
+    before the onset (the lower quartile) to its median during the drop; both
+    at least ``load_share`` of the drop (in log terms) is load. The shares go
+    into the evidence."""
+    rest = st - ct
+    ok = np.isfinite(ct) & np.isfinite(rest) & (ct > 0) & (rest > 0)
+    if ok.mean() < 0.5:
+        return False  # compute time not logged: no way to tell
+    ev = f.evidence
+    i0 = int(np.searchsorted(steps, f.step_start or 0))
+    i1 = int(np.searchsorted(steps, f.step_end or 0, side="right"))
+    lo = max(0, i0 - 8 * int(ev["window_points"]))
+    drop = -float(np.log(ev["ratio"]))
+    shares = []
+    for part in (ct, rest):
+        before, during = part[lo:i0][ok[lo:i0]], part[i0:i1][ok[i0:i1]]
+        if len(before) < 3 or len(during) < 3:
+            return False
+        slower = float(np.log(np.median(during) / np.quantile(before, 0.25)))
+        shares.append(round(slower / drop, 3))
+    ev["compute_share"], ev["rest_share"] = shares
+    return min(shares) >= opts.load_share
+
+
 def _judge(
-    opts: Options, run_id: str, rank: int, steps: np.ndarray, raw: np.ndarray, unit: str
+    opts: Options,
+    run_id: str,
+    rank: int,
+    steps: np.ndarray,
+    raw: np.ndarray,
+    unit: str,
+    *,
+    cpu: bool = False,
 ) -> list[Finding]:
     n = len(raw)
     w = min(opts.window, max(10, n // 8))
@@ -216,11 +285,7 @@ def _judge(
             f"{fmt(before)} -> {fmt(after)} {unit} (median) from step {int(steps[i0]):,} "
             f"{until}."
         )
-        sugg = (
-            "Check TS301 (one slow rank slows every rank) and TS401 (allocator retries), GPU "
-            "clocks and temperature, other jobs on the hosts, the storage the data loader "
-            "reads from, and whether batches got longer."
-        )
+        sugg = CPU_FIX if cpu else FIX
         ev = {
             "kind": "drop",
             "noise_sigma_log": sigma,

@@ -141,14 +141,21 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
     assert b is not None
     n = len(b.steps)
     canon = {k: np.array(v, dtype=np.float64) for k, v in b.canon.items()}
+    # Columns only the merged lines carry (memory at one iteration): the other
+    # rows had no value, so they stay NULL; NaN is kept for a logged NaN.
+    present: dict[str, Any] = {}
     for (rank, step), (_, values) in list(run.steps.items()):
         if rank != 0:
             continue
         i = int(np.searchsorted(b.steps, step))
         if i < n and b.steps[i] == step:
             for name, value in values.items():
-                col = canon.setdefault(name, np.full(n, np.nan))
-                col[i] = value
+                if name not in canon:
+                    canon[name] = np.full(n, np.nan)
+                    present[name] = np.zeros(n, dtype=bool)
+                canon[name][i] = value
+                if name in present:
+                    present[name][i] = True
             del run.steps[(rank, step)]
     cols: dict[str, Any] = {
         "rank": pa.array(np.zeros(n, np.int32)),
@@ -157,7 +164,10 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
     }
     for name in METRIC_NAMES:
         got = canon.get(name)
-        cols[name] = pa.nulls(n, pa.float64()) if got is None else pa.array(got)
+        if got is None:
+            cols[name] = pa.nulls(n, pa.float64())
+        else:
+            cols[name] = pa.array(got, mask=~present[name] if name in present else None)
     cols["sample_ids"] = pa.nulls(n, pa.string())
     cols["seq"] = pa.array(run.bulk_seq.astype(np.int64))
     steps = pa.table(cols, schema=STEP_SCHEMA)

@@ -269,8 +269,40 @@ def _portable(value: Any) -> Any:
 
 
 def guard_sets(a: Any) -> list[str]:
-    """``--set`` items with ``--guard NAME`` as ``guard=NAME`` (it wins)."""
-    return [*(a.set or []), *([f"guard={a.guard}"] if getattr(a, "guard", None) else [])]
+    """``--set`` items with ``--guard NAME`` as ``guard=NAME`` and ``--resume``
+    as ``resume_from_checkpoint=latest`` (they win)."""
+    out = [*(a.set or []), *([f"guard={a.guard}"] if getattr(a, "guard", None) else [])]
+    if getattr(a, "resume", False):
+        out.append("resume_from_checkpoint=latest")
+    return out
+
+
+def claim_output_dir(cfg: TrainConfig, overwrite: bool = False) -> str | None:
+    """Refuse to start a new run where a run's log already is: its events would
+    be appended to the old ones as a second run in the same files. Resuming
+    (``resume_from_checkpoint``) continues that log; ``overwrite`` removes the
+    old log and checkpoints first and returns what it removed."""
+    import shutil
+
+    from tunescope.errors import TrainError
+
+    out = Path(cfg.output_dir)
+    events = out / "events"
+    logs = sorted(events.glob("rank-*.jsonl")) if events.is_dir() else []
+    if not logs or cfg.resume_from_checkpoint:
+        return None
+    if not overwrite:
+        raise TrainError(
+            f"{events}/ already holds a run's log; --resume continues it from its latest "
+            "checkpoint, --overwrite starts it again (or --set output_dir=ANOTHER_DIR)"
+        )
+    ckpts = [p for p in out.glob("checkpoint-*") if p.is_dir()]
+    shutil.rmtree(events)
+    for p in ckpts:
+        shutil.rmtree(p)
+    return f"overwrote {out}: removed its events/" + (
+        f" and {len(ckpts)} checkpoint(s)" if ckpts else ""
+    )
 
 
 def add_train_arguments(p: Any, nproc: bool = True, config_optional: bool = False) -> None:
@@ -303,6 +335,20 @@ def add_train_arguments(p: Any, nproc: bool = True, config_optional: bool = Fals
         "steps; stop: also checkpoint and stop on divergence; rewind: also rewind to a "
         "checkpoint before a divergence (needs save_steps); stop and rewind also checkpoint "
         "before a forecast out-of-memory and when a rank hangs",
+    )
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir from its latest checkpoint "
+        "(resume_from_checkpoint=latest)",
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again where output_dir already holds a run: its events/ and "
+        "checkpoint-N/ are removed first (without --resume or --overwrite such a "
+        "run is refused)",
     )
     if nproc:
         p.add_argument(

@@ -43,6 +43,15 @@ def train(cfg: TrainConfig) -> int:
     try:
         while job.one_pass():  # one pass, or one more per guard rewind
             job.after_rewind()
+    except KeyboardInterrupt:
+        job.bar.close()
+        # under `tunescope train --nproc` the launcher says it once for every rank
+        if os.environ.get("TUNESCOPE_LAUNCHER") or job.rank != 0:
+            raise
+        say(job.interrupted())
+        from tunescope.errors import ExitCode
+
+        return int(ExitCode.INTERRUPTED)
     finally:
         job.bar.close()
     return job.finish(time.monotonic() - t_start)
@@ -245,6 +254,19 @@ class Job:
             self.fault_cb.remove()
         self.resume = r["checkpoint"]
 
+    def interrupted(self) -> str:
+        """The line a Ctrl-C gets: what was kept and how to go on."""
+        step = self.ts_cb.last_step if self.ts_cb is not None else None
+        at = f" at step {step}" if step else ""
+        events = self.out / "events"
+        if not any(self.out.glob("checkpoint-*")):
+            again = "no checkpoint was saved: --overwrite starts it again"
+        else:
+            again = "--resume continues it from its latest checkpoint"
+        return (
+            f"interrupted{at}: the log was kept ({events}/) and the run marked interrupted; {again}"
+        )
+
     def finish(self, seconds: float) -> int:
         """The summary line (rank 0), the process group's end, the exit code."""
         import torch
@@ -329,6 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         error(str(e))
         return int(ConfigError.exit_code)
     try:
+        # `tunescope train` claimed it before launching; under a bare torchrun rank 0 does
+        if not os.environ.get("TUNESCOPE_LAUNCHER") and os.environ.get("RANK", "0") == "0":
+            from tunescope.train.config import claim_output_dir
+
+            removed = claim_output_dir(cfg, overwrite=a.overwrite)
+            if removed:
+                say(removed)
         return train(cfg)
     except TunescopeError as e:
         error(str(e))

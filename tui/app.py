@@ -78,6 +78,8 @@ class TunescopeApp(App[None]):
         self.analyze_fn = load_analyze() if analyze else None
         self.detector_config = detector_config
         self._updating = False
+        self.analysing = analyze
+        """True until the first analysis has stored its findings (the runs list says so)."""
         self.follower = Follower(store)
 
     def get_default_screen(self) -> Screen:
@@ -116,6 +118,7 @@ class TunescopeApp(App[None]):
                 try:
                     found = self.analyze_fn(store, run_ids=run_ids, config=self.detector_config)
                 except Exception as e:  # a detector bug must not stop live ingest
+                    self.analysing = False
                     self.post_message(AnalyzeFailed(f"{type(e).__name__}: {e}"))
                     return
                 # stored exactly as `tunescope analyze` stores them
@@ -123,6 +126,7 @@ class TunescopeApp(App[None]):
 
                 ids = store.run_ids() if run_ids is None else run_ids
                 store.save_findings(finding_rows(found), ids)
+                self.analysing = False
                 self.post_message(StoreChanged(ids, findings_only=True))
         finally:
             self._updating = False
@@ -138,6 +142,8 @@ class TunescopeApp(App[None]):
 
     def on_analyze_failed(self, message: AnalyzeFailed) -> None:
         self.notify(f"detectors failed: {message.error}", severity="error", timeout=8)
+        for screen in self.screen_stack:  # "analysing…" gives way to what is stored
+            screen.post_message(StoreChanged([], findings_only=True))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         report_worker_error(self, event)

@@ -133,7 +133,7 @@ class Plot(Widget):
     def _draw(self, width: int, height: int) -> list[Strip]:
         base = self.rich_style
         dim = base + Style(dim=True)
-        rows = max(1, height - 2)  # one title row, one x-axis row
+        rows = max(1, height - 3)  # one title row, the axis line (finding marks), its labels
         cols = max(1, width - Y_AXIS)
         out = [self._title_line(width)]
         finite = [s for s in self.series if len(s)]
@@ -143,6 +143,7 @@ class Plot(Widget):
                 text = msg.center(width) if r == rows // 2 else ""
                 out.append(Strip([Segment(text, dim)]).adjust_cell_length(width, base))
             out.append(Strip.blank(width, base))
+            out.append(Strip.blank(width, base))
             return out
         ys = [(self._transform(s.lo), self._transform(s.hi)) for s in finite]
         self.frame.x_range = self._x_range(finite)
@@ -150,7 +151,7 @@ class Plot(Widget):
         dots = self._dots(finite, ys, rows, cols)
         tint, marks = self._tints(cols)
         out.extend(self._plot_lines(finite, dots, tint, rows, cols, width))
-        out.append(self._x_axis(marks, cols, width))
+        out.extend(self._x_axis(marks, cols, width))
         return out
 
     def _title_line(self, width: int) -> Strip:
@@ -307,27 +308,40 @@ class Plot(Widget):
             out.append(Strip(segs).adjust_cell_length(width, base))
         return out
 
-    def _x_axis(self, marks: list[tuple[int, int, Marker]], cols: int, width: int) -> Strip:
-        """The x axis: the range labels and a mark under each finding."""
+    def _x_axis(
+        self, marks: list[tuple[int, int, Marker]], cols: int, width: int
+    ) -> tuple[Strip, Strip]:
+        """The x axis: its line with a mark under each finding, then the step
+        labels on a row of their own (a mark never hides them): the first and
+        last step shown, and the middle one where it fits."""
         base = self.rich_style
         dim = base + Style(dim=True)
         xlo, xhi = self.frame.x_range
-        axis = [" "] * cols
+        line = [Segment(" " * (Y_AXIS - 1) + "└", dim)]
+        axis = ["─"] * cols
         axis_styles: list[Style] = [dim] * cols
-        left, right = compact(xlo), compact(xhi)
-        for i, ch in enumerate(left[:cols]):
-            axis[i] = ch
-        for i, ch in enumerate(right[-cols:]):
-            axis[cols - len(right[-cols:]) + i] = ch
         for c0, c1, m in marks:
             st = base + Style(color=SEVERITY_COLOURS.get(m.severity, "#ffffff"), bold=m.selected)
             for c in range(c0, c1 + 1):
                 axis[c] = "▲" if c == c0 else "━"
                 axis_styles[c] = st
-        segs = [Segment(" " * (Y_AXIS - 1) + "└", dim)]
         for ch, st in zip(axis, axis_styles, strict=True):
-            segs.append(Segment(ch, st))
-        return Strip(Strip(segs).simplify()).adjust_cell_length(width, base)
+            line.append(Segment(ch, st))
+        labels = [" "] * cols
+        left, right = step_label(xlo), step_label(xhi)
+        mid = step_label(float(round((xlo + xhi) / 2)))
+        free = cols - len(left) - len(right)
+        if free >= len(mid) + 4 and mid not in (left, right):
+            at = (cols - len(mid)) // 2
+            labels[at : at + len(mid)] = mid
+        labels[: min(len(left), cols)] = left[:cols]
+        shown = right[-cols:]
+        labels[cols - len(shown) :] = shown
+        text = Segment(" " * Y_AXIS + "".join(labels), dim)
+        return (
+            Strip(Strip(line).simplify()).adjust_cell_length(width, base),
+            Strip([text]).adjust_cell_length(width, base),
+        )
 
     def _transform(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.float64)
@@ -382,6 +396,14 @@ def _spans(
         span_top.append(top)
         span_bot.append(bot)
     return span_x, span_top, span_bot
+
+
+def step_label(x: float) -> str:
+    """A step on the x axis: whole steps in full (``5800``, the run's real last
+    step), others as :func:`~tunescope.numbers.compact` numbers."""
+    if math.isfinite(x) and x == int(x) and abs(x) < 1e7:
+        return str(int(x))
+    return compact(x)
 
 
 def _blend(hex_colour: str, alpha: float) -> str:

@@ -18,6 +18,7 @@ from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import ReportWritten, RunsLoaded, StoreChanged
 from tunescope.tui.queries import RUNS_PAGE, SORTS, STATUSES, RunFilter, runs_page
 from tunescope.tui.row_table import RowTable
+from tunescope.words import count
 
 STATUS_STYLE = {
     "running": "bold #4ea1ff",
@@ -26,6 +27,9 @@ STATUS_STYLE = {
     "interrupted": "#ffb000",
 }
 COLUMNS = ("", "run", "status", "steps", "loss", "lr", "ranks", "findings")
+# A terminal narrower than NARROW columns shows what matters: run, status, findings.
+NARROW = 100
+NARROW_COLUMNS = ("", "run", "status", "findings")
 # Clicking a column header sorts by it (again: reverses).
 HEADER_SORTS = {
     "run": "name",
@@ -60,9 +64,12 @@ def shorten(text: str, width: int) -> str:
 
 
 # the width the runs table's other columns take with their padding (mark, status,
-# steps, loss, lr, ranks, findings): the run column gets the rest
+# steps, loss, lr, ranks, findings; in a narrow terminal mark, status and
+# findings) and the scroll bar: the run column gets the rest
 OTHER_COLUMNS = 64
+OTHER_NARROW = 34
 RUN_WIDTH = (14, 48)  # the run column's width at the least and the most
+ANALYSING = Text("analysing…", style="dim italic")
 
 
 def steps_cell(row: dict[str, Any]) -> str:
@@ -113,6 +120,7 @@ class RunsScreen(WorkerScreen):
         self.loaded = False
         self._paging = False
         self._to_end = False  # End pressed: move to the last run once every page is loaded
+        self.shown: tuple[str, ...] | None = None  # the columns on screen
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -125,10 +133,32 @@ class RunsScreen(WorkerScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#runs-table", DataTable)
-        for name in COLUMNS:
-            table.add_column(name, key=name or "mark", width=1 if not name else None)
+        self._add_columns(table)
         table.focus()
         self.load()
+
+    def columns(self) -> tuple[str, ...]:
+        """The columns that fit the terminal."""
+        return NARROW_COLUMNS if (self.app.size.width or NARROW) < NARROW else COLUMNS
+
+    def _add_columns(self, table: DataTable) -> None:
+        self.shown = self.columns()
+        # a narrow terminal gives the filter box less room and the state bar more
+        narrow = self.shown == NARROW_COLUMNS
+        self.query_one("#runs-filter", Input).styles.width = 24 if narrow else "40%"
+        for name in self.shown:
+            table.add_column(name, key=name or "mark", width=1 if not name else None)
+
+    def on_resize(self) -> None:
+        if self.shown is None or self.columns() == self.shown:
+            return
+        table = self.query_one("#runs-table", DataTable)
+        row = table.cursor_row
+        table.clear(columns=True)
+        self._add_columns(table)
+        table.add_rows(self._cells(r) for r in self.rows)
+        if 0 <= row < table.row_count:
+            table.move_cursor(row=row, animate=False)
 
     # ---- data -----------------------------------------------------------------
 
@@ -228,24 +258,31 @@ class RunsScreen(WorkerScreen):
     def run_width(self) -> int:
         """The run column's width: what the screen leaves after the other columns."""
         width = self.app.size.width or 100
-        return max(RUN_WIDTH[0], min(RUN_WIDTH[1], width - OTHER_COLUMNS))
+        other = OTHER_NARROW if width < NARROW else OTHER_COLUMNS
+        return max(RUN_WIDTH[0], min(RUN_WIDTH[1], width - other))
 
     def _cells(self, r: dict[str, Any]) -> list[Any]:
         status = r["status"] or "?"
-        return [
-            Text("●", style="bold #b48cff") if r["run_id"] in self.marked else "",
-            shorten(r["display"] or r["run_id"], self.run_width()),
-            Text(status, style=STATUS_STYLE.get(status, "")),
-            steps_cell(r),
-            cell(r["last_loss"]),
-            cell(r["last_lr"], ".2e"),
-            cell(r["world_size"]),
-            findings_cell(r["n_error"], r["n_warning"], r["n_info"]),
-        ]
+        findings = findings_cell(r["n_error"], r["n_warning"], r["n_info"])
+        if getattr(self.app, "analysing", False) and not findings.plain.strip("–"):
+            findings = ANALYSING  # none stored yet: the detectors are still running
+        cells = {
+            "": Text("●", style="bold #b48cff") if r["run_id"] in self.marked else "",
+            "run": shorten(r["display"] or r["run_id"], self.run_width()),
+            "status": Text(status, style=STATUS_STYLE.get(status, "")),
+            "steps": steps_cell(r),
+            "loss": cell(r["last_loss"]),
+            "lr": cell(r["last_lr"], ".2e"),
+            "ranks": cell(r["world_size"]),
+            "findings": findings,
+        }
+        return [cells[name] for name in self.shown or COLUMNS]
 
     def _show_state(self, matched: int, total: int) -> None:
         f = self.filter
-        parts = [f"{matched} of {total} runs" if matched != total else f"{total} runs"]
+        parts = [
+            f"{matched:,} of {count(total, 'run')}" if matched != total else count(total, "run")
+        ]
         if len(self.rows) < matched:
             parts.append(f"{len(self.rows)} loaded")
         if f.status:
@@ -255,11 +292,22 @@ class RunsScreen(WorkerScreen):
         parts.append(f"sort={f.sort}{' ↓' if f.descending else ''}")
         if self.marked:
             parts.append(f"{len(self.marked)} marked")
+        if getattr(self.app, "analysing", False):
+            parts.append("analysing…")
+        box = self.query_one("#runs-state", Static)
         current = self._current_row()
         if current and shorten(current["display"] or "", self.run_width()) != current["run_id"]:
-            parts.append(current["run_id"])  # the full id of the highlighted run
-        self.query_one("#runs-state", Static).update(" · ".join(parts))
-        self.app.sub_title = f"{total} run{'' if total == 1 else 's'}"
+            # the full id of the highlighted run: the sort order gives way to it
+            room = box.size.width - 2 if box.size.width else 200
+            run_id = current["run_id"]
+            if len(" · ".join([*parts, run_id])) > room:
+                parts = [p for p in parts if not p.startswith("sort=")]
+            if len(" · ".join([*parts, run_id])) > room and matched == total:
+                parts = parts[1:]  # the count is in the title too
+            head = len(" · ".join(parts)) + 3
+            parts.append(shorten(run_id, max(12, room - head)))
+        box.update(" · ".join(parts))
+        self.app.sub_title = count(total, "run")
 
     def on_store_changed(self, message: StoreChanged) -> None:
         self.reload()

@@ -84,9 +84,12 @@ class SqlScreen(WorkerScreen):
     @on(Input.Submitted, "#sql-input")
     def _submitted(self, event: Input.Submitted) -> None:
         sql = event.value.strip()
-        if sql:
-            self.query_one("#sql-status", Static).update(Text("running…", style="dim"))
-            self.run_sql(sql, 0, new_query=True)
+        status = self.query_one("#sql-status", Static)
+        if not sql:
+            status.update(Text(f"type a query, e.g. {EXAMPLE}", style="#ffb000"))
+            return
+        status.update(Text("running…", style="dim"))
+        self.run_sql(sql, 0, new_query=True)
 
     @work(thread=True, exclusive=True, group="sql", exit_on_error=False, description="running SQL")
     def run_sql(self, sql: str, page: int, new_query: bool = False) -> None:
@@ -139,7 +142,14 @@ class SqlScreen(WorkerScreen):
         self._show_page()
 
     def on_query_failed(self, message: QueryFailed) -> None:
+        # the rows of the previous query would read as this one's: cleared
         self.error = message.error
+        self.result = None
+        self.sql = ""
+        self.paged = self.more = False
+        self.page = 0
+        self.query_one("#sql-table", DataTable).clear(columns=True)
+        self.query_one("#sql-page", Static).update("")
         self.query_one("#sql-status", Static).update(
             Text(f"error: {message.error}", style="bold #ff4d4d")
         )

@@ -1,8 +1,8 @@
 """Configuration: per-detector options, ``select``, ``ignore`` and ``fail-on``.
 
-Read from ``[tool.tunescope]`` of a ``pyproject.toml`` or from the top level of
-a ``tunescope.toml`` (same keys), found by walking up from the runs directory
-(then from the working directory), or from an explicit ``--config FILE``::
+Read from ``[tool.tunescope]`` of a ``pyproject.toml`` or from a
+``tunescope.toml`` (same keys, at its top level or under ``[tool.tunescope]``),
+found by walking up from the runs directory (then from the working directory), or from an explicit ``--config FILE``::
 
     [tool.tunescope]
     select = ["TS0", "TS1"]       # ids or id prefixes; default: all detectors
@@ -78,13 +78,32 @@ def _toml_load(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
 
 
+FORMS = (
+    "a pyproject.toml takes tunescope's keys under [tool.tunescope]; "
+    "a tunescope.toml takes them at the top level or under [tool.tunescope]"
+)
+
+
 def _section(path: Path) -> dict[str, Any] | None:
-    """The tunescope table of ``path`` (None: a pyproject.toml without one)."""
+    """The tunescope table of ``path`` (None: a pyproject.toml without one).
+    A ``tunescope.toml`` may hold its keys at the top level or, as pasted from
+    a ``pyproject.toml``, under ``[tool.tunescope]``."""
     data = _toml_load(path)
+    tool = data.get("tool")
     if path.name == "pyproject.toml":
-        tool = data.get("tool", {})
         return tool.get("tunescope") if isinstance(tool, dict) else None
-    return data
+    if tool is None:
+        return data
+    if not isinstance(tool, dict) or set(tool) != {"tunescope"}:
+        raise ConfigError(f"{path}: tool: unknown key ({FORMS})")
+    if len(data) > 1:
+        raise ConfigError(
+            f"{path}: keys both at the top level and under [tool.tunescope]; keep one form ({FORMS})"
+        )
+    table = tool["tunescope"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: tool.tunescope: expected a table ({FORMS})")
+    return table
 
 
 def find_config(starts: Iterable[Path]) -> Path | None:
@@ -118,7 +137,7 @@ def load_config(explicit: str | Path | None = None, starts: Iterable[Path] = ())
         path = found
     table = _section(path)
     if table is None:
-        raise ConfigError(f"{path}: no [tool.tunescope] table")
+        raise ConfigError(f"{path}: no [tool.tunescope] table ({FORMS})")
     return parse_config(table, path)
 
 

@@ -13,6 +13,7 @@ from tunescope.say import say
 from tunescope.words import count
 
 if TYPE_CHECKING:
+    from tunescope.ingest.cache import IngestReport
     from tunescope.ingest.store import Store
 
 T = TypeVar("T")
@@ -74,3 +75,23 @@ def with_store(
         finally:
             if store is not None:
                 store.close()
+
+
+def unread_files(report: IngestReport | None, runs: str | Path, shown: int = 3) -> str | None:
+    """The files no reader took, named (the first ``shown``) and counted, with
+    the command that says why; None when every file was read."""
+    if report is None or not report.unclaimed:
+        return None
+    root = Path(runs)
+    names = []
+    for path, _ in report.unclaimed[:shown]:
+        try:
+            names.append(str(Path(path).relative_to(root)))
+        except ValueError:
+            names.append(Path(path).name)
+    more = len(report.unclaimed) - len(names)
+    listed = ", ".join(names) + (f" and {more} more" if more else "")
+    return (
+        f"{count(len(report.unclaimed), 'file')} no reader took ({listed}); "
+        f"`tunescope ingest {runs} --verbose` says why"
+    )

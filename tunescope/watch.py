@@ -21,8 +21,9 @@ Deduplication, persisted in ``watch-state.json`` in the store's cache dir
 
 Runs that had already ended before the watcher's state was created are a
 baseline: their findings are recorded, not sent (``include_finished`` sends
-them). A run that ends, or appears, while the watcher runs is alerted as usual,
-and so is one that ended while a known watcher was stopped.
+them, on this watch or on a later one over the same state). A run that ends,
+or appears, while the watcher runs is alerted as usual, and so is one that
+ended while a known watcher was stopped.
 """
 
 from __future__ import annotations
@@ -218,12 +219,12 @@ class Watcher:
         )
         wanted = set(changed)
         findings = [f for f in findings if f.run in wanted]
-        baseline = self._baseline_runs(changed, summaries, first)
+        baseline, released = self._baseline_runs(changed, summaries, first)
         for run_id, s in summaries.items():  # "failed (CUDA out of memory)"
             cause = death_cause(findings, run_id)
             if cause and s.get("status"):
                 s["status"] = status_text(s["status"], cause)
-        alerts = self._decide(findings, summaries, baseline, first)
+        alerts = self._decide(findings, summaries, baseline, first, released)
         for alert in alerts:
             self.log(f"alert: {alert.describe()}: {alert.finding.message}")
             if self.sender is not None:
@@ -299,12 +300,19 @@ class Watcher:
 
     def _baseline_runs(
         self, changed: list[str], summaries: dict[str, dict[str, Any]], first: bool
-    ) -> set[str]:
-        """Runs seen for the first time that had ended before the state existed."""
-        out = set()
+    ) -> tuple[set[str], set[str]]:
+        """Runs seen for the first time that had ended before the state existed
+        (the baseline), and, with ``include_finished``, runs an earlier watch
+        kept as a baseline whose unsent findings are now to be sent (released)."""
+        out: set[str] = set()
+        released: set[str] = set()
         now = self.clock()
         for run_id in changed:
-            if run_id in self.state.runs:
+            seen = self.state.runs.get(run_id)
+            if seen is not None:
+                if self.include_finished and seen.get("baseline"):
+                    seen["baseline"] = False
+                    released.add(run_id)
                 continue
             s = summaries.get(run_id, {})
             active_at = s.get("active_at")
@@ -315,7 +323,7 @@ class Watcher:
             self.state.runs[run_id] = {"first_seen": now, "baseline": is_baseline}
             if is_baseline:
                 out.add(run_id)
-        return out
+        return out, released
 
     def _decide(
         self,
@@ -323,7 +331,9 @@ class Watcher:
         summaries: dict[str, dict[str, Any]],
         baseline: set[str],
         first: bool = False,
+        released: set[str] | None = None,
     ) -> list[Alert]:
+        released = released or set()
         now = self.clock()
         known = 0
         findings = [f for f in findings if f.severity.level >= self.min_severity.level]
@@ -338,7 +348,7 @@ class Watcher:
                     self.state.incidents[key] = _record(f, now, sent=False)
                     baselined[f.run] = baselined.get(f.run, 0) + 1
                 continue
-            if rec is None:
+            if rec is None or (f.run in released and not rec.get("sent")):
                 reason = "new"
             elif f.severity.level > Severity.parse(rec["severity"]).level:
                 reason = "escalated"

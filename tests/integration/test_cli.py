@@ -323,3 +323,29 @@ def test_progress_on_a_terminal_only(tmp_path):
     assert "\x1b[" not in piped.stderr
     code, err = _pty_stderr([TUNESCOPE, "analyze", str(tmp_path / "runs")], {**env, "CI": "true"})
     assert code == 0 and "30/30" not in err
+
+
+def test_a_folder_without_runs_names_the_files_no_reader_took(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    for i in range(6):
+        (root / f"notes-{i}.txt").write_text("nothing a reader takes\n")
+    analyze = run("analyze", str(root))
+    assert analyze.returncode == 2
+    (line,) = analyze.stderr.strip().splitlines()
+    assert "no runs found" in line and "6 files no reader took" in line
+    assert "notes-0.txt, notes-1.txt, notes-2.txt and 3 more" in line
+    assert f"tunescope ingest {root} --verbose" in line
+    ingest = run("ingest", str(root))
+    assert ingest.returncode == 0
+    assert "0 runs (none)" in ingest.stdout
+    assert "no runs found: 6 files no reader took (notes-0.txt" in ingest.stderr
+    verbose = run("ingest", str(root), "--verbose")
+    assert "notes-5.txt" in verbose.stdout and "no runs found" not in verbose.stderr
+
+
+@pytest.mark.parametrize("command", ["analyze", "report"])
+def test_help_says_runs_may_be_urls(command):
+    out = run(command, "--help")
+    assert out.returncode == 0
+    assert "directories or URLs (s3://bucket/prefix" in " ".join(out.stdout.split())

@@ -402,3 +402,46 @@ def test_hostile_names_are_shown_as_text_and_every_chart_is_drawn(browser, hosti
     data = text[text.index(">", start) + 1 :]
     data = data[: data.index("</script>")]
     assert not {"<", ">", "&", "\u2028", "\u2029"} & set(data)
+
+
+def _scaled_lr_run(root: Path, peak: float) -> str:
+    """fault-nan with its learning rate rescaled to peak at ``peak``: a typical fine-tuning rate."""
+    import json
+
+    src = FIXTURES / "fault-nan" / "events" / "rank-0.jsonl"
+    lines = src.read_text().splitlines()
+    top = max(json.loads(x).get("lr") or 0.0 for x in lines if '"kind":"step"' in x)
+    out = []
+    for line in lines:
+        rec = json.loads(line)
+        if rec.get("kind") == "step" and isinstance(rec.get("lr"), float | int):
+            rec["lr"] = rec["lr"] / top * peak
+        out.append(json.dumps(rec))
+    events = root / "small-lr" / "events"
+    events.mkdir(parents=True)
+    (events / "rank-0.jsonl").write_text("\n".join(out) + "\n")
+    return "small-lr"
+
+
+def test_small_learning_rate_axis_reads_distinct_nonzero_ticks(browser, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run = _scaled_lr_run(runs, 2e-5)
+    out = tmp_path / "report.html"
+    code = main(["report", str(runs), "-o", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    o = Opened(browser, out)
+    try:
+        root = o.chart(run, "lr") + ".root"
+        o.page.wait_for_function(f"{root}.getAttribute('data-y-ticks')")
+        y = o.js(f"{root}.getAttribute('data-y-ticks')").split("|")
+        x = o.js(f"{root}.getAttribute('data-x-ticks')").split("|")
+        labels = [t for t in y if t]
+        assert len(labels) >= 3, y
+        assert len(set(labels)) == len(labels), y  # no two ticks read alike
+        nonzero = [t for t in labels if t != "0"]
+        assert len(nonzero) >= 2, y
+        assert all(0 < abs(float(t)) <= 1e-4 for t in nonzero), y  # 2e-5 reads as 2e-5, not 0
+        assert len(set(x)) == len(x) and x[-1] != "0", x
+        assert o.errors == []
+    finally:
+        o.page.close()

@@ -489,6 +489,36 @@ def test_cli_watch_without_a_webhook_prints_alerts(runs):
     assert "alert: new" in r.stderr and "stopped: 1 alert raised" in r.stderr
 
 
+def test_include_finished_sends_what_an_earlier_once_only_baselined(runs):
+    with EventWriter(runs / "old") as w:
+        write(w, {1: 2.0, 2: NAN})
+        w.run_end("failed")
+    time.sleep(1.2)  # ended before the first watch's state exists
+    with Receiver() as rx:
+        first = subprocess.run(
+            watch_args(runs, rx.url, "--once"), env=cli_env(), capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        assert "--include-finished sends them" in first.stderr
+        assert rx.requests == []
+        again = subprocess.run(
+            watch_args(runs, rx.url, "--once", "--include-finished"), env=cli_env(),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        (req,) = rx.wait_for(1)
+        body = req.json()
+        assert body["finding"]["run"] == "old" and body["reason"] == "new"
+        third = subprocess.run(
+            watch_args(runs, rx.url, "--once", "--include-finished"), env=cli_env(),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert third.returncode == 0, third.stderr
+        time.sleep(0.3)
+        assert len(rx.requests) == 1  # sent once, not again
+
+
 def test_cli_watch_once_exits_1_when_a_delivery_failed(runs):
     with Receiver(statuses=[400]) as rx, EventWriter(runs / "a") as w:
         write(w, {1: 2.0, 2: float("nan")})

@@ -11,6 +11,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -458,12 +459,22 @@ async def test_plot_draws_braille_and_finding_marks() -> None:
         plot.set_markers([Marker(40, 60, "error", "TS102", selected=True)])
         await pilot.pause()
         text = ["".join(seg.text for seg in plot.render_line(r)) for r in range(plot.size.height)]
-        canvas = text[1:-1]
+        canvas = text[1:-2]
         assert any(any(0x2800 < ord(ch) <= 0x28FF for ch in line) for line in canvas)
         assert "×" in canvas[0]  # the NaN bucket is marked on the top row
-        assert "▲" in text[-1] and "━" in text[-1]  # the finding under the curve
+        assert "▲" in text[-2] and "━" in text[-2]  # the finding on the axis line
         top_label = canvas[0][:8].strip()
         assert float(top_label) >= 10.0
+        # the step labels keep their own row: first, middle and the real last step
+        assert text[-1].split() == ["1", "50", "100"]
+
+        # a finding over the whole run hides no label
+        plot.set_series([Series("y", x, y, y, bad)], (1.0, 5800.0))
+        plot.set_markers([Marker(1, 5800, "warning", "TS302")])
+        await pilot.pause()
+        text = ["".join(seg.text for seg in plot.render_line(r)) for r in range(plot.size.height)]
+        assert text[-1].split() == ["1", "2900", "5800"]
+        assert text[-2].strip().startswith("└▲━")
 
 
 # ---- compare and SQL ---------------------------------------------------------------------
@@ -573,6 +584,14 @@ async def test_sql_screen_runs_pages_and_refuses_writes(runs: tuple[Path, Store]
         assert "nope" in screen.error
         assert "error:" in str(screen.query_one("#sql-status", Static).content)
         assert not isinstance(app.screen, ErrorModal)  # inline, not a modal
+        # the previous query's rows do not stay under the error as if they were its result
+        assert screen.result is None and table.row_count == 0 and not table.columns
+        assert str(page_text.content) == ""
+
+        box.value = "   "
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "type a query" in str(screen.query_one("#sql-status", Static).content)
 
         box.value = "DELETE FROM findings"
         await pilot.press("enter")
@@ -769,6 +788,35 @@ async def test_analysis_runs_on_start(tmp_path: Path) -> None:
         assert n >= 1
 
 
+async def test_findings_read_analysing_until_the_first_analysis_is_stored(
+    tmp_path: Path,
+) -> None:
+    store = build_runs(tmp_path / "runs")  # its own copy: the analysis replaces findings
+    app = make_app(store, analyze=True)
+    engine_analyze = app.analyze_fn
+    assert engine_analyze is not None
+    gate = threading.Event()
+
+    def held(store: Store, **kw: Any) -> list[Finding]:
+        gate.wait(30)  # the real engine, started only when the test has looked
+        return engine_analyze(store, **kw)
+
+    app.analyze_fn = held
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda: app.screen.loaded)
+        cells = {r[1]: r[7] for r in table_rows(app)}
+        assert cells["healthy"] == "analysing…"  # nothing stored yet: not a bare "–"
+        assert cells["diverged-lr"] == "1E 1W"  # findings already stored are shown
+        state = app.screen.query_one("#runs-state", Static)
+        assert "analysing…" in str(state.content)
+        gate.set()
+        await settle(pilot, lambda: not app._updating and not app.analysing)
+        await settle(pilot, lambda: "analysing…" not in str(state.content))
+        cells = {r[1]: r[7] for r in table_rows(app)}
+        assert "analysing…" not in cells.values()
+        assert cells["diverged-lr"] != "–"
+
+
 async def test_live_analysis_stores_findings_as_the_engine_does(tmp_path: Path) -> None:
     """The TUI saves the detectors' findings with the engine's own ``finding_rows``:
     evidence made JSON-safe (numpy scalars, NaN) with its keys sorted."""
@@ -928,13 +976,29 @@ async def test_runs_list_fits_80_columns_with_short_names(tmp_path: Path) -> Non
         await settle(pilot, lambda: app.screen.loaded)
         table = app.screen.query_one("#runs-table", DataTable)
         assert table.virtual_size.width <= 80
+        # what matters at 80 columns: the name, the status, the findings (whole)
+        assert [str(c.label) for c in table.columns.values()] == ["", "run", "status", "findings"]
         names = [str(table.get_row_at(i)[1]) for i in range(table.row_count)]
         assert names[0] == "b-short"  # sorted by the name shown
-        assert names[1].startswith("exper") and "…" in names[1] and len(names[1]) <= 16
+        assert names[1].startswith("exper") and "…" in names[1] and 30 <= len(names[1]) <= 48
+        assert names[1].endswith("Nov30_12-00-00_host")
         table.focus()
         await pilot.press("down")
         await settle(pilot)
-        assert deep in str(app.screen.query_one("#runs-state", Static).render())
+        state = app.screen.query_one("#runs-state", Static)
+        shown = str(state.render())
+        # the highlighted id, as much of it as the bar holds, both ends readable
+        assert "experiments/2026-11-30/" in shown and shown.endswith("Nov30_12-00-00_host")
+        assert len(shown) <= state.size.width - 2
+
+    wide = make_app(store)
+    async with wide.run_test(size=(120, 24)) as pilot:  # a wide terminal: every column
+        await settle(pilot, lambda: wide.screen.loaded)
+        table = wide.screen.query_one("#runs-table", DataTable)
+        assert len(table.columns) == 8
+        await pilot.resize_terminal(80, 24)  # narrowed while open: the columns follow
+        await settle(pilot, lambda: len(table.columns) == 4)
+        assert table.row_count == 2
 
 
 async def test_empty_folder_and_empty_filter_say_so(

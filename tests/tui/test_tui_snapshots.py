@@ -134,3 +134,64 @@ def test_help_screen(snap_compare, snap_root: Path, size: tuple[int, int]) -> No
 
     store = Store(snap_root)
     assert snap_compare(make_app(store), terminal_size=size, run_before=run_before)
+
+
+# ---- real names and real runs at the smallest terminal ------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def analysed_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """fixtures/real and fixtures/runs ingested and analysed once, as
+    `tunescope analyze` stores them (the snapshots then run no detector)."""
+    from tunescope.detectors.engine import analyze, finding_rows
+
+    caches = {}
+    for name in ("real", "runs"):
+        cache = tmp_path_factory.mktemp(f"snap-{name}")
+        store = Store.open(REPO / "fixtures" / name, cache)
+        store.save_findings(finding_rows(analyze(store)), store.run_ids())
+        store.close()
+        caches[name] = cache
+    return caches
+
+
+def test_real_runs_at_80x24(snap_compare, analysed_cache: dict[str, Path]) -> None:
+    """Real run names at 80 columns: name, status and findings, nothing cut to "fi",
+    and the highlighted run's whole id."""
+
+    async def run_before(pilot: Pilot) -> None:
+        await runs_loaded(pilot)
+        names = [r["run_id"] for r in pilot.app.screen.rows]
+        table = pilot.app.screen.query_one("#runs-table", DataTable)
+        # a long id is shortened in the table; the state bar shows it whole
+        table.move_cursor(row=next(i for i, n in enumerate(names) if n.startswith("qwen35")))
+        await settle(pilot)
+
+    store = Store(REPO / "fixtures" / "real", analysed_cache["real"])
+    assert snap_compare(make_app(store), terminal_size=(80, 24), run_before=run_before)
+
+
+@pytest.mark.parametrize(
+    ("root", "run_id"),
+    [("real", "megatron-gpt2-finetune"), ("runs", "fault-freeze-adapter")],
+)
+def test_run_axis_keeps_its_step_labels_under_findings(
+    snap_compare, analysed_cache: dict[str, Path], root: str, run_id: str
+) -> None:
+    """Finding marks sit on the axis line; the step labels keep a row of their
+    own, and the last one is the run's real last step."""
+
+    async def run_before(pilot: Pilot) -> None:
+        app = pilot.app
+        await runs_loaded(pilot)
+        names = [r["run_id"] for r in app.screen.rows]
+        app.screen.query_one("#runs-table", DataTable).move_cursor(row=names.index(run_id))
+        await pilot.press("enter")
+        await settle(pilot, lambda: getattr(app.screen, "extent", None) is not None)
+        await settle(pilot, lambda: all(p.loaded for p in app.screen.query(Plot)))
+        await settle(pilot, lambda: bool(app.screen.findings))
+
+    store = Store(REPO / "fixtures" / root, analysed_cache[root])
+    assert snap_compare(make_app(store), terminal_size=(80, 24), run_before=run_before)

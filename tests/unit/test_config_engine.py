@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from detector_cases import one_rank_run, write_case
@@ -120,3 +121,36 @@ def test_finding_rows_round_trip_through_the_store(tmp_path):
     assert [(f.detector, f.step_start, f.evidence["rule"]) for f in alone] == [
         ("TS102", 30, "nonfinite")
     ]
+
+
+def _readme_toml() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("```toml\n[tool.tunescope]", 1)[1].split("```", 1)[0]
+    return "[tool.tunescope]" + block
+
+
+def test_readme_toml_block_pastes_into_tunescope_toml(tmp_path):
+    path = tmp_path / "tunescope.toml"
+    path.write_text(_readme_toml())
+    cfg = load_config(starts=[tmp_path])
+    assert cfg.path == path and cfg.fail_on == "warning" and cfg.ignore == ["TS103"]
+    assert cfg.detectors["TS101"]["z"] == 8.0
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        ("tunescope.toml", 'ignore = ["TS103"]\n[tool.tunescope]\nfail-on = "warning"\n', "both"),
+        ("tunescope.toml", "[tool.ruff]\nline-length = 99\n", "tool: unknown key"),
+        ("pyproject.toml", 'ignore = ["TS103"]\n', "no [tool.tunescope] table"),
+    ],
+)
+def test_config_errors_say_which_file_takes_which_form(tmp_path, name, text, says):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg and says in msg
+    assert "a pyproject.toml takes tunescope's keys under [tool.tunescope]" in msg
+    assert "a tunescope.toml takes them at the top level or under [tool.tunescope]" in msg

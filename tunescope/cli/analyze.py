@@ -11,7 +11,7 @@ from typing import Any
 from tunescope.cli.args import cache_arg, config_arg, detector_config
 from tunescope.errors import ExitCode, InputError
 from tunescope.files import write_output
-from tunescope.opening import with_store
+from tunescope.opening import unread_files, with_store
 from tunescope.progress import Progress
 from tunescope.say import say
 from tunescope.words import count
@@ -26,7 +26,12 @@ def add(sub: Any) -> None:
         "it; 2: usage, configuration or input error.",
         epilog="example: tunescope analyze runs/ --fail-on warning --format github",
     )
-    p.add_argument("runs", metavar="RUNS", nargs="+", help="directories holding runs")
+    p.add_argument(
+        "runs",
+        metavar="RUNS",
+        nargs="+",
+        help="directories or URLs (s3://bucket/prefix, gs://..., az://...) holding runs",
+    )
     p.add_argument(
         "--fail-on",
         choices=("error", "warning", "never"),
@@ -64,7 +69,12 @@ def add_report(sub: Any) -> None:
         "show. Exit 0 when written, whatever the findings (use analyze to gate).",
         epilog="example: tunescope report runs/ -o report.html",
     )
-    p.add_argument("runs", metavar="RUNS", nargs="+", help="directories holding runs")
+    p.add_argument(
+        "runs",
+        metavar="RUNS",
+        nargs="+",
+        help="directories or URLs (s3://bucket/prefix, gs://..., az://...) holding runs",
+    )
     p.add_argument(
         "--output", "-o", metavar="FILE", default="report.html", help="(default: report.html)"
     )
@@ -91,6 +101,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     runs: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}  # markdown: loss curves of runs with errors
     collected: dict[str, Any] = {}  # html: what the page draws
+    unread_notes: dict[str, str] = {}  # roots without runs: the files no reader took
     for i, root in enumerate(roots):
         cache = args.cache_dir
         if cache and len(roots) > 1:
@@ -98,20 +109,29 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             cache = str(Path(cache) / f"{i}-{name}")
 
         # a cache rebuilt under the analysis (files gone or cut short) is read again once
-        done = with_store(root, cache, lambda store: _analyze_root(store, args, cfg))
-        if done is None:
+        done = with_store(
+            root, cache, lambda store, root=root: _analyze_root(store, args, cfg, root)
+        )
+        if isinstance(done, str) or done is None:
+            unread = done
+            if unread:
+                unread_notes[str(root)] = unread
             if len(roots) > 1:
-                say(f"{root}: no runs found")
+                say(f"{root}: no runs found" + (f"; {unread}" if unread else ""))
             continue
         found, summaries, drawn = done
         (curves if args.format == "markdown" else collected).update(drawn)
         runs.extend(summaries)
         findings.extend(found)
     if not runs:
-        raise InputError(
-            f"no runs found under {', '.join(map(str, roots))} "
-            "(`tunescope ingest` lists what was read and skipped)"
-        )
+        where = ", ".join(map(str, roots))
+        if len(roots) == 1 and unread_notes:
+            detail = next(iter(unread_notes.values()))
+        elif unread_notes:
+            detail = "; ".join(f"{r}: {n}" for r, n in unread_notes.items())
+        else:
+            detail = "no files in it (`tunescope ingest` lists what was read and skipped)"
+        raise InputError(f"no runs found under {where}: {detail}")
     text = render(
         args.format,
         findings,
@@ -139,14 +159,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze_root(
-    store: Any, args: argparse.Namespace, cfg: Any
-) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]] | None:
-    """One root's findings, run summaries and what its report draws (None: no runs)."""
+    store: Any, args: argparse.Namespace, cfg: Any, root: Any
+) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]] | str | None:
+    """One root's findings, run summaries and what its report draws; with no
+    runs, the note naming the files no reader took (None: there were none)."""
     from tunescope.detectors.engine import analyze_views, finding_rows, run_summaries
 
     ids = store.run_ids()
     if not ids:
-        return None
+        return unread_files(store.last_report, root)
     # the store keeps the full analysis; --select/--ignore filter the report only
     with Progress("analyze", "runs") as bar:
         found, full = analyze_views(

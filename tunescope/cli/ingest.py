@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunescope.cli.args import runs_arg
 from tunescope.errors import ExitCode
-from tunescope.opening import ingest_progress
+from tunescope.opening import ingest_progress, unread_files
 from tunescope.say import error, say
 from tunescope.words import count
 
@@ -57,7 +57,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     report = store.last_report
     assert report is not None
     print(ingest_summary(report, store))
-    if getattr(args, "verbose", False):
+    verbose = getattr(args, "verbose", False)
+    if not verbose and not store.run_ids():
+        say(f"no runs found: {unread_files(report, args.runs) or 'no files to read'}")
+    if verbose:
         root = Path(args.runs)
         print(f"  not read:  {count(len(report.unclaimed), 'file')} no reader took")
         for path, why in report.unclaimed:

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from tunescope.errors import ExitCode, UsageError
-from tunescope.say import error
+from tunescope.say import error, say
 
 
 def add(sub: Any) -> None:
@@ -32,6 +32,7 @@ def add(sub: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from tunescope.errors import ConfigError
+    from tunescope.train.config import claim_output_dir
     from tunescope.train.trainer import guard_sets, load_config, train
 
     try:
@@ -48,6 +49,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         ) from None
     if args.nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    removed = claim_output_dir(cfg, overwrite=args.overwrite)
+    if removed:
+        say(removed)
     if args.nproc == 1:
         return train(cfg)
 
@@ -59,10 +63,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         cmd += ["--inject", item]
     if args.guard:
         cmd += ["--guard", args.guard]
-    return _run_ranks(cmd)
+    if args.resume:
+        cmd += ["--resume"]
+    return _run_ranks(cmd, cfg.output_dir)
 
 
-def _run_ranks(cmd: list[str]) -> int:
+def _run_ranks(cmd: list[str], out: str) -> int:
     """Run torchrun in its own session, so that Ctrl-C reaches only this
     process: the ranks are then asked to stop (they end their logs with
     run_end "interrupted" and exit quietly) and one line says so, instead of
@@ -86,5 +92,8 @@ def _run_ranks(cmd: list[str]) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        error("interrupted: every rank stopped and ended its log as interrupted")
+        error(
+            f"interrupted: every rank stopped; the log was kept ({out}/events/) "
+            "and the run marked interrupted"
+        )
         return ExitCode.INTERRUPTED
