@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         # a cache rebuilt under the analysis (files gone or cut short) is read again once
         done = with_store(
-            root, cache, lambda store, root=root: _analyze_root(store, args, cfg, root)
+            root, cache, functools.partial(_analyze_root, args=args, cfg=cfg, root=root)
         )
         if isinstance(done, str) or done is None:
             unread = done
