@@ -1,8 +1,9 @@
-"""Every command in the README runs as written, from a fresh copy of the project.
+"""Every command in the README and the manual's pages (``docs/*.md``) runs as
+written, from a fresh copy of the project.
 
 The README's shell examples are fenced blocks whose commands start with
 ``$ ``; the lines after a command, up to the next one, are what it prints.
-Each block runs in order in one copy of the project (later blocks may use
+Each block runs in order (the README, then the docs pages by name) in one copy of the project (later blocks may use
 what earlier ones made, as a reader following the README would), with the
 project's ``tunescope`` first on PATH. A command must exit 0, unless the next
 command is ``echo $?``, whose expected output is then the exit status.
@@ -27,6 +28,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
 
 
@@ -43,6 +45,7 @@ class Block:
     commands: list[Command]
     compare: bool = False
     skip: bool = False
+    page: str = "README.md"
 
 
 def blocks(text: str) -> list[Block]:
@@ -78,7 +81,17 @@ def blocks(text: str) -> list[Block]:
     return out
 
 
-BLOCKS = blocks(README.read_text(encoding="utf-8"))
+def _all_blocks() -> list[Block]:
+    out = []
+    for path in PAGES:
+        name = path.relative_to(REPO).as_posix()
+        for b in blocks(path.read_text(encoding="utf-8")):
+            b.page = name
+            out.append(b)
+    return out
+
+
+BLOCKS = _all_blocks()
 
 
 def _norm(lines: list[str]) -> list[str]:
@@ -116,10 +129,10 @@ def test_readme_has_runnable_examples():
     assert len(BLOCKS) >= 3 and any(b.compare for b in BLOCKS)
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"line-{b.line}" for b in BLOCKS])
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.page}-line-{b.line}" for b in BLOCKS])
 def test_readme_block_runs_as_written(block: Block, copy: Path):
     if block.skip:
-        pytest.skip(f"README line {block.line} is marked skip")
+        pytest.skip(f"{block.page} line {block.line} is marked skip")
     if _needs_torch(block):
         pytest.importorskip("torch", reason="the example trains: needs the [train] extra")
     env = {
@@ -132,7 +145,7 @@ def test_readme_block_runs_as_written(block: Block, copy: Path):
     last = 0
     for k, cmd in enumerate(block.commands):
         if cmd.text.strip() == "echo $?":
-            assert [str(last)] == _norm(cmd.output), f"README line {cmd.line}"
+            assert [str(last)] == _norm(cmd.output), f"{block.page} line {cmd.line}"
             continue
         r = subprocess.run(
             ["bash", "-c", cmd.text],
@@ -144,7 +157,7 @@ def test_readme_block_runs_as_written(block: Block, copy: Path):
         )
         last = r.returncode
         checked = k + 1 < len(block.commands) and block.commands[k + 1].text.strip() == "echo $?"
-        where = f"README line {cmd.line}: {cmd.text}"
+        where = f"{block.page} line {cmd.line}: {cmd.text}"
         assert "Traceback" not in r.stderr, f"{where}\n{r.stderr}"
         if not checked:
             assert r.returncode == 0, f"{where}\nexit {r.returncode}\n{r.stderr}"
