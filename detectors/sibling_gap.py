@@ -46,7 +46,14 @@ import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.outcome import Tail, common_step, pooled_sd, tail_loss, window
-from tunescope.detectors.siblings import NOISE_KEYS, Group, replicates, shown, sibling_groups
+from tunescope.detectors.siblings import (
+    Factor,
+    Group,
+    Sweep,
+    replicates,
+    shown,
+    sibling_groups,
+)
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
@@ -90,29 +97,12 @@ def label(key: str, value: Any) -> str:
     return f"{key} {shown(value)}"
 
 
-def _linked(keys: list[str], configs: dict[str, dict[str, Any]]) -> bool:
-    """The keys change together across the group: each one's value decides
-    the others' (one factor of the sweep, e.g. lora_r with lora_alpha = 2r).
-    Two keys that take only two values in the group always "change together",
-    so that is no evidence: a bundle of keys is one factor only when the group
-    holds it at three values or more."""
-    if len(keys) > 1:
-        bundles = {tuple(shown(c.get(k)) for k in keys) for c in configs.values()}
-        if len(bundles) < 3:
-            return False
-    for a in keys:
-        for b in keys:
-            seen: dict[str, str] = {}
-            for c in configs.values():
-                va, vb = shown(c.get(a)), shown(c.get(b))
-                if seen.setdefault(va, vb) != vb:
-                    return False
-    return True
-
-
-def _differs(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    keys = sorted((set(a) | set(b)) - NOISE_KEYS)
-    return [k for k in keys if shown(a.get(k)) != shown(b.get(k))]
+def _one_factor(f: Factor) -> bool:
+    """A factor TS501 may blame: one key, or keys that change together (e.g.
+    lora_r with lora_alpha = 2r). Two keys that take only two values in the
+    group always "change together", so that is no evidence: a bundle of keys
+    is one factor only when the group holds it at three values or more."""
+    return len(f.keys) == 1 or f.values >= 3
 
 
 def _main_key(keys: list[str]) -> str:
@@ -187,16 +177,16 @@ def judge(group: str, members: list[Member], opts: Options) -> list[Finding]:
     if median > 0 and noise > opts.max_noise * median:
         return []
     compared = [{"run": r, "loss": t.value, "diverged_at": t.bad_step} for r, t in tails.items()]
+    names = list(tails)
+    sweep = Sweep(configs)  # one-factor siblings by lookup: pairwise is cubic in the group
     out = []
-    for run, mine in tails.items():
+    for i, (run, mine) in enumerate(tails.items()):
         if configs[run].get("inject"):
             continue  # broken on purpose (fault injection): its own log says why it is worse
-        best: tuple[float, list[str], str] | None = None  # (score, keys, sibling)
-        for other, theirs in tails.items():
-            if other == run or theirs.diverged:
-                continue
-            keys = _differs(configs[run], configs[other])
-            if not keys or not _linked(keys, configs):
+        best: tuple[float, Factor, int] | None = None  # (score, factor, sibling)
+        for o, factor in sweep.siblings(i):
+            theirs = tails[names[o]]
+            if theirs.diverged or not _one_factor(factor):
                 continue
             thr = max(
                 opts.k * math.sqrt(noise**2 + mine.se**2 + theirs.se**2),
@@ -207,19 +197,17 @@ def judge(group: str, members: list[Member], opts: Options) -> list[Finding]:
                 continue
             score = gap / thr if math.isfinite(gap) else math.inf
             if best is None or score > best[0]:
-                best = (score, keys, other)
+                best = (score, factor, o)
         if best is None:
             continue
-        _, keys, other = best
+        _, factor, other = best
+        keys = factor.keys
         key = _main_key(keys)
         # every sibling with the better value of this factor, everything else equal
         same = [
-            o
-            for o in tails
-            if o != run
-            and not tails[o].diverged
-            and _differs(configs[run], configs[o]) == keys
-            and shown(configs[o].get(key)) == shown(configs[other].get(key))
+            names[o]
+            for o, f in sweep.siblings(i)
+            if f is factor and not tails[names[o]].diverged and f.labels[o] == f.labels[other]
         ]
         out.append(_finding(group, run, mine, key, keys, same, tails, configs, at, width, noise,
                             compared, opts))  # fmt: skip
