@@ -29,7 +29,8 @@ Suggestion:
     Change the setting the way the better sibling has it: raise the LoRA rank
     (or alpha, or add target modules), lower or raise the learning rate, train
     the better sibling's target modules. The evidence names every run
-    compared with its loss.
+    compared with its loss (in a group of more than 50 runs, the run and
+    the siblings it was judged against).
 
 Options:
     Listed below with their defaults; set them per detector in the
@@ -79,6 +80,11 @@ class Options:
     min_points: int = 5
     """Logged loss points a run needs in that tail window to be judged."""
 
+
+MAX_COMPARED = 50
+"""A finding's evidence lists every run of a group of up to this many runs
+with its loss; in a larger group, the run and its one-factor siblings (every
+run in each of N findings would be N x N entries)."""
 
 # the settings a suggestion knows how to act on, the most telling first
 PRIORITY = ("lora_r", "learning_rate", "lora_target", "lora_alpha")
@@ -176,7 +182,7 @@ def judge(group: str, members: list[Member], opts: Options) -> list[Finding]:
     median = float(np.median(finite))
     if median > 0 and noise > opts.max_noise * median:
         return []
-    compared = [{"run": r, "loss": t.value, "diverged_at": t.bad_step} for r, t in tails.items()]
+    entries = [{"run": r, "loss": t.value, "diverged_at": t.bad_step} for r, t in tails.items()]
     names = list(tails)
     sweep = Sweep(configs)  # one-factor siblings by lookup: pairwise is cubic in the group
     out = []
@@ -209,6 +215,10 @@ def judge(group: str, members: list[Member], opts: Options) -> list[Finding]:
             for o, f in sweep.siblings(i)
             if f is factor and not tails[names[o]].diverged and f.labels[o] == f.labels[other]
         ]
+        compared = entries
+        if len(entries) > MAX_COMPARED:  # the run and its siblings, not N entries N times
+            near = {i} | {o for o, f in sweep.siblings(i) if _one_factor(f)}
+            compared = [e for o, e in enumerate(entries) if o in near]
         out.append(_finding(group, run, mine, key, keys, same, tails, configs, at, width, noise,
                             compared, opts))  # fmt: skip
     return out

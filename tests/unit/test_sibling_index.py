@@ -1,13 +1,16 @@
 """The sweep index behind TS501 (:class:`~tunescope.detectors.siblings.Sweep`):
 the runs that differ from a run in one factor only, found by lookup, must be
-exactly the ones a comparison of every pair finds."""
+exactly the ones a comparison of every pair finds; and the runs a finding's
+evidence lists."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
-from tunescope.detectors.sibling_gap import _one_factor
+import numpy as np
+
+from tunescope.detectors.sibling_gap import MAX_COMPARED, Member, Options, _one_factor, judge
 from tunescope.detectors.siblings import NOISE_KEYS, Sweep, shown
 
 
@@ -119,3 +122,36 @@ def test_seeds_names_and_missing_keys_do_not_make_siblings():
     for run in "abc":
         got = [(names[o], f.keys) for o, f in sweep.siblings(names.index(run))]
         assert got == [("e", ["learning_rate"]), ("f", ["lora_r"])]
+
+
+def _members(lrs: tuple[float, ...], seeds: int) -> list[Member]:
+    """lr x rank (alpha 2r) x seeds, where a low lr and a low rank end higher."""
+    out = []
+    step = np.arange(1, 201)
+    for i, lr in enumerate(lrs):
+        for j, r in enumerate((2, 8, 32)):
+            for seed in range(seeds):
+                final = 1.2 + 0.3 * (len(lrs) - 1 - i) + 0.2 * (2 - j)
+                rng = np.random.default_rng(len(out))
+                loss = final + (3.0 - final) * np.exp(-step / 30) + rng.normal(0, 0.01, len(step))
+                config = {"learning_rate": lr, "lora_r": r, "lora_alpha": 2 * r, "seed": seed}
+                out.append(Member(f"lr{i}-r{r}-s{seed}", config, step, loss))
+    return out
+
+
+def test_evidence_lists_the_group_or_in_a_large_one_the_run_and_its_siblings():
+    small = _members((1e-4, 1e-3), 5)  # 30 runs: every one is listed
+    found = judge("g", small, Options())
+    assert found and all(len(f.evidence["compared"]) == 30 for f in found)
+    large = _members((1e-5, 1e-4, 1e-3, 1e-2), 5)  # 60 runs
+    assert len(large) > MAX_COMPARED
+    configs = {m.run: m.config for m in large}
+    found = judge("g", large, Options())
+    assert len(found) > 20
+    for f in found:
+        listed = [e["run"] for e in f.evidence["compared"]]
+        # the run, and the runs one setting away (the lr, or the rank with its alpha)
+        one = (["learning_rate"], ["lora_alpha", "lora_r"])
+        want = [r for r in configs if r == f.run or _differs(configs[f.run], configs[r]) in one]
+        assert listed == want and len(listed) == 1 + 15 + 10
+        assert {s["run"] for s in f.evidence["siblings"]} <= set(listed)
