@@ -200,7 +200,8 @@ def stored_findings(
     store: Store, detectors: Sequence[str], run_ids: Sequence[str] | None
 ) -> list[Finding]:
     """The findings the store holds from ``detectors`` about ``run_ids``
-    (None: every run), as the last analysis that ran them stored them."""
+    (None: every run it holds now), as the last analysis that ran them
+    stored them."""
     if not detectors:
         return []
     rows = (
@@ -212,13 +213,13 @@ def stored_findings(
         )
         .fetchall()
     )
-    wanted = set(run_ids) if run_ids is not None else None
+    wanted = set(run_ids if run_ids is not None else store.run_ids())
     cols = ("run", "rank", "detector", "name", "severity", "step_start", "step_end", "message",
             "suggestion")  # fmt: skip
     return [
         Finding.from_dict({**dict(zip(cols, row[:9], strict=True)), "evidence": json.loads(row[9])})
         for row in rows
-        if wanted is None or row[0] in wanted
+        if row[0] in wanted
     ]
 
 
