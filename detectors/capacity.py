@@ -38,6 +38,7 @@ import numpy as np
 from tunescope.detectors.base import Context
 from tunescope.detectors.series import run_series
 from tunescope.detectors.siblings import run_settings
+from tunescope.detectors.stats import rolling_median
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
@@ -103,7 +104,7 @@ def hint(
     if drop <= 0 or drop >= opts.max_drop * start:
         return None
     w = max(5, n // 20)
-    smooth = np.array([np.median(loss[max(0, i - w + 1) : i + 1]) for i in range(n)])
+    smooth = rolling_median(loss, w, 1)  # the trailing median, a shorter one at the start
     near = np.flatnonzero(smooth <= end + opts.band * drop)
     if not len(near) or step[near[0]] > opts.early * step[-1]:
         return None

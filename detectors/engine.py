@@ -128,12 +128,20 @@ def analyze_views(
     and ``SELECT * FROM findings`` show). Each detector runs once; the engine
     pass runs over each view's own findings. ``full=False`` runs only the
     chosen detectors and returns the first view twice. ``progress(runs_done,
-    runs_total)`` is called after each batch of runs."""
+    runs_total)`` is called after each batch of runs.
+
+    An across-run detector (:func:`across_runs`) that ``select``/``ignore``
+    leave out is not run at all, since it judges every run of the store
+    however few are asked about: the full view carries the findings the store
+    kept from the last analysis that ran it."""
     cfg = config or Config()
     check_detector_ids(cfg, detector_ids())
     chosen = select_detectors(select, ignore, cfg)
     every = select_detectors(None, None, cfg) if full else chosen
-    runs = {d.ID: d for d in [*every, *chosen]}.values()
+    chosen_ids = {d.ID for d in chosen}
+    skipped = [d.ID for d in every if across_runs(d) and d.ID not in chosen_ids]
+    kept = stored_findings(store, skipped, run_ids)
+    runs = {d.ID: d for d in [*every, *chosen] if d.ID not in skipped}.values()
     options = {d.ID: build_options(cfg, d.ID, d.Options) for d in runs}
     views: tuple[list[Finding], list[Finding]] = ([], [])
     # runs are analysed a bounded batch at a time (findings are per run), so the
@@ -153,8 +161,9 @@ def analyze_views(
         # the usual case, no --select/--ignore: the full view is the same list
         same = [d.ID for d in every] == [d.ID for d in chosen]
         views[1].extend(
-            picked if same else engine_pass([f for d in every for f in raw[d.ID]], every)
+            picked if same else engine_pass([f for d in every for f in raw.get(d.ID, [])], every)
         )
+        views[1].extend(f for f in kept if batch is None or f.run in batch)  # passed when made
         done += len(batch) if batch is not None else total
         if progress is not None:
             progress(done, total)
@@ -185,6 +194,33 @@ def across_run_findings(
         d.ID: [f for f in run_detector(d, ctx, options[d.ID]) if wanted is None or f.run in wanted]
         for d in detectors
     }
+
+
+def stored_findings(
+    store: Store, detectors: Sequence[str], run_ids: Sequence[str] | None
+) -> list[Finding]:
+    """The findings the store holds from ``detectors`` about ``run_ids``
+    (None: every run it holds now), as the last analysis that ran them
+    stored them."""
+    if not detectors:
+        return []
+    rows = (
+        store.cursor()
+        .execute(
+            "SELECT run_id, rank, detector, name, severity, step_start, step_end, message, "
+            "suggestion, evidence::VARCHAR FROM findings WHERE list_contains($1, detector)",
+            [list(detectors)],
+        )
+        .fetchall()
+    )
+    wanted = set(run_ids if run_ids is not None else store.run_ids())
+    cols = ("run", "rank", "detector", "name", "severity", "step_start", "step_end", "message",
+            "suggestion")  # fmt: skip
+    return [
+        Finding.from_dict({**dict(zip(cols, row[:9], strict=True)), "evidence": json.loads(row[9])})
+        for row in rows
+        if row[0] in wanted
+    ]
 
 
 BATCH_ROWS = 250_000

@@ -29,7 +29,8 @@ Suggestion:
     Change the setting the way the better sibling has it: raise the LoRA rank
     (or alpha, or add target modules), lower or raise the learning rate, train
     the better sibling's target modules. The evidence names every run
-    compared with its loss.
+    compared with its loss (in a group of more than 50 runs, the run and
+    the siblings it was judged against).
 
 Options:
     Listed below with their defaults; set them per detector in the
@@ -46,7 +47,14 @@ import numpy as np
 
 from tunescope.detectors.base import Context
 from tunescope.detectors.outcome import Tail, common_step, pooled_sd, tail_loss, window
-from tunescope.detectors.siblings import NOISE_KEYS, Group, replicates, shown, sibling_groups
+from tunescope.detectors.siblings import (
+    Factor,
+    Group,
+    Sweep,
+    replicates,
+    shown,
+    sibling_groups,
+)
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
@@ -73,6 +81,11 @@ class Options:
     """Logged loss points a run needs in that tail window to be judged."""
 
 
+MAX_COMPARED = 50
+"""A finding's evidence lists every run of a group of up to this many runs
+with its loss; in a larger group, the run and its one-factor siblings (every
+run in each of N findings would be N x N entries)."""
+
 # the settings a suggestion knows how to act on, the most telling first
 PRIORITY = ("lora_r", "learning_rate", "lora_target", "lora_alpha")
 
@@ -90,29 +103,12 @@ def label(key: str, value: Any) -> str:
     return f"{key} {shown(value)}"
 
 
-def _linked(keys: list[str], configs: dict[str, dict[str, Any]]) -> bool:
-    """The keys change together across the group: each one's value decides
-    the others' (one factor of the sweep, e.g. lora_r with lora_alpha = 2r).
-    Two keys that take only two values in the group always "change together",
-    so that is no evidence: a bundle of keys is one factor only when the group
-    holds it at three values or more."""
-    if len(keys) > 1:
-        bundles = {tuple(shown(c.get(k)) for k in keys) for c in configs.values()}
-        if len(bundles) < 3:
-            return False
-    for a in keys:
-        for b in keys:
-            seen: dict[str, str] = {}
-            for c in configs.values():
-                va, vb = shown(c.get(a)), shown(c.get(b))
-                if seen.setdefault(va, vb) != vb:
-                    return False
-    return True
-
-
-def _differs(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    keys = sorted((set(a) | set(b)) - NOISE_KEYS)
-    return [k for k in keys if shown(a.get(k)) != shown(b.get(k))]
+def _one_factor(f: Factor) -> bool:
+    """A factor TS501 may blame: one key, or keys that change together (e.g.
+    lora_r with lora_alpha = 2r). Two keys that take only two values in the
+    group always "change together", so that is no evidence: a bundle of keys
+    is one factor only when the group holds it at three values or more."""
+    return len(f.keys) == 1 or f.values >= 3
 
 
 def _main_key(keys: list[str]) -> str:
@@ -186,17 +182,17 @@ def judge(group: str, members: list[Member], opts: Options) -> list[Finding]:
     median = float(np.median(finite))
     if median > 0 and noise > opts.max_noise * median:
         return []
-    compared = [{"run": r, "loss": t.value, "diverged_at": t.bad_step} for r, t in tails.items()]
+    entries = [{"run": r, "loss": t.value, "diverged_at": t.bad_step} for r, t in tails.items()]
+    names = list(tails)
+    sweep = Sweep(configs)  # one-factor siblings by lookup: pairwise is cubic in the group
     out = []
-    for run, mine in tails.items():
+    for i, (run, mine) in enumerate(tails.items()):
         if configs[run].get("inject"):
             continue  # broken on purpose (fault injection): its own log says why it is worse
-        best: tuple[float, list[str], str] | None = None  # (score, keys, sibling)
-        for other, theirs in tails.items():
-            if other == run or theirs.diverged:
-                continue
-            keys = _differs(configs[run], configs[other])
-            if not keys or not _linked(keys, configs):
+        best: tuple[float, Factor, int] | None = None  # (score, factor, sibling)
+        for o, factor in sweep.siblings(i):
+            theirs = tails[names[o]]
+            if theirs.diverged or not _one_factor(factor):
                 continue
             thr = max(
                 opts.k * math.sqrt(noise**2 + mine.se**2 + theirs.se**2),
@@ -207,20 +203,22 @@ def judge(group: str, members: list[Member], opts: Options) -> list[Finding]:
                 continue
             score = gap / thr if math.isfinite(gap) else math.inf
             if best is None or score > best[0]:
-                best = (score, keys, other)
+                best = (score, factor, o)
         if best is None:
             continue
-        _, keys, other = best
+        _, factor, other = best
+        keys = factor.keys
         key = _main_key(keys)
         # every sibling with the better value of this factor, everything else equal
         same = [
-            o
-            for o in tails
-            if o != run
-            and not tails[o].diverged
-            and _differs(configs[run], configs[o]) == keys
-            and shown(configs[o].get(key)) == shown(configs[other].get(key))
+            names[o]
+            for o, f in sweep.siblings(i)
+            if f is factor and not tails[names[o]].diverged and f.labels[o] == f.labels[other]
         ]
+        compared = entries
+        if len(entries) > MAX_COMPARED:  # the run and its siblings, not N entries N times
+            near = {i} | {o for o, f in sweep.siblings(i) if _one_factor(f)}
+            compared = [e for o, e in enumerate(entries) if o in near]
         out.append(_finding(group, run, mine, key, keys, same, tails, configs, at, width, noise,
                             compared, opts))  # fmt: skip
     return out

@@ -198,6 +198,66 @@ def replicates(configs: dict[str, dict[str, Any]]) -> list[list[str]]:
     return [sorted(r) for r in by.values() if len(r) >= 2]
 
 
+@dataclass
+class Factor:
+    """Keys that change together across a group: each one's value decides the
+    others' (``lora_r`` with ``lora_alpha = 2r``), so the runs fall into the
+    same classes by any of them."""
+
+    keys: list[str]
+    """Sorted."""
+    labels: tuple[int, ...]
+    """Per run, in the order of the configs: the position of the first run
+    with its values (equal labels: equal values)."""
+    values: int
+    """Distinct values the group holds it at."""
+
+
+class Sweep:
+    """The runs of one group indexed by factor, so that the runs differing
+    from a run in one factor only are found by lookup, not by comparing every
+    pair: for each factor, runs that agree on every other factor share a key.
+    Building it costs runs x factors x factors; a run's siblings cost their
+    number. The keys of :data:`NOISE_KEYS` are left out, and values compare
+    as :func:`shown` shows them (a missing key as ``""``)."""
+
+    def __init__(self, configs: dict[str, dict[str, Any]]) -> None:
+        self.runs = list(configs)
+        keys = sorted({k for c in configs.values() for k in c} - NOISE_KEYS)
+        by_labels: dict[tuple[int, ...], list[str]] = {}
+        for k in keys:
+            first: dict[str, int] = {}
+            labels = tuple(first.setdefault(shown(configs[r].get(k)), i)
+                           for i, r in enumerate(self.runs))  # fmt: skip
+            by_labels.setdefault(labels, []).append(k)
+        # a key held at one value by every run never differs: not a factor
+        self.factors = [
+            Factor(ks, labels, len(set(labels)))
+            for labels, ks in by_labels.items()
+            if len(set(labels)) > 1
+        ]
+        n = len(self.factors)
+        sigs = [tuple(f.labels[i] for f in self.factors) for i in range(len(self.runs))]
+        self._buckets: list[dict[tuple[int, ...], list[int]]] = [{} for _ in range(n)]
+        self._key: list[list[tuple[int, ...]]] = [[] for _ in range(n)]
+        for i, sig in enumerate(sigs):
+            for j in range(n):
+                rest = sig[:j] + sig[j + 1 :]
+                self._buckets[j].setdefault(rest, []).append(i)
+                self._key[j].append(rest)
+
+    def siblings(self, run: int) -> list[tuple[int, Factor]]:
+        """The runs (by position) that differ from run ``run`` in exactly one
+        factor, with that factor, in the order of the configs."""
+        out: list[tuple[int, Factor]] = []
+        for j, f in enumerate(self.factors):
+            mine = f.labels[run]
+            out.extend((o, f) for o in self._buckets[j][self._key[j][run]]
+                       if f.labels[o] != mine)  # fmt: skip
+        out.sort(key=lambda p: p[0])
+        return out
+
+
 # ---- read from a store (through a detector Context) ------------------------------------
 
 

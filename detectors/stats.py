@@ -217,3 +217,28 @@ def _trend_points(
     if np.all(y == y[0]):
         return x, y, Trend(0.0, 1.0, 0.0, 0.0, 0.0, len(x))
     return x, y, None
+
+
+def row_median(a: np.ndarray) -> np.ndarray:
+    """Median of each row (a sort is faster than np.median for short rows)."""
+    srt = np.sort(a, axis=1)
+    m = a.shape[1]
+    return (srt[:, (m - 1) // 2] + srt[:, m // 2]) / 2
+
+
+def rolling_median(x: np.ndarray, k: int, min_k: int) -> np.ndarray:
+    """Trailing median over ``k`` values (NaN before ``min_k`` are available)."""
+    out = np.full(len(x), np.nan)
+    if len(x) >= k:
+        out[k - 1 :] = row_median(np.lib.stride_tricks.sliding_window_view(x, k))
+    head = x[: min(k - 1, len(x))]
+    if len(head) >= min_k and np.isfinite(head).all():
+        # medians of the growing prefixes, from one sort each (np.median's
+        # per-call overhead dominates on a few dozen values)
+        for i in range(min_k - 1, len(head)):
+            srt = np.sort(head[: i + 1])
+            out[i] = (srt[i // 2] + srt[(i + 1) // 2]) / 2
+    else:
+        for i in range(min_k - 1, len(head)):
+            out[i] = np.median(x[: i + 1])
+    return out

@@ -127,34 +127,9 @@ def rates(
 def _block_medians(x: np.ndarray, bs: int) -> np.ndarray:
     """Medians of consecutive blocks of ``bs`` points (the last may be shorter)."""
     nb = len(x) // bs
-    out = _row_median(x[: nb * bs].reshape(nb, bs)) if nb else np.empty(0)
+    out = stats.row_median(x[: nb * bs].reshape(nb, bs)) if nb else np.empty(0)
     if len(x) - nb * bs:
         out = np.append(out, np.median(x[nb * bs :]))
-    return out
-
-
-def _row_median(a: np.ndarray) -> np.ndarray:
-    """Median of each row (a sort is faster than np.median for short rows)."""
-    srt = np.sort(a, axis=1)
-    m = a.shape[1]
-    return (srt[:, (m - 1) // 2] + srt[:, m // 2]) / 2
-
-
-def _rolling_median(x: np.ndarray, k: int, min_k: int) -> np.ndarray:
-    """Trailing median over ``k`` values (NaN before ``min_k`` are available)."""
-    out = np.full(len(x), np.nan)
-    if len(x) >= k:
-        out[k - 1 :] = _row_median(np.lib.stride_tricks.sliding_window_view(x, k))
-    head = x[: min(k - 1, len(x))]
-    if len(head) >= min_k and np.isfinite(head).all():
-        # medians of the growing prefixes, from one sort each (np.median's
-        # per-call overhead dominates on a few dozen values)
-        for i in range(min_k - 1, len(head)):
-            srt = np.sort(head[: i + 1])
-            out[i] = (srt[i // 2] + srt[(i + 1) // 2]) / 2
-    else:
-        for i in range(min_k - 1, len(head)):
-            out[i] = np.median(x[: i + 1])
     return out
 
 
@@ -235,7 +210,7 @@ def _judge(
     bs = max(1, w // 5)  # medians of blocks, then medians of those: far cheaper than per point
     blocks = _block_medians(raw, bs)
     lb = max(1, w // bs)
-    level = _rolling_median(blocks, lb, lb)
+    level = stats.rolling_median(blocks, lb, lb)
     # The reference (below) never exceeds the running maximum of the block
     # medians: when the level never falls below that by the drop, nothing can
     # be flagged, and the long rolling median is not worth computing.
@@ -244,7 +219,7 @@ def _judge(
             return []
     # The reference is the best level of an 8x longer median: less noise than
     # the current level, so its running maximum barely drifts up.
-    ref = np.fmax.accumulate(_rolling_median(blocks, 8 * lb, 4 * lb))
+    ref = np.fmax.accumulate(stats.rolling_median(blocks, 8 * lb, 4 * lb))
     # The drop must also stand out of the noise of the medians: rate noise
     # from point-to-point differences (robust to the drop itself).
     lr = np.log(np.maximum(raw, 1e-300))
