@@ -164,3 +164,17 @@ def test_readme_block_runs_as_written(block: Block, copy: Path):
         if block.compare:
             got = _norm(r.stdout.splitlines())
             assert got == _norm(cmd.output), where
+
+
+def test_every_relative_link_in_the_manual_resolves():
+    """The README and the docs pages link each other: every relative link
+    (``[text](path)`` or ``[text](path#anchor)``) names a file that exists."""
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = target.split("#", 1)[0]
+            if not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert broken == []
