@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunescope.files import remove_dead_temps, write_whole
+from tunescope.files import remove_dead_temps, temp_beside, write_whole
 from tunescope.ingest.cache import Cache, IngestReport
 from tunescope.ingest.discover import SKIP_DIRS
 from tunescope.ingest.mirror_paths import key_of_name, mirror_paths
@@ -47,6 +47,7 @@ MIRROR = "mirror"  # the folder inside the cache dir
 STATE = "mirror.json"
 BATCH_OBJECTS = 512  # objects fetched per batch, at most...
 BATCH_BYTES = 64 * 1024 * 1024  # ...and about this many bytes (memory stays bounded)
+PIECE = 32 * 1024 * 1024  # a larger object is fetched in pieces of this size, one in memory
 # Objects no reader takes and that may be huge: checkpoints, weights, archives.
 SKIP_SUFFIXES = (
     ".safetensors",
@@ -143,6 +144,12 @@ class Mirror:
                     plan.append((obj, max(old["size"] - FINGERPRINT, 0)))
                     continue
             plan.append((obj, 0))
+        large = [(o, s) for o, s in plan if o.size - s > PIECE]
+        plan = [(o, s) for o, s in plan if o.size - s <= PIECE]
+        for obj, start in large:
+            if self._fetch_pieces(obj, start, paths, state, report):
+                self._fetch_pieces(obj, 0, paths, state, report)  # rewritten: whole
+            self._save(state)
         for batch in _batches(plan):
             again = self._fetch(batch, paths, state, report)
             if again:  # appended objects that turned out rewritten: fetched whole
@@ -207,6 +214,66 @@ class Mirror:
             state[obj.rel] = {"size": obj.size, "etag": obj.etag, "path": rel}
             report.fetched += 1
         return rewritten
+
+    def _fetch_pieces(
+        self,
+        obj: ObjectInfo,
+        start: int,
+        paths: dict[str, str],
+        state: dict[str, Any],
+        report: SyncReport,
+    ) -> bool:
+        """Fetch one large object from ``start`` a piece at a time, so memory
+        holds one piece whatever the object's size: a new copy is written
+        under a temporary name and renamed when whole, an appended one grows
+        in place once its overlap matched. True: the appended object's earlier
+        bytes changed (rewritten: fetch it whole)."""
+        rel = paths[obj.rel]
+        where = f"{self.url}/{obj.rel}"
+        path = self._inside(rel)
+        tmp: Path | None = None
+        try:
+            if start:
+                held = state[obj.rel]["size"]
+                overlap = held - start
+                got = self.remote.read_ranges([obj.rel], [start], [held])[0]
+                if got is not None and got != _tail(path, overlap):
+                    return True
+                pos, out = held, open(path, "ab")  # noqa: SIM115 (closed below)
+            else:
+                self._clear_way(rel)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = temp_beside(path)
+                got, pos, out = b"", 0, open(tmp, "wb")  # noqa: SIM115 (closed below)
+            with out:
+                while got is not None and pos < obj.size:
+                    end = min(pos + PIECE, obj.size)
+                    got = self.remote.read_ranges([obj.rel], [pos], [end])[0]
+                    if got is not None:
+                        out.write(got)
+                        pos = end
+            if got is None:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+                state.pop(obj.rel, None)
+                self._remove(rel)
+                report.problems.append(Problem(where, None, "deleted since it was listed; skipped"))
+                return False
+            if tmp is not None:
+                os.replace(tmp, path)
+            else:
+                report.appended += 1
+        except OSError as e:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            state.pop(obj.rel, None)
+            self._remove(rel)
+            why = e.strerror or str(e)
+            report.problems.append(Problem(where, None, f"cannot copy into the mirror: {why}"))
+            return False
+        state[obj.rel] = {"size": obj.size, "etag": obj.etag, "path": rel}
+        report.fetched += 1
+        return False
 
     # ---- the mirror's own files: nothing outside it is read, written or removed ----
 

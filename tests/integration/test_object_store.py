@@ -408,3 +408,48 @@ def test_a_killed_syncs_half_written_copies_are_swept(s3env, tmp_path, capsys):
     capsys.readouterr()
     assert main(["ingest", url, "--cache-dir", str(cache)]) == 0
     assert not dead.exists() and live.exists()
+
+
+def test_a_large_object_is_fetched_in_pieces_new_appended_and_rewritten(
+    s3env, tmp_path, monkeypatch
+):
+    """An object larger than a piece is read a piece at a time (memory holds
+    one piece, whatever the object's size): new, appended and rewritten
+    objects come out byte for byte, and every read is one piece at most."""
+    from tunescope.ingest import mirror
+
+    monkeypatch.setattr(mirror, "PIECE", 4096)
+    s3 = s3env.client()
+    key = "big/a/events/rank-0.jsonl"
+    lines = [
+        json.dumps({"v": 1, "kind": "step", "run": "a", "rank": 0, "step": s, "loss": 2.0})
+        for s in range(1, 1201)
+    ]
+    body = "\n".join(lines[:600]) + "\n"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body.encode())
+    store = Store.open(f"s3://{BUCKET}/big", tmp_path / "c")
+    steps = "SELECT count(*), max(step) FROM steps"
+    assert store.cursor().execute(steps).fetchone() == (600, 600)
+    reads = [r for r in s3env.requests if r.is_object_read]
+    assert len(reads) >= len(body) // 4096
+    copy = next((tmp_path / "c").rglob("rank-0.jsonl"))
+    assert copy.read_bytes() == body.encode()
+
+    s3env.reset_counts()
+    body += "\n".join(lines[600:]) + "\n"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=body.encode())
+    store.ingest()
+    assert store.cursor().execute(steps).fetchone() == (1200, 1200)
+    assert copy.read_bytes() == body.encode() and store.cache.last_sync.appended == 1
+    for r in (r for r in s3env.requests if r.is_object_read):
+        lo, hi = map(int, r.range.split("=")[1].split("-"))
+        assert hi - lo + 1 <= 4096
+
+    # grown, but its earlier bytes changed: fetched whole again, in pieces
+    rewritten = body.replace('"loss": 2.0', '"loss": 3.0') + lines[0] + "\n"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=rewritten.encode())
+    store.ingest()
+    assert copy.read_bytes() == rewritten.encode()
+    got = store.cursor().execute("SELECT count(*), max(loss) FROM steps").fetchone()
+    assert got == (1200, 3.0)
+    store.close()
