@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench/ goes last on the path: first, its tensorboard.py would hide the package
+sys.path.append(str(Path(__file__).resolve().parent))
 
 from peers_rules import KIND, PEERS, RULES, Alert, replay
 
