@@ -27,6 +27,12 @@ LOGGED_NAN: dict[tuple[str, str], dict[str, int]] = {
         "grad_norm_lora_A": 101,
         "grad_norm_lora_B": 101,
     },
+    ("formats", "general/nanogpt"): {"loss": 1},  # "iter 30: loss nan"
+    # Lightning's CSVLogger wrote "nan" for the GAN's losses once they blew up
+    ("real", "lightning-gan-nan"): {"loss": 319, "train_gen_loss": 320},
+    # modded-nanogpt prints "step_avg:nanms" for its first steps (no average yet)
+    ("real", "modded-nanogpt-1b"): {"step_avg": 12},
+    ("real", "modded-nanogpt-speedrun"): {"step_avg": 12},
 }
 
 
