@@ -124,8 +124,12 @@ def _data_lines(path: Path) -> int:
     """Non-blank lines among the three after the header in the file's head:
     a CSV of one row is a summary, not a log of a run."""
     with open(path, "rb") as f:
+        while True:  # past the header, however long it is (a name over the field limit)
+            piece = f.readline(_HEAD)
+            if not piece or piece.endswith(b"\n"):
+                break
         head = f.read(_HEAD)
-    return sum(1 for line in head.split(b"\n")[1:4] if line.strip()) if head else 0
+    return sum(1 for line in head.split(b"\n")[:3] if line.strip()) if head else 0
 
 
 class CSVReader:

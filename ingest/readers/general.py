@@ -16,6 +16,7 @@ that restarts when the epoch changes is epoch-local and counted on.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,11 @@ def shape_of(path: Path) -> Shape:
     hit = _SHAPES.get(str(path))
     if hit is not None and hit[0] == sig:
         return hit[1]
-    shape = _infer(path)
+    try:
+        shape = _infer(path)
+    except (ValueError, RecursionError, csv.Error, OSError) as e:
+        # looking never fails an ingest: a file that cannot be parsed is no log
+        shape = Shape("none", reason=f"cannot be parsed: {str(e).splitlines()[0][:200]}")
     if len(_SHAPES) > 4096:
         _SHAPES.clear()
     _SHAPES[str(path)] = (sig, shape)

@@ -53,7 +53,7 @@ def _parse(data: bytes, whole: bool) -> tuple[str, list[dict[str, Any]], list[tu
     if text.lstrip().startswith("[") or (whole and "\n" not in text.strip()):
         try:
             return "json", _records_in(json.loads(text)) or [], bad
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             pass
     out = []
     lines = text.split("\n")
@@ -70,12 +70,15 @@ def _parse(data: bytes, whole: bool) -> tuple[str, list[dict[str, Any]], list[tu
         except ValueError as e:
             bad.append((i, f"not JSON: {e}"))
             continue
+        except RecursionError:
+            bad.append((i, "not JSON: nested too deep"))
+            continue
         if isinstance(obj, dict):
             out.append(obj)
     if whole and (len(out) <= 1 or len(bad) > len(out)):  # one document, pretty-printed
         try:
             doc = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             doc = None
         if doc is not None:
             return "json", _records_in(doc) or [], []

@@ -31,7 +31,10 @@ _MAX_BYTES = 256 << 20  # a metrics table is small; a bigger file is data, not a
 def cells(line: str, delimiter: str) -> list[str]:
     if delimiter == " ":
         return line.split()
-    return [c.strip() for c in next(csv.reader(io.StringIO(line), delimiter=delimiter), [])]
+    try:
+        return [c.strip() for c in next(csv.reader(io.StringIO(line), delimiter=delimiter), [])]
+    except csv.Error:  # a cell over the csv module's field limit: not a metrics table's
+        return [c.strip() for c in line.split(delimiter)]
 
 
 def _lines(data: bytes) -> list[str]:
