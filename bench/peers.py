@@ -196,7 +196,7 @@ def read_root(
     """Ingest one labelled folder, analyze it, replay every peer on every run;
     ``seconds`` adds up the time of ``analyze`` and of the replays."""
     from tunescope.detectors.engine import analyze
-    from tunescope.detectors.scoring import judge, label_of
+    from tunescope.detectors.scoring import judge, label_of, run_facts
     from tunescope.findings import Severity
     from tunescope.ingest.store import Store
 
@@ -209,18 +209,7 @@ def read_root(
         took["analyze"] = took.get("analyze", 0.0) + time.perf_counter() - t0
         cur = store.cursor()
         series = _series(cur)
-        counts = dict(
-            cur.execute(
-                "SELECT r.run_id, count(s.loss) FROM runs r LEFT JOIN steps s USING (run_id) "
-                "GROUP BY r.run_id"
-            ).fetchall()
-        )
-        every = {
-            run: json.loads(p).get("logging_steps") or 1
-            for run, p in cur.execute(
-                "SELECT run_id, payload::VARCHAR FROM events WHERE kind = 'run_start'"
-            ).fetchall()
-        }
+        counts, every, _ = run_facts(cur)
     finally:
         store.close()
     verdicts = {v.label: v for v in judge(labels, findings, counts, every)}

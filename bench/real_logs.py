@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--findings", action="store_true", help="print every finding")
     a = p.parse_args(argv)
     from tunescope.detectors.engine import analyze
-    from tunescope.detectors.scoring import judge
+    from tunescope.detectors.scoring import judge, run_facts
     from tunescope.ingest.store import Store
 
     root = Path(a.root)
@@ -41,23 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         findings = analyze(store)
         t2 = time.perf_counter()
-        rows = (
-            store.cursor()
-            .execute(
-                "SELECT r.run_id, count(s.loss), any_value(r.format) FROM runs r "
-                "LEFT JOIN steps s USING (run_id) GROUP BY r.run_id"
-            )
-            .fetchall()
-        )
-        steps = {r: int(n) for r, n, _ in rows}
-        formats = {r: f for r, _, f in rows}
-        every = {}
-        for run, payload in (
-            store.cursor()
-            .execute("SELECT run_id, payload::VARCHAR FROM events WHERE kind = 'run_start'")
-            .fetchall()
-        ):
-            every[run] = json.loads(payload).get("logging_steps") or 1
+        steps, every, formats = run_facts(store.cursor())
         store.close()
     verdicts = judge(labels, findings, steps, every)
     print(f"Real logs: {root} ({len(verdicts)} labelled run dirs)")

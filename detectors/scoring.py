@@ -37,6 +37,7 @@ that holds several runs (``runs/<date>/``, ``train.log#2``) is judged as one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,23 @@ class RunVerdict:
             and not self.unexpected_finds
             and set(self.false_alarms) <= set(self.known_alarms)
         )
+
+
+def run_facts(cur: Any) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+    """What ``judge`` needs of a store, from a cursor over its views: per run,
+    the loss rows stored, the logging interval its ``run_start`` names (1 when
+    it names none), and its format."""
+    rows = cur.execute(
+        "SELECT r.run_id, count(s.loss), any_value(r.format) FROM runs r "
+        "LEFT JOIN steps s USING (run_id) GROUP BY r.run_id"
+    ).fetchall()
+    every = {
+        run: json.loads(p).get("logging_steps") or 1
+        for run, p in cur.execute(
+            "SELECT run_id, payload::VARCHAR FROM events WHERE kind = 'run_start'"
+        ).fetchall()
+    }
+    return {r: int(n) for r, n, _ in rows}, every, {r: f for r, _, f in rows}
 
 
 def label_of(run_id: str) -> str:
