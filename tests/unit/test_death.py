@@ -49,7 +49,7 @@ EXPECTED = {
     "nan-assert": ("non-finite", "error", 13, "ValueError: loss is nan", "failed"),
     "disk-full": ("disk-full", "error", 20, "No space left on device", "failed"),
     "time-limit": ("time-limit", "error", 24, "DUE TO TIME LIMIT", "interrupted"),
-    "preempted": ("preemption", "error", 10, "DUE TO PREEMPTION", "interrupted"),
+    "preempted": ("preemption", "warning", 10, "DUE TO PREEMPTION", "interrupted"),
     "data-error": ("data-error", "error", 16, "KeyError: 'labels'", "failed"),
     "import-error": ("import-error", "error", 7, "No module named 'flash_attn'", "failed"),
     "keyboard": ("keyboard-interrupt", "info", 14, "KeyboardInterrupt", "interrupted"),
@@ -150,7 +150,7 @@ def test_the_fix_follows_the_config():
     ("lines", "key"),
     [
         (["ERROR: exitcode  : -7 (pid: 4411)"], "exit-7"),
-        (["Main process received SIGTERM, exiting"], "sigterm"),
+        (["Main process received SIGTERM, exiting"], "preemption"),
         (["RuntimeError: Detected mismatch between collectives on ranks"], "collective-mismatch"),
         (["torch.distributed.DistBackendError: NCCL error in: ncclSystemError"], "nccl-error"),
         (["OSError: [Errno 122] Disk quota exceeded"], "disk-full"),
