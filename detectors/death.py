@@ -202,6 +202,7 @@ def classify(lines: list[tuple[int | None, str]]) -> dict[str, Any] | None:
                 "line": hit,
                 "fix": cause.fix,
                 "info": cause.info,
+                "outside": cause.outside,
                 "before_step_1": cause.before_step_1,
             }
     base = len(CAUSES)
@@ -212,11 +213,16 @@ def classify(lines: list[tuple[int | None, str]]) -> dict[str, Any] | None:
         code = int(m.group(1)) if m.group(1) is not None else -int(m.group(2))
         if code in SIGNALS:
             label, what, fix = SIGNALS[code]
-            return _other(base, f"exit-{-code}", label, (n, text), fix, what=what, code=code)
+            key = "preemption" if code == -15 else f"exit-{-code}"
+            got = _other(base, key, label, (n, text), fix, what=what, code=code)
+            got["outside"] = code == -15
+            return got
     hit = _first(lines, TERMINATED)
     if hit is not None:
         label, what, fix = SIGNALS[-15]
-        return _other(base + 1, "sigterm", label, hit, fix, what=what)
+        got = _other(base + 1, "preemption", label, hit, fix, what=what)
+        got["outside"] = True
+        return got
     for n, text in reversed(lines):
         m = EXCEPTION_LINE.match(text.strip())
         if m and "ChildFailedError" not in m.group(1):
@@ -235,7 +241,7 @@ def classify(lines: list[tuple[int | None, str]]) -> dict[str, Any] | None:
         base + 3,
         "unknown",
         label,
-        code_hit or lines[-1],
+        code_hit or _last_told(lines),
         "The log does not name the cause: look at the lines before the end of the log on "
         "every rank, and the scheduler's record of the job.",
     )
@@ -257,6 +263,20 @@ def _other(
     if code is not None:
         got["exit_code"] = code
     return got
+
+
+def _last_told(lines: list[tuple[int | None, str]]) -> tuple[int | None, str]:
+    """The last line that is not a traceback's source code: a frame line
+    (``File "..."``), the code line under it, or its ``^^^`` marker line say
+    where the error was raised, never what it was."""
+    code: set[int] = set()
+    for i, (_, text) in enumerate(lines):
+        if FRAME_LINE.match(text.strip()):
+            code.update((i, i + 1))
+        elif set(text.strip()) <= set("^~ ") and text.strip():
+            code.add(i)
+    told = [line for i, line in enumerate(lines) if i not in code]
+    return told[-1] if told else lines[-1]
 
 
 def _is_error(text: str) -> bool:
@@ -323,9 +343,11 @@ def _finding(
         if facts:
             ev["facts"] = facts
             sug = f"{facts}. {sug}"
-    sev = Severity.INFO if got["info"] else Severity.ERROR
+    sev = (
+        Severity.INFO if got["info"] else Severity.WARNING if got.get("outside") else Severity.ERROR
+    )
     ranks = f" on rank {rank}" if n_ranks > 1 or rank else ""
-    verb = "was stopped" if got["info"] else "died"
+    verb = "was stopped" if got["info"] or got.get("outside") else "died"
     msg = f"The run {verb} {at}{ranks}: {got['label']}" + (f", {detail}" if detail else "") + "."
     msg += f" {where}: {quoted}"
     if extra:

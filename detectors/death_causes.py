@@ -22,6 +22,7 @@ class Cause:
     pattern: re.Pattern[str]
     fix: str
     info: bool = False  # not a fault (a person stopped the run)
+    outside: bool = False  # stopped from outside, by whom the log does not say: a warning
     before_step_1: bool = False  # a setup error: nothing was trained when no step was reached
     in_traceback: bool = False  # only an exception line or a traceback frame names it
 
@@ -52,7 +53,10 @@ CAUSES: tuple[Cause, ...] = (
     Cause(
         "disk-full",
         "no space left on device",
-        _p(r"No space left on device|Errno 28\]|Disk quota exceeded|Errno 122\]"),
+        _p(
+            r"No space left on device|Errno 28\]|Disk quota exceeded|Errno 122\]"
+            r"|PytorchStreamWriter failed writing|file write failed"
+        ),
         "Free space where checkpoints and caches go (output_dir, HF_HOME, /tmp), keep fewer "
         "checkpoints (save_total_limit 2), skip saving optimizer states you do not resume "
         "from (save_only_model), or write to a larger volume; then resume from the last "
@@ -95,6 +99,18 @@ CAUSES: tuple[Cause, ...] = (
         "fails again.",
     ),
     Cause(
+        "worker-lost",
+        "a Ray worker died",
+        _p(
+            r"\b(?:ActorDiedError|ActorUnavailableError|RayActorError|WorkerCrashedError"
+            r"|NodeDiedError|OwnerDiedError)\b|The actor died unexpectedly"
+        ),
+        "A Ray actor or its node went away: look at the worker's own log (ray logs, "
+        "/tmp/ray/session_latest/logs) for its out-of-memory kill or crash, give the "
+        "actors more host memory (Ray's memory monitor kills the largest), and resume "
+        "from the last checkpoint.",
+    ),
+    Cause(
         "time-limit",
         "time limit",
         _p(r"DUE TO TIME LIMIT|time limit exceeded|TIMEOUT\b.*slurm|JOB TIME LIMIT"),
@@ -108,15 +124,15 @@ CAUSES: tuple[Cause, ...] = (
         _p(r"DUE TO PREEMPTION|preempted|spot instance[^\n]{0,40}(?:terminat|reclaim)"),
         "Resume from the last checkpoint; save more often on preemptible nodes and catch "
         "SIGTERM to save before the node goes (requeue the job with --requeue).",
+        outside=True,
     ),
     Cause(
         "cancelled",
-        "cancelled",
+        "cancelled by SLURM",
         _p(r"CANCELLED AT"),
-        "Nothing to fix if the job was cancelled on purpose (scancel); resume from the last "
-        "checkpoint to go on, and check the scheduler's record (sacct -j JOB) if nobody "
-        "cancelled it.",
-        info=True,
+        "Check the scheduler's record (sacct -j JOB) for who cancelled it; nothing to fix "
+        "if it was cancelled on purpose (scancel); resume from the last checkpoint to go on.",
+        outside=True,
     ),
     Cause(
         "import-error",
@@ -125,6 +141,32 @@ CAUSES: tuple[Cause, ...] = (
         "Install or fix the module named here in the training environment (the versions "
         "that the training script pins), and check that every node uses the same "
         "environment.",
+        before_step_1=True,
+        in_traceback=True,
+    ),
+    Cause(
+        "cuda-setup",
+        "CUDA toolkit or driver error",
+        _p(
+            r"nvrtc: error|no kernel image is available|CUDA driver version is insufficient"
+            r"|not implemented for CUDA below version|requires CUDA \d|CUDA capability sm_\d+ "
+            r"is not compatible|compiled with CUDA [\d.]+[^\n]{0,40}(?:driver|runtime) "
+            r"(?:version )?[\d.]+|CUDA_ERROR_(?:NO_BINARY_FOR_GPU|INVALID_PTX|UNSUPPORTED_PTX)"
+        ),
+        "The CUDA toolkit, the driver and the framework's build disagree (the GPU's "
+        "architecture, or a CUDA version the driver does not support): install the build "
+        "of torch / jax / the kernel library made for this driver's CUDA version "
+        "(nvidia-smi shows it) and the GPU's architecture; nothing was trained.",
+        before_step_1=True,
+    ),
+    Cause(
+        "device-mismatch",
+        "tensors on different devices",
+        _p(r"Expected all tensors to be on the same device"),
+        "A tensor stayed on another device than the model (often the CPU): move the model "
+        "and every input of the step to the same device (model.to(device), batch.to(device), "
+        "buffers created with device=...), or let the launcher (accelerate, deepspeed) place "
+        "them.",
         before_step_1=True,
         in_traceback=True,
     ),
@@ -197,7 +239,7 @@ SIGNALS: dict[int, tuple[str, str, str]] = {
         "or use fewer dataloader workers.",
     ),
     -15: (
-        "SIGTERM",
+        "preempted (SIGTERM)",
         "the workers got a SIGTERM from outside (the scheduler, a preemption or a person)",
         "Check the scheduler's record of the job (time limit, preemption, cancel); "
         "resume from the last checkpoint.",
@@ -206,7 +248,8 @@ SIGNALS: dict[int, tuple[str, str, str]] = {
 
 EXIT_CODE = re.compile(r"exit ?code\s*[:=]\s*(-?\d+)|Signal (\d+) \(SIG", re.IGNORECASE)
 TERMINATED = re.compile(
-    r"death signal|received signal 15|SIGTERM received|received SIGTERM", re.IGNORECASE
+    r"death signal|received signal 15|SIGTERM received|received SIGTERM|got signal: 15",
+    re.IGNORECASE,
 )
 EXCEPTION_LINE = re.compile(
     r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Interrupt))\b:?(.*)$"

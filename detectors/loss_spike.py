@@ -8,6 +8,10 @@ What it flags:
     points, be at least 1.3x the baseline, and be large against the run's own
     scale (the excess is at least 10% of the run's early loss level). One
     finding per incident: consecutive spiking points are one incident.
+    The first ``min_points`` points have no noise level yet (the grace
+    period): a jump there is judged by its size alone, at least 3x the median
+    of the points before it, held at 2x on the next point (the reasoning is
+    in ``spike_scan.early_jumps``).
     A heavy-tailed loss (per-step preference or RL objectives, tiny batches)
     is judged against its own spread: an excursion that 2% of the run's other
     points reach half of is not a spike. Every spike is a warning, whether it
@@ -149,7 +153,14 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
         }
         if ids:
             ev["sample_ids"] = ids
-        if inc.space == "log":
+        if inc.early:
+            ev["early"] = True
+            head = (
+                f"loss rose to {fmt(ratio)}x the median of the first points ({fmt(peak_loss)} "
+                f"vs {fmt(inc.base)}) at step {pstep}, before {opts.min_points} points gave a "
+                "noise level (judged by its size alone)"
+            )
+        elif inc.space == "log":
             head = (
                 f"loss rose to {fmt(ratio)}x its running median ({fmt(peak_loss)} vs "
                 f"{fmt(inc.base)}, z={inc.z:.1f}) at step {pstep}"

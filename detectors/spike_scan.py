@@ -50,6 +50,7 @@ class Incident:
     recover_step: int | None
     space: str
     slow: bool = False  # back, but only after the recovery horizon
+    early: bool = False  # inside the grace period: judged by its size alone (:func:`early_jumps`)
 
 
 def loss_incidents(ctx: Context, p: LossSpikeParams) -> list[Incident]:
@@ -90,8 +91,9 @@ def scan(s: Series, p: LossSpikeParams, screen: bool = True) -> list[Incident]:
     (and at least 3) rise half as far above their own trailing baseline."""
     loss = s.loss
     fin = np.isfinite(loss)
+    jumps = early_jumps(s, p)
     if fin.sum() <= p.min_points:
-        return []
+        return jumps
     positive = bool((loss[fin] > 0).all())
     early = early_level(loss, 5)  # where the run started: its own scale
     dilution = s.logging_steps if s.logging_steps > 1 else 1
@@ -129,10 +131,12 @@ def scan(s: Series, p: LossSpikeParams, screen: bool = True) -> list[Incident]:
         screen=screen,
     )
     if not sc.hit.any():
-        return []
+        return jumps
     excess = trailing_excess(y, p.level_points) if p.tail_fraction > 0 else None
-    out = []
+    out = list(jumps)
     for a, b in incidents(sc.hit, gap=p.gap):
+        if jumps and a <= jumps[-1].b:
+            continue  # the grace period's jump, still going on
         seg = np.arange(a, b + 1)
         seg = seg[np.isfinite(sc.z[seg])]
         peak = int(seg[np.argmax(y[seg])]) if len(seg) else a
@@ -140,34 +144,78 @@ def scan(s: Series, p: LossSpikeParams, screen: bool = True) -> list[Incident]:
         if excess is not None and _in_tail(excess, y[peak] - base_y, a, b, p.tail_fraction):
             continue
         base = float(np.exp(base_y)) if positive else float(base_y)
-        limit = base * (1 + p.recover_within) if positive else base + p.recover_within * abs(base)
-        end_step = int(s.step[b])
-        horizon = max(p.recover_steps, 3 * s.logging_steps)
-        after = np.flatnonzero(s.step > end_step)
-        back = after[np.isfinite(loss[after]) & (loss[after] <= limit)]
-        long = end_step - int(s.step[a]) > horizon
-        slow = False
-        if len(back):
-            recovered, rstep = True, int(s.step[back[0]])
-            slow = long or rstep - end_step > horizon
-        elif long or (len(after) and int(s.step[after[-1]]) - end_step >= horizon):
-            recovered, rstep = False, None  # never came back
-        else:
-            recovered, rstep = None, None  # the log ends too soon to tell
-        out.append(
-            Incident(
-                s,
-                a,
-                b,
-                peak,
-                base,
-                float(sc.z[peak]),
-                recovered,
-                rstep,
-                "log" if positive else "linear",
-                slow,
+        recovered, rstep, slow = _recovery(s, p, a, b, base, positive)
+        space = "log" if positive else "linear"
+        out.append(Incident(s, a, b, peak, base, float(sc.z[peak]), recovered, rstep, space, slow))
+    return out
+
+
+def _recovery(
+    s: Series, p: LossSpikeParams, a: int, b: int, base: float, positive: bool
+) -> tuple[bool | None, int | None, bool]:
+    """Whether the loss came back within ``recover_within`` of ``base`` after
+    the incident ``a..b`` (None: the log ends too soon to tell), the step it
+    did, and whether that took longer than the recovery horizon."""
+    loss = s.loss
+    limit = base * (1 + p.recover_within) if positive else base + p.recover_within * abs(base)
+    end_step = int(s.step[b])
+    horizon = max(p.recover_steps, 3 * s.logging_steps)
+    after = np.flatnonzero(s.step > end_step)
+    back = after[np.isfinite(loss[after]) & (loss[after] <= limit)]
+    long = end_step - int(s.step[a]) > horizon
+    if len(back):
+        rstep = int(s.step[back[0]])
+        return True, rstep, long or rstep - end_step > horizon
+    if long or (len(after) and int(s.step[after[-1]]) - end_step >= horizon):
+        return False, None, False  # never came back
+    return None, None, False
+
+
+EARLY_RATIO = 3.0
+"""How far above the median of the points before it a loss inside the grace
+period must be (see :func:`early_jumps`)."""
+EARLY_HELD = 2.0
+"""How far above that median the next point must still be, when there is one."""
+
+
+def early_jumps(s: Series, p: LossSpikeParams) -> list[Incident]:
+    """Jumps inside the grace period, where no noise estimate exists yet.
+
+    The z-scan gives no verdict on the first ``min_points`` finite points:
+    there is no noise to scale by. A jump there is judged by its size alone,
+    so the bar is high: a positive loss at least :data:`EARLY_RATIO` times
+    the median of the (at least two) points before it, held at
+    :data:`EARLY_HELD` times on the next point when the log has one. The
+    first losses of a run are its highest (a model starts untrained, or
+    from a checkpoint, and falls): batch-to-batch noise in the first steps
+    moves them by tens of percent, a fine-tune's first losses by up to about
+    2x on tiny batches, never by 3x held over two points. A language model
+    that starts near ln(vocabulary) (10-12) and then triples has left even
+    the untrained level behind: the update blew up. Losses that can be zero
+    or negative (preference and RL objectives) have no such level and are
+    left to the z-scan."""
+    loss = s.loss
+    ok = np.flatnonzero(np.isfinite(loss))
+    c = loss[ok]
+    if len(c) < 3 or not (c > 0).all():
+        return []
+    out = []
+    i = 2
+    while i < min(p.min_points, len(c)):
+        base = float(np.median(c[:i]))
+        held = i + 1 >= len(c) or c[i + 1] >= EARLY_HELD * base
+        if c[i] >= EARLY_RATIO * base and held:
+            j = i
+            while j + 1 < len(c) and c[j + 1] >= EARLY_HELD * base:
+                j += 1
+            a, b = int(ok[i]), int(ok[j])
+            peak = int(ok[i + int(np.argmax(c[i : j + 1]))])
+            recovered, rstep, slow = _recovery(s, p, a, b, base, True)
+            out.append(
+                Incident(s, a, b, peak, base, float("nan"), recovered, rstep, "log", slow, True)
             )
-        )
+            break  # later points are the z-scan's (the jump is in their history)
+        i += 1
     return out
 
 

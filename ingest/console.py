@@ -47,7 +47,7 @@ from tunescope.ingest.console_items import (
     megatron_items,
 )
 from tunescope.ingest.console_run import Run, run_result
-from tunescope.ingest.crash_tail import REGION, crash_lines, lines_before
+from tunescope.ingest.crash_tail import REGION, crash_lines, lines_before, torn_line
 from tunescope.ingest.foreign import (
     QUIET_END,
     infer_logging_steps,
@@ -165,7 +165,9 @@ class ConsoleReader:
         error = ends[0][1] if ends else None
         if error:
             payload["error"] = error
-        payload["log_tail"] = crash_lines(data, 0, len(data), line)
+        payload["log_tail"] = crash_lines(data, 0, len(data), line) + torn_line(
+            path, end, line + data.count(b"\n")
+        )
         payload["log_file"] = str(path)
         run.events.append((run.last, "run_end", payload, end))
 
@@ -317,6 +319,9 @@ class ConsoleReader:
             open_ = run.ended is None or (run.quiet and run.ended == "interrupted")
             if status and live and open_ and run.pending is None:
                 tail = crash_lines(data, pos, hi, walk.line0())
+                if hi == len(data) and walk.path is not None:  # the crash runs to the end
+                    end, n = walk.start + len(data), walk.line0() + data.count(b"\n")
+                    tail += torn_line(walk.path, end, n)
                 run.pending = [status, error, tail]
                 run.ended, run.quiet = None, False
                 start = data.rfind(b"\n", 0, pos) + 1

@@ -28,7 +28,7 @@ _CRASH = re.compile(
 _TRAINING = re.compile(
     rb"(?i)torchrun|torch\.distributed|deepspeed|accelerate launch|megatron|transformers"
     rb"|llamafactory|llama-factory|\bswift\b|\btrl\b|\bpeft\b|site-packages/torch/"
-    rb"|\*\*\*\*\* Running training"
+    rb"|\*\*\*\*\* Running training|\bjaxlib\b|\bflax\b|\boptax\b"
 )
 FAMILIES: tuple[tuple[str, re.Pattern[bytes]], ...] = (
     ("megatron", megatron.ITERATION),

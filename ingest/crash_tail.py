@@ -123,6 +123,22 @@ def _pick(numbered: list[tuple[int, bytes]]) -> list[list[Any]]:
     return [[n, t] for n, t in picked]
 
 
+def torn_line(path: Path, offset: int, number: int) -> list[list[Any]]:
+    """The line at byte ``offset`` of ``path`` that has no newline yet, as a
+    one-item list (``[number, text]``), else an empty list. A process that
+    dies often writes its last line (the exception) without a newline; a
+    reader that waits for the newline would lose the one line that names the
+    cause, so a crash's tail keeps it now and is read again if the line grows."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            raw = f.read(MAX_LINE * 4)
+    except OSError:
+        return []
+    raw = raw.split(b"\n", 1)[0]
+    return [[number, _clean(raw)]] if raw.strip() else []
+
+
 def lines_before(path: Path, offset: int) -> int:
     """How many newlines ``path`` holds before byte ``offset`` (counted in
     blocks; only asked when a crash was found, so the common read never pays)."""

@@ -49,10 +49,18 @@ EXPECTED = {
     "nan-assert": ("non-finite", "error", 13, "ValueError: loss is nan", "failed"),
     "disk-full": ("disk-full", "error", 20, "No space left on device", "failed"),
     "time-limit": ("time-limit", "error", 24, "DUE TO TIME LIMIT", "interrupted"),
-    "preempted": ("preemption", "error", 10, "DUE TO PREEMPTION", "interrupted"),
+    "preempted": ("preemption", "warning", 10, "DUE TO PREEMPTION", "interrupted"),
     "data-error": ("data-error", "error", 16, "KeyError: 'labels'", "failed"),
     "import-error": ("import-error", "error", 7, "No module named 'flash_attn'", "failed"),
     "keyboard": ("keyboard-interrupt", "info", 14, "KeyboardInterrupt", "interrupted"),
+    "slurm-cancel": ("cancelled", "warning", 11, "CANCELLED AT 2024-09-14", "interrupted"),
+    "elastic-sigterm": ("preemption", "warning", 7, "Received 15 death signal", "interrupted"),
+    "torn-oom": ("cuda-oom", "error", 8, "Tried to allocate 48.00 MiB", "failed"),
+    "ray-worker": ("worker-lost", "error", 7, "RayTaskError(ActorDiedError)", "failed"),
+    "cuda-setup": ("cuda-setup", "error", 8, "nvrtc: error", "failed"),
+    "device-mismatch": ("device-mismatch", "error", 8, "on the same device", "failed"),
+    "write-failed": ("disk-full", "error", 10, "PytorchStreamWriter failed writing", "failed"),
+    "jax-cuda": ("cuda-setup", "error", 8, "not implemented for CUDA below", "failed"),
 }
 
 
@@ -150,7 +158,7 @@ def test_the_fix_follows_the_config():
     ("lines", "key"),
     [
         (["ERROR: exitcode  : -7 (pid: 4411)"], "exit-7"),
-        (["Main process received SIGTERM, exiting"], "sigterm"),
+        (["Main process received SIGTERM, exiting"], "preemption"),
         (["RuntimeError: Detected mismatch between collectives on ranks"], "collective-mismatch"),
         (["torch.distributed.DistBackendError: NCCL error in: ncclSystemError"], "nccl-error"),
         (["OSError: [Errno 122] Disk quota exceeded"], "disk-full"),
@@ -169,6 +177,13 @@ def test_the_fix_follows_the_config():
         (["slurmstepd: error: *** JOB 9 ON n1 CANCELLED AT 2024-01-01T00:00:00 ***"], "cancelled"),
         (["RuntimeError: CUDA error: an illegal memory access was encountered"], "exception"),
         (["something went wrong"], "unknown"),
+        (
+            ["torch.distributed.elastic.multiprocessing.api.SignalException: got signal: 15"],
+            "preemption",
+        ),
+        (["ERROR: failed (exitcode: -15) local_rank: 0"], "preemption"),
+        (["ray.exceptions.ActorUnavailableError: The actor is unavailable"], "worker-lost"),
+        (["RuntimeError: CUDA error: no kernel image is available for execution"], "cuda-setup"),
     ],
 )
 def test_classify(lines, key):
@@ -327,3 +342,46 @@ def test_a_run_that_went_on_after_a_crash_is_not_dead(tmp_path):
 def test_the_fix_carries_the_runs_numbers(crash_findings, run, fact):
     _, found, _ = crash_findings
     assert found[run].suggestion.startswith(fact)
+
+
+@pytest.mark.parametrize("outside", ["slurm-cancel", "elastic-sigterm", "preempted"])
+def test_a_run_stopped_from_outside_is_a_warning_that_says_stopped(crash_findings, outside):
+    _, found, _ = crash_findings
+    f = found[outside]
+    assert f.severity.value == "warning" and f.message.startswith("The run was stopped ")
+
+
+def test_an_unnamed_error_names_no_line_of_source_code():
+    lines = [
+        (40, "Traceback (most recent call last):"),
+        (41, '  File "/w/train.py", line 77, in <module>'),
+        (42, "    lossf = loss.item() * gradient_accumulation_steps"),
+        (43, "            ^^^^^^^^^^^"),
+        (44, "the process was stopped"),
+        (45, '  File "/w/train.py", line 80, in step'),
+        (46, "    optimizer.step()"),
+    ]
+    got = death.classify(lines)
+    assert (
+        got is not None
+        and got["key"] == "unknown"
+        and got["line"] == (44, "the process was stopped")
+    )
+
+
+def test_the_torn_last_line_of_a_crash_is_kept_and_read_again_when_it_grows(tmp_path):
+    run = tmp_path / "runs" / "torn"
+    run.mkdir(parents=True)
+    log = run / "output.log"
+    body = (CRASH / "torn-oom" / "output.log").read_bytes()
+    cut = body.rindex(b"\n") + 1
+    log.write_bytes(body[: cut + 40])  # the exception's first 40 bytes, no newline
+    store = _open(tmp_path / "runs", tmp_path)
+    first = _run_end(store, "torn")["log_tail"][-1]
+    assert first == [8, body[cut : cut + 40].decode()]
+    store.close()
+    log.write_bytes(body + b"\n")
+    store = _open(tmp_path / "runs", tmp_path)
+    f = {x.run: x for x in analyze(store, select="TS601")}["torn"]
+    assert f.evidence["cause"] == "cuda-oom" and f.evidence["line"] == 8
+    assert "48.00 MiB" in f.evidence["text"]
