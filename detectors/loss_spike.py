@@ -19,7 +19,12 @@ What it flags:
     slow recovery) or never came back (TS102 then judges the divergence, and
     the engine keeps its one finding for the incident). A jump judged against
     a baseline from before an epoch boundary (within 20 points after one) is
-    info: the data order changed, not the run.
+    info: the data order changed, not the run. Blips are info when the run
+    has many of them: a one- or two-point rise under 2x that is back within
+    5% within three points, in a run with at least 3 such blips spread over a
+    third of its steps or more, is that run's per-batch noise (hard batches in a
+    per-step log), not a change of state; one blip, or a cluster of them,
+    stays a warning.
 
 Why it matters:
     A spike is a bad batch meeting a fragile optimizer state, or a learning
@@ -57,7 +62,7 @@ from tunescope.detectors.series import (
     near_boundary,
     samples_note,
 )
-from tunescope.detectors.spike_scan import LossSpikeParams, loss_incidents
+from tunescope.detectors.spike_scan import Incident, LossSpikeParams, loss_incidents
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
@@ -102,6 +107,13 @@ class Options:
     trailing baseline (per-step preference or RL losses, tiny batches). 0
     turns the check off."""
 
+    recurring_blips: int = 3
+    """A run with at least this many blips (a rise under ``blip_ratio`` over at
+    most two points, back within three points) spread over a third of its steps
+    has them as its noise: they are info. 0 turns the check off."""
+    blip_ratio: float = 2.0
+    """What counts as a blip: the peak under this multiple of the baseline."""
+
     def __post_init__(self) -> None:
         if self.window < 5 or self.min_points < 2:
             raise ValueError("window must be >= 5 and min_points >= 2")
@@ -127,9 +139,43 @@ def params(opts: Options) -> LossSpikeParams:
     )
 
 
+def _is_blip(inc: Incident, opts: Options) -> bool:
+    """A brief rise that was over at once: one or two points under
+    ``blip_ratio`` x the baseline, back within ``recover_within`` at most three
+    points after."""
+    s = inc.series
+    if inc.early or inc.space != "log" or not inc.recovered or inc.slow or inc.b - inc.a > 1:
+        return False
+    if inc.base <= 0 or float(s.loss[inc.peak]) >= opts.blip_ratio * inc.base:
+        return False
+    back = inc.recover_step
+    return back is not None and back <= int(s.step[min(inc.b + 3, len(s.step) - 1)])
+
+
+def _recurring(incs: list[Incident], opts: Options) -> set[int]:
+    """The ids of blips that recur through their series: at least
+    ``recurring_blips`` of them spread over a third of its steps or more."""
+    if opts.recurring_blips <= 0:
+        return set()
+    by_series: dict[int, list[Incident]] = {}
+    for inc in incs:
+        if _is_blip(inc, opts):
+            by_series.setdefault(id(inc.series), []).append(inc)
+    out: set[int] = set()
+    for blips in by_series.values():
+        s = blips[0].series
+        span = float(s.step[-1] - s.step[0]) if len(s.step) > 1 else 0.0
+        steps = [int(s.step[i.peak]) for i in blips]
+        if len(blips) >= opts.recurring_blips and span > 0 and max(steps) - min(steps) >= span / 3:
+            out.update(id(i) for i in blips)
+    return out
+
+
 def run(ctx: Context, opts: Options) -> list[Finding]:
     out = []
-    for inc in loss_incidents(ctx, params(opts)):
+    incs = loss_incidents(ctx, params(opts))
+    recurring = _recurring(incs, opts)
+    for inc in incs:
         s = inc.series
         # judged against a baseline from before a new epoch: the data changed, not the run
         boundary = near_boundary(s, inc.a, epoch_boundaries(s), 2 * opts.level_points)
@@ -197,6 +243,13 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
                 tail = f"; the loss level changed at the epoch boundary (step {boundary})."
             else:
                 note += f" It came at the start of a new epoch (step {boundary})."
+        if id(inc) in recurring and sev is Severity.WARNING:
+            sev = Severity.INFO
+            ev["recurring_blips"] = True
+            note += (
+                " One of many such blips through this run, each over at once: its per-step "
+                "loss has hard batches, not a change of state."
+            )
         msg = head + tail + note + samples_note(ids)
         sug = (
             f"Inspect or skip the batch at that step; {clipping(s.start)}; if spikes repeat, "
