@@ -97,7 +97,14 @@ class ConsoleReader:
     def detect(self, path: Path) -> bool:
         if not log_name(path) or beside_structured(path) is not None:
             return False
-        return sniff(path) is not None
+        kind = sniff(path)
+        if kind == "crash":
+            # a log that ends in a crash but whose records are in a shape the
+            # general reader knows: the general reader keeps the crash too
+            from tunescope.ingest.readers.general import shape_of
+
+            return shape_of(path).reason is not None
+        return kind is not None
 
     def run_dir(self, path: Path) -> Path:
         """The folder, when this is the only console log in it; else a run of

@@ -25,6 +25,12 @@ STEP_LINE = re.compile(
 )
 TORCHTUNE_BAR = re.compile(rb"(?<![\w|])(\d+)\|(\d+)\|Loss: (" + _NUM + rb")")
 _PAIR = re.compile(rb"([A-Za-z_][\w/().-]{0,60}?)\s*[:=]\s*\[?(" + _NUM + rb")\]?(?![\w.])")
+# an evaluation's loss written without ":" or "=" ("val loss 2.79", "test loss: 2.8 BPC")
+_EVAL_LOSS = re.compile(
+    rb"(?i)(?<![\w/])(val|valid|validation|eval|test|dev)[ _]loss\s*[:=]?\s*("
+    + _NUM
+    + rb")(?![\w.])"
+)
 _SKIP = {"step", "steps", "iter", "iteration", "global_step", "epoch"}
 
 
@@ -47,6 +53,9 @@ def line_fields(rest: bytes) -> tuple[dict[str, float], dict[str, float]]:
             canon.setdefault(target[0], value * target[1])
         else:
             extras[key.replace(" ", "_")] = value
+    if b"loss" in rest:
+        for m in _EVAL_LOSS.finditer(rest):
+            extras.setdefault("eval_loss", float(m.group(2)))
     return canon, extras
 
 
