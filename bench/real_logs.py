@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--findings", action="store_true", help="print every finding")
     a = p.parse_args(argv)
     from tunescope.detectors.engine import analyze
-    from tunescope.detectors.scoring import judge
+    from tunescope.detectors.scoring import LOSS_POINTS, judge
     from tunescope.ingest.store import Store
 
     root = Path(a.root)
@@ -41,14 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         findings = analyze(store)
         t2 = time.perf_counter()
-        rows = (
-            store.cursor()
-            .execute(
-                "SELECT r.run_id, count(s.loss), any_value(r.format) FROM runs r "
-                "LEFT JOIN steps s USING (run_id) GROUP BY r.run_id"
-            )
-            .fetchall()
-        )
+        rows = store.cursor().execute(LOSS_POINTS).fetchall()
         steps = {r: int(n) for r, n, _ in rows}
         formats = {r: f for r, _, f in rows}
         every = {}
@@ -61,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
     verdicts = judge(labels, findings, steps, every)
     print(f"Real logs: {root} ({len(verdicts)} labelled run dirs)")
-    print("| run dir | format | loss rows | faults found | missed | false alarms |")
+    print("| run dir | format | loss points | faults found | missed | false alarms |")
     print("|---|---|---|---|---|---|")
     for v in verdicts:
         fmt = ",".join(sorted({formats.get(r) or "?" for r in v.runs})) or "not read"

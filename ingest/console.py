@@ -283,7 +283,10 @@ class ConsoleReader:
         further runs as subruns."""
         run, done = walk.run, walk.done
         problems: list[Problem] = []
-        any_rows = run.n or any(r.n for r in done) or old.get("had_rows")
+        # steps, or an evaluation's metrics (a log may print only those)
+        any_rows = any(
+            r.n or any(m[2].startswith("eval_") for m in r.metrics) for r in (run, *done)
+        ) or old.get("had_rows")
         lines_total = 0
         if not any_rows and not old.get("warned") and fam != "crash":
             lines_total = chunk.lines

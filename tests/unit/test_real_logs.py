@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tunescope.detectors.engine import analyze
-from tunescope.detectors.scoring import judge
+from tunescope.detectors.scoring import LOSS_POINTS, judge
 from tunescope.ingest.store import Store
 
 REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"
@@ -30,12 +30,7 @@ def verdicts(tmp_path_factory):
     store = Store.open(REAL, tmp_path_factory.mktemp("real") / "cache")
     findings = analyze(store)
     cur = store.cursor()
-    steps = dict(
-        cur.execute(
-            "SELECT r.run_id, count(s.loss) FROM runs r LEFT JOIN steps s USING (run_id) "
-            "GROUP BY r.run_id"
-        ).fetchall()
-    )
+    steps = {run: n for run, n, _ in cur.execute(LOSS_POINTS).fetchall()}
     every = {
         run: json.loads(p).get("logging_steps") or 1
         for run, p in cur.execute(
