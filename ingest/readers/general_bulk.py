@@ -20,9 +20,11 @@ from typing import Any
 from tunescope.ingest.readers.general_text import PAIR, PREFIX, RANK, records
 from tunescope.ingest.readers.vocabulary import HIGH, meaning
 
-# a value in the fast path: digits and what numbers are written with (a
-# thousands comma, a trailing list comma, removed when converting), or nan/inf
-_VALUE = rb"([-+]?(?:[\d.,]+(?:[eE][-+]?\d+)?|nan|NaN|NAN|inf|Inf|INF|infinity|Infinity))"
+# a value in the fast path: the characters numbers are written with (a
+# thousands comma, a trailing list comma, removed when converting), or nan/inf;
+# one character class is a third cheaper to scan than a number's grammar, and
+# what is not a number fails the conversion (then records are read one by one)
+_VALUE = rb"([-+\d.,eE]+|[-+]?(?:nan|NaN|NAN|inf|Inf|INF|infinity|Infinity))"
 
 
 def bulk(data: bytes) -> tuple[Any, list[tuple[int, bytes]]] | None:
