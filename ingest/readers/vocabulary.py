@@ -148,7 +148,8 @@ _EXACT: dict[str, tuple[str, float]] = {
     **{n: ("mem_peak_mb", 1.0) for n in (
         "mem_peak_mb", "max_memory_allocated", "max_mem_allocated", "peak_memory", "peak_mem",
         "mem_peak", "max_memory", "max_mem", "memory/max_allocated", "peak_memory_allocated",
-        "max_allocated", "peak_allocated", "max_memory_reserved_peak",
+        "max_allocated", "peak_allocated", "max_memory_reserved_peak", "peak_gpu_memory",
+        "max_gpu_memory", "gpu_peak_memory",
     )},
 }  # fmt: skip
 # Rates kept as metrics under one name (it/s inverted into step_time_s).

@@ -52,6 +52,7 @@ def _block(step: int, loss: float, norm: float, total: int = 500) -> str:
         f"    train/CrossEntropyLoss={loss}\n"
         f"    train/Perplexity={round(2.718**loss):,}\n"
         f"    throughput/total_tokens={step * 40960:,}\n"
+        f"    System/Peak GPU Memory (MB)={70000 + step:,}\n"
     )
 
 
@@ -63,6 +64,7 @@ def test_a_header_with_more_counters_and_tab_separated_prefix_fields(tmp_path):
     close(
         got, [(5, 8.5, 1.45, 0.0), (10, 8.0, 1.4, 0.0), (15, 7.5, 1.35, 0.0), (20, 7.0, 1.3, 0.0)]
     )
+    assert q(store, "SELECT max(mem_peak_mb) FROM steps") == [(70020.0,)]
     tokens = q(store, "SELECT value FROM metrics WHERE name = 'throughput/total_tokens'")
     assert sorted(v for (v,) in tokens) == [204800, 409600, 614400, 819200]
 
