@@ -43,7 +43,9 @@ PREFIX = re.compile(
     rb"|[-|:]|\[?(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\]?:?"
     rb"|[A-Za-z_][\w.]*:(?=\s*[A-Za-z_][\w.]*:)"  # INFO:root: style
     rb"|[A-Za-z_][\w.]* -(?= )"  # the logger's name between dashes
-    rb"|[A-Za-z_][\w.\-]*:\d+(?=\t)"  # a tab-separated host:rank or module:line field
+    # a tab-separated host:rank or module:line field (a dot or a dash in its
+    # name: "step:10<tab>" is a pair)
+    rb"|[A-Za-z_]\w*[.\-][\w.\-]*:\d+(?=\t)"
     rb"))+\s*"
 )
 RANK = re.compile(rb"\[(?:default|rank|Rank )?(\d+)\]|^(\d{1,4}):(?=\s|\[)")
@@ -219,7 +221,6 @@ def infer(data: bytes, fixed: dict[str, Meaning] | None = None) -> Shape:
     if not recs:
         return Shape("none", reason="no line or block with two name/number pairs")
     names: dict[str, Meaning] = dict(fixed or {})
-    kind = "blocks" if any(r.pairs and _is_header(data, r) for r in recs[:8]) else "lines"
     train: list[tuple[Record, int | None, float | None]] = []
     evals: list[tuple[Record, int | None, float | None]] = []
     for rec in recs:
@@ -231,6 +232,7 @@ def infer(data: bytes, fixed: dict[str, Meaning] | None = None) -> Shape:
     # a log that prints only an evaluation's loss (every few hundred steps):
     # that is its curve, read as evaluations
     chosen = train or evals
+    kind = "blocks" if any(_is_header(data, r) for r, _, _ in chosen[:8]) else "lines"
     steps: list[int] = []
     epochs: list[float] = []
     with_loss = len(chosen)

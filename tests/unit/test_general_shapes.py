@@ -12,6 +12,7 @@ import pytest
 
 from tunescope.detectors.scoring import LOSS_POINTS
 from tunescope.ingest.discover import READERS
+from tunescope.ingest.readers.general import shape_of
 from tunescope.ingest.readers.general_text import records
 from tunescope.ingest.readers.vocabulary import is_eval_measure, meaning
 from tunescope.ingest.store import Store
@@ -83,10 +84,20 @@ def test_a_block_log_that_ends_in_a_crash_is_read_and_keeps_its_end(tmp_path):
     assert len(ends) == 1 and "ChildFailedError" in ends[0][0]
 
 
+def test_tab_separated_pairs_are_pairs_not_a_prefix(tmp_path):
+    text = "".join(f"step:{s}\tloss:{3 - s / 10}\tlr:0.1\n" for s in range(1, 5))
+    store = store_of(tmp_path, "train.log", text)
+    close(
+        q(store, "SELECT step, loss FROM steps ORDER BY step"),
+        [(s, 3 - s / 10) for s in range(1, 5)],
+    )
+
+
 def test_a_config_dump_before_the_blocks_gives_no_evaluation(tmp_path):
     config = "\tINFO\tConfig(run=demo, eval_interval=500, eval_subset_num_batches=-1, seed=7)\n"
     text = config + "".join(_block(s, 9.0 - s / 10, 1.0) for s in (5, 10, 15))
     store = store_of(tmp_path, "train.log", text)
+    assert shape_of(tmp_path / "runs" / "job" / "train.log").kind == "blocks"  # not the dump's line
     assert q(store, "SELECT count(loss) FROM steps") == [(3,)]
     assert q(store, "SELECT count(*) FROM metrics WHERE name LIKE 'eval%'") == [(0,)]
 
