@@ -195,13 +195,12 @@ class GeneralReader(ConsoleReader):
                         text, dict(walk.extra), by_epoch, fixed
                     )
                 ]
-                for pos, _, payload in rest:  # an eval without a step: the record's before it
-                    if payload["step"] is None:
+                evals_only = all(kind == "eval" for _, kind, _ in rest)
+                for pos, _, payload in rest if evals_only else ():
+                    if payload["step"] is None:  # an eval without a step: the record's before it
                         i = int(lines.pos.searchsorted(pos)) - 1
                         payload["step"] = int(lines.steps[i]) if i >= 0 else (walk.run.last or 0)
-                if all(kind == "eval" for _, kind, _ in rest) and take_bulk(
-                    walk.run, lines, data, base
-                ):
+                if evals_only and take_bulk(walk.run, lines, data, base):
                     walk.scanned = int(lines.pos[-1])
                     walk.typical = walk.run.gap
                     return rest

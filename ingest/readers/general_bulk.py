@@ -38,9 +38,14 @@ def bulk(data: bytes) -> tuple[Any, list[tuple[int, bytes]]] | None:
 
     from tunescope.ingest.megatron import Bulk
 
-    first = next((r for r in records(_head_lines(data, 8192)) if len(r.pairs) >= 2), None)
-    if first is None:
+    recs = [r for r in records(_head_lines(data, 8192)) if len(r.pairs) >= 2]
+    if not recs:
         return None
+    # the layout of the first record with a loss (an evaluation's line may come first)
+    first = next(
+        (r for r in recs if any(meaning(n, u).column == "loss" for n, _, u, _ in r.pairs)),
+        recs[0],
+    )
     end = data.find(b"\n", first.pos)
     line = data[first.pos : end if end >= 0 else len(data)]
     m = PREFIX.match(line)
