@@ -14,8 +14,9 @@ detectors must stay quiet::
   logging interval either side;
 - a quiet detector raises nothing at warning or above outside the faults' steps;
 - a healthy run has no error at all (``tunescope analyze`` exits 0 on it);
-- every labelled run directory is read: it holds at least one run with a loss,
-  unless it says ``"expect_read": false`` (today's readers cannot read it, or
+- every labelled run directory is read: it holds at least one run with a loss
+  (training loss rows, or an evaluation's loss where the log prints only that:
+  :data:`LOSS_POINTS`), unless it says ``"expect_read": false`` (today's readers cannot read it, or
   the file holds no loss at all: ``"has_loss": false``); such a run must then be
   unread, so the flag is flipped when a reader learns the format;
 - a fault labelled ``"known_miss": "why"`` is found by no detector today: a
@@ -43,6 +44,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunescope.findings import Finding, Severity
+
+# Loss points per run: training loss rows, and the evaluation's loss points
+# (a log may print only those), with each run's format.
+LOSS_POINTS = (
+    "SELECT r.run_id, "
+    "(SELECT count(s.loss) FROM steps s WHERE s.run_id = r.run_id) "
+    "+ (SELECT count(m.value) FROM metrics m WHERE m.run_id = r.run_id AND m.name = 'eval_loss'), "
+    "r.format FROM runs r"
+)
 
 
 @dataclass
@@ -88,12 +98,9 @@ class RunVerdict:
 
 def run_facts(cur: Any) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
     """What ``judge`` needs of a store, from a cursor over its views: per run,
-    the loss rows stored, the logging interval its ``run_start`` names (1 when
+    its loss points (:data:`LOSS_POINTS`), the logging interval its ``run_start`` names (1 when
     it names none), and its format."""
-    rows = cur.execute(
-        "SELECT r.run_id, count(s.loss), any_value(r.format) FROM runs r "
-        "LEFT JOIN steps s USING (run_id) GROUP BY r.run_id"
-    ).fetchall()
+    rows = cur.execute(LOSS_POINTS).fetchall()
     every = {
         run: json.loads(p).get("logging_steps") or 1
         for run, p in cur.execute(

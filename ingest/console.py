@@ -97,7 +97,14 @@ class ConsoleReader:
     def detect(self, path: Path) -> bool:
         if not log_name(path) or beside_structured(path) is not None:
             return False
-        return sniff(path) is not None
+        kind = sniff(path)
+        if kind == "crash":
+            # a log that ends in a crash but whose records are in a shape the
+            # general reader knows: the general reader keeps the crash too
+            from tunescope.ingest.readers.general import shape_of
+
+            return shape_of(path).reason is not None
+        return kind is not None
 
     def run_dir(self, path: Path) -> Path:
         """The folder, when this is the only console log in it; else a run of
@@ -278,7 +285,10 @@ class ConsoleReader:
         further runs as subruns."""
         run, done = walk.run, walk.done
         problems: list[Problem] = []
-        any_rows = run.n or any(r.n for r in done) or old.get("had_rows")
+        # steps, or an evaluation's metrics (a log may print only those)
+        any_rows = any(
+            r.n or any(m[2].startswith("eval_") for m in r.metrics) for r in (run, *done)
+        ) or old.get("had_rows")
         lines_total = 0
         if not any_rows and not old.get("warned") and fam != "crash":
             lines_total = chunk.lines

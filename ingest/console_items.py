@@ -177,8 +177,11 @@ def line_items(data: bytes) -> list[tuple[int, str, Any]]:
     out: list[tuple[int, str, Any]] = []
     for m in console_lines.STEP_LINE.finditer(data):
         step, total, canon, extras = console_lines.step_line(m)
+        evals = {k: extras.pop(k) for k in [k for k in extras if k.startswith("eval_")]}
         item = {"step": step, "total": total, "canon": canon, "extras": extras, "from": "log"}
         out.append((m.start(), "train", item))
+        if evals:  # "train loss 2.58, val loss 2.79": an evaluation at the same step
+            out.append((m.start(), "eval", {"step": step, "metrics": evals}))
     if b"|Loss: " in data:
         for m in console_lines.TORCHTUNE_BAR.finditer(data):
             step, canon = console_lines.torchtune_bar(m)

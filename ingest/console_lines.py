@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from tunescope.ingest.readers.vocabulary import CANONICAL
+from tunescope.ingest.readers.vocabulary import CANONICAL, HIGH, meaning
 from tunescope.ingest.readers.vocabulary import LINE_ALIASES as ALIASES
 
 _NUM = rb"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|inf|Inf|-inf)"
@@ -25,6 +25,12 @@ STEP_LINE = re.compile(
 )
 TORCHTUNE_BAR = re.compile(rb"(?<![\w|])(\d+)\|(\d+)\|Loss: (" + _NUM + rb")")
 _PAIR = re.compile(rb"([A-Za-z_][\w/().-]{0,60}?)\s*[:=]\s*\[?(" + _NUM + rb")\]?(?![\w.])")
+# an evaluation's loss written without ":" or "=" ("val loss 2.79", "test loss: 2.8 BPC")
+_EVAL_LOSS = re.compile(
+    rb"(?i)(?<![\w/])(val|valid|validation|eval|test|dev)[ _]loss\s*[:=]?\s*("
+    + _NUM
+    + rb")(?![\w.])"
+)
 _SKIP = {"step", "steps", "iter", "iteration", "global_step", "epoch"}
 
 
@@ -42,12 +48,22 @@ def line_fields(rest: bytes) -> tuple[dict[str, float], dict[str, float]]:
             if key == "epoch":
                 canon.setdefault("epoch", value)
             continue
-        target = CANONICAL.get(key) or ALIASES.get(key)
+        target = CANONICAL.get(key) or ALIASES.get(key) or _known(key)
         if target is not None:
             canon.setdefault(target[0], value * target[1])
         else:
             extras[key.replace(" ", "_")] = value
+    if b"loss" in rest:
+        for m in _EVAL_LOSS.finditer(rest):
+            extras.setdefault("eval_loss", float(m.group(2)))
     return canon, extras
+
+
+def _known(name: str) -> tuple[str, float] | None:
+    """The column the vocabulary is sure a name means (``actor/grad_norm``), if any."""
+    m = meaning(name)
+    sure = m.kind == "column" and m.confidence >= HIGH and m.scale > 0  # not an inverted rate
+    return (m.column, m.scale) if sure else None
 
 
 def step_line(m: re.Match[bytes]) -> tuple[int, int | None, dict[str, float], dict[str, float]]:

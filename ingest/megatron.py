@@ -84,7 +84,8 @@ def _key(raw: bytes) -> tuple[str, str | None, float]:
     got = _KEYS.get(raw)
     if got is None:
         key = raw.decode("utf-8", "replace").strip().lower()
-        target = CANONICAL.get(key)
+        # Megatron-DeepSpeed spells the fields with hyphens ("lm-loss")
+        target = CANONICAL.get(key) or CANONICAL.get(key.replace("-", " "))
         got = (key, target[0], target[1]) if target else (_name(key), None, 1.0)
         if len(_KEYS) < 1024:
             _KEYS[raw] = got

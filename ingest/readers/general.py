@@ -25,7 +25,13 @@ from tunescope.ingest.console_detect import beside_structured, is_binary
 from tunescope.ingest.foreign import keymap_for
 from tunescope.ingest.readers import general_bulk, general_json, general_table, general_text
 from tunescope.ingest.readers.general_text import Shape
-from tunescope.ingest.readers.vocabulary import LOSS_KEYS, STEP_KEYS, Meaning, configured
+from tunescope.ingest.readers.vocabulary import (
+    LOSS_KEYS,
+    STEP_KEYS,
+    Meaning,
+    configured,
+    is_eval_measure,
+)
 from tunescope.ingest.rows import ReadResult
 
 HEAD = 256 << 10  # the shape is inferred from the first 256 KiB...
@@ -125,12 +131,13 @@ def _infer(path: Path) -> Shape:
     table = general_table.infer(head, fixed)
     if table.reason is None:
         return table
-    if len(head) > TEXT_HEAD:
+    cut = len(head) > TEXT_HEAD
+    if cut:
         head = head[: head.rfind(b"\n", 0, TEXT_HEAD) + 1] or head[:TEXT_HEAD]
     text = general_text.infer(head, fixed)
     if text.reason is None:
         return text
-    if not whole:  # a long preamble (a config dump, a model summary): the end shows the records
+    if cut:  # a long preamble (a config dump, a model summary): the end shows the records
         tail = general_text.infer(_tail(path), fixed)
         if tail.reason is None:
             return tail
@@ -193,13 +200,12 @@ class GeneralReader(ConsoleReader):
                         text, dict(walk.extra), by_epoch, fixed
                     )
                 ]
-                for pos, _, payload in rest:  # an eval without a step: the record's before it
-                    if payload["step"] is None:
+                evals_only = all(kind == "eval" for _, kind, _ in rest)
+                for pos, _, payload in rest if evals_only else ():
+                    if payload["step"] is None:  # an eval without a step: the record's before it
                         i = int(lines.pos.searchsorted(pos)) - 1
                         payload["step"] = int(lines.steps[i]) if i >= 0 else (walk.run.last or 0)
-                if all(kind == "eval" for _, kind, _ in rest) and take_bulk(
-                    walk.run, lines, data, base
-                ):
+                if evals_only and take_bulk(walk.run, lines, data, base):
                     walk.scanned = int(lines.pos[-1])
                     walk.typical = walk.run.gap
                     return rest
@@ -216,7 +222,7 @@ class GeneralReader(ConsoleReader):
         for rec in general_text.records(data):
             step, total, epoch, canon, extras = general_text.split(rec, names)
             if "loss" not in canon:
-                evals = {k: v for k, v in extras.items() if k.startswith("eval_")}
+                evals = {k: v for k, v in extras.items() if is_eval_measure(k)}
                 if evals:
                     out.append((rec.pos, "eval", {"step": step, "metrics": evals}))
                 elif step is not None and set(canon) - {"epoch"}:
@@ -242,7 +248,7 @@ class GeneralReader(ConsoleReader):
                     out.append((rec.pos, "mem", (rec.rank, step, canon, extras)))
                 continue
             out.append((rec.pos, "train", item))
-            evals = {k: extras.pop(k) for k in [k for k in extras if k.startswith("eval_")]}
+            evals = {k: extras.pop(k) for k in [k for k in extras if is_eval_measure(k)]}
             if evals:  # "val_loss" beside the loss: an evaluation at the same step
                 out.append((rec.pos, "eval", {"step": item["step"], "metrics": evals}))
         return out

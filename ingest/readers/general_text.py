@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH, Meaning, meaning
+from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH, Meaning, is_eval_measure, meaning
 
 _NUM = (
     rb"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
@@ -43,6 +43,9 @@ PREFIX = re.compile(
     rb"|[-|:]|\[?(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\]?:?"
     rb"|[A-Za-z_][\w.]*:(?=\s*[A-Za-z_][\w.]*:)"  # INFO:root: style
     rb"|[A-Za-z_][\w.]* -(?= )"  # the logger's name between dashes
+    # a tab-separated host:rank or module:line field (a dot or a dash in its
+    # name: "step:10<tab>" is a pair)
+    rb"|[A-Za-z_]\w*[.\-][\w.\-]*:\d+(?=\t)"
     rb"))+\s*"
 )
 RANK = re.compile(rb"\[(?:default|rank|Rank )?(\d+)\]|^(\d{1,4}):(?=\s|\[)")
@@ -50,6 +53,7 @@ RANK = re.compile(rb"\[(?:default|rank|Rank )?(\d+)\]|^(\d{1,4}):(?=\s|\[)")
 HEADER = re.compile(
     rb"^\s*\[?\s*(?:[A-Za-z_][\w ]{0,20}?\s*[|:]\s*)?"
     rb"(step|iter(?:ation)?|batch|epoch|rollout|update|it)\s*[=:#]?\s*(\d+)(?:\s*/\s*(\d+))?"
+    rb"((?:\s*[,;]\s*[A-Za-z_][\w./]*\s*[=:]\s*[-+\w.]+)*)"  # more counters: ",epoch=0"
     rb"\s*\]?\s*:?\s*$",
     re.IGNORECASE,
 )
@@ -131,6 +135,7 @@ def records(data: bytes) -> list[Record]:
     out: list[Record] = []
     pos = 0
     block: Record | None = None
+    below = 0  # the lines taken into the block so far
     for raw in data.split(b"\n"):
         start = pos
         pos += len(raw) + 1
@@ -139,10 +144,11 @@ def records(data: bytes) -> list[Record]:
             continue
         # a block's lines: indented, or the one line right after a header alone
         # (Keras: "Epoch 2/10", then its progress line with the metrics)
-        if block is not None and (line[:1] in (b" ", b"\t") or len(block.pairs) == 1):
+        if block is not None and (line[:1] in (b" ", b"\t") or below == 0):
             _, pairs = line_pairs(line)
             if pairs:
                 block.pairs.extend(pairs)
+                below += 1
                 continue
         if block is not None:
             if len(block.pairs) >= 2:
@@ -154,6 +160,9 @@ def records(data: bytes) -> list[Record]:
             total = int(h.group(3)) if h.group(3) else None
             name = h.group(1).decode().lower()
             block = Record(start, rank, [(name, float(h.group(2)), None, total)])
+            if h.group(4):
+                block.pairs.extend(line_pairs(b" " + h.group(4).lstrip(b",; "))[1])
+            below = 0
             continue
         rank, pairs = line_pairs(line)
         if len(pairs) >= 2:
@@ -212,19 +221,26 @@ def infer(data: bytes, fixed: dict[str, Meaning] | None = None) -> Shape:
     if not recs:
         return Shape("none", reason="no line or block with two name/number pairs")
     names: dict[str, Meaning] = dict(fixed or {})
-    kind = "blocks" if any(r.pairs and _is_header(data, r) for r in recs[:8]) else "lines"
+    train: list[tuple[Record, int | None, float | None]] = []
+    evals: list[tuple[Record, int | None, float | None]] = []
+    for rec in recs:
+        step, _, epoch, canon, extras = split(rec, names)
+        if "loss" in canon:
+            train.append((rec, step, epoch))
+        elif step is not None and any(k.endswith("loss") and is_eval_measure(k) for k in extras):
+            evals.append((rec, step, epoch))
+    # a log that prints only an evaluation's loss (every few hundred steps):
+    # that is its curve, read as evaluations
+    chosen = train or evals
+    kind = "blocks" if any(_is_header(data, r) for r, _, _ in chosen[:8]) else "lines"
     steps: list[int] = []
     epochs: list[float] = []
-    with_loss = 0
+    with_loss = len(chosen)
     step_name = None
     seen: dict[str, Meaning] = {}
-    for rec in recs:
-        step, _, epoch, canon, _ = split(rec, names)
-        if "loss" not in canon:
-            continue
+    for rec, step, epoch in chosen:
         for n, _, u, _ in rec.pairs:
             seen.setdefault(n, names[n if u is None else f"{n}\0{u}"])
-        with_loss += 1
         if step is not None:
             steps.append(step)
             step_name = step_name or next(

@@ -100,6 +100,11 @@ STEP_NAMES = frozenset(
      "updates", "_step", "current_steps", "train/global_step", "trainer/global_step", "num_steps",
      "optimizer_step", "opt_step", "train_step"}
 )  # fmt: skip
+# Short names terse loggers print (``s:120 trl:3.21 tel:3.30``): the step, the
+# training loss, the test (evaluation) loss.
+SHORT_NAMES: dict[str, tuple[str, str]] = {
+    "s": ("step", "step"), "trl": ("loss", "column"), "tel": ("eval_loss", "eval"),
+}  # fmt: skip
 EPOCH_NAMES = frozenset({"epoch", "epochs", "ep", "train/epoch", "trainer/epoch"})
 
 # normalised name -> (column, scale)
@@ -143,7 +148,8 @@ _EXACT: dict[str, tuple[str, float]] = {
     **{n: ("mem_peak_mb", 1.0) for n in (
         "mem_peak_mb", "max_memory_allocated", "max_mem_allocated", "peak_memory", "peak_mem",
         "mem_peak", "max_memory", "max_mem", "memory/max_allocated", "peak_memory_allocated",
-        "max_allocated", "peak_allocated", "max_memory_reserved_peak",
+        "max_allocated", "peak_allocated", "max_memory_reserved_peak", "peak_gpu_memory",
+        "max_gpu_memory", "gpu_peak_memory",
     )},
 }  # fmt: skip
 # Rates kept as metrics under one name (it/s inverted into step_time_s).
@@ -166,6 +172,7 @@ _MEM_UNIT = {
 _TIME_UNIT = {"ms": 0.001, "s": 1.0, "sec": 1.0, "us": 1e-6, "µs": 1e-6, "min": 60.0}
 _BRACKET_UNIT = re.compile(r"[\s_]*[(\[]\s*([a-zA-Zµ/%]+)\s*[)\]]$")
 _TRAIN_PREFIX = ("train/", "train_", "training/", "train.", "trainer/", "metrics/", "loss/")
+_EVAL_SETTINGS = ("interval", "every", "freq", "frequency", "batches", "batch_size", "_iters")
 _EVAL_STEMS = ("eval", "val", "valid", "validation", "test", "dev")
 
 
@@ -187,6 +194,12 @@ def normalise(name: str) -> str:
     text = name.strip().strip("\"'[]{}:").strip().lower()
     text = re.sub(r"[\s\-]+", "_", text)
     return text
+
+
+def is_eval_measure(column: str) -> bool:
+    """An evaluation's measure (``eval_loss``), not a setting of the
+    evaluation that a config dump prints (``eval_interval``)."""
+    return column.startswith("eval_") and not column.endswith(_EVAL_SETTINGS)
 
 
 def eval_name(name: str) -> str | None:
@@ -218,6 +231,9 @@ def meaning(name: str, unit: str | None = None) -> Meaning:
     unit = unit.lower() if unit else None
     if n in STEP_NAMES:
         return Meaning("step", 1.0, HIGH, "step")
+    short = SHORT_NAMES.get(n)
+    if short is not None and unit is None:
+        return Meaning(short[0], 1.0, HIGH, short[1])
     ev = eval_name(n)
     if ev is not None:
         return Meaning(ev, 1.0, HIGH, "eval")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tunescope.detectors.scoring import LOSS_POINTS
 from tunescope.ingest import console_detect, megatron, pydict
 from tunescope.ingest.console import ConsoleReader
 from tunescope.ingest.discover import discover
@@ -165,9 +166,7 @@ def test_every_real_run_dir_has_loss_rows(real_store):
     hold no loss at all (``has_loss: false``: reported, never silently empty)."""
     labels = json.loads((REAL / "LABELS.json").read_text())["runs"]
     readable = {k for k, v in labels.items() if v.get("expect_read", True)}
-    read = {
-        r[0] for r in rows(real_store, "SELECT DISTINCT run_id FROM steps WHERE loss IS NOT NULL")
-    }
+    read = {r[0] for r in rows(real_store, LOSS_POINTS) if r[1]}
     # TensorBoard runs sit one folder down (runs/<date>_<host>); W&B ones in files/
     read = {r.split("/")[0] for r in read}
     assert readable <= read

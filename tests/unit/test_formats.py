@@ -237,6 +237,25 @@ def test_every_real_log_is_recognised_by_the_right_reader():
         "qwen25-medical/trainer_log.jsonl": "llamafactory",
         "starcoder-divergence/trainer_state.json": "hf_trainer_state",
         "swift-run-a/logging.jsonl": "ms-swift",
+        # read since: crashes before a step, and the general reader's shapes
+        "credit-ddp-device-error/train_log.txt": "console",
+        "dschat-llama7b-device-error/training.log": "console",
+        "dschat-rlhf-ppo/actor_opt-1.3b_critic_opt-350m_globalBatchSize64.log": "general",
+        "llmc-gpt2-124m/main.log": "general",
+        "modded-nanogpt-1b/c0078066-c8c9-49c8-868a-ff4d4f32e615.txt": "general",
+        "modded-nanogpt-medium-val-only/main.log": "general",
+        "modded-nanogpt-snoo-val-only/000_01db7a67-f715-4114-a7b5-6bfe23bac1b1.txt": "general",
+        "modded-nanogpt-speedrun/3151f69a-f89e-452c-ac80-b85118007583.txt": "general",
+        "nanogpt-interrupt-at-start/files/output.log": "console",
+        "olmo-150m-sigterm/train.log": "general",
+        "olmo-1b-emb10-complete/train.log": "general",
+        "olmo-1b-emb5-wandb/files/output.log": "general",
+        "olmo-1b-final-save-failed/train.log": "general",
+        "olmo-1b-gradprov-1000/train.log": "general",
+        "olmo-20m-never-learns/train_fresh.log": "general",
+        "olmo-nvrtc-arch-error/files/output.log": "console",
+        "openvla-slurm-cancelled/slurm.out": "console",
+        "verl-grpo-zero-reward-ray-died/train.out": "general",
     }
 
 

@@ -460,6 +460,13 @@ def _slow(path: Path):
             + (f"validation: val_loss: {2.5 - s / 20}, val_acc: 0.5\n" if s % 5 == 0 else "")
             for s in range(1, 21)
         ),
+        # an evaluation's line before the first record: the layout is the record's
+        "s:0 tel:4.5\n"
+        + "".join(
+            f"s:{s} trl:{4 - s / 50:.4f} lr:{s * 1e-5:.6f} norm:{2 - s / 40:.2f}\n"
+            + (f"s:{s} tel:{4.2 - s / 60:.4f}\n" if s % 10 == 9 else "")
+            for s in range(40)
+        ),
     ],
 )
 def test_fast_path_reads_what_the_line_by_line_path_reads(tmp_path, text):
