@@ -254,6 +254,7 @@ def test_every_real_log_is_recognised_by_the_right_reader():
         "olmo-1b-gradprov-1000/train.log": "general",
         "olmo-20m-never-learns/train_fresh.log": "general",
         "olmo-nvrtc-arch-error/files/output.log": "console",
+        "openpi-jax-cuda-error/train.out": "console",  # a JAX job that crashed before its first step
         "openvla-slurm-cancelled/slurm.out": "console",
         "verl-grpo-zero-reward-ray-died/train.out": "general",
     }
