@@ -169,10 +169,16 @@ def _analyze_root(
     ids = store.run_ids()
     if not ids:
         return unread_files(store.last_report, root)
-    # the store keeps the full analysis; --select/--ignore filter the report only
+    # the store keeps the full analysis; --select/--ignore filter the report only;
+    # an unchanged run's findings come from the cache (same result, no detector run)
     with Progress("analyze", "runs") as bar:
         found, full = analyze_views(
-            store, select=args.select, ignore=args.ignore, config=cfg, progress=bar.update
+            store,
+            select=args.select,
+            ignore=args.ignore,
+            config=cfg,
+            progress=bar.update,
+            reuse=True,
         )
     store.save_findings(finding_rows(full), ids)
     summaries = run_summaries(store, found, groups=cfg.groups)
