@@ -126,7 +126,7 @@ def analyze_views(
     run_ids: Sequence[str] | None = None,
     full: bool = True,
     progress: Callable[..., None] | None = None,
-    reuse: bool = False,
+    reuse: bool | Memo = False,
 ) -> tuple[list[Finding], list[Finding]]:
     """Two views of one analysis: the findings of the detectors chosen by
     ``select``/``ignore`` (what a filtered report shows and its exit code
@@ -142,10 +142,10 @@ def analyze_views(
     however few are asked about: the full view carries the findings the store
     kept from the last analysis that ran it.
 
-    ``reuse``: findings are kept in the cache by a content key
-    (:mod:`~tunescope.detectors.memo`) and a run whose data, status and
-    detector options are unchanged is not analysed again; the result is the
-    same either way."""
+    ``reuse`` (True, or a :class:`~tunescope.detectors.memo.Memo` whose
+    ``result`` then names the full view): findings are kept in the cache by a
+    content key and a run whose data, status and detector options are
+    unchanged is not analysed again; the result is the same either way."""
     cfg = config or Config()
     check_detector_ids(cfg, detector_ids())
     chosen = select_detectors(select, ignore, cfg)
@@ -156,7 +156,7 @@ def analyze_views(
     runs = {d.ID: d for d in [*every, *chosen] if d.ID not in skipped}.values()
     options = {d.ID: build_options(cfg, d.ID, d.Options) for d in runs}
     views: tuple[list[Finding], list[Finding]] = ([], [])
-    memo = Memo(store, cfg) if reuse else None
+    memo = reuse if isinstance(reuse, Memo) else Memo(store, cfg) if reuse else None
     per_run = [d for d in runs if not across_runs(d)]
     across_dets = [d for d in runs if across_runs(d)]
     across = across_run_findings(store, across_dets, options, cfg, run_ids, memo)
@@ -197,6 +197,8 @@ def analyze_views(
             progress(done, total)
     if memo is not None:
         memo.save()
+        # the full view follows from these keys; findings kept from the store: unknown
+        memo.result = None if skipped else memo.result_of(keys, [d.ID for d in every])
     return sort_findings(views[0]), sort_findings(views[1])
 
 

@@ -90,13 +90,23 @@ class Memo:
         self.states = run_states(store)
         self.saved = _read(self.path)
         self.new: dict[str, tuple[str, dict[str, list[Finding]]]] = {}  # scope -> key, found
+        self.across: list[str] = []  # the across-run keys asked for
+        self.result: str | None = None
+        """What the full view of the last analysis was made from (set by the engine)."""
 
     def run_key(self, run: str, detectors: Iterable[ModuleType], options: dict[str, Any]) -> str:
         chosen = [(d.ID, repr(options[d.ID])) for d in detectors]
         return _digest(self.base, run, self.states.get(run), chosen)
 
     def across_key(self, det: ModuleType, opts: Any) -> str:
-        return _digest(self.base, det.ID, repr(opts), sorted(self.states.items()))
+        key = _digest(self.base, det.ID, repr(opts), sorted(self.states.items()))
+        self.across.append(key)
+        return key
+
+    def result_of(self, keys: dict[str, str], detectors: list[str]) -> str:
+        """A key for a full view: every run's key, the across-run keys, the
+        detectors whose findings it holds."""
+        return _digest(sorted(keys.items()), self.across, detectors)
 
     def get(self, key: str) -> dict[str, list[Finding]] | None:
         """The kept findings of ``key`` by the detector that made them (None:
@@ -164,7 +174,7 @@ class Memo:
 def run_states(store: Store) -> dict[str, str]:
     """Per run, what its data and status are now: its sources' manifest
     entries and the ``runs`` view's status."""
-    manifest = store.cache.load_manifest()
+    manifest = store.manifest or store.cache.load_manifest()  # the views' own
     entries: dict[str, list[Any]] = {}
     for entry in manifest["sources"].values():
         run = entry.get("run_id")

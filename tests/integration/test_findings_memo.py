@@ -145,3 +145,22 @@ def test_a_damaged_memo_is_analysed_again(corpus, tmp_path, calls, damage):
     assert analyze(corpus, tmp_path / "2.json") == first
     assert ("TS101", None) in calls  # analysed again, not read from the damaged file
     assert memo.is_file() and not memo.is_symlink()
+
+
+def test_findings_saved_by_another_analysis_are_saved_again(corpus, tmp_path, calls):
+    """Findings stored without a key (another surface's analysis) are
+    replaced by the next ``analyze``, though no run is analysed again."""
+    from tunescope.ingest.store import Store
+
+    first = analyze(corpus, tmp_path / "1.json")
+    view = stored(corpus, tmp_path / "view.json")
+    store = Store(corpus)
+    try:
+        store.save_findings([], store.run_ids())  # e.g. an analysis of other detectors
+    finally:
+        store.close()
+    assert stored(corpus, tmp_path / "empty.json") == []
+    calls.clear()
+    assert analyze(corpus, tmp_path / "2.json") == first
+    assert calls == []
+    assert stored(corpus, tmp_path / "view2.json") == view
