@@ -48,7 +48,8 @@ class Figure:
 class Bench:
     name: str
     full: list[str]
-    quick: list[str]
+    quick: list[str] | None
+    """Its arguments with ``--quick`` (None: not run then, too long)."""
     figures: list[Figure] = field(default_factory=list)
     timeout_quick: float = 120
     json_rows: bool = False  # prints its rows as JSON with --json
@@ -62,15 +63,22 @@ BENCHES = [
     Bench(
         "ingest",
         [],
-        ["--runs", "8", "--steps", "2000", "--repeats", "2", "--small-runs", "100"],
+        ["--runs", "10", "--steps", "4000", "--repeats", "3", "--small-runs", "500"],
         [
             Figure(
                 "first ingest, JSONL",
-                rf"tunescope full ingest:\s+{n('measured')} s[\s\S]*?ratio to DuckDB read_json:\s+"
-                rf"{n('ratio')}x",
+                rf"read_json -> table:\s+{n('baseline')} s[\s\S]*?tunescope full ingest:\s+"
+                rf"{n('measured')} s[\s\S]*?ratio to DuckDB read_json:\s+{n('ratio')}x",
                 "DuckDB read_json into a table",
                 ">= 0.5x",
                 lambda g: g["ratio"] >= 0.5,
+            ),
+            Figure(
+                "re-ingest of the unchanged corpus",
+                rf"re-ingest, nothing changed:\s+{n('measured')} s\s+= {n('percent')}% of full",
+                "the first ingest",
+                "< 5%",
+                lambda g: g["percent"] < 5,
             ),
             Figure(
                 "first ingest, many small files",
@@ -98,7 +106,7 @@ BENCHES = [
     Bench(
         "analyze_cache",
         [],
-        ["--runs", "60", "--repeat", "1"],
+        ["--runs", "100", "--repeat", "2"],
         json_rows=True,
         timeout_quick=120,
     ),
@@ -122,7 +130,7 @@ BENCHES = [
     Bench(
         "siblings",
         ["--sizes", "1000"],
-        ["--sizes", "40", "--ranks", "2", "--steps", "500", "--repeat", "1"],
+        ["--sizes", "100", "--ranks", "2", "--steps", "500", "--repeat", "2"],
         [
             Figure(
                 "analyze of a sweep, TS501 and TS502 included",
@@ -158,8 +166,8 @@ BENCHES = [
         [
             Figure(
                 f"console reader, {what}",
-                rf"{re.escape(what)}[\s\S]*?tunescope read\s+{n('measured')} s[^=]*= "
-                rf"{n('ratio')}x the regex scan",
+                rf"{re.escape(what)}[\s\S]*?regex count\s+{n('baseline')} s[\s\S]*?tunescope "
+                rf"read\s+{n('measured')} s[^=]*= {n('ratio')}x the regex scan",
                 "a compiled regex count of the record lines",
                 ">= 0.5x",
                 lambda g: g["ratio"] >= 0.5,
@@ -167,6 +175,57 @@ BENCHES = [
             for what in ("HF console", "Megatron iterations", "home-made loop")
         ],
         timeout_quick=90,
+    ),
+    Bench(
+        "object_store",
+        ["--runs", "200", "--repeats", "2"],
+        ["--runs", "50", "--repeats", "1"],
+        [
+            Figure(
+                "first ingest from S3 (moto)",
+                rf"local folder first ingest:\s+{n('baseline')}s[\s\S]*?s3\s+first ingest:\s+"
+                rf"{n('measured')}s[\s\S]*?ratio s3/local throughput: {n('ratio')}x",
+                "the same ingest from a folder",
+                ">= 0.5x",
+                lambda g: g["ratio"] >= 0.5,
+            )
+        ],
+        timeout_quick=90,
+    ),
+    Bench(
+        "watch_latency",
+        [],
+        ["--trials", "4"],
+        [
+            Figure(
+                "watch: line written to webhook received (median)",
+                rf"median {n('measured')}s[\s\S]*?baseline[^:]*: {n('baseline')}s[\s\S]*?"
+                rf"median / baseline: {n('ratio')}x",
+                "half an interval + one poll's ingest and analysis",
+                "< 3 s",
+                lambda g: g["measured"] < 3,
+            )
+        ],
+        timeout_quick=90,
+    ),
+    Bench(
+        "report",
+        [],
+        None,
+        [
+            Figure(
+                f"HTML report, {what}",
+                rf"{re.escape(what)}: report {n('measured')}s[\s\S]*?baseline analyze --format "
+                rf"json {n('baseline')}s[\s\S]*?ratio {n('ratio')}x time",
+                "analyze --format json",
+                f"< {limit:g} s",
+                lambda g, limit=limit: g["measured"] < limit,
+            )
+            for what, limit in (
+                ("100 runs x 10k steps x 4 ranks", 5),
+                ("1 run x 100k steps x 2 ranks", 1),
+            )
+        ],
     ),
     Bench(
         "tui",
@@ -190,7 +249,8 @@ BENCHES = [
 
 def run_bench(b: Bench, quick: bool) -> tuple[str, str | None, float]:
     """The benchmark's output, an error (or None) and its wall time."""
-    argv = [sys.executable, str(ROOT / "bench" / f"{b.name}.py"), *(b.quick if quick else b.full)]
+    args = b.quick if quick and b.quick is not None else b.full
+    argv = [sys.executable, str(ROOT / "bench" / f"{b.name}.py"), *args]
     argv += ["--json"] if b.json_rows else []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
@@ -231,6 +291,8 @@ def rows_of(b: Bench, out: str, error: str | None) -> list[dict[str, Any]]:
             rows.append({"bench": b.name, "figure": f.figure, "error": "not in its output"})
             continue
         g = {k: v for k, v in ((k, _num(v)) for k, v in m.groupdict().items()) if v is not None}
+        if "percent" in g:
+            g["ratio"] = g["percent"] / 100
         scale = 1e-3 if f.unit == "ms" else 1.0
         rows.append(
             {
@@ -259,6 +321,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['figure']} ({r['bench']}) | {r['skipped']} | | | | - |")
+            continue
         if "error" in r:
             lines.append(f"| {r['figure']} ({r['bench']}) | {r['error']} | | | | no |")
             continue
@@ -285,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for b in BENCHES:
         if only is not None and b.name not in only:
+            continue
+        if args.quick and b.quick is None:
+            rows.append(
+                {"bench": b.name, "figure": f"bench/{b.name}.py", "skipped": "full run only"}
+            )
             continue
         out, error, wall = run_bench(b, args.quick)
         print(f"bench/{b.name}.py: {wall:.0f}s" + (f" ({error})" if error else ""), file=sys.stderr)
