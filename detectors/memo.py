@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -34,10 +34,13 @@ if TYPE_CHECKING:
     from tunescope.ingest.store import Store
 
 MEMO_FILE = "findings-memo.parquet"
+LIMITS = "\1"  # the scope of a run's limits: this, then the run id
 SCHEMA = pa.schema([("key", pa.string()), ("scope", pa.string()), ("finding", pa.string())])
 """One row per finding (``finding``: its JSON), plus one row with a NULL
 finding per key (a run with no finding is known too). ``scope``: the run id,
-or ``"\\0"`` and a detector id for an across-run detector's findings."""
+``"\\0"`` and a detector id for an across-run detector's findings, or
+``"\\1"`` and a run id for what the run's logs cannot show (its limits: one
+row, a JSON list)."""
 
 
 def code_stamp() -> str:
@@ -89,7 +92,8 @@ class Memo:
         self.base = _digest(code_stamp(), config.groups)
         self.states = run_states(store)
         self.saved = _read(self.path)
-        self.new: dict[str, tuple[str, dict[str, list[Finding]]]] = {}  # scope -> key, found
+        # scope -> (key, findings by detector, or a run's limits)
+        self.new: dict[str, tuple[str, dict[str, list[Finding]] | list[str]]] = {}
         self.across: list[str] = []  # the across-run keys asked for
         self.result: str | None = None
         """What the full view of the last analysis was made from (set by the engine)."""
@@ -102,6 +106,29 @@ class Memo:
         key = _digest(self.base, det.ID, repr(opts), sorted(self.states.items()))
         self.across.append(key)
         return key
+
+    def limits(self, store: Store, runs: Sequence[str]) -> dict[str, list[str]]:
+        """What each run's logs cannot show (:func:`~tunescope.detectors.limits.run_limits`),
+        kept by the run's state like its findings: only changed runs are read."""
+        from tunescope.detectors.base import Context
+        from tunescope.detectors.limits import run_limits
+
+        out: dict[str, list[str]] = {}
+        keys = {r: _digest(self.base, "limits", r, self.states.get(r)) for r in runs}
+        for run, key in keys.items():
+            kept = self.saved.get(key)
+            if kept is not None and len(kept) == 1:
+                lines = _json_list(kept[0])
+                if lines is not None:
+                    out[run] = lines
+        missing = [r for r in runs if r not in out]
+        if missing:
+            found = run_limits(Context(store, missing))
+            for run in missing:
+                out[run] = found.get(run, [])
+                self.new[LIMITS + run] = (keys[run], out[run])
+            self.save()
+        return out
 
     def result_of(self, keys: dict[str, str], detectors: list[str]) -> str:
         """A key for a full view: every run's key, the across-run keys, the
@@ -155,20 +182,34 @@ class Memo:
         if not self.new:
             return
         keys, scopes, texts = [], [], []
-        for scope, (key, findings) in self.new.items():
-            for t in [None, *(dump(by, f) for by, fs in findings.items() for f in fs)]:
+        for scope, (key, kept) in self.new.items():
+            if isinstance(kept, list):  # a run's limits: one row, their lines
+                rows: list[str | None] = [json.dumps(kept)]
+            else:
+                rows = [None, *(dump(by, f) for by, fs in kept.items() for f in fs)]
+            for t in rows:
                 keys.append(key)
                 scopes.append(scope)
                 texts.append(t)
         old = _read_rows(self.path)
         for key, scope, text in zip(*old, strict=True):
-            if scope in self.new or not (scope.startswith("\0") or scope in self.states):
+            run = scope[1:] if scope.startswith(LIMITS) else scope
+            if scope in self.new or not (scope.startswith("\0") or run in self.states):
                 continue
             keys.append(key)
             scopes.append(scope)
             texts.append(text)
         table = pa.table([keys, scopes, texts], schema=SCHEMA)
         _write(self.path, table)
+
+
+def _json_list(text: str | None) -> list[str] | None:
+    try:
+        lines = json.loads(text or "")
+    except ValueError:
+        return None
+    ok = isinstance(lines, list) and all(isinstance(x, str) for x in lines)
+    return lines if ok else None
 
 
 def run_states(store: Store) -> dict[str, str]:

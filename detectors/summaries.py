@@ -11,6 +11,7 @@ from tunescope.detectors.base import Context
 from tunescope.findings import Finding, Severity, jsonable
 
 if TYPE_CHECKING:
+    from tunescope.detectors.memo import Memo
     from tunescope.ingest.store import Store
 
 
@@ -27,18 +28,23 @@ def run_summaries(
     findings: list[Finding],
     run_ids: Sequence[str] | None = None,
     groups: dict[str, list[str]] | None = None,
+    memo: Memo | None = None,
 ):
     """One dict per run: id, name, format, status, steps, last step and loss,
     and its finding counts by severity (the ``runs`` part of the JSON report);
     ``group`` (its siblings' group, :mod:`~tunescope.detectors.siblings`) for
-    a run that has siblings. ``groups``: ``[tool.tunescope.groups]``."""
+    a run that has siblings. ``groups``: ``[tool.tunescope.groups]``. With a
+    ``memo``, an unchanged run's limits are not read again."""
     from tunescope.detectors.limits import run_limits
     from tunescope.detectors.siblings import sibling_groups
     from tunescope.findings import death_cause
 
     ctx = Context(store, list(run_ids) if run_ids is not None else None)
     runs = ctx.runs()
-    limits = run_limits(ctx)
+    if memo is not None:
+        limits = memo.limits(store, runs.get_column("run_id").to_list())
+    else:
+        limits = run_limits(ctx)
     acted = interventions(ctx)
     group_of = {
         r: g.name for g in sibling_groups(Context(store, None, groups=groups or {})) for r in g.runs

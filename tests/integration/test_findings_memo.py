@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from detector_cases import one_rank_run, write_case
 
 from tunescope.cli import main
 from tunescope.detectors import loss_spike, sibling_gap
@@ -21,8 +22,11 @@ MEMO = "findings-memo.parquet"
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
+    """The trainer-made runs, and a run that logs no memory or step times
+    (whose summary names what it cannot show)."""
     root = tmp_path / "runs"
     shutil.copytree(REPO / "fixtures" / "runs", root)
+    write_case({"runs": {"loss-only": one_rank_run(300, 1)}}, root, fast=True)
     return root
 
 
@@ -42,10 +46,11 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     return seen
 
 
-def analyze(root: Path, out: Path, *extra: str) -> list[dict[str, Any]]:
+def analyze(root: Path, out: Path, *extra: str) -> dict[str, Any]:
+    """The JSON report: the findings and the runs' summaries (their limits too)."""
     argv = ["analyze", str(root), "--format", "json", "-o", str(out), "--exit-zero", *extra]
     assert main(argv) == 0
-    return json.loads(out.read_text())["findings"]
+    return json.loads(out.read_text())
 
 
 def stored(root: Path, out: Path, cache: Path | None = None) -> list[Any]:
@@ -55,7 +60,7 @@ def stored(root: Path, out: Path, cache: Path | None = None) -> list[Any]:
     return json.loads(out.read_text())
 
 
-def cold(root: Path, tmp: Path, *extra: str) -> tuple[list[dict[str, Any]], list[Any]]:
+def cold(root: Path, tmp: Path, *extra: str) -> tuple[dict[str, Any], list[Any]]:
     """The findings of an analysis in a new cache (no kept findings), and the
     findings view it stored."""
     cache = tmp / f"cold-{len(list(tmp.glob('cold-*')))}"
@@ -78,7 +83,8 @@ def grow(run: Path) -> None:
 
 def test_unchanged_runs_are_not_analysed_again(corpus, tmp_path, calls):
     first = analyze(corpus, tmp_path / "1.json")
-    assert first and (corpus / ".tunescope" / MEMO).is_file()
+    assert first["findings"] and (corpus / ".tunescope" / MEMO).is_file()
+    assert any(r["limits"] for r in first["runs"])  # kept too: the same on the second pass
     assert {c[0] for c in calls} == {"TS101", "TS501"}
     calls.clear()
     again = analyze(corpus, tmp_path / "2.json")
@@ -96,7 +102,9 @@ def test_a_grown_run_is_the_only_one_analysed_again(corpus, tmp_path, calls):
     after = analyze(corpus, tmp_path / "2.json")
     # per run: only the grown run; across runs: every run, since one changed
     assert calls == [("TS501", None), ("TS101", ["healthy-lora-s0"])]
-    assert any(f["run"] == "healthy-lora-s0" and f["detector"] == "TS001" for f in after)
+    assert any(
+        f["run"] == "healthy-lora-s0" and f["detector"] == "TS001" for f in after["findings"]
+    )
     want, view = cold(corpus, tmp_path)
     assert after == want
     assert stored(corpus, tmp_path / "view.json") == view

@@ -184,7 +184,7 @@ def _analyze_root(
         )
     if not store.holds_findings(memo.result):  # an unchanged corpus: stored already
         store.save_findings(finding_rows(full), ids, memo.result)
-    summaries = run_summaries(store, found, groups=cfg.groups)
+    summaries = run_summaries(store, found, groups=cfg.groups, memo=memo)
     drawn: dict[str, Any] = {}
     if args.format == "markdown":
         from tunescope.detectors.report import markdown_curves
