@@ -167,15 +167,15 @@ def analyze_views(
         keys = {r: memo.run_key(r, per_run, options) for r in ids}
         cached = memo.hits(keys)
     # runs are analysed a bounded batch at a time (findings are per run), so the
-    # frames in memory follow the batch, not the corpus
-    # (from the memo, runs): the memo's runs first, as one batch
+    # frames in memory follow the batch, not the corpus; the runs whose findings
+    # the memo kept come first, as one batch: (from the memo, runs)
     batches: list[tuple[bool, list[str] | None]] = [(True, list(cached))] if cached else []
     stale = [r for r in keys if r not in cached] if cached else run_ids
     batches += [(False, b) for b in run_batches(store, stale)]
     total = sum(len(b) if b is not None else len(store.run_ids()) for _, b in batches)
     done = 0
-    for kept_batch, batch in batches:
-        if kept_batch and batch is not None:
+    for from_memo, batch in batches:
+        if from_memo and batch is not None:
             raw = {d.ID: [f for r in batch for f in cached[r].get(d.ID, [])] for d in per_run}
         else:
             ctx = Context(store, batch, groups=cfg.groups)
