@@ -14,7 +14,7 @@ RUNS   ?= fixtures/runs
 # The chart library inlined into HTML reports (detectors/vendor); `make vendor` refreshes it.
 UPLOT_VERSION ?= 1.6.32
 
-.PHONY: run test test-fast lint links fixtures sweeps bench clean setup setup-dev torch vendor
+.PHONY: run test test-fast lint links fixtures sweeps bench bench-summary clean setup setup-dev torch vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,7 +80,11 @@ sweeps: $(VENV)/.dev
 	$(BIN)/python -m tunescope.train.sweeps fixtures/sweeps --jobs 2
 
 bench: $(VENV)/.dev
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/*.py; do [ $$b = bench/summary.py ] && continue; echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# one table of every speed figure against its same-run baseline (QUICK=1: small corpora, ~5 min)
+bench-summary: $(VENV)/.dev
+	@$(BIN)/python bench/summary.py $(if $(QUICK),--quick)
 
 vendor:
 	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null \

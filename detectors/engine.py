@@ -24,8 +24,14 @@ from tunescope.config import (
     unmatched_ids,
 )
 from tunescope.detectors.base import Context
+from tunescope.detectors.memo import Memo
+from tunescope.detectors.summaries import (  # noqa: F401  (their home is summaries.py)
+    interventions,
+    run_summaries,
+    worst,
+)
 from tunescope.errors import TunescopeError, UsageError
-from tunescope.findings import Finding, Severity, jsonable
+from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
 if TYPE_CHECKING:
@@ -120,6 +126,7 @@ def analyze_views(
     run_ids: Sequence[str] | None = None,
     full: bool = True,
     progress: Callable[..., None] | None = None,
+    reuse: bool | Memo = False,
 ) -> tuple[list[Finding], list[Finding]]:
     """Two views of one analysis: the findings of the detectors chosen by
     ``select``/``ignore`` (what a filtered report shows and its exit code
@@ -133,7 +140,12 @@ def analyze_views(
     An across-run detector (:func:`across_runs`) that ``select``/``ignore``
     leave out is not run at all, since it judges every run of the store
     however few are asked about: the full view carries the findings the store
-    kept from the last analysis that ran it."""
+    kept from the last analysis that ran it.
+
+    ``reuse`` (True, or a :class:`~tunescope.detectors.memo.Memo` whose
+    ``result`` then names the full view): findings are kept in the cache by a
+    content key and a run whose data, status and detector options are
+    unchanged is not analysed again; the result is the same either way."""
     cfg = config or Config()
     check_detector_ids(cfg, detector_ids())
     chosen = select_detectors(select, ignore, cfg)
@@ -144,16 +156,32 @@ def analyze_views(
     runs = {d.ID: d for d in [*every, *chosen] if d.ID not in skipped}.values()
     options = {d.ID: build_options(cfg, d.ID, d.Options) for d in runs}
     views: tuple[list[Finding], list[Finding]] = ([], [])
-    # runs are analysed a bounded batch at a time (findings are per run), so the
-    # frames in memory follow the batch, not the corpus
-    batches = run_batches(store, run_ids)
-    total = sum(len(b) if b is not None else len(store.run_ids()) for b in batches)
-    done = 0
+    memo = reuse if isinstance(reuse, Memo) else Memo(store, cfg) if reuse else None
     per_run = [d for d in runs if not across_runs(d)]
-    across = across_run_findings(store, [d for d in runs if across_runs(d)], options, cfg, run_ids)
-    for batch in batches:
-        ctx = Context(store, batch, groups=cfg.groups)
-        raw = {d.ID: run_detector(d, ctx, options[d.ID]) for d in per_run}
+    across_dets = [d for d in runs if across_runs(d)]
+    across = across_run_findings(store, across_dets, options, cfg, run_ids, memo)
+    keys: dict[str, str] = {}
+    cached: dict[str, dict[str, list[Finding]]] = {}
+    if memo is not None:
+        ids = store.run_ids() if run_ids is None else run_ids
+        keys = {r: memo.run_key(r, per_run, options) for r in ids}
+        cached = memo.hits(keys)
+    # runs are analysed a bounded batch at a time (findings are per run), so the
+    # frames in memory follow the batch, not the corpus; the runs whose findings
+    # the memo kept come first, as one batch: (from the memo, runs)
+    batches: list[tuple[bool, list[str] | None]] = [(True, list(cached))] if cached else []
+    stale = [r for r in keys if r not in cached] if cached else run_ids
+    batches += [(False, b) for b in run_batches(store, stale)]
+    total = sum(len(b) if b is not None else len(store.run_ids()) for _, b in batches)
+    done = 0
+    for from_memo, batch in batches:
+        if from_memo and batch is not None:
+            raw = {d.ID: [f for r in batch for f in cached[r].get(d.ID, [])] for d in per_run}
+        else:
+            ctx = Context(store, batch, groups=cfg.groups)
+            raw = {d.ID: run_detector(d, ctx, options[d.ID]) for d in per_run}
+            if memo is not None:
+                memo.put_runs(keys if batch is None else batch, keys, raw)
         for det_id, found in across.items():
             raw[det_id] = [f for f in found if batch is None or f.run in batch]
         picked = engine_pass([f for d in chosen for f in raw[d.ID]], chosen)
@@ -167,6 +195,10 @@ def analyze_views(
         done += len(batch) if batch is not None else total
         if progress is not None:
             progress(done, total)
+    if memo is not None:
+        memo.save()
+        # the full view follows from these keys; findings kept from the store: unknown
+        memo.result = None if skipped else memo.result_of(keys, [d.ID for d in every])
     return sort_findings(views[0]), sort_findings(views[1])
 
 
@@ -182,18 +214,23 @@ def across_run_findings(
     options: dict[str, Any],
     cfg: Config,
     run_ids: Sequence[str] | None,
+    memo: Memo | None = None,
 ) -> dict[str, list[Finding]]:
     """The cross-run detectors' findings, per detector id: each runs once over
     every run of the store (a run's siblings may lie outside ``run_ids`` or
-    its batch), and keeps the findings about ``run_ids`` (None: all)."""
-    if not detectors:
-        return {}
+    its batch), and keeps the findings about ``run_ids`` (None: all). With a
+    ``memo``, a detector runs only when some run of the store changed."""
     ctx = Context(store, None, groups=cfg.groups)
     wanted = set(run_ids) if run_ids is not None else None
-    return {
-        d.ID: [f for f in run_detector(d, ctx, options[d.ID]) if wanted is None or f.run in wanted]
-        for d in detectors
-    }
+    out = {}
+    for d in detectors:
+        key = memo.across_key(d, options[d.ID]) if memo is not None else ""
+        kept = memo.get(key) if memo is not None else None
+        found = kept.get(d.ID, []) if kept is not None else run_detector(d, ctx, options[d.ID])
+        if memo is not None and kept is None:
+            memo.put(key, "\0" + d.ID, {d.ID: found})
+        out[d.ID] = [f for f in found if wanted is None or f.run in wanted]
+    return out
 
 
 def stored_findings(
@@ -411,88 +448,9 @@ def finding_rows(findings: Iterable[Finding]) -> list[dict[str, Any]]:
     return rows
 
 
-def worst(findings: Iterable[Finding]) -> Severity | None:
-    level = None
-    for f in findings:
-        if level is None or f.severity.level > level.level:
-            level = f.severity
-    return level
-
-
 def fails(findings: Iterable[Finding], fail_on: str) -> bool:
     """True when a finding is at or above ``fail_on`` (error, warning, never)."""
     if fail_on == "never":
         return False
     threshold = Severity.parse(fail_on).level
     return any(f.severity.level >= threshold for f in findings)
-
-
-def run_summaries(
-    store: Store,
-    findings: list[Finding],
-    run_ids: Sequence[str] | None = None,
-    groups: dict[str, list[str]] | None = None,
-):
-    """One dict per run: id, name, format, status, steps, last step and loss,
-    and its finding counts by severity (the ``runs`` part of the JSON report);
-    ``group`` (its siblings' group, :mod:`~tunescope.detectors.siblings`) for
-    a run that has siblings. ``groups``: ``[tool.tunescope.groups]``."""
-    from tunescope.detectors.limits import run_limits
-    from tunescope.detectors.siblings import sibling_groups
-    from tunescope.findings import death_cause
-
-    ctx = Context(store, list(run_ids) if run_ids is not None else None)
-    runs = ctx.runs()
-    limits = run_limits(ctx)
-    acted = interventions(ctx)
-    group_of = {
-        r: g.name for g in sibling_groups(Context(store, None, groups=groups or {})) for r in g.runs
-    }
-    out = []
-    for r in runs.sort("run_id").iter_rows(named=True):
-        mine = [f for f in findings if f.run == r["run_id"]]
-        counts = {s.value: sum(1 for f in mine if f.severity is s) for s in Severity}
-        w = worst(mine)
-        out.append(
-            {
-                "run": r["run_id"],
-                "name": r.get("name"),
-                "format": r.get("format"),
-                "status": r.get("status"),
-                "world_size": r.get("world_size"),
-                "steps_logged": r.get("steps_logged"),
-                "last_step": r.get("last_step"),
-                "total_steps": r.get("total_steps"),
-                "last_loss": jsonable(r.get("last_loss")),
-                "findings": counts,
-                "worst": w.value if w else None,
-                "limits": limits.get(r["run_id"], []),
-                "interventions": acted.get(r["run_id"], []),
-                "cause": death_cause(mine),
-            }
-        )
-        if r["run_id"] in group_of:
-            out[-1]["group"] = group_of[r["run_id"]]
-    return out
-
-
-def interventions(ctx: Context) -> dict[str, list[dict[str, Any]]]:
-    """Per run, what the training guard did (``intervention`` events), once
-    per step and action however many ranks logged it."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    seen: set[tuple[Any, ...]] = set()
-    for row in ctx.events(["intervention"]).iter_rows(named=True):
-        try:
-            p = json.loads(row["payload"] or "{}")
-        except ValueError:
-            continue
-        key = (row["run_id"], row["step"], p.get("action"), p.get("finding"))
-        if key in seen:
-            continue
-        seen.add(key)
-        item = {"step": row["step"], "action": p.get("action"), "finding": p.get("finding")}
-        for k in ("steps", "checkpoint", "lr_factor"):
-            if p.get(k) is not None:
-                item[k] = p[k]
-        out.setdefault(row["run_id"], []).append(item)
-    return out

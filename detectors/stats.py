@@ -7,6 +7,7 @@ run and rank on the columns of the ``steps`` frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def trend_windows(x: np.ndarray, y: np.ndarray, alpha: float = 0.99) -> Trends:
     if n < 3 or w == 0:
         z = np.zeros(w)
         return Trends(z, np.ones(w), z, z, z, n)
-    i, j = np.triu_indices(n, k=1)
+    i, j = pairs(n)
     dx = x[:, j] - x[:, i]
     dy = y[:, j] - y[:, i]
     s = np.sign(dx * dy).sum(axis=1)
@@ -141,22 +142,38 @@ def trend_np(x: np.ndarray, y: np.ndarray, alpha: float = 0.99, max_points: int 
     if flat is not None:
         return flat
     n = len(x)
-    i, j = np.triu_indices(n, k=1)
+    i, j = pairs(n)
     dx = x[j] - x[i]
     dy = y[j] - y[i]
     tau, p, var = _kendall(x, y, dx, dy)
     keep = dx != 0
-    slopes = np.sort(dy[keep] / dx[keep])
+    slopes = dy[keep] / dx[keep]
     nt = len(slopes)
     if nt == 0:
         return Trend(tau, p, 0.0, 0.0, 0.0, n)
-    slope = float(np.median(slopes))
     conf = alpha if alpha > 0.5 else 1 - alpha
     z = NormalDist().inv_cdf((1 - conf) / 2)
     sigma = math.sqrt(max(var, 0.0))
     ru = min(round((nt - z * sigma) / 2.0), nt - 1)
     rl = max(round((nt + z * sigma) / 2.0) - 1, 0)
-    return Trend(float(tau), float(p), slope, float(slopes[rl]), float(slopes[ru]), n)
+    # the four order statistics needed, in place of a sort of every slope (a
+    # sort still when -0.0 and 0.0 both occur: which of them lands where is the sort's)
+    if np.signbit(slopes[slopes == 0]).any():
+        part = np.sort(slopes)
+    else:
+        part = np.partition(slopes, sorted({rl, ru, (nt - 1) // 2, nt // 2}))
+    slope = float(np.median(part))
+    return Trend(float(tau), float(p), slope, float(part[rl]), float(part[ru]), n)
+
+
+@lru_cache(maxsize=64)
+def pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(n, k=1)``, made once per ``n`` (the points of a trend
+    test are at most ``max_points``, so few sizes recur); read-only."""
+    i, j = np.triu_indices(n, k=1)
+    i.flags.writeable = False
+    j.flags.writeable = False
+    return i, j
 
 
 def kendall_np(x: np.ndarray, y: np.ndarray, max_points: int = 400) -> tuple[float, float]:
@@ -166,7 +183,7 @@ def kendall_np(x: np.ndarray, y: np.ndarray, max_points: int = 400) -> tuple[flo
     x, y, flat = _trend_points(x, y, max_points)
     if flat is not None:
         return flat.tau, flat.p
-    i, j = np.triu_indices(len(x), k=1)
+    i, j = pairs(len(x))
     tau, p, _ = _kendall(x, y, x[j] - x[i], y[j] - y[i], rising_only=True)
     return tau, p
 

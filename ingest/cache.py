@@ -391,8 +391,9 @@ class Cache:
 
     # ---- findings --------------------------------------------------------------
 
-    def save_findings(self, table: pa.Table, run_ids: list[str]) -> None:
-        """Replace the stored findings of ``run_ids`` with ``table``."""
+    def save_findings(self, table: pa.Table, run_ids: list[str], key: str | None = None) -> None:
+        """Replace the stored findings of ``run_ids`` with ``table``; ``key``
+        names what the whole stored table was made from (None: unknown)."""
         with self.lock():
             manifest = self.load_manifest()
             old = manifest.get("findings")
@@ -411,4 +412,5 @@ class Cache:
             manifest["next_seg"] = seg + 1
             with self._writing(uncommitted=seg):
                 manifest["findings"] = self.write_parquet(table, f"findings-{seg:08d}.parquet")
+                manifest["findings_key"] = key
                 self._save_manifest(manifest)

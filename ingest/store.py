@@ -135,7 +135,7 @@ class Store:
         """Point the views at the segments the manifest lists (and load the
         per-run figures)."""
         self._stamp = self._manifest_stamp()  # before reading: a later write is seen next time
-        manifest = self.cache.load_manifest()
+        manifest = self.manifest = self.cache.load_manifest()
         seg_dir = self._segments  # the one folder this database may read
         live = pa.table(
             {
@@ -202,6 +202,8 @@ class Store:
         self.loaded_at = time.time()
 
     _files: tuple[str, ...] = ()  # what the views read, set by refresh
+    manifest: dict[str, Any] | None = None
+    """The manifest the views were last built from (set by :meth:`refresh`)."""
 
     def vanished(self) -> str | None:
         """A file the views read that is no longer a whole Parquet file (another
@@ -337,18 +339,36 @@ class Store:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
 
-    def save_findings(self, rows: list[dict[str, Any]], run_ids: list[str]) -> None:
+    def save_findings(
+        self, rows: list[dict[str, Any]], run_ids: list[str], key: str | None = None
+    ) -> None:
         """Store findings (dicts with the ``findings`` view's columns) for ``run_ids``,
-        replacing what was stored for those runs, and refresh the view."""
+        replacing what was stored for those runs, and refresh the view. ``key``:
+        what the whole stored table was made from (:meth:`holds_findings`)."""
         cols: dict[str, list[Any]] = {f.name: [] for f in FINDINGS_SCHEMA}
         for row in rows:
             for name in cols:
                 cols[name].append(row.get(name))
         table = pa.table(cols, schema=FINDINGS_SCHEMA)
-        self.cache.save_findings(table, run_ids)
-        findings_file = self.cache.load_manifest().get("findings")
+        self.cache.save_findings(table, run_ids, key)
+        manifest = self.cache.load_manifest()
+        findings_file = manifest.get("findings")
+        if self.manifest is not None:  # what the views hold now
+            self.manifest["findings"] = findings_file
+            self.manifest["findings_key"] = manifest.get("findings_key")
         with self._lock:
             load_findings(self.con, self._segments / findings_file if findings_file else None)
+
+    def holds_findings(self, key: str | None) -> bool:
+        """Whether the findings the views hold were saved whole with ``key``
+        (the same data, detectors and options: saving them again would change
+        nothing)."""
+        manifest = self.manifest or {}
+        return (
+            key is not None
+            and bool(manifest.get("findings"))
+            and (manifest.get("findings_key") == key)
+        )
 
     def run_ids(self) -> list[str]:
         return [

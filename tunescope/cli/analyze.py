@@ -165,17 +165,26 @@ def _analyze_root(
     """One root's findings, run summaries and what its report draws; with no
     runs, the note naming the files no reader took (None: there were none)."""
     from tunescope.detectors.engine import analyze_views, finding_rows, run_summaries
+    from tunescope.detectors.memo import Memo
 
     ids = store.run_ids()
     if not ids:
         return unread_files(store.last_report, root)
-    # the store keeps the full analysis; --select/--ignore filter the report only
+    memo = Memo(store, cfg)
+    # the store keeps the full analysis; --select/--ignore filter the report only;
+    # an unchanged run's findings come from the cache (same result, no detector run)
     with Progress("analyze", "runs") as bar:
         found, full = analyze_views(
-            store, select=args.select, ignore=args.ignore, config=cfg, progress=bar.update
+            store,
+            select=args.select,
+            ignore=args.ignore,
+            config=cfg,
+            progress=bar.update,
+            reuse=memo,
         )
-    store.save_findings(finding_rows(full), ids)
-    summaries = run_summaries(store, found, groups=cfg.groups)
+    if not store.holds_findings(memo.result):  # an unchanged corpus: stored already
+        store.save_findings(finding_rows(full), ids, memo.result)
+    summaries = run_summaries(store, found, groups=cfg.groups, memo=memo)
     drawn: dict[str, Any] = {}
     if args.format == "markdown":
         from tunescope.detectors.report import markdown_curves
