@@ -86,38 +86,70 @@ def spec_source(
     steps: tuple[float, float] | None = None,
     *,
     many: bool = False,
+    table: str = "steps",
 ) -> str:
     """A long table (run_id, series, step, v) for one plot of one run (``$1``),
     or of every run in the list ``$1`` when ``many``, reading only ``steps``
-    (inclusive) when given."""
+    (inclusive) when given, from ``table`` (``steps`` or a subset of its rows)."""
     where = "list_contains($1, run_id)" if many else "run_id = $1"
     if steps is not None:
         where += f" AND step BETWEEN {float(steps[0])!r} AND {float(steps[1])!r}"
     if spec.ranks == "first":
         where += (
-            f" AND (run_id, rank) IN (SELECT run_id, min(rank) FROM steps WHERE {where} "
+            f" AND (run_id, rank) IN (SELECT run_id, min(rank) FROM {table} WHERE {where} "
             "GROUP BY run_id)"
         )
         cols = ", ".join(f'({expr})::DOUBLE AS "{label}"' for label, expr in spec.columns)
         names = ", ".join(f'"{label}"' for label, _ in spec.columns)
         # UNPIVOT drops NULLs: a column the run never logged yields no series.
         return (
-            f"UNPIVOT (SELECT run_id, step, {cols} FROM steps WHERE {where}) "
+            f"UNPIVOT (SELECT run_id, step, {cols} FROM {table} WHERE {where}) "
             f"ON {names} INTO NAME series VALUE v"
         )
     parts = []
     for label, expr in spec.columns:
         if spec.ranks == "each":
             parts.append(
-                f"SELECT run_id, 'rank ' || rank AS series, step, ({expr}) AS v FROM steps "
+                f"SELECT run_id, 'rank ' || rank AS series, step, ({expr}) AS v FROM {table} "
                 f"WHERE {where} AND ({expr}) IS NOT NULL"
             )
         else:
             parts.append(
-                f"SELECT run_id, '{label}' AS series, step, avg({expr}) AS v FROM steps "
+                f"SELECT run_id, '{label}' AS series, step, avg({expr}) AS v FROM {table} "
                 f"WHERE {where} AND ({expr}) IS NOT NULL GROUP BY run_id, step"
             )
     return " UNION ALL ".join(parts)
+
+
+def plots_sql(specs: tuple[PlotSpec, ...], x_range: tuple[float, float], buckets: int) -> str:
+    """The min/max buckets of several plots of one run (``$1``) over ``x_range``
+    in one statement: the run's rows in that range are read from ``steps`` once,
+    and each series is labelled ``plot id/series`` (see :func:`split_plots`)."""
+    lo, hi = float(x_range[0]), float(x_range[1])
+    # From one step before the range, as one plot's own query reads (the
+    # bucketing keeps the steps inside it).
+    parts = " UNION ALL ".join(
+        f"SELECT run_id, '{spec.id}/' || series AS series, step, v "
+        f"FROM ({spec_source(spec, (lo - 1, hi), table='run_rows')})"
+        for spec in specs
+    )
+    sql = bucket_sql(parts, buckets=buckets, smooth=1, x_range=(lo, hi))
+    rows = (
+        "run_rows AS MATERIALIZED (SELECT * FROM steps "
+        f"WHERE run_id = $1 AND step BETWEEN {lo - 1!r} AND {hi!r}),"
+    )
+    return sql.replace("WITH ", "WITH " + rows, 1)
+
+
+def split_plots(found: dict[tuple[str, str], Series]) -> dict[str, dict[str, Series]]:
+    """The result of :func:`plots_sql` (split by :func:`split_series`), per
+    plot id, then series label."""
+    out: dict[str, dict[str, Series]] = {}
+    for (_, name), series in found.items():
+        plot, _, label = name.partition("/")
+        series.label = label
+        out.setdefault(plot, {})[label] = series
+    return out
 
 
 def smooth_window(x_range: tuple[float, float]) -> int:

@@ -18,8 +18,10 @@ from tunescope.detectors.curves import (
     PlotSpec,
     Series,
     bucket_sql,
+    plots_sql,
     smooth_window,
     spec_source,
+    split_plots,
     split_series,
 )
 from tunescope.ingest.duck import fetch_arrow
@@ -207,6 +209,34 @@ def plot_series(
     window = smooth_window(x_range) if smooth and spec.smoothable else 1
     source = spec_source(spec, (x_range[0] - window, x_range[1]))
     found = bucket_series(cur, source, [run_id], x_range=x_range, buckets=buckets, smooth=window)
+    return _ordered(spec, found)
+
+
+def run_plots(
+    cur: Any,
+    run_id: str,
+    specs: tuple[PlotSpec, ...],
+    x_range: tuple[float, float],
+    buckets: dict[str, int],
+    smooth: bool = False,
+) -> dict[str, list[Series]]:
+    """:func:`plot_series` of every plot in ``specs`` (plot id -> series): in one
+    statement when the plots share a bucket count and none is smoothed, else
+    one query per plot."""
+    counts = {buckets[spec.id] for spec in specs}
+    if len(counts) != 1 or (smooth and any(spec.smoothable for spec in specs)):
+        return {
+            spec.id: plot_series(cur, run_id, spec, x_range, buckets[spec.id], smooth=smooth)
+            for spec in specs
+        }
+    table = fetch_arrow(cur, plots_sql(specs, x_range, counts.pop()), [run_id])
+    found = split_plots(split_series(table))
+    return {spec.id: _ordered(spec, found.get(spec.id, {})) for spec in specs}
+
+
+def _ordered(spec: PlotSpec, found: dict[str, Series]) -> list[Series]:
+    """A plot's series in drawing order (ranks first, then the spec's columns),
+    each given its colour."""
     order = [label for label, _ in spec.columns]
 
     def key(label: str) -> tuple[int, int, str]:

@@ -38,7 +38,7 @@ from tunescope.tui.messages import (
     StoreChanged,
 )
 from tunescope.tui.plot import SEVERITY_COLOURS, Marker, Plot
-from tunescope.tui.queries import plot_series, run_findings, run_interventions, run_summary
+from tunescope.tui.queries import run_findings, run_interventions, run_plots, run_summary
 from tunescope.tui.rank_grid import RankGrid, windows_for
 from tunescope.tui.runs_screen import STATUS_STYLE
 
@@ -140,18 +140,15 @@ class RunScreen(WorkerScreen):
     def load_curves(
         self, x_range: tuple[float, float], buckets: dict[str, int], smooth: bool, generation: int
     ) -> None:
-        worker = get_current_worker()
         cur = self.app.store.cursor()
         try:
-            for spec in RUN_PLOTS:
-                series = plot_series(
-                    cur, self.run_id, spec, x_range, buckets[spec.id], smooth=smooth
-                )
-                if worker.is_cancelled:
-                    return
-                self.post_message(CurveLoaded(spec.id, series, x_range, generation))
+            found = run_plots(cur, self.run_id, RUN_PLOTS, x_range, buckets, smooth=smooth)
         finally:
             cur.close()
+        if get_current_worker().is_cancelled:
+            return
+        for spec in RUN_PLOTS:
+            self.post_message(CurveLoaded(spec.id, found[spec.id], x_range, generation))
 
     @work(thread=True, exclusive=True, group="ranks", exit_on_error=False,
           description="loading per-rank times")  # fmt: skip

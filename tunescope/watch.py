@@ -1,6 +1,8 @@
 """``tunescope watch``: follow runs as they train and send each new finding once.
 
-Every ``interval`` seconds the watcher asks its
+Every ``interval`` seconds, and as soon as a file under the runs root changes
+(file events, :mod:`tunescope.ingest.file_events`; polling alone where there
+are none: object storage, network filesystems, ``events=False``), the watcher asks its
 :class:`~tunescope.ingest.follow.Follower` (the TUI's too) which runs changed
 (rows, events or status) after ingesting what is new under the runs root,
 runs the detectors on those runs only, and hands the findings that are new to
@@ -42,6 +44,7 @@ from tunescope.alerts import Alert
 from tunescope.errors import StoreError, TunescopeError, UsageError
 from tunescope.files import write_whole
 from tunescope.findings import Finding, Severity, death_cause, status_text, step_range
+from tunescope.ingest.file_events import FileEvents, polling_reason
 from tunescope.ingest.follow import Follower
 from tunescope.say import say
 from tunescope.words import count
@@ -57,6 +60,10 @@ ENGINE = "tunescope.detectors.engine"
 
 Analyze = Callable[..., list[Finding]]
 Log = Callable[[str], None]
+
+# On file events, a poll starts at most this often: a run that writes a step
+# every 50 ms is read in batches (a few polls a second), not line by line.
+EVENT_GAP_S = 0.2
 
 
 # ---- persisted state -----------------------------------------------------------------
@@ -128,7 +135,9 @@ class Watcher:
         analyze: ``analyze(store, *, select, ignore, config, run_ids) -> list[Finding]``;
             the detector engine by default.
         state_path: the dedup state (default ``CACHE_DIR/watch-state.json``).
-        interval: seconds between polls.
+        interval: seconds between polls (file events wake the watcher sooner).
+        events: wake on file events under the runs root where the filesystem
+            has them (False: poll every ``interval`` seconds only).
         min_severity: findings below it are ignored.
         rate_limit: seconds between two alerts for the same run and detector.
         include_finished: also send findings of runs that ended before the
@@ -158,6 +167,7 @@ class Watcher:
         log: Log | None = None,
         clock: Callable[[], float] = time.time,
         report_url: str | None = None,
+        events: bool = True,
     ) -> None:
         if interval <= 0:
             raise UsageError(f"--interval must be > 0 seconds, got {interval}")
@@ -193,6 +203,12 @@ class Watcher:
         path = Path(state_path) if state_path else Path(store.cache.dir) / STATE_NAME
         self.state = WatchState(path, self.log)
         self.follower = Follower(store)
+        # why file events are not used (None: they are), decided once
+        self.polling: str | None = (
+            polling_reason(store.root, is_url=hasattr(store.cache, "url"))
+            if events
+            else "polling was asked for"
+        )
         self.queued = 0
         self._pending: set[str] = set()  # changed runs not analysed yet (a poll failed)
 
@@ -237,7 +253,8 @@ class Watcher:
         return alerts
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
-        """Poll every ``interval`` seconds until ``stop`` is set (or once).
+        """Poll every ``interval`` seconds, and on file events, until ``stop``
+        is set (or once).
 
         An error in the first poll is raised; later ones are reported and the
         watch goes on (a bad line or a detector bug must not end a long watch).
@@ -246,24 +263,55 @@ class Watcher:
             self.sender.retry_outbox()
         next_outbox = time.monotonic() + self.outbox_retry_s
         failures = 0
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                self.poll()
-                failures = 0
-            except Exception as e:
-                if self.polls <= 1 and failures == 0 and isinstance(e, TunescopeError):
-                    raise
-                failures += 1
-                self.log(f"poll failed ({type(e).__name__}: {e}); trying again")
-            if once:
-                return
-            if self.sender is not None and time.monotonic() >= next_outbox:
-                self.sender.retry_outbox()
-                next_outbox = time.monotonic() + self.outbox_retry_s
-            # Back off when polls keep failing, up to 30 intervals.
-            wait = self.interval * min(30, 2 ** max(0, failures - 1)) if failures else self.interval
-            stop.wait(max(0.0, wait - (time.monotonic() - started)))
+        events = None if once else self._start_events()
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    self.poll()
+                    failures = 0
+                except Exception as e:
+                    if self.polls <= 1 and failures == 0 and isinstance(e, TunescopeError):
+                        raise
+                    failures += 1
+                    self.log(f"poll failed ({type(e).__name__}: {e}); trying again")
+                if once:
+                    return
+                if self.sender is not None and time.monotonic() >= next_outbox:
+                    self.sender.retry_outbox()
+                    next_outbox = time.monotonic() + self.outbox_retry_s
+                if failures:  # back off when polls keep failing, up to 30 intervals
+                    wait = self.interval * min(30, 2 ** max(0, failures - 1))
+                    stop.wait(max(0.0, wait - (time.monotonic() - started)))
+                    continue
+                left = max(0.0, self.interval - (time.monotonic() - started))
+                if events is None:
+                    stop.wait(left)
+                    continue
+                if events.wait(left, stop):
+                    stop.wait(max(0.0, EVENT_GAP_S - (time.monotonic() - started)))
+                elif not events.alive and not stop.is_set():
+                    self.log(
+                        f"file events stopped ({events.error or 'no reason given'}); "
+                        f"polling every {self.interval:g}s"
+                    )
+                    events.close()
+                    events = None
+        finally:
+            if events is not None:
+                events.close()
+
+    def _start_events(self) -> FileEvents | None:
+        """The file events under the runs root (None: polling only, and why is
+        logged when it is not the user's choice)."""
+        if self.polling is not None:
+            return None
+        try:
+            return FileEvents(self.store.root, ignore=[self.store.cache.dir])
+        except (OSError, RuntimeError) as e:
+            self.polling = f"file events unavailable ({e})"
+            self.log(f"{self.polling}; polling every {self.interval:g}s")
+            return None
 
     # ---- store queries ---------------------------------------------------------
 

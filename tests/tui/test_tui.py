@@ -29,7 +29,7 @@ from tunescope.tui.app import TunescopeApp
 from tunescope.tui.compare_screen import CompareScreen, diff_table
 from tunescope.tui.error_modal import ErrorModal
 from tunescope.tui.plot import Plot
-from tunescope.tui.queries import bucket_series, plot_series
+from tunescope.tui.queries import bucket_series, plot_series, run_plots
 from tunescope.tui.rank_grid import RankGrid
 from tunescope.tui.run_screen import RunScreen
 from tunescope.tui.runs_screen import RunsScreen
@@ -437,6 +437,40 @@ def test_min_max_buckets_keep_spikes_and_count_nan(runs: tuple[Path, Store]) -> 
     # A range reads only that range.
     part = bucket_series(cur, spec_source(spec), ["healthy"], x_range=(50.0, 60.0), buckets=100)
     assert part["loss"].x.min() == 50 and part["loss"].x.max() == 60
+
+
+@pytest.mark.parametrize("run_id", ["diverged-lr", "straggler", "live"])
+@pytest.mark.parametrize("x_range", [(1.0, float(STEPS)), (40.0, 61.0)], ids=["all", "zoom"])
+def test_all_five_plots_in_one_statement_match_each_plot_alone(
+    runs: tuple[Path, Store], run_id: str, x_range: tuple[float, float]
+) -> None:
+    _, store = runs
+    cur = store.cursor()
+    together = run_plots(cur, run_id, RUN_PLOTS, x_range, {s.id: 37 for s in RUN_PLOTS})
+    assert list(together) == [s.id for s in RUN_PLOTS]
+    for spec in RUN_PLOTS:
+        alone = plot_series(cur, run_id, spec, x_range, 37)
+        got = together[spec.id]
+        assert [s.label for s in got] == [s.label for s in alone], spec.id
+        assert [s.colour for s in got] == [s.colour for s in alone]
+        for a, b in zip(got, alone, strict=True):
+            for field in ("x", "lo", "hi", "bad"):
+                assert np.array_equal(getattr(a, field), getattr(b, field), equal_nan=True)
+    assert len(together["mem"]) == {"diverged-lr": 2, "straggler": 4, "live": 1}[run_id]
+    nan_steps = 3 if run_id == "diverged-lr" and x_range[1] == STEPS else 0  # 198-200
+    assert np.nansum(together["loss"][0].bad) == nan_steps
+
+
+def test_smoothed_or_uneven_plots_are_queried_one_by_one(runs: tuple[Path, Store]) -> None:
+    _, store = runs
+    cur = store.cursor()
+    x_range = (1.0, float(STEPS))
+    smooth = run_plots(cur, "healthy", RUN_PLOTS, x_range, {s.id: 40 for s in RUN_PLOTS}, True)
+    alone = plot_series(cur, "healthy", RUN_PLOTS[0], x_range, 40, smooth=True)[0]
+    assert np.array_equal(smooth["loss"][0].hi, alone.hi, equal_nan=True)
+    uneven = {s.id: 20 + i for i, s in enumerate(RUN_PLOTS)}
+    got = run_plots(cur, "healthy", RUN_PLOTS, x_range, uneven)
+    assert [len(got[s.id][0]) for s in RUN_PLOTS] == [20, 21, 22, 23, 24]
 
 
 async def test_plot_draws_braille_and_finding_marks() -> None:

@@ -28,8 +28,9 @@ def add(sub: Any) -> None:
     p = sub.add_parser(
         "watch",
         help="follow runs live and send new findings to webhooks",
-        description="Follow the runs under RUNS as they train: ingest what is new every "
-        "--interval seconds, run the detectors on the runs that changed, and send each new "
+        description="Follow the runs under RUNS as they train: ingest what is new as soon as "
+        "a file changes (and every --interval seconds; polling alone with --poll, on object "
+        "storage and on network filesystems), run the detectors on the runs that changed, and send each new "
         "finding once to every --webhook (Slack, Feishu/Lark, DingTalk or signed JSON), or, "
         "without --webhook, print each alert here. "
         "What was sent is remembered in the cache dir, so a restart does not send it again; "
@@ -58,6 +59,12 @@ def add(sub: Any) -> None:
     )
     p.add_argument(
         "--interval", type=float, default=2.0, metavar="SEC", help="seconds between polls (2)"
+    )
+    p.add_argument(
+        "--poll",
+        action="store_true",
+        help="do not wake on file events, poll every --interval seconds only "
+        "(also: TUNESCOPE_POLL=1)",
     )
     p.add_argument(
         "--min-severity",
@@ -154,8 +161,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             ignore=ignore,
             config=config,
             report_url=args.report_url,
+            events=not args.poll,
         )
-        say(_starting(args, sender, min_severity))
+        say(_starting(args, sender, min_severity, watcher.polling))
         stop = threading.Event()
         with _stop_on_signals(stop, sender, args.drain):
             left = _watch(watcher, sender, stop, args)
@@ -187,14 +195,26 @@ def _sender(args: argparse.Namespace, policy: RetryPolicy, cache_dir: Path) -> A
         raise UsageError(str(e)) from None
 
 
-def _starting(args: argparse.Namespace, sender: AlertSender | None, min_severity: Severity) -> str:
+def _starting(
+    args: argparse.Namespace,
+    sender: AlertSender | None,
+    min_severity: Severity,
+    polling: str | None,
+) -> str:
     if sender is not None:
         names = ", ".join(ep.label for ep in sender.endpoints)
         signed = "signed" if sender.secret else "unsigned"
         where = f"{signed} alerts at {min_severity.value} and above go to {names}"
     else:
         where = f"alerts at {min_severity.value} and above are printed here (no --webhook)"
-    how = "once" if args.once else f"every {args.interval:g}s; Ctrl-C stops"
+    if args.once:
+        how = "once"
+    elif polling is None:
+        how = f"on file changes and every {args.interval:g}s; Ctrl-C stops"
+    elif args.poll:
+        how = f"every {args.interval:g}s; Ctrl-C stops"
+    else:
+        how = f"every {args.interval:g}s ({polling}); Ctrl-C stops"
     return f"watching {args.runs} {how}; {where}"
 
 
