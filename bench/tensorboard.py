@@ -7,9 +7,10 @@ tunescope's ``read_scalars`` and reader, interleaved (one run of each per
 round), and prints the best and median times, the ratios against the
 accumulator in the same rounds and whether both returned the same points.
 
-``--commit REV`` also times ``read_scalars`` as ``ingest/tensorboard.py`` was
-at that commit (``git show``), in the same rounds: a regression shows as a
-ratio against that older copy rather than as a figure from another day.
+``--commit REV`` (repeatable) also times ``read_scalars`` and the reader as
+``ingest/tensorboard.py`` was at that commit (``git show``), in the same
+rounds: a regression shows as a ratio against that older copy rather than as
+a figure from another day.
 
     python bench/tensorboard.py [--points 300000] [--rounds 5] [--commit REV]
 """
@@ -73,8 +74,9 @@ def ours_rows(path: Path) -> int:
     return int(result.steps.num_rows)
 
 
-def at_commit(rev: str) -> Callable[[Path], Any]:
-    """``read_scalars`` of ``ingest/tensorboard.py`` as it was at ``rev``."""
+def at_commit(rev: str) -> tuple[Callable[[Path], Any], Callable[[Path], Any]]:
+    """``read_scalars`` and the reader of ``ingest/tensorboard.py`` as it was
+    at ``rev``."""
     root = _HERE.parent
     source = subprocess.run(
         ["git", "-C", str(root), "show", f"{rev}:ingest/tensorboard.py"],
@@ -87,8 +89,13 @@ def at_commit(rev: str) -> Callable[[Path], Any]:
     spec = importlib.util.spec_from_file_location(tmp.stem, tmp)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[tmp.stem] = module
     spec.loader.exec_module(module)
-    return module.read_scalars  # type: ignore[no-any-return]
+
+    def rows(path: Path) -> int:
+        return int(module.TensorBoardReader().read(path, None).steps.num_rows)
+
+    return module.read_scalars, rows
 
 
 def same(a: list[Any], b: list[Any]) -> bool:
@@ -115,15 +122,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", type=int, default=300_000)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved runs of each")
-    ap.add_argument("--commit", help="also time read_scalars as it was at this commit")
+    ap.add_argument(
+        "--commit",
+        action="append",
+        default=[],
+        help="also time read_scalars and the reader as they were at this commit (repeatable)",
+    )
     args = ap.parse_args()
     contenders: dict[str, Callable[[Path], Any]] = {
         "EventAccumulator (scalars=0)": baseline,
         "tunescope read_scalars": ours_points,
         "tunescope reader (Arrow rows)": ours_rows,
     }
-    if args.commit:
-        contenders[f"read_scalars at {args.commit}"] = at_commit(args.commit)
+    for rev in args.commit:
+        contenders[f"read_scalars at {rev}"], contenders[f"reader at {rev}"] = at_commit(rev)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         path = write_file(Path(tmp), args.points)
@@ -150,10 +162,8 @@ def main() -> None:
         theirs = outs["EventAccumulator (scalars=0)"]
         print(f"points: {len(theirs):,}; step rows: {outs['tunescope reader (Arrow rows)']:,}")
         print(f"same points: {same(theirs, outs['tunescope read_scalars'])}")
-        if args.commit:
-            print(
-                f"same points at {args.commit}: {same(theirs, outs[f'read_scalars at {args.commit}'])}"
-            )
+        for rev in args.commit:
+            print(f"same points at {rev}: {same(theirs, outs[f'read_scalars at {rev}'])}")
 
 
 if __name__ == "__main__":

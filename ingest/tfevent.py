@@ -173,8 +173,10 @@ def _value(buf: bytes, pos: int, end: int) -> tuple[str, float | None, Any]:
 
 # ---- the common layout, in bulk ---------------------------------------------------
 
-_BLOCK = 1 << 18  # records decoded at once: bounds the gathered arrays (about 40 MB)
-_SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)
+_BLOCK = 1 << 18  # records decoded at once: bounds the gathered arrays
+_REACH = 320  # bytes past a body's start that the layout test may look at
+_HIGH_BITS = np.uint64(0x8080808080808080)
+_DISTINCT = 8  # tags of one length told apart by comparison before sorting
 
 Event = tuple[float | None, int, list[tuple[str, float | None, Any]]]
 
@@ -234,50 +236,81 @@ def _common(
     """``(ok, step, wall, tag, value)`` of the bodies ``data[b:e]`` that hold
     ``09 wall(8) 10 step(varint) 2A S 0A V 0A T tag(T) 15 value(4)``, one
     value, every length one byte and consistent with the body's; ``ok``
-    says which do (the other columns hold only those)."""
+    says which do (the other columns hold only those). A body within
+    ``_REACH`` bytes of the end is left to :func:`parse_event`."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    last = len(buf) - 1
+    words = np.frombuffer(data, dtype="<u8", count=len(data) // 8)
 
-    def at(pos: np.ndarray) -> np.ndarray:
-        return buf[np.minimum(pos, last)]
+    def word(pos: np.ndarray) -> np.ndarray:
+        """The 8 bytes at each ``pos`` as a little-endian integer (two aligned reads)."""
+        shift = ((pos & 7) * 8).astype(np.uint64)
+        lo = words[pos >> 3] >> shift
+        hi = words[(pos >> 3) + 1] << ((np.uint64(64) - shift) & np.uint64(63))
+        return lo | np.where(shift == 0, np.uint64(0), hi)
 
-    raw = at(b[:, None] + 10 + np.arange(10))  # the step varint and what follows
-    stops = raw < 0x80
-    k = np.argmax(stops, axis=1) + 1  # the varint's length
+    ok = (b + _REACH <= len(buf)) & (e - b >= 22)
+    if not ok.any():  # then the buffer may be shorter than _REACH: no gather below
+        none = np.zeros(0, dtype=np.int64)
+        return ok, none, none.astype(np.float64), none, none.astype(np.float64)
+    b, e = np.where(ok, b, 0), np.where(ok, e, 0)  # every gather stays inside the buffer
+    ok &= (buf[b] == 0x09) & (buf[b + 9] == 0x10)
+    # the step varint, up to 8 bytes: the first byte without its high bit ends it
+    raw = word(b + 10)
+    stops = ~raw & _HIGH_BITS
+    ok &= stops != 0
+    lowest = stops & (~stops + np.uint64(1))
+    k = (np.log2(np.maximum(lowest, 1).astype(np.float64)).astype(np.int64) + 1) // 8
     p = b + 10 + k
-    size = e - b
-    s_len, v_len, t_len = at(p + 1), at(p + 3), at(p + 5)
-    ok = (
-        (at(b) == 0x09)
-        & (at(b + 9) == 0x10)
-        & stops.any(axis=1)
-        & (k <= 9)  # a step of 2**63 or more is negative: left to parse_event
-        & (at(p) == 0x2A)
-        & (at(p + 2) == 0x0A)
-        & (at(p + 4) == 0x0A)
+    s_len, v_len, t_len = buf[p + 1], buf[p + 3], buf[p + 5].astype(np.int64)
+    ok &= (
+        (buf[p] == 0x2A)
+        & (buf[p + 2] == 0x0A)
+        & (buf[p + 4] == 0x0A)
         & (s_len < 0x80)
         & (s_len == v_len.astype(np.int64) + 2)
-        & (v_len == t_len.astype(np.int64) + 7)
-        & (size == p - b + 2 + s_len)
-        & (at(p + 6 + t_len) == 0x15)
+        & (v_len == t_len + 7)
+        & (e - b == p - b + 2 + s_len)
+        & (buf[p + 6 + t_len] == 0x15)
     )
-    b, p, t_len, raw, k = b[ok], p[ok], t_len[ok].astype(np.int64), raw[ok], k[ok]
-    digits = (raw & 0x7F).astype(np.uint64) << _SHIFTS
-    digits[np.arange(10) >= k[:, None]] = 0
-    step = digits.sum(axis=1, dtype=np.uint64).astype(np.int64)
-    wall = np.ascontiguousarray(at(b[:, None] + 1 + np.arange(8))).view("<f8").ravel()
-    vpos = p + 7 + t_len
-    value = np.ascontiguousarray(at(vpos[:, None] + np.arange(4))).view("<f4").ravel()
+    b, p, t_len, raw, k, lowest = b[ok], p[ok], t_len[ok], raw[ok], k[ok], lowest[ok]
+    raw &= lowest | (lowest - np.uint64(1))  # the varint's bytes only
+    step = np.zeros(len(b), dtype=np.uint64)
+    for j in range(8):
+        step |= ((raw >> np.uint64(8 * j)) & np.uint64(0x7F)) << np.uint64(7 * j)
+    wall = word(b + 1).view("<f8")
+    value = (word(p + 7 + t_len) & np.uint64(0xFFFFFFFF)).astype("<u4").view("<f4")
     tag = np.empty(len(b), dtype=np.int64)
     for n in np.unique(t_len).tolist():
         rows = np.flatnonzero(t_len == n)
-        if n == 0:
-            tag[rows] = tags.setdefault("", len(tags))
-            continue
-        names = np.ascontiguousarray(at((p[rows] + 6)[:, None] + np.arange(n)))
-        uniq, inverse = np.unique(names.view(np.dtype((np.void, n))).ravel(), return_inverse=True)
+        start = p[rows] + 6
+        cols = [word(start + i) for i in range(0, n, 8)]
+        if n % 8:
+            cols[-1] &= np.uint64((1 << (8 * (n % 8))) - 1)
+        keys = np.stack(cols, axis=1) if cols else np.zeros((len(rows), 1), dtype=np.uint64)
+        inverse, firsts = _distinct(keys)
         ids = [
-            tags.setdefault(u.tobytes().decode("utf-8", errors="replace"), len(tags)) for u in uniq
+            tags.setdefault(data[f : f + n].decode("utf-8", errors="replace"), len(tags))
+            for f in start[firsts].tolist()
         ]
-        tag[rows] = np.array(ids, dtype=np.int64)[inverse.ravel()]
-    return ok, step, wall, tag, value.astype(np.float64)
+        tag[rows] = np.array(ids, dtype=np.int64)[inverse]
+    return ok, step.astype(np.int64), wall, tag, value.astype(np.float64)
+
+
+def _distinct(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(inverse, firsts)`` of the distinct rows of ``keys``: each row's group
+    and a row of each group. A few tags are told apart by comparing every row
+    with one of each; more are sorted."""
+    inverse = np.empty(len(keys), dtype=np.int64)
+    left = np.arange(len(keys))
+    firsts: list[int] = []
+    while len(left) and len(firsts) < _DISTINCT:
+        same = (keys[left] == keys[left[0]]).all(axis=1)
+        inverse[left[same]] = len(firsts)
+        firsts.append(int(left[0]))
+        left = left[~same]
+    if len(left):
+        rest = np.ascontiguousarray(keys[left]).view(np.dtype((np.void, 8 * keys.shape[1])))
+        _, first, inv = np.unique(rest.ravel(), return_index=True, return_inverse=True)
+        inverse[left] = len(firsts) + inv.ravel()
+        firsts.extend(left[first].tolist())
+    return inverse, np.array(firsts, dtype=np.int64)
