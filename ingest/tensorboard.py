@@ -344,24 +344,56 @@ def _route(pts: _Points, scan: _Scan) -> None:
         ts: list[float | None] = pts.wall[sel].tolist()
         for j in np.flatnonzero(~timed[sel]).tolist():
             ts[j] = None
-        names = np.array([n for n, _ in routes], dtype=object)[pts.tag[sel]]
         if not canonical:
+            names = np.array([n for n, _ in routes], dtype=object)[pts.tag[sel]]
             scan.metric_rows.extend(
                 zip(
                     pts.step[sel].tolist(), ts, names.tolist(), pts.value[sel].tolist(), strict=True
                 )
             )
             continue
-        steps, values = pts.step[sel], pts.value[sel]
-        uniq, firsts = np.unique(steps, return_index=True)
-        for step, j in zip(uniq.tolist(), firsts.tolist(), strict=True):
-            if step not in scan.steps:
-                scan.steps[step] = [ts[j], {}]
-        for name in dict.fromkeys(names.tolist()):
-            mine = np.flatnonzero(names == name)[::-1]  # newest first: the last write wins
-            uniq, lasts = np.unique(steps[mine], return_index=True)
-            for step, v in zip(uniq.tolist(), values[mine][lasts].tolist(), strict=True):
-                scan.steps[step][1][name] = v
+        kinds = list(dict.fromkeys(n for n, c in routes if c))
+        kind_of = np.array([kinds.index(n) if c else -1 for n, c in routes], dtype=np.int64)
+        _add_steps(scan.steps, pts.step[sel], ts, kind_of[pts.tag[sel]], kinds, pts.value[sel])
+
+
+def _add_steps(
+    slots: dict[int, list[Any]],
+    steps: np.ndarray,
+    ts: list[float | None],
+    kind: np.ndarray,
+    names: list[str],
+    values: np.ndarray,
+) -> None:
+    """Canonical points (in file order; ``kind`` indexes ``names``) into
+    ``slots`` (step -> ``[ts, metrics]``): a new step's time is its first
+    point's, a metric's value its last write; a step already there keeps
+    its time."""
+    uniq, firsts = np.unique(steps, return_index=True)
+    columns = []  # per metric: its last value at each step it has, and where
+    for k, name in enumerate(names):
+        mine = np.flatnonzero(kind == k)[::-1]  # newest first: the last write wins
+        if not len(mine):
+            continue
+        at, lasts = np.unique(steps[mine], return_index=True)
+        columns.append((name, values[mine][lasts].tolist(), np.searchsorted(uniq, at)))
+    full = [c for c in columns if len(c[2]) == len(uniq)]
+    keys = [c[0] for c in full]
+    metrics: list[dict[str, float]] = (
+        [dict(zip(keys, row, strict=True)) for row in zip(*(c[1] for c in full), strict=True)]
+        if full
+        else [{} for _ in range(len(uniq))]
+    )
+    for name, vals, where in columns:
+        if len(where) < len(uniq):
+            for i, v in zip(where.tolist(), vals, strict=True):
+                metrics[i][name] = v
+    ulist = uniq.tolist()
+    for i in [i for i, step in enumerate(ulist) if step in slots] if slots else []:
+        slots[ulist[i]][1].update(metrics[i])
+    for step, j, m in zip(ulist, firsts.tolist(), metrics, strict=True):
+        if step not in slots:
+            slots[step] = [ts[j], m]
 
 
 def _has_trainer_log(path: Path) -> bool:
