@@ -49,15 +49,8 @@ def frame(data: bytes, start: int = 0, verify: bool = False) -> Framed:
     damage: dict[int, str] = {}
     count = 0
     pos = start
-    unpack = _LENGTH.unpack_from
     while pos + 12 <= n:
-        walked: list[int] = []  # offsets reached by following the lengths, unchecked
-        add = walked.append
-        nxt = pos
-        while nxt + 12 <= n:
-            add(nxt)
-            nxt += unpack(data, nxt)[0] + 16
-        offs = np.array(walked, dtype=np.int64)
+        offs, nxt = _walk(data, buf, pos)
         heads = buf[offs[:, None] + np.arange(12)]
         stored = np.ascontiguousarray(heads[:, 8:]).view("<u4").ravel()
         bad = np.flatnonzero(masked_crc32c_rows(heads[:, :8]) != stored)
@@ -92,6 +85,50 @@ def frame(data: bytes, start: int = 0, verify: bool = False) -> Framed:
     if verify:
         _check_data(data, out)
     return out
+
+
+def _walk(data: bytes, buf: np.ndarray, pos: int) -> tuple[np.ndarray, int]:
+    """The offsets reached by following the lengths from ``pos`` (unchecked)
+    while a header fits, and the offset after the last. Writers repeat a
+    cycle of record sizes (one per tag, while the step's varint keeps its
+    width): once the last sizes repeat, the next thousands of offsets are
+    predicted from the cycle and kept up to the first whose length differs,
+    so the loop runs a few times per cycle change, not once per record."""
+    n = len(data)
+    unpack = _LENGTH.unpack_from
+    parts: list[np.ndarray] = []
+    walked: list[int] = []
+    sizes: list[int] = []  # the last record sizes seen, for the cycle
+    ahead = 1024
+    while pos + 12 <= n:
+        size = unpack(data, pos)[0] + 16
+        walked.append(pos)
+        sizes.append(size)
+        pos += size
+        if len(sizes) < 16:
+            continue
+        period = next((p for p in range(1, 9) if sizes[-p:] == sizes[-2 * p : -p]), 0)
+        if not period:
+            del sizes[:-16]
+            continue
+        guess = np.resize(np.array(sizes[-period:], dtype=np.int64), ahead)
+        at = pos + np.concatenate(([0], np.cumsum(guess[:-1])))
+        room = int(np.searchsorted(at, n - 12, side="right"))  # headers that fit
+        at, guess = at[:room], guess[:room]
+        found = np.ascontiguousarray(buf[at[:, None] + np.arange(8)]).view("<u8").ravel()
+        wrong = np.flatnonzero(found.astype(np.int64) + 16 != guess)
+        ok = int(wrong[0]) if len(wrong) else room
+        if ok:
+            parts.append(np.array(walked, dtype=np.int64))
+            parts.append(at[:ok])
+            walked = []
+            pos = int(at[ok - 1] + guess[ok - 1])
+            sizes = guess[max(0, ok - 16) : ok].tolist()
+        else:
+            sizes = []
+        ahead = min(ahead * 4, 1 << 16) if ok == room else 1024
+    parts.append(np.array(walked, dtype=np.int64))
+    return np.concatenate(parts), pos
 
 
 def _check_data(data: bytes, framed: Framed) -> None:

@@ -323,3 +323,23 @@ def test_nan_values_and_walls_survive_the_bulk_path(tmp_path):
     assert [p.reason for p in result.problems] == [
         f"record 2 at byte {len(record(recs[0]))}: {time_problem('wall_time', float('nan'))}"
     ]
+
+
+def test_long_runs_of_repeating_record_sizes_are_framed_like_one_by_one(tmp_path):
+    # three tags a step: record sizes repeat in a cycle of three, and change
+    # when the step's varint grows a byte (at 128) and where a record is damaged
+    recs = [
+        bytearray(record(event(1.7e9 + step, step, [simple(tag, step * 0.5)])))
+        for step in range(1, 1501)
+        for tag in ("train/loss", "train/learning_rate", "grad_norm")
+    ]
+    recs[2000][2] ^= 0x10  # a header: the walk must not trust a predicted offset past it
+    recs[3001][20] ^= 0x01  # a data byte
+    data = b"".join(bytes(r) for r in recs) + bytes(recs[0])[:30]
+    path = tmp_path / "events.out.tfevents.1.host"
+    path.write_bytes(data)
+    for verify in (False, True):
+        want = [(s, e, w) for s, e, _, w in ref_records(data, verify)[0]]
+        assert [(s, e, w) for s, e, _, w in iter_records(data, 0, verify)] == want
+        assert plain(read_scalars(path, verify)) == plain(ref_points(data, verify))
+    assert len(want) == 4500 and sum(w is not None for _, _, w in want) == 2
