@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from tunescope.ingest.protobuf import skip_field, varint
-from tunescope.ingest.tfrecord import Framed
+from tunescope.ingest.tfrecord import Framed, words_at
 
 _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
@@ -239,14 +239,6 @@ def _common(
     says which do (the other columns hold only those). A body within
     ``_REACH`` bytes of the end is left to :func:`parse_event`."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    words = np.frombuffer(data, dtype="<u8", count=len(data) // 8)
-
-    def word(pos: np.ndarray) -> np.ndarray:
-        """The 8 bytes at each ``pos`` as a little-endian integer (two aligned reads)."""
-        shift = ((pos & 7) * 8).astype(np.uint64)
-        lo = words[pos >> 3] >> shift
-        hi = words[(pos >> 3) + 1] << ((np.uint64(64) - shift) & np.uint64(63))
-        return lo | np.where(shift == 0, np.uint64(0), hi)
 
     ok = (b + _REACH <= len(buf)) & (e - b >= 22)
     if not ok.any():  # then the buffer may be shorter than _REACH: no gather below
@@ -255,7 +247,7 @@ def _common(
     b, e = np.where(ok, b, 0), np.where(ok, e, 0)  # every gather stays inside the buffer
     ok &= (buf[b] == 0x09) & (buf[b + 9] == 0x10)
     # the step varint, up to 8 bytes: the first byte without its high bit ends it
-    raw = word(b + 10)
+    raw = words_at(buf, b + 10)
     stops = ~raw & _HIGH_BITS
     ok &= stops != 0
     lowest = stops & (~stops + np.uint64(1))
@@ -277,13 +269,13 @@ def _common(
     step = np.zeros(len(b), dtype=np.uint64)
     for j in range(8):
         step |= ((raw >> np.uint64(8 * j)) & np.uint64(0x7F)) << np.uint64(7 * j)
-    wall = word(b + 1).view("<f8")
-    value = (word(p + 7 + t_len) & np.uint64(0xFFFFFFFF)).astype("<u4").view("<f4")
+    wall = words_at(buf, b + 1).view("<f8")
+    value = (words_at(buf, p + 7 + t_len) & np.uint64(0xFFFFFFFF)).astype("<u4").view("<f4")
     tag = np.empty(len(b), dtype=np.int64)
     for n in np.unique(t_len).tolist():
         rows = np.flatnonzero(t_len == n)
         start = p[rows] + 6
-        cols = [word(start + i) for i in range(0, n, 8)]
+        cols = [words_at(buf, start + i) for i in range(0, n, 8)]
         if n % 8:
             cols[-1] &= np.uint64((1 << (8 * (n % 8))) - 1)
         keys = np.stack(cols, axis=1) if cols else np.zeros((len(rows), 1), dtype=np.uint64)

@@ -111,12 +111,11 @@ def _walk(data: bytes, buf: np.ndarray, pos: int) -> tuple[np.ndarray, int]:
         if not period:
             del sizes[:-16]
             continue
-        guess = np.resize(np.array(sizes[-period:], dtype=np.int64), ahead)
+        guess = np.tile(np.array(sizes[-period:], dtype=np.int64), ahead // period + 1)[:ahead]
         at = pos + np.concatenate(([0], np.cumsum(guess[:-1])))
-        room = int(np.searchsorted(at, n - 12, side="right"))  # headers that fit
+        room = int(np.searchsorted(at, n - 16, side="right"))  # two aligned words fit
         at, guess = at[:room], guess[:room]
-        found = np.ascontiguousarray(buf[at[:, None] + np.arange(8)]).view("<u8").ravel()
-        wrong = np.flatnonzero(found.astype(np.int64) + 16 != guess)
+        wrong = np.flatnonzero(words_at(buf, at).astype(np.int64) + 16 != guess)
         ok = int(wrong[0]) if len(wrong) else room
         if ok:
             parts.append(np.array(walked, dtype=np.int64))
@@ -129,6 +128,17 @@ def _walk(data: bytes, buf: np.ndarray, pos: int) -> tuple[np.ndarray, int]:
         ahead = min(ahead * 4, 1 << 16) if ok == room else 1024
     parts.append(np.array(walked, dtype=np.int64))
     return np.concatenate(parts), pos
+
+
+def words_at(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The 8 bytes at each offset in ``pos`` as a little-endian ``uint64``,
+    from two aligned reads each (no byte matrix); every ``pos + 16`` must be
+    within ``buf``."""
+    words = buf[: len(buf) // 8 * 8].view("<u8")
+    shift = ((pos & 7) * 8).astype(np.uint64)
+    lo = words[pos >> 3] >> shift
+    hi = words[(pos >> 3) + 1] << ((np.uint64(64) - shift) & np.uint64(63))
+    return lo | np.where(shift == 0, np.uint64(0), hi)
 
 
 def _check_data(data: bytes, framed: Framed) -> None:
