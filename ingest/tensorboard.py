@@ -32,7 +32,19 @@ from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 from tunescope.ingest.tfevent import Decoded, decode, parse_event
 from tunescope.ingest.tfrecord import MAX_RECORD, frame, iter_records
 
-__all__ = ["MAX_RECORD", "TensorBoardReader", "iter_records", "parse_event", "read_scalars"]
+__all__ = [
+    "CANONICAL_TAGS",
+    "FINAL_TAGS",
+    "MAX_RECORD",
+    "PREFIX",
+    "TensorBoardReader",
+    "add_scalar",
+    "iter_records",
+    "metric_name",
+    "parse_event",
+    "read_scalars",
+    "twin",
+]
 
 PREFIX = "events.out.tfevents."
 

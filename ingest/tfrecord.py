@@ -2,9 +2,10 @@
 
     uint64 length | uint32 masked_crc32c(length) | length bytes | uint32 masked_crc32c(data)
 
-The records of a buffer are found in bulk: one short loop follows the
-lengths from record to record, then every header CRC is checked at once
-(numpy, one table lookup per header byte over all headers). A header that
+The records of a buffer are found in bulk: the lengths are followed from
+record to record, thousands at a time where the record sizes repeat a cycle
+(as writers' do), then every header CRC is checked at once (numpy, one table
+lookup per header byte over all headers). A header that
 fails its CRC is damage: the bytes up to the next offset whose header checks
 out are one damaged item, so one bad record does not lose the rest. The data
 CRCs, checked on request (``verify``), are summed in bulk the same way.
