@@ -3,20 +3,31 @@
 Writes one event file of 300,000 scalar points with PyTorch's SummaryWriter
 (three tags, as the Trainer logs them), then reads it with
 ``EventAccumulator(size_guidance={"scalars": 0})`` (keep every point) and with
-tunescope's reader, twice each, and prints the best times, the ratio and
-whether both returned the same points.
+tunescope's ``read_scalars`` and reader, interleaved (one run of each per
+round), and prints the best and median times, the ratios against the
+accumulator in the same rounds and whether both returned the same points.
 
-    python bench/tensorboard.py [--points 300000]
+``--commit REV`` (repeatable) also times ``read_scalars`` and the reader as
+``ingest/tensorboard.py`` was at that commit (``git show``), in the same
+rounds: a regression shows as a ratio against that older copy rather than as
+a figure from another day.
+
+    python bench/tensorboard.py [--points 300000] [--rounds 5] [--commit REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # This file is named like the package it measures: keep its folder off the
 # import path so that ``import tensorboard`` finds the package.
@@ -50,7 +61,7 @@ def baseline(path: Path) -> list[tuple[str, int, float, float]]:
     ]
 
 
-def ours_points(path: Path) -> list[tuple[str, int, float, float]]:
+def ours_points(path: Path) -> list[tuple[str, int, float | None, float]]:
     from tunescope.ingest.tensorboard import read_scalars
 
     return read_scalars(path)
@@ -60,21 +71,35 @@ def ours_rows(path: Path) -> int:
     from tunescope.ingest.tensorboard import TensorBoardReader
 
     result = TensorBoardReader().read(path, None)
-    return result.steps.num_rows
+    return int(result.steps.num_rows)
 
 
-def best(fn, path: Path, repeat: int = 2) -> tuple[float, object]:
-    times = []
-    out = None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn(path)
-        times.append(time.perf_counter() - t)
-    return min(times), out
+def at_commit(rev: str) -> tuple[Callable[[Path], Any], Callable[[Path], Any]]:
+    """``read_scalars`` and the reader of ``ingest/tensorboard.py`` as it was
+    at ``rev``."""
+    root = _HERE.parent
+    source = subprocess.run(
+        ["git", "-C", str(root), "show", f"{rev}:ingest/tensorboard.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    tmp = Path(tempfile.mkdtemp()) / f"tensorboard_at_{rev}.py"
+    tmp.write_text(source)
+    spec = importlib.util.spec_from_file_location(tmp.stem, tmp)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[tmp.stem] = module
+    spec.loader.exec_module(module)
+
+    def rows(path: Path) -> int:
+        return int(module.TensorBoardReader().read(path, None).steps.num_rows)
+
+    return module.read_scalars, rows
 
 
-def same(a: list, b: list) -> bool:
-    def key(p):
+def same(a: list[Any], b: list[Any]) -> bool:
+    def key(p: Any) -> tuple[str, int, float]:
         return (p[0], p[1], p[2])
 
     if len(a) != len(b):
@@ -87,13 +112,30 @@ def same(a: list, b: list) -> bool:
     return True
 
 
+def timed(fn: Callable[[Path], Any], path: Path) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn(path)
+    return time.perf_counter() - t, out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", type=int, default=300_000)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved runs of each")
     ap.add_argument(
-        "--baseline-repeat", type=int, default=1, help="EventAccumulator runs (best of)"
+        "--commit",
+        action="append",
+        default=[],
+        help="also time read_scalars and the reader as they were at this commit (repeatable)",
     )
     args = ap.parse_args()
+    contenders: dict[str, Callable[[Path], Any]] = {
+        "EventAccumulator (scalars=0)": baseline,
+        "tunescope read_scalars": ours_points,
+        "tunescope reader (Arrow rows)": ours_rows,
+    }
+    for rev in args.commit:
+        contenders[f"read_scalars at {rev}"], contenders[f"reader at {rev}"] = at_commit(rev)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         path = write_file(Path(tmp), args.points)
@@ -101,21 +143,27 @@ def main() -> None:
         print(
             f"wrote {args.points:,} points ({size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f}s"
         )
-        t_ours, mine = best(ours_points, path)
-        print(
-            f"tunescope read_scalars:                    {t_ours:.2f}s, {len(mine):,} points",
-            flush=True,
-        )
-        t_rows, nsteps = best(ours_rows, path)
-        print(
-            f"tunescope reader (points -> Arrow rows):   {t_rows:.2f}s, {nsteps:,} step rows",
-            flush=True,
-        )
-        t_base, theirs = best(baseline, path, repeat=args.baseline_repeat)
-        print(f"EventAccumulator (size_guidance scalars=0): {t_base:.2f}s, {len(theirs):,} points")
-        print(f"speed-up, points:      {t_base / t_ours:.1f}x (target >= 3x)")
-        print(f"speed-up, reader rows: {t_base / t_rows:.1f}x")
-        print(f"same points: {same(theirs, mine)}")
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        outs: dict[str, Any] = {}
+        for r in range(args.rounds):
+            for name, fn in contenders.items():
+                dt, outs[name] = timed(fn, path)
+                times[name].append(dt)
+            line = ", ".join(f"{name} {ts[-1]:.3f}s" for name, ts in times.items())
+            print(f"round {r + 1}: {line}", flush=True)
+        base = times["EventAccumulator (scalars=0)"]
+        for name, ts in times.items():
+            ratios = [b / x for b, x in zip(base, ts, strict=True)]
+            print(
+                f"{name:32} best {min(ts):.3f}s median {statistics.median(ts):.3f}s"
+                f"  speed-up: {min(base) / min(ts):.1f}x best,"
+                f" {statistics.median(ratios):.1f}x median of rounds"
+            )
+        theirs = outs["EventAccumulator (scalars=0)"]
+        print(f"points: {len(theirs):,}; step rows: {outs['tunescope reader (Arrow rows)']:,}")
+        print(f"same points: {same(theirs, outs['tunescope read_scalars'])}")
+        for rev in args.commit:
+            print(f"same points at {rev}: {same(theirs, outs[f'read_scalars at {rev}'])}")
 
 
 if __name__ == "__main__":

@@ -1,269 +1,143 @@
 """Reader for TensorBoard event files (``events.out.tfevents.*``), without
-TensorFlow or the ``tensorboard`` package.
-
-An event file is a sequence of TFRecords::
-
-    uint64 length | uint32 masked_crc32c(length) | length bytes: Event | uint32 masked_crc32c(data)
-
-and each ``Event`` is a protobuf message. Only the subset that carries
-scalars is decoded: ``Event{1: wall_time, 2: step, 5: Summary{1: Value{1: tag,
-2: simple_value, 8: TensorProto, 9: SummaryMetadata}}}``. PyTorch and
-tensorboardX write ``simple_value``; TF2's ``tf.summary.scalar`` writes a scalar
-tensor (``float_val``, ``double_val``, ``int_val``, ``int64_val`` or
-``tensor_content``). Every point is kept. The Trainer's ``args`` text summary
-(a JSON string tensor) gives ``logging_steps`` and ``max_steps``.
+TensorFlow or the ``tensorboard`` package: the records are framed by
+:mod:`~tunescope.ingest.tfrecord` and their events decoded by
+:mod:`~tunescope.ingest.tfevent`, both in bulk (numpy over the record
+offsets). PyTorch and tensorboardX write ``simple_value``; TF2's
+``tf.summary.scalar`` writes a scalar tensor. Every point is kept. The
+Trainer's ``args`` text summary (a JSON string tensor) gives
+``logging_steps`` and ``max_steps``.
 
 Files are append-only: a read continues at the byte after the last whole
 record; a record cut short at the end is left for the next read. Every
 record's header CRC (over its 8 length bytes) is checked: damaged bytes are
 skipped up to the next record whose header checks out, and named with their
 byte offset, so one bad record does not lose the rest of the file. The data
-CRC is checked on request only (``verify_crc``: pure Python, slow).
+CRC is checked on request only (``verify_crc``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunescope.eventlog import epoch_seconds, time_problem
+import numpy as np
+
+from tunescope.eventlog import TS_MAX, epoch_seconds, time_problem
 from tunescope.ingest.foreign import infer_logging_steps, resume_state, scalar_result
-from tunescope.ingest.protobuf import masked_crc32c, skip_field, varint
 from tunescope.ingest.readers.vocabulary import HIGH, TAGS, meaning
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
+from tunescope.ingest.tfevent import Decoded, decode, parse_event
+from tunescope.ingest.tfrecord import MAX_RECORD, frame, iter_records
+
+__all__ = [
+    "CANONICAL_TAGS",
+    "FINAL_TAGS",
+    "MAX_RECORD",
+    "PREFIX",
+    "TensorBoardReader",
+    "add_scalar",
+    "iter_records",
+    "metric_name",
+    "parse_event",
+    "read_scalars",
+    "twin",
+]
 
 PREFIX = "events.out.tfevents."
-MAX_RECORD = 256 * 1024 * 1024
-
-# ---- TFRecord framing -----------------------------------------------------------
-
-_HEADER = struct.Struct("<QI")
-_U32 = struct.Struct("<I")
-
-
-def iter_records(
-    data: bytes, start: int = 0, verify: bool = False
-) -> Iterator[tuple[int, int, bytes | None, str | None]]:
-    """``(offset, end, payload, damage)`` of each whole record from ``start``.
-
-    Every record's header CRC (8 bytes: cheap) is checked. A header that
-    fails it is damage: the bytes up to the next record whose header checks
-    out are skipped as one item with ``payload=None`` and ``damage`` saying
-    why. A record whose data CRC fails (only checked with ``verify``: pure
-    Python, slow) is skipped the same way. Stops at a record cut short."""
-    n = len(data)
-    pos = start
-    unpack = _HEADER.unpack_from
-    header_crc: dict[bytes, int] = {}  # few distinct lengths: each CRC computed once
-    while pos + 12 <= n:
-        length, len_crc = unpack(data, pos)
-        head = data[pos : pos + 8]
-        crc = header_crc.get(head)
-        if crc is None:
-            crc = header_crc[head] = masked_crc32c(head)
-        if crc != len_crc:
-            nxt = _resync(data, pos + 1)
-            yield pos, nxt, None, f"{nxt - pos} damaged byte(s) (the record header fails its CRC)"
-            pos = nxt
-            continue
-        end = pos + 12 + length + 4
-        if end > n:
-            return  # cut short: a writer is still at it
-        body = data[pos + 12 : pos + 12 + length]
-        if verify and masked_crc32c(body) != _U32.unpack_from(data, end - 4)[0]:
-            yield pos, end, None, "data CRC mismatch"
-        else:
-            yield pos, end, body, None
-        pos = end
-
-
-def _resync(data: bytes, pos: int) -> int:
-    """The next offset from ``pos`` where a record header checks out (its
-    length CRC matches and the length is plausible), or the end of ``data``."""
-    n = len(data)
-    unpack = _HEADER.unpack_from
-    while pos + 12 <= n:
-        length, len_crc = unpack(data, pos)
-        if length <= MAX_RECORD and masked_crc32c(data[pos : pos + 8]) == len_crc:
-            return pos
-        pos += 1
-    return n
-
-
-# ---- protobuf subset --------------------------------------------------------------
-
-_F32 = struct.Struct("<f")
-_F64 = struct.Struct("<d")
-
-
-# DataType enum values of numeric scalars and how tensor_content packs them.
-_CONTENT = {1: ("<f", 4), 2: ("<d", 8), 3: ("<i", 4), 9: ("<q", 8), 19: ("<e", 2)}
-
-
-def _tensor(buf: bytes, pos: int, end: int) -> tuple[float | None, str | None]:
-    """A scalar TensorProto's value, or its first string (for text summaries)."""
-    dtype = 0
-    content = b""
-    values: list[float] = []
-    text = None
-    while pos < end:
-        key, pos = varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if field == 1 and wire == 0:
-            dtype, pos = varint(buf, pos)
-        elif field == 4 and wire == 2:
-            ln, pos = varint(buf, pos)
-            content = buf[pos : pos + ln]
-            pos += ln
-        elif field == 5 and wire == 2:  # packed float_val
-            ln, pos = varint(buf, pos)
-            values.extend(v for (v,) in struct.iter_unpack("<f", buf[pos : pos + ln]))
-            pos += ln
-        elif field == 5 and wire == 5:
-            values.append(_F32.unpack_from(buf, pos)[0])
-            pos += 4
-        elif field == 6 and wire == 2:  # packed double_val
-            ln, pos = varint(buf, pos)
-            values.extend(v for (v,) in struct.iter_unpack("<d", buf[pos : pos + ln]))
-            pos += ln
-        elif field == 6 and wire == 1:
-            values.append(_F64.unpack_from(buf, pos)[0])
-            pos += 8
-        elif field in (7, 10) and wire == 2:  # packed int_val / int64_val
-            ln, pos = varint(buf, pos)
-            stop = pos + ln
-            while pos < stop:
-                v, pos = varint(buf, pos)
-                values.append(float(v - (1 << 64) if v >= 1 << 63 else v))
-        elif field in (7, 10) and wire == 0:
-            v, pos = varint(buf, pos)
-            values.append(float(v - (1 << 64) if v >= 1 << 63 else v))
-        elif field == 8 and wire == 2:  # string_val
-            ln, pos = varint(buf, pos)
-            if text is None:
-                text = buf[pos : pos + ln].decode("utf-8", errors="replace")
-            pos += ln
-        else:
-            pos = skip_field(buf, pos, wire)
-    if values:
-        return (values[0] if len(values) == 1 else None), text
-    if content and dtype in _CONTENT:
-        fmt, size = _CONTENT[dtype]
-        if len(content) == size:
-            return float(struct.unpack(fmt, content)[0]), text
-    return None, text
-
-
-def _plugin(buf: bytes, pos: int, end: int) -> str:
-    """SummaryMetadata{1: PluginData{1: plugin_name}}."""
-    while pos < end:
-        key, pos = varint(buf, pos)
-        if key == 0x0A:
-            ln, pos = varint(buf, pos)
-            stop = pos + ln
-            while pos < stop:
-                k2, pos = varint(buf, pos)
-                if k2 == 0x0A:
-                    ln2, pos = varint(buf, pos)
-                    return buf[pos : pos + ln2].decode("utf-8", errors="replace")
-                pos = skip_field(buf, pos, k2 & 7)
-            return ""
-        pos = skip_field(buf, pos, key & 7)
-    return ""
-
-
-def parse_event(buf: bytes) -> tuple[float | None, int, list[tuple[str, float | None, Any]]]:
-    """(wall_time, step, values) of one Event. Each value is ``(tag, number,
-    extra)`` where ``extra`` is a plugin name or a text (for non-scalars)."""
-    wall = None
-    step = 0
-    values: list[tuple[str, float | None, Any]] = []
-    pos = 0
-    n = len(buf)
-    while pos < n:
-        key = buf[pos]
-        pos += 1
-        if key == 0x09:  # wall_time
-            wall = _F64.unpack_from(buf, pos)[0]
-            pos += 8
-        elif key == 0x10:  # step
-            step, pos = varint(buf, pos)
-            if step >= 1 << 63:
-                step -= 1 << 64
-        elif key == 0x2A:  # summary
-            ln, pos = varint(buf, pos)
-            end = pos + ln
-            while pos < end:
-                k, pos = varint(buf, pos)
-                if k != 0x0A:
-                    pos = skip_field(buf, pos, k & 7)
-                    continue
-                vl, pos = varint(buf, pos)
-                values.append(_value(buf, pos, pos + vl))
-                pos += vl
-        else:
-            if key >= 0x80:
-                key, pos = varint(buf, pos - 1)
-            pos = skip_field(buf, pos, key & 7)
-    return wall, step, values
-
-
-def _value(buf: bytes, pos: int, end: int) -> tuple[str, float | None, Any]:
-    tag = ""
-    value = None
-    extra: Any = None
-    while pos < end:
-        key = buf[pos]
-        pos += 1
-        if key == 0x0A:  # tag
-            ln, pos = varint(buf, pos)
-            tag = buf[pos : pos + ln].decode("utf-8", errors="replace")
-            pos += ln
-        elif key == 0x15:  # simple_value
-            value = _F32.unpack_from(buf, pos)[0]
-            pos += 4
-        elif key == 0x42:  # tensor
-            ln, pos = varint(buf, pos)
-            value, text = _tensor(buf, pos, pos + ln)
-            if text is not None:
-                extra = ("text", text)
-            pos += ln
-        elif key == 0x4A:  # metadata
-            ln, pos = varint(buf, pos)
-            name = _plugin(buf, pos, pos + ln)
-            if name and extra is None:
-                extra = name
-            pos += ln
-        else:
-            if key >= 0x80:
-                key, pos = varint(buf, pos - 1)
-            pos = skip_field(buf, pos, key & 7)
-    return tag, value, extra
 
 
 def read_scalars(
     path: str | Path, verify: bool = False
 ) -> list[tuple[str, int, float | None, float]]:
     """Every scalar point of a file as ``(tag, step, wall_time, value)``, in
-    file order; for tools and the benchmark."""
+    file order; for tools and the benchmark. Damaged records are left out;
+    an undecodable one raises ``ValueError``."""
     data = Path(path).read_bytes()
-    out = []
-    skip: set[str] = set()
-    for _, _, body, _ in iter_records(data, 0, verify):
-        if body is None:
-            continue
-        wall, step, values = parse_event(body)
-        for tag, value, extra in values:
-            if isinstance(extra, str) and extra not in ("scalars", ""):
-                skip.add(tag)
+    dec = decode(data, frame(data, 0, verify))
+    skip: dict[str, int] = {}
+    extra: list[tuple[int, int, float | None, str, float]] = []
+    for i, event in dec.others:
+        if isinstance(event, str):
+            raise ValueError(f"{path}: record {i + 1}: undecodable event ({event})")
+        wall, step, values = event
+        for tag, value, kind in values:
+            if isinstance(kind, str) and kind not in ("scalars", ""):
+                skip.setdefault(tag, i)
             if value is not None and tag not in skip:
-                out.append((tag, step, wall, value))
-    return out
+                extra.append((i, step, wall, tag, value))
+    pts = _Points.of(dec, skip, extra)
+    walls: list[float | None] = pts.wall.tolist()
+    for i in np.flatnonzero(~pts.has_wall).tolist():
+        walls[i] = None
+    names = np.array(pts.tags, dtype=object)[pts.tag].tolist()
+    return list(zip(names, pts.step.tolist(), walls, pts.value.tolist(), strict=True))
+
+
+@dataclass
+class _Points:
+    """Scalar points in file order, as columns."""
+
+    item: np.ndarray  # the record each comes from
+    step: np.ndarray
+    wall: np.ndarray  # NaN where ``has_wall`` is False
+    has_wall: np.ndarray
+    tag: np.ndarray  # an index into ``tags``
+    value: np.ndarray
+    tags: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        dec: Decoded,
+        skip: dict[str, int],
+        extra: list[tuple[int, int, float | None, str, float]],
+    ) -> _Points:
+        """The common-layout points of ``dec`` whose tag was not marked a
+        non-scalar (``skip``: tag -> the record that marked it) before them,
+        merged in file order with ``extra``, the points of the other records
+        as ``(item, step, wall, tag, value)``."""
+        tags = list(dec.tags)
+        never = np.iinfo(np.int64).max
+        marked = np.array([skip.get(t, never) for t in tags], dtype=np.int64)
+        keep = marked[dec.tag] > dec.simple
+        pts = cls(
+            dec.simple[keep],
+            dec.step[keep],
+            dec.wall[keep],
+            np.ones(int(keep.sum()), dtype=bool),
+            dec.tag[keep],
+            dec.value[keep],
+            tags,
+        )
+        if not extra:
+            return pts
+        ids = {t: i for i, t in enumerate(tags)}
+        more = cls(
+            np.array([e[0] for e in extra], dtype=np.int64),
+            np.array([e[1] for e in extra], dtype=np.int64),
+            np.array([np.nan if e[2] is None else e[2] for e in extra], dtype=np.float64),
+            np.array([e[2] is not None for e in extra], dtype=bool),
+            np.array([ids.setdefault(e[3], len(ids)) for e in extra], dtype=np.int64),
+            np.array([e[4] for e in extra], dtype=np.float64),
+            list(ids),
+        )
+        order = np.argsort(np.concatenate([pts.item, more.item]), kind="stable")
+
+        def both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return np.concatenate([a, b])[order]
+
+        return cls(
+            both(pts.item, more.item),
+            both(pts.step, more.step),
+            both(pts.wall, more.wall),
+            both(pts.has_wall, more.has_wall),
+            both(pts.tag, more.tag),
+            both(pts.value, more.value),
+            more.tags,
+        )
 
 
 # ---- mapping ----------------------------------------------------------------------
@@ -381,39 +255,42 @@ class TensorBoardReader:
     def _scan(self, path: Path, data: bytes, offset: int, scan: _Scan) -> int:
         """Decode the whole records of ``data`` (read from byte ``offset``) into
         ``scan``; returns how many bytes they took."""
-        consumed = 0
-        for pos, end, body, damage in iter_records(data, 0, self.verify_crc):
-            consumed = end
-            scan.record += 1
-            where = f"record {scan.record} at byte {offset + pos}"
-            if body is None:
-                scan.problems.append(Problem(str(path), None, f"{where}: {damage}; skipped"))
+        framed = frame(data, 0, self.verify_crc)
+        dec = decode(data, framed)
+        first = scan.record
+        scan.record += len(framed.starts)
+        problems: list[tuple[int, str]] = [
+            (i, f"{why}; skipped") for i, why in framed.damage.items()
+        ]
+        bad_wall = ~((dec.wall >= 0) & (dec.wall < TS_MAX))  # as epoch_seconds bounds it
+        for i, wall in zip(dec.simple[bad_wall].tolist(), dec.wall[bad_wall].tolist(), strict=True):
+            problems.append((i, time_problem("wall_time", wall)))
+        skip = dict.fromkeys(scan.skip, -1)
+        extra = []
+        for i, event in dec.others:
+            if isinstance(event, str):
+                problems.append((i, f"undecodable event ({event}); skipped"))
                 continue
-            try:
-                wall, step, values = parse_event(body)
-            except (ValueError, IndexError, struct.error) as e:
-                scan.problems.append(
-                    Problem(str(path), None, f"{where}: undecodable event ({e}); skipped")
-                )
-                continue
+            wall, step, values = event
             if wall is not None and epoch_seconds(wall) is None:
-                scan.problems.append(
-                    Problem(str(path), None, f"{where}: {time_problem('wall_time', wall)}")
-                )
+                problems.append((i, time_problem("wall_time", wall)))
                 wall = None
-            for tag, value, extra in values:
-                if isinstance(extra, tuple):
+            for tag, value, kind in values:
+                if isinstance(kind, tuple):
                     if tag in ("args/text_summary", "args") and not scan.args:
-                        scan.args = _hf_args(extra[1])
+                        scan.args = _hf_args(kind[1])
                     continue
-                if isinstance(extra, str) and extra not in ("scalars", ""):
-                    scan.skip.add(tag)
-                if value is None or tag in scan.skip or step < 0 or twin(tag):
+                if isinstance(kind, str) and kind not in ("scalars", ""):
+                    skip.setdefault(tag, i)
+                if value is None or tag in skip or step < 0:
                     continue
-                canonical = add_scalar(scan.steps, scan.metric_rows, step, wall, tag, value)
-                if not canonical and tag in FINAL_TAGS:
-                    scan.ended_at = step
-        return consumed
+                extra.append((i, step, wall, tag, value))
+        scan.skip.update(skip)
+        for i, what in sorted(problems, key=lambda p: p[0]):
+            where = f"record {first + i + 1} at byte {offset + int(framed.starts[i])}"
+            scan.problems.append(Problem(str(path), None, f"{where}: {what}"))
+        _route(_Points.of(dec, skip, extra), scan)
+        return framed.consumed
 
     def _run_events(self, rows: RowBuilder, state: dict[str, Any], scan: _Scan) -> list[int]:
         """Add the run's ``run_end`` (a final summary tag was seen) and, once
@@ -455,6 +332,80 @@ class _Scan:
     metric_rows: list[tuple[int, float | None, str, float]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     ended_at: int | None = None
+
+
+def _route(pts: _Points, scan: _Scan) -> None:
+    """Route points as :func:`add_scalar` does, a column at a time: canonical
+    metrics into ``scan.steps`` (a step's first time kept, a metric's last
+    value), the others into ``scan.metric_rows`` in file order. Twins are
+    left out; a final summary tag marks the run's end."""
+    routes = [metric_name(t) for t in pts.tags]
+    keep = ~np.array([twin(t) for t in pts.tags], dtype=bool)[pts.tag]
+    timed = pts.has_wall & (pts.wall >= 0) & (pts.wall < TS_MAX)
+    is_canon = np.array([c for _, c in routes], dtype=bool)[pts.tag]
+    final = np.array(
+        [not c and t in FINAL_TAGS for t, (_, c) in zip(pts.tags, routes, strict=True)], dtype=bool
+    )
+    ends = np.flatnonzero(keep & final[pts.tag])
+    if len(ends):
+        scan.ended_at = int(pts.step[ends[-1]])
+    for canonical in (True, False):
+        sel = np.flatnonzero(keep & (is_canon == canonical))
+        if not len(sel):
+            continue
+        ts: list[float | None] = pts.wall[sel].tolist()
+        for j in np.flatnonzero(~timed[sel]).tolist():
+            ts[j] = None
+        if not canonical:
+            names = np.array([n for n, _ in routes], dtype=object)[pts.tag[sel]]
+            scan.metric_rows.extend(
+                zip(
+                    pts.step[sel].tolist(), ts, names.tolist(), pts.value[sel].tolist(), strict=True
+                )
+            )
+            continue
+        kinds = list(dict.fromkeys(n for n, c in routes if c))
+        kind_of = np.array([kinds.index(n) if c else -1 for n, c in routes], dtype=np.int64)
+        _add_steps(scan.steps, pts.step[sel], ts, kind_of[pts.tag[sel]], kinds, pts.value[sel])
+
+
+def _add_steps(
+    slots: dict[int, list[Any]],
+    steps: np.ndarray,
+    ts: list[float | None],
+    kind: np.ndarray,
+    names: list[str],
+    values: np.ndarray,
+) -> None:
+    """Canonical points (in file order; ``kind`` indexes ``names``) into
+    ``slots`` (step -> ``[ts, metrics]``): a new step's time is its first
+    point's, a metric's value its last write; a step already there keeps
+    its time."""
+    uniq, firsts = np.unique(steps, return_index=True)
+    columns = []  # per metric: its last value at each step it has, and where
+    for k, name in enumerate(names):
+        mine = np.flatnonzero(kind == k)[::-1]  # newest first: the last write wins
+        if not len(mine):
+            continue
+        at, lasts = np.unique(steps[mine], return_index=True)
+        columns.append((name, values[mine][lasts].tolist(), np.searchsorted(uniq, at)))
+    full = [c for c in columns if len(c[2]) == len(uniq)]
+    keys = [c[0] for c in full]
+    metrics: list[dict[str, float]] = (
+        [dict(zip(keys, row, strict=True)) for row in zip(*(c[1] for c in full), strict=True)]
+        if full
+        else [{} for _ in range(len(uniq))]
+    )
+    for name, vals, where in columns:
+        if len(where) < len(uniq):
+            for i, v in zip(where.tolist(), vals, strict=True):
+                metrics[i][name] = v
+    ulist = uniq.tolist()
+    for i in [i for i, step in enumerate(ulist) if step in slots] if slots else []:
+        slots[ulist[i]][1].update(metrics[i])
+    for step, j, m in zip(ulist, firsts.tolist(), metrics, strict=True):
+        if step not in slots:
+            slots[step] = [ts[j], m]
 
 
 def _has_trainer_log(path: Path) -> bool:
