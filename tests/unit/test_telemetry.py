@@ -156,3 +156,22 @@ def test_nan_garbage_and_bad_times_are_skip_lines_and_good_records_kept(tmp_path
     assert f"{gpu}:3: malformed JSON" in said
     assert f"{gpu}:4: time '1717000000000.0' is not a time in seconds since the epoch" in said
     assert f"{gpu}:5: power_w 'hot' on GPU 0 is not a number; skipped" in said
+
+
+def test_samples_of_one_step_combine_as_memory_peak_and_mean_of_the_rest(tmp_path):
+    root = tmp_path / "runs"
+    train_log(root / "run-d")
+    jsonl(root / "run-d" / "gpu.jsonl", [
+        {**flat(T0 + 21, 0, 700), "utilization": 40},
+        {**flat(T0 + 22, 0, 500), "utilization": 60},
+    ])  # fmt: skip
+    store = Store.open(root, cache_dir=tmp_path / "cache")
+    got = rows(
+        store,
+        "SELECT rank, step, ts, name, value FROM metrics "
+        "WHERE name IN ('gpu_memory_used_mb', 'gpu_util') ORDER BY name",
+    )
+    assert got == [
+        (0, 2, T0 + 22, "gpu_memory_used_mb", 700.0),
+        (0, 2, T0 + 22, "gpu_util", 50.0),
+    ]
