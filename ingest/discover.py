@@ -14,6 +14,7 @@ from tunescope.ingest.llamafactory import LlamaFactoryReader
 from tunescope.ingest.mlflow_store import MLflowDBReader, MLflowFileReader
 from tunescope.ingest.native import NativeReader
 from tunescope.ingest.readers.general import GeneralReader
+from tunescope.ingest.readers.telemetry import TelemetryReader
 from tunescope.ingest.records import RecordsReader
 from tunescope.ingest.rows import Problem, Reader
 from tunescope.ingest.swift import SwiftReader
@@ -34,7 +35,8 @@ READERS: list[Reader] = [
     ConsoleReader(),
     CSVReader(),
     RecordsReader(),
-    GeneralReader(),  # last: any file with a loss in it that no reader above claimed
+    GeneralReader(),  # any file with a loss in it that no reader above claimed
+    TelemetryReader(),  # GPU telemetry: joins the run whose log sits beside it
 ]
 
 # Directories never descended into.
@@ -75,7 +77,10 @@ def run_id_for(root: Path, run_dir: Path, resolved_root: Path | None = None) -> 
 def unclaimed_hint(path: Path) -> str | None:
     """Why no reader took a file that looks like a log (None: it does not look like one)."""
     from tunescope.ingest import console_detect
+    from tunescope.ingest.readers import telemetry
 
+    if telemetry.is_telemetry(path):
+        return telemetry.TELEMETRY_ALONE
     got = console_detect.hint(path)
     if got is not None:
         return got

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tunescope.ingest.readers.general import shape_of
 from tunescope.ingest.readers.general_text import Shape
+from tunescope.ingest.readers.telemetry import explain_line
 from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH
 
 
@@ -67,6 +68,11 @@ def explain(path: Path) -> list[str]:
             continue
         if reader.format == "general":
             lines.extend(shape_lines(shape_of(path)))
+            if hit and claimed is None:
+                claimed = reader
+            continue
+        if reader.format == "telemetry":
+            lines.append(explain_line(path))
             if hit and claimed is None:
                 claimed = reader
             continue
