@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.foreign import QUIET_END, infer_logging_steps, number
-from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, is_count, rises
+from tunescope.ingest.foreign import infer_logging_steps, number
+from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, emit_records, is_count, rises
 from tunescope.ingest.readers.vocabulary import HIGH, Meaning, meaning
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
@@ -187,10 +187,10 @@ def read(
         slot[1].update(canon)
         slot[2].update(extras)
         slot[3].update(evals)
-    steps = [s for s, v in sorted(merged.items()) if "loss" in v[1]]
-    if steps:
-        inferred = shape.step == "epoch"
-        rows.event(0, None, None, "run_start", {
+    inferred = shape.step == "epoch"
+
+    def start(steps: list[int]) -> dict[str, Any]:
+        return {
             "format": "general",
             "family": "general-" + kind,
             "source": str(path),
@@ -200,16 +200,8 @@ def read(
             "steps_inferred": inferred,
             "loss_averaging": "as the log wrote it",
             "inferred": shape.describe(),
-        }, seq=0)  # fmt: skip
-    for step, (seq, canon, extras, evals) in sorted(merged.items()):
-        if canon:
-            rows.step(0, step, None, canon, seq=seq)
-        for name, value in {**extras, **evals}.items():
-            rows.metric(0, step, None, name, value, seq=seq)
-        if evals:
-            rows.event(0, step, None, "eval", evals, seq=seq)
-    if steps:
-        rows.event(0, steps[-1], None, "run_end", dict(QUIET_END), seq=len(recs) + 1)
-    else:
+        }
+
+    if not emit_records(rows, merged, start, len(recs) + 1):
         problems.append(Problem(str(path), None, f"{len(recs):,} records, none with a loss"))
     return rows.result({"sig": sig}, problems, replace=True)

@@ -18,8 +18,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.foreign import QUIET_END, infer_logging_steps
-from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, is_count, rises, value_of
+from tunescope.ingest.foreign import infer_logging_steps
+from tunescope.ingest.readers.general_text import (
+    MIN_RECORDS,
+    Shape,
+    emit_records,
+    is_count,
+    rises,
+    value_of,
+)
 from tunescope.ingest.readers.vocabulary import HIGH, Meaning, meaning
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
@@ -231,19 +238,9 @@ def read(
             else:
                 slot[2][m.column if m.confidence >= HIGH else name] = value
     rows = RowBuilder()
-    steps = [s for s, v in sorted(merged.items()) if "loss" in v[1]]
-    if steps:
-        rows.event(0, None, None, "run_start", _start(path, shape, source, steps), seq=0)
-    for step, (seq, canon, extras, evals) in sorted(merged.items()):
-        if canon:
-            rows.step(0, step, None, canon, seq=seq)
-        for name, value in {**extras, **evals}.items():
-            rows.metric(0, step, None, name, value, seq=seq)
-        if evals:
-            rows.event(0, step, None, "eval", evals, seq=seq)
-    if steps:
-        rows.event(0, steps[-1], None, "run_end", dict(QUIET_END), seq=len(text) + 1)
-    else:
+    if not emit_records(
+        rows, merged, lambda steps: _start(path, shape, source, steps), len(text) + 1
+    ):
         problems.append(Problem(str(path), None, f"{order:,} rows, none with a loss; nothing read"))
     return rows.result({"sig": sig}, problems, replace=True)
 

@@ -19,10 +19,13 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunescope.ingest.foreign import QUIET_END
 from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH, Meaning, is_eval_measure, meaning
+from tunescope.ingest.rows import RowBuilder
 
 _NUM = (
     rb"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
@@ -274,3 +277,28 @@ def rises(values: list[Any]) -> bool:
     up = sum(1 for a, b in itertools.pairwise(values) if b > a)
     down = sum(1 for a, b in itertools.pairwise(values) if b < a)
     return up >= 2 and up > 2 * down
+
+
+def emit_records(
+    rows: RowBuilder,
+    merged: Mapping[int, Sequence[Any]],
+    start: Callable[[list[int]], dict[str, Any]],
+    end_seq: int,
+) -> bool:
+    """Write records merged per step (``seq``, step columns, other metrics,
+    evals) as rows between a ``run_start`` (``start(steps with a loss)``) and a
+    quiet ``run_end``; False, and nothing but metrics written, when no step
+    holds a loss."""
+    steps = [s for s, v in sorted(merged.items()) if "loss" in v[1]]
+    if steps:
+        rows.event(0, None, None, "run_start", start(steps), seq=0)
+    for step, (seq, canon, extras, evals) in sorted(merged.items()):
+        if canon:
+            rows.step(0, step, None, canon, seq=seq)
+        for name, value in {**extras, **evals}.items():
+            rows.metric(0, step, None, name, value, seq=seq)
+        if evals:
+            rows.event(0, step, None, "eval", evals, seq=seq)
+    if steps:
+        rows.event(0, steps[-1], None, "run_end", dict(QUIET_END), seq=end_seq)
+    return bool(steps)
