@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 TORCH_VERSION   ?= 2.13.0
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 RUNS   ?= fixtures/runs
-# The chart library inlined into HTML reports (detectors/vendor); `make vendor` refreshes it.
+# The chart library inlined into HTML reports (tunescope/report/vendor); `make vendor` refreshes it.
 UPLOT_VERSION ?= 1.6.32
 
 .PHONY: run test test-fast lint links fixtures sweeps bench bench-summary clean setup setup-dev torch vendor
@@ -89,11 +89,11 @@ bench-summary: $(VENV)/.dev
 vendor:
 	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null \
 	  && tar xzf uplot-$(UPLOT_VERSION).tgz && cd - >/dev/null \
-	  && cp $$tmp/package/dist/uPlot.iife.min.js detectors/vendor/uplot.min.js \
-	  && cp $$tmp/package/dist/uPlot.min.css detectors/vendor/uplot.min.css \
-	  && cp $$tmp/package/LICENSE detectors/vendor/uplot.LICENSE \
-	  && echo "uplot $(UPLOT_VERSION)" > detectors/vendor/VERSION && rm -rf $$tmp
-	@cat detectors/vendor/VERSION
+	  && cp $$tmp/package/dist/uPlot.iife.min.js tunescope/report/vendor/uplot.min.js \
+	  && cp $$tmp/package/dist/uPlot.min.css tunescope/report/vendor/uplot.min.css \
+	  && cp $$tmp/package/LICENSE tunescope/report/vendor/uplot.LICENSE \
+	  && echo "uplot $(UPLOT_VERSION)" > tunescope/report/vendor/VERSION && rm -rf $$tmp
+	@cat tunescope/report/vendor/VERSION
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -36,7 +36,7 @@ sys.path.append(str(ROOT / "bench"))  # last: bench/tensorboard.py must not hide
 from siblings import make_sweep  # noqa: E402
 
 from tunescope.cli import main as main_cli  # noqa: E402
-from tunescope.ingest.store import Store  # noqa: E402
+from tunescope.ingest.store.database import Store  # noqa: E402
 
 TARGET = 0.05
 

@@ -7,7 +7,7 @@ Writes ``--runs`` small runs (cached in bench/out/ between runs), ingests them
 in ``--passes`` passes (so the cache holds many segments and a long
 manifest), then times a re-ingest of the unchanged corpus (what ``watch``
 and the TUI do every poll) with the manifest's checks and the segments'
-footer checks (ingest/trust.py, segments.unreadable), and with both replaced
+footer checks (ingest/store/trust.py, segments.unreadable), and with both replaced
 by no-ops, interleaved ``--repeats`` times; prints best and median of each
 and their ratio.
 """
@@ -20,9 +20,9 @@ import statistics
 import time
 from pathlib import Path
 
-from tunescope.ingest import manifest as manifests
-from tunescope.ingest import segments
-from tunescope.ingest.cache import Cache
+from tunescope.ingest.store import manifest as manifests
+from tunescope.ingest.store import segments
+from tunescope.ingest.store.cache import Cache
 from tunescope.train.events import EventWriter
 
 OUT = Path(__file__).resolve().parent / "out" / "cache_trust"

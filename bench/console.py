@@ -118,9 +118,9 @@ def best(fn, repeat: int) -> tuple[float, object]:
 def measure(
     name: str, path: Path, needle: str, repeat: int, general: bool = False
 ) -> dict[str, float]:
-    from tunescope.ingest.cache import Cache
-    from tunescope.ingest.console import ConsoleReader
+    from tunescope.ingest.readers.console.reader import ConsoleReader
     from tunescope.ingest.readers.general import GeneralReader
+    from tunescope.ingest.store.cache import Cache
 
     size = path.stat().st_size / 1e6
     pattern = re.compile(re.escape(needle.encode()))

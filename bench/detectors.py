@@ -464,7 +464,7 @@ def print_table(title: str, rows: list[dict[str, Any]], summary: dict[str, Any])
 
 def analyse_root(root: Path, cache: Path) -> tuple[list[Any], dict[str, int], float]:
     from tunescope.detectors.engine import analyze
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     store = Store.open(root, cache)
     t0 = time.perf_counter()
@@ -486,7 +486,7 @@ def real_logs(tmp: Path) -> None:
         print("  skipped: fixtures/real not found")
         return
     from tunescope.detectors.engine import analyze
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     store = Store.open(REAL_LOGS, tmp / "real-cache")
     ids = store.run_ids()

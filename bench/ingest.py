@@ -29,8 +29,8 @@ from pathlib import Path
 
 import duckdb
 
-from tunescope.ingest.cache import Cache
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.cache import Cache
+from tunescope.ingest.store.database import Store
 from tunescope.train.events import EventWriter
 
 OUT = Path(__file__).resolve().parent / "out"

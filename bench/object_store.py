@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ingest import make_corpus  # bench/ingest.py: the same corpus generator
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 OUT = Path(__file__).resolve().parent / "out"
 

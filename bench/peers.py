@@ -18,7 +18,7 @@ logged a loss), the ``metrics`` view the eval loss (``eval_loss``, else the firs
 fault (``LABELS.json``: detector, first_step..last_step) when one of its rules
 that speaks of that kind of fault (``KIND`` in the rules module) raises an alert
 inside the fault's steps, allowing one logging interval either side, as
-``detectors/scoring.py`` allows tunescope. Whether tunescope found the fault is
+``tunescope/report/scoring.py`` allows tunescope. Whether tunescope found the fault is
 ``scoring.judge``'s verdict on ``analyze`` over the same store.
 
 A peer's false-alarm rate is the fraction of healthy run dirs where it raises any
@@ -196,9 +196,9 @@ def read_root(
     """Ingest one labelled folder, analyze it, replay every peer on every run;
     ``seconds`` adds up the time of ``analyze`` and of the replays."""
     from tunescope.detectors.engine import analyze
-    from tunescope.detectors.scoring import judge, label_of, run_facts
     from tunescope.findings import Severity
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
+    from tunescope.report.scoring import judge, label_of, run_facts
 
     labels = load_labels(root / "LABELS.json")
     store = Store.open(root, tmp / f"cache-{len(skip)}")

@@ -5,7 +5,7 @@ which false alarms are raised, per run and per detector.
     python bench/real_logs.py DIR             # any folder of run dirs with a LABELS.json
     python bench/real_logs.py --findings      # also print every finding
 
-The labels and their rules are described in ``detectors/scoring.py``. The
+The labels and their rules are described in ``tunescope/report/scoring.py``. The
 figures to report: runs read, faults found at their minimum severity, false
 alarms (warnings or errors of detectors labelled quiet, errors on healthy
 runs), and the time ``analyze`` took against the time of the ingest it needed
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--findings", action="store_true", help="print every finding")
     a = p.parse_args(argv)
     from tunescope.detectors.engine import analyze
-    from tunescope.detectors.scoring import judge, run_facts
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
+    from tunescope.report.scoring import judge, run_facts
 
     root = Path(a.root)
     labels = json.loads((root / "LABELS.json").read_text())

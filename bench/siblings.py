@@ -47,7 +47,7 @@ from detector_cases import write_case  # noqa: E402
 from tunescope.cli import main as main_cli  # noqa: E402
 from tunescope.detectors import sibling_gap  # noqa: E402
 from tunescope.detectors.base import Context  # noqa: E402
-from tunescope.ingest.store import Store  # noqa: E402
+from tunescope.ingest.store.database import Store  # noqa: E402
 
 LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 RANKS_R = (2, 4, 8, 16, 32)

@@ -35,7 +35,7 @@ from detector_cases import write_case  # noqa: E402
 
 from tunescope.detectors.base import Context  # noqa: E402
 from tunescope.findings import Severity  # noqa: E402
-from tunescope.ingest.store import Store  # noqa: E402
+from tunescope.ingest.store.database import Store  # noqa: E402
 
 MODULES = {
     "TS201": "tunescope.detectors.adapter_grads",

@@ -8,7 +8,7 @@ round), and prints the best and median times, the ratios against the
 accumulator in the same rounds and whether both returned the same points.
 
 ``--commit REV`` (repeatable) also times ``read_scalars`` and the reader as
-``ingest/tensorboard.py`` was at that commit (``git show``), in the same
+``ingest/readers/tensorboard.py`` was at that commit (``git show``), in the same
 rounds: a regression shows as a ratio against that older copy rather than as
 a figure from another day.
 
@@ -62,24 +62,24 @@ def baseline(path: Path) -> list[tuple[str, int, float, float]]:
 
 
 def ours_points(path: Path) -> list[tuple[str, int, float | None, float]]:
-    from tunescope.ingest.tensorboard import read_scalars
+    from tunescope.ingest.readers.tensorboard import read_scalars
 
     return read_scalars(path)
 
 
 def ours_rows(path: Path) -> int:
-    from tunescope.ingest.tensorboard import TensorBoardReader
+    from tunescope.ingest.readers.tensorboard import TensorBoardReader
 
     result = TensorBoardReader().read(path, None)
     return int(result.steps.num_rows)
 
 
 def at_commit(rev: str) -> tuple[Callable[[Path], Any], Callable[[Path], Any]]:
-    """``read_scalars`` and the reader of ``ingest/tensorboard.py`` as it was
+    """``read_scalars`` and the reader of ``ingest/readers/tensorboard.py`` as it was
     at ``rev``."""
     root = _HERE.parent
     source = subprocess.run(
-        ["git", "-C", str(root), "show", f"{rev}:ingest/tensorboard.py"],
+        ["git", "-C", str(root), "show", f"{rev}:ingest/readers/tensorboard.py"],
         check=True,
         capture_output=True,
         text=True,

@@ -159,8 +159,8 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, help="keep generated runs here")
     args = ap.parse_args()
 
-    from tunescope.detectors.curves import RUN_PLOTS, spec_source
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
+    from tunescope.report.curves import RUN_PLOTS, spec_source
     from tunescope.tui.plot import Plot
     from tunescope.tui.queries import RunFilter, bucket_series, runs_page
 

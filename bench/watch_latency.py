@@ -125,7 +125,7 @@ def pick_analyzer(choice: str) -> str:
 def poll_cost(runs: Path, cache: Path, analyzer: str, n: int = 5) -> float:
     """Median seconds of one poll's work (ingest + analysis), in-process."""
     sys.path.insert(0, str(HERE))
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
     from tunescope.watch import load_analyzer
 
     analyze = load_analyzer(analyzer)

@@ -50,8 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors import stats
-from tunescope.detectors.rankwise import (
+from tunescope.detectors.scans import stats
+from tunescope.detectors.scans.rankwise import (
     collapse_ranks,
     finding,
     payload_number,

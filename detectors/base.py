@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from tunescope.findings import Finding
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
 
 class DetectorModule(Protocol):
@@ -55,7 +55,7 @@ class Context:
     run_ids: list[str] | None = None
     groups: dict[str, list[str]] = field(default_factory=dict)
     """``[tool.tunescope.groups]``: sibling groups by name, as run ids or glob
-    patterns, where the automatic grouping is wrong (see ``detectors/siblings.py``)."""
+    patterns, where the automatic grouping is wrong (see ``detectors/scans/siblings.py``)."""
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Values computed once per context and shared by detectors (frames, series,
     scans keyed by their options)."""
@@ -64,7 +64,7 @@ class Context:
         """Run SQL on a fresh cursor and return a polars DataFrame."""
         import polars as pl
 
-        from tunescope.ingest.duck import fetch_arrow
+        from tunescope.ingest.store.duck import fetch_arrow
 
         table = fetch_arrow(self.store.cursor(), query, params)
         return pl.from_arrow(table)  # type: ignore[return-value]  # a table gives a DataFrame

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import run_series
-from tunescope.detectors.siblings import run_settings
-from tunescope.detectors.stats import rolling_median
+from tunescope.detectors.scans.series import run_series
+from tunescope.detectors.scans.siblings import run_settings
+from tunescope.detectors.scans.stats import rolling_median
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 

@@ -61,9 +61,9 @@ from typing import Any
 
 import numpy as np
 
-from tunescope.detectors import death_oom
 from tunescope.detectors.base import Context
-from tunescope.detectors.death_causes import (
+from tunescope.detectors.scans import death_oom
+from tunescope.detectors.scans.death_causes import (
     CAUSES,
     EXCEPTION_LINE,
     EXIT_CODE,

@@ -58,18 +58,23 @@ import numpy as np
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
-from tunescope.detectors.divergence_trend import kendall_rises, looks_like_step, screen, screen_sums
 from tunescope.detectors.resume_jump import resumes
-from tunescope.detectors.series import (
+from tunescope.detectors.scans.divergence_trend import (
+    kendall_rises,
+    looks_like_step,
+    screen,
+    screen_sums,
+)
+from tunescope.detectors.scans.series import (
     DIFF_TO_SIGMA,
     Series,
     epoch_boundaries,
     near_boundary,
     run_series,
 )
-from tunescope.detectors.spike_scan import LossSpikeParams, loss_incidents
-from tunescope.detectors.stats import incidents, warmup_mask
-from tunescope.detectors.stats import trend_np as trend
+from tunescope.detectors.scans.spike_scan import LossSpikeParams, loss_incidents
+from tunescope.detectors.scans.stats import incidents, warmup_mask
+from tunescope.detectors.scans.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 

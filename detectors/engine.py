@@ -35,7 +35,7 @@ from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
 if TYPE_CHECKING:
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
 
 class DetectorError(TunescopeError):

@@ -52,8 +52,8 @@ import numpy as np
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import Series, merge_ranks, rank_series, samples_note, spikes
-from tunescope.detectors.stats import incidents, warmup_mask
+from tunescope.detectors.scans.series import Series, merge_ranks, rank_series, samples_note, spikes
+from tunescope.detectors.scans.stats import incidents, warmup_mask
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 

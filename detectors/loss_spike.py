@@ -55,14 +55,14 @@ from typing import Any
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import (
+from tunescope.detectors.scans.series import (
     early_level,
     epoch_boundaries,
     merge_ranks,
     near_boundary,
     samples_note,
 )
-from tunescope.detectors.spike_scan import Incident, LossSpikeParams, loss_incidents
+from tunescope.detectors.scans.spike_scan import Incident, LossSpikeParams, loss_incidents
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 

@@ -31,7 +31,7 @@ from tunescope.findings import Finding
 
 if TYPE_CHECKING:
     from tunescope.config import Config
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
 MEMO_FILE = "findings-memo.parquet"
 LIMITS = "\1"  # the scope of a run's limits: this, then the run id
@@ -231,7 +231,7 @@ def run_states(store: Store) -> dict[str, str]:
 def _read_rows(path: Path) -> tuple[list[Any], list[Any], list[Any]]:
     import pyarrow.parquet as pq
 
-    from tunescope.ingest.trust import plain_file
+    from tunescope.ingest.store.trust import plain_file
 
     if not plain_file(path):
         return [], [], []

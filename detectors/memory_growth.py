@@ -64,9 +64,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors.memory_forecast import capacity_mb, forecast, forecast_text
-from tunescope.detectors.memory_windows import merge_windows, onset, rising_windows
-from tunescope.detectors.rankwise import (
+from tunescope.detectors.scans.memory_forecast import capacity_mb, forecast, forecast_text
+from tunescope.detectors.scans.memory_windows import merge_windows, onset, rising_windows
+from tunescope.detectors.scans.rankwise import (
     collapse_ranks,
     finding,
     first_event_step,

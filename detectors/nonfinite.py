@@ -43,8 +43,8 @@ import numpy as np
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import event_payload, merge_ranks, rank_series, samples_note
-from tunescope.detectors.stats import incidents
+from tunescope.detectors.scans.series import event_payload, merge_ranks, rank_series, samples_note
+from tunescope.detectors.scans.stats import incidents
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 from tunescope.words import count

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import event_payload, run_series
+from tunescope.detectors.scans.series import event_payload, run_series
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 

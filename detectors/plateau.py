@@ -48,9 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import Series, run_series
-from tunescope.detectors.stats import incidents, warmup_mask
-from tunescope.detectors.stats import trend_np as trend
+from tunescope.detectors.scans.series import Series, run_series
+from tunescope.detectors.scans.stats import incidents, warmup_mask
+from tunescope.detectors.scans.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.series import IQR_TO_SIGMA, early_level, event_payload, run_series
+from tunescope.detectors.scans.series import IQR_TO_SIGMA, early_level, event_payload, run_series
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 

@@ -46,8 +46,8 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.outcome import Tail, common_step, pooled_sd, tail_loss, window
-from tunescope.detectors.siblings import (
+from tunescope.detectors.scans.outcome import Tail, common_step, pooled_sd, tail_loss, window
+from tunescope.detectors.scans.siblings import (
     Factor,
     Group,
     Sweep,
@@ -277,7 +277,7 @@ def _finding(group, run, mine, key, keys, same, tails, configs, at, width, noise
 
 
 def members(ctx: Context, group: Group) -> list[Member]:
-    from tunescope.detectors.siblings import loss_curves, run_settings
+    from tunescope.detectors.scans.siblings import loss_curves, run_settings
 
     curves = loss_curves(ctx)
     conf = run_settings(ctx)

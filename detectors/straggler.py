@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.detectors.rankwise import finding, run_ended, steps_slices
-from tunescope.detectors.straggler_windows import window_scores
+from tunescope.detectors.scans.rankwise import finding, run_ended, steps_slices
+from tunescope.detectors.scans.straggler_windows import window_scores
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import grouped as fmt
 from tunescope.words import count
@@ -229,7 +229,7 @@ def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> lis
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    from tunescope.detectors.stats import incidents
+    from tunescope.detectors.scans.stats import incidents
 
     return incidents(mask)
 

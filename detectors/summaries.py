@@ -12,7 +12,7 @@ from tunescope.findings import Finding, Severity, jsonable
 
 if TYPE_CHECKING:
     from tunescope.detectors.memo import Memo
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
 
 def worst(findings: Iterable[Finding]) -> Severity | None:
@@ -32,11 +32,11 @@ def run_summaries(
 ):
     """One dict per run: id, name, format, status, steps, last step and loss,
     and its finding counts by severity (the ``runs`` part of the JSON report);
-    ``group`` (its siblings' group, :mod:`~tunescope.detectors.siblings`) for
+    ``group`` (its siblings' group, :mod:`~tunescope.detectors.scans.siblings`) for
     a run that has siblings. ``groups``: ``[tool.tunescope.groups]``. With a
     ``memo``, an unchanged run's limits are not read again."""
     from tunescope.detectors.limits import run_limits
-    from tunescope.detectors.siblings import sibling_groups
+    from tunescope.detectors.scans.siblings import sibling_groups
     from tunescope.findings import death_cause
 
     ctx = Context(store, list(run_ids) if run_ids is not None else None)

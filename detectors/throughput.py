@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tunescope.detectors import stats
-from tunescope.detectors.rankwise import (
+from tunescope.detectors.scans import stats
+from tunescope.detectors.scans.rankwise import (
     collapse_ranks,
     finding,
     on_cpu,

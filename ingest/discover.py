@@ -7,19 +7,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunescope.ingest.console import ConsoleReader
-from tunescope.ingest.csvlog import CSVReader
-from tunescope.ingest.hf_state import HFStateReader
-from tunescope.ingest.llamafactory import LlamaFactoryReader
-from tunescope.ingest.mlflow_store import MLflowDBReader, MLflowFileReader
-from tunescope.ingest.native import NativeReader
+from tunescope.ingest.readers.console.reader import ConsoleReader
+from tunescope.ingest.readers.csvlog import CSVReader
 from tunescope.ingest.readers.general import GeneralReader
+from tunescope.ingest.readers.hf_state import HFStateReader
+from tunescope.ingest.readers.llamafactory import LlamaFactoryReader
+from tunescope.ingest.readers.mlflow_store import MLflowDBReader, MLflowFileReader
+from tunescope.ingest.readers.native.reader import NativeReader
+from tunescope.ingest.readers.records import RecordsReader
+from tunescope.ingest.readers.swift import SwiftReader
 from tunescope.ingest.readers.telemetry import TelemetryReader
-from tunescope.ingest.records import RecordsReader
+from tunescope.ingest.readers.tensorboard import TensorBoardReader
+from tunescope.ingest.readers.wandb_offline import WandbOfflineReader
 from tunescope.ingest.rows import Problem, Reader
-from tunescope.ingest.swift import SwiftReader
-from tunescope.ingest.tensorboard import TensorBoardReader
-from tunescope.ingest.wandb_offline import WandbOfflineReader
 
 # The readers, in the order they are asked. A plain list: adding a format means
 # writing a module with a reader object and adding it here.
@@ -76,12 +76,12 @@ def run_id_for(root: Path, run_dir: Path, resolved_root: Path | None = None) -> 
 
 def unclaimed_hint(path: Path) -> str | None:
     """Why no reader took a file that looks like a log (None: it does not look like one)."""
-    from tunescope.ingest import console_detect
     from tunescope.ingest.readers import telemetry
+    from tunescope.ingest.readers.console import detect
 
     if telemetry.is_telemetry(path):
         return telemetry.TELEMETRY_ALONE
-    got = console_detect.hint(path)
+    got = detect.hint(path)
     if got is not None:
         return got
     name = path.name.lower()
@@ -91,7 +91,7 @@ def unclaimed_hint(path: Path) -> str | None:
             "([tool.tunescope.ingest] names the columns)"
         )
     if name.endswith(".json"):
-        from tunescope.ingest.records import json_trouble
+        from tunescope.ingest.readers.records import json_trouble
 
         trouble = json_trouble(path)
         if trouble is not None:

@@ -21,7 +21,7 @@ from tunescope.eventlog import LineError, loads
 from tunescope.schema import METRIC_NAMES
 
 if TYPE_CHECKING:
-    from tunescope.ingest.tail import Chunk
+    from tunescope.ingest.live.tail import Chunk
 
 # Columns a reader produces (without run_id, src, gen, seg: the ingester adds them).
 STEP_SCHEMA = pa.schema(

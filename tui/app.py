@@ -1,8 +1,8 @@
-"""``TunescopeApp``: the Textual front end over a :class:`~tunescope.ingest.store.Store`.
+"""``TunescopeApp``: the Textual front end over a :class:`~tunescope.ingest.store.database.Store`.
 
 The app receives its store (tests hand it one built from fixtures). It owns
 only what is app-wide: the live ingest and analysis worker (which follows the
-runs with the same :class:`~tunescope.ingest.follow.Follower` as ``tunescope
+runs with the same :class:`~tunescope.ingest.live.follow.Follower` as ``tunescope
 watch``, so it sees runs that another process ingested too), the global keys
 and the forwarding of :class:`StoreChanged` to the screens. Each screen owns
 its own queries, workers and handlers.
@@ -20,14 +20,14 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.worker import Worker
 
-from tunescope.ingest.follow import Follower
+from tunescope.ingest.live.follow import Follower
 from tunescope.tui.error_modal import report_worker_error
 from tunescope.tui.messages import AnalyzeFailed, StoreChanged
 from tunescope.tui.runs_screen import RunsScreen
 
 if TYPE_CHECKING:
     from tunescope.findings import Finding
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
 
 def load_analyze() -> Callable[..., list[Finding]]:

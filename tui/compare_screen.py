@@ -139,8 +139,8 @@ class CompareScreen(WorkerScreen):
           description="reading the runs' configs")  # fmt: skip
     def load_diff(self, run_ids: list[str], generation: int) -> None:
         from tunescope.detectors.base import Context
-        from tunescope.detectors.compare import HIDDEN
-        from tunescope.detectors.siblings import diff_keys, run_settings, shown
+        from tunescope.detectors.scans.siblings import diff_keys, run_settings, shown
+        from tunescope.report.compare import HIDDEN
 
         configs = run_settings(Context(self.app.store, run_ids))
         mine = {r: configs.get(r, {}) for r in run_ids}

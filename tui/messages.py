@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 from textual.message import Message
 
-from tunescope.detectors.curves import Series
+from tunescope.report.curves import Series
 from tunescope.tui.plot import Marker
 
 

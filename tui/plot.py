@@ -19,8 +19,8 @@ from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tunescope.detectors.curves import Series
 from tunescope.numbers import compact
+from tunescope.report.curves import Series
 
 # Colours for series, in order; chosen to stay apart on dark and light themes.
 PALETTE = (

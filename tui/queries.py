@@ -1,10 +1,10 @@
 """The SQL the screens run, as plain functions of a cursor.
 
 Each function takes a DuckDB cursor (one per worker thread) and returns plain
-Python values or :class:`~tunescope.detectors.curves.Series`; none touches a
+Python values or :class:`~tunescope.report.curves.Series`; none touches a
 widget, so the benchmark and the tests call them directly. The curve specs, the
 bucketing and the rank grid are shared with the reports
-(:mod:`tunescope.detectors.curves`).
+(:mod:`tunescope.report.curves`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tunescope.detectors.curves import (
+from tunescope.ingest.store.duck import fetch_arrow
+from tunescope.report.curves import (
     PlotSpec,
     Series,
     bucket_sql,
@@ -24,7 +25,6 @@ from tunescope.detectors.curves import (
     split_plots,
     split_series,
 )
-from tunescope.ingest.duck import fetch_arrow
 from tunescope.schema import METRIC_NAMES
 from tunescope.tui.plot import PALETTE
 

@@ -13,7 +13,7 @@ import statistics
 from rich.text import Text
 from textual.widgets import Static
 
-from tunescope.detectors.curves import SCALE, STRAGGLER_RATIO, colour_for, others_median
+from tunescope.report.curves import SCALE, STRAGGLER_RATIO, colour_for, others_median
 
 LABEL = 9  # "rank 12 " column
 SUMMARY = 16  # "  0.351s  1.62x" column

@@ -23,11 +23,11 @@ from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
 from tunescope.detectors.base import Context
-from tunescope.detectors.curves import RUN_PLOTS, rank_grid
 from tunescope.detectors.limits import run_limits
-from tunescope.detectors.series import event_payload
+from tunescope.detectors.scans.series import event_payload
 from tunescope.findings import DEATH_DETECTOR, status_text
 from tunescope.numbers import cell
+from tunescope.report.curves import RUN_PLOTS, rank_grid
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import (
     CurveLoaded,
@@ -164,7 +164,7 @@ class RunScreen(WorkerScreen):
     @work(thread=True, exclusive=True, group="report", exit_on_error=False,
           description="writing the HTML report")  # fmt: skip
     def write_report(self) -> None:
-        from tunescope.detectors.html_report import default_path, write_report
+        from tunescope.report.html import default_path, write_report
 
         path = write_report(self.app.store, [self.run_id], default_path([self.run_id]))
         self.post_message(ReportWritten(str(path), 1))

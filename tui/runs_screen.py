@@ -178,7 +178,7 @@ class RunsScreen(WorkerScreen):
     @work(thread=True, exclusive=True, group="report", exit_on_error=False,
           description="writing the HTML report")  # fmt: skip
     def write_report(self, run_ids: list[str]) -> None:
-        from tunescope.detectors.html_report import default_path, write_report
+        from tunescope.report.html import default_path, write_report
 
         path = write_report(self.app.store, run_ids, default_path(run_ids))
         self.post_message(ReportWritten(str(path), len(run_ids)))

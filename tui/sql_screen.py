@@ -22,7 +22,7 @@ from textual.worker import get_current_worker
 
 from tunescope import numbers
 from tunescope.errors import TunescopeError
-from tunescope.ingest.duck import python_rows
+from tunescope.ingest.store.duck import python_rows
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import QueryDone, QueryFailed
 from tunescope.tui.row_table import RowTable

@@ -23,12 +23,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from tunescope.ingest.remote import is_url
+from tunescope.ingest.store.remote import is_url
 
 
 def findings_schema() -> pa.Schema:
     """The findings view's columns, after ``root``: the path they came from."""
-    from tunescope.ingest.store import FINDINGS_SCHEMA
+    from tunescope.ingest.store.database import FINDINGS_SCHEMA
 
     return pa.schema([pa.field("root", pa.string()), *FINDINGS_SCHEMA])
 
@@ -55,7 +55,7 @@ def analyze_runs(
     """
     from tunescope.config import load_config
     from tunescope.detectors.engine import analyze_views, finding_rows
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     roots = [str(p) for p in paths]
     if config is None:

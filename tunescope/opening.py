@@ -13,8 +13,8 @@ from tunescope.say import say
 from tunescope.words import count
 
 if TYPE_CHECKING:
-    from tunescope.ingest.cache import IngestReport
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.cache import IngestReport
+    from tunescope.ingest.store.database import Store
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ def ingest_progress(enabled: bool | None = None) -> Progress:
 def open_store(runs: str | Path, cache_dir: str | Path | None, quiet: bool = False) -> Store:
     """Ingest ``runs`` and return the store; progress and a note about skipped
     lines on stderr unless ``quiet``."""
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     with ingest_progress(enabled=False if quiet else None) as bar:
         store = Store.open(runs, cache_dir, progress=bar.update)

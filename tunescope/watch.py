@@ -1,9 +1,9 @@
 """``tunescope watch``: follow runs as they train and send each new finding once.
 
 Every ``interval`` seconds, and as soon as a file under the runs root changes
-(file events, :mod:`tunescope.ingest.file_events`; polling alone where there
+(file events, :mod:`tunescope.ingest.live.file_events`; polling alone where there
 are none: object storage, network filesystems, ``events=False``), the watcher asks its
-:class:`~tunescope.ingest.follow.Follower` (the TUI's too) which runs changed
+:class:`~tunescope.ingest.live.follow.Follower` (the TUI's too) which runs changed
 (rows, events or status) after ingesting what is new under the runs root,
 runs the detectors on those runs only, and hands the findings that are new to
 an :class:`~tunescope.alerts.AlertSender` (which never blocks it). The command
@@ -44,14 +44,14 @@ from tunescope.alerts import Alert
 from tunescope.errors import StoreError, TunescopeError, UsageError
 from tunescope.files import write_whole
 from tunescope.findings import Finding, Severity, death_cause, status_text, step_range
-from tunescope.ingest.file_events import FileEvents, polling_reason
-from tunescope.ingest.follow import Follower
+from tunescope.ingest.live.file_events import FileEvents, polling_reason
+from tunescope.ingest.live.follow import Follower
 from tunescope.say import say
 from tunescope.words import count
 
 if TYPE_CHECKING:
     from tunescope.alerts import AlertSender
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
 STATE_NAME = "watch-state.json"
 LOCK_NAME = "watch.lock"
@@ -130,7 +130,7 @@ class Watcher:
     """Follows the runs of ``store`` and sends alerts through ``sender``.
 
     Args:
-        store: the runs (:class:`~tunescope.ingest.store.Store`).
+        store: the runs (:class:`~tunescope.ingest.store.database.Store`).
         sender: where alerts go (None: decide and record only).
         analyze: ``analyze(store, *, select, ignore, config, run_ids) -> list[Finding]``;
             the detector engine by default.
@@ -500,7 +500,7 @@ def watch_lock(cache_dir: str | os.PathLike[str], root: str | os.PathLike[str]) 
     """One watcher per cache dir: a second one would send every alert twice."""
     from filelock import FileLock, Timeout
 
-    from tunescope.ingest.trust import own_file
+    from tunescope.ingest.store.trust import own_file
 
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     own_file(Path(cache_dir) / LOCK_NAME)  # a link there would truncate what it points to

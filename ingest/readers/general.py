@@ -20,10 +20,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.console import ConsoleReader, Walk, take_bulk
-from tunescope.ingest.console_detect import beside_structured, is_binary
-from tunescope.ingest.foreign import keymap_for
 from tunescope.ingest.readers import general_bulk, general_json, general_table, general_text
+from tunescope.ingest.readers.console.detect import beside_structured, is_binary
+from tunescope.ingest.readers.console.reader import ConsoleReader, Walk, take_bulk
+from tunescope.ingest.readers.foreign import keymap_for
 from tunescope.ingest.readers.general_text import Shape
 from tunescope.ingest.readers.vocabulary import (
     LOSS_KEYS,

@@ -36,7 +36,7 @@ def bulk(data: bytes) -> tuple[Any, list[tuple[int, bytes]]] | None:
     and a numpy conversion per column: no Python per line."""
     import numpy as np
 
-    from tunescope.ingest.megatron import Bulk
+    from tunescope.ingest.readers.console.megatron import Bulk
 
     recs = [r for r in records(_head_lines(data, 8192)) if len(r.pairs) >= 2]
     if not recs:

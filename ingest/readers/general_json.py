@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.foreign import infer_logging_steps, number
+from tunescope.ingest.readers.foreign import infer_logging_steps, number
 from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, emit_records, is_count, rises
 from tunescope.ingest.readers.vocabulary import HIGH, Meaning, meaning
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder

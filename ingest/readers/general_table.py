@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tunescope.ingest.foreign import infer_logging_steps
+from tunescope.ingest.readers.foreign import infer_logging_steps
 from tunescope.ingest.readers.general_text import (
     MIN_RECORDS,
     Shape,

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunescope.ingest.foreign import QUIET_END
+from tunescope.ingest.readers.foreign import QUIET_END
 from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH, Meaning, is_eval_measure, meaning
 from tunescope.ingest.rows import RowBuilder
 

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
+from pathlib import Path
 
-# the packages pyproject.toml installs (detectors/vendor holds data only)
-PACKAGES = (
-    "tunescope",
-    "tunescope.alerts",
-    "tunescope.cli",
-    "tunescope.ingest",
-    "tunescope.detectors",
-    "tunescope.train",
-    "tunescope.tui",
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# the packages pyproject.toml installs (report/vendor holds data only)
+PACKAGES = tuple(
+    p
+    for p in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    if not p.endswith(".vendor")
 )
 
 

@@ -16,7 +16,7 @@ from detector_cases import write_case
 
 from tunescope.cli import main
 from tunescope.detectors.engine import analyze
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 REPO = Path(__file__).parents[2]
 GOLDEN = Path(__file__).parent / "golden" / "ts501_fixtures.json"

@@ -7,8 +7,10 @@ import os
 
 import pytest
 
-from tunescope.ingest import native, native_arrow, native_duckdb
-from tunescope.ingest.store import Store
+from tunescope.ingest.readers.native import arrow_tier as native_arrow
+from tunescope.ingest.readers.native import duckdb_tier as native_duckdb
+from tunescope.ingest.readers.native import reader as native
+from tunescope.ingest.store.database import Store
 
 GOOD_1 = b'{"v":1,"kind":"step","step":1,"loss":2.0,"lr":0.001}\n'
 GOOD_3 = b'{"v":1,"kind":"step","step":3,"loss":NaN,"grad_norm":Infinity}\n'

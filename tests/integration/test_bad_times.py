@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from tunescope.ingest.protobuf import masked_crc32c
-from tunescope.ingest.store import Store
+from tunescope.ingest.readers.protobuf import masked_crc32c
+from tunescope.ingest.store.database import Store
 from tunescope.train.events import EventWriter
 
 TUNESCOPE = str(Path(sys.executable).parent / "tunescope")

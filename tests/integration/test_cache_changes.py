@@ -185,8 +185,8 @@ def test_analyze_under_a_process_deleting_segments_never_exits_1(tmp_path):
 
 
 def test_a_merge_that_finds_a_segment_gone_merges_nothing_and_leaves_nothing(tmp_path):
-    from tunescope.ingest import segments
-    from tunescope.ingest.cache import Cache
+    from tunescope.ingest.store import segments
+    from tunescope.ingest.store.cache import Cache
 
     root = tmp_path / "runs"
     write_runs(root)

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from tunescope.cli import main
-from tunescope.ingest.cache import Cache
-from tunescope.ingest.manifest import MANIFEST_VERSION, MAX_PROBLEMS_PER_SOURCE
-from tunescope.ingest.native import NativeReader
-from tunescope.ingest.store import Store
-from tunescope.ingest.tensorboard import TensorBoardReader, iter_records
+from tunescope.ingest.readers.native.reader import NativeReader
+from tunescope.ingest.readers.tensorboard import TensorBoardReader, iter_records
+from tunescope.ingest.store.cache import Cache
+from tunescope.ingest.store.database import Store
+from tunescope.ingest.store.manifest import MANIFEST_VERSION, MAX_PROBLEMS_PER_SOURCE
 from tunescope.train.events import EventWriter
 
 TUNESCOPE = str(Path(sys.executable).parent / "tunescope")
@@ -257,7 +257,7 @@ def test_a_killed_ingest_leaves_its_temporary_segment_for_the_next_one_to_remove
         "import os, signal, sys\n"
         "from pathlib import Path\n"
         "from tunescope.ingest import segments\n"
-        "from tunescope.ingest.cache import Cache\n"
+        "from tunescope.ingest.store.cache import Cache\n"
         "real = segments.SegmentWriter._write\n"
         "def write(self, table):\n"
         "    real(self, table)\n"
@@ -365,7 +365,7 @@ def test_tensorboard_damaged_record_is_a_named_skip_and_the_rest_is_read(tmp_pat
 
 
 def test_per_run_figures_are_kept_and_reused_for_an_unchanged_cache(tmp_path):
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     runs = tmp_path / "runs"
     write_runs(runs)
@@ -387,7 +387,7 @@ def test_per_run_figures_are_kept_and_reused_for_an_unchanged_cache(tmp_path):
 
 
 def test_one_cache_per_runs_root_and_none_for_an_empty_folder(tmp_path, monkeypatch):
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     empty = tmp_path / "empty"
@@ -407,7 +407,7 @@ def test_one_cache_per_runs_root_and_none_for_an_empty_folder(tmp_path, monkeypa
 def test_a_store_sees_what_another_process_ingested(tmp_path):
     """A TUI's store picks up rows a `watch` beside it ingested (and the views
     never point at segments another process's merge retired)."""
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     runs = tmp_path / "runs"
     write_runs(runs)

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunescope.cli import main
-from tunescope.ingest.manifest import MANIFEST_VERSION
+from tunescope.ingest.store.manifest import MANIFEST_VERSION
 from tunescope.train.events import EventWriter
 
 STEPS = 6

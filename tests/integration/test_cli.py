@@ -111,7 +111,7 @@ def test_query_is_read_only(runs):
 
 
 def test_store_is_unchanged_after_a_users_query(runs):
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     store = Store.open(runs)
     store.query("SELECT * FROM steps; SELECT count(*) FROM steps")

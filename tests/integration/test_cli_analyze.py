@@ -152,7 +152,7 @@ def test_explain():
 def test_analysis_side_imports_stay_light():
     code = (
         "import sys, tunescope.cli, tunescope.detectors.engine, tunescope.detectors.registry, "
-        "tunescope.config, tunescope.detectors.report; "
+        "tunescope.config, tunescope.report.formats; "
         "print(sorted(m for m in ('torch', 'textual', 'transformers', 'scipy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

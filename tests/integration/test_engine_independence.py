@@ -25,7 +25,7 @@ from detector_cases import one_rank_run, write_case
 from tunescope.config import Config
 from tunescope.detectors.engine import analyze, analyze_views, run_summaries
 from tunescope.detectors.registry import DETECTORS
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 REPO = Path(__file__).resolve().parents[2]
 TUNESCOPE = str(Path(sys.executable).with_name("tunescope"))

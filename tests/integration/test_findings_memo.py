@@ -158,7 +158,7 @@ def test_a_damaged_memo_is_analysed_again(corpus, tmp_path, calls, damage):
 def test_findings_saved_by_another_analysis_are_saved_again(corpus, tmp_path, calls):
     """Findings stored without a key (another surface's analysis) are
     replaced by the next ``analyze``, though no run is analysed again."""
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     first = analyze(corpus, tmp_path / "1.json")
     view = stored(corpus, tmp_path / "view.json")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunescope.ingest.follow import Follower
-from tunescope.ingest.store import Store
+from tunescope.ingest.live.follow import Follower
+from tunescope.ingest.store.database import Store
 from tunescope.train.events import EventWriter
 
 

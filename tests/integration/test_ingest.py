@@ -12,8 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tunescope.ingest import native, native_arrow, native_duckdb
-from tunescope.ingest.store import Store
+from tunescope.ingest.readers.native import arrow_tier as native_arrow
+from tunescope.ingest.readers.native import duckdb_tier as native_duckdb
+from tunescope.ingest.readers.native import reader as native
+from tunescope.ingest.store.database import Store
 from tunescope.schema import METRIC_NAMES
 from tunescope.train.events import EventWriter
 
@@ -215,7 +217,7 @@ def test_runs_at_any_depth_and_run_ids(tmp_path):
 
 
 def test_many_ingest_passes_merge_segments(tmp_path):
-    from tunescope.ingest import cache
+    from tunescope.ingest.store import cache
 
     run = tmp_path / "runs" / "r"
     w = EventWriter(run)
@@ -291,7 +293,7 @@ def test_ingest_while_another_process_appends(tmp_path):
 INGESTER = textwrap.dedent(
     """
     import sys
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
     s = Store.open(sys.argv[1])
     print(s.cursor().execute("SELECT count(*) FROM steps").fetchone()[0])
     """
@@ -377,7 +379,7 @@ def _result(steps=(), metrics=()):
     ],
 )
 def test_overlap_is_noted_exactly_when_a_key_repeats(steps, metrics, overlap):
-    from tunescope.ingest.manifest import note_overlap
+    from tunescope.ingest.store.manifest import note_overlap
 
     entry: dict = {}
     note_overlap(entry, _result(steps, metrics))
@@ -428,7 +430,7 @@ def test_fast_path_numbers_lines_per_file_across_a_batch_and_on_appends(tmp_path
 def test_batches_are_bounded_by_count_and_by_bytes(monkeypatch):
     from types import SimpleNamespace
 
-    from tunescope.ingest import planning
+    from tunescope.ingest.store import planning
 
     monkeypatch.setattr(planning, "BATCH", 3)
     monkeypatch.setattr(planning, "BATCH_BYTES", 100)
@@ -521,7 +523,7 @@ def _numbered_lines(first: int, n: int) -> bytes:
 
 
 def test_read_new_lines_stops_at_its_bounds_and_goes_on_from_its_state(tmp_path):
-    from tunescope.ingest.tail import read_new_lines
+    from tunescope.ingest.live.tail import read_new_lines
 
     path = tmp_path / "rank-0.jsonl"
     long_line = b'{"v":1,"kind":"step","step":0,"note":"' + b"x" * 5000 + b'"}\n'

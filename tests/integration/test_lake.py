@@ -14,8 +14,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from tunescope.cli import main
-from tunescope.ingest.lake import TABLES
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
+from tunescope.ingest.store.lake import TABLES
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "runs"
 # a nested run id with a space and a slash: percent-encoded in the folder names

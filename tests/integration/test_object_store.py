@@ -19,7 +19,7 @@ from s3_server import S3Server
 from watch_analyzers import nan_analyze
 
 from tunescope.cli import main
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 from tunescope.train.events import EventWriter
 from tunescope.watch import Watcher
 
@@ -416,7 +416,7 @@ def test_a_large_object_is_fetched_in_pieces_new_appended_and_rewritten(
     """An object larger than a piece is read a piece at a time (memory holds
     one piece, whatever the object's size): new, appended and rewritten
     objects come out byte for byte, and every read is one piece at most."""
-    from tunescope.ingest import mirror
+    from tunescope.ingest.store import mirror
 
     monkeypatch.setattr(mirror, "PIECE", 4096)
     s3 = s3env.client()

@@ -20,7 +20,7 @@ import pytest
 
 from tunescope.cli import main
 from tunescope.errors import QueryError, UsageError
-from tunescope.ingest.store import Store, check_read_only
+from tunescope.ingest.store.database import Store, check_read_only
 from tunescope.train.events import EventWriter
 
 TUNESCOPE = str(Path(sys.executable).parent / "tunescope")

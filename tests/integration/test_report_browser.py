@@ -340,9 +340,9 @@ def _hostile_copy(src: Path, dest: Path, run: str) -> None:
 @pytest.fixture(scope="module")
 def hostile_report(tmp_path_factory) -> Path:
     from tunescope.detectors.engine import run_summaries
-    from tunescope.detectors.html_report import build, collect, stored_findings
     from tunescope.findings import Finding, Severity
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
+    from tunescope.report.html import build, collect, stored_findings
 
     base = tmp_path_factory.mktemp("hostile")
     runs_dir, cache = base / "runs", base / "cache"

@@ -15,11 +15,11 @@ import pytest
 from tunescope.cli import main
 from tunescope.config import parse_config
 from tunescope.detectors.base import Context
-from tunescope.detectors.compare import compare
+from tunescope.detectors.scans.siblings import group_runs, run_settings, settings, sibling_groups
 from tunescope.detectors.sibling_gap import Member, Options, judge
-from tunescope.detectors.siblings import group_runs, run_settings, settings, sibling_groups
 from tunescope.errors import ConfigError
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
+from tunescope.report.compare import compare
 from tunescope.train.events import EventWriter
 
 REPO = Path(__file__).parents[2]

@@ -23,7 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunescope.eventlog import LineError, loads
-from tunescope.ingest import native, native_arrow, native_duckdb
+from tunescope.ingest.readers.native import arrow_tier as native_arrow
+from tunescope.ingest.readers.native import duckdb_tier as native_duckdb
+from tunescope.ingest.readers.native import reader as native
 from tunescope.schema import METRIC_NAMES
 
 GOOD = [b'{"v":1,"kind":"step","step":%d,"loss":1.5,"lr":0.001}\n' % s for s in range(1, 41)]

@@ -18,7 +18,7 @@ from webhook_receiver import Receiver
 
 from tunescope.alerts import AlertSender, RetryPolicy
 from tunescope.errors import StoreError, UsageError
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 from tunescope.train.events import EventWriter
 from tunescope.watch import STATE_NAME, Watcher, load_analyzer, watch_lock
 

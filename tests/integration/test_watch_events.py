@@ -12,7 +12,7 @@ import pytest
 from test_watch import NAN, cli_env, make_watcher, watch_args, write
 from webhook_receiver import Receiver
 
-from tunescope.ingest.file_events import POLL_ENV, FileEvents, mount_type, polling_reason
+from tunescope.ingest.live.file_events import POLL_ENV, FileEvents, mount_type, polling_reason
 from tunescope.train.events import EventWriter
 from tunescope.watch import STATE_NAME
 

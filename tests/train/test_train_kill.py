@@ -32,7 +32,7 @@ def _step_lines(path):
 
 
 def test_kill_9_mid_run_ingests_cleanly(tmp_path):
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     run = tmp_path / "killed"
     log = run / "events" / "rank-0.jsonl"
@@ -59,7 +59,7 @@ def test_kill_9_mid_run_ingests_cleanly(tmp_path):
 
 def test_torn_last_line_is_skipped_and_the_rest_kept(tmp_path):
     """kill@STEP dies while writing step STEP's line: a torn last line."""
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     run = tmp_path / "torn"
     rc = subprocess.run(

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_resume_continues_the_step_count_and_the_same_log(tmp_path):
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
     from tunescope.train.trainer import train
 
     run = tmp_path / "resumed"

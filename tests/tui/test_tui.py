@@ -21,9 +21,9 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Select, Static
 
-from tunescope.detectors.curves import RUN_PLOTS, spec_source
 from tunescope.findings import Finding, Severity
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
+from tunescope.report.curves import RUN_PLOTS, spec_source
 from tunescope.train.events import EventWriter
 from tunescope.tui.app import TunescopeApp
 from tunescope.tui.compare_screen import CompareScreen, diff_table
@@ -476,7 +476,7 @@ def test_smoothed_or_uneven_plots_are_queried_one_by_one(runs: tuple[Path, Store
 async def test_plot_draws_braille_and_finding_marks() -> None:
     from textual.app import App, ComposeResult
 
-    from tunescope.detectors.curves import Series
+    from tunescope.report.curves import Series
     from tunescope.tui.plot import Marker
 
     class PlotApp(App[None]):
@@ -752,7 +752,7 @@ async def test_a_run_ingested_by_another_process_shows_within_the_interval(
     """Another process ingests a new run (as a `tunescope watch` beside the TUI
     does): the TUI's own ingest then finds nothing new to read, and the run
     must still show at its next poll, not at the next periodic reload (30 s)."""
-    from tunescope.ingest.follow import REFRESH_EVERY_S
+    from tunescope.ingest.live.follow import REFRESH_EVERY_S
 
     root = tmp_path / "runs"
     write_run(root, "healthy", steps=20)

@@ -15,7 +15,7 @@ from test_tui import build_runs, make_app, settle
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 from tunescope.tui.plot import Plot
 
 # every screen at the smallest supported terminal and at a large one

@@ -13,7 +13,7 @@ import pytest
 
 from tunescope.detectors import adapter_grads
 from tunescope.detectors.base import Context
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 
 def write_run(root: Path, norm_key: str, norm: float) -> None:

@@ -77,7 +77,7 @@ def test_a_failing_detector_is_an_error_naming_it(tmp_path, monkeypatch):
     loss = {"loss": {"start": 2.5, "end": 1.5, "tau": 5}}
     write_case({"runs": {"run": one_rank_run(20, 0, loss)}}, tmp_path / "runs")
     from tunescope.detectors import registry
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     @dataclass
     class Options:
@@ -101,7 +101,7 @@ def test_finding_rows_round_trip_through_the_store(tmp_path):
     }
     nan = {"set": {"from": 30, "value": "nan"}}
     write_case({"runs": {"r": one_rank_run(40, 0, metrics, loss=nan)}}, tmp_path / "runs")
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     store = Store.open(tmp_path / "runs", tmp_path / "cache")
     found = engine.analyze(store)

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tunescope.detectors.scoring import LOSS_POINTS
-from tunescope.ingest import console_detect, megatron, pydict
-from tunescope.ingest.console import ConsoleReader
 from tunescope.ingest.discover import discover
-from tunescope.ingest.store import Store
+from tunescope.ingest.readers.console import detect as console_detect
+from tunescope.ingest.readers.console import megatron, pydict
+from tunescope.ingest.readers.console.reader import ConsoleReader
+from tunescope.ingest.store.database import Store
+from tunescope.report.scoring import LOSS_POINTS
 
 REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"
 

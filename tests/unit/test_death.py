@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from wandb_file import field, history, wandb_file
 
-from tunescope.detectors import death, death_oom
+from tunescope.detectors import death
 from tunescope.detectors.engine import analyze
-from tunescope.detectors.explain import explain_text
-from tunescope.ingest import crash_tail
-from tunescope.ingest.store import Store
+from tunescope.detectors.scans import death_oom
+from tunescope.ingest.readers import crash_tail
+from tunescope.ingest.store.database import Store
+from tunescope.report.explain import explain_text
 
 CRASH = Path(__file__).resolve().parents[2] / "fixtures" / "formats" / "crash"
 
@@ -274,8 +275,9 @@ def test_explain_has_the_sections():
 
 
 def test_every_surface_shows_the_cause(tmp_path):
-    from tunescope.detectors import html_report, report
     from tunescope.detectors.engine import run_summaries
+    from tunescope.report import formats as report
+    from tunescope.report import html as html_report
     from tunescope.watch import Watcher
 
     root = tmp_path / "runs"

@@ -13,7 +13,7 @@ from detector_cases import CASES_DIR, case_files, check_case, load_case, write_c
 
 from tunescope.config import parse_config
 from tunescope.detectors.engine import analyze
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 CASES = case_files()
 

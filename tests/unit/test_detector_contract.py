@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from tunescope.detectors.explain import explain_text, option_docs
 from tunescope.detectors.registry import DETECTORS
+from tunescope.report.explain import explain_text, option_docs
 
 SECTIONS = ("What it flags:", "Why it matters:", "Example:", "Suggestion:", "Options:")
 

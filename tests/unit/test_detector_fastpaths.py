@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunescope.detectors.divergence_trend import screen
-from tunescope.detectors.straggler_windows import window_medians
+from tunescope.detectors.scans.divergence_trend import screen
+from tunescope.detectors.scans.straggler_windows import window_medians
 
 
 def test_window_medians_match_a_per_window_nanmedian():

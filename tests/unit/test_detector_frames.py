@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from tunescope.detectors.base import Context, sort_steps
-from tunescope.detectors.rankwise import rank_slices
+from tunescope.detectors.scans.rankwise import rank_slices
 
 
 def _expected(df: pl.DataFrame) -> pl.DataFrame:

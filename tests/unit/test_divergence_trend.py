@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tunescope.detectors.divergence import Options, _trend_hits
-from tunescope.detectors.divergence_trend import looks_like_step
-from tunescope.detectors.series import Series
+from tunescope.detectors.scans.divergence_trend import looks_like_step
+from tunescope.detectors.scans.series import Series
 
 
 def _series(loss: np.ndarray) -> Series:
@@ -76,8 +76,8 @@ def test_short_windows_are_never_steps():
 
 
 def test_kendall_rises_agrees_with_the_full_trend_test():
-    from tunescope.detectors.divergence_trend import kendall_rises
-    from tunescope.detectors.stats import trend_np
+    from tunescope.detectors.scans.divergence_trend import kendall_rises
+    from tunescope.detectors.scans.stats import trend_np
 
     rng = np.random.default_rng(3)
     decided = set()

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from tunescope.ingest.discover import READERS, discover
-from tunescope.ingest.foreign import infer_logging_steps, parse_duration
-from tunescope.ingest.hf_state import HFStateReader
-from tunescope.ingest.llamafactory import LlamaFactoryReader
-from tunescope.ingest.store import Store
-from tunescope.ingest.swift import SwiftReader
-from tunescope.ingest.tensorboard import TensorBoardReader, read_scalars
+from tunescope.ingest.readers.foreign import infer_logging_steps, parse_duration
+from tunescope.ingest.readers.hf_state import HFStateReader
+from tunescope.ingest.readers.llamafactory import LlamaFactoryReader
+from tunescope.ingest.readers.swift import SwiftReader
+from tunescope.ingest.readers.tensorboard import TensorBoardReader, read_scalars
+from tunescope.ingest.store.database import Store
 
 REPO = Path(__file__).resolve().parents[2]
 FIX = REPO / "fixtures" / "formats"

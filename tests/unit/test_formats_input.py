@@ -15,13 +15,13 @@ from wandb_file import history as _history
 from wandb_file import item as _item
 from wandb_file import wandb_file as _wandb_file
 
-from tunescope.ingest.hf_state import HFStateReader
-from tunescope.ingest.llamafactory import LlamaFactoryReader
-from tunescope.ingest.mlflow_store import MLflowFileReader
-from tunescope.ingest.store import Store
-from tunescope.ingest.swift import SwiftReader
-from tunescope.ingest.tensorboard import TensorBoardReader, read_scalars
-from tunescope.ingest.wandb_offline import WandbOfflineReader
+from tunescope.ingest.readers.hf_state import HFStateReader
+from tunescope.ingest.readers.llamafactory import LlamaFactoryReader
+from tunescope.ingest.readers.mlflow_store import MLflowFileReader
+from tunescope.ingest.readers.swift import SwiftReader
+from tunescope.ingest.readers.tensorboard import TensorBoardReader, read_scalars
+from tunescope.ingest.readers.wandb_offline import WandbOfflineReader
+from tunescope.ingest.store.database import Store
 
 REPO = Path(__file__).resolve().parents[2]
 FIX = REPO / "fixtures" / "formats"

@@ -17,7 +17,7 @@ from tunescope.ingest.discover import READERS, discover
 from tunescope.ingest.readers.general import GeneralReader, shape_of
 from tunescope.ingest.readers.general_text import line_pairs
 from tunescope.ingest.readers.vocabulary import HIGH, LOW, meaning
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 REPO = Path(__file__).resolve().parents[2]
 GEN = REPO / "fixtures" / "formats" / "general"
@@ -393,7 +393,7 @@ def test_tensorboard_tensor_scalars_with_megatron_tags(tmp_path):
     from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    from tunescope.ingest.tensorboard import TensorBoardReader
+    from tunescope.ingest.readers.tensorboard import TensorBoardReader
 
     meta = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tunescope.detectors.scoring import LOSS_POINTS
 from tunescope.ingest.discover import READERS
 from tunescope.ingest.readers.general import shape_of
 from tunescope.ingest.readers.general_text import records
 from tunescope.ingest.readers.vocabulary import is_eval_measure, meaning
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
+from tunescope.report.scoring import LOSS_POINTS
 
 
 def reader_of(path: Path) -> str | None:

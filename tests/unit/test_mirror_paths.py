@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunescope.ingest.mirror_paths import NAME_MAX, key_of_name, mirror_paths, part_name
+from tunescope.ingest.store.mirror_paths import NAME_MAX, key_of_name, mirror_paths, part_name
 
 PART = st.one_of(
     st.sampled_from(["", ".", "..", "%", "%25", "%2E", "%~file", "events", "rank-0.jsonl", "\x00"]),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tunescope.errors import UsageError
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 from tunescope.train.events import EventWriter
 
 

@@ -1,5 +1,5 @@
 """The real public logs in ``fixtures/real`` hold to their labels
-(``fixtures/real/LABELS.json``, rules in ``detectors/scoring.py``): every run
+(``fixtures/real/LABELS.json``, rules in ``tunescope/report/scoring.py``): every run
 dir is read unless labelled ``expect_read: false`` (and then it is not), every
 labelled fault is found at its minimum severity unless labelled ``known_miss``
 (and then it is not), and no detector labelled quiet raises a warning or an
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tunescope.detectors.engine import analyze
-from tunescope.detectors.scoring import judge, run_facts
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
+from tunescope.report.scoring import judge, run_facts
 
 REAL = Path(__file__).resolve().parents[2] / "fixtures" / "real"
 LABELS = json.loads((REAL / "LABELS.json").read_text())

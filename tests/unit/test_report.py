@@ -19,15 +19,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunescope.detectors.curves import Series
-from tunescope.detectors.report import (
+from tunescope.findings import Finding, Severity
+from tunescope.report.curves import Series
+from tunescope.report.formats import (
     EMITTERS,
     mermaid_number,
     mermaid_text,
     mermaid_xychart,
     render,
 )
-from tunescope.findings import Finding, Severity
 
 GOLDEN = Path(__file__).parent / "golden"
 SUFFIX = {
@@ -353,8 +353,8 @@ def test_cli_report_errors_are_one_line(tmp_path, capsys):
 
 
 def test_one_scan_of_many_columns_buckets_as_the_plot_queries_do(tmp_path):
-    from tunescope.detectors.curves import RUN_PLOTS, bucket_columns, bucket_runs, spec_source
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
+    from tunescope.report.curves import RUN_PLOTS, bucket_columns, bucket_runs, spec_source
 
     store = Store.open(str(FIXTURE_RUNS), str(tmp_path / "cache"))
     cur = store.cursor()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunescope.detectors.stats import rolling_median
+from tunescope.detectors.scans.stats import rolling_median
 
 
 def test_rolling_median_is_np_median_of_each_trailing_window():

@@ -4,8 +4,8 @@ describe a log (``has_loss``, ``shape``, ``trainer``, ``death``)."""
 
 from __future__ import annotations
 
-from tunescope.detectors.scoring import judge
 from tunescope.findings import Finding, Severity
+from tunescope.report.scoring import judge
 
 
 def _f(run: str, detector: str, sev: str, step: int | None) -> Finding:

@@ -1,4 +1,4 @@
-"""The sweep index behind TS501 (:class:`~tunescope.detectors.siblings.Sweep`):
+"""The sweep index behind TS501 (:class:`~tunescope.detectors.scans.siblings.Sweep`):
 the runs that differ from a run in one factor only, found by lookup, must be
 exactly the ones a comparison of every pair finds; and the runs a finding's
 evidence lists."""
@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from tunescope.detectors.scans.siblings import NOISE_KEYS, Sweep, shown
 from tunescope.detectors.sibling_gap import MAX_COMPARED, Member, Options, _one_factor, judge
-from tunescope.detectors.siblings import NOISE_KEYS, Sweep, shown
 
 
 def _differs(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tunescope.detectors import grad_spike
-from tunescope.detectors.series import Series, floor_before
-from tunescope.detectors.spike_scan import LossSpikeParams, scan
+from tunescope.detectors.scans.series import Series, floor_before
+from tunescope.detectors.scans.spike_scan import LossSpikeParams, scan
 
 
 def test_floor_is_a_lower_bound_of_the_minimum_before_each_point():

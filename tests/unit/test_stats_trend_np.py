@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tunescope.detectors.stats import trend, trend_np
+from tunescope.detectors.scans.stats import trend, trend_np
 
 
 @pytest.mark.parametrize("n", [12, 60, 250, 900])

@@ -19,7 +19,7 @@ import yaml
 from detector_cases import check_case, write_case
 
 from tunescope.detectors.base import Context
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 CASES = Path(__file__).parent / "cases" / "systems"
 MODULES = {

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from tunescope.detectors import memory_growth, memory_windows, stats
+from tunescope.detectors import memory_growth
 from tunescope.detectors.base import Context
-from tunescope.detectors.rankwise import collapse_ranks
+from tunescope.detectors.scans import memory_windows, stats
+from tunescope.detectors.scans.rankwise import collapse_ranks
 from tunescope.findings import Finding, Severity
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 MODULES = ["adapter_grads", "straggler", "throughput", "memory_growth"]
 

@@ -9,7 +9,7 @@ from tunescope.cli import main
 from tunescope.ingest.discover import discover
 from tunescope.ingest.readers.explain import explain
 from tunescope.ingest.readers.telemetry import is_telemetry
-from tunescope.ingest.store import Store
+from tunescope.ingest.store.database import Store
 
 T0 = 1717000000.0
 

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from tunescope.eventlog import epoch_seconds, time_problem
-from tunescope.ingest.protobuf import masked_crc32c
-from tunescope.ingest.rows import Problem
-from tunescope.ingest.tensorboard import (
+from tunescope.ingest.readers.protobuf import masked_crc32c
+from tunescope.ingest.readers.tensorboard import (
     FINAL_TAGS,
     MAX_RECORD,
     TensorBoardReader,
@@ -28,6 +27,7 @@ from tunescope.ingest.tensorboard import (
     read_scalars,
     twin,
 )
+from tunescope.ingest.rows import Problem
 
 # ---- writing records by hand --------------------------------------------------------
 

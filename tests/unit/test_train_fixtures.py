@@ -94,7 +94,7 @@ def test_warmup_noise_recovers_resume_continues_and_kill_tears():
 
 def test_detectors_find_every_labelled_fault_and_nothing_on_healthy_runs(tmp_path):
     from tunescope.detectors.engine import analyze
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     data = json.loads((RUNS / "LABELS.json").read_text())
     found = analyze(Store.open(RUNS, tmp_path / "cache"))

@@ -51,7 +51,7 @@ class Outbox:
     def _file_lock(self) -> Any:
         from filelock import FileLock
 
-        from tunescope.ingest.trust import own_file
+        from tunescope.ingest.store.trust import own_file
 
         lock = Path(str(self.path) + ".lock")
         own_file(lock)  # a link there would truncate what it points to

@@ -88,8 +88,8 @@ def add_report(sub: Any) -> None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from tunescope.detectors.engine import fails
-    from tunescope.detectors.report import render
-    from tunescope.ingest.remote import is_url
+    from tunescope.ingest.store.remote import is_url
+    from tunescope.report.formats import render
 
     roots: list[Any] = [r if is_url(r) else Path(r) for r in args.runs]  # URLs stay strings
     for root in roots:
@@ -187,11 +187,11 @@ def _analyze_root(
     summaries = run_summaries(store, found, groups=cfg.groups, memo=memo)
     drawn: dict[str, Any] = {}
     if args.format == "markdown":
-        from tunescope.detectors.report import markdown_curves
+        from tunescope.report.formats import markdown_curves
 
         drawn = markdown_curves(store, found)
     elif args.format == "html":
-        from tunescope.detectors.html_report import collect
+        from tunescope.report.html import collect
 
         drawn = collect(store, found, summaries)
     return found, summaries, drawn

@@ -58,7 +58,7 @@ def detector_config(
     ``--select``/``--ignore`` ids are a ConfigError or UsageError naming them."""
     from tunescope.config import load_config
     from tunescope.detectors.engine import select_detectors, validate_config
-    from tunescope.ingest.remote import is_url
+    from tunescope.ingest.store.remote import is_url
 
     # the config file is looked for beside local runs only; a URL's is --config
     starts = [Path(r) for r in roots if not is_url(str(r))]

@@ -1,6 +1,6 @@
 """``tunescope compare RUNS... [--by KEY,...]``: arguments and output.
 
-The comparison itself is :mod:`tunescope.detectors.compare`; this module
+The comparison itself is :mod:`tunescope.report.compare`; this module
 turns the paths given into run ids of one store and prints the result.
 """
 
@@ -64,9 +64,9 @@ def _under(run: str, rels: list[str]) -> bool:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from tunescope.detectors.base import Context
-    from tunescope.detectors.compare import as_json, compare, text
-    from tunescope.detectors.siblings import run_settings
+    from tunescope.detectors.scans.siblings import run_settings
     from tunescope.opening import open_store
+    from tunescope.report.compare import as_json, compare, text
 
     root, _ = chosen_runs(args.runs, [])
     cfg = detector_config(args.config, [root], check_ids=False)

@@ -21,7 +21,7 @@ def add(sub: Any) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from tunescope.detectors.engine import all_detectors, get_detector
-    from tunescope.detectors.explain import explain_text, listing
+    from tunescope.report.explain import explain_text, listing
 
     if not args.detector:
         print(listing(all_detectors()), end="")

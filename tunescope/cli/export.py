@@ -38,7 +38,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.parquet:
         from tunescope.cli.args import detector_config
         from tunescope.fanout import ensure_findings
-        from tunescope.ingest.lake import export_lake
+        from tunescope.ingest.store.lake import export_lake
 
         # runs never analysed get their findings in the lake too (analyze's thresholds)
         ensure_findings(store, detector_config(None, [args.runs]))

@@ -15,8 +15,8 @@ from tunescope.say import error, say
 from tunescope.words import count
 
 if TYPE_CHECKING:
-    from tunescope.ingest.cache import IngestReport
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.cache import IngestReport
+    from tunescope.ingest.store.database import Store
 
 
 def add(sub: Any) -> None:
@@ -44,7 +44,7 @@ def add(sub: Any) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from tunescope.ingest.store import Store
+    from tunescope.ingest.store.database import Store
 
     if getattr(args, "explain", None):
         return _explain(Path(args.explain))

@@ -43,7 +43,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     fmt = args.format or ("table" if sys.stdout.isatty() and not args.output else "csv")
     if fmt == "parquet" and not args.output:
         raise UsageError("--format parquet needs --output FILE")
-    from tunescope.ingest.store import check_read_only
+    from tunescope.ingest.store.database import check_read_only
 
     check_read_only(args.sql)  # refuse writes before spending time on ingest
     store = open_store(args.runs, args.cache_dir)
@@ -82,7 +82,7 @@ def write_table(table: pa.Table, fmt: str, output: str | None) -> None:
 
 def _records(table: pa.Table) -> list[dict[str, Any]]:
     from tunescope.findings import jsonable
-    from tunescope.ingest.duck import python_rows
+    from tunescope.ingest.store.duck import python_rows
 
     names = table.column_names
     return [jsonable(dict(zip(names, row, strict=True))) for row in python_rows(table)]
@@ -107,7 +107,7 @@ def _csv(table: pa.Table) -> str:
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    from tunescope.ingest.duck import python_rows
+    from tunescope.ingest.store.duck import python_rows
 
     w.writerow(table.column_names)
     for row in python_rows(table):
@@ -120,7 +120,7 @@ def format_table(table: pa.Table, max_width: int = 40) -> str:
     names = table.column_names
     if not names:
         return "(no result)\n"
-    from tunescope.ingest.duck import python_rows
+    from tunescope.ingest.store.duck import python_rows
 
     rows = [[_cell(v) for v in row] for row in python_rows(table)]
     rows = [[c if len(c) <= max_width else c[: max_width - 1] + "…" for c in r] for r in rows]

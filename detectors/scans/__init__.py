@@ -1,0 +1,1 @@
+"""Scans and statistics the detectors share: series, trend tests, incidents, windows, siblings, the tables of causes."""

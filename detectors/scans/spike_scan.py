@@ -1,0 +1,232 @@
+"""Loss spike incidents of one series: the scan TS101 (loss spike) and TS102
+(divergence: a spike that never comes back) each run with their own options.
+
+A detector never calls another: both build :class:`LossSpikeParams` from
+their own ``Options`` and call :func:`loss_incidents`, which caches the scan on
+the context keyed by the parameters, so equal settings scan once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunescope.detectors.base import Context
+from tunescope.detectors.scans.series import Series, early_level, rank_series, spikes
+from tunescope.detectors.scans.stats import incidents
+
+
+@dataclass(frozen=True)
+class LossSpikeParams:
+    """What makes a loss spike (the meaning of each field: TS101's ``Options``)."""
+
+    window: int = 100
+    level_points: int = 10
+    min_points: int = 5
+    z: float = 6.0
+    z_consecutive: float = 4.0
+    min_ratio: float = 1.3
+    min_excess: float = 0.1
+    sigma_floor: float = 0.02
+    recover_steps: int = 50
+    recover_within: float = 0.05
+    gap: int = 3
+    tail_fraction: float = 0.02
+
+
+@dataclass
+class Incident:
+    """One spike incident of one series (indices into the series)."""
+
+    series: Series
+    a: int
+    b: int
+    peak: int
+    base: float  # baseline loss (linear units)
+    z: float
+    recovered: bool | None  # False: never back; None: the log ends too soon
+    recover_step: int | None
+    space: str
+    slow: bool = False  # back, but only after the recovery horizon
+    early: bool = False  # inside the grace period: judged by its size alone (:func:`early_jumps`)
+
+
+def loss_incidents(ctx: Context, p: LossSpikeParams) -> list[Incident]:
+    """Spike incidents of every rank series, scanned once per parameters."""
+    key = ("loss-incidents", p)
+    if key not in ctx.memo:
+        ctx.memo[key] = [i for s in rank_series(ctx) for i in scan(s, p)]
+    return ctx.memo[key]
+
+
+def trailing_excess(y: np.ndarray, k: int) -> np.ndarray:
+    """Each finite point's excess over the median of the ``k`` finite points
+    before it (NaN where fewer than 2 come before)."""
+    out = np.full(len(y), np.nan)
+    ok = np.flatnonzero(np.isfinite(y))
+    c = y[ok]
+    m = len(c)
+    if m < 3:
+        return out
+    pad = np.concatenate((np.full(k, np.nan), c))
+    win = np.lib.stride_tricks.sliding_window_view(pad, k)[:m]  # the k points before each
+    with warnings.catch_warnings():  # the first windows are all NaN: "All-NaN slice"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(win, axis=1)
+    med[:2] = np.nan
+    out[ok] = c - med
+    return out
+
+
+def scan(s: Series, p: LossSpikeParams, screen: bool = True) -> list[Incident]:
+    """Spike incidents of one series, transient and unrecovered alike.
+
+    The size needed is set by two references: the recent baseline (robust z
+    and ``min_ratio``) and the run's own scale (``min_excess`` of its early
+    level). A third keeps heavy-tailed losses (per-step preference or RL
+    objectives, tiny batches) from raising their own tail: an excursion is
+    not a spike when at least ``tail_fraction`` of the run's other points
+    (and at least 3) rise half as far above their own trailing baseline."""
+    loss = s.loss
+    fin = np.isfinite(loss)
+    jumps = early_jumps(s, p)
+    if fin.sum() <= p.min_points:
+        return jumps
+    positive = bool((loss[fin] > 0).all())
+    early = early_level(loss, 5)  # where the run started: its own scale
+    dilution = s.logging_steps if s.logging_steps > 1 else 1
+    if positive:
+        y = np.where(fin, np.log(np.where(fin & (loss > 0), loss, 1.0)), np.nan)
+        need = p.min_excess * abs(early) / dilution
+        need_log = np.log1p((p.min_ratio - 1) / dilution)
+
+        def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
+            with np.errstate(over="ignore", invalid="ignore"):
+                return (np.exp(v) - np.exp(base) >= need) & (v - base >= need_log)
+
+        floor, z1, z2 = p.sigma_floor, p.z, p.z_consecutive
+    else:
+        # losses that can be 0 or negative (preference / RL objectives): linear space,
+        # stricter, with the run's spread as its scale
+        y = np.where(fin, loss, np.nan)
+        q25, q75 = np.percentile(loss[fin], [25, 75])
+        spread = max(q75 - q25, 1e-12)
+        need = 3 * spread / dilution
+
+        def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
+            return v - base >= need
+
+        floor, z1, z2 = spread * 0.05, p.z * 1.5, p.z_consecutive * 1.5
+    sc = spikes(
+        y,
+        window=p.window,
+        level_points=p.level_points,
+        min_points=p.min_points,
+        z_single=z1,
+        z_double=z2,
+        sigma_floor=floor,
+        big_enough=big,
+        screen=screen,
+    )
+    if not sc.hit.any():
+        return jumps
+    excess = trailing_excess(y, p.level_points) if p.tail_fraction > 0 else None
+    out = list(jumps)
+    for a, b in incidents(sc.hit, gap=p.gap):
+        if jumps and a <= jumps[-1].b:
+            continue  # the grace period's jump, still going on
+        seg = np.arange(a, b + 1)
+        seg = seg[np.isfinite(sc.z[seg])]
+        peak = int(seg[np.argmax(y[seg])]) if len(seg) else a
+        base_y = sc.base[a]
+        if excess is not None and _in_tail(excess, y[peak] - base_y, a, b, p.tail_fraction):
+            continue
+        base = float(np.exp(base_y)) if positive else float(base_y)
+        recovered, rstep, slow = _recovery(s, p, a, b, base, positive)
+        space = "log" if positive else "linear"
+        out.append(Incident(s, a, b, peak, base, float(sc.z[peak]), recovered, rstep, space, slow))
+    return out
+
+
+def _recovery(
+    s: Series, p: LossSpikeParams, a: int, b: int, base: float, positive: bool
+) -> tuple[bool | None, int | None, bool]:
+    """Whether the loss came back within ``recover_within`` of ``base`` after
+    the incident ``a..b`` (None: the log ends too soon to tell), the step it
+    did, and whether that took longer than the recovery horizon."""
+    loss = s.loss
+    limit = base * (1 + p.recover_within) if positive else base + p.recover_within * abs(base)
+    end_step = int(s.step[b])
+    horizon = max(p.recover_steps, 3 * s.logging_steps)
+    after = np.flatnonzero(s.step > end_step)
+    back = after[np.isfinite(loss[after]) & (loss[after] <= limit)]
+    long = end_step - int(s.step[a]) > horizon
+    if len(back):
+        rstep = int(s.step[back[0]])
+        return True, rstep, long or rstep - end_step > horizon
+    if long or (len(after) and int(s.step[after[-1]]) - end_step >= horizon):
+        return False, None, False  # never came back
+    return None, None, False
+
+
+EARLY_RATIO = 3.0
+"""How far above the median of the points before it a loss inside the grace
+period must be (see :func:`early_jumps`)."""
+EARLY_HELD = 2.0
+"""How far above that median the next point must still be, when there is one."""
+
+
+def early_jumps(s: Series, p: LossSpikeParams) -> list[Incident]:
+    """Jumps inside the grace period, where no noise estimate exists yet.
+
+    The z-scan gives no verdict on the first ``min_points`` finite points:
+    there is no noise to scale by. A jump there is judged by its size alone,
+    so the bar is high: a positive loss at least :data:`EARLY_RATIO` times
+    the median of the (at least two) points before it, held at
+    :data:`EARLY_HELD` times on the next point when the log has one. The
+    first losses of a run are its highest (a model starts untrained, or
+    from a checkpoint, and falls): batch-to-batch noise in the first steps
+    moves them by tens of percent, a fine-tune's first losses by up to about
+    2x on tiny batches, never by 3x held over two points. A language model
+    that starts near ln(vocabulary) (10-12) and then triples has left even
+    the untrained level behind: the update blew up. Losses that can be zero
+    or negative (preference and RL objectives) have no such level and are
+    left to the z-scan."""
+    loss = s.loss
+    ok = np.flatnonzero(np.isfinite(loss))
+    c = loss[ok]
+    if len(c) < 3 or not (c > 0).all():
+        return []
+    out = []
+    i = 2
+    while i < min(p.min_points, len(c)):
+        base = float(np.median(c[:i]))
+        held = i + 1 >= len(c) or c[i + 1] >= EARLY_HELD * base
+        if c[i] >= EARLY_RATIO * base and held:
+            j = i
+            while j + 1 < len(c) and c[j + 1] >= EARLY_HELD * base:
+                j += 1
+            a, b = int(ok[i]), int(ok[j])
+            peak = int(ok[i + int(np.argmax(c[i : j + 1]))])
+            recovered, rstep, slow = _recovery(s, p, a, b, base, True)
+            out.append(
+                Incident(s, a, b, peak, base, float("nan"), recovered, rstep, "log", slow, True)
+            )
+            break  # later points are the z-scan's (the jump is in their history)
+        i += 1
+    return out
+
+
+def _in_tail(excess: np.ndarray, rise: float, a: int, b: int, fraction: float) -> bool:
+    """True when the run's other points reach half of ``rise`` often enough
+    that this excursion is part of the run's own spread."""
+    if not np.isfinite(rise) or rise <= 0:
+        return False
+    others = np.concatenate((excess[:a], excess[b + 1 :]))
+    others = others[np.isfinite(others)]
+    if not len(others):
+        return False
+    count = int((others >= rise / 2).sum())
+    return count >= max(3, fraction * len(others))

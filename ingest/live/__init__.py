@@ -1,0 +1,1 @@
+"""Following runs still being written: new complete lines, changed runs, file events."""

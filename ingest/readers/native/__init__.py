@@ -1,0 +1,1 @@
+"""tunescope's own per-rank event logs: the reader and its three parsing tiers."""
