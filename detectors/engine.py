@@ -15,6 +15,7 @@ from dataclasses import replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from tunescope.batches import size_batches
 from tunescope.config import (
     Config,
     build_options,
@@ -280,18 +281,8 @@ def run_batches(store: Store, run_ids: Sequence[str] | None = None) -> list[list
         rows = [r for r in rows if r[0] in wanted]
     elif sum(n for _, n in rows) <= BATCH_ROWS:
         return [None]
-    batches: list[list[str] | None] = []
-    current: list[str] = []
-    size = 0
-    for run, n in rows:
-        if current and size + n > BATCH_ROWS:
-            batches.append(current)
-            current, size = [], 0
-        current.append(run)
-        size += n
-    if current:
-        batches.append(current)
-    return batches
+    batches = size_batches(rows, lambda row: row[1], BATCH_ROWS)
+    return [[run for run, _ in batch] for batch in batches]
 
 
 def run_detector(det: ModuleType, ctx: Context, opts: Any) -> list[Finding]:

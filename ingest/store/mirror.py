@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunescope.batches import size_batches
 from tunescope.files import remove_dead_temps, temp_beside, write_whole
 from tunescope.ingest.discover import SKIP_DIRS
 from tunescope.ingest.live.tail import FINGERPRINT
@@ -150,7 +151,7 @@ class Mirror:
             if self._fetch_pieces(obj, start, paths, state, report):
                 self._fetch_pieces(obj, 0, paths, state, report)  # rewritten: whole
             self._save(state)
-        for batch in _batches(plan):
+        for batch in size_batches(plan, lambda o: o[0].size - o[1], BATCH_BYTES, BATCH_OBJECTS):
             again = self._fetch(batch, paths, state, report)
             if again:  # appended objects that turned out rewritten: fetched whole
                 self._fetch([(o, 0) for o in again], paths, state, report)
@@ -431,22 +432,6 @@ def open_cache(root: str | Path, cache_dir: str | Path | None = None) -> Cache:
     if is_url(root):
         return MirrorCache(str(root), cache_dir)
     return Cache(Path(root), Path(cache_dir) if cache_dir else None)
-
-
-def _batches(plan: list[tuple[ObjectInfo, int]]) -> list[list[tuple[ObjectInfo, int]]]:
-    out: list[list[tuple[ObjectInfo, int]]] = []
-    batch: list[tuple[ObjectInfo, int]] = []
-    total = 0
-    for item in plan:
-        size = item[0].size - item[1]
-        if batch and (len(batch) >= BATCH_OBJECTS or total + size > BATCH_BYTES):
-            out.append(batch)
-            batch, total = [], 0
-        batch.append(item)
-        total += size
-    if batch:
-        out.append(batch)
-    return out
 
 
 def _tail(path: Path, n: int) -> bytes:
