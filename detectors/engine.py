@@ -1,4 +1,5 @@
-"""Running detectors over a store: selection, options, errors, summaries.
+"""Running detectors over a store: options, errors, summaries (which
+detectors run: :mod:`tunescope.detectors.selection`).
 
 The CLI (``tunescope analyze``), the TUI and ``tunescope watch`` all call
 :func:`analyze` the same way::
@@ -16,22 +17,21 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunescope.batches import size_batches
-from tunescope.config import (
-    Config,
-    build_options,
-    check_detector_ids,
-    is_selected,
-    normalise_ids,
-    unmatched_ids,
-)
+from tunescope.config import Config
 from tunescope.detectors.base import Context
 from tunescope.detectors.memo import Memo
+from tunescope.detectors.selection import (
+    build_options,
+    check_detector_ids,
+    detector_ids,
+    select_detectors,
+)
 from tunescope.detectors.summaries import (  # noqa: F401  (their home is summaries.py)
     interventions,
     run_summaries,
     worst,
 )
-from tunescope.errors import TunescopeError, UsageError
+from tunescope.errors import TunescopeError
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
@@ -41,62 +41,6 @@ if TYPE_CHECKING:
 
 class DetectorError(TunescopeError):
     """A detector raised: reported with its id, never skipped silently."""
-
-
-def all_detectors() -> list[ModuleType]:
-    from tunescope.detectors.registry import DETECTORS
-
-    return list(DETECTORS)
-
-
-def detector_ids() -> list[str]:
-    return [d.ID for d in all_detectors()]
-
-
-def get_detector(detector_id: str) -> ModuleType:
-    """The detector module with this id (case-insensitive); UsageError listing the ids."""
-    want = detector_id.strip().upper()
-    for d in all_detectors():
-        if want == d.ID:
-            return d
-    raise UsageError(f"unknown detector {detector_id!r}; known: {', '.join(detector_ids())}")
-
-
-def _split(ids: Iterable[str] | str | None) -> list[str] | None:
-    if ids is None:
-        return None
-    if isinstance(ids, str):
-        ids = ids.split(",")
-    return normalise_ids(i for i in ids if i.strip())
-
-
-def select_detectors(
-    select: Iterable[str] | str | None = None,
-    ignore: Iterable[str] | str | None = None,
-    config: Config | None = None,
-) -> list[ModuleType]:
-    """Detectors chosen by ids or id prefixes (``TS1`` = every TS1xx), as a
-    linter selects rules. ``select`` replaces the config's; ``ignore`` adds to it."""
-    detectors = all_detectors()
-    known = [d.ID for d in detectors]
-    cfg = config or Config()
-    sel = _split(select)
-    ign = _split(ignore) or []
-    for label, entries in (("--select", sel or []), ("--ignore", ign)):
-        for e in unmatched_ids(entries, known):
-            raise UsageError(f"{label}: {e!r} matches no detector; known: {', '.join(known)}")
-    if sel is None:
-        sel = cfg.select
-    ign = [*cfg.ignore, *ign]
-    return [d for d in detectors if is_selected(d.ID, sel, ign)]
-
-
-def validate_config(config: Config) -> None:
-    """Every detector table names a known detector and holds valid options:
-    a ConfigError naming the file and key, before any work is done."""
-    check_detector_ids(config, detector_ids())
-    for det in all_detectors():
-        build_options(config, det.ID, det.Options)
 
 
 def analyze(

@@ -310,8 +310,9 @@ class Guard:
             # one-time imports, so a step never pays for them
             import polars  # noqa: F401
 
-            from tunescope.config import build_options, load_config
+            from tunescope.config import load_config
             from tunescope.detectors import divergence, memory_growth
+            from tunescope.detectors.selection import build_options
 
             cfg = load_config(None, starts=[Path(run_dir)] if run_dir else [])
             # without the device's size TS401 makes no out-of-memory forecast,

@@ -65,8 +65,9 @@ class TrainingAlerts:
         if check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {check_every}")
         # one-time imports, so that no step pays for them
-        from tunescope.config import build_options, load_config
+        from tunescope.config import load_config
         from tunescope.detectors import divergence, nonfinite
+        from tunescope.detectors.selection import build_options
 
         if config is None:
             config = load_config(None, starts=[Path(run_dir)] if run_dir else [])

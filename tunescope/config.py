@@ -26,7 +26,6 @@ names the file and the key.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import typing
 from collections.abc import Iterable
@@ -213,62 +212,13 @@ def _groups_table(value: Any, cfg: Config) -> dict[str, list[str]]:
     return {name: list(pats) for name, pats in value.items()}
 
 
-def check_detector_ids(cfg: Config, ids: Iterable[str]) -> None:
-    """Every detector table and select/ignore entry must name a known detector."""
-    known = sorted(ids)
-    for did in cfg.detectors:
-        if did not in known:
-            raise ConfigError(f"{cfg.where(did)}: unknown detector id (known: {', '.join(known)})")
-    for key, entries in (("select", cfg.select or []), ("ignore", cfg.ignore)):
-        for e in unmatched_ids(entries, known):
-            raise ConfigError(
-                f"{cfg.where(key)}: {e!r} matches no detector (known: {', '.join(known)})"
-            )
-
-
-# Selection works as a linter's: ids or id prefixes (``TS1`` = every TS1xx), in
-# any case; the config file's lists and the CLI's --select/--ignore alike.
+# Detector ids are written as a linter's rule ids: ids or id prefixes, in any
+# case (selection itself: tunescope.detectors.selection).
 
 
 def normalise_ids(entries: Iterable[str]) -> list[str]:
     """Detector ids or id prefixes as written (``ts1 ``) in one form (``TS1``)."""
     return [e.strip().upper() for e in entries]
-
-
-def unmatched_ids(entries: Iterable[str], known: Iterable[str]) -> list[str]:
-    """The ids or id prefixes among ``entries`` that name no detector in ``known``."""
-    known = list(known)
-    return [e for e in entries if not any(k.startswith(e) for k in known)]
-
-
-def is_selected(detector_id: str, select: Iterable[str] | None, ignore: Iterable[str]) -> bool:
-    """Whether a detector runs: in ``select`` (every detector when it is None)
-    and not in ``ignore``."""
-    if select is not None and not any(detector_id.startswith(s) for s in select):
-        return False
-    return not any(detector_id.startswith(i) for i in ignore)
-
-
-def build_options(cfg: Config, detector_id: str, options_cls: type) -> Any:
-    """The ``Options`` of one detector with the configured overrides applied
-    and type-checked."""
-    raw = cfg.detectors.get(detector_id, {})
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    hints = typing.get_type_hints(options_cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            keys = sorted(f.replace("_", "-") for f in fields)
-            raise ConfigError(
-                f"{cfg.where(f'{detector_id}.{key}')}: unknown option{did_you_mean(key, keys)} "
-                f"(options: {', '.join(keys)})"
-            )
-        kwargs[name] = coerce(value, hints[name], cfg.where(f"{detector_id}.{key}"))
-    try:
-        return options_cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{cfg.where(detector_id)}: {e}") from None
 
 
 def coerce(value: Any, hint: Any, where: str, *, text: bool = False) -> Any:

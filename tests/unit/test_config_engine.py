@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from detector_cases import one_rank_run, write_case
 
-from tunescope.config import build_options, find_config, load_config, parse_config
-from tunescope.detectors import engine, loss_spike
-from tunescope.errors import ConfigError, UsageError
+from tunescope.config import find_config, load_config, parse_config
+from tunescope.detectors import engine, loss_spike, selection
+from tunescope.detectors.selection import build_options
+from tunescope.errors import ConfigError
 
 
 def test_walks_up_to_the_nearest_config(tmp_path):
@@ -48,8 +49,8 @@ def test_bad_config_names_file_and_key(tmp_path, text, key):
     path.write_text(text)
     with pytest.raises(ConfigError) as e:
         cfg = load_config(path)
-        engine.check_detector_ids(cfg, engine.detector_ids())
-        for d in engine.all_detectors():
+        selection.check_detector_ids(cfg, selection.detector_ids())
+        for d in selection.all_detectors():
             build_options(cfg, d.ID, d.Options)
     assert str(path) in str(e.value) and key in str(e.value)
 
@@ -59,18 +60,6 @@ def test_options_are_coerced_and_validated():
     opts = build_options(cfg, "TS101", loss_spike.Options)
     assert opts.z == 7.0 and isinstance(opts.z, float) and opts.z_consecutive == 5.5
     assert opts.window == 50 and opts.min_points == loss_spike.Options().min_points
-
-
-def test_selection_by_prefix_and_ignore():
-    ids = [d.ID for d in engine.select_detectors(select="TS1", ignore=["TS103"])]
-    assert ids and all(i.startswith("TS1") for i in ids) and "TS103" not in ids
-    cfg = parse_config({"select": ["TS0"], "ignore": ["TS001"]})
-    assert engine.select_detectors(config=cfg) == []
-    # the command line's select replaces the config's; its ignore adds to it
-    ids = [d.ID for d in engine.select_detectors(select="TS0,TS10", config=cfg)]
-    assert "TS001" not in ids and "TS101" in ids
-    with pytest.raises(UsageError, match="TS7"):
-        engine.select_detectors(select="TS7")
 
 
 def test_a_failing_detector_is_an_error_naming_it(tmp_path, monkeypatch):

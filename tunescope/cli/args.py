@@ -57,7 +57,7 @@ def detector_config(
     ingest: unknown detector tables, bad options and (``check_ids``) unknown
     ``--select``/``--ignore`` ids are a ConfigError or UsageError naming them."""
     from tunescope.config import load_config
-    from tunescope.detectors.engine import select_detectors, validate_config
+    from tunescope.detectors.selection import select_detectors, validate_config
     from tunescope.ingest.store.remote import is_url
 
     # the config file is looked for beside local runs only; a URL's is --config

@@ -20,7 +20,7 @@ def add(sub: Any) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from tunescope.detectors.engine import all_detectors, get_detector
+    from tunescope.detectors.selection import all_detectors, get_detector
     from tunescope.report.explain import explain_text, listing
 
     if not args.detector:

@@ -341,7 +341,8 @@ def _limits_section(runs: list[dict[str, Any]]) -> str:
 
 def _detectors_section(findings: list[Finding]) -> str:
     """The ``explain`` text of each detector that found something."""
-    from tunescope.detectors.engine import DetectorError, get_detector
+    from tunescope.detectors.engine import DetectorError
+    from tunescope.detectors.selection import get_detector
     from tunescope.report.explain import explain_text
 
     parts = ['<section id="detectors"><h2>Detectors</h2>']
