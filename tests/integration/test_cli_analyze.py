@@ -64,6 +64,9 @@ def test_exit_zero_and_fail_on(roots):
 def test_select_ignore(roots):
     assert ts("analyze", str(roots["bad"]), "--ignore", "TS102").returncode == 0
     assert ts("analyze", str(roots["bad"]), "--select", "TS0,TS101").returncode == 0
+    # repeated, as watch takes them: every value counts
+    assert ts("analyze", str(roots["bad"]), "--select", "TS0", "--select", "TS101").returncode == 0
+    assert ts("analyze", str(roots["bad"]), "--select", "TS101", "--select", "ts1").returncode == 1
     r = ts("analyze", str(roots["bad"]), "--select", "TS999")
     assert r.returncode == 2 and "TS999" in r.stderr and "TS101" in r.stderr
     assert "Traceback" not in r.stderr

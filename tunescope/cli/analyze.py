@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tunescope.cli.args import cache_arg, config_arg, detector_config
+from tunescope.cli.args import cache_arg, config_arg, detector_config, select_args, split_ids
 from tunescope.errors import ExitCode, InputError
 from tunescope.files import write_output
 from tunescope.opening import unread_files, with_store
@@ -38,8 +38,7 @@ def add(sub: Any) -> None:
         choices=("error", "warning", "never"),
         help="lowest severity that makes the exit code 1 (default: error, or the config's)",
     )
-    p.add_argument("--select", metavar="IDS", help="comma-separated detector ids or prefixes")
-    p.add_argument("--ignore", metavar="IDS", help="comma-separated detector ids or prefixes")
+    select_args(p)
     p.add_argument("--exit-zero", action="store_true", help="exit 0 even with findings")
     p.add_argument(
         "--format",
@@ -79,8 +78,7 @@ def add_report(sub: Any) -> None:
     p.add_argument(
         "--output", "-o", metavar="FILE", default="report.html", help="(default: report.html)"
     )
-    p.add_argument("--select", metavar="IDS", help="comma-separated detector ids or prefixes")
-    p.add_argument("--ignore", metavar="IDS", help="comma-separated detector ids or prefixes")
+    select_args(p)
     config_arg(p)
     cache_arg(p)
     p.set_defaults(handler=cmd_report)
@@ -96,7 +94,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if isinstance(root, Path) and not root.is_dir():
             what = "not a directory" if root.exists() else "no such directory"
             raise InputError(f"{root}: {what}; pass the folder that holds your runs")
-    cfg = detector_config(args.config, roots, args.select, args.ignore)
+    select, ignore = split_ids(args.select), split_ids(args.ignore)
+    cfg = detector_config(args.config, roots, select, ignore)
     fail_on = args.fail_on or cfg.fail_on or "error"
     findings: list[Any] = []
     runs: list[dict[str, Any]] = []
@@ -111,7 +110,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         # a cache rebuilt under the analysis (files gone or cut short) is read again once
         done = with_store(
-            root, cache, functools.partial(_analyze_root, args=args, cfg=cfg, root=root)
+            root,
+            cache,
+            functools.partial(
+                _analyze_root, args=args, cfg=cfg, root=root, select=select, ignore=ignore
+            ),
         )
         if isinstance(done, str) or done is None:
             unread = done
@@ -160,7 +163,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze_root(
-    store: Any, args: argparse.Namespace, cfg: Any, root: Any
+    store: Any,
+    args: argparse.Namespace,
+    cfg: Any,
+    root: Any,
+    select: list[str] | None,
+    ignore: list[str] | None,
 ) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]] | str | None:
     """One root's findings, run summaries and what its report draws; with no
     runs, the note naming the files no reader took (None: there were none)."""
@@ -176,8 +184,8 @@ def _analyze_root(
     with Progress("analyze", "runs") as bar:
         found, full = analyze_views(
             store,
-            select=args.select,
-            ignore=args.ignore,
+            select=select,
+            ignore=ignore,
             config=cfg,
             progress=bar.update,
             reuse=memo,

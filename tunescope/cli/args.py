@@ -36,6 +36,25 @@ def cache_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def select_args(p: argparse.ArgumentParser) -> None:
+    """``--select`` and ``--ignore``, as a linter's: detector ids or id prefixes,
+    comma-separated or repeated (read them with :func:`split_ids`)."""
+    p.add_argument(
+        "--select",
+        action="append",
+        metavar="IDS",
+        help="only these detectors: ids or prefixes (TS1 = every TS1xx), comma-separated "
+        "or repeated; replaces the config's select",
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        metavar="IDS",
+        help="skip these detectors: ids or prefixes, comma-separated or repeated; "
+        "adds to the config's ignore",
+    )
+
+
 def split_ids(values: list[str] | None) -> list[str] | None:
     """Detector ids from repeated options, each of which may be comma-separated."""
     if not values:

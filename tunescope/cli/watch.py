@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunescope.cli.args import config_arg, detector_config, runs_arg, split_ids
+from tunescope.cli.args import config_arg, detector_config, runs_arg, select_args, split_ids
 from tunescope.errors import ExitCode, UsageError
 from tunescope.findings import Severity
 from tunescope.opening import open_store
@@ -80,8 +80,7 @@ def add(sub: Any) -> None:
         help="at most one alert per run and detector in this many seconds; "
         "escalations are never held (300)",
     )
-    p.add_argument("--select", action="append", metavar="IDS", help="only these detectors")
-    p.add_argument("--ignore", action="append", metavar="IDS", help="skip these detectors")
+    select_args(p)
     p.add_argument(
         "--include-finished",
         action="store_true",
