@@ -110,7 +110,8 @@ def serve(arrivals: Arrivals) -> ThreadingHTTPServer:
     return server
 
 
-def pick_analyzer(choice: str) -> str:
+def pick_analyzer(choice: str) -> str | None:
+    """The ``--analyzer`` to watch with (None: the detectors)."""
     if choice == "sql":
         return "watch_latency:nan_findings"
     try:
@@ -119,16 +120,18 @@ def pick_analyzer(choice: str) -> str:
         if choice == "engine":
             sys.exit("the detector engine (tunescope.detectors.engine) is not installed")
         return "watch_latency:nan_findings"
-    return "tunescope.detectors.engine:analyze"
+    return None
 
 
-def poll_cost(runs: Path, cache: Path, analyzer: str, n: int = 5) -> float:
-    """Median seconds of one poll's work (ingest + analysis), in-process."""
+def poll_cost(runs: Path, cache: Path, analyzer: str | None, n: int = 5) -> float:
+    """Median seconds of one poll's work (ingest + analysis, stored as the
+    watcher stores it), in-process."""
     sys.path.insert(0, str(HERE))
+    from tunescope.analysis import analyze_store
     from tunescope.ingest.store.database import Store
     from tunescope.watch import load_analyzer
 
-    analyze = load_analyzer(analyzer)
+    detect = load_analyzer(analyzer) if analyzer else None
     store = Store(runs, cache)
     store.ingest()
     ids = store.run_ids()
@@ -136,7 +139,7 @@ def poll_cost(runs: Path, cache: Path, analyzer: str, n: int = 5) -> float:
     for _ in range(n):
         t0 = time.perf_counter()
         store.ingest()
-        analyze(store, run_ids=ids)
+        analyze_store(store, run_ids=ids, detect=detect)
         times.append(time.perf_counter() - t0)
     store.close()
     return statistics.median(times)
@@ -195,7 +198,8 @@ def main() -> int:
     )
     base_cmd += [
         "watch", str(runs), "--webhook", url, "--interval", str(args.interval),
-        "--rate-limit", "0", "--analyzer", analyzer, "--format", "json",
+        "--rate-limit", "0", "--format", "json",
+        *(["--analyzer", analyzer] if analyzer else []),
     ]  # fmt: skip
 
     def measure(mode: str, trials: int) -> tuple[list[float], int] | None:
@@ -267,7 +271,8 @@ def main() -> int:
     baseline = args.interval / 2 + poll_cost(runs, tmp / "bench-cache", analyzer)
     print(
         f"watch latency, line written -> webhook received (--interval {args.interval:g}, "
-        f"analyzer {analyzer}, {args.rounds} interleaved rounds of {per_round} trials per mode)"
+        f"analyzer {analyzer or 'the detectors'}, {args.rounds} interleaved rounds "
+        f"of {per_round} trials per mode)"
     )
     medians = {}
     for mode in modes:

@@ -1,12 +1,11 @@
-"""Running detectors over a store: options, errors, summaries (which
-detectors run: :mod:`tunescope.detectors.selection`).
+"""Running detectors over a store: batches of runs, the findings memo, the
+engine pass (links, supersession) and errors that name the detector.
 
-The CLI (``tunescope analyze``), the TUI and ``tunescope watch`` all call
-:func:`analyze` the same way::
-
-    findings = analyze(store, select=["TS1"], ignore=["TS103"], config=cfg)
-    store.save_findings(finding_rows(findings), run_ids)
-"""
+Which detectors run, with which options, is :mod:`tunescope.detectors.selection`.
+The surfaces (CLI, TUI, ``watch``, fan-out) never call this module alone: they
+call :func:`tunescope.analysis.analyze_store`, which runs :func:`analyze_views`
+and stores what it found. :func:`analyze` (the chosen detectors' findings,
+nothing stored) is for tests and benchmarks."""
 
 from __future__ import annotations
 

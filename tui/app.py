@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import work
 from textual.app import App
@@ -26,16 +26,9 @@ from tunescope.tui.messages import AnalyzeFailed, StoreChanged
 from tunescope.tui.runs_screen import RunsScreen
 
 if TYPE_CHECKING:
-    from tunescope.findings import Finding
+    from tunescope.analysis import Detect
+    from tunescope.config import Config
     from tunescope.ingest.store.database import Store
-
-
-def load_analyze() -> Callable[..., list[Finding]]:
-    """The detector engine's ``analyze`` (imported when first needed: it pulls
-    in numpy and polars)."""
-    from tunescope.detectors.engine import analyze
-
-    return analyze
 
 
 class TunescopeApp(App[None]):
@@ -44,10 +37,12 @@ class TunescopeApp(App[None]):
     Args:
         store: the store to show (already ingested).
         live: ingest new log lines every ``interval`` seconds in a worker.
-        analyze: run the detectors on start and on the runs that changed;
+        analyze: run the detectors on start and on the runs that changed, and
+            store their findings (:func:`~tunescope.analysis.analyze_store`);
             False: show the stored findings only.
         detector_config: the detectors' configuration (thresholds, select,
-            ignore), passed to ``analyze`` as ``config``; None: their defaults.
+            ignore); None: their defaults.
+        detect: an analysis function in place of the detectors (tests).
         clock: the timer used for query durations (tests pin it).
     """
 
@@ -67,7 +62,8 @@ class TunescopeApp(App[None]):
         live: bool = True,
         interval: float = 2.0,
         analyze: bool = True,
-        detector_config: Any = None,
+        detector_config: Config | None = None,
+        detect: Detect | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__()
@@ -75,7 +71,8 @@ class TunescopeApp(App[None]):
         self.live = live
         self.interval = interval
         self.clock = clock
-        self.analyze_fn = load_analyze() if analyze else None
+        self.analyze = analyze
+        self.detect = detect
         self.detector_config = detector_config
         self._updating = False
         self.analysing = analyze
@@ -86,7 +83,7 @@ class TunescopeApp(App[None]):
         return RunsScreen()
 
     def on_mount(self) -> None:
-        if self.analyze_fn is not None or self.live:
+        if self.analyze or self.live:
             self._start_update(initial=True)
         if self.live:
             self.set_interval(self.interval, self._tick)
@@ -113,21 +110,22 @@ class TunescopeApp(App[None]):
                 changed = self.follower.poll()
                 if changed:
                     self.post_message(StoreChanged(changed))
-            if self.analyze_fn is not None and (initial or changed):
-                run_ids = None if initial else changed
-                try:
-                    found = self.analyze_fn(store, run_ids=run_ids, config=self.detector_config)
+            if self.analyze and (initial or changed):
+                from tunescope.analysis import analyze_store  # pulls in numpy and polars
+
+                try:  # stored as `tunescope analyze` stores them
+                    analysis = analyze_store(
+                        store,
+                        self.detector_config,
+                        run_ids=None if initial else changed,
+                        detect=self.detect,
+                    )
                 except Exception as e:  # a detector bug must not stop live ingest
                     self.analysing = False
                     self.post_message(AnalyzeFailed(f"{type(e).__name__}: {e}"))
                     return
-                # stored exactly as `tunescope analyze` stores them
-                from tunescope.detectors.engine import finding_rows
-
-                ids = store.run_ids() if run_ids is None else run_ids
-                store.save_findings(finding_rows(found), ids)
                 self.analysing = False
-                self.post_message(StoreChanged(ids, findings_only=True))
+                self.post_message(StoreChanged(analysis.run_ids, findings_only=True))
         finally:
             self._updating = False
 

@@ -16,14 +16,19 @@ map that a cluster job does, and the one the tests run.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from tunescope.ingest.store.remote import is_url
+
+if TYPE_CHECKING:
+    from tunescope.config import Config
+    from tunescope.ingest.store.database import Store
 
 
 def findings_schema() -> pa.Schema:
@@ -34,10 +39,10 @@ def findings_schema() -> pa.Schema:
 
 
 def analyze_runs(
-    paths: Iterable[str | Path],
+    paths: Iterable[str | os.PathLike[str]],
     *,
     cache_dir: str | Path | None = None,
-    config: Any = None,
+    config: Config | None = None,
     select: Sequence[str] | None = None,
     ignore: Sequence[str] | None = None,
 ) -> pa.Table:
@@ -53,8 +58,9 @@ def analyze_runs(
     ``select``/``ignore``: detector ids, as for ``analyze``; the stored
     findings are always those of every enabled detector.
     """
+    from tunescope.analysis import analyze_store
     from tunescope.config import load_config
-    from tunescope.detectors.engine import analyze_views, finding_rows
+    from tunescope.detectors.engine import finding_rows
     from tunescope.ingest.store.database import Store
 
     roots = [str(p) for p in paths]
@@ -65,12 +71,8 @@ def analyze_runs(
         cache = Path(cache_dir) / _slug(root) if cache_dir else None
         store = Store.open(root, cache)
         try:
-            ids = store.run_ids()
-            if not ids:
-                continue
-            found, full = analyze_views(store, select=select, ignore=ignore, config=config)
-            store.save_findings(finding_rows(full), ids)
-            for row in finding_rows(found):
+            analysis = analyze_store(store, config, select=select, ignore=ignore)
+            for row in finding_rows(analysis.found):
                 columns["root"].append(root)
                 for name, value in row.items():
                     if name in columns:
@@ -80,15 +82,14 @@ def analyze_runs(
     return pa.table(columns, schema=findings_schema())
 
 
-def ensure_findings(store: Any, config: Any = None) -> None:
+def ensure_findings(store: Store, config: Config | None = None) -> None:
     """Analyse the store's runs when it holds no stored findings yet (never
     analysed), so that an export carries them; a stored analysis is kept."""
-    if store.cache.load_manifest().get("findings") or not store.run_ids():
+    if store.cache.load_manifest().get("findings"):
         return
-    from tunescope.detectors.engine import analyze_views, finding_rows
+    from tunescope.analysis import analyze_store
 
-    _, full = analyze_views(store, config=config)
-    store.save_findings(finding_rows(full), store.run_ids())
+    analyze_store(store, config)
 
 
 def analyze_groups(

@@ -5,9 +5,11 @@ Every ``interval`` seconds, and as soon as a file under the runs root changes
 are none: object storage, network filesystems, ``events=False``), the watcher asks its
 :class:`~tunescope.ingest.live.follow.Follower` (the TUI's too) which runs changed
 (rows, events or status) after ingesting what is new under the runs root,
-runs the detectors on those runs only, and hands the findings that are new to
-an :class:`~tunescope.alerts.AlertSender` (which never blocks it). The command
-itself (options, signals, the closing summary) is ``tunescope/cli/watch.py``.
+analyses those runs only (:func:`~tunescope.analysis.analyze_store`: their
+findings are stored, so ``tunescope query`` and the TUI see them), and hands
+the findings that are new to an :class:`~tunescope.alerts.AlertSender` (which
+never blocks it). The command itself (options, signals, the closing summary)
+is ``tunescope/cli/watch.py``.
 
 Deduplication, persisted in ``watch-state.json`` in the store's cache dir
 (written atomically, so a restarted watcher does not send again):
@@ -36,11 +38,13 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tunescope.alerts import Alert
+from tunescope.analysis import Detect, analyze_store
+from tunescope.config import Config
 from tunescope.errors import StoreError, TunescopeError, UsageError
 from tunescope.files import write_whole
 from tunescope.findings import Finding, Severity, death_cause, status_text, step_range
@@ -56,9 +60,7 @@ if TYPE_CHECKING:
 STATE_NAME = "watch-state.json"
 LOCK_NAME = "watch.lock"
 STATE_VERSION = 1
-ENGINE = "tunescope.detectors.engine"
 
-Analyze = Callable[..., list[Finding]]
 Log = Callable[[str], None]
 
 # On file events, a poll starts at most this often: a run that writes a step
@@ -132,8 +134,8 @@ class Watcher:
     Args:
         store: the runs (:class:`~tunescope.ingest.store.database.Store`).
         sender: where alerts go (None: decide and record only).
-        analyze: ``analyze(store, *, select, ignore, config, run_ids) -> list[Finding]``;
-            the detector engine by default.
+        detect: an analysis function in place of the detectors
+            (``--analyzer``; :class:`~tunescope.analysis.Detect`); None: the detectors.
         state_path: the dedup state (default ``CACHE_DIR/watch-state.json``).
         interval: seconds between polls (file events wake the watcher sooner).
         events: wake on file events under the runs root where the filesystem
@@ -154,7 +156,7 @@ class Watcher:
         store: Store,
         sender: AlertSender | None,
         *,
-        analyze: Analyze | None = None,
+        detect: Detect | None = None,
         state_path: str | os.PathLike[str] | None = None,
         interval: float = 2.0,
         min_severity: Severity | str = Severity.WARNING,
@@ -162,7 +164,7 @@ class Watcher:
         include_finished: bool = False,
         select: list[str] | None = None,
         ignore: list[str] | None = None,
-        config: Any = None,
+        config: Config | None = None,
         outbox_retry_s: float = 60.0,
         log: Log | None = None,
         clock: Callable[[], float] = time.time,
@@ -175,7 +177,7 @@ class Watcher:
             raise UsageError(f"--rate-limit must be >= 0 seconds, got {rate_limit}")
         self.store = store
         self.sender = sender
-        self.analyze = analyze or load_analyzer(None)
+        self.detect = detect
         self.interval = interval
         if isinstance(min_severity, str):
             try:
@@ -226,15 +228,14 @@ class Watcher:
             return []
         summaries = self._summaries(sorted(self._pending))
         changed = sorted(r for r in self._pending if r in summaries)  # not a vanished run
-        findings = self.analyze(
+        findings = analyze_store(
             self.store,
+            self.config,
             select=self.select,
             ignore=self.ignore,
-            config=self.config,
             run_ids=changed,
-        )
-        wanted = set(changed)
-        findings = [f for f in findings if f.run in wanted]
+            detect=self.detect,
+        ).found
         baseline, released = self._baseline_runs(changed, summaries, first)
         for run_id, s in summaries.items():  # "failed (CUDA out of memory)"
             cause = death_cause(findings, run_id)
@@ -478,10 +479,9 @@ def _summary(row: dict[str, Any] | None) -> dict[str, Any]:
 # ---- helpers for the CLI -------------------------------------------------------------
 
 
-def load_analyzer(spec: str | None) -> Analyze:
-    """The detector engine's ``analyze``, or ``MODULE:FUNCTION`` when given."""
-    if spec is None:
-        return importlib.import_module(ENGINE).analyze
+def load_analyzer(spec: str) -> Detect:
+    """The analysis function ``MODULE:FUNCTION`` (``--analyzer``), in place of
+    the detectors."""
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
         raise UsageError(f"--analyzer must be MODULE:FUNCTION, got {spec!r}")
@@ -492,11 +492,11 @@ def load_analyzer(spec: str | None) -> Analyze:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise UsageError(f"--analyzer {spec}: {module_name} has no function {func_name}")
-    return func
+    return cast("Detect", func)
 
 
 @contextlib.contextmanager
-def watch_lock(cache_dir: str | os.PathLike[str], root: str | os.PathLike[str]) -> Any:
+def watch_lock(cache_dir: str | os.PathLike[str], root: str | os.PathLike[str]) -> Iterator[None]:
     """One watcher per cache dir: a second one would send every alert twice."""
     from filelock import FileLock, Timeout
 

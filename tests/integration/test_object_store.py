@@ -157,7 +157,7 @@ def test_watch_picks_up_a_live_append(s3env, tmp_path):
         w.flush()
         push()
         store = Store.open(f"s3://{BUCKET}/watched", tmp_path / "c")
-        watcher = Watcher(store, None, analyze=nan_analyze, rate_limit=0, log=lambda m: None)
+        watcher = Watcher(store, None, detect=nan_analyze, rate_limit=0, log=lambda m: None)
         assert watcher.poll() == []
         w.step(step=11, loss=float("nan"), lr=1e-4)
         w.flush()

@@ -56,7 +56,7 @@ def runs(tmp_path):
 def make_watcher(runs, sender, log=None, **kw):
     store = Store(runs, runs / ".tunescope")
     return Watcher(
-        store, sender, analyze=nan_analyze, log=log if log is not None else LogLines(), **kw
+        store, sender, detect=nan_analyze, log=log if log is not None else LogLines(), **kw
     )
 
 
@@ -168,6 +168,30 @@ def test_min_severity_drops_info(runs):
         assert [a.finding.detector for a in info.poll()] == ["INFO1"]
         warn = make_watcher(runs, None, state_path=runs / "s2.json")
         assert warn.poll() == []
+
+
+def test_watch_stores_the_findings_it_computes_for_query(runs):
+    """With the real detectors: a poll stores the findings of every enabled
+    detector about the runs it analysed, as ``analyze`` does, so ``tunescope
+    query`` sees them; ``--select`` narrows the alerts, never the store."""
+    with EventWriter(runs / "a") as w:
+        write(w, {s: 2.0 - 0.01 * s for s in range(1, 41)})
+        store = Store(runs, runs / ".tunescope")
+        watcher = Watcher(store, None, select=["TS1"], rate_limit=0, log=LogLines())
+        assert watcher.poll() == []
+        write(w, {41: NAN, 42: NAN, 43: NAN})
+        alerts = watcher.poll()
+    # selected TS1 only: TS102 reports the non-finite loss (TS001 would cover it)
+    assert [a.finding.detector for a in alerts] == ["TS102"]
+    store.close()
+    proc = subprocess.run(
+        [*tunescope_cmd(), "query", str(runs), "--format", "csv",
+         "SELECT run_id, detector, step_start FROM findings ORDER BY detector"],
+        capture_output=True, text=True, env=cli_env(), timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    # the full view: TS001 covers TS102's non-finite divergence
+    assert proc.stdout.splitlines() == ["run_id,detector,step_start", "a,TS001,41"]
 
 
 def test_runs_finished_before_the_watch_are_a_baseline(runs):
@@ -442,7 +466,7 @@ def test_a_failed_analysis_is_retried_on_the_next_poll(runs):
     with EventWriter(runs / "a") as w:
         write(w, {1: 2.0, 2: NAN})
         store = Store(runs, runs / ".tunescope")
-        watcher = Watcher(store, None, analyze=flaky, log=log, interval=0.01)
+        watcher = Watcher(store, None, detect=flaky, log=log, interval=0.01)
         stop = threading.Event()
         # The first poll's error is not a TunescopeError: reported, and the watch goes on.
         t = threading.Thread(target=watcher.run, args=(stop,))

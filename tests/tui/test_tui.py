@@ -825,17 +825,16 @@ async def test_analysis_runs_on_start(tmp_path: Path) -> None:
 async def test_findings_read_analysing_until_the_first_analysis_is_stored(
     tmp_path: Path,
 ) -> None:
+    from tunescope.detectors.engine import analyze as engine_analyze
+
     store = build_runs(tmp_path / "runs")  # its own copy: the analysis replaces findings
-    app = make_app(store, analyze=True)
-    engine_analyze = app.analyze_fn
-    assert engine_analyze is not None
     gate = threading.Event()
 
     def held(store: Store, **kw: Any) -> list[Finding]:
         gate.wait(30)  # the real engine, started only when the test has looked
         return engine_analyze(store, **kw)
 
-    app.analyze_fn = held
+    app = make_app(store, analyze=True, detect=held)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot, lambda: app.screen.loaded)
         cells = {r[1]: r[7] for r in table_rows(app)}
@@ -857,7 +856,6 @@ async def test_live_analysis_stores_findings_as_the_engine_does(tmp_path: Path) 
     from tunescope.detectors import engine
 
     store = build_runs(tmp_path / "runs")  # its own copy: the analysis replaces findings
-    app = make_app(store)
     found = [
         Finding(
             run="diverged-lr",
@@ -872,7 +870,8 @@ async def test_live_analysis_stores_findings_as_the_engine_does(tmp_path: Path) 
             evidence={"zeta": np.int64(3), "alpha": np.float64(2.5), "mid": float("nan")},
         )
     ]
-    app.analyze_fn = lambda store, **kw: found  # as if the engine found exactly this
+    # as if the engine found exactly this
+    app = make_app(store, analyze=True, detect=lambda store, **kw: found)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot, lambda: app.screen.loaded)
         await app.workers.wait_for_complete()
@@ -894,18 +893,17 @@ async def test_a_failing_detector_is_reported_and_the_findings_stay(
     runs: tuple[Path, Store],
 ) -> None:
     _, store = runs
-    app = make_app(store)
     calls: list[dict[str, Any]] = []
 
     def failing(store: Store, **kw: Any) -> list[Finding]:
         calls.append(kw)
         raise ValueError("threshold must be positive")
 
-    app.analyze_fn = failing  # a detector that raises: runs on mount
+    app = make_app(store, analyze=True, detect=failing)  # a detector that raises: runs on mount
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot, lambda: app.screen.loaded)
         await settle(pilot, lambda: not app._updating and len(app._notifications) > 0)
-        assert calls == [{"run_ids": None, "config": None}]
+        assert calls == [{"select": None, "ignore": None, "config": None, "run_ids": None}]
         note = next(iter(app._notifications))
         assert "detectors failed" in note.message and "threshold must be positive" in note.message
         assert not isinstance(app.screen, ErrorModal)

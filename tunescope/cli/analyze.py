@@ -7,7 +7,7 @@ import argparse
 import functools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunescope.cli.args import cache_arg, config_arg, detector_config, select_args, split_ids
 from tunescope.errors import ExitCode, InputError
@@ -16,6 +16,11 @@ from tunescope.opening import unread_files, with_store
 from tunescope.progress import Progress
 from tunescope.say import say
 from tunescope.words import count
+
+if TYPE_CHECKING:
+    from tunescope.config import Config
+    from tunescope.findings import Finding
+    from tunescope.ingest.store.database import Store
 
 
 def add(sub: Any) -> None:
@@ -97,7 +102,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     select, ignore = split_ids(args.select), split_ids(args.ignore)
     cfg = detector_config(args.config, roots, select, ignore)
     fail_on = args.fail_on or cfg.fail_on or "error"
-    findings: list[Any] = []
+    findings: list[Finding] = []
     runs: list[dict[str, Any]] = []
     curves: dict[str, Any] = {}  # markdown: loss curves of runs with errors
     collected: dict[str, Any] = {}  # html: what the page draws
@@ -163,36 +168,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze_root(
-    store: Any,
+    store: Store,
     args: argparse.Namespace,
-    cfg: Any,
-    root: Any,
+    cfg: Config,
+    root: str | Path,
     select: list[str] | None,
     ignore: list[str] | None,
-) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]] | str | None:
+) -> tuple[list[Finding], list[dict[str, Any]], dict[str, Any]] | str | None:
     """One root's findings, run summaries and what its report draws; with no
     runs, the note naming the files no reader took (None: there were none)."""
-    from tunescope.detectors.engine import analyze_views, finding_rows, run_summaries
-    from tunescope.detectors.memo import Memo
+    from tunescope.analysis import analyze_store
+    from tunescope.detectors.summaries import run_summaries
 
-    ids = store.run_ids()
-    if not ids:
+    if not store.run_ids():
         return unread_files(store.last_report, root)
-    memo = Memo(store, cfg)
     # the store keeps the full analysis; --select/--ignore filter the report only;
     # an unchanged run's findings come from the cache (same result, no detector run)
     with Progress("analyze", "runs") as bar:
-        found, full = analyze_views(
-            store,
-            select=select,
-            ignore=ignore,
-            config=cfg,
-            progress=bar.update,
-            reuse=memo,
-        )
-    if not store.holds_findings(memo.result):  # an unchanged corpus: stored already
-        store.save_findings(finding_rows(full), ids, memo.result)
-    summaries = run_summaries(store, found, groups=cfg.groups, memo=memo)
+        analysis = analyze_store(store, cfg, select=select, ignore=ignore, progress=bar.update)
+    found = analysis.found
+    summaries = run_summaries(store, found, groups=cfg.groups, memo=analysis.memo)
     drawn: dict[str, Any] = {}
     if args.format == "markdown":
         from tunescope.report.formats import markdown_curves

@@ -139,7 +139,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         policy = _retry_policy(args)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    analyze = load_analyzer(args.analyzer)
+    detect = load_analyzer(args.analyzer) if args.analyzer else None
     select, ignore = split_ids(args.select), split_ids(args.ignore)
     config = detector_config(
         args.config, [args.runs], select, ignore, check_ids=args.analyzer is None
@@ -151,7 +151,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         watcher = Watcher(
             store,
             sender,
-            analyze=analyze,
+            detect=detect,
             interval=args.interval,
             min_severity=min_severity,
             rate_limit=args.rate_limit,
