@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # The one place the version is written: pyproject.toml reads it from here
 # (``dynamic = ["version"]``) and ``tunescope --version`` prints it.
 __version__ = "0.1.0"
 
 
-def analyze_runs(paths: Any, **options: Any) -> Any:
+def analyze_runs(paths: Iterable[str | os.PathLike[str]], **options: Any) -> pa.Table:
     """Ingest and analyse runs folders, run folders or URLs; the findings as
     one Arrow table (see :func:`tunescope.fanout.analyze_runs`). The entry point
     a Spark, Ray or Dask task calls on its group of runs."""

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunescope.config import Config
 
 
 def runs_arg(p: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -70,7 +73,7 @@ def detector_config(
     ignore: Iterable[str] | str | None = None,
     *,
     check_ids: bool = True,
-) -> Any:
+) -> Config:
     """The detectors' configuration: ``--config``, else the ``tunescope.toml`` or
     ``pyproject.toml`` found walking up from the runs. Checked before any
     ingest: unknown detector tables, bad options and (``check_ids``) unknown
