@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from tunescope.errors import TunescopeError, UsageError
 from tunescope.findings import Finding
 from tunescope.ingest.live.follow import Follower
+from tunescope.ingest.store.sql_guard import first_line
 from tunescope.say import say
 
 if TYPE_CHECKING:
@@ -181,7 +182,10 @@ class RunsCollector(Collector):
                 fresh = read_store(self.store, self.max_runs)
             except (duckdb.Error, TunescopeError) as e:
                 if not self._failing:
-                    self.log(f"metrics: reading the store failed ({e}); serving the last reading")
+                    self.log(
+                        f"metrics: reading the store failed ({first_line(e)}); "
+                        "serving the last reading"
+                    )
                 self._failing = True
                 return last or Reading()
             self._failing = False
@@ -366,5 +370,5 @@ def follow(
             if follower.polls <= 1 and failures == 0 and isinstance(e, TunescopeError):
                 raise
             failures += 1
-            log(f"poll failed ({type(e).__name__}: {e}); trying again")
+            log(f"poll failed ({type(e).__name__}: {first_line(e)}); trying again")
         stop.wait(interval * min(30, 2 ** max(0, failures - 1)) if failures else interval)

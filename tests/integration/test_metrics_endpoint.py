@@ -500,3 +500,25 @@ def test_dashboard_queries_name_only_exposed_metrics_and_labels(served):
         "tunescope_run_last_log_age_seconds",
         "tunescope_findings",
     }
+
+
+def test_a_scrape_serves_the_last_reading_when_the_cache_goes_away(tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(FIXTURES / "fault-nan", root / "fault-nan")
+    store = Store.open(root)
+    said: list[str] = []
+    collector = RunsCollector(store, min_interval=0, log=said.append)
+    try:
+        with MetricsServer(collector, "127.0.0.1", 0) as server:
+            before = samples(scrape(server.url))
+            for seg in (root / ".tunescope" / "segments").glob("*.parquet"):
+                seg.unlink()  # the files the views read: another process rebuilt the cache
+            after = [samples(scrape(server.url)) for _ in range(2)]
+    finally:
+        store.close()
+    assert by_run(before["tunescope_run_last_step"]) == {"fault-nan": 300}
+    age = "tunescope_run_last_log_age_seconds"  # follows the clock
+    assert all(repr({**a, age: None}) == repr({**before, age: None}) for a in after)  # NaN too
+    (line,) = said  # once, not on every scrape
+    assert line.startswith("metrics: reading the store failed (IO Error: No files found")
+    assert line.endswith("; serving the last reading") and "\n" not in line
