@@ -149,6 +149,8 @@ class Watcher:
             (``tunescope report``): ``{run}`` (the run id, URL-quoted),
             ``{detector}`` and ``{step}`` are filled in; the link goes into
             the alert's run summary as ``report_url``.
+        on_findings: called after each analysis with the runs analysed and
+            their findings, every severity (``watch --metrics-port`` counts them).
     """
 
     def __init__(
@@ -170,6 +172,7 @@ class Watcher:
         clock: Callable[[], float] = time.time,
         report_url: str | None = None,
         events: bool = True,
+        on_findings: Callable[[list[str], list[Finding]], None] | None = None,
     ) -> None:
         if interval <= 0:
             raise UsageError(f"--interval must be > 0 seconds, got {interval}")
@@ -192,6 +195,7 @@ class Watcher:
         self.config = config
         self.outbox_retry_s = outbox_retry_s
         self.report_url = report_url
+        self.on_findings = on_findings
         if report_url:
             try:
                 report_link(report_url, Finding("run", "TS000", "x", Severity.INFO, 1, 1, "", ""))
@@ -236,6 +240,10 @@ class Watcher:
             run_ids=changed,
             detect=self.detect,
         ).found
+        wanted = set(changed)
+        findings = [f for f in findings if f.run in wanted]
+        if self.on_findings is not None:
+            self.on_findings(changed, findings)
         baseline, released = self._baseline_runs(changed, summaries, first)
         for run_id, s in summaries.items():  # "failed (CUDA out of memory)"
             cause = death_cause(findings, run_id)

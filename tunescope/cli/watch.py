@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunescope.cli.args import config_arg, detector_config, runs_arg, select_args, split_ids
+from tunescope.cli.metrics import add_serving_args, metrics_hook
 from tunescope.errors import ExitCode, UsageError
 from tunescope.findings import Severity
 from tunescope.opening import open_store
@@ -124,6 +125,7 @@ def add(sub: Any) -> None:
         metavar="MODULE:FUNCTION",
         help="use this analysis function instead of the built-in detectors",
     )
+    add_serving_args(p, prefix="metrics-")
     p.set_defaults(handler=cmd_watch)
 
 
@@ -146,7 +148,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     )
     store = open_store(args.runs, args.cache_dir)
     cache_dir = Path(store.cache.dir)
-    with watch_lock(cache_dir, args.runs):
+    with watch_lock(cache_dir, args.runs), metrics_hook(args, store) as on_findings:
         sender = _sender(args, policy, cache_dir)
         watcher = Watcher(
             store,
@@ -161,6 +163,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             config=config,
             report_url=args.report_url,
             events=not args.poll,
+            on_findings=on_findings,
         )
         say(_starting(args, sender, min_severity, watcher.polling))
         stop = threading.Event()
