@@ -5,6 +5,9 @@ The tests are split by what they need:
 - ``unit/``: pure functions and in-process ingest of small generated logs, plus
   the detector cases (``unit/cases``) and the report goldens (``unit/golden``);
   no subprocess, no training. ``make test-fast`` runs this folder.
+- ``corpus/``: the labelled corpora as a whole: every real log in
+  ``fixtures/real`` read and judged against its ``LABELS.json``, the provenance
+  of each, the demo runs' labelled faults, no reader inventing NaN.
 - ``integration/``: the CLI as a subprocess, ingest of whole fixture folders,
   webhooks to a real HTTP server on 127.0.0.1, the report in a real browser.
 - ``tui/``: Textual Pilot tests and SVG snapshots (``tui/__snapshots__``).
@@ -25,7 +28,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-FOLDERS = ("unit", "integration", "tui", "train")
+FOLDERS = ("unit", "corpus", "integration", "tui", "train")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
