@@ -30,7 +30,7 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(MAKE) --no-print-directory torch
-	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e ".[dev,train]"
+	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e ".[dev,train,lightning]"
 	@touch $@ $(VENV)/.core
 
 torch: $(BIN)/python
