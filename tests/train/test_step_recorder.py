@@ -34,6 +34,17 @@ def test_a_step_logged_in_several_calls_is_one_event(tmp_path):
     assert kinds == ["run_start", "step", "step", "run_end"]
 
 
+def test_an_evaluation_between_two_calls_for_a_step_does_not_split_it(tmp_path):
+    r = StepRecorder(tmp_path / "run")
+    r.log({"loss": 2.0}, step=4)
+    r.log({"val_loss": 2.2}, step=3)  # an evaluation logged late, under its own step
+    r.log({"lr": 0.1}, step=4)
+    r.finish()
+    ev = events(tmp_path / "run")
+    assert [(e["kind"], e.get("step")) for e in ev[1:-1]] == [("eval", 3), ("step", 4)]
+    assert ev[2]["loss"] == 2.0 and ev[2]["lr"] == 0.1
+
+
 def test_names_go_through_the_vocabulary(tmp_path):
     r = StepRecorder(tmp_path / "run")
     r.log(

@@ -19,7 +19,7 @@ What it does with each logged dict:
   that logs a step in several calls (Lightning's learning-rate monitor, then
   the training metrics) would otherwise write the step twice, and the newest
   write of a step wins in the store. A step is written when a later step is
-  logged, and at :meth:`finish` (or at exit, as ``interrupted`` or
+  logged (an evaluation alone does not close it), and at :meth:`finish` (or at exit, as ``interrupted`` or
   ``failed``, when the loop never called it).
 - Measured here, when the framework did not log them: ``step_time_s`` (from
   the first value logged for the previous step to the first for this one:
@@ -144,19 +144,21 @@ class StepRecorder:
         """Metrics for ``step`` (default: one step after the latest)."""
         if self.ended:
             return
+        fields, evals = self._split(values)
         if step is None:
-            step = self.last_step + 1
+            step = self.last_step + (1 if fields else 0)
         step = int(step)
+        if evals:
+            self._start()
+            self.writer.eval(step, **evals)
+        if not fields:
+            return  # an evaluation alone leaves the step being gathered open
         if step != self._step:
             self.flush()
             self._begin(step)
         self._ts = time.time()
-        fields, evals = self._split(values)
         for k, v in fields.items():
             self._values[k] = v  # a later call for the same step wins
-        if evals:
-            self._start()
-            self.writer.eval(step, **evals)
 
     def flush(self) -> None:
         """Write the step being gathered (if any) as one ``step`` event."""
