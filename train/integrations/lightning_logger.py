@@ -97,17 +97,8 @@ class TunescopeLogger(Logger):
     def version(self) -> str:
         return os.path.basename(os.path.abspath(self.run_dir))
 
-    @property
-    def root_dir(self) -> str:
-        return os.path.dirname(os.path.abspath(self.run_dir))
-
-    @property
-    def log_dir(self) -> str:
-        return self.run_dir
-
-    @property
-    def save_dir(self) -> str:
-        return self.run_dir
+    # root_dir, log_dir and save_dir stay None: Lightning then puts its
+    # checkpoints under the Trainer's default_root_dir, not in the run's log
 
     @property
     def experiment(self) -> StepRecorder:
