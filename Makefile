@@ -4,9 +4,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of torch, installed before the [train] extra so that pip never
-# resolves a bare "torch" requirement to a multi-GB CUDA build: from a local
-# wheel when pip's find-links hold one, else from PyTorch's CPU wheel index.
+# The CPU build of torch, installed before the [train] extra and the loggers'
+# ([lightning], [torchtune]) so that pip never resolves a bare "torch"
+# requirement to a multi-GB CUDA build: from a local wheel when pip's
+# find-links hold one, else from PyTorch's CPU wheel index.
 # For a GPU build: make setup-dev TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 TORCH_VERSION   ?= 2.13.0
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
@@ -30,7 +31,7 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(MAKE) --no-print-directory torch
-	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e ".[dev,train]"
+	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e ".[dev,train,lightning,torchtune]"
 	@touch $@ $(VENV)/.core
 
 torch: $(BIN)/python

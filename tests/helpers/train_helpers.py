@@ -54,3 +54,13 @@ def tiny_config(out: Path, **over: Any) -> Any:
         inject,
     )
     return cfg
+
+
+def nonfinite_findings(root: Path) -> list[dict[str, Any]]:
+    """The TS001 (non-finite) findings ``tunescope.analyze_runs`` gives for
+    the runs under ``root``, by rank then first step."""
+    import tunescope
+
+    table = tunescope.analyze_runs([root], select=["TS001"])
+    rows = [r for r in table.to_pylist() if r["detector"] == "TS001"]
+    return sorted(rows, key=lambda r: (r["rank"] if r["rank"] is not None else -1, r["step_start"]))
