@@ -4,7 +4,7 @@ first, decide second: :mod:`tunescope.detectors.straggler` judges them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -14,13 +14,22 @@ if TYPE_CHECKING:
     import polars as pl
 
     from tunescope.detectors.base import Context
-    from tunescope.detectors.straggler import Options
+
+
+class WindowOptions(Protocol):
+    """The options the window scores read (TS301's ``Options`` has them)."""
+
+    window: int
+    min_window: int
+    warn_windows: int
+    warn_score: float
+
 
 _COLUMNS = ("run_id", "rank", "win", "own", "n", "s0", "s1", "parts", "wsize")
 
 
 def window_scores(
-    ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str] | None = None
+    ctx: Context, opts: WindowOptions, df: pl.DataFrame, runs: set[str] | None = None
 ) -> pl.DataFrame:
     """Per run, window and rank: medians of the rank's own time, compute and
     data time, and the score (fastest rank's median / this rank's median)."""
@@ -69,7 +78,7 @@ def _own_time(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
 
 def _run_windows(
     ctx: Context,
-    opts: Options,
+    opts: WindowOptions,
     run_id: str,
     parts: list[tuple[int, int, int]],
     sp: np.ndarray | None,
@@ -120,7 +129,7 @@ def _run_windows(
 
 def _with_attribution(
     ctx: Context,
-    opts: Options,
+    opts: WindowOptions,
     agg: pl.DataFrame,
     rows_of: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]],
 ) -> pl.DataFrame:
