@@ -33,7 +33,7 @@ from typing import Any
 from tunescope import __version__
 from tunescope.detectors.scans.siblings import diff_keys
 from tunescope.files import write_output
-from tunescope.findings import Finding, Severity, jsonable, status_text
+from tunescope.findings import Finding, Severity, jsonable, sibling_findings, status_text, where
 from tunescope.numbers import cell
 from tunescope.report.curves import (
     SCALE,
@@ -109,8 +109,6 @@ def _summary_table(runs: list[dict[str, Any]], with_findings: set[str]) -> str:
 
 
 def _finding_html(f: Finding, i: int) -> str:
-    from tunescope.report.formats import _where as where
-
     evidence = json.dumps(jsonable(f.evidence), indent=1, sort_keys=True)
     return (
         f'<li class="finding sev-{f.severity.value}" data-finding="{i}">'
@@ -306,9 +304,7 @@ def _compare_section(
 
 def _siblings_html(runs: list[dict[str, Any]], findings: list[Finding]) -> str:
     """The sibling groups and what TS501 found in each ('' when no run has siblings)."""
-    from tunescope.report.formats import sibling_groups
-
-    groups = sibling_groups(runs, findings)
+    groups = sibling_findings(runs, findings)
     if not groups:
         return ""
     parts = ['<h4>Siblings</h4><ul class="siblings">']
