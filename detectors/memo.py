@@ -46,7 +46,7 @@ row, a JSON list)."""
 def code_stamp() -> str:
     """The tunescope version and the names, sizes and times of the detectors'
     files: an edited detector never reuses findings of its older self."""
-    from tunescope import __version__
+    from tunescope.version import __version__
 
     here = Path(__file__).resolve().parent
     parts = [__version__]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# The one place the version is written: pyproject.toml reads it from here
-# (``dynamic = ["version"]``) and ``tunescope --version`` prints it.
-__version__ = "0.1.0"
+from tunescope.version import __version__ as __version__
 
 
 def analyze_runs(paths: Any, **options: Any) -> Any:

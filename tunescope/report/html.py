@@ -30,7 +30,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tunescope import __version__
 from tunescope.detectors.scans.siblings import diff_keys
 from tunescope.files import write_output
 from tunescope.findings import Finding, Severity, jsonable, sibling_findings, status_text, where
@@ -41,6 +40,7 @@ from tunescope.report.curves import (
     others_median,
 )
 from tunescope.report.html_data import collect, compare
+from tunescope.version import __version__
 
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 
