@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.advice import clipping
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.resume_jump import resumes
 from tunescope.detectors.scans.divergence_trend import (
     kendall_rises,
@@ -385,7 +385,7 @@ def spike_params(opts: Options) -> LossSpikeParams:
     )
 
 
-def _spike_hits(ctx: Context, s: Series, resumed: list[int], opts: Options) -> list[Hit]:
+def _spike_hits(ctx: Frames, s: Series, resumed: list[int], opts: Options) -> list[Hit]:
     p = spike_params(opts)
     hits = []
     for inc in loss_incidents(ctx, p):
@@ -415,7 +415,7 @@ def _spike_hits(ctx: Context, s: Series, resumed: list[int], opts: Options) -> l
     return hits
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     out = []
     for s in run_series(ctx):
         if len(s.step) < 2:

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunescope.detectors.advice import clipping
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import (
     early_level,
     epoch_boundaries,
@@ -171,7 +171,7 @@ def _recurring(incs: list[Incident], opts: Options) -> set[int]:
     return out
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     out = []
     incs = loss_incidents(ctx, params(opts))
     recurring = _recurring(incs, opts)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import Series, early_level, rank_series, spikes
 from tunescope.detectors.scans.stats import incidents
 
@@ -53,7 +53,7 @@ class Incident:
     early: bool = False  # inside the grace period: judged by its size alone (:func:`early_jumps`)
 
 
-def loss_incidents(ctx: Context, p: LossSpikeParams) -> list[Incident]:
+def loss_incidents(ctx: Frames, p: LossSpikeParams) -> list[Incident]:
     """Spike incidents of every rank series, scanned once per parameters."""
     key = ("loss-incidents", p)
     if key not in ctx.memo:

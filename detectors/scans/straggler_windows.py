@@ -13,7 +13,7 @@ from tunescope.detectors.scans.rankwise import special_steps, steps_slices
 if TYPE_CHECKING:
     import polars as pl
 
-    from tunescope.detectors.base import Context
+    from tunescope.detectors.base import Frames
 
 
 class WindowOptions(Protocol):
@@ -29,7 +29,7 @@ _COLUMNS = ("run_id", "rank", "win", "own", "n", "s0", "s1", "parts", "wsize")
 
 
 def window_scores(
-    ctx: Context, opts: WindowOptions, df: pl.DataFrame, runs: set[str] | None = None
+    ctx: Frames, opts: WindowOptions, df: pl.DataFrame, runs: set[str] | None = None
 ) -> pl.DataFrame:
     """Per run, window and rank: medians of the rank's own time, compute and
     data time, and the score (fastest rank's median / this rank's median)."""
@@ -58,7 +58,7 @@ def window_scores(
     return _with_attribution(ctx, opts, agg, rows_of)
 
 
-def _own_time(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+def _own_time(ctx: Frames) -> tuple[np.ndarray, np.ndarray]:
     """Each row's own time per step (compute plus data time, else the whole
     step time) and whether it was made of those parts."""
     comp = ctx.column("compute_time_s")
@@ -77,7 +77,7 @@ def _own_time(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _run_windows(
-    ctx: Context,
+    ctx: Frames,
     opts: WindowOptions,
     run_id: str,
     parts: list[tuple[int, int, int]],
@@ -128,7 +128,7 @@ def _run_windows(
 
 
 def _with_attribution(
-    ctx: Context,
+    ctx: Frames,
     opts: WindowOptions,
     agg: pl.DataFrame,
     rows_of: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]],
