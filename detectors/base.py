@@ -25,7 +25,9 @@ Optionally, ``SUPERSEDES``: a tuple of detector ids whose findings this
 detector's findings cover (the same incident seen twice, e.g. a spike inside a
 divergence); the engine then keeps only the covering finding.
 
-The registry (``detectors/registry.py``) is a plain list of these modules.
+The registry (``detectors/registry.py``) is a plain list of these modules,
+typed ``list[DetectorModule]`` so that mypy checks each one against
+:class:`DetectorModule`.
 """
 
 from __future__ import annotations
@@ -110,7 +112,11 @@ class DetectorModule(Protocol):
 
     ID: str
     NAME: str
-    Options: type
+
+    @property
+    def Options(self) -> type:
+        """The options dataclass (a class, read-only here)."""
+        ...
 
     def run(self, ctx: Frames, opts: Any) -> list[Finding]: ...
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunescope.config import (
@@ -23,7 +22,7 @@ from tunescope.config import (
     normalise_ids,
     unmatched_ids,
 )
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Context, DetectorModule
 from tunescope.detectors.memo import Memo
 from tunescope.detectors.summaries import (  # noqa: F401  (their home is summaries.py)
     interventions,
@@ -42,7 +41,7 @@ class DetectorError(TunescopeError):
     """A detector raised: reported with its id, never skipped silently."""
 
 
-def all_detectors() -> list[ModuleType]:
+def all_detectors() -> list[DetectorModule]:
     from tunescope.detectors.registry import DETECTORS
 
     return list(DETECTORS)
@@ -52,7 +51,7 @@ def detector_ids() -> list[str]:
     return [d.ID for d in all_detectors()]
 
 
-def get_detector(detector_id: str) -> ModuleType:
+def get_detector(detector_id: str) -> DetectorModule:
     """The detector module with this id (case-insensitive); UsageError listing the ids."""
     want = detector_id.strip().upper()
     for d in all_detectors():
@@ -73,7 +72,7 @@ def select_detectors(
     select: Iterable[str] | str | None = None,
     ignore: Iterable[str] | str | None = None,
     config: Config | None = None,
-) -> list[ModuleType]:
+) -> list[DetectorModule]:
     """Detectors chosen by ids or id prefixes (``TS1`` = every TS1xx), as a
     linter selects rules. ``select`` replaces the config's; ``ignore`` adds to it."""
     detectors = all_detectors()
@@ -202,7 +201,7 @@ def analyze_views(
     return sort_findings(views[0]), sort_findings(views[1])
 
 
-def across_runs(det: ModuleType) -> bool:
+def across_runs(det: DetectorModule) -> bool:
     """A detector that judges runs against each other (``ACROSS_RUNS = True``,
     e.g. TS501 against a run's siblings) rather than each run alone."""
     return bool(getattr(det, "ACROSS_RUNS", False))
@@ -210,7 +209,7 @@ def across_runs(det: ModuleType) -> bool:
 
 def across_run_findings(
     store: Store,
-    detectors: list[ModuleType],
+    detectors: list[DetectorModule],
     options: dict[str, Any],
     cfg: Config,
     run_ids: Sequence[str] | None,
@@ -294,7 +293,7 @@ def run_batches(store: Store, run_ids: Sequence[str] | None = None) -> list[list
     return batches
 
 
-def run_detector(det: ModuleType, ctx: Context, opts: Any) -> list[Finding]:
+def run_detector(det: DetectorModule, ctx: Context, opts: Any) -> list[Finding]:
     """One detector's findings, judged with its own options only."""
     try:
         return list(det.run(ctx, opts))
@@ -307,7 +306,7 @@ def run_detector(det: ModuleType, ctx: Context, opts: Any) -> list[Finding]:
         ) from e
 
 
-def engine_pass(findings: list[Finding], detectors: list[ModuleType]) -> list[Finding]:
+def engine_pass(findings: list[Finding], detectors: list[DetectorModule]) -> list[Finding]:
     """What combines findings of different detectors, over the selected and
     configured ones only: links first (a grad-norm spike just before a loss
     spike is one incident, told in the loss spike's message), then
@@ -397,7 +396,7 @@ def _peak(f: Finding) -> int | None:
     return f.step_start
 
 
-def merge_incidents(findings: list[Finding], detectors: list[ModuleType]) -> list[Finding]:
+def merge_incidents(findings: list[Finding], detectors: list[DetectorModule]) -> list[Finding]:
     """One finding per incident across detectors: a detector's optional
     ``SUPERSEDES`` tuple names detectors whose findings its own findings cover.
     A finding is dropped when a finding of a detector that supersedes it, in the
