@@ -20,7 +20,10 @@ from tunescope.detectors.scans.stats import incidents
 
 @dataclass(frozen=True)
 class LossSpikeParams:
-    """What makes a loss spike (the meaning of each field: TS101's ``Options``)."""
+    """What makes a loss spike (the meaning of each field: TS101's ``Options``).
+
+    The one place these defaults are written: TS101's ``Options`` and TS102's
+    ``spike_*`` options take theirs from :data:`SPIKE_DEFAULTS`."""
 
     window: int = 100
     level_points: int = 10
@@ -34,6 +37,10 @@ class LossSpikeParams:
     recover_within: float = 0.05
     gap: int = 3
     tail_fraction: float = 0.02
+
+
+SPIKE_DEFAULTS = LossSpikeParams()
+"""The spike scan's defaults, for the detectors' ``Options``."""
 
 
 @dataclass
