@@ -102,10 +102,10 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_every_module(tmp_path):
         "    mod = importlib.import_module(m)\n"
         "    assert '/site-packages/tunescope/' in mod.__file__ or m == 'tunescope', mod.__file__\n"
         # the HTML report's package data: the vendored chart library and the page's assets
-        "from tunescope.detectors import html_report as h\n"
+        "from tunescope.report import html as h\n"
         "assert h.vendor_version().startswith('uplot ')\n"
         "assert 'uPlot' in h._asset('vendor/uplot.min.js') and h._asset('vendor/uplot.LICENSE')\n"
-        "assert h._asset('html_report.js') and h._asset('html_report.css')\n"
+        "assert h._asset('html.js') and h._asset('html.css')\n"
         "print(len(mods))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
