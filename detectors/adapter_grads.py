@@ -65,7 +65,7 @@ from tunescope.numbers import grouped as fmt
 if TYPE_CHECKING:
     import polars as pl
 
-    from tunescope.detectors.base import Context
+    from tunescope.detectors.base import Frames
 
 ID = "TS201"
 NAME = "adapter-gradients"
@@ -129,7 +129,7 @@ def _is_adapter_run(payload: dict[str, Any]) -> bool:
     return str(ft or "").lower() in _ADAPTER_TYPES or payload.get("lora_r") is not None
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     import polars as pl
 
     findings: list[Finding] = []

@@ -8,8 +8,13 @@ A detector is one module (``detectors/loss_spike.py``) with:
 - ``Options``: a dataclass of typed thresholds with defaults and a docstring
   under each field; configurable per detector in ``[tool.tunescope.TS101]`` of
   ``pyproject.toml`` or ``[TS101]`` of ``tunescope.toml``;
-- ``run(ctx: Context, opts: Options) -> list[Finding]``: scores computed
+- ``run(ctx: Frames, opts: Options) -> list[Finding]``: scores computed
   vectorised per run and rank (polars or DuckDB SQL), thresholds applied after.
+
+A detector reads its data through :class:`Frames`, never from a store
+directly: :class:`Context` reads the store's views; the training guard's
+:class:`~tunescope.train.live_frames.LiveFrames` holds one rank's step
+records in memory, so the same ``run`` judges a run live.
 
 Optionally, ``ACROSS_RUNS = True``: a detector that judges runs against each
 other (TS501, against a run's siblings). The engine runs it once with a
@@ -20,7 +25,9 @@ Optionally, ``SUPERSEDES``: a tuple of detector ids whose findings this
 detector's findings cover (the same incident seen twice, e.g. a spike inside a
 divergence); the engine then keeps only the covering finding.
 
-The registry (``detectors/registry.py``) is a plain list of these modules.
+The registry (``detectors/registry.py``) is a plain list of these modules,
+typed ``list[DetectorModule]`` so that mypy checks each one against
+:class:`DetectorModule`.
 """
 
 from __future__ import annotations
@@ -35,17 +42,88 @@ if TYPE_CHECKING:
     from tunescope.ingest.store.database import Store
 
 
+class Frames(Protocol):
+    """What a detector reads: the runs, steps, metrics and events of the runs
+    it judges, as polars frames (and numpy columns of the steps), loaded once
+    per source and shared between detectors through ``memo``.
+
+    ``sql`` runs a query over the store's views (``runs``, ``steps``,
+    ``metrics``, ``events``) with :meth:`where_runs` limiting it to
+    ``run_ids``; a source without a store (the live guard's) raises
+    :class:`NoStore` there, so the detectors it runs read frames only.
+    """
+
+    run_ids: list[str] | None
+    """The runs judged (None: every run of the source)."""
+    groups: dict[str, list[str]]
+    """``[tool.tunescope.groups]``: sibling groups by name, as run ids or glob
+    patterns, where the automatic grouping is wrong."""
+    memo: dict[Any, Any]
+    """Values computed once per source and shared by detectors (frames,
+    series, scans keyed by their options)."""
+
+    def runs(self) -> pl.DataFrame:
+        """One row per run (``run_id``, ``status``, ``world_size``,
+        ``total_steps``, ``last_step``, ``steps_logged``...)."""
+        ...
+
+    def steps(self) -> pl.DataFrame:
+        """The step records, sorted by run_id, rank, step."""
+        ...
+
+    def column(self, name: str, as_float: bool = True) -> Any:
+        """One column of :meth:`steps` as a read-only numpy array (float, null
+        as NaN, unless ``as_float`` is false; all NaN when never logged)."""
+        ...
+
+    def logged(self, name: str) -> Any:
+        """Bool numpy array: where column ``name`` of :meth:`steps` is not null."""
+        ...
+
+    def metrics(self, names: list[str]) -> pl.DataFrame:
+        """Rows of the long ``metrics`` table for these names, sorted by
+        run_id, rank, step."""
+        ...
+
+    def events(self, kinds: list[str] | None = None) -> pl.DataFrame:
+        """Events (payload as JSON text), optionally of these kinds, sorted
+        by run_id, rank, step."""
+        ...
+
+    def run_start(self, run_id: str) -> dict[str, Any]:
+        """The first ``run_start`` payload of a run, or {}."""
+        ...
+
+    def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
+        """A query over the store's views, as a polars DataFrame."""
+        ...
+
+    def where_runs(self) -> str:
+        """`` WHERE ...`` limiting a query on ``run_id`` to ``run_ids`` ('' for every run)."""
+        ...
+
+
+class NoStore(RuntimeError):
+    """A frames source without a store was asked for SQL."""
+
+
 class DetectorModule(Protocol):
+    """A detector module, as the registry lists it (see the module docstring)."""
+
     ID: str
     NAME: str
-    Options: type
 
-    def run(self, ctx: Context, opts: Any) -> list[Finding]: ...
+    @property
+    def Options(self) -> type:
+        """The options dataclass (a class, read-only here)."""
+        ...
+
+    def run(self, ctx: Frames, opts: Any) -> list[Finding]: ...
 
 
 @dataclass
 class Context:
-    """Read access to the store for detectors, with the common frames loaded
+    """:class:`Frames` read from the store, with the common frames loaded
     once and shared between detectors.
 
     ``run_ids`` limits the runs analysed (None: all runs in the store).
@@ -69,7 +147,7 @@ class Context:
         table = fetch_arrow(self.store.cursor(), query, params)
         return pl.from_arrow(table)  # type: ignore[return-value]  # a table gives a DataFrame
 
-    def _where_runs(self) -> str:
+    def where_runs(self) -> str:
         if self.run_ids is None:
             return ""
         if not self.run_ids:
@@ -87,7 +165,7 @@ class Context:
     def runs(self) -> pl.DataFrame:
         """The ``runs`` view (one row per run)."""
         if "runs" not in self.memo:
-            self.memo["runs"] = self.sql(f"SELECT * FROM runs{self._where_runs()}")
+            self.memo["runs"] = self.sql(f"SELECT * FROM runs{self.where_runs()}")
         return self.memo["runs"]
 
     def steps(self) -> pl.DataFrame:
@@ -96,48 +174,20 @@ class Context:
             # fetched unsorted and sorted here only when out of order: rows are
             # usually stored in order, and DuckDB's ORDER BY of millions of rows
             # costs more than fetching them
-            self.memo["steps"] = sort_steps(self.sql(f"SELECT * FROM steps{self._where_runs()}"))
+            self.memo["steps"] = sort_steps(self.sql(f"SELECT * FROM steps{self.where_runs()}"))
         return self.memo["steps"]
 
     def column(self, name: str, as_float: bool = True) -> Any:
-        """One column of :meth:`steps` as a numpy array, float (null: NaN)
-        unless ``as_float`` is false, converted once per context and shared
-        (read-only: do not modify)."""
-        key = f"steps:col:{name}:{as_float}"
-        if key not in self.memo:
-            df = self.steps()
-            if name in df.columns:
-                col = df.get_column(name)
-                arr = (col.cast(float) if as_float else col).to_numpy()
-            else:
-                import numpy as np
-
-                arr = np.full(df.height, np.nan)
-            arr.flags.writeable = False
-            self.memo[key] = arr
-        return self.memo[key]
+        return step_column(self, name, as_float)
 
     def logged(self, name: str) -> Any:
-        """Bool numpy array: where column ``name`` of :meth:`steps` is not null
-        (shared, read-only)."""
-        key = "steps:logged:" + name
-        if key not in self.memo:
-            df = self.steps()
-            if name in df.columns:
-                arr = df.get_column(name).is_not_null().to_numpy()
-            else:
-                import numpy as np
-
-                arr = np.zeros(df.height, dtype=bool)
-            arr.flags.writeable = False
-            self.memo[key] = arr
-        return self.memo[key]
+        return step_logged(self, name)
 
     def metrics(self, names: list[str]) -> pl.DataFrame:
         """Rows of the ``metrics`` view for the given metric names."""
         key = "metrics:" + ",".join(sorted(names))
         if key not in self.memo:
-            where = self._where_runs()
+            where = self.where_runs()
             quoted = ", ".join("'" + n.replace("'", "''") + "'" for n in names)
             cond = f"name IN ({quoted})"
             where = f"{where} AND {cond}" if where else f" WHERE {cond}"
@@ -148,7 +198,7 @@ class Context:
         """Rows of the ``events`` view (payload as JSON text), optionally by kind."""
         key = "events:" + ",".join(sorted(kinds or []))
         if key not in self.memo:
-            where = self._where_runs()
+            where = self.where_runs()
             if kinds:
                 quoted = ", ".join(f"'{k}'" for k in kinds)
                 cond = f"kind IN ({quoted})"
@@ -199,3 +249,39 @@ def sort_steps(df: pl.DataFrame) -> pl.DataFrame:
     if in_order:
         return df
     return df.sort(keys, nulls_last=True, maintain_order=True)
+
+
+def step_column(frames: Frames, name: str, as_float: bool = True) -> Any:
+    """:meth:`Frames.column` for any source: one column of its steps as a
+    numpy array, float (null: NaN) unless ``as_float`` is false, converted
+    once per source and shared through its memo (read-only: do not modify)."""
+    key = f"steps:col:{name}:{as_float}"
+    if key not in frames.memo:
+        df = frames.steps()
+        if name in df.columns:
+            col = df.get_column(name)
+            arr = (col.cast(float) if as_float else col).to_numpy()
+        else:
+            import numpy as np
+
+            arr = np.full(df.height, np.nan)
+        arr.flags.writeable = False
+        frames.memo[key] = arr
+    return frames.memo[key]
+
+
+def step_logged(frames: Frames, name: str) -> Any:
+    """:meth:`Frames.logged` for any source: where column ``name`` of its
+    steps is not null, as a bool numpy array (shared, read-only)."""
+    key = "steps:logged:" + name
+    if key not in frames.memo:
+        df = frames.steps()
+        if name in df.columns:
+            arr = df.get_column(name).is_not_null().to_numpy()
+        else:
+            import numpy as np
+
+            arr = np.zeros(df.height, dtype=bool)
+        arr.flags.writeable = False
+        frames.memo[key] = arr
+    return frames.memo[key]

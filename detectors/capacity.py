@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import run_series
 from tunescope.detectors.scans.siblings import run_settings
 from tunescope.detectors.scans.stats import rolling_median
@@ -134,12 +134,12 @@ def hint(
     return message, int(step[at]), int(step[-1])
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     conf = run_settings(ctx)
     adapters: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     df = ctx.sql(
         "SELECT run_id, step, avg(grad_norm_adapter) AS g FROM steps"
-        f"{ctx._where_runs()} GROUP BY run_id, step ORDER BY run_id, step"
+        f"{ctx.where_runs()} GROUP BY run_id, step ORDER BY run_id, step"
     )
     for (rid,), part in df.group_by(["run_id"], maintain_order=True):
         adapters[str(rid)] = (

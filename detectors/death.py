@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans import death_oom
 from tunescope.detectors.scans.death_causes import (
     CAUSES,
@@ -96,7 +96,7 @@ class Options:
             raise ValueError(f"p_value must be in (0, 1), got {self.p_value}")
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     ends = _last_ends(ctx)
     if not ends:
         return []
@@ -121,7 +121,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     return out
 
 
-def _last_ends(ctx: Context) -> dict[str, dict[int, tuple[int | None, dict[str, Any]]]]:
+def _last_ends(ctx: Frames) -> dict[str, dict[int, tuple[int | None, dict[str, Any]]]]:
     """Per run and rank, the last ``run_end`` of a run whose status is a
     failure or an interruption (a run that went on after a crash is not
     dead). Of two at the same step (a crash whose lines came over two reads),
@@ -290,7 +290,7 @@ def _first(
 
 
 def _finding(
-    ctx: Context,
+    ctx: Frames,
     opts: Options,
     run_id: str,
     rank: int,
@@ -401,7 +401,7 @@ def _evidence(payload: dict[str, Any], line: int | None, keep: int) -> list[list
 
 
 def _forecast(
-    ctx: Context,
+    ctx: Frames,
     opts: Options,
     run_id: str,
     rank: int,

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.advice import clipping
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.resume_jump import resumes
 from tunescope.detectors.scans.divergence_trend import (
     kendall_rises,
@@ -72,7 +72,7 @@ from tunescope.detectors.scans.series import (
     near_boundary,
     run_series,
 )
-from tunescope.detectors.scans.spike_scan import LossSpikeParams, loss_incidents
+from tunescope.detectors.scans.spike_scan import SPIKE_DEFAULTS, LossSpikeParams, loss_incidents
 from tunescope.detectors.scans.stats import incidents, warmup_mask
 from tunescope.detectors.scans.stats import trend_np as trend
 from tunescope.findings import Finding, Severity
@@ -114,11 +114,11 @@ class Options:
     of ``min_rise`` plus this many standard errors of the two medians; a trend
     or unrecovered spike whose end level (median of the last 5 points) is back
     inside it is not a divergence."""
-    spike_z: float = 6.0
+    spike_z: float = SPIKE_DEFAULTS.z
     """Unrecovered spikes: the robust z that flags a single point (as TS101's ``z``)."""
-    spike_min_ratio: float = 1.3
+    spike_min_ratio: float = SPIKE_DEFAULTS.min_ratio
     """Unrecovered spikes: the multiple of the baseline needed (as TS101's ``min-ratio``)."""
-    spike_recover_steps: int = 50
+    spike_recover_steps: int = SPIKE_DEFAULTS.recover_steps
     """Unrecovered spikes: not back within 5% of the baseline after this many steps."""
 
     def __post_init__(self) -> None:
@@ -385,7 +385,7 @@ def spike_params(opts: Options) -> LossSpikeParams:
     )
 
 
-def _spike_hits(ctx: Context, s: Series, resumed: list[int], opts: Options) -> list[Hit]:
+def _spike_hits(ctx: Frames, s: Series, resumed: list[int], opts: Options) -> list[Hit]:
     p = spike_params(opts)
     hits = []
     for inc in loss_incidents(ctx, p):
@@ -415,7 +415,7 @@ def _spike_hits(ctx: Context, s: Series, resumed: list[int], opts: Options) -> l
     return hits
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     out = []
     for s in run_series(ctx):
         if len(s.step) < 2:

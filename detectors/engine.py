@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tunescope.batches import size_batches
 from tunescope.config import Config
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Context, DetectorModule
 from tunescope.detectors.memo import Memo
 from tunescope.detectors.selection import (
     build_options,
@@ -98,7 +97,7 @@ def analyze_views(
     skipped = [d.ID for d in every if across_runs(d) and d.ID not in chosen_ids]
     kept = stored_findings(store, skipped, run_ids)
     runs = {d.ID: d for d in [*every, *chosen] if d.ID not in skipped}.values()
-    options = {d.ID: build_options(cfg, d.ID, d.Options) for d in runs}
+    options: dict[str, Any] = {d.ID: build_options(cfg, d.ID, d.Options) for d in runs}
     views: tuple[list[Finding], list[Finding]] = ([], [])
     memo = reuse if isinstance(reuse, Memo) else Memo(store, cfg) if reuse else None
     per_run = [d for d in runs if not across_runs(d)]
@@ -146,7 +145,7 @@ def analyze_views(
     return sort_findings(views[0]), sort_findings(views[1])
 
 
-def across_runs(det: ModuleType) -> bool:
+def across_runs(det: DetectorModule) -> bool:
     """A detector that judges runs against each other (``ACROSS_RUNS = True``,
     e.g. TS501 against a run's siblings) rather than each run alone."""
     return bool(getattr(det, "ACROSS_RUNS", False))
@@ -154,7 +153,7 @@ def across_runs(det: ModuleType) -> bool:
 
 def across_run_findings(
     store: Store,
-    detectors: list[ModuleType],
+    detectors: list[DetectorModule],
     options: dict[str, Any],
     cfg: Config,
     run_ids: Sequence[str] | None,
@@ -228,7 +227,7 @@ def run_batches(store: Store, run_ids: Sequence[str] | None = None) -> list[list
     return [[run for run, _ in batch] for batch in batches]
 
 
-def run_detector(det: ModuleType, ctx: Context, opts: Any) -> list[Finding]:
+def run_detector(det: DetectorModule, ctx: Context, opts: Any) -> list[Finding]:
     """One detector's findings, judged with its own options only."""
     try:
         return list(det.run(ctx, opts))
@@ -241,7 +240,7 @@ def run_detector(det: ModuleType, ctx: Context, opts: Any) -> list[Finding]:
         ) from e
 
 
-def engine_pass(findings: list[Finding], detectors: list[ModuleType]) -> list[Finding]:
+def engine_pass(findings: list[Finding], detectors: list[DetectorModule]) -> list[Finding]:
     """What combines findings of different detectors, over the selected and
     configured ones only: links first (a grad-norm spike just before a loss
     spike is one incident, told in the loss spike's message), then
@@ -331,7 +330,7 @@ def _peak(f: Finding) -> int | None:
     return f.step_start
 
 
-def merge_incidents(findings: list[Finding], detectors: list[ModuleType]) -> list[Finding]:
+def merge_incidents(findings: list[Finding], detectors: list[DetectorModule]) -> list[Finding]:
     """One finding per incident across detectors: a detector's optional
     ``SUPERSEDES`` tuple names detectors whose findings its own findings cover.
     A finding is dropped when a finding of a detector that supersedes it, in the

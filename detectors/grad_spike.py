@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from tunescope.detectors.advice import clipping
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import Series, merge_ranks, rank_series, samples_note, spikes
 from tunescope.detectors.scans.stats import incidents, warmup_mask
 from tunescope.findings import Finding, Severity
@@ -317,7 +317,7 @@ def loss_lift(loss: np.ndarray, i: int, opts: Options, ref_points: int = 50) -> 
     return float(np.exp(top - centre))
 
 
-def scan_all(ctx: Context, opts: Options) -> list[GradIncident]:
+def scan_all(ctx: Frames, opts: Options) -> list[GradIncident]:
     """Incidents of every rank series, scanned once per options."""
     key = ("grad-incidents", repr(opts))
     if key not in ctx.memo:
@@ -335,7 +335,7 @@ def early_mask(s: Series, opts: Options) -> np.ndarray:
     return mask
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     out = []
     for g in scan_all(ctx, opts):
         s = g.series

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 
 _SIGNALS = (
     # (what cannot be judged, SQL count of the signal, why)
@@ -34,12 +34,12 @@ _SIGNALS = (
 )
 
 
-def run_limits(ctx: Context) -> dict[str, list[str]]:
+def run_limits(ctx: Frames) -> dict[str, list[str]]:
     """Per run: one line per kind of problem its log cannot show."""
     if "limits" in ctx.memo:
         return ctx.memo["limits"]
     counts = ", ".join(f"{sql} AS s{i}" for i, (_, sql, _) in enumerate(_SIGNALS))
-    where = ctx._where_runs()
+    where = ctx.where_runs()
     df = ctx.sql(
         f"SELECT run_id, count(DISTINCT rank) AS ranks, count(compute_time_s) + "
         f"count(data_time_s) + count(step_time_s) AS timed, {counts} FROM steps{where} "

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunescope.detectors.advice import clipping
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import (
     early_level,
     epoch_boundaries,
@@ -62,7 +62,12 @@ from tunescope.detectors.scans.series import (
     near_boundary,
     samples_note,
 )
-from tunescope.detectors.scans.spike_scan import Incident, LossSpikeParams, loss_incidents
+from tunescope.detectors.scans.spike_scan import (
+    SPIKE_DEFAULTS,
+    Incident,
+    LossSpikeParams,
+    loss_incidents,
+)
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
@@ -72,36 +77,36 @@ NAME = "loss-spike"
 
 @dataclass
 class Options:
-    window: int = 100
+    window: int = SPIKE_DEFAULTS.window
     """Previous points (current excluded) whose point-to-point noise scales the z-score."""
-    level_points: int = 10
+    level_points: int = SPIKE_DEFAULTS.level_points
     """Previous points whose median is the baseline level (short: a falling
     curve makes a long median stale)."""
-    min_points: int = 5
+    min_points: int = SPIKE_DEFAULTS.min_points
     """No verdict before this many earlier finite points."""
-    z: float = 6.0
+    z: float = SPIKE_DEFAULTS.z
     """Robust z-score (log space) that flags a single point."""
-    z_consecutive: float = 4.0
+    z_consecutive: float = SPIKE_DEFAULTS.z_consecutive
     """Robust z-score that flags two consecutive points."""
-    min_ratio: float = 1.3
+    min_ratio: float = SPIKE_DEFAULTS.min_ratio
     """The loss must be at least this multiple of the baseline (batch-to-batch
     noise below it is never a spike); diluted by ``logging_steps`` when the log
     averages the loss."""
-    min_excess: float = 0.1
+    min_excess: float = SPIKE_DEFAULTS.min_excess
     """The excess over the baseline must be at least this fraction of the
     run's early loss level (median of its first 5 points)."""
-    sigma_floor: float = 0.02
+    sigma_floor: float = SPIKE_DEFAULTS.sigma_floor
     """Floor of the baseline's spread in log units (2%): flat curves are not
     noise-free."""
-    recover_steps: int = 50
+    recover_steps: int = SPIKE_DEFAULTS.recover_steps
     """A spike back within this many steps (at least 3 logging intervals) is
     transient; one back later is reported as a slow recovery; one never back
     is reported as such (TS102 judges whether it is a divergence)."""
-    recover_within: float = 0.05
+    recover_within: float = SPIKE_DEFAULTS.recover_within
     """Back when within this fraction of the pre-spike baseline."""
-    gap: int = 3
+    gap: int = SPIKE_DEFAULTS.gap
     """Spiking points separated by at most this many points are one incident."""
-    tail_fraction: float = 0.02
+    tail_fraction: float = SPIKE_DEFAULTS.tail_fraction
     """Heavy tails: an excursion is not a spike when at least this fraction of
     the run's other points (and at least 3) rise half as far above their own
     trailing baseline (per-step preference or RL losses, tiny batches). 0
@@ -171,7 +176,7 @@ def _recurring(incs: list[Incident], opts: Options) -> set[int]:
     return out
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     out = []
     incs = loss_incidents(ctx, params(opts))
     recurring = _recurring(incs, opts)

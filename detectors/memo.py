@@ -22,7 +22,6 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -31,6 +30,7 @@ from tunescope.findings import Finding
 
 if TYPE_CHECKING:
     from tunescope.config import Config
+    from tunescope.detectors.base import DetectorModule
     from tunescope.ingest.store.database import Store
 
 MEMO_FILE = "findings-memo.parquet"
@@ -46,7 +46,7 @@ row, a JSON list)."""
 def code_stamp() -> str:
     """The tunescope version and the names, sizes and times of the detectors'
     files: an edited detector never reuses findings of its older self."""
-    from tunescope import __version__
+    from tunescope.version import __version__
 
     here = Path(__file__).resolve().parent
     parts = [__version__]
@@ -98,11 +98,13 @@ class Memo:
         self.result: str | None = None
         """What the full view of the last analysis was made from (set by the engine)."""
 
-    def run_key(self, run: str, detectors: Iterable[ModuleType], options: dict[str, Any]) -> str:
+    def run_key(
+        self, run: str, detectors: Iterable[DetectorModule], options: dict[str, Any]
+    ) -> str:
         chosen = [(d.ID, repr(options[d.ID])) for d in detectors]
         return _digest(self.base, run, self.states.get(run), chosen)
 
-    def across_key(self, det: ModuleType, opts: Any) -> str:
+    def across_key(self, det: DetectorModule, opts: Any) -> str:
         key = _digest(self.base, det.ID, repr(opts), sorted(self.states.items()))
         self.across.append(key)
         return key

@@ -81,7 +81,7 @@ from tunescope.findings import Finding, Severity
 from tunescope.numbers import grouped as fmt
 
 if TYPE_CHECKING:
-    from tunescope.detectors.base import Context
+    from tunescope.detectors.base import Frames
 
 ID = "TS401"
 NAME = "memory-growth"
@@ -134,7 +134,7 @@ class Options:
             raise ValueError("p_value must be in (0, 1) and confidence in (0.5, 1)")
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
 
     cols = ["run_id", "rank", "step", "ts", "mem_allocated_mb", "mem_reserved_mb", "mem_peak_mb"]
     df = ctx.steps()
@@ -169,7 +169,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
 
 
 def _judge_rank(
-    ctx: Context,
+    ctx: Frames,
     opts: Options,
     run_id: str,
     rank: int,

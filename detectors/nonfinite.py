@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunescope.detectors.advice import clipping
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import event_payload, merge_ranks, rank_series, samples_note
 from tunescope.detectors.scans.stats import incidents
 from tunescope.findings import Finding, Severity
@@ -72,7 +72,7 @@ class Options:
             raise ValueError("max_transient_points and gap must be >= 0")
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     out: list[Finding] = []
     for s in rank_series(ctx):
         loss, gn = s.loss, s.grad_norm
@@ -173,7 +173,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
 _NOT_EVAL_METRICS = frozenset(("step", "epoch", "rank", "ts", "v"))
 
 
-def _eval_findings(ctx: Context) -> list[Finding]:
+def _eval_findings(ctx: Frames) -> list[Finding]:
     """One finding per run whose evaluations hold NaN or Inf: an error when
     every evaluation does, else a warning."""
     per_run: dict[str, dict[int, list[tuple[str, float]]]] = {}

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import event_payload, run_series
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
@@ -77,7 +77,7 @@ class Options:
             raise ValueError("min_evals >= 2, rising_evals >= 1, mismatch_ratio > 1")
 
 
-def eval_losses(ctx: Context) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def eval_losses(ctx: Frames) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Per run and eval set ("" for the main one): eval steps and eval losses
     (averaged over ranks per step)."""
     ev = ctx.events(["eval"])
@@ -120,7 +120,7 @@ def _train_at(step: np.ndarray, loss: np.ndarray, at: int, k: int = 5) -> float:
     return float(np.median(seg)) if len(seg) else float("nan")
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     evals = eval_losses(ctx)
     if not evals:
         return []

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import Series, run_series
 from tunescope.detectors.scans.stats import incidents, warmup_mask
 from tunescope.detectors.scans.stats import trend_np as trend
@@ -87,7 +87,7 @@ class Options:
             raise ValueError("min_points must be >= 5 and zero_points >= 2")
 
 
-def _rl_runs(ctx: Context) -> set[str]:
+def _rl_runs(ctx: Frames) -> set[str]:
     """Runs whose metrics look like an RL/preference objective (rewards, KL)."""
     df = ctx.sql(
         "SELECT DISTINCT run_id FROM metrics WHERE name ILIKE '%reward%' "
@@ -96,7 +96,7 @@ def _rl_runs(ctx: Context) -> set[str]:
     return set(df.get_column("run_id").to_list()) if df.height else set()
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     out = []
     rl = None
     for s in run_series(ctx):

@@ -8,8 +8,6 @@ the engine then runs it once over every run of the store, not per batch.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from tunescope.detectors import (
     adapter_grads,
     capacity,
@@ -26,8 +24,9 @@ from tunescope.detectors import (
     straggler,
     throughput,
 )
+from tunescope.detectors.base import DetectorModule
 
-DETECTORS: list[ModuleType] = [
+DETECTORS: list[DetectorModule] = [
     nonfinite,  # TS001
     loss_spike,  # TS101
     divergence,  # TS102

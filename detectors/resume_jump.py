@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import IQR_TO_SIGMA, early_level, event_payload, run_series
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
@@ -65,7 +65,7 @@ class Options:
             raise ValueError("pre_points >= 3, post_points >= 1, min_jump > 0")
 
 
-def resumes(ctx: Context) -> dict[str, list[tuple[int, str]]]:
+def resumes(ctx: Frames) -> dict[str, list[tuple[int, str]]]:
     """Per run: (step resumed from, checkpoint) of each resume event."""
     out: dict[str, list[tuple[int, str]]] = {}
     for row in ctx.events(["resume"]).iter_rows(named=True):
@@ -78,7 +78,7 @@ def resumes(ctx: Context) -> dict[str, list[tuple[int, str]]]:
     return out
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     found = resumes(ctx)
     if not found:
         return []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Iterable
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tunescope.config import Config, coerce, normalise_ids
@@ -26,10 +25,12 @@ from tunescope.suggest import did_you_mean
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    from tunescope.detectors.base import DetectorModule
+
 Opts = TypeVar("Opts", bound="DataclassInstance")
 
 
-def all_detectors() -> list[ModuleType]:
+def all_detectors() -> list[DetectorModule]:
     """The registry's detectors, in order (imported when first needed: they
     pull in numpy and polars)."""
     from tunescope.detectors.registry import DETECTORS
@@ -41,7 +42,7 @@ def detector_ids() -> list[str]:
     return [d.ID for d in all_detectors()]
 
 
-def get_detector(detector_id: str) -> ModuleType:
+def get_detector(detector_id: str) -> DetectorModule:
     """The detector module with this id (case-insensitive); UsageError listing the ids."""
     want = detector_id.strip().upper()
     for d in all_detectors():
@@ -76,7 +77,7 @@ def select_detectors(
     select: Iterable[str] | str | None = None,
     ignore: Iterable[str] | str | None = None,
     config: Config | None = None,
-) -> list[ModuleType]:
+) -> list[DetectorModule]:
     """Detectors chosen by ids or id prefixes (``TS1`` = every TS1xx), as a
     linter selects rules. ``select`` replaces the config's; ``ignore`` adds to it."""
     detectors = all_detectors()

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.outcome import Tail, common_step, pooled_sd, tail_loss, window
 from tunescope.detectors.scans.siblings import (
     Factor,
@@ -276,7 +276,7 @@ def _finding(group, run, mine, key, keys, same, tails, configs, at, width, noise
     )
 
 
-def members(ctx: Context, group: Group) -> list[Member]:
+def members(ctx: Frames, group: Group) -> list[Member]:
     from tunescope.detectors.scans.siblings import loss_curves, run_settings
 
     curves = loss_curves(ctx)
@@ -284,7 +284,7 @@ def members(ctx: Context, group: Group) -> list[Member]:
     return [Member(r, conf.get(r, {}), *curves[r]) for r in group.runs if r in curves]
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     out: list[Finding] = []
     for group in sibling_groups(ctx):
         out.extend(judge(group.name, members(ctx, group), opts))

@@ -62,7 +62,7 @@ from tunescope.words import count
 if TYPE_CHECKING:
     import polars as pl
 
-    from tunescope.detectors.base import Context
+    from tunescope.detectors.base import Frames
 
 ID = "TS301"
 NAME = "straggler"
@@ -102,7 +102,7 @@ class Options:
             raise ValueError("warn_windows, error_windows and hang_lag must be >= 1")
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
 
     cols = ["run_id", "rank", "step", "ts", "compute_time_s", "data_time_s", "step_time_s"]
     df = ctx.steps().select(cols)
@@ -133,7 +133,7 @@ def run(ctx: Context, opts: Options) -> list[Finding]:
     return findings
 
 
-def _hangs(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
+def _hangs(ctx: Frames, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
 
     # Per rank: last step and time, and the typical step time (mean logged
     # step time, else the mean interval); then the run's view of each rank.
@@ -234,7 +234,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return incidents(mask)
 
 
-def _stragglers(ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
+def _stragglers(ctx: Frames, opts: Options, df: pl.DataFrame, runs: set[str]) -> list[Finding]:
     agg = window_scores(ctx, opts, df, runs)
     if agg.height == 0:
         return []

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Context, Frames
 from tunescope.findings import Finding, Severity, jsonable
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def run_summaries(
     return out
 
 
-def interventions(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+def interventions(ctx: Frames) -> dict[str, list[dict[str, Any]]]:
     """Per run, what the training guard did (``intervention`` events), once
     per step and action however many ranks logged it."""
     out: dict[str, list[dict[str, Any]]] = {}

@@ -64,7 +64,7 @@ from tunescope.findings import Finding, Severity
 from tunescope.numbers import grouped as fmt
 
 if TYPE_CHECKING:
-    from tunescope.detectors.base import Context
+    from tunescope.detectors.base import Frames
 
 ID = "TS302"
 NAME = "throughput-drop"
@@ -133,7 +133,7 @@ def _block_medians(x: np.ndarray, bs: int) -> np.ndarray:
     return out
 
 
-def run(ctx: Context, opts: Options) -> list[Finding]:
+def run(ctx: Frames, opts: Options) -> list[Finding]:
     slices = steps_slices(ctx)
     if not slices:
         return []

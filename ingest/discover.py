@@ -21,9 +21,9 @@ from tunescope.ingest.readers.tensorboard import TensorBoardReader
 from tunescope.ingest.readers.wandb_offline import WandbOfflineReader
 from tunescope.ingest.rows import Problem, Reader
 
-# The readers, in the order they are asked. A plain list: adding a format means
-# writing a module with a reader object and adding it here.
-READERS: list[Reader] = [
+# The readers of training logs, in the order they are asked. A plain list:
+# adding a format means writing a module with a reader object and adding it here.
+LOG_READERS: list[Reader] = [
     NativeReader(),
     HFStateReader(),
     LlamaFactoryReader(),
@@ -36,8 +36,10 @@ READERS: list[Reader] = [
     CSVReader(),
     RecordsReader(),
     GeneralReader(),  # any file with a loss in it that no reader above claimed
-    TelemetryReader(),  # GPU telemetry: joins the run whose log sits beside it
 ]
+# Every reader discovery asks: the log readers, then GPU telemetry, which joins
+# the run whose log (as one of the log readers claims it) sits beside it.
+READERS: list[Reader] = [*LOG_READERS, TelemetryReader(LOG_READERS)]
 
 # Directories never descended into.
 SKIP_DIRS = frozenset({".tunescope", ".git", "__pycache__", "node_modules", ".venv"})
@@ -104,7 +106,7 @@ def unclaimed_hint(path: Path) -> str | None:
 def _holds_records(path: Path) -> bool:
     """A file in which the general reader found records of names and numbers
     (a run's file that was not read, and says why under ``--verbose``)."""
-    from tunescope.ingest.readers.general import shape_of
+    from tunescope.ingest.readers.general_shape import shape_of
 
     shape = shape_of(path)
     return shape.kind != "none" and shape.records > 0

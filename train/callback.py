@@ -59,7 +59,7 @@ from tunescope.train.model import KIND_NAMES, describe_model, norm_weights, para
 _MB = 1024 * 1024
 
 
-class TunescopeCallback(GuardActions, TrainerCallback):
+class TunescopeCallback(TrainerCallback):
     """Writes this rank's events for a transformers ``Trainer`` run.
 
     Args:
@@ -98,6 +98,11 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         if guard is not None and not isinstance(guard, Guard):
             guard = Guard(guard)
         self.guard: Guard | None = guard if guard is not None and guard.policy.active else None
+        self.actions = (
+            GuardActions(self.guard, self.run_dir, self._intervene)
+            if self.guard is not None
+            else None
+        )
         # Alerts from the training process itself (rank 0): NaN/Inf and a
         # sustained loss rise, sent on a background thread, never blocking a step.
         self.webhook = webhook
@@ -118,8 +123,6 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         self._kinds: list[int] = []  # index into KIND_NAMES, per parameter
         self._weights: dict[tuple[int, ...], torch.Tensor] = {}
         self._optimizer: Any = None
-        self._idle_flags: torch.Tensor | None = None
-        self._collective = False  # several ranks: the guard's flags are all-reduced
         self._device = torch.device("cpu")
         self._cuda = False
         self._proc: Any = None
@@ -146,8 +149,8 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         self._compute_time: float | None = None
         self._lr: float | None = None
         self._values: list[float] | None = None  # the step's one device read
-        self._skipped = False
-        self._agreed: list[float] | None = None  # the guard's flags, same on every rank
+        if self.actions is not None:
+            self.actions.new_step()
 
     # ---- hooks on the model ------------------------------------------------------
 
@@ -217,12 +220,11 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         if not (resumed and had_log):
             self.writer.run_start(**fields)
         self._start_alerts(fields)
-        if self.guard is not None:
-            dist = torch.distributed
-            self._collective = bool(
-                dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if self.actions is not None:
+            trainer = {**kw, "model": model}
+            self.actions.begin(
+                self.writer, self.rank, self._params, self._device, fields, args, state, trainer
             )
-            self._guard_begin(fields, args, state, {**kw, "model": model})
         if resumed:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.writer.resume(state.global_step, str(ckpt if ckpt.exists() else "unknown"))
@@ -333,8 +335,8 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         tokens = self._tokens if self._tokens is not None else nan
         self._norms = torch.cat([five, torch.stack([loss.to(dev), tokens.to(dev)])])
         self._have = {KIND_NAMES[k] for k in kinds}
-        if self.guard is not None:
-            self._guard_decide(five[0], loss.to(dev))
+        if self.actions is not None:
+            self._values = self.actions.decide(self._norms, five[0], loss.to(dev))
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any):
         opt = self._optimizer or kw.get("optimizer")
@@ -345,10 +347,10 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         record = self._record_step(state)
         if record is not None:
             self.on_step_record(state.global_step, record)
-            if self.guard is not None:
-                self._guard_act(args, state, control, record)
-        if self._watchdog is not None and (control.should_save or control.should_evaluate):
-            self._watchdog.hold()  # a checkpoint or an evaluation follows: not a hang
+            if self.actions is not None:
+                self.actions.act(args, state, control, record)
+        if self.actions is not None and (control.should_save or control.should_evaluate):
+            self.actions.hold()  # a checkpoint or an evaluation follows: not a hang
         self._reset_step()
         self._t_mark = time.perf_counter()
 
@@ -424,16 +426,16 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         )
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any = None, **kw: Any):
-        if self._watchdog is not None:
-            self._watchdog.beat()
+        if self.actions is not None:
+            self.actions.beat()
         if self.writer is not None and metrics:
             vals = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
             self.writer.eval(state.global_step, **vals)
         self._t_mark = time.perf_counter()
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any):
-        if self._watchdog is not None:
-            self._watchdog.beat()  # a slow save is progress, not a hang
+        if self.actions is not None:
+            self.actions.beat()  # a slow save is progress, not a hang
         if self.guard is not None:
             self.guard.scale_at_save[state.global_step] = self.guard.lr_scale
         if self.writer is not None:
@@ -487,8 +489,8 @@ class TunescopeCallback(GuardActions, TrainerCallback):
         if self.ended or self.writer is None:
             return None
         self.ended = True
-        if self._watchdog is not None:
-            self._watchdog.stop()
+        if self.actions is not None:
+            self.actions.stop_watchdog()
         for h in self._hooks:
             h.remove()
         self._hooks.clear()

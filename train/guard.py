@@ -16,10 +16,10 @@ and hang checkpoint; ``rewind`` = TS001 skip, TS102 rewind, TS401 and hang
 checkpoint.
 
 TS102 and TS401 are judged by the detectors' own ``run`` functions over this
-rank's own step records (a small in-memory :class:`LiveContext`, no store, no
-SQL), every ``check_every`` steps (or every 1% of the steps so far, when
-more), so the cost per step stays flat and decisions are reproducible
-(``bench/train_overhead.py`` measures it). The non-finite check needs no
+rank's own step records (:class:`~tunescope.train.live_frames.LiveFrames`: in
+memory, no store, no SQL), every ``check_every`` steps (or every 1% of the
+steps so far, when more), so the cost per step stays flat and decisions are
+reproducible (``bench/train_overhead.py`` measures it). The non-finite check needs no
 extra host-device sync: on one rank it looks at the values the callback reads
 once per step anyway; under DDP every rank puts its flags into one small
 all-reduce (max) per step, read in that same one read, so all ranks skip,
@@ -31,12 +31,13 @@ the steps affected, and what was done (checkpoint, lr factor, batches skipped).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from tunescope.train.live_frames import LiveFrames
 
 SHORTHANDS: dict[str, dict[str, Any]] = {
     "report": {},
@@ -155,97 +156,6 @@ class GuardPolicy:
         return asdict(self)
 
 
-def live_context(
-    run_id: str,
-    rank: int,
-    cols: dict[str, list],
-    start: dict[str, Any],
-    kept: dict[Any, Any] | None = None,
-) -> Any:
-    """A detector :class:`~tunescope.detectors.base.Context` over this rank's
-    records in memory: the frames the detectors read, built without a store.
-    ``kept`` holds what does not change between checks of one attempt (the
-    events frames: only ``run_start``), so each check builds only the steps."""
-    frames: dict[Any, Any] = {} if kept is None else kept
-    import polars as pl
-
-    from tunescope.detectors.base import Context
-    from tunescope.schema import METRIC_NAMES
-
-    class LiveContext(Context):
-        def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
-            raise RuntimeError("the live guard context has no store")
-
-        def runs(self) -> pl.DataFrame:
-            if "runs" not in self.memo:
-                self.memo["runs"] = pl.DataFrame(
-                    {
-                        "run_id": [run_id],
-                        "status": ["running"],
-                        "world_size": [start.get("world_size") or 1],
-                        "total_steps": [start.get("total_steps") or None],
-                        "last_step": [cols["step"][-1] if cols["step"] else None],
-                        "steps_logged": [len(cols["step"])],
-                    }
-                )
-            return self.memo["runs"]
-
-        def steps(self) -> pl.DataFrame:
-            if "steps" not in self.memo:
-                n = len(cols["step"])
-                data: dict[str, Any] = {
-                    "run_id": pl.Series([run_id] * n, dtype=pl.String),
-                    "rank": pl.Series([rank] * n, dtype=pl.Int32),
-                    "step": pl.Series(cols["step"], dtype=pl.Int64),
-                    "ts": pl.Series(cols["ts"], dtype=pl.Float64),
-                }
-                for name in METRIC_NAMES:
-                    vals = cols.get(name)
-                    data[name] = pl.Series(
-                        vals if vals is not None else [None] * n, dtype=pl.Float64
-                    )
-                self.memo["steps"] = pl.DataFrame(data)
-            return self.memo["steps"]
-
-        def metrics(self, names: list[str]) -> pl.DataFrame:
-            return pl.DataFrame(
-                schema={"run_id": pl.String, "rank": pl.Int32, "step": pl.Int64, "name": pl.String}
-            )
-
-        def events(self, kinds: list[str] | None = None) -> pl.DataFrame:
-            key = ("events", tuple(kinds or ()))
-            if key not in frames:
-                frames[key] = self._events(kinds)
-            return frames[key]
-
-        def _events(self, kinds: list[str] | None) -> pl.DataFrame:
-            rows = [("run_start", 0, json.dumps(start))]
-            rows = [r for r in rows if not kinds or r[0] in kinds]
-            return pl.DataFrame(
-                {
-                    "run_id": [run_id] * len(rows),
-                    "rank": [rank] * len(rows),
-                    "step": [r[1] for r in rows],
-                    "ts": [0.0] * len(rows),
-                    "kind": [r[0] for r in rows],
-                    "payload": [r[2] for r in rows],
-                },
-                schema={
-                    "run_id": pl.String,
-                    "rank": pl.Int32,
-                    "step": pl.Int64,
-                    "ts": pl.Float64,
-                    "kind": pl.String,
-                    "payload": pl.String,
-                },
-            )
-
-        def run_start(self, run: str) -> dict[str, Any]:
-            return start
-
-    return LiveContext(store=None)  # type: ignore[arg-type]  # its sql() never reaches a store
-
-
 class Guard:
     """The guard's state in one training process (shared by the callbacks of
     successive attempts when the bundled trainer rewinds).
@@ -335,7 +245,7 @@ class Guard:
             fake["mem_allocated_mb"] = [100.0 + i for i in range(n)]
             for name in ("lr", "grad_norm", "mem_peak_mb"):
                 fake[name] = [None] * n
-            ctx = live_context(run_id, rank, fake, {})
+            ctx = LiveFrames(run_id, rank, fake, {})
             divergence.run(ctx, self.options[divergence.ID])
             memory_growth.run(ctx, self.options[memory_growth.ID])
 
@@ -364,7 +274,7 @@ class Guard:
         t0 = time.thread_time()  # CPU time: not inflated by other processes on the machine
         from tunescope.findings import Severity
 
-        ctx = live_context(self.run_id, self.rank, self.cols, self.start, self._kept)
+        ctx = LiveFrames(self.run_id, self.rank, self.cols, self.start, self._kept)
         if self.policy.divergence != "report" and not self.request:
             from tunescope.detectors import divergence
 

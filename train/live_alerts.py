@@ -2,7 +2,7 @@
 
 Who judges: the detectors, not a copy of them. TS001 (non-finite) and TS102
 (divergence) run their own ``run`` functions over this rank's records in
-memory, the guard's :func:`~tunescope.train.guard.live_context`, with the
+memory, the guard's :class:`~tunescope.train.live_frames.LiveFrames`, with the
 options of the configuration file ``tunescope analyze`` would use for the run
 (``[tool.tunescope.TS102]``...). So an alert says what ``analyze`` would say
 of the log so far, in its words, with its suggestion.
@@ -35,7 +35,7 @@ from typing import Any
 
 from tunescope.alerts import Alert, AlertSender, RetryPolicy
 from tunescope.findings import Finding, Severity
-from tunescope.train.guard import live_context
+from tunescope.train.live_frames import LiveFrames
 
 _COLS = ("step", "ts", "loss", "lr", "grad_norm")
 
@@ -141,7 +141,7 @@ class TrainingAlerts:
     ) -> Finding | None:
         """Run the detectors not alerted yet over the records of ``(run, rank)``."""
         self.checks += 1
-        ctx = live_context(run, rank, self._cols[(run, rank)], self.start)
+        ctx = LiveFrames(run, rank, self._cols[(run, rank)], self.start)
         sent = None
         for detector, judge, opts, _ in self.detectors:
             if self._covered(run, rank, detector):

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import work
-from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.worker import Worker
@@ -24,6 +23,7 @@ from tunescope.ingest.live.follow import Follower
 from tunescope.tui.error_modal import report_worker_error
 from tunescope.tui.messages import AnalyzeFailed, StoreChanged
 from tunescope.tui.runs_screen import RunsScreen
+from tunescope.tui.store_app import StoreApp
 
 if TYPE_CHECKING:
     from tunescope.analysis import Detect
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tunescope.ingest.store.database import Store
 
 
-class TunescopeApp(App[None]):
+class TunescopeApp(StoreApp):
     """Runs, curves, findings and SQL over one store.
 
     Args:

@@ -19,9 +19,7 @@ from textual.widgets import Button, Static
 from textual.worker import Worker, WorkerState
 
 from tunescope.errors import TunescopeError
-
-if TYPE_CHECKING:
-    from tunescope.tui.app import TunescopeApp
+from tunescope.tui.store_app import StoreApp
 
 
 def describe(error: BaseException | None) -> str:
@@ -56,8 +54,8 @@ class ErrorModal(ModalScreen[None]):
 class WorkerScreen(Screen[None]):
     """A screen whose workers report failures through one modal handler."""
 
-    if TYPE_CHECKING:  # Textual's way to type ``self.app``: tunescope's, with its store
-        app = getters.app(TunescopeApp)
+    if TYPE_CHECKING:  # Textual's way to type ``self.app``: an app over a store
+        app = getters.app(StoreApp)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         report_worker_error(self, event)

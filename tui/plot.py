@@ -21,6 +21,7 @@ from textual.widget import Widget
 
 from tunescope.numbers import compact
 from tunescope.report.curves import Series
+from tunescope.tui.colours import SEVERITY_COLOURS
 
 # Colours for series, in order; chosen to stay apart on dark and light themes.
 PALETTE = (
@@ -33,7 +34,6 @@ PALETTE = (
     "#e0e060",
     "#ff8f40",
 )
-SEVERITY_COLOURS = {"error": "#ff4d4d", "warning": "#ffb000", "info": "#4ea1ff"}
 
 # Braille dot bits: _DOTS[row][col] for the 4 x 2 dots of one cell.
 _DOTS = np.array([[0x01, 0x08], [0x02, 0x10], [0x04, 0x20], [0x40, 0x80]], dtype=np.uint8)

@@ -28,6 +28,7 @@ from tunescope.detectors.scans.series import event_payload
 from tunescope.findings import DEATH_DETECTOR, status_text
 from tunescope.numbers import cell
 from tunescope.report.curves import RUN_PLOTS, rank_grid
+from tunescope.tui.colours import SEVERITY_COLOURS, STATUS_STYLE
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import (
     CurveLoaded,
@@ -37,10 +38,9 @@ from tunescope.tui.messages import (
     RunSummaryLoaded,
     StoreChanged,
 )
-from tunescope.tui.plot import SEVERITY_COLOURS, Marker, Plot
+from tunescope.tui.plot import Marker, Plot
 from tunescope.tui.queries import run_findings, run_interventions, run_plots, run_summary
 from tunescope.tui.rank_grid import RankGrid, windows_for
-from tunescope.tui.runs_screen import STATUS_STYLE
 
 
 def step_span(f: dict[str, Any]) -> str:

@@ -14,18 +14,13 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from tunescope.numbers import cell
+from tunescope.tui.colours import STATUS_STYLE
 from tunescope.tui.error_modal import WorkerScreen
 from tunescope.tui.messages import ReportWritten, RunsLoaded, StoreChanged
 from tunescope.tui.queries import RUNS_PAGE, SORTS, STATUSES, RunFilter, runs_page
 from tunescope.tui.row_table import RowTable
 from tunescope.words import count
 
-STATUS_STYLE = {
-    "running": "bold #4ea1ff",
-    "completed": "#3ccf91",
-    "failed": "bold #ff4d4d",
-    "interrupted": "#ffb000",
-}
 COLUMNS = ("", "run", "status", "steps", "loss", "lr", "ranks", "findings")
 # A terminal narrower than NARROW columns shows what matters: run, status, findings.
 NARROW = 100

@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# The one place the version is written: pyproject.toml reads it from here
-# (``dynamic = ["version"]``) and ``tunescope --version`` prints it.
-__version__ = "0.1.0"
+from tunescope.version import __version__ as __version__
 
 
 def analyze_runs(paths: Iterable[str | os.PathLike[str]], **options: Any) -> pa.Table:

@@ -121,6 +121,35 @@ def step_range(finding: Finding | dict[str, Any], none: str = "") -> str:
     return f"steps {start}-{end}"
 
 
+def where(finding: Finding) -> str:
+    """Where a finding is, as the reports write it: ``steps 120-131, rank 3``
+    or ``whole run, all ranks``."""
+    rank = "all ranks" if finding.rank is None else f"rank {finding.rank}"
+    return f"{step_range(finding, 'whole run')}, {rank}"
+
+
+SIBLING_DETECTOR = "TS501"  # judges a run against its siblings' group
+
+
+def sibling_findings(
+    runs: list[dict[str, Any]], findings: list[Finding]
+) -> list[tuple[str, list[str], list[Finding]]]:
+    """(group, its runs, its TS501 findings) for the runs that have siblings
+    (the ``group`` of their summaries), for the Markdown and HTML reports."""
+    groups: dict[str, list[str]] = {}
+    for r in runs:
+        if r.get("group"):
+            groups.setdefault(r["group"], []).append(r["run"])
+    return [
+        (
+            name,
+            members,
+            [f for f in findings if f.detector == SIBLING_DETECTOR and f.run in members],
+        )
+        for name, members in groups.items()
+    ]
+
+
 DEATH_DETECTOR = "TS601"  # names why a crashed run died (evidence "label")
 
 

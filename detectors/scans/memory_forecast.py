@@ -7,7 +7,7 @@ been seen coming."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -15,8 +15,13 @@ from tunescope.detectors.scans.rankwise import trend1
 from tunescope.findings import Severity
 from tunescope.numbers import grouped as fmt
 
-if TYPE_CHECKING:
-    from tunescope.detectors.memory_growth import Options
+
+class Forecasting(Protocol):
+    """The options the forecast reads: TS401's ``Options`` or :class:`ForecastOptions`."""
+
+    confidence: float
+    headroom: float
+    oom_error_hours: float
 
 
 @dataclass
@@ -60,7 +65,7 @@ def capacity_mb(payload: dict[str, Any], rank: int) -> float | None:
 
 
 def forecast(
-    opts: Options | ForecastOptions,
+    opts: Forecasting,
     part: dict[str, np.ndarray],
     steps_all: np.ndarray,
     s0: int,
@@ -114,7 +119,7 @@ def forecast_text(
     cap: float | None,
     run_row: dict[str, Any],
     ev: dict[str, Any],
-    opts: Options | ForecastOptions,
+    opts: Forecasting,
     cpu: bool = False,
 ) -> tuple[Severity, str]:
     if fc is None:

@@ -6,14 +6,22 @@ rather than one step; then merged into spans. Score first, decide second:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from tunescope.detectors.scans import stats
 
-if TYPE_CHECKING:
-    from tunescope.detectors.memory_growth import Options
+
+class WindowOptions(Protocol):
+    """The options the window scan reads (TS401's ``Options`` has them)."""
+
+    points_per_window: int
+    p_value: float
+    confidence: float
+    min_growth: float
+    min_growth_mb: float
+    max_jump_share: float
 
 
 def blocks(steps: np.ndarray, y: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +92,7 @@ def onset(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def rising_windows(
-    steps: np.ndarray, y: np.ndarray, opts: Options, scales: list[int]
+    steps: np.ndarray, y: np.ndarray, opts: WindowOptions, scales: list[int]
 ) -> list[dict[str, float]]:
     """Windows (at every scale) in which the floor of ``y`` rises significantly."""
     out: list[dict[str, float]] = []

@@ -17,7 +17,7 @@ from tunescope.findings import Finding, Severity
 if TYPE_CHECKING:
     import polars as pl
 
-    from tunescope.detectors.base import Context
+    from tunescope.detectors.base import Frames
 
 
 def on_cpu(payload: dict[str, Any]) -> bool:
@@ -67,7 +67,7 @@ def finding(
 
 
 def special_steps(
-    ctx: Context, after: int = 1, kinds: tuple[str, ...] = ("eval", "checkpoint")
+    ctx: Frames, after: int = 1, kinds: tuple[str, ...] = ("eval", "checkpoint")
 ) -> dict[str, np.ndarray]:
     """Per run, the sorted steps at which any rank evaluated or checkpointed
     (or other event ``kinds``), plus the ``after`` steps that follow each
@@ -89,7 +89,7 @@ def special_steps(
     return out
 
 
-def first_event_step(ctx: Context, kind: str) -> dict[str, int]:
+def first_event_step(ctx: Frames, kind: str) -> dict[str, int]:
     """Per run, the first step of an event of ``kind`` (any rank)."""
     key = f"rankwise:first:{kind}"
     if key in ctx.memo:
@@ -105,7 +105,7 @@ def first_event_step(ctx: Context, kind: str) -> dict[str, int]:
     return out
 
 
-def run_ended(ctx: Context) -> dict[tuple[str, int], str]:
+def run_ended(ctx: Frames) -> dict[tuple[str, int], str]:
     """(run, rank) -> status of its last ``run_end`` event."""
     key = "rankwise:ended"
     if key in ctx.memo:
@@ -199,7 +199,7 @@ def payload_number(payload: dict[str, Any], *names: str) -> float | None:
 
 def rank_slices(df: pl.DataFrame) -> list[tuple[str, int, int, int]]:
     """(run, rank, start, end) row ranges of each run and rank in a frame
-    sorted by run_id, rank (as ``Context.steps()`` is): per-rank work then
+    sorted by run_id, rank (as ``Frames.steps()`` is): per-rank work then
     slices numpy columns instead of copying partitions."""
     import polars as pl
 
@@ -229,7 +229,7 @@ def ranks_from_slices(slices: list[tuple[str, int, int, int]]) -> dict[str, list
     return out
 
 
-def steps_slices(ctx: Context) -> list[tuple[str, int, int, int]]:
+def steps_slices(ctx: Frames) -> list[tuple[str, int, int, int]]:
     """:func:`rank_slices` of ``ctx.steps()``, computed once per context."""
     key = "rankwise:steps_slices"
     if key not in ctx.memo:

@@ -3,7 +3,7 @@
 ``rank_series(ctx)`` gives one :class:`Series` per run and rank (rows without a
 loss, such as eval-only rows, dropped; NaN/Inf kept: they are signal),
 ``run_series(ctx)`` one per run with the loss averaged over ranks. Both are
-computed once per :class:`Context` and shared. ``spikes`` is the shared spike
+computed once per :class:`~tunescope.detectors.base.Frames` source and shared. ``spikes`` is the shared spike
 scan of TS101 (loss) and TS105 (grad norm).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.findings import Finding
 
 IQR_TO_SIGMA = 1.349  # interquartile range of a normal distribution, in sigmas
@@ -71,7 +71,7 @@ def _dedup_last(step: np.ndarray) -> np.ndarray:
     return np.flatnonzero(last)
 
 
-def rank_series(ctx: Context) -> list[Series]:
+def rank_series(ctx: Frames) -> list[Series]:
     """One series per (run, rank) with a logged loss, cached on the context."""
     if "series:rank" in ctx.memo:
         return ctx.memo["series:rank"]
@@ -122,7 +122,7 @@ def rank_series(ctx: Context) -> list[Series]:
     return out
 
 
-def run_series(ctx: Context) -> list[Series]:
+def run_series(ctx: Frames) -> list[Series]:
     """One series per run: loss and grad norm averaged over ranks per step
     (a NaN on any rank stays NaN), lr and epoch from the first rank."""
     if "series:run" in ctx.memo:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from tunescope.detectors.base import Context
+    from tunescope.detectors.base import Frames
 
 # canonical setting -> the keys tools log it under (first found wins)
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -258,10 +258,10 @@ class Sweep:
         return out
 
 
-# ---- read from a store (through a detector Context) ------------------------------------
+# ---- read through a detector's Frames -------------------------------------------------
 
 
-def run_settings(ctx: Context) -> dict[str, dict[str, Any]]:
+def run_settings(ctx: Frames) -> dict[str, dict[str, Any]]:
     """:func:`settings` of every run of ``ctx`` (shared through its memo)."""
     if "siblings:settings" not in ctx.memo:
         ids = ctx.runs().get_column("run_id").to_list()
@@ -269,7 +269,7 @@ def run_settings(ctx: Context) -> dict[str, dict[str, Any]]:
     return ctx.memo["siblings:settings"]
 
 
-def sibling_groups(ctx: Context) -> list[Group]:
+def sibling_groups(ctx: Frames) -> list[Group]:
     """The groups of siblings among the runs of ``ctx``, with the
     ``[tool.tunescope.groups]`` override it carries."""
     if "siblings:groups" not in ctx.memo:
@@ -277,13 +277,13 @@ def sibling_groups(ctx: Context) -> list[Group]:
     return ctx.memo["siblings:groups"]
 
 
-def loss_curves(ctx: Context) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def loss_curves(ctx: Frames) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per run, (steps, loss averaged over ranks): three columns from DuckDB,
     not the whole steps view (a NaN on any rank stays NaN)."""
     if "siblings:curves" not in ctx.memo:
         df = ctx.sql(
             "SELECT run_id, step, avg(loss) AS loss FROM steps "
-            f"{ctx._where_runs() or 'WHERE true'} AND loss IS NOT NULL AND step IS NOT NULL "
+            f"{ctx.where_runs() or 'WHERE true'} AND loss IS NOT NULL AND step IS NOT NULL "
             "GROUP BY run_id, step ORDER BY run_id, step"
         )
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.series import Series, early_level, rank_series, spikes
 from tunescope.detectors.scans.stats import incidents
 
 
 @dataclass(frozen=True)
 class LossSpikeParams:
-    """What makes a loss spike (the meaning of each field: TS101's ``Options``)."""
+    """What makes a loss spike (the meaning of each field: TS101's ``Options``).
+
+    The one place these defaults are written: TS101's ``Options`` and TS102's
+    ``spike_*`` options take theirs from :data:`SPIKE_DEFAULTS`."""
 
     window: int = 100
     level_points: int = 10
@@ -34,6 +37,10 @@ class LossSpikeParams:
     recover_within: float = 0.05
     gap: int = 3
     tail_fraction: float = 0.02
+
+
+SPIKE_DEFAULTS = LossSpikeParams()
+"""The spike scan's defaults, for the detectors' ``Options``."""
 
 
 @dataclass
@@ -53,7 +60,7 @@ class Incident:
     early: bool = False  # inside the grace period: judged by its size alone (:func:`early_jumps`)
 
 
-def loss_incidents(ctx: Context, p: LossSpikeParams) -> list[Incident]:
+def loss_incidents(ctx: Frames, p: LossSpikeParams) -> list[Incident]:
     """Spike incidents of every rank series, scanned once per parameters."""
     key = ("loss-incidents", p)
     if key not in ctx.memo:

@@ -4,7 +4,7 @@ first, decide second: :mod:`tunescope.detectors.straggler` judges them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -13,14 +13,23 @@ from tunescope.detectors.scans.rankwise import special_steps, steps_slices
 if TYPE_CHECKING:
     import polars as pl
 
-    from tunescope.detectors.base import Context
-    from tunescope.detectors.straggler import Options
+    from tunescope.detectors.base import Frames
+
+
+class WindowOptions(Protocol):
+    """The options the window scores read (TS301's ``Options`` has them)."""
+
+    window: int
+    min_window: int
+    warn_windows: int
+    warn_score: float
+
 
 _COLUMNS = ("run_id", "rank", "win", "own", "n", "s0", "s1", "parts", "wsize")
 
 
 def window_scores(
-    ctx: Context, opts: Options, df: pl.DataFrame, runs: set[str] | None = None
+    ctx: Frames, opts: WindowOptions, df: pl.DataFrame, runs: set[str] | None = None
 ) -> pl.DataFrame:
     """Per run, window and rank: medians of the rank's own time, compute and
     data time, and the score (fastest rank's median / this rank's median)."""
@@ -49,7 +58,7 @@ def window_scores(
     return _with_attribution(ctx, opts, agg, rows_of)
 
 
-def _own_time(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+def _own_time(ctx: Frames) -> tuple[np.ndarray, np.ndarray]:
     """Each row's own time per step (compute plus data time, else the whole
     step time) and whether it was made of those parts."""
     comp = ctx.column("compute_time_s")
@@ -68,8 +77,8 @@ def _own_time(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _run_windows(
-    ctx: Context,
-    opts: Options,
+    ctx: Frames,
+    opts: WindowOptions,
     run_id: str,
     parts: list[tuple[int, int, int]],
     sp: np.ndarray | None,
@@ -119,8 +128,8 @@ def _run_windows(
 
 
 def _with_attribution(
-    ctx: Context,
-    opts: Options,
+    ctx: Frames,
+    opts: WindowOptions,
     agg: pl.DataFrame,
     rows_of: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]],
 ) -> pl.DataFrame:

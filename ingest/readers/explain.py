@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunescope.ingest.readers.general import shape_of
+from tunescope.ingest.readers.general_shape import shape_of
 from tunescope.ingest.readers.general_text import Shape
-from tunescope.ingest.readers.telemetry import explain_line
+from tunescope.ingest.readers.telemetry import TelemetryReader
 from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH
 
 
@@ -71,8 +71,8 @@ def explain(path: Path) -> list[str]:
             if hit and claimed is None:
                 claimed = reader
             continue
-        if reader.format == "telemetry":
-            lines.append(explain_line(path))
+        if isinstance(reader, TelemetryReader):
+            lines.append(reader.explain(path))
             if hit and claimed is None:
                 claimed = reader
             continue

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.eventlog import has_lone_surrogate, may_hold_surrogates
+from tunescope.ingest.readers import llamafactory_log
 from tunescope.ingest.readers.foreign import (
     Deltas,
     as_int,
@@ -47,7 +48,7 @@ from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
 NAME = "trainer_state.json"
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-LF_LOG = "trainer_log.jsonl"
+LF_LOG = llamafactory_log.NAME  # joined by step when it sits beside (LLaMA-Factory)
 SWIFT_LOG = "logging.jsonl"
 
 TRAIN_KEYS = ("loss", "grad_norm", "learning_rate")
@@ -345,9 +346,7 @@ class HFStateReader:
         out = output_dir(path)
         lf_path = out / LF_LOG
         if lf_path.is_file():
-            from tunescope.ingest.readers.llamafactory import load_log
-
-            lf = load_log(lf_path)
+            lf = llamafactory_log.load_log(lf_path)
             for e in entries:
                 if e.kind == "train":
                     got = lf.get(e.step)

@@ -19,6 +19,7 @@ nvidia-smi's ``index``, ``memory.used [MiB]``, ``utilization.gpu [%]``,
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +119,10 @@ def is_telemetry(path: Path) -> bool:
     return verdict
 
 
-def run_log(path: Path) -> tuple[Path, Reader] | None:
-    """The training log in the telemetry file's folder and its reader (the
-    first by name when there are several), or None."""
-    from tunescope.ingest.discover import READERS
-
+def run_log(path: Path, readers: Sequence[Reader]) -> tuple[Path, Reader] | None:
+    """The training log in the telemetry file's folder and the first of
+    ``readers`` that claims it (the first log by name when there are
+    several), or None."""
     try:
         others = sorted(p for p in path.parent.iterdir() if p != path and p.is_file())
     except OSError:
@@ -130,8 +130,8 @@ def run_log(path: Path) -> tuple[Path, Reader] | None:
     for other in others[:64]:
         if is_telemetry(other):
             continue
-        for reader in READERS:
-            if reader.format == TelemetryReader.format or getattr(reader, "parts", None):
+        for reader in readers:
+            if getattr(reader, "parts", None):
                 continue
             try:
                 if reader.detect(other):
@@ -154,7 +154,7 @@ def timeline(log: Path, reader: Reader) -> list[tuple[float, int]]:
 
 
 def _record_times(log: Path) -> list[tuple[float, int]]:
-    from tunescope.ingest.readers.general import shape_of
+    from tunescope.ingest.readers.general_shape import shape_of
 
     shape = shape_of(log)
     if shape.kind != "jsonl" or shape.step in (None, "epoch", "order"):
@@ -240,20 +240,30 @@ def no_times(log: Path) -> str:
     )
 
 
+TELEMETRY_ALONE = (
+    "GPU telemetry with no training log beside it: not a run by itself "
+    "(it joins the run whose log sits in its folder)"
+)
+
+
 class TelemetryReader:
-    """GPU telemetry, joined to the run whose log sits beside it."""
+    """GPU telemetry, joined to the run whose log sits beside it; ``logs``:
+    the readers that may claim that log (discovery's, less this one)."""
 
     format = "telemetry"
 
+    def __init__(self, logs: Sequence[Reader]) -> None:
+        self.logs = list(logs)
+
     def detect(self, path: Path) -> bool:
-        return is_telemetry(path) and run_log(path) is not None
+        return is_telemetry(path) and run_log(path, self.logs) is not None
 
     def run_dir(self, path: Path) -> Path:
-        found = run_log(path)
+        found = run_log(path, self.logs)
         return path.parent if found is None else found[1].run_dir(found[0])
 
     def read(self, path: Path, state: dict[str, Any] | None) -> ReadResult:
-        found = run_log(path)
+        found = run_log(path, self.logs)
         if found is None:
             return empty_result(dict(state or {}))
         log, reader = found
@@ -290,25 +300,20 @@ class TelemetryReader:
                 rows.metric(index, step, ts, name, value, seq=seq)
         return rows.result({"sig": sig}, problems, replace=True)
 
-
-def explain_line(path: Path) -> str:
-    """``telemetry: N records for G GPUs, joined to run X``, or why not."""
-    if not is_telemetry(path):
-        return "  telemetry: not its format"
-    problems: list[Problem] = []
-    records = read_records(path, problems)
-    gpus = len({index for _, index, _ in records})
-    head = f"  telemetry: {len(records):,} records for {gpus} GPU{'s' if gpus != 1 else ''}"
-    found = run_log(path)
-    if found is None:
-        return head + ", not joined: no training log beside it (telemetry is not a run by itself)"
-    log, reader = found
-    if not timeline(log, reader):
-        return head + ", not joined: " + no_times(log).split(": ", 1)[1]
-    return head + f", joined to run {reader.run_dir(log).name}"
-
-
-TELEMETRY_ALONE = (
-    "GPU telemetry with no training log beside it: not a run by itself "
-    "(it joins the run whose log sits in its folder)"
-)
+    def explain(self, path: Path) -> str:
+        """``telemetry: N records for G GPUs, joined to run X``, or why not."""
+        if not is_telemetry(path):
+            return "  telemetry: not its format"
+        problems: list[Problem] = []
+        records = read_records(path, problems)
+        gpus = len({index for _, index, _ in records})
+        head = f"  telemetry: {len(records):,} records for {gpus} GPU{'s' if gpus != 1 else ''}"
+        found = run_log(path, self.logs)
+        if found is None:
+            return (
+                head + ", not joined: no training log beside it (telemetry is not a run by itself)"
+            )
+        log, reader = found
+        if not timeline(log, reader):
+            return head + ", not joined: " + no_times(log).split(": ", 1)[1]
+        return head + f", joined to run {reader.run_dir(log).name}"

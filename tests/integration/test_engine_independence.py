@@ -108,10 +108,30 @@ def test_selecting_one_detector_reports_its_own_findings(store):
     assert [f for f in full if f.run == "unrecovered" and f.detector == "TS102"]
 
 
+def _options_views(tree: ast.Module) -> list[set[str]]:
+    """The fields of each ``Protocol`` class of a module: the options a
+    helper reads, declared in the helper (the detector's Options has them)."""
+    views = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+            isinstance(b, ast.Name) and b.id == "Protocol" for b in node.bases
+        ):
+            views.append(
+                {
+                    n.target.id
+                    for n in node.body
+                    if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+                }
+            )
+    return views
+
+
 def _attributes(module) -> set[str]:
     """Attribute names read in a detector's module and in the helper modules
-    it imports that take its Options (a long detector's scoring beside it)."""
+    it imports that take its Options (a long detector's scoring beside it,
+    which imports the Options or declares a Protocol of the fields it reads)."""
     names = set()
+    fields = {f.name for f in dataclasses.fields(module.Options)}
     tree = ast.parse(inspect.getsource(module))
     sources = [tree]
     for node in ast.walk(tree):
@@ -120,8 +140,12 @@ def _attributes(module) -> set[str]:
         ):
             helper = importlib.import_module(node.module)
             text = inspect.getsource(helper)
-            if f"from {module.__name__} import Options" in text:
-                sources.append(ast.parse(text))
+            parsed = ast.parse(text)
+            views = _options_views(parsed)
+            if f"from {module.__name__} import Options" in text or any(
+                view and view <= fields for view in views
+            ):
+                sources.append(parsed)
     for source in sources:
         for node in ast.walk(source):
             if isinstance(node, ast.Attribute):

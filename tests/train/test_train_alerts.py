@@ -12,8 +12,8 @@ from webhook_receiver import Receiver, closed_port_url
 
 from tunescope.alerts import AlertSender, Outbox, RetryPolicy
 from tunescope.detectors import divergence
-from tunescope.train.guard import live_context
 from tunescope.train.live_alerts import TrainingAlerts
+from tunescope.train.live_frames import LiveFrames
 
 FAST = RetryPolicy(timeout=2.0, retries=2, backoff=0.05, max_backoff=0.1)
 
@@ -105,7 +105,7 @@ def test_divergence_is_ts102s_verdict_at_the_check_cadence():
     cols = {"step": list(range(1, step + 1)), "ts": [float(s) for s in range(1, step + 1)]}
     cols["loss"], cols["lr"] = rising()[:step], [1e-4] * step
     (expected,) = divergence.run(
-        live_context("r", 0, cols, {"warmup_steps": 5}), divergence.Options()
+        LiveFrames("r", 0, cols, {"warmup_steps": 5}), divergence.Options()
     )
     assert (f.step_start, f.message) == (expected.step_start, expected.message)
     assert step % 10 == 1 and step > 61  # found at a check, not on every step

@@ -1,5 +1,7 @@
-"""The shared frames of a detector ``Context``: the steps frame sorted without
-an SQL sort, numpy columns converted once, and per-rank row slices."""
+"""The frames a detector reads: the store's ``Context`` (the steps frame
+sorted without an SQL sort, numpy columns converted once, per-rank row
+slices) and the live guard's ``LiveFrames``, on which the same detectors
+judge the same records the same way."""
 
 from __future__ import annotations
 
@@ -7,9 +9,14 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
+from detector_cases import CASES_DIR, load_case, write_case
 
-from tunescope.detectors.base import Context, sort_steps
+from tunescope.detectors import divergence, memory_growth
+from tunescope.detectors.base import Context, NoStore, sort_steps
 from tunescope.detectors.scans.rankwise import rank_slices
+from tunescope.ingest.store.database import Store
+from tunescope.schema import METRIC_NAMES
+from tunescope.train.live_frames import LiveFrames
 
 
 def _expected(df: pl.DataFrame) -> pl.DataFrame:
@@ -101,3 +108,42 @@ def test_context_steps_are_sorted_and_columns_shared(ctx):
 def test_rank_slices_are_contiguous_blocks(ctx):
     assert rank_slices(ctx.steps()) == [("r1", 0, 0, 2), ("r2", 0, 2, 3), ("r2", 1, 3, 4)]
     assert rank_slices(ctx.steps().head(0)) == []
+
+
+@pytest.mark.parametrize(
+    ("case", "detector"),
+    [("divergence_post_warmup.yaml", divergence), ("systems/ts401_leak_oom.yaml", memory_growth)],
+)
+def test_live_frames_judge_as_the_store_does(case, detector, tmp_path):
+    """A run still going (no run_end), rank 0: TS102 and TS401 find the same
+    over the store's frames and over the records the guard keeps in memory."""
+    spec = load_case(CASES_DIR / case)
+    name, run = next(iter(spec["runs"].items()))
+    items = next(iter(run["ranks"].values()))
+    spec["runs"] = {name: {"ranks": {0: [i for i in items if i.get("kind") != "run_end"]}}}
+    write_case(spec, tmp_path / "runs")
+    store = Store.open(tmp_path / "runs", tmp_path / "cache")
+    try:
+        ctx = Context(store)
+        expected = detector.run(ctx, detector.Options())
+        steps = ctx.steps()
+        cols = {c: steps.get_column(c).to_list() for c in ("step", "ts", *METRIC_NAMES)}
+        live = LiveFrames(name, 0, cols, ctx.run_start(name))
+        got = detector.run(live, detector.Options())
+    finally:
+        store.close()
+    assert any(f.severity.value == "error" for f in expected)
+    seen = [(f.detector, f.severity, f.rank, f.step_start, f.step_end, f.message) for f in got]
+    assert seen == [
+        (f.detector, f.severity, f.rank, f.step_start, f.step_end, f.message) for f in expected
+    ]
+
+
+def test_live_frames_have_no_store():
+    live = LiveFrames("r", 0, {"step": [1, 2], "ts": [0.0, 1.0], "loss": [2.0, 1.9]}, {})
+    assert live.runs().row(0, named=True)["last_step"] == 2
+    assert live.column("loss").tolist() == [2.0, 1.9]
+    assert np.isnan(live.column("grad_norm")).all()
+    assert live.events(["run_start"]).height == 1 and live.events(["eval"]).height == 0
+    with pytest.raises(NoStore):
+        live.sql("SELECT 1")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tunescope.ingest.discover import READERS, discover
-from tunescope.ingest.readers.general import GeneralReader, shape_of
+from tunescope.ingest.readers.general import GeneralReader
+from tunescope.ingest.readers.general_shape import shape_of
 from tunescope.ingest.readers.general_text import line_pairs
 from tunescope.ingest.readers.vocabulary import HIGH, LOW, meaning
 from tunescope.ingest.store.database import Store

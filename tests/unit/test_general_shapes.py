@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tunescope.ingest.discover import READERS
-from tunescope.ingest.readers.general import shape_of
+from tunescope.ingest.readers.general_shape import shape_of
 from tunescope.ingest.readers.general_text import records
 from tunescope.ingest.readers.vocabulary import is_eval_measure, meaning
 from tunescope.ingest.store.database import Store

@@ -375,3 +375,19 @@ def test_one_scan_of_many_columns_buckets_as_the_plot_queries_do(tmp_path):
         if rank == 0:
             np.testing.assert_array_equal(series["lr:lr"].hi, lr[(run, "lr")].hi)
     store.close()
+
+
+def test_html_detectors_section_keeps_the_page_for_an_analyzers_own_id():
+    """A finding from an ``--analyzer`` detector with no documentation says so in
+    its place; the known detectors keep their explain text."""
+    from tunescope.report.html import _detectors_section
+
+    def finding(detector: str) -> Finding:
+        return Finding(
+            run="a", detector=detector, name="x", severity=Severity.WARNING,
+            step_start=1, step_end=2, message="m", suggestion="s",
+        )  # fmt: skip
+
+    page = _detectors_section([finding("NAN1"), finding("TS001")])
+    assert "no documentation for NAN1: unknown detector" in page
+    assert 'id="explain-TS001"' in page and "TS001 non-finite" in page

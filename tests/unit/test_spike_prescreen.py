@@ -1,6 +1,7 @@
 """The pre-screen of the spike scans never changes a result: it scores only the
 points that pass a necessary condition, and a property test holds it to the
-unscreened scan on random series (screen on vs off)."""
+unscreened scan on random series (screen on vs off). The scan's defaults are
+written once, in ``LossSpikeParams``."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunescope.detectors import grad_spike
+from tunescope.detectors import divergence, grad_spike, loss_spike
 from tunescope.detectors.scans.series import Series, floor_before
-from tunescope.detectors.scans.spike_scan import LossSpikeParams, scan
+from tunescope.detectors.scans.spike_scan import SPIKE_DEFAULTS, LossSpikeParams, scan
 
 
 def test_floor_is_a_lower_bound_of_the_minimum_before_each_point():
@@ -75,3 +76,10 @@ def test_a_large_spike_is_found_at_any_min_ratio_it_passes():
     for ratio in (1.3, 1.9, 2.5, 3.0, 3.4):
         found = scan(s, LossSpikeParams(min_ratio=ratio))
         assert [int(s.step[i.peak]) for i in found] == [301], ratio
+
+
+def test_ts101_and_ts102_take_the_spike_defaults_from_the_scan():
+    """The scan's parameters are written once: TS101's defaults are the
+    scan's, and TS102's three spike options are the same as TS101's."""
+    assert loss_spike.params(loss_spike.Options()) == SPIKE_DEFAULTS == LossSpikeParams()
+    assert divergence.spike_params(divergence.Options()) == SPIKE_DEFAULTS

@@ -9,7 +9,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunescope import __version__
 from tunescope.alerts.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -18,6 +17,7 @@ from tunescope.alerts.signing import (
     json_signature,
 )
 from tunescope.findings import jsonable
+from tunescope.version import __version__
 
 DELIVERY_HEADER = "X-Tunescope-Delivery"
 EVENT_HEADER = "X-Tunescope-Event"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunescope import __version__
 from tunescope.alerts.model import Alert, headline
 from tunescope.findings import jsonable
+from tunescope.version import __version__
 
 
 def json_payload(alert: Alert) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunescope.detectors.base import Context
+from tunescope.detectors.base import Frames
 from tunescope.detectors.scans.outcome import common_step, loss_at, spearman, tail_loss, window
 from tunescope.detectors.scans.siblings import (
     NOISE_KEYS,
@@ -57,8 +57,8 @@ class Comparison:
     """The sibling groups among the runs, by name."""
 
 
-def _systems(ctx: Context, runs: list[str]) -> dict[str, dict[str, Any]]:
-    where = ctx._where_runs() if ctx.run_ids is not None else ""
+def _systems(ctx: Frames, runs: list[str]) -> dict[str, dict[str, Any]]:
+    where = ctx.where_runs() if ctx.run_ids is not None else ""
     df = ctx.sql(
         "SELECT run_id, sum(tokens) AS tokens, median(step_time_s) AS step_time_s, "
         "max(coalesce(mem_peak_mb, mem_reserved_mb, mem_allocated_mb)) AS peak_mb "
@@ -67,7 +67,7 @@ def _systems(ctx: Context, runs: list[str]) -> dict[str, dict[str, Any]]:
     return {r["run_id"]: r for r in df.iter_rows(named=True) if r["run_id"] in runs}
 
 
-def compare(ctx: Context, runs: list[str] | None = None, by: list[str] | None = None) -> Comparison:
+def compare(ctx: Frames, runs: list[str] | None = None, by: list[str] | None = None) -> Comparison:
     """The comparison of ``runs`` (default: every run of ``ctx``); ``by``
     limits the settings shown and correlated to these keys (in this order)."""
     configs_all = run_settings(ctx)

@@ -9,7 +9,10 @@ import itertools
 import json
 import re
 import textwrap
-from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunescope.detectors.base import DetectorModule
 
 
 def option_docs(options_cls: type) -> dict[str, str]:
@@ -49,7 +52,7 @@ def plain(text: str) -> str:
     return re.sub(r"``([^`]+)``", r"\1", text)
 
 
-def summary(det: ModuleType) -> str:
+def summary(det: DetectorModule) -> str:
     """The detector's one-sentence summary: its docstring's first sentence,
     without the leading ``TSxxx name:``."""
     first = inspect.cleandoc(det.__doc__ or "").split("\n\n", 1)[0]
@@ -59,7 +62,7 @@ def summary(det: ModuleType) -> str:
     return plain(m.group(1) if m else text)
 
 
-def listing(detectors: list[ModuleType]) -> str:
+def listing(detectors: list[DetectorModule]) -> str:
     """``tunescope explain`` without an id: one line per detector and its options."""
     lines = []
     pad = " " * 28
@@ -83,7 +86,7 @@ def listing(detectors: list[ModuleType]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def explain_text(det: ModuleType) -> str:
+def explain_text(det: DetectorModule) -> str:
     doc = plain(inspect.cleandoc(det.__doc__ or f"{det.ID} {det.NAME}"))
     lines = [
         doc,

@@ -27,7 +27,7 @@ Formats:
   fix, the loss curve of each run with an error as a Mermaid ``xychart-beta``
   (from ``curves``: min/max buckets, see :func:`markdown_curves`) and a pointer
   to the HTML report (``link``); when runs have siblings, their groups and
-  each TS501 finding with its fix (:func:`sibling_groups`).
+  each TS501 finding with its fix (:func:`~tunescope.findings.sibling_findings`).
 - ``html``: the self-contained interactive report
   (:mod:`tunescope.report.html`; curves from ``collected``).
 """
@@ -40,25 +40,12 @@ from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from tunescope.findings import Finding, Severity, status_text
+from tunescope.findings import Finding, Severity, sibling_findings, status_text, where
 from tunescope.words import count
 
 JSON_VERSION = 1
 FORMATS = ("text", "json", "github", "junit", "markdown", "html")
 MERMAID_BUCKETS = 40  # buckets of a Markdown loss curve (two points each: min and max)
-
-
-def _steps(f: Finding) -> str:
-    if f.step_start is None:
-        return "whole run"
-    if f.step_end is None or f.step_end == f.step_start:
-        return f"step {f.step_start}"
-    return f"steps {f.step_start}-{f.step_end}"
-
-
-def _where(f: Finding) -> str:
-    rank = "all ranks" if f.rank is None else f"rank {f.rank}"
-    return f"{_steps(f)}, {rank}"
 
 
 def _run_line(run: dict[str, Any]) -> str:
@@ -104,7 +91,7 @@ def text(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
             ]
             lines.append("  guard: " + "; ".join(acts))
         for f in by_run.get(name, []):
-            lines.append(f"  {f.severity.value.upper():<7} {f.detector} {f.name} ({_where(f)})")
+            lines.append(f"  {f.severity.value.upper():<7} {f.detector} {f.name} ({where(f)})")
             pad = "\n" + " " * 10
             lines.append(" " * 10 + f.message.replace("\n", pad))
             lines.append(" " * 10 + "fix: " + f.suggestion.replace("\n", pad))
@@ -144,7 +131,7 @@ def github(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
     level = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
     lines = []
     for f in findings:
-        title = _gh_prop(f"{f.detector} {f.name} in {f.run} ({_where(f)})")
+        title = _gh_prop(f"{f.detector} {f.name} in {f.run} ({where(f)})")
         body = _gh_data(f"{f.message}\nFix: {f.suggestion}\nMore: tunescope explain {f.detector}")
         lines.append(f"::{level[f.severity]} title={title}::{body}")
     clean = [r["run"] for r in runs if not sum(r.get("findings", {}).values())]
@@ -163,7 +150,7 @@ def junit(findings: list[Finding], runs: list[dict[str, Any]]) -> str:
         cases = []
         failures = 0
         for f in mine:
-            case_name = quoteattr(f"{f.detector} {f.name} ({_where(f)})")
+            case_name = quoteattr(f"{f.detector} {f.name} ({where(f)})")
             body = (
                 f"{f.message}\nfix: {f.suggestion}\nmore: tunescope explain {f.detector}\n"
                 f"evidence: {json.dumps(f.to_dict()['evidence'], sort_keys=True)}"
@@ -279,23 +266,8 @@ def markdown_curves(store: Any, findings: list[Finding]) -> dict[str, Any]:
     return {run: s for (run, label), s in found.items() if label == "loss"}
 
 
-def sibling_groups(
-    runs: list[dict[str, Any]], findings: list[Finding]
-) -> list[tuple[str, list[str], list[Finding]]]:
-    """(group, its runs, its TS501 findings) for the runs that have siblings
-    (the ``group`` of their summaries), for the Markdown and HTML reports."""
-    groups: dict[str, list[str]] = {}
-    for r in runs:
-        if r.get("group"):
-            groups.setdefault(r["group"], []).append(r["run"])
-    return [
-        (name, members, [f for f in findings if f.detector == "TS501" and f.run in members])
-        for name, members in groups.items()
-    ]
-
-
 def _siblings_md(runs: list[dict[str, Any]], findings: list[Finding]) -> list[str]:
-    groups = sibling_groups(runs, findings)
+    groups = sibling_findings(runs, findings)
     if not groups:
         return []
     out = ["", "### Siblings", ""]
@@ -357,14 +329,14 @@ def markdown(
         for f in mine:
             sev = f.severity.value
             out.append(
-                f"| {_ICON[sev]} {sev} | {f.detector} {_md_cell(f.name)} | {_where(f)} | "
+                f"| {_ICON[sev]} {sev} | {f.detector} {_md_cell(f.name)} | {where(f)} | "
                 f"{_md_cell(f.message)} |"
             )
         for f in mine:
             if f.severity is Severity.ERROR:
                 out += [
                     "",
-                    f"**{f.detector} {_md_cell(f.name)}** ({_where(f)}): {_md_cell(f.message)}",
+                    f"**{f.detector} {_md_cell(f.name)}** ({where(f)}): {_md_cell(f.message)}",
                     "",
                     f"> **Fix:** {_md_cell(f.suggestion)} (`tunescope explain {f.detector}`)",
                 ]

@@ -30,10 +30,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tunescope import __version__
 from tunescope.detectors.scans.siblings import diff_keys
 from tunescope.files import write_output
-from tunescope.findings import Finding, Severity, jsonable, status_text
+from tunescope.findings import Finding, Severity, jsonable, sibling_findings, status_text, where
 from tunescope.numbers import cell
 from tunescope.report.curves import (
     SCALE,
@@ -41,6 +40,7 @@ from tunescope.report.curves import (
     others_median,
 )
 from tunescope.report.html_data import collect, compare
+from tunescope.version import __version__
 
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 
@@ -109,8 +109,6 @@ def _summary_table(runs: list[dict[str, Any]], with_findings: set[str]) -> str:
 
 
 def _finding_html(f: Finding, i: int) -> str:
-    from tunescope.report.formats import _where as where
-
     evidence = json.dumps(jsonable(f.evidence), indent=1, sort_keys=True)
     return (
         f'<li class="finding sev-{f.severity.value}" data-finding="{i}">'
@@ -306,9 +304,7 @@ def _compare_section(
 
 def _siblings_html(runs: list[dict[str, Any]], findings: list[Finding]) -> str:
     """The sibling groups and what TS501 found in each ('' when no run has siblings)."""
-    from tunescope.report.formats import sibling_groups
-
-    groups = sibling_groups(runs, findings)
+    groups = sibling_findings(runs, findings)
     if not groups:
         return ""
     parts = ['<h4>Siblings</h4><ul class="siblings">']
@@ -341,15 +337,15 @@ def _limits_section(runs: list[dict[str, Any]]) -> str:
 
 def _detectors_section(findings: list[Finding]) -> str:
     """The ``explain`` text of each detector that found something."""
-    from tunescope.detectors.engine import DetectorError
     from tunescope.detectors.selection import get_detector
+    from tunescope.errors import UsageError
     from tunescope.report.explain import explain_text
 
     parts = ['<section id="detectors"><h2>Detectors</h2>']
     for det_id in sorted({f.detector for f in findings}):
         try:
             text = explain_text(get_detector(det_id))
-        except DetectorError as e:  # an analyzer's own detector id: say so, keep the page
+        except UsageError as e:  # an analyzer's own detector id: say so, keep the page
             text = f"no documentation for {det_id}: {e}"
         parts.append(
             f'<details id="explain-{_esc(det_id)}"><summary>{_esc(det_id)}</summary>'

@@ -101,7 +101,7 @@ class ConsoleReader:
         if kind == "crash":
             # a log that ends in a crash but whose records are in a shape the
             # general reader knows: the general reader keeps the crash too
-            from tunescope.ingest.readers.general import shape_of
+            from tunescope.ingest.readers.general_shape import shape_of
 
             return shape_of(path).reason is not None
         return kind is not None
