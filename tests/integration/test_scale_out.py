@@ -16,7 +16,6 @@ test_readme.py, as every shell example is.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -58,7 +57,8 @@ def roots(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def s3(roots, tmp_path_factory):
-    """moto on 127.0.0.1 holding root ``a`` as ``s3://scale-logs/a``. Its
+    """moto on 127.0.0.1 holding root ``a`` as ``s3://scale-logs/a`` (and roots
+    ``a`` and ``b`` as ``s3://logs/sweep-a`` and ``sweep-b``). Its
     address goes into the environment before Spark and Ray start, since their
     workers inherit the environment they start with (as a cluster's workers
     would be configured)."""
@@ -71,6 +71,9 @@ def s3(roots, tmp_path_factory):
         mp.setenv("XDG_CACHE_HOME", str(home / "xdg"))
         server.client().create_bucket(Bucket=BUCKET)
         server.upload(roots["a"], BUCKET, "a")
+        server.client().create_bucket(Bucket="logs")  # as the README's example names it
+        server.upload(roots["a"], "logs", "sweep-a")
+        server.upload(roots["b"], "logs", "sweep-b")
         yield f"s3://{BUCKET}"
 
 
@@ -246,23 +249,29 @@ def canonical(table: pa.Table, columns: list[str]) -> list[tuple]:
     return sorted((tuple(repr(v) for v in r.values()) for r in out.to_pylist()), key=str)
 
 
-def test_the_manuals_python_example_runs(spark, ray_local, tmp_path, monkeypatch, capsys):
-    """docs/scale.md's Python example, run as written (from a folder holding
-    a copy of fixtures/runs): its three tables agree."""
-    text = (REPO / "docs" / "scale.md").read_text(encoding="utf-8")
-    block = re.search(
-        r"<!-- tested by tests/integration/test_scale_out.py -->\n```python\n(.*?)```", text, re.S
-    )
-    assert block, "docs/scale.md lost its tested Python example"
+def example(page: str) -> str:
+    """The Python block of ``page`` marked as tested by this module."""
+    text = (REPO / page).read_text(encoding="utf-8")
+    marker = "<!-- tested by tests/integration/test_scale_out.py -->\n```python\n(.*?)```"
+    block = re.search(marker, text, re.S)
+    assert block, f"{page} lost its tested Python example"
+    return block.group(1)
+
+
+def test_the_manuals_python_examples_run(spark, ray_local, s3, tmp_path, monkeypatch, capsys):
+    """docs/scale.md's example, run as written from a folder holding a copy of
+    fixtures/runs, and the README's, over a bucket named as it names it: the
+    tables of each agree."""
     shutil.copytree(FIXTURES, tmp_path / "fixtures" / "runs")
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(compile(block.group(1), "docs/scale.md", "exec"), scope)
-    assert (
-        rows(scope["spark_findings"])
-        == rows(scope["ray_findings"])
-        == rows(scope["local_findings"])
-    )
+    exec(compile(example("docs/scale.md"), "docs/scale.md", "exec"), scope)
     assert scope["spark_findings"].num_rows > 0
-    assert "severity" in capsys.readouterr().out  # the DataFrame's table
-    assert os.environ.get("PYSPARK_PYTHON")
+    assert rows(scope["spark_findings"]) == rows(scope["ray_findings"])
+    assert rows(scope["spark_findings"]) == rows(scope["local_findings"])
+    assert "severity" in capsys.readouterr().out  # the DataFrame's count by severity
+
+    scope = {}
+    exec(compile(example("README.md"), "README.md", "exec"), scope)
+    assert scope["by_spark"].num_rows > 0
+    assert rows(scope["by_spark"]) == rows(scope["by_ray"])
