@@ -275,3 +275,14 @@ def test_the_manuals_python_examples_run(spark, ray_local, s3, tmp_path, monkeyp
     exec(compile(example("README.md"), "README.md", "exec"), scope)
     assert scope["by_spark"].num_rows > 0
     assert rows(scope["by_spark"]) == rows(scope["by_ray"])
+
+
+def test_groups_are_paths_or_lists_of_paths():
+    """What a job is made of, checked on the driver before any task starts."""
+    from tunescope.tasks import as_groups
+
+    assert as_groups("runs") == [["runs"]]  # one path for the groups: one group
+    assert as_groups([Path("a"), ["b", Path("c")]]) == [["a"], ["b", "c"]]
+    for bad, says in (([], "no runs"), ([[]], "group 0"), (["a", [1]], "group 1")):
+        with pytest.raises(UsageError, match=says):
+            as_groups(bad)
