@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make run    set up (no torch needed) and open tunescope on the bundled demo runs
-#   make test   set up with the dev and train extras, then lint and run the tests
+#   make test   set up with the dev, train and scale extras, then lint and run the tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -31,7 +31,7 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(MAKE) --no-print-directory torch
-	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e ".[dev,train,lightning,torchtune]"
+	$(EDITABLE_QUIET) $(BIN)/python -m pip install --quiet -e ".[dev,train,lightning,torchtune,scale]"
 	@touch $@ $(VENV)/.core
 
 torch: $(BIN)/python
@@ -65,8 +65,10 @@ lint: $(VENV)/.dev links
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
+# loadgroup: the tests of one xdist_group share a worker (tests/integration/test_scale_out.py
+# starts one Spark JVM and one Ray for its module, not one per worker)
 test: lint
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 # the inner loop: tests/unit (detector cases included), no subprocess, no training,
 # no browser, no TUI

@@ -196,6 +196,21 @@ BENCHES = [
         timeout_quick=90,
     ),
     Bench(
+        "scale_out",
+        ["--repeats", "5"],
+        ["--quick"],
+        [
+            Figure(
+                f"analyze, a {engine} task per group (median)",
+                rf"analyze_groups\s+first[^\n]*?median\s+{n('baseline')}s[\s\S]*?\n{engine}\s+"
+                rf"first[^\n]*?median\s+{n('measured')}s[^\n]*?{n('ratio')}x median",
+                "analyze_groups, a process per group",
+            )
+            for engine in ("spark", "ray")
+        ],
+        timeout_quick=240,
+    ),
+    Bench(
         "watch_latency",
         [],
         ["--trials", "4"],

@@ -1,6 +1,6 @@
 """``tunescope export --parquet``: the lake layout read back by other engines
-(DuckDB's hive_partitioning, pyarrow.dataset, and pyspark in local mode where
-it is installed) with the same counts and values as the store's views."""
+(DuckDB's hive_partitioning and pyarrow.dataset here; Spark SQL in
+test_scale_out.py) with the same counts and values as the store's views."""
 
 from __future__ import annotations
 
@@ -107,40 +107,3 @@ def test_partition_by_date_and_force(exported, tmp_path, capsys):
     assert main(["export", str(runs), "--parquet", str(other), "--cache-dir", str(cache)]) == 2
     assert main([*args[:3], str(other), "--cache-dir", str(cache), "--force"]) == 2
     assert (other / "notes.txt").read_text() == "mine"  # never removed
-
-
-@pytest.mark.slow  # a JVM start: seconds on an idle machine, minutes on a loaded one
-def test_pyspark_local_mode_reads_the_export(exported, monkeypatch):
-    pyspark = pytest.importorskip("pyspark")  # not a dev dependency (300 MB and a JVM)
-    if shutil.which("java") is None:
-        pytest.skip("pyspark needs a Java runtime")
-    from pyspark.sql import SparkSession
-
-    monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")  # no host name lookups
-
-    lake, views, _, _ = exported
-    spark = (
-        SparkSession.builder.master("local[1]")
-        .appName("tunescope-lake-test")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
-        .getOrCreate()
-    )
-    try:
-        assert pyspark.__version__
-        for t in TABLES:
-            df = spark.read.parquet(str(lake / t))
-            assert df.count() == views[t].num_rows, t
-        steps = spark.read.parquet(str(lake / "steps"))
-        steps.createOrReplaceTempView("steps")
-        got = spark.sql(
-            "SELECT run_id, count(*) AS n, sum(step) AS s FROM steps GROUP BY run_id"
-        ).collect()
-        con = duckdb.connect()
-        con.register("v", views["steps"])
-        want = con.sql("SELECT run_id, count(*), sum(step) FROM v GROUP BY run_id").fetchall()
-        assert sorted((r["run_id"], r["n"], r["s"]) for r in got) == sorted(want)
-    finally:
-        spark.stop()
