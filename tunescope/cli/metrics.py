@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from tunescope.cli.args import config_arg, detector_config, runs_arg, split_ids
+from tunescope.cli.stopping import on_stop_signals
 from tunescope.errors import ExitCode
 from tunescope.say import say
 from tunescope.words import count
@@ -156,20 +157,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """Ctrl-C or SIGTERM sets ``stop`` (a clean exit 0: stopping a server is
-    how it ends). Handlers can only be set from the main thread."""
-    main = threading.current_thread() is threading.main_thread()
-    signals = [signal.SIGINT, signal.SIGTERM] if main else []
-    previous = {s: signal.getsignal(s) for s in signals}
+    how it ends)."""
 
     def on_signal(signum: int, frame: Any) -> None:
         if not stop.is_set():
             say(f"stopping ({signal.Signals(signum).name})")
         stop.set()
 
-    for s in signals:
-        signal.signal(s, on_signal)
-    try:
+    with on_stop_signals(on_signal):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunescope.cli.args import config_arg, detector_config, runs_arg, select_args, split_ids
 from tunescope.cli.metrics import add_serving_args, metrics_hook
+from tunescope.cli.stopping import on_stop_signals
 from tunescope.errors import ExitCode, UsageError
 from tunescope.findings import Severity
 from tunescope.opening import open_store
@@ -225,12 +226,7 @@ def _stop_on_signals(
     stop: threading.Event, sender: AlertSender | None, drain: float
 ) -> Iterator[None]:
     """Ctrl-C (or SIGTERM) sets ``stop``; a second one hurries the sender (what
-    is undelivered goes to the outbox at once). Handlers can only be set from
-    the main thread: where this runs in another (an embedding app), Ctrl-C is
-    the app's business."""
-    main = threading.current_thread() is threading.main_thread()
-    signals = [signal.SIGINT, signal.SIGTERM] if main else []
-    previous = {s: signal.getsignal(s) for s in signals}
+    is undelivered goes to the outbox at once)."""
     presses = [0]
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -248,13 +244,8 @@ def _stop_on_signals(
             sender.hurry()
             say(f"stopping now ({name}); undelivered alerts go to the outbox")
 
-    for s in signals:
-        signal.signal(s, on_signal)
-    try:
+    with on_stop_signals(on_signal):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _watch(
