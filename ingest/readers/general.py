@@ -23,6 +23,7 @@ from typing import Any
 from tunescope.ingest.readers import general_bulk, general_json, general_table, general_text
 from tunescope.ingest.readers.console.detect import beside_structured
 from tunescope.ingest.readers.console.reader import ConsoleReader, Walk, take_bulk
+from tunescope.ingest.readers.epoch_steps import global_step
 from tunescope.ingest.readers.general_shape import overrides, shape_of
 from tunescope.ingest.readers.vocabulary import Meaning, is_eval_measure
 from tunescope.ingest.rows import ReadResult
@@ -111,7 +112,7 @@ class GeneralReader(ConsoleReader):
                 elif step is not None and set(canon) - {"epoch"}:
                     # the same step's other line (DeepSpeed prints lr apart from the
                     # loss): its columns join the step's row
-                    step, _ = _global_step(dict(ex), step, None, epoch)
+                    step, _ = global_step(dict(ex), step, None, epoch)
                     cols = {k: v for k, v in canon.items() if k != "epoch"}
                     out.append((rec.pos, "mem", (rec.rank, step, cols, {})))
                 continue
@@ -122,7 +123,7 @@ class GeneralReader(ConsoleReader):
                 item.update(step=None, total=total)
                 item["from"] = "epoch"
             else:
-                step, total = _global_step(ex, step, total, epoch)
+                step, total = global_step(ex, step, total, epoch)
                 item.update(step=step, total=total)
             if rec.rank:
                 item["canon"] = {}
@@ -135,27 +136,3 @@ class GeneralReader(ConsoleReader):
             if evals:  # "val_loss" beside the loss: an evaluation at the same step
                 out.append((rec.pos, "eval", {"step": item["step"], "metrics": evals}))
         return out
-
-
-def _global_step(
-    ex: dict[str, Any], local: int, total: int | None, epoch: float | None
-) -> tuple[int, int | None]:
-    """A counter that starts again when the epoch changes is epoch-local: it is
-    counted on from the previous epoch's last step (``ex`` keeps where)."""
-    prev_epoch, prev_step, offset = ex.get("epoch"), ex.get("local"), ex.get("offset", 0)
-    if epoch is not None and prev_epoch is not None and epoch < prev_epoch:
-        offset = 0  # a new run in the file
-        ex["epoch_local"] = False
-    elif (
-        epoch is not None
-        and prev_epoch is not None
-        and prev_step is not None
-        and epoch > prev_epoch
-        and local <= prev_step
-    ):
-        offset = ex.get("last", 0) + 1 - local
-        ex["epoch_local"] = True
-    ex.update(epoch=epoch, local=local, offset=offset, last=local + offset)
-    if ex.get("epoch_local"):
-        return local + offset, None  # a total per epoch is not the run's
-    return local, total

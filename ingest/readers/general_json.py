@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tunescope.ingest.readers.epoch_steps import global_step
 from tunescope.ingest.readers.foreign import infer_logging_steps, number
 from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, emit_records, is_count, rises
 from tunescope.ingest.readers.vocabulary import HIGH, Meaning, meaning
@@ -136,7 +137,9 @@ def infer(data: bytes, whole: bool, fixed: dict[str, Meaning] | None = None) -> 
         n += 1
         if step is not None:
             steps.append(step)
-            step_name = step_name or next(k for k in flat if names[k].kind == "step")
+            step_name = step_name or next(
+                (k for k in flat if k in names and names[k].kind == "step"), None
+            )
         elif epoch is not None:
             epochs.append(epoch)
     shape = Shape(kind, records=n, keys=dict(names))
@@ -173,6 +176,7 @@ def read(
     names: dict[str, Meaning] = dict(fixed)
     rows = RowBuilder()
     epochs: dict[float, int] = {}
+    local: dict[str, Any] = {}  # an epoch-local counter's offset so far
     merged: dict[int, list[Any]] = {}
     for i, rec in enumerate(recs, start=1):
         step, epoch, canon, extras, evals = _split(flatten(rec), names)
@@ -182,6 +186,8 @@ def read(
             step = epochs.setdefault(epoch, len(epochs) + 1)
         elif step is None:
             continue
+        else:
+            step, _ = global_step(local, step, None, epoch)
         slot = merged.setdefault(step, [i, {}, {}, {}])
         slot[0] = i
         slot[1].update(canon)

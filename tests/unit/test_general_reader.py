@@ -266,6 +266,24 @@ def test_a_jsonl_line_cut_or_broken_is_named_and_the_rest_kept(tmp_path):
     assert [(p.line, p.reason.split(":")[0]) for p in r.problems] == [(3, "not JSON")]
 
 
+def test_json_records_with_text_fields_and_an_epoch_local_iteration(tmp_path):
+    """MMDetection's ``.log.json``: a text ``mode`` before the counter, ``iter``
+    starting again each epoch, and a validation record without a loss."""
+    lines = [{"env_info": "sys.platform: linux", "seed": 0}]
+    for epoch in (1, 2, 3):
+        for it in (10, 20, 30):
+            loss = 3.0 - 0.2 * (3 * (epoch - 1) + it // 10)
+            lines.append({"mode": "train", "epoch": epoch, "iter": it, "lr": 0.02, "loss": loss})
+        lines.append({"mode": "val", "epoch": epoch, "iter": 30, "lr": 0.02, "bbox_mAP": 0.1})
+    log = tmp_path / "20210505_084356.log.json"
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    r = read(log)
+    got = [(s, round(v, 6)) for s, v in rows(r, "step", "loss")]
+    assert got == [(10, 2.8), (20, 2.6), (30, 2.4), (31, 2.2), (41, 2.0), (51, 1.8),
+                   (52, 1.6), (62, 1.4), (72, 1.2)]  # fmt: skip
+    assert not r.problems
+
+
 # ---- not runs ----------------------------------------------------------------------
 
 
