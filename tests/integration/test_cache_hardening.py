@@ -256,7 +256,7 @@ def test_a_killed_ingest_leaves_its_temporary_segment_for_the_next_one_to_remove
     code = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from tunescope.ingest import segments\n"
+        "from tunescope.ingest.store import segments\n"
         "from tunescope.ingest.store.cache import Cache\n"
         "real = segments.SegmentWriter._write\n"
         "def write(self, table):\n"
