@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make run    set up (no torch needed) and open tunescope on the bundled demo runs
-#   make test   set up with the dev, train and scale extras, then lint and run the tests
+#   make test   set up with the dev, train, loggers' and scale extras (and the system's
+#               chromium and Java when missing), then lint and run the tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -15,7 +16,12 @@ RUNS   ?= fixtures/runs
 # The chart library inlined into HTML reports (tunescope/report/vendor); `make vendor` refreshes it.
 UPLOT_VERSION ?= 1.6.32
 
-.PHONY: run test test-fast lint links fixtures sweeps bench bench-summary clean setup setup-dev torch vendor
+# What the tests need from the system: the browser the HTML report's tests open
+# (Debian's chromium, driven by Playwright) and the Java runtime pyspark starts.
+# Installed with apt-get when missing and this is root; otherwise named, once.
+SYSTEM_NEEDS := chromium:chromium java:openjdk-17-jre-headless
+
+.PHONY: run test test-fast lint system-deps links fixtures sweeps bench bench-summary clean setup setup-dev torch vendor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,8 +73,17 @@ lint: $(VENV)/.dev links
 
 # loadgroup: the tests of one xdist_group share a worker (tests/integration/test_scale_out.py
 # starts one Spark JVM and one Ray for its module, not one per worker)
-test: lint
+test: system-deps lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+system-deps:
+	@missing=""; for need in $(SYSTEM_NEEDS); do command -v $${need%%:*} >/dev/null 2>&1 || missing="$$missing $${need#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing (apt-get)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing:$$missing (install them: the browser and Spark tests fail without them)" >&2; exit 1; fi; \
+	fi
 
 # the inner loop: tests/unit (detector cases included), no subprocess, no training,
 # no browser, no TUI
