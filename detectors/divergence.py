@@ -20,6 +20,9 @@ What it flags:
     end of the log is still above the run's normal band at the onset (the
     level there plus half the 5% rise and 2 standard errors of the two
     levels): an incident that came back is TS101's and TS105's to report.
+    A loss that crosses zero (a policy-gradient loss: see TS101) has no level
+    to diverge from: its unrecovered excursions count only when they rose
+    above every earlier point by more than their whole range.
     A trend found where the learning rate has decayed below 10% of its peak
     is data-order drift at the end of a schedule, not a divergence. One
     finding per run, at the earliest detection.
@@ -391,6 +394,8 @@ def _spike_hits(ctx: Frames, s: Series, resumed: list[int], opts: Options) -> li
     for inc in loss_incidents(ctx, p):
         if inc.series.run != s.run or inc.recovered is not False:
             continue
+        if inc.signed and not inc.beyond_range:
+            continue  # a loss around 0 swinging inside its own range: no level to diverge from
         r = inc.series
         a = int(r.step[inc.a])
         if any(at < a <= at + 5 * r.logging_steps for at in resumed):

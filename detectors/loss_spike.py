@@ -28,6 +28,13 @@ What it flags:
     of at least ``window`` points with fewer than 3 blips in all, is info: a
     batch that hard now and then is a long per-step log's noise; a blip of
     1.5x or more alone stays a warning.
+    A loss that crosses zero (at least 10% of its points on each side of 0,
+    its median within its interquartile range of 0: a policy-gradient or
+    critic loss, an objective with signed terms) has no level to take a ratio
+    against: its excursions are judged in linear space against its
+    step-to-step spread (which a jump to a new level does not widen), count as
+    back once within that spread of the baseline, and are info unless
+    the peak lies above every earlier point by more than their whole range.
 
 Why it matters:
     A spike is a bad batch meeting a fragile optimizer state, or a learning
@@ -263,6 +270,8 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
                 f"(z={inc.z:.1f}) at step {pstep}"
             )
         within = f"{opts.recover_within * 100:g}%"
+        if inc.space == "linear":
+            within = f"{within} or the loss's own spread"
         if inc.recovered and inc.slow and inc.recover_step is not None:
             tail = (
                 f"; it stayed high for {inc.recover_step - step0} steps and was back within "
@@ -295,6 +304,15 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
             note += (
                 " One of many such blips through this run, each over at once: its per-step "
                 "loss has hard batches, not a change of state."
+            )
+        if inc.signed and not inc.beyond_range and sev is Severity.WARNING:
+            # a loss around 0 (a policy-gradient or critic loss): a swing, not a jump
+            sev = Severity.INFO
+            ev["signed"] = True
+            note += (
+                " The loss crosses zero (a signed objective such as a policy-gradient loss): "
+                "it has no level to take a ratio against, and this excursion stays within "
+                "twice the range of the points before it, so it is noted, not alarmed."
             )
         if id(inc) in lone_small and sev is Severity.WARNING:
             sev = Severity.INFO
