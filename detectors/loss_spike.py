@@ -28,6 +28,10 @@ What it flags:
     of at least ``window`` points with fewer than 3 blips in all, is info: a
     batch that hard now and then is a long per-step log's noise; a blip of
     1.5x or more alone stays a warning.
+    A rise reached in steady steps (the first point of the incident jumped
+    from the point before it by less than half its excess over the baseline)
+    is a curve climbing faster than the trailing median follows, not a jump:
+    info, and TS102 judges whether it is a divergence.
     A loss that crosses zero (at least 10% of its points on each side of 0,
     its median within its interquartile range of 0: a policy-gradient or
     critic loss, an objective with signed terms) has no level to take a ratio
@@ -304,6 +308,14 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
             note += (
                 " One of many such blips through this run, each over at once: its per-step "
                 "loss has hard batches, not a change of state."
+            )
+        if inc.ramp and sev is Severity.WARNING:
+            # a steady climb outran the trailing median: a rise for TS102 to judge
+            sev = Severity.INFO
+            ev["ramp"] = True
+            note += (
+                " The loss climbed there in steady steps rather than jumping: a rising "
+                "trend (TS102 judges whether it is a divergence), not a spike."
             )
         if inc.signed and not inc.beyond_range and sev is Severity.WARNING:
             # a loss around 0 (a policy-gradient or critic loss): a swing, not a jump

@@ -67,6 +67,7 @@ class Incident:
     early: bool = False  # inside the grace period: judged by its size alone (:func:`early_jumps`)
     signed: bool = False  # the series crosses zero (:func:`crosses_zero`): no ratio to judge by
     beyond_range: bool = False  # the peak lies a whole range above everything before it
+    ramp: bool = False  # reached by steady steps, not a jump (:func:`is_ramp`)
 
 
 SIGNED_SHARE = 0.1
@@ -87,6 +88,19 @@ def crosses_zero(y: np.ndarray) -> bool:
         return False
     q25, q50, q75 = np.percentile(v, [25, 50, 75])
     return bool(abs(q50) <= q75 - q25)
+
+
+def is_ramp(y: np.ndarray, a: int, base: float) -> bool:
+    """True when the first point of an incident at ``a`` stands above the
+    baseline ``base`` mostly by the steps before it: its own jump from the
+    point before is under half its excess. A curve that climbs steadily
+    outruns a trailing median without any one step jumping; a spike is the
+    jump itself."""
+    before = np.flatnonzero(np.isfinite(y[:a]))
+    if not len(before) or not np.isfinite(y[a]):
+        return False
+    rise = float(y[a] - base)
+    return rise > 0 and float(y[a] - y[before[-1]]) < 0.5 * rise
 
 
 def diff_spread(v: np.ndarray) -> float:
@@ -215,6 +229,7 @@ def scan(s: Series, p: LossSpikeParams, screen: bool = True) -> list[Incident]:
         if not positive and signed:
             inc.signed = True
             inc.beyond_range = beyond_range(y, a, float(y[peak]))
+        inc.ramp = is_ramp(y, a, base_y)
         out.append(inc)
     return out
 
