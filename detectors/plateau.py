@@ -1,4 +1,4 @@
-"""TS103 plateau: the loss is not moving, or is degenerate (exactly 0).
+"""TS103 plateau: the loss is not moving, is degenerate (exactly 0), or has no learning signal.
 
 What it flags:
     "No learning": over a whole run of at least 20 logged points the loss
@@ -16,12 +16,20 @@ What it flags:
     5%: at that length and noise a fall of a few percent would show, so the
     run spent its compute without learning. Short runs, runs still warming
     up and runs without a logged learning rate stay at the hint.
+    "No learning signal" (warning): a reinforcement-learning run whose
+    advantages, rewards or policy-gradient loss (metrics named so:
+    ``critic/advantages/max``, ``rewards/chosen``, ``actor/pg_loss``; not their
+    spread or timing) are exactly 0, every metric of the kind at once, at 80%
+    or more of at least 10 logged steps: the policy has nothing to learn from,
+    whatever its total loss (an entropy or KL term) does.
 
 Why it matters:
     A fine-tune whose loss never moves is not training: a learning rate too
     low for LoRA, an optimizer that is not stepping, a scheduler stuck at 0,
     or data that does not match the labels. A loss of exactly 0 means every
-    label is masked or the data was memorised.
+    label is masked or the data was memorised. An RL run whose samples all
+    score the same (all 0: a reward the responses never earn) gets advantages
+    of 0 and no gradient from its policy loss.
 
     Not a plateau: a loss that fell first and flattened later (continued
     pre-training, the end of a schedule).
@@ -48,6 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunescope.detectors.base import Frames
+from tunescope.detectors.scans.learning_signal import zero_signals
 from tunescope.detectors.scans.series import Series, run_series
 from tunescope.detectors.scans.stats import incidents, warmup_mask
 from tunescope.detectors.scans.stats import trend_np as trend
@@ -81,6 +90,13 @@ class Options:
     never_learned_fall: float = 0.05
     """... and a fall bounded under this fraction (the confidence interval's
     far end) is a warning: the whole run did not learn."""
+    signal_points: int = 10
+    """Logged steps of a learning signal (rewards, advantages, a policy-gradient
+    loss) needed to judge it."""
+    signal_zero: float = 0.8
+    """A learning signal exactly 0 (every metric of its kind at that step: mean,
+    max and min alike) at this share of its steps or more: the run had nothing
+    to learn from (warning). 0 turns the check off."""
 
     def __post_init__(self) -> None:
         if self.min_points < 5 or self.zero_points < 2:
@@ -96,10 +112,72 @@ def _rl_runs(ctx: Frames) -> set[str]:
     return set(df.get_column("run_id").to_list()) if df.height else set()
 
 
-def run(ctx: Frames, opts: Options) -> list[Finding]:
+_SIGNAL_WHY = {
+    "advantage": "with every advantage at 0 the policy gradient is 0",
+    "reward": "no sample earned a reward, so there is nothing to reinforce",
+    "policy loss": "a policy-gradient loss of exactly 0 has no gradient",
+}
+
+
+def _no_signal(ctx: Frames, opts: Options) -> list[Finding]:
+    """A warning per run whose learning signal (advantages, rewards, a
+    policy-gradient loss) is exactly 0 at ``signal_zero`` of its steps or more."""
+    if opts.signal_zero <= 0:
+        return []
     out = []
+    for run, sigs in zero_signals(ctx).items():
+        dead = [
+            z
+            for z in sigs
+            if len(z.steps) >= opts.signal_points and z.zero.mean() >= opts.signal_zero
+        ]
+        if not dead:
+            continue
+        parts = [
+            f"every {z.kind} metric ({', '.join(z.names)}) was exactly 0 at "
+            f"{int(z.zero.sum())} of {len(z.steps)} logged steps"
+            if i == 0
+            else f"every {z.kind} metric ({', '.join(z.names)}) at {int(z.zero.sum())} of "
+            f"{len(z.steps)}"
+            for i, z in enumerate(dead)
+        ]
+        a = min(int(z.steps[z.zero][0]) for z in dead)
+        b = max(int(z.steps[z.zero][-1]) for z in dead)
+        out.append(
+            Finding(
+                run,
+                ID,
+                NAME,
+                Severity.WARNING,
+                a,
+                b,
+                "no learning signal: "
+                + ", and ".join(parts)
+                + f" (steps {a}-{b}): "
+                + _SIGNAL_WHY[dead[0].kind]
+                + ", so the policy cannot learn whatever its loss shows.",
+                "Check that the reward function can score these responses (a format or parse check "
+                "that never passes, responses cut at the length limit before an answer); start from "
+                "easier prompts or a model that solves some; with group-relative advantages (GRPO) "
+                "sample more responses per prompt so that some differ.",
+                rank=None,
+                evidence={
+                    "kind": "no-signal",
+                    "signals": {z.kind: [int(z.zero.sum()), len(z.steps)] for z in dead},
+                    "metrics": [n for z in dead for n in z.names],
+                },
+            )
+        )
+    return out
+
+
+def run(ctx: Frames, opts: Options) -> list[Finding]:
+    out = _no_signal(ctx, opts)
+    silent = {f.run for f in out}  # one TS103 finding per run: no signal is the cause
     rl = None
     for s in run_series(ctx):
+        if s.run in silent:
+            continue
         loss, step = s.loss, s.step
         fin = np.isfinite(loss)
         zero = fin & (loss == 0)
