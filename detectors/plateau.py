@@ -5,17 +5,20 @@ What it flags:
     never moved: its Theil-Sen change from start to end is under 2%, its
     first and last points agree within 2%, and its spread is tiny, while the
     learning rate is above 0 (or a learning rate of 0 throughout, named as
-    such) and gradients are non-trivial. "Degenerate": a loss of exactly 0 for
+    such; a dead LoRA adapter is TS201's finding, which then stands for this
+    one). "Degenerate": a loss of exactly 0 for
     at least 10 consecutive points (not for RL-style objectives whose loss
     is 0 by construction). "No downward trend" (info, a hint): a noisy loss
     (robust spread up to 30%) whose Theil-Sen slope has a 99% confidence
     interval that holds 0 over the whole run of at least 20 points while the
     learning rate is above 0 (or not logged). "Never learned" (warning): the
     same over a long run (at least 300 steps, past warmup) with a learning
-    rate of at least 1e-6 logged, where the 99% bound on the fall is under
-    5%: at that length and noise a fall of a few percent would show, so the
-    run spent its compute without learning. Short runs, runs still warming
-    up and runs without a logged learning rate stay at the hint.
+    rate of at least 1e-6 logged (or none logged: the message then says
+    so), where the 99% bound on the fall is under 5%: at that length and noise
+    a fall of a few percent would show, so the run spent its compute without
+    learning. Short runs and runs still warming up stay at the hint. A log
+    without a learning rate, or whose gradient norm reads 0 at every step,
+    is judged on its loss alone, and the finding names what is missing.
     "No learning signal" (warning): a reinforcement-learning run whose
     advantages, rewards or policy-gradient loss (metrics named so:
     ``critic/advantages/max``, ``rewards/chosen``, ``actor/pg_loss``; not their
@@ -215,10 +218,6 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
             continue  # still warming up at the last point: too early to call it flat
         y = np.log(loss[pos])
         x = step[pos].astype(float)
-        gn = s.grad_norm
-        gfin = gn[np.isfinite(gn)]
-        if len(gfin) and (gfin == 0).all():
-            continue  # zero gradients: the adapter detector's case, not a plateau
         flat = _flat(x, y, opts)
         if flat is None:
             noisy = _noisy_flat(s, x, y, opts)
@@ -236,7 +235,7 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
             )
         else:
             lr_txt = f" with lr {fmt(lr_med)}" if lr_med is not None else ""
-            why = f"the model is not learning{lr_txt}"
+            why = f"the model is not learning{lr_txt}" + _missing(s, lr_med)
             sug = (
                 "Raise the learning rate (LoRA typically needs ~10x the full fine-tuning rate); "
                 "check the optimizer steps and holds the trainable parameters; check the labels "
@@ -265,6 +264,21 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
             )
         )
     return out
+
+
+def _missing(s: Series, lr_med: float | None) -> str:
+    """What the log lacks to say why the loss did not move: a learning rate,
+    and gradient norms that are not all 0."""
+    gn = s.grad_norm[np.isfinite(s.grad_norm)]
+    lacks = []
+    if lr_med is None:
+        lacks.append("no learning rate is logged, so one of 0 or one too low cannot be told apart")
+    if len(gn) and (gn == 0).all():
+        lacks.append(
+            "its gradient norm reads 0 at every logged step: not measured, or no gradient "
+            "reaches the weights"
+        )
+    return " (" + "; ".join(lacks) + ")" if lacks else ""
 
 
 def _flat(x: np.ndarray, y: np.ndarray, opts: Options) -> tuple[float, float] | None:
@@ -302,17 +316,19 @@ def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Findi
     span = x[-1] - x[0]
     lo, hi = float(np.expm1(t.lo * span)), float(np.expm1(t.hi * span))
     level = float(np.exp(np.median(y)))
-    # long, past warmup, a real learning rate, and a fall bounded to a few
-    # percent: not a hidden slow fall but a run that never learned
+    # long, past warmup, a real learning rate (or none logged: the loss alone
+    # is the evidence then), and a fall bounded to a few percent: not a hidden
+    # slow fall but a run that never learned
     never = (
         span >= opts.never_learned_steps
-        and lr_med is not None
-        and lr_med >= opts.never_learned_lr
+        and (lr_med is None or lr_med >= opts.never_learned_lr)
         and -lo < opts.never_learned_fall
     )
     verdict = (
         f": the model did not learn; at {opts.noisy_confidence:.0%} confidence the loss fell "
-        f"less than {-lo * 100:.1f}% over {int(span):,} steps, so the run's compute was wasted."
+        f"less than {-lo * 100:.1f}% over {int(span):,} steps, so the run's compute was wasted"
+        + _missing(s, lr_med)
+        + "."
         if never
         else ": the model may not be learning. A hint: noise this large can hide a slow fall."
     )
@@ -326,7 +342,7 @@ def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Findi
         f"loss shows no downward trend over {len(y)} points (around {fmt(level)}, noise "
         f"{spread * 100:.0f}%; change from step {int(x[0])} to {int(x[-1])} between "
         f"{lo * 100:+.0f}% and {hi * 100:+.0f}% at {opts.noisy_confidence:.0%} confidence)"
-        + (f" with lr {fmt(lr_med)}" if lr_med is not None else " (no lr logged)")
+        + (f" with lr {fmt(lr_med)}" if lr_med is not None else "" if never else " (no lr logged)")
         + verdict,
         "Check the learning rate is high enough (LoRA typically needs ~10x the full "
         "fine-tuning rate) and that the labels match the inputs; compare with an eval loss.",
