@@ -18,7 +18,8 @@ What it flags:
     construction until B has been updated once: that is expected at step 0
     and is not a finding. A gradient norm that is 0 on every step from the
     first while the loss falls was never measured (some formats print 0): an
-    info finding, not a dead adapter.
+    info finding, not a dead adapter. A dead adapter's run does not learn:
+    its finding stands for TS103's plateau over the same steps.
 
 Why it matters:
     A LoRA run with a frozen or disconnected adapter trains nothing while
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
 
 ID = "TS201"
 NAME = "adapter-gradients"
+SUPERSEDES = ("TS103",)  # a dead adapter's run does not learn: one incident, the adapter's
 
 LORA_A = "grad_norm_lora_A"
 LORA_B = "grad_norm_lora_B"

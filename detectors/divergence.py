@@ -20,6 +20,15 @@ What it flags:
     end of the log is still above the run's normal band at the onset (the
     level there plus half the 5% rise and 2 standard errors of the two
     levels): an incident that came back is TS101's and TS105's to report.
+    A loss that crosses zero (a policy-gradient loss: see TS101) has no level
+    to diverge from: its unrecovered excursions count only when they rose
+    above every earlier point by more than their whole range.
+    A rising training loss (a trend, a rise to 3x, an unrecovered spike) is
+    not a divergence when the run logs evaluations and every eval set fell
+    over the same steps (at least 2% from the eval at the start of the rise
+    to the last one, over 2 or more later evals, none of them 5% above it):
+    the training objective changed (a curriculum, a data mix), not the model;
+    an info finding says so.
     A trend found where the learning rate has decayed below 10% of its peak
     is data-order drift at the end of a schedule, not a divergence. One
     finding per run, at the earliest detection.
@@ -52,19 +61,20 @@ Options:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Frames
 from tunescope.detectors.resume_jump import resumes
+from tunescope.detectors.scans.divergence_rules import Hit, hard_rules
 from tunescope.detectors.scans.divergence_trend import (
     kendall_rises,
     looks_like_step,
     screen,
     screen_sums,
 )
+from tunescope.detectors.scans.evals import eval_fell, eval_losses
 from tunescope.detectors.scans.series import (
     DIFF_TO_SIGMA,
     Series,
@@ -73,8 +83,8 @@ from tunescope.detectors.scans.series import (
     run_series,
 )
 from tunescope.detectors.scans.spike_scan import SPIKE_DEFAULTS, LossSpikeParams, loss_incidents
-from tunescope.detectors.scans.stats import incidents, warmup_mask
 from tunescope.detectors.scans.stats import trend_np as trend
+from tunescope.detectors.scans.stats import warmup_mask
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
@@ -120,6 +130,14 @@ class Options:
     """Unrecovered spikes: the multiple of the baseline needed (as TS101's ``min-ratio``)."""
     spike_recover_steps: int = SPIKE_DEFAULTS.recover_steps
     """Unrecovered spikes: not back within 5% of the baseline after this many steps."""
+    eval_fall: float = 0.02
+    """A training loss that rises (a trend, a rise to 3x, an unrecovered spike)
+    while every eval set over the same steps fell by at least this fraction is
+    not a divergence: the objective changed (a curriculum, a data mix), not the
+    model. Info, not an error. 0 turns the check off."""
+    eval_max_rise: float = 0.05
+    """...as long as no eval on the way rose more than this fraction above the
+    eval at the onset."""
 
     def __post_init__(self) -> None:
         if not self.windows or min(self.windows) < 5:
@@ -128,16 +146,6 @@ class Options:
             raise ValueError("p_value must be in (0, 1) and min_rise > 0")
         if self.stay_factor > self.rise_factor:
             raise ValueError("stay_factor must be <= rise_factor")
-
-
-@dataclass
-class Hit:
-    rule: str
-    onset: int  # step where it began
-    detected: int  # step at which the evidence was complete
-    message: str
-    evidence: dict[str, Any]
-    in_warmup: bool = False
 
 
 SOFT_RULES = ("trend", "unrecovered-spike")  # need a level that stays high
@@ -205,88 +213,6 @@ def warmup_of(s: Series, opts: Options) -> np.ndarray:
         total = s.start.get("total_steps") or (int(s.step[-1]) if n else 0)
         mask |= s.step <= max(opts.no_lr_warmup_fraction * total, 0)
     return mask
-
-
-def _hard_rules(s: Series, opts: Options, warm: np.ndarray) -> list[Hit]:
-    hits: list[Hit] = []
-    loss, step = s.loss, s.step
-    n = len(loss)
-    bad = ~np.isfinite(loss)
-    if bad.any():
-        for i in np.flatnonzero(bad):
-            run_end = i + opts.nonfinite_points
-            if bad[i:run_end].all() and (run_end <= n or bad[i:].all()):
-                persists = bool(bad[i:].all())
-                hits.append(
-                    Hit(
-                        "nonfinite",
-                        int(step[i]),
-                        int(step[min(run_end, n) - 1]),
-                        f"loss became {fmt(float(loss[i]))} at step {step[i]} and "
-                        + (
-                            "stayed non-finite to the end of the log"
-                            if persists
-                            else f"stayed non-finite for {int(bad[i:].argmin() or n - i)} points"
-                        ),
-                        {"first_nonfinite_step": int(step[i]), "persists": persists},
-                        bool(warm[i]),
-                    )
-                )
-                break
-    fin = np.isfinite(loss)
-    pos = fin & (loss > 0)
-    if pos.sum() >= 3 and (loss[fin] > 0).all():
-        first = float(np.median(loss[pos][:3]))
-        vals = np.where(fin, loss, np.inf)
-        suffix_min = np.minimum.accumulate(vals[::-1])[::-1]
-        cand = np.flatnonzero(
-            fin & (loss >= opts.rise_factor * first) & (suffix_min >= opts.stay_factor * first)
-        )
-        for i in cand:
-            if fin[i:].sum() >= 2:
-                later = np.flatnonzero(fin[i + 1 :])
-                det = i + 1 + int(later[0])
-                hits.append(
-                    Hit(
-                        "rise",
-                        int(step[i]),
-                        int(step[det]),
-                        f"loss rose to {fmt(float(loss[i]))} at step {step[i]}, "
-                        f"{fmt(loss[i] / first)}x its first logged level ({fmt(first)}), and "
-                        f"never came back below {opts.stay_factor:g}x",
-                        {
-                            "first_loss": first,
-                            "loss": float(loss[i]),
-                            "ratio": float(loss[i] / first),
-                        },
-                        bool(warm[i]),
-                    )
-                )
-                break
-    if n >= opts.frozen_points:
-        same = np.zeros(n, dtype=bool)
-        with np.errstate(invalid="ignore"):
-            same[1:] = fin[1:] & fin[:-1] & (np.abs(np.diff(loss)) <= 1e-6 * np.abs(loss[1:]))
-        high = fin & (loss > opts.frozen_level)
-        # a stretch of k+1 equal points has k "same" flags after its first point
-        for a1, b in incidents(same & high):
-            if b - a1 + 2 >= opts.frozen_points:
-                a = a1 - 1
-                end = a + opts.frozen_points - 1
-                hits.append(
-                    Hit(
-                        "frozen",
-                        int(step[a]),
-                        int(step[end]),
-                        f"loss frozen at {fmt(float(loss[end]))} for {b - a + 1} points from step "
-                        f"{step[a]}: the model outputs a near-uniform distribution "
-                        f"(ln of a 32k vocabulary is 10.4)",
-                        {"value": float(loss[end]), "points": int(b - a + 1)},
-                        bool(warm[a]),
-                    )
-                )
-                break
-    return hits
 
 
 def _trend_hits(
@@ -373,6 +299,7 @@ def _trend_hits(
                             "rise": rise,
                             "window": [int(x[lo]), det],
                         },
+                        since=int(x[lo]),
                     )
                     break
     return [best] if best else []
@@ -391,6 +318,8 @@ def _spike_hits(ctx: Frames, s: Series, resumed: list[int], opts: Options) -> li
     for inc in loss_incidents(ctx, p):
         if inc.series.run != s.run or inc.recovered is not False:
             continue
+        if inc.signed and not inc.beyond_range:
+            continue  # a loss around 0 swinging inside its own range: no level to diverge from
         r = inc.series
         a = int(r.step[inc.a])
         if any(at < a <= at + 5 * r.logging_steps for at in resumed):
@@ -415,6 +344,58 @@ def _spike_hits(ctx: Frames, s: Series, resumed: list[int], opts: Options) -> li
     return hits
 
 
+EVAL_JUDGED = ("trend", "rise", "unrecovered-spike")  # a rising level the evals can contradict
+
+
+def _eval_judged(
+    ctx: Frames, s: Series, hits: list[Hit], opts: Options
+) -> tuple[list[Hit], Finding | None]:
+    """The hits left once those whose rise the eval loss contradicts (it fell
+    over the same steps: :func:`eval_fell`) are taken out, and an info finding
+    saying so when that leaves none."""
+    sets = eval_losses(ctx).get(s.run, {}) if opts.eval_fall > 0 and hits else {}
+    if not sets:
+        return hits, None
+    end = int(s.step[-1])
+    kept, gone = [], []
+    for h in hits:
+        since = h.onset if h.since is None else min(h.since, h.onset)
+        fell = None
+        if h.rule in EVAL_JUDGED:
+            fell = eval_fell(sets, since, end, opts.eval_fall, opts.eval_max_rise)
+        if fell is None:
+            kept.append(h)
+        else:
+            gone.append((h, since, fell))
+    if kept or not gone:
+        return kept, None
+    h, since, fell = min(gone, key=lambda g: g[1])
+    label = "the eval loss" if not fell.eval_set else f"the eval loss of {fell.eval_set!r}"
+    msg = (
+        f"The training loss rose from step {since} ({h.message}), but {label} fell "
+        f"{(1 - fell.last / fell.first) * 100:.0f}% over the same steps ({fmt(fell.first)} at "
+        f"step {fell.first_step} to {fmt(fell.last)} at step {fell.last_step}, {fell.evals} "
+        "evaluations): the training objective changed (a curriculum, a data mix, a loss "
+        "weight schedule), not the model's quality; not a divergence."
+    )
+    sug = (
+        "Nothing to fix if the objective is meant to change: compare checkpoints and runs on "
+        "the eval loss. If it is not, check the terms and weights of the training loss."
+    )
+    ev = {
+        "kind": "eval-fell",
+        "rule": h.rule,
+        "onset": h.onset,
+        "since": since,
+        "eval_set": fell.eval_set,
+        "eval_first": fell.first,
+        "eval_last": fell.last,
+        "evals": fell.evals,
+    }
+    note = Finding(s.run, ID, NAME, Severity.INFO, since, end, msg, sug, rank=None, evidence=ev)
+    return kept, note
+
+
 def run(ctx: Frames, opts: Options) -> list[Finding]:
     out = []
     for s in run_series(ctx):
@@ -423,12 +404,15 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
         warm = warmup_of(s, opts)
         resumed = [at for at, _ in resumes(ctx).get(s.run, [])]
         hits = (
-            _hard_rules(s, opts, warm)
+            hard_rules(s, opts, warm)
             + _trend_hits(s, opts, warm, resumed)
             + _spike_hits(ctx, s, resumed, opts)
         )
         hits = [h for h in hits if h.rule not in SOFT_RULES or lasting(s, h, opts)]
+        hits, eval_note = _eval_judged(ctx, s, hits, opts)
         if not hits:
+            if eval_note is not None:
+                out.append(eval_note)
             continue
         first = min(hits, key=lambda h: (h.detected, h.onset))
         # a jump that never came back marks where the incident began, even when

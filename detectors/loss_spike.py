@@ -23,8 +23,22 @@ What it flags:
     has many of them: a one- or two-point rise under 2x that is back within
     5% within three points, in a run with at least 3 such blips spread over a
     third of its steps or more, is that run's per-batch noise (hard batches in a
-    per-step log), not a change of state; one blip, or a cluster of them,
-    stays a warning.
+    per-step log), not a change of state; a cluster of them stays a warning.
+    A lone small blip, under 1.5x and back within three points, in a series
+    of at least ``window`` points with fewer than 3 blips in all, is info: a
+    batch that hard now and then is a long per-step log's noise; a blip of
+    1.5x or more alone stays a warning.
+    A rise reached in steady steps (the first point of the incident jumped
+    from the point before it by less than half its excess over the baseline)
+    is a curve climbing faster than the trailing median follows, not a jump:
+    info, and TS102 judges whether it is a divergence.
+    A loss that crosses zero (at least 10% of its points on each side of 0,
+    its median within its interquartile range of 0: a policy-gradient or
+    critic loss, an objective with signed terms) has no level to take a ratio
+    against: its excursions are judged in linear space against its
+    step-to-step spread (which a jump to a new level does not widen), count as
+    back once within that spread of the baseline, and are info unless
+    the peak lies above every earlier point by more than their whole range.
 
 Why it matters:
     A spike is a bad batch meeting a fragile optimizer state, or a learning
@@ -52,6 +66,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Frames
@@ -118,6 +134,12 @@ class Options:
     has them as its noise: they are info. 0 turns the check off."""
     blip_ratio: float = 2.0
     """What counts as a blip: the peak under this multiple of the baseline."""
+    small_blip_ratio: float = 1.5
+    """A small blip, its peak under this multiple of the baseline, is info in a
+    series of at least ``window`` points unless it is one of ``recurring_blips``
+    or more (a cluster stays a warning): one batch that hard now and then is a
+    long per-step log's noise. Diluted by ``logging_steps`` as ``min_ratio`` is.
+    0 turns the check off."""
 
     def __post_init__(self) -> None:
         if self.window < 5 or self.min_points < 2:
@@ -157,17 +179,22 @@ def _is_blip(inc: Incident, opts: Options) -> bool:
     return back is not None and back <= int(s.step[min(inc.b + 3, len(s.step) - 1)])
 
 
-def _recurring(incs: list[Incident], opts: Options) -> set[int]:
-    """The ids of blips that recur through their series: at least
-    ``recurring_blips`` of them spread over a third of its steps or more."""
-    if opts.recurring_blips <= 0:
-        return set()
+def _blips(incs: list[Incident], opts: Options) -> list[list[Incident]]:
+    """The blips of each series (see :func:`_is_blip`), one list per series."""
     by_series: dict[int, list[Incident]] = {}
     for inc in incs:
         if _is_blip(inc, opts):
             by_series.setdefault(id(inc.series), []).append(inc)
+    return list(by_series.values())
+
+
+def _recurring(groups: list[list[Incident]], opts: Options) -> set[int]:
+    """The ids of blips that recur through their series: at least
+    ``recurring_blips`` of them spread over a third of its steps or more."""
+    if opts.recurring_blips <= 0:
+        return set()
     out: set[int] = set()
-    for blips in by_series.values():
+    for blips in groups:
         s = blips[0].series
         span = float(s.step[-1] - s.step[0]) if len(s.step) > 1 else 0.0
         steps = [int(s.step[i.peak]) for i in blips]
@@ -176,10 +203,35 @@ def _recurring(incs: list[Incident], opts: Options) -> set[int]:
     return out
 
 
+def _small_limit(logging_steps: int, opts: Options) -> float:
+    """``small_blip_ratio``, diluted when the log averages the loss over
+    ``logging_steps`` (one step's rise is then spread over the average)."""
+    return 1 + (opts.small_blip_ratio - 1) / max(logging_steps, 1)
+
+
+def _lone_small(groups: list[list[Incident]], opts: Options) -> set[int]:
+    """The ids of small blips (peak under ``small_blip_ratio`` x the baseline)
+    in a series of at least ``window`` finite points that has fewer than
+    ``recurring_blips`` blips of any size (more of them: a cluster, or the
+    run's noise, judged by :func:`_recurring`)."""
+    if opts.small_blip_ratio <= 1:
+        return set()
+    out: set[int] = set()
+    for blips in groups:
+        s = blips[0].series
+        few = opts.recurring_blips <= 0 or len(blips) < opts.recurring_blips
+        if few and int(np.isfinite(s.loss).sum()) >= opts.window:
+            limit = _small_limit(s.logging_steps, opts)
+            out.update(id(i) for i in blips if float(s.loss[i.peak]) < limit * i.base)
+    return out
+
+
 def run(ctx: Frames, opts: Options) -> list[Finding]:
     out = []
     incs = loss_incidents(ctx, params(opts))
-    recurring = _recurring(incs, opts)
+    groups = _blips(incs, opts)
+    recurring = _recurring(groups, opts)
+    lone_small = _lone_small(groups, opts)
     for inc in incs:
         s = inc.series
         # judged against a baseline from before a new epoch: the data changed, not the run
@@ -222,6 +274,8 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
                 f"(z={inc.z:.1f}) at step {pstep}"
             )
         within = f"{opts.recover_within * 100:g}%"
+        if inc.space == "linear":
+            within = f"{within} or the loss's own spread"
         if inc.recovered and inc.slow and inc.recover_step is not None:
             tail = (
                 f"; it stayed high for {inc.recover_step - step0} steps and was back within "
@@ -254,6 +308,31 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
             note += (
                 " One of many such blips through this run, each over at once: its per-step "
                 "loss has hard batches, not a change of state."
+            )
+        if inc.ramp and sev is Severity.WARNING:
+            # a steady climb outran the trailing median: a rise for TS102 to judge
+            sev = Severity.INFO
+            ev["ramp"] = True
+            note += (
+                " The loss climbed there in steady steps rather than jumping: a rising "
+                "trend (TS102 judges whether it is a divergence), not a spike."
+            )
+        if inc.signed and not inc.beyond_range and sev is Severity.WARNING:
+            # a loss around 0 (a policy-gradient or critic loss): a swing, not a jump
+            sev = Severity.INFO
+            ev["signed"] = True
+            note += (
+                " The loss crosses zero (a signed objective such as a policy-gradient loss): "
+                "it has no level to take a ratio against, and this excursion stays within "
+                "twice the range of the points before it, so it is noted, not alarmed."
+            )
+        if id(inc) in lone_small and sev is Severity.WARNING:
+            sev = Severity.INFO
+            ev["small_blip"] = True
+            note += (
+                f" A rise under {fmt(_small_limit(s.logging_steps, opts))}x, over at once, in a "
+                f"series of {int(np.isfinite(s.loss).sum())} points: one hard batch, not a "
+                "change of state."
             )
         msg = head + tail + note + samples_note(ids)
         sug = (

@@ -32,33 +32,19 @@ Options:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tunescope.detectors.base import Frames
-from tunescope.detectors.scans.series import event_payload, run_series
+from tunescope.detectors.scans.evals import eval_losses
+from tunescope.detectors.scans.series import run_series
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
 
 ID = "TS104"
 NAME = "overfitting"
-
-# the main eval loss under the names trainers use, then named eval sets:
-# ``eval_<set>_loss`` (HF with a dict of eval datasets), ``eval/<set>/loss``,
-# ``val_<set>_loss`` and the like
-MAIN_KEYS = ("eval_loss", "loss", "eval/loss", "val_loss", "validation_loss", "val/loss")
-SET_KEY = re.compile(r"^(?:eval|val|valid|validation|test)[_/](.+?)[_/]loss$")
-
-
-def eval_set(key: str) -> str | None:
-    """The eval set a payload key holds the loss of ("" for the main one), or None."""
-    if key in MAIN_KEYS:
-        return ""
-    m = SET_KEY.match(key)
-    return m.group(1) if m else None
 
 
 @dataclass
@@ -75,41 +61,6 @@ class Options:
     def __post_init__(self) -> None:
         if self.min_evals < 2 or self.rising_evals < 1 or self.mismatch_ratio <= 1:
             raise ValueError("min_evals >= 2, rising_evals >= 1, mismatch_ratio > 1")
-
-
-def eval_losses(ctx: Frames) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Per run and eval set ("" for the main one): eval steps and eval losses
-    (averaged over ranks per step)."""
-    ev = ctx.events(["eval"])
-    acc: dict[str, dict[str, dict[int, list[float]]]] = {}
-    for row in ev.iter_rows(named=True):
-        if row["step"] is None:
-            continue
-        payload = event_payload(row["payload"])
-        if not isinstance(payload, dict):
-            continue
-        main_done = False
-        for k, v in payload.items():
-            name = eval_set(k)
-            if name is None or not isinstance(v, int | float) or isinstance(v, bool):
-                continue
-            if name == "":
-                if main_done:
-                    continue  # one main loss per row, in MAIN_KEYS' order of preference
-                k = min(
-                    (m for m in MAIN_KEYS if isinstance(payload.get(m), int | float)),
-                    key=MAIN_KEYS.index,
-                )
-                v, main_done = payload[k], True
-            sets = acc.setdefault(row["run_id"], {})
-            sets.setdefault(name, {}).setdefault(int(row["step"]), []).append(float(v))
-    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for run, sets in acc.items():
-        for name, by_step in sets.items():
-            steps = np.array(sorted(by_step), dtype=np.int64)
-            vals = np.array([np.mean(by_step[s]) for s in steps])
-            out.setdefault(run, {})[name] = (steps, vals)
-    return out
 
 
 def _train_at(step: np.ndarray, loss: np.ndarray, at: int, k: int = 5) -> float:

@@ -1,27 +1,38 @@
-"""TS103 plateau: the loss is not moving, or is degenerate (exactly 0).
+"""TS103 plateau: the loss is not moving, is degenerate (exactly 0), or has no learning signal.
 
 What it flags:
     "No learning": over a whole run of at least 20 logged points the loss
     never moved: its Theil-Sen change from start to end is under 2%, its
     first and last points agree within 2%, and its spread is tiny, while the
     learning rate is above 0 (or a learning rate of 0 throughout, named as
-    such) and gradients are non-trivial. "Degenerate": a loss of exactly 0 for
+    such; a dead LoRA adapter is TS201's finding, which then stands for this
+    one). "Degenerate": a loss of exactly 0 for
     at least 10 consecutive points (not for RL-style objectives whose loss
     is 0 by construction). "No downward trend" (info, a hint): a noisy loss
     (robust spread up to 30%) whose Theil-Sen slope has a 99% confidence
     interval that holds 0 over the whole run of at least 20 points while the
     learning rate is above 0 (or not logged). "Never learned" (warning): the
     same over a long run (at least 300 steps, past warmup) with a learning
-    rate of at least 1e-6 logged, where the 99% bound on the fall is under
-    5%: at that length and noise a fall of a few percent would show, so the
-    run spent its compute without learning. Short runs, runs still warming
-    up and runs without a logged learning rate stay at the hint.
+    rate of at least 1e-6 logged (or none logged: the message then says
+    so), where the 99% bound on the fall is under 5%: at that length and noise
+    a fall of a few percent would show, so the run spent its compute without
+    learning. Short runs and runs still warming up stay at the hint. A log
+    without a learning rate, or whose gradient norm reads 0 at every step,
+    is judged on its loss alone, and the finding names what is missing.
+    "No learning signal" (warning): a reinforcement-learning run whose
+    advantages, rewards or policy-gradient loss (metrics named so:
+    ``critic/advantages/max``, ``rewards/chosen``, ``actor/pg_loss``; not their
+    spread or timing) are exactly 0, every metric of the kind at once, at 80%
+    or more of at least 10 logged steps: the policy has nothing to learn from,
+    whatever its total loss (an entropy or KL term) does.
 
 Why it matters:
     A fine-tune whose loss never moves is not training: a learning rate too
     low for LoRA, an optimizer that is not stepping, a scheduler stuck at 0,
     or data that does not match the labels. A loss of exactly 0 means every
-    label is masked or the data was memorised.
+    label is masked or the data was memorised. An RL run whose samples all
+    score the same (all 0: a reward the responses never earn) gets advantages
+    of 0 and no gradient from its policy loss.
 
     Not a plateau: a loss that fell first and flattened later (continued
     pre-training, the end of a schedule).
@@ -48,6 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunescope.detectors.base import Frames
+from tunescope.detectors.scans.learning_signal import zero_signals
 from tunescope.detectors.scans.series import Series, run_series
 from tunescope.detectors.scans.stats import incidents, warmup_mask
 from tunescope.detectors.scans.stats import trend_np as trend
@@ -81,6 +93,13 @@ class Options:
     never_learned_fall: float = 0.05
     """... and a fall bounded under this fraction (the confidence interval's
     far end) is a warning: the whole run did not learn."""
+    signal_points: int = 10
+    """Logged steps of a learning signal (rewards, advantages, a policy-gradient
+    loss) needed to judge it."""
+    signal_zero: float = 0.8
+    """A learning signal exactly 0 (every metric of its kind at that step: mean,
+    max and min alike) at this share of its steps or more: the run had nothing
+    to learn from (warning). 0 turns the check off."""
 
     def __post_init__(self) -> None:
         if self.min_points < 5 or self.zero_points < 2:
@@ -96,10 +115,72 @@ def _rl_runs(ctx: Frames) -> set[str]:
     return set(df.get_column("run_id").to_list()) if df.height else set()
 
 
-def run(ctx: Frames, opts: Options) -> list[Finding]:
+_SIGNAL_WHY = {
+    "advantage": "with every advantage at 0 the policy gradient is 0",
+    "reward": "no sample earned a reward, so there is nothing to reinforce",
+    "policy loss": "a policy-gradient loss of exactly 0 has no gradient",
+}
+
+
+def _no_signal(ctx: Frames, opts: Options) -> list[Finding]:
+    """A warning per run whose learning signal (advantages, rewards, a
+    policy-gradient loss) is exactly 0 at ``signal_zero`` of its steps or more."""
+    if opts.signal_zero <= 0:
+        return []
     out = []
+    for run, sigs in zero_signals(ctx).items():
+        dead = [
+            z
+            for z in sigs
+            if len(z.steps) >= opts.signal_points and z.zero.mean() >= opts.signal_zero
+        ]
+        if not dead:
+            continue
+        parts = [
+            f"every {z.kind} metric ({', '.join(z.names)}) was exactly 0 at "
+            f"{int(z.zero.sum())} of {len(z.steps)} logged steps"
+            if i == 0
+            else f"every {z.kind} metric ({', '.join(z.names)}) at {int(z.zero.sum())} of "
+            f"{len(z.steps)}"
+            for i, z in enumerate(dead)
+        ]
+        a = min(int(z.steps[z.zero][0]) for z in dead)
+        b = max(int(z.steps[z.zero][-1]) for z in dead)
+        out.append(
+            Finding(
+                run,
+                ID,
+                NAME,
+                Severity.WARNING,
+                a,
+                b,
+                "no learning signal: "
+                + ", and ".join(parts)
+                + f" (steps {a}-{b}): "
+                + _SIGNAL_WHY[dead[0].kind]
+                + ", so the policy cannot learn whatever its loss shows.",
+                "Check that the reward function can score these responses (a format or parse check "
+                "that never passes, responses cut at the length limit before an answer); start from "
+                "easier prompts or a model that solves some; with group-relative advantages (GRPO) "
+                "sample more responses per prompt so that some differ.",
+                rank=None,
+                evidence={
+                    "kind": "no-signal",
+                    "signals": {z.kind: [int(z.zero.sum()), len(z.steps)] for z in dead},
+                    "metrics": [n for z in dead for n in z.names],
+                },
+            )
+        )
+    return out
+
+
+def run(ctx: Frames, opts: Options) -> list[Finding]:
+    out = _no_signal(ctx, opts)
+    silent = {f.run for f in out}  # one TS103 finding per run: no signal is the cause
     rl = None
     for s in run_series(ctx):
+        if s.run in silent:
+            continue
         loss, step = s.loss, s.step
         fin = np.isfinite(loss)
         zero = fin & (loss == 0)
@@ -137,10 +218,6 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
             continue  # still warming up at the last point: too early to call it flat
         y = np.log(loss[pos])
         x = step[pos].astype(float)
-        gn = s.grad_norm
-        gfin = gn[np.isfinite(gn)]
-        if len(gfin) and (gfin == 0).all():
-            continue  # zero gradients: the adapter detector's case, not a plateau
         flat = _flat(x, y, opts)
         if flat is None:
             noisy = _noisy_flat(s, x, y, opts)
@@ -158,7 +235,7 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
             )
         else:
             lr_txt = f" with lr {fmt(lr_med)}" if lr_med is not None else ""
-            why = f"the model is not learning{lr_txt}"
+            why = f"the model is not learning{lr_txt}" + _missing(s, lr_med)
             sug = (
                 "Raise the learning rate (LoRA typically needs ~10x the full fine-tuning rate); "
                 "check the optimizer steps and holds the trainable parameters; check the labels "
@@ -187,6 +264,21 @@ def run(ctx: Frames, opts: Options) -> list[Finding]:
             )
         )
     return out
+
+
+def _missing(s: Series, lr_med: float | None) -> str:
+    """What the log lacks to say why the loss did not move: a learning rate,
+    and gradient norms that are not all 0."""
+    gn = s.grad_norm[np.isfinite(s.grad_norm)]
+    lacks = []
+    if lr_med is None:
+        lacks.append("no learning rate is logged, so one of 0 or one too low cannot be told apart")
+    if len(gn) and (gn == 0).all():
+        lacks.append(
+            "its gradient norm reads 0 at every logged step: not measured, or no gradient "
+            "reaches the weights"
+        )
+    return " (" + "; ".join(lacks) + ")" if lacks else ""
 
 
 def _flat(x: np.ndarray, y: np.ndarray, opts: Options) -> tuple[float, float] | None:
@@ -224,17 +316,19 @@ def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Findi
     span = x[-1] - x[0]
     lo, hi = float(np.expm1(t.lo * span)), float(np.expm1(t.hi * span))
     level = float(np.exp(np.median(y)))
-    # long, past warmup, a real learning rate, and a fall bounded to a few
-    # percent: not a hidden slow fall but a run that never learned
+    # long, past warmup, a real learning rate (or none logged: the loss alone
+    # is the evidence then), and a fall bounded to a few percent: not a hidden
+    # slow fall but a run that never learned
     never = (
         span >= opts.never_learned_steps
-        and lr_med is not None
-        and lr_med >= opts.never_learned_lr
+        and (lr_med is None or lr_med >= opts.never_learned_lr)
         and -lo < opts.never_learned_fall
     )
     verdict = (
         f": the model did not learn; at {opts.noisy_confidence:.0%} confidence the loss fell "
-        f"less than {-lo * 100:.1f}% over {int(span):,} steps, so the run's compute was wasted."
+        f"less than {-lo * 100:.1f}% over {int(span):,} steps, so the run's compute was wasted"
+        + _missing(s, lr_med)
+        + "."
         if never
         else ": the model may not be learning. A hint: noise this large can hide a slow fall."
     )
@@ -248,7 +342,7 @@ def _noisy_flat(s: Series, x: np.ndarray, y: np.ndarray, opts: Options) -> Findi
         f"loss shows no downward trend over {len(y)} points (around {fmt(level)}, noise "
         f"{spread * 100:.0f}%; change from step {int(x[0])} to {int(x[-1])} between "
         f"{lo * 100:+.0f}% and {hi * 100:+.0f}% at {opts.noisy_confidence:.0%} confidence)"
-        + (f" with lr {fmt(lr_med)}" if lr_med is not None else " (no lr logged)")
+        + (f" with lr {fmt(lr_med)}" if lr_med is not None else "" if never else " (no lr logged)")
         + verdict,
         "Check the learning rate is high enough (LoRA typically needs ~10x the full "
         "fine-tuning rate) and that the labels match the inputs; compare with an eval loss.",

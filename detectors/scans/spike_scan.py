@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunescope.detectors.base import Frames
-from tunescope.detectors.scans.series import Series, early_level, rank_series, spikes
+from tunescope.detectors.scans.series import (
+    DIFF_TO_SIGMA,
+    IQR_TO_SIGMA,
+    Series,
+    early_level,
+    rank_series,
+    spikes,
+)
 from tunescope.detectors.scans.stats import incidents
 
 
@@ -58,6 +65,64 @@ class Incident:
     space: str
     slow: bool = False  # back, but only after the recovery horizon
     early: bool = False  # inside the grace period: judged by its size alone (:func:`early_jumps`)
+    signed: bool = False  # the series crosses zero (:func:`crosses_zero`): no ratio to judge by
+    beyond_range: bool = False  # the peak lies a whole range above everything before it
+    ramp: bool = False  # reached by steady steps, not a jump (:func:`is_ramp`)
+
+
+SIGNED_SHARE = 0.1
+"""A series crosses zero when at least this share of its finite points lies on
+each side of 0 (and its median is within its interquartile range of 0)."""
+
+
+def crosses_zero(y: np.ndarray) -> bool:
+    """True for a signed objective that oscillates around 0 (a policy-gradient
+    loss, a critic's, an objective with signed terms): at least
+    :data:`SIGNED_SHARE` of the finite points on each side of 0, and a median
+    no further from 0 than the interquartile range. Such a series has no level
+    to take a ratio against: a rise from -0.5 to 1.5 is a swing, not a 3x jump."""
+    v = y[np.isfinite(y)]
+    if len(v) < 3:
+        return False
+    if (v < 0).mean() < SIGNED_SHARE or (v > 0).mean() < SIGNED_SHARE:
+        return False
+    q25, q50, q75 = np.percentile(v, [25, 50, 75])
+    return bool(abs(q50) <= q75 - q25)
+
+
+def is_ramp(y: np.ndarray, a: int, base: float) -> bool:
+    """True when the first point of an incident at ``a`` stands above the
+    baseline ``base`` mostly by the steps before it: its own jump from the
+    point before is under half its excess. A curve that climbs steadily
+    outruns a trailing median without any one step jumping; a spike is the
+    jump itself."""
+    before = np.flatnonzero(np.isfinite(y[:a]))
+    if not len(before) or not np.isfinite(y[a]):
+        return False
+    rise = float(y[a] - base)
+    return rise > 0 and float(y[a] - y[before[-1]]) < 0.5 * rise
+
+
+def diff_spread(v: np.ndarray) -> float:
+    """The interquartile range that iid noise with the point-to-point
+    differences of ``v`` would have: robust to a level shift, which moves one
+    difference, where the quartiles of ``v`` would take the new level in."""
+    d = np.diff(v)
+    if not len(d):
+        return 0.0
+    mad = float(np.median(np.abs(d - np.median(d))))
+    return IQR_TO_SIGMA * DIFF_TO_SIGMA * mad
+
+
+def beyond_range(y: np.ndarray, a: int, peak: float) -> bool:
+    """True when ``peak`` lies above every point before index ``a`` by more
+    than their whole range (max - min): unlike anything the run did before,
+    even for a series without a ratio scale."""
+    before = y[:a][np.isfinite(y[:a])]
+    if len(before) < 2:
+        return False
+    hi, lo = float(before.max()), float(before.min())
+    return peak > hi + (hi - lo)
 
 
 def loss_incidents(ctx: Frames, p: LossSpikeParams) -> list[Incident]:
@@ -120,6 +185,11 @@ def scan(s: Series, p: LossSpikeParams, screen: bool = True) -> list[Incident]:
         y = np.where(fin, loss, np.nan)
         q25, q75 = np.percentile(loss[fin], [25, 75])
         spread = max(q75 - q25, 1e-12)
+        signed = crosses_zero(loss)
+        if signed:
+            # around 0 a jump to a new level would widen the run's quartiles
+            # itself: the spread of a signed series is its step-to-step noise
+            spread = max(min(spread, diff_spread(loss[fin])), 1e-12)
         need = 3 * spread / dilution
 
         def big(v: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -151,20 +221,32 @@ def scan(s: Series, p: LossSpikeParams, screen: bool = True) -> list[Incident]:
         if excess is not None and _in_tail(excess, y[peak] - base_y, a, b, p.tail_fraction):
             continue
         base = float(np.exp(base_y)) if positive else float(base_y)
-        recovered, rstep, slow = _recovery(s, p, a, b, base, positive)
+        # a linear series has no ratio: back when within its spread of the baseline
+        tol = 0.0 if positive else spread
+        recovered, rstep, slow = _recovery(s, p, a, b, base, positive, tol)
         space = "log" if positive else "linear"
-        out.append(Incident(s, a, b, peak, base, float(sc.z[peak]), recovered, rstep, space, slow))
+        inc = Incident(s, a, b, peak, base, float(sc.z[peak]), recovered, rstep, space, slow)
+        if not positive and signed:
+            inc.signed = True
+            inc.beyond_range = beyond_range(y, a, float(y[peak]))
+        inc.ramp = is_ramp(y, a, base_y)
+        out.append(inc)
     return out
 
 
 def _recovery(
-    s: Series, p: LossSpikeParams, a: int, b: int, base: float, positive: bool
+    s: Series, p: LossSpikeParams, a: int, b: int, base: float, positive: bool, tol: float = 0.0
 ) -> tuple[bool | None, int | None, bool]:
-    """Whether the loss came back within ``recover_within`` of ``base`` after
-    the incident ``a..b`` (None: the log ends too soon to tell), the step it
-    did, and whether that took longer than the recovery horizon."""
+    """Whether the loss came back within ``recover_within`` of ``base`` (or
+    within ``tol`` of it in linear space, where a fraction of a baseline near 0
+    means nothing) after the incident ``a..b`` (None: the log ends too soon to
+    tell), the step it did, and whether that took longer than the recovery
+    horizon."""
     loss = s.loss
-    limit = base * (1 + p.recover_within) if positive else base + p.recover_within * abs(base)
+    if positive:
+        limit = base * (1 + p.recover_within)
+    else:
+        limit = base + max(p.recover_within * abs(base), tol)
     end_step = int(s.step[b])
     horizon = max(p.recover_steps, 3 * s.logging_steps)
     after = np.flatnonzero(s.step > end_step)

@@ -61,3 +61,16 @@ def test_known_false_alarms_are_reported_and_allowed():
     assert v.false_alarms == v.known_alarms and v.as_labelled and not v.ok
     (w,) = judge(labels, [_f("r", "TS102", "warning", 7)], {"r": 10})
     assert w.false_alarms and not w.known_alarms and not w.as_labelled
+
+
+def test_a_superseding_finding_reports_the_fault_it_covers():
+    # TS102 supersedes TS101: a spike that never came back is one incident, one finding
+    fault = {"detector": "TS101", "first_step": 3, "last_step": 4, "min_severity": "warning"}
+    (v,) = judge(_labels(faults=[fault]), [_f("r", "TS102", "error", 3)], {"r": 4})
+    assert v.found == ["TS101@3-4 (>= warning): error at 3 (as TS102)"] and v.ok
+
+
+def test_a_finding_of_an_unrelated_detector_does_not_report_the_fault():
+    fault = {"detector": "TS101", "first_step": 3, "last_step": 4, "min_severity": "warning"}
+    (v,) = judge(_labels(faults=[fault]), [_f("r", "TS103", "warning", 3)], {"r": 4})
+    assert v.missed and not v.found

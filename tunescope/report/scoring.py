@@ -11,7 +11,10 @@ detectors must stay quiet::
 
 - a fault is found when a finding of its detector, at ``min_severity`` or
   above (default ``warning``), overlaps ``first_step..last_step``, allowing one
-  logging interval either side;
+  logging interval either side; a finding of a detector whose ``SUPERSEDES``
+  names the labelled one counts too: the engine keeps one finding per incident
+  (a spike that never came back is reported as TS102's divergence, not also as
+  TS101's spike), and that finding is the fault's report;
 - a quiet detector raises nothing at warning or above outside the faults' steps;
 - a healthy run has no error at all (``tunescope analyze`` exits 0 on it);
 - every labelled run directory is read: it holds at least one run with a loss
@@ -115,6 +118,18 @@ def label_of(run_id: str) -> str:
     return run_id.split("/", 1)[0].split("#", 1)[0]
 
 
+def covering() -> dict[str, set[str]]:
+    """Per detector id, the detectors whose findings the engine keeps in its
+    place for one incident (the registry's ``SUPERSEDES``, read the other way)."""
+    from tunescope.detectors.registry import DETECTORS
+
+    out: dict[str, set[str]] = {}
+    for d in DETECTORS:
+        for covered in getattr(d, "SUPERSEDES", ()):
+            out.setdefault(covered, set()).add(d.ID)
+    return out
+
+
 def _overlaps(f: Finding, first: int, last: int, slack: int) -> bool:
     a = f.step_start if f.step_start is not None else first
     b = f.step_end if f.step_end is not None else a
@@ -135,6 +150,7 @@ def judge(
     runs_of: dict[str, list[str]] = {}
     for run in steps:
         runs_of.setdefault(label_of(run), []).append(run)
+    covers = covering()
     out = []
     for key, lab in sorted(labels.get("runs", {}).items()):
         v = RunVerdict(key, sorted(runs_of.get(key, [])), expect_read=lab.get("expect_read", True))
@@ -146,17 +162,19 @@ def judge(
             first, last = int(fl["first_step"]), int(fl["last_step"])
             fault_spans.append((first, last))
             need = Severity(fl.get("min_severity", "warning"))
+            reporters = {fl["detector"], *covers.get(fl["detector"], ())}
             hits = [
                 f
                 for f in mine
-                if f.detector == fl["detector"]
+                if f.detector in reporters
                 and f.severity.level >= need.level
                 and _overlaps(f, first, last, slack)
             ]
             name = f"{fl['detector']}@{first}-{last} (>= {need.value})"
             if hits:
-                best = max(hits, key=lambda f: f.severity.level)
-                v.found.append(f"{name}: {best.severity.value} at {best.step_start}")
+                best = max(hits, key=lambda f: (f.detector == fl["detector"], f.severity.level))
+                by = "" if best.detector == fl["detector"] else f" (as {best.detector})"
+                v.found.append(f"{name}: {best.severity.value} at {best.step_start}{by}")
                 if fl.get("known_miss"):
                     v.unexpected_finds.append(f"{name}: labelled known_miss ({fl['known_miss']})")
             else:
