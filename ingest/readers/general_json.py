@@ -129,6 +129,7 @@ def infer(data: bytes, whole: bool, fixed: dict[str, Meaning] | None = None) -> 
     epochs: list[float] = []
     n = 0
     step_name = None
+    local: dict[str, Any] = {}  # an epoch-local counter is judged as the steps it gives
     for rec in recs:
         flat = flatten(rec)
         step, epoch, canon, _, _ = _split(flat, names)
@@ -136,7 +137,7 @@ def infer(data: bytes, whole: bool, fixed: dict[str, Meaning] | None = None) -> 
             continue
         n += 1
         if step is not None:
-            steps.append(step)
+            steps.append(global_step(local, step, None, epoch)[0])
             step_name = step_name or next(
                 (k for k in flat if k in names and names[k].kind == "step"), None
             )

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunescope.ingest.readers.epoch_steps import global_step
 from tunescope.ingest.readers.foreign import QUIET_END
 from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH, Meaning, is_eval_measure, meaning
 from tunescope.ingest.rows import RowBuilder
@@ -52,6 +53,9 @@ PREFIX = re.compile(
     rb"))+\s*"
 )
 RANK = re.compile(rb"\[(?:default|rank|Rank )?(\d+)\]|^(\d{1,4}):(?=\s|\[)")
+# the iteration within an epoch in brackets after it: mmcv's "Epoch [1][50/30045]",
+# PyTorch's ImageNet example's "Epoch: [0][ 10/391]"
+EPOCH_ITER = re.compile(rb"(?i)\bepoch\s*:?\s*\[\s*\d+\s*\]\s*\[\s*(\d+)\s*/\s*(\d+)\s*\]")
 # a block's header: the counter alone on its line
 HEADER = re.compile(
     rb"^\s*\[?\s*(?:[A-Za-z_][\w ]{0,20}?\s*[|:]\s*)?"
@@ -122,6 +126,9 @@ def line_pairs(line: bytes) -> tuple[int, list[tuple[str, float, str | None, int
     if b"/it" in line or b"it/s" in line:  # tqdm's bare "3.2s/it", "1.5it/s"
         for r in _RATE.finditer(line):
             pairs.append((r.group(2).decode(), value_of(r.group(1)), None, None))
+    e = EPOCH_ITER.search(line) if b"][" in line else None
+    if e is not None:
+        pairs.append(("iter", float(e.group(1)), None, None))  # its total is the epoch's
     for p in PAIR.finditer(line):
         name = (p.group(1) or p.group(2)).decode("utf-8", "replace").strip()
         if not name or name.lower() == "rank" or name.endswith(".py"):
@@ -241,11 +248,12 @@ def infer(data: bytes, fixed: dict[str, Meaning] | None = None) -> Shape:
     with_loss = len(chosen)
     step_name = None
     seen: dict[str, Meaning] = {}
+    local: dict[str, Any] = {}  # an epoch-local counter is judged as the steps it gives
     for rec, step, epoch in chosen:
         for n, _, u, _ in rec.pairs:
             seen.setdefault(n, names[n if u is None else f"{n}\0{u}"])
         if step is not None:
-            steps.append(step)
+            steps.append(global_step(local, step, None, epoch)[0])
             step_name = step_name or next(
                 n for n, _, _, _ in rec.pairs if names.get(n, meaning(n)).kind == "step"
             )

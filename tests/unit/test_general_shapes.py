@@ -211,3 +211,42 @@ def test_a_step_line_with_an_evaluation_loss_written_without_a_colon(tmp_path):
     store = store_of(tmp_path, "output.log", "\n".join(lines) + "\n")
     evals = q(store, "SELECT step, value FROM metrics WHERE name = 'eval_loss' ORDER BY step")
     close(evals, [(0, 3.1), (10, 2.85), (20, 2.6), (30, 2.35)])
+
+
+# ---- the iteration within an epoch, in brackets after it -------------------------------
+
+
+def test_mmcv_epoch_and_bracketed_iteration_are_counted_on_into_steps(tmp_path):
+    """mmcv's ``Epoch [e][i/n]`` lines (MMDetection, MMSegmentation, ...): the
+    iteration starts again each epoch, and its total is the epoch's."""
+    lines = []
+    for epoch in (1, 2):
+        for i in (50, 100, 150):
+            loss = 2.5 - 0.1 * (3 * (epoch - 1) + i // 50)
+            lines.append(
+                f"2021-03-11 17:35:{i // 10:02d},921 - mmdet - INFO - Epoch [{epoch}][{i}/150]\t"
+                f"lr: 9.890e-04, eta: 1 day, 10:00:39, time: 0.340, data_time: 0.134, "
+                f"memory: 2949, loss_cls: 1.0965, loss: {loss:.4f}\n"
+            )
+    store = store_of(tmp_path, "20210311_173506.log", "".join(lines))
+    close(
+        q(store, "SELECT step, loss, epoch FROM steps ORDER BY step"),
+        [(50, 2.4, 1), (100, 2.3, 1), (150, 2.2, 1), (151, 2.1, 2), (201, 2.0, 2), (251, 1.9, 2)],
+    )
+    assert q(store, "SELECT total_steps FROM runs") == [(None,)]  # 150 is an epoch's
+
+
+def test_imagenet_example_lines_with_one_line_per_epoch(tmp_path):
+    """PyTorch's ImageNet example's ``Epoch: [e][ i/n]`` lines with running
+    averages in brackets, here only the first batch of each epoch: the epochs
+    give the steps."""
+    text = "".join(
+        f"Epoch: [{e}][  0/391]\tTime  1.505 ( 1.505)\tLoss {3.0 - 0.2 * e:.4e} "
+        f"({3.0 - 0.2 * e:.4e})\tAcc@1  14.06 ( 14.06)\n"
+        for e in range(5)
+    )
+    store = store_of(tmp_path, "training.log", text)
+    close(
+        q(store, "SELECT step, loss FROM steps ORDER BY step"),
+        [(0, 3.0), (1, 2.8), (2, 2.6), (3, 2.4), (4, 2.2)],
+    )
