@@ -387,3 +387,39 @@ def test_the_torn_last_line_of_a_crash_is_kept_and_read_again_when_it_grows(tmp_
     f = {x.run: x for x in analyze(store, select="TS601")}["torn"]
     assert f.evidence["cause"] == "cuda-oom" and f.evidence["line"] == 8
     assert "48.00 MiB" in f.evidence["text"]
+
+
+_SETUP_CRASH = (
+    "2025-12-12 21:23:24.297\thost-03:0\ttrain:139\tINFO\tBuilding model...\n"
+    "2025-12-12 21:23:29.705\thost-03:0\ttrain:141\tINFO\tTotal number of parameters: 1,176\n"
+    "2025-12-12 21:23:29.714\thost-03:0\ttrain:155\tINFO\tWrapping model with DDP...\n"
+    "Traceback (most recent call last):\n"
+    '  File "/home/u/proj/scripts/train.py", line 159, in main\n'
+    '    raise ProjConfigurationError("DDP needs init_device cuda")\n'
+    "proj.exceptions.ProjConfigurationError: DDP needs init_device cuda\n"
+)
+
+
+def test_a_training_script_that_dies_while_it_sets_up_is_a_dead_run(tmp_path):
+    """No training library named, but the script says what training scripts
+    say while they set up (a parameter count, DDP): its traceback is a death."""
+    run = tmp_path / "runs" / "cfg-error"
+    run.mkdir(parents=True)
+    (run / "output.log").write_text(_SETUP_CRASH)
+    store = _open(tmp_path / "runs", tmp_path)
+    (f,) = analyze(store, select="TS601")
+    assert f.severity.value == "error" and f.evidence["line"] == 7
+    assert "ProjConfigurationError" in f.message
+
+
+def test_another_scripts_traceback_is_not_a_run(tmp_path):
+    run = tmp_path / "runs" / "etl"
+    run.mkdir(parents=True)
+    (run / "job.log").write_text(
+        "2025-12-12 21:23:24 INFO processing shard 3 of 12\n"
+        "Traceback (most recent call last):\n"
+        '  File "/home/u/etl/convert.py", line 12, in <module>\n'
+        "KeyError: 'text'\n"
+    )
+    store = _open(tmp_path / "runs", tmp_path)
+    assert store.cursor().execute("SELECT count(*) FROM runs").fetchone() == (0,)

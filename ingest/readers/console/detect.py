@@ -29,6 +29,9 @@ _TRAINING = re.compile(
     rb"(?i)torchrun|torch\.distributed|deepspeed|accelerate launch|megatron|transformers"
     rb"|llamafactory|llama-factory|\bswift\b|\btrl\b|\bpeft\b|site-packages/torch/"
     rb"|\*\*\*\*\* Running training|\bjaxlib\b|\bflax\b|\boptax\b"
+    # what a training script says while it sets up, whatever its library
+    rb"|\bDDP\b|\bFSDP\b|DistributedDataParallel|number of (?:[\w-]+ )?parameters"
+    rb"|\boptimi[sz]er\b|\blr[ _]scheduler\b|\bwarmup[ _]steps\b"
 )
 FAMILIES: tuple[tuple[str, re.Pattern[bytes]], ...] = (
     ("megatron", megatron.ITERATION),
