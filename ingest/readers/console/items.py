@@ -154,7 +154,13 @@ def _dict_step(d: dict[str, Any], keys: Any) -> tuple[int | None, int | None]:
     return None, None
 
 
-def megatron_items(data: bytes, iterations: bool = True) -> list[tuple[int, str, Any]]:
+def megatron_items(
+    data: bytes, iterations: bool = True, spans: list[tuple[int, int]] | None = None
+) -> list[tuple[int, str, Any]]:
+    """Iteration, memory and validation lines as items; with ``spans`` (the
+    lines left over by :func:`megatron.bulk`) memory lines are looked for in
+    those only (a validation line's pattern may run on over lines, so it is
+    looked for in all of ``data`` once one is seen)."""
     out: list[tuple[int, str, Any]] = []
     for m in megatron.ITERATION.finditer(data) if iterations else ():
         step, total, canon, extras = megatron.iteration(m)
@@ -162,10 +168,12 @@ def megatron_items(data: bytes, iterations: bool = True) -> list[tuple[int, str,
             continue
         item = {"step": step, "total": total, "canon": canon, "extras": extras, "from": "log"}
         out.append((m.start(), "train", item))
-    if b"memory (MB)" in data:
-        for m in megatron.MEMORY.finditer(data):
-            out.append((m.start(), "mem", megatron.memory(m)))
-    if b"validation loss at iteration" in data:
+    parts = [(0, len(data))] if spans is None else spans
+    for a, b in parts:
+        if data.find(b"memory (MB)", a, b) >= 0:
+            for m in megatron.MEMORY.finditer(data, a, b):
+                out.append((m.start(), "mem", megatron.memory(m)))
+    if any(data.find(b"validation loss at iteration", a, b) >= 0 for a, b in parts):
         for m in megatron.VALIDATION.finditer(data):
             step, metrics = megatron.validation(m)
             if metrics:

@@ -194,7 +194,7 @@ class ConsoleReader:
         if lines is not None and take_bulk(walk.run, lines, data, base):
             walk.scanned = int(lines.pos[-1])
             walk.typical = walk.run.gap
-            items = megatron_items(data, iterations=False)
+            items = megatron_items(data, iterations=False, spans=lines.other)
         else:
             items = megatron_items(data)
         items.sort(key=itemgetter(0))

@@ -144,7 +144,8 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
     # Columns only the merged lines carry (memory at one iteration): the other
     # rows had no value, so they stay NULL; NaN is kept for a logged NaN.
     present: dict[str, Any] = {}
-    for (rank, step), (_, values) in list(run.steps.items()):
+    seq = run.bulk_seq.astype(np.int64)  # a merged row's is its later line's
+    for (rank, step), (line_seq, values) in list(run.steps.items()):
         if rank != 0:
             continue
         i = int(np.searchsorted(b.steps, step))
@@ -156,6 +157,7 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
                 canon[name][i] = value
                 if name in present:
                     present[name][i] = True
+            seq[i] = max(seq[i], line_seq)
             del run.steps[(rank, step)]
     cols: dict[str, Any] = {
         "rank": pa.array(np.zeros(n, np.int32)),
@@ -169,7 +171,7 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
         else:
             cols[name] = pa.array(got, mask=~present[name] if name in present else None)
     cols["sample_ids"] = pa.nulls(n, pa.string())
-    cols["seq"] = pa.array(run.bulk_seq.astype(np.int64))
+    cols["seq"] = pa.array(seq)
     steps = pa.table(cols, schema=STEP_SCHEMA)
     parts = []
     for name, values in b.extras.items():
@@ -179,9 +181,7 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
                     "rank": pa.array(np.zeros(n, np.int32)),
                     "step": pa.array(b.steps),
                     "ts": pa.nulls(n, pa.float64()),
-                    "name": pa.DictionaryArray.from_arrays(
-                        pa.array(np.zeros(n, np.int32)), pa.array([name])
-                    ).cast(pa.string()),
+                    "name": repeated(name, n),
                     "value": pa.array(values),
                     "seq": pa.array(run.bulk_seq.astype(np.int64)),
                 },
@@ -190,3 +190,20 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
         )
     metrics = pa.concat_tables(parts) if parts else METRIC_SCHEMA.empty_table()
     return steps, metrics
+
+
+def repeated(text: str, n: int) -> Any:
+    """A string column holding ``text`` ``n`` times, built without a Python
+    step per row."""
+    import numpy as np
+    import pyarrow as pa
+
+    raw = text.encode()
+    if n * len(raw) >= 2**31 - 1:  # beyond 32-bit offsets
+        return pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, np.int32)), pa.array([text])
+        ).cast(pa.string())
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(len(raw))
+    return pa.Array.from_buffers(
+        pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(raw * n)]
+    )
