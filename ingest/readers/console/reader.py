@@ -33,6 +33,7 @@ from typing import Any
 
 from tunescope.ingest.live.tail import Chunk, read_new_lines
 from tunescope.ingest.readers.console import megatron
+from tunescope.ingest.readers.console.bulk import take_bulk
 from tunescope.ingest.readers.console.detect import (
     SNIFF_HEAD,
     beside_structured,
@@ -439,38 +440,3 @@ def _goes_back(run: Run, item: Any) -> bool:
     epoch = item["canon"].get("epoch")
     return epoch is not None and run.epoch is not None and epoch <= run.epoch
 
-
-def take_bulk(run: Run, lines: megatron.Bulk, data: bytes, base: int) -> bool:
-    """Take the chunk's iteration lines as columns when nothing in them needs
-    a line-by-line look: the steps rise past the run's last one, the run has
-    not ended, and no crash or banner sits before them or in an unusually long
-    gap between them. Otherwise the caller reads the lines one by one."""
-    import numpy as np
-
-    steps, pos = lines.steps, lines.pos
-    if run.ended is not None or run.pending is not None:
-        return False
-    if run.last is not None and steps[0] <= run.last:
-        return False
-    if len(steps) > 1 and not bool(np.all(np.diff(steps) > 0)):
-        return False
-    if run.n and markers(data, 0, int(pos[0])):
-        return False
-    gaps = np.diff(pos)
-    typical = float(np.median(gaps)) if len(gaps) else 0.0
-    for i in np.flatnonzero(gaps > max(4096.0, 4 * typical)):
-        if markers(data, int(pos[i]), int(pos[i + 1])):
-            return False
-    run.bulk = lines
-    run.bulk_seq = pos + (base + 1)
-    run.gap = typical
-    n = len(steps)
-    run.first = int(steps[0]) if run.first is None else min(run.first, int(steps[0]))
-    run.last = int(steps[-1])
-    run.n += n
-    run.total = lines.total or run.total
-    run.steps_from = run.steps_from or "log"
-    run.banner = False
-    if not run.started:
-        run.first_steps.extend(int(s) for s in steps[:32])
-    return True
