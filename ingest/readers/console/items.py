@@ -102,40 +102,45 @@ def dict_items(data: bytes, keys: Any) -> list[tuple[int, str, Any]]:
     out: list[tuple[int, str, Any]] = []
     if b"{" not in data:
         return out
-    for m in pydict.DICT.finditer(data):
-        d = pydict.parse(m.group())
-        if not d:
-            continue
-        evals = {k: v for k, v in d.items() if k.startswith("eval_") and v is not None}
-        if evals:
-            metrics = {k: v for k, v in evals.items() if isinstance(v, float)}
-            step = _dict_step(d, keys)[0]
-            if metrics:
-                out.append((m.start(), "eval", {"step": step, "metrics": metrics}))
-            continue
-        has_loss = keys.loss_key(d) is not None and keys.loss_key(d) != "train_loss"
-        if not has_loss and any(k in d for k in _SUMMARY_KEYS):
-            summary = {
-                k: v
-                for k, v in d.items()
-                if isinstance(v, float) and k not in _DICT_SKIP and k != "epoch"
-            }
-            out.append((m.start(), "summary", summary))
-            continue
-        if not (has_loss or any(k in d for k in _TRAIN_KEYS)):
-            continue  # a config dict, not a log
-        step, total = _dict_step(d, keys)
-        canon, extras = keys.canon(d, skip=_DICT_SKIP)
-        item = {"step": step, "total": total, "canon": canon, "extras": extras, "from": "log"}
-        elapsed = parse_duration(d["elapsed_time"]) if "elapsed_time" in d else None
-        if elapsed is None and step is not None and "train_speed(s/it)" in d:
-            speed = d.get("train_speed(s/it)")
-            elapsed = speed * step if isinstance(speed, float) else None
-        if elapsed is not None:
-            item["elapsed"] = elapsed
-            extras.pop("train_speed(s/it)", None)
-        out.append((m.start(), "dict-train", item))
+    for m in pydict.dicts(data):
+        item = dict_item(m.group(), keys)
+        if item is not None:
+            out.append((m.start(), *item))
     return out
+
+
+def dict_item(raw: bytes, keys: Any) -> tuple[str, Any] | None:
+    """(kind, payload) of one printed dict: an evaluation, the run's summary,
+    a training log; None for any other dict (a config)."""
+    d = pydict.parse(raw)
+    if not d:
+        return None
+    evals = {k: v for k, v in d.items() if k.startswith("eval_") and v is not None}
+    if evals:
+        metrics = {k: v for k, v in evals.items() if isinstance(v, float)}
+        step = _dict_step(d, keys)[0]
+        return ("eval", {"step": step, "metrics": metrics}) if metrics else None
+    has_loss = keys.loss_key(d) is not None and keys.loss_key(d) != "train_loss"
+    if not has_loss and any(k in d for k in _SUMMARY_KEYS):
+        summary = {
+            k: v
+            for k, v in d.items()
+            if isinstance(v, float) and k not in _DICT_SKIP and k != "epoch"
+        }
+        return "summary", summary
+    if not (has_loss or any(k in d for k in _TRAIN_KEYS)):
+        return None  # a config dict, not a log
+    step, total = _dict_step(d, keys)
+    canon, extras = keys.canon(d, skip=_DICT_SKIP)
+    item = {"step": step, "total": total, "canon": canon, "extras": extras, "from": "log"}
+    elapsed = parse_duration(d["elapsed_time"]) if "elapsed_time" in d else None
+    if elapsed is None and step is not None and "train_speed(s/it)" in d:
+        speed = d.get("train_speed(s/it)")
+        elapsed = speed * step if isinstance(speed, float) else None
+    if elapsed is not None:
+        item["elapsed"] = elapsed
+        extras.pop("train_speed(s/it)", None)
+    return "dict-train", item
 
 
 def _dict_step(d: dict[str, Any], keys: Any) -> tuple[int | None, int | None]:

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.ingest.live.tail import Chunk, read_new_lines
-from tunescope.ingest.readers.console import megatron
-from tunescope.ingest.readers.console.bulk import take_bulk
+from tunescope.ingest.readers.console import dict_bulk, megatron
+from tunescope.ingest.readers.console.bulk import take_bulk, take_with
 from tunescope.ingest.readers.console.detect import (
     SNIFF_HEAD,
     beside_structured,
@@ -183,10 +183,18 @@ class ConsoleReader:
         self, path: Path, fam: str | None, data: bytes, base: int, walk: Walk
     ) -> list[tuple[int, str, Any]]:
         """The chunk's items (step lines, evals, summaries, memory lines) in
-        the order they occur. Megatron iteration lines are taken in bulk when
-        they are regular enough (then only the other lines are items)."""
+        the order they occur. Megatron iteration lines and the Trainer's
+        training dicts are taken as columns when they are regular enough
+        (then only the other lines are items)."""
         if fam == "dicts":
-            return dict_items(data, keymap_for(path))
+            keys = keymap_for(path)
+            got = dict_bulk.bulk(data, keys, walk.train_total)
+            if got is not None:
+                lines, rest, total = got
+                if take_with(walk, lines, rest, data, base, after=("summary",)):
+                    walk.train_total = total
+                    return rest
+            return dict_items(data, keys)
         if fam == "lines":
             return line_items(data)
         if fam != "megatron":
@@ -439,4 +447,3 @@ def _goes_back(run: Run, item: Any) -> bool:
         return run.last is not None and step <= run.last
     epoch = item["canon"].get("epoch")
     return epoch is not None and run.epoch is not None and epoch <= run.epoch
-
