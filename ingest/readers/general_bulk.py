@@ -32,14 +32,19 @@ def bulk(data: bytes) -> tuple[Any, list[tuple[int, bytes]]] | None:
     from tunescope.ingest.readers.console.megatron import Bulk
     from tunescope.ingest.readers.text_columns import Layout, Slot
 
-    recs = [r for r in records(_head_lines(data, 8192)) if len(r.pairs) >= 2]
+    # the layout of the first record with a loss (an evaluation's line may
+    # come first), from the first KiB when it is there
+    for size in (1024, 8192):
+        recs = [r for r in records(_head_lines(data, size)) if len(r.pairs) >= 2]
+        first = next(
+            (r for r in recs if any(meaning(n, u).column == "loss" for n, _, u, _ in r.pairs)),
+            None,
+        )
+        if first is not None or len(data) <= size:
+            break
     if not recs:
         return None
-    # the layout of the first record with a loss (an evaluation's line may come first)
-    first = next(
-        (r for r in recs if any(meaning(n, u).column == "loss" for n, _, u, _ in r.pairs)),
-        recs[0],
-    )
+    first = first or recs[0]
     end = data.find(b"\n", first.pos)
     line = data[first.pos : end if end >= 0 else len(data)]
     m = PREFIX.match(line)

@@ -163,54 +163,53 @@ class Layout:
         if not self.valid or not data:
             return None
         buf = np.frombuffer(data, np.uint8)
-        hit = buf == self.pivots[0]
-        for p in self.pivots[1:]:
-            hit |= buf == p
-        at = np.flatnonzero(hit)  # every pivot and newline, in order
+        at = _positions(buf, self.pivots)  # every pivot and newline, in order
         kinds = buf[at]
         nl = np.flatnonzero(kinds == 10)  # which of them end lines
         if not len(nl):
             return None
         ends = at[nl]
-        starts = np.empty_like(ends)
-        starts[0] = 0
-        starts[1:] = ends[:-1] + 1
         k = len(self.cuts)  # pivots per line, the newline included
         cand = np.flatnonzero(np.diff(nl, prepend=-1) == k)
         if not len(cand):
-            return Columns(starts[:0], [], _other(starts, ends, cand, len(data)))
-        idx = nl[cand][:, None] + np.arange(1 - k, 1)
-        cuts = at[idx]  # (n, k): each line's pivots
-        ok = (kinds[idx] == np.frombuffer(self.bytes, np.uint8)).all(axis=1)
-        lo = np.empty_like(cuts)
-        lo[:, 0] = starts[cand]
-        lo[:, 1:] = cuts[:, :-1] + 1
-        # each slot's bytes: after its segment's fixed bytes on the left, before those on the right
+            return Columns(ends[:0], [], _other(ends, cand, len(data)))
+        # (n, k + 1): each line's pivots, after the newline before it (-1 for the first)
+        at = np.concatenate(([-1], at))
+        idx = nl[cand][:, None] + np.arange(1 - k, 2)
+        cuts = at[idx]
+        if len(self.pivots) > 2:  # which pivot where (with one kind, the count tells)
+            ok = (kinds[idx[:, 1:] - 1] == np.frombuffer(self.bytes, np.uint8)).all(axis=1)
+        else:
+            ok = np.ones(len(cand), bool)
+        # segment j runs from cuts[:, j] + 1 to cuts[:, j + 1] (its pivot);
+        # each slot after its segment's fixed bytes on the left, before those on the right
         seg, left, right = self._slot_segments
-        a = lo[:, seg] + left
-        b = cuts[:, seg] + 1 - right
+        a = cuts[:, seg] + (1 + left)
+        b = cuts[:, seg + 1] + (1 - right)
         ok &= (b > a).all(axis=1)
         if self._plain is not None:  # segments without a value: as long as the template's
             plain, size = self._plain
-            ok &= (cuts[:, plain] - lo[:, plain] == size).all(axis=1)
+            ok &= (cuts[:, plain + 1] - cuts[:, plain] - 1 == size).all(axis=1)
         # now each row's pieces and values lie in order inside its line
         fixed = []
         for j, piece in self._fixed:
-            pos = (lo[:, j] if piece.at >= 0 else cuts[:, j] + 1) + piece.at
+            pos = cuts[:, j if piece.at >= 0 else j + 1] + (1 + piece.at)
             if piece.free:
                 ok &= _same_free(buf, pos, piece.text)
             else:
                 fixed.append((pos, piece.text))
-        ok &= _same(data, fixed, ok, lo[:, 0])
+        starts = cuts[:, 0] + 1
+        ok &= _same(data, fixed, ok, starts)
         for i, slot in enumerate(self.slots):
             if slot.spaced:
                 first = buf[np.minimum(a[:, i], len(buf) - 1)]
                 ok &= (first == 32) | (first == 9)
-        values = self._values(data, a, b, ok, starts[cand])
+        values = self._values(data, a, b, ok, starts)
         if values is None:
             return None
-        rows = cand[ok]
-        return Columns(starts[rows], [v[ok] for v in values], _other(starts, ends, rows, len(data)))
+        if ok.all():
+            return Columns(starts, values, _other(ends, cand, len(data)))
+        return Columns(starts[ok], [v[ok] for v in values], _other(ends, cand[ok], len(data)))
 
     def _values(self, data: bytes, a: Any, b: Any, ok: Any, line: Any) -> Any:
         """Each slot's values (``a``, ``b``: their bytes per row and slot); a
@@ -304,6 +303,25 @@ class Layout:
         return values
 
 
+def _positions(buf: Any, wanted: bytes, block: int = 1 << 18) -> Any:
+    """Offsets of the bytes of ``buf`` that are one of ``wanted``, in order
+    (a block at a time, so the masks stay in the CPU's cache)."""
+    import numpy as np
+
+    out = []
+    hit = np.empty(min(block, len(buf)), bool)
+    other = np.empty_like(hit)
+    for start in range(0, len(buf), block):
+        part = buf[start : start + block]
+        h, o = hit[: len(part)], other[: len(part)]
+        np.equal(part, wanted[0], out=h)
+        for byte in wanted[1:]:
+            np.equal(part, byte, out=o)
+            h |= o
+        out.append(np.flatnonzero(h) + start)
+    return np.concatenate(out) if len(out) != 1 else out[0]
+
+
 def _same(data: bytes, pieces: list[tuple[Any, bytes]], ok: Any, line: Any) -> Any:
     """Rows whose bytes at each piece's offsets are the piece's text (rows
     not ``ok`` come out False)."""
@@ -339,25 +357,25 @@ def _same_free(buf: Any, pos: Any, text: bytes) -> Any:
     want = np.frombuffer(text, np.uint8)
     got = sliding_window_view(buf, size)[pos]
     digit = (want >= 48) & (want <= 57)
-    same = (got[:, ~digit] == want[~digit]).all(axis=1)
+    same = got == want
     if digit.any():
-        d = got[:, digit]
-        same &= ((d >= 48) & (d <= 57)).all(axis=1)
-    return same
+        same |= digit & ((got - np.uint8(48)) < 10)
+    return same.all(axis=1)
 
 
-def _other(starts: Any, ends: Any, rows: Any, size: int) -> list[tuple[int, int]]:
-    """The ``[start, end)`` spans of the lines between the rows read."""
+def _other(ends: Any, rows: Any, size: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` spans of the lines between the rows read (``ends``:
+    every line's newline; ``rows``: the lines read)."""
     import numpy as np
 
     if not len(rows):
         return [(0, size)] if size else []
     out = []
-    gaps = np.flatnonzero(np.diff(rows) > 1)
-    if rows[0] > 0:
-        out.append((0, int(starts[rows[0]])))
-    for g in gaps:
-        out.append((int(ends[rows[g]]) + 1, int(starts[rows[g + 1]])))
+    first = int(rows[0])
+    if first > 0:
+        out.append((0, int(ends[first - 1]) + 1))
+    for g in np.flatnonzero(np.diff(rows) > 1).tolist():
+        out.append((int(ends[rows[g]]) + 1, int(ends[rows[g + 1] - 1]) + 1))
     last = int(ends[rows[-1]]) + 1
     if last < size:
         out.append((last, size))

@@ -159,31 +159,34 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
                     present[name][i] = True
             seq[i] = max(seq[i], line_seq)
             del run.steps[(rank, step)]
+    missing = pa.nulls(n, pa.float64())  # one column of nulls, shared (arrays are immutable)
     cols: dict[str, Any] = {
         "rank": pa.array(np.zeros(n, np.int32)),
         "step": pa.array(b.steps),
-        "ts": pa.nulls(n, pa.float64()),
+        "ts": missing,
     }
     for name in METRIC_NAMES:
         got = canon.get(name)
         if got is None:
-            cols[name] = pa.nulls(n, pa.float64())
+            cols[name] = missing
         else:
             cols[name] = pa.array(got, mask=~present[name] if name in present else None)
     cols["sample_ids"] = pa.nulls(n, pa.string())
     cols["seq"] = pa.array(seq)
     steps = pa.table(cols, schema=STEP_SCHEMA)
     parts = []
+    ranks, at_step = cols["rank"], cols["step"]
+    at_seq = pa.array(run.bulk_seq.astype(np.int64))
     for name, values in b.extras.items():
         parts.append(
             pa.table(
                 {
-                    "rank": pa.array(np.zeros(n, np.int32)),
-                    "step": pa.array(b.steps),
-                    "ts": pa.nulls(n, pa.float64()),
+                    "rank": ranks,
+                    "step": at_step,
+                    "ts": missing,
                     "name": repeated(name, n),
                     "value": pa.array(values),
-                    "seq": pa.array(run.bulk_seq.astype(np.int64)),
+                    "seq": at_seq,
                 },
                 schema=METRIC_SCHEMA,
             )
