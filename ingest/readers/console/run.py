@@ -161,8 +161,8 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
             del run.steps[(rank, step)]
     missing = pa.nulls(n, pa.float64())  # one column of nulls, shared (arrays are immutable)
     cols: dict[str, Any] = {
-        "rank": pa.array(np.zeros(n, np.int32)),
-        "step": pa.array(b.steps),
+        "rank": column(np.zeros(n, np.int32), pa.int32()),
+        "step": column(b.steps, pa.int64()),
         "ts": missing,
     }
     for name in METRIC_NAMES:
@@ -170,13 +170,13 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
         if got is None:
             cols[name] = missing
         else:
-            cols[name] = pa.array(got, mask=~present[name] if name in present else None)
+            cols[name] = column(got, pa.float64(), present.get(name))
     cols["sample_ids"] = pa.nulls(n, pa.string())
-    cols["seq"] = pa.array(seq)
+    cols["seq"] = column(seq, pa.int64())
     steps = pa.table(cols, schema=STEP_SCHEMA)
     parts = []
     ranks, at_step = cols["rank"], cols["step"]
-    at_seq = pa.array(run.bulk_seq.astype(np.int64))
+    at_seq = column(run.bulk_seq, pa.int64())
     for name, values in b.extras.items():
         parts.append(
             pa.table(
@@ -185,7 +185,7 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
                     "step": at_step,
                     "ts": missing,
                     "name": repeated(name, n),
-                    "value": pa.array(values),
+                    "value": column(values, pa.float64()),
                     "seq": at_seq,
                 },
                 schema=METRIC_SCHEMA,
@@ -210,3 +210,14 @@ def repeated(text: str, n: int) -> Any:
     return pa.Array.from_buffers(
         pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(raw * n)]
     )
+
+
+def column(values: Any, kind: Any, valid: Any = None) -> Any:
+    """A numpy array as an Arrow column of ``kind``, without a copy when it
+    is one already (``valid``: which entries hold a value; a NaN stays a NaN)."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = np.ascontiguousarray(values, dtype=kind.to_pandas_dtype())
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(kind, len(data), [bitmap, pa.py_buffer(data)])
