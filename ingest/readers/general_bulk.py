@@ -13,27 +13,42 @@ which a header of a block sits among the other lines.
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from typing import Any
 
-from tunescope.ingest.readers.general_text import HEADER, PAIR, PREFIX, RANK, _strip_prefix, records
+from tunescope.ingest.readers.general_text import (
+    HEADER,
+    PAIR,
+    PREFIX,
+    RANK,
+    Record,
+    _strip_prefix,
+    records,
+)
 from tunescope.ingest.readers.vocabulary import HIGH, meaning
 
 # the spellings of nan and inf the line-by-line path reads (general_text._NUM)
 _WORDS = frozenset(("nan", "NaN", "NAN", "inf", "Inf", "INF", "infinity", "Infinity"))
 
 
-def bulk(data: bytes) -> tuple[Any, list[tuple[int, bytes]]] | None:
-    """The record lines of ``data`` as columns when they share the layout of
-    the first one with a loss, with the text between them as ``(offset,
-    bytes)``; None when there is no such layout (then records are read one
-    by one)."""
-    import numpy as np
+@dataclass
+class _Plan:
+    """The template's layout, its pairs' names and units, and per pair the
+    slot of its value and of its total (``N/M``)."""
 
-    from tunescope.ingest.readers.console.megatron import Bulk
+    layout: Any
+    names: list[str]
+    units: list[str | None]
+    where: list[tuple[int, int | None]]
+
+
+def _plan(data: bytes) -> _Plan | None:
+    """The layout of the first record with a loss (an evaluation's line may
+    come first), from the first KiB when it is there; None when that record
+    cannot be a template."""
     from tunescope.ingest.readers.text_columns import Layout, Slot
 
-    # the layout of the first record with a loss (an evaluation's line may
-    # come first), from the first KiB when it is there
     for size in (1024, 8192):
         recs = [r for r in records(_head_lines(data, size)) if len(r.pairs) >= 2]
         first = next(
@@ -55,29 +70,85 @@ def bulk(data: bytes) -> tuple[Any, list[tuple[int, bytes]]] | None:
     if b"/it" in body or b"it/s" in body or b"\r" in line:
         return None
     pairs = list(PAIR.finditer(body))
-    names = [((p.group(1) or p.group(2)).decode("utf-8", "replace").strip(), p) for p in pairs]
-    if len(names) < 2 or len({n for n, _ in names}) != len(names):
+    names = [(p.group(1) or p.group(2)).decode("utf-8", "replace").strip() for p in pairs]
+    if len(names) < 2 or len(set(names)) != len(names):
         return None
-    if any(not n or n.lower() == "rank" or n.endswith(".py") for n, _ in names):
+    if any(not n or n.lower() == "rank" or n.endswith(".py") for n in names):
         return None
     slots: list[Slot] = []
-    where: list[tuple[int, int | None]] = []  # per pair: its value's slot, its total's
-    for _, p in names:
+    where: list[tuple[int, int | None]] = []
+    for p in pairs:
         slots.append(Slot(prefix + p.start(3), prefix + p.end(3)))
         total = None
         if p.group(4):
             total = len(slots)
             slots.append(Slot(prefix + p.start(4), prefix + p.end(4), count=True))
         where.append((len(slots) - 1 - (total is not None), total))
+    # a line like it that is a block's header takes in the line after it (a
+    # value only narrows what the header's pattern takes: try each as "0")
+    zeroed = line
+    for slot in reversed(slots):
+        zeroed = zeroed[: slot.start] + b"0" + zeroed[slot.end :]
+    if HEADER.match(_strip_prefix(zeroed)):
+        return None
     pivots = bytes({line[s.start - 1] for s in slots})
     layout = Layout(line, slots, pivots, free=prefix, grouped=True, words=_WORDS)
-    got = layout.read(data)
-    if got is None or len(got.starts) < 2:
+    units = [p.group(5).decode() if p.group(5) else None for p in pairs]
+    return _Plan(layout, names, units, where)
+
+
+def _columns(data: bytes) -> tuple[_Plan, Any, list[tuple[int, int]]] | None:
+    """(the plan, the lines of its layout as columns, the spans of the other
+    lines); None when there is no layout, or a block's header sits among
+    the other lines (it takes in the line after it)."""
+    plan = _plan(data)
+    got = plan.layout.read(data) if plan is not None else None
+    if plan is None or got is None or len(got.starts) < 2:
         return None
-    leftovers = [(a, data[a:b]) for a, b in got.other]
-    if any(_has_header(text) for _, text in leftovers):
-        return None  # a block's header takes in the line after it
-    meanings = [meaning(n, p.group(5).decode() if p.group(5) else None) for n, p in names]
+    if any(_has_header(data[a:b]) for a, b in got.other):
+        return None
+    return plan, got, got.other
+
+
+def records_fast(data: bytes) -> list[Record]:
+    """What :func:`.general_text.records` returns for ``data``, the lines of
+    one layout read as columns (for the shape of a log's head)."""
+    found = _columns(data)
+    if found is None:
+        return records(data)
+    plan, got, other = found
+    values = []
+    for (value, total), unit in zip(plan.where, plan.units, strict=True):
+        totals = got.values[total].tolist() if total is not None else [None] * len(got.starts)
+        values.append(zip(got.values[value].tolist(), itertools.repeat(unit), totals))
+    out = [
+        Record(pos, 0, [(n, v, u, t) for n, (v, u, t) in zip(plan.names, row, strict=True)])
+        for pos, row in zip(got.starts.tolist(), zip(*values, strict=True), strict=True)
+    ]
+    for a, b in other:
+        for rec in records(data[a:b]):
+            rec.pos += a
+            out.append(rec)
+    out.sort(key=lambda r: r.pos)
+    return out
+
+
+def bulk(data: bytes) -> tuple[Any, list[tuple[int, bytes]]] | None:
+    """The record lines of ``data`` as columns when they share the layout of
+    the first one with a loss, with the text between them as ``(offset,
+    bytes)``; None when there is no such layout (then records are read one
+    by one)."""
+    import numpy as np
+
+    from tunescope.ingest.readers.console.megatron import Bulk
+
+    found = _columns(data)
+    if found is None:
+        return None
+    plan, got, other = found
+    names, where = plan.names, plan.where
+    leftovers = [(a, data[a:b]) for a, b in other]
+    meanings = [meaning(n, u) for n, u in zip(names, plan.units, strict=True)]
     step_i = next((i for i, mm in enumerate(meanings) if mm.kind == "step"), None)
     if step_i is None or any(mm.kind == "eval" for mm in meanings):
         return None  # evaluations on the record's line: line by line, as events

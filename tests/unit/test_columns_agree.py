@@ -217,3 +217,32 @@ def test_the_clean_logs_are_read_as_columns(tmp_path):
             from tunescope.ingest.readers.foreign import keymap_for
 
             assert dict_bulk.bulk(data, keymap_for(path), None) is not None
+
+
+HEADS = {
+    **CASES,
+    # lines a block's header matches: each takes in the line after it
+    "header-lines": [
+        f"[2024-01-01 00:00:{s:02d}] step {s}/40, loss={3 - s / 50:.3f}, lr=0.0001\n"
+        for s in range(1, 41)
+    ],
+    # headers with the pairs indented below them
+    "header-blocks": [
+        f"2025-12-27 00:58:00.517\thost-03:0\tolmo.train:990\tINFO\t[step={s}/100,epoch=0]\n"
+        f"    train/CrossEntropyLoss={3 - s / 50:.3f}\n    optim/total_grad_norm=0.5\n"
+        for s in range(1, 41)
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADS))
+def test_a_head_read_through_columns_gives_the_same_records(case):
+    """The general reader infers a text log's shape from records read with the
+    columns where lines share a layout (records_fast): the same records."""
+    from tunescope.ingest.readers.general_text import records
+
+    data = "".join(HEADS[case]).encode("utf-8", "surrogateescape")
+    for part in (data, data[: len(data) // 2]):  # the second ends in a torn line
+        want = [(r.pos, r.rank, _key(repr(r.pairs))) for r in records(part)]
+        got = [(r.pos, r.rank, _key(repr(r.pairs))) for r in general_bulk.records_fast(part)]
+        assert got == want
