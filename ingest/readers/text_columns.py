@@ -154,20 +154,54 @@ class Layout:
                 out.append(_Piece(line[lo:hi], at, is_free))
         return out
 
-    def read(self, data: bytes) -> Columns | None:
+    def read(self, data: bytes, block: int = 1 << 21) -> Columns | None:
         """The lines of ``data`` (whole lines) laid out like the template, as
         columns; None when the template cannot cut lines or a value defeats
-        the cast (then read them one by one)."""
+        the cast (then read them one by one). Read ``block`` bytes of lines
+        at a time: each check then finds its lines' bytes in the CPU's cache."""
         import numpy as np
 
         if not self.valid or not data:
             return None
+        if len(data) <= block:
+            return self._read(data)
+        view = memoryview(data)
+        parts: list[tuple[int, Columns]] = []
+        lo = 0
+        while lo < len(data):
+            hi = data.rfind(b"\n", lo, lo + block) + 1 if lo + block < len(data) else len(data)
+            if hi <= lo:  # one line longer than a block
+                hi = data.find(b"\n", lo + block) + 1 or len(data)
+            got = self._read(view[lo:hi])
+            if got is None:
+                return None
+            parts.append((lo, got))
+            lo = hi
+        other: list[tuple[int, int]] = []
+        for at, got in parts:
+            for a, b in got.other:
+                if other and other[-1][1] == a + at:
+                    other[-1] = (other[-1][0], b + at)
+                else:
+                    other.append((a + at, b + at))
+        starts = np.concatenate([got.starts + at for at, got in parts])
+        values = [
+            np.concatenate([got.values[i] for _, got in parts if len(got.values)])
+            if any(len(got.values) for _, got in parts)
+            else np.empty(0)
+            for i in range(len(self.slots))
+        ]
+        return Columns(starts, values, other)
+
+    def _read(self, data: Any) -> Columns | None:
+        import numpy as np
+
         buf = np.frombuffer(data, np.uint8)
         at = _positions(buf, self.pivots)  # every pivot and newline, in order
         kinds = buf[at]
         nl = np.flatnonzero(kinds == 10)  # which of them end lines
         if not len(nl):
-            return None
+            return Columns(np.empty(0, np.int64), [], [(0, len(data))])
         ends = at[nl]
         k = len(self.cuts)  # pivots per line, the newline included
         cand = np.flatnonzero(np.diff(nl, prepend=-1) == k)

@@ -148,3 +148,20 @@ def test_binary_garbage_and_torn_lines_are_handed_back():
 def test_a_template_that_cannot_cut_lines_reads_nothing(line, values, pivots):
     slots = [Slot(line.rindex(v), line.rindex(v) + len(v)) for v in values]
     assert Layout(line, slots, pivots).read(line + b"\n") is None
+
+
+def test_a_read_a_block_at_a_time_is_the_same_read():
+    lines = [b"step=%d loss=%d.5 lr=1e-05\n" % (s, s) for s in range(200)]
+    lines[7] = b"a line of another kind\n"
+    lines[8] = b"step=8 loss=oops lr=1e-05\n"
+    lines[150] = b"step=150 loss=" + b"9" * 400 + b" lr=1e-05\n"  # longer than a block
+    data = b"".join(lines)
+    lay = layout(b"step=0 loss=0.5 lr=1e-05", [b"0", b"0.5", b"1e-05"], b"=")
+    whole = lay.read(data)
+    assert whole is not None
+    for block in (64, 100, 333):
+        got = lay.read(data, block=block)
+        assert got is not None
+        assert got.starts.tolist() == whole.starts.tolist()
+        assert [v.tolist() for v in got.values] == [v.tolist() for v in whole.values]
+        assert got.other == whole.other == [(sum(map(len, lines[:7])), sum(map(len, lines[:9])))]
