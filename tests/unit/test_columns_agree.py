@@ -62,6 +62,19 @@ def home_made_log(n: int = 400) -> list[str]:
     ]
 
 
+def long_dict(lines: list[str], at: int, size: int) -> list[str]:
+    """The dict at ``at`` with its grad_norm padded with digits to ``size`` bytes
+    (a dict literal is found up to 8195 bytes long)."""
+    line = lines[at].rstrip("\n")
+    head, _, tail = line.partition("'grad_norm': ")
+    value, _, rest = tail.partition(",")
+    digits = "1" + "0" * (size - len(line) + len(value) - 1)
+    out = list(lines)
+    out[at] = f"{head}'grad_norm': {digits},{rest}\n"
+    assert len(out[at]) == size + 1
+    return out
+
+
 def swap(lines: list[str], at: int, old: str, new: str) -> list[str]:
     out = list(lines)
     assert old in out[at]
@@ -109,6 +122,8 @@ CASES = {
     "hf-none": swap(HF, DICT_AT[13], "'grad_norm': ", "'grad_norm': None, 'g': "),
     "hf-no-bar": swap(HF, DICT_AT[14] - 1, "/600 [", "/600 ("),
     "hf-rerun": [*HF, "***** Running training *****\n", *HF[2:200]],
+    "hf-longest-dict": long_dict(HF, DICT_AT[15], 8195),
+    "hf-too-long-dict": long_dict(HF, DICT_AT[16], 8196),
     "hf-traceback-end": [
         *HF,
         'Traceback (most recent call last):\n  File "x"\nKeyboardInterrupt\n',

@@ -20,7 +20,7 @@ from typing import Any
 # most 8 KiB long (a long line with an unclosed brace costs one bounded scan).
 # ``\r`` may occur inside: a tqdm redraw written into the middle of the line.
 DICT = re.compile(rb"\{['\"][^\n{}]{0,8192}\}")
-LONGEST = 8194  # bytes in a DICT match, at most
+LONGEST = 8195  # bytes in a DICT match, at most: "{", a quote, 8192, "}"
 
 
 def dicts(data: bytes) -> Iterator[re.Match[bytes]]:
