@@ -9,6 +9,10 @@ Writes two logs under a temporary folder (``--dir``, default under /tmp):
   behind a Python logging prefix (``--own-mb`` MB, default 50), read by the
   general reader.
 
+Before timing, each reader reads a small log of its kind once: what a
+process pays once (imports such as ``pyarrow.compute``, Arrow's first calls)
+is not charged to the first log measured.
+
 For each it times, best of ``--repeat``:
 
 - ``grep -c`` of the metric lines over the file (a separate process, as a user
@@ -165,6 +169,19 @@ def measure(
     return {"regex": t_regex / t_read, "grep": t_grep / t_read, "again": t_again / t_first}
 
 
+def warm_up(folder: Path) -> None:
+    """One read of a small log of each kind, untimed (the process's one-time costs)."""
+    from tunescope.ingest.readers.console.reader import ConsoleReader
+    from tunescope.ingest.readers.general import GeneralReader
+
+    write_hf(folder / "hf" / "train.log", 1)
+    write_megatron(folder / "megatron" / "train.log", 2000)
+    write_homemade(folder / "homemade" / "ppo.log", 1)
+    ConsoleReader().read(folder / "hf" / "train.log", None)
+    ConsoleReader().read(folder / "megatron" / "train.log", None)
+    GeneralReader().read(folder / "homemade" / "ppo.log", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=int, default=200)
@@ -183,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         write_megatron(meg, args.iters)
         write_homemade(own, args.own_mb)
         print(f"wrote the logs in {time.perf_counter() - t:.1f} s under {base}")
+        warm_up(base / "warm-up")
         measure("HF console (tqdm-heavy)", hf, "{'loss'", args.repeat)
         measure("Megatron iterations", meg, "| lm loss:", args.repeat)
         measure("home-made loop (general reader)", own, " rl_loss=", args.repeat, general=True)

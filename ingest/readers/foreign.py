@@ -336,6 +336,28 @@ class KeyMap:
                 canon[column] = extras.pop(key)
         return canon, extras
 
+    def columns(
+        self, names: list[str], skip: Iterable[str] = ()
+    ) -> tuple[dict[str, tuple[str, float]], list[str]] | None:
+        """Where :meth:`canon` puts the values of records with these keys, all
+        of them numbers: canonical column -> (key, scale), and the keys kept
+        as metrics (None if a column cannot be told). Asked of ``canon``
+        itself, one key changed at a time, so that the two never disagree
+        (for a log's records read as columns)."""
+        ones = dict.fromkeys(names, 1.0)
+        base, extras = self.canon(ones, skip)
+        out: dict[str, tuple[str, float]] = {}
+        for name in names:
+            if name in extras:
+                continue
+            moved, _ = self.canon({**ones, name: 2.0}, skip)
+            changed = [c for c, v in moved.items() if v != base.get(c)]
+            if len(changed) == 1:
+                out[changed[0]] = (name, base[changed[0]])
+        if set(out) != set(base):
+            return None
+        return out, list(extras)
+
 
 _KEYMAPS: dict[str, KeyMap] = {}
 

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from tunescope.ingest.readers import general_bulk, general_json, general_table, general_text
+from tunescope.ingest.readers.console.bulk import take_with
 from tunescope.ingest.readers.console.detect import beside_structured
-from tunescope.ingest.readers.console.reader import ConsoleReader, Walk, take_bulk
+from tunescope.ingest.readers.console.reader import ConsoleReader
+from tunescope.ingest.readers.console.run import Walk
 from tunescope.ingest.readers.epoch_steps import global_step
 from tunescope.ingest.readers.general_shape import overrides, shape_of
 from tunescope.ingest.readers.vocabulary import Meaning, is_eval_measure
@@ -84,14 +86,13 @@ class GeneralReader(ConsoleReader):
                         text, dict(walk.extra), by_epoch, fixed
                     )
                 ]
-                evals_only = all(kind == "eval" for _, kind, _ in rest)
-                for pos, _, payload in rest if evals_only else ():
-                    if payload["step"] is None:  # an eval without a step: the record's before it
-                        i = int(lines.pos.searchsorted(pos)) - 1
-                        payload["step"] = int(lines.steps[i]) if i >= 0 else (walk.run.last or 0)
-                if evals_only and take_bulk(walk.run, lines, data, base):
-                    walk.scanned = int(lines.pos[-1])
-                    walk.typical = walk.run.gap
+                if take_with(walk, lines, rest, data, base):
+                    # where the counter stands, as reading the records one by one leaves it
+                    last = int(lines.steps[-1])
+                    offset = walk.extra.get("offset", 0)
+                    walk.extra.update(
+                        epoch=lines.epoch, local=last, offset=offset, last=last + offset
+                    )
                     return rest
         return self._record_items(data, walk.extra, by_epoch, fixed)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from tunescope.ingest.readers import general_json, general_table, general_text
+from tunescope.ingest.readers import general_bulk, general_json, general_table, general_text
 from tunescope.ingest.readers.console.detect import is_binary
 from tunescope.ingest.readers.foreign import keymap_for
 from tunescope.ingest.readers.general_text import Shape
@@ -116,11 +116,12 @@ def _infer(path: Path) -> Shape:
     cut = len(head) > TEXT_HEAD
     if cut:
         head = head[: head.rfind(b"\n", 0, TEXT_HEAD) + 1] or head[:TEXT_HEAD]
-    text = general_text.infer(head, fixed)
+    text = general_text.infer(head, fixed, general_bulk.records_fast(head))
     if text.reason is None:
         return text
     if cut:  # a long preamble (a config dump, a model summary): the end shows the records
-        tail = general_text.infer(_tail(path), fixed)
+        end = _tail(path)
+        tail = general_text.infer(end, fixed, general_bulk.records_fast(end))
         if tail.reason is None:
             return tail
     # the closer miss says more

@@ -224,10 +224,13 @@ def split(
     return step, total if step is not None else epochs, epoch, canon, extras
 
 
-def infer(data: bytes, fixed: dict[str, Meaning] | None = None) -> Shape:
+def infer(
+    data: bytes, fixed: dict[str, Meaning] | None = None, recs: list[Record] | None = None
+) -> Shape:
     """The shape of a text log from its head, or why it is not one; ``fixed``:
-    the meanings the configuration gives names."""
-    recs = records(data)
+    the meanings the configuration gives names; ``recs``: the head's records
+    when the caller has them."""
+    recs = records(data) if recs is None else recs
     if not recs:
         return Shape("none", reason="no line or block with two name/number pairs")
     names: dict[str, Meaning] = dict(fixed or {})

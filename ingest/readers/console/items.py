@@ -102,40 +102,45 @@ def dict_items(data: bytes, keys: Any) -> list[tuple[int, str, Any]]:
     out: list[tuple[int, str, Any]] = []
     if b"{" not in data:
         return out
-    for m in pydict.DICT.finditer(data):
-        d = pydict.parse(m.group())
-        if not d:
-            continue
-        evals = {k: v for k, v in d.items() if k.startswith("eval_") and v is not None}
-        if evals:
-            metrics = {k: v for k, v in evals.items() if isinstance(v, float)}
-            step = _dict_step(d, keys)[0]
-            if metrics:
-                out.append((m.start(), "eval", {"step": step, "metrics": metrics}))
-            continue
-        has_loss = keys.loss_key(d) is not None and keys.loss_key(d) != "train_loss"
-        if not has_loss and any(k in d for k in _SUMMARY_KEYS):
-            summary = {
-                k: v
-                for k, v in d.items()
-                if isinstance(v, float) and k not in _DICT_SKIP and k != "epoch"
-            }
-            out.append((m.start(), "summary", summary))
-            continue
-        if not (has_loss or any(k in d for k in _TRAIN_KEYS)):
-            continue  # a config dict, not a log
-        step, total = _dict_step(d, keys)
-        canon, extras = keys.canon(d, skip=_DICT_SKIP)
-        item = {"step": step, "total": total, "canon": canon, "extras": extras, "from": "log"}
-        elapsed = parse_duration(d["elapsed_time"]) if "elapsed_time" in d else None
-        if elapsed is None and step is not None and "train_speed(s/it)" in d:
-            speed = d.get("train_speed(s/it)")
-            elapsed = speed * step if isinstance(speed, float) else None
-        if elapsed is not None:
-            item["elapsed"] = elapsed
-            extras.pop("train_speed(s/it)", None)
-        out.append((m.start(), "dict-train", item))
+    for m in pydict.dicts(data):
+        item = dict_item(m.group(), keys)
+        if item is not None:
+            out.append((m.start(), *item))
     return out
+
+
+def dict_item(raw: bytes, keys: Any) -> tuple[str, Any] | None:
+    """(kind, payload) of one printed dict: an evaluation, the run's summary,
+    a training log; None for any other dict (a config)."""
+    d = pydict.parse(raw)
+    if not d:
+        return None
+    evals = {k: v for k, v in d.items() if k.startswith("eval_") and v is not None}
+    if evals:
+        metrics = {k: v for k, v in evals.items() if isinstance(v, float)}
+        step = _dict_step(d, keys)[0]
+        return ("eval", {"step": step, "metrics": metrics}) if metrics else None
+    has_loss = keys.loss_key(d) is not None and keys.loss_key(d) != "train_loss"
+    if not has_loss and any(k in d for k in _SUMMARY_KEYS):
+        summary = {
+            k: v
+            for k, v in d.items()
+            if isinstance(v, float) and k not in _DICT_SKIP and k != "epoch"
+        }
+        return "summary", summary
+    if not (has_loss or any(k in d for k in _TRAIN_KEYS)):
+        return None  # a config dict, not a log
+    step, total = _dict_step(d, keys)
+    canon, extras = keys.canon(d, skip=_DICT_SKIP)
+    item = {"step": step, "total": total, "canon": canon, "extras": extras, "from": "log"}
+    elapsed = parse_duration(d["elapsed_time"]) if "elapsed_time" in d else None
+    if elapsed is None and step is not None and "train_speed(s/it)" in d:
+        speed = d.get("train_speed(s/it)")
+        elapsed = speed * step if isinstance(speed, float) else None
+    if elapsed is not None:
+        item["elapsed"] = elapsed
+        extras.pop("train_speed(s/it)", None)
+    return "dict-train", item
 
 
 def _dict_step(d: dict[str, Any], keys: Any) -> tuple[int | None, int | None]:
@@ -154,7 +159,13 @@ def _dict_step(d: dict[str, Any], keys: Any) -> tuple[int | None, int | None]:
     return None, None
 
 
-def megatron_items(data: bytes, iterations: bool = True) -> list[tuple[int, str, Any]]:
+def megatron_items(
+    data: bytes, iterations: bool = True, spans: list[tuple[int, int]] | None = None
+) -> list[tuple[int, str, Any]]:
+    """Iteration, memory and validation lines as items; with ``spans`` (the
+    lines left over by :func:`megatron.bulk`) memory lines are looked for in
+    those only (a validation line's pattern may run on over lines, so it is
+    looked for in all of ``data`` once one is seen)."""
     out: list[tuple[int, str, Any]] = []
     for m in megatron.ITERATION.finditer(data) if iterations else ():
         step, total, canon, extras = megatron.iteration(m)
@@ -162,10 +173,12 @@ def megatron_items(data: bytes, iterations: bool = True) -> list[tuple[int, str,
             continue
         item = {"step": step, "total": total, "canon": canon, "extras": extras, "from": "log"}
         out.append((m.start(), "train", item))
-    if b"memory (MB)" in data:
-        for m in megatron.MEMORY.finditer(data):
-            out.append((m.start(), "mem", megatron.memory(m)))
-    if b"validation loss at iteration" in data:
+    parts = [(0, len(data))] if spans is None else spans
+    for a, b in parts:
+        if data.find(b"memory (MB)", a, b) >= 0:
+            for m in megatron.MEMORY.finditer(data, a, b):
+                out.append((m.start(), "mem", megatron.memory(m)))
+    if any(data.find(b"validation loss at iteration", a, b) >= 0 for a, b in parts):
         for m in megatron.VALIDATION.finditer(data):
             step, metrics = megatron.validation(m)
             if metrics:

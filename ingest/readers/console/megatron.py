@@ -146,50 +146,72 @@ class Bulk:
     (the usual case): columns as numpy arrays, parsed without a Python step
     per line."""
 
-    def __init__(self, pos, steps, total: int, canon: dict, extras: dict) -> None:
+    def __init__(
+        self,
+        pos,
+        steps,
+        total: int,
+        canon: dict,
+        extras: dict,
+        other: list[tuple[int, int]] | None = None,
+        source: str = "log",
+    ) -> None:
         self.pos = pos  # byte offset of each line in the chunk
         self.steps = steps
         self.total = total
         self.canon = canon  # column -> values
         self.extras = extras  # metric name -> values
-
-
-_LINE_START = re.compile(rb"iteration\s+\d+\s*/\s*\d+\s*\|")
+        # [start, end) of the chunk's other lines (None: not known, look everywhere)
+        self.other = other
+        self.source = source  # where the steps come from: "log", "progress bar"
+        self.epoch: float | None = None  # the last row's epoch counter (the general reader's)
 
 
 def bulk(data: bytes) -> Bulk | None:
-    """The iteration lines of ``data`` as columns, or None when they do not all
-    have the first line's fields in its order (the caller then reads them one
-    by one) or a value is not a number."""
+    """The iteration lines of ``data`` as columns, or None when one of them
+    is not laid out like the first (its fields, in its order, with numbers;
+    the caller then reads them one by one). No Python step per line: see
+    :mod:`..text_columns`."""
     import numpy as np
+
+    from tunescope.ingest.readers.text_columns import Layout, Slot
 
     first = ITERATION.search(data)
     if first is None:
         return None
-    keys = [k for k, _ in _FIELD.findall(first.group(3))]
-    if not keys:
+    start = data.rfind(b"\n", 0, first.start()) + 1
+    line = data[start : data.find(b"\n", first.end())]
+    prefix = first.start() - start
+    if b"\r" in line or b"iteration" in line[:prefix]:
         return None
-    layout = re.compile(
-        rb"iteration\s+(\d+)\s*/\s*(\d+)\s*\|"
-        + b"".join(rb"[ \t]*" + re.escape(k) + rb"[ \t]*:[ \t]*([^|\n\r]*)\|" for k in keys)
-    )
-    rows = layout.findall(data, first.start())
-    pos = [m.start() for m in _LINE_START.finditer(data, first.start())]
-    if not rows or len(rows) != len(pos):
+    rest = first.start(3) - start
+    fields = list(_FIELD.finditer(first.group(3)))
+    if not fields:
         return None
-    cols = list(zip(*rows, strict=True))
-    try:
-        steps = np.array(list(map(int, cols[0])), np.int64)
-        total = int(cols[1][-1])
-        values = [np.array(list(map(float, c)), np.float64) for c in cols[2:]]
-    except ValueError:
+    slots = [
+        Slot(first.start(1) - start, first.end(1) - start, count=True, spaced=True),
+        Slot(first.start(2) - start, first.end(2) - start, count=True),
+    ]
+    slots += [Slot(rest + f.start(2), rest + f.end(2)) for f in fields]
+    got = Layout(line, slots, b":/", free=prefix, trim=True).read(data)
+    if got is None or not len(got.starts):
         return None
+    # an iteration line left out (another layout, a value that is not a
+    # number) would come after the columns: read them all one by one
+    for a, b in got.other:
+        if b"iteration" in data[a:b] and ITERATION.search(data, a, b):
+            return None
     canon: dict[str, object] = {}
     extras: dict[str, object] = {}
-    for k, col in zip(keys, values, strict=True):
-        name, column, scale = _key(k)
+    for f, col in zip(fields, got.values[2:], strict=True):
+        name, column, scale = _key(f.group(1))
         if column is not None:
             canon.setdefault(column, col * scale if scale != 1.0 else col)
         else:
             extras[name] = col
-    return Bulk(np.array(pos, np.int64), steps, total, canon, extras)
+    steps, totals = got.values[0], got.values[1]
+    pos = np.asarray(got.starts, np.int64) + prefix
+    # a memory line's pattern could take in an iteration line only if the
+    # template held its words: then look for memory lines everywhere
+    other = None if b"memory" in line or b"[Rank" in line else got.other
+    return Bulk(pos, steps, int(totals[-1]), canon, extras, other)

@@ -13,12 +13,29 @@ with numbers as floats and other values as text. It never evaluates code.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 # A dict literal that starts with a quoted key and holds no nested braces, at
 # most 8 KiB long (a long line with an unclosed brace costs one bounded scan).
 # ``\r`` may occur inside: a tqdm redraw written into the middle of the line.
 DICT = re.compile(rb"\{['\"][^\n{}]{0,8192}\}")
+LONGEST = 8195  # bytes in a DICT match, at most: "{", a quote, 8192, "}"
+
+
+def dicts(data: bytes) -> Iterator[re.Match[bytes]]:
+    """The dict literals of ``data`` in order, as ``DICT.finditer`` finds them,
+    but a dict's ``{`` is found with ``bytes.find`` (memchr: several times
+    quicker than the regex engine's scan over the bytes between dicts)."""
+    i = data.find(b"{")
+    while i >= 0:
+        m = DICT.match(data, i)
+        if m is not None:
+            yield m
+            i = data.find(b"{", m.end())
+        else:
+            i = data.find(b"{", i + 1)
+
 
 _PAIR = re.compile(
     rb"""(?:'([^'\\]*(?:\\.[^'\\]*)*)'|"([^"\\]*(?:\\.[^"\\]*)*)")\s*:\s*"""

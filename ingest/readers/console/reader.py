@@ -26,13 +26,13 @@ Only new bytes are read each time; a torn last line waits for its newline.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from tunescope.ingest.live.tail import Chunk, read_new_lines
-from tunescope.ingest.readers.console import megatron
+from tunescope.ingest.readers.console import dict_bulk, megatron
+from tunescope.ingest.readers.console.bulk import take_bulk, take_with
 from tunescope.ingest.readers.console.detect import (
     SNIFF_HEAD,
     beside_structured,
@@ -47,8 +47,8 @@ from tunescope.ingest.readers.console.items import (
     markers,
     megatron_items,
 )
-from tunescope.ingest.readers.console.run import Run, run_result
-from tunescope.ingest.readers.crash_tail import REGION, crash_lines, lines_before, torn_line
+from tunescope.ingest.readers.console.run import Run, Walk, run_result
+from tunescope.ingest.readers.crash_tail import REGION, crash_lines, torn_line
 from tunescope.ingest.readers.foreign import (
     QUIET_END,
     infer_logging_steps,
@@ -58,35 +58,6 @@ from tunescope.ingest.readers.foreign import (
 from tunescope.ingest.rows import Problem, ReadResult
 
 # ---- the reader --------------------------------------------------------------------
-
-
-@dataclass
-class Walk:
-    """Where one read is in its chunk: the run being read, the runs the chunk
-    ended, and what the marker scan and the progress bar left off at."""
-
-    run: Run
-    train_total: int | None
-    typical: float  # the usual gap between step items, in bytes
-    scanned: int = 0  # the previous step item: markers before it were looked at
-    done: list[Run] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)  # what a subclass keeps between reads
-    path: Path | None = None
-    start: int = 0  # the chunk's byte offset in its file
-    crash_family: bool = False  # a log with no step lines that ends in a crash
-    new_crash: bool = False  # a crash began in this read
-    _line0: int | None = None
-
-    def line0(self) -> int:
-        """The line number of the chunk's first byte (counted only when a
-        crash needs it)."""
-        if self._line0 is None:
-            try:
-                before = lines_before(self.path, self.start) if self.path else 0
-            except OSError:
-                before = 0
-            self._line0 = before + 1
-        return self._line0
 
 
 class ConsoleReader:
@@ -182,10 +153,18 @@ class ConsoleReader:
         self, path: Path, fam: str | None, data: bytes, base: int, walk: Walk
     ) -> list[tuple[int, str, Any]]:
         """The chunk's items (step lines, evals, summaries, memory lines) in
-        the order they occur. Megatron iteration lines are taken in bulk when
-        they are regular enough (then only the other lines are items)."""
+        the order they occur. Megatron iteration lines and the Trainer's
+        training dicts are taken as columns when they are regular enough
+        (then only the other lines are items)."""
         if fam == "dicts":
-            return dict_items(data, keymap_for(path))
+            keys = keymap_for(path)
+            got = dict_bulk.bulk(data, keys, walk.train_total)
+            if got is not None:
+                lines, rest, total = got
+                if take_with(walk, lines, rest, data, base, after=("summary",)):
+                    walk.train_total = total
+                    return rest
+            return dict_items(data, keys)
         if fam == "lines":
             return line_items(data)
         if fam != "megatron":
@@ -194,7 +173,7 @@ class ConsoleReader:
         if lines is not None and take_bulk(walk.run, lines, data, base):
             walk.scanned = int(lines.pos[-1])
             walk.typical = walk.run.gap
-            items = megatron_items(data, iterations=False)
+            items = megatron_items(data, iterations=False, spans=lines.other)
         else:
             items = megatron_items(data)
         items.sort(key=itemgetter(0))
@@ -438,39 +417,3 @@ def _goes_back(run: Run, item: Any) -> bool:
         return run.last is not None and step <= run.last
     epoch = item["canon"].get("epoch")
     return epoch is not None and run.epoch is not None and epoch <= run.epoch
-
-
-def take_bulk(run: Run, lines: megatron.Bulk, data: bytes, base: int) -> bool:
-    """Take the chunk's iteration lines as columns when nothing in them needs
-    a line-by-line look: the steps rise past the run's last one, the run has
-    not ended, and no crash or banner sits before them or in an unusually long
-    gap between them. Otherwise the caller reads the lines one by one."""
-    import numpy as np
-
-    steps, pos = lines.steps, lines.pos
-    if run.ended is not None or run.pending is not None:
-        return False
-    if run.last is not None and steps[0] <= run.last:
-        return False
-    if len(steps) > 1 and not bool(np.all(np.diff(steps) > 0)):
-        return False
-    if run.n and markers(data, 0, int(pos[0])):
-        return False
-    gaps = np.diff(pos)
-    typical = float(np.median(gaps)) if len(gaps) else 0.0
-    for i in np.flatnonzero(gaps > max(4096.0, 4 * typical)):
-        if markers(data, int(pos[i]), int(pos[i + 1])):
-            return False
-    run.bulk = lines
-    run.bulk_seq = pos + (base + 1)
-    run.gap = typical
-    n = len(steps)
-    run.first = int(steps[0]) if run.first is None else min(run.first, int(steps[0]))
-    run.last = int(steps[-1])
-    run.n += n
-    run.total = lines.total or run.total
-    run.steps_from = run.steps_from or "log"
-    run.banner = False
-    if not run.started:
-        run.first_steps.extend(int(s) for s in steps[:32])
-    return True

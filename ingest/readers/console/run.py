@@ -4,9 +4,12 @@ so far (kept in the reader's state between reads), and those rows as tables."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunescope.ingest.readers.console import megatron
+from tunescope.ingest.readers.crash_tail import lines_before
 from tunescope.ingest.readers.foreign import Deltas
 from tunescope.ingest.rows import METRIC_SCHEMA, STEP_SCHEMA, Problem, ReadResult, RowBuilder
 from tunescope.schema import METRIC_NAMES
@@ -144,7 +147,8 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
     # Columns only the merged lines carry (memory at one iteration): the other
     # rows had no value, so they stay NULL; NaN is kept for a logged NaN.
     present: dict[str, Any] = {}
-    for (rank, step), (_, values) in list(run.steps.items()):
+    seq = run.bulk_seq.astype(np.int64)  # a merged row's is its later line's
+    for (rank, step), (line_seq, values) in list(run.steps.items()):
         if rank != 0:
             continue
         i = int(np.searchsorted(b.steps, step))
@@ -156,37 +160,96 @@ def _bulk_tables(run: Run) -> tuple[Any, Any]:
                 canon[name][i] = value
                 if name in present:
                     present[name][i] = True
+            seq[i] = max(seq[i], line_seq)
             del run.steps[(rank, step)]
+    missing = pa.nulls(n, pa.float64())  # one column of nulls, shared (arrays are immutable)
     cols: dict[str, Any] = {
-        "rank": pa.array(np.zeros(n, np.int32)),
-        "step": pa.array(b.steps),
-        "ts": pa.nulls(n, pa.float64()),
+        "rank": column(np.zeros(n, np.int32), pa.int32()),
+        "step": column(b.steps, pa.int64()),
+        "ts": missing,
     }
     for name in METRIC_NAMES:
         got = canon.get(name)
         if got is None:
-            cols[name] = pa.nulls(n, pa.float64())
+            cols[name] = missing
         else:
-            cols[name] = pa.array(got, mask=~present[name] if name in present else None)
+            cols[name] = column(got, pa.float64(), present.get(name))
     cols["sample_ids"] = pa.nulls(n, pa.string())
-    cols["seq"] = pa.array(run.bulk_seq.astype(np.int64))
+    cols["seq"] = column(seq, pa.int64())
     steps = pa.table(cols, schema=STEP_SCHEMA)
     parts = []
+    ranks, at_step = cols["rank"], cols["step"]
+    at_seq = column(run.bulk_seq, pa.int64())
     for name, values in b.extras.items():
         parts.append(
             pa.table(
                 {
-                    "rank": pa.array(np.zeros(n, np.int32)),
-                    "step": pa.array(b.steps),
-                    "ts": pa.nulls(n, pa.float64()),
-                    "name": pa.DictionaryArray.from_arrays(
-                        pa.array(np.zeros(n, np.int32)), pa.array([name])
-                    ).cast(pa.string()),
-                    "value": pa.array(values),
-                    "seq": pa.array(run.bulk_seq.astype(np.int64)),
+                    "rank": ranks,
+                    "step": at_step,
+                    "ts": missing,
+                    "name": repeated(name, n),
+                    "value": column(values, pa.float64()),
+                    "seq": at_seq,
                 },
                 schema=METRIC_SCHEMA,
             )
         )
     metrics = pa.concat_tables(parts) if parts else METRIC_SCHEMA.empty_table()
     return steps, metrics
+
+
+def repeated(text: str, n: int) -> Any:
+    """A string column holding ``text`` ``n`` times, built without a Python
+    step per row."""
+    import numpy as np
+    import pyarrow as pa
+
+    raw = text.encode()
+    if n * len(raw) >= 2**31 - 1:  # beyond 32-bit offsets
+        return pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, np.int32)), pa.array([text])
+        ).cast(pa.string())
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(len(raw))
+    return pa.Array.from_buffers(
+        pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(raw * n)]
+    )
+
+
+def column(values: Any, kind: Any, valid: Any = None) -> Any:
+    """A numpy array as an Arrow column of ``kind``, without a copy when it
+    is one already (``valid``: which entries hold a value; a NaN stays a NaN)."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = np.ascontiguousarray(values, dtype=kind.to_pandas_dtype())
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(kind, len(data), [bitmap, pa.py_buffer(data)])
+
+
+@dataclass
+class Walk:
+    """Where one read is in its chunk: the run being read, the runs the chunk
+    ended, and what the marker scan and the progress bar left off at."""
+
+    run: Run
+    train_total: int | None
+    typical: float  # the usual gap between step items, in bytes
+    scanned: int = 0  # the previous step item: markers before it were looked at
+    done: list[Run] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # what a subclass keeps between reads
+    path: Path | None = None
+    start: int = 0  # the chunk's byte offset in its file
+    crash_family: bool = False  # a log with no step lines that ends in a crash
+    new_crash: bool = False  # a crash began in this read
+    _line0: int | None = None
+
+    def line0(self) -> int:
+        """The line number of the chunk's first byte (counted only when a
+        crash needs it)."""
+        if self._line0 is None:
+            try:
+                before = lines_before(self.path, self.start) if self.path else 0
+            except OSError:
+                before = 0
+            self._line0 = before + 1
+        return self._line0
