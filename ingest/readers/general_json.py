@@ -13,7 +13,13 @@ from typing import Any
 
 from tunescope.ingest.readers.epoch_steps import global_step
 from tunescope.ingest.readers.foreign import infer_logging_steps, number
-from tunescope.ingest.readers.general_text import MIN_RECORDS, Shape, emit_records, is_count, rises
+from tunescope.ingest.readers.general_text import (
+    Shape,
+    emit_records,
+    is_count,
+    judge,
+    read_changed,
+)
 from tunescope.ingest.readers.vocabulary import HIGH, Meaning, meaning
 from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
@@ -143,35 +149,24 @@ def infer(data: bytes, whole: bool, fixed: dict[str, Meaning] | None = None) -> 
             )
         elif epoch is not None:
             epochs.append(epoch)
-    shape = Shape(kind, records=n, keys=dict(names))
-    if not n:
-        shape.reason = "records, but none with a value named like a loss"
-    elif n < MIN_RECORDS:
-        shape.reason = f"only {n} record(s) with a loss (a log has {MIN_RECORDS} or more)"
-    elif steps and rises(steps):
-        shape.step = step_name
-    elif not steps and epochs and rises(epochs):
-        shape.step = "epoch"
-    else:
-        shape.reason = "records with a loss but no step, iteration or epoch that rises"
-    return shape
+    return judge(
+        Shape(kind, records=n, keys=dict(names)),
+        n,
+        steps,
+        epochs,
+        step_name,
+        no_loss="records, but none with a value named like a loss",
+        no_counter="records with a loss but no step, iteration or epoch that rises",
+    )
 
 
 def read(
     path: Path, shape: Shape, state: dict[str, Any] | None, fixed: dict[str, Meaning]
 ) -> ReadResult:
-    try:
-        st = path.stat()
-        if st.st_size > _MAX_BYTES:
-            raise OSError(f"{st.st_size:,} bytes: too big to read whole")
-        data = path.read_bytes()
-    except OSError as e:
-        return RowBuilder().result(dict(state or {}), [Problem(str(path), None, str(e))])
-    sig = [st.st_size, st.st_mtime_ns]
-    if state and state.get("sig") == sig:
-        return RowBuilder().result(state)
-    if shape.kind == "jsonl" and not data.endswith(b"\n") and b"\n" in data:
-        data = data[: data.rfind(b"\n") + 1]  # a line still being written waits for its newline
+    got = read_changed(path, state, _MAX_BYTES, "too big to read whole", torn=shape.kind == "jsonl")
+    if isinstance(got, ReadResult):
+        return got
+    data, sig = got
     kind, recs, bad = _parse(data, whole=True)
     problems = [Problem(str(path), line, why) for line, why in bad]
     names: dict[str, Meaning] = dict(fixed)

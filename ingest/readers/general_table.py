@@ -24,6 +24,7 @@ from tunescope.ingest.readers.general_text import (
     Shape,
     emit_records,
     is_count,
+    read_changed,
     rises,
     value_of,
 )
@@ -168,18 +169,10 @@ def read(
 ) -> ReadResult:
     """The whole table as one run (re-read whole when the file changes)."""
     problems: list[Problem] = []
-    try:
-        st = path.stat()
-        if st.st_size > _MAX_BYTES:
-            raise OSError(f"{st.st_size:,} bytes: too big for a metrics table")
-        data = path.read_bytes()
-    except OSError as e:
-        return RowBuilder().result(dict(state or {}), [Problem(str(path), None, str(e))])
-    sig = [st.st_size, st.st_mtime_ns]
-    if state and state.get("sig") == sig:
-        return RowBuilder().result(state)
-    if not data.endswith(b"\n") and b"\n" in data:
-        data = data[: data.rfind(b"\n") + 1]  # a row still being written waits for its newline
+    got = read_changed(path, state, _MAX_BYTES, "too big for a metrics table")
+    if isinstance(got, ReadResult):
+        return got
+    data, sig = got
     text = data.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()
     d = shape.delimiter or ","
     header_at = next(

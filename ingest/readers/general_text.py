@@ -21,12 +21,13 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunescope.ingest.readers.epoch_steps import global_step
 from tunescope.ingest.readers.foreign import QUIET_END
 from tunescope.ingest.readers.vocabulary import CONFIGURED, HIGH, Meaning, is_eval_measure, meaning
-from tunescope.ingest.rows import RowBuilder
+from tunescope.ingest.rows import Problem, ReadResult, RowBuilder
 
 _NUM = (
     rb"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
@@ -262,10 +263,31 @@ def infer(
             )
         elif epoch is not None:
             epochs.append(epoch)
-    keys = seen
-    shape = Shape(kind, records=with_loss, keys=keys)
+    return judge(
+        Shape(kind, records=with_loss, keys=seen),
+        with_loss,
+        steps,
+        epochs,
+        step_name,
+        no_loss="pairs of names and numbers, but none named like a loss",
+        no_counter="no step, iteration or epoch counter that rises",
+    )
+
+
+def judge(
+    shape: Shape,
+    with_loss: int,
+    steps: list[int],
+    epochs: list[float],
+    step_name: str | None,
+    no_loss: str,
+    no_counter: str,
+) -> Shape:
+    """A shape's verdict from its records with a loss: enough of them, and a
+    counter that rises (the steps, else the epochs); else ``shape.reason``
+    says which is missing (``no_loss``, ``no_counter`` in the reader's words)."""
     if not with_loss:
-        shape.reason = "pairs of names and numbers, but none named like a loss"
+        shape.reason = no_loss
     elif with_loss < MIN_RECORDS:
         shape.reason = f"only {with_loss} record(s) with a loss (a log has {MIN_RECORDS} or more)"
     elif steps and rises(steps):
@@ -273,8 +295,30 @@ def infer(
     elif not steps and epochs and rises(epochs):
         shape.step = "epoch"
     else:
-        shape.reason = "no step, iteration or epoch counter that rises"
+        shape.reason = no_counter
     return shape
+
+
+def read_changed(
+    path: Path, state: dict[str, Any] | None, limit: int, too_big: str, torn: bool = True
+) -> tuple[bytes, list[int]] | ReadResult:
+    """A file read whole when it changed since ``state`` (its bytes, without
+    a last line still being written when ``torn``, and its signature), or the
+    result to return instead: nothing new, or the one problem why it cannot
+    be read (a file over ``limit`` bytes is ``too_big``)."""
+    try:
+        st = path.stat()
+        if st.st_size > limit:
+            raise OSError(f"{st.st_size:,} bytes: {too_big}")
+        data = path.read_bytes()
+    except OSError as e:
+        return RowBuilder().result(dict(state or {}), [Problem(str(path), None, str(e))])
+    sig = [st.st_size, st.st_mtime_ns]
+    if state and state.get("sig") == sig:
+        return RowBuilder().result(state)
+    if torn and not data.endswith(b"\n") and b"\n" in data:
+        data = data[: data.rfind(b"\n") + 1]  # a line still being written waits for its newline
+    return data, sig
 
 
 def _is_header(data: bytes, rec: Record) -> bool:
