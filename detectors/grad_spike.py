@@ -52,7 +52,14 @@ import numpy as np
 
 from tunescope.detectors.advice import clipping
 from tunescope.detectors.base import Frames
-from tunescope.detectors.scans.series import Series, merge_ranks, rank_series, samples_note, spikes
+from tunescope.detectors.scans.series import (
+    Series,
+    SpikeScan,
+    merge_ranks,
+    rank_series,
+    samples_note,
+    spikes,
+)
 from tunescope.detectors.scans.stats import incidents, warmup_mask
 from tunescope.findings import Finding, Severity
 from tunescope.numbers import number as fmt
@@ -184,17 +191,7 @@ def _blips(
     low, high = np.log(opts.blip_ratio * med), np.log(opts.min_ratio * med)
     if opts.blip_ratio >= opts.min_ratio or not ((y[ok] >= low) & (y[ok] < high)).any():
         return []
-    sc = spikes(
-        y,
-        window=opts.window,
-        level_points=opts.level_points,
-        min_points=opts.min_points,
-        z_single=opts.z,
-        z_double=opts.z_consecutive,
-        sigma_floor=opts.sigma_floor,
-        big_enough=lambda v, base: v >= low,
-        screen=screen,
-    )
+    sc = _log_spikes(y, opts, lambda v, base: v >= low, screen)
     taken = np.zeros(len(y), dtype=bool)
     for g in explosions:
         taken[max(0, g.a - opts.gap) : g.b + opts.gap + 1] = True
@@ -219,6 +216,22 @@ def _blips(
     return out
 
 
+def _log_spikes(y: np.ndarray, opts: Options, big_enough: Any, screen: bool) -> SpikeScan:
+    """The spike scan of the log grad norms ``y`` with TS105's options; a
+    spike must also be ``big_enough`` (its value and baseline, in logs)."""
+    return spikes(
+        y,
+        window=opts.window,
+        level_points=opts.level_points,
+        min_points=opts.min_points,
+        z_single=opts.z,
+        z_double=opts.z_consecutive,
+        sigma_floor=opts.sigma_floor,
+        big_enough=big_enough,
+        screen=screen,
+    )
+
+
 def _explosions(
     s: Series,
     opts: Options,
@@ -238,17 +251,7 @@ def _explosions(
 
     if not (y[ok] >= need).any() and not enormous.any():
         return []
-    sc = spikes(
-        y,
-        window=opts.window,
-        level_points=opts.level_points,
-        min_points=opts.min_points,
-        z_single=opts.z,
-        z_double=opts.z_consecutive,
-        sigma_floor=opts.sigma_floor,
-        big_enough=big,
-        screen=screen,
-    )
+    sc = _log_spikes(y, opts, big, screen)
     # the run's own scale: far above the run's median needs no recent baseline,
     # unless such excursions are common in the run (late-epoch hard batches of a
     # memorised run): then at least ``tail_fraction`` of the points past the start
